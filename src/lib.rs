@@ -1,0 +1,5 @@
+//! qlik-rotator: keeps the credentials of Qlik Cloud data connections fresh.
+#![forbid(unsafe_code)]
+
+pub mod secrets;
+pub mod sim;

@@ -1,0 +1,325 @@
+//! Secret sources: where the new credentials come from.
+//!
+//! A [`SecretSource`] turns a [`SecretRef`] (id + version selector) into a [`SecretValue`]: the
+//! secret's payload, held in `secrecy` types, plus the version identifier the vault reports. The
+//! version is what the daemon compares to decide whether a rotation is needed; it is never a
+//! secret itself.
+//!
+//! Production sources are a closed set dispatched through [`AnySource`]:
+//! - [`aws::AwsSecretsManager`]: AWS Secrets Manager through `aws-sdk-secretsmanager`.
+//! - [`file::FileSource`]: a directory of `<secret-id>.json` files, for development and the demo.
+//! - [`fixed::FixedSource`]: in-memory secrets, for tests and benchmarks.
+
+pub mod aws;
+pub mod file;
+pub mod fixed;
+
+use std::{collections::BTreeMap, fmt, future::Future};
+
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+
+/// Which version of a secret to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionSelector {
+    /// A staging label, `AWSCURRENT` by default.
+    Stage(String),
+    /// An exact version id.
+    Id(String),
+}
+
+impl Default for VersionSelector {
+    fn default() -> Self {
+        VersionSelector::Stage("AWSCURRENT".to_owned())
+    }
+}
+
+/// A pointer to a secret in a source. Not sensitive: ids and ARNs come from config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    /// The secret id (name or ARN for AWS; file stem for the file source).
+    pub id: String,
+    /// Which version to read.
+    pub version: VersionSelector,
+}
+
+impl SecretRef {
+    /// A reference to the current version of `id`.
+    pub fn current(id: impl Into<String>) -> Self {
+        SecretRef {
+            id: id.into(),
+            version: VersionSelector::default(),
+        }
+    }
+}
+
+/// The raw payload of a secret. Never printable.
+pub enum SecretPayload {
+    /// A `SecretString` (usually a JSON object).
+    Text(SecretString),
+    /// A `SecretBinary` (for example a key file).
+    Binary(SecretBox<Vec<u8>>),
+}
+
+impl fmt::Debug for SecretPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretPayload::Text(_) => f.write_str("SecretPayload::Text([REDACTED])"),
+            SecretPayload::Binary(_) => f.write_str("SecretPayload::Binary([REDACTED])"),
+        }
+    }
+}
+
+/// A secret as read from a source: its payload and the version the source reported.
+#[derive(Debug)]
+pub struct SecretValue {
+    /// Version identifier (AWS `VersionId`, or a content hash for the file source).
+    pub version: String,
+    /// The payload.
+    pub payload: SecretPayload,
+}
+
+impl SecretValue {
+    /// A text secret.
+    pub fn text(version: impl Into<String>, text: impl Into<String>) -> Self {
+        SecretValue {
+            version: version.into(),
+            payload: SecretPayload::Text(SecretString::from(text.into())),
+        }
+    }
+
+    /// Parses the payload as a JSON object and returns its top-level keys as secret strings.
+    ///
+    /// String values are taken as they are; numbers and booleans as their JSON text; objects
+    /// and arrays as their compact JSON text (so a nested service-account key can be used as a
+    /// key file).
+    ///
+    /// # Errors
+    /// [`FieldsError`] when the payload is binary, not JSON, or not an object. The error never
+    /// contains any part of the payload.
+    pub fn fields(&self) -> Result<SecretFields, FieldsError> {
+        let text = match &self.payload {
+            SecretPayload::Text(t) => t.expose_secret(),
+            SecretPayload::Binary(b) => {
+                std::str::from_utf8(b.expose_secret()).map_err(|_| FieldsError::Binary)?
+            }
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| FieldsError::NotJson {
+                line: e.line(),
+                column: e.column(),
+            })?;
+        let serde_json::Value::Object(map) = value else {
+            return Err(FieldsError::NotObject);
+        };
+        let fields = map
+            .into_iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, SecretString::from(s))
+            })
+            .collect();
+        Ok(SecretFields { fields })
+    }
+
+    /// The whole payload as secret bytes (text as UTF-8).
+    pub fn raw_bytes(&self) -> SecretBox<Vec<u8>> {
+        match &self.payload {
+            SecretPayload::Text(t) => {
+                SecretBox::new(Box::new(t.expose_secret().as_bytes().to_vec()))
+            }
+            SecretPayload::Binary(b) => SecretBox::new(Box::new(b.expose_secret().clone())),
+        }
+    }
+}
+
+/// The top-level keys of a JSON secret. Values are secret; key names are not.
+pub struct SecretFields {
+    fields: BTreeMap<String, SecretString>,
+}
+
+impl fmt::Debug for SecretFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretFields")
+            .field("keys", &self.fields.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl SecretFields {
+    /// The value under `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&SecretString> {
+        self.fields.get(key)
+    }
+
+    /// The key names present (not their values).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.fields.keys().map(String::as_str)
+    }
+}
+
+/// Why a secret payload could not be read as a JSON object. Never carries payload content.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum FieldsError {
+    /// Binary payload that is not UTF-8.
+    #[error("the secret is binary, not a JSON object")]
+    Binary,
+    /// Not parseable as JSON.
+    #[error("the secret is not valid JSON (parse error at line {line}, column {column})")]
+    NotJson {
+        /// 1-based line of the parse error.
+        line: usize,
+        /// 1-based column of the parse error.
+        column: usize,
+    },
+    /// Valid JSON, but not an object.
+    #[error("the secret is JSON but not an object of key/value pairs")]
+    NotObject,
+}
+
+/// Why a source could not return a secret. Messages never contain secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The secret (or the requested version) does not exist.
+    #[error("secret {id:?} not found{detail}")]
+    NotFound {
+        /// Secret id.
+        id: String,
+        /// Extra context (e.g. the version asked for), starting with a separator, or empty.
+        detail: String,
+    },
+    /// The source refused access (credentials, permissions, KMS).
+    #[error("access to secret {id:?} denied: {message}")]
+    AccessDenied {
+        /// Secret id.
+        id: String,
+        /// The source's explanation (never the payload).
+        message: String,
+    },
+    /// The source could not be reached or timed out; worth retrying.
+    #[error("secret source unavailable while reading {id:?}: {message}")]
+    Unavailable {
+        /// Secret id.
+        id: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The secret exists but its content is unusable (e.g. empty).
+    #[error("secret {id:?} is unusable: {message}")]
+    Invalid {
+        /// Secret id.
+        id: String,
+        /// What is wrong (never the content).
+        message: String,
+    },
+}
+
+impl SourceError {
+    /// Whether a later attempt may succeed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, SourceError::Unavailable { .. })
+    }
+
+    /// A stable, low-cardinality label for metrics.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            SourceError::NotFound { .. } => "secret_not_found",
+            SourceError::AccessDenied { .. } => "secret_access_denied",
+            SourceError::Unavailable { .. } => "secret_source_unavailable",
+            SourceError::Invalid { .. } => "secret_invalid",
+        }
+    }
+}
+
+/// A vault the rotator reads secrets from.
+pub trait SecretSource: Send + Sync {
+    /// The `source` label used in metrics (`aws_secrets_manager`, `file`, `fixed`).
+    fn kind(&self) -> &'static str;
+
+    /// Reads one secret.
+    ///
+    /// # Errors
+    /// [`SourceError`], classified for retry.
+    fn fetch(
+        &self,
+        secret: &SecretRef,
+    ) -> impl Future<Output = Result<SecretValue, SourceError>> + Send;
+}
+
+/// The closed set of production sources, dispatched by `match`.
+#[derive(Debug)]
+pub enum AnySource {
+    /// AWS Secrets Manager.
+    Aws(aws::AwsSecretsManager),
+    /// Local directory of JSON files.
+    File(file::FileSource),
+    /// In-memory secrets.
+    Fixed(fixed::FixedSource),
+}
+
+impl SecretSource for AnySource {
+    fn kind(&self) -> &'static str {
+        match self {
+            AnySource::Aws(s) => s.kind(),
+            AnySource::File(s) => s.kind(),
+            AnySource::Fixed(s) => s.kind(),
+        }
+    }
+
+    async fn fetch(&self, secret: &SecretRef) -> Result<SecretValue, SourceError> {
+        match self {
+            AnySource::Aws(s) => s.fetch(secret).await,
+            AnySource::File(s) => s.fetch(secret).await,
+            AnySource::Fixed(s) => s.fetch(secret).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_extracts_strings_numbers_and_nested_json() {
+        let v = SecretValue::text(
+            "v1",
+            r#"{"username":"svc","port":1433,"key_file":{"type":"service_account"}}"#,
+        );
+        let f = v.fields().unwrap();
+        assert_eq!(f.get("username").unwrap().expose_secret(), "svc");
+        assert_eq!(f.get("port").unwrap().expose_secret(), "1433");
+        assert_eq!(
+            f.get("key_file").unwrap().expose_secret(),
+            r#"{"type":"service_account"}"#
+        );
+        assert!(f.get("password").is_none());
+        assert_eq!(
+            f.keys().collect::<Vec<_>>(),
+            ["key_file", "port", "username"]
+        );
+    }
+
+    #[test]
+    fn fields_errors_never_echo_the_payload() {
+        let canary = "CANARY-not-json-7731";
+        let err = SecretValue::text("v", canary).fields().unwrap_err();
+        assert!(matches!(err, FieldsError::NotJson { .. }));
+        assert!(!err.to_string().contains(canary));
+        let err = SecretValue::text("v", format!("[\"{canary}\"]"))
+            .fields()
+            .unwrap_err();
+        assert_eq!(err, FieldsError::NotObject);
+        assert!(!format!("{err:?}").contains(canary));
+    }
+
+    #[test]
+    fn debug_output_is_redacted() {
+        let v = SecretValue::text("v9", r#"{"password":"CANARY-dbg-1"}"#);
+        let dbg = format!("{v:?} {:?}", v.fields().unwrap());
+        assert!(!dbg.contains("CANARY-dbg-1"), "{dbg}");
+        assert!(dbg.contains("password"));
+        assert!(dbg.contains("v9"));
+    }
+}

@@ -1,0 +1,1 @@
+//! Qlik Cloud simulator. (Being implemented.)
