@@ -1,0 +1,16 @@
+//! Qlik Cloud: the data-connections API client and its types.
+//!
+//! - [`client`]: reqwest client with API-key or OAuth M2M auth, retries and the write gate.
+//! - [`model`]: `DataConnection`, the JSON Patch document (with masking and the single
+//!   place where secret values are serialised).
+//! - [`error`]: `QlikError`, classified for retry and metrics.
+//! - [`gate`]: the write budget shared by every job.
+
+pub mod client;
+pub mod error;
+pub mod gate;
+pub mod model;
+
+pub use client::{ClientSettings, Credentials, QlikClient, RetryPolicy};
+pub use error::QlikError;
+pub use model::{DataConnection, PatchDocument};

@@ -1,0 +1,311 @@
+//! Data transfer types of the Qlik data-connections API, and the JSON Patch document.
+//!
+//! [`DataConnection`] deliberately ignores `qConnectionSecret` and every other field the
+//! rotator does not need, so a secret that Qlik might echo can never end up in a struct that
+//! is logged. Its `Debug` prints property *names* only.
+
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// A data connection as returned by `GET /api/v1/data-connections/{qID}?parseConnection=true`.
+#[derive(Clone, Deserialize, Default)]
+pub struct DataConnection {
+    /// `qID`, the connection id used for PATCH.
+    #[serde(rename = "qID")]
+    pub id: String,
+    /// `qName`.
+    #[serde(rename = "qName", default)]
+    pub name: String,
+    /// `qType`, the provider executable.
+    #[serde(rename = "qType", default)]
+    pub q_type: String,
+    /// `datasourceID`, the connector type.
+    #[serde(rename = "datasourceID", default)]
+    pub datasource_id: String,
+    /// Space id, absent for personal connections.
+    #[serde(default)]
+    pub space: Option<String>,
+    /// `qSeparateCredentials`.
+    #[serde(rename = "qSeparateCredentials", default)]
+    pub separate_credentials: bool,
+    /// `qCredentialsID`.
+    #[serde(rename = "qCredentialsID", default)]
+    pub credentials_id: Option<String>,
+    /// `connectionProperties` (present with `parseConnection=true`).
+    #[serde(rename = "connectionProperties", default)]
+    pub properties: Map<String, Value>,
+    /// What the caller may do with the connection (`read`, `update`, …).
+    #[serde(default)]
+    pub privileges: Vec<String>,
+    /// Last update time, ISO 8601.
+    #[serde(default)]
+    pub updated: Option<String>,
+}
+
+impl fmt::Debug for DataConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataConnection")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("datasource_id", &self.datasource_id)
+            .field("space", &self.space)
+            .field("separate_credentials", &self.separate_credentials)
+            .field(
+                "property_names",
+                &self.properties.keys().collect::<Vec<_>>(),
+            )
+            .field("privileges", &self.privileges)
+            .field("updated", &self.updated)
+            .finish()
+    }
+}
+
+impl DataConnection {
+    /// Whether the caller holds `privilege` (e.g. `update`) on this connection.
+    pub fn has_privilege(&self, privilege: &str) -> bool {
+        self.privileges.iter().any(|p| p == privilege)
+    }
+}
+
+/// One page of `GET /api/v1/data-connections`.
+#[derive(Debug, Deserialize)]
+pub struct ConnectionList {
+    /// The connections on this page.
+    #[serde(default)]
+    pub data: Vec<DataConnection>,
+    /// Paging links.
+    #[serde(default)]
+    pub links: Option<Links>,
+}
+
+/// Paging links of a list response.
+#[derive(Debug, Deserialize)]
+pub struct Links {
+    /// The next page, as a full URL.
+    #[serde(default)]
+    pub next: Option<Href>,
+}
+
+/// `{"href": "…"}`.
+#[derive(Debug, Deserialize)]
+pub struct Href {
+    /// The URL.
+    pub href: String,
+}
+
+/// An RFC 6902 operation name. Rotation only ever adds or replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// `add`: creates or overwrites an object member, inserts into an array.
+    Add,
+    /// `replace`: overwrites an existing value.
+    Replace,
+}
+
+impl OpKind {
+    /// The lowercase RFC 6902 name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Add => "add",
+            OpKind::Replace => "replace",
+        }
+    }
+}
+
+/// The value of a patch operation.
+pub enum PatchValue {
+    /// A credential taken from the vault. Serialised as a JSON string; never printable.
+    Secret(SecretString),
+    /// A non-secret value the builder chose (a file name, a constant such as an auth mode).
+    /// Still masked in `plan` output.
+    Plain(Value),
+    /// An array of `{name, value}` file entries whose values are secret (base64 content).
+    Files(Vec<FileEntry>),
+}
+
+/// One element of a Qlik file-array property (`[{name, value}]`).
+pub struct FileEntry {
+    /// File name shown in Qlik (not secret).
+    pub name: String,
+    /// Base64 file content (secret).
+    pub value: SecretString,
+}
+
+impl fmt::Debug for PatchValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PatchValue::Secret(_) => f.write_str("Secret([REDACTED])"),
+            PatchValue::Plain(_) => f.write_str("Plain([MASKED])"),
+            PatchValue::Files(files) => write!(f, "Files({} x [REDACTED])", files.len()),
+        }
+    }
+}
+
+/// One JSON Patch operation.
+#[derive(Debug)]
+pub struct PatchOp {
+    /// `add` or `replace`.
+    pub op: OpKind,
+    /// JSON Pointer, e.g. `/connectionProperties/password`.
+    pub path: String,
+    /// The new value.
+    pub value: PatchValue,
+}
+
+/// The mask printed in place of every value by `plan`.
+pub const MASK: &str = "********";
+
+/// A JSON Patch document: the bare RFC 6902 array Qlik expects.
+#[derive(Debug, Default)]
+pub struct PatchDocument {
+    /// The operations, in order.
+    pub ops: Vec<PatchOp>,
+}
+
+impl PatchDocument {
+    /// The document with every value replaced by [`MASK`] (file names stay visible only as
+    /// masks too), for `plan` output and logs.
+    pub fn masked(&self) -> Value {
+        Value::Array(
+            self.ops
+                .iter()
+                .map(|op| {
+                    let value = match &op.value {
+                        PatchValue::Files(files) => Value::Array(
+                            files
+                                .iter()
+                                .map(|_| serde_json::json!({"name": MASK, "value": MASK}))
+                                .collect(),
+                        ),
+                        _ => Value::String(MASK.to_owned()),
+                    };
+                    serde_json::json!({"op": op.op.as_str(), "path": op.path, "value": value})
+                })
+                .collect(),
+        )
+    }
+
+    /// The paths the document writes, in order.
+    pub fn paths(&self) -> Vec<&str> {
+        self.ops.iter().map(|op| op.path.as_str()).collect()
+    }
+
+    /// Serialises the real PATCH body. **The only place where vault values are exposed.**
+    pub fn expose_body(&self) -> Vec<u8> {
+        let ops: Vec<Value> = self
+            .ops
+            .iter()
+            .map(|op| {
+                let value = match &op.value {
+                    PatchValue::Secret(s) => Value::String(s.expose_secret().to_owned()),
+                    PatchValue::Plain(v) => v.clone(),
+                    PatchValue::Files(files) => Value::Array(
+                        files
+                            .iter()
+                            .map(|f| {
+                                serde_json::json!({"name": f.name, "value": f.value.expose_secret()})
+                            })
+                            .collect(),
+                    ),
+                };
+                serde_json::json!({"op": op.op.as_str(), "path": op.path, "value": value})
+            })
+            .collect();
+        serde_json::to_vec(&Value::Array(ops)).expect("a JSON value always serialises")
+    }
+
+    /// Removes every secret value of this document from `text` (e.g. an error detail a server
+    /// echoed back), replacing it with `[REDACTED]`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        let mut scrub = |secret: &str| {
+            if secret.len() >= 4 && out.contains(secret) {
+                out = out.replace(secret, "[REDACTED]");
+            }
+        };
+        for op in &self.ops {
+            match &op.value {
+                PatchValue::Secret(s) => scrub(s.expose_secret()),
+                PatchValue::Files(files) => {
+                    files.iter().for_each(|f| scrub(f.value.expose_secret()))
+                }
+                PatchValue::Plain(_) => {}
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> PatchDocument {
+        PatchDocument {
+            ops: vec![
+                PatchOp {
+                    op: OpKind::Replace,
+                    path: "/connectionProperties/username".into(),
+                    value: PatchValue::Secret("CANARY-user".to_owned().into()),
+                },
+                PatchOp {
+                    op: OpKind::Add,
+                    path: "/connectionProperties/KeyFilePath".into(),
+                    value: PatchValue::Files(vec![FileEntry {
+                        name: "key.json".into(),
+                        value: "Q0FOQVJZLWZpbGU=".to_owned().into(),
+                    }]),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn body_is_a_bare_array_with_lowercase_value() {
+        let body: Value = serde_json::from_slice(&doc().expose_body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!([
+                {"op":"replace","path":"/connectionProperties/username","value":"CANARY-user"},
+                {"op":"add","path":"/connectionProperties/KeyFilePath",
+                 "value":[{"name":"key.json","value":"Q0FOQVJZLWZpbGU="}]}
+            ])
+        );
+    }
+
+    #[test]
+    fn masked_and_debug_hide_every_value() {
+        let d = doc();
+        let shown = format!("{} {:?}", d.masked(), d);
+        assert!(!shown.contains("CANARY"), "{shown}");
+        assert!(!shown.contains("Q0FOQVJZ"), "{shown}");
+        assert!(shown.contains("/connectionProperties/username"));
+    }
+
+    #[test]
+    fn redact_scrubs_echoed_secrets() {
+        let d = doc();
+        assert_eq!(
+            d.redact("bad value CANARY-user for username"),
+            "bad value [REDACTED] for username"
+        );
+    }
+
+    #[test]
+    fn connection_ignores_connection_secret_and_debug_hides_values() {
+        let c: DataConnection = serde_json::from_value(serde_json::json!({
+            "qID": "1", "qName": "n", "datasourceID": "mssql",
+            "qConnectionSecret": "CANARY-cs",
+            "connectionProperties": {"host": "CANARY-host"},
+            "privileges": ["read", "update"]
+        }))
+        .unwrap();
+        assert!(c.has_privilege("update"));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("CANARY"), "{dbg}");
+        assert!(dbg.contains("host"));
+    }
+}
