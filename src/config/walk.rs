@@ -1,0 +1,250 @@
+//! A small helper to walk an untyped config tree while collecting every error with its path.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// One configuration problem, located by its key path (`jobs[2].connector`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Key path, e.g. `qlik.tenant_url` or `jobs[2].connector`.
+    pub path: String,
+    /// What is wrong. Never contains a secret value.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Collects errors.
+#[derive(Debug, Default)]
+pub struct Errors(pub Vec<ConfigError>);
+
+impl Errors {
+    /// Records an error at `path`.
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// A table being read; remembers which keys were consumed so the rest can be reported.
+pub struct Table<'a> {
+    /// Path of this table.
+    pub path: String,
+    map: &'a Map<String, Value>,
+    known: Vec<&'static str>,
+}
+
+impl<'a> Table<'a> {
+    /// Wraps `value` (which must be a table) at `path`; reports an error otherwise.
+    pub fn new(path: impl Into<String>, value: &'a Value, errs: &mut Errors) -> Option<Self> {
+        let path = path.into();
+        match value {
+            Value::Object(map) => Some(Table {
+                path,
+                map,
+                known: Vec::new(),
+            }),
+            other => {
+                errs.push(path, format!("expected a table, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    /// Full path of `key` in this table.
+    pub fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// The raw value under `key`, marking the key as known.
+    pub fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.known.push(key);
+        self.map.get(key)
+    }
+
+    /// Marks keys as known without reading them.
+    pub fn allow(&mut self, keys: &[&'static str]) {
+        self.known.extend_from_slice(keys);
+    }
+
+    /// Whether `key` is present.
+    pub fn has(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// An optional string.
+    pub fn opt_str(&mut self, key: &'static str, errs: &mut Errors) -> Option<String> {
+        match self.get(key)? {
+            Value::String(s) if s.trim().is_empty() => {
+                errs.push(self.key_path(key), "must not be empty");
+                None
+            }
+            Value::String(s) => Some(s.clone()),
+            other => {
+                errs.push(
+                    self.key_path(key),
+                    format!("expected a string, found {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// A required string.
+    pub fn req_str(&mut self, key: &'static str, errs: &mut Errors) -> Option<String> {
+        if !self.has(key) {
+            self.known.push(key);
+            errs.push(self.key_path(key), "is required");
+            return None;
+        }
+        self.opt_str(key, errs)
+    }
+
+    /// An optional unsigned integer within `range` (strings from environment overrides parse).
+    pub fn opt_u64(
+        &mut self,
+        key: &'static str,
+        range: std::ops::RangeInclusive<u64>,
+        errs: &mut Errors,
+    ) -> Option<u64> {
+        let v = self.get(key)?;
+        let n = match v {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        match n {
+            Some(n) if range.contains(&n) => Some(n),
+            Some(_) | None => {
+                errs.push(
+                    self.key_path(key),
+                    format!(
+                        "expected a whole number from {} to {}, found {}",
+                        range.start(),
+                        range.end(),
+                        shown(v)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// An optional boolean (strings `true`/`false` from environment overrides parse).
+    pub fn opt_bool(&mut self, key: &'static str, errs: &mut Errors) -> Option<bool> {
+        let v = self.get(key)?;
+        match v {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+            Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+            other => {
+                errs.push(
+                    self.key_path(key),
+                    format!("expected true or false, found {}", shown(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// An optional duration such as `"30s"`, `"5m"`, `"1h"`, `"250ms"`.
+    pub fn opt_duration(&mut self, key: &'static str, errs: &mut Errors) -> Option<Duration> {
+        let v = self.get(key)?;
+        match v.as_str().and_then(parse_duration) {
+            Some(d) => Some(d),
+            None => {
+                errs.push(
+                    self.key_path(key),
+                    format!(
+                        "expected a duration such as \"30s\", \"5m\" or \"1h\", found {}",
+                        shown(v)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reports every key that no reader asked for.
+    pub fn finish(self, errs: &mut Errors) {
+        for key in self.map.keys() {
+            if !self.known.iter().any(|k| k == key) {
+                let mut known = self.known.clone();
+                known.sort_unstable();
+                known.dedup();
+                errs.push(
+                    self.key_path(key),
+                    format!("unknown key (expected one of: {})", known.join(", ")),
+                );
+            }
+        }
+    }
+}
+
+/// Parses `"30s"`, `"5m"`, `"1h"`, `"250ms"`, `"1d"`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "ms" => return Some(Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+/// A short description of a value's type.
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "a table",
+    }
+}
+
+/// A value for an error message: scalars as written (config values are not secrets, since
+/// secrets are never accepted inline), containers by kind.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => kind(other).to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("12"), Some(Duration::from_secs(12)));
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("5 weeks"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+}
