@@ -1,8 +1,14 @@
 //! qlik-rotator: keeps the credentials of Qlik Cloud data connections fresh.
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod connectors;
 pub mod qlik;
+pub mod rotation;
 pub mod secrets;
 pub mod sim;
+// pub mod demo; (waits for the simulator)
+pub mod telemetry;

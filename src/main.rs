@@ -1,1 +1,58 @@
-fn main() {}
+//! qlik-rotator binary: parse the CLI, set up logging, dispatch. Everything else is in the
+//! library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use qlik_rotator::{
+    cli::{Cli, Command},
+    commands,
+    config::ProcessEnv,
+    telemetry,
+};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            // Help and --version are not errors; bad usage exits 64 (EX_USAGE) like bad config.
+            return if usage {
+                ExitCode::from(commands::EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let default_level = match cli.command {
+        Command::Demo => "warn",
+        _ => "info",
+    };
+    telemetry::init(cli.log_format, default_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let env = ProcessEnv;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::CheckConfig(c) => commands::check_config(&c.config, &env),
+            Command::Plan { config, job } => {
+                commands::plan(&config.config, job.as_deref(), &env).await
+            }
+            Command::Rotate {
+                config,
+                job,
+                all: _,
+            } => commands::rotate(&config.config, job.as_deref(), &env).await,
+            Command::Demo => std::process::ExitCode::FAILURE,
+        }
+    })
+}

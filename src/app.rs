@@ -1,0 +1,104 @@
+//! The build phase: turn a validated [`Config`] into live clients and sources. May do I/O
+//! (reading the API key file, loading the AWS configuration); sends nothing to Qlik.
+
+use std::{collections::HashMap, sync::Arc};
+
+use crate::{
+    config::{Config, ConfigInput, QlikAuth, SourceConfig},
+    qlik::{ClientSettings, Credentials, QlikClient, RetryPolicy},
+    rotation::Rotator,
+    secrets::{AnySource, aws::AwsSecretsManager, file::FileSource},
+};
+
+/// Why the build phase failed. Names the config key, never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A credential the rotator itself needs could not be read.
+    #[error("{key}: {message}")]
+    Credential {
+        /// The config key that points to it.
+        key: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// The HTTP client could not be created.
+    #[error("cannot create the HTTP client: {0}")]
+    Client(String),
+}
+
+/// Builds the Qlik client from `[qlik]`.
+///
+/// # Errors
+/// [`BuildError`] when the API key or client secret cannot be read.
+pub fn qlik_client(cfg: &Config, input: &dyn ConfigInput) -> Result<QlikClient, BuildError> {
+    let credentials = match &cfg.qlik.auth {
+        QlikAuth::ApiKey(loc) => {
+            Credentials::ApiKey(loc.read(input).map_err(|message| BuildError::Credential {
+                key: "qlik.api_key_env/api_key_file",
+                message,
+            })?)
+        }
+        QlikAuth::OAuth {
+            client_id,
+            client_secret,
+            scope,
+        } => Credentials::OAuth {
+            client_id: client_id.clone(),
+            client_secret: client_secret
+                .read(input)
+                .map_err(|message| BuildError::Credential {
+                    key: "qlik.oauth.client_secret_env/client_secret_file",
+                    message,
+                })?,
+            scope: scope.clone(),
+        },
+    };
+    QlikClient::new(ClientSettings {
+        tenant_url: cfg.qlik.tenant_url.clone(),
+        credentials,
+        request_timeout: cfg.qlik.request_timeout,
+        retry: RetryPolicy {
+            max_attempts: cfg.qlik.max_attempts,
+            ..RetryPolicy::default()
+        },
+        write_budget_per_min: cfg.qlik.write_budget_per_min,
+    })
+    .map_err(|e| BuildError::Client(e.to_string()))
+}
+
+/// Builds every configured secret source.
+pub async fn sources(cfg: &Config) -> HashMap<String, Arc<AnySource>> {
+    let mut out = HashMap::new();
+    for (name, src) in &cfg.sources {
+        let built = match src {
+            SourceConfig::File { path } => AnySource::File(FileSource::new(path.clone())),
+            SourceConfig::AwsSecretsManager {
+                region,
+                endpoint_url,
+            } => {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+                if let Some(region) = region {
+                    loader = loader.region(aws_config::Region::new(region.clone()));
+                }
+                if let Some(endpoint) = endpoint_url {
+                    loader = loader.endpoint_url(endpoint.clone());
+                }
+                let conf = loader.load().await;
+                AnySource::Aws(AwsSecretsManager::from_client(
+                    aws_sdk_secretsmanager::Client::new(&conf),
+                ))
+            }
+        };
+        out.insert(name.clone(), Arc::new(built));
+    }
+    out
+}
+
+/// Builds the rotator: Qlik client plus sources.
+///
+/// # Errors
+/// [`BuildError`] when a credential cannot be read.
+pub async fn rotator(cfg: &Config, input: &dyn ConfigInput) -> Result<Rotator, BuildError> {
+    let client = Arc::new(qlik_client(cfg, input)?);
+    Ok(Rotator::new(client, sources(cfg).await))
+}

@@ -1,0 +1,67 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// qlik-rotator keeps the credentials of Qlik Cloud data connections fresh.
+///
+/// It reads the current secret from a vault (AWS Secrets Manager or a local directory), sends
+/// a credential-only JSON Patch to each data connection, and verifies the result with a
+/// follow-up GET.
+///
+/// Start with `qlik-rotator demo` (no setup needed), then write a config like
+/// config/example.toml and try `check-config`, `plan` and `rotate`.
+#[derive(Debug, Parser)]
+#[command(name = "qlik-rotator", version, about, long_about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "pretty", global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 success · 1 a job failed (or a runtime error) · 64 invalid configuration or usage.\nLogs go to stderr (RUST_LOG=debug for more); results go to stdout.";
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a configuration file without touching the network; lists every error with its key.
+    CheckConfig(ConfigArg),
+    /// Show what `rotate` would send: reads each secret and connection, prints the PATCH
+    /// document with every value masked. Sends nothing.
+    Plan {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this job (default: all jobs).
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Rotate now (one-shot): fetch → PATCH → verify, one line per job.
+    Rotate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The job to rotate.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        job: Option<String>,
+        /// Rotate every job.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Run a full rotation against a built-in simulated Qlik tenant and a local file vault.
+    /// Needs no configuration, network or credentials.
+    Demo,
+}
+
+/// `-c FILE`.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Path of the TOML configuration file (see config/example.toml). Any key can be
+    /// overridden with QLIK_ROTATOR__SECTION__KEY environment variables.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+}
