@@ -311,8 +311,7 @@ impl Rotator {
             Err(e) => return Outcome::Failed(e.into()),
         };
         report.secret_version = Some(secret.version.clone());
-        if !opts.plan_only
-            && !(opts.force || job.force)
+        if !(opts.plan_only || opts.force || job.force)
             && opts.last_applied.as_deref() == Some(secret.version.as_str())
         {
             return Outcome::Unchanged;
