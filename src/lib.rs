@@ -12,3 +12,4 @@ pub mod secrets;
 pub mod sim;
 // pub mod demo; (waits for the simulator)
 pub mod telemetry;
+pub mod state;
