@@ -217,14 +217,17 @@ fn classify(secret: &SecretRef, err: &SdkError<GetSecretValueError, HttpResponse
                 .and_then(class_of_code)
                 .or(status.map(class_of_status))
                 .unwrap_or(Class::Unavailable);
-            let mut message = code.unwrap_or("UnknownError").to_owned();
-            if let Some(m) = service.message().filter(|m| !m.is_empty()) {
-                message.push_str(": ");
-                message.push_str(m);
-            }
-            if code.is_none() {
-                if let Some(status) = status {
-                    message.push_str(&format!(" (HTTP {status})"));
+            let mut message = match (code, status) {
+                (Some(code), _) => code.to_owned(),
+                (None, Some(status)) => format!("HTTP {status} without an AWS error code"),
+                (None, None) => "error without an AWS error code".to_owned(),
+            };
+            if let Some(m) = service.message() {
+                // AWS (and moto) messages sometimes carry runs of spaces and newlines.
+                let m = m.split_whitespace().collect::<Vec<_>>().join(" ");
+                if !m.is_empty() {
+                    message.push_str(": ");
+                    message.push_str(&m);
                 }
             }
             (class, message)
@@ -280,4 +283,139 @@ fn classify(secret: &SecretRef, err: &SdkError<GetSecretValueError, HttpResponse
 /// The HTTP status of the raw response, when the error has one.
 fn ctx_status(err: &SdkError<GetSecretValueError, HttpResponse>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_secretsmanager::error::ErrorMetadata;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    fn service_error(
+        code: Option<&str>,
+        status: u16,
+    ) -> SdkError<GetSecretValueError, HttpResponse> {
+        let mut meta = ErrorMetadata::builder().message("went   wrong\n here");
+        if let Some(code) = code {
+            meta = meta.code(code);
+        }
+        SdkError::service_error(
+            GetSecretValueError::generic(meta.build()),
+            HttpResponse::new(status.try_into().unwrap(), SdkBody::empty()),
+        )
+    }
+
+    fn current() -> SecretRef {
+        SecretRef::current("app/db")
+    }
+
+    #[test]
+    fn service_error_codes_are_classified() {
+        let cases = [
+            ("ResourceNotFoundException", 400, "secret_not_found"),
+            ("AccessDeniedException", 400, "secret_access_denied"),
+            ("DecryptionFailure", 400, "secret_access_denied"),
+            ("UnrecognizedClientException", 400, "secret_access_denied"),
+            ("InvalidClientTokenId", 403, "secret_access_denied"),
+            ("ExpiredTokenException", 400, "secret_access_denied"),
+            ("InvalidSignatureException", 400, "secret_access_denied"),
+            ("InvalidRequestException", 400, "secret_invalid"),
+            ("InvalidParameterException", 400, "secret_invalid"),
+            ("InternalServiceError", 500, "secret_source_unavailable"),
+            ("ThrottlingException", 400, "secret_source_unavailable"),
+            ("SomethingNew", 503, "secret_source_unavailable"),
+            ("SomethingNew", 403, "secret_access_denied"),
+            ("SomethingNew", 400, "secret_invalid"),
+        ];
+        for (code, status, expected) in cases {
+            let err = classify(&current(), &service_error(Some(code), status));
+            assert_eq!(err.error_type(), expected, "{code} {status}: {err}");
+            assert_eq!(err.is_retriable(), expected == "secret_source_unavailable");
+            let text = err.to_string();
+            assert!(text.contains(code), "{text}");
+            assert!(text.contains("went wrong here"), "{text}");
+        }
+    }
+
+    #[test]
+    fn missing_code_falls_back_to_http_status() {
+        for (status, expected) in [
+            (403, "secret_access_denied"),
+            (404, "secret_not_found"),
+            (429, "secret_source_unavailable"),
+            (500, "secret_source_unavailable"),
+        ] {
+            let err = classify(&current(), &service_error(None, status));
+            assert_eq!(err.error_type(), expected, "{status}: {err}");
+            assert!(err.to_string().contains(&format!("HTTP {status}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn not_found_names_the_selector_unless_default() {
+        let err = classify(
+            &SecretRef {
+                id: "a".into(),
+                version: VersionSelector::Stage("AWSPENDING".into()),
+            },
+            &service_error(Some("ResourceNotFoundException"), 400),
+        );
+        assert!(
+            err.to_string()
+                .starts_with(r#"secret "a" not found (version stage "AWSPENDING"): "#),
+            "{err}"
+        );
+        let err = classify(
+            &SecretRef::current("a"),
+            &service_error(Some("ResourceNotFoundException"), 400),
+        );
+        assert!(
+            err.to_string()
+                .starts_with(r#"secret "a" not found: ResourceNotFoundException"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn timeouts_are_unavailable() {
+        let err: SdkError<GetSecretValueError, HttpResponse> = SdkError::timeout_error("slow");
+        let err = classify(&current(), &err);
+        assert_eq!(err.error_type(), "secret_source_unavailable");
+        assert!(err.is_retriable());
+        assert!(err.to_string().contains("timed out"), "{err}");
+    }
+
+    fn output()
+    -> aws_sdk_secretsmanager::operation::get_secret_value::builders::GetSecretValueOutputBuilder
+    {
+        GetSecretValueOutput::builder().version_id("v-1")
+    }
+
+    #[test]
+    fn output_payloads() {
+        let v = value_from_output(&current(), output().secret_string("s").build()).unwrap();
+        assert_eq!(v.version, "v-1");
+        assert!(matches!(v.payload, SecretPayload::Text(_)));
+        let v = value_from_output(
+            &current(),
+            output()
+                .secret_binary(aws_sdk_secretsmanager::primitives::Blob::new(vec![1, 2]))
+                .build(),
+        )
+        .unwrap();
+        assert!(matches!(v.payload, SecretPayload::Binary(_)));
+
+        let err = value_from_output(&current(), output().build()).unwrap_err();
+        assert_eq!(err.error_type(), "secret_invalid");
+        assert!(err.to_string().contains("neither"), "{err}");
+        let err = value_from_output(&current(), output().secret_string("").build()).unwrap_err();
+        assert_eq!(err.error_type(), "secret_invalid");
+        let err = value_from_output(
+            &current(),
+            GetSecretValueOutput::builder().secret_string("x").build(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("VersionId"), "{err}");
+    }
 }
