@@ -90,6 +90,7 @@ impl Moto {
         command
             .arg(&script)
             .arg(port.to_string())
+            .arg("--exit-with-parent")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log);
