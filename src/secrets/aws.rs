@@ -1,10 +1,79 @@
-//! AWS Secrets Manager source. (Being implemented.)
+//! AWS Secrets Manager source (`GetSecretValue` through `aws-sdk-secretsmanager`).
+//!
+//! Every request names a version explicitly: `VersionStage` (default `AWSCURRENT`) or
+//! `VersionId`. Besides being precise, this sidesteps emulators (moto) that answer a request
+//! without a stage from a stale default version.
+//!
+//! Errors are classified into [`SourceError`] from the AWS error code; messages carry the code
+//! and AWS's message, never the payload.
 
-use super::{SecretRef, SecretSource, SecretValue, SourceError};
+use std::{error::Error as StdError, fmt, time::Duration};
+
+use aws_sdk_secretsmanager::{
+    Client,
+    config::{http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig},
+    error::{ProvideErrorMetadata, SdkError},
+    operation::get_secret_value::{GetSecretValueError, GetSecretValueOutput},
+};
+use secrecy::{SecretBox, SecretString};
+
+use super::{SecretPayload, SecretRef, SecretSource, SecretValue, SourceError, VersionSelector};
+
+/// TCP connect timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of one HTTP attempt.
+pub const OPERATION_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout of a whole operation, retries included.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts per operation (the SDK's standard retry strategy).
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// The timeouts [`AwsSecretsManager::from_env`] sets on the client.
+pub fn default_timeout_config() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(OPERATION_ATTEMPT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build()
+}
+
+/// The retry policy [`AwsSecretsManager::from_env`] sets on the client: standard, 3 attempts.
+pub fn default_retry_config() -> RetryConfig {
+    RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS)
+}
 
 /// AWS Secrets Manager.
-#[derive(Debug)]
-pub struct AwsSecretsManager {}
+#[derive(Clone)]
+pub struct AwsSecretsManager {
+    client: Client,
+}
+
+impl fmt::Debug for AwsSecretsManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsSecretsManager")
+            .field("region", &self.client.config().region())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AwsSecretsManager {
+    /// A client from the standard AWS configuration chain (environment, profiles, IRSA/web
+    /// identity, container and instance metadata; `AWS_ENDPOINT_URL_SECRETS_MANAGER` and
+    /// `AWS_REGION` are honoured), with [`default_timeout_config`] and [`default_retry_config`].
+    pub async fn from_env() -> Self {
+        let sdk_config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let config = aws_sdk_secretsmanager::config::Builder::from(&sdk_config)
+            .timeout_config(default_timeout_config())
+            .retry_config(default_retry_config())
+            .build();
+        Self::from_client(Client::from_conf(config))
+    }
+
+    /// Wraps an existing client as it is (its timeouts and retry policy are kept).
+    pub fn from_client(client: Client) -> Self {
+        AwsSecretsManager { client }
+    }
+}
 
 impl SecretSource for AwsSecretsManager {
     fn kind(&self) -> &'static str {
@@ -12,10 +81,342 @@ impl SecretSource for AwsSecretsManager {
     }
 
     async fn fetch(&self, secret: &SecretRef) -> Result<SecretValue, SourceError> {
-        Err(SourceError::Unavailable {
-            id: secret.id.clone(),
-            message: "not implemented".into(),
-        })
+        let request = self.client.get_secret_value().secret_id(&secret.id);
+        let request = match &secret.version {
+            VersionSelector::Stage(stage) => request.version_stage(stage),
+            VersionSelector::Id(id) => request.version_id(id),
+        };
+        match request.send().await {
+            Ok(output) => {
+                let value = value_from_output(secret, output)?;
+                tracing::debug!(secret_id = %secret.id, version = %value.version, "read secret from AWS Secrets Manager");
+                Ok(value)
+            }
+            Err(err) => Err(classify(secret, &err)),
+        }
+    }
+}
+
+fn value_from_output(
+    secret: &SecretRef,
+    output: GetSecretValueOutput,
+) -> Result<SecretValue, SourceError> {
+    let invalid = |message: &str| SourceError::Invalid {
+        id: secret.id.clone(),
+        message: message.to_owned(),
+    };
+    let GetSecretValueOutput {
+        version_id,
+        secret_string,
+        secret_binary,
+        ..
+    } = output;
+    let version = version_id
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| invalid("the response has no VersionId"))?;
+    let payload = match (secret_string, secret_binary) {
+        (Some(text), _) if !text.is_empty() => SecretPayload::Text(SecretString::from(text)),
+        (_, Some(blob)) if !blob.as_ref().is_empty() => {
+            SecretPayload::Binary(SecretBox::new(Box::new(blob.into_inner())))
+        }
+        (Some(_), _) | (_, Some(_)) => return Err(invalid("the secret value is empty")),
+        (None, None) => {
+            return Err(invalid(
+                "the response has neither SecretString nor SecretBinary",
+            ));
+        }
+    };
+    Ok(SecretValue { version, payload })
+}
+
+/// What kind of failure an AWS error code stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    NotFound,
+    AccessDenied,
+    Invalid,
+    Unavailable,
+}
+
+fn class_of_code(code: &str) -> Option<Class> {
+    Some(match code {
+        "ResourceNotFoundException" => Class::NotFound,
+        "AccessDeniedException"
+        | "AccessDenied"
+        | "DecryptionFailure"
+        | "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "InvalidSignatureException"
+        | "SignatureDoesNotMatch"
+        | "IncompleteSignature"
+        | "MissingAuthenticationToken"
+        | "InvalidToken"
+        | "ExpiredToken"
+        | "ExpiredTokenException"
+        | "RequestExpired" => Class::AccessDenied,
+        "InvalidRequestException" | "InvalidParameterException" | "ValidationException" => {
+            Class::Invalid
+        }
+        "InternalServiceError"
+        | "InternalFailure"
+        | "InternalServerError"
+        | "ServiceUnavailable"
+        | "ServiceUnavailableException"
+        | "ThrottlingException"
+        | "Throttling"
+        | "TooManyRequestsException"
+        | "RequestLimitExceeded"
+        | "LimitExceededException"
+        | "RequestTimeout"
+        | "RequestTimeoutException" => Class::Unavailable,
+        _ => return None,
+    })
+}
+
+fn class_of_status(status: u16) -> Class {
+    match status {
+        401 | 403 => Class::AccessDenied,
+        404 => Class::NotFound,
+        408 | 429 => Class::Unavailable,
+        400..=499 => Class::Invalid,
+        _ => Class::Unavailable,
+    }
+}
+
+fn selector_detail(selector: &VersionSelector) -> String {
+    match selector {
+        VersionSelector::Stage(stage) if stage == "AWSCURRENT" => String::new(),
+        VersionSelector::Stage(stage) => format!(" (version stage {stage:?})"),
+        VersionSelector::Id(id) => format!(" (version id {id:?})"),
+    }
+}
+
+/// `a: b: c` from an error and its sources, skipping repeats.
+fn error_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// Maps an SDK error to a [`SourceError`]. Uses only error codes, AWS messages, status codes
+/// and transport errors: never a response body.
+fn classify(secret: &SecretRef, err: &SdkError<GetSecretValueError, HttpResponse>) -> SourceError {
+    let (class, message) = match err {
+        SdkError::ServiceError(ctx) => {
+            let service = ctx.err();
+            let code = service.code();
+            let status = ctx_status(err);
+            let class = code
+                .and_then(class_of_code)
+                .or(status.map(class_of_status))
+                .unwrap_or(Class::Unavailable);
+            let mut message = match (code, status) {
+                (Some(code), _) => code.to_owned(),
+                (None, Some(status)) => format!("HTTP {status} without an AWS error code"),
+                (None, None) => "error without an AWS error code".to_owned(),
+            };
+            if let Some(m) = service.message() {
+                // AWS (and moto) messages sometimes carry runs of spaces and newlines.
+                let m = m.split_whitespace().collect::<Vec<_>>().join(" ");
+                if !m.is_empty() {
+                    message.push_str(": ");
+                    message.push_str(&m);
+                }
+            }
+            (class, message)
+        }
+        SdkError::TimeoutError(_) => (
+            Class::Unavailable,
+            "request to Secrets Manager timed out".to_owned(),
+        ),
+        SdkError::DispatchFailure(failure) => {
+            let kind = if failure.is_timeout() {
+                "timed out"
+            } else if failure.is_io() {
+                "connection failed"
+            } else {
+                "request failed"
+            };
+            let chain = failure
+                .as_connector_error()
+                .map(|e| error_chain(e))
+                .unwrap_or_default();
+            (
+                Class::Unavailable,
+                format!("request to Secrets Manager {kind}: {chain}"),
+            )
+        }
+        SdkError::ResponseError(_) => (
+            Class::Unavailable,
+            format!(
+                "unreadable response from Secrets Manager{}",
+                ctx_status(err)
+                    .map(|s| format!(" (HTTP {s})"))
+                    .unwrap_or_default()
+            ),
+        ),
+        SdkError::ConstructionFailure(_) => (
+            Class::Invalid,
+            format!("could not build the request: {}", error_chain(err)),
+        ),
+        _ => (Class::Unavailable, error_chain(err)),
+    };
+    let id = secret.id.clone();
+    match class {
+        Class::NotFound => SourceError::NotFound {
+            id,
+            detail: format!("{}: {message}", selector_detail(&secret.version)),
+        },
+        Class::AccessDenied => SourceError::AccessDenied { id, message },
+        Class::Invalid => SourceError::Invalid { id, message },
+        Class::Unavailable => SourceError::Unavailable { id, message },
+    }
+}
+
+/// The HTTP status of the raw response, when the error has one.
+fn ctx_status(err: &SdkError<GetSecretValueError, HttpResponse>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_secretsmanager::error::ErrorMetadata;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    fn service_error(
+        code: Option<&str>,
+        status: u16,
+    ) -> SdkError<GetSecretValueError, HttpResponse> {
+        let mut meta = ErrorMetadata::builder().message("went   wrong\n here");
+        if let Some(code) = code {
+            meta = meta.code(code);
+        }
+        SdkError::service_error(
+            GetSecretValueError::generic(meta.build()),
+            HttpResponse::new(status.try_into().unwrap(), SdkBody::empty()),
+        )
+    }
+
+    fn current() -> SecretRef {
+        SecretRef::current("app/db")
+    }
+
+    #[test]
+    fn service_error_codes_are_classified() {
+        let cases = [
+            ("ResourceNotFoundException", 400, "secret_not_found"),
+            ("AccessDeniedException", 400, "secret_access_denied"),
+            ("DecryptionFailure", 400, "secret_access_denied"),
+            ("UnrecognizedClientException", 400, "secret_access_denied"),
+            ("InvalidClientTokenId", 403, "secret_access_denied"),
+            ("ExpiredTokenException", 400, "secret_access_denied"),
+            ("InvalidSignatureException", 400, "secret_access_denied"),
+            ("InvalidRequestException", 400, "secret_invalid"),
+            ("InvalidParameterException", 400, "secret_invalid"),
+            ("InternalServiceError", 500, "secret_source_unavailable"),
+            ("ThrottlingException", 400, "secret_source_unavailable"),
+            ("SomethingNew", 503, "secret_source_unavailable"),
+            ("SomethingNew", 403, "secret_access_denied"),
+            ("SomethingNew", 400, "secret_invalid"),
+        ];
+        for (code, status, expected) in cases {
+            let err = classify(&current(), &service_error(Some(code), status));
+            assert_eq!(err.error_type(), expected, "{code} {status}: {err}");
+            assert_eq!(err.is_retriable(), expected == "secret_source_unavailable");
+            let text = err.to_string();
+            assert!(text.contains(code), "{text}");
+            assert!(text.contains("went wrong here"), "{text}");
+        }
+    }
+
+    #[test]
+    fn missing_code_falls_back_to_http_status() {
+        for (status, expected) in [
+            (403, "secret_access_denied"),
+            (404, "secret_not_found"),
+            (429, "secret_source_unavailable"),
+            (500, "secret_source_unavailable"),
+        ] {
+            let err = classify(&current(), &service_error(None, status));
+            assert_eq!(err.error_type(), expected, "{status}: {err}");
+            assert!(err.to_string().contains(&format!("HTTP {status}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn not_found_names_the_selector_unless_default() {
+        let err = classify(
+            &SecretRef {
+                id: "a".into(),
+                version: VersionSelector::Stage("AWSPENDING".into()),
+            },
+            &service_error(Some("ResourceNotFoundException"), 400),
+        );
+        assert!(
+            err.to_string()
+                .starts_with(r#"secret "a" not found (version stage "AWSPENDING"): "#),
+            "{err}"
+        );
+        let err = classify(
+            &SecretRef::current("a"),
+            &service_error(Some("ResourceNotFoundException"), 400),
+        );
+        assert!(
+            err.to_string()
+                .starts_with(r#"secret "a" not found: ResourceNotFoundException"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn timeouts_are_unavailable() {
+        let err: SdkError<GetSecretValueError, HttpResponse> = SdkError::timeout_error("slow");
+        let err = classify(&current(), &err);
+        assert_eq!(err.error_type(), "secret_source_unavailable");
+        assert!(err.is_retriable());
+        assert!(err.to_string().contains("timed out"), "{err}");
+    }
+
+    fn output()
+    -> aws_sdk_secretsmanager::operation::get_secret_value::builders::GetSecretValueOutputBuilder
+    {
+        GetSecretValueOutput::builder().version_id("v-1")
+    }
+
+    #[test]
+    fn output_payloads() {
+        let v = value_from_output(&current(), output().secret_string("s").build()).unwrap();
+        assert_eq!(v.version, "v-1");
+        assert!(matches!(v.payload, SecretPayload::Text(_)));
+        let v = value_from_output(
+            &current(),
+            output()
+                .secret_binary(aws_sdk_secretsmanager::primitives::Blob::new(vec![1, 2]))
+                .build(),
+        )
+        .unwrap();
+        assert!(matches!(v.payload, SecretPayload::Binary(_)));
+
+        let err = value_from_output(&current(), output().build()).unwrap_err();
+        assert_eq!(err.error_type(), "secret_invalid");
+        assert!(err.to_string().contains("neither"), "{err}");
+        let err = value_from_output(&current(), output().secret_string("").build()).unwrap_err();
+        assert_eq!(err.error_type(), "secret_invalid");
+        let err = value_from_output(
+            &current(),
+            GetSecretValueOutput::builder().secret_string("x").build(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("VersionId"), "{err}");
     }
 }
 
