@@ -7,7 +7,11 @@ use crate::{
     config::{Config, ConfigInput, QlikAuth, SourceConfig},
     qlik::{ClientSettings, Credentials, QlikClient, RetryPolicy},
     rotation::Rotator,
-    secrets::{AnySource, aws::AwsSecretsManager, file::FileSource},
+    secrets::{
+        AnySource,
+        aws::{self, AwsSecretsManager},
+        file::FileSource,
+    },
 };
 
 /// Why the build phase failed. Names the config key, never a secret.
@@ -84,8 +88,12 @@ pub async fn sources(cfg: &Config) -> HashMap<String, Arc<AnySource>> {
                     loader = loader.endpoint_url(endpoint.clone());
                 }
                 let conf = loader.load().await;
+                let conf = aws_sdk_secretsmanager::config::Builder::from(&conf)
+                    .timeout_config(aws::default_timeout_config())
+                    .retry_config(aws::default_retry_config())
+                    .build();
                 AnySource::Aws(AwsSecretsManager::from_client(
-                    aws_sdk_secretsmanager::Client::new(&conf),
+                    aws_sdk_secretsmanager::Client::from_conf(conf),
                 ))
             }
         };

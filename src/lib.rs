@@ -11,5 +11,5 @@ pub mod rotation;
 pub mod secrets;
 pub mod sim;
 // pub mod demo; (waits for the simulator)
-pub mod telemetry;
 pub mod state;
+pub mod telemetry;

@@ -91,9 +91,11 @@ impl StateStore {
         let path = self.file();
         let mut jobs = read_file(&path);
         jobs.insert(job.to_owned(), state);
-        let body = serde_json::to_vec_pretty(&StateFile { format: 1, jobs })
-            .expect("state serialises");
-        let tmp = self.dir.join(format!(".state.json.{}.tmp", std::process::id()));
+        let body =
+            serde_json::to_vec_pretty(&StateFile { format: 1, jobs }).expect("state serialises");
+        let tmp = self
+            .dir
+            .join(format!(".state.json.{}.tmp", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(&body)?;

@@ -419,10 +419,3 @@ mod tests {
         assert!(err.to_string().contains("VersionId"), "{err}");
     }
 }
-
-impl AwsSecretsManager {
-    /// Wraps a client.
-    pub fn from_client(_client: aws_sdk_secretsmanager::Client) -> Self {
-        AwsSecretsManager {}
-    }
-}

@@ -345,10 +345,3 @@ mod tests {
         assert!(!out.contains(canary), "{out}");
     }
 }
-
-impl FileSource {
-    /// A source over `dir`.
-    pub fn new(_dir: impl Into<std::path::PathBuf>) -> Self {
-        FileSource {}
-    }
-}
