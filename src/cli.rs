@@ -30,8 +30,19 @@ const EXIT_CODES: &str = "Exit codes: 0 success · 1 a job failed (or a runtime 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate a configuration file without touching the network; lists every error with its key.
-    CheckConfig(ConfigArg),
+    /// Validate a configuration file; lists every error with its key. Touches no network unless
+    /// --online is given.
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also run pre-flight against the tenant: every connection is resolved, grants the
+        /// update privilege, and has the job's connector.
+        #[arg(long)]
+        online: bool,
+    },
+    /// Run the daemon: rotate each job on its schedule when its secret version changes,
+    /// export Prometheus metrics, and shut down gracefully on SIGTERM/SIGINT.
+    Run(ConfigArg),
     /// Show what `rotate` would send: reads each secret and connection, prints the PATCH
     /// document with every value masked. Sends nothing.
     Plan {
@@ -51,6 +62,9 @@ pub enum Command {
         /// Rotate every job.
         #[arg(long)]
         all: bool,
+        /// Skip jobs whose secret version was already applied (as the daemon does).
+        #[arg(long)]
+        if_changed: bool,
     },
     /// Run a full rotation against a built-in simulated Qlik tenant and a local file vault.
     /// Needs no configuration, network or credentials.

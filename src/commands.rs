@@ -5,7 +5,9 @@ use std::{io::Write, path::Path, process::ExitCode};
 use crate::{
     app,
     config::{self, Config, ConfigInput},
+    daemon,
     rotation::{Outcome, RunOptions},
+    state::{JobState, StateStore},
 };
 
 /// Exit code for an invalid configuration or usage (EX_USAGE).
@@ -27,8 +29,44 @@ pub fn load(path: &Path, input: &dyn ConfigInput) -> Result<Config, ExitCode> {
     })
 }
 
-/// `check-config`.
-pub fn check_config(path: &Path, input: &dyn ConfigInput) -> ExitCode {
+/// `check-config [--online]`.
+pub async fn check_config(path: &Path, online: bool, input: &dyn ConfigInput) -> ExitCode {
+    let code = check_offline(path, input);
+    if !online || code != ExitCode::SUCCESS {
+        return code;
+    }
+    let Ok(cfg) = load(path, input) else {
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let rotator = match app::rotator(&cfg, input).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    println!("pre-flight against {}:", cfg.qlik.tenant_url);
+    let mut failed = 0;
+    for job in &cfg.jobs {
+        match daemon::preflight(&rotator, job).await {
+            Ok(conn) => println!(
+                "  {}: OK (connection {}, {})",
+                job.name, conn.id, conn.datasource_id
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("  {}: FAILED: {e}", job.name);
+            }
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+fn check_offline(path: &Path, input: &dyn ConfigInput) -> ExitCode {
     match load(path, input) {
         Ok(cfg) => {
             println!(
@@ -128,8 +166,14 @@ pub async fn plan(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> Ex
     }
 }
 
-/// `rotate`: one line per job; exit 0 only if every job succeeded.
-pub async fn rotate(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> ExitCode {
+/// `rotate`: one line per job; exit 0 only if every job succeeded. Records applied versions in
+/// the same state file as the daemon.
+pub async fn rotate(
+    path: &Path,
+    job: Option<&str>,
+    if_changed: bool,
+    input: &dyn ConfigInput,
+) -> ExitCode {
     let cfg = match load(path, input) {
         Ok(c) => c,
         Err(code) => return code,
@@ -145,13 +189,44 @@ pub async fn rotate(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> 
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let state = StateStore::new(cfg.daemon.state_dir.clone());
     let mut failed = 0;
     for job in &jobs {
-        let report = rotator.run(job, RunOptions::default()).await;
+        let last_applied = if if_changed {
+            state
+                .get(&job.name)
+                .filter(|s| s.applies_to(&job.connection))
+                .map(|s| s.applied_version)
+        } else {
+            None
+        };
+        let report = rotator
+            .run(
+                job,
+                RunOptions {
+                    last_applied,
+                    ..RunOptions::default()
+                },
+            )
+            .await;
         if !report.outcome.is_success() {
             failed += 1;
         }
         println!("{}", report.line());
+        if let (Outcome::Rotated, Some(conn), Some(version)) = (
+            &report.outcome,
+            &report.connection_id,
+            &report.secret_version,
+        ) && let Err(e) = state.record(
+            &job.name,
+            JobState {
+                connection_id: conn.clone(),
+                applied_version: version.clone(),
+                applied_at: chrono::Utc::now().timestamp(),
+            },
+        ) {
+            eprintln!("warning: {e} (the daemon will rotate this job once more)");
+        }
     }
     if failed == 0 {
         ExitCode::SUCCESS
@@ -159,4 +234,27 @@ pub async fn rotate(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> 
         eprintln!("{failed} of {} job(s) failed", jobs.len());
         ExitCode::from(EXIT_FAILED)
     }
+}
+
+/// `run`: the daemon, until SIGTERM/SIGINT.
+pub async fn run(path: &Path, input: &dyn ConfigInput) -> ExitCode {
+    let cfg = match load(path, input) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let running = match daemon::start(&cfg, input).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return match e {
+                daemon::StartError::Build(_) | daemon::StartError::AdminToken(_) => {
+                    ExitCode::from(EXIT_USAGE)
+                }
+                _ => ExitCode::FAILURE,
+            };
+        }
+    };
+    daemon::shutdown_signal().await;
+    running.shutdown().await;
+    ExitCode::SUCCESS
 }

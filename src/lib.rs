@@ -11,5 +11,8 @@ pub mod rotation;
 pub mod secrets;
 pub mod sim;
 // pub mod demo; (waits for the simulator)
+pub mod admin;
+pub mod daemon;
+pub mod metrics;
 pub mod state;
 pub mod telemetry;

@@ -43,7 +43,10 @@ fn main() -> ExitCode {
     let env = ProcessEnv;
     runtime.block_on(async move {
         match cli.command {
-            Command::CheckConfig(c) => commands::check_config(&c.config, &env),
+            Command::CheckConfig { config, online } => {
+                commands::check_config(&config.config, online, &env).await
+            }
+            Command::Run(c) => commands::run(&c.config, &env).await,
             Command::Plan { config, job } => {
                 commands::plan(&config.config, job.as_deref(), &env).await
             }
@@ -51,7 +54,8 @@ fn main() -> ExitCode {
                 config,
                 job,
                 all: _,
-            } => commands::rotate(&config.config, job.as_deref(), &env).await,
+                if_changed,
+            } => commands::rotate(&config.config, job.as_deref(), if_changed, &env).await,
             Command::Demo => std::process::ExitCode::FAILURE,
         }
     })

@@ -10,6 +10,7 @@ use std::{
 use crate::{
     config::{ConnectionRef, JobConfig},
     connectors::{self, BuildError, BuildSpec, Mismatch},
+    metrics::Metrics,
     qlik::{DataConnection, QlikClient, QlikError},
     secrets::{AnySource, SecretSource, SourceError},
 };
@@ -219,6 +220,7 @@ pub struct Rotator {
     client: Arc<QlikClient>,
     sources: HashMap<String, Arc<AnySource>>,
     resolved: Mutex<HashMap<String, String>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Rotator {
@@ -228,7 +230,15 @@ impl Rotator {
             client,
             sources,
             resolved: Mutex::new(HashMap::new()),
+            metrics: None,
         }
+    }
+
+    /// Records secret reads and in-flight rotations in `metrics` (run outcomes are recorded
+    /// by the caller, once per run, with [`Metrics::record`]).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The Qlik client.
@@ -278,8 +288,10 @@ impl Rotator {
             duration: Duration::ZERO,
             after: None,
         };
+        let in_flight = self.metrics.as_ref().map(|m| m.start_rotation());
         report.outcome = self.run_inner(job, opts, &mut report).await;
         report.duration = started.elapsed();
+        drop(in_flight);
         match &report.outcome {
             Outcome::Failed(e) | Outcome::VerifyFailed(e) => tracing::warn!(
                 job = %job.name,
@@ -306,7 +318,11 @@ impl Rotator {
         let Some(source) = self.sources.get(&job.source) else {
             return Outcome::Failed(RotationError::UnknownSource(job.source.clone()));
         };
-        let secret = match source.fetch(&job.secret).await {
+        let fetched = source.fetch(&job.secret).await;
+        if let Some(m) = &self.metrics {
+            m.secret_fetch(source.kind(), fetched.is_ok());
+        }
+        let secret = match fetched {
             Ok(s) => s,
             Err(e) => return Outcome::Failed(e.into()),
         };

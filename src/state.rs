@@ -25,6 +25,17 @@ pub struct JobState {
     pub applied_at: i64,
 }
 
+impl JobState {
+    /// Whether this record is about `conn` (a job re-pointed at another connection id starts
+    /// fresh; a name-based job keeps its record).
+    pub fn applies_to(&self, conn: &crate::config::ConnectionRef) -> bool {
+        match conn {
+            crate::config::ConnectionRef::Id(id) => *id == self.connection_id,
+            crate::config::ConnectionRef::Name { .. } => true,
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StateFile {
     #[serde(default)]

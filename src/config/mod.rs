@@ -205,6 +205,8 @@ pub struct JobConfig {
     pub run_on_start: bool,
     /// Rotate even if the secret version has not changed.
     pub force: bool,
+    /// How old the last success may get before the credentials count as stale (alerting).
+    pub max_age: Duration,
 }
 
 /// `[daemon]`.
@@ -728,6 +730,9 @@ fn job(
     let jitter = t.opt_duration("jitter", errs).unwrap_or_default();
     let run_on_start = t.opt_bool("run_on_start", errs).unwrap_or(false);
     let force = t.opt_bool("force", errs).unwrap_or(false);
+    let max_age = t
+        .opt_duration("max_age", errs)
+        .unwrap_or(Duration::from_secs(25 * 3600));
     t.finish(errs);
     Some(JobConfig {
         name: name?,
@@ -745,6 +750,7 @@ fn job(
         jitter,
         run_on_start,
         force,
+        max_age,
     })
 }
 

@@ -1,0 +1,470 @@
+//! `qlik-rotator run`: scheduled rotations with change detection, pre-flight, state, metrics,
+//! the admin listener and graceful shutdown.
+//!
+//! Lifecycle: build (clients, sources, state, metrics) → admin listener → pre-flight →
+//! scheduler → ready → wait for SIGTERM/SIGINT → stop starting rotations → wait for in-flight
+//! ones (PATCH + verify) up to `shutdown_grace_period` → exit 0.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    admin, app,
+    config::{Config, ConfigInput, JobConfig},
+    metrics::Metrics,
+    qlik::DataConnection,
+    rotation::{Outcome, Rotator, RunOptions},
+    state::{JobState, StateStore},
+};
+
+/// Why a job's connection failed pre-flight.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// Not found or not readable.
+    #[error("cannot read the connection: {0}")]
+    Read(crate::qlik::QlikError),
+    /// Missing `update` privilege.
+    #[error("connection {0} does not grant the update privilege to this identity")]
+    NoUpdate(String),
+    /// Connector mismatch.
+    #[error("connection {id} is a {actual:?} connection, but the job says {expected:?}")]
+    WrongConnector {
+        /// Connection id.
+        id: String,
+        /// Job's connector.
+        expected: String,
+        /// GET's datasourceID.
+        actual: String,
+    },
+}
+
+/// Checks one job's connection: resolvable, `update` privilege, matching connector.
+///
+/// # Errors
+/// [`PreflightError`].
+pub async fn preflight(
+    rotator: &Rotator,
+    job: &JobConfig,
+) -> Result<DataConnection, PreflightError> {
+    let conn = rotator
+        .read_connection(job)
+        .await
+        .map_err(PreflightError::Read)?;
+    if !conn.has_privilege("update") {
+        return Err(PreflightError::NoUpdate(conn.id));
+    }
+    if conn.datasource_id != job.connector.id {
+        return Err(PreflightError::WrongConnector {
+            id: conn.id,
+            expected: job.connector.id.clone(),
+            actual: conn.datasource_id,
+        });
+    }
+    Ok(conn)
+}
+
+/// Why a trigger did or did not start a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Triggered {
+    /// A run was started.
+    Started,
+    /// No such job.
+    UnknownJob,
+    /// The daemon is shutting down.
+    ShuttingDown,
+}
+
+struct JobRuntime {
+    cfg: JobConfig,
+    running: tokio::sync::Mutex<()>,
+    known: Mutex<Option<DataConnection>>,
+    preflight_ok: AtomicBool,
+}
+
+/// The daemon's shared core.
+pub struct Daemon {
+    jobs: BTreeMap<String, Arc<JobRuntime>>,
+    rotator: Arc<Rotator>,
+    state: StateStore,
+    metrics: Arc<Metrics>,
+    semaphore: Semaphore,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    max_attempts_per_run: u32,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("jobs", &self.jobs.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// Whether the daemon is ready (scheduler running, pre-flight done, not shutting down).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.cancel.is_cancelled()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Starts a run of `name` now (scheduled, on start, or on demand). Returns at once.
+    pub fn trigger(self: &Arc<Self>, name: &str, jitter: bool, force: bool) -> Triggered {
+        let Some(job) = self.jobs.get(name).cloned() else {
+            return Triggered::UnknownJob;
+        };
+        if self.cancel.is_cancelled() {
+            return Triggered::ShuttingDown;
+        }
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            if jitter && !job.cfg.jitter.is_zero() {
+                let delay = rand::rng().random_range(Duration::ZERO..=job.cfg.jitter);
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = this.cancel.cancelled() => return,
+                }
+            }
+            this.run_job(&job, force).await;
+        });
+        Triggered::Started
+    }
+
+    async fn run_job(&self, job: &JobRuntime, force: bool) {
+        let name = job.cfg.name.as_str();
+        // The same job never runs twice at once.
+        let Ok(_running) = job.running.try_lock() else {
+            tracing::info!(job = name, "Job is still running; skipping this trigger.");
+            return;
+        };
+        let _permit = tokio::select! {
+            p = self.semaphore.acquire() => match p { Ok(p) => p, Err(_) => return },
+            () = self.cancel.cancelled() => return,
+        };
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        if !job.preflight_ok.load(Ordering::SeqCst) {
+            // Retry pre-flight on each trigger, so a fixed permission recovers by itself.
+            match preflight(&self.rotator, &job.cfg).await {
+                Ok(conn) => {
+                    tracing::info!(job = name, "Pre-flight now passes; job enabled.");
+                    *job.known.lock().expect("known lock") = Some(conn);
+                    job.preflight_ok.store(true, Ordering::SeqCst);
+                    self.metrics.set_preflight(name, true);
+                    self.update_job_gauges();
+                }
+                Err(e) => {
+                    tracing::warn!(job = name, error = %e, "Pre-flight still failing; skipping this run.");
+                    return;
+                }
+            }
+        }
+        let mut attempt = 0;
+        let report = loop {
+            attempt += 1;
+            let last = self.state.get(name).map(|s| s.applied_version);
+            let known = job.known.lock().expect("known lock").take();
+            let report = self
+                .rotator
+                .run(
+                    &job.cfg,
+                    RunOptions {
+                        plan_only: false,
+                        last_applied: last,
+                        force,
+                        known: known.clone(),
+                    },
+                )
+                .await;
+            match &report.outcome {
+                Outcome::Rotated => {
+                    *job.known.lock().expect("known lock") = report.after.clone();
+                    if let (Some(conn), Some(version)) =
+                        (&report.connection_id, &report.secret_version)
+                        && let Err(e) = self.state.record(
+                            name,
+                            JobState {
+                                connection_id: conn.clone(),
+                                applied_version: version.clone(),
+                                applied_at: chrono::Utc::now().timestamp(),
+                            },
+                        )
+                    {
+                        tracing::error!(job = name, error = %e, "Cannot write the state file; the next run will rotate again.");
+                    }
+                    break report;
+                }
+                Outcome::Unchanged | Outcome::Planned(_) => {
+                    *job.known.lock().expect("known lock") = known;
+                    break report;
+                }
+                Outcome::Failed(e) | Outcome::VerifyFailed(e) => {
+                    self.metrics.record_error(name, e);
+                    let retry = e.is_retriable()
+                        && attempt < self.max_attempts_per_run
+                        && !self.cancel.is_cancelled();
+                    if !retry {
+                        break report;
+                    }
+                    let delay = Duration::from_secs(1 << attempt.min(6));
+                    tracing::info!(
+                        job = name,
+                        attempt,
+                        delay_s = delay.as_secs(),
+                        "Retrying the rotation."
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.cancel.cancelled() => break report,
+                    }
+                }
+            }
+        };
+        self.metrics.record(&job.cfg, &report);
+    }
+
+    fn update_job_gauges(&self) {
+        let failed = self
+            .jobs
+            .values()
+            .filter(|j| !j.preflight_ok.load(Ordering::SeqCst))
+            .count();
+        self.metrics.set_jobs(self.jobs.len() - failed, failed);
+    }
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Build phase failed (credentials).
+    #[error(transparent)]
+    Build(#[from] app::BuildError),
+    /// The admin listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The admin token file could not be read.
+    #[error("metrics.admin_token_file: {0}")]
+    AdminToken(String),
+    /// The scheduler failed.
+    #[error("scheduler: {0}")]
+    Scheduler(String),
+}
+
+/// A running daemon.
+pub struct Running {
+    /// The shared core.
+    pub daemon: Arc<Daemon>,
+    /// Where `/metrics` and the admin API listen.
+    pub addr: SocketAddr,
+    scheduler: JobScheduler,
+    admin_stop: CancellationToken,
+    admin_task: tokio::task::JoinHandle<()>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds and starts the daemon: admin listener, pre-flight, scheduler.
+///
+/// # Errors
+/// [`StartError`].
+pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let client = Arc::new(app::qlik_client(cfg, input)?.with_observer(metrics.clone()));
+    let rotator =
+        Arc::new(Rotator::new(client, app::sources(cfg).await).with_metrics(metrics.clone()));
+    let admin_token = match &cfg.metrics.admin_token_file {
+        None => None,
+        Some(path) => Some(
+            crate::config::SecretLocator::File(path.clone())
+                .read(input)
+                .map_err(StartError::AdminToken)?,
+        ),
+    };
+    let jobs = cfg
+        .jobs
+        .iter()
+        .map(|j| {
+            metrics.register_job(j);
+            (
+                j.name.clone(),
+                Arc::new(JobRuntime {
+                    cfg: j.clone(),
+                    running: tokio::sync::Mutex::new(()),
+                    known: Mutex::new(None),
+                    preflight_ok: AtomicBool::new(false),
+                }),
+            )
+        })
+        .collect();
+    let daemon = Arc::new(Daemon {
+        jobs,
+        rotator,
+        state: StateStore::new(cfg.daemon.state_dir.clone()),
+        metrics,
+        semaphore: Semaphore::new(cfg.daemon.max_concurrent_rotations),
+        cancel: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        max_attempts_per_run: cfg.daemon.max_attempts_per_run,
+        ready: AtomicBool::new(false),
+    });
+
+    // The admin listener first, so /healthz and /metrics answer during pre-flight.
+    let listener = tokio::net::TcpListener::bind(cfg.metrics.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: cfg.metrics.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: cfg.metrics.listen,
+        source,
+    })?;
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(
+        listener,
+        daemon.clone(),
+        admin_token,
+        admin_stop.clone(),
+    ));
+    tracing::info!(%addr, "Serving /metrics, /healthz, /readyz.");
+
+    // Pre-flight every job; failures are reported and skipped, the others run.
+    for job in daemon.jobs.values() {
+        match preflight(&daemon.rotator, &job.cfg).await {
+            Ok(conn) => {
+                *job.known.lock().expect("known lock") = Some(conn);
+                job.preflight_ok.store(true, Ordering::SeqCst);
+                daemon.metrics.set_preflight(&job.cfg.name, true);
+                tracing::info!(job = %job.cfg.name, "Pre-flight passed.");
+            }
+            Err(e) => {
+                daemon.metrics.set_preflight(&job.cfg.name, false);
+                tracing::error!(job = %job.cfg.name, error = %e, "Pre-flight failed; the job is skipped until it passes.");
+            }
+        }
+    }
+    daemon.update_job_gauges();
+
+    let scheduler = JobScheduler::new()
+        .await
+        .map_err(|e| StartError::Scheduler(e.to_string()))?;
+    for job in daemon.jobs.values() {
+        let Some(schedule) = &job.cfg.schedule else {
+            continue;
+        };
+        let d = daemon.clone();
+        let name = job.cfg.name.clone();
+        let cron = Job::new_async_tz(schedule.as_str(), job.cfg.timezone, move |_id, _l| {
+            let d = d.clone();
+            let name = name.clone();
+            Box::pin(async move {
+                d.trigger(&name, true, false);
+            })
+        })
+        .map_err(|e| StartError::Scheduler(format!("job {}: {e}", job.cfg.name)))?;
+        scheduler
+            .add(cron)
+            .await
+            .map_err(|e| StartError::Scheduler(e.to_string()))?;
+    }
+    scheduler
+        .start()
+        .await
+        .map_err(|e| StartError::Scheduler(e.to_string()))?;
+    for job in daemon.jobs.values() {
+        if job.cfg.run_on_start {
+            daemon.trigger(&job.cfg.name, false, false);
+        }
+    }
+    daemon.ready.store(true, Ordering::SeqCst);
+    tracing::info!(jobs = daemon.jobs.len(), "Daemon ready.");
+    Ok(Running {
+        daemon,
+        addr,
+        scheduler,
+        admin_stop,
+        admin_task,
+        grace: cfg.daemon.shutdown_grace_period,
+    })
+}
+
+impl Running {
+    /// Stops starting rotations, waits for in-flight ones up to the grace period, then stops
+    /// the admin listener. Returns whether everything finished in time.
+    pub async fn shutdown(mut self) -> bool {
+        let d = &self.daemon;
+        d.cancel.cancel();
+        let _ = self.scheduler.shutdown().await;
+        d.tracker.close();
+        tracing::info!(
+            grace_s = self.grace.as_secs(),
+            "Shutting down: waiting for in-flight rotations."
+        );
+        let finished = tokio::time::timeout(self.grace, d.tracker.wait())
+            .await
+            .is_ok();
+        if finished {
+            tracing::info!("All rotations finished; exiting.");
+        } else {
+            tracing::warn!(
+                still_running = d.tracker.len(),
+                "Grace period over; exiting with rotations still in flight."
+            );
+        }
+        self.admin_stop.cancel();
+        let _ = self.admin_task.await;
+        finished
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
