@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::StreamExt;
 use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio_cron_scheduler::{Job, JobScheduler};
@@ -358,14 +359,26 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
     ));
     tracing::info!(%addr, "Serving /metrics, /healthz, /readyz.");
 
-    // Pre-flight every job; failures are reported and skipped, the others run.
-    for job in daemon.jobs.values() {
-        match preflight(&daemon.rotator, &job.cfg).await {
+    // Pre-flight every job (concurrently, bounded); failures are reported and skipped, the
+    // others run.
+    let checks = futures_util::stream::iter(daemon.jobs.values().cloned())
+        .map(|job| {
+            let rotator = daemon.rotator.clone();
+            async move {
+                let result = preflight(&rotator, &job.cfg).await;
+                (job, result)
+            }
+        })
+        .buffer_unordered(cfg.daemon.max_concurrent_rotations.max(8))
+        .collect::<Vec<_>>()
+        .await;
+    for (job, result) in checks {
+        match result {
             Ok(conn) => {
                 *job.known.lock().expect("known lock") = Some(conn);
                 job.preflight_ok.store(true, Ordering::SeqCst);
                 daemon.metrics.set_preflight(&job.cfg.name, true);
-                tracing::info!(job = %job.cfg.name, "Pre-flight passed.");
+                tracing::debug!(job = %job.cfg.name, "Pre-flight passed.");
             }
             Err(e) => {
                 daemon.metrics.set_preflight(&job.cfg.name, false);

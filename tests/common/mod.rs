@@ -1,4 +1,5 @@
 //! Helpers shared by integration tests (`mod common;`).
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod moto;

@@ -1,0 +1,344 @@
+//! End to end: the real binary, pointed at a real moto (Secrets Manager) and the Qlik
+//! simulator, rotates S3, SQL Server and BigQuery connections and verifies each.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::{harness::*, moto::Moto};
+use qlik_rotator::sim::{Fault, SimConfig};
+use serde_json::{Value, json};
+
+const SA_KEY: &str = r#"{"type":"service_account","project_id":"wh","private_key":"-----BEGIN PRIVATE KEY-----\nMIIBVwIBADANBg\n-----END PRIVATE KEY-----\n","client_email":"reader@wh.iam.gserviceaccount.com"}"#;
+
+struct World {
+    moto: Moto,
+    sim: qlik_rotator::sim::Simulator,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+impl World {
+    fn env(&self) -> Vec<(String, String)> {
+        let mut e = aws_env(&self.moto);
+        e.push(("QLIK_API_KEY".into(), API_KEY.into()));
+        e
+    }
+    fn config(&self) -> &str {
+        self.config.to_str().unwrap()
+    }
+}
+
+/// moto with the three secrets, a seeded tenant, and a config with the three jobs.
+async fn world(sim_cfg: SimConfig, s3_secret: &str) -> World {
+    let moto = Moto::start();
+    moto.create_secret("qlik/sales-s3", s3_secret).await;
+    moto.create_secret(
+        "qlik/finance-sql",
+        r#"{"username":"svc_fin_2026","password":"N3w-P@ss-2026"}"#,
+    )
+    .await;
+    moto.create_binary_secret("qlik/bigquery", SA_KEY.as_bytes())
+        .await;
+    let sim = tenant(sim_cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[sources.aws]\ntype = \"aws_secrets_manager\"\n[daemon]\nstate_dir = \"state\"\n{}",
+        qlik_section(&sim),
+        three_jobs("aws")
+    );
+    let config = write_config(dir.path(), &text);
+    World {
+        moto,
+        sim,
+        dir,
+        config,
+    }
+}
+
+const S3_SECRET: &str = r#"{"accessKey":"AKIANEW2026","secretKey":"s3-new-secret/2026"}"#;
+
+#[tokio::test]
+async fn rotates_s3_sqlserver_and_bigquery_from_secrets_manager() {
+    let w = world(SimConfig::default(), S3_SECRET).await;
+    let out = run_cli(&["rotate", "-c", w.config(), "--all"], &w.env()).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    for job in ["sales-s3", "finance-sql", "warehouse-bq"] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{job}: rotated and verified"))),
+            "{job} not rotated: {}",
+            out.stdout
+        );
+    }
+
+    // The tenant holds exactly the new credentials.
+    assert_eq!(stored_prop(&w.sim, S3_ID, "accessKey"), "AKIANEW2026");
+    assert_eq!(stored_prop(&w.sim, S3_ID, "secretKey"), "s3-new-secret/2026");
+    assert_eq!(stored_prop(&w.sim, SQL_ID, "username"), "svc_fin_2026");
+    assert_eq!(stored_prop(&w.sim, SQL_ID, "password"), "N3w-P@ss-2026");
+    let key = stored_prop(&w.sim, GBQ_ID, "KeyFilePath");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(SA_KEY);
+    assert_eq!(key, json!([{"name": "service-account.json", "value": b64}]));
+    // Non-credential properties are untouched.
+    assert_eq!(stored_prop(&w.sim, SQL_ID, "host"), "sql.internal");
+    assert_eq!(stored_prop(&w.sim, S3_ID, "bucketName"), "sales");
+
+    // The exact PATCH bodies: bare RFC 6902 arrays, credential paths only, add/replace by
+    // whether GET showed the property.
+    let patches = with_method(&w.sim, "PATCH");
+    assert_eq!(patches.len(), 3);
+    let body = |id: &str| -> Value {
+        let r = patches.iter().find(|r| r.path.ends_with(id)).expect("patch");
+        assert_eq!(r.status, 204);
+        assert_eq!(r.content_type.as_deref(), Some("application/json"));
+        serde_json::from_str(&r.body).unwrap()
+    };
+    assert_eq!(
+        body(S3_ID),
+        json!([
+            {"op":"add","path":"/connectionProperties/accessKey","value":"AKIANEW2026"},
+            {"op":"add","path":"/connectionProperties/secretKey","value":"s3-new-secret/2026"}
+        ])
+    );
+    assert_eq!(
+        body(SQL_ID),
+        json!([
+            {"op":"replace","path":"/connectionProperties/username","value":"svc_fin_2026"},
+            {"op":"add","path":"/connectionProperties/password","value":"N3w-P@ss-2026"}
+        ])
+    );
+    assert_eq!(
+        body(GBQ_ID),
+        json!([
+            {"op":"replace","path":"/connectionProperties/KeyFilePath/0/name","value":"service-account.json"},
+            {"op":"add","path":"/connectionProperties/KeyFilePath/0/value","value":b64}
+        ])
+    );
+
+    // Lookup by name + space happened once, and the PATCH used the resolved id.
+    let by_name: Vec<_> = w
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.query.as_deref().unwrap_or("").contains("type=connectionname"))
+        .collect();
+    assert_eq!(by_name.len(), 1);
+    assert!(by_name[0].path.ends_with("/Finance%20SQL"), "{}", by_name[0].path);
+    assert!(by_name[0].query.as_deref().unwrap().contains("spaceId=finance"));
+    // Each job: GET before, PATCH, verify GET.
+    assert_eq!(with_method(&w.sim, "GET").len(), 6);
+
+    // The state file records versions, never values.
+    let state = std::fs::read_to_string(w.dir.path().join("state/state.json")).unwrap();
+    assert!(state.contains("\"sales-s3\""));
+    assert!(!state.contains("AKIANEW2026") && !state.contains("N3w-P@ss"));
+}
+
+#[tokio::test]
+async fn a_secret_missing_a_field_fails_and_sends_no_patch() {
+    let w = world(SimConfig::default(), r#"{"accessKey":"AKIAONLY"}"#).await;
+    let out = run_cli(&["rotate", "-c", w.config(), "--job", "sales-s3"], &w.env()).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        "sales-s3: failed at build [missing_field]: the secret has no field \"secretKey\" (needed for Qlik property \"secretKey\")"
+    );
+    assert!(with_method(&w.sim, "PATCH").is_empty());
+    assert_eq!(stored_prop(&w.sim, S3_ID, "accessKey"), "AKIAOLD");
+}
+
+#[tokio::test]
+async fn a_wrong_connector_is_refused_before_any_patch() {
+    let w = world(SimConfig::default(), S3_SECRET).await;
+    let text = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace("connector = \"mssql\"", "connector = \"DG_mssql\"");
+    std::fs::write(&w.config, text).unwrap();
+    let out = run_cli(&["rotate", "-c", w.config(), "--job", "finance-sql"], &w.env()).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("failed at build [wrong_connector]")
+            && out.stdout.contains("is a \"mssql\" connection, but the job says connector \"DG_mssql\""),
+        "{}",
+        out.stdout
+    );
+    assert!(with_method(&w.sim, "PATCH").is_empty());
+}
+
+#[tokio::test]
+async fn rate_limited_patch_is_retried_after_retry_after() {
+    let w = world(SimConfig::default(), S3_SECRET).await;
+    w.sim.inject(Fault::RateLimited {
+        method: Some("PATCH".into()),
+        path_prefix: None,
+        retry_after_secs: 1,
+        times: 1,
+    });
+    let out = run_cli(&["rotate", "-c", w.config(), "--job", "sales-s3"], &w.env()).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let patches = with_method(&w.sim, "PATCH");
+    assert_eq!(
+        patches.iter().map(|p| p.status).collect::<Vec<_>>(),
+        [429, 204]
+    );
+    assert_eq!(patches[0].body, patches[1].body);
+    assert!(out.stderr.contains("rate_limited"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn server_errors_and_dropped_connections_are_retried() {
+    let w = world(SimConfig::default(), S3_SECRET).await;
+    w.sim.inject(Fault::Status {
+        method: Some("PATCH".into()),
+        path_prefix: None,
+        status: 503,
+        times: 1,
+    });
+    w.sim.inject(Fault::Drop {
+        method: Some("PATCH".into()),
+        path_prefix: None,
+        times: 1,
+    });
+    let out = run_cli(&["rotate", "-c", w.config(), "--job", "sales-s3"], &w.env()).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        with_method(&w.sim, "PATCH")
+            .iter()
+            .map(|p| p.status)
+            .collect::<Vec<_>>(),
+        [503, 0, 204]
+    );
+}
+
+#[tokio::test]
+async fn final_errors_are_not_retried() {
+    let w = world(SimConfig::default(), S3_SECRET).await;
+    w.sim.set_privileges(S3_ID, vec!["read".into(), "list".into()]);
+    let out = run_cli(&["rotate", "-c", w.config(), "--job", "sales-s3"], &w.env()).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains("failed at resolve [no_update_privilege]"),
+        "{}",
+        out.stdout
+    );
+    assert!(with_method(&w.sim, "PATCH").is_empty());
+
+    // A bad API key: 401, no retry storm.
+    let mut env = w.env();
+    env.retain(|(k, _)| k != "QLIK_API_KEY");
+    env.push(("QLIK_API_KEY".into(), "wrong-key".into()));
+    w.sim.clear_requests();
+    let out = run_cli(&["rotate", "-c", w.config(), "--job", "finance-sql"], &env).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("failed at resolve [unauthorized]"), "{}", out.stdout);
+    assert_eq!(w.sim.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_verify_mismatch_is_its_own_outcome() {
+    let w = world(SimConfig::default(), S3_SECRET).await;
+    // Hold the verify GET (the second GET) and change the connection meanwhile, as another
+    // admin or a faulty server would.
+    w.sim.inject(Fault::Delay {
+        method: Some("GET".into()),
+        path_prefix: None,
+        delay: Duration::ZERO,
+        times: 1,
+    });
+    w.sim.inject(Fault::Delay {
+        method: Some("GET".into()),
+        path_prefix: None,
+        delay: Duration::from_secs(2),
+        times: 1,
+    });
+    let mut child = command(&["rotate", "-c", w.config(), "--job", "sales-s3"], &w.env())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || with_method(&w.sim, "PATCH").len() == 1).await,
+        "the rotator never patched"
+    );
+    let http = reqwest::Client::new();
+    let resp = http
+        .patch(format!("{}/api/v1/data-connections/{S3_ID}", w.sim.base_url()))
+        .bearer_auth(API_KEY)
+        .json(&json!([{"op":"replace","path":"/connectionProperties/bucketName","value":"hijacked"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(
+        stdout.trim(),
+        "sales-s3: verify_failed at verify [verify_mismatch]: verification failed: non-credential property \"bucketName\" changed"
+    );
+}
+
+#[tokio::test]
+async fn oauth_costs_one_token_for_many_rotations() {
+    let w = world(SimConfig::default(), S3_SECRET).await;
+    let text = std::fs::read_to_string(&w.config).unwrap().replace(
+        "api_key_env = \"QLIK_API_KEY\"",
+        "[qlik.oauth]\nclient_id = \"sim-client\"\nclient_secret_env = \"QLIK_CLIENT_SECRET\"",
+    );
+    std::fs::write(&w.config, text).unwrap();
+    let mut env = aws_env(&w.moto);
+    env.push(("QLIK_CLIENT_SECRET".into(), "sim-client-secret".into()));
+    let out = run_cli(&["rotate", "-c", w.config(), "--all"], &env).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(w.sim.token_requests(), 1);
+    assert_eq!(with_method(&w.sim, "PATCH").len(), 3);
+    // Every API call carried the issued token, not the client secret.
+    let api: Vec<_> = w
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/api/"))
+        .collect();
+    assert!(api.iter().all(|r| r.authorization.as_deref().is_some_and(|a| a.starts_with("Bearer ") && !a.contains("sim-client-secret"))));
+
+    // A wrong client secret: a clear auth failure, no API call.
+    w.sim.clear_requests();
+    let mut env = aws_env(&w.moto);
+    env.push(("QLIK_CLIENT_SECRET".into(), "wrong".into()));
+    let out = run_cli(&["rotate", "-c", w.config(), "--job", "sales-s3"], &env).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("[auth]: OAuth token request failed: HTTP 401"), "{}", out.stdout);
+    assert!(w.sim.requests().iter().all(|r| r.path == "/oauth/token"));
+}
+
+#[tokio::test]
+async fn plan_masks_every_value_and_sends_nothing() {
+    let w = world(SimConfig::default(), S3_SECRET).await;
+    let out = run_cli(&["plan", "-c", w.config()], &w.env()).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(&format!("sales-s3: PATCH /api/v1/data-connections/{S3_ID}")));
+    assert!(out.stdout.contains("\"path\": \"/connectionProperties/KeyFilePath/0/value\""));
+    assert!(out.stdout.contains("\"value\": \"********\""));
+    for secret in ["AKIANEW2026", "s3-new-secret", "svc_fin_2026", "N3w-P@ss", "PRIVATE KEY"] {
+        assert!(!out.stdout.contains(secret) && !out.stderr.contains(secret), "{secret} leaked");
+    }
+    assert!(with_method(&w.sim, "PATCH").is_empty());
+}
+
+#[tokio::test]
+async fn the_demo_rotates_and_verifies_everything() {
+    let out = run_cli(&["demo"], &[]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("Result: 3 of 3 connection(s) rotated and verified; 3 of 3 hold the new credentials."),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("unchanged (secret version"));
+    assert!(out.stdout.contains("requests sent to the tenant: 0"));
+}
