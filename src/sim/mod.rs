@@ -1,1 +1,444 @@
-//! Qlik Cloud simulator. (Being implemented.)
+//! A faithful, in-process simulator of the Qlik Cloud data-connections REST API.
+//!
+//! [`Simulator::start`] binds a real HTTP/1.1 server on loopback that the product's `reqwest`
+//! client talks to. It models the behaviour described in `qlik-api-facts.md`:
+//!
+//! - Bearer authentication with static API keys or OAuth client-credentials tokens
+//!   (`POST /oauth/token`), 401 otherwise.
+//! - `GET /api/v1/data-connections` (list with cursor paging and a SCIM-filter subset),
+//!   `GET`/`PATCH /api/v1/data-connections/{qID}` (also by name with `type=connectionname`).
+//!   GET never returns credential properties; PATCH takes a bare RFC 6902 array and enforces the
+//!   July-2026 validation rules, JSON type checks and (optionally) the connector's api-specs.
+//! - `GET /api/v1/data-sources/{id}/api-specs`, and the data-credentials endpoints
+//!   (`GET`/`PUT`/`PATCH /api/v1/data-credentials/{qID}`).
+//! - Per-identity Tier 1/Tier 2 rate limits with `Retry-After` (see [`limiter`]).
+//! - Injected [`Fault`]s (status codes, 429s, delays, dropped TCP connections) and added latency.
+//!
+//! Every request is recorded ([`Simulator::requests`]) so tests can assert on what a client sent.
+
+#![warn(missing_docs)]
+
+mod handlers;
+pub mod limiter;
+pub mod patch;
+pub mod props;
+mod state;
+#[cfg(test)]
+mod tests;
+mod util;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Map, Value};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use state::Shared;
+
+/// Configuration of a [`Simulator`].
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Accepted static bearer tokens (API keys).
+    pub api_keys: Vec<String>,
+    /// `(client_id, client_secret)` pairs accepted by `POST /oauth/token`.
+    pub oauth_clients: Vec<(String, String)>,
+    /// Lifetime of issued OAuth access tokens (default 6 h).
+    pub token_ttl: Duration,
+    /// Tier 2 limit per identity and 60-second window; `None` = unlimited.
+    pub write_limit_per_min: Option<u32>,
+    /// Tier 1 limit per identity and 60-second window; `None` = unlimited.
+    pub read_limit_per_min: Option<u32>,
+    /// Delay added to every response (default 0).
+    pub latency: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            api_keys: vec!["sim-api-key".to_owned()],
+            oauth_clients: vec![("sim-client".to_owned(), "sim-client-secret".to_owned())],
+            token_ttl: Duration::from_secs(6 * 3600),
+            write_limit_per_min: None,
+            read_limit_per_min: None,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+/// A data connection to seed into the simulator.
+#[derive(Debug, Clone)]
+pub struct SeedConnection {
+    /// The qID; a random UUID v4 when `None`. Use a UUID: GET by id rejects non-UUIDs with 400.
+    pub id: Option<String>,
+    /// `qName`.
+    pub name: String,
+    /// Space id; `None` = personal space (returned as `""`).
+    pub space: Option<String>,
+    /// `datasourceID`, e.g. `File_AmazonS3ConnectorV2`, `mssql`, `gbq`.
+    pub datasource_id: String,
+    /// `qType`, e.g. `QvWebStorageProviderConnectorPackage.exe`.
+    pub q_type: String,
+    /// Full `connectionProperties`, secrets included.
+    pub properties: Map<String, Value>,
+    /// Privileges of the caller on this connection (`list`, `update`, `delete`, `read`, ...).
+    pub privileges: Vec<String>,
+    /// `qSeparateCredentials`.
+    pub separate_credentials: bool,
+}
+
+impl SeedConnection {
+    /// A connection with a random id, personal space, all privileges, embedded credentials and a
+    /// `qType` derived from the data source id (see [`props::default_q_type`]).
+    ///
+    /// `properties` should be a JSON object; anything else is treated as no properties.
+    pub fn new(
+        name: impl Into<String>,
+        datasource_id: impl Into<String>,
+        properties: Value,
+    ) -> Self {
+        let datasource_id = datasource_id.into();
+        SeedConnection {
+            id: None,
+            name: name.into(),
+            space: None,
+            q_type: props::default_q_type(&datasource_id).to_owned(),
+            datasource_id,
+            properties: match properties {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            },
+            privileges: default_privileges(),
+            separate_credentials: false,
+        }
+    }
+
+    /// Sets the qID.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Sets the space id.
+    pub fn in_space(mut self, space: impl Into<String>) -> Self {
+        self.space = Some(space.into());
+        self
+    }
+
+    /// Sets the privileges.
+    pub fn with_privileges(mut self, privileges: &[&str]) -> Self {
+        self.privileges = privileges.iter().map(|p| (*p).to_owned()).collect();
+        self
+    }
+
+    /// Marks the connection as using separate credentials.
+    pub fn separate(mut self) -> Self {
+        self.separate_credentials = true;
+        self
+    }
+}
+
+/// The default privileges: `list`, `update`, `delete`, `read`.
+pub fn default_privileges() -> Vec<String> {
+    ["list", "update", "delete", "read"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+/// A data credential (separated credentials, fact sheet §3) to seed into the simulator.
+#[derive(Debug, Clone)]
+pub struct SeedCredential {
+    /// The qID; a random UUID v4 when `None`.
+    pub id: Option<String>,
+    /// `qName`.
+    pub name: String,
+    /// `qType`.
+    pub q_type: String,
+    /// `datasourceID`.
+    pub datasource_id: String,
+    /// Stored user name (never returned by GET).
+    pub username: String,
+    /// Stored password (never returned by GET).
+    pub password: String,
+}
+
+impl SeedCredential {
+    /// A credential with a random id.
+    pub fn new(
+        name: impl Into<String>,
+        datasource_id: impl Into<String>,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        let datasource_id = datasource_id.into();
+        SeedCredential {
+            id: None,
+            name: name.into(),
+            q_type: props::default_q_type(&datasource_id).to_owned(),
+            datasource_id,
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+}
+
+/// One request received by the simulator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// HTTP method, e.g. `PATCH`.
+    pub method: String,
+    /// Percent-encoded path, e.g. `/api/v1/data-connections/<id>`.
+    pub path: String,
+    /// Raw query string without `?`.
+    pub query: Option<String>,
+    /// The `Authorization` header.
+    pub authorization: Option<String>,
+    /// The `Content-Type` header.
+    pub content_type: Option<String>,
+    /// The `qlik-auth-code` header.
+    pub qlik_auth_code: Option<String>,
+    /// The body as (lossy UTF-8) text.
+    pub body: String,
+    /// The status actually returned; 0 if the connection was dropped.
+    pub status: u16,
+}
+
+/// A fault to inject. Faults are matched in FIFO order before normal handling; each match
+/// decrements `times` and the fault is removed when it reaches 0. `method` matches
+/// case-insensitively, `path_prefix` against the start of the request path; `None` matches any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Respond with this status and a `{"errors":[…]}` body to the next `times` matching requests.
+    Status {
+        /// Method to match.
+        method: Option<String>,
+        /// Path prefix to match.
+        path_prefix: Option<String>,
+        /// Status to return.
+        status: u16,
+        /// How many requests to affect.
+        times: u32,
+    },
+    /// 429 with `Retry-After: secs` to the next `times` matching requests.
+    RateLimited {
+        /// Method to match.
+        method: Option<String>,
+        /// Path prefix to match.
+        path_prefix: Option<String>,
+        /// Value of the `Retry-After` header.
+        retry_after_secs: u64,
+        /// How many requests to affect.
+        times: u32,
+    },
+    /// Delay the next `times` matching requests by `delay`, then handle them normally.
+    Delay {
+        /// Method to match.
+        method: Option<String>,
+        /// Path prefix to match.
+        path_prefix: Option<String>,
+        /// Added delay.
+        delay: Duration,
+        /// How many requests to affect.
+        times: u32,
+    },
+    /// Close the TCP connection without any response for the next `times` matching requests.
+    /// The request is not applied.
+    Drop {
+        /// Method to match.
+        method: Option<String>,
+        /// Path prefix to match.
+        path_prefix: Option<String>,
+        /// How many requests to affect.
+        times: u32,
+    },
+}
+
+/// A running simulator. Dropping it (or [`Simulator::shutdown`]) stops the server.
+#[derive(Debug)]
+pub struct Simulator {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Simulator {
+    /// Starts a simulator on `127.0.0.1` with an ephemeral port.
+    pub async fn start(cfg: SimConfig) -> std::io::Result<Simulator> {
+        Self::start_on(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a simulator on `addr`.
+    pub async fn start_on(cfg: SimConfig, addr: SocketAddr) -> std::io::Result<Simulator> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(cfg, format!("http://{addr}")));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), cancel.clone()));
+        Ok(Simulator {
+            shared,
+            addr,
+            cancel,
+            task: Some(task),
+        })
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Adds a connection; returns its qID.
+    pub fn add_connection(&self, seed: SeedConnection) -> String {
+        self.shared.lock().add_connection(seed)
+    }
+
+    /// The full stored connection including secret properties, `qPassword`, `qUsername` and
+    /// `qConnectionSecret` (for test assertions only).
+    pub fn stored(&self, id: &str) -> Option<Value> {
+        self.shared.lock().stored(id)
+    }
+
+    /// Replaces the caller's privileges on a connection.
+    pub fn set_privileges(&self, id: &str, privileges: Vec<String>) {
+        self.shared.lock().set_privileges(id, privileges);
+    }
+
+    /// Sets the `qConnectionSecret` of a connection (returned as `"***"` by GET one).
+    pub fn set_connection_secret(&self, id: &str, secret: Option<String>) {
+        self.shared.lock().set_connection_secret(id, secret);
+    }
+
+    /// Links a connection to a data credential (`qCredentialsID`, counted in `qConnCount`).
+    pub fn link_credential(&self, connection_id: &str, credential_id: &str) {
+        self.shared
+            .lock()
+            .link_credential(connection_id, credential_id);
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.lock().requests()
+    }
+
+    /// Forgets the recorded requests.
+    pub fn clear_requests(&self) {
+        self.shared.lock().clear_requests();
+    }
+
+    /// Queues a fault.
+    pub fn inject(&self, fault: Fault) {
+        self.shared.lock().faults.push_back(fault);
+    }
+
+    /// Number of `POST /oauth/token` requests received (successful or not).
+    pub fn token_requests(&self) -> usize {
+        self.shared.lock().token_requests
+    }
+
+    /// Changes the Tier 2 limit.
+    pub fn set_write_limit(&self, per_min: Option<u32>) {
+        self.shared.lock().cfg.write_limit_per_min = per_min;
+    }
+
+    /// Changes the Tier 1 limit.
+    pub fn set_read_limit(&self, per_min: Option<u32>) {
+        self.shared.lock().cfg.read_limit_per_min = per_min;
+    }
+
+    /// Changes the latency added to every response.
+    pub fn set_latency(&self, d: Duration) {
+        self.shared.lock().cfg.latency = d;
+    }
+
+    /// Registers the body of `GET /api/v1/data-sources/{id}/api-specs`
+    /// (`{connectorProvider, connectorVersion, connectionProperties:{name:{type,..}}}`).
+    /// PATCHes of connections with this `datasourceID` are then checked against it.
+    pub fn add_data_source_spec(&self, datasource_id: &str, spec: Value) {
+        self.shared
+            .lock()
+            .specs
+            .insert(datasource_id.to_owned(), spec);
+    }
+
+    /// Adds a data credential; returns its qID.
+    pub fn add_credential(&self, seed: SeedCredential) -> String {
+        self.shared.lock().add_credential(seed)
+    }
+
+    /// The full stored credential including `qUsername` and `qPassword` (for tests only).
+    pub fn stored_credential(&self, id: &str) -> Option<Value> {
+        self.shared.lock().stored_credential(id)
+    }
+
+    /// The largest number of accepted Tier-2 requests (writes and token requests) of one
+    /// identity within any 60-second window so far.
+    pub fn writes_in_window_max(&self) -> u32 {
+        self.shared.lock().limiter.writes_in_window_max()
+    }
+
+    /// Total number of accepted Tier-2 requests so far.
+    pub fn writes_total(&self) -> usize {
+        self.shared.lock().limiter.writes_total()
+    }
+
+    /// Stops the server and closes all open connections.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            res = listener.accept() => res,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "simulator accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            // `kill` lets a handler close this TCP connection without answering (Fault::Drop):
+            // dropping the connection future closes the socket.
+            let kill = Arc::new(Notify::new());
+            let handler_kill = kill.clone();
+            let svc =
+                service_fn(move |req| handlers::handle(shared.clone(), handler_kill.clone(), req));
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = kill.notified() => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
+}
