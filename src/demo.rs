@@ -29,10 +29,6 @@ fn random(n: usize) -> String {
         .collect()
 }
 
-fn props(v: Value) -> serde_json::Map<String, Value> {
-    v.as_object().cloned().unwrap_or_default()
-}
-
 struct Demo {
     sim: Simulator,
     dir: PathBuf,
@@ -43,12 +39,13 @@ struct Demo {
 impl Demo {
     async fn start() -> std::io::Result<Demo> {
         let sim = Simulator::start(SimConfig::default()).await?;
-        let old_key = base64::engine::general_purpose::STANDARD.encode(br#"{"type":"service_account","old":true}"#);
+        let old_key = base64::engine::general_purpose::STANDARD
+            .encode(br#"{"type":"service_account","old":true}"#);
         let mut s3 = SeedConnection::new(
             "Sales S3",
             "File_AmazonS3ConnectorV2",
-            props(json!({"region": "eu-west-1", "bucketName": "acme-sales",
-                          "accessKey": "AKIAOLDOLDOLDOLD", "secretKey": "old-secret-key"})),
+            json!({"region": "eu-west-1", "bucketName": "acme-sales",
+                          "accessKey": "AKIAOLDOLDOLDOLD", "secretKey": "old-secret-key"}),
         );
         s3.id = Some(S3_ID.into());
         s3.space = Some("sales-space".into());
@@ -56,16 +53,16 @@ impl Demo {
         let mut sql = SeedConnection::new(
             "Finance SQL",
             "mssql",
-            props(json!({"host": "sql.acme.internal", "port": 1433, "database": "finance",
-                          "username": "svc_finance_old", "password": "old-password"})),
+            json!({"host": "sql.acme.internal", "port": 1433, "database": "finance",
+                          "username": "svc_finance_old", "password": "old-password"}),
         );
         sql.space = Some("finance-space".into());
         let sql_id = sim.add_connection(sql);
         let mut gbq = SeedConnection::new(
             "Warehouse BigQuery",
             "gbq",
-            props(json!({"OAuthMechanism": "0", "Catalog": "acme-warehouse",
-                          "KeyFilePath": [{"name": "old-key.json", "value": old_key}]})),
+            json!({"OAuthMechanism": "0", "Catalog": "acme-warehouse",
+                          "KeyFilePath": [{"name": "old-key.json", "value": old_key}]}),
         );
         gbq.id = Some(GBQ_ID.into());
         sim.add_connection(gbq);
@@ -97,7 +94,10 @@ impl Demo {
         let mut expected = HashMap::new();
         expected.insert(
             "sales-s3",
-            (S3_ID.to_owned(), vec![("accessKey", access), ("secretKey", secret_key)]),
+            (
+                S3_ID.to_owned(),
+                vec![("accessKey", access), ("secretKey", secret_key)],
+            ),
         );
         expected.insert(
             "finance-sqlserver",
@@ -154,7 +154,10 @@ pub async fn run() -> ExitCode {
 
 async fn run_cycle(demo: &Demo) -> ExitCode {
     let input: HashMap<String, String> = [
-        ("QLIK_ROTATOR__QLIK__TENANT_URL".to_owned(), demo.sim.base_url()),
+        (
+            "QLIK_ROTATOR__QLIK__TENANT_URL".to_owned(),
+            demo.sim.base_url(),
+        ),
         ("QLIK_ROTATOR_DEMO_API_KEY".to_owned(), API_KEY.to_owned()),
     ]
     .into();
@@ -175,13 +178,31 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
 
     println!("qlik-rotator demo");
     println!("  simulated Qlik tenant: {}", demo.sim.base_url());
-    println!("  local file vault:      {}", demo.dir.join("vault").display());
-    println!("  jobs: {}", cfg.jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>().join(", "));
+    println!(
+        "  local file vault:      {}",
+        demo.dir.join("vault").display()
+    );
+    println!(
+        "  jobs: {}",
+        cfg.jobs
+            .iter()
+            .map(|j| j.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
-    println!("\n1. plan: the credential-only PATCH each job would send (values masked, nothing sent)");
+    println!(
+        "\n1. plan: the credential-only PATCH each job would send (values masked, nothing sent)"
+    );
     for job in &cfg.jobs {
         let r = rotator
-            .run(job, RunOptions { plan_only: true, ..RunOptions::default() })
+            .run(
+                job,
+                RunOptions {
+                    plan_only: true,
+                    ..RunOptions::default()
+                },
+            )
             .await;
         match &r.outcome {
             Outcome::Planned(doc) => {
@@ -220,7 +241,13 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
     println!(
         "  {} PATCH request(s), all answered {}, every body a bare JSON Patch array: {}",
         patches.len(),
-        patches.iter().map(|r| r.status.to_string()).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("/"),
+        patches
+            .iter()
+            .map(|r| r.status.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join("/"),
         if bare_arrays { "yes" } else { "NO" }
     );
     let mut held = 0;
@@ -248,14 +275,19 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
             .await;
         print_report(&r);
     }
-    println!("  requests sent to the tenant: {}", demo.sim.requests().len());
+    println!(
+        "  requests sent to the tenant: {}",
+        demo.sim.requests().len()
+    );
 
     let total = cfg.jobs.len();
     println!(
         "\nResult: {verified} of {total} connection(s) rotated and verified; {held} of {total} hold the new credentials."
     );
     if verified == total && held == total {
-        println!("Next: copy config/example.toml, point it at your tenant and vault, and run `qlik-rotator plan -c <file>`.");
+        println!(
+            "Next: copy config/example.toml, point it at your tenant and vault, and run `qlik-rotator plan -c <file>`."
+        );
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -1,18 +1,18 @@
 //! qlik-rotator: keeps the credentials of Qlik Cloud data connections fresh.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod connectors;
+pub mod daemon;
+pub mod demo;
+pub mod metrics;
 pub mod qlik;
 pub mod rotation;
 pub mod secrets;
 pub mod sim;
-// pub mod demo; (waits for the simulator)
-pub mod admin;
-pub mod daemon;
-pub mod metrics;
 pub mod state;
 pub mod telemetry;

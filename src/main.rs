@@ -8,7 +8,7 @@ use qlik_rotator::{
     cli::{Cli, Command},
     commands,
     config::ProcessEnv,
-    telemetry,
+    demo, telemetry,
 };
 
 fn main() -> ExitCode {
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
                 all: _,
                 if_changed,
             } => commands::rotate(&config.config, job.as_deref(), if_changed, &env).await,
-            Command::Demo => std::process::ExitCode::FAILURE,
+            Command::Demo => demo::run().await,
         }
     })
 }

@@ -38,7 +38,11 @@ source = "nowhere"
         "jobs[1].source: no source named \"nowhere\" (defined: aws)",
         "jobs[1].secret: is required",
     ] {
-        assert!(out.stderr.contains(line), "missing {line:?} in\n{}", out.stderr);
+        assert!(
+            out.stderr.contains(line),
+            "missing {line:?} in\n{}",
+            out.stderr
+        );
     }
     assert!(!out.stderr.contains("do-not-inline"));
     assert!(out.stdout.is_empty());
@@ -54,7 +58,10 @@ source = "nowhere"
     // A missing file names the file.
     let out = run_cli(&["check-config", "-c", "/nonexistent/q.toml"], &[]).await;
     assert_eq!(out.code, 64);
-    assert!(out.stderr.contains("/nonexistent/q.toml: cannot read the configuration file"));
+    assert!(
+        out.stderr
+            .contains("/nonexistent/q.toml: cannot read the configuration file")
+    );
 }
 
 #[tokio::test]
@@ -66,7 +73,12 @@ async fn the_example_config_checks_ok() {
     // A missing API key variable is a clear usage error naming the key, not a crash.
     let out = run_cli(&["plan", "-c", path], &[]).await;
     assert_eq!(out.code, 64, "{out:?}");
-    assert!(out.stderr.contains("environment variable QLIK_API_KEY is not set"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("environment variable QLIK_API_KEY is not set"),
+        "{}",
+        out.stderr
+    );
 }
 
 const CANARY_A: &str = "CANARY-AKIA-7c1d9e";
@@ -111,7 +123,13 @@ async fn canary_secrets_never_leave_the_process_unmasked() {
 
     let mut outputs = Vec::new();
     // Success (S3, SQL), a bad secret (BigQuery), plan, and failures at apply and verify.
-    outputs.push(run_cli(&["--log-format", "json", "rotate", "-c", config, "--all"], &env).await);
+    outputs.push(
+        run_cli(
+            &["--log-format", "json", "rotate", "-c", config, "--all"],
+            &env,
+        )
+        .await,
+    );
     outputs.push(run_cli(&["plan", "-c", config], &env).await);
     sim.inject(Fault::Status {
         method: Some("PATCH".into()),
@@ -130,10 +148,17 @@ async fn canary_secrets_never_leave_the_process_unmasked() {
 
     assert_eq!(outputs[0].code, 1, "{:?}", outputs[0]);
     assert!(outputs[0].stdout.contains("sales-s3: rotated and verified"));
-    assert!(outputs[0].stdout.contains("warehouse-bq: failed at build [secret_not_json]"));
+    assert!(
+        outputs[0]
+            .stdout
+            .contains("warehouse-bq: failed at build [secret_not_json]")
+    );
     // The secrets did reach Qlik (so the test is not vacuous) ...
     assert_eq!(stored_prop(&sim, S3_ID, "secretKey"), CANARY_S);
-    assert!(outputs[0].stderr.len() > 1000, "trace logging produced output");
+    assert!(
+        outputs[0].stderr.len() > 1000,
+        "trace logging produced output"
+    );
     // ... and nowhere else.
     for out in &outputs {
         for canary in [CANARY_A, CANARY_S, CANARY_P, CANARY_API_KEY, "CANARY"] {

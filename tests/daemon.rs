@@ -26,9 +26,21 @@ fn write_secret(dir: &Path, id: &str, body: &str) {
 }
 
 fn standard_secrets(dir: &Path) {
-    write_secret(dir, "qlik/sales-s3", r#"{"accessKey":"AKIA1","secretKey":"s1"}"#);
-    write_secret(dir, "qlik/finance-sql", r#"{"username":"u1","password":"p1"}"#);
-    write_secret(dir, "qlik/bigquery", r#"{"key_file":{"type":"service_account"}}"#);
+    write_secret(
+        dir,
+        "qlik/sales-s3",
+        r#"{"accessKey":"AKIA1","secretKey":"s1"}"#,
+    );
+    write_secret(
+        dir,
+        "qlik/finance-sql",
+        r#"{"username":"u1","password":"p1"}"#,
+    );
+    write_secret(
+        dir,
+        "qlik/bigquery",
+        r#"{"key_file":{"type":"service_account"}}"#,
+    );
 }
 
 fn input() -> HashMap<String, String> {
@@ -60,7 +72,10 @@ async fn wait_metric(r: &Running, name: &str, labels: &[(&str, &str)], at_least:
         if metric(&text, name, labels).unwrap_or(0.0) >= at_least {
             return text;
         }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {name}{labels:?} >= {at_least}:\n{text}");
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out waiting for {name}{labels:?} >= {at_least}:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -77,41 +92,150 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
     assert_eq!(http_get(r.addr, "/readyz").await.0, 200);
 
     let text = scrape(&r).await;
-    assert_eq!(metric(&text, "qlik_rotator_rotations_total", &[("job", "sales-s3"), ("outcome", "rotated")]), Some(0.0));
-    assert_eq!(metric(&text, "qlik_rotator_job_preflight_ok", &[("job", "sales-s3")]), Some(1.0));
-    assert_eq!(metric(&text, "qlik_rotator_jobs", &[("state", "scheduled")]), Some(3.0));
-    assert_eq!(metric(&text, "qlik_rotator_job_max_age_seconds", &[("job", "sales-s3")]), Some(90000.0));
+    assert_eq!(
+        metric(
+            &text,
+            "qlik_rotator_rotations_total",
+            &[("job", "sales-s3"), ("outcome", "rotated")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "qlik_rotator_job_preflight_ok",
+            &[("job", "sales-s3")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "qlik_rotator_jobs", &[("state", "scheduled")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "qlik_rotator_job_max_age_seconds",
+            &[("job", "sales-s3")]
+        ),
+        Some(90000.0)
+    );
 
     // rotated
     r.daemon.trigger("sales-s3", false, false);
-    let text = wait_metric(&r, "qlik_rotator_rotations_total", &[("job", "sales-s3"), ("outcome", "rotated")], 1.0).await;
-    assert!(metric(&text, "qlik_rotator_last_success_timestamp_seconds", &[("job", "sales-s3")]).unwrap() > 1.7e9);
-    assert_eq!(metric(&text, "qlik_rotator_rotation_duration_seconds_count", &[("job", "sales-s3")]), Some(1.0));
-    assert_eq!(metric(&text, "qlik_rotator_secret_fetches_total", &[("source", "file"), ("outcome", "ok")]), Some(1.0));
+    let text = wait_metric(
+        &r,
+        "qlik_rotator_rotations_total",
+        &[("job", "sales-s3"), ("outcome", "rotated")],
+        1.0,
+    )
+    .await;
+    assert!(
+        metric(
+            &text,
+            "qlik_rotator_last_success_timestamp_seconds",
+            &[("job", "sales-s3")]
+        )
+        .unwrap()
+            > 1.7e9
+    );
     assert_eq!(
-        metric(&text, "qlik_rotator_qlik_requests_total", &[("method", "PATCH"), ("status", "204")]),
+        metric(
+            &text,
+            "qlik_rotator_rotation_duration_seconds_count",
+            &[("job", "sales-s3")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "qlik_rotator_secret_fetches_total",
+            &[("source", "file"), ("outcome", "ok")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "qlik_rotator_qlik_requests_total",
+            &[("method", "PATCH"), ("status", "204")]
+        ),
         Some(1.0)
     );
     // unchanged
     r.daemon.trigger("sales-s3", false, false);
-    wait_metric(&r, "qlik_rotator_rotations_total", &[("job", "sales-s3"), ("outcome", "unchanged")], 1.0).await;
+    wait_metric(
+        &r,
+        "qlik_rotator_rotations_total",
+        &[("job", "sales-s3"), ("outcome", "unchanged")],
+        1.0,
+    )
+    .await;
     // failed (build)
     r.daemon.trigger("warehouse-bq", false, false);
-    let text = wait_metric(&r, "qlik_rotator_rotations_total", &[("job", "warehouse-bq"), ("outcome", "failed")], 1.0).await;
+    let text = wait_metric(
+        &r,
+        "qlik_rotator_rotations_total",
+        &[("job", "warehouse-bq"), ("outcome", "failed")],
+        1.0,
+    )
+    .await;
     assert_eq!(
-        metric(&text, "qlik_rotator_errors_total", &[("job", "warehouse-bq"), ("stage", "build"), ("error_type", "missing_field")]),
+        metric(
+            &text,
+            "qlik_rotator_errors_total",
+            &[
+                ("job", "warehouse-bq"),
+                ("stage", "build"),
+                ("error_type", "missing_field")
+            ]
+        ),
         Some(1.0)
     );
-    assert_eq!(metric(&text, "qlik_rotator_last_success_timestamp_seconds", &[("job", "warehouse-bq")]), None);
+    assert_eq!(
+        metric(
+            &text,
+            "qlik_rotator_last_success_timestamp_seconds",
+            &[("job", "warehouse-bq")]
+        ),
+        None
+    );
     // verify_failed: the verify GET answers 404 (the connection vanished after the PATCH).
-    sim.inject(Fault::Status { method: Some("GET".into()), path_prefix: None, status: 404, times: 1 });
+    sim.inject(Fault::Status {
+        method: Some("GET".into()),
+        path_prefix: None,
+        status: 404,
+        times: 1,
+    });
     r.daemon.trigger("finance-sql", false, false);
-    let text = wait_metric(&r, "qlik_rotator_rotations_total", &[("job", "finance-sql"), ("outcome", "verify_failed")], 1.0).await;
+    let text = wait_metric(
+        &r,
+        "qlik_rotator_rotations_total",
+        &[("job", "finance-sql"), ("outcome", "verify_failed")],
+        1.0,
+    )
+    .await;
     assert_eq!(
-        metric(&text, "qlik_rotator_errors_total", &[("job", "finance-sql"), ("stage", "verify"), ("error_type", "not_found")]),
+        metric(
+            &text,
+            "qlik_rotator_errors_total",
+            &[
+                ("job", "finance-sql"),
+                ("stage", "verify"),
+                ("error_type", "not_found")
+            ]
+        ),
         Some(1.0)
     );
-    assert_eq!(metric(&text, "qlik_rotator_rotations_total", &[("job", "finance-sql"), ("outcome", "rotated")]), Some(0.0));
+    assert_eq!(
+        metric(
+            &text,
+            "qlik_rotator_rotations_total",
+            &[("job", "finance-sql"), ("outcome", "rotated")]
+        ),
+        Some(0.0)
+    );
 
     let (ok, report) = promtool_check_metrics(&text);
     assert!(ok, "promtool check metrics failed:\n{report}\n{text}");
@@ -129,16 +253,40 @@ async fn unchanged_secret_is_not_reapplied_across_a_restart() {
     standard_secrets(dir.path());
     let text = local_config(&sim, "run_on_start = true", "");
     let r = start(dir.path(), &text).await;
-    wait_metric(&r, "qlik_rotator_rotations_total", &[("job", "warehouse-bq"), ("outcome", "rotated")], 1.0).await;
-    wait_metric(&r, "qlik_rotator_rotations_total", &[("job", "sales-s3"), ("outcome", "rotated")], 1.0).await;
-    wait_metric(&r, "qlik_rotator_rotations_total", &[("job", "finance-sql"), ("outcome", "rotated")], 1.0).await;
+    wait_metric(
+        &r,
+        "qlik_rotator_rotations_total",
+        &[("job", "warehouse-bq"), ("outcome", "rotated")],
+        1.0,
+    )
+    .await;
+    wait_metric(
+        &r,
+        "qlik_rotator_rotations_total",
+        &[("job", "sales-s3"), ("outcome", "rotated")],
+        1.0,
+    )
+    .await;
+    wait_metric(
+        &r,
+        "qlik_rotator_rotations_total",
+        &[("job", "finance-sql"), ("outcome", "rotated")],
+        1.0,
+    )
+    .await;
     assert!(r.shutdown().await);
     assert_eq!(with_method(&sim, "PATCH").len(), 3);
 
     // Restart: same secrets → unchanged, zero writes.
     let r = start(dir.path(), &text).await;
     for job in ["sales-s3", "finance-sql", "warehouse-bq"] {
-        wait_metric(&r, "qlik_rotator_rotations_total", &[("job", job), ("outcome", "unchanged")], 1.0).await;
+        wait_metric(
+            &r,
+            "qlik_rotator_rotations_total",
+            &[("job", job), ("outcome", "unchanged")],
+            1.0,
+        )
+        .await;
     }
     assert!(r.shutdown().await);
     assert_eq!(with_method(&sim, "PATCH").len(), 3);
@@ -146,7 +294,13 @@ async fn unchanged_secret_is_not_reapplied_across_a_restart() {
     // A corrupt state file is a fresh start, not a crash.
     std::fs::write(dir.path().join("state/state.json"), "{garbage").unwrap();
     let r = start(dir.path(), &text).await;
-    wait_metric(&r, "qlik_rotator_rotations_total", &[("job", "sales-s3"), ("outcome", "rotated")], 1.0).await;
+    wait_metric(
+        &r,
+        "qlik_rotator_rotations_total",
+        &[("job", "sales-s3"), ("outcome", "rotated")],
+        1.0,
+    )
+    .await;
     assert!(r.shutdown().await);
     let state = std::fs::read_to_string(dir.path().join("state/state.json")).unwrap();
     assert!(state.contains("\"sales-s3\""));
@@ -159,13 +313,42 @@ async fn preflight_skips_a_job_without_update_privilege_and_runs_the_others() {
     let dir = tempfile::tempdir().unwrap();
     standard_secrets(dir.path());
     let r = start(dir.path(), &local_config(&sim, "run_on_start = true", "")).await;
-    let text = wait_metric(&r, "qlik_rotator_rotations_total", &[("job", "finance-sql"), ("outcome", "rotated")], 1.0).await;
-    assert_eq!(metric(&text, "qlik_rotator_job_preflight_ok", &[("job", "sales-s3")]), Some(0.0));
-    assert_eq!(metric(&text, "qlik_rotator_jobs", &[("state", "preflight_failed")]), Some(1.0));
-    assert_eq!(metric(&text, "qlik_rotator_jobs", &[("state", "scheduled")]), Some(2.0));
-    wait_metric(&r, "qlik_rotator_rotations_total", &[("job", "warehouse-bq"), ("outcome", "rotated")], 1.0).await;
+    let text = wait_metric(
+        &r,
+        "qlik_rotator_rotations_total",
+        &[("job", "finance-sql"), ("outcome", "rotated")],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &text,
+            "qlik_rotator_job_preflight_ok",
+            &[("job", "sales-s3")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "qlik_rotator_jobs", &[("state", "preflight_failed")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "qlik_rotator_jobs", &[("state", "scheduled")]),
+        Some(2.0)
+    );
+    wait_metric(
+        &r,
+        "qlik_rotator_rotations_total",
+        &[("job", "warehouse-bq"), ("outcome", "rotated")],
+        1.0,
+    )
+    .await;
     assert!(r.shutdown().await);
-    assert!(with_method(&sim, "PATCH").iter().all(|p| !p.path.ends_with(S3_ID)));
+    assert!(
+        with_method(&sim, "PATCH")
+            .iter()
+            .all(|p| !p.path.ends_with(S3_ID))
+    );
 }
 
 #[tokio::test]
@@ -174,21 +357,49 @@ async fn admin_endpoint_needs_the_token_and_a_known_job() {
     let dir = tempfile::tempdir().unwrap();
     standard_secrets(dir.path());
     std::fs::write(dir.path().join("admin-token"), "s3cret-admin-token\n").unwrap();
-    let r = start(dir.path(), &local_config(&sim, "", "admin_token_file = \"admin-token\"")).await;
+    let r = start(
+        dir.path(),
+        &local_config(&sim, "", "admin_token_file = \"admin-token\""),
+    )
+    .await;
     let http = reqwest::Client::new();
     let url = |job: &str| format!("http://{}/jobs/{job}/rotate", r.addr);
-    assert_eq!(http.post(url("sales-s3")).send().await.unwrap().status(), 401);
     assert_eq!(
-        http.post(url("sales-s3")).bearer_auth("wrong").send().await.unwrap().status(),
+        http.post(url("sales-s3")).send().await.unwrap().status(),
         401
     );
     assert_eq!(
-        http.post(url("nope")).bearer_auth("s3cret-admin-token").send().await.unwrap().status(),
+        http.post(url("sales-s3"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        http.post(url("nope"))
+            .bearer_auth("s3cret-admin-token")
+            .send()
+            .await
+            .unwrap()
+            .status(),
         404
     );
-    let resp = http.post(url("sales-s3")).bearer_auth("s3cret-admin-token").send().await.unwrap();
+    let resp = http
+        .post(url("sales-s3"))
+        .bearer_auth("s3cret-admin-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 202);
-    wait_metric(&r, "qlik_rotator_rotations_total", &[("job", "sales-s3"), ("outcome", "rotated")], 1.0).await;
+    wait_metric(
+        &r,
+        "qlik_rotator_rotations_total",
+        &[("job", "sales-s3"), ("outcome", "rotated")],
+        1.0,
+    )
+    .await;
     assert!(r.shutdown().await);
 
     // Without admin_token_file the endpoint does not exist.
@@ -216,10 +427,19 @@ async fn a_429_pauses_every_writer_for_retry_after() {
     });
     let r = start(dir.path(), &local_config(&sim, "run_on_start = true", "")).await;
     for job in ["sales-s3", "finance-sql", "warehouse-bq"] {
-        wait_metric(&r, "qlik_rotator_rotations_total", &[("job", job), ("outcome", "rotated")], 1.0).await;
+        wait_metric(
+            &r,
+            "qlik_rotator_rotations_total",
+            &[("job", job), ("outcome", "rotated")],
+            1.0,
+        )
+        .await;
     }
     let text = scrape(&r).await;
-    assert_eq!(metric(&text, "qlik_rotator_rate_limited_total", &[]), Some(1.0));
+    assert_eq!(
+        metric(&text, "qlik_rotator_rate_limited_total", &[]),
+        Some(1.0)
+    );
     assert!(r.shutdown().await);
     let patches = with_method(&sim, "PATCH");
     assert_eq!(patches.iter().filter(|p| p.status == 429).count(), 1);
@@ -228,7 +448,10 @@ async fn a_429_pauses_every_writer_for_retry_after() {
     let limited = patches.iter().position(|p| p.status == 429).unwrap();
     let deadline = patches[limited].at + Duration::from_secs(2);
     for p in &patches[limited + 1..] {
-        assert!(p.at >= deadline - Duration::from_millis(50), "a writer did not pause: {p:?}");
+        assert!(
+            p.at >= deadline - Duration::from_millis(50),
+            "a writer did not pause: {p:?}"
+        );
     }
 }
 
@@ -251,7 +474,11 @@ async fn two_jobs_sharing_the_write_budget_never_exceed_it() {
             "mssql",
             serde_json::json!({"host": "h", "username": "u"}),
         ));
-        write_secret(dir.path(), &format!("s{i}"), &format!(r#"{{"username":"u{i}","password":"p{i}"}}"#));
+        write_secret(
+            dir.path(),
+            &format!("s{i}"),
+            &format!(r#"{{"username":"u{i}","password":"p{i}"}}"#),
+        );
         jobs.push_str(&format!(
             "[[jobs]]\nname = \"j{i}\"\nconnection = {{ id = \"{id}\" }}\nconnector = \"mssql\"\nsource = \"vault\"\nsecret = \"s{i}\"\nrun_on_start = true\n"
         ));
@@ -262,12 +489,25 @@ async fn two_jobs_sharing_the_write_budget_never_exceed_it() {
     );
     let r = start(dir.path(), &text).await;
     for i in 0..12 {
-        wait_metric(&r, "qlik_rotator_rotations_total", &[("job", &format!("j{i}")), ("outcome", "rotated")], 1.0).await;
+        wait_metric(
+            &r,
+            "qlik_rotator_rotations_total",
+            &[("job", &format!("j{i}")), ("outcome", "rotated")],
+            1.0,
+        )
+        .await;
     }
     assert!(r.shutdown().await);
     assert_eq!(sim.writes_total(), 12);
-    assert!(sim.writes_in_window_max() <= 5, "max writes in a window: {}", sim.writes_in_window_max());
-    assert!(with_method(&sim, "PATCH").iter().all(|p| p.status == 204), "no 429 expected");
+    assert!(
+        sim.writes_in_window_max() <= 5,
+        "max writes in a window: {}",
+        sim.writes_in_window_max()
+    );
+    assert!(
+        with_method(&sim, "PATCH").iter().all(|p| p.status == 204),
+        "no 429 expected"
+    );
 }
 
 // === the real binary ===
@@ -309,14 +549,22 @@ async fn stop(p: Proc) -> CliOutput {
     }
 }
 
-async fn wait_proc_metric(addr: std::net::SocketAddr, name: &str, labels: &[(&str, &str)], at_least: f64) -> String {
+async fn wait_proc_metric(
+    addr: std::net::SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    at_least: f64,
+) -> String {
     let start = std::time::Instant::now();
     loop {
         let text = http_get(addr, "/metrics").await.1;
         if metric(&text, name, labels).unwrap_or(0.0) >= at_least {
             return text;
         }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {name}{labels:?}:\n{text}");
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out waiting for {name}{labels:?}:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -333,7 +581,11 @@ fn moto_config(dir: &Path, sim: &Simulator, schedule: &str) -> PathBuf {
 #[tokio::test]
 async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tick() {
     let moto = Moto::start();
-    moto.create_secret("qlik/sales-s3", r#"{"accessKey":"AKIAV1","secretKey":"v1-secret"}"#).await;
+    moto.create_secret(
+        "qlik/sales-s3",
+        r#"{"accessKey":"AKIAV1","secretKey":"v1-secret"}"#,
+    )
+    .await;
     let sim = tenant(SimConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let config = moto_config(dir.path(), &sim, "schedule = \"* * * * * *\"");
@@ -343,15 +595,40 @@ async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tic
     let job = [("job", "sales-s3"), ("outcome", "rotated")];
     wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &job, 1.0).await;
     // Several more ticks: unchanged, no writes.
-    wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &[("job", "sales-s3"), ("outcome", "unchanged")], 2.0).await;
+    wait_proc_metric(
+        p.addr,
+        "qlik_rotator_rotations_total",
+        &[("job", "sales-s3"), ("outcome", "unchanged")],
+        2.0,
+    )
+    .await;
     assert_eq!(with_method(&sim, "PATCH").len(), 1);
     assert_eq!(stored_prop(&sim, S3_ID, "accessKey"), "AKIAV1");
 
-    moto.put_secret_value("qlik/sales-s3", r#"{"accessKey":"AKIAV2","secretKey":"v2-secret"}"#).await;
+    moto.put_secret_value(
+        "qlik/sales-s3",
+        r#"{"accessKey":"AKIAV2","secretKey":"v2-secret"}"#,
+    )
+    .await;
     wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &job, 2.0).await;
-    let before = metric(&http_get(p.addr, "/metrics").await.1, "qlik_rotator_rotations_total", &[("job", "sales-s3"), ("outcome", "unchanged")]).unwrap();
-    wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &[("job", "sales-s3"), ("outcome", "unchanged")], before + 2.0).await;
-    assert_eq!(with_method(&sim, "PATCH").len(), 2, "the new version is applied exactly once");
+    let before = metric(
+        &http_get(p.addr, "/metrics").await.1,
+        "qlik_rotator_rotations_total",
+        &[("job", "sales-s3"), ("outcome", "unchanged")],
+    )
+    .unwrap();
+    wait_proc_metric(
+        p.addr,
+        "qlik_rotator_rotations_total",
+        &[("job", "sales-s3"), ("outcome", "unchanged")],
+        before + 2.0,
+    )
+    .await;
+    assert_eq!(
+        with_method(&sim, "PATCH").len(),
+        2,
+        "the new version is applied exactly once"
+    );
     assert_eq!(stored_prop(&sim, S3_ID, "accessKey"), "AKIAV2");
     let out = stop(p).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -360,7 +637,11 @@ async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tic
 #[tokio::test]
 async fn sigterm_during_a_slow_patch_finishes_patch_and_verify_then_exits_0() {
     let moto = Moto::start();
-    moto.create_secret("qlik/sales-s3", r#"{"accessKey":"AKIASLOW","secretKey":"slow"}"#).await;
+    moto.create_secret(
+        "qlik/sales-s3",
+        r#"{"accessKey":"AKIASLOW","secretKey":"slow"}"#,
+    )
+    .await;
     let sim = tenant(SimConfig::default()).await;
     sim.inject(Fault::Delay {
         method: Some("PATCH".into()),
@@ -379,22 +660,41 @@ async fn sigterm_during_a_slow_patch_finishes_patch_and_verify_then_exits_0() {
     let out = stop(p).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("Shutting down"), "{}", out.stderr);
-    assert!(out.stderr.contains("All rotations finished"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("All rotations finished"),
+        "{}",
+        out.stderr
+    );
     let patches = with_method(&sim, "PATCH");
     assert_eq!(patches.len(), 1);
     assert_eq!(patches[0].status, 204);
     // The verify GET happened after the PATCH.
     let reqs = sim.requests();
     let i = reqs.iter().position(|r| r.method == "PATCH").unwrap();
-    assert!(reqs[i + 1..].iter().any(|r| r.method == "GET" && r.path.ends_with(S3_ID)));
-    assert!(std::fs::read_to_string(dir.path().join("state/state.json")).unwrap().contains("sales-s3"));
-    assert!(std::net::TcpStream::connect(addr).is_err(), "the listener is closed after exit");
+    assert!(
+        reqs[i + 1..]
+            .iter()
+            .any(|r| r.method == "GET" && r.path.ends_with(S3_ID))
+    );
+    assert!(
+        std::fs::read_to_string(dir.path().join("state/state.json"))
+            .unwrap()
+            .contains("sales-s3")
+    );
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the listener is closed after exit"
+    );
 }
 
 #[tokio::test]
 async fn canary_secret_never_appears_in_metrics_or_daemon_logs() {
     let moto = Moto::start();
-    moto.create_secret("qlik/sales-s3", r#"{"accessKey":"CANARY-D-AKIA","secretKey":"CANARY-D-SECRET"}"#).await;
+    moto.create_secret(
+        "qlik/sales-s3",
+        r#"{"accessKey":"CANARY-D-AKIA","secretKey":"CANARY-D-SECRET"}"#,
+    )
+    .await;
     let sim = tenant(SimConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let config = moto_config(dir.path(), &sim, "run_on_start = true");
@@ -402,10 +702,23 @@ async fn canary_secret_never_appears_in_metrics_or_daemon_logs() {
     env.push(("QLIK_API_KEY".into(), API_KEY.into()));
     env.push(("RUST_LOG".into(), "trace".into()));
     let p = spawn_daemon(&config, &env).await;
-    let text = wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &[("job", "sales-s3"), ("outcome", "rotated")], 1.0).await;
+    let text = wait_proc_metric(
+        p.addr,
+        "qlik_rotator_rotations_total",
+        &[("job", "sales-s3"), ("outcome", "rotated")],
+        1.0,
+    )
+    .await;
     let out = stop(p).await;
     assert_eq!(stored_prop(&sim, S3_ID, "secretKey"), "CANARY-D-SECRET");
     assert!(!text.contains("CANARY"), "{text}");
-    assert!(!out.stderr.contains("CANARY") && !out.stdout.contains("CANARY"), "{}", out.stderr);
-    assert!(!out.stderr.contains(API_KEY), "the API key leaked into logs");
+    assert!(
+        !out.stderr.contains("CANARY") && !out.stdout.contains("CANARY"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains(API_KEY),
+        "the API key leaked into logs"
+    );
 }

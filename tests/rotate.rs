@@ -76,7 +76,10 @@ async fn rotates_s3_sqlserver_and_bigquery_from_secrets_manager() {
 
     // The tenant holds exactly the new credentials.
     assert_eq!(stored_prop(&w.sim, S3_ID, "accessKey"), "AKIANEW2026");
-    assert_eq!(stored_prop(&w.sim, S3_ID, "secretKey"), "s3-new-secret/2026");
+    assert_eq!(
+        stored_prop(&w.sim, S3_ID, "secretKey"),
+        "s3-new-secret/2026"
+    );
     assert_eq!(stored_prop(&w.sim, SQL_ID, "username"), "svc_fin_2026");
     assert_eq!(stored_prop(&w.sim, SQL_ID, "password"), "N3w-P@ss-2026");
     let key = stored_prop(&w.sim, GBQ_ID, "KeyFilePath");
@@ -91,7 +94,10 @@ async fn rotates_s3_sqlserver_and_bigquery_from_secrets_manager() {
     let patches = with_method(&w.sim, "PATCH");
     assert_eq!(patches.len(), 3);
     let body = |id: &str| -> Value {
-        let r = patches.iter().find(|r| r.path.ends_with(id)).expect("patch");
+        let r = patches
+            .iter()
+            .find(|r| r.path.ends_with(id))
+            .expect("patch");
         assert_eq!(r.status, 204);
         assert_eq!(r.content_type.as_deref(), Some("application/json"));
         serde_json::from_str(&r.body).unwrap()
@@ -123,11 +129,26 @@ async fn rotates_s3_sqlserver_and_bigquery_from_secrets_manager() {
         .sim
         .requests()
         .into_iter()
-        .filter(|r| r.query.as_deref().unwrap_or("").contains("type=connectionname"))
+        .filter(|r| {
+            r.query
+                .as_deref()
+                .unwrap_or("")
+                .contains("type=connectionname")
+        })
         .collect();
     assert_eq!(by_name.len(), 1);
-    assert!(by_name[0].path.ends_with("/Finance%20SQL"), "{}", by_name[0].path);
-    assert!(by_name[0].query.as_deref().unwrap().contains("spaceId=finance"));
+    assert!(
+        by_name[0].path.ends_with("/Finance%20SQL"),
+        "{}",
+        by_name[0].path
+    );
+    assert!(
+        by_name[0]
+            .query
+            .as_deref()
+            .unwrap()
+            .contains("spaceId=finance")
+    );
     // Each job: GET before, PATCH, verify GET.
     assert_eq!(with_method(&w.sim, "GET").len(), 6);
 
@@ -157,11 +178,17 @@ async fn a_wrong_connector_is_refused_before_any_patch() {
         .unwrap()
         .replace("connector = \"mssql\"", "connector = \"DG_mssql\"");
     std::fs::write(&w.config, text).unwrap();
-    let out = run_cli(&["rotate", "-c", w.config(), "--job", "finance-sql"], &w.env()).await;
+    let out = run_cli(
+        &["rotate", "-c", w.config(), "--job", "finance-sql"],
+        &w.env(),
+    )
+    .await;
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
         out.stdout.contains("failed at build [wrong_connector]")
-            && out.stdout.contains("is a \"mssql\" connection, but the job says connector \"DG_mssql\""),
+            && out
+                .stdout
+                .contains("is a \"mssql\" connection, but the job says connector \"DG_mssql\""),
         "{}",
         out.stdout
     );
@@ -216,11 +243,13 @@ async fn server_errors_and_dropped_connections_are_retried() {
 #[tokio::test]
 async fn final_errors_are_not_retried() {
     let w = world(SimConfig::default(), S3_SECRET).await;
-    w.sim.set_privileges(S3_ID, vec!["read".into(), "list".into()]);
+    w.sim
+        .set_privileges(S3_ID, vec!["read".into(), "list".into()]);
     let out = run_cli(&["rotate", "-c", w.config(), "--job", "sales-s3"], &w.env()).await;
     assert_eq!(out.code, 1);
     assert!(
-        out.stdout.contains("failed at resolve [no_update_privilege]"),
+        out.stdout
+            .contains("failed at resolve [no_update_privilege]"),
         "{}",
         out.stdout
     );
@@ -233,7 +262,11 @@ async fn final_errors_are_not_retried() {
     w.sim.clear_requests();
     let out = run_cli(&["rotate", "-c", w.config(), "--job", "finance-sql"], &env).await;
     assert_eq!(out.code, 1);
-    assert!(out.stdout.contains("failed at resolve [unauthorized]"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("failed at resolve [unauthorized]"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(w.sim.requests().len(), 1);
 }
 
@@ -259,14 +292,22 @@ async fn a_verify_mismatch_is_its_own_outcome() {
         .spawn()
         .unwrap();
     assert!(
-        wait_until(Duration::from_secs(20), || with_method(&w.sim, "PATCH").len() == 1).await,
+        wait_until(Duration::from_secs(20), || with_method(&w.sim, "PATCH")
+            .len()
+            == 1)
+        .await,
         "the rotator never patched"
     );
     let http = reqwest::Client::new();
     let resp = http
-        .patch(format!("{}/api/v1/data-connections/{S3_ID}", w.sim.base_url()))
+        .patch(format!(
+            "{}/api/v1/data-connections/{S3_ID}",
+            w.sim.base_url()
+        ))
         .bearer_auth(API_KEY)
-        .json(&json!([{"op":"replace","path":"/connectionProperties/bucketName","value":"hijacked"}]))
+        .json(
+            &json!([{"op":"replace","path":"/connectionProperties/bucketName","value":"hijacked"}]),
+        )
         .send()
         .await
         .unwrap();
@@ -303,7 +344,11 @@ async fn oauth_costs_one_token_for_many_rotations() {
         .into_iter()
         .filter(|r| r.path.starts_with("/api/"))
         .collect();
-    assert!(api.iter().all(|r| r.authorization.as_deref().is_some_and(|a| a.starts_with("Bearer ") && !a.contains("sim-client-secret"))));
+    assert!(api.iter().all(|r| {
+        r.authorization
+            .as_deref()
+            .is_some_and(|a| a.starts_with("Bearer ") && !a.contains("sim-client-secret"))
+    }));
 
     // A wrong client secret: a clear auth failure, no API call.
     w.sim.clear_requests();
@@ -311,7 +356,12 @@ async fn oauth_costs_one_token_for_many_rotations() {
     env.push(("QLIK_CLIENT_SECRET".into(), "wrong".into()));
     let out = run_cli(&["rotate", "-c", w.config(), "--job", "sales-s3"], &env).await;
     assert_eq!(out.code, 1);
-    assert!(out.stdout.contains("[auth]: OAuth token request failed: HTTP 401"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("[auth]: OAuth token request failed: HTTP 401"),
+        "{}",
+        out.stdout
+    );
     assert!(w.sim.requests().iter().all(|r| r.path == "/oauth/token"));
 }
 
@@ -320,11 +370,26 @@ async fn plan_masks_every_value_and_sends_nothing() {
     let w = world(SimConfig::default(), S3_SECRET).await;
     let out = run_cli(&["plan", "-c", w.config()], &w.env()).await;
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains(&format!("sales-s3: PATCH /api/v1/data-connections/{S3_ID}")));
-    assert!(out.stdout.contains("\"path\": \"/connectionProperties/KeyFilePath/0/value\""));
+    assert!(
+        out.stdout
+            .contains(&format!("sales-s3: PATCH /api/v1/data-connections/{S3_ID}"))
+    );
+    assert!(
+        out.stdout
+            .contains("\"path\": \"/connectionProperties/KeyFilePath/0/value\"")
+    );
     assert!(out.stdout.contains("\"value\": \"********\""));
-    for secret in ["AKIANEW2026", "s3-new-secret", "svc_fin_2026", "N3w-P@ss", "PRIVATE KEY"] {
-        assert!(!out.stdout.contains(secret) && !out.stderr.contains(secret), "{secret} leaked");
+    for secret in [
+        "AKIANEW2026",
+        "s3-new-secret",
+        "svc_fin_2026",
+        "N3w-P@ss",
+        "PRIVATE KEY",
+    ] {
+        assert!(
+            !out.stdout.contains(secret) && !out.stderr.contains(secret),
+            "{secret} leaked"
+        );
     }
     assert!(with_method(&w.sim, "PATCH").is_empty());
 }
@@ -334,8 +399,9 @@ async fn the_demo_rotates_and_verifies_everything() {
     let out = run_cli(&["demo"], &[]).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
-        out.stdout
-            .contains("Result: 3 of 3 connection(s) rotated and verified; 3 of 3 hold the new credentials."),
+        out.stdout.contains(
+            "Result: 3 of 3 connection(s) rotated and verified; 3 of 3 hold the new credentials."
+        ),
         "{}",
         out.stdout
     );

@@ -168,7 +168,7 @@ pub fn build(
                 });
             }
             PropKind::File { default_name } => {
-                let content = file_content(&fields, key, prop, secret).ok_or_else(missing)?;
+                let content = file_content(&fields, key, prop, secret)?.ok_or_else(missing)?;
                 if content.expose_secret().is_empty() {
                     return Err(BuildError::EmptyField {
                         property: prop.name.to_owned(),
@@ -225,24 +225,23 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// The raw content of a file credential: the field `key`, or (for `whole_secret` properties)
-/// the whole secret when it has no such field.
+/// the whole secret when it is itself a service-account key file.
 fn file_content(
     fields: &Result<crate::secrets::SecretFields, FieldsError>,
     key: &str,
     prop: &Prop,
     secret: &SecretValue,
-) -> Option<SecretBox<Vec<u8>>> {
-    match fields {
-        Ok(f) => match f.get(key) {
-            Some(v) => Some(SecretBox::new(Box::new(
-                v.expose_secret().as_bytes().to_vec(),
-            ))),
-            None if prop.whole_secret && looks_like_key_file(f) => Some(secret.raw_bytes()),
-            None => None,
-        },
-        Err(_) if prop.whole_secret => Some(secret.raw_bytes()),
-        Err(_) => None,
-    }
+) -> Result<Option<SecretBox<Vec<u8>>>, BuildError> {
+    let f = fields
+        .as_ref()
+        .map_err(|e| BuildError::NotFields(e.clone()))?;
+    Ok(match f.get(key) {
+        Some(v) => Some(SecretBox::new(Box::new(
+            v.expose_secret().as_bytes().to_vec(),
+        ))),
+        None if prop.whole_secret && looks_like_key_file(f) => Some(secret.raw_bytes()),
+        None => None,
+    })
 }
 
 /// A service-account key file (`{"type": "service_account", "private_key": …}`) stored as the

@@ -20,17 +20,13 @@ pub const SQL_ID: &str = "22222222-2222-4222-8222-222222222222";
 /// BigQuery connection id.
 pub const GBQ_ID: &str = "33333333-3333-4333-8333-333333333333";
 
-fn map(v: Value) -> serde_json::Map<String, Value> {
-    v.as_object().cloned().expect("an object")
-}
-
 /// Starts a simulator with one S3, one SQL Server and one BigQuery connection.
 pub async fn tenant(cfg: SimConfig) -> Simulator {
     let sim = Simulator::start(cfg).await.expect("simulator starts");
     let mut s3 = SeedConnection::new(
         "Sales S3",
         "File_AmazonS3ConnectorV2",
-        map(json!({"region": "eu-west-1", "bucketName": "sales", "accessKey": "AKIAOLD", "secretKey": "old-secret"})),
+        json!({"region": "eu-west-1", "bucketName": "sales", "accessKey": "AKIAOLD", "secretKey": "old-secret"}),
     );
     s3.id = Some(S3_ID.into());
     s3.space = Some("sales".into());
@@ -38,7 +34,7 @@ pub async fn tenant(cfg: SimConfig) -> Simulator {
     let mut sql = SeedConnection::new(
         "Finance SQL",
         "mssql",
-        map(json!({"host": "sql.internal", "port": 1433, "database": "fin", "username": "old_user", "password": "old-pass"})),
+        json!({"host": "sql.internal", "port": 1433, "database": "fin", "username": "old_user", "password": "old-pass"}),
     );
     sql.id = Some(SQL_ID.into());
     sql.space = Some("finance".into());
@@ -46,7 +42,7 @@ pub async fn tenant(cfg: SimConfig) -> Simulator {
     let mut gbq = SeedConnection::new(
         "Warehouse BQ",
         "gbq",
-        map(json!({"OAuthMechanism": "0", "Catalog": "wh", "KeyFilePath": [{"name": "old.json", "value": "b2xk"}]})),
+        json!({"OAuthMechanism": "0", "Catalog": "wh", "KeyFilePath": [{"name": "old.json", "value": "b2xk"}]}),
     );
     gbq.id = Some(GBQ_ID.into());
     sim.add_connection(gbq);
