@@ -29,11 +29,14 @@ fn random(n: usize) -> String {
         .collect()
 }
 
+/// A connection id and the (property, value) pairs its secret holds.
+type Expected = (String, Vec<(&'static str, String)>);
+
 struct Demo {
     sim: Simulator,
     dir: PathBuf,
     /// What each job's secret holds, to check the simulator received exactly that.
-    expected: HashMap<&'static str, (String, Vec<(&'static str, String)>)>,
+    expected: HashMap<&'static str, Expected>,
 }
 
 impl Demo {

@@ -171,6 +171,19 @@ pub struct Report {
     pub duration: Duration,
     /// The connection as read after a verified rotation (for the next run's comparison).
     pub after: Option<DataConnection>,
+    /// What verification established, after a successful rotation.
+    pub verified: Option<Verified>,
+}
+
+/// What a successful verification checked (no values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Non-credential properties compared and found unchanged.
+    pub unchanged_properties: usize,
+    /// Credential properties the GET shows, confirmed to hold the new value (e.g. `username`).
+    pub confirmed_credentials: Vec<String>,
+    /// `updated` before and after the PATCH.
+    pub updated: (Option<String>, Option<String>),
 }
 
 impl Report {
@@ -180,10 +193,31 @@ impl Report {
         let conn = self.connection_id.as_deref().unwrap_or("?");
         let version = self.secret_version.as_deref().unwrap_or("?");
         match &self.outcome {
-            Outcome::Rotated => format!(
-                "{}: rotated and verified (connection {conn}, secret version {version})",
-                self.job
-            ),
+            Outcome::Rotated => {
+                let detail = self
+                    .verified
+                    .as_ref()
+                    .map(|v| {
+                        let mut d = format!(
+                            "; {} other properties unchanged, updated {} -> {}",
+                            v.unchanged_properties,
+                            v.updated.0.as_deref().unwrap_or("?"),
+                            v.updated.1.as_deref().unwrap_or("?")
+                        );
+                        if !v.confirmed_credentials.is_empty() {
+                            d.push_str(&format!(
+                                ", GET shows the new {}",
+                                v.confirmed_credentials.join(", ")
+                            ));
+                        }
+                        d
+                    })
+                    .unwrap_or_default();
+                format!(
+                    "{}: rotated and verified (connection {conn}, secret version {version}{detail})",
+                    self.job
+                )
+            }
             Outcome::Unchanged => format!(
                 "{}: unchanged (secret version {version} already applied; nothing sent)",
                 self.job
@@ -287,6 +321,7 @@ impl Rotator {
             outcome: Outcome::Unchanged,
             duration: Duration::ZERO,
             after: None,
+            verified: None,
         };
         let in_flight = self.metrics.as_ref().map(|m| m.start_rotation());
         report.outcome = self.run_inner(job, opts, &mut report).await;
@@ -373,8 +408,23 @@ impl Rotator {
             Err(e) => return Outcome::VerifyFailed(RotationError::VerifyGet(e)),
         };
         let mismatches = connectors::verify(&before, &after, &plan.expect);
-        report.after = Some(after);
         if mismatches.is_empty() {
+            report.verified = Some(Verified {
+                unchanged_properties: before
+                    .properties
+                    .keys()
+                    .filter(|k| !plan.expect.written.contains(k))
+                    .count(),
+                confirmed_credentials: plan
+                    .expect
+                    .written
+                    .iter()
+                    .filter(|w| after.properties.contains_key(*w))
+                    .cloned()
+                    .collect(),
+                updated: (before.updated.clone(), after.updated.clone()),
+            });
+            report.after = Some(after);
             Outcome::Rotated
         } else {
             Outcome::VerifyFailed(RotationError::Verify(mismatches))
