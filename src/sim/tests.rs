@@ -926,3 +926,99 @@ async fn requests_are_recorded_with_headers_and_body() {
     sim.clear_requests();
     assert!(sim.requests().is_empty());
 }
+
+#[tokio::test]
+async fn concurrent_writes_never_exceed_the_limit() {
+    let sim = Simulator::start(SimConfig {
+        write_limit_per_min: Some(20),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let ids: Vec<String> = (0..50)
+        .map(|i| sim.add_connection(mssql(&format!("c{i}"))))
+        .collect();
+    let c = client();
+    let base = sim.base_url();
+    let futures = ids.iter().map(|id| {
+        let c = c.clone();
+        let url = format!("{base}/api/v1/data-connections/{id}");
+        async move {
+            c.patch(url)
+                .bearer_auth(KEY)
+                .json(&json!([{"op": "replace", "path": "/connectionProperties/password", "value": "n"}]))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    let statuses = futures_util::future::join_all(futures).await;
+    assert_eq!(statuses.iter().filter(|s| **s == 204).count(), 20);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 30);
+    assert_eq!(sim.writes_in_window_max(), 20);
+    let rotated = ids
+        .iter()
+        .filter(|id| sim.stored(id).unwrap()["connectionProperties"]["password"] == "n")
+        .count();
+    assert_eq!(rotated, 20);
+    assert_eq!(sim.requests().len(), 50);
+}
+
+#[tokio::test]
+async fn token_requests_share_the_clients_write_budget() {
+    let sim = Simulator::start(SimConfig {
+        write_limit_per_min: Some(1),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let id = sim.add_connection(mssql("a"));
+    let v: Value = client()
+        .post(format!("{}/oauth/token", sim.base_url()))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "sim-client"),
+            ("client_secret", "sim-client-secret"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = v["access_token"].as_str().unwrap();
+    let resp = client()
+        .patch(format!("{}/api/v1/data-connections/{id}", sim.base_url()))
+        .bearer_auth(token)
+        .json(&json!([{"op": "replace", "path": "/connectionProperties/password", "value": "n"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    // The API key is a different identity with its own budget.
+    let (s, _) = patch(
+        &sim,
+        &id,
+        json!([{"op": "replace", "path": "/connectionProperties/password", "value": "n"}]),
+    )
+    .await;
+    assert_eq!(s, 204);
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_server() {
+    let sim = start().await;
+    let base = sim.base_url();
+    let (s, _) = get(&sim, "/api/v1/data-connections").await;
+    assert_eq!(s, 200);
+    sim.shutdown().await;
+    let err = client()
+        .get(format!("{base}/api/v1/data-connections"))
+        .bearer_auth(KEY)
+        .send()
+        .await;
+    assert!(err.is_err());
+}
