@@ -608,7 +608,7 @@ impl Inner {
                 )));
             }
         }
-        check_validation_rules(&ops)?;
+        check_validation_rules(&ops, &c.props)?;
         self.check_against_spec(&c.datasource_id, &ops)?;
 
         let before = c.patch_doc();
@@ -944,8 +944,39 @@ impl Inner {
     }
 }
 
+/// Whether an operation on `/connectionProperties/...` supplies credentials: a credential
+/// property (secret scalars, `username`, anything inside a file array) or an encrypted
+/// `queryHeaders` entry (`encrypt: true` in the stored element or in the patch value).
+fn is_credential_path(op: &PatchOp, props: &Map<String, Value>) -> bool {
+    if op.top() != "connectionProperties" {
+        return false;
+    }
+    let Some(name) = op.second() else {
+        return false;
+    };
+    if is_credential_prop(name) {
+        return true;
+    }
+    if name != "queryHeaders" {
+        return false;
+    }
+    let encrypted = |v: &Value| is_true(v.get("encrypt"));
+    let value_encrypted = match op.value.as_ref() {
+        Some(Value::Array(items)) => items.iter().any(encrypted),
+        Some(v @ Value::Object(_)) => encrypted(v),
+        _ => false,
+    };
+    let stored_encrypted = op
+        .tokens
+        .get(2)
+        .and_then(|i| i.parse::<usize>().ok())
+        .and_then(|i| props.get("queryHeaders")?.as_array()?.get(i))
+        .is_some_and(encrypted);
+    value_encrypted || stored_encrypted
+}
+
 /// The four July-2026 PATCH validation rules (changelog 236, fact sheet §2.3).
-fn check_validation_rules(ops: &[PatchOp]) -> Result<(), ApiError> {
+fn check_validation_rules(ops: &[PatchOp], props: &Map<String, Value>) -> Result<(), ApiError> {
     let mutating: Vec<&PatchOp> = ops.iter().filter(|o| o.mutates()).collect();
     let prop_op = |o: &&&PatchOp, pred: &dyn Fn(&str) -> bool| {
         o.top() == "connectionProperties" && o.second().is_some_and(pred)
@@ -954,7 +985,7 @@ fn check_validation_rules(ops: &[PatchOp]) -> Result<(), ApiError> {
     let touches_props = mutating.iter().any(|o| o.top() == "connectionProperties");
     let has_credentials = mutating
         .iter()
-        .any(|o| matches!(o.top(), "qPassword" | "qUsername") || prop_op(&o, &is_credential_prop));
+        .any(|o| matches!(o.top(), "qPassword" | "qUsername") || is_credential_path(o, props));
     if touches_statement && touches_props {
         return Err(ApiError::bad_request(
             "qConnectStatement and connectionProperties cannot be updated in the same request",

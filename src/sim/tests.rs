@@ -420,6 +420,37 @@ async fn july_2026_validation_rules() {
     assert_eq!(s, 204);
     let stored = sim.stored(&id).unwrap();
     assert_eq!(stored["qConnectStatement"], "CUSTOM CONNECT TO \"y\"");
+    // An encrypted REST header token counts as credentials for the url rule.
+    let rest = sim.add_connection(SeedConnection::new(
+        "api",
+        "rest",
+        json!({"url": "https://a.example", "queryHeaders": [
+            {"name": "Authorization", "value": "Bearer t1", "encrypt": true},
+            {"name": "Accept", "value": "json", "encrypt": false}]}),
+    ));
+    let url_op =
+        json!({"op": "replace", "path": "/connectionProperties/url", "value": "https://b.example"});
+    let (s, _) = patch(
+        &sim,
+        &rest,
+        json!([url_op.clone(),
+        {"op": "replace", "path": "/connectionProperties/queryHeaders/1/value", "value": "xml"}]),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (s, _) = patch(&sim, &rest, json!([url_op,
+        {"op": "replace", "path": "/connectionProperties/queryHeaders/0/value", "value": "Bearer t2"}])).await;
+    assert_eq!(s, 204);
+    let (_, v) = get(
+        &sim,
+        &format!("/api/v1/data-connections/{rest}?parseConnection=true"),
+    )
+    .await;
+    assert_eq!(
+        v["connectionProperties"]["queryHeaders"][0],
+        json!({"name": "Authorization", "encrypt": true})
+    );
+    assert_eq!(v["connectionProperties"]["url"], "https://b.example");
     assert_eq!(stored["qPassword"], "p");
 }
 
