@@ -741,6 +741,15 @@ async fn injected_faults() {
     });
     sim.inject(Fault::Status {
         method: None,
+        path_prefix: Some("/api/v1/data-credentials".into()),
+        status: 502,
+        times: 1,
+    });
+    // Neither fault matches a GET on a connection.
+    let (s, _) = get(&sim, &path).await;
+    assert_eq!(s, 200);
+    sim.inject(Fault::Status {
+        method: None,
         path_prefix: None,
         status: 500,
         times: 1,
@@ -749,10 +758,17 @@ async fn injected_faults() {
     assert_eq!((s, v["errors"][0]["status"].clone()), (503, json!(503)));
     let (s, _) = patch(&sim, &id, body.clone()).await;
     assert_eq!(s, 503);
+    // The credentials-only fault is still queued ahead of the catch-all one.
     let (s, _) = get(&sim, &path).await;
     assert_eq!(s, 500);
     let (s, _) = get(&sim, &path).await;
     assert_eq!(s, 200);
+    let (s, _) = get(
+        &sim,
+        &format!("/api/v1/data-credentials/{}", uuid::Uuid::new_v4()),
+    )
+    .await;
+    assert_eq!(s, 502);
 
     // RateLimited.
     sim.inject(Fault::RateLimited {
@@ -782,7 +798,7 @@ async fn injected_faults() {
     );
 
     let statuses: Vec<u16> = sim.requests().iter().map(|r| r.status).collect();
-    assert_eq!(statuses, vec![0, 503, 503, 500, 200, 429, 204]);
+    assert_eq!(statuses, vec![0, 200, 503, 503, 500, 200, 502, 429, 204]);
 
     // Latency applies to every response.
     sim.set_latency(Duration::from_millis(30));
