@@ -18,7 +18,7 @@ use super::util::{fmt_ts, parse_urlencoded, percent_decode};
 use super::{Fault, RecordedRequest};
 
 /// The response type of the simulator.
-pub type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
 fn json_response(status: u16, body: &Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -76,7 +76,7 @@ fn oauth_error(status: u16, code: &str, title: &str) -> Resp {
 
 /// Handles one HTTP request. `kill` closes the underlying TCP connection (used by
 /// [`Fault::Drop`]).
-pub async fn handle(
+pub(crate) async fn handle(
     shared: Arc<Shared>,
     kill: Arc<Notify>,
     req: Request<Incoming>,

@@ -15,6 +15,47 @@
 //! - Injected [`Fault`]s (status codes, 429s, delays, dropped TCP connections) and added latency.
 //!
 //! Every request is recorded ([`Simulator::requests`]) so tests can assert on what a client sent.
+//!
+//! # Modelling choices
+//!
+//! Where the fact sheet is silent or contradictory the simulator picks one behaviour:
+//!
+//! - **Rate limits**: an exact 60-second sliding log per identity and tier (stricter than Qlik's
+//!   "evaluated over a 5-minute window"); see [`limiter`]. The identity is the API key, or the
+//!   OAuth client behind a token; `POST /oauth/token` is Tier 2 for its `client_id`, so token
+//!   requests share the client's write budget. Rejected (429) requests do not count.
+//! - **Order of checks**: faults, then (for `/api/...`) authentication (401), rate limit (429),
+//!   lookup (400 non-UUID on GET one / 404 / 409 ambiguous name), privilege (403), body (400).
+//! - **GET one**: `qConnectionSecret` is returned as `"***"` when set (the real encoding is
+//!   unknown); `qCredentialsID` is omitted once a host change has disassociated it; `space` is
+//!   `""` for personal connections. `spaceId` and the tutorial's `space` are both accepted.
+//! - **List**: `limit` defaults to 32; `meta.count` is the total number of matches (not the page
+//!   size); connections without the `list` privilege are left out; `filter` supports
+//!   `<qName|qType|datasourceID> <eq|ne|co|sw|ew> "value"` clauses joined by `and`;
+//!   `sort` supports `±qName`, `±created`, `±updated`, `±_id`. The page cursor is opaque.
+//! - **PATCH**: the four July-2026 rules treat *any* mutating op on `/qConnectStatement` or on
+//!   `/connectionProperties/{host,server,url}` as a change (even if the value is unchanged);
+//!   `test` ops are ignored by the rules. "Credentials" are ops on `/qPassword`, `/qUsername`,
+//!   a secret property or `username` (see [`props`]), anything inside a file-array credential,
+//!   or an encrypted `queryHeaders` entry. Rule 4 fires for `/qPassword` together with any
+//!   secret scalar property. An empty patch array, or one that changes nothing, is a 204 that
+//!   leaves `updated` alone. Top-level `qPassword`/`qUsername` always exist (as `""`) so
+//!   `replace` works on them; `qName` and `qConnectStatement` cannot be removed. A new
+//!   `credentialsName` gives the connection a new `qCredentialsID`; a `separateCredentials`
+//!   property updates `qSeparateCredentials`. Renaming onto an existing name in the same space
+//!   is a 409.
+//! - **Timestamps** are UTC RFC 3339 with milliseconds and strictly increase across all writes
+//!   of one simulator (a write in the same millisecond gets +1 ms).
+//! - **OAuth**: tokens are opaque random strings; `expires_in` is [`SimConfig::token_ttl`];
+//!   `scope` echoes the request or defaults to `user_default`. Missing `grant_type` is
+//!   400 `invalid_request`, another grant type 400 `unsupported_grant_type`.
+//! - **Data credentials**: `qConnCount` counts connections linked with
+//!   [`Simulator::link_credential`]; PUT always advances `updated`; PATCH accepts only
+//!   `/qName`, `/qUsername`, `/qPassword` (no `remove`).
+//! - **Not modelled**: create/PUT/DELETE of connections, bulk actions, the
+//!   `/api/connectivity/...` namespace, `extended`/`includeQris`, user impersonation, token
+//!   revocation, the tenant-wide limit, partial list responses with `errors`, and the
+//!   "credential decryption failed" 500 (inject it with [`Fault::Status`]).
 
 #![warn(missing_docs)]
 
@@ -212,7 +253,8 @@ pub struct RecordedRequest {
 
 /// A fault to inject. Faults are matched in FIFO order before normal handling; each match
 /// decrements `times` and the fault is removed when it reaches 0. `method` matches
-/// case-insensitively, `path_prefix` against the start of the request path; `None` matches any.
+/// case-insensitively, `path_prefix` against the start of the (percent-encoded) request path,
+/// query excluded; `None` matches any. A fault with `times == 0` never matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Respond with this status and a `{"errors":[…]}` body to the next `times` matching requests.

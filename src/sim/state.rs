@@ -19,21 +19,21 @@ use super::util::{fmt_ts, percent_encode};
 use super::{Fault, RecordedRequest, SeedConnection, SeedCredential, SimConfig};
 
 /// Owner reported in `user`.
-pub const SIM_USER: &str = "sim-user-0000000000000001";
+pub(crate) const SIM_USER: &str = "sim-user-0000000000000001";
 /// Tenant reported in `tenant`.
-pub const SIM_TENANT: &str = "sim-tenant-000000000000001";
+pub(crate) const SIM_TENANT: &str = "sim-tenant-000000000000001";
 
 /// An API error rendered as `{"errors":[{code,title,detail,status}]}` (integer status).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: u16,
-    pub code: String,
-    pub title: String,
-    pub detail: Option<String>,
+pub(crate) struct ApiError {
+    pub(crate) status: u16,
+    pub(crate) code: String,
+    pub(crate) title: String,
+    pub(crate) detail: Option<String>,
 }
 
 impl ApiError {
-    pub fn new(status: u16, code: &str, title: &str, detail: Option<String>) -> Self {
+    pub(crate) fn new(status: u16, code: &str, title: &str, detail: Option<String>) -> Self {
         ApiError {
             status,
             code: code.to_owned(),
@@ -41,7 +41,7 @@ impl ApiError {
             detail,
         }
     }
-    pub fn bad_request(detail: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(
             400,
             "DCERROR-0010",
@@ -49,16 +49,16 @@ impl ApiError {
             Some(detail.into()),
         )
     }
-    pub fn forbidden(detail: impl Into<String>) -> Self {
+    pub(crate) fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(403, "DCERROR-0403", "Forbidden", Some(detail.into()))
     }
-    pub fn not_found(detail: impl Into<String>) -> Self {
+    pub(crate) fn not_found(detail: impl Into<String>) -> Self {
         Self::new(404, "DCERROR-0404", "Not found", Some(detail.into()))
     }
-    pub fn conflict(title: &str, detail: impl Into<String>) -> Self {
+    pub(crate) fn conflict(title: &str, detail: impl Into<String>) -> Self {
         Self::new(409, "DCERROR-0409", title, Some(detail.into()))
     }
-    pub fn body(&self) -> Value {
+    pub(crate) fn body(&self) -> Value {
         let mut e = json!({"code": self.code, "title": self.title, "status": self.status});
         if let Some(d) = &self.detail {
             e["detail"] = Value::String(d.clone());
@@ -69,23 +69,23 @@ impl ApiError {
 
 /// A stored data connection.
 #[derive(Debug, Clone)]
-pub struct Conn {
-    pub id: String,
-    pub name: String,
-    pub space: Option<String>,
-    pub datasource_id: String,
-    pub q_type: String,
-    pub props: Map<String, Value>,
-    pub privileges: Vec<String>,
-    pub separate: bool,
-    pub credentials_id: Option<String>,
-    pub statement_override: Option<String>,
-    pub q_username: Option<String>,
-    pub q_password: Option<String>,
-    pub connection_secret: Option<String>,
-    pub tags: Vec<Value>,
-    pub created: DateTime<Utc>,
-    pub updated: DateTime<Utc>,
+pub(crate) struct Conn {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) space: Option<String>,
+    pub(crate) datasource_id: String,
+    pub(crate) q_type: String,
+    pub(crate) props: Map<String, Value>,
+    pub(crate) privileges: Vec<String>,
+    pub(crate) separate: bool,
+    pub(crate) credentials_id: Option<String>,
+    pub(crate) statement_override: Option<String>,
+    pub(crate) q_username: Option<String>,
+    pub(crate) q_password: Option<String>,
+    pub(crate) connection_secret: Option<String>,
+    pub(crate) tags: Vec<Value>,
+    pub(crate) created: DateTime<Utc>,
+    pub(crate) updated: DateTime<Utc>,
 }
 
 impl Conn {
@@ -114,29 +114,29 @@ impl Conn {
 
 /// A stored data credential.
 #[derive(Debug, Clone)]
-pub struct Cred {
-    pub id: String,
-    pub name: String,
-    pub q_type: String,
-    pub datasource_id: String,
-    pub username: String,
-    pub password: String,
-    pub reference_key: String,
-    pub connection_id: String,
-    pub created: DateTime<Utc>,
-    pub updated: DateTime<Utc>,
+pub(crate) struct Cred {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) q_type: String,
+    pub(crate) datasource_id: String,
+    pub(crate) username: String,
+    pub(crate) password: String,
+    pub(crate) reference_key: String,
+    pub(crate) connection_id: String,
+    pub(crate) created: DateTime<Utc>,
+    pub(crate) updated: DateTime<Utc>,
 }
 
 /// An issued OAuth access token.
 #[derive(Debug, Clone)]
-pub struct Token {
-    pub client_id: String,
-    pub expires: Instant,
+pub(crate) struct Token {
+    pub(crate) client_id: String,
+    pub(crate) expires: Instant,
 }
 
 /// Which representation of a connection to render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum View {
+pub(crate) enum View {
     /// List item: no secret, no properties.
     List,
     /// GET one; properties (sanitized) only with `parseConnection=true`.
@@ -147,12 +147,12 @@ pub enum View {
 
 /// Shared state behind a mutex.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     inner: Mutex<Inner>,
 }
 
 impl Shared {
-    pub fn new(cfg: SimConfig, base_url: String) -> Self {
+    pub(crate) fn new(cfg: SimConfig, base_url: String) -> Self {
         Shared {
             inner: Mutex::new(Inner {
                 cfg,
@@ -173,27 +173,27 @@ impl Shared {
         }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// The mutable simulator state.
 #[derive(Debug)]
-pub struct Inner {
-    pub cfg: SimConfig,
-    pub base_url: String,
+pub(crate) struct Inner {
+    pub(crate) cfg: SimConfig,
+    pub(crate) base_url: String,
     conns: Vec<Conn>,
     conn_idx: HashMap<String, usize>,
     creds: Vec<Cred>,
     cred_idx: HashMap<String, usize>,
-    pub specs: HashMap<String, Value>,
-    pub tokens: HashMap<String, Token>,
+    pub(crate) specs: HashMap<String, Value>,
+    pub(crate) tokens: HashMap<String, Token>,
     requests: Vec<(u64, RecordedRequest)>,
     next_seq: u64,
-    pub faults: VecDeque<Fault>,
-    pub limiter: RateLimiter,
-    pub token_requests: usize,
+    pub(crate) faults: VecDeque<Fault>,
+    pub(crate) limiter: RateLimiter,
+    pub(crate) token_requests: usize,
     last_ts: DateTime<Utc>,
 }
 
@@ -243,7 +243,7 @@ fn fault_parts(f: &mut Fault) -> (&Option<String>, &Option<String>, &mut u32) {
 
 impl Inner {
     /// A strictly increasing millisecond-precision timestamp.
-    pub fn next_ts(&mut self) -> DateTime<Utc> {
+    pub(crate) fn next_ts(&mut self) -> DateTime<Utc> {
         let now = Utc::now();
         let now = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
         let ts = if now > self.last_ts {
@@ -257,29 +257,29 @@ impl Inner {
 
     // ----- requests and faults -------------------------------------------------------------
 
-    pub fn record(&mut self, req: RecordedRequest) -> u64 {
+    pub(crate) fn record(&mut self, req: RecordedRequest) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.requests.push((seq, req));
         seq
     }
 
-    pub fn set_status(&mut self, seq: u64, status: u16) {
+    pub(crate) fn set_status(&mut self, seq: u64, status: u16) {
         if let Some((_, r)) = self.requests.iter_mut().rev().find(|(s, _)| *s == seq) {
             r.status = status;
         }
     }
 
-    pub fn requests(&self) -> Vec<RecordedRequest> {
+    pub(crate) fn requests(&self) -> Vec<RecordedRequest> {
         self.requests.iter().map(|(_, r)| r.clone()).collect()
     }
 
-    pub fn clear_requests(&mut self) {
+    pub(crate) fn clear_requests(&mut self) {
         self.requests.clear();
     }
 
     /// Takes one use of the first queued fault matching the request.
-    pub fn take_fault(&mut self, method: &str, path: &str) -> Option<Fault> {
+    pub(crate) fn take_fault(&mut self, method: &str, path: &str) -> Option<Fault> {
         let pos = self.faults.iter_mut().position(|f| {
             let (m, p, times) = fault_parts(f);
             *times > 0
@@ -300,7 +300,7 @@ impl Inner {
     // ----- auth ----------------------------------------------------------------------------
 
     /// The rate-limit identity behind a bearer token, if the token is valid at `now`.
-    pub fn identity_for(&self, token: &str, now: Instant) -> Option<String> {
+    pub(crate) fn identity_for(&self, token: &str, now: Instant) -> Option<String> {
         if self.cfg.api_keys.iter().any(|k| k == token) {
             return Some(format!("key:{token}"));
         }
@@ -312,7 +312,7 @@ impl Inner {
 
     // ----- connections ---------------------------------------------------------------------
 
-    pub fn add_connection(&mut self, seed: SeedConnection) -> String {
+    pub(crate) fn add_connection(&mut self, seed: SeedConnection) -> String {
         let id = seed.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let ts = self.next_ts();
         let conn = Conn {
@@ -347,30 +347,30 @@ impl Inner {
         self.conns.get_mut(i)
     }
 
-    pub fn set_privileges(&mut self, id: &str, privileges: Vec<String>) {
+    pub(crate) fn set_privileges(&mut self, id: &str, privileges: Vec<String>) {
         if let Some(c) = self.conn_mut(id) {
             c.privileges = privileges;
         }
     }
 
-    pub fn set_connection_secret(&mut self, id: &str, secret: Option<String>) {
+    pub(crate) fn set_connection_secret(&mut self, id: &str, secret: Option<String>) {
         if let Some(c) = self.conn_mut(id) {
             c.connection_secret = secret;
         }
     }
 
-    pub fn link_credential(&mut self, connection_id: &str, credential_id: &str) {
+    pub(crate) fn link_credential(&mut self, connection_id: &str, credential_id: &str) {
         if let Some(c) = self.conn_mut(connection_id) {
             c.credentials_id = Some(credential_id.to_owned());
         }
     }
 
-    pub fn stored(&self, id: &str) -> Option<Value> {
+    pub(crate) fn stored(&self, id: &str) -> Option<Value> {
         let c = &self.conns[*self.conn_idx.get(id)?];
         Some(self.conn_view(c, View::Stored))
     }
 
-    pub fn conn_view(&self, c: &Conn, view: View) -> Value {
+    pub(crate) fn conn_view(&self, c: &Conn, view: View) -> Value {
         let mut v = json!({
             "qID": c.id,
             "id": c.id,
@@ -476,7 +476,7 @@ impl Inner {
         self.find_conn(key, by_name, space.map(String::as_str), require_uuid)
     }
 
-    pub fn get_connection(
+    pub(crate) fn get_connection(
         &self,
         key: &str,
         q: &HashMap<String, String>,
@@ -495,7 +495,7 @@ impl Inner {
         Ok(self.conn_view(c, View::Single { parse }))
     }
 
-    pub fn list_connections(
+    pub(crate) fn list_connections(
         &self,
         q: &HashMap<String, String>,
         raw_query: Option<&str>,
@@ -580,7 +580,7 @@ impl Inner {
     }
 
     /// `PATCH /api/v1/data-connections/{key}`: validation rules, type checks, atomic apply.
-    pub fn patch_connection(
+    pub(crate) fn patch_connection(
         &mut self,
         key: &str,
         q: &HashMap<String, String>,
@@ -608,7 +608,7 @@ impl Inner {
                 )));
             }
         }
-        check_validation_rules(&ops)?;
+        check_validation_rules(&ops, &c.props)?;
         self.check_against_spec(&c.datasource_id, &ops)?;
 
         let before = c.patch_doc();
@@ -729,7 +729,7 @@ impl Inner {
 
     // ----- data credentials ----------------------------------------------------------------
 
-    pub fn add_credential(&mut self, seed: SeedCredential) -> String {
+    pub(crate) fn add_credential(&mut self, seed: SeedCredential) -> String {
         let id = seed.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let ts = self.next_ts();
         let cred = Cred {
@@ -779,7 +779,7 @@ impl Inner {
         v
     }
 
-    pub fn stored_credential(&self, id: &str) -> Option<Value> {
+    pub(crate) fn stored_credential(&self, id: &str) -> Option<Value> {
         let c = &self.creds[*self.cred_idx.get(id)?];
         Some(self.cred_view(c, true))
     }
@@ -806,7 +806,7 @@ impl Inner {
             .ok_or_else(|| ApiError::not_found(format!("Credential '{key}' not found")))
     }
 
-    pub fn get_credential(
+    pub(crate) fn get_credential(
         &self,
         key: &str,
         q: &HashMap<String, String>,
@@ -831,7 +831,7 @@ impl Inner {
     }
 
     /// `PUT /api/v1/data-credentials/{key}` with a `CredentialCreate` body.
-    pub fn put_credential(
+    pub(crate) fn put_credential(
         &mut self,
         key: &str,
         q: &HashMap<String, String>,
@@ -896,7 +896,7 @@ impl Inner {
 
     /// `PATCH /api/v1/data-credentials/{key}`: bare JSON Patch array on `/qName`, `/qUsername`,
     /// `/qPassword`.
-    pub fn patch_credential(
+    pub(crate) fn patch_credential(
         &mut self,
         key: &str,
         q: &HashMap<String, String>,
@@ -944,8 +944,39 @@ impl Inner {
     }
 }
 
+/// Whether an operation on `/connectionProperties/...` supplies credentials: a credential
+/// property (secret scalars, `username`, anything inside a file array) or an encrypted
+/// `queryHeaders` entry (`encrypt: true` in the stored element or in the patch value).
+fn is_credential_path(op: &PatchOp, props: &Map<String, Value>) -> bool {
+    if op.top() != "connectionProperties" {
+        return false;
+    }
+    let Some(name) = op.second() else {
+        return false;
+    };
+    if is_credential_prop(name) {
+        return true;
+    }
+    if name != "queryHeaders" {
+        return false;
+    }
+    let encrypted = |v: &Value| is_true(v.get("encrypt"));
+    let value_encrypted = match op.value.as_ref() {
+        Some(Value::Array(items)) => items.iter().any(encrypted),
+        Some(v @ Value::Object(_)) => encrypted(v),
+        _ => false,
+    };
+    let stored_encrypted = op
+        .tokens
+        .get(2)
+        .and_then(|i| i.parse::<usize>().ok())
+        .and_then(|i| props.get("queryHeaders")?.as_array()?.get(i))
+        .is_some_and(encrypted);
+    value_encrypted || stored_encrypted
+}
+
 /// The four July-2026 PATCH validation rules (changelog 236, fact sheet §2.3).
-fn check_validation_rules(ops: &[PatchOp]) -> Result<(), ApiError> {
+fn check_validation_rules(ops: &[PatchOp], props: &Map<String, Value>) -> Result<(), ApiError> {
     let mutating: Vec<&PatchOp> = ops.iter().filter(|o| o.mutates()).collect();
     let prop_op = |o: &&&PatchOp, pred: &dyn Fn(&str) -> bool| {
         o.top() == "connectionProperties" && o.second().is_some_and(pred)
@@ -954,7 +985,7 @@ fn check_validation_rules(ops: &[PatchOp]) -> Result<(), ApiError> {
     let touches_props = mutating.iter().any(|o| o.top() == "connectionProperties");
     let has_credentials = mutating
         .iter()
-        .any(|o| matches!(o.top(), "qPassword" | "qUsername") || prop_op(&o, &is_credential_prop));
+        .any(|o| matches!(o.top(), "qPassword" | "qUsername") || is_credential_path(o, props));
     if touches_statement && touches_props {
         return Err(ApiError::bad_request(
             "qConnectStatement and connectionProperties cannot be updated in the same request",
