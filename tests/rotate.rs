@@ -287,7 +287,7 @@ async fn a_verify_mismatch_is_its_own_outcome() {
         delay: Duration::from_secs(2),
         times: 1,
     });
-    let mut child = command(&["rotate", "-c", w.config(), "--job", "sales-s3"], &w.env())
+    let child = command(&["rotate", "-c", w.config(), "--job", "sales-s3"], &w.env())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

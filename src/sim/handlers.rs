@@ -107,6 +107,7 @@ pub(crate) async fn handle(
         qlik_auth_code: header("qlik-auth-code"),
         body: String::from_utf8_lossy(&body).into_owned(),
         status: 0,
+        at: std::time::Instant::now(),
     };
     let (seq, fault) = {
         let mut g = shared.lock();

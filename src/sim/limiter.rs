@@ -28,13 +28,30 @@ pub enum Tier {
 }
 
 /// Per-identity, per-tier sliding-window limiter.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RateLimiter {
+    window: Duration,
     windows: HashMap<(String, Tier), VecDeque<Instant>>,
     accepted_writes: HashMap<String, Vec<Instant>>,
 }
 
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter::new(WINDOW)
+    }
+}
+
 impl RateLimiter {
+    /// A limiter whose limits apply per `window` (Qlik: one minute). A shorter window scales a
+    /// per-minute budget down for fast tests: 5 per 3 s is 100 per minute.
+    pub fn new(window: Duration) -> Self {
+        RateLimiter {
+            window,
+            windows: HashMap::new(),
+            accepted_writes: HashMap::new(),
+        }
+    }
+
     /// Checks (and on success records) one request made at `now`.
     ///
     /// Returns `Err(retry_after_secs)` when the request must be rejected with 429.
@@ -47,7 +64,7 @@ impl RateLimiter {
     ) -> Result<(), u64> {
         let log = self.windows.entry((identity.to_owned(), tier)).or_default();
         while let Some(&front) = log.front() {
-            if now.saturating_duration_since(front) >= WINDOW {
+            if now.saturating_duration_since(front) >= self.window {
                 log.pop_front();
             } else {
                 break;
@@ -56,12 +73,12 @@ impl RateLimiter {
         if let Some(limit) = limit {
             let limit = limit as usize;
             if limit == 0 {
-                return Err(WINDOW.as_secs());
+                return Err(self.window.as_secs().max(1));
             }
             if log.len() >= limit {
                 // After the oldest `len - limit + 1` entries expire, one slot is free.
                 let pivot = log[log.len() - limit];
-                let wait = (pivot + WINDOW).saturating_duration_since(now);
+                let wait = (pivot + self.window).saturating_duration_since(now);
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 return Err(secs.max(1));
             }
@@ -83,7 +100,7 @@ impl RateLimiter {
         for log in self.accepted_writes.values() {
             let mut start = 0usize;
             for end in 0..log.len() {
-                while log[end].saturating_duration_since(log[start]) >= WINDOW {
+                while log[end].saturating_duration_since(log[start]) >= self.window {
                     start += 1;
                 }
                 best = best.max(end - start + 1);

@@ -98,6 +98,9 @@ pub struct SimConfig {
     pub read_limit_per_min: Option<u32>,
     /// Delay added to every response (default 0).
     pub latency: Duration,
+    /// The window both limits apply to (default 60 s, as Qlik's per-minute limits). Tests
+    /// shrink it to exercise the limits quickly: 5 writes per 3 s is 100 per minute.
+    pub rate_window: Duration,
 }
 
 impl Default for SimConfig {
@@ -109,6 +112,7 @@ impl Default for SimConfig {
             write_limit_per_min: None,
             read_limit_per_min: None,
             latency: Duration::ZERO,
+            rate_window: Duration::from_secs(60),
         }
     }
 }
@@ -249,6 +253,8 @@ pub struct RecordedRequest {
     pub body: String,
     /// The status actually returned; 0 if the connection was dropped.
     pub status: u16,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 /// A fault to inject. Faults are matched in FIFO order before normal handling; each match

@@ -153,6 +153,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(cfg: SimConfig, base_url: String) -> Self {
+        let window = cfg.rate_window;
         Shared {
             inner: Mutex::new(Inner {
                 cfg,
@@ -166,7 +167,7 @@ impl Shared {
                 requests: Vec::new(),
                 next_seq: 0,
                 faults: VecDeque::new(),
-                limiter: RateLimiter::default(),
+                limiter: RateLimiter::new(window),
                 token_requests: 0,
                 last_ts: DateTime::<Utc>::MIN_UTC,
             }),
