@@ -223,6 +223,7 @@ pub async fn rotate(
                 connection_id: conn.clone(),
                 applied_version: version.clone(),
                 applied_at: chrono::Utc::now().timestamp(),
+                checked_at: chrono::Utc::now().timestamp(),
             },
         ) {
             eprintln!("warning: {e} (the daemon will rotate this job once more)");

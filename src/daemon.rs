@@ -206,6 +206,7 @@ impl Daemon {
                                 connection_id: conn.clone(),
                                 applied_version: version.clone(),
                                 applied_at: chrono::Utc::now().timestamp(),
+                                checked_at: chrono::Utc::now().timestamp(),
                             },
                         )
                     {
@@ -215,6 +216,14 @@ impl Daemon {
                 }
                 Outcome::Unchanged | Outcome::Planned(_) => {
                     *job.known.lock().expect("known lock") = known;
+                    // Remember that the applied version was still current, so a restart
+                    // does not make the job look stale.
+                    if let Some(mut st) = self.state.get(name) {
+                        st.checked_at = chrono::Utc::now().timestamp();
+                        if let Err(e) = self.state.record(name, st) {
+                            tracing::warn!(job = name, error = %e, "Cannot write the state file.");
+                        }
+                    }
                     break report;
                 }
                 Outcome::Failed(e) | Outcome::VerifyFailed(e) => {
@@ -311,11 +320,20 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
                 .map_err(StartError::AdminToken)?,
         ),
     };
+    let state = StateStore::new(cfg.daemon.state_dir.clone());
+    let known_state = state.load();
     let jobs = cfg
         .jobs
         .iter()
         .map(|j| {
             metrics.register_job(j);
+            // Carry the last success across restarts, so staleness alerts stay truthful.
+            if let Some(st) = known_state
+                .get(&j.name)
+                .filter(|s| s.applies_to(&j.connection))
+            {
+                metrics.set_last_success(&j.name, st.applied_at.max(st.checked_at));
+            }
             (
                 j.name.clone(),
                 Arc::new(JobRuntime {
@@ -330,7 +348,7 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
     let daemon = Arc::new(Daemon {
         jobs,
         rotator,
-        state: StateStore::new(cfg.daemon.state_dir.clone()),
+        state,
         metrics,
         semaphore: Semaphore::new(cfg.daemon.max_concurrent_rotations),
         cancel: CancellationToken::new(),

@@ -186,6 +186,11 @@ impl Metrics {
             .set(preflight_failed as i64);
     }
 
+    /// Sets a job's last success time (from the state file at start).
+    pub fn set_last_success(&self, job: &str, unix: i64) {
+        self.last_success.with_label_values(&[job]).set(unix);
+    }
+
     /// Records a secret read.
     pub fn secret_fetch(&self, source: &str, ok: bool) {
         self.secret_fetches

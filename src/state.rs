@@ -23,6 +23,9 @@ pub struct JobState {
     pub applied_version: String,
     /// When (Unix seconds).
     pub applied_at: i64,
+    /// The last time a run found this version still current (Unix seconds; 0 = never).
+    #[serde(default)]
+    pub checked_at: i64,
 }
 
 impl JobState {
@@ -155,6 +158,7 @@ mod tests {
             connection_id: "c1".into(),
             applied_version: v.into(),
             applied_at: 1,
+            checked_at: 0,
         }
     }
 

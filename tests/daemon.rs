@@ -515,12 +515,17 @@ async fn two_jobs_sharing_the_write_budget_never_exceed_it() {
 struct Proc {
     child: std::process::Child,
     addr: std::net::SocketAddr,
+    out: PathBuf,
+    err: PathBuf,
 }
 
+/// Starts the binary; its output goes to files (a pipe nobody drains would block the daemon).
 async fn spawn_daemon(config: &Path, env: &[(String, String)]) -> Proc {
+    let out = config.with_extension("stdout");
+    let err = config.with_extension("stderr");
     let child = command(&["run", "-c", config.to_str().unwrap()], env)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
     let text = std::fs::read_to_string(config).unwrap();
@@ -534,18 +539,23 @@ async fn spawn_daemon(config: &Path, env: &[(String, String)]) -> Proc {
         wait_until(WAIT, || std::net::TcpStream::connect(addr).is_ok()).await,
         "daemon did not listen"
     );
-    Proc { child, addr }
+    Proc {
+        child,
+        addr,
+        out,
+        err,
+    }
 }
 
-async fn stop(p: Proc) -> CliOutput {
+async fn stop(mut p: Proc) -> CliOutput {
     sigterm(&p.child);
-    let out = tokio::task::spawn_blocking(move || p.child.wait_with_output().unwrap())
+    let status = tokio::task::spawn_blocking(move || p.child.wait().unwrap())
         .await
         .unwrap();
     CliOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: status.code().unwrap_or(-1),
+        stdout: std::fs::read_to_string(&p.out).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&p.err).unwrap_or_default(),
     }
 }
 
