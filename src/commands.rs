@@ -48,14 +48,21 @@ pub async fn check_config(path: &Path, online: bool, input: &dyn ConfigInput) ->
     println!("pre-flight against {}:", cfg.qlik.tenant_url);
     let mut failed = 0;
     for job in &cfg.jobs {
-        match daemon::preflight(&rotator, job).await {
-            Ok(conn) => println!(
-                "  {}: OK (connection {}, {})",
-                job.name, conn.id, conn.datasource_id
-            ),
-            Err(e) => {
-                failed += 1;
-                println!("  {}: FAILED: {e}", job.name);
+        for target in &job.connections {
+            let label = if job.connections.len() > 1 {
+                format!("{}[{}]", job.name, target.key())
+            } else {
+                job.name.clone()
+            };
+            match daemon::preflight(&rotator, job, target).await {
+                Ok(conn) => println!(
+                    "  {label}: OK (connection {}, {})",
+                    conn.id, conn.datasource_id
+                ),
+                Err(e) => {
+                    failed += 1;
+                    println!("  {label}: FAILED: {e}");
+                }
             }
         }
     }
@@ -79,9 +86,13 @@ fn check_offline(path: &Path, input: &dyn ConfigInput) -> ExitCode {
                 println!(
                     "  {}: {} via {} ({} scheme) from {}:{}{}",
                     job.name,
-                    job.connection,
-                    job.connector.id,
-                    job.scheme.name,
+                    job.connections
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" + "),
+                    job.connector,
+                    job.spec.scheme,
                     job.source,
                     job.secret.id,
                     job.schedule
@@ -130,7 +141,7 @@ pub async fn plan(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> Ex
     let mut ok = true;
     let mut out = std::io::stdout().lock();
     for job in jobs {
-        let report = rotator
+        let reports = rotator
             .run(
                 job,
                 RunOptions {
@@ -139,23 +150,25 @@ pub async fn plan(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> Ex
                 },
             )
             .await;
-        match &report.outcome {
-            Outcome::Planned(doc) => {
-                let _ = writeln!(
-                    out,
-                    "{}: PATCH /api/v1/data-connections/{} (secret version {}; values masked)",
-                    job.name,
-                    report.connection_id.as_deref().unwrap_or("?"),
-                    report.secret_version.as_deref().unwrap_or("?")
-                );
-                let pretty = serde_json::to_string_pretty(doc).unwrap_or_default();
-                for line in pretty.lines() {
-                    let _ = writeln!(out, "  {line}");
+        for report in reports {
+            match &report.outcome {
+                Outcome::Planned(doc) => {
+                    let _ = writeln!(
+                        out,
+                        "{}: PATCH /api/v1/data-connections/{} (secret version {}; values masked)",
+                        report.label(),
+                        report.connection_id.as_deref().unwrap_or("?"),
+                        report.secret_version.as_deref().unwrap_or("?")
+                    );
+                    let pretty = serde_json::to_string_pretty(doc).unwrap_or_default();
+                    for line in pretty.lines() {
+                        let _ = writeln!(out, "  {line}");
+                    }
                 }
-            }
-            _ => {
-                ok = false;
-                let _ = writeln!(out, "{}", report.line());
+                _ => {
+                    ok = false;
+                    let _ = writeln!(out, "{}", report.line());
+                }
             }
         }
     }
@@ -191,16 +204,23 @@ pub async fn rotate(
     };
     let state = StateStore::new(cfg.daemon.state_dir.clone());
     let mut failed = 0;
+    let mut total = 0;
     for job in &jobs {
         let last_applied = if if_changed {
-            state
-                .get(&job.name)
-                .filter(|s| s.applies_to(&job.connection))
-                .map(|s| s.applied_version)
+            let stored = state.load();
+            job.connections
+                .iter()
+                .filter_map(|c| {
+                    stored
+                        .get(&job.state_key(c))
+                        .filter(|s| s.applies_to(c))
+                        .map(|s| (c.key(), s.applied_version.clone()))
+                })
+                .collect()
         } else {
-            None
+            Default::default()
         };
-        let report = rotator
+        let reports = rotator
             .run(
                 job,
                 RunOptions {
@@ -209,30 +229,38 @@ pub async fn rotate(
                 },
             )
             .await;
-        if !report.outcome.is_success() {
-            failed += 1;
-        }
-        println!("{}", report.line());
-        if let (Outcome::Rotated, Some(conn), Some(version)) = (
-            &report.outcome,
-            &report.connection_id,
-            &report.secret_version,
-        ) && let Err(e) = state.record(
-            &job.name,
-            JobState {
-                connection_id: conn.clone(),
-                applied_version: version.clone(),
-                applied_at: chrono::Utc::now().timestamp(),
-                checked_at: chrono::Utc::now().timestamp(),
-            },
-        ) {
-            eprintln!("warning: {e} (the daemon will rotate this job once more)");
+        for report in reports {
+            total += 1;
+            if !report.outcome.is_success() {
+                failed += 1;
+            }
+            println!("{}", report.line());
+            let target = job
+                .connections
+                .iter()
+                .find(|c| c.key() == report.connection_key);
+            if let (Outcome::Rotated, Some(conn), Some(version), Some(target)) = (
+                &report.outcome,
+                &report.connection_id,
+                &report.secret_version,
+                target,
+            ) && let Err(e) = state.record(
+                &job.state_key(target),
+                JobState {
+                    connection_id: conn.clone(),
+                    applied_version: version.clone(),
+                    applied_at: chrono::Utc::now().timestamp(),
+                    checked_at: chrono::Utc::now().timestamp(),
+                },
+            ) {
+                eprintln!("warning: {e} (the daemon will rotate this connection once more)");
+            }
         }
     }
     if failed == 0 {
         ExitCode::SUCCESS
     } else {
-        eprintln!("{failed} of {} job(s) failed", jobs.len());
+        eprintln!("{failed} of {total} rotation(s) failed");
         ExitCode::from(EXIT_FAILED)
     }
 }

@@ -6,7 +6,7 @@
 //! ones (PATCH + verify) up to `shutdown_grace_period` → exit 0.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -23,10 +23,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     admin, app,
-    config::{Config, ConfigInput, JobConfig},
+    config::{Config, ConfigInput, ConnectionRef, JobConfig},
     metrics::Metrics,
     qlik::DataConnection,
-    rotation::{Outcome, Rotator, RunOptions},
+    rotation::{Outcome, Report, Rotator, RunOptions},
     state::{JobState, StateStore},
 };
 
@@ -39,6 +39,9 @@ pub enum PreflightError {
     /// Missing `update` privilege.
     #[error("connection {0} does not grant the update privilege to this identity")]
     NoUpdate(String),
+    /// The job's properties do not match the connector's api-specs.
+    #[error("{0}")]
+    Specs(crate::rotation::RotationError),
     /// Connector mismatch.
     #[error("connection {id} is a {actual:?} connection, but the job says {expected:?}")]
     WrongConnector {
@@ -58,21 +61,26 @@ pub enum PreflightError {
 pub async fn preflight(
     rotator: &Rotator,
     job: &JobConfig,
+    target: &ConnectionRef,
 ) -> Result<DataConnection, PreflightError> {
     let conn = rotator
-        .read_connection(job)
+        .read_connection(job, target)
         .await
         .map_err(PreflightError::Read)?;
     if !conn.has_privilege("update") {
         return Err(PreflightError::NoUpdate(conn.id));
     }
-    if conn.datasource_id != job.connector.id {
+    if conn.datasource_id != job.spec.datasource {
         return Err(PreflightError::WrongConnector {
             id: conn.id,
-            expected: job.connector.id.clone(),
+            expected: job.spec.datasource.clone(),
             actual: conn.datasource_id,
         });
     }
+    rotator
+        .check_specs(job)
+        .await
+        .map_err(PreflightError::Specs)?;
     Ok(conn)
 }
 
@@ -90,8 +98,19 @@ pub enum Triggered {
 struct JobRuntime {
     cfg: JobConfig,
     running: tokio::sync::Mutex<()>,
-    known: Mutex<Option<DataConnection>>,
-    preflight_ok: AtomicBool,
+    /// Per connection key: the connection as last read (pre-flight or verify GET).
+    known: Mutex<HashMap<String, DataConnection>>,
+    /// Connection keys that have not passed pre-flight (yet).
+    preflight_failed: Mutex<BTreeSet<String>>,
+}
+
+impl JobRuntime {
+    fn preflight_ok(&self) -> bool {
+        self.preflight_failed
+            .lock()
+            .expect("preflight lock")
+            .is_empty()
+    }
 }
 
 /// The daemon's shared core.
@@ -162,101 +181,162 @@ impl Daemon {
         if self.cancel.is_cancelled() {
             return;
         }
-        if !job.preflight_ok.load(Ordering::SeqCst) {
-            // Retry pre-flight on each trigger, so a fixed permission recovers by itself.
-            match preflight(&self.rotator, &job.cfg).await {
-                Ok(conn) => {
-                    tracing::info!(job = name, "Pre-flight now passes; job enabled.");
-                    *job.known.lock().expect("known lock") = Some(conn);
-                    job.preflight_ok.store(true, Ordering::SeqCst);
-                    self.metrics.set_preflight(name, true);
-                    self.update_job_gauges();
-                }
-                Err(e) => {
-                    tracing::warn!(job = name, error = %e, "Pre-flight still failing; skipping this run.");
-                    return;
+        // Retry pre-flight of failing connections on each trigger, so a fixed permission
+        // recovers by itself.
+        let failing: Vec<ConnectionRef> = {
+            let failed = job.preflight_failed.lock().expect("preflight lock");
+            job.cfg
+                .connections
+                .iter()
+                .filter(|c| failed.contains(&c.key()))
+                .cloned()
+                .collect()
+        };
+        if !failing.is_empty() {
+            for conn in &failing {
+                match preflight(&self.rotator, &job.cfg, conn).await {
+                    Ok(c) => {
+                        tracing::info!(job = name, connection = %conn, "Pre-flight now passes.");
+                        job.known.lock().expect("known lock").insert(conn.key(), c);
+                        job.preflight_failed
+                            .lock()
+                            .expect("preflight lock")
+                            .remove(&conn.key());
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = name, connection = %conn, error = %e, "Pre-flight still failing; skipping this connection.");
+                    }
                 }
             }
+            self.metrics.set_preflight(name, job.preflight_ok());
+            self.update_job_gauges();
         }
+        let mut only: Vec<String> = {
+            let failed = job.preflight_failed.lock().expect("preflight lock");
+            job.cfg
+                .connections
+                .iter()
+                .map(ConnectionRef::key)
+                .filter(|k| !failed.contains(k))
+                .collect()
+        };
+        if only.is_empty() {
+            return;
+        }
+        let mut finals: BTreeMap<String, Report> = BTreeMap::new();
         let mut attempt = 0;
-        let report = loop {
+        loop {
             attempt += 1;
-            let last = self.state.get(name).map(|s| s.applied_version);
-            let known = job.known.lock().expect("known lock").take();
-            let report = self
+            let stored = self.state.load();
+            let last_applied = job
+                .cfg
+                .connections
+                .iter()
+                .filter(|c| only.contains(&c.key()))
+                .filter_map(|c| {
+                    stored
+                        .get(&job.cfg.state_key(c))
+                        .filter(|s| s.applies_to(c))
+                        .map(|s| (c.key(), s.applied_version.clone()))
+                })
+                .collect();
+            let known = job.known.lock().expect("known lock").clone();
+            let reports = self
                 .rotator
                 .run(
                     &job.cfg,
                     RunOptions {
                         plan_only: false,
-                        last_applied: last,
+                        last_applied,
                         force,
-                        known: known.clone(),
+                        known,
+                        only: Some(only.clone()),
                     },
                 )
                 .await;
-            match &report.outcome {
-                Outcome::Rotated => {
-                    *job.known.lock().expect("known lock") = report.after.clone();
-                    if let (Some(conn), Some(version)) =
-                        (&report.connection_id, &report.secret_version)
-                        && let Err(e) = self.state.record(
-                            name,
-                            JobState {
-                                connection_id: conn.clone(),
-                                applied_version: version.clone(),
-                                applied_at: chrono::Utc::now().timestamp(),
-                                checked_at: chrono::Utc::now().timestamp(),
-                            },
-                        )
-                    {
-                        tracing::error!(job = name, error = %e, "Cannot write the state file; the next run will rotate again.");
-                    }
-                    break report;
-                }
-                Outcome::Unchanged | Outcome::Planned(_) => {
-                    *job.known.lock().expect("known lock") = known;
-                    // Remember that the applied version was still current, so a restart
-                    // does not make the job look stale.
-                    if let Some(mut st) = self.state.get(name) {
-                        st.checked_at = chrono::Utc::now().timestamp();
-                        if let Err(e) = self.state.record(name, st) {
-                            tracing::warn!(job = name, error = %e, "Cannot write the state file.");
+            let mut retry = Vec::new();
+            for report in reports {
+                let conn = job
+                    .cfg
+                    .connections
+                    .iter()
+                    .find(|c| c.key() == report.connection_key)
+                    .expect("a report names one of the job's connections");
+                let now = chrono::Utc::now().timestamp();
+                match &report.outcome {
+                    Outcome::Rotated => {
+                        if let Some(after) = &report.after {
+                            job.known
+                                .lock()
+                                .expect("known lock")
+                                .insert(report.connection_key.clone(), after.clone());
+                        }
+                        if let (Some(id), Some(version)) =
+                            (&report.connection_id, &report.secret_version)
+                            && let Err(e) = self.state.record(
+                                &job.cfg.state_key(conn),
+                                JobState {
+                                    connection_id: id.clone(),
+                                    applied_version: version.clone(),
+                                    applied_at: now,
+                                    checked_at: now,
+                                },
+                            )
+                        {
+                            tracing::error!(job = name, error = %e, "Cannot write the state file; the next run will rotate again.");
                         }
                     }
-                    break report;
-                }
-                Outcome::Failed(e) | Outcome::VerifyFailed(e) => {
-                    self.metrics.record_error(name, e);
-                    let retry = e.is_retriable()
-                        && attempt < self.max_attempts_per_run
-                        && !self.cancel.is_cancelled();
-                    if !retry {
-                        break report;
+                    Outcome::Unchanged | Outcome::Planned(_) => {
+                        // Remember that the applied version was still current, so a restart
+                        // does not make the job look stale.
+                        let key = job.cfg.state_key(conn);
+                        if let Some(mut st) = stored.get(&key).cloned() {
+                            st.checked_at = now;
+                            if let Err(e) = self.state.record(&key, st) {
+                                tracing::warn!(job = name, error = %e, "Cannot write the state file.");
+                            }
+                        }
                     }
-                    let delay = Duration::from_secs(1 << attempt.min(6));
-                    tracing::info!(
-                        job = name,
-                        attempt,
-                        delay_s = delay.as_secs(),
-                        "Retrying the rotation."
-                    );
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = self.cancel.cancelled() => break report,
+                    Outcome::Failed(e) | Outcome::VerifyFailed(e) => {
+                        self.metrics.record_error(name, e);
+                        // The connection may have changed: read it afresh next time.
+                        job.known
+                            .lock()
+                            .expect("known lock")
+                            .remove(&report.connection_key);
+                        if e.is_retriable() {
+                            retry.push(report.connection_key.clone());
+                        }
                     }
                 }
+                finals.insert(report.connection_key.clone(), report);
             }
-        };
-        self.metrics.record(&job.cfg, &report);
+            if retry.is_empty()
+                || attempt >= self.max_attempts_per_run
+                || self.cancel.is_cancelled()
+            {
+                break;
+            }
+            let delay = Duration::from_secs(1 << attempt.min(6));
+            tracing::info!(
+                job = name,
+                attempt,
+                delay_s = delay.as_secs(),
+                connections = retry.len(),
+                "Retrying the failed connections."
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.cancel.cancelled() => break,
+            }
+            only = retry;
+        }
+        let reports: Vec<&Report> = finals.values().collect();
+        self.metrics.record(&job.cfg, &reports);
     }
 
     fn update_job_gauges(&self) {
-        let failed = self
-            .jobs
-            .values()
-            .filter(|j| !j.preflight_ok.load(Ordering::SeqCst))
-            .count();
+        let failed = self.jobs.values().filter(|j| !j.preflight_ok()).count();
         self.metrics.set_jobs(self.jobs.len() - failed, failed);
     }
 }
@@ -327,20 +407,32 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
         .iter()
         .map(|j| {
             metrics.register_job(j);
-            // Carry the last success across restarts, so staleness alerts stay truthful.
-            if let Some(st) = known_state
-                .get(&j.name)
-                .filter(|s| s.applies_to(&j.connection))
+            // Carry the last success across restarts, so staleness alerts stay truthful: the
+            // oldest of the job's connections counts.
+            let times: Vec<i64> = j
+                .connections
+                .iter()
+                .filter_map(|c| {
+                    known_state
+                        .get(&j.state_key(c))
+                        .filter(|s| s.applies_to(c))
+                        .map(|s| s.applied_at.max(s.checked_at))
+                })
+                .collect();
+            if times.len() == j.connections.len()
+                && let Some(oldest) = times.into_iter().min()
             {
-                metrics.set_last_success(&j.name, st.applied_at.max(st.checked_at));
+                metrics.set_last_success(&j.name, oldest);
             }
             (
                 j.name.clone(),
                 Arc::new(JobRuntime {
                     cfg: j.clone(),
                     running: tokio::sync::Mutex::new(()),
-                    known: Mutex::new(None),
-                    preflight_ok: AtomicBool::new(false),
+                    known: Mutex::new(HashMap::new()),
+                    preflight_failed: Mutex::new(
+                        j.connections.iter().map(ConnectionRef::key).collect(),
+                    ),
                 }),
             )
         })
@@ -377,32 +469,48 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
     ));
     tracing::info!(%addr, "Serving /metrics, /healthz, /readyz.");
 
-    // Pre-flight every job (concurrently, bounded); failures are reported and skipped, the
-    // others run.
-    let checks = futures_util::stream::iter(daemon.jobs.values().cloned())
-        .map(|job| {
+    // Pre-flight every connection of every job (concurrently, bounded); failures are
+    // reported and skipped, the others run.
+    let targets: Vec<(Arc<JobRuntime>, ConnectionRef)> = daemon
+        .jobs
+        .values()
+        .flat_map(|j| {
+            j.cfg
+                .connections
+                .iter()
+                .map(move |c| (j.clone(), c.clone()))
+        })
+        .collect();
+    let checks = futures_util::stream::iter(targets)
+        .map(|(job, conn)| {
             let rotator = daemon.rotator.clone();
             async move {
-                let result = preflight(&rotator, &job.cfg).await;
-                (job, result)
+                let result = preflight(&rotator, &job.cfg, &conn).await;
+                (job, conn, result)
             }
         })
         .buffer_unordered(cfg.daemon.max_concurrent_rotations.max(8))
         .collect::<Vec<_>>()
         .await;
-    for (job, result) in checks {
+    for (job, conn, result) in checks {
         match result {
-            Ok(conn) => {
-                *job.known.lock().expect("known lock") = Some(conn);
-                job.preflight_ok.store(true, Ordering::SeqCst);
-                daemon.metrics.set_preflight(&job.cfg.name, true);
-                tracing::debug!(job = %job.cfg.name, "Pre-flight passed.");
+            Ok(c) => {
+                job.known.lock().expect("known lock").insert(conn.key(), c);
+                job.preflight_failed
+                    .lock()
+                    .expect("preflight lock")
+                    .remove(&conn.key());
+                tracing::debug!(job = %job.cfg.name, connection = %conn, "Pre-flight passed.");
             }
             Err(e) => {
-                daemon.metrics.set_preflight(&job.cfg.name, false);
-                tracing::error!(job = %job.cfg.name, error = %e, "Pre-flight failed; the job is skipped until it passes.");
+                tracing::error!(job = %job.cfg.name, connection = %conn, error = %e, "Pre-flight failed; the connection is skipped until it passes.");
             }
         }
+    }
+    for job in daemon.jobs.values() {
+        daemon
+            .metrics
+            .set_preflight(&job.cfg.name, job.preflight_ok());
     }
     daemon.update_job_gauges();
 

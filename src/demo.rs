@@ -198,7 +198,7 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
         "\n1. plan: the credential-only PATCH each job would send (values masked, nothing sent)"
     );
     for job in &cfg.jobs {
-        let r = rotator
+        let reports = rotator
             .run(
                 job,
                 RunOptions {
@@ -207,16 +207,18 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
                 },
             )
             .await;
-        match &r.outcome {
-            Outcome::Planned(doc) => {
-                println!(
-                    "  {} → PATCH /api/v1/data-connections/{}",
-                    job.name,
-                    r.connection_id.as_deref().unwrap_or("?")
-                );
-                println!("    {doc}");
+        for r in &reports {
+            match &r.outcome {
+                Outcome::Planned(doc) => {
+                    println!(
+                        "  {} → PATCH /api/v1/data-connections/{}",
+                        job.name,
+                        r.connection_id.as_deref().unwrap_or("?")
+                    );
+                    println!("    {doc}");
+                }
+                _ => print_report(r),
             }
-            _ => print_report(&r),
         }
     }
 
@@ -225,13 +227,17 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
     let mut versions = HashMap::new();
     let mut verified = 0;
     for job in &cfg.jobs {
-        let r = rotator.run(job, RunOptions::default()).await;
-        print_report(&r);
-        if matches!(r.outcome, Outcome::Rotated) {
-            verified += 1;
-        }
-        if let Some(v) = &r.secret_version {
-            versions.insert(job.name.clone(), v.clone());
+        for r in rotator.run(job, RunOptions::default()).await {
+            print_report(&r);
+            if matches!(r.outcome, Outcome::Rotated) {
+                verified += 1;
+            }
+            if let Some(v) = &r.secret_version {
+                versions.insert(
+                    job.name.clone(),
+                    HashMap::from([(r.connection_key.clone(), v.clone())]),
+                );
+            }
         }
     }
 
@@ -271,12 +277,12 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
             .run(
                 job,
                 RunOptions {
-                    last_applied: versions.get(&job.name).cloned(),
+                    last_applied: versions.get(&job.name).cloned().unwrap_or_default(),
                     ..RunOptions::default()
                 },
             )
             .await;
-        print_report(&r);
+        r.iter().for_each(print_report);
     }
     println!(
         "  requests sent to the tenant: {}",

@@ -155,11 +155,8 @@ impl Metrics {
     /// Pre-creates every per-job series so dashboards and `increase()` see zeros, not gaps.
     pub fn register_job(&self, job: &JobConfig) {
         for outcome in OUTCOMES {
-            self.rotations.with_label_values(&[
-                job.name.as_str(),
-                job.connector.id.as_str(),
-                outcome,
-            ]);
+            self.rotations
+                .with_label_values(&[job.name.as_str(), job.connector.as_str(), outcome]);
         }
         self.max_age
             .with_label_values(&[job.name.as_str()])
@@ -204,22 +201,30 @@ impl Metrics {
         InFlight(self.in_flight.clone())
     }
 
-    /// Records one finished run: outcome, duration and timestamps (`planned` runs are not
-    /// counted).
-    pub fn record(&self, job: &JobConfig, report: &Report) {
-        if matches!(report.outcome, Outcome::Planned(_)) {
+    /// Records one finished run of a job: one outcome per connection, the duration, and the
+    /// timestamps (last success only when every connection ended well). `planned` runs are
+    /// not counted.
+    pub fn record(&self, job: &JobConfig, reports: &[&Report]) {
+        let reports: Vec<&&Report> = reports
+            .iter()
+            .filter(|r| !matches!(r.outcome, Outcome::Planned(_)))
+            .collect();
+        if reports.is_empty() {
             return;
         }
         let now = chrono::Utc::now().timestamp();
         let name = job.name.as_str();
-        self.rotations
-            .with_label_values(&[name, job.connector.id.as_str(), report.outcome.label()])
-            .inc();
+        for r in &reports {
+            self.rotations
+                .with_label_values(&[name, job.connector.as_str(), r.outcome.label()])
+                .inc();
+        }
+        let longest = reports.iter().map(|r| r.duration).max().unwrap_or_default();
         self.rotation_duration
             .with_label_values(&[name])
-            .observe(report.duration.as_secs_f64());
+            .observe(longest.as_secs_f64());
         self.last_attempt.with_label_values(&[name]).set(now);
-        if report.outcome.is_success() {
+        if reports.iter().all(|r| r.outcome.is_success()) {
             self.last_success.with_label_values(&[name]).set(now);
         }
     }

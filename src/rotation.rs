@@ -7,12 +7,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::{
     config::{ConnectionRef, JobConfig},
-    connectors::{self, BuildError, BuildSpec, Mismatch},
+    connectors::{self, BuildError, Mismatch, SeparateMode},
     metrics::Metrics,
-    qlik::{DataConnection, QlikClient, QlikError},
-    secrets::{AnySource, SecretSource, SourceError},
+    qlik::{DataConnection, QlikClient, QlikError, model::CredentialUpdate},
+    secrets::{AnySource, SecretSource, SecretValue, SourceError},
 };
 
 /// Where in a rotation something went wrong.
@@ -72,14 +74,33 @@ pub enum RotationError {
     /// The job's source is not configured (cannot happen with a validated config).
     #[error("source {0:?} is not configured")]
     UnknownSource(String),
+    /// The secret could not be read (shared by every connection of a fan-out job).
+    #[error("{message}")]
+    Fetched {
+        /// The source error's message.
+        message: String,
+        /// Its label.
+        error_type: &'static str,
+        /// Whether retrying may help.
+        retriable: bool,
+    },
+    /// A separate-credentials connection has no credential to update.
+    #[error(
+        "connection {0} uses separate credentials but names no credential (qCredentialsID is empty); set credential = \"<name>\" in the job"
+    )]
+    NoCredential(String),
 }
 
 impl RotationError {
     /// The stage the error belongs to.
     pub fn stage(&self) -> Stage {
         match self {
-            RotationError::Fetch(_) | RotationError::UnknownSource(_) => Stage::Fetch,
-            RotationError::Resolve(_) | RotationError::NoUpdatePrivilege(_) => Stage::Resolve,
+            RotationError::Fetch(_)
+            | RotationError::UnknownSource(_)
+            | RotationError::Fetched { .. } => Stage::Fetch,
+            RotationError::Resolve(_)
+            | RotationError::NoUpdatePrivilege(_)
+            | RotationError::NoCredential(_) => Stage::Resolve,
             RotationError::Build(_) => Stage::Build,
             RotationError::Apply(_) => Stage::Apply,
             RotationError::VerifyGet(_) | RotationError::Verify(_) => Stage::Verify,
@@ -91,6 +112,8 @@ impl RotationError {
         match self {
             RotationError::Fetch(e) => e.error_type(),
             RotationError::UnknownSource(_) => "config",
+            RotationError::Fetched { error_type, .. } => error_type,
+            RotationError::NoCredential(_) => "no_credential",
             RotationError::Resolve(e) | RotationError::Apply(e) | RotationError::VerifyGet(e) => {
                 e.error_type()
             }
@@ -104,6 +127,7 @@ impl RotationError {
     pub fn is_retriable(&self) -> bool {
         match self {
             RotationError::Fetch(e) => e.is_retriable(),
+            RotationError::Fetched { retriable, .. } => *retriable,
             RotationError::Resolve(e) | RotationError::Apply(e) | RotationError::VerifyGet(e) => {
                 e.is_retriable()
             }
@@ -156,11 +180,15 @@ impl Outcome {
     }
 }
 
-/// What one run did.
+/// What one run did for one connection.
 #[derive(Debug)]
 pub struct Report {
     /// Job name.
     pub job: String,
+    /// The connection as configured ([`ConnectionRef::key`]).
+    pub connection_key: String,
+    /// Whether the job feeds several connections (lines then name the connection).
+    pub fanout: bool,
     /// The connection id, once resolved.
     pub connection_id: Option<String>,
     /// The secret version read (not secret).
@@ -187,9 +215,19 @@ pub struct Verified {
 }
 
 impl Report {
+    /// `job`, or `job[connection]` for a job feeding several connections.
+    pub fn label(&self) -> String {
+        if self.fanout {
+            format!("{}[{}]", self.job, self.connection_key)
+        } else {
+            self.job.clone()
+        }
+    }
+
     /// One human line: `sales-s3: rotated (connection …, secret version …)` or
     /// `sales-s3: failed at apply [forbidden]: …`.
     pub fn line(&self) -> String {
+        let label = self.label();
         let conn = self.connection_id.as_deref().unwrap_or("?");
         let version = self.secret_version.as_deref().unwrap_or("?");
         match &self.outcome {
@@ -215,17 +253,17 @@ impl Report {
                     .unwrap_or_default();
                 format!(
                     "{}: rotated and verified (connection {conn}, secret version {version}{detail})",
-                    self.job
+                    label
                 )
             }
             Outcome::Unchanged => format!(
                 "{}: unchanged (secret version {version} already applied; nothing sent)",
-                self.job
+                label
             ),
             Outcome::Planned(_) => format!("{}: planned (connection {conn})", self.job),
             Outcome::Failed(e) | Outcome::VerifyFailed(e) => format!(
                 "{}: {} at {} [{}]: {e}",
-                self.job,
+                label,
                 self.outcome.label(),
                 e.stage().as_str(),
                 e.error_type()
@@ -239,13 +277,15 @@ impl Report {
 pub struct RunOptions {
     /// Build and return the masked patch; send nothing.
     pub plan_only: bool,
-    /// The secret version last applied to this connection; equal → `Unchanged`.
-    pub last_applied: Option<String>,
-    /// Rotate even when the version equals `last_applied`.
+    /// Per connection key: the secret version last applied; equal → `Unchanged`.
+    pub last_applied: HashMap<String, String>,
+    /// Rotate even when the version equals the last applied one.
     pub force: bool,
-    /// A fresh-enough copy of the connection (from pre-flight or the previous verify GET),
-    /// used instead of a GET before the PATCH.
-    pub known: Option<DataConnection>,
+    /// Per connection key: a fresh-enough copy of the connection (from pre-flight or the
+    /// previous verify GET), used instead of a GET before the PATCH.
+    pub known: HashMap<String, DataConnection>,
+    /// Only these connection keys (a retry of the failed ones); `None` = all.
+    pub only: Option<Vec<String>>,
 }
 
 /// Runs rotations. Shared by the CLI and the daemon.
@@ -254,6 +294,7 @@ pub struct Rotator {
     client: Arc<QlikClient>,
     sources: HashMap<String, Arc<AnySource>>,
     resolved: Mutex<HashMap<String, String>>,
+    api_specs: tokio::sync::Mutex<HashMap<String, Option<serde_json::Value>>>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -264,6 +305,7 @@ impl Rotator {
             client,
             sources,
             resolved: Mutex::new(HashMap::new()),
+            api_specs: tokio::sync::Mutex::new(HashMap::new()),
             metrics: None,
         }
     }
@@ -280,40 +322,98 @@ impl Rotator {
         &self.client
     }
 
-    /// Finds and reads the job's connection. A name is resolved once to the id, which is used
-    /// from then on.
+    /// Finds and reads one of the job's connections. A name is resolved once to the id,
+    /// which is used from then on.
     ///
     /// # Errors
     /// [`QlikError`] from the lookup or GET.
-    pub async fn read_connection(&self, job: &JobConfig) -> Result<DataConnection, QlikError> {
-        match &job.connection {
+    pub async fn read_connection(
+        &self,
+        job: &JobConfig,
+        conn: &ConnectionRef,
+    ) -> Result<DataConnection, QlikError> {
+        match conn {
             ConnectionRef::Id(id) => self.client.get_connection(id).await,
             ConnectionRef::Name { name, space } => {
+                let cache_key = format!("{}\u{0}{}", job.name, conn.key());
                 let cached = self
                     .resolved
                     .lock()
                     .expect("resolved lock")
-                    .get(&job.name)
+                    .get(&cache_key)
                     .cloned();
                 if let Some(id) = cached {
                     return self.client.get_connection(&id).await;
                 }
-                let conn = self.client.find_connection(name, space.as_deref()).await?;
+                let found = self.client.find_connection(name, space.as_deref()).await?;
                 self.resolved
                     .lock()
                     .expect("resolved lock")
-                    .insert(job.name.clone(), conn.id.clone());
-                Ok(conn)
+                    .insert(cache_key, found.id.clone());
+                Ok(found)
             }
         }
     }
 
-    /// Runs one job once.
-    pub async fn run(&self, job: &JobConfig, opts: RunOptions) -> Report {
+    /// The connector's api-specs, fetched once per `datasourceID` and cached (`None` when the
+    /// tenant has none).
+    ///
+    /// # Errors
+    /// [`QlikError`] when they cannot be read (not cached, so a later run tries again).
+    pub async fn api_specs(
+        &self,
+        datasource: &str,
+    ) -> Result<Option<serde_json::Value>, QlikError> {
+        let mut cache = self.api_specs.lock().await;
+        if let Some(v) = cache.get(datasource) {
+            return Ok(v.clone());
+        }
+        let v = self.client.get_api_specs(datasource).await?;
+        cache.insert(datasource.to_owned(), v.clone());
+        Ok(v)
+    }
+
+    /// Checks what the job writes against its connector's api-specs. Generic jobs require
+    /// api-specs; catalogue jobs are checked when the tenant has them.
+    ///
+    /// # Errors
+    /// [`RotationError`] naming every mismatch; nothing is sent.
+    pub async fn check_specs(&self, job: &JobConfig) -> Result<(), RotationError> {
+        let specs = self
+            .api_specs(&job.spec.datasource)
+            .await
+            .map_err(RotationError::Resolve)?;
+        let problems = match specs {
+            Some(specs) => connectors::check_against_api_specs(&job.spec, &specs),
+            None if job.spec.scheme == "generic" => vec![format!(
+                "the tenant has no api-specs for {:?}, which a generic job needs to check its properties",
+                job.spec.datasource
+            )],
+            None => Vec::new(),
+        };
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(RotationError::Build(BuildError::SpecMismatch(problems)))
+        }
+    }
+
+    /// Runs one job once: reads the secret once, then rotates each connection it feeds.
+    /// Returns one report per connection.
+    pub async fn run(&self, job: &JobConfig, mut opts: RunOptions) -> Vec<Report> {
         let started = Instant::now();
-        let mut report = Report {
+        let in_flight = self.metrics.as_ref().map(|m| m.start_rotation());
+        let fanout = job.connections.len() > 1;
+        let selected: Vec<&ConnectionRef> = job
+            .connections
+            .iter()
+            .filter(|c| opts.only.as_ref().is_none_or(|o| o.contains(&c.key())))
+            .collect();
+        let new_report = |conn: &ConnectionRef| Report {
             job: job.name.clone(),
-            connection_id: match &job.connection {
+            connection_key: conn.key(),
+            fanout,
+            connection_id: match conn {
                 ConnectionRef::Id(id) => Some(id.clone()),
                 ConnectionRef::Name { .. } => None,
             },
@@ -323,73 +423,92 @@ impl Rotator {
             after: None,
             verified: None,
         };
-        let in_flight = self.metrics.as_ref().map(|m| m.start_rotation());
-        report.outcome = self.run_inner(job, opts, &mut report).await;
-        report.duration = started.elapsed();
-        drop(in_flight);
-        match &report.outcome {
-            Outcome::Failed(e) | Outcome::VerifyFailed(e) => tracing::warn!(
-                job = %job.name,
-                outcome = report.outcome.label(),
-                stage = e.stage().as_str(),
-                error_type = e.error_type(),
-                error = %e,
-                "Rotation failed."
-            ),
-            other => tracing::info!(
-                job = %job.name,
-                outcome = other.label(),
-                connection = report.connection_id.as_deref().unwrap_or(""),
-                secret_version = report.secret_version.as_deref().unwrap_or(""),
-                duration_ms = report.duration.as_millis() as u64,
-                "Rotation finished."
-            ),
+
+        // 1. The secret, once: an unchanged version costs no Qlik call at all.
+        let secret = match self.sources.get(&job.source) {
+            None => Err(RotationError::UnknownSource(job.source.clone())),
+            Some(source) => {
+                let fetched = source.fetch(&job.secret).await;
+                if let Some(m) = &self.metrics {
+                    m.secret_fetch(source.kind(), fetched.is_ok());
+                }
+                fetched.map_err(RotationError::from)
+            }
+        };
+        let mut reports = Vec::new();
+        match secret {
+            Err(e) => {
+                let msg = e.to_string();
+                let (error_type, retriable) = (e.error_type(), e.is_retriable());
+                for conn in &selected {
+                    let mut r = new_report(conn);
+                    r.outcome = Outcome::Failed(RotationError::Fetched {
+                        message: msg.clone(),
+                        error_type,
+                        retriable,
+                    });
+                    reports.push(r);
+                }
+            }
+            Ok(secret) => {
+                for conn in &selected {
+                    let mut r = new_report(conn);
+                    r.secret_version = Some(secret.version.clone());
+                    let key = conn.key();
+                    let unchanged = opts.last_applied.get(&key) == Some(&secret.version);
+                    r.outcome = if unchanged && !(opts.plan_only || opts.force || job.force) {
+                        Outcome::Unchanged
+                    } else {
+                        let known = opts.known.remove(&key);
+                        self.rotate_connection(job, conn, &secret, known, opts.plan_only, &mut r)
+                            .await
+                    };
+                    reports.push(r);
+                }
+            }
         }
-        report
+        drop(in_flight);
+        let elapsed = started.elapsed();
+        for r in &mut reports {
+            r.duration = elapsed;
+            log_report(r);
+        }
+        reports
     }
 
-    async fn run_inner(&self, job: &JobConfig, opts: RunOptions, report: &mut Report) -> Outcome {
-        // 1. The secret first: an unchanged version costs no Qlik call at all.
-        let Some(source) = self.sources.get(&job.source) else {
-            return Outcome::Failed(RotationError::UnknownSource(job.source.clone()));
-        };
-        let fetched = source.fetch(&job.secret).await;
-        if let Some(m) = &self.metrics {
-            m.secret_fetch(source.kind(), fetched.is_ok());
-        }
-        let secret = match fetched {
-            Ok(s) => s,
-            Err(e) => return Outcome::Failed(e.into()),
-        };
-        report.secret_version = Some(secret.version.clone());
-        if !(opts.plan_only || opts.force || job.force)
-            && opts.last_applied.as_deref() == Some(secret.version.as_str())
-        {
-            return Outcome::Unchanged;
-        }
-
+    async fn rotate_connection(
+        &self,
+        job: &JobConfig,
+        conn: &ConnectionRef,
+        secret: &SecretValue,
+        known: Option<DataConnection>,
+        plan_only: bool,
+        report: &mut Report,
+    ) -> Outcome {
         // 2. The connection as it is now.
-        let before = match opts.known {
-            Some(conn) => conn,
-            None => match self.read_connection(job).await {
+        let before = match known {
+            Some(c) => c,
+            None => match self.read_connection(job, conn).await {
                 Ok(c) => c,
                 Err(e) => return Outcome::Failed(RotationError::Resolve(e)),
             },
         };
         report.connection_id = Some(before.id.clone());
+        if before.separate_credentials && job.spec.separate == Some(SeparateMode::DataCredentials) {
+            return self
+                .rotate_data_credential(job, &before, secret, plan_only)
+                .await;
+        }
 
-        // 3. The credential-only patch (pure).
-        let spec = BuildSpec {
-            connector: job.connector.clone(),
-            scheme: job.scheme,
-            fields: job.fields.clone(),
-        };
-        let plan = match connectors::build(&before, &spec, &secret) {
+        // 3. The credential-only patch (pure), checked against the connector's api-specs.
+        let plan = match connectors::build(&before, &job.spec, secret) {
             Ok(p) => p,
             Err(e) => return Outcome::Failed(e.into()),
         };
-        drop(secret);
-        if opts.plan_only {
+        if let Err(e) = self.check_specs(job).await {
+            return Outcome::Failed(e);
+        }
+        if plan_only {
             return Outcome::Planned(plan.doc.masked());
         }
         if !before.privileges.is_empty() && !before.has_privilege("update") {
@@ -408,26 +527,144 @@ impl Rotator {
             Err(e) => return Outcome::VerifyFailed(RotationError::VerifyGet(e)),
         };
         let mismatches = connectors::verify(&before, &after, &plan.expect);
+        if !mismatches.is_empty() {
+            return Outcome::VerifyFailed(RotationError::Verify(mismatches));
+        }
+        report.verified = Some(Verified {
+            unchanged_properties: before
+                .properties
+                .keys()
+                .filter(|k| !plan.expect.written.contains(k))
+                .count(),
+            confirmed_credentials: plan
+                .expect
+                .written
+                .iter()
+                .filter(|w| {
+                    plan.expect.digests.contains_key(*w) || plan.expect.file_names.contains_key(*w)
+                })
+                .filter(|w| after.properties.contains_key(*w))
+                .cloned()
+                .collect(),
+            updated: (before.updated.clone(), after.updated.clone()),
+        });
+        report.after = Some(after);
+        Outcome::Rotated
+    }
+
+    /// Separate credentials through `PUT /api/v1/data-credentials/{id}`, verified with the
+    /// data-credentials GET (metadata unchanged, `updated` not backwards).
+    async fn rotate_data_credential(
+        &self,
+        job: &JobConfig,
+        conn: &DataConnection,
+        secret: &SecretValue,
+        plan_only: bool,
+    ) -> Outcome {
+        let fields = match secret.fields() {
+            Ok(f) => f,
+            Err(e) => return Outcome::Failed(BuildError::NotFields(e).into()),
+        };
+        let value = |prop: &str| -> Result<SecretString, RotationError> {
+            let key = job
+                .spec
+                .props
+                .iter()
+                .find(|p| p.name == prop)
+                .map_or(prop, |p| p.key.as_str());
+            match fields.get(key) {
+                Some(v) if !v.expose_secret().is_empty() => Ok(v.clone()),
+                Some(_) => Err(BuildError::EmptyField {
+                    property: prop.to_owned(),
+                    key: key.to_owned(),
+                }
+                .into()),
+                None => Err(BuildError::MissingField {
+                    property: prop.to_owned(),
+                    key: key.to_owned(),
+                }
+                .into()),
+            }
+        };
+        let (username, password) = match (value("username"), value("password")) {
+            (Ok(u), Ok(p)) => (u, p),
+            (Err(e), _) | (_, Err(e)) => return Outcome::Failed(e),
+        };
+        let (lookup, by_name) = match (&job.spec.credential, &conn.credentials_id) {
+            (Some(name), _) => (name.clone(), true),
+            (None, Some(id)) if !id.is_empty() => (id.clone(), false),
+            _ => {
+                return Outcome::Failed(RotationError::NoCredential(conn.id.clone()));
+            }
+        };
+        let before = match self.client.get_credential(&lookup, by_name).await {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failed(RotationError::Resolve(e)),
+        };
+        let update = CredentialUpdate {
+            id: before.id.clone(),
+            name: before.name.clone(),
+            q_type: before.q_type.clone(),
+            datasource_id: before.datasource_id.clone(),
+            username,
+            password,
+        };
+        if plan_only {
+            return Outcome::Planned(serde_json::json!({
+                "PUT": format!("/api/v1/data-credentials/{}", before.id),
+                "body": update.masked()
+            }));
+        }
+        if let Err(e) = self.client.put_credential(&update).await {
+            return Outcome::Failed(RotationError::Apply(e));
+        }
+        drop(update);
+        let after = match self.client.get_credential(&before.id, false).await {
+            Ok(c) => c,
+            Err(e) => return Outcome::VerifyFailed(RotationError::VerifyGet(e)),
+        };
+        let mut mismatches = Vec::new();
+        if after.name != before.name {
+            mismatches.push("credential qName changed".to_owned());
+        }
+        if after.q_type != before.q_type || after.datasource_id != before.datasource_id {
+            mismatches.push("credential qType/datasourceID changed".to_owned());
+        }
+        let t = |s: &Option<String>| {
+            s.as_deref()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        };
+        if let (Some(b), Some(a)) = (t(&before.updated), t(&after.updated))
+            && a < b
+        {
+            mismatches.push("credential updated went backwards".to_owned());
+        }
         if mismatches.is_empty() {
-            report.verified = Some(Verified {
-                unchanged_properties: before
-                    .properties
-                    .keys()
-                    .filter(|k| !plan.expect.written.contains(k))
-                    .count(),
-                confirmed_credentials: plan
-                    .expect
-                    .written
-                    .iter()
-                    .filter(|w| after.properties.contains_key(*w))
-                    .cloned()
-                    .collect(),
-                updated: (before.updated.clone(), after.updated.clone()),
-            });
-            report.after = Some(after);
             Outcome::Rotated
         } else {
             Outcome::VerifyFailed(RotationError::Verify(mismatches))
         }
+    }
+}
+
+fn log_report(report: &Report) {
+    match &report.outcome {
+        Outcome::Failed(e) | Outcome::VerifyFailed(e) => tracing::warn!(
+            job = %report.job,
+            connection = %report.connection_key,
+            outcome = report.outcome.label(),
+            stage = e.stage().as_str(),
+            error_type = e.error_type(),
+            error = %e,
+            "Rotation failed."
+        ),
+        other => tracing::info!(
+            job = %report.job,
+            connection = report.connection_id.as_deref().unwrap_or(""),
+            outcome = other.label(),
+            secret_version = report.secret_version.as_deref().unwrap_or(""),
+            duration_ms = report.duration.as_millis() as u64,
+            "Rotation finished."
+        ),
     }
 }

@@ -149,8 +149,20 @@ async fn rotates_s3_sqlserver_and_bigquery_from_secrets_manager() {
             .unwrap()
             .contains("spaceId=finance")
     );
-    // Each job: GET before, PATCH, verify GET.
-    assert_eq!(with_method(&w.sim, "GET").len(), 6);
+    // Each job: GET before, PATCH, verify GET; plus one api-specs read per connector.
+    let gets = with_method(&w.sim, "GET");
+    assert_eq!(
+        gets.iter()
+            .filter(|r| r.path.starts_with("/api/v1/data-connections/"))
+            .count(),
+        6
+    );
+    assert_eq!(
+        gets.iter()
+            .filter(|r| r.path.ends_with("/api-specs"))
+            .count(),
+        3
+    );
 
     // The state file records versions, never values.
     let state = std::fs::read_to_string(w.dir.path().join("state/state.json")).unwrap();
@@ -275,15 +287,16 @@ async fn a_verify_mismatch_is_its_own_outcome() {
     let w = world(SimConfig::default(), S3_SECRET).await;
     // Hold the verify GET (the second GET) and change the connection meanwhile, as another
     // admin or a faulty server would.
+    let conn_path = Some("/api/v1/data-connections/".to_owned());
     w.sim.inject(Fault::Delay {
         method: Some("GET".into()),
-        path_prefix: None,
+        path_prefix: conn_path.clone(),
         delay: Duration::ZERO,
         times: 1,
     });
     w.sim.inject(Fault::Delay {
         method: Some("GET".into()),
-        path_prefix: None,
+        path_prefix: conn_path,
         delay: Duration::from_secs(2),
         times: 1,
     });

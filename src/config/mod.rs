@@ -21,7 +21,7 @@ pub use walk::ConfigError;
 use walk::{Errors, Table, kind};
 
 use crate::{
-    connectors::{Connector, Scheme},
+    connectors::{BuildSpec, Connector, FileEncoding, PropKind, SeparateMode},
     secrets::{SecretRef, VersionSelector},
 };
 
@@ -165,6 +165,18 @@ pub enum ConnectionRef {
     },
 }
 
+impl ConnectionRef {
+    /// A stable key for state and reports: the id, or `space/name`.
+    pub fn key(&self) -> String {
+        match self {
+            ConnectionRef::Id(id) => id.clone(),
+            ConnectionRef::Name { name, space } => {
+                format!("{}/{name}", space.as_deref().unwrap_or(""))
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for ConnectionRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -183,18 +195,17 @@ impl std::fmt::Display for ConnectionRef {
 pub struct JobConfig {
     /// Unique job name (metrics label, CLI selector).
     pub name: String,
-    /// The connection.
-    pub connection: ConnectionRef,
-    /// The connector (`datasourceID`).
-    pub connector: Connector,
-    /// The credential scheme.
-    pub scheme: &'static Scheme,
+    /// The connections (one, or several fed by the same secret).
+    pub connections: Vec<ConnectionRef>,
+    /// The connector (`datasourceID`), for labels and messages.
+    pub connector: String,
+    /// What to write: properties, keys, encodings, scheme (resolved from the catalogue or a
+    /// `generic` job).
+    pub spec: BuildSpec,
     /// Name of the `[sources.NAME]` entry.
     pub source: String,
     /// The secret and version to read.
     pub secret: SecretRef,
-    /// Qlik property → secret key overrides.
-    pub fields: BTreeMap<String, String>,
     /// 6-field cron (with seconds) for the daemon; `None` = only on demand / one-shot.
     pub schedule: Option<String>,
     /// Time zone of `schedule` (IANA name; default UTC).
@@ -244,6 +255,18 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+}
+
+impl JobConfig {
+    /// The state-file key of one of the job's connections: the job name for a single
+    /// connection, `job@connection` for a job feeding several.
+    pub fn state_key(&self, conn: &ConnectionRef) -> String {
+        if self.connections.len() == 1 {
+            self.name.clone()
+        } else {
+            format!("{}@{}", self.name, conn.key())
+        }
+    }
 }
 
 impl Config {
@@ -577,64 +600,52 @@ fn job(
             None
         }
     });
-    let connection = match t.get("connection") {
-        None => {
+    let connections = match (t.get("connection"), t.get("connections")) {
+        (Some(_), Some(_)) => {
             errs.push(
-                t.key_path("connection"),
-                "is required: { id = \"…\" } or { name = \"…\", space = \"…\" }",
+                t.key_path("connections"),
+                "set either connection or connections, not both",
             );
             None
         }
-        Some(v) => Table::new(t.key_path("connection"), v, errs).and_then(|mut c| {
-            let id = c.opt_str("id", errs);
-            let name = c.opt_str("name", errs);
-            let space = c.opt_str("space", errs);
-            let r = match (id, name) {
-                (Some(_), Some(_)) => {
-                    errs.push(c.key_path("id"), "set either id or name, not both");
-                    None
+        (Some(v), None) => connection_ref(t.key_path("connection"), v, errs).map(|c| vec![c]),
+        (None, Some(Value::Array(items))) if !items.is_empty() => {
+            let refs: Vec<_> = items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    connection_ref(format!("{}[{i}]", t.key_path("connections")), v, errs)
+                })
+                .collect();
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, r) in refs.iter().enumerate() {
+                if let Some(r) = r
+                    && !seen.insert(r.key())
+                {
+                    errs.push(
+                        format!("{}[{i}]", t.key_path("connections")),
+                        "duplicate connection",
+                    );
                 }
-                (Some(id), None) => {
-                    if space.is_some() {
-                        errs.push(c.key_path("space"), "space goes with name, not with id");
-                    }
-                    Some(ConnectionRef::Id(id))
-                }
-                (None, Some(name)) => Some(ConnectionRef::Name { name, space }),
-                (None, None) => {
-                    errs.push(c.path.clone(), "needs id or name");
-                    None
-                }
-            };
-            c.finish(errs);
-            r
-        }),
+            }
+            refs.into_iter().collect::<Option<Vec<_>>>()
+        }
+        (None, Some(_)) => {
+            errs.push(
+                t.key_path("connections"),
+                "expected a non-empty array of { id = \"…\" } or { name = \"…\", space = \"…\" }",
+            );
+            None
+        }
+        (None, None) => {
+            errs.push(
+                t.key_path("connection"),
+                "is required: { id = \"…\" } or { name = \"…\", space = \"…\" } (or connections = [ … ] for one secret feeding many connections)",
+            );
+            None
+        }
     };
-    let connector = t.req_str("connector", errs).and_then(|id| {
-        Connector::lookup(&id).or_else(|| {
-            errs.push(
-                t.key_path("connector"),
-                format!("unknown connector {id:?} (see `qlik-rotator connectors`)"),
-            );
-            None
-        })
-    });
-    let scheme_name = t.opt_str("scheme", errs);
-    let scheme = connector.as_ref().and_then(|c| {
-        c.scheme(scheme_name.as_deref()).or_else(|| {
-            let names: Vec<_> = c.family.schemes.iter().map(|s| s.name).collect();
-            errs.push(
-                t.key_path("scheme"),
-                format!(
-                    "connector {:?} has no scheme {:?} (expected one of: {})",
-                    c.id,
-                    scheme_name.as_deref().unwrap_or(""),
-                    names.join(", ")
-                ),
-            );
-            None
-        })
-    });
+    let spec = job_spec(&mut t, errs);
     let source = t.req_str("source", errs).and_then(|s| {
         if sources.contains_key(&s) {
             Some(s)
@@ -669,33 +680,6 @@ fn job(
         (None, Some(v)) => VersionSelector::Id(v),
         (None, None) => VersionSelector::default(),
     };
-    let mut fields = BTreeMap::new();
-    if let Some(v) = t.get("fields")
-        && let Some(ft) = Table::new(t.key_path("fields"), v, errs)
-    {
-        for (prop, key) in sorted(v) {
-            let path = format!("{}.{prop}", ft.path);
-            match key {
-                Value::String(k) if !k.is_empty() => {
-                    if let Some(s) = scheme
-                        && !s.props.iter().any(|p| p.name == prop)
-                    {
-                        let props: Vec<_> = s.props.iter().map(|p| p.name).collect();
-                        errs.push(path, format!("{prop:?} is not a credential property of scheme {:?} (expected one of: {})", s.name, props.join(", ")));
-                        continue;
-                    }
-                    fields.insert(prop.clone(), k.clone());
-                }
-                other => errs.push(
-                    path,
-                    format!(
-                        "expected the name of a key in the secret, found {}",
-                        kind(other)
-                    ),
-                ),
-            }
-        }
-    }
     let schedule = t.opt_str("schedule", errs).and_then(|s| {
         match croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Required)
@@ -734,17 +718,17 @@ fn job(
         .opt_duration("max_age", errs)
         .unwrap_or(Duration::from_secs(25 * 3600));
     t.finish(errs);
+    let spec = spec?;
     Some(JobConfig {
         name: name?,
-        connection: connection?,
-        connector: connector?,
-        scheme: scheme?,
+        connections: connections?,
+        connector: spec.datasource.clone(),
+        spec,
         source: source?,
         secret: SecretRef {
             id: secret_id?,
             version,
         },
-        fields,
         schedule,
         timezone,
         jitter,
@@ -752,6 +736,252 @@ fn job(
         force,
         max_age,
     })
+}
+
+fn connection_ref(path: String, v: &Value, errs: &mut Errors) -> Option<ConnectionRef> {
+    let mut c = Table::new(path, v, errs)?;
+    let id = c.opt_str("id", errs);
+    let name = c.opt_str("name", errs);
+    let space = c.opt_str("space", errs);
+    let r = match (id, name) {
+        (Some(_), Some(_)) => {
+            errs.push(c.key_path("id"), "set either id or name, not both");
+            None
+        }
+        (Some(id), None) => {
+            if space.is_some() {
+                errs.push(c.key_path("space"), "space goes with name, not with id");
+            }
+            Some(ConnectionRef::Id(id))
+        }
+        (None, Some(name)) => Some(ConnectionRef::Name { name, space }),
+        (None, None) => {
+            errs.push(c.path.clone(), "needs id or name");
+            None
+        }
+    };
+    c.finish(errs);
+    r
+}
+
+fn string_list(t: &mut Table<'_>, key: &'static str, errs: &mut Errors) -> Option<Vec<String>> {
+    match t.get(key)? {
+        Value::Array(items) => {
+            let mut out = Vec::new();
+            for (i, v) in items.iter().enumerate() {
+                match v.as_str() {
+                    Some(s) if !s.is_empty() => out.push(s.to_owned()),
+                    _ => errs.push(
+                        format!("{}[{i}]", t.key_path(key)),
+                        "expected a property name",
+                    ),
+                }
+            }
+            Some(out)
+        }
+        other => {
+            errs.push(
+                t.key_path(key),
+                format!("expected an array of property names, found {}", kind(other)),
+            );
+            None
+        }
+    }
+}
+
+/// connector / scheme / generic properties / fields / file and header options / separate
+/// credentials → the job's [`BuildSpec`].
+fn job_spec(t: &mut Table<'_>, errs: &mut Errors) -> Option<BuildSpec> {
+    let connector = t.req_str("connector", errs);
+    let scheme_name = t.opt_str("scheme", errs);
+    let datasource = t.opt_str("datasource", errs);
+    let text_props = string_list(t, "properties", errs);
+    let file_props = string_list(t, "file_properties", errs);
+    let mut fields = BTreeMap::new();
+    let fields_value = t.get("fields");
+    if let Some(v) = fields_value
+        && let Some(ft) = Table::new(t.key_path("fields"), v, errs)
+    {
+        for (prop, key) in sorted(v) {
+            match key {
+                Value::String(k) if !k.is_empty() => {
+                    fields.insert(prop.clone(), k.clone());
+                }
+                other => errs.push(
+                    format!("{}.{prop}", ft.path),
+                    format!(
+                        "expected the name of a key in the secret, found {}",
+                        kind(other)
+                    ),
+                ),
+            }
+        }
+    }
+    let mut spec = match connector.as_deref() {
+        None => None,
+        Some("generic") => {
+            if scheme_name.is_some() {
+                errs.push(
+                    t.key_path("scheme"),
+                    "generic connectors have no schemes; list properties instead",
+                );
+            }
+            let datasource = datasource.or_else(|| {
+                errs.push(
+                    t.key_path("datasource"),
+                    "is required with connector = \"generic\": the connection's datasourceID",
+                );
+                None
+            });
+            let text_props = text_props.unwrap_or_default();
+            let file_props = file_props.unwrap_or_default();
+            if text_props.is_empty() && file_props.is_empty() {
+                errs.push(
+                    t.key_path("properties"),
+                    "is required with connector = \"generic\": the credential property names to write (see `qlik-rotator describe-connector`)",
+                );
+            }
+            datasource.map(|d| BuildSpec::generic(&d, &text_props, &file_props, &fields))
+        }
+        Some(id) => {
+            for key in ["datasource", "properties", "file_properties"] {
+                if t.has(key) {
+                    errs.push(t.key_path(key), "is only used with connector = \"generic\"");
+                }
+            }
+            match Connector::lookup(id) {
+                None => {
+                    errs.push(
+                        t.key_path("connector"),
+                        format!("unknown connector {id:?} (see `qlik-rotator connectors`, or use connector = \"generic\")"),
+                    );
+                    None
+                }
+                Some(c) => match c.scheme(scheme_name.as_deref()) {
+                    Some(scheme) => Some(BuildSpec::from_catalogue(&c, scheme, &fields)),
+                    None => {
+                        let names: Vec<_> = c.family.schemes.iter().map(|s| s.name).collect();
+                        errs.push(
+                            t.key_path("scheme"),
+                            format!(
+                                "connector {:?} has no scheme {:?} (expected one of: {})",
+                                c.id,
+                                scheme_name.as_deref().unwrap_or(""),
+                                names.join(", ")
+                            ),
+                        );
+                        None
+                    }
+                },
+            }
+        }
+    };
+    if let Some(s) = &spec {
+        for prop in fields.keys() {
+            if !s.props.iter().any(|p| &p.name == prop) {
+                let props: Vec<_> = s.props.iter().map(|p| p.name.as_str()).collect();
+                errs.push(
+                    format!("{}.{prop}", t.key_path("fields")),
+                    format!(
+                        "{prop:?} is not a credential property of scheme {:?} (expected one of: {})",
+                        s.scheme,
+                        props.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    let file_encoding = t
+        .opt_str("file_encoding", errs)
+        .and_then(|e| match e.as_str() {
+            "raw" => Some(FileEncoding::Raw),
+            "base64" => Some(FileEncoding::Base64),
+            other => {
+                errs.push(
+                    t.key_path("file_encoding"),
+                    format!("expected \"raw\" or \"base64\", found {other:?}"),
+                );
+                None
+            }
+        });
+    let file_name = t.opt_str("file_name", errs);
+    let header = t.opt_str("header", errs);
+    let separate = t
+        .opt_str("separate_credentials", errs)
+        .and_then(|m| match m.as_str() {
+            "patch" => Some(SeparateMode::Patch),
+            "data_credentials" => Some(SeparateMode::DataCredentials),
+            other => {
+                errs.push(
+                    t.key_path("separate_credentials"),
+                    format!("expected \"patch\" or \"data_credentials\", found {other:?}"),
+                );
+                None
+            }
+        });
+    let credentials_name = t.opt_str("credentials_name", errs);
+    let credential = t.opt_str("credential", errs);
+    if let Some(s) = spec.as_mut() {
+        let has_files = s
+            .props
+            .iter()
+            .any(|p| matches!(p.kind, PropKind::File { .. }));
+        let has_header = s.props.iter().any(|p| p.kind == PropKind::Header);
+        if (file_encoding.is_some() || file_name.is_some()) && !has_files {
+            errs.push(
+                t.key_path(if file_name.is_some() {
+                    "file_name"
+                } else {
+                    "file_encoding"
+                }),
+                format!("scheme {:?} has no file credential", s.scheme),
+            );
+        }
+        if has_header && header.is_none() {
+            errs.push(t.key_path("header"), format!("is required by scheme {:?}: the name of the queryHeaders entry holding the token (e.g. \"Authorization\")", s.scheme));
+        }
+        if header.is_some() && !has_header {
+            errs.push(
+                t.key_path("header"),
+                format!("scheme {:?} writes no header", s.scheme),
+            );
+        }
+        if separate == Some(SeparateMode::DataCredentials) {
+            let has = |n: &str| {
+                s.props
+                    .iter()
+                    .any(|p| p.name == n && p.kind == PropKind::Text)
+            };
+            if !(has("username") && has("password")) {
+                errs.push(
+                    t.key_path("separate_credentials"),
+                    format!(
+                        "data_credentials needs a username/password scheme; scheme {:?} has none",
+                        s.scheme
+                    ),
+                );
+            }
+        }
+        if credentials_name.is_some() && separate != Some(SeparateMode::Patch) {
+            errs.push(
+                t.key_path("credentials_name"),
+                "goes with separate_credentials = \"patch\"",
+            );
+        }
+        if credential.is_some() && separate != Some(SeparateMode::DataCredentials) {
+            errs.push(
+                t.key_path("credential"),
+                "goes with separate_credentials = \"data_credentials\"",
+            );
+        }
+        s.file_encoding = file_encoding.unwrap_or_default();
+        s.file_name = file_name;
+        s.header = header;
+        s.separate = separate;
+        s.credentials_name = credentials_name;
+        s.credential = credential;
+    }
+    spec
 }
 
 fn daemon_section(mut t: Table<'_>, base: &Path, errs: &mut Errors) -> DaemonConfig {

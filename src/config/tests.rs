@@ -42,14 +42,15 @@ fn the_example_config_loads() {
         QlikAuth::ApiKey(SecretLocator::Env("QLIK_API_KEY".into()))
     );
     let s3 = cfg.job("sales-s3").unwrap();
-    assert_eq!(s3.fields["accessKey"], "aws_access_key_id");
+    assert_eq!(s3.spec.props[0].name, "accessKey");
+    assert_eq!(s3.spec.props[0].key, "aws_access_key_id");
     assert_eq!(s3.jitter, Duration::from_secs(30));
     assert_eq!(
-        cfg.job("finance-sqlserver").unwrap().connection,
-        ConnectionRef::Name {
+        cfg.job("finance-sqlserver").unwrap().connections,
+        [ConnectionRef::Name {
             name: "Finance SQL".into(),
             space: Some("5f8e9a0b1c2d3e4f5a6b7c8d".into())
-        }
+        }]
     );
     assert_eq!(
         cfg.job("finance-sqlserver").unwrap().timezone,
@@ -73,7 +74,7 @@ fn defaults() {
         cfg.jobs[0].secret.version,
         VersionSelector::Stage("AWSCURRENT".into())
     );
-    assert_eq!(cfg.jobs[0].scheme.name, "password");
+    assert_eq!(cfg.jobs[0].spec.scheme, "password");
     assert_eq!(cfg.daemon.state_dir, Path::new("/etc/qr/state"));
     assert_eq!(cfg.metrics.listen.to_string(), "127.0.0.1:9464");
     assert!(cfg.jobs[0].schedule.is_none());
@@ -153,14 +154,14 @@ listen = "nine-four-six-four"
             "sources.vault.type: unknown source type \"hashicorp\" (expected \"aws_secrets_manager\" or \"file\")",
             "jobs[1].name: use 1 to 64 characters from A-Z, a-z, 0-9, '-', '_' and '.'",
             "jobs[1].connection.id: set either id or name, not both",
-            "jobs[2].connector: unknown connector \"foo\" (see `qlik-rotator connectors`)",
+            "jobs[2].connector: unknown connector \"foo\" (see `qlik-rotator connectors`, or use connector = \"generic\")",
             "jobs[2].source: no source named \"nowhere\" (defined: aws)",
             "jobs[2].version_id: set either version_stage or version_id, not both",
             "jobs[2].schedule: not a 6-field cron expression with seconds (e.g. \"0 */15 * * * *\"): Invalid pattern: Pattern must have 6 or 7 fields when seconds are required and years are optional.",
             "jobs[2].timezone: unknown time zone \"Mars/Olympus\" (use an IANA name such as \"Europe/Paris\")",
             "jobs[2].jitter: expected a duration such as \"30s\", \"5m\" or \"1h\", found \"soon\"",
-            "jobs[3].secret: is required",
             "jobs[3].fields.password: \"password\" is not a credential property of scheme \"access_key\" (expected one of: accessKey, secretKey)",
+            "jobs[3].secret: is required",
             "metrics.listen: expected an address such as \"127.0.0.1:9464\", found \"nine-four-six-four\"",
         ]
     );

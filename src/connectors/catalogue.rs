@@ -14,6 +14,29 @@ pub enum PropKind {
         /// The file name set in Qlik.
         default_name: &'static str,
     },
+    /// The `value` of one entry of a REST `queryHeaders` array (`[{name, value, encrypt}]`),
+    /// found by the job's `header` name at the index the GET shows; `encrypt` is set to true.
+    Header,
+}
+
+/// A fixed, non-secret value a scheme sets alongside its credentials (e.g. Snowflake's
+/// `authenticator = "snowflake_jwt"` for key-pair auth).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Const {
+    /// A JSON string.
+    Str(&'static str),
+    /// A JSON boolean.
+    Bool(bool),
+}
+
+impl Const {
+    /// As JSON.
+    pub fn to_json(self) -> serde_json::Value {
+        match self {
+            Const::Str(s) => serde_json::Value::String(s.to_owned()),
+            Const::Bool(b) => serde_json::Value::Bool(b),
+        }
+    }
 }
 
 /// One credential property a scheme writes.
@@ -38,6 +61,8 @@ pub struct Scheme {
     pub name: &'static str,
     /// Properties written.
     pub props: &'static [Prop],
+    /// Fixed values written with them (auth-mode selectors).
+    pub constants: &'static [(&'static str, Const)],
 }
 
 /// A connector family: the `datasourceID`s that share credential properties.
@@ -53,11 +78,31 @@ pub struct Family {
     pub schemes: &'static [Scheme],
 }
 
-const fn text(name: &'static str) -> Prop {
+/// A required text credential whose secret key is its own name.
+pub const fn text(name: &'static str) -> Prop {
     Prop {
         name,
         key: name,
         kind: PropKind::Text,
+        required: true,
+        whole_secret: false,
+    }
+}
+
+/// An optional text credential (written only when the secret has the key).
+pub const fn optional(name: &'static str) -> Prop {
+    Prop {
+        required: false,
+        ..text(name)
+    }
+}
+
+/// A required file credential read from secret key `key`.
+pub const fn file(name: &'static str, key: &'static str, default_name: &'static str) -> Prop {
+    Prop {
+        name,
+        key,
+        kind: PropKind::File { default_name },
         required: true,
         whole_secret: false,
     }
@@ -78,6 +123,7 @@ pub const CATALOGUE: &[Family] = &[
         schemes: &[Scheme {
             name: "access_key",
             props: &[text("accessKey"), text("secretKey")],
+            constants: &[],
         }],
     },
     Family {
@@ -87,6 +133,7 @@ pub const CATALOGUE: &[Family] = &[
         schemes: &[Scheme {
             name: "password",
             props: USER_PASSWORD,
+            constants: &[],
         }],
     },
     Family {
@@ -104,6 +151,7 @@ pub const CATALOGUE: &[Family] = &[
                 required: true,
                 whole_secret: true,
             }],
+            constants: &[],
         }],
     },
 ];

@@ -14,22 +14,225 @@ use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-pub use catalogue::{CATALOGUE, Connector, Family, Prop, PropKind, Scheme};
+pub use catalogue::{CATALOGUE, Connector, Const, Family, Prop, PropKind, Scheme};
 
 use crate::{
     qlik::model::{DataConnection, FileEntry, OpKind, PatchDocument, PatchOp, PatchValue},
     secrets::{FieldsError, SecretValue},
 };
 
-/// What a job asks a builder to do.
+/// One credential property a job writes (owned: catalogue entries and `generic` jobs alike).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PropSpec {
+    /// Qlik property under `/connectionProperties/`.
+    pub name: String,
+    /// Key in the secret JSON.
+    pub key: String,
+    /// Encoding.
+    pub kind: PropKind,
+    /// Whether a missing key fails the job (else the property is left alone).
+    pub required: bool,
+    /// For file properties: the whole secret may be the file.
+    pub whole_secret: bool,
+}
+
+/// How file credentials are stored in the vault.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FileEncoding {
+    /// The secret holds the raw file content; the builder base64-encodes it.
+    #[default]
+    Raw,
+    /// The secret already holds base64; it is checked and passed through.
+    Base64,
+}
+
+/// How a connection with separate credentials (`qSeparateCredentials`) is rotated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeparateMode {
+    /// PATCH the connection with the credentials plus `credentialsName` (Qlik's documented
+    /// pattern; Qlik may create a new credential for the caller).
+    Patch,
+    /// `PUT /api/v1/data-credentials/{id}` with `qUsername`/`qPassword`.
+    DataCredentials,
+}
+
+/// What a job asks a builder to do: resolved from the catalogue (or a `generic` job) at
+/// config-validation time.
 #[derive(Debug, Clone)]
 pub struct BuildSpec {
-    /// The connector the job declares.
-    pub connector: Connector,
-    /// The credential scheme.
-    pub scheme: &'static Scheme,
-    /// Qlik property → secret key overrides (`[jobs.fields]`).
-    pub fields: BTreeMap<String, String>,
+    /// The `datasourceID` the connection must have.
+    pub datasource: String,
+    /// Scheme name (`generic` for generic jobs).
+    pub scheme: String,
+    /// Properties written, in order.
+    pub props: Vec<PropSpec>,
+    /// Fixed values written with them.
+    pub constants: Vec<(String, Value)>,
+    /// How file credentials are stored in the vault.
+    pub file_encoding: FileEncoding,
+    /// Overrides each file property's default file name.
+    pub file_name: Option<String>,
+    /// For header schemes: the `queryHeaders` entry to write.
+    pub header: Option<String>,
+    /// How separate-credential connections are handled (`None` = refused).
+    pub separate: Option<SeparateMode>,
+    /// `credentialsName` sent with [`SeparateMode::Patch`].
+    pub credentials_name: Option<String>,
+    /// With [`SeparateMode::DataCredentials`]: the credential's name (default: the
+    /// connection's `qCredentialsID`).
+    pub credential: Option<String>,
+}
+
+impl BuildSpec {
+    /// The spec for a catalogue connector and scheme, with `[jobs.fields]` overrides.
+    pub fn from_catalogue(
+        connector: &Connector,
+        scheme: &Scheme,
+        fields: &BTreeMap<String, String>,
+    ) -> BuildSpec {
+        BuildSpec {
+            datasource: connector.id.clone(),
+            scheme: scheme.name.to_owned(),
+            props: scheme
+                .props
+                .iter()
+                .map(|p| PropSpec {
+                    name: p.name.to_owned(),
+                    key: fields
+                        .get(p.name)
+                        .cloned()
+                        .unwrap_or_else(|| p.key.to_owned()),
+                    kind: p.kind,
+                    required: p.required,
+                    whole_secret: p.whole_secret,
+                })
+                .collect(),
+            constants: scheme
+                .constants
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.to_json()))
+                .collect(),
+            file_encoding: FileEncoding::Raw,
+            file_name: None,
+            header: None,
+            separate: None,
+            credentials_name: None,
+            credential: None,
+        }
+    }
+
+    /// A `generic` job: text properties (and optional file properties) named in config.
+    pub fn generic(
+        datasource: &str,
+        text_props: &[String],
+        file_props: &[String],
+        fields: &BTreeMap<String, String>,
+    ) -> BuildSpec {
+        let prop = |name: &String, kind: PropKind| PropSpec {
+            name: name.clone(),
+            key: fields.get(name).cloned().unwrap_or_else(|| name.clone()),
+            kind,
+            required: true,
+            whole_secret: false,
+        };
+        BuildSpec {
+            datasource: datasource.to_owned(),
+            scheme: "generic".to_owned(),
+            props: text_props
+                .iter()
+                .map(|n| prop(n, PropKind::Text))
+                .chain(file_props.iter().map(|n| {
+                    prop(
+                        n,
+                        PropKind::File {
+                            default_name: "credential",
+                        },
+                    )
+                }))
+                .collect(),
+            constants: Vec::new(),
+            file_encoding: FileEncoding::Raw,
+            file_name: None,
+            header: None,
+            separate: None,
+            credentials_name: None,
+            credential: None,
+        }
+    }
+
+    /// The JSON type each written top-level property must have in the connector's api-specs.
+    pub fn expected_types(&self) -> Vec<(String, &'static str)> {
+        let mut out: Vec<(String, &'static str)> = self
+            .props
+            .iter()
+            .map(|p| {
+                let t = match p.kind {
+                    PropKind::Text => "string",
+                    PropKind::File { .. } | PropKind::Header => "array",
+                };
+                let name = match p.kind {
+                    PropKind::Header => "queryHeaders".to_owned(),
+                    _ => p.name.clone(),
+                };
+                (name, t)
+            })
+            .collect();
+        for (name, v) in &self.constants {
+            out.push((name.clone(), json_type(v)));
+        }
+        out
+    }
+}
+
+/// The api-specs type name of a JSON value.
+pub fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "string",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+        Value::Null => "null",
+    }
+}
+
+/// Checks the properties a spec writes against a connector's api-specs
+/// (`{connectionProperties: {name: {type, …}}}`, or a list of `{name, type}`): each must
+/// exist, and its declared JSON type must match. Returns the problems (names and types only).
+pub fn check_against_api_specs(spec: &BuildSpec, api_specs: &Value) -> Vec<String> {
+    let props = &api_specs["connectionProperties"];
+    let declared = |name: &str| -> Option<Option<String>> {
+        let entry = match props {
+            Value::Object(m) => m.get(name).cloned(),
+            Value::Array(a) => a.iter().find(|e| e["name"].as_str() == Some(name)).cloned(),
+            _ => None,
+        }?;
+        Some(entry["type"].as_str().map(str::to_owned))
+    };
+    let mut out = Vec::new();
+    for (name, want) in spec.expected_types() {
+        match declared(&name) {
+            None => out.push(format!(
+                "property {name:?} does not exist in the api-specs of {:?}",
+                spec.datasource
+            )),
+            Some(Some(t)) if !type_compatible(&t, want) => out.push(format!(
+                "property {name:?} is declared as {t:?} in the api-specs of {:?}, but the job writes {want:?}",
+                spec.datasource
+            )),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+fn type_compatible(declared: &str, written: &str) -> bool {
+    declared == written
+        || (declared == "number" && written == "integer")
+        // Some specs declare secrets with a format but type "string"; file arrays sometimes
+        // as "object" lists. Accept only the exact or numeric-widening cases otherwise.
+        || (declared == "password" && written == "string")
 }
 
 /// Why no patch could be built. Messages name properties and keys, never values.
@@ -66,11 +269,32 @@ pub enum BuildError {
     /// The secret is not a JSON object of fields.
     #[error("{0}")]
     NotFields(FieldsError),
-    /// Separate-credential connections are rotated through data-credentials, not here.
+    /// A separate-credentials connection, and the job does not say how to rotate it.
     #[error(
-        "connection {0} uses separate credentials (qSeparateCredentials); rotating those is not supported by this connector scheme"
+        "connection {0} uses separate credentials (qSeparateCredentials); set separate_credentials = \"patch\" or \"data_credentials\" in the job"
     )]
     SeparateCredentials(String),
+    /// The REST connection has no `queryHeaders` entry with the job's header name.
+    #[error("connection {connection} has no queryHeaders entry named {header:?}; nothing was sent")]
+    HeaderNotFound {
+        /// Connection id.
+        connection: String,
+        /// Header name.
+        header: String,
+    },
+    /// A value declared as base64 is not valid base64.
+    #[error(
+        "the secret's field {key:?} (for Qlik property {property:?}) is not valid base64 (file_encoding = \"base64\")"
+    )]
+    InvalidBase64 {
+        /// Qlik property.
+        property: String,
+        /// Secret key.
+        key: String,
+    },
+    /// A written property does not match the connector's api-specs.
+    #[error("the patch does not match the connector's api-specs: {}; nothing was sent", .0.join("; "))]
+    SpecMismatch(Vec<String>),
 }
 
 impl BuildError {
@@ -82,6 +306,9 @@ impl BuildError {
             BuildError::EmptyField { .. } => "empty_field",
             BuildError::NotFields(_) => "secret_not_json",
             BuildError::SeparateCredentials(_) => "separate_credentials",
+            BuildError::HeaderNotFound { .. } => "header_not_found",
+            BuildError::InvalidBase64 { .. } => "invalid_base64",
+            BuildError::SpecMismatch(_) => "spec_mismatch",
         }
     }
 }
@@ -96,6 +323,10 @@ pub struct Expectation {
     pub digests: BTreeMap<String, [u8; 32]>,
     /// Expected file name of each file credential.
     pub file_names: BTreeMap<String, String>,
+    /// Constants the scheme sets, which GET must show.
+    pub constants: BTreeMap<String, Value>,
+    /// Whether `qCredentialsID` may change (separate credentials patched by name).
+    pub credentials_may_change: bool,
 }
 
 /// A built patch and its expectation.
@@ -116,32 +347,32 @@ pub fn build(
     spec: &BuildSpec,
     secret: &SecretValue,
 ) -> Result<Plan, BuildError> {
-    if conn.datasource_id != spec.connector.id {
+    if conn.datasource_id != spec.datasource {
         return Err(BuildError::WrongConnector {
             connection: conn.id.clone(),
-            expected: spec.connector.id.clone(),
+            expected: spec.datasource.clone(),
             actual: conn.datasource_id.clone(),
         });
     }
-    if conn.separate_credentials {
+    if conn.separate_credentials && spec.separate != Some(SeparateMode::Patch) {
         return Err(BuildError::SeparateCredentials(conn.id.clone()));
     }
     let fields = secret.fields();
     let mut doc = PatchDocument::default();
     let mut expect = Expectation::default();
-    for prop in spec.scheme.props {
-        let key = spec
-            .fields
-            .get(prop.name)
-            .map(String::as_str)
-            .unwrap_or(prop.key);
+    for prop in &spec.props {
+        let key = prop.key.as_str();
         let missing = || BuildError::MissingField {
-            property: prop.name.to_owned(),
+            property: prop.name.clone(),
+            key: key.to_owned(),
+        };
+        let empty = || BuildError::EmptyField {
+            property: prop.name.clone(),
             key: key.to_owned(),
         };
         let base = format!("/connectionProperties/{}", prop.name);
         match prop.kind {
-            PropKind::Text => {
+            PropKind::Text | PropKind::Header => {
                 let fields = fields
                     .as_ref()
                     .map_err(|e| BuildError::NotFields(e.clone()))?;
@@ -152,35 +383,55 @@ pub fn build(
                     continue;
                 };
                 if value.expose_secret().is_empty() {
-                    return Err(BuildError::EmptyField {
-                        property: prop.name.to_owned(),
-                        key: key.to_owned(),
-                    });
+                    return Err(empty());
                 }
-                expect.digests.insert(
-                    prop.name.to_owned(),
-                    digest(value.expose_secret().as_bytes()),
-                );
+                if prop.kind == PropKind::Header {
+                    header_ops(conn, spec, value, &mut doc)?;
+                    push_written(&mut expect, "queryHeaders");
+                    continue;
+                }
+                expect
+                    .digests
+                    .insert(prop.name.clone(), digest(value.expose_secret().as_bytes()));
                 doc.ops.push(PatchOp {
-                    op: op_for(conn.properties.contains_key(prop.name)),
+                    op: op_for(conn.properties.contains_key(&prop.name)),
                     path: base,
                     value: PatchValue::Secret(value.clone()),
                 });
             }
             PropKind::File { default_name } => {
-                let content = file_content(&fields, key, prop, secret)?.ok_or_else(missing)?;
+                let Some(content) = file_content(&fields, prop, secret)? else {
+                    if prop.required {
+                        return Err(missing());
+                    }
+                    continue;
+                };
                 if content.expose_secret().is_empty() {
-                    return Err(BuildError::EmptyField {
-                        property: prop.name.to_owned(),
-                        key: key.to_owned(),
-                    });
+                    return Err(empty());
                 }
-                let b64 = SecretString::from(
-                    base64::engine::general_purpose::STANDARD.encode(content.expose_secret()),
-                );
+                let b64 = match spec.file_encoding {
+                    FileEncoding::Raw => SecretString::from(
+                        base64::engine::general_purpose::STANDARD.encode(content.expose_secret()),
+                    ),
+                    FileEncoding::Base64 => {
+                        let text = std::str::from_utf8(content.expose_secret())
+                            .ok()
+                            .map(str::trim)
+                            .filter(|t| base64::engine::general_purpose::STANDARD.decode(t).is_ok())
+                            .ok_or_else(|| BuildError::InvalidBase64 {
+                                property: prop.name.clone(),
+                                key: key.to_owned(),
+                            })?;
+                        SecretString::from(text.to_owned())
+                    }
+                };
+                let file_name = spec
+                    .file_name
+                    .clone()
+                    .unwrap_or_else(|| default_name.to_owned());
                 let first = conn
                     .properties
-                    .get(prop.name)
+                    .get(&prop.name)
                     .and_then(Value::as_array)
                     .and_then(|a| a.first())
                     .and_then(Value::as_object);
@@ -189,7 +440,7 @@ pub fn build(
                         doc.ops.push(PatchOp {
                             op: op_for(entry.contains_key("name")),
                             path: format!("{base}/0/name"),
-                            value: PatchValue::Plain(Value::String(default_name.to_owned())),
+                            value: PatchValue::Plain(Value::String(file_name.clone())),
                         });
                         doc.ops.push(PatchOp {
                             op: op_for(entry.contains_key("value")),
@@ -198,22 +449,99 @@ pub fn build(
                         });
                     }
                     None => doc.ops.push(PatchOp {
-                        op: op_for(conn.properties.contains_key(prop.name)),
+                        op: op_for(conn.properties.contains_key(&prop.name)),
                         path: base,
                         value: PatchValue::Files(vec![FileEntry {
-                            name: default_name.to_owned(),
+                            name: file_name.clone(),
                             value: b64,
                         }]),
                     }),
                 }
-                expect
-                    .file_names
-                    .insert(prop.name.to_owned(), default_name.to_owned());
+                expect.file_names.insert(prop.name.clone(), file_name);
             }
         }
-        expect.written.push(prop.name.to_owned());
+        push_written(&mut expect, &prop.name);
+    }
+    if doc.ops.is_empty() {
+        // Every property was optional and absent: refuse rather than send nothing useful.
+        let first = spec.props.first().map(|p| (p.name.clone(), p.key.clone()));
+        let (property, key) = first.unwrap_or_default();
+        return Err(BuildError::MissingField { property, key });
+    }
+    for (name, value) in &spec.constants {
+        if conn.properties.get(name) != Some(value) {
+            doc.ops.push(PatchOp {
+                op: op_for(conn.properties.contains_key(name)),
+                path: format!("/connectionProperties/{name}"),
+                value: PatchValue::Plain(value.clone()),
+            });
+        }
+        expect.constants.insert(name.clone(), value.clone());
+        push_written(&mut expect, name);
+    }
+    if conn.separate_credentials && spec.separate == Some(SeparateMode::Patch) {
+        let name = spec
+            .credentials_name
+            .clone()
+            .unwrap_or_else(|| format!("qlik-rotator-{}", conn.id));
+        doc.ops.push(PatchOp {
+            op: op_for(conn.properties.contains_key("credentialsName")),
+            path: "/connectionProperties/credentialsName".to_owned(),
+            value: PatchValue::Plain(Value::String(name)),
+        });
+        push_written(&mut expect, "credentialsName");
+        expect.credentials_may_change = true;
     }
     Ok(Plan { doc, expect })
+}
+
+fn push_written(expect: &mut Expectation, name: &str) {
+    if !expect.written.iter().any(|w| w == name) {
+        expect.written.push(name.to_owned());
+    }
+}
+
+/// REST header token: replace the `value` of the `queryHeaders` entry named `spec.header`, at
+/// the index the GET shows, and make sure it is stored encrypted.
+fn header_ops(
+    conn: &DataConnection,
+    spec: &BuildSpec,
+    value: &SecretString,
+    doc: &mut PatchDocument,
+) -> Result<(), BuildError> {
+    let header = spec.header.clone().unwrap_or_default();
+    let not_found = || BuildError::HeaderNotFound {
+        connection: conn.id.clone(),
+        header: header.clone(),
+    };
+    let entries = conn
+        .properties
+        .get("queryHeaders")
+        .and_then(Value::as_array)
+        .ok_or_else(not_found)?;
+    let (index, entry) = entries
+        .iter()
+        .enumerate()
+        .find(|(_, e)| {
+            e["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(&header))
+        })
+        .ok_or_else(not_found)?;
+    let base = format!("/connectionProperties/queryHeaders/{index}");
+    doc.ops.push(PatchOp {
+        op: op_for(entry.get("value").is_some()),
+        path: format!("{base}/value"),
+        value: PatchValue::Secret(value.clone()),
+    });
+    if entry.get("encrypt") != Some(&Value::Bool(true)) {
+        doc.ops.push(PatchOp {
+            op: op_for(entry.get("encrypt").is_some()),
+            path: format!("{base}/encrypt"),
+            value: PatchValue::Plain(Value::Bool(true)),
+        });
+    }
+    Ok(())
 }
 
 fn op_for(exists: bool) -> OpKind {
@@ -224,18 +552,17 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// The raw content of a file credential: the field `key`, or (for `whole_secret` properties)
-/// the whole secret when it is itself a service-account key file.
+/// The raw content of a file credential: the field `prop.key`, or (for `whole_secret`
+/// properties) the whole secret when it is itself a service-account key file.
 fn file_content(
     fields: &Result<crate::secrets::SecretFields, FieldsError>,
-    key: &str,
-    prop: &Prop,
+    prop: &PropSpec,
     secret: &SecretValue,
 ) -> Result<Option<SecretBox<Vec<u8>>>, BuildError> {
     let f = fields
         .as_ref()
         .map_err(|e| BuildError::NotFields(e.clone()))?;
-    Ok(match f.get(key) {
+    Ok(match f.get(&prop.key) {
         Some(v) => Some(SecretBox::new(Box::new(
             v.expose_secret().as_bytes().to_vec(),
         ))),
@@ -326,6 +653,26 @@ pub fn verify(
                 "file credential {name:?} does not show the new file name"
             ));
         }
+    }
+    for (name, want) in &expect.constants {
+        if after
+            .properties
+            .get(name)
+            .is_some_and(|shown| shown != want)
+        {
+            out.push(format!(
+                "property {name:?} does not show the scheme's value"
+            ));
+        }
+    }
+    if before.separate_credentials != after.separate_credentials {
+        out.push("qSeparateCredentials changed".to_owned());
+    }
+    if !expect.credentials_may_change
+        && before.credentials_id.is_some()
+        && before.credentials_id != after.credentials_id
+    {
+        out.push("qCredentialsID changed".to_owned());
     }
     match (parse_time(&before.updated), parse_time(&after.updated)) {
         (Some(b), Some(a)) if a < b => out.push("updated went backwards".to_owned()),

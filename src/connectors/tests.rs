@@ -21,11 +21,7 @@ fn conn(datasource: &str, props: Value) -> DataConnection {
 fn spec(id: &str) -> BuildSpec {
     let connector = Connector::lookup(id).unwrap();
     let scheme = connector.scheme(None).unwrap();
-    BuildSpec {
-        connector,
-        scheme,
-        fields: BTreeMap::new(),
-    }
+    BuildSpec::from_catalogue(&connector, scheme, &BTreeMap::new())
 }
 
 fn body(plan: &Plan) -> Value {
@@ -50,11 +46,12 @@ fn s3_variants_patch_access_and_secret_key() {
 #[test]
 fn s3_with_field_mapping() {
     let c = conn("File_AmazonS3ConnectorV2", json!({"bucketName": "b"}));
-    let mut s = spec("File_AmazonS3ConnectorV2");
-    s.fields
-        .insert("accessKey".into(), "aws_access_key_id".into());
-    s.fields
-        .insert("secretKey".into(), "aws_secret_access_key".into());
+    let connector = Connector::lookup("File_AmazonS3ConnectorV2").unwrap();
+    let fields = BTreeMap::from([
+        ("accessKey".to_owned(), "aws_access_key_id".to_owned()),
+        ("secretKey".to_owned(), "aws_secret_access_key".to_owned()),
+    ]);
+    let s = BuildSpec::from_catalogue(&connector, connector.scheme(None).unwrap(), &fields);
     let secret = SecretValue::text(
         "v1",
         r#"{"aws_access_key_id":"AKIAMAPPED","aws_secret_access_key":"mapped"}"#,
@@ -173,7 +170,9 @@ fn missing_and_empty_fields_name_the_key() {
 fn builders_emit_only_credential_paths() {
     for family in CATALOGUE {
         for scheme in family.schemes {
-            let allowed: Vec<&str> = scheme.props.iter().map(|p| p.name).collect();
+            let mut allowed: Vec<&str> = scheme.props.iter().map(|p| p.name).collect();
+            allowed.extend(scheme.constants.iter().map(|(k, _)| *k));
+            allowed.push("queryHeaders");
             let id = family.ids[0];
             let mut fields = serde_json::Map::new();
             for p in scheme.props {
@@ -181,13 +180,15 @@ fn builders_emit_only_credential_paths() {
             }
             let c = conn(
                 id,
-                json!({"host": "h", "username": "u", "KeyFilePath": [{"name":"a"}]}),
+                json!({"host": "h", "username": "u", "KeyFilePath": [{"name":"a"}],
+                       "queryHeaders": [{"name": "Authorization", "encrypt": true}]}),
             );
-            let s = BuildSpec {
-                connector: Connector::lookup(id).unwrap(),
+            let mut s = BuildSpec::from_catalogue(
+                &Connector::lookup(id).unwrap(),
                 scheme,
-                fields: BTreeMap::new(),
-            };
+                &BTreeMap::new(),
+            );
+            s.header = Some("Authorization".into());
             let plan = build(
                 &c,
                 &s,

@@ -18,7 +18,7 @@ use tokio::{sync::Mutex, time::Instant};
 use super::{
     error::{ApiProblem, QlikError},
     gate::WriteGate,
-    model::{DataConnection, PatchDocument},
+    model::{CredentialUpdate, DataConnection, DataCredential, PatchDocument},
 };
 
 /// How the client authenticates.
@@ -143,6 +143,8 @@ impl std::fmt::Debug for QlikClient {
 const EP_CONNECTION: &str = "/api/v1/data-connections/{id}";
 const EP_CONNECTION_BY_NAME: &str = "/api/v1/data-connections/{name}?type=connectionname";
 const EP_TOKEN: &str = "/oauth/token";
+const EP_API_SPECS: &str = "/api/v1/data-sources/{id}/api-specs";
+const EP_CREDENTIAL: &str = "/api/v1/data-credentials/{id}";
 
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -285,6 +287,64 @@ impl QlikClient {
         Ok(())
     }
 
+    /// `GET /api/v1/data-sources/{id}/api-specs`: the connector's property schema.
+    /// `Ok(None)` when the tenant has no api-specs for it (404).
+    ///
+    /// # Errors
+    /// Other [`QlikError`]s after retries.
+    pub async fn get_api_specs(
+        &self,
+        datasource: &str,
+    ) -> Result<Option<serde_json::Value>, QlikError> {
+        let url = self.url(&["api", "v1", "data-sources", datasource, "api-specs"]);
+        match self
+            .send("GET", EP_API_SPECS, false, None, |c| c.get(url.clone()))
+            .await
+        {
+            Ok(resp) => decode("GET", EP_API_SPECS, resp).await.map(Some),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /api/v1/data-credentials/{id}` (or by name with `byCredentialName=true`).
+    ///
+    /// # Errors
+    /// [`QlikError`] after retries.
+    pub async fn get_credential(
+        &self,
+        id_or_name: &str,
+        by_name: bool,
+    ) -> Result<DataCredential, QlikError> {
+        let mut url = self.url(&["api", "v1", "data-credentials", id_or_name]);
+        if by_name {
+            url.query_pairs_mut()
+                .append_pair("byCredentialName", "true");
+        }
+        let resp = self
+            .send("GET", EP_CREDENTIAL, false, None, |c| c.get(url.clone()))
+            .await?;
+        decode("GET", EP_CREDENTIAL, resp).await
+    }
+
+    /// `PUT /api/v1/data-credentials/{id}` with new `qUsername`/`qPassword`; 204 is success.
+    ///
+    /// # Errors
+    /// [`QlikError`] after retries; echoed secrets are redacted.
+    pub async fn put_credential(&self, update: &CredentialUpdate) -> Result<(), QlikError> {
+        let url = self.url(&["api", "v1", "data-credentials", &update.id]);
+        let body = update.expose_body();
+        let resp = self
+            .send_redacting("PUT", EP_CREDENTIAL, true, &|t| update.redact(t), |c| {
+                c.put(url.clone())
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            })
+            .await?;
+        drop(resp);
+        Ok(())
+    }
+
     /// Sends one logical request with auth, the write gate (for Tier 2), and bounded retries.
     async fn send(
         &self,
@@ -292,6 +352,26 @@ impl QlikClient {
         endpoint: &'static str,
         write: bool,
         redact_with: Option<&PatchDocument>,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response, QlikError> {
+        match redact_with {
+            Some(doc) => {
+                self.send_redacting(method, endpoint, write, &|t| doc.redact(t), build)
+                    .await
+            }
+            None => {
+                self.send_redacting(method, endpoint, write, &str::to_owned, build)
+                    .await
+            }
+        }
+    }
+
+    async fn send_redacting(
+        &self,
+        method: &'static str,
+        endpoint: &'static str,
+        write: bool,
+        redact: &(dyn Fn(&str) -> String + Sync),
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, QlikError> {
         let mut attempt = 0;
@@ -318,10 +398,8 @@ impl QlikClient {
                     let retry_after = parse_retry_after(resp.headers());
                     let body = resp.bytes().await.unwrap_or_default();
                     let mut problem = ApiProblem::parse(&body);
-                    if let Some(doc) = redact_with {
-                        problem.title = problem.title.map(|t| doc.redact(&t));
-                        problem.detail = problem.detail.map(|d| doc.redact(&d));
-                    }
+                    problem.title = problem.title.map(|t| redact(&t));
+                    problem.detail = problem.detail.map(|d| redact(&d));
                     QlikError::Status {
                         method,
                         endpoint,

@@ -70,6 +70,79 @@ impl DataConnection {
     }
 }
 
+/// A separate credential as returned by `GET /api/v1/data-credentials/{id}` (metadata only).
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+pub struct DataCredential {
+    /// `qID`.
+    #[serde(rename = "qID")]
+    pub id: String,
+    /// `qName`.
+    #[serde(rename = "qName", default)]
+    pub name: String,
+    /// `qType`.
+    #[serde(rename = "qType", default)]
+    pub q_type: String,
+    /// `datasourceID`.
+    #[serde(rename = "datasourceID", default)]
+    pub datasource_id: String,
+    /// Last update time.
+    #[serde(default)]
+    pub updated: Option<String>,
+}
+
+/// The body of `PUT /api/v1/data-credentials/{id}` (`CredentialCreate`). Never printable.
+pub struct CredentialUpdate {
+    /// `qID`.
+    pub id: String,
+    /// `qName` (kept as it is).
+    pub name: String,
+    /// `qType` (kept as it is).
+    pub q_type: String,
+    /// `datasourceID` (kept as it is).
+    pub datasource_id: String,
+    /// `qUsername`.
+    pub username: SecretString,
+    /// `qPassword`.
+    pub password: SecretString,
+}
+
+impl fmt::Debug for CredentialUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialUpdate")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialUpdate {
+    /// The body with the username and password masked, for `plan`.
+    pub fn masked(&self) -> Value {
+        serde_json::json!({"qID": self.id, "qName": self.name, "qType": self.q_type,
+            "datasourceID": self.datasource_id, "qUsername": MASK, "qPassword": MASK})
+    }
+
+    /// Serialises the real PUT body (the second and last place vault values are exposed).
+    pub fn expose_body(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"qID": self.id, "qName": self.name,
+            "qType": self.q_type, "datasourceID": self.datasource_id,
+            "qUsername": self.username.expose_secret(),
+            "qPassword": self.password.expose_secret()}))
+        .expect("a JSON value always serialises")
+    }
+
+    /// Removes the username and password from `text`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in [self.username.expose_secret(), self.password.expose_secret()] {
+            if s.len() >= 4 {
+                out = out.replace(s, "[REDACTED]");
+            }
+        }
+        out
+    }
+}
+
 /// One page of `GET /api/v1/data-connections`.
 #[derive(Debug, Deserialize)]
 pub struct ConnectionList {
