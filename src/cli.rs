@@ -66,6 +66,18 @@ pub enum Command {
         #[arg(long)]
         if_changed: bool,
     },
+    /// List the connector catalogue: every datasourceID with its schemes, the Qlik properties
+    /// each writes, the default secret keys and fixed values.
+    Connectors,
+    /// Read a connector's api-specs from the tenant and print its properties, their types,
+    /// which look like credentials, and a job snippet to paste (for connectors the catalogue
+    /// does not know: connector = "generic").
+    DescribeConnector {
+        /// The datasourceID, e.g. "postgres" or "sfdc".
+        datasource: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Run a full rotation against a built-in simulated Qlik tenant and a local file vault.
     /// Needs no configuration, network or credentials.
     Demo,

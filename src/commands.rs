@@ -287,3 +287,176 @@ pub async fn run(path: &Path, input: &dyn ConfigInput) -> ExitCode {
     running.shutdown().await;
     ExitCode::SUCCESS
 }
+
+/// `connectors`: the catalogue.
+pub fn connectors() -> ExitCode {
+    use crate::connectors::{CATALOGUE, PropKind};
+    println!(
+        "Connectors qlik-rotator knows (first scheme = default; `scheme = \"…\"` picks another):"
+    );
+    for family in CATALOGUE {
+        let mut ids: Vec<String> = family.ids.iter().map(|s| (*s).to_owned()).collect();
+        if family.gateway {
+            ids.extend(family.ids.iter().map(|id| format!("DG_{id}")));
+        }
+        println!("\n{} — {}", family.title, ids.join(", "));
+        for scheme in family.schemes {
+            let props: Vec<String> = scheme
+                .props
+                .iter()
+                .map(|p| {
+                    let kind = match p.kind {
+                        PropKind::Text => "",
+                        PropKind::File { .. } => " (file, base64)",
+                        PropKind::Header => " (queryHeaders entry named by `header`)",
+                    };
+                    let opt = if p.required { "" } else { ", optional" };
+                    format!("{}{kind} ← secret key \"{}\"{opt}", p.name, p.key)
+                })
+                .collect();
+            println!("  scheme {}:", scheme.name);
+            for p in props {
+                println!("    {p}");
+            }
+            for (k, v) in scheme.constants {
+                println!("    {k} = {} (fixed)", v.to_json());
+            }
+        }
+    }
+    println!(
+        "\nAnything else: connector = \"generic\" with datasource and properties (see `qlik-rotator describe-connector`)."
+    );
+    ExitCode::SUCCESS
+}
+
+/// Property names that suggest a credential.
+fn looks_like_credential(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "credential",
+        "cert",
+        "pfx",
+        "passphrase",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+        && !["keyspace", "keepalive"].iter().any(|w| n.contains(w))
+}
+
+/// `describe-connector`: a connector's api-specs and a ready-to-paste job.
+pub async fn describe_connector(
+    path: &Path,
+    datasource: &str,
+    input: &dyn ConfigInput,
+) -> ExitCode {
+    let cfg = match load(path, input) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let client = match app::qlik_client(&cfg, input) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let specs = match client.get_api_specs(datasource).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!(
+                "error: the tenant has no api-specs for {datasource:?} (unknown or disabled data source)"
+            );
+            return ExitCode::from(EXIT_FAILED);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let mut props: Vec<(String, String, String)> = Vec::new();
+    match &specs["connectionProperties"] {
+        serde_json::Value::Object(m) => {
+            for (name, v) in m {
+                props.push((
+                    name.clone(),
+                    v["type"].as_str().unwrap_or("?").to_owned(),
+                    v["description"].as_str().unwrap_or("").to_owned(),
+                ));
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for v in a {
+                if let Some(name) = v["name"].as_str() {
+                    props.push((
+                        name.to_owned(),
+                        v["type"].as_str().unwrap_or("?").to_owned(),
+                        v["description"].as_str().unwrap_or("").to_owned(),
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    println!(
+        "{datasource}: {} {} — {} properties",
+        specs["connectorProvider"].as_str().unwrap_or("?"),
+        specs["connectorVersion"].as_str().unwrap_or(""),
+        props.len()
+    );
+    let width = props.iter().map(|p| p.0.len()).max().unwrap_or(4);
+    for (name, ty, desc) in &props {
+        let mark = if looks_like_credential(name) {
+            "credential?"
+        } else {
+            ""
+        };
+        println!("  {name:width$}  {ty:8}  {mark:11}  {desc}");
+    }
+    if let Some(c) = crate::connectors::Connector::lookup(datasource) {
+        let schemes: Vec<_> = c.family.schemes.iter().map(|s| s.name).collect();
+        println!(
+            "\n{datasource} is in the catalogue: use connector = \"{datasource}\" (schemes: {}).",
+            schemes.join(", ")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let text: Vec<_> = props
+        .iter()
+        .filter(|(n, t, _)| looks_like_credential(n) && t == "string")
+        .map(|(n, _, _)| format!("\"{n}\""))
+        .collect();
+    let files: Vec<_> = props
+        .iter()
+        .filter(|(n, t, _)| looks_like_credential(n) && t == "array")
+        .map(|(n, _, _)| format!("\"{n}\""))
+        .collect();
+    let source = cfg.sources.keys().next().map_or("aws", String::as_str);
+    println!(
+        "\nA job for it (check the property list; every write is checked against these api-specs):\n"
+    );
+    println!("[[jobs]]");
+    println!(
+        "name = \"{}\"",
+        datasource
+            .to_ascii_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+    );
+    println!("connection = {{ id = \"<connection id>\" }}");
+    println!("connector = \"generic\"");
+    println!("datasource = \"{datasource}\"");
+    println!("properties = [{}]", text.join(", "));
+    if !files.is_empty() {
+        println!("file_properties = [{}]", files.join(", "));
+    }
+    println!("source = \"{source}\"");
+    println!(
+        "secret = \"<secret id>\"                 # JSON keys = the property names (or map them in [jobs.fields])"
+    );
+    ExitCode::SUCCESS
+}

@@ -56,6 +56,10 @@ fn main() -> ExitCode {
                 all: _,
                 if_changed,
             } => commands::rotate(&config.config, job.as_deref(), if_changed, &env).await,
+            Command::Connectors => commands::connectors(),
+            Command::DescribeConnector { datasource, config } => {
+                commands::describe_connector(&config.config, &datasource, &env).await
+            }
             Command::Demo => demo::run().await,
         }
     })
