@@ -35,15 +35,9 @@ pub async fn check_config(path: &Path, online: bool, input: &dyn ConfigInput) ->
     if !online || code != ExitCode::SUCCESS {
         return code;
     }
-    let Ok(cfg) = load(path, input) else {
-        return ExitCode::from(EXIT_USAGE);
-    };
-    let rotator = match app::rotator(&cfg, input).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let (cfg, rotator) = match setup(path, input).await {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     println!("pre-flight against {}:", cfg.qlik.tenant_url);
     let mut failed = 0;
@@ -121,22 +115,30 @@ fn select<'a>(cfg: &'a Config, job: Option<&str>) -> Result<Vec<&'a config::JobC
     }
 }
 
+/// Loads the config and builds the rotator (reading the Qlik credentials).
+async fn setup(
+    path: &Path,
+    input: &dyn ConfigInput,
+) -> Result<(Config, crate::rotation::Rotator), ExitCode> {
+    let cfg = load(path, input)?;
+    match app::rotator(&cfg, input).await {
+        Ok(r) => Ok((cfg, r)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
 /// `plan`: masked PATCH documents, nothing sent.
 pub async fn plan(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> ExitCode {
-    let cfg = match load(path, input) {
-        Ok(c) => c,
+    let (cfg, rotator) = match setup(path, input).await {
+        Ok(x) => x,
         Err(code) => return code,
     };
     let jobs = match select(&cfg, job) {
         Ok(j) => j,
         Err(code) => return code,
-    };
-    let rotator = match app::rotator(&cfg, input).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
     };
     let mut ok = true;
     let mut out = std::io::stdout().lock();
@@ -187,20 +189,13 @@ pub async fn rotate(
     if_changed: bool,
     input: &dyn ConfigInput,
 ) -> ExitCode {
-    let cfg = match load(path, input) {
-        Ok(c) => c,
+    let (cfg, rotator) = match setup(path, input).await {
+        Ok(x) => x,
         Err(code) => return code,
     };
     let jobs = match select(&cfg, job) {
         Ok(j) => j,
         Err(code) => return code,
-    };
-    let rotator = match app::rotator(&cfg, input).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
     };
     let state = StateStore::new(cfg.daemon.state_dir.clone());
     let mut failed = 0;

@@ -65,6 +65,19 @@ async fn scrape(r: &Running) -> String {
     http_get(r.addr, "/metrics").await.1
 }
 
+/// Waits until each job has been rotated at least once.
+async fn wait_rotated(r: &Running, jobs: &[&str]) {
+    for job in jobs {
+        wait_metric(
+            r,
+            "qlik_rotator_rotations_total",
+            &[("job", job), ("outcome", "rotated")],
+            1.0,
+        )
+        .await;
+    }
+}
+
 async fn wait_metric(r: &Running, name: &str, labels: &[(&str, &str)], at_least: f64) -> String {
     let start = std::time::Instant::now();
     loop {
@@ -253,27 +266,7 @@ async fn unchanged_secret_is_not_reapplied_across_a_restart() {
     standard_secrets(dir.path());
     let text = local_config(&sim, "run_on_start = true", "");
     let r = start(dir.path(), &text).await;
-    wait_metric(
-        &r,
-        "qlik_rotator_rotations_total",
-        &[("job", "warehouse-bq"), ("outcome", "rotated")],
-        1.0,
-    )
-    .await;
-    wait_metric(
-        &r,
-        "qlik_rotator_rotations_total",
-        &[("job", "sales-s3"), ("outcome", "rotated")],
-        1.0,
-    )
-    .await;
-    wait_metric(
-        &r,
-        "qlik_rotator_rotations_total",
-        &[("job", "finance-sql"), ("outcome", "rotated")],
-        1.0,
-    )
-    .await;
+    wait_rotated(&r, &["warehouse-bq", "sales-s3", "finance-sql"]).await;
     assert!(r.shutdown().await);
     assert_eq!(with_method(&sim, "PATCH").len(), 3);
 

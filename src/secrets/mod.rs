@@ -315,6 +315,25 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_that_formats_secrets_does_not_carry_them() {
+        let value = SecretValue::text("v1", r#"{"password":"CANARY-panic-77"}"#);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let fields = value.fields().unwrap();
+            panic!(
+                "unexpected state: {value:?} {fields:?} {:?}",
+                fields.get("password")
+            );
+        }));
+        let payload = result.unwrap_err();
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(message.contains("unexpected state"), "{message}");
+        assert!(!message.contains("CANARY"), "{message}");
+    }
+
+    #[test]
     fn debug_output_is_redacted() {
         let v = SecretValue::text("v9", r#"{"password":"CANARY-dbg-1"}"#);
         let dbg = format!("{v:?} {:?}", v.fields().unwrap());
