@@ -461,21 +461,28 @@ pub fn markdown_table() -> String {
             } else {
                 code(scheme.name)
             };
-            let optional = |p: &Prop| if p.required { "" } else { " (optional)" };
             let props: Vec<String> = scheme
                 .props
                 .iter()
                 .map(|p| {
-                    let what = match p.kind {
-                        PropKind::Text => code(p.name),
+                    let mut notes = Vec::new();
+                    match p.kind {
+                        PropKind::Text => {}
                         PropKind::File { default_name } => {
-                            format!("{} (file `{default_name}`, base64)", code(p.name))
+                            notes.push(format!("file `{default_name}`, base64"));
                         }
                         PropKind::Header => {
-                            format!("{} (`value` of the job's `header` entry)", code(p.name))
+                            notes.push("`value` of the job's `header` entry".into())
                         }
-                    };
-                    format!("{what}{}", optional(p))
+                    }
+                    if !p.required {
+                        notes.push("optional".into());
+                    }
+                    if notes.is_empty() {
+                        code(p.name)
+                    } else {
+                        format!("{} ({})", code(p.name), notes.join("; "))
+                    }
                 })
                 .collect();
             let keys: Vec<String> = scheme
