@@ -1,8 +1,10 @@
 //! The connector catalogue: one entry per connector family, with its credential properties.
 //!
-//! Adding a connector is one [`Family`] entry here plus one snapshot test. Property names and
-//! encodings come from `qlik-api-facts.md` §6; every `DG_<id>` gateway variant of a family
-//! marked `gateway: true` is accepted with the same properties.
+//! Adding a connector is one [`Family`] entry here plus one example connection per scheme in
+//! `sim::examples`; the table-driven tests then snapshot its PATCH, rotate it end to end and
+//! require README's table ([`markdown_table`]) to list it. Property names and encodings come
+//! from `qlik-api-facts.md` §6; every `DG_<id>` gateway variant of a family marked
+//! `gateway: true` is accepted with the same properties.
 
 /// How a credential value is encoded in `connectionProperties`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
