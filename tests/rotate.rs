@@ -120,7 +120,9 @@ async fn rotates_s3_sqlserver_and_bigquery_from_secrets_manager() {
         body(GBQ_ID),
         json!([
             {"op":"replace","path":"/connectionProperties/KeyFilePath/0/name","value":"service-account.json"},
-            {"op":"add","path":"/connectionProperties/KeyFilePath/0/value","value":b64}
+            {"op":"add","path":"/connectionProperties/KeyFilePath/0/value","value":b64},
+            // The service-account JSON's client_email feeds the optional Email property.
+            {"op":"add","path":"/connectionProperties/Email","value":"reader@wh.iam.gserviceaccount.com"}
         ])
     );
 

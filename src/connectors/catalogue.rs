@@ -1,8 +1,10 @@
 //! The connector catalogue: one entry per connector family, with its credential properties.
 //!
-//! Adding a connector is one [`Family`] entry here plus one snapshot test. Property names and
-//! encodings come from `qlik-api-facts.md` §6; every `DG_<id>` gateway variant of a family
-//! marked `gateway: true` is accepted with the same properties.
+//! Adding a connector is one [`Family`] entry here plus one example connection per scheme in
+//! `sim::examples`; the table-driven tests then snapshot its PATCH, rotate it end to end and
+//! require README's table ([`markdown_table`]) to list it. Property names and encodings come
+//! from `qlik-api-facts.md` §6; every `DG_<id>` gateway variant of a family marked
+//! `gateway: true` is accepted with the same properties.
 
 /// How a credential value is encoded in `connectionProperties`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +110,55 @@ pub const fn file(name: &'static str, key: &'static str, default_name: &'static 
     }
 }
 
+impl Prop {
+    /// The same property read from secret key `key`.
+    pub const fn key(self, key: &'static str) -> Prop {
+        Prop { key, ..self }
+    }
+
+    /// The same property, optional (written only when the secret has the key).
+    pub const fn optional(self) -> Prop {
+        Prop {
+            required: false,
+            ..self
+        }
+    }
+
+    /// The same file property; the whole secret may be the file when it is a
+    /// service-account key file and has no field `key`.
+    pub const fn whole_secret(self) -> Prop {
+        Prop {
+            whole_secret: true,
+            ..self
+        }
+    }
+}
+
+/// A REST header token: the `value` of the `queryHeaders` entry named by the job's `header`.
+pub const fn header(key: &'static str) -> Prop {
+    Prop {
+        name: "queryHeaders",
+        key,
+        kind: PropKind::Header,
+        required: true,
+        whole_secret: false,
+    }
+}
+
 const USER_PASSWORD: &[Prop] = &[text("username"), text("password")];
+
+/// The plain `username` + `password` scheme shared by most database connectors.
+const PASSWORD: Scheme = Scheme {
+    name: "password",
+    props: USER_PASSWORD,
+    constants: &[],
+};
+
+/// A Google service-account key file (JSON) in a file array: secret key `key_file`, or the
+/// whole secret when it is the key file itself.
+const fn service_account_file(name: &'static str) -> Prop {
+    file(name, "key_file", "service-account.json").whole_secret()
+}
 
 /// Every connector the rotator knows.
 pub const CATALOGUE: &[Family] = &[
@@ -127,13 +177,42 @@ pub const CATALOGUE: &[Family] = &[
         }],
     },
     Family {
-        title: "Microsoft SQL Server",
-        ids: &["mssql"],
+        title: "Google Cloud Storage",
+        ids: &[
+            "File_GoogleCloudStorageConnector",
+            "GoogleCloudStorageConnector",
+        ],
+        gateway: false,
+        schemes: &[Scheme {
+            name: "service_account",
+            props: &[service_account_file("serviceAccountKeyFile")],
+            constants: &[],
+        }],
+    },
+    Family {
+        title: "Amazon Athena",
+        ids: &["athena"],
+        gateway: true,
+        // AuthenticationType = IAM credentials: `username` holds the access key id and
+        // `password` the secret access key.
+        schemes: &[Scheme {
+            name: "iam_credentials",
+            props: USER_PASSWORD,
+            constants: &[],
+        }],
+    },
+    Family {
+        title: "Databricks",
+        ids: &["databricks"],
         gateway: true,
         schemes: &[Scheme {
             name: "password",
-            props: USER_PASSWORD,
-            constants: &[],
+            props: &[
+                text("username"),
+                text("password"),
+                file("TrustedCerts", "trusted_certs", "trusted-certs.pem").optional(),
+            ],
+            constants: &[("AuthMech", Const::Str("3"))],
         }],
     },
     Family {
@@ -142,15 +221,163 @@ pub const CATALOGUE: &[Family] = &[
         gateway: true,
         schemes: &[Scheme {
             name: "service_account",
-            props: &[Prop {
-                name: "KeyFilePath",
-                key: "key_file",
-                kind: PropKind::File {
-                    default_name: "service-account.json",
-                },
-                required: true,
-                whole_secret: true,
-            }],
+            props: &[
+                file("KeyFilePath", "key_file", "service-account.json").whole_secret(),
+                optional("Email").key("client_email"),
+                optional("P12CustomPwd").key("p12_password"),
+            ],
+            constants: &[("OAuthMechanism", Const::Str("0"))],
+        }],
+    },
+    Family {
+        title: "Microsoft SQL Server",
+        ids: &["mssql"],
+        gateway: true,
+        schemes: &[PASSWORD],
+    },
+    Family {
+        title: "MySQL",
+        ids: &["mysql"],
+        gateway: true,
+        schemes: &[PASSWORD],
+    },
+    Family {
+        title: "Snowflake",
+        ids: &["snowflake"],
+        gateway: true,
+        schemes: &[
+            PASSWORD,
+            Scheme {
+                name: "key_pair",
+                props: &[
+                    text("username"),
+                    file("PRIV_KEY_FILE", "private_key", "rsa_key.p8"),
+                ],
+                constants: &[("authenticator", Const::Str("snowflake_jwt"))],
+            },
+        ],
+    },
+    Family {
+        title: "Teradata",
+        ids: &["teradata"],
+        gateway: true,
+        schemes: &[PASSWORD],
+    },
+    Family {
+        title: "REST",
+        ids: &["rest"],
+        gateway: false,
+        schemes: &[
+            Scheme {
+                name: "basic",
+                props: USER_PASSWORD,
+                constants: &[("authSchema", Const::Str("basic"))],
+            },
+            Scheme {
+                name: "header",
+                props: &[header("token")],
+                constants: &[],
+            },
+            Scheme {
+                name: "mtls",
+                props: &[
+                    file("mutualPfxCertificateFiles", "pfx", "client.pfx"),
+                    text("mutualPfxCertificateKey").key("pfx_password"),
+                ],
+                constants: &[],
+            },
+        ],
+    },
+    Family {
+        title: "SFTP",
+        ids: &["File_FileTransferConnector"],
+        gateway: false,
+        schemes: &[
+            PASSWORD,
+            Scheme {
+                name: "private_key",
+                props: &[
+                    text("username"),
+                    file("privateKey", "private_key", "id_rsa"),
+                ],
+                constants: &[],
+            },
+        ],
+    },
+    Family {
+        title: "Data Integration databases",
+        ids: &[
+            "repsrc_mysql",
+            "repsrc_mssql",
+            "repsrc_postgresql",
+            "repsrc_oracle",
+            "reptgt_qdimysql",
+            "reptgt_mssqltarget",
+            "reptgt_qdipostgresql",
+            "reptgt_qdioracle",
+        ],
+        gateway: false,
+        schemes: &[PASSWORD],
+    },
+    Family {
+        title: "Data Integration Snowflake target",
+        ids: &["reptgt_qdisnowflake"],
+        gateway: false,
+        schemes: &[Scheme {
+            name: "key_pair",
+            props: &[
+                text("username"),
+                file("privateKeyFile", "private_key", "rsa_key.p8"),
+                optional("privateKeyPassphrase").key("private_key_passphrase"),
+            ],
+            constants: &[("authentication_mode", Const::Str("KEY_PAIR"))],
+        }],
+    },
+    Family {
+        title: "Data Integration Databricks target",
+        ids: &["reptgt_qdidatabricks"],
+        gateway: false,
+        // `password` holds a personal access token.
+        schemes: &[Scheme {
+            name: "token",
+            props: &[text("password").key("token")],
+            constants: &[("authenticationMode", Const::Str("PERSONAL_ACCESS_TOKEN"))],
+        }],
+    },
+    Family {
+        title: "Data Integration Google targets",
+        ids: &["reptgt_qdibigquery", "reptgt_qdigooglecloudstorage"],
+        gateway: false,
+        schemes: &[Scheme {
+            name: "service_account",
+            props: &[service_account_file("jsonCredentials")],
+            constants: &[],
+        }],
+    },
+    Family {
+        title: "Data Integration ADLS target",
+        ids: &["reptgt_qdiadls"],
+        gateway: false,
+        schemes: &[Scheme {
+            name: "client_secret",
+            props: &[
+                text("adlsclientappkey").key("client_secret"),
+                optional("adlsclientappid").key("client_id"),
+                optional("adlstenantid").key("tenant_id"),
+            ],
+            constants: &[],
+        }],
+    },
+    Family {
+        title: "Data Integration S3 target",
+        ids: &["reptgt_qdis3"],
+        gateway: false,
+        schemes: &[Scheme {
+            name: "access_key",
+            props: &[
+                text("s3AccessKey").key("accessKey"),
+                text("s3SecretKey").key("secretKey"),
+            ],
             constants: &[],
         }],
     },
@@ -211,6 +438,84 @@ impl Connector {
         }
         out
     }
+}
+
+/// The catalogue as a Markdown table (one row per family and scheme), as embedded in
+/// README.md between `<!-- connectors:begin -->` and `<!-- connectors:end -->`.
+pub fn markdown_table() -> String {
+    let code = |s: &str| format!("`{s}`");
+    let mut out = String::from(
+        "| Connector IDs | Scheme | Qlik properties written | Secret keys (default) | Fixed values |\n\
+         |---|---|---|---|---|\n",
+    );
+    for family in CATALOGUE {
+        let mut ids = Vec::new();
+        for id in family.ids {
+            ids.push(code(id));
+            if family.gateway {
+                ids.push(code(&format!("DG_{id}")));
+            }
+        }
+        let ids = format!("{}: {}", family.title, ids.join(", "));
+        for (i, scheme) in family.schemes.iter().enumerate() {
+            let name = if i == 0 && family.schemes.len() > 1 {
+                format!("{} (default)", code(scheme.name))
+            } else {
+                code(scheme.name)
+            };
+            let props: Vec<String> = scheme
+                .props
+                .iter()
+                .map(|p| {
+                    let mut notes = Vec::new();
+                    match p.kind {
+                        PropKind::Text => {}
+                        PropKind::File { default_name } => {
+                            notes.push(format!("file `{default_name}`, base64"));
+                        }
+                        PropKind::Header => {
+                            notes.push("`value` of the job's `header` entry".into())
+                        }
+                    }
+                    if !p.required {
+                        notes.push("optional".into());
+                    }
+                    if notes.is_empty() {
+                        code(p.name)
+                    } else {
+                        format!("{} ({})", code(p.name), notes.join("; "))
+                    }
+                })
+                .collect();
+            let keys: Vec<String> = scheme
+                .props
+                .iter()
+                .map(|p| {
+                    if p.whole_secret {
+                        format!("{} or the whole secret (key file)", code(p.key))
+                    } else {
+                        code(p.key)
+                    }
+                })
+                .collect();
+            let fixed: Vec<String> = scheme
+                .constants
+                .iter()
+                .map(|(k, v)| code(&format!("{k} = {}", v.to_json())))
+                .collect();
+            let fixed = if fixed.is_empty() {
+                "—".to_owned()
+            } else {
+                fixed.join(", ")
+            };
+            out.push_str(&format!(
+                "| {ids} | {name} | {} | {} | {fixed} |\n",
+                props.join(", "),
+                keys.join(", ")
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

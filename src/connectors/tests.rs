@@ -276,3 +276,471 @@ fn verify_checks_file_names() {
         ["file credential \"KeyFilePath\" does not show the new file name"]
     );
 }
+
+// === the whole catalogue ===
+
+/// The connection as GET returns it for an example (secrets hidden, file arrays with `name`
+/// only, encrypted header values hidden), for `id` and `scheme`.
+fn example_get(id: &str, scheme: &str) -> (DataConnection, crate::sim::examples::Example) {
+    let ex = crate::sim::examples::example(id, scheme)
+        .unwrap_or_else(|| panic!("no example for {id} / {scheme}"));
+    let shown = crate::sim::props::sanitize(ex.properties.as_object().unwrap());
+    (conn(id, Value::Object(shown)), ex)
+}
+
+/// The job spec a config with `scheme = …` (plus `header`/`file_encoding` as needed) gives.
+fn example_spec(id: &str, scheme: &Scheme, ex: &crate::sim::examples::Example) -> BuildSpec {
+    let mut s =
+        BuildSpec::from_catalogue(&Connector::lookup(id).unwrap(), scheme, &BTreeMap::new());
+    if scheme.props.iter().any(|p| p.kind == PropKind::Header) {
+        s.header = Some("Authorization".into());
+    }
+    if ex.file_base64 {
+        s.file_encoding = FileEncoding::Base64;
+    }
+    s
+}
+
+fn example_body(id: &str, scheme: &Scheme) -> Value {
+    let (c, ex) = example_get(id, scheme.name);
+    let plan = build(
+        &c,
+        &example_spec(id, scheme, &ex),
+        &SecretValue::text("v1", ex.secret.to_string()),
+    )
+    .unwrap_or_else(|e| panic!("{id} / {}: {e}", scheme.name));
+    body(&plan)
+}
+
+#[test]
+fn every_connector_and_scheme_builds_the_snapshotted_patch() {
+    let mut count = 0;
+    for family in CATALOGUE {
+        for id in family.ids {
+            for scheme in family.schemes {
+                let b = example_body(id, scheme);
+                insta::assert_json_snapshot!(format!("{id}_{}", scheme.name), b);
+                count += 1;
+                if family.gateway {
+                    // The DG_ variant (GET adds gatewayInstance) builds the same document.
+                    assert_eq!(example_body(&format!("DG_{id}"), scheme), b, "DG_{id}");
+                }
+            }
+        }
+    }
+    assert_eq!(count, 32);
+}
+
+#[test]
+fn every_patch_verifies_against_the_stored_result() {
+    // Apply each patch the way Qlik would (add/replace on the stored properties) and check
+    // that verify() accepts the GET after it.
+    for family in CATALOGUE {
+        for scheme in family.schemes {
+            let id = family.ids[0];
+            let (before, ex) = example_get(id, scheme.name);
+            let plan = build(
+                &before,
+                &example_spec(id, scheme, &ex),
+                &SecretValue::text("v1", ex.secret.to_string()),
+            )
+            .unwrap();
+            let mut stored = json!({"connectionProperties": ex.properties});
+            for op in body(&plan).as_array().unwrap() {
+                let path = op["path"].as_str().unwrap();
+                let (parent, last) = path.rsplit_once('/').unwrap();
+                let target = stored
+                    .pointer_mut(parent)
+                    .unwrap_or_else(|| panic!("{path}"));
+                match target {
+                    Value::Object(m) => {
+                        m.insert(last.to_owned(), op["value"].clone());
+                    }
+                    Value::Array(a) => a[last.parse::<usize>().unwrap()] = op["value"].clone(),
+                    _ => panic!("{path}"),
+                }
+            }
+            let shown =
+                crate::sim::props::sanitize(stored["connectionProperties"].as_object().unwrap());
+            let mut after = conn(id, Value::Object(shown));
+            after.updated = Some("2026-11-01T10:00:01.000Z".into());
+            assert_eq!(
+                verify(&before, &after, &plan.expect),
+                Vec::<String>::new(),
+                "{id} / {}",
+                scheme.name
+            );
+        }
+    }
+}
+
+#[test]
+fn schemes_are_chosen_by_name_and_default_to_the_first() {
+    let snowflake = Connector::lookup("DG_snowflake").unwrap();
+    assert_eq!(snowflake.scheme(None).unwrap().name, "password");
+    assert_eq!(snowflake.scheme(Some("key_pair")).unwrap().name, "key_pair");
+    assert!(snowflake.scheme(Some("oauth")).is_none());
+    let rest = Connector::lookup("rest").unwrap();
+    assert_eq!(rest.scheme(None).unwrap().name, "basic");
+    assert!(rest.scheme(Some("password")).is_none());
+    // Every scheme name is unique within its family.
+    for family in CATALOGUE {
+        let mut names: Vec<_> = family.schemes.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), family.schemes.len(), "{}", family.title);
+    }
+}
+
+#[test]
+fn an_unknown_scheme_is_a_config_error_listing_the_schemes() {
+    let text = r#"
+[qlik]
+tenant_url = "https://acme.eu.qlikcloud.com"
+api_key_env = "QLIK_API_KEY"
+[sources.local]
+type = "file"
+path = "vault"
+[[jobs]]
+name = "sf"
+connection = { id = "c1" }
+connector = "snowflake"
+scheme = "oauth"
+source = "local"
+secret = "sf"
+[[jobs]]
+name = "api"
+connection = { id = "c2" }
+connector = "rest"
+scheme = "header"
+source = "local"
+secret = "api"
+"#;
+    let input: std::collections::HashMap<String, String> = Default::default();
+    let errs: Vec<String> = crate::config::load_str(text, std::path::Path::new("/etc/qr"), &input)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        errs,
+        [
+            "jobs[0].scheme: connector \"snowflake\" has no scheme \"oauth\" (expected one of: password, key_pair)",
+            "jobs[1].header: is required by scheme \"header\": the name of the queryHeaders entry holding the token (e.g. \"Authorization\")",
+        ]
+    );
+}
+
+#[test]
+fn a_secret_lacking_what_the_scheme_needs_names_the_key() {
+    let cases: &[(&str, &str, &str, &str, &str)] = &[
+        // (id, scheme, secret, property, key)
+        (
+            "snowflake",
+            "key_pair",
+            r#"{"username":"u","password":"p"}"#,
+            "PRIV_KEY_FILE",
+            "private_key",
+        ),
+        (
+            "rest",
+            "mtls",
+            r#"{"pfx":"cGZ4"}"#,
+            "mutualPfxCertificateKey",
+            "pfx_password",
+        ),
+        (
+            "rest",
+            "header",
+            r#"{"username":"u"}"#,
+            "queryHeaders",
+            "token",
+        ),
+        (
+            "File_FileTransferConnector",
+            "private_key",
+            r#"{"username":"u","password":"p"}"#,
+            "privateKey",
+            "private_key",
+        ),
+        (
+            "reptgt_qdiadls",
+            "client_secret",
+            r#"{"client_id":"i","tenant_id":"t"}"#,
+            "adlsclientappkey",
+            "client_secret",
+        ),
+        (
+            "reptgt_qdis3",
+            "access_key",
+            r#"{"accessKey":"a"}"#,
+            "s3SecretKey",
+            "secretKey",
+        ),
+        (
+            "reptgt_qdidatabricks",
+            "token",
+            r#"{"password":"p"}"#,
+            "password",
+            "token",
+        ),
+        (
+            "reptgt_qdibigquery",
+            "service_account",
+            r#"{"client_email":"x"}"#,
+            "jsonCredentials",
+            "key_file",
+        ),
+        (
+            "athena",
+            "iam_credentials",
+            r#"{"password":"p"}"#,
+            "username",
+            "username",
+        ),
+    ];
+    for (id, scheme_name, secret, property, key) in cases {
+        let connector = Connector::lookup(id).unwrap();
+        let scheme = connector.scheme(Some(scheme_name)).unwrap();
+        let mut s = BuildSpec::from_catalogue(&connector, scheme, &BTreeMap::new());
+        s.header = Some("Authorization".into());
+        s.file_encoding = if *scheme_name == "mtls" {
+            FileEncoding::Base64
+        } else {
+            FileEncoding::Raw
+        };
+        let (c, _) = example_get(id, scheme_name);
+        let err = build(&c, &s, &SecretValue::text("v1", *secret)).unwrap_err();
+        assert_eq!(
+            err,
+            BuildError::MissingField {
+                property: (*property).into(),
+                key: (*key).into()
+            },
+            "{id} / {scheme_name}"
+        );
+        assert!(err.to_string().contains(&format!("{key:?}")), "{err}");
+    }
+}
+
+#[test]
+fn optional_properties_are_left_alone_when_the_secret_lacks_them() {
+    // Databricks without trusted_certs: TrustedCerts is not touched.
+    let (c, _) = example_get("databricks", "password");
+    let b = build(
+        &c,
+        &spec("databricks"),
+        &SecretValue::text("v1", r#"{"username":"token","password":"dapi"}"#),
+    )
+    .map(|p| body(&p))
+    .unwrap();
+    assert_eq!(
+        b,
+        json!([
+            {"op":"replace","path":"/connectionProperties/username","value":"token"},
+            {"op":"add","path":"/connectionProperties/password","value":"dapi"}
+        ])
+    );
+    // BigQuery with a key_file field and a P12 password: Email untouched, P12CustomPwd added.
+    let (c, _) = example_get("gbq", "service_account");
+    let b = build(
+        &c,
+        &spec("gbq"),
+        &SecretValue::text("v1", r#"{"key_file":"k","p12_password":"notasecret"}"#),
+    )
+    .map(|p| body(&p))
+    .unwrap();
+    let paths: Vec<_> = b
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/connectionProperties/KeyFilePath/0/name",
+            "/connectionProperties/KeyFilePath/0/value",
+            "/connectionProperties/P12CustomPwd"
+        ]
+    );
+}
+
+#[test]
+fn constants_are_added_when_missing_and_replaced_when_different() {
+    for family in CATALOGUE {
+        for scheme in family.schemes.iter().filter(|s| !s.constants.is_empty()) {
+            let id = family.ids[0];
+            let (mut c, ex) = example_get(id, scheme.name);
+            let s = example_spec(id, scheme, &ex);
+            let secret = SecretValue::text("v1", ex.secret.to_string());
+            for (name, value) in scheme.constants {
+                let path = format!("/connectionProperties/{name}");
+                let find = |c: &DataConnection| {
+                    body(&build(c, &s, &secret).unwrap())
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|o| o["path"] == path.as_str())
+                        .cloned()
+                };
+                c.properties.remove(*name);
+                assert_eq!(
+                    find(&c),
+                    Some(json!({"op": "add", "path": path, "value": value.to_json()})),
+                    "{id} / {}",
+                    scheme.name
+                );
+                c.properties.insert((*name).into(), json!("something-else"));
+                assert_eq!(
+                    find(&c),
+                    Some(json!({"op": "replace", "path": path, "value": value.to_json()}))
+                );
+                c.properties.insert((*name).into(), value.to_json());
+                assert_eq!(find(&c), None, "already set: no op");
+            }
+        }
+    }
+}
+
+#[test]
+fn rest_header_not_in_the_get_is_refused() {
+    let connector = Connector::lookup("rest").unwrap();
+    let scheme = connector.scheme(Some("header")).unwrap();
+    let secret = SecretValue::text("v1", r#"{"token":"Bearer t"}"#);
+    let (with_headers, _) = example_get("rest", "header");
+    for (c, header) in [
+        (with_headers.clone(), "X-Api-Key"),
+        (
+            conn("rest", json!({"url": "https://api.acme.example"})),
+            "Authorization",
+        ),
+    ] {
+        let mut s = BuildSpec::from_catalogue(&connector, scheme, &BTreeMap::new());
+        s.header = Some(header.into());
+        let err = build(&c, &s, &secret).unwrap_err();
+        assert_eq!(
+            err,
+            BuildError::HeaderNotFound {
+                connection: c.id.clone(),
+                header: header.into()
+            }
+        );
+        assert_eq!(err.error_type(), "header_not_found");
+    }
+    // The header name matches case-insensitively, at the index GET shows.
+    let mut s = BuildSpec::from_catalogue(&connector, scheme, &BTreeMap::new());
+    s.header = Some("authorization".into());
+    let b = body(&build(&with_headers, &s, &secret).unwrap());
+    assert_eq!(
+        b,
+        json!([{"op":"add","path":"/connectionProperties/queryHeaders/1/value","value":"Bearer t"}])
+    );
+}
+
+#[test]
+fn base64_file_encoding_passes_through_and_rejects_invalid_base64() {
+    let connector = Connector::lookup("snowflake").unwrap();
+    let scheme = connector.scheme(Some("key_pair")).unwrap();
+    let mut s = BuildSpec::from_catalogue(&connector, scheme, &BTreeMap::new());
+    s.file_encoding = FileEncoding::Base64;
+    let (c, _) = example_get("snowflake", "key_pair");
+    let pem_b64 = base64::engine::general_purpose::STANDARD.encode(PKCS8);
+    let secret = SecretValue::text(
+        "v1",
+        json!({"username": "SVC", "private_key": format!("{pem_b64}\n")}).to_string(),
+    );
+    let b = body(&build(&c, &s, &secret).unwrap());
+    // No array in GET: the whole array is added, the value passed through (trimmed).
+    assert_eq!(
+        b[1],
+        json!({"op":"add","path":"/connectionProperties/PRIV_KEY_FILE",
+               "value":[{"name":"rsa_key.p8","value": pem_b64}]})
+    );
+    let bad = SecretValue::text(
+        "v1",
+        json!({"username": "SVC", "private_key": PKCS8}).to_string(),
+    );
+    let err = build(&c, &s, &bad).unwrap_err();
+    assert_eq!(
+        err,
+        BuildError::InvalidBase64 {
+            property: "PRIV_KEY_FILE".into(),
+            key: "private_key".into()
+        }
+    );
+    assert!(!err.to_string().contains("BEGIN"), "{err}");
+    // Raw (the default) base64-encodes the same content.
+    s.file_encoding = FileEncoding::Raw;
+    let raw = SecretValue::text(
+        "v1",
+        json!({"username": "SVC", "private_key": PKCS8}).to_string(),
+    );
+    assert_eq!(
+        body(&build(&c, &s, &raw).unwrap())[1]["value"][0]["value"],
+        pem_b64
+    );
+}
+
+const PKCS8: &str = "-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----\n";
+
+#[test]
+fn dg_variants_exist_exactly_for_gateway_families() {
+    let gateway: Vec<&str> = CATALOGUE
+        .iter()
+        .filter(|f| f.gateway)
+        .flat_map(|f| f.ids.iter().copied())
+        .collect();
+    assert_eq!(
+        gateway,
+        [
+            "athena",
+            "databricks",
+            "gbq",
+            "mssql",
+            "mysql",
+            "snowflake",
+            "teradata"
+        ]
+    );
+    for family in CATALOGUE {
+        for id in family.ids {
+            let dg = format!("DG_{id}");
+            match Connector::lookup(&dg) {
+                Some(c) => {
+                    assert!(family.gateway, "{dg} accepted");
+                    assert_eq!(c.id, dg);
+                    assert_eq!(c.family.title, family.title);
+                }
+                None => assert!(!family.gateway, "{dg} refused"),
+            }
+            assert!(Connector::lookup(&format!("DG_DG_{id}")).is_none());
+            assert!(Connector::lookup(&id.to_uppercase()).is_none() || id.to_uppercase() == *id);
+        }
+    }
+    // A DG_ job does not accept the plain connection (and vice versa).
+    let c = conn("snowflake", json!({}));
+    let err = build(
+        &c,
+        &spec("DG_snowflake"),
+        &SecretValue::text("v1", r#"{"username":"u","password":"p"}"#),
+    )
+    .unwrap_err();
+    assert_eq!(err.error_type(), "wrong_connector");
+    assert_eq!(Connector::all_ids().len(), 28 + 7);
+}
+
+#[test]
+fn the_markdown_table_has_a_row_per_scheme() {
+    let table = catalogue::markdown_table();
+    let rows: Vec<&str> = table.lines().skip(2).collect();
+    let schemes: usize = CATALOGUE.iter().map(|f| f.schemes.len()).sum();
+    assert_eq!(rows.len(), schemes);
+    for row in &rows {
+        assert_eq!(row.matches(" | ").count(), 4, "{row}");
+    }
+    assert!(table.contains("`authenticator = \"snowflake_jwt\"`"));
+    assert!(table.contains("`DG_teradata`"));
+    assert!(!table.contains("`DG_rest`"));
+}

@@ -59,6 +59,7 @@
 
 #![warn(missing_docs)]
 
+pub mod examples;
 mod handlers;
 pub mod limiter;
 pub mod patch;

@@ -29,12 +29,19 @@ pub const SECRET_FILE_ARRAYS: &[&str] = &[
     "mutualPfxCertificateFiles",
 ];
 
+/// Credential identities: part of the credentials (a PATCH touching them supplies credentials),
+/// but not secret, so GET shows them.
+pub const CREDENTIAL_IDENTITIES: &[&str] =
+    &["username", "Email", "adlsclientappid", "adlstenantid"];
+
 /// Properties whose change requires credentials in the same PATCH (validation rule 3).
 pub const ADDRESS_PROPS: &[&str] = &["host", "server", "url"];
 
 /// Whether a PATCH touching `/connectionProperties/<name>...` counts as supplying credentials.
 pub fn is_credential_prop(name: &str) -> bool {
-    name == "username" || SECRET_SCALARS.contains(&name) || SECRET_FILE_ARRAYS.contains(&name)
+    CREDENTIAL_IDENTITIES.contains(&name)
+        || SECRET_SCALARS.contains(&name)
+        || SECRET_FILE_ARRAYS.contains(&name)
 }
 
 /// The properties as returned by `GET ?parseConnection=true`: secrets removed.
@@ -93,7 +100,8 @@ pub fn is_true(v: Option<&Value>) -> bool {
 }
 
 /// Builds `CUSTOM CONNECT TO "provider=<qType>;sourceType=<datasourceID>;k=v;..."` from the
-/// non-secret scalar properties (credentials, `username` and arrays/objects are left out).
+/// non-secret scalar properties (credentials, credential identities such as `username`, and
+/// arrays/objects are left out).
 pub fn connect_statement(q_type: &str, datasource_id: &str, props: &Map<String, Value>) -> String {
     let mut s = format!("CUSTOM CONNECT TO \"provider={q_type};sourceType={datasource_id};");
     for (k, v) in props {
@@ -149,6 +157,37 @@ mod tests {
             json!({"name": "A", "encrypt": true})
         );
         assert_eq!(out["queryHeaders"][1]["value"], "plain");
+    }
+
+    #[test]
+    fn every_catalogue_secret_is_hidden_and_counts_as_a_credential() {
+        use crate::connectors::{CATALOGUE, PropKind};
+        for family in CATALOGUE {
+            for scheme in family.schemes {
+                for p in scheme.props {
+                    match p.kind {
+                        PropKind::Text if CREDENTIAL_IDENTITIES.contains(&p.name) => {}
+                        PropKind::Text => assert!(
+                            SECRET_SCALARS.contains(&p.name),
+                            "{}: {} is not hidden",
+                            family.title,
+                            p.name
+                        ),
+                        PropKind::File { .. } => assert!(
+                            SECRET_FILE_ARRAYS.contains(&p.name),
+                            "{}: {} is not hidden",
+                            family.title,
+                            p.name
+                        ),
+                        // Encrypted queryHeaders entries are hidden per entry.
+                        PropKind::Header => assert_eq!(p.name, "queryHeaders"),
+                    }
+                    if p.kind != PropKind::Header {
+                        assert!(is_credential_prop(p.name), "{}", p.name);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
