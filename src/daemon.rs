@@ -288,13 +288,9 @@ impl Daemon {
                     }
                     Outcome::Unchanged | Outcome::Planned(_) => {
                         // Remember that the applied version was still current, so a restart
-                        // does not make the job look stale.
-                        let key = job.cfg.state_key(conn);
-                        if let Some(mut st) = stored.get(&key).cloned() {
-                            st.checked_at = now;
-                            if let Err(e) = self.state.record(&key, st) {
-                                tracing::warn!(job = name, error = %e, "Cannot write the state file.");
-                            }
+                        // does not make the job look stale (written at most hourly).
+                        if let Err(e) = self.state.touch(&job.cfg.state_key(conn), now) {
+                            tracing::warn!(job = name, error = %e, "Cannot write the state file.");
                         }
                     }
                     Outcome::Failed(e) | Outcome::VerifyFailed(e) => {

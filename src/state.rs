@@ -60,12 +60,30 @@ pub struct StateError {
 #[derive(Debug, Clone)]
 pub struct StateStore {
     dir: PathBuf,
+    /// The last parsed content, keyed by the file's (modification time, length), so repeated
+    /// reads of an unchanged file cost one `stat` instead of a parse.
+    cache: std::sync::Arc<std::sync::Mutex<Option<Cached>>>,
 }
+
+type FileStamp = (std::time::SystemTime, u64);
+type Cached = (FileStamp, BTreeMap<String, JobState>);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let meta = fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// How stale a `checked_at` may get before an unchanged run rewrites it: state writes stay
+/// rare for unchanged secrets, and a restart still sees a last success within this margin.
+pub const CHECKED_AT_GRANULARITY_SECS: i64 = 3600;
 
 impl StateStore {
     /// A store in `dir` (created on first write).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        StateStore { dir: dir.into() }
+        StateStore {
+            dir: dir.into(),
+            cache: Default::default(),
+        }
     }
 
     fn file(&self) -> PathBuf {
@@ -73,9 +91,38 @@ impl StateStore {
     }
 
     /// Reads every job's state. A missing file is empty; an unreadable or corrupt one is
-    /// logged and treated as empty (the next write replaces it).
+    /// logged and treated as empty (the next write replaces it). An unchanged file is not
+    /// parsed again.
     pub fn load(&self) -> BTreeMap<String, JobState> {
-        read_file(&self.file())
+        let path = self.file();
+        let Some(now) = stamp(&path) else {
+            return read_file(&path);
+        };
+        let mut cache = self.cache.lock().expect("state cache lock");
+        if let Some((at, map)) = cache.as_ref()
+            && *at == now
+        {
+            return map.clone();
+        }
+        let map = read_file(&path);
+        *cache = Some((now, map.clone()));
+        map
+    }
+
+    /// Records that a run found `job`'s applied version still current, at most once per
+    /// [`CHECKED_AT_GRANULARITY_SECS`].
+    ///
+    /// # Errors
+    /// [`StateError`] when the file cannot be written.
+    pub fn touch(&self, job: &str, now: i64) -> Result<(), StateError> {
+        match self.load().get(job) {
+            Some(st) if now - st.applied_at.max(st.checked_at) >= CHECKED_AT_GRANULARITY_SECS => {
+                let mut st = st.clone();
+                st.checked_at = now;
+                self.record(job, st)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The state of one job.
@@ -105,8 +152,11 @@ impl StateStore {
         let path = self.file();
         let mut jobs = read_file(&path);
         jobs.insert(job.to_owned(), state);
-        let body =
-            serde_json::to_vec_pretty(&StateFile { format: 1, jobs }).expect("state serialises");
+        let body = serde_json::to_vec_pretty(&StateFile {
+            format: 1,
+            jobs: jobs.clone(),
+        })
+        .expect("state serialises");
         let tmp = self
             .dir
             .join(format!(".state.json.{}.tmp", std::process::id()));
@@ -121,6 +171,8 @@ impl StateStore {
         let result = write().map_err(err(&path));
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
+        } else if let Some(at) = stamp(&path) {
+            *self.cache.lock().expect("state cache lock") = Some((at, jobs));
         }
         let _ = lock.unlock();
         result
@@ -181,6 +233,33 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn touch_rewrites_checked_at_at_most_hourly() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::new(dir.path());
+        s.record(
+            "j",
+            JobState {
+                applied_at: 1000,
+                ..st("v1")
+            },
+        )
+        .unwrap();
+        s.touch("j", 1000 + 60).unwrap();
+        assert_eq!(
+            s.get("j").unwrap().checked_at,
+            0,
+            "within the hour: no write"
+        );
+        s.touch("j", 1000 + 3600).unwrap();
+        assert_eq!(s.get("j").unwrap().checked_at, 4600);
+        s.touch("unknown", 99_999).unwrap();
+        assert!(s.get("unknown").is_none());
+        // Another process's write is seen (the cache follows the file).
+        StateStore::new(dir.path()).record("k", st("v2")).unwrap();
+        assert_eq!(s.get("k").unwrap().applied_version, "v2");
     }
 
     #[test]
