@@ -39,7 +39,7 @@ pub async fn check_config(path: &Path, online: bool, input: &dyn ConfigInput) ->
         Ok(x) => x,
         Err(code) => return code,
     };
-    println!("pre-flight against {}:", cfg.qlik.tenant_url);
+    crate::outln!("pre-flight against {}:", cfg.qlik.tenant_url);
     let mut failed = 0;
     for job in &cfg.jobs {
         for target in &job.connections {
@@ -49,13 +49,14 @@ pub async fn check_config(path: &Path, online: bool, input: &dyn ConfigInput) ->
                 job.name.clone()
             };
             match daemon::preflight(&rotator, job, target).await {
-                Ok(conn) => println!(
+                Ok(conn) => crate::outln!(
                     "  {label}: OK (connection {}, {})",
-                    conn.id, conn.datasource_id
+                    conn.id,
+                    conn.datasource_id
                 ),
                 Err(e) => {
                     failed += 1;
-                    println!("  {label}: FAILED: {e}");
+                    crate::outln!("  {label}: FAILED: {e}");
                 }
             }
         }
@@ -70,14 +71,14 @@ pub async fn check_config(path: &Path, online: bool, input: &dyn ConfigInput) ->
 fn check_offline(path: &Path, input: &dyn ConfigInput) -> ExitCode {
     match load(path, input) {
         Ok(cfg) => {
-            println!(
+            crate::outln!(
                 "{}: OK ({} job(s), {} source(s))",
                 path.display(),
                 cfg.jobs.len(),
                 cfg.sources.len()
             );
             for job in &cfg.jobs {
-                println!(
+                crate::outln!(
                     "  {}: {} via {} ({} scheme) from {}:{}{}",
                     job.name,
                     job.connections
@@ -229,7 +230,7 @@ pub async fn rotate(
             if !report.outcome.is_success() {
                 failed += 1;
             }
-            println!("{}", report.line());
+            crate::outln!("{}", report.line());
             let target = job
                 .connections
                 .iter()
@@ -286,7 +287,7 @@ pub async fn run(path: &Path, input: &dyn ConfigInput) -> ExitCode {
 /// `connectors`: the catalogue.
 pub fn connectors() -> ExitCode {
     use crate::connectors::{CATALOGUE, PropKind};
-    println!(
+    crate::outln!(
         "Connectors qlik-rotator knows (first scheme = default; `scheme = \"…\"` picks another):"
     );
     for family in CATALOGUE {
@@ -294,7 +295,7 @@ pub fn connectors() -> ExitCode {
         if family.gateway {
             ids.extend(family.ids.iter().map(|id| format!("DG_{id}")));
         }
-        println!("\n{} — {}", family.title, ids.join(", "));
+        crate::outln!("\n{} — {}", family.title, ids.join(", "));
         for scheme in family.schemes {
             let props: Vec<String> = scheme
                 .props
@@ -309,16 +310,16 @@ pub fn connectors() -> ExitCode {
                     format!("{}{kind} ← secret key \"{}\"{opt}", p.name, p.key)
                 })
                 .collect();
-            println!("  scheme {}:", scheme.name);
+            crate::outln!("  scheme {}:", scheme.name);
             for p in props {
-                println!("    {p}");
+                crate::outln!("    {p}");
             }
             for (k, v) in scheme.constants {
-                println!("    {k} = {} (fixed)", v.to_json());
+                crate::outln!("    {k} = {} (fixed)", v.to_json());
             }
         }
     }
-    println!(
+    crate::outln!(
         "\nAnything else: connector = \"generic\" with datasource and properties (see `qlik-rotator describe-connector`)."
     );
     ExitCode::SUCCESS
@@ -398,7 +399,7 @@ pub async fn describe_connector(
         }
         _ => {}
     }
-    println!(
+    crate::outln!(
         "{datasource}: {} {} — {} properties",
         specs["connectorProvider"].as_str().unwrap_or("?"),
         specs["connectorVersion"].as_str().unwrap_or(""),
@@ -411,11 +412,11 @@ pub async fn describe_connector(
         } else {
             ""
         };
-        println!("  {name:width$}  {ty:8}  {mark:11}  {desc}");
+        crate::outln!("  {name:width$}  {ty:8}  {mark:11}  {desc}");
     }
     if let Some(c) = crate::connectors::Connector::lookup(datasource) {
         let schemes: Vec<_> = c.family.schemes.iter().map(|s| s.name).collect();
-        println!(
+        crate::outln!(
             "\n{datasource} is in the catalogue: use connector = \"{datasource}\" (schemes: {}).",
             schemes.join(", ")
         );
@@ -432,25 +433,25 @@ pub async fn describe_connector(
         .map(|(n, _, _)| format!("\"{n}\""))
         .collect();
     let source = cfg.sources.keys().next().map_or("aws", String::as_str);
-    println!(
+    crate::outln!(
         "\nA job for it (check the property list; every write is checked against these api-specs):\n"
     );
-    println!("[[jobs]]");
-    println!(
+    crate::outln!("[[jobs]]");
+    crate::outln!(
         "name = \"{}\"",
         datasource
             .to_ascii_lowercase()
             .replace(|c: char| !c.is_ascii_alphanumeric(), "-")
     );
-    println!("connection = {{ id = \"<connection id>\" }}");
-    println!("connector = \"generic\"");
-    println!("datasource = \"{datasource}\"");
-    println!("properties = [{}]", text.join(", "));
+    crate::outln!("connection = {{ id = \"<connection id>\" }}");
+    crate::outln!("connector = \"generic\"");
+    crate::outln!("datasource = \"{datasource}\"");
+    crate::outln!("properties = [{}]", text.join(", "));
     if !files.is_empty() {
-        println!("file_properties = [{}]", files.join(", "));
+        crate::outln!("file_properties = [{}]", files.join(", "));
     }
-    println!("source = \"{source}\"");
-    println!(
+    crate::outln!("source = \"{source}\"");
+    crate::outln!(
         "secret = \"<secret id>\"                 # JSON keys = the property names (or map them in [jobs.fields])"
     );
     ExitCode::SUCCESS

@@ -137,7 +137,7 @@ impl Demo {
 }
 
 fn print_report(r: &Report) {
-    println!("  {}", r.line());
+    crate::outln!("  {}", r.line());
 }
 
 /// Runs the demo; exit 0 when every connection was rotated and verified.
@@ -179,13 +179,13 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
         }
     };
 
-    println!("qlik-rotator demo");
-    println!("  simulated Qlik tenant: {}", demo.sim.base_url());
-    println!(
+    crate::outln!("qlik-rotator demo");
+    crate::outln!("  simulated Qlik tenant: {}", demo.sim.base_url());
+    crate::outln!(
         "  local file vault:      {}",
         demo.dir.join("vault").display()
     );
-    println!(
+    crate::outln!(
         "  jobs: {}",
         cfg.jobs
             .iter()
@@ -194,7 +194,7 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
             .join(", ")
     );
 
-    println!(
+    crate::outln!(
         "\n1. plan: the credential-only PATCH each job would send (values masked, nothing sent)"
     );
     for job in &cfg.jobs {
@@ -210,19 +210,19 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
         for r in &reports {
             match &r.outcome {
                 Outcome::Planned(doc) => {
-                    println!(
+                    crate::outln!(
                         "  {} → PATCH /api/v1/data-connections/{}",
                         job.name,
                         r.connection_id.as_deref().unwrap_or("?")
                     );
-                    println!("    {doc}");
+                    crate::outln!("    {doc}");
                 }
                 _ => print_report(r),
             }
         }
     }
 
-    println!("\n2. rotate: fetch → PATCH → verify GET");
+    crate::outln!("\n2. rotate: fetch → PATCH → verify GET");
     demo.sim.clear_requests();
     let mut versions = HashMap::new();
     let mut verified = 0;
@@ -241,13 +241,13 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
         }
     }
 
-    println!("\n3. proof: what the tenant received and now holds");
+    crate::outln!("\n3. proof: what the tenant received and now holds");
     let requests = demo.sim.requests();
     let patches: Vec<_> = requests.iter().filter(|r| r.method == "PATCH").collect();
     let bare_arrays = patches
         .iter()
         .all(|r| serde_json::from_str::<Value>(&r.body).is_ok_and(|v| v.is_array()));
-    println!(
+    crate::outln!(
         "  {} PATCH request(s), all answered {}, every body a bare JSON Patch array: {}",
         patches.len(),
         patches
@@ -263,14 +263,14 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
     for job in &cfg.jobs {
         let ok = demo.holds_new_credentials(&job.name);
         held += usize::from(ok);
-        println!(
+        crate::outln!(
             "  {}: the tenant stores the vault's new credentials: {}",
             job.name,
             if ok { "yes" } else { "NO" }
         );
     }
 
-    println!("\n4. run again with the same secret versions (change detection)");
+    crate::outln!("\n4. run again with the same secret versions (change detection)");
     demo.sim.clear_requests();
     for job in &cfg.jobs {
         let r = rotator
@@ -284,17 +284,17 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
             .await;
         r.iter().for_each(print_report);
     }
-    println!(
+    crate::outln!(
         "  requests sent to the tenant: {}",
         demo.sim.requests().len()
     );
 
     let total = cfg.jobs.len();
-    println!(
+    crate::outln!(
         "\nResult: {verified} of {total} connection(s) rotated and verified; {held} of {total} hold the new credentials."
     );
     if verified == total && held == total {
-        println!(
+        crate::outln!(
             "Next: copy config/example.toml, point it at your tenant and vault, and run `qlik-rotator plan -c <file>`."
         );
         ExitCode::SUCCESS

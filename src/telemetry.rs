@@ -40,3 +40,26 @@ pub fn init(format: LogFormat, default_level: &str) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// Writes to stdout; when the reader has gone away (`qlik-rotator … | head`), exits quietly
+/// with status 141, as a process killed by SIGPIPE would, instead of panicking.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(141);
+    }
+}
+
+/// `println!` for command output that tolerates a closed pipe (see [`write_stdout`]).
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::telemetry::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::telemetry::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
