@@ -36,6 +36,7 @@ use qlik_rotator::{
     daemon::{self, Running},
     secrets::SecretSource,
     sim::{RecordedRequest, SeedConnection, SimConfig, Simulator},
+    state::{JobState, StateStore},
 };
 use serde_json::json;
 
@@ -192,8 +193,11 @@ fn write_vault(dir: &Path, n: usize, generation: u32) {
             "username": format!("svc_user_{i}"),
             "password": format!("new-pass-{i}-gen{generation}-{:08x}", i * 2_654_435_761 % 0xffff_ffff),
         });
-        std::fs::write(vault.join(format!("{}.json", job_name(i))), body.to_string())
-            .expect("write a vault secret");
+        std::fs::write(
+            vault.join(format!("{}.json", job_name(i))),
+            body.to_string(),
+        )
+        .expect("write a vault secret");
     }
 }
 
@@ -292,7 +296,11 @@ async fn wait_outcome(
     loop {
         let (_, text) = get(http, addr, "/metrics").await;
         let seen = since.elapsed();
-        let count = sum_metric(&text, "qlik_rotator_rotations_total", Some(("outcome", outcome)));
+        let count = sum_metric(
+            &text,
+            "qlik_rotator_rotations_total",
+            Some(("outcome", outcome)),
+        );
         if count >= n as f64 {
             return Ok((seen, text));
         }
@@ -348,16 +356,9 @@ async fn daemon_run(setup: DaemonSetup) -> Result<DaemonRun, String> {
     seed_connections(&sim, n);
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     write_vault(dir.path(), n, 1);
-    let text = config_text(
-        &sim,
-        n,
-        setup.budget,
-        setup.concurrency,
-        ConnBy::Name,
-        "",
-    );
-    let cfg = config::load_str(&text, dir.path(), &input())
-        .map_err(|e| format!("config: {:?}", e.0))?;
+    let text = config_text(&sim, n, setup.budget, setup.concurrency, ConnBy::Name, "");
+    let cfg =
+        config::load_str(&text, dir.path(), &input()).map_err(|e| format!("config: {:?}", e.0))?;
 
     let started = Instant::now();
     let running: Running = daemon::start(&cfg, &input())
@@ -499,7 +500,10 @@ async fn section_budget(args: &Args, report: &mut Report) {
         (Some(a), Some(b)) => b.at.duration_since(a.at),
         _ => Duration::ZERO,
     };
-    println!("  pre-flight (start → ready):        {}", secs(run.preflight));
+    println!(
+        "  pre-flight (start → ready):        {}",
+        secs(run.preflight)
+    );
     println!("  trigger-all → all rotated:         {}", secs(run.rotate));
     println!(
         "  accepted PATCHes:                  {} (first → last arrival {})",
@@ -528,14 +532,23 @@ async fn section_budget(args: &Args, report: &mut Report) {
              the pacing rate above is what is measured (use --connections 2500 to push past L)"
         );
     }
-    println!("  requests while rotating:           {}", by_method(&run.changed_requests));
+    println!(
+        "  requests while rotating:           {}",
+        by_method(&run.changed_requests)
+    );
     report.target(
-        format!("achieved {rate:.1} writes/min >= 0.95 x L = {:.0}", 0.95 * f64::from(l)),
+        format!(
+            "achieved {rate:.1} writes/min >= 0.95 x L = {:.0}",
+            0.95 * f64::from(l)
+        ),
         rate >= 0.95 * f64::from(l),
     );
     report.target(format!("zero 429s (saw {rejected})"), rejected == 0);
     report.target(
-        format!("writes_in_window_max {} <= L = {l}", run.writes_in_window_max),
+        format!(
+            "writes_in_window_max {} <= L = {l}",
+            run.writes_in_window_max
+        ),
         run.writes_in_window_max <= l,
     );
 }
@@ -564,8 +577,8 @@ async fn baseline(n: usize, sample: usize) -> Result<Baseline, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     write_vault(dir.path(), n, 1);
     let text = config_text(&sim, n, 0, 1, ConnBy::Name, "");
-    let cfg = config::load_str(&text, dir.path(), &input())
-        .map_err(|e| format!("config: {:?}", e.0))?;
+    let cfg =
+        config::load_str(&text, dir.path(), &input()).map_err(|e| format!("config: {:?}", e.0))?;
     let client = app::qlik_client(&cfg, &input()).map_err(|e| e.to_string())?;
     let sources = app::sources(&cfg).await;
     let progress_every = (sample / 10).max(1);
@@ -771,6 +784,12 @@ async fn section_latency(args: &Args, report: &mut Report) {
                         format!("{per:.3} calls per unchanged rotation == 0"),
                         count == 0,
                     );
+                    println!(
+                        "  an unchanged run makes no Qlik call yet costs {:.2} ms of daemon time; \
+                         the state file accounts for:",
+                        d.as_secs_f64() * 1000.0 / n as f64
+                    );
+                    state_store_cost(n);
                 }
             }
             Some(Err(e)) => {
@@ -780,6 +799,48 @@ async fn section_latency(args: &Args, report: &mut Report) {
             None => {}
         }
     }
+}
+
+/// What the daemon's state file costs per run: every run calls `StateStore::get` (read and
+/// parse the whole file) and `StateStore::record` (lock, re-read, rewrite, fsync file and
+/// directory), synchronously.
+fn state_store_cost(n: usize) {
+    let Ok(dir) = tempfile::tempdir() else {
+        return;
+    };
+    let store = StateStore::new(dir.path());
+    let entry = |i: usize| JobState {
+        connection_id: format!("{:08x}-0000-4000-8000-{i:012}", i),
+        applied_version: format!("{:064x}", i * 7919),
+        applied_at: 1_760_000_000,
+        checked_at: 1_760_000_000,
+    };
+    for i in 0..n {
+        if store.record(&job_name(i), entry(i)).is_err() {
+            println!("    (cannot write a state file in a temporary directory)");
+            return;
+        }
+    }
+    let size = std::fs::metadata(dir.path().join("state.json")).map_or(0, |m| m.len());
+    let reps = 200.min(n);
+    let t = Instant::now();
+    for i in 0..reps {
+        let _ = store.get(&job_name(i));
+    }
+    let get = t.elapsed() / reps as u32;
+    let t = Instant::now();
+    for i in 0..reps {
+        let _ = store.record(&job_name(i), entry(i));
+    }
+    let record = t.elapsed() / reps as u32;
+    println!(
+        "    state.json with {n} jobs = {} KiB; StateStore::get {:.2} ms, StateStore::record {:.2} ms \
+         (mean of {reps}, single-threaded) -> {:.2} s of blocking I/O per {n} runs",
+        size / 1024,
+        get.as_secs_f64() * 1000.0,
+        record.as_secs_f64() * 1000.0,
+        (get + record).as_secs_f64() * n as f64
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
