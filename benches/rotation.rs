@@ -847,9 +847,38 @@ fn state_store_cost(n: usize) {
 // Section 4: idle RSS of the release binary
 // ---------------------------------------------------------------------------------------------
 
-struct Idle {
+/// One idle-daemon measurement.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct IdleCase {
     jobs: usize,
+    /// Each job has the daily schedule (otherwise no cron entry at all).
     scheduled: bool,
+    /// The connections exist, so pre-flight passes and caches each connection; otherwise
+    /// every pre-flight GET is a 404 and nothing is cached.
+    preflight_ok: bool,
+    /// `MALLOC_ARENA_MAX=1` for the daemon (one glibc arena: shows allocator retention).
+    one_arena: bool,
+}
+
+impl IdleCase {
+    fn label(&self) -> String {
+        let mut parts = vec![if self.scheduled {
+            "daily"
+        } else {
+            "no schedule"
+        }];
+        if !self.preflight_ok {
+            parts.push("pre-flight 404");
+        }
+        if self.one_arena {
+            parts.push("MALLOC_ARENA_MAX=1");
+        }
+        parts.join(", ")
+    }
+}
+
+struct Idle {
+    case: IdleCase,
     ready_after: Duration,
     rss_kib: u64,
     hwm_kib: u64,
@@ -891,34 +920,50 @@ fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_qlik-rotator"))
 }
 
-async fn idle_daemon(jobs: usize, scheduled: bool) -> Result<Idle, String> {
-    let sim = Simulator::start(SimConfig::default())
-        .await
-        .map_err(|e| format!("simulator: {e}"))?;
-    let ids = seed_connections(&sim, jobs);
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir.path().join("vault")).map_err(|e| e.to_string())?;
-    let extra = if scheduled {
+/// Writes the idle config for `case` into `dir`; returns its path.
+fn idle_config(sim: &Simulator, dir: &Path, case: IdleCase) -> Result<PathBuf, String> {
+    let ids: Vec<String> = if case.preflight_ok {
+        seed_connections(sim, case.jobs)
+    } else {
+        (0..case.jobs)
+            .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+            .collect()
+    };
+    std::fs::create_dir_all(dir.join("vault")).map_err(|e| e.to_string())?;
+    let extra = if case.scheduled {
         "schedule = \"0 0 3 * * *\"\n"
     } else {
         ""
     };
-    let text = config_text(&sim, jobs, 100, 4, ConnBy::Id(&ids), extra);
-    let cfg_path = dir.path().join("config.toml");
-    std::fs::write(&cfg_path, text).map_err(|e| e.to_string())?;
+    let text = config_text(sim, case.jobs, 100, 4, ConnBy::Id(&ids), extra);
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+async fn idle_daemon(case: IdleCase) -> Result<Idle, String> {
+    let sim = Simulator::start(SimConfig::default())
+        .await
+        .map_err(|e| format!("simulator: {e}"))?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let cfg_path = idle_config(&sim, dir.path(), case)?;
     let out = std::fs::File::create(dir.path().join("stdout.log")).map_err(|e| e.to_string())?;
     let err_path = dir.path().join("stderr.log");
     let err = std::fs::File::create(&err_path).map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let mut child = Command::new(binary())
-        .args(["--log-format", "json", "run", "-c"])
+    let mut cmd = Command::new(binary());
+    cmd.args(["--log-format", "json", "run", "-c"])
         .arg(&cfg_path)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env(API_KEY_ENV, API_KEY)
         .stdin(Stdio::null())
         .stdout(out)
-        .stderr(err)
+        .stderr(err);
+    if case.one_arena {
+        cmd.env("MALLOC_ARENA_MAX", "1");
+    }
+    let mut child = cmd
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", binary().display()))?;
     let pid = child.id();
@@ -979,8 +1024,7 @@ async fn idle_daemon(jobs: usize, scheduled: bool) -> Result<Idle, String> {
     let (ready_after, st, ticks) = result?;
     // Clock ticks are 1/100 s on Linux.
     Ok(Idle {
-        jobs,
-        scheduled,
+        case,
         ready_after,
         rss_kib: st.get("VmRSS").copied().unwrap_or(0),
         hwm_kib: st.get("VmHWM").copied().unwrap_or(0),
@@ -990,6 +1034,39 @@ async fn idle_daemon(jobs: usize, scheduled: bool) -> Result<Idle, String> {
     })
 }
 
+/// Peak RSS of `qlik-rotator check-config` (load + validate only, no network) on the same
+/// config, through `/usr/bin/time` when it exists.
+async fn config_load_peak(jobs: usize) -> Option<u64> {
+    let time = Path::new("/usr/bin/time");
+    if !time.exists() {
+        return None;
+    }
+    let sim = Simulator::start(SimConfig::default()).await.ok()?;
+    let dir = tempfile::tempdir().ok()?;
+    let case = IdleCase {
+        jobs,
+        scheduled: true,
+        preflight_ok: false,
+        one_arena: false,
+    };
+    let cfg = idle_config(&sim, dir.path(), case).ok()?;
+    let out = Command::new(time)
+        .args(["-f", "maxrss=%M"])
+        .arg(binary())
+        .args(["check-config", "-c"])
+        .arg(&cfg)
+        .env_clear()
+        .env(API_KEY_ENV, API_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output()
+        .ok()?;
+    sim.shutdown().await;
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss=")?.trim().parse().ok())
+}
+
 async fn section_rss(args: &Args, report: &mut Report) {
     let n = args.rss_jobs;
     header(&format!(
@@ -997,28 +1074,52 @@ async fn section_rss(args: &Args, report: &mut Report) {
          measured 3 s after /readyz = 200"
     ));
     println!("  binary: {}", binary().display());
-    // The target case first, then a scaling series to see what the memory grows with.
-    let mut cases = vec![(n, true)];
-    for c in [(1, true), (n / 10, true), (n, false)] {
-        if c.0 > 0 && !cases.contains(&c) {
+    let target = IdleCase {
+        jobs: n,
+        scheduled: true,
+        preflight_ok: true,
+        one_arena: false,
+    };
+    // The target case first, then variants that show what the memory grows with.
+    let mut cases = vec![target];
+    for c in [
+        IdleCase { jobs: 1, ..target },
+        IdleCase {
+            jobs: n / 10,
+            ..target
+        },
+        IdleCase {
+            scheduled: false,
+            ..target
+        },
+        IdleCase {
+            preflight_ok: false,
+            ..target
+        },
+        IdleCase {
+            one_arena: true,
+            ..target
+        },
+    ] {
+        if c.jobs > 0 && !cases.contains(&c) {
             cases.push(c);
         }
     }
     let mut results = Vec::new();
-    for (jobs, scheduled) in cases {
-        eprintln!("  … idle daemon with {jobs} jobs (scheduled: {scheduled})");
-        results.push(idle_daemon(jobs, scheduled).await);
+    for case in cases {
+        eprintln!("  … idle daemon with {} jobs ({})", case.jobs, case.label());
+        results.push(idle_daemon(case).await);
     }
     println!(
-        "  {:>7}  {:>9}  {:>10}  {:>10}  {:>7}  {:>14}  {:>8}  exit",
-        "jobs", "schedule", "VmRSS MiB", "VmHWM MiB", "threads", "idle CPU (3 s)", "ready"
+        "  {:>7}  {:<36}  {:>9}  {:>9}  {:>7}  {:>8}  {:>7}  exit",
+        "jobs", "variant", "VmRSS MiB", "VmHWM MiB", "threads", "idle CPU", "ready"
     );
     for r in &results {
         match r {
             Ok(i) => println!(
-                "  {:>7}  {:>9}  {:>10.1}  {:>10.1}  {:>7}  {:>11} ms  {:>8}  {}",
-                i.jobs,
-                if i.scheduled { "daily" } else { "none" },
+                "  {:>7}  {:<36}  {:>9.1}  {:>9.1}  {:>7}  {:>5} ms  {:>7}  {}",
+                i.case.jobs,
+                i.case.label(),
                 i.rss_kib as f64 / 1024.0,
                 i.hwm_kib as f64 / 1024.0,
                 i.threads,
@@ -1030,21 +1131,49 @@ async fn section_rss(args: &Args, report: &mut Report) {
         }
     }
     let ok: Vec<&Idle> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-    if let (Some(small), Some(big)) = (
-        ok.iter().find(|i| i.jobs == 1 && i.scheduled),
-        ok.iter().find(|i| i.jobs == n && i.scheduled),
-    ) && n > 1
-    {
-        let per_job = (big.rss_kib as f64 - small.rss_kib as f64) * 1024.0 / (n - 1) as f64;
-        println!("  RSS slope: {per_job:.0} bytes per scheduled job (1 → {n} jobs)");
-        if let Some(unsched) = ok.iter().find(|i| i.jobs == n && !i.scheduled) {
-            let cron = (big.rss_kib as f64 - unsched.rss_kib as f64) * 1024.0 / n as f64;
+    let find = |c: IdleCase| ok.iter().find(|i| i.case == c).map(|i| i.rss_kib as f64);
+    let per_job = |a: f64, b: f64| (a - b) * 1024.0 / n as f64;
+    if let (Some(big), Some(small)) = (find(target), find(IdleCase { jobs: 1, ..target })) {
+        println!(
+            "  RSS slope: {:.0} bytes per job (1 → {n} jobs); broken down by variant:",
+            per_job(big, small)
+        );
+        if let Some(v) = find(IdleCase {
+            scheduled: false,
+            ..target
+        }) {
             println!(
-                "  of which the cron schedule (tokio-cron-scheduler entry): {cron:.0} bytes per job"
+                "    cron entry (tokio-cron-scheduler):              {:>6.0} bytes per job",
+                per_job(big, v)
+            );
+        }
+        if let Some(v) = find(IdleCase {
+            preflight_ok: false,
+            ..target
+        }) {
+            println!(
+                "    pre-flight (cached connection + its GET):      {:>6.0} bytes per job",
+                per_job(big, v)
+            );
+        }
+        if let Some(v) = find(IdleCase {
+            one_arena: true,
+            ..target
+        }) {
+            println!(
+                "    extra glibc arenas (vs MALLOC_ARENA_MAX=1):    {:>6.0} bytes per job",
+                per_job(big, v)
             );
         }
     }
-    match ok.iter().find(|i| i.jobs == n && i.scheduled) {
+    match config_load_peak(n).await {
+        Some(peak) => println!(
+            "  `check-config` on the same {n}-job file (load + validate only): peak RSS {:.1} MiB",
+            peak as f64 / 1024.0
+        ),
+        None => println!("  (no /usr/bin/time: config-load peak not measured)"),
+    }
+    match ok.iter().find(|i| i.case == target) {
         Some(i) => report.target(
             format!(
                 "idle VmRSS {:.1} MiB <= 30 MiB with {n} jobs",
