@@ -1,0 +1,1242 @@
+//! Rotation benchmark: prints numbers and PASS/MISS per target; asserts nothing.
+//!
+//! Run with `cargo bench --bench rotation -- [ARGS]` or `scripts/bench.sh [ARGS]`:
+//!
+//! ```text
+//! --connections N       connections in sections 1-3 (default 1000)
+//! --baseline-sample K   connections the sequential baseline really rotates; the rest is
+//!                       extrapolated linearly (default 100; K = N runs it in full, ~5 min)
+//! --rss-jobs N          jobs of the idle-RSS daemon (default 10000)
+//! --only SECTION        budget | latency | calls | rss (repeatable or comma-separated)
+//! ```
+//!
+//! Sections:
+//! 1. `budget`: shared write budget against a simulator write limit of 1200/min.
+//! 2. `latency`: 100 ms simulated latency, daemon vs a sequential GET → PATCH → GET loop.
+//! 3. `calls`: Qlik requests per changed and per unchanged rotation.
+//! 4. `rss`: idle RSS of the release binary with 10,000 scheduled jobs.
+//!
+//! Everything runs on loopback: an in-process Qlik simulator, a file vault in a temporary
+//! directory and, for sections 1-3, an in-process daemon (`daemon::start`); section 4 spawns
+//! the real binary. Every wait is bounded.
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use qlik_rotator::{
+    app, config,
+    config::ConnectionRef,
+    connectors::{self, BuildSpec},
+    daemon::{self, Running},
+    secrets::SecretSource,
+    sim::{RecordedRequest, SeedConnection, SimConfig, Simulator},
+    state::{JobState, StateStore},
+};
+use serde_json::json;
+
+const API_KEY: &str = "sim-api-key";
+const API_KEY_ENV: &str = "QLIK_API_KEY";
+const WRITE_LIMIT: u32 = 1200;
+const LATENCY: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(100);
+const SPACE: &str = "bench";
+
+// ---------------------------------------------------------------------------------------------
+// Arguments
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Args {
+    connections: usize,
+    baseline_sample: usize,
+    rss_jobs: usize,
+    only: Vec<String>,
+}
+
+const SECTIONS: [&str; 4] = ["budget", "latency", "calls", "rss"];
+
+impl Args {
+    fn parse() -> Result<Args, String> {
+        let mut args = Args {
+            connections: 1000,
+            baseline_sample: 100,
+            rss_jobs: 10_000,
+            only: Vec::new(),
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(a) = it.next() {
+            let (key, inline) = match a.split_once('=') {
+                Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                None => (a.clone(), None),
+            };
+            let mut value = |name: &str| {
+                inline
+                    .clone()
+                    .or_else(|| it.next())
+                    .ok_or_else(|| format!("{name} needs a value"))
+            };
+            let number = |name: &str, v: String| {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("{name}: expected a positive integer, got {v:?}"))
+            };
+            match key.as_str() {
+                "--connections" => args.connections = number(&key, value(&key)?)?,
+                "--baseline-sample" => args.baseline_sample = number(&key, value(&key)?)?,
+                "--rss-jobs" => args.rss_jobs = number(&key, value(&key)?)?,
+                "--only" => {
+                    for s in value(&key)?.split(',').map(str::trim) {
+                        if !SECTIONS.contains(&s) {
+                            return Err(format!("--only: unknown section {s:?} ({SECTIONS:?})"));
+                        }
+                        args.only.push(s.to_owned());
+                    }
+                }
+                // `cargo bench` passes `--bench`; ignore it and other libtest-style flags.
+                "--bench" | "--nocapture" | "--quiet" | "-q" => {}
+                "-h" | "--help" => {
+                    return Err(
+                        "usage: rotation [--connections N] [--baseline-sample K] [--rss-jobs N] \
+                         [--only budget|latency|calls|rss]"
+                            .to_owned(),
+                    );
+                }
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        args.baseline_sample = args.baseline_sample.min(args.connections);
+        Ok(args)
+    }
+
+    fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Report {
+    targets: Vec<(String, bool)>,
+}
+
+impl Report {
+    fn target(&mut self, what: impl Into<String>, ok: bool) {
+        let what = what.into();
+        println!("  [{}] {what}", if ok { "PASS" } else { "MISS" });
+        self.targets.push((what, ok));
+    }
+}
+
+fn header(title: &str) {
+    println!();
+    println!("== {title} ==");
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixture: simulator connections, vault files and config text
+// ---------------------------------------------------------------------------------------------
+
+fn input() -> HashMap<String, String> {
+    HashMap::from([(API_KEY_ENV.to_owned(), API_KEY.to_owned())])
+}
+
+fn job_name(i: usize) -> String {
+    format!("conn-{i:05}")
+}
+
+fn conn_name(i: usize) -> String {
+    format!("Bench SQL {i:05}")
+}
+
+/// Seeds `n` SQL Server connections (space `bench`); returns their ids.
+fn seed_connections(sim: &Simulator, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            sim.add_connection(
+                SeedConnection::new(
+                    conn_name(i),
+                    "mssql",
+                    json!({
+                        "host": format!("sql{}.internal", i % 16),
+                        "port": 1433,
+                        "database": format!("db{i}"),
+                        "username": format!("old_user_{i}"),
+                        "password": format!("old-pass-{i}"),
+                    }),
+                )
+                .in_space(SPACE),
+            )
+        })
+        .collect()
+}
+
+/// One JSON secret per connection: `<dir>/vault/bench/conn-NNNNN.json`.
+fn write_vault(dir: &Path, n: usize, generation: u32) {
+    let vault = dir.join("vault").join("bench");
+    std::fs::create_dir_all(&vault).expect("create the vault directory");
+    for i in 0..n {
+        let body = json!({
+            "username": format!("svc_user_{i}"),
+            "password": format!("new-pass-{i}-gen{generation}-{:08x}", i * 2_654_435_761 % 0xffff_ffff),
+        });
+        std::fs::write(
+            vault.join(format!("{}.json", job_name(i))),
+            body.to_string(),
+        )
+        .expect("write a vault secret");
+    }
+}
+
+#[derive(Clone, Copy)]
+enum ConnBy<'a> {
+    Name,
+    Id(&'a [String]),
+}
+
+/// The TOML config: `n` jobs over the file vault, `job_extra` appended to each job.
+fn config_text(
+    sim: &Simulator,
+    n: usize,
+    budget: u32,
+    concurrency: usize,
+    by: ConnBy<'_>,
+    job_extra: &str,
+) -> String {
+    let mut s = format!(
+        "[qlik]\ntenant_url = \"{url}\"\napi_key_env = \"{API_KEY_ENV}\"\n\
+         write_budget_per_min = {budget}\n\n\
+         [sources.v]\ntype = \"file\"\npath = \"vault\"\n\n\
+         [daemon]\nstate_dir = \"state\"\nmax_concurrent_rotations = {concurrency}\n\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
+        url = sim.base_url()
+    );
+    for i in 0..n {
+        let connection = match by {
+            ConnBy::Name => format!("{{ name = \"{}\", space = \"{SPACE}\" }}", conn_name(i)),
+            ConnBy::Id(ids) => format!("{{ id = \"{}\" }}", ids[i]),
+        };
+        let _ = write!(
+            s,
+            "\n[[jobs]]\nname = \"{job}\"\nconnection = {connection}\nconnector = \"mssql\"\n\
+             source = \"v\"\nsecret = \"bench/{job}\"\n{job_extra}",
+            job = job_name(i)
+        );
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics scraping
+// ---------------------------------------------------------------------------------------------
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client")
+}
+
+async fn get(http: &reqwest::Client, addr: SocketAddr, path: &str) -> (u16, String) {
+    match http.get(format!("http://{addr}{path}")).send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// Sum of every sample of `name` that carries `label="value"`.
+fn sum_metric(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let needle = label.map(|(k, v)| format!("{k}=\"{v}\""));
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter(|l| needle.as_ref().is_none_or(|n| l.contains(n.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn outcomes(text: &str) -> String {
+    ["rotated", "unchanged", "failed", "verify_failed"]
+        .iter()
+        .map(|o| {
+            let v = sum_metric(text, "qlik_rotator_rotations_total", Some(("outcome", o)));
+            format!("{o}={v}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Polls `/metrics` every [`POLL`] until `outcome` reaches `n` in total (or a run ends
+/// otherwise, or `timeout`). Returns the time it was first seen and the last scrape.
+async fn wait_outcome(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    outcome: &str,
+    n: usize,
+    since: Instant,
+    timeout: Duration,
+) -> Result<(Duration, String), String> {
+    loop {
+        let (_, text) = get(http, addr, "/metrics").await;
+        let seen = since.elapsed();
+        let count = sum_metric(
+            &text,
+            "qlik_rotator_rotations_total",
+            Some(("outcome", outcome)),
+        );
+        if count >= n as f64 {
+            return Ok((seen, text));
+        }
+        let finished_otherwise = ["failed", "verify_failed"]
+            .iter()
+            .map(|o| sum_metric(&text, "qlik_rotator_rotations_total", Some(("outcome", o))))
+            .sum::<f64>();
+        if finished_otherwise > 0.0 && count + finished_otherwise >= n as f64 {
+            return Err(format!("runs ended without {outcome}: {}", outcomes(&text)));
+        }
+        if seen > timeout {
+            return Err(format!(
+                "timed out after {} waiting for {n} x {outcome}: {}",
+                secs(seen),
+                outcomes(&text)
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// An in-process daemon run: pre-flight, trigger all (changed), optionally trigger all again
+// (unchanged)
+// ---------------------------------------------------------------------------------------------
+
+struct DaemonRun {
+    preflight: Duration,
+    rotate: Duration,
+    /// Simulator requests from the first trigger until all jobs rotated.
+    changed_requests: Vec<RecordedRequest>,
+    /// Unchanged phase: duration and the requests it made.
+    unchanged: Option<(Duration, Vec<RecordedRequest>)>,
+    writes_in_window_max: u32,
+    rate_limited_metric: f64,
+    scrape: (usize, Duration),
+}
+
+struct DaemonSetup {
+    n: usize,
+    sim: SimConfig,
+    budget: u32,
+    concurrency: usize,
+    unchanged_phase: bool,
+    timeout: Duration,
+}
+
+async fn daemon_run(setup: DaemonSetup) -> Result<DaemonRun, String> {
+    let n = setup.n;
+    let sim = Simulator::start(setup.sim)
+        .await
+        .map_err(|e| format!("simulator: {e}"))?;
+    seed_connections(&sim, n);
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    write_vault(dir.path(), n, 1);
+    let text = config_text(&sim, n, setup.budget, setup.concurrency, ConnBy::Name, "");
+    let cfg =
+        config::load_str(&text, dir.path(), &input()).map_err(|e| format!("config: {:?}", e.0))?;
+
+    let started = Instant::now();
+    let running: Running = daemon::start(&cfg, &input())
+        .await
+        .map_err(|e| format!("daemon start: {e}"))?;
+    let preflight = started.elapsed();
+    let http = http();
+    let (ready, _) = get(&http, running.addr, "/readyz").await;
+    if ready != 200 {
+        return Err(format!("/readyz answered {ready} after start"));
+    }
+    let text = get(&http, running.addr, "/metrics").await.1;
+    let ok = sum_metric(&text, "qlik_rotator_job_preflight_ok", None);
+    if ok < n as f64 {
+        return Err(format!("only {ok} of {n} jobs passed pre-flight"));
+    }
+
+    // Changed secrets: every job rotates.
+    sim.clear_requests();
+    let t0 = Instant::now();
+    for i in 0..n {
+        running.daemon.trigger(&job_name(i), false, false);
+    }
+    let result = wait_outcome(&http, running.addr, "rotated", n, t0, setup.timeout).await;
+    let (rotate, text) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            running.shutdown().await;
+            return Err(e);
+        }
+    };
+    let changed_requests = sim.requests();
+    let rate_limited_metric = sum_metric(&text, "qlik_rotator_rate_limited_total", None);
+    let scrape_started = Instant::now();
+    let scrape_len = get(&http, running.addr, "/metrics").await.1.len();
+    let scrape = (scrape_len, scrape_started.elapsed());
+
+    // Unchanged secrets: every job reads its secret and stops.
+    let unchanged = if setup.unchanged_phase {
+        sim.clear_requests();
+        let t1 = Instant::now();
+        for i in 0..n {
+            running.daemon.trigger(&job_name(i), false, false);
+        }
+        match wait_outcome(&http, running.addr, "unchanged", n, t1, setup.timeout).await {
+            Ok((d, _)) => Some((d, sim.requests())),
+            Err(e) => {
+                running.shutdown().await;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    let writes_in_window_max = sim.writes_in_window_max();
+    if !running.shutdown().await {
+        eprintln!("warning: the daemon did not shut down within its grace period");
+    }
+    sim.shutdown().await;
+    Ok(DaemonRun {
+        preflight,
+        rotate,
+        changed_requests,
+        unchanged,
+        writes_in_window_max,
+        rate_limited_metric,
+        scrape,
+    })
+}
+
+fn not_token(r: &&RecordedRequest) -> bool {
+    r.path != "/oauth/token"
+}
+
+fn by_method(reqs: &[RecordedRequest]) -> String {
+    let mut m: std::collections::BTreeMap<(String, u16), usize> = Default::default();
+    for r in reqs.iter().filter(not_token) {
+        *m.entry((r.method.clone(), r.status)).or_default() += 1;
+    }
+    if m.is_empty() {
+        return "none".to_owned();
+    }
+    m.iter()
+        .map(|((method, status), c)| format!("{method} {status}: {c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 1: write budget
+// ---------------------------------------------------------------------------------------------
+
+async fn section_budget(args: &Args, report: &mut Report) {
+    let n = args.connections;
+    let l = WRITE_LIMIT;
+    header(&format!(
+        "1. Write budget: {n} connections, simulator limit L = {l} writes / 60 s, \
+         write_budget_per_min = {l}, max_concurrent_rotations = 64"
+    ));
+    let run = daemon_run(DaemonSetup {
+        n,
+        sim: SimConfig {
+            write_limit_per_min: Some(l),
+            ..SimConfig::default()
+        },
+        budget: l,
+        concurrency: 64,
+        unchanged_phase: false,
+        // The gate spaces writes 51 ms apart: 1000 writes need ~51 s.
+        timeout: Duration::from_secs(60 + (n as u64 * 60) / u64::from(l) * 2),
+    })
+    .await;
+    let run = match run {
+        Ok(r) => r,
+        Err(e) => {
+            println!("  error: {e}");
+            report.target("write budget section completed", false);
+            return;
+        }
+    };
+    let patches: Vec<&RecordedRequest> = run
+        .changed_requests
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.status == 204)
+        .collect();
+    let rejected = run
+        .changed_requests
+        .iter()
+        .filter(|r| r.status == 429)
+        .count();
+    let rate = match (patches.first(), patches.last()) {
+        (Some(a), Some(b)) if patches.len() > 1 => {
+            let span = b.at.duration_since(a.at).as_secs_f64();
+            (patches.len() - 1) as f64 * 60.0 / span
+        }
+        _ => 0.0,
+    };
+    let span = match (patches.first(), patches.last()) {
+        (Some(a), Some(b)) => b.at.duration_since(a.at),
+        _ => Duration::ZERO,
+    };
+    println!(
+        "  pre-flight (start → ready):        {}",
+        secs(run.preflight)
+    );
+    println!("  trigger-all → all rotated:         {}", secs(run.rotate));
+    println!(
+        "  accepted PATCHes:                  {} (first → last arrival {})",
+        patches.len(),
+        secs(span)
+    );
+    println!(
+        "  achieved write rate:               {rate:.1} writes/min = {:.3} x L",
+        rate / f64::from(l)
+    );
+    println!(
+        "  (the gate's ceiling is L / 1.02 = {:.1}/min = 0.980 x L: 2% safety margin)",
+        f64::from(l) / 1.02
+    );
+    println!(
+        "  429 answers:                       {rejected} (daemon rate_limited_total = {})",
+        run.rate_limited_metric
+    );
+    println!(
+        "  writes_in_window_max():            {} (L = {l})",
+        run.writes_in_window_max
+    );
+    if n < l as usize {
+        println!(
+            "  note: {n} writes < L, so the simulator's 60 s window can never fill in this run; \
+             the pacing rate above is what is measured (use --connections 2500 to push past L)"
+        );
+    }
+    println!(
+        "  requests while rotating:           {}",
+        by_method(&run.changed_requests)
+    );
+    report.target(
+        format!(
+            "achieved {rate:.1} writes/min >= 0.95 x L = {:.0}",
+            0.95 * f64::from(l)
+        ),
+        rate >= 0.95 * f64::from(l),
+    );
+    report.target(format!("zero 429s (saw {rejected})"), rejected == 0);
+    report.target(
+        format!(
+            "writes_in_window_max {} <= L = {l}",
+            run.writes_in_window_max
+        ),
+        run.writes_in_window_max <= l,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 2 (+3): latency speedup and calls per rotation
+// ---------------------------------------------------------------------------------------------
+
+struct Baseline {
+    sample: usize,
+    elapsed: Duration,
+    failures: usize,
+    requests: usize,
+}
+
+/// The sequential loop: fetch secret → GET by name → PATCH → GET (+ verify), one connection
+/// after another, with the project's `QlikClient`.
+async fn baseline(n: usize, sample: usize) -> Result<Baseline, String> {
+    let sim = Simulator::start(SimConfig {
+        latency: LATENCY,
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(|e| format!("simulator: {e}"))?;
+    seed_connections(&sim, n);
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    write_vault(dir.path(), n, 1);
+    let text = config_text(&sim, n, 0, 1, ConnBy::Name, "");
+    let cfg =
+        config::load_str(&text, dir.path(), &input()).map_err(|e| format!("config: {:?}", e.0))?;
+    let client = app::qlik_client(&cfg, &input()).map_err(|e| e.to_string())?;
+    let sources = app::sources(&cfg).await;
+    let progress_every = (sample / 10).max(1);
+    let started = Instant::now();
+    let mut failures = 0;
+    for (k, job) in cfg.jobs.iter().take(sample).enumerate() {
+        let one = async {
+            let secret = sources[&job.source]
+                .fetch(&job.secret)
+                .await
+                .map_err(|e| e.to_string())?;
+            let ConnectionRef::Name { name, space } = &job.connection else {
+                return Err("expected a name-based job".to_owned());
+            };
+            let before = client
+                .find_connection(name, space.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            let spec = BuildSpec {
+                connector: job.connector.clone(),
+                scheme: job.scheme,
+                fields: job.fields.clone(),
+            };
+            let plan = connectors::build(&before, &spec, &secret).map_err(|e| e.to_string())?;
+            client
+                .patch_connection(&before.id, &plan.doc)
+                .await
+                .map_err(|e| e.to_string())?;
+            let after = client
+                .get_connection(&before.id)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mismatches = connectors::verify(&before, &after, &plan.expect);
+            if mismatches.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("verify: {mismatches:?}"))
+            }
+        };
+        if let Err(e) = one.await {
+            failures += 1;
+            eprintln!("baseline {}: {e}", job.name);
+        }
+        if (k + 1) % progress_every == 0 {
+            eprintln!(
+                "  … baseline {}/{sample} in {}",
+                k + 1,
+                secs(started.elapsed())
+            );
+        }
+    }
+    let elapsed = started.elapsed();
+    let requests = sim.requests().iter().filter(not_token).count();
+    sim.shutdown().await;
+    Ok(Baseline {
+        sample,
+        elapsed,
+        failures,
+        requests,
+    })
+}
+
+async fn section_latency(args: &Args, report: &mut Report) {
+    let n = args.connections;
+    let with_latency = args.wants("latency");
+    let with_calls = args.wants("calls");
+    if with_latency {
+        header(&format!(
+            "2. Latency speedup: {n} connections, simulator latency {} ms, no limits, \
+             write_budget_per_min = 0",
+            LATENCY.as_millis()
+        ));
+    }
+    let concurrencies: &[usize] = if with_latency { &[64, 128] } else { &[64] };
+    let mut runs = Vec::new();
+    for &c in concurrencies {
+        eprintln!("  … daemon run, max_concurrent_rotations = {c}");
+        let run = daemon_run(DaemonSetup {
+            n,
+            sim: SimConfig {
+                latency: LATENCY,
+                ..SimConfig::default()
+            },
+            budget: 0,
+            concurrency: c,
+            unchanged_phase: c == 64 && with_calls,
+            timeout: Duration::from_secs(300),
+        })
+        .await;
+        runs.push((c, run));
+    }
+
+    if with_latency {
+        eprintln!(
+            "  … sequential baseline on {} of {n} connections",
+            args.baseline_sample
+        );
+        let base = baseline(n, args.baseline_sample).await;
+        for (c, run) in &runs {
+            match run {
+                Ok(r) => {
+                    println!("  daemon, max_concurrent_rotations = {c}:");
+                    println!(
+                        "    pre-flight (one-time start cost, {n} GETs by name): {}",
+                        secs(r.preflight)
+                    );
+                    println!(
+                        "    trigger-all → all {n} rotated:                      {} \
+                         ({:.0} rotations/s; /metrics polled every {} ms)",
+                        secs(r.rotate),
+                        n as f64 / r.rotate.as_secs_f64(),
+                        POLL.as_millis()
+                    );
+                    println!(
+                        "    /metrics scrape with {n} jobs:                       {} KiB in {:.1} ms",
+                        r.scrape.0 / 1024,
+                        r.scrape.1.as_secs_f64() * 1000.0
+                    );
+                }
+                Err(e) => println!("  daemon, max_concurrent_rotations = {c}: error: {e}"),
+            }
+        }
+        match base {
+            Ok(b) => {
+                let per = b.elapsed.as_secs_f64() / b.sample as f64;
+                let full = per * n as f64;
+                let kind = if b.sample == n {
+                    "measured in full".to_owned()
+                } else {
+                    format!(
+                        "EXTRAPOLATED linearly from {} of {n} connections \
+                         (run --baseline-sample {n} for the full loop)",
+                        b.sample
+                    )
+                };
+                println!(
+                    "  sequential baseline (fetch → GET by name → PATCH → GET → verify, one at a time):"
+                );
+                println!(
+                    "    {} connections in {} = {:.1} ms each; {} requests; {} failures",
+                    b.sample,
+                    secs(b.elapsed),
+                    per * 1000.0,
+                    b.requests,
+                    b.failures
+                );
+                println!("    for {n} connections: {full:.1} s ({kind})");
+                for (c, run) in &runs {
+                    if let Ok(r) = run {
+                        let speedup = full / r.rotate.as_secs_f64();
+                        let with_pf = full / (r.rotate + r.preflight).as_secs_f64();
+                        println!(
+                            "    speedup at {c}: {speedup:.1}x (including pre-flight: {with_pf:.1}x)"
+                        );
+                        report.target(
+                            format!("daemon at concurrency {c} >= 20x faster than sequential ({speedup:.1}x)"),
+                            speedup >= 20.0,
+                        );
+                    } else {
+                        report.target(format!("daemon at concurrency {c} completed"), false);
+                    }
+                }
+                if b.failures > 0 {
+                    report.target(format!("baseline without failures ({})", b.failures), false);
+                }
+            }
+            Err(e) => {
+                println!("  baseline error: {e}");
+                report.target("baseline completed", false);
+            }
+        }
+    }
+
+    if with_calls {
+        header(&format!(
+            "3. Calls per rotation ({n} connections, the concurrency-64 run above, \
+             /oauth/token excluded)"
+        ));
+        match runs.iter().find(|(c, _)| *c == 64).map(|(_, r)| r) {
+            Some(Ok(r)) => {
+                let changed = r.changed_requests.iter().filter(not_token).count();
+                let per = changed as f64 / n as f64;
+                println!(
+                    "  changed secrets:   {changed} requests / {n} rotations = {per:.3} per rotation"
+                );
+                println!("                     {}", by_method(&r.changed_requests));
+                report.target(
+                    format!("{per:.3} calls per changed rotation == 2 (PATCH + verify GET)"),
+                    changed == 2 * n,
+                );
+                if let Some((d, reqs)) = &r.unchanged {
+                    let count = reqs.iter().filter(not_token).count();
+                    let per = count as f64 / n as f64;
+                    println!(
+                        "  unchanged secrets: {count} requests / {n} runs = {per:.3} per run \
+                         (trigger-all → all unchanged: {})",
+                        secs(*d)
+                    );
+                    if count > 0 {
+                        println!("                     {}", by_method(reqs));
+                    }
+                    report.target(
+                        format!("{per:.3} calls per unchanged rotation == 0"),
+                        count == 0,
+                    );
+                    println!(
+                        "  an unchanged run makes no Qlik call yet costs {:.2} ms of daemon time; \
+                         the state file accounts for:",
+                        d.as_secs_f64() * 1000.0 / n as f64
+                    );
+                    state_store_cost(n);
+                }
+            }
+            Some(Err(e)) => {
+                println!("  error: {e}");
+                report.target("calls section completed", false);
+            }
+            None => {}
+        }
+    }
+}
+
+/// What the daemon's state file costs per run: every run calls `StateStore::get` (read and
+/// parse the whole file) and `StateStore::record` (lock, re-read, rewrite, fsync file and
+/// directory), synchronously.
+fn state_store_cost(n: usize) {
+    let Ok(dir) = tempfile::tempdir() else {
+        return;
+    };
+    let store = StateStore::new(dir.path());
+    let entry = |i: usize| JobState {
+        connection_id: format!("{:08x}-0000-4000-8000-{i:012}", i),
+        applied_version: format!("{:064x}", i * 7919),
+        applied_at: 1_760_000_000,
+        checked_at: 1_760_000_000,
+    };
+    for i in 0..n {
+        if store.record(&job_name(i), entry(i)).is_err() {
+            println!("    (cannot write a state file in a temporary directory)");
+            return;
+        }
+    }
+    let size = std::fs::metadata(dir.path().join("state.json")).map_or(0, |m| m.len());
+    let reps = 200.min(n);
+    let t = Instant::now();
+    for i in 0..reps {
+        let _ = store.get(&job_name(i));
+    }
+    let get = t.elapsed() / reps as u32;
+    let t = Instant::now();
+    for i in 0..reps {
+        let _ = store.record(&job_name(i), entry(i));
+    }
+    let record = t.elapsed() / reps as u32;
+    println!(
+        "    state.json with {n} jobs = {} KiB; StateStore::get {:.2} ms, StateStore::record {:.2} ms \
+         (mean of {reps}, single-threaded) -> {:.2} s of blocking I/O per {n} runs",
+        size / 1024,
+        get.as_secs_f64() * 1000.0,
+        record.as_secs_f64() * 1000.0,
+        (get + record).as_secs_f64() * n as f64
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 4: idle RSS of the release binary
+// ---------------------------------------------------------------------------------------------
+
+/// One idle-daemon measurement.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct IdleCase {
+    jobs: usize,
+    /// Each job has the daily schedule (otherwise no cron entry at all).
+    scheduled: bool,
+    /// The connections exist, so pre-flight passes and caches each connection; otherwise
+    /// every pre-flight GET is a 404 and nothing is cached.
+    preflight_ok: bool,
+    /// `MALLOC_ARENA_MAX=1` for the daemon (one glibc arena: shows allocator retention).
+    one_arena: bool,
+}
+
+impl IdleCase {
+    fn label(&self) -> String {
+        let mut parts = vec![if self.scheduled {
+            "daily"
+        } else {
+            "no schedule"
+        }];
+        if !self.preflight_ok {
+            parts.push("pre-flight 404");
+        }
+        if self.one_arena {
+            parts.push("MALLOC_ARENA_MAX=1");
+        }
+        parts.join(", ")
+    }
+}
+
+struct Idle {
+    case: IdleCase,
+    ready_after: Duration,
+    rss_kib: u64,
+    hwm_kib: u64,
+    threads: u64,
+    cpu_ms_idle: u64,
+    exit: String,
+}
+
+fn proc_status(pid: u32) -> HashMap<String, u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let n = v.split_whitespace().next()?.parse().ok()?;
+            Some((k.to_owned(), n))
+        })
+        .collect()
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+fn find_listen_addr(stderr: &Path) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(stderr).ok()?;
+    text.lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        v.get("addr")?.as_str()?.parse().ok()
+    })
+}
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_qlik-rotator"))
+}
+
+/// Writes the idle config for `case` into `dir`; returns its path.
+fn idle_config(sim: &Simulator, dir: &Path, case: IdleCase) -> Result<PathBuf, String> {
+    let ids: Vec<String> = if case.preflight_ok {
+        seed_connections(sim, case.jobs)
+    } else {
+        (0..case.jobs)
+            .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+            .collect()
+    };
+    std::fs::create_dir_all(dir.join("vault")).map_err(|e| e.to_string())?;
+    let extra = if case.scheduled {
+        "schedule = \"0 0 3 * * *\"\n"
+    } else {
+        ""
+    };
+    let text = config_text(sim, case.jobs, 100, 4, ConnBy::Id(&ids), extra);
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+async fn idle_daemon(case: IdleCase) -> Result<Idle, String> {
+    let sim = Simulator::start(SimConfig::default())
+        .await
+        .map_err(|e| format!("simulator: {e}"))?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let cfg_path = idle_config(&sim, dir.path(), case)?;
+    let out = std::fs::File::create(dir.path().join("stdout.log")).map_err(|e| e.to_string())?;
+    let err_path = dir.path().join("stderr.log");
+    let err = std::fs::File::create(&err_path).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut cmd = Command::new(binary());
+    cmd.args(["--log-format", "json", "run", "-c"])
+        .arg(&cfg_path)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(API_KEY_ENV, API_KEY)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    if case.one_arena {
+        cmd.env("MALLOC_ARENA_MAX", "1");
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", binary().display()))?;
+    let pid = child.id();
+    let http = http();
+    let result = async {
+        let deadline = Duration::from_secs(180);
+        let addr = loop {
+            if let Some(a) = find_listen_addr(&err_path) {
+                break a;
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(format!("exited early: {st}"));
+            }
+            if started.elapsed() > deadline {
+                return Err("no listen address logged".to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        loop {
+            if get(&http, addr, "/readyz").await.0 == 200 {
+                break;
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(format!("exited early: {st}"));
+            }
+            if started.elapsed() > deadline {
+                return Err("/readyz never answered 200".to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ready_after = started.elapsed();
+        let cpu0 = cpu_ticks(pid);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let cpu1 = cpu_ticks(pid);
+        let st = proc_status(pid);
+        Ok((ready_after, st, cpu1.saturating_sub(cpu0)))
+    }
+    .await;
+    // SIGTERM, then wait (bounded) for a clean exit.
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let stop = Instant::now();
+    let exit = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break format!("{st} after {}", secs(stop.elapsed())),
+            Ok(None) if stop.elapsed() < Duration::from_secs(40) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break "killed (no exit within 40 s of SIGTERM)".to_owned();
+            }
+        }
+    };
+    sim.shutdown().await;
+    let (ready_after, st, ticks) = result?;
+    // Clock ticks are 1/100 s on Linux.
+    Ok(Idle {
+        case,
+        ready_after,
+        rss_kib: st.get("VmRSS").copied().unwrap_or(0),
+        hwm_kib: st.get("VmHWM").copied().unwrap_or(0),
+        threads: st.get("Threads").copied().unwrap_or(0),
+        cpu_ms_idle: ticks * 10,
+        exit,
+    })
+}
+
+/// Peak RSS of `qlik-rotator check-config` (load + validate only, no network) on the same
+/// config, through `/usr/bin/time` when it exists.
+async fn config_load_peak(jobs: usize) -> Option<u64> {
+    let time = Path::new("/usr/bin/time");
+    if !time.exists() {
+        return None;
+    }
+    let sim = Simulator::start(SimConfig::default()).await.ok()?;
+    let dir = tempfile::tempdir().ok()?;
+    let case = IdleCase {
+        jobs,
+        scheduled: true,
+        preflight_ok: false,
+        one_arena: false,
+    };
+    let cfg = idle_config(&sim, dir.path(), case).ok()?;
+    let out = Command::new(time)
+        .args(["-f", "maxrss=%M"])
+        .arg(binary())
+        .args(["check-config", "-c"])
+        .arg(&cfg)
+        .env_clear()
+        .env(API_KEY_ENV, API_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output()
+        .ok()?;
+    sim.shutdown().await;
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss=")?.trim().parse().ok())
+}
+
+async fn section_rss(args: &Args, report: &mut Report) {
+    let n = args.rss_jobs;
+    header(&format!(
+        "4. Idle RSS of the release binary with {n} jobs (daily schedule \"0 0 3 * * *\"), \
+         measured 3 s after /readyz = 200"
+    ));
+    println!("  binary: {}", binary().display());
+    let target = IdleCase {
+        jobs: n,
+        scheduled: true,
+        preflight_ok: true,
+        one_arena: false,
+    };
+    // The target case first, then variants that show what the memory grows with.
+    let mut cases = vec![target];
+    for c in [
+        IdleCase { jobs: 1, ..target },
+        IdleCase {
+            jobs: n / 10,
+            ..target
+        },
+        IdleCase {
+            scheduled: false,
+            ..target
+        },
+        IdleCase {
+            preflight_ok: false,
+            ..target
+        },
+        IdleCase {
+            one_arena: true,
+            ..target
+        },
+    ] {
+        if c.jobs > 0 && !cases.contains(&c) {
+            cases.push(c);
+        }
+    }
+    let mut results = Vec::new();
+    for case in cases {
+        eprintln!("  … idle daemon with {} jobs ({})", case.jobs, case.label());
+        results.push(idle_daemon(case).await);
+    }
+    println!(
+        "  {:>7}  {:<36}  {:>9}  {:>9}  {:>7}  {:>8}  {:>7}  exit",
+        "jobs", "variant", "VmRSS MiB", "VmHWM MiB", "threads", "idle CPU", "ready"
+    );
+    for r in &results {
+        match r {
+            Ok(i) => println!(
+                "  {:>7}  {:<36}  {:>9.1}  {:>9.1}  {:>7}  {:>5} ms  {:>7}  {}",
+                i.case.jobs,
+                i.case.label(),
+                i.rss_kib as f64 / 1024.0,
+                i.hwm_kib as f64 / 1024.0,
+                i.threads,
+                i.cpu_ms_idle,
+                secs(i.ready_after),
+                i.exit
+            ),
+            Err(e) => println!("  error: {e}"),
+        }
+    }
+    let ok: Vec<&Idle> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let find = |c: IdleCase| ok.iter().find(|i| i.case == c).map(|i| i.rss_kib as f64);
+    let per_job = |a: f64, b: f64| (a - b) * 1024.0 / n as f64;
+    if let (Some(big), Some(small)) = (find(target), find(IdleCase { jobs: 1, ..target })) {
+        println!(
+            "  RSS slope: {:.0} bytes per job (1 → {n} jobs); broken down by variant:",
+            per_job(big, small)
+        );
+        if let Some(v) = find(IdleCase {
+            scheduled: false,
+            ..target
+        }) {
+            println!(
+                "    cron entry (tokio-cron-scheduler):              {:>6.0} bytes per job",
+                per_job(big, v)
+            );
+        }
+        if let Some(v) = find(IdleCase {
+            preflight_ok: false,
+            ..target
+        }) {
+            println!(
+                "    pre-flight (cached connection + its GET):      {:>6.0} bytes per job",
+                per_job(big, v)
+            );
+        }
+        if let Some(v) = find(IdleCase {
+            one_arena: true,
+            ..target
+        }) {
+            println!(
+                "    extra glibc arenas (vs MALLOC_ARENA_MAX=1):    {:>6.0} bytes per job",
+                per_job(big, v)
+            );
+        }
+    }
+    match config_load_peak(n).await {
+        Some(peak) => println!(
+            "  `check-config` on the same {n}-job file (load + validate only): peak RSS {:.1} MiB",
+            peak as f64 / 1024.0
+        ),
+        None => println!("  (no /usr/bin/time: config-load peak not measured)"),
+    }
+    match ok.iter().find(|i| i.case == target) {
+        Some(i) => report.target(
+            format!(
+                "idle VmRSS {:.1} MiB <= 30 MiB with {n} jobs",
+                i.rss_kib as f64 / 1024.0
+            ),
+            i.rss_kib <= 30 * 1024,
+        ),
+        None => report.target("idle RSS section completed", false),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() {
+    let args = match Args::parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(64);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let started = Instant::now();
+    println!("qlik-rotator rotation benchmark");
+    println!(
+        "  connections = {}, baseline sample = {}, rss jobs = {}, sections = {}",
+        args.connections,
+        args.baseline_sample,
+        args.rss_jobs,
+        if args.only.is_empty() {
+            "all".to_owned()
+        } else {
+            args.only.join(",")
+        }
+    );
+    println!(
+        "  host: {} CPUs; simulator, daemon and bench share one process (sections 1-3)",
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    let mut report = Report::default();
+    rt.block_on(async {
+        if args.wants("budget") {
+            section_budget(&args, &mut report).await;
+        }
+        if args.wants("latency") || args.wants("calls") {
+            section_latency(&args, &mut report).await;
+        }
+        if args.wants("rss") {
+            section_rss(&args, &mut report).await;
+        }
+    });
+    header("Summary");
+    for (what, ok) in &report.targets {
+        println!("  [{}] {what}", if *ok { "PASS" } else { "MISS" });
+    }
+    let missed = report.targets.iter().filter(|(_, ok)| !ok).count();
+    println!(
+        "  {} of {} targets met; total bench time {}",
+        report.targets.len() - missed,
+        report.targets.len(),
+        secs(started.elapsed())
+    );
+}
