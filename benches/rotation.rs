@@ -32,7 +32,7 @@ use std::{
 use qlik_rotator::{
     app, config,
     config::ConnectionRef,
-    connectors::{self, BuildSpec},
+    connectors,
     daemon::{self, Running},
     secrets::SecretSource,
     sim::{RecordedRequest, SeedConnection, SimConfig, Simulator},
@@ -590,19 +590,14 @@ async fn baseline(n: usize, sample: usize) -> Result<Baseline, String> {
                 .fetch(&job.secret)
                 .await
                 .map_err(|e| e.to_string())?;
-            let ConnectionRef::Name { name, space } = &job.connection else {
+            let ConnectionRef::Name { name, space } = &job.connections[0] else {
                 return Err("expected a name-based job".to_owned());
             };
             let before = client
                 .find_connection(name, space.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
-            let spec = BuildSpec {
-                connector: job.connector.clone(),
-                scheme: job.scheme,
-                fields: job.fields.clone(),
-            };
-            let plan = connectors::build(&before, &spec, &secret).map_err(|e| e.to_string())?;
+            let plan = connectors::build(&before, &job.spec, &secret).map_err(|e| e.to_string())?;
             client
                 .patch_connection(&before.id, &plan.doc)
                 .await

@@ -261,8 +261,9 @@ pub async fn rotate(
     }
 }
 
-/// `run`: the daemon, until SIGTERM/SIGINT.
-pub async fn run(path: &Path, input: &dyn ConfigInput) -> ExitCode {
+/// `run`: the daemon, until SIGTERM/SIGINT. `after_start` runs once the daemon is ready
+/// (the binary uses it to return start-up memory to the OS).
+pub async fn run(path: &Path, input: &dyn ConfigInput, after_start: impl FnOnce()) -> ExitCode {
     let cfg = match load(path, input) {
         Ok(c) => c,
         Err(code) => return code,
@@ -279,6 +280,8 @@ pub async fn run(path: &Path, input: &dyn ConfigInput) -> ExitCode {
             };
         }
     };
+    drop(cfg);
+    after_start();
     daemon::shutdown_signal().await;
     running.shutdown().await;
     ExitCode::SUCCESS

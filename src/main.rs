@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             Command::CheckConfig { config, online } => {
                 commands::check_config(&config.config, online, &env).await
             }
-            Command::Run(c) => commands::run(&c.config, &env).await,
+            Command::Run(c) => commands::run(&c.config, &env, release_unused_memory).await,
             Command::Plan { config, job } => {
                 commands::plan(&config.config, job.as_deref(), &env).await
             }
@@ -63,4 +63,15 @@ fn main() -> ExitCode {
             Command::Demo => demo::run().await,
         }
     })
+}
+
+/// Hands memory freed after start-up (config parsing, pre-flight) back to the OS, so a daemon
+/// with many jobs idles at its working set rather than at its start-up peak.
+fn release_unused_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the OS; it takes no pointers and is
+    // safe to call at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
