@@ -65,6 +65,17 @@ async fn scrape(r: &Running) -> String {
     http_get(r.addr, "/metrics").await.1
 }
 
+/// Waits until `job` has had at least one run with `outcome`; returns the scrape.
+async fn wait_outcome(r: &Running, job: &str, outcome: &str) -> String {
+    wait_metric(
+        r,
+        "qlik_rotator_rotations_total",
+        &[("job", job), ("outcome", outcome)],
+        1.0,
+    )
+    .await
+}
+
 /// Waits until each job has been rotated at least once.
 async fn wait_rotated(r: &Running, jobs: &[&str]) {
     for job in jobs {
@@ -136,13 +147,7 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
 
     // rotated
     r.daemon.trigger("sales-s3", false, false);
-    let text = wait_metric(
-        &r,
-        "qlik_rotator_rotations_total",
-        &[("job", "sales-s3"), ("outcome", "rotated")],
-        1.0,
-    )
-    .await;
+    let text = wait_outcome(&r, "sales-s3", "rotated").await;
     assert!(
         metric(
             &text,
@@ -178,22 +183,10 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
     );
     // unchanged
     r.daemon.trigger("sales-s3", false, false);
-    wait_metric(
-        &r,
-        "qlik_rotator_rotations_total",
-        &[("job", "sales-s3"), ("outcome", "unchanged")],
-        1.0,
-    )
-    .await;
+    wait_outcome(&r, "sales-s3", "unchanged").await;
     // failed (build)
     r.daemon.trigger("warehouse-bq", false, false);
-    let text = wait_metric(
-        &r,
-        "qlik_rotator_rotations_total",
-        &[("job", "warehouse-bq"), ("outcome", "failed")],
-        1.0,
-    )
-    .await;
+    let text = wait_outcome(&r, "warehouse-bq", "failed").await;
     assert_eq!(
         metric(
             &text,
@@ -222,13 +215,7 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
         times: 1,
     });
     r.daemon.trigger("finance-sql", false, false);
-    let text = wait_metric(
-        &r,
-        "qlik_rotator_rotations_total",
-        &[("job", "finance-sql"), ("outcome", "verify_failed")],
-        1.0,
-    )
-    .await;
+    let text = wait_outcome(&r, "finance-sql", "verify_failed").await;
     assert_eq!(
         metric(
             &text,
@@ -273,13 +260,7 @@ async fn unchanged_secret_is_not_reapplied_across_a_restart() {
     // Restart: same secrets → unchanged, zero writes.
     let r = start(dir.path(), &text).await;
     for job in ["sales-s3", "finance-sql", "warehouse-bq"] {
-        wait_metric(
-            &r,
-            "qlik_rotator_rotations_total",
-            &[("job", job), ("outcome", "unchanged")],
-            1.0,
-        )
-        .await;
+        wait_outcome(&r, job, "unchanged").await;
     }
     assert!(r.shutdown().await);
     assert_eq!(with_method(&sim, "PATCH").len(), 3);
@@ -287,13 +268,7 @@ async fn unchanged_secret_is_not_reapplied_across_a_restart() {
     // A corrupt state file is a fresh start, not a crash.
     std::fs::write(dir.path().join("state/state.json"), "{garbage").unwrap();
     let r = start(dir.path(), &text).await;
-    wait_metric(
-        &r,
-        "qlik_rotator_rotations_total",
-        &[("job", "sales-s3"), ("outcome", "rotated")],
-        1.0,
-    )
-    .await;
+    wait_outcome(&r, "sales-s3", "rotated").await;
     assert!(r.shutdown().await);
     let state = std::fs::read_to_string(dir.path().join("state/state.json")).unwrap();
     assert!(state.contains("\"sales-s3\""));
@@ -306,13 +281,7 @@ async fn preflight_skips_a_job_without_update_privilege_and_runs_the_others() {
     let dir = tempfile::tempdir().unwrap();
     standard_secrets(dir.path());
     let r = start(dir.path(), &local_config(&sim, "run_on_start = true", "")).await;
-    let text = wait_metric(
-        &r,
-        "qlik_rotator_rotations_total",
-        &[("job", "finance-sql"), ("outcome", "rotated")],
-        1.0,
-    )
-    .await;
+    let text = wait_outcome(&r, "finance-sql", "rotated").await;
     assert_eq!(
         metric(
             &text,
@@ -329,13 +298,7 @@ async fn preflight_skips_a_job_without_update_privilege_and_runs_the_others() {
         metric(&text, "qlik_rotator_jobs", &[("state", "scheduled")]),
         Some(2.0)
     );
-    wait_metric(
-        &r,
-        "qlik_rotator_rotations_total",
-        &[("job", "warehouse-bq"), ("outcome", "rotated")],
-        1.0,
-    )
-    .await;
+    wait_outcome(&r, "warehouse-bq", "rotated").await;
     assert!(r.shutdown().await);
     assert!(
         with_method(&sim, "PATCH")
@@ -386,13 +349,7 @@ async fn admin_endpoint_needs_the_token_and_a_known_job() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    wait_metric(
-        &r,
-        "qlik_rotator_rotations_total",
-        &[("job", "sales-s3"), ("outcome", "rotated")],
-        1.0,
-    )
-    .await;
+    wait_outcome(&r, "sales-s3", "rotated").await;
     assert!(r.shutdown().await);
 
     // Without admin_token_file the endpoint does not exist.
@@ -420,13 +377,7 @@ async fn a_429_pauses_every_writer_for_retry_after() {
     });
     let r = start(dir.path(), &local_config(&sim, "run_on_start = true", "")).await;
     for job in ["sales-s3", "finance-sql", "warehouse-bq"] {
-        wait_metric(
-            &r,
-            "qlik_rotator_rotations_total",
-            &[("job", job), ("outcome", "rotated")],
-            1.0,
-        )
-        .await;
+        wait_outcome(&r, job, "rotated").await;
     }
     let text = scrape(&r).await;
     assert_eq!(

@@ -334,12 +334,7 @@ impl Inner {
             created: ts,
             updated: ts,
         };
-        if let Some(&i) = self.conn_idx.get(&id) {
-            self.conns[i] = conn;
-        } else {
-            self.conn_idx.insert(id.clone(), self.conns.len());
-            self.conns.push(conn);
-        }
+        upsert(&mut self.conns, &mut self.conn_idx, id.clone(), conn);
         id
     }
 
@@ -745,12 +740,7 @@ impl Inner {
             created: ts,
             updated: ts,
         };
-        if let Some(&i) = self.cred_idx.get(&id) {
-            self.creds[i] = cred;
-        } else {
-            self.cred_idx.insert(id.clone(), self.creds.len());
-            self.creds.push(cred);
-        }
+        upsert(&mut self.creds, &mut self.cred_idx, id.clone(), cred);
         id
     }
 
@@ -1107,6 +1097,18 @@ fn decode_cursor(cursor: &str) -> Option<usize> {
         .strip_prefix("offset:")?
         .parse()
         .ok()
+}
+
+/// Inserts `item` under `id`, or replaces the item already stored under it (a seed with a
+/// fixed id that is added twice).
+fn upsert<T>(items: &mut Vec<T>, index: &mut HashMap<String, usize>, id: String, item: T) {
+    match index.get(&id) {
+        Some(&i) => items[i] = item,
+        None => {
+            index.insert(id, items.len());
+            items.push(item);
+        }
+    }
 }
 
 #[cfg(test)]
