@@ -56,7 +56,13 @@ async fn metrics(State(s): State<AdminState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.daemon.metrics().render(),
+        // Streamed in chunks: with 10,000 jobs the exposition is ~17 MB, never held at once.
+        axum::body::Body::from_stream(futures_util::stream::iter(
+            s.daemon
+                .metrics()
+                .render_chunks()
+                .map(Ok::<_, std::convert::Infallible>),
+        )),
     )
         .into_response()
 }
@@ -115,7 +121,7 @@ async fn rotate(
         )
             .into_response();
     }
-    match s.daemon.trigger(&name, false, q.force) {
+    match s.daemon.trigger(&name, q.force) {
         Triggered::Started => (
             StatusCode::ACCEPTED,
             Json(json!({"job": name, "status": "started", "force": q.force})),

@@ -6,7 +6,7 @@
 //! ones (PATCH + verify) up to `shutdown_grace_period` → exit 0.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -25,7 +25,7 @@ use crate::{
     admin, app,
     config::{Config, ConfigInput, ConnectionRef, JobConfig},
     metrics::Metrics,
-    qlik::DataConnection,
+    qlik::{CachedConnection, DataConnection},
     rotation::{Outcome, Report, Rotator, RunOptions},
     state::{JobState, StateStore},
 };
@@ -95,22 +95,66 @@ pub enum Triggered {
     ShuttingDown,
 }
 
+/// What the daemon knows about one of a job's connections.
+#[derive(Debug, Default)]
+struct ConnSlot {
+    /// Whether the connection passed pre-flight.
+    preflight_ok: bool,
+    /// The connection as last read (pre-flight or verify GET), so a changed secret costs
+    /// only the PATCH and the verify GET.
+    known: Option<CachedConnection>,
+}
+
 struct JobRuntime {
     cfg: JobConfig,
     running: tokio::sync::Mutex<()>,
-    /// Per connection key: the connection as last read (pre-flight or verify GET).
-    known: Mutex<HashMap<String, DataConnection>>,
-    /// Connection keys that have not passed pre-flight (yet).
-    preflight_failed: Mutex<BTreeSet<String>>,
+    /// One slot per entry of `cfg.connections`, in the same order.
+    conns: Mutex<Box<[ConnSlot]>>,
 }
 
 impl JobRuntime {
-    fn preflight_ok(&self) -> bool {
-        self.preflight_failed
-            .lock()
-            .expect("preflight lock")
-            .is_empty()
+    fn new(cfg: JobConfig) -> Self {
+        let conns = cfg
+            .connections
+            .iter()
+            .map(|_| ConnSlot::default())
+            .collect();
+        JobRuntime {
+            cfg,
+            running: tokio::sync::Mutex::new(()),
+            conns: Mutex::new(conns),
+        }
     }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Box<[ConnSlot]>> {
+        self.conns.lock().expect("connection slots lock")
+    }
+
+    fn preflight_ok(&self) -> bool {
+        self.slots().iter().all(|s| s.preflight_ok)
+    }
+
+    /// Index of the connection whose key is `key`.
+    fn index_of(&self, key: &str) -> Option<usize> {
+        self.cfg.connections.iter().position(|c| c.key() == key)
+    }
+
+    /// Records a passed pre-flight (or a verify GET) for connection `i`.
+    fn remember(&self, i: usize, conn: &DataConnection) {
+        if let Some(slot) = self.slots().get_mut(i) {
+            slot.preflight_ok = true;
+            slot.known = Some(CachedConnection::new(conn));
+        }
+    }
+}
+
+/// The jobs of one cron entry.
+struct ScheduleGroup {
+    /// The schedule and time zone (for logs).
+    schedule: String,
+    jobs: Box<[Arc<JobRuntime>]>,
+    /// A dispatch of this group is starting its jobs.
+    dispatching: AtomicBool,
 }
 
 /// The daemon's shared core.
@@ -119,7 +163,7 @@ pub struct Daemon {
     rotator: Arc<Rotator>,
     state: StateStore,
     metrics: Arc<Metrics>,
-    semaphore: Semaphore,
+    semaphore: Arc<Semaphore>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     max_attempts_per_run: u32,
@@ -145,8 +189,8 @@ impl Daemon {
         &self.metrics
     }
 
-    /// Starts a run of `name` now (scheduled, on start, or on demand). Returns at once.
-    pub fn trigger(self: &Arc<Self>, name: &str, jitter: bool, force: bool) -> Triggered {
+    /// Starts a run of `name` now (on demand). Returns at once.
+    pub fn trigger(self: &Arc<Self>, name: &str, force: bool) -> Triggered {
         let Some(job) = self.jobs.get(name).cloned() else {
             return Triggered::UnknownJob;
         };
@@ -155,53 +199,100 @@ impl Daemon {
         }
         let this = self.clone();
         self.tracker.spawn(async move {
-            if jitter && !job.cfg.jitter.is_zero() {
-                let delay = rand::rng().random_range(Duration::ZERO..=job.cfg.jitter);
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = this.cancel.cancelled() => return,
-                }
-            }
-            this.run_job(&job, force).await;
+            this.run_job(&job, force, None).await;
         });
         Triggered::Started
     }
 
-    async fn run_job(&self, job: &JobRuntime, force: bool) {
+    /// Starts the runs of `group` (the jobs of one schedule, or every `run_on_start` job):
+    /// each after its own random `jitter` delay (when `jitter`), and only when a rotation
+    /// slot is free, so 10,000 jobs due at once are 10,000 entries in a list rather than
+    /// 10,000 waiting tasks.
+    async fn dispatch(self: Arc<Self>, group: Arc<ScheduleGroup>, jitter: bool) {
+        if group.dispatching.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                schedule = %group.schedule,
+                jobs = group.jobs.len(),
+                "The previous run of this schedule is still starting its jobs; skipping this tick."
+            );
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        let mut order: Vec<(Duration, usize)> = {
+            let mut rng = rand::rng();
+            group
+                .jobs
+                .iter()
+                .enumerate()
+                .map(|(i, j)| {
+                    let delay = if jitter && !j.cfg.jitter.is_zero() {
+                        rng.random_range(Duration::ZERO..=j.cfg.jitter)
+                    } else {
+                        Duration::ZERO
+                    };
+                    (delay, i)
+                })
+                .collect()
+        };
+        order.sort_unstable();
+        for (delay, i) in order {
+            if !delay.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep_until(started + delay) => {}
+                    () = self.cancel.cancelled() => break,
+                }
+            }
+            let permit = tokio::select! {
+                p = self.semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                () = self.cancel.cancelled() => break,
+            };
+            let job = group.jobs[i].clone();
+            let this = self.clone();
+            self.tracker.spawn(async move {
+                this.run_job(&job, false, Some(permit)).await;
+            });
+        }
+        group.dispatching.store(false, Ordering::SeqCst);
+    }
+
+    async fn run_job(
+        &self,
+        job: &JobRuntime,
+        force: bool,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         let name = job.cfg.name.as_str();
         // The same job never runs twice at once.
         let Ok(_running) = job.running.try_lock() else {
             tracing::info!(job = name, "Job is still running; skipping this trigger.");
             return;
         };
-        let _permit = tokio::select! {
-            p = self.semaphore.acquire() => match p { Ok(p) => p, Err(_) => return },
-            () = self.cancel.cancelled() => return,
+        let _permit = match permit {
+            Some(p) => p,
+            None => tokio::select! {
+                p = self.semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                () = self.cancel.cancelled() => return,
+            },
         };
         if self.cancel.is_cancelled() {
             return;
         }
         // Retry pre-flight of failing connections on each trigger, so a fixed permission
         // recovers by itself.
-        let failing: Vec<ConnectionRef> = {
-            let failed = job.preflight_failed.lock().expect("preflight lock");
-            job.cfg
-                .connections
-                .iter()
-                .filter(|c| failed.contains(&c.key()))
-                .cloned()
-                .collect()
-        };
+        let failing: Vec<usize> = job
+            .slots()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.preflight_ok)
+            .map(|(i, _)| i)
+            .collect();
         if !failing.is_empty() {
-            for conn in &failing {
+            for i in failing {
+                let conn = &job.cfg.connections[i];
                 match preflight(&self.rotator, &job.cfg, conn).await {
                     Ok(c) => {
                         tracing::info!(job = name, connection = %conn, "Pre-flight now passes.");
-                        job.known.lock().expect("known lock").insert(conn.key(), c);
-                        job.preflight_failed
-                            .lock()
-                            .expect("preflight lock")
-                            .remove(&conn.key());
+                        job.remember(i, &c);
                     }
                     Err(e) => {
                         tracing::warn!(job = name, connection = %conn, error = %e, "Pre-flight still failing; skipping this connection.");
@@ -211,15 +302,14 @@ impl Daemon {
             self.metrics.set_preflight(name, job.preflight_ok());
             self.update_job_gauges();
         }
-        let mut only: Vec<String> = {
-            let failed = job.preflight_failed.lock().expect("preflight lock");
-            job.cfg
-                .connections
-                .iter()
-                .map(ConnectionRef::key)
-                .filter(|k| !failed.contains(k))
-                .collect()
-        };
+        let mut only: Vec<String> = job
+            .cfg
+            .connections
+            .iter()
+            .zip(job.slots().iter())
+            .filter(|(_, s)| s.preflight_ok)
+            .map(|(c, _)| c.key())
+            .collect();
         if only.is_empty() {
             return;
         }
@@ -240,7 +330,15 @@ impl Daemon {
                         .map(|s| (c.key(), s.applied_version.clone()))
                 })
                 .collect();
-            let known = job.known.lock().expect("known lock").clone();
+            let known: HashMap<String, DataConnection> = job
+                .cfg
+                .connections
+                .iter()
+                .zip(job.slots().iter())
+                .filter_map(|(c, s)| Some((c.key(), s.known.as_ref()?)))
+                .filter(|(k, _)| only.contains(k))
+                .map(|(k, cached)| (k, cached.get()))
+                .collect();
             let reports = self
                 .rotator
                 .run(
@@ -256,20 +354,15 @@ impl Daemon {
                 .await;
             let mut retry = Vec::new();
             for report in reports {
-                let conn = job
-                    .cfg
-                    .connections
-                    .iter()
-                    .find(|c| c.key() == report.connection_key)
+                let index = job
+                    .index_of(&report.connection_key)
                     .expect("a report names one of the job's connections");
+                let conn = &job.cfg.connections[index];
                 let now = chrono::Utc::now().timestamp();
                 match &report.outcome {
                     Outcome::Rotated => {
                         if let Some(after) = &report.after {
-                            job.known
-                                .lock()
-                                .expect("known lock")
-                                .insert(report.connection_key.clone(), after.clone());
+                            job.remember(index, after);
                         }
                         if let (Some(id), Some(version)) =
                             (&report.connection_id, &report.secret_version)
@@ -296,10 +389,9 @@ impl Daemon {
                     Outcome::Failed(e) | Outcome::VerifyFailed(e) => {
                         self.metrics.record_error(name, e);
                         // The connection may have changed: read it afresh next time.
-                        job.known
-                            .lock()
-                            .expect("known lock")
-                            .remove(&report.connection_key);
+                        if let Some(slot) = job.slots().get_mut(index) {
+                            slot.known = None;
+                        }
                         if e.is_retriable() {
                             retry.push(report.connection_key.clone());
                         }
@@ -366,6 +458,7 @@ pub struct Running {
     /// Where `/metrics` and the admin API listen.
     pub addr: SocketAddr,
     scheduler: JobScheduler,
+    cron_entries: usize,
     admin_stop: CancellationToken,
     admin_task: tokio::task::JoinHandle<()>,
     grace: Duration,
@@ -398,11 +491,11 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
     };
     let state = StateStore::new(cfg.daemon.state_dir.clone());
     let known_state = state.load();
+    metrics.register_jobs(&cfg.jobs);
     let jobs = cfg
         .jobs
         .iter()
         .map(|j| {
-            metrics.register_job(j);
             // Carry the last success across restarts, so staleness alerts stay truthful: the
             // oldest of the job's connections counts.
             let times: Vec<i64> = j
@@ -420,17 +513,7 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
             {
                 metrics.set_last_success(&j.name, oldest);
             }
-            (
-                j.name.clone(),
-                Arc::new(JobRuntime {
-                    cfg: j.clone(),
-                    running: tokio::sync::Mutex::new(()),
-                    known: Mutex::new(HashMap::new()),
-                    preflight_failed: Mutex::new(
-                        j.connections.iter().map(ConnectionRef::key).collect(),
-                    ),
-                }),
-            )
+            (j.name.clone(), Arc::new(JobRuntime::new(j.clone())))
         })
         .collect();
     let daemon = Arc::new(Daemon {
@@ -438,7 +521,7 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
         rotator,
         state,
         metrics,
-        semaphore: Semaphore::new(cfg.daemon.max_concurrent_rotations),
+        semaphore: Arc::new(Semaphore::new(cfg.daemon.max_concurrent_rotations)),
         cancel: CancellationToken::new(),
         tracker: TaskTracker::new(),
         max_attempts_per_run: cfg.daemon.max_attempts_per_run,
@@ -467,42 +550,34 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
 
     // Pre-flight every connection of every job (concurrently, bounded); failures are
     // reported and skipped, the others run.
-    let targets: Vec<(Arc<JobRuntime>, ConnectionRef)> = daemon
+    // Each result is kept (compactly) as it arrives, so the parsed GETs never pile up.
+    let targets = daemon
         .jobs
         .values()
-        .flat_map(|j| {
-            j.cfg
-                .connections
-                .iter()
-                .map(move |c| (j.clone(), c.clone()))
-        })
-        .collect();
-    let checks = futures_util::stream::iter(targets)
-        .map(|(job, conn)| {
-            let rotator = daemon.rotator.clone();
+        .flat_map(|j| (0..j.cfg.connections.len()).map(move |i| (j, i)));
+    futures_util::stream::iter(targets)
+        .map(|(job, i)| {
+            let rotator = &daemon.rotator;
             async move {
-                let result = preflight(&rotator, &job.cfg, &conn).await;
-                (job, conn, result)
+                let result = preflight(rotator, &job.cfg, &job.cfg.connections[i]).await;
+                (job, i, result)
             }
         })
         .buffer_unordered(cfg.daemon.max_concurrent_rotations.max(8))
-        .collect::<Vec<_>>()
+        .for_each(|(job, i, result)| {
+            let conn = &job.cfg.connections[i];
+            match result {
+                Ok(c) => {
+                    job.remember(i, &c);
+                    tracing::debug!(job = %job.cfg.name, connection = %conn, "Pre-flight passed.");
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.cfg.name, connection = %conn, error = %e, "Pre-flight failed; the connection is skipped until it passes.");
+                }
+            }
+            std::future::ready(())
+        })
         .await;
-    for (job, conn, result) in checks {
-        match result {
-            Ok(c) => {
-                job.known.lock().expect("known lock").insert(conn.key(), c);
-                job.preflight_failed
-                    .lock()
-                    .expect("preflight lock")
-                    .remove(&conn.key());
-                tracing::debug!(job = %job.cfg.name, connection = %conn, "Pre-flight passed.");
-            }
-            Err(e) => {
-                tracing::error!(job = %job.cfg.name, connection = %conn, error = %e, "Pre-flight failed; the connection is skipped until it passes.");
-            }
-        }
-    }
     for job in daemon.jobs.values() {
         daemon
             .metrics
@@ -510,36 +585,66 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
     }
     daemon.update_job_gauges();
 
+    // One cron entry per distinct (schedule, time zone), fanning out to its jobs: a cron
+    // entry costs ~1.3 KB in tokio-cron-scheduler, a job in a group 8 bytes.
+    /// (schedule, time zone name) → the zone and the jobs.
+    type Groups<'a> = BTreeMap<(&'a str, &'a str), (chrono_tz::Tz, Vec<Arc<JobRuntime>>)>;
+    let mut groups = Groups::new();
+    for job in daemon.jobs.values() {
+        if let Some(schedule) = &job.cfg.schedule {
+            groups
+                .entry((schedule.as_str(), job.cfg.timezone.name()))
+                .or_insert_with(|| (job.cfg.timezone, Vec::new()))
+                .1
+                .push(job.clone());
+        }
+    }
     let scheduler = JobScheduler::new()
         .await
         .map_err(|e| StartError::Scheduler(e.to_string()))?;
-    for job in daemon.jobs.values() {
-        let Some(schedule) = &job.cfg.schedule else {
-            continue;
-        };
+    let cron_entries = groups.len();
+    for ((schedule, _), (tz, jobs)) in groups {
+        let group = Arc::new(ScheduleGroup {
+            schedule: format!("{schedule} ({tz})"),
+            jobs: jobs.into_boxed_slice(),
+            dispatching: AtomicBool::new(false),
+        });
         let d = daemon.clone();
-        let name = job.cfg.name.clone();
-        let cron = Job::new_async_tz(schedule.as_str(), job.cfg.timezone, move |_id, _l| {
+        let first = group.jobs[0].cfg.name.clone();
+        let g = group.clone();
+        let cron = Job::new_async_tz(schedule, tz, move |_id, _l| {
             let d = d.clone();
-            let name = name.clone();
+            let g = g.clone();
             Box::pin(async move {
-                d.trigger(&name, true, false);
+                if !d.cancel.is_cancelled() {
+                    d.tracker.spawn(d.clone().dispatch(g, true));
+                }
             })
         })
-        .map_err(|e| StartError::Scheduler(format!("job {}: {e}", job.cfg.name)))?;
+        .map_err(|e| StartError::Scheduler(format!("job {first}: {e}")))?;
         scheduler
             .add(cron)
             .await
             .map_err(|e| StartError::Scheduler(e.to_string()))?;
+        tracing::debug!(schedule = %group.schedule, jobs = group.jobs.len(), "Scheduled.");
     }
     scheduler
         .start()
         .await
         .map_err(|e| StartError::Scheduler(e.to_string()))?;
-    for job in daemon.jobs.values() {
-        if job.cfg.run_on_start {
-            daemon.trigger(&job.cfg.name, false, false);
-        }
+    let on_start: Vec<Arc<JobRuntime>> = daemon
+        .jobs
+        .values()
+        .filter(|j| j.cfg.run_on_start)
+        .cloned()
+        .collect();
+    if !on_start.is_empty() {
+        let group = Arc::new(ScheduleGroup {
+            schedule: "run_on_start".to_owned(),
+            jobs: on_start.into_boxed_slice(),
+            dispatching: AtomicBool::new(false),
+        });
+        daemon.tracker.spawn(daemon.clone().dispatch(group, false));
     }
     daemon.ready.store(true, Ordering::SeqCst);
     tracing::info!(jobs = daemon.jobs.len(), "Daemon ready.");
@@ -547,6 +652,7 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
         daemon,
         addr,
         scheduler,
+        cron_entries,
         admin_stop,
         admin_task,
         grace: cfg.daemon.shutdown_grace_period,
@@ -554,6 +660,11 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
 }
 
 impl Running {
+    /// How many cron entries the scheduler holds: one per distinct (schedule, time zone).
+    pub fn cron_entries(&self) -> usize {
+        self.cron_entries
+    }
+
     /// Stops starting rotations, waits for in-flight ones up to the grace period, then stops
     /// the admin listener. Returns whether everything finished in time.
     pub async fn shutdown(mut self) -> bool {

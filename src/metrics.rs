@@ -3,8 +3,22 @@
 //! Names carry the `qlik_rotator_` prefix and follow Prometheus naming rules. Labels are
 //! bounded: job names and connectors come from config, stages/outcomes/error types are fixed
 //! enums, Qlik endpoints are path templates. No secret and no raw error text is ever a label.
+//!
+//! Two kinds of storage sit behind one exposition:
+//! - process-wide series (Qlik requests, secret reads, 429s, jobs by state, build info) and the
+//!   sparse `errors_total` live in a `prometheus` [`Registry`];
+//! - the per-job series every job has from the start (`rotations_total` × 4 outcomes, the
+//!   duration histogram, the timestamps, `job_max_age_seconds`, `job_preflight_ok`) live in a
+//!   compact table, [`JobTable`]: about 200 bytes per job instead of the ~3.6 KB that
+//!   `prometheus` children cost (a `Desc`, label pairs and an `Arc` per child). A daemon with
+//!   10,000 jobs keeps them in ~2 MB, and `/metrics` streams them out in chunks
+//!   ([`Metrics::render_chunks`]) rather than building the whole exposition in memory.
 
-use std::time::Duration;
+use std::{
+    fmt::Write as _,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -20,22 +34,21 @@ use crate::{
 /// The outcome labels pre-created for every job, so `increase()` works from the first scrape.
 pub const OUTCOMES: [&str; 4] = ["rotated", "unchanged", "failed", "verify_failed"];
 
+/// Upper bounds of `rotation_duration_seconds` (the `+Inf` bucket is implied).
+pub const DURATION_BUCKETS: [f64; 11] =
+    [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
 /// The daemon's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
-    rotations: IntCounterVec,
-    rotation_duration: HistogramVec,
-    last_success: IntGaugeVec,
-    last_attempt: IntGaugeVec,
-    max_age: IntGaugeVec,
+    jobs_table: Arc<JobTable>,
     errors: IntCounterVec,
     qlik_requests: IntCounterVec,
     qlik_request_duration: HistogramVec,
     secret_fetches: IntCounterVec,
     rate_limited: IntCounter,
     jobs: IntGaugeVec,
-    preflight_ok: IntGaugeVec,
     build_info: IntGaugeVec,
     in_flight: IntGauge,
 }
@@ -71,32 +84,7 @@ impl Metrics {
             )
         };
         let m = Metrics {
-            rotations: counter(
-                "rotations_total",
-                "Rotation runs by job, connector and outcome (rotated, unchanged, failed, verify_failed).",
-                &["job", "connector", "outcome"],
-            ),
-            rotation_duration: histogram(
-                "rotation_duration_seconds",
-                "Wall time of one rotation run (fetch, PATCH, verify).",
-                &["job"],
-                vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
-            ),
-            last_success: gauge(
-                "last_success_timestamp_seconds",
-                "Unix time of the last run that left the connection verified current (rotated or unchanged).",
-                &["job"],
-            ),
-            last_attempt: gauge(
-                "last_attempt_timestamp_seconds",
-                "Unix time of the last run, whatever its outcome.",
-                &["job"],
-            ),
-            max_age: gauge(
-                "job_max_age_seconds",
-                "The job's max_age: how old the last success may get before the credentials are stale.",
-                &["job"],
-            ),
+            jobs_table: Arc::new(JobTable::default()),
             errors: counter(
                 "errors_total",
                 "Failed runs by job, stage (fetch, resolve, build, apply, verify) and error type.",
@@ -128,11 +116,6 @@ impl Metrics {
                 "Configured jobs by state (scheduled, preflight_failed).",
                 &["state"],
             ),
-            preflight_ok: gauge(
-                "job_preflight_ok",
-                "1 when the job's connection passed pre-flight (found, update privilege, connector matches), else 0.",
-                &["job"],
-            ),
             build_info: gauge(
                 "build_info",
                 "Always 1; the version label says which build runs.",
@@ -153,24 +136,15 @@ impl Metrics {
     }
 
     /// Pre-creates every per-job series so dashboards and `increase()` see zeros, not gaps.
-    pub fn register_job(&self, job: &JobConfig) {
-        for outcome in OUTCOMES {
-            self.rotations
-                .with_label_values(&[job.name.as_str(), job.connector.as_str(), outcome]);
-        }
-        self.max_age
-            .with_label_values(&[job.name.as_str()])
-            .set(job.max_age.as_secs() as i64);
-        let _ = self
-            .rotation_duration
-            .with_label_values(&[job.name.as_str()]);
+    /// Call once with all jobs (a later call adds to the table; a job name seen twice keeps
+    /// its first entry).
+    pub fn register_jobs<'a>(&self, jobs: impl IntoIterator<Item = &'a JobConfig>) {
+        self.jobs_table.register(jobs);
     }
 
-    /// Sets the jobs-by-state gauges and each job's pre-flight result.
+    /// Sets a job's pre-flight result (`job_preflight_ok`).
     pub fn set_preflight(&self, job: &str, ok: bool) {
-        self.preflight_ok
-            .with_label_values(&[job])
-            .set(i64::from(ok));
+        self.jobs_table.with(job, |s| s.preflight_ok = Some(ok));
     }
 
     /// Sets `jobs{state}`.
@@ -185,7 +159,7 @@ impl Metrics {
 
     /// Sets a job's last success time (from the state file at start).
     pub fn set_last_success(&self, job: &str, unix: i64) {
-        self.last_success.with_label_values(&[job]).set(unix);
+        self.jobs_table.with(job, |s| s.last_success = Some(unix));
     }
 
     /// Records a secret read.
@@ -203,7 +177,7 @@ impl Metrics {
 
     /// Records one finished run of a job: one outcome per connection, the duration, and the
     /// timestamps (last success only when every connection ended well). `planned` runs are
-    /// not counted.
+    /// not counted; nor is a job that was never registered.
     pub fn record(&self, job: &JobConfig, reports: &[&Report]) {
         let reports: Vec<&&Report> = reports
             .iter()
@@ -213,20 +187,19 @@ impl Metrics {
             return;
         }
         let now = chrono::Utc::now().timestamp();
-        let name = job.name.as_str();
-        for r in &reports {
-            self.rotations
-                .with_label_values(&[name, job.connector.as_str(), r.outcome.label()])
-                .inc();
-        }
         let longest = reports.iter().map(|r| r.duration).max().unwrap_or_default();
-        self.rotation_duration
-            .with_label_values(&[name])
-            .observe(longest.as_secs_f64());
-        self.last_attempt.with_label_values(&[name]).set(now);
-        if reports.iter().all(|r| r.outcome.is_success()) {
-            self.last_success.with_label_values(&[name]).set(now);
-        }
+        self.jobs_table.with(&job.name, |s| {
+            for r in &reports {
+                if let Some(i) = OUTCOMES.iter().position(|o| *o == r.outcome.label()) {
+                    s.outcomes[i] += 1;
+                }
+            }
+            s.observe(longest.as_secs_f64());
+            s.last_attempt = Some(now);
+            if reports.iter().all(|r| r.outcome.is_success()) {
+                s.last_success = Some(now);
+            }
+        });
     }
 
     /// Counts one failed attempt in `errors_total` (a run may retry several times).
@@ -236,19 +209,239 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition (Prometheus format 0.0.4).
+    /// The whole text exposition (Prometheus format 0.0.4) in one string.
     pub fn render(&self) -> String {
+        self.render_chunks().collect()
+    }
+
+    /// The text exposition in chunks of at most ~[`CHUNK_JOBS`] jobs' worth of lines, so a
+    /// scrape of a daemon with many jobs never holds the whole body in memory. Families stay
+    /// contiguous, as the format requires.
+    pub fn render_chunks(&self) -> impl Iterator<Item = String> + Send + 'static {
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding cannot fail");
-        String::from_utf8(buf).expect("the text format is UTF-8")
+        let head = String::from_utf8(buf).expect("the text format is UTF-8");
+        let table = self.jobs_table.clone();
+        let mut cursor = Some((0, 0, false));
+        std::iter::once(head)
+            .chain(std::iter::from_fn(move || {
+                let (chunk, next) = table.render_chunk(cursor?);
+                cursor = next;
+                Some(chunk)
+            }))
+            .filter(|chunk| !chunk.is_empty())
     }
 
-    /// The registry (for tests).
+    /// The registry of the process-wide series (for tests).
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
+}
+
+/// How many jobs' lines one chunk of [`Metrics::render_chunks`] holds (~1.7 KB each).
+pub const CHUNK_JOBS: usize = 64;
+
+/// The per-job families, in exposition order: (name without prefix, type, help).
+const JOB_FAMILIES: [(&str, &str, &str); 6] = [
+    (
+        "job_max_age_seconds",
+        "gauge",
+        "The job's max_age: how old the last success may get before the credentials are stale.",
+    ),
+    (
+        "job_preflight_ok",
+        "gauge",
+        "1 when the job's connection passed pre-flight (found, update privilege, connector matches), else 0.",
+    ),
+    (
+        "last_attempt_timestamp_seconds",
+        "gauge",
+        "Unix time of the last run, whatever its outcome.",
+    ),
+    (
+        "last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last run that left the connection verified current (rotated or unchanged).",
+    ),
+    (
+        "rotation_duration_seconds",
+        "histogram",
+        "Wall time of one rotation run (fetch, PATCH, verify).",
+    ),
+    (
+        "rotations_total",
+        "counter",
+        "Rotation runs by job, connector and outcome (rotated, unchanged, failed, verify_failed).",
+    ),
+];
+
+/// The mutable part of one job's series. One writer at a time (a job never runs twice at
+/// once), read by scrapes; a plain mutex keeps each scrape's view of a histogram consistent.
+#[derive(Debug, Default)]
+struct JobStats {
+    outcomes: [u64; 4],
+    /// Non-cumulative counts per [`DURATION_BUCKETS`] bound; above the last bound only
+    /// `count` grows.
+    buckets: [u64; DURATION_BUCKETS.len()],
+    sum: f64,
+    count: u64,
+    last_success: Option<i64>,
+    last_attempt: Option<i64>,
+    preflight_ok: Option<bool>,
+}
+
+impl JobStats {
+    fn observe(&mut self, v: f64) {
+        if let Some(i) = DURATION_BUCKETS.iter().position(|b| v <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+#[derive(Debug)]
+struct JobSeries {
+    name: Box<str>,
+    connector: Arc<str>,
+    max_age: u64,
+    stats: Mutex<JobStats>,
+}
+
+/// Every job's series, sorted by job name.
+#[derive(Debug, Default)]
+pub struct JobTable {
+    jobs: RwLock<Vec<JobSeries>>,
+}
+
+impl JobTable {
+    fn register<'a>(&self, jobs: impl IntoIterator<Item = &'a JobConfig>) {
+        let mut table = self.jobs.write().expect("metrics table lock");
+        let mut connectors: Vec<Arc<str>> = Vec::new();
+        for job in jobs {
+            let connector = match connectors.iter().find(|c| ***c == *job.connector) {
+                Some(c) => c.clone(),
+                None => {
+                    let c: Arc<str> = job.connector.as_str().into();
+                    connectors.push(c.clone());
+                    c
+                }
+            };
+            table.push(JobSeries {
+                name: job.name.as_str().into(),
+                connector,
+                max_age: job.max_age.as_secs(),
+                stats: Mutex::new(JobStats::default()),
+            });
+        }
+        // Stable: of two entries with one name, the first registered stays.
+        table.sort_by(|a, b| a.name.cmp(&b.name));
+        table.dedup_by(|later, first| later.name == first.name);
+        table.shrink_to_fit();
+    }
+
+    fn with(&self, job: &str, f: impl FnOnce(&mut JobStats)) {
+        let table = self.jobs.read().expect("metrics table lock");
+        if let Ok(i) = table.binary_search_by(|j| (*j.name).cmp(job)) {
+            f(&mut table[i].stats.lock().expect("job stats lock"));
+        }
+    }
+
+    /// Renders up to [`CHUNK_JOBS`] jobs of family `cursor.0` from job `cursor.1`;
+    /// `cursor.2` says whether the family's HELP/TYPE lines are out already (a family
+    /// without samples gets none). Returns the text and the next cursor (`None` at the end).
+    fn render_chunk(&self, cursor: (usize, usize, bool)) -> (String, Option<(usize, usize, bool)>) {
+        let (family, start, mut header_done) = cursor;
+        let table = self.jobs.read().expect("metrics table lock");
+        let Some((name, kind, help)) = JOB_FAMILIES.get(family) else {
+            return (String::new(), None);
+        };
+        let end = (start + CHUNK_JOBS).min(table.len());
+        let mut out = String::with_capacity(64 * 1024);
+        for job in table.get(start..end).unwrap_or_default() {
+            let st = job.stats.lock().expect("job stats lock");
+            let value: Option<i64> = match family {
+                0 => Some(job.max_age as i64),
+                1 => st.preflight_ok.map(i64::from),
+                2 => st.last_attempt,
+                3 => st.last_success,
+                _ => Some(0),
+            };
+            let Some(value) = value else { continue };
+            if !header_done {
+                let _ = writeln!(out, "# HELP qlik_rotator_{name} {}", escape(help, false));
+                let _ = writeln!(out, "# TYPE qlik_rotator_{name} {kind}");
+                header_done = true;
+            }
+            let job_label = escape(&job.name, true);
+            match family {
+                4 => {
+                    let mut cumulative = 0;
+                    for (bound, n) in DURATION_BUCKETS.iter().zip(st.buckets) {
+                        cumulative += n;
+                        let _ = writeln!(
+                            out,
+                            "qlik_rotator_{name}_bucket{{job=\"{job_label}\",le=\"{bound}\"}} {cumulative}"
+                        );
+                    }
+                    let _ = writeln!(
+                        out,
+                        "qlik_rotator_{name}_bucket{{job=\"{job_label}\",le=\"+Inf\"}} {}",
+                        st.count
+                    );
+                    let _ = writeln!(
+                        out,
+                        "qlik_rotator_{name}_sum{{job=\"{job_label}\"}} {}",
+                        st.sum
+                    );
+                    let _ = writeln!(
+                        out,
+                        "qlik_rotator_{name}_count{{job=\"{job_label}\"}} {}",
+                        st.count
+                    );
+                }
+                5 => {
+                    let connector = escape(&job.connector, true);
+                    for (outcome, n) in OUTCOMES.iter().zip(st.outcomes) {
+                        let _ = writeln!(
+                            out,
+                            "qlik_rotator_{name}{{connector=\"{connector}\",job=\"{job_label}\",outcome=\"{outcome}\"}} {n}"
+                        );
+                    }
+                }
+                _ => {
+                    let _ = writeln!(out, "qlik_rotator_{name}{{job=\"{job_label}\"}} {value}");
+                }
+            }
+        }
+        let next = if end < table.len() {
+            Some((family, end, header_done))
+        } else if family + 1 < JOB_FAMILIES.len() {
+            Some((family + 1, 0, false))
+        } else {
+            None
+        };
+        (out, next)
+    }
+}
+
+/// Escapes a label value (`include_double_quote`) or HELP text for the text format.
+fn escape(v: &str, include_double_quote: bool) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '\n', '"']) {
+        return v.into();
+    }
+    let mut out = String::with_capacity(v.len() + 4);
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if include_double_quote => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 impl Default for Metrics {
@@ -290,11 +483,53 @@ impl Drop for InFlight {
 
 #[cfg(test)]
 mod tests {
+    use std::{collections::HashMap, path::Path};
+
     use super::*;
+    use crate::rotation::{Outcome, Report};
+
+    /// `n` jobs named `job-0000` …, plus one whose name needs escaping.
+    fn jobs(n: usize) -> Vec<JobConfig> {
+        let mut text = String::from(
+            "[qlik]\ntenant_url = \"https://t.eu.qlikcloud.com\"\napi_key_env = \"K\"\n\
+             [sources.f]\ntype = \"file\"\npath = \"/v\"\n",
+        );
+        for i in 0..n {
+            let _ = write!(
+                text,
+                "[[jobs]]\nname = \"job-{i:04}\"\nconnection = {{ id = \"c{i}\" }}\n\
+                 connector = \"mssql\"\nsource = \"f\"\nsecret = \"s{i}\"\nmax_age = \"2h\"\n"
+            );
+        }
+        crate::config::load_str(&text, Path::new("/"), &HashMap::new())
+            .expect("valid config")
+            .jobs
+    }
+
+    fn report(job: &str, outcome: Outcome, ms: u64) -> Report {
+        Report {
+            job: job.to_owned(),
+            connection_key: "id:c".to_owned(),
+            fanout: false,
+            connection_id: None,
+            secret_version: None,
+            outcome,
+            duration: Duration::from_millis(ms),
+            after: None,
+            verified: None,
+        }
+    }
+
+    /// Sample value of the line starting with `series ` (exact series, labels included).
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
 
     #[test]
     fn names_follow_the_contract() {
         let m = Metrics::new();
+        m.register_jobs(&jobs(1));
         m.secret_fetch("file", true);
         m.request(
             "GET",
@@ -303,7 +538,7 @@ mod tests {
             Duration::from_millis(3),
         );
         m.set_jobs(2, 1);
-        m.set_preflight("a", false);
+        m.set_preflight("job-0000", false);
         let text = m.render();
         for name in [
             "qlik_rotator_build_info{version=",
@@ -312,10 +547,147 @@ mod tests {
             "qlik_rotator_qlik_request_duration_seconds_bucket{",
             "qlik_rotator_rate_limited_total 0",
             "qlik_rotator_jobs{state=\"preflight_failed\"} 1",
-            "qlik_rotator_job_preflight_ok{job=\"a\"} 0",
+            "qlik_rotator_job_preflight_ok{job=\"job-0000\"} 0",
+            "qlik_rotator_job_max_age_seconds{job=\"job-0000\"} 7200",
+            "qlik_rotator_rotations_total{connector=\"mssql\",job=\"job-0000\",outcome=\"verify_failed\"} 0",
+            "qlik_rotator_rotation_duration_seconds_bucket{job=\"job-0000\",le=\"+Inf\"} 0",
             "qlik_rotator_rotations_in_flight 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+        // Never set: no series, and no HELP/TYPE for an empty family.
+        assert!(!text.contains("last_success_timestamp_seconds"), "{text}");
+        assert!(!text.contains("last_attempt_timestamp_seconds"), "{text}");
+    }
+
+    #[test]
+    fn record_counts_outcomes_and_fills_the_histogram_cumulatively() {
+        let m = Metrics::new();
+        m.register_jobs(&jobs(2));
+        let job = &jobs(2)[1];
+        m.record(job, &[&report("job-0001", Outcome::Rotated, 300)]);
+        m.record(job, &[&report("job-0001", Outcome::Unchanged, 40)]);
+        m.record(job, &[&report("job-0001", Outcome::Rotated, 200_000)]);
+        let text = m.render();
+        let s = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series}\n{text}"));
+        let rot = "qlik_rotator_rotations_total{connector=\"mssql\",job=\"job-0001\",outcome=";
+        assert_eq!(s(&format!("{rot}\"rotated\"}}")), 2.0);
+        assert_eq!(s(&format!("{rot}\"unchanged\"}}")), 1.0);
+        assert_eq!(s(&format!("{rot}\"failed\"}}")), 0.0);
+        let b = |le: &str| {
+            s(&format!(
+                "qlik_rotator_rotation_duration_seconds_bucket{{job=\"job-0001\",le=\"{le}\"}}"
+            ))
+        };
+        assert_eq!(b("0.05"), 1.0);
+        assert_eq!(b("0.25"), 1.0);
+        assert_eq!(b("0.5"), 2.0);
+        assert_eq!(b("120"), 2.0);
+        assert_eq!(b("+Inf"), 3.0);
+        assert_eq!(
+            s("qlik_rotator_rotation_duration_seconds_count{job=\"job-0001\"}"),
+            3.0
+        );
+        let sum = s("qlik_rotator_rotation_duration_seconds_sum{job=\"job-0001\"}");
+        assert!((sum - 200.34).abs() < 1e-9, "{sum}");
+        // The other job is untouched; both carry a last attempt only if they ran.
+        assert_eq!(
+            s("qlik_rotator_rotation_duration_seconds_count{job=\"job-0000\"}"),
+            0.0
+        );
+        assert!(
+            sample(
+                &text,
+                "qlik_rotator_last_attempt_timestamp_seconds{job=\"job-0001\"}"
+            )
+            .is_some()
+        );
+        assert!(
+            sample(
+                &text,
+                "qlik_rotator_last_attempt_timestamp_seconds{job=\"job-0000\"}"
+            )
+            .is_none()
+        );
+        // A failure sets the attempt but not the success.
+        m.set_last_success("job-0000", 1_000);
+        m.record(
+            &jobs(1)[0],
+            &[&report(
+                "job-0000",
+                Outcome::Failed(crate::rotation::RotationError::NoCredential("c".into())),
+                10,
+            )],
+        );
+        let text = m.render();
+        assert_eq!(
+            sample(
+                &text,
+                "qlik_rotator_last_success_timestamp_seconds{job=\"job-0000\"}"
+            ),
+            Some(1_000.0)
+        );
+        // Unknown jobs are ignored rather than creating unbounded series.
+        m.set_preflight("nope", true);
+        assert!(!m.render().contains("nope"));
+    }
+
+    #[test]
+    fn chunks_keep_each_family_contiguous_with_one_header() {
+        let n = CHUNK_JOBS * 3 + 5;
+        let m = Metrics::new();
+        m.register_jobs(&jobs(n));
+        for j in &jobs(n) {
+            m.set_preflight(&j.name, true);
+        }
+        let chunks: Vec<String> = m.render_chunks().collect();
+        // The registry's part, then 4 chunks for each of the 4 families with samples (the
+        // two timestamp families have none yet and produce nothing).
+        assert_eq!(chunks.len(), 1 + 4 * 4);
+        assert!(chunks.iter().all(|c| !c.is_empty()));
+        let text = chunks.concat();
+        assert_eq!(text, m.render());
+        // Every family: exactly one HELP and one TYPE, and all its samples in one block.
+        let mut seen: Vec<String> = Vec::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            let family = if let Some(rest) = line.strip_prefix("# HELP ") {
+                let f = rest.split(' ').next().unwrap_or_default().to_owned();
+                assert!(!seen.contains(&f), "second HELP for {f}");
+                seen.push(f.clone());
+                current = f;
+                continue;
+            } else if line.starts_with("# TYPE ") {
+                continue;
+            } else {
+                line.split(['{', ' ']).next().unwrap_or_default().to_owned()
+            };
+            assert!(
+                family == current || family.starts_with(&format!("{current}_")),
+                "{family} outside its block ({current})"
+            );
+        }
+        assert_eq!(
+            text.matches("qlik_rotator_job_preflight_ok{").count(),
+            n,
+            "one pre-flight sample per job"
+        );
+        // Sorted by job name.
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("qlik_rotator_job_max_age_seconds{job=\""))
+            .map(|l| l.split('"').next().unwrap_or_default())
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
+    }
+
+    #[test]
+    fn label_values_and_help_are_escaped() {
+        assert_eq!(escape(r#"a"b\c"#, true), r#"a\"b\\c"#);
+        assert_eq!(escape("a\nb", false), "a\\nb");
+        assert_eq!(escape(r#"say "hi""#, false), r#"say "hi""#);
+        assert_eq!(escape("plain", true), "plain");
     }
 }

@@ -29,10 +29,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `default_level` applies when `RUST_LOG` is unset.
+/// Installs the global subscriber. `default_level` applies when `RUST_LOG` is unset; the
+/// scheduler's own start-up chatter ("Job creator created", …) is then shown from `warn`.
 pub fn init(format: LogFormat, default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},tokio_cron_scheduler=warn")));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = match format {

@@ -50,6 +50,14 @@ source = "nowhere"
     // The same exit code for rotate and plan, and nothing is contacted.
     let out = run_cli(&["rotate", "-c", path.to_str().unwrap(), "--all"], &[]).await;
     assert_eq!(out.code, 64);
+    // `run` loads its config on a thread of its own; the errors and the code are the same.
+    let out = run_cli(&["run", "-c", path.to_str().unwrap()], &[]).await;
+    assert_eq!(out.code, 64, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("jobs[0].connector: unknown connector \"foo\"")
+    );
+    assert!(!out.stderr.contains("Serving /metrics"));
     // Bad usage is 64 too; --help is 0 and teaches.
     assert_eq!(run_cli(&["rotate"], &[]).await.code, 64);
     let help = run_cli(&["--help"], &[]).await;

@@ -146,7 +146,7 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
     );
 
     // rotated
-    r.daemon.trigger("sales-s3", false, false);
+    r.daemon.trigger("sales-s3", false);
     let text = wait_outcome(&r, "sales-s3", "rotated").await;
     assert!(
         metric(
@@ -182,10 +182,10 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
         Some(1.0)
     );
     // unchanged
-    r.daemon.trigger("sales-s3", false, false);
+    r.daemon.trigger("sales-s3", false);
     wait_outcome(&r, "sales-s3", "unchanged").await;
     // failed (build)
-    r.daemon.trigger("warehouse-bq", false, false);
+    r.daemon.trigger("warehouse-bq", false);
     let text = wait_outcome(&r, "warehouse-bq", "failed").await;
     assert_eq!(
         metric(
@@ -214,7 +214,7 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
         status: 404,
         times: 1,
     });
-    r.daemon.trigger("finance-sql", false, false);
+    r.daemon.trigger("finance-sql", false);
     let text = wait_outcome(&r, "finance-sql", "verify_failed").await;
     assert_eq!(
         metric(
@@ -469,6 +469,75 @@ async fn jobs_sharing_the_write_budget_never_exceed_it() {
         "expected 429s without a budget"
     );
     assert_eq!(patches.iter().filter(|p| p.status == 204).count(), 12);
+}
+
+#[tokio::test]
+async fn jobs_sharing_a_schedule_share_one_cron_entry_and_respect_the_concurrency_cap() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    const PATCH_DELAY: Duration = Duration::from_millis(300);
+    sim.inject(Fault::Delay {
+        method: Some("PATCH".into()),
+        path_prefix: None,
+        delay: PATCH_DELAY,
+        times: 6,
+    });
+    let mut jobs = String::new();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let id = sim.add_connection(qlik_rotator::sim::SeedConnection::new(
+            format!("c{i}"),
+            "mssql",
+            serde_json::json!({"host": "h", "username": "u"}),
+        ));
+        write_secret(
+            dir.path(),
+            &format!("s{i}"),
+            &format!(r#"{{"username":"u{i}","password":"p{i}"}}"#),
+        );
+        // Six jobs every second (one cron entry); the seventh daily, in another zone (a
+        // second entry); it never runs here.
+        let schedule = if i < 6 {
+            "schedule = \"* * * * * *\"\njitter = \"200ms\""
+        } else {
+            "schedule = \"0 0 3 * * *\"\ntimezone = \"Europe/Paris\""
+        };
+        jobs.push_str(&format!(
+            "[[jobs]]\nname = \"j{i}\"\nconnection = {{ id = \"{id}\" }}\nconnector = \"mssql\"\nsource = \"vault\"\nsecret = \"s{i}\"\n{schedule}\n"
+        ));
+        ids.push(id);
+    }
+    let text = format!(
+        "{}[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\nmax_concurrent_rotations = 2\n[metrics]\nlisten = \"127.0.0.1:0\"\n{jobs}",
+        qlik_section(&sim)
+    );
+    let r = start(dir.path(), &text).await;
+    assert_eq!(r.cron_entries(), 2);
+    let names: Vec<String> = (0..6).map(|i| format!("j{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_rotated(&r, &names).await;
+    // Ticks keep coming: each later run finds the version applied and writes nothing.
+    wait_outcome(&r, "j0", "unchanged").await;
+    assert!(r.shutdown().await);
+
+    let patches = with_method(&sim, "PATCH");
+    assert_eq!(patches.len(), 6, "one PATCH per job, never repeated");
+    assert!(patches.iter().all(|p| p.status == 204));
+    assert!(
+        !patches.iter().any(|q| q.path.ends_with(&ids[6])),
+        "the daily job did not run"
+    );
+    // With two rotation slots, a third PATCH can only start once the first rotation has
+    // had its (delayed) PATCH answered: arrivals two apart are at least the delay apart.
+    let mut at: Vec<std::time::Instant> = patches.iter().map(|p| p.at).collect();
+    at.sort();
+    for w in at.windows(3) {
+        assert!(
+            w[2].duration_since(w[0]) >= PATCH_DELAY,
+            "three PATCHes in flight at once: {:?}",
+            w[2].duration_since(w[0])
+        );
+    }
 }
 
 // === the real binary ===

@@ -11,6 +11,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -200,8 +201,8 @@ pub struct JobConfig {
     /// The connector (`datasourceID`), for labels and messages.
     pub connector: String,
     /// What to write: properties, keys, encodings, scheme (resolved from the catalogue or a
-    /// `generic` job).
-    pub spec: BuildSpec,
+    /// `generic` job). Jobs with equal specs share one.
+    pub spec: Arc<BuildSpec>,
     /// Name of the `[sources.NAME]` entry.
     pub source: String,
     /// The secret and version to read.
@@ -359,6 +360,8 @@ pub fn validate(tree: &Value, base_dir: &Path) -> Result<Config, ConfigErrors> {
     }
 
     let mut jobs = Vec::new();
+    // Equal specs are shared: most jobs of a large config use a catalogue connector as is.
+    let mut specs: Vec<Arc<BuildSpec>> = Vec::new();
     match root.get("jobs") {
         Some(Value::Array(items)) if items.is_empty() => {
             errs.push("jobs", "at least one [[jobs]] entry is required");
@@ -368,6 +371,12 @@ pub fn validate(tree: &Value, base_dir: &Path) -> Result<Config, ConfigErrors> {
                 if let Some(job) = Table::new(format!("jobs[{i}]"), item, &mut errs)
                     .and_then(|t| job(t, &sources, &mut errs))
                 {
+                    let mut job: JobConfig = job;
+                    match specs.iter().find(|s| ***s == *job.spec) {
+                        Some(shared) => job.spec = shared.clone(),
+                        None if specs.len() < 64 => specs.push(job.spec.clone()),
+                        None => {}
+                    }
                     jobs.push(job);
                 }
             }
@@ -723,7 +732,7 @@ fn job(
         name: name?,
         connections: connections?,
         connector: spec.datasource.clone(),
-        spec,
+        spec: Arc::new(spec),
         source: source?,
         secret: SecretRef {
             id: secret_id?,

@@ -239,3 +239,37 @@ fn loopback_http_is_allowed() {
         assert!(load_str(&text, Path::new("/"), &env(&[])).is_ok(), "{url}");
     }
 }
+
+#[test]
+fn jobs_with_equal_specs_share_one() {
+    let text = format!(
+        "{MINIMAL}
+[[jobs]]
+name = \"b\"
+connection = {{ id = \"c2\" }}
+connector = \"mssql\"
+source = \"aws\"
+secret = \"prod/b\"
+[[jobs]]
+name = \"c\"
+connection = {{ id = \"c3\" }}
+connector = \"mssql\"
+source = \"aws\"
+secret = \"prod/c\"
+[jobs.fields]
+password = \"pw\"
+"
+    );
+    let cfg = load_str(&text, Path::new("/etc/qr"), &env(&[])).unwrap();
+    let [a, b, c] = [0, 1, 2].map(|i| &cfg.jobs[i].spec);
+    assert!(Arc::ptr_eq(a, b), "same connector, no overrides: one spec");
+    assert!(!Arc::ptr_eq(a, c), "a field override is a spec of its own");
+    assert_eq!(
+        c.props.iter().find(|p| p.name == "password").unwrap().key,
+        "pw"
+    );
+    assert_eq!(
+        a.props.iter().find(|p| p.name == "password").unwrap().key,
+        "password"
+    );
+}

@@ -58,7 +58,7 @@ pub enum SeparateMode {
 
 /// What a job asks a builder to do: resolved from the catalogue (or a `generic` job) at
 /// config-validation time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BuildSpec {
     /// The `datasourceID` the connection must have.
     pub datasource: String,

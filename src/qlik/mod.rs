@@ -13,4 +13,4 @@ pub mod model;
 
 pub use client::{ClientSettings, Credentials, QlikClient, RetryPolicy};
 pub use error::QlikError;
-pub use model::{DataConnection, PatchDocument};
+pub use model::{CachedConnection, DataConnection, PatchDocument};
