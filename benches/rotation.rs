@@ -380,7 +380,7 @@ async fn daemon_run(setup: DaemonSetup) -> Result<DaemonRun, String> {
     sim.clear_requests();
     let t0 = Instant::now();
     for i in 0..n {
-        running.daemon.trigger(&job_name(i), false, false);
+        running.daemon.trigger(&job_name(i), false);
     }
     let result = wait_outcome(&http, running.addr, "rotated", n, t0, setup.timeout).await;
     let (rotate, text) = match result {
@@ -401,7 +401,7 @@ async fn daemon_run(setup: DaemonSetup) -> Result<DaemonRun, String> {
         sim.clear_requests();
         let t1 = Instant::now();
         for i in 0..n {
-            running.daemon.trigger(&job_name(i), false, false);
+            running.daemon.trigger(&job_name(i), false);
         }
         match wait_outcome(&http, running.addr, "unchanged", n, t1, setup.timeout).await {
             Ok((d, _)) => Some((d, sim.requests())),
@@ -851,8 +851,9 @@ struct IdleCase {
     /// The connections exist, so pre-flight passes and caches each connection; otherwise
     /// every pre-flight GET is a 404 and nothing is cached.
     preflight_ok: bool,
-    /// `MALLOC_ARENA_MAX=1` for the daemon (one glibc arena: shows allocator retention).
-    one_arena: bool,
+    /// Every job has a schedule of its own (a cron entry each) instead of one shared daily
+    /// schedule (one cron entry for all).
+    distinct: bool,
 }
 
 impl IdleCase {
@@ -865,8 +866,8 @@ impl IdleCase {
         if !self.preflight_ok {
             parts.push("pre-flight 404");
         }
-        if self.one_arena {
-            parts.push("MALLOC_ARENA_MAX=1");
+        if self.distinct {
+            parts.push("a schedule per job");
         }
         parts.join(", ")
     }
@@ -876,6 +877,10 @@ struct Idle {
     case: IdleCase,
     ready_after: Duration,
     rss_kib: u64,
+    /// VmRSS once one `/metrics` scrape has been read in full.
+    scraped_rss_kib: u64,
+    /// Size of that scrape.
+    scrape_bytes: usize,
     hwm_kib: u64,
     threads: u64,
     cpu_ms_idle: u64,
@@ -925,12 +930,34 @@ fn idle_config(sim: &Simulator, dir: &Path, case: IdleCase) -> Result<PathBuf, S
             .collect()
     };
     std::fs::create_dir_all(dir.join("vault")).map_err(|e| e.to_string())?;
-    let extra = if case.scheduled {
+    let extra = if case.scheduled && !case.distinct {
         "schedule = \"0 0 3 * * *\"\n"
     } else {
         ""
     };
-    let text = config_text(sim, case.jobs, 100, 4, ConnBy::Id(&ids), extra);
+    let mut text = config_text(sim, case.jobs, 100, 4, ConnBy::Id(&ids), extra);
+    if case.distinct {
+        // Daily, at a different second of the night for each job.
+        let mut i = 0;
+        text = text
+            .split("\n[[jobs]]\n")
+            .enumerate()
+            .map(|(n, part)| {
+                if n == 0 {
+                    return part.to_owned();
+                }
+                let s = format!(
+                    "{part}schedule = \"{} {} {} * * *\"\n",
+                    i % 60,
+                    (i / 60) % 60,
+                    i / 3600
+                );
+                i += 1;
+                s
+            })
+            .collect::<Vec<_>>()
+            .join("\n[[jobs]]\n");
+    }
     let path = dir.join("config.toml");
     std::fs::write(&path, text).map_err(|e| e.to_string())?;
     Ok(path)
@@ -955,9 +982,6 @@ async fn idle_daemon(case: IdleCase) -> Result<Idle, String> {
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    if case.one_arena {
-        cmd.env("MALLOC_ARENA_MAX", "1");
-    }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", binary().display()))?;
@@ -994,7 +1018,16 @@ async fn idle_daemon(case: IdleCase) -> Result<Idle, String> {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let cpu1 = cpu_ticks(pid);
         let st = proc_status(pid);
-        Ok((ready_after, st, cpu1.saturating_sub(cpu0)))
+        let (_, body) = get(&http, addr, "/metrics").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let scraped = proc_status(pid);
+        Ok((
+            ready_after,
+            st,
+            cpu1.saturating_sub(cpu0),
+            scraped,
+            body.len(),
+        ))
     }
     .await;
     // SIGTERM, then wait (bounded) for a clean exit.
@@ -1016,12 +1049,14 @@ async fn idle_daemon(case: IdleCase) -> Result<Idle, String> {
         }
     };
     sim.shutdown().await;
-    let (ready_after, st, ticks) = result?;
+    let (ready_after, st, ticks, scraped, scrape_bytes) = result?;
     // Clock ticks are 1/100 s on Linux.
     Ok(Idle {
         case,
         ready_after,
         rss_kib: st.get("VmRSS").copied().unwrap_or(0),
+        scraped_rss_kib: scraped.get("VmRSS").copied().unwrap_or(0),
+        scrape_bytes,
         hwm_kib: st.get("VmHWM").copied().unwrap_or(0),
         threads: st.get("Threads").copied().unwrap_or(0),
         cpu_ms_idle: ticks * 10,
@@ -1042,7 +1077,7 @@ async fn config_load_peak(jobs: usize) -> Option<u64> {
         jobs,
         scheduled: true,
         preflight_ok: false,
-        one_arena: false,
+        distinct: false,
     };
     let cfg = idle_config(&sim, dir.path(), case).ok()?;
     let out = Command::new(time)
@@ -1073,7 +1108,7 @@ async fn section_rss(args: &Args, report: &mut Report) {
         jobs: n,
         scheduled: true,
         preflight_ok: true,
-        one_arena: false,
+        distinct: false,
     };
     // The target case first, then variants that show what the memory grows with.
     let mut cases = vec![target];
@@ -1092,7 +1127,7 @@ async fn section_rss(args: &Args, report: &mut Report) {
             ..target
         },
         IdleCase {
-            one_arena: true,
+            distinct: true,
             ..target
         },
     ] {
@@ -1106,17 +1141,26 @@ async fn section_rss(args: &Args, report: &mut Report) {
         results.push(idle_daemon(case).await);
     }
     println!(
-        "  {:>7}  {:<36}  {:>9}  {:>9}  {:>7}  {:>8}  {:>7}  exit",
-        "jobs", "variant", "VmRSS MiB", "VmHWM MiB", "threads", "idle CPU", "ready"
+        "  {:>7}  {:<36}  {:>9}  {:>9}  {:>19}  {:>7}  {:>8}  {:>7}  exit",
+        "jobs",
+        "variant",
+        "VmRSS MiB",
+        "VmHWM MiB",
+        "scraped MiB (body MB)",
+        "threads",
+        "idle CPU",
+        "ready"
     );
     for r in &results {
         match r {
             Ok(i) => println!(
-                "  {:>7}  {:<36}  {:>9.1}  {:>9.1}  {:>7}  {:>5} ms  {:>7}  {}",
+                "  {:>7}  {:<36}  {:>9.1}  {:>9.1}  {:>9.1} ({:>6.1})  {:>7}  {:>5} ms  {:>7}  {}",
                 i.case.jobs,
                 i.case.label(),
                 i.rss_kib as f64 / 1024.0,
                 i.hwm_kib as f64 / 1024.0,
+                i.scraped_rss_kib as f64 / 1024.0,
+                i.scrape_bytes as f64 / 1e6,
                 i.threads,
                 i.cpu_ms_idle,
                 secs(i.ready_after),
@@ -1138,7 +1182,7 @@ async fn section_rss(args: &Args, report: &mut Report) {
             ..target
         }) {
             println!(
-                "    cron entry (tokio-cron-scheduler):              {:>6.0} bytes per job",
+                "    the schedule (one shared cron entry):           {:>6.0} bytes per job",
                 per_job(big, v)
             );
         }
@@ -1152,12 +1196,12 @@ async fn section_rss(args: &Args, report: &mut Report) {
             );
         }
         if let Some(v) = find(IdleCase {
-            one_arena: true,
+            distinct: true,
             ..target
         }) {
             println!(
-                "    extra glibc arenas (vs MALLOC_ARENA_MAX=1):    {:>6.0} bytes per job",
-                per_job(big, v)
+                "    a cron entry per job (vs one shared schedule):  {:>6.0} bytes per job",
+                per_job(v, big)
             );
         }
     }

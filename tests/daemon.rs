@@ -399,6 +399,25 @@ async fn a_429_pauses_every_writer_for_retry_after() {
     }
 }
 
+/// SQL Server job `j{i}` on a new connection `c{i}` with secret `s{i}` in the file vault;
+/// `extra` is appended to the job. Returns the connection id and the `[[jobs]]` entry.
+fn sql_job(sim: &Simulator, dir: &Path, i: usize, extra: &str) -> (String, String) {
+    let id = sim.add_connection(qlik_rotator::sim::SeedConnection::new(
+        format!("c{i}"),
+        "mssql",
+        serde_json::json!({"host": "h", "username": "u"}),
+    ));
+    write_secret(
+        dir,
+        &format!("s{i}"),
+        &format!(r#"{{"username":"u{i}","password":"p{i}"}}"#),
+    );
+    let job = format!(
+        "[[jobs]]\nname = \"j{i}\"\nconnection = {{ id = \"{id}\" }}\nconnector = \"mssql\"\nsource = \"vault\"\nsecret = \"s{i}\"\n{extra}\n"
+    );
+    (id, job)
+}
+
 /// Twelve jobs rotating at once against a scaled-down Qlik (5 writes per 3-second window, i.e.
 /// 100 per minute), sharing one write budget.
 async fn budget_run(budget_per_min: u32) -> Simulator {
@@ -412,19 +431,7 @@ async fn budget_run(budget_per_min: u32) -> Simulator {
     let dir = tempfile::tempdir().unwrap();
     let mut jobs = String::new();
     for i in 0..12 {
-        let id = sim.add_connection(qlik_rotator::sim::SeedConnection::new(
-            format!("c{i}"),
-            "mssql",
-            serde_json::json!({"host": "h", "username": "u"}),
-        ));
-        write_secret(
-            dir.path(),
-            &format!("s{i}"),
-            &format!(r#"{{"username":"u{i}","password":"p{i}"}}"#),
-        );
-        jobs.push_str(&format!(
-            "[[jobs]]\nname = \"j{i}\"\nconnection = {{ id = \"{id}\" }}\nconnector = \"mssql\"\nsource = \"vault\"\nsecret = \"s{i}\"\nrun_on_start = true\n"
-        ));
+        jobs.push_str(&sql_job(&sim, dir.path(), i, "run_on_start = true").1);
     }
     let text = format!(
         "{}write_budget_per_min = {budget_per_min}\n[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\nmax_concurrent_rotations = 12\n[metrics]\nlisten = \"127.0.0.1:0\"\n{jobs}",
@@ -485,16 +492,6 @@ async fn jobs_sharing_a_schedule_share_one_cron_entry_and_respect_the_concurrenc
     let mut jobs = String::new();
     let mut ids = Vec::new();
     for i in 0..7 {
-        let id = sim.add_connection(qlik_rotator::sim::SeedConnection::new(
-            format!("c{i}"),
-            "mssql",
-            serde_json::json!({"host": "h", "username": "u"}),
-        ));
-        write_secret(
-            dir.path(),
-            &format!("s{i}"),
-            &format!(r#"{{"username":"u{i}","password":"p{i}"}}"#),
-        );
         // Six jobs every second (one cron entry); the seventh daily, in another zone (a
         // second entry); it never runs here.
         let schedule = if i < 6 {
@@ -502,9 +499,8 @@ async fn jobs_sharing_a_schedule_share_one_cron_entry_and_respect_the_concurrenc
         } else {
             "schedule = \"0 0 3 * * *\"\ntimezone = \"Europe/Paris\""
         };
-        jobs.push_str(&format!(
-            "[[jobs]]\nname = \"j{i}\"\nconnection = {{ id = \"{id}\" }}\nconnector = \"mssql\"\nsource = \"vault\"\nsecret = \"s{i}\"\n{schedule}\n"
-        ));
+        let (id, job) = sql_job(&sim, dir.path(), i, schedule);
+        jobs.push_str(&job);
         ids.push(id);
     }
     let text = format!(

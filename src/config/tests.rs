@@ -264,12 +264,10 @@ password = \"pw\"
     let [a, b, c] = [0, 1, 2].map(|i| &cfg.jobs[i].spec);
     assert!(Arc::ptr_eq(a, b), "same connector, no overrides: one spec");
     assert!(!Arc::ptr_eq(a, c), "a field override is a spec of its own");
-    assert_eq!(
-        c.props.iter().find(|p| p.name == "password").unwrap().key,
-        "pw"
-    );
-    assert_eq!(
-        a.props.iter().find(|p| p.name == "password").unwrap().key,
-        "password"
-    );
+    let password_key = |spec: &Arc<crate::connectors::BuildSpec>| {
+        let prop = spec.props.iter().find(|p| p.name == "password").unwrap();
+        prop.key.clone()
+    };
+    assert_eq!(password_key(c), "pw");
+    assert_eq!(password_key(a), "password");
 }
