@@ -331,31 +331,28 @@ fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
 // Prometheus rules
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn promtool_check_rules() {
+/// `promtool <verb> <noun> deploy/<file>` must succeed.
+fn promtool_ok(verb: &str, noun: &str, file: &str) {
     run_ok(
         Command::new(promtool())
-            .args(["check", "rules"])
-            .arg(deploy("prometheus/rules.yml")),
+            .args([verb, noun])
+            .arg(deploy(file)),
     );
+}
+
+#[test]
+fn promtool_check_rules() {
+    promtool_ok("check", "rules", "prometheus/rules.yml");
 }
 
 #[test]
 fn promtool_rule_unit_tests_pass() {
-    run_ok(
-        Command::new(promtool())
-            .args(["test", "rules"])
-            .arg(deploy("prometheus/rules_test.yml")),
-    );
+    promtool_ok("test", "rules", "prometheus/rules_test.yml");
 }
 
 #[test]
 fn promtool_check_example_prometheus_config() {
-    run_ok(
-        Command::new(promtool())
-            .args(["check", "config"])
-            .arg(deploy("prometheus/prometheus.yml")),
-    );
+    promtool_ok("check", "config", "prometheus/prometheus.yml");
     let cfg = yaml("prometheus/prometheus.yml");
     let scrape = &yseq(&cfg["scrape_configs"], "scrape_configs")[0];
     assert_eq!(ystr(&scrape["job_name"], "job_name"), SCRAPE_JOB);
