@@ -354,6 +354,7 @@ pub fn connectors() -> ExitCode {
             ids.extend(family.ids.iter().map(|id| format!("DG_{id}")));
         }
         crate::outln!("\n{} — {}", family.title, ids.join(", "));
+        crate::outln!("  source: {}", family.sources_text());
         for scheme in family.schemes {
             let props: Vec<String> = scheme
                 .props

@@ -10,6 +10,7 @@ use base64::Engine as _;
 use qlik_rotator::{
     config::load_str,
     connectors::{CATALOGUE, Connector, PropKind, Scheme, catalogue::markdown_table},
+    metrics::Metrics,
     rotation::{Outcome, RunOptions},
     sim::{
         SeedConnection, SimConfig, Simulator,
@@ -176,9 +177,17 @@ async fn every_connector_and_scheme_rotates_end_to_end() {
             connection,
         });
     }
-    // 28 ids + 7 gateway variants = 35, plus the second schemes of snowflake and DG_snowflake,
-    // the two extra REST schemes and the second SFTP scheme.
-    assert_eq!(table.len(), 40);
+    // 29 ids + 7 gateway variants = 36, plus the second schemes of snowflake and DG_snowflake,
+    // the two extra REST schemes, the second SFTP scheme and the password scheme of the Data
+    // Integration Snowflake target.
+    assert_eq!(table.len(), 42);
+    // The connectors added with a public source are among them.
+    for (id, scheme) in [("sfdc", "password"), ("reptgt_qdisnowflake", "password")] {
+        assert!(
+            table.iter().any(|c| c.id == id && c.scheme.name == scheme),
+            "{id} / {scheme} not covered"
+        );
+    }
 
     let input: HashMap<String, String> = HashMap::from([("QLIK_API_KEY".into(), API_KEY.into())]);
     let cfg = load_str(&config_text(&sim, &vault, &table), dir.path(), &input)
@@ -290,4 +299,280 @@ fn readme_holds_the_generated_connector_table() {
         );
     }
     assert!(CATALOGUE.iter().all(|f| inner.contains(f.title)));
+}
+
+#[test]
+fn connectors_command_names_a_source_for_every_family() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qlik-rotator"))
+        .arg("connectors")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for family in CATALOGUE {
+        // The line after the family's title line is its source line.
+        let title = format!("\n{} — ", family.title);
+        let at = stdout
+            .find(&title)
+            .unwrap_or_else(|| panic!("{} missing", family.title));
+        let source_line = stdout[at + 1..].lines().nth(1).unwrap();
+        assert_eq!(
+            source_line,
+            format!("  source: {}", family.sources_text()),
+            "{}",
+            family.title
+        );
+    }
+    assert!(stdout.contains(
+        "  source: QlikProfessionalServices/ansible-qlikcloud-collection plugins/modules/data_connection.py@13547698"
+    ));
+    assert!(stdout.contains(
+        "scheme password: daniepett/terraform-provider-qlik pkg/resources/data_connection.go@2da98e62"
+    ));
+    assert_eq!(stdout.matches("\n  source: ").count(), CATALOGUE.len());
+}
+
+// === adversarial inputs for the connectors added with a public source ===
+
+/// The canary: a unique secret string that must appear in no output.
+const CANARY: &str = "CANARY-conn-7f3a9c";
+
+/// What one failing run left behind.
+struct Failed {
+    sim: Simulator,
+    error_type: String,
+    message: String,
+    outputs: String,
+}
+
+/// Seeds the example connection of `seed_id`/`scheme`, writes `secret` as the vault file and
+/// runs one job with connector `job_id` and `scheme`; the run must fail.
+async fn run_failing(seed_id: &str, job_id: &str, scheme: &str, secret: &str) -> Failed {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dir.path().join("vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    let seed_scheme = Connector::lookup(seed_id)
+        .unwrap()
+        .family
+        .schemes
+        .iter()
+        .find(|s| example(seed_id, s.name).is_some())
+        .unwrap()
+        .name;
+    let ex = example(seed_id, seed_scheme).unwrap();
+    sim.add_data_source_spec(seed_id, api_specs(seed_id));
+    if job_id != seed_id {
+        sim.add_data_source_spec(job_id, api_specs(job_id));
+    }
+    let connection = sim.add_connection(SeedConnection::new(
+        "target".to_owned(),
+        seed_id.to_owned(),
+        ex.properties.clone(),
+    ));
+    std::fs::write(vault.join("s.json"), secret).unwrap();
+    let text = format!(
+        "[qlik]\ntenant_url = \"{}\"\napi_key_env = \"QLIK_API_KEY\"\nwrite_budget_per_min = 0\n\n\
+         [sources.vault]\ntype = \"file\"\npath = \"{}\"\n\n\
+         [[jobs]]\nname = \"j\"\nconnection = {{ id = \"{connection}\" }}\nconnector = \"{job_id}\"\n\
+         scheme = \"{scheme}\"\nsource = \"vault\"\nsecret = \"s\"\n",
+        sim.base_url(),
+        vault.display()
+    );
+    let input: HashMap<String, String> = HashMap::from([("QLIK_API_KEY".into(), API_KEY.into())]);
+    let cfg = load_str(&text, dir.path(), &input).unwrap_or_else(|e| panic!("config: {e}"));
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let rotator = qlik_rotator::app::rotator(&cfg, &input)
+        .await
+        .unwrap()
+        .with_metrics(metrics.clone());
+    let job = cfg.job("j").unwrap();
+    metrics.register_jobs([job]);
+    let reports = rotator.run(job, RunOptions::default()).await;
+    assert_eq!(reports.len(), 1);
+    let report = &reports[0];
+    let err = match &report.outcome {
+        Outcome::Failed(e) => e,
+        other => panic!("{job_id} / {scheme}: expected a failure, got {other:?}"),
+    };
+    let planned = rotator
+        .run(
+            job,
+            RunOptions {
+                plan_only: true,
+                ..RunOptions::default()
+            },
+        )
+        .await;
+    let outputs = format!(
+        "{}\n{report:?}\n{err}\n{err:?}\n{}\n{planned:?}\n{:?}",
+        report.line(),
+        metrics.render(),
+        sim.requests()
+    );
+    Failed {
+        error_type: err.error_type().to_owned(),
+        message: err.to_string(),
+        sim,
+        outputs,
+    }
+}
+
+/// Nothing was PATCHed, and the canary appears in no output.
+fn assert_nothing_sent_and_no_canary(f: &Failed) {
+    let patches: Vec<_> = f
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
+    assert!(patches.is_empty(), "sent: {patches:?}");
+    assert!(!f.outputs.contains(CANARY), "canary leaked: {}", f.outputs);
+}
+
+#[tokio::test]
+async fn salesforce_secret_without_security_token_sends_nothing() {
+    let secret = json!({"username": "integration@acme.example", "password": CANARY}).to_string();
+    let f = run_failing("sfdc", "sfdc", "password", &secret).await;
+    assert_eq!(f.error_type, "missing_field");
+    assert_eq!(
+        f.message,
+        "the secret has no field \"security_token\" (needed for Qlik property \"sftoken\")"
+    );
+    assert_nothing_sent_and_no_canary(&f);
+}
+
+#[tokio::test]
+async fn salesforce_secret_with_an_empty_password_sends_nothing() {
+    let secret = json!({"username": "integration@acme.example", "password": "",
+                        "security_token": CANARY})
+    .to_string();
+    let f = run_failing("sfdc", "sfdc", "password", &secret).await;
+    assert_eq!(f.error_type, "empty_field");
+    assert!(f.message.contains("\"password\""), "{}", f.message);
+    assert!(f.message.contains("\"SFpassword\""), "{}", f.message);
+    assert_nothing_sent_and_no_canary(&f);
+}
+
+#[tokio::test]
+async fn salesforce_job_on_a_sql_server_connection_sends_nothing() {
+    let secret = json!({"username": "u", "password": CANARY, "security_token": CANARY}).to_string();
+    let f = run_failing("mssql", "sfdc", "password", &secret).await;
+    assert!(
+        matches!(f.error_type.as_str(), "wrong_connector"),
+        "{}: {}",
+        f.error_type,
+        f.message
+    );
+    assert!(f.message.contains("\"mssql\""), "{}", f.message);
+    assert_nothing_sent_and_no_canary(&f);
+}
+
+#[tokio::test]
+async fn snowflake_target_password_secret_that_is_not_json_sends_nothing() {
+    let f = run_failing(
+        "reptgt_qdisnowflake",
+        "reptgt_qdisnowflake",
+        "password",
+        CANARY,
+    )
+    .await;
+    assert_eq!(f.error_type, "secret_not_json", "{}", f.message);
+    assert_nothing_sent_and_no_canary(&f);
+}
+
+#[tokio::test]
+async fn snowflake_target_password_secret_with_control_characters_is_sent_escaped_and_never_printed()
+ {
+    // A password with a newline, a tab and an escape character is a valid secret: it is sent
+    // JSON-escaped in the PATCH body, stored as is, and printed nowhere.
+    let password = format!("{CANARY}\n\t\u{1b}[31m");
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dir.path().join("vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    let ex = example("reptgt_qdisnowflake", "password").unwrap();
+    sim.add_data_source_spec("reptgt_qdisnowflake", api_specs("reptgt_qdisnowflake"));
+    let connection = sim.add_connection(SeedConnection::new(
+        "target".to_owned(),
+        "reptgt_qdisnowflake".to_owned(),
+        ex.properties.clone(),
+    ));
+    std::fs::write(
+        vault.join("s.json"),
+        json!({"username": "SVC_LOAD", "password": password}).to_string(),
+    )
+    .unwrap();
+    let text = format!(
+        "[qlik]\ntenant_url = \"{}\"\napi_key_env = \"QLIK_API_KEY\"\nwrite_budget_per_min = 0\n\n\
+         [sources.vault]\ntype = \"file\"\npath = \"{}\"\n\n\
+         [[jobs]]\nname = \"j\"\nconnection = {{ id = \"{connection}\" }}\n\
+         connector = \"reptgt_qdisnowflake\"\nscheme = \"password\"\nsource = \"vault\"\nsecret = \"s\"\n",
+        sim.base_url(),
+        vault.display()
+    );
+    let input: HashMap<String, String> = HashMap::from([("QLIK_API_KEY".into(), API_KEY.into())]);
+    let cfg = load_str(&text, dir.path(), &input).unwrap();
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let rotator = qlik_rotator::app::rotator(&cfg, &input)
+        .await
+        .unwrap()
+        .with_metrics(metrics.clone());
+    let job = cfg.job("j").unwrap();
+    let reports = rotator.run(job, RunOptions::default()).await;
+    assert!(
+        matches!(reports[0].outcome, Outcome::Rotated),
+        "{:?}",
+        reports[0].outcome
+    );
+    let stored = sim.stored(&connection).unwrap()["connectionProperties"].clone();
+    assert_eq!(stored["password"], json!(password));
+    assert!(stored.get("authentication_mode").is_none());
+    let outputs = format!(
+        "{}\n{:?}\n{}",
+        reports[0].line(),
+        reports[0],
+        metrics.render()
+    );
+    assert!(!outputs.contains(CANARY), "canary leaked: {outputs}");
+}
+
+#[test]
+fn salesforce_config_errors_name_the_key() {
+    let text = r#"
+[qlik]
+tenant_url = "https://acme.eu.qlikcloud.com"
+api_key_env = "QLIK_API_KEY"
+[sources.local]
+type = "file"
+path = "vault"
+[[jobs]]
+name = "sf"
+connection = { id = "c1" }
+connector = "sfdc"
+scheme = "oauth"
+source = "local"
+secret = "sf"
+[[jobs]]
+name = "sf-gw"
+connection = { id = "c2" }
+connector = "DG_sfdc"
+source = "local"
+secret = "sf"
+"#;
+    let input: HashMap<String, String> = HashMap::new();
+    let errs: Vec<String> = load_str(text, std::path::Path::new("/etc/qr"), &input)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_eq!(
+        errs[0],
+        "jobs[0].scheme: connector \"sfdc\" has no scheme \"oauth\" (expected one of: password)"
+    );
+    // No public source shows a gateway variant of Salesforce: DG_sfdc is not in the catalogue.
+    assert!(errs[1].starts_with("jobs[1].connector: "), "{}", errs[1]);
+    assert!(errs[1].contains("DG_sfdc"), "{}", errs[1]);
 }

@@ -5,6 +5,11 @@
 //! require README's table ([`markdown_table`]) to list it. Property names and encodings come
 //! from `qlik-api-facts.md` §6; every `DG_<id>` gateway variant of a family marked
 //! `gateway: true` is accepted with the same properties.
+//!
+//! **No public source, no entry.** Every family names the public source of its `datasourceID`s
+//! and property names ([`Family::sources`]: a qlik.dev page with its fact-sheet id, or a
+//! repository file at a commit); `qlik-rotator connectors` and README's table show them.
+//! Connectors without one are rotated with `connector = "generic"` and the tenant's api-specs.
 
 /// How a credential value is encoded in `connectionProperties`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +72,109 @@ pub struct Scheme {
     pub constants: &'static [(&'static str, Const)],
 }
 
+/// Where a public source lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cite {
+    /// A documentation page; `sheet` is its id in `qlik-api-facts.md` §0 (e.g. `S12`).
+    Page {
+        /// Fact-sheet source id.
+        sheet: &'static str,
+        /// Page address.
+        url: &'static str,
+    },
+    /// A file in a public repository, at a commit.
+    Repo {
+        /// `owner/name`.
+        repo: &'static str,
+        /// Path inside the repository.
+        path: &'static str,
+        /// Commit (abbreviated) the file was read at.
+        commit: &'static str,
+    },
+}
+
+/// A public source of a family's `datasourceID`s and property names.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    /// Where it is.
+    pub cite: Cite,
+    /// The schemes it covers; empty: every scheme of the family.
+    pub schemes: &'static [&'static str],
+}
+
+impl Source {
+    /// A documentation page listed in the fact sheet as `sheet`.
+    pub const fn page(sheet: &'static str, url: &'static str) -> Source {
+        Source {
+            cite: Cite::Page { sheet, url },
+            schemes: &[],
+        }
+    }
+
+    /// A file of a public repository at `commit`.
+    pub const fn repo(repo: &'static str, path: &'static str, commit: &'static str) -> Source {
+        Source {
+            cite: Cite::Repo { repo, path, commit },
+            schemes: &[],
+        }
+    }
+
+    /// The same source, covering only `schemes`.
+    pub const fn only(self, schemes: &'static [&'static str]) -> Source {
+        Source { schemes, ..self }
+    }
+
+    /// Whether it covers scheme `name`.
+    pub fn covers(&self, name: &str) -> bool {
+        self.schemes.is_empty() || self.schemes.contains(&name)
+    }
+
+    /// Plain text: `S12 https://…` or `owner/name path@commit`.
+    pub fn text(&self) -> String {
+        match self.cite {
+            Cite::Page { sheet, url } => format!("{sheet} {url}"),
+            Cite::Repo { repo, path, commit } => format!("{repo} {path}@{commit}"),
+        }
+    }
+
+    /// Markdown: a link for pages, code spans for repository files.
+    pub fn markdown(&self) -> String {
+        match self.cite {
+            Cite::Page { sheet, url } => format!("[{sheet}]({url})"),
+            Cite::Repo { repo, path, commit } => format!("`{repo}` `{path}`@{commit}"),
+        }
+    }
+}
+
+/// qlik.dev "Data connection creation examples" (fact sheet S12).
+const S12: Source = Source::page(
+    "S12",
+    "https://qlik.dev/manage/data-connections/examples/data-connection-create-examples/",
+);
+
+/// qlik.dev "Use interactive auth or separated credentials" (fact sheet S10): the
+/// `File_AmazonS3Connector` examples.
+const S10: Source = Source::page(
+    "S10",
+    "https://qlik.dev/manage/data-connections/auth-data-connections/",
+);
+
+/// Qlik Professional Services' Ansible collection for Qlik Cloud: the Salesforce (`sfdc`)
+/// example of its `data_connection` module.
+const QPS_ANSIBLE: Source = Source::repo(
+    "QlikProfessionalServices/ansible-qlikcloud-collection",
+    "plugins/modules/data_connection.py",
+    "13547698",
+);
+
+/// A third-party Terraform provider for Qlik Cloud: `reptgt_qdisnowflake` with `username` and
+/// `password`.
+const TF_QLIK: Source = Source::repo(
+    "daniepett/terraform-provider-qlik",
+    "pkg/resources/data_connection.go",
+    "2da98e62",
+);
+
 /// A connector family: the `datasourceID`s that share credential properties.
 #[derive(Debug, Clone, Copy)]
 pub struct Family {
@@ -78,6 +186,31 @@ pub struct Family {
     pub gateway: bool,
     /// Schemes; the first is the default.
     pub schemes: &'static [Scheme],
+    /// Public sources of the ids and property names (at least one per scheme).
+    pub sources: &'static [Source],
+}
+
+impl Family {
+    /// The sources that cover scheme `name`.
+    pub fn sources_for(&self, name: &str) -> Vec<&'static Source> {
+        self.sources.iter().filter(|s| s.covers(name)).collect()
+    }
+
+    /// One line for `qlik-rotator connectors`: every source, scoped ones marked with their
+    /// schemes.
+    pub fn sources_text(&self) -> String {
+        self.sources
+            .iter()
+            .map(|s| {
+                if s.schemes.is_empty() {
+                    s.text()
+                } else {
+                    format!("scheme {}: {}", s.schemes.join(", "), s.text())
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// A required text credential whose secret key is its own name.
@@ -175,6 +308,7 @@ pub const CATALOGUE: &[Family] = &[
             props: &[text("accessKey"), text("secretKey")],
             constants: &[],
         }],
+        sources: &[S12, S10],
     },
     Family {
         title: "Google Cloud Storage",
@@ -188,6 +322,7 @@ pub const CATALOGUE: &[Family] = &[
             props: &[service_account_file("serviceAccountKeyFile")],
             constants: &[],
         }],
+        sources: &[S12],
     },
     Family {
         title: "Amazon Athena",
@@ -200,6 +335,7 @@ pub const CATALOGUE: &[Family] = &[
             props: USER_PASSWORD,
             constants: &[],
         }],
+        sources: &[S12],
     },
     Family {
         title: "Databricks",
@@ -214,6 +350,7 @@ pub const CATALOGUE: &[Family] = &[
             ],
             constants: &[("AuthMech", Const::Str("3"))],
         }],
+        sources: &[S12],
     },
     Family {
         title: "Google BigQuery",
@@ -228,18 +365,21 @@ pub const CATALOGUE: &[Family] = &[
             ],
             constants: &[("OAuthMechanism", Const::Str("0"))],
         }],
+        sources: &[S12],
     },
     Family {
         title: "Microsoft SQL Server",
         ids: &["mssql"],
         gateway: true,
         schemes: &[PASSWORD],
+        sources: &[S12],
     },
     Family {
         title: "MySQL",
         ids: &["mysql"],
         gateway: true,
         schemes: &[PASSWORD],
+        sources: &[S12],
     },
     Family {
         title: "Snowflake",
@@ -256,12 +396,14 @@ pub const CATALOGUE: &[Family] = &[
                 constants: &[("authenticator", Const::Str("snowflake_jwt"))],
             },
         ],
+        sources: &[S12],
     },
     Family {
         title: "Teradata",
         ids: &["teradata"],
         gateway: true,
         schemes: &[PASSWORD],
+        sources: &[S12],
     },
     Family {
         title: "REST",
@@ -287,6 +429,7 @@ pub const CATALOGUE: &[Family] = &[
                 constants: &[],
             },
         ],
+        sources: &[S12],
     },
     Family {
         title: "SFTP",
@@ -303,6 +446,24 @@ pub const CATALOGUE: &[Family] = &[
                 constants: &[],
             },
         ],
+        sources: &[S12],
+    },
+    Family {
+        title: "Salesforce",
+        ids: &["sfdc"],
+        gateway: false,
+        // Salesforce resets the security token when the password changes, so the token is
+        // required with the password.
+        schemes: &[Scheme {
+            name: "password",
+            props: &[
+                text("UserId").key("username"),
+                text("SFpassword").key("password"),
+                text("sftoken").key("security_token"),
+            ],
+            constants: &[("authenticator", Const::Str("salesforce"))],
+        }],
+        sources: &[QPS_ANSIBLE],
     },
     Family {
         title: "Data Integration databases",
@@ -318,20 +479,27 @@ pub const CATALOGUE: &[Family] = &[
         ],
         gateway: false,
         schemes: &[PASSWORD],
+        sources: &[S12],
     },
     Family {
         title: "Data Integration Snowflake target",
         ids: &["reptgt_qdisnowflake"],
         gateway: false,
-        schemes: &[Scheme {
-            name: "key_pair",
-            props: &[
-                text("username"),
-                file("privateKeyFile", "private_key", "rsa_key.p8"),
-                optional("privateKeyPassphrase").key("private_key_passphrase"),
-            ],
-            constants: &[("authentication_mode", Const::Str("KEY_PAIR"))],
-        }],
+        schemes: &[
+            Scheme {
+                name: "key_pair",
+                props: &[
+                    text("username"),
+                    file("privateKeyFile", "private_key", "rsa_key.p8"),
+                    optional("privateKeyPassphrase").key("private_key_passphrase"),
+                ],
+                constants: &[("authentication_mode", Const::Str("KEY_PAIR"))],
+            },
+            // No public source names the `authentication_mode` value of password mode, so this
+            // scheme sets none: it rotates connections that already use a password.
+            PASSWORD,
+        ],
+        sources: &[S12.only(&["key_pair"]), TF_QLIK.only(&["password"])],
     },
     Family {
         title: "Data Integration Databricks target",
@@ -343,6 +511,7 @@ pub const CATALOGUE: &[Family] = &[
             props: &[text("password").key("token")],
             constants: &[("authenticationMode", Const::Str("PERSONAL_ACCESS_TOKEN"))],
         }],
+        sources: &[S12],
     },
     Family {
         title: "Data Integration Google targets",
@@ -353,6 +522,7 @@ pub const CATALOGUE: &[Family] = &[
             props: &[service_account_file("jsonCredentials")],
             constants: &[],
         }],
+        sources: &[S12],
     },
     Family {
         title: "Data Integration ADLS target",
@@ -367,6 +537,7 @@ pub const CATALOGUE: &[Family] = &[
             ],
             constants: &[],
         }],
+        sources: &[S12],
     },
     Family {
         title: "Data Integration S3 target",
@@ -380,6 +551,7 @@ pub const CATALOGUE: &[Family] = &[
             ],
             constants: &[],
         }],
+        sources: &[S12],
     },
 ];
 
@@ -445,8 +617,8 @@ impl Connector {
 pub fn markdown_table() -> String {
     let code = |s: &str| format!("`{s}`");
     let mut out = String::from(
-        "| Connector IDs | Scheme | Qlik properties written | Secret keys (default) | Fixed values |\n\
-         |---|---|---|---|---|\n",
+        "| Connector IDs | Scheme | Qlik properties written | Secret keys (default) | Fixed values | Source |\n\
+         |---|---|---|---|---|---|\n",
     );
     for family in CATALOGUE {
         let mut ids = Vec::new();
@@ -508,10 +680,16 @@ pub fn markdown_table() -> String {
             } else {
                 fixed.join(", ")
             };
+            let sources: Vec<String> = family
+                .sources_for(scheme.name)
+                .iter()
+                .map(|s| s.markdown())
+                .collect();
             out.push_str(&format!(
-                "| {ids} | {name} | {} | {} | {fixed} |\n",
+                "| {ids} | {name} | {} | {} | {fixed} | {} |\n",
                 props.join(", "),
-                keys.join(", ")
+                keys.join(", "),
+                sources.join(", ")
             ));
         }
     }
@@ -538,6 +716,73 @@ mod tests {
         );
         assert!(Connector::lookup("DG_File_AmazonS3ConnectorV2").is_none());
         assert!(Connector::lookup("foo").is_none());
+    }
+
+    #[test]
+    fn every_scheme_has_a_public_source() {
+        for family in CATALOGUE {
+            assert!(!family.sources.is_empty(), "{}", family.title);
+            for scheme in family.schemes {
+                assert!(
+                    !family.sources_for(scheme.name).is_empty(),
+                    "{} / {} has no source",
+                    family.title,
+                    scheme.name
+                );
+            }
+            for source in family.sources {
+                for name in source.schemes {
+                    assert!(
+                        family.schemes.iter().any(|s| s.name == *name),
+                        "{}: source scoped to unknown scheme {name}",
+                        family.title
+                    );
+                }
+                match source.cite {
+                    Cite::Page { sheet, url } => {
+                        assert!(sheet.starts_with('S'), "{sheet}");
+                        assert!(url.starts_with("https://qlik.dev/"), "{url}");
+                    }
+                    Cite::Repo { repo, path, commit } => {
+                        assert_eq!(repo.matches('/').count(), 1, "{repo}");
+                        assert!(!path.is_empty() && !path.starts_with('/'), "{path}");
+                        assert!(
+                            commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+                            "{commit}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scoped_sources_cover_only_their_schemes() {
+        let f = Connector::lookup("reptgt_qdisnowflake").unwrap().family;
+        let text =
+            |name: &str| -> Vec<String> { f.sources_for(name).iter().map(|s| s.text()).collect() };
+        assert_eq!(
+            text("key_pair"),
+            [
+                "S12 https://qlik.dev/manage/data-connections/examples/data-connection-create-examples/"
+            ]
+        );
+        assert_eq!(
+            text("password"),
+            ["daniepett/terraform-provider-qlik pkg/resources/data_connection.go@2da98e62"]
+        );
+        assert!(text("oauth").is_empty());
+        assert_eq!(
+            f.sources_text(),
+            "scheme key_pair: S12 https://qlik.dev/manage/data-connections/examples/data-connection-create-examples/; \
+             scheme password: daniepett/terraform-provider-qlik pkg/resources/data_connection.go@2da98e62"
+        );
+        let sfdc = Connector::lookup("sfdc").unwrap().family;
+        assert_eq!(
+            sfdc.sources_text(),
+            "QlikProfessionalServices/ansible-qlikcloud-collection plugins/modules/data_connection.py@13547698"
+        );
+        assert!(Connector::lookup("DG_sfdc").is_none());
     }
 
     #[test]

@@ -328,7 +328,7 @@ fn every_connector_and_scheme_builds_the_snapshotted_patch() {
             }
         }
     }
-    assert_eq!(count, 32);
+    assert_eq!(count, 34);
 }
 
 #[test]
@@ -498,6 +498,27 @@ fn a_secret_lacking_what_the_scheme_needs_names_the_key() {
             r#"{"password":"p"}"#,
             "username",
             "username",
+        ),
+        (
+            "sfdc",
+            "password",
+            r#"{"username":"u@acme.example","password":"p"}"#,
+            "sftoken",
+            "security_token",
+        ),
+        (
+            "sfdc",
+            "password",
+            r#"{"password":"p","security_token":"t"}"#,
+            "UserId",
+            "username",
+        ),
+        (
+            "reptgt_qdisnowflake",
+            "password",
+            r#"{"username":"SVC_LOAD"}"#,
+            "password",
+            "password",
         ),
     ];
     for (id, scheme_name, secret, property, key) in cases {
@@ -728,7 +749,7 @@ fn dg_variants_exist_exactly_for_gateway_families() {
     )
     .unwrap_err();
     assert_eq!(err.error_type(), "wrong_connector");
-    assert_eq!(Connector::all_ids().len(), 28 + 7);
+    assert_eq!(Connector::all_ids().len(), 29 + 7);
 }
 
 #[test]
@@ -738,9 +759,110 @@ fn the_markdown_table_has_a_row_per_scheme() {
     let schemes: usize = CATALOGUE.iter().map(|f| f.schemes.len()).sum();
     assert_eq!(rows.len(), schemes);
     for row in &rows {
-        assert_eq!(row.matches(" | ").count(), 4, "{row}");
+        assert_eq!(row.matches(" | ").count(), 5, "{row}");
+        // The last column names a public source: a qlik.dev link or a repository file.
+        let source = row.trim_end_matches(" |").rsplit(" | ").next().unwrap();
+        assert!(
+            source.starts_with("[S") || source.starts_with('`'),
+            "no source in {row}"
+        );
     }
     assert!(table.contains("`authenticator = \"snowflake_jwt\"`"));
     assert!(table.contains("`DG_teradata`"));
     assert!(!table.contains("`DG_rest`"));
+}
+
+// === connectors added with a public source: Salesforce, Snowflake DI target password ===
+
+#[test]
+fn salesforce_writes_user_password_and_token_and_selects_the_salesforce_authenticator() {
+    let (mut c, ex) = example_get("sfdc", "password");
+    // GET shows the user id and the authenticator, not the password or the token.
+    assert_eq!(c.properties["UserId"], "integration@acme.example");
+    assert!(c.properties.get("SFpassword").is_none());
+    assert!(c.properties.get("sftoken").is_none());
+    let s = spec("sfdc");
+    let secret = SecretValue::text("v1", ex.secret.to_string());
+    assert_eq!(
+        body(&build(&c, &s, &secret).unwrap()),
+        json!([
+            {"op":"replace","path":"/connectionProperties/UserId","value":"integration@acme.example"},
+            {"op":"add","path":"/connectionProperties/SFpassword","value":"N3w-P@ss/2026"},
+            {"op":"add","path":"/connectionProperties/sftoken","value":"newT0ken2026xyz"}
+        ])
+    );
+    // A connection set to another authenticator is switched to user name + password.
+    c.properties.insert("authenticator".into(), json!("oauth2"));
+    let b = body(&build(&c, &s, &secret).unwrap());
+    assert_eq!(
+        b[3],
+        json!({"op":"replace","path":"/connectionProperties/authenticator","value":"salesforce"})
+    );
+    // Field mapping works for the Salesforce keys too.
+    let connector = Connector::lookup("sfdc").unwrap();
+    let fields = BTreeMap::from([("sftoken".to_owned(), "sf_token".to_owned())]);
+    let mapped = BuildSpec::from_catalogue(&connector, connector.scheme(None).unwrap(), &fields);
+    let secret = SecretValue::text(
+        "v1",
+        r#"{"username":"u@acme.example","password":"p","sf_token":"TOKEN9"}"#,
+    );
+    let b = body(
+        &build(
+            &conn("sfdc", json!({"authenticator": "salesforce"})),
+            &mapped,
+            &secret,
+        )
+        .unwrap(),
+    );
+    assert_eq!(b[2]["path"], "/connectionProperties/sftoken");
+    assert_eq!(b[2]["value"], "TOKEN9");
+}
+
+#[test]
+fn salesforce_refuses_an_empty_token_naming_the_key() {
+    let (c, _) = example_get("sfdc", "password");
+    let err = build(
+        &c,
+        &spec("sfdc"),
+        &SecretValue::text(
+            "v1",
+            r#"{"username":"u@acme.example","password":"CANARY-sf-pass","security_token":""}"#,
+        ),
+    )
+    .unwrap_err();
+    assert_eq!(err.error_type(), "empty_field");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("security_token"), "{text}");
+    assert!(!text.contains("CANARY"), "{text}");
+}
+
+#[test]
+fn snowflake_target_password_scheme_writes_only_user_and_password() {
+    let connector = Connector::lookup("reptgt_qdisnowflake").unwrap();
+    // key_pair stays the default; password is chosen by name.
+    assert_eq!(connector.scheme(None).unwrap().name, "key_pair");
+    let scheme = connector.scheme(Some("password")).unwrap();
+    assert!(scheme.constants.is_empty());
+    let (c, ex) = example_get("reptgt_qdisnowflake", "password");
+    let s = BuildSpec::from_catalogue(&connector, scheme, &BTreeMap::new());
+    let b = body(&build(&c, &s, &SecretValue::text("v1", ex.secret.to_string())).unwrap());
+    assert_eq!(
+        b,
+        json!([
+            {"op":"replace","path":"/connectionProperties/username","value":"SVC_LOAD_2026"},
+            {"op":"add","path":"/connectionProperties/password","value":"N3w-P@ss/2026"}
+        ])
+    );
+    // No public source names the password-mode value of authentication_mode, so the scheme
+    // never touches it, even on a key-pair connection (the README says so).
+    let (kp, _) = example_get("reptgt_qdisnowflake", "key_pair");
+    assert_eq!(kp.properties["authentication_mode"], "KEY_PAIR");
+    let b = body(&build(&kp, &s, &SecretValue::text("v1", ex.secret.to_string())).unwrap());
+    assert!(
+        b.as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["path"] != "/connectionProperties/authentication_mode"),
+        "{b}"
+    );
 }

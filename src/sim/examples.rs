@@ -217,6 +217,28 @@ pub fn example(datasource_id: &str, scheme: &str) -> Option<Example> {
                    "private_key_passphrase": "new-passphrase"}),
             false,
         ),
+        // Password mode as a third-party Terraform provider creates it (username + password,
+        // no authentication_mode; agentId, replicateEndpointType, metadataschema, stagingtype).
+        ("reptgt_qdisnowflake", "password") => {
+            let (p, s) = user_password(
+                json!({"agentId": "agent-eu-1", "server": "acme.eu-west-1.snowflakecomputing.com",
+                       "port": "443", "warehouse": "LOAD_WH", "database": "LANDING",
+                       "metadataschema": "QLIK_META", "stagingtype": "SNOWFLAKE_STAGE",
+                       "replicateEndpointType": "snowflake"}),
+                "SVC_LOAD",
+            );
+            (p, s, false)
+        }
+        // Qlik PS Ansible collection's example: a custom domain, authenticator "salesforce",
+        // UserId, SFpassword and sftoken (the security token).
+        ("sfdc", "password") => (
+            json!({"sfEnvironment": "custom", "envDomain": "acme.my.salesforce.com",
+                   "authenticator": "salesforce", "UserId": "integration@acme.example",
+                   "SFpassword": "old-P@ss", "sftoken": "oldT0ken4Sf"}),
+            json!({"username": "integration@acme.example", "password": "N3w-P@ss/2026",
+                   "security_token": "newT0ken2026xyz"}),
+            false,
+        ),
         ("reptgt_qdidatabricks", "token") => (
             json!({"server": "adb-1234567890.5.azuredatabricks.net", "port": 443,
                    "httpPath": "/sql/1.0/warehouses/3f2a",

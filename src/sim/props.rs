@@ -14,6 +14,9 @@ pub const SECRET_SCALARS: &[&str] = &[
     "s3AccessKey",
     "s3SecretKey",
     "mutualPfxCertificateKey",
+    // Salesforce (`sfdc`) password and security token (Qlik PS Ansible collection).
+    "SFpassword",
+    "sftoken",
 ];
 
 /// File-array connection properties (`[{name, value}]`) whose `value`s are secret. GET returns the
@@ -31,8 +34,14 @@ pub const SECRET_FILE_ARRAYS: &[&str] = &[
 
 /// Credential identities: part of the credentials (a PATCH touching them supplies credentials),
 /// but not secret, so GET shows them.
-pub const CREDENTIAL_IDENTITIES: &[&str] =
-    &["username", "Email", "adlsclientappid", "adlstenantid"];
+pub const CREDENTIAL_IDENTITIES: &[&str] = &[
+    "username",
+    "Email",
+    "adlsclientappid",
+    "adlstenantid",
+    // Salesforce (`sfdc`) user name.
+    "UserId",
+];
 
 /// Properties whose change requires credentials in the same PATCH (validation rule 3).
 pub const ADDRESS_PROPS: &[&str] = &["host", "server", "url"];
