@@ -22,6 +22,9 @@ pub const REDACTED: &str = "[REDACTED]";
 /// error text into `[REDACTED]` soup, and echoing it reveals little.
 pub const MIN_SECRET_LEN: usize = 4;
 
+/// Shorter base64 fragments are not searched for (they would match ordinary words).
+const MIN_BASE64_FRAGMENT: usize = 6;
+
 /// The most characters of one remote text (an error `detail`, …) that are ever printed.
 pub const MAX_REMOTE_TEXT: usize = 512;
 
@@ -88,9 +91,9 @@ pub fn sanitize(s: &str, redactor: &Redactor) -> String {
 /// Built from the API key, the OAuth client secret and access token, and the values being
 /// written. Each secret contributes its raw form, its JSON-escaped forms (a server that quotes
 /// our body inside an error string), its URL-encoded forms (form encoding and strict percent
-/// encoding, upper- and lower-case hex) and its base64 forms in both alphabets at each of the
-/// three byte alignments (so it is also found inside a larger base64 blob such as a
-/// `Basic` header). The patterns themselves are secret: held in [`SecretString`]s and never
+/// encoding, upper- and lower-case hex) and the base64 of each of these in both alphabets at
+/// each of the three byte alignments (so it is also found inside a larger base64 blob such as
+/// a `Basic` header or a whole request body). The patterns themselves are secret: held in [`SecretString`]s and never
 /// printed.
 #[derive(Default, Clone)]
 pub struct Redactor {
@@ -124,8 +127,15 @@ impl Redactor {
             forms.insert(lower_hex(&url));
             forms.insert(url);
         }
-        for b64 in base64_forms(secret.as_bytes()) {
-            forms.insert(b64);
+        // Base64 of every form above: a server may base64 a body in which the secret was
+        // JSON-escaped (our PATCH and token bodies are JSON) or URL-encoded.
+        let texts: Vec<String> = forms.iter().cloned().collect();
+        for text in texts {
+            for b64 in base64_forms(text.as_bytes()) {
+                if b64.len() >= MIN_BASE64_FRAGMENT {
+                    forms.insert(b64);
+                }
+            }
         }
         forms.retain(|f| {
             f.chars().count() >= MIN_SECRET_LEN
@@ -333,6 +343,9 @@ mod tests {
             STANDARD.encode(format!("c:{SECRET}:tail")),
             STANDARD.encode(format!("cl:{SECRET}xy")),
             URL_SAFE.encode(format!("{{\"password\":\"{SECRET}\"}}")),
+            // A whole JSON body, where the secret is JSON-escaped, in base64.
+            STANDARD.encode(serde_json::json!({"id": "c", "secret": SECRET}).to_string()),
+            STANDARD.encode(format!("a={form}&b=1")),
         ];
         for (i, echo) in echoes.iter().enumerate() {
             let text = format!("bad value <{echo}> here");
