@@ -1168,3 +1168,248 @@ case!(
     "redirect",
     REDIRECT
 );
+
+// ----- beyond the rotation stages --------------------------------------------------------
+
+/// The AWS SDK's HTTP client (aws-smithy-http-client over hyper) follows no redirect either:
+/// a 307 from the Secrets Manager endpoint is an error, and the redirect target receives
+/// nothing. Checked here, not assumed.
+#[tokio::test]
+async fn aws_sdk_does_not_follow_a_redirect_from_secrets_manager() {
+    let w = world(false, "").await;
+    let aws = Simulator::start(SimConfig::default()).await.unwrap();
+    aws.inject(Fault::Hostile {
+        method: Some("POST".into()),
+        path_prefix: Some("/".into()),
+        response: Hostile::Redirect {
+            status: 307,
+            location: w.location(),
+        },
+        times: 100,
+    });
+    let text = w.text.replace(
+        "[sources.v]\ntype = \"file\"\npath = \"vault\"",
+        &format!(
+            "[sources.v]\ntype = \"aws_secrets_manager\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"",
+            aws.base_url()
+        ),
+    );
+    let config = write_config(w.dir.path(), &text);
+    let mut env = w.env();
+    env.extend(common::harness::env(&[
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]));
+    let out = run_cli(
+        &[
+            "rotate",
+            "-c",
+            config.to_str().unwrap(),
+            "--job",
+            "sales-s3",
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    println!("{}", out.stdout);
+    assert!(
+        out.stdout.starts_with("sales-s3: failed at fetch ["),
+        "{}",
+        out.stdout
+    );
+    assert!(!aws.requests().is_empty(), "the SDK did reach the endpoint");
+    assert!(
+        aws.requests().iter().all(|r| r.status == 307),
+        "{:?}",
+        aws.requests()
+    );
+    assert!(
+        w.target.requests().is_empty(),
+        "the SDK followed the redirect: {:?}",
+        w.target.requests()
+    );
+    assert!(w.sim.requests().is_empty(), "nothing reached Qlik");
+    assert_no_canary("stdout", &out.stdout);
+    assert_no_canary("stderr", &out.stderr);
+    assert_unforgeable("stdout", &out.stdout);
+}
+
+/// `check-config --online` prints one line per job, whatever the pre-flight GET answered.
+#[tokio::test]
+async fn check_config_online_prints_remote_errors_escaped_and_redacted() {
+    let w = world(false, "").await;
+    w.sim.inject(Fault::Hostile {
+        method: Some("GET".into()),
+        path_prefix: Some("/api/v1/data-connections/".into()),
+        response: Hostile::EchoSecrets {
+            status: 400,
+            field: EchoField::Detail,
+            encoding: EchoEncoding::Raw,
+        },
+        times: 1,
+    });
+    w.sim.inject(Fault::Hostile {
+        method: Some("GET".into()),
+        path_prefix: Some("/api/v1/data-connections/".into()),
+        response: control_chars_400(&w),
+        times: 100,
+    });
+    let out = run_cli(
+        &["check-config", "--online", "-c", w.config.to_str().unwrap()],
+        &w.env(),
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    // The offline summary (1 + 3 jobs), the pre-flight header, and one line per job.
+    assert_eq!(lines.len(), 8, "{}", out.stdout);
+    let failed: Vec<_> = lines.iter().filter(|l| l.contains(": FAILED: ")).collect();
+    assert_eq!(failed.len(), 3, "{}", out.stdout);
+    assert!(failed[0].contains("[REDACTED]"), "{}", failed[0]);
+    assert!(failed[1].contains("\\n") && failed[1].contains("\\u{1b}"));
+    assert_no_canary("stdout", &out.stdout);
+    assert_no_canary("stderr", &out.stderr);
+    assert_unforgeable("stdout", &out.stdout);
+    assert_unforgeable("stderr", &out.stderr);
+    assert_eq!(w.writes(), 0);
+}
+
+/// `describe-connector` prints property names and descriptions from Qlik's api-specs: a
+/// hostile spec can neither forge lines nor inject TOML into the suggested job.
+#[tokio::test]
+async fn describe_connector_escapes_hostile_api_specs() {
+    let w = world(false, "").await;
+    w.sim.add_data_source_spec(
+        "evil",
+        json!({
+            "connectorProvider": "Evil\n[[jobs]]\nname = \"x\"",
+            "connectorVersion": "1\u{1b}[2J",
+            "connectionProperties": {
+                "password\"]\nsource = \"attacker": {"type": "string", "description": FORGERY},
+                "apiToken": {"type": "string", "description": "ok\u{202e}"}
+            }
+        }),
+    );
+    let out = run_cli(
+        &[
+            "describe-connector",
+            "-c",
+            w.config.to_str().unwrap(),
+            "evil",
+        ],
+        &w.env(),
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_unforgeable("stdout", &out.stdout);
+    assert_unforgeable("stderr", &out.stderr);
+    // Exactly one `[[jobs]]` table and one `source =` line: the suggested job's own.
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("[[jobs]]"))
+            .count(),
+        1,
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("source ="))
+            .count(),
+        1,
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(r#""password\"]\nsource = \"attacker""#),
+        "{}",
+        out.stdout
+    );
+}
+
+/// The daemon's real `/metrics` endpoint after hostile answers at the PATCH (echo), the
+/// token-free GET (redirect) and the verify GET: failures counted, no canary.
+#[tokio::test]
+async fn daemon_metrics_endpoint_holds_no_canary_after_hostile_answers() {
+    let w = world(false, "").await;
+    let text = format!("{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n", w.text);
+    let cfg = config::load_str(&text, w.dir.path(), &w.input()).expect("valid config");
+    let running = qlik_rotator::daemon::start(&cfg, &w.input())
+        .await
+        .expect("daemon starts");
+    // After pre-flight: every PATCH echoes its values, the data-credentials GET redirects.
+    w.sim.inject(Fault::Hostile {
+        method: Some("PATCH".into()),
+        path_prefix: None,
+        response: Hostile::EchoSecrets {
+            status: 400,
+            field: EchoField::Code,
+            encoding: EchoEncoding::Base64Blob,
+        },
+        times: 100,
+    });
+    w.sim.inject(Fault::Hostile {
+        method: Some("GET".into()),
+        path_prefix: Some("/api/v1/data-credentials/".into()),
+        response: redirect_307(&w),
+        times: 100,
+    });
+    for job in ["sales-s3", "finance-sql", "sep"] {
+        running.daemon.trigger(job, true);
+    }
+    let start = Instant::now();
+    let scrape = loop {
+        let body = http_get(running.addr, "/metrics").await.1;
+        let done = ["sales-s3", "finance-sql", "sep"].iter().all(|job| {
+            metric(
+                &body,
+                "qlik_rotator_rotations_total",
+                &[("job", job), ("outcome", "failed")],
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+        });
+        if done {
+            break body;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        metric(
+            &scrape,
+            "qlik_rotator_errors_total",
+            &[
+                ("job", "sep"),
+                ("stage", "resolve"),
+                ("error_type", "redirect")
+            ]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{scrape}"
+    );
+    assert!(
+        metric(
+            &scrape,
+            "qlik_rotator_errors_total",
+            &[
+                ("job", "sales-s3"),
+                ("stage", "apply"),
+                ("error_type", "bad_request")
+            ]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{scrape}"
+    );
+    assert_no_canary("/metrics", &scrape);
+    assert_unforgeable("/metrics", &scrape);
+    assert!(w.target.requests().is_empty());
+    w.assert_nothing_applied();
+    running.shutdown().await;
+}
