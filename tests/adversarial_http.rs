@@ -603,6 +603,39 @@ fn all_forms_cred(_: &World) -> Hostile {
     all_forms(&[CRED_USER_C, CRED_PASS_C, API_KEY_C])
 }
 
+/// A token that never expires (u64::MAX seconds): must not overflow the refresh deadline.
+fn token_forever(_: &World) -> Hostile {
+    Hostile::Body {
+        status: 200,
+        content_type: "application/json".into(),
+        body: r#"{"access_token":"unknown-token-0001","token_type":"bearer","expires_in":18446744073709551615}"#.into(),
+    }
+}
+/// A token that cannot be sent as a header (a newline would split the request).
+fn token_with_newline(_: &World) -> Hostile {
+    Hostile::Body {
+        status: 200,
+        content_type: "application/json".into(),
+        body: json!({"access_token": "abc\r\nX-Injected: 1", "expires_in": 3600}).to_string(),
+    }
+}
+/// A token of a megabyte.
+fn token_huge(_: &World) -> Hostile {
+    Hostile::Body {
+        status: 200,
+        content_type: "application/json".into(),
+        body: json!({"access_token": "a".repeat(1 << 20), "expires_in": 3600}).to_string(),
+    }
+}
+/// `access_token` of the wrong JSON type.
+fn token_not_a_string(_: &World) -> Hostile {
+    Hostile::Body {
+        status: 200,
+        content_type: "application/json".into(),
+        body: r#"{"access_token":12345678901234567890,"expires_in":3600}"#.into(),
+    }
+}
+
 macro_rules! echo {
     ($name:ident, $status:expr, $field:ident, $enc:ident) => {
         fn $name(_: &World) -> Hostile {
@@ -1081,6 +1114,34 @@ case!(
     html_502,
     "auth",
     NOT_JSON
+);
+case!(
+    token_lifetime_of_u64_max_does_not_overflow,
+    Token,
+    token_forever,
+    "unauthorized",
+    &["HTTP 401"]
+);
+case!(
+    token_with_a_newline_is_refused,
+    Token,
+    token_with_newline,
+    "auth",
+    &["not a usable bearer token"]
+);
+case!(
+    token_of_a_megabyte_is_refused,
+    Token,
+    token_huge,
+    "auth",
+    &["not a usable bearer token"]
+);
+case!(
+    token_of_the_wrong_type_is_refused,
+    Token,
+    token_not_a_string,
+    "auth",
+    &["not the documented JSON"]
 );
 case!(
     token_control_characters_cannot_forge_a_line,

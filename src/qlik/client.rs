@@ -661,6 +661,11 @@ impl QlikClient {
             QlikError::Token("the token response is not the documented JSON".into())
         })?;
         drop(bytes);
+        if !usable_bearer(&parsed.access_token) {
+            return Err(QlikError::Token(
+                "the token response's access_token is not a usable bearer token (empty, longer than 4096 characters, or with characters a header cannot carry)".into(),
+            ));
+        }
         let lifetime = token_lifetime(&parsed);
         // Refresh 5 minutes early, or at 90% of a short lifetime.
         let skew = Duration::from_secs(300).min(lifetime / 10);
@@ -677,7 +682,22 @@ impl QlikClient {
     }
 }
 
+/// Whether `token` can be sent as `Authorization: Bearer …`: 1 to 4096 visible ASCII
+/// characters (RFC 6750's token characters are a subset). Anything else would be refused by
+/// the HTTP library on every request, or split the header.
+fn usable_bearer(token: &str) -> bool {
+    (1..=4096).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The longest token lifetime believed: a day (Qlik documents 6 h). A larger `expires_in`
+/// (up to `u64::MAX` from a hostile server) would overflow the refresh deadline.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 fn token_lifetime(t: &TokenResponse) -> Duration {
+    token_lifetime_uncapped(t).min(MAX_TOKEN_LIFETIME)
+}
+
+fn token_lifetime_uncapped(t: &TokenResponse) -> Duration {
     if let Some(secs) = t.expires_in {
         return Duration::from_secs(secs);
     }
@@ -818,5 +838,29 @@ mod tests {
             expires_at: None,
         };
         assert_eq!(token_lifetime(&t), Duration::from_secs(21600));
+    }
+
+    #[test]
+    fn a_hostile_token_lifetime_is_capped_at_a_day() {
+        let t = TokenResponse {
+            access_token: String::new(),
+            expires_in: Some(u64::MAX),
+            expires_at: None,
+        };
+        assert_eq!(token_lifetime(&t), MAX_TOKEN_LIFETIME);
+        let t = TokenResponse {
+            access_token: String::new(),
+            expires_in: None,
+            expires_at: Some("9999-12-31T23:59:59Z".into()),
+        };
+        assert_eq!(token_lifetime(&t), MAX_TOKEN_LIFETIME);
+    }
+
+    #[test]
+    fn only_header_safe_tokens_are_usable() {
+        assert!(usable_bearer("sim-at-0123abc.DEF_~+/="));
+        for bad in ["", "a b", "a\r\nX: 1", "ü", &"a".repeat(4097)] {
+            assert!(!usable_bearer(bad), "{bad:?}");
+        }
     }
 }
