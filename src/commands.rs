@@ -212,12 +212,12 @@ pub async fn plan(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> Ex
                         out,
                         "{}: PATCH /api/v1/data-connections/{} (secret version {}; values masked)",
                         report.label(),
-                        report.connection_id.as_deref().unwrap_or("?"),
-                        report.secret_version.as_deref().unwrap_or("?")
+                        Escaped(report.connection_id.as_deref().unwrap_or("?")),
+                        Escaped(report.secret_version.as_deref().unwrap_or("?"))
                     );
                     let pretty = serde_json::to_string_pretty(doc).unwrap_or_default();
                     for line in pretty.lines() {
-                        let _ = writeln!(out, "  {line}");
+                        let _ = writeln!(out, "  {}", Escaped(line));
                     }
                 }
                 _ => {

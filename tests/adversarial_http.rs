@@ -1474,3 +1474,41 @@ async fn daemon_metrics_endpoint_holds_no_canary_after_hostile_answers() {
     w.assert_nothing_applied();
     running.shutdown().await;
 }
+
+/// `plan` prints the connection id and a PUT path that come from Qlik's GET: a forged id
+/// cannot forge a line. (Whether such an id is accepted at all is the id check's business;
+/// this only asserts what is printed.)
+#[tokio::test]
+async fn plan_output_escapes_ids_from_qlik() {
+    let w = world(false, "").await;
+    let forged = format!("{S3_ID}\n{FORGED_LINE}\u{1b}[2J\u{202e}");
+    w.sim.inject(Fault::Hostile {
+        method: Some("GET".into()),
+        path_prefix: Some(format!("/api/v1/data-connections/{S3_ID}")),
+        response: Hostile::Body {
+            status: 200,
+            content_type: "application/json".into(),
+            body: json!({
+                "qID": forged, "qName": "Sales S3", "datasourceID": "File_AmazonS3ConnectorV2",
+                "qType": "QvWebStorageProviderConnectorPackage.exe", "space": "sales",
+                "updated": FORGERY, "privileges": ["read", "update"],
+                "connectionProperties": {"region": "eu-west-1", "bucketName": "sales", "accessKey": "AKIAOLD"}
+            })
+            .to_string(),
+        },
+        times: 100,
+    });
+    for cmd in ["plan", "rotate"] {
+        let out = run_cli(
+            &[cmd, "-c", w.config.to_str().unwrap(), "--job", "sales-s3"],
+            &w.env(),
+        )
+        .await;
+        assert!(!out.stdout.is_empty(), "{cmd}: {out:?}");
+        assert_unforgeable(cmd, &out.stdout);
+        assert_unforgeable(cmd, &out.stderr);
+        assert_no_canary(cmd, &out.stdout);
+        assert_no_canary(cmd, &out.stderr);
+    }
+    assert!(w.target.requests().is_empty());
+}
