@@ -10,7 +10,7 @@
 //! [`sanitize`] does all three, in the order that matters: redact first (a secret split by an
 //! inserted escape would no longer match), then escape, then cap.
 
-use std::{borrow::Cow, collections::BTreeSet, fmt};
+use std::{borrow::Cow, collections::BTreeSet, fmt, sync::OnceLock};
 
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
@@ -97,12 +97,16 @@ pub fn sanitize(s: &str, redactor: &Redactor) -> String {
 /// printed.
 #[derive(Default, Clone)]
 pub struct Redactor {
-    patterns: Vec<SecretString>,
+    /// The secrets as given (at least [`MIN_SECRET_LEN`] characters).
+    secrets: Vec<SecretString>,
+    /// Every form of every secret, longest first; computed on first use, so a request that
+    /// succeeds never pays for it.
+    patterns: OnceLock<Vec<SecretString>>,
 }
 
 impl fmt::Debug for Redactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Redactor({} patterns)", self.patterns.len())
+        write!(f, "Redactor({} secrets)", self.secrets.len())
     }
 }
 
@@ -112,41 +116,15 @@ impl Redactor {
         Redactor::default()
     }
 
-    /// Adds one secret and its encodings. Secrets shorter than [`MIN_SECRET_LEN`] are ignored.
+    /// Adds one secret. Secrets shorter than [`MIN_SECRET_LEN`] are ignored.
     pub fn add(&mut self, secret: &str) {
-        if secret.chars().count() < MIN_SECRET_LEN {
+        if secret.chars().count() < MIN_SECRET_LEN
+            || self.secrets.iter().any(|s| s.expose_secret() == secret)
+        {
             return;
         }
-        let mut forms: BTreeSet<String> = BTreeSet::new();
-        forms.insert(secret.to_owned());
-        for json in json_forms(secret) {
-            forms.insert(json);
-        }
-        for url in url_forms(secret) {
-            forms.insert(url.to_ascii_lowercase());
-            forms.insert(lower_hex(&url));
-            forms.insert(url);
-        }
-        // Base64 of every form above: a server may base64 a body in which the secret was
-        // JSON-escaped (our PATCH and token bodies are JSON) or URL-encoded.
-        let texts: Vec<String> = forms.iter().cloned().collect();
-        for text in texts {
-            for b64 in base64_forms(text.as_bytes()) {
-                if b64.len() >= MIN_BASE64_FRAGMENT {
-                    forms.insert(b64);
-                }
-            }
-        }
-        forms.retain(|f| {
-            f.chars().count() >= MIN_SECRET_LEN
-                && !self.patterns.iter().any(|p| p.expose_secret() == f)
-        });
-        self.patterns
-            .extend(forms.into_iter().map(SecretString::from));
-        // Longest first: a longer form (the URL-encoded one) must be replaced before a shorter
-        // one it contains.
-        self.patterns
-            .sort_by_key(|p| std::cmp::Reverse(p.expose_secret().len()));
+        self.secrets.push(SecretString::from(secret.to_owned()));
+        self.patterns = OnceLock::new();
     }
 
     /// Adds a secret held in a [`SecretString`].
@@ -156,22 +134,36 @@ impl Redactor {
 
     /// This redactor plus everything `other` removes.
     pub fn merged(&self, other: &Redactor) -> Redactor {
-        let mut out = self.clone();
-        out.patterns.extend(other.patterns.iter().cloned());
-        out.patterns
-            .sort_by_key(|p| std::cmp::Reverse(p.expose_secret().len()));
+        let mut out = Redactor {
+            secrets: self.secrets.clone(),
+            patterns: OnceLock::new(),
+        };
+        for s in &other.secrets {
+            out.add_secret(s);
+        }
         out
     }
 
     /// Whether it removes nothing.
     pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
+        self.secrets.is_empty()
     }
 
-    /// `text` with every pattern replaced by [`REDACTED`].
+    /// `text` with every form of every secret replaced by [`REDACTED`].
     pub fn redact(&self, text: &str) -> String {
+        let patterns = self.patterns.get_or_init(|| {
+            let mut all: BTreeSet<String> = BTreeSet::new();
+            for s in &self.secrets {
+                all.extend(forms(s.expose_secret()));
+            }
+            let mut v: Vec<SecretString> = all.into_iter().map(SecretString::from).collect();
+            // Longest first: a longer form (the URL-encoded one) must be replaced before a
+            // shorter one it contains.
+            v.sort_by_key(|p| std::cmp::Reverse(p.expose_secret().len()));
+            v
+        });
         let mut out = text.to_owned();
-        for p in &self.patterns {
+        for p in patterns {
             let p = p.expose_secret();
             if out.contains(p) {
                 out = out.replace(p, REDACTED);
@@ -179,6 +171,33 @@ impl Redactor {
         }
         out
     }
+}
+
+/// Every form of `secret` a server might echo: raw, JSON-escaped, URL-encoded, and the base64
+/// of each of these.
+fn forms(secret: &str) -> BTreeSet<String> {
+    let mut forms: BTreeSet<String> = BTreeSet::new();
+    forms.insert(secret.to_owned());
+    for json in json_forms(secret) {
+        forms.insert(json);
+    }
+    for url in url_forms(secret) {
+        forms.insert(url.to_ascii_lowercase());
+        forms.insert(lower_hex(&url));
+        forms.insert(url);
+    }
+    // Base64 of every form above: a server may base64 a body in which the secret was
+    // JSON-escaped (our PATCH and token bodies are JSON) or URL-encoded.
+    let texts: Vec<String> = forms.iter().cloned().collect();
+    for text in texts {
+        for b64 in base64_forms(text.as_bytes()) {
+            if b64.len() >= MIN_BASE64_FRAGMENT {
+                forms.insert(b64);
+            }
+        }
+    }
+    forms.retain(|f| f.chars().count() >= MIN_SECRET_LEN);
+    forms
 }
 
 /// JSON string escapings of `s` without the quotes: serde's (minimal) form, the form with `/`
