@@ -468,7 +468,11 @@ async fn run_case(case: Case) {
     );
     let rotator = Rotator::new(client, app::sources(&cfg).await).with_metrics(metrics.clone());
     let job_cfg = cfg.job(job).unwrap();
+    let started = Instant::now();
     let reports = rotator.run(job_cfg, RunOptions::default()).await;
+    // One attempt, bounded by the 1 s request timeout whatever the server does.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
     metrics.record(job_cfg, &reports.iter().collect::<Vec<_>>());
     for r in &reports {
         if let Some(e) = r.outcome.error() {

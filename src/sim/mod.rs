@@ -12,7 +12,8 @@
 //! - `GET /api/v1/data-sources/{id}/api-specs`, and the data-credentials endpoints
 //!   (`GET`/`PUT`/`PATCH /api/v1/data-credentials/{qID}`).
 //! - Per-identity Tier 1/Tier 2 rate limits with `Retry-After` (see [`limiter`]).
-//! - Injected [`Fault`]s (status codes, 429s, delays, dropped TCP connections) and added latency.
+//! - Injected [`Fault`]s (status codes, 429s, delays, dropped TCP connections, and [`Hostile`]
+//!   answers no Qlik tenant gives: redirects, endless bodies, echoed secrets) and added latency.
 //!
 //! Every request is recorded ([`Simulator::requests`]) so tests can assert on what a client sent.
 //!
