@@ -8,6 +8,7 @@ use crate::{
     daemon,
     rotation::{Outcome, RunOptions},
     state::{JobState, StateStore},
+    text::Escaped,
 };
 
 /// Exit code for an invalid configuration or usage (EX_USAGE).
@@ -102,12 +103,12 @@ pub async fn check_config(path: &Path, online: bool, input: &dyn ConfigInput) ->
             match daemon::preflight(&rotator, job, target).await {
                 Ok(conn) => crate::outln!(
                     "  {label}: OK (connection {}, {})",
-                    conn.id,
-                    conn.datasource_id
+                    Escaped(&conn.id),
+                    Escaped(&conn.datasource_id)
                 ),
                 Err(e) => {
                     failed += 1;
-                    crate::outln!("  {label}: FAILED: {e}");
+                    crate::outln!("  {label}: FAILED: {}", Escaped(&e.to_string()));
                 }
             }
         }
@@ -176,7 +177,7 @@ async fn setup(
     match app::rotator(&cfg, input).await {
         Ok(r) => Ok((cfg, r)),
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", Escaped(&e.to_string()));
             Err(ExitCode::from(EXIT_USAGE))
         }
     }
@@ -211,12 +212,12 @@ pub async fn plan(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> Ex
                         out,
                         "{}: PATCH /api/v1/data-connections/{} (secret version {}; values masked)",
                         report.label(),
-                        report.connection_id.as_deref().unwrap_or("?"),
-                        report.secret_version.as_deref().unwrap_or("?")
+                        Escaped(report.connection_id.as_deref().unwrap_or("?")),
+                        Escaped(report.secret_version.as_deref().unwrap_or("?"))
                     );
                     let pretty = serde_json::to_string_pretty(doc).unwrap_or_default();
                     for line in pretty.lines() {
-                        let _ = writeln!(out, "  {line}");
+                        let _ = writeln!(out, "  {}", Escaped(line));
                     }
                 }
                 _ => {
@@ -300,7 +301,10 @@ pub async fn rotate(
                     checked_at: chrono::Utc::now().timestamp(),
                 },
             ) {
-                eprintln!("warning: {e} (the daemon will rotate this connection once more)");
+                eprintln!(
+                    "warning: {} (the daemon will rotate this connection once more)",
+                    Escaped(&e.to_string())
+                );
             }
         }
     }
@@ -323,7 +327,7 @@ pub async fn run(path: &Path, input: &dyn ConfigInput, release_memory: fn()) -> 
     let running = match daemon::start(&cfg, input).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", Escaped(&e.to_string()));
             return match e {
                 daemon::StartError::Build(_) | daemon::StartError::AdminToken(_) => {
                     ExitCode::from(EXIT_USAGE)
@@ -417,7 +421,7 @@ pub async fn describe_connector(
     let client = match app::qlik_client(&cfg, input) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", Escaped(&e.to_string()));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -430,7 +434,7 @@ pub async fn describe_connector(
             return ExitCode::from(EXIT_FAILED);
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", Escaped(&e.to_string()));
             return ExitCode::from(EXIT_FAILED);
         }
     };
@@ -459,9 +463,10 @@ pub async fn describe_connector(
         _ => {}
     }
     crate::outln!(
-        "{datasource}: {} {} — {} properties",
-        specs["connectorProvider"].as_str().unwrap_or("?"),
-        specs["connectorVersion"].as_str().unwrap_or(""),
+        "{}: {} {} — {} properties",
+        Escaped(datasource),
+        Escaped(specs["connectorProvider"].as_str().unwrap_or("?")),
+        Escaped(specs["connectorVersion"].as_str().unwrap_or("")),
         props.len()
     );
     let width = props.iter().map(|p| p.0.len()).max().unwrap_or(4);
@@ -471,7 +476,12 @@ pub async fn describe_connector(
         } else {
             ""
         };
-        crate::outln!("  {name:width$}  {ty:8}  {mark:11}  {desc}");
+        crate::outln!(
+            "  {:width$}  {:8}  {mark:11}  {}",
+            Escaped(name).to_string(),
+            Escaped(ty).to_string(),
+            Escaped(&crate::text::cap(desc, 200))
+        );
     }
     if let Some(c) = crate::connectors::Connector::lookup(datasource) {
         let schemes: Vec<_> = c.family.schemes.iter().map(|s| s.name).collect();
@@ -484,12 +494,14 @@ pub async fn describe_connector(
     let text: Vec<_> = props
         .iter()
         .filter(|(n, t, _)| looks_like_credential(n) && t == "string")
-        .map(|(n, _, _)| format!("\"{n}\""))
+        // A quoted, escaped TOML string: the name comes from Qlik.
+        .map(|(n, _, _)| Escaped(&serde_json::Value::from(n.as_str()).to_string()).to_string())
         .collect();
     let files: Vec<_> = props
         .iter()
         .filter(|(n, t, _)| looks_like_credential(n) && t == "array")
-        .map(|(n, _, _)| format!("\"{n}\""))
+        // A quoted, escaped TOML string: the name comes from Qlik.
+        .map(|(n, _, _)| Escaped(&serde_json::Value::from(n.as_str()).to_string()).to_string())
         .collect();
     let source = cfg.sources.keys().next().map_or("aws", String::as_str);
     crate::outln!(

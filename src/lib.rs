@@ -16,3 +16,4 @@ pub mod secrets;
 pub mod sim;
 pub mod state;
 pub mod telemetry;
+pub mod text;

@@ -225,8 +225,13 @@ impl Report {
     }
 
     /// One human line: `sales-s3: rotated (connection …, secret version …)` or
-    /// `sales-s3: failed at apply [forbidden]: …`.
+    /// `sales-s3: failed at apply [forbidden]: …`. Control characters from outside (Qlik's
+    /// answers, vault versions) are escaped, so the line cannot be split or forged.
     pub fn line(&self) -> String {
+        crate::text::escape(&self.unescaped_line()).into_owned()
+    }
+
+    fn unescaped_line(&self) -> String {
         let label = self.label();
         let conn = self.connection_id.as_deref().unwrap_or("?");
         let version = self.secret_version.as_deref().unwrap_or("?");
@@ -519,10 +524,16 @@ impl Rotator {
         if let Err(e) = self.client.patch_connection(&before.id, &plan.doc).await {
             return Outcome::Failed(RotationError::Apply(e));
         }
+        // The values just written stay in play for the verify GET's error text.
+        let written = plan.doc.redactor();
         drop(plan.doc);
 
         // 5. Verify.
-        let after = match self.client.get_connection(&before.id).await {
+        let after = match self
+            .client
+            .get_connection_redacting(&before.id, &written)
+            .await
+        {
             Ok(c) => c,
             Err(e) => return Outcome::VerifyFailed(RotationError::VerifyGet(e)),
         };
@@ -618,8 +629,13 @@ impl Rotator {
         if let Err(e) = self.client.put_credential(&update).await {
             return Outcome::Failed(RotationError::Apply(e));
         }
+        let written = update.redactor();
         drop(update);
-        let after = match self.client.get_credential(&before.id, false).await {
+        let after = match self
+            .client
+            .get_credential_redacting(&before.id, false, &written)
+            .await
+        {
             Ok(c) => c,
             Err(e) => return Outcome::VerifyFailed(RotationError::VerifyGet(e)),
         };
@@ -655,14 +671,14 @@ fn log_report(report: &Report) {
             outcome = report.outcome.label(),
             stage = e.stage().as_str(),
             error_type = e.error_type(),
-            error = %e,
+            error = %crate::text::Escaped(&e.to_string()),
             "Rotation failed."
         ),
         other => tracing::info!(
             job = %report.job,
-            connection = report.connection_id.as_deref().unwrap_or(""),
+            connection = %crate::text::Escaped(report.connection_id.as_deref().unwrap_or("")),
             outcome = other.label(),
-            secret_version = report.secret_version.as_deref().unwrap_or(""),
+            secret_version = %crate::text::Escaped(report.secret_version.as_deref().unwrap_or("")),
             duration_ms = report.duration.as_millis() as u64,
             "Rotation finished."
         ),

@@ -132,6 +132,9 @@ pub struct QlikConfig {
     /// Tier 2 writes per minute for this identity (`write_budget_per_min`, default 100; 0 =
     /// unlimited).
     pub write_budget_per_min: u32,
+    /// The largest response body read from Qlik (`max_response_bytes`, default 4 MiB, from
+    /// 64 KiB to 256 MiB); a longer one fails with `response_too_large`.
+    pub max_response_bytes: u64,
 }
 
 /// `[sources.NAME]`.
@@ -543,6 +546,9 @@ fn qlik_section(mut t: Table<'_>, errs: &mut Errors) -> Option<QlikConfig> {
     let write_budget_per_min = t
         .opt_u64("write_budget_per_min", 0..=100_000, errs)
         .unwrap_or(100) as u32;
+    let max_response_bytes = t
+        .opt_u64("max_response_bytes", MAX_RESPONSE_BYTES_RANGE, errs)
+        .unwrap_or(crate::qlik::client::DEFAULT_MAX_RESPONSE_BYTES);
     t.finish(errs);
     Some(QlikConfig {
         tenant_url: url?,
@@ -550,8 +556,12 @@ fn qlik_section(mut t: Table<'_>, errs: &mut Errors) -> Option<QlikConfig> {
         request_timeout,
         max_attempts,
         write_budget_per_min,
+        max_response_bytes,
     })
 }
+
+/// The documented range of `qlik.max_response_bytes`: 64 KiB to 256 MiB.
+pub const MAX_RESPONSE_BYTES_RANGE: std::ops::RangeInclusive<u64> = 65_536..=268_435_456;
 
 fn is_loopback(url: &reqwest::Url) -> bool {
     match url.host_str() {

@@ -150,7 +150,7 @@ listen = "nine-four-six-four"
             "qlik.api_key: the Qlik API key is never accepted inline in the file; use qlik.api_key_env or qlik.api_key_file",
             "qlik.api_key_env: the Qlik API key is required: set api_key_env or api_key_file",
             "qlik.max_attempts: expected a whole number from 1 to 10, found 99",
-            "qlik.colour: unknown key (expected one of: api_key, api_key_env, api_key_file, max_attempts, oauth, request_timeout, tenant_url, write_budget_per_min)",
+            "qlik.colour: unknown key (expected one of: api_key, api_key_env, api_key_file, max_attempts, max_response_bytes, oauth, request_timeout, tenant_url, write_budget_per_min)",
             "sources.vault.type: unknown source type \"hashicorp\" (expected \"aws_secrets_manager\" or \"file\")",
             "jobs[1].name: use 1 to 64 characters from A-Z, a-z, 0-9, '-', '_' and '.'",
             "jobs[1].connection.id: set either id or name, not both",
@@ -270,4 +270,28 @@ password = \"pw\"
     };
     assert_eq!(password_key(c), "pw");
     assert_eq!(password_key(a), "password");
+}
+
+#[test]
+fn max_response_bytes_has_a_default_and_a_documented_range() {
+    let cfg = load_str(MINIMAL, Path::new("/etc/qr"), &env(&[])).unwrap();
+    assert_eq!(cfg.qlik.max_response_bytes, 4 * 1024 * 1024);
+    let with = |v: &str| {
+        MINIMAL.replace(
+            "api_key_env = \"QLIK_API_KEY\"",
+            &format!("api_key_env = \"QLIK_API_KEY\"\nmax_response_bytes = {v}"),
+        )
+    };
+    let cfg = load_str(&with("65536"), Path::new("/etc/qr"), &env(&[])).unwrap();
+    assert_eq!(cfg.qlik.max_response_bytes, 65_536);
+    for bad in ["0", "65535", "268435457", "\"4MiB\"", "-1"] {
+        let errs = errors(&with(bad));
+        assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        assert!(
+            errs[0].starts_with(
+                "qlik.max_response_bytes: expected a whole number from 65536 to 268435456, found"
+            ),
+            "{bad}: {errs:?}"
+        );
+    }
 }

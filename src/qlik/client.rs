@@ -15,8 +15,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::{sync::Mutex, time::Instant};
 
+use crate::text::{self, Redactor};
+
 use super::{
-    error::{ApiProblem, QlikError},
+    error::{ApiProblem, MAX_ERROR_BODY, QlikError},
     gate::WriteGate,
     model::{CredentialUpdate, DataConnection, DataCredential, PatchDocument},
 };
@@ -112,7 +114,16 @@ pub struct ClientSettings {
     pub retry: RetryPolicy,
     /// Tier 2 writes per minute for this identity (0 = unlimited).
     pub write_budget_per_min: u32,
+    /// The largest response body read (`qlik.max_response_bytes`); see
+    /// [`DEFAULT_MAX_RESPONSE_BYTES`].
+    pub max_response_bytes: u64,
 }
+
+/// Default cap on one response body: 4 MiB. The largest documented answer, one data
+/// connection or one connector's api-specs, is a few KB; 4 MiB leaves room for connections
+/// with large file properties while a server sending an endless body costs at most that much
+/// memory (without a cap, an endless 200 took the process to ~1 GB RSS in 1.2 s).
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 4 * 1024 * 1024;
 
 struct CachedToken {
     token: SecretString,
@@ -129,6 +140,9 @@ pub struct QlikClient {
     retry: RetryPolicy,
     gate: Arc<WriteGate>,
     observer: Option<Arc<dyn RequestObserver>>,
+    max_response_bytes: u64,
+    /// The client's own secrets (API key or OAuth client secret), in every echoed form.
+    own_secrets: Redactor,
 }
 
 impl std::fmt::Debug for QlikClient {
@@ -162,6 +176,11 @@ impl QlikClient {
     /// When the TLS backend cannot be initialised.
     pub fn new(settings: ClientSettings) -> Result<Self, QlikError> {
         let http = reqwest::Client::builder()
+            // The Qlik API does not redirect. Following a 307/308 would re-send a PATCH body
+            // (the credentials) to wherever `Location` points; a 3xx is an error instead.
+            .redirect(reqwest::redirect::Policy::none())
+            // Covers connecting, the headers *and* reading the body, so a server dripping a
+            // body byte by byte is cut off too.
             .timeout(settings.request_timeout)
             .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("qlik-rotator/", env!("CARGO_PKG_VERSION")))
@@ -172,8 +191,15 @@ impl QlikClient {
                 message: e.to_string(),
                 timeout: false,
             })?;
+        let mut own_secrets = Redactor::new();
+        match &settings.credentials {
+            Credentials::ApiKey(key) => own_secrets.add_secret(key),
+            Credentials::OAuth { client_secret, .. } => own_secrets.add_secret(client_secret),
+        }
         Ok(QlikClient {
             http,
+            max_response_bytes: settings.max_response_bytes,
+            own_secrets,
             base: settings.tenant_url,
             credentials: settings.credentials,
             token: Mutex::new(None),
@@ -223,12 +249,25 @@ impl QlikClient {
     /// # Errors
     /// [`QlikError`] after retries.
     pub async fn get_connection(&self, id: &str) -> Result<DataConnection, QlikError> {
+        self.get_connection_redacting(id, &Redactor::new()).await
+    }
+
+    /// [`QlikClient::get_connection`] whose error text is also scrubbed of `extra` (the verify
+    /// GET after a PATCH: the values just written are still in play).
+    ///
+    /// # Errors
+    /// [`QlikError`] after retries.
+    pub async fn get_connection_redacting(
+        &self,
+        id: &str,
+        extra: &Redactor,
+    ) -> Result<DataConnection, QlikError> {
         let mut url = self.url(&["api", "v1", "data-connections", id]);
         url.query_pairs_mut().append_pair("parseConnection", "true");
         let resp = self
-            .send("GET", EP_CONNECTION, false, None, |c| c.get(url.clone()))
+            .send("GET", EP_CONNECTION, false, extra, |c| c.get(url.clone()))
             .await?;
-        decode("GET", EP_CONNECTION, resp).await
+        self.decode("GET", EP_CONNECTION, resp).await
     }
 
     /// Looks a connection up by name (and space): `GET …/{name}?type=connectionname&spaceId=…`.
@@ -250,12 +289,12 @@ impl QlikClient {
             q.append_pair("parseConnection", "true");
         }
         match self
-            .send("GET", EP_CONNECTION_BY_NAME, false, None, |c| {
+            .send("GET", EP_CONNECTION_BY_NAME, false, &Redactor::new(), |c| {
                 c.get(url.clone())
             })
             .await
         {
-            Ok(resp) => decode("GET", EP_CONNECTION_BY_NAME, resp).await,
+            Ok(resp) => self.decode("GET", EP_CONNECTION_BY_NAME, resp).await,
             Err(e) if e.status() == Some(404) => Err(QlikError::NameNotFound {
                 name: name.to_owned(),
                 space: space.map(str::to_owned),
@@ -271,8 +310,9 @@ impl QlikClient {
     pub async fn patch_connection(&self, id: &str, doc: &PatchDocument) -> Result<(), QlikError> {
         let url = self.url(&["api", "v1", "data-connections", id]);
         let body = doc.expose_body();
+        let redactor = doc.redactor();
         let resp = self
-            .send("PATCH", EP_CONNECTION, true, Some(doc), |c| {
+            .send("PATCH", EP_CONNECTION, true, &redactor, |c| {
                 c.patch(url.clone())
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(body.clone())
@@ -298,10 +338,12 @@ impl QlikClient {
     ) -> Result<Option<serde_json::Value>, QlikError> {
         let url = self.url(&["api", "v1", "data-sources", datasource, "api-specs"]);
         match self
-            .send("GET", EP_API_SPECS, false, None, |c| c.get(url.clone()))
+            .send("GET", EP_API_SPECS, false, &Redactor::new(), |c| {
+                c.get(url.clone())
+            })
             .await
         {
-            Ok(resp) => decode("GET", EP_API_SPECS, resp).await.map(Some),
+            Ok(resp) => self.decode("GET", EP_API_SPECS, resp).await.map(Some),
             Err(e) if e.status() == Some(404) => Ok(None),
             Err(e) => Err(e),
         }
@@ -316,15 +358,30 @@ impl QlikClient {
         id_or_name: &str,
         by_name: bool,
     ) -> Result<DataCredential, QlikError> {
+        self.get_credential_redacting(id_or_name, by_name, &Redactor::new())
+            .await
+    }
+
+    /// [`QlikClient::get_credential`] whose error text is also scrubbed of `extra` (the verify
+    /// GET after a PUT).
+    ///
+    /// # Errors
+    /// [`QlikError`] after retries.
+    pub async fn get_credential_redacting(
+        &self,
+        id_or_name: &str,
+        by_name: bool,
+        extra: &Redactor,
+    ) -> Result<DataCredential, QlikError> {
         let mut url = self.url(&["api", "v1", "data-credentials", id_or_name]);
         if by_name {
             url.query_pairs_mut()
                 .append_pair("byCredentialName", "true");
         }
         let resp = self
-            .send("GET", EP_CREDENTIAL, false, None, |c| c.get(url.clone()))
+            .send("GET", EP_CREDENTIAL, false, extra, |c| c.get(url.clone()))
             .await?;
-        decode("GET", EP_CREDENTIAL, resp).await
+        self.decode("GET", EP_CREDENTIAL, resp).await
     }
 
     /// `PUT /api/v1/data-credentials/{id}` with new `qUsername`/`qPassword`; 204 is success.
@@ -334,8 +391,9 @@ impl QlikClient {
     pub async fn put_credential(&self, update: &CredentialUpdate) -> Result<(), QlikError> {
         let url = self.url(&["api", "v1", "data-credentials", &update.id]);
         let body = update.expose_body();
+        let redactor = update.redactor();
         let resp = self
-            .send_redacting("PUT", EP_CREDENTIAL, true, &|t| update.redact(t), |c| {
+            .send("PUT", EP_CREDENTIAL, true, &redactor, |c| {
                 c.put(url.clone())
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(body.clone())
@@ -346,32 +404,14 @@ impl QlikClient {
     }
 
     /// Sends one logical request with auth, the write gate (for Tier 2), and bounded retries.
+    /// Error text is scrubbed of the client's own secrets, the bearer token and `extra` (the
+    /// values this request writes). Redirects are errors, never followed.
     async fn send(
         &self,
         method: &'static str,
         endpoint: &'static str,
         write: bool,
-        redact_with: Option<&PatchDocument>,
-        build: impl Fn(&reqwest::Client) -> RequestBuilder,
-    ) -> Result<Response, QlikError> {
-        match redact_with {
-            Some(doc) => {
-                self.send_redacting(method, endpoint, write, &|t| doc.redact(t), build)
-                    .await
-            }
-            None => {
-                self.send_redacting(method, endpoint, write, &str::to_owned, build)
-                    .await
-            }
-        }
-    }
-
-    async fn send_redacting(
-        &self,
-        method: &'static str,
-        endpoint: &'static str,
-        write: bool,
-        redact: &(dyn Fn(&str) -> String + Sync),
+        extra: &Redactor,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, QlikError> {
         let mut attempt = 0;
@@ -392,14 +432,16 @@ impl QlikClient {
                     self.observe(method, endpoint, resp.status().as_str(), started);
                     return Ok(resp);
                 }
+                Ok(resp) if resp.status().is_redirection() => {
+                    self.observe(method, endpoint, resp.status().as_str(), started);
+                    return Err(redirect_error(method, endpoint, &resp));
+                }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     self.observe(method, endpoint, resp.status().as_str(), started);
                     let retry_after = parse_retry_after(resp.headers());
-                    let body = resp.bytes().await.unwrap_or_default();
-                    let mut problem = ApiProblem::parse(&body);
-                    problem.title = problem.title.map(|t| redact(&t));
-                    problem.detail = problem.detail.map(|d| redact(&d));
+                    let redactor = self.redactor(Some(&token), extra);
+                    let problem = read_problem(resp, &redactor).await;
                     QlikError::Status {
                         method,
                         endpoint,
@@ -413,7 +455,10 @@ impl QlikClient {
                     QlikError::Transport {
                         method,
                         endpoint,
-                        message: transport_message(&e),
+                        message: text::sanitize(
+                            &transport_message(&e),
+                            &self.redactor(Some(&token), extra),
+                        ),
                         timeout: e.is_timeout(),
                     }
                 }
@@ -456,6 +501,69 @@ impl QlikClient {
             } else {
                 tokio::time::sleep(delay).await;
             }
+        }
+    }
+
+    /// Everything that must not appear in error text: the client's own secrets, the bearer
+    /// token in use (an OAuth access token; for an API key, the key again) and `extra`.
+    fn redactor(&self, token: Option<&SecretString>, extra: &Redactor) -> Redactor {
+        let mut r = self.own_secrets.merged(extra);
+        if let Some(t) = token
+            && self.is_oauth()
+        {
+            r.add_secret(t);
+        }
+        r
+    }
+
+    /// Reads a success body (at most `max_response_bytes`) and decodes it.
+    async fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &'static str,
+        endpoint: &'static str,
+        resp: Response,
+    ) -> Result<T, QlikError> {
+        let bytes = self.read_body(method, endpoint, resp).await?;
+        serde_json::from_slice(&bytes).map_err(|e| QlikError::Decode {
+            method,
+            endpoint,
+            // Only the position: serde's messages can quote values.
+            message: format!("invalid JSON at line {} column {}", e.line(), e.column()),
+        })
+    }
+
+    /// The whole body, or [`QlikError::TooLarge`] as soon as it exceeds the cap.
+    async fn read_body(
+        &self,
+        method: &'static str,
+        endpoint: &'static str,
+        resp: Response,
+    ) -> Result<Vec<u8>, QlikError> {
+        let limit = usize::try_from(self.max_response_bytes).unwrap_or(usize::MAX);
+        match read_limited(resp, limit).await {
+            Ok((bytes, false)) => Ok(bytes),
+            Ok((_, true)) => {
+                tracing::warn!(
+                    method,
+                    endpoint,
+                    limit = self.max_response_bytes,
+                    "Qlik's response exceeds qlik.max_response_bytes; not read further."
+                );
+                Err(QlikError::TooLarge {
+                    method,
+                    endpoint,
+                    limit: self.max_response_bytes,
+                })
+            }
+            Err(e) => Err(QlikError::Transport {
+                method,
+                endpoint,
+                message: text::sanitize(
+                    &transport_message(&e),
+                    &self.redactor(None, &Redactor::new()),
+                ),
+                timeout: e.is_timeout(),
+            }),
         }
     }
 
@@ -512,17 +620,21 @@ impl QlikClient {
                     self.observe("POST", EP_TOKEN, resp.status().as_str(), started);
                     break resp;
                 }
+                Ok(resp) if resp.status().is_redirection() => {
+                    self.observe("POST", EP_TOKEN, resp.status().as_str(), started);
+                    return Err(redirect_error("POST", EP_TOKEN, &resp));
+                }
                 Ok(resp) => {
                     let status = resp.status();
                     self.observe("POST", EP_TOKEN, status.as_str(), started);
                     let retry_after = parse_retry_after(resp.headers());
-                    let problem = ApiProblem::parse(&resp.bytes().await.unwrap_or_default());
+                    let problem = read_problem(resp, &self.own_secrets).await;
                     let retriable = status.as_u16() == 429 || status.is_server_error();
                     if !retriable || attempt >= self.retry.max_attempts {
                         return Err(QlikError::Token(format!(
                             "HTTP {}: {}",
                             status.as_u16(),
-                            problem_text(&problem)
+                            problem.describe()
                         )));
                     }
                     let delay = retry_after.unwrap_or_else(|| self.retry.backoff(attempt));
@@ -535,15 +647,25 @@ impl QlikClient {
                 Err(e) => {
                     self.observe("POST", EP_TOKEN, "error", started);
                     if attempt >= self.retry.max_attempts {
-                        return Err(QlikError::Token(transport_message(&e)));
+                        return Err(QlikError::Token(text::sanitize(
+                            &transport_message(&e),
+                            &self.own_secrets,
+                        )));
                     }
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
                 }
             }
         };
-        let parsed: TokenResponse = resp.json().await.map_err(|_| {
+        let bytes = self.read_body("POST", EP_TOKEN, resp).await?;
+        let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| {
             QlikError::Token("the token response is not the documented JSON".into())
         })?;
+        drop(bytes);
+        if !usable_bearer(&parsed.access_token) {
+            return Err(QlikError::Token(
+                "the token response's access_token is not a usable bearer token (empty, longer than 4096 characters, or with characters a header cannot carry)".into(),
+            ));
+        }
         let lifetime = token_lifetime(&parsed);
         // Refresh 5 minutes early, or at 90% of a short lifetime.
         let skew = Duration::from_secs(300).min(lifetime / 10);
@@ -560,7 +682,22 @@ impl QlikClient {
     }
 }
 
+/// Whether `token` can be sent as `Authorization: Bearer …`: 1 to 4096 visible ASCII
+/// characters (RFC 6750's token characters are a subset). Anything else would be refused by
+/// the HTTP library on every request, or split the header.
+fn usable_bearer(token: &str) -> bool {
+    (1..=4096).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The longest token lifetime believed: a day (Qlik documents 6 h). A larger `expires_in`
+/// (up to `u64::MAX` from a hostile server) would overflow the refresh deadline.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 fn token_lifetime(t: &TokenResponse) -> Duration {
+    token_lifetime_uncapped(t).min(MAX_TOKEN_LIFETIME)
+}
+
+fn token_lifetime_uncapped(t: &TokenResponse) -> Duration {
     if let Some(secs) = t.expires_in {
         return Duration::from_secs(secs);
     }
@@ -576,12 +713,62 @@ fn token_lifetime(t: &TokenResponse) -> Duration {
     Duration::from_secs(3600)
 }
 
-fn problem_text(p: &ApiProblem) -> String {
-    [p.code.as_deref(), p.title.as_deref(), p.detail.as_deref()]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ")
+/// A 3xx answer as an error; only the `Location`'s scheme, host and port are kept (its path
+/// and query could carry anything), escaped.
+fn redirect_error(method: &'static str, endpoint: &'static str, resp: &Response) -> QlikError {
+    let location = resp
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| resp.url().join(l).ok())
+        .and_then(|u| {
+            let host = u.host_str()?;
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            Some(
+                text::cap(
+                    &text::escape(&format!("{}://{host}{port}", u.scheme())),
+                    128,
+                )
+                .into_owned(),
+            )
+        });
+    tracing::warn!(
+        method,
+        endpoint,
+        status = resp.status().as_u16(),
+        "Qlik answered with a redirect; redirects are not followed."
+    );
+    QlikError::Redirect {
+        method,
+        endpoint,
+        status: resp.status().as_u16(),
+        location,
+    }
+}
+
+/// Reads at most `limit` bytes of a body. `Ok((_, true))` when the body is longer (announced
+/// by `Content-Length`, or seen while streaming); nothing past the limit is buffered.
+async fn read_limited(mut resp: Response, limit: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok((Vec::new(), true));
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if buf.len() + chunk.len() > limit {
+            return Ok((Vec::new(), true));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok((buf, false))
+}
+
+/// An error body, read up to [`MAX_ERROR_BODY`] and parsed into redacted, escaped, capped
+/// fields. The raw body goes no further than this function.
+async fn read_problem(resp: Response, redactor: &Redactor) -> ApiProblem {
+    match read_limited(resp, MAX_ERROR_BODY).await {
+        Ok((body, truncated)) => ApiProblem::parse_redacted(&body, truncated, redactor),
+        Err(_) => ApiProblem::default(),
+    }
 }
 
 fn parse_retry_after(headers: &header::HeaderMap) -> Option<Duration> {
@@ -612,25 +799,6 @@ fn transport_message(e: &reqwest::Error) -> String {
         source = s.source();
     }
     msg
-}
-
-async fn decode<T: serde::de::DeserializeOwned>(
-    method: &'static str,
-    endpoint: &'static str,
-    resp: Response,
-) -> Result<T, QlikError> {
-    let bytes = resp.bytes().await.map_err(|e| QlikError::Transport {
-        method,
-        endpoint,
-        message: transport_message(&e),
-        timeout: e.is_timeout(),
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| QlikError::Decode {
-        method,
-        endpoint,
-        // Only the position: serde's messages can quote values.
-        message: format!("invalid JSON at line {} column {}", e.line(), e.column()),
-    })
 }
 
 #[cfg(test)]
@@ -670,5 +838,29 @@ mod tests {
             expires_at: None,
         };
         assert_eq!(token_lifetime(&t), Duration::from_secs(21600));
+    }
+
+    #[test]
+    fn a_hostile_token_lifetime_is_capped_at_a_day() {
+        let t = TokenResponse {
+            access_token: String::new(),
+            expires_in: Some(u64::MAX),
+            expires_at: None,
+        };
+        assert_eq!(token_lifetime(&t), MAX_TOKEN_LIFETIME);
+        let t = TokenResponse {
+            access_token: String::new(),
+            expires_in: None,
+            expires_at: Some("9999-12-31T23:59:59Z".into()),
+        };
+        assert_eq!(token_lifetime(&t), MAX_TOKEN_LIFETIME);
+    }
+
+    #[test]
+    fn only_header_safe_tokens_are_usable() {
+        assert!(usable_bearer("sim-at-0123abc.DEF_~+/="));
+        for bad in ["", "a b", "a\r\nX: 1", "ü", &"a".repeat(4097)] {
+            assert!(!usable_bearer(bad), "{bad:?}");
+        }
     }
 }

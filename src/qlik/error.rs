@@ -3,28 +3,48 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::Value;
+
+use crate::text::{self, Redactor};
 
 /// The documented error body `{"errors":[{code,title,detail,status}]}`; every field optional,
-/// `status` an integer (data-connections) or a string (OAuth).
+/// `status` an integer (data-connections) or a string (OAuth). Fields of an unexpected JSON
+/// type are ignored rather than failing the whole parse.
 #[derive(Debug, Deserialize, Default)]
 struct ErrorBody {
     #[serde(default)]
-    errors: Vec<ErrorItem>,
+    errors: Vec<Value>,
     #[serde(default, rename = "traceId")]
-    trace_id: Option<String>,
+    trace_id: Option<Value>,
 }
 
-#[derive(Debug, Deserialize, Default)]
-struct ErrorItem {
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    title: Option<String>,
-    #[serde(default)]
-    detail: Option<String>,
+/// Longest `code`, `title` or `traceId` ever printed (characters).
+const MAX_SHORT_FIELD: usize = 128;
+
+/// How much of an error body is read at most: enough for any documented error, and a
+/// hostile server cannot make the client buffer more.
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// What the error body was, when nothing could be parsed from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BodyShape {
+    /// The documented JSON shape (possibly with no fields).
+    #[default]
+    Json,
+    /// Empty.
+    Empty,
+    /// Not JSON (an HTML error page, a proxy's text): never printed.
+    NotJson {
+        /// Its length in bytes.
+        bytes: usize,
+    },
+    /// Longer than [`MAX_ERROR_BODY`]: not read to the end, not printed.
+    TooLarge,
 }
 
-/// What a Qlik error response said, as far as it could be parsed.
+/// What a Qlik error response said, as far as it could be parsed. Every text field is already
+/// redacted (against every secret in play), control-character-escaped and capped: it is safe
+/// to print. The raw body is never kept.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApiProblem {
     /// The first error's `code`, e.g. `DCERROR-0010`.
@@ -35,22 +55,60 @@ pub struct ApiProblem {
     pub detail: Option<String>,
     /// `traceId` when present.
     pub trace_id: Option<String>,
+    /// What the body was.
+    pub shape: BodyShape,
+}
+
+fn field(v: Option<&Value>, redactor: &Redactor, max: usize) -> Option<String> {
+    let s = match v? {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let clean = text::sanitize(&s, redactor);
+    Some(text::cap(&clean, max).into_owned())
 }
 
 impl ApiProblem {
-    /// Parses an error body leniently: anything unparseable yields an empty problem.
-    pub fn parse(body: &[u8]) -> Self {
-        let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    /// Parses an error body leniently (anything unparseable yields an empty problem), then
+    /// redacts, escapes and caps every field. `truncated` says the body was cut at
+    /// [`MAX_ERROR_BODY`].
+    pub fn parse_redacted(body: &[u8], truncated: bool, redactor: &Redactor) -> Self {
+        if truncated {
+            return ApiProblem {
+                shape: BodyShape::TooLarge,
+                ..ApiProblem::default()
+            };
+        }
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return ApiProblem {
+                shape: BodyShape::Empty,
+                ..ApiProblem::default()
+            };
+        }
+        let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) else {
+            return ApiProblem {
+                shape: BodyShape::NotJson { bytes: body.len() },
+                ..ApiProblem::default()
+            };
+        };
         let first = parsed.errors.into_iter().next().unwrap_or_default();
         ApiProblem {
-            code: first.code,
-            title: first.title,
-            detail: first.detail,
-            trace_id: parsed.trace_id,
+            code: field(first.get("code"), redactor, MAX_SHORT_FIELD),
+            title: field(first.get("title"), redactor, MAX_SHORT_FIELD),
+            detail: field(first.get("detail"), redactor, text::MAX_REMOTE_TEXT),
+            trace_id: field(parsed.trace_id.as_ref(), redactor, MAX_SHORT_FIELD),
+            shape: BodyShape::Json,
         }
     }
 
-    fn describe(&self) -> String {
+    /// [`ApiProblem::parse_redacted`] with nothing to redact (tests, bodies sent by us).
+    pub fn parse(body: &[u8]) -> Self {
+        Self::parse_redacted(body, false, &Redactor::new())
+    }
+
+    /// One line: code, `title: detail` and trace id, or what the body was.
+    pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         if let Some(code) = &self.code {
             parts.push(code.clone());
@@ -64,10 +122,18 @@ impl ApiProblem {
         if let Some(trace) = &self.trace_id {
             parts.push(format!("traceId {trace}"));
         }
-        if parts.is_empty() {
-            "no error details in the response".to_owned()
-        } else {
-            parts.join(" ")
+        if !parts.is_empty() {
+            return parts.join(" ");
+        }
+        match self.shape {
+            BodyShape::Json | BodyShape::Empty => "no error details in the response".to_owned(),
+            BodyShape::NotJson { bytes } => {
+                format!("the error body is not JSON ({bytes} bytes, not shown)")
+            }
+            BodyShape::TooLarge => format!(
+                "the error body is larger than {} KiB (not read, not shown)",
+                MAX_ERROR_BODY / 1024
+            ),
         }
     }
 }
@@ -111,6 +177,35 @@ pub enum QlikError {
         /// What was wrong (never the body itself).
         message: String,
     },
+    /// Qlik (or something in between) answered with a redirect. Redirects are never followed:
+    /// the Qlik API does not use them, and following one would send the request (a PATCH body
+    /// holds credentials) to wherever the `Location` points.
+    #[error(
+        "{method} {endpoint} answered HTTP {status} (a redirect{}); redirects are not followed, so nothing was sent there",
+        location.as_ref().map(|l| format!(" to {l}")).unwrap_or_default()
+    )]
+    Redirect {
+        /// HTTP method.
+        method: &'static str,
+        /// Endpoint template.
+        endpoint: &'static str,
+        /// The 3xx status.
+        status: u16,
+        /// The `Location`'s scheme, host and port only (never its path or query), escaped.
+        location: Option<String>,
+    },
+    /// The response body is larger than `qlik.max_response_bytes`; reading stopped there.
+    #[error(
+        "{method} {endpoint} returned a response larger than {limit} bytes (qlik.max_response_bytes); it was not read further"
+    )]
+    TooLarge {
+        /// HTTP method.
+        method: &'static str,
+        /// Endpoint template.
+        endpoint: &'static str,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// Getting an OAuth token failed.
     #[error("OAuth token request failed: {0}")]
     Token(String),
@@ -139,9 +234,11 @@ impl QlikError {
         match self {
             QlikError::Status { status, .. } => *status == 429 || *status >= 500,
             QlikError::Transport { .. } => true,
-            QlikError::Token(_) | QlikError::Decode { .. } | QlikError::NameNotFound { .. } => {
-                false
-            }
+            QlikError::Token(_)
+            | QlikError::Decode { .. }
+            | QlikError::NameNotFound { .. }
+            | QlikError::Redirect { .. }
+            | QlikError::TooLarge { .. } => false,
         }
     }
 
@@ -162,6 +259,8 @@ impl QlikError {
             QlikError::Transport { .. } => "connection",
             QlikError::Decode { .. } => "decode",
             QlikError::Token(_) => "auth",
+            QlikError::Redirect { .. } => "redirect",
+            QlikError::TooLarge { .. } => "response_too_large",
             QlikError::NameNotFound { .. } => "not_found",
         }
     }
@@ -194,9 +293,11 @@ mod tests {
         );
         assert_eq!(p.title.as_deref(), Some("invalid_client"));
         assert_eq!(p.trace_id.as_deref(), Some("abc"));
+        let html = ApiProblem::parse(b"<html>oops</html>");
+        assert_eq!(html.shape, BodyShape::NotJson { bytes: 17 });
         assert_eq!(
-            ApiProblem::parse(b"<html>oops</html>"),
-            ApiProblem::default()
+            html.describe(),
+            "the error body is not JSON (17 bytes, not shown)"
         );
         assert_eq!(
             ApiProblem::parse(br#"{"errors":[{}]}"#),
@@ -232,6 +333,48 @@ mod tests {
         assert_eq!(
             st(400).to_string(),
             "PATCH /api/v1/data-connections/{id} returned HTTP 400: no error details in the response"
+        );
+    }
+
+    #[test]
+    fn every_field_is_redacted_escaped_and_capped_and_odd_types_are_tolerated() {
+        let mut r = Redactor::new();
+        r.add("CANARY-pw-1");
+        let body = serde_json::json!({
+            "errors": [{
+                "code": "E-CANARY-pw-1",
+                "title": "bad\u{1b}[2J\nok: rotated and verified",
+                "detail": format!("value {} {}", "CANARY-pw-1", "x".repeat(2000)),
+                "status": "400"
+            }],
+            "traceId": 42
+        });
+        let p = ApiProblem::parse_redacted(body.to_string().as_bytes(), false, &r);
+        assert_eq!(p.code.as_deref(), Some("E-[REDACTED]"));
+        assert_eq!(
+            p.title.as_deref(),
+            Some("bad\\u{1b}[2J\\nok: rotated and verified")
+        );
+        let detail = p.detail.as_deref().unwrap();
+        assert!(detail.starts_with("value [REDACTED] xxx"), "{detail}");
+        assert!(detail.chars().count() < 600, "{}", detail.len());
+        assert_eq!(p.trace_id.as_deref(), Some("42"));
+        let shown = p.describe();
+        assert!(!shown.contains("CANARY") && !shown.contains('\n') && !shown.contains('\u{1b}'));
+        // A code of the wrong type does not hide the rest.
+        let p = ApiProblem::parse(br#"{"errors":[{"code":{"x":1},"title":"T"}]}"#);
+        assert_eq!((p.code, p.title.as_deref()), (None, Some("T")));
+    }
+
+    #[test]
+    fn empty_and_oversized_bodies_say_what_they_were() {
+        assert_eq!(
+            ApiProblem::parse(b"  ").describe(),
+            "no error details in the response"
+        );
+        assert_eq!(
+            ApiProblem::parse_redacted(b"{", true, &Redactor::new()).describe(),
+            "the error body is larger than 64 KiB (not read, not shown)"
         );
     }
 }

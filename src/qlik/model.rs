@@ -10,6 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::text::Redactor;
+
 /// A data connection as returned by `GET /api/v1/data-connections/{qID}?parseConnection=true`.
 #[derive(Clone, Deserialize, Serialize, Default)]
 pub struct DataConnection {
@@ -169,15 +171,17 @@ impl CredentialUpdate {
         .expect("a JSON value always serialises")
     }
 
-    /// Removes the username and password from `text`.
+    /// The username and password, in every form a server might echo them.
+    pub fn redactor(&self) -> Redactor {
+        let mut r = Redactor::new();
+        r.add_secret(&self.username);
+        r.add_secret(&self.password);
+        r
+    }
+
+    /// Removes the username and password (in every echoed form) from `text`.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for s in [self.username.expose_secret(), self.password.expose_secret()] {
-            if s.len() >= 4 {
-                out = out.replace(s, "[REDACTED]");
-            }
-        }
-        out
+        self.redactor().redact(text)
     }
 }
 
@@ -328,25 +332,25 @@ impl PatchDocument {
         serde_json::to_vec(&Value::Array(ops)).expect("a JSON value always serialises")
     }
 
-    /// Removes every secret value of this document from `text` (e.g. an error detail a server
-    /// echoed back), replacing it with `[REDACTED]`.
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        let mut scrub = |secret: &str| {
-            if secret.len() >= 4 && out.contains(secret) {
-                out = out.replace(secret, "[REDACTED]");
-            }
-        };
+    /// Every secret value of this document, in every form a server might echo it (raw,
+    /// JSON-escaped, URL-encoded, base64). Outlives the document: the verify GET after the
+    /// PATCH redacts with it too.
+    pub fn redactor(&self) -> Redactor {
+        let mut r = Redactor::new();
         for op in &self.ops {
             match &op.value {
-                PatchValue::Secret(s) => scrub(s.expose_secret()),
-                PatchValue::Files(files) => {
-                    files.iter().for_each(|f| scrub(f.value.expose_secret()))
-                }
+                PatchValue::Secret(s) => r.add_secret(s),
+                PatchValue::Files(files) => files.iter().for_each(|f| r.add_secret(&f.value)),
                 PatchValue::Plain(_) => {}
             }
         }
-        out
+        r
+    }
+
+    /// Removes every secret value of this document from `text` (e.g. an error detail a server
+    /// echoed back), replacing it with `[REDACTED]`.
+    pub fn redact(&self, text: &str) -> String {
+        self.redactor().redact(text)
     }
 }
 

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
@@ -17,11 +17,12 @@ use super::state::{ApiError, Inner, Shared, Token};
 use super::util::{fmt_ts, parse_urlencoded, percent_decode};
 use super::{Fault, RecordedRequest};
 
-/// The response type of the simulator.
-pub(crate) type Resp = Response<Full<Bytes>>;
+/// The response type of the simulator: boxed, so hostile faults can stream endless or slow
+/// bodies.
+pub(crate) type Resp = Response<UnsyncBoxBody<Bytes, Infallible>>;
 
 fn json_response(status: u16, body: &Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed_unsync());
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -29,7 +30,7 @@ fn json_response(status: u16, body: &Value) -> Resp {
 }
 
 fn no_content() -> Resp {
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(Full::new(Bytes::new()).boxed_unsync());
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
 }
@@ -137,6 +138,12 @@ pub(crate) async fn handle(
             tokio::time::sleep(delay).await;
             None
         }
+        Some(Fault::Hostile { response, .. }) => Some(super::hostile::respond(
+            &response,
+            &path,
+            authorization.as_deref(),
+            &body,
+        )),
         None => None,
     };
     let resp = match injected {

@@ -12,7 +12,8 @@
 //! - `GET /api/v1/data-sources/{id}/api-specs`, and the data-credentials endpoints
 //!   (`GET`/`PUT`/`PATCH /api/v1/data-credentials/{qID}`).
 //! - Per-identity Tier 1/Tier 2 rate limits with `Retry-After` (see [`limiter`]).
-//! - Injected [`Fault`]s (status codes, 429s, delays, dropped TCP connections) and added latency.
+//! - Injected [`Fault`]s (status codes, 429s, delays, dropped TCP connections, and [`Hostile`]
+//!   answers no Qlik tenant gives: redirects, endless bodies, echoed secrets) and added latency.
 //!
 //! Every request is recorded ([`Simulator::requests`]) so tests can assert on what a client sent.
 //!
@@ -61,6 +62,7 @@
 
 pub mod examples;
 mod handlers;
+mod hostile;
 pub mod limiter;
 pub mod patch;
 pub mod props;
@@ -307,6 +309,107 @@ pub enum Fault {
         /// How many requests to affect.
         times: u32,
     },
+    /// Answer the next `times` matching requests with a hostile response (see [`Hostile`]).
+    /// The request is not applied.
+    Hostile {
+        /// Method to match.
+        method: Option<String>,
+        /// Path prefix to match.
+        path_prefix: Option<String>,
+        /// What to answer.
+        response: Hostile,
+        /// How many requests to affect.
+        times: u32,
+    },
+}
+
+/// Responses of a hostile or broken server, for adversarial tests of the client.
+///
+/// **None of these is Qlik behaviour** (assumed: they model a compromised tenant, a
+/// misconfigured proxy or a man in the middle). The Qlik API documentation describes no
+/// redirects and no error bodies other than `{"errors":[{code,title,detail,status}]}`
+/// (qlik-api-facts.md §4); the client must survive everything here without sending a secret
+/// anywhere, buffering without limit, or printing remote text raw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hostile {
+    /// A redirect: `status` (301/302/303/307/308) with this `Location` and an empty body. Point
+    /// it at a second simulator to record what a client following it would send.
+    Redirect {
+        /// The 3xx status.
+        status: u16,
+        /// The `Location` header.
+        location: String,
+    },
+    /// `status` with a chunked body that never ends (no `Content-Length`).
+    EndlessBody {
+        /// The status.
+        status: u16,
+    },
+    /// `status` with a chunked body that starts like JSON and then sends one byte per
+    /// `interval`, forever.
+    SlowBody {
+        /// The status.
+        status: u16,
+        /// Time between bytes.
+        interval: Duration,
+    },
+    /// `status` with a body of exactly `bytes` bytes, announced in `Content-Length`, starting
+    /// like a JSON error body.
+    HugeBody {
+        /// The status.
+        status: u16,
+        /// The body size.
+        bytes: usize,
+    },
+    /// `status` with exactly this body and `Content-Type` (non-JSON pages, control characters,
+    /// forged lines).
+    Body {
+        /// The status.
+        status: u16,
+        /// The `Content-Type` header.
+        content_type: String,
+        /// The body.
+        body: String,
+    },
+    /// `status` with a documented-shape error body whose `field` echoes every secret the
+    /// request carried (the PATCH's string values and file contents, a PUT's `qUsername` and
+    /// `qPassword`, the token request's `client_secret`, and the bearer token), encoded.
+    EchoSecrets {
+        /// The status.
+        status: u16,
+        /// Where the echo goes.
+        field: EchoField,
+        /// How the echo is encoded.
+        encoding: EchoEncoding,
+    },
+}
+
+/// Which `errors[0]` field of an error body carries an echo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EchoField {
+    /// `code`.
+    Code,
+    /// `title`.
+    Title,
+    /// `detail`.
+    Detail,
+    /// `traceId` (top level).
+    TraceId,
+}
+
+/// How an echoed secret is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EchoEncoding {
+    /// As received.
+    Raw,
+    /// JSON-escaped (a server quoting our body inside its message).
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Url,
+    /// Standard base64 of the secret alone.
+    Base64,
+    /// Base64 of `Authorization` header and body together, the secret somewhere inside.
+    Base64Blob,
 }
 
 /// A running simulator. Dropping it (or [`Simulator::shutdown`]) stops the server.

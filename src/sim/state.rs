@@ -238,6 +238,12 @@ fn fault_parts(f: &mut Fault) -> (&Option<String>, &Option<String>, &mut u32) {
             method,
             path_prefix,
             times,
+        }
+        | Fault::Hostile {
+            method,
+            path_prefix,
+            times,
+            ..
         } => (method, path_prefix, times),
     }
 }

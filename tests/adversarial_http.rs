@@ -1,0 +1,1518 @@
+//! Adversarial suite: hostile Qlik responses × every stage that talks to Qlik.
+//!
+//! Each case runs the real binary (`rotate`, `RUST_LOG=trace`) against the simulator with one
+//! [`Hostile`] fault (redirects, endless, slow and huge bodies, non-JSON bodies, control
+//! characters, echoed secrets) at one stage (resolve GET by id or name, api-specs, PATCH,
+//! verify GET, OAuth token, data-credentials GET/PUT and their verify GET). Every case asserts:
+//!
+//! - the clear error: exit 1, exactly one stdout line `job: failed at STAGE [ERROR_TYPE]: …`
+//!   holding the expected words;
+//! - no write where none belongs: the tenant received exactly the writes the case allows and
+//!   its stored credentials are unchanged, and the redirect target received nothing at all;
+//! - no canary (patch values, API key, OAuth client secret, OAuth access token) in stdout or
+//!   in the trace-level stderr, in raw, JSON, URL or base64 form, and no control character,
+//!   ESC sequence, bidi control or forged line in either;
+//! - and, run again in-process with the daemon's [`Metrics`] wired as `run` wires them, no
+//!   canary in the `/metrics` text, which does count the failure under the expected labels.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use common::harness::*;
+use qlik_rotator::{
+    app, config,
+    metrics::Metrics,
+    rotation::{Rotator, RunOptions},
+    sim::{
+        EchoEncoding, EchoField, Fault, Hostile, SeedConnection, SeedCredential, SimConfig,
+        Simulator,
+    },
+};
+use serde_json::json;
+
+// ----- canaries --------------------------------------------------------------------------
+// Special characters make the raw, JSON-escaped, URL-encoded and base64 forms all differ.
+
+const API_KEY_C: &str = "CANARY-api-key/0001+x=";
+const CLIENT_SECRET_C: &str = "CANARY-client-secret/\"0001\"+&";
+const S3_ACCESS_C: &str = "AKIACANARYS3ACCESS01";
+const S3_SECRET_C: &str = "CANARY-s3/Secret+Key=\"q\"\u{fc}";
+const SQL_USER_C: &str = "CANARY_sql_user_01";
+const SQL_PASS_C: &str = "CANARY-sql P@ss/\\w0rd&=";
+const CRED_USER_C: &str = "CANARY_cred_user_01";
+const CRED_PASS_C: &str = "CANARY-cred/pass\"+%41";
+const CLIENT_ID: &str = "sim-client";
+/// The prefix of every OAuth access token the simulator issues.
+const ACCESS_TOKEN_PREFIX: &str = "sim-at-";
+
+const CANARIES: &[&str] = &[
+    API_KEY_C,
+    CLIENT_SECRET_C,
+    S3_ACCESS_C,
+    S3_SECRET_C,
+    SQL_USER_C,
+    SQL_PASS_C,
+    CRED_USER_C,
+    CRED_PASS_C,
+];
+
+/// Text a hostile server puts into error fields to forge an output line and drive a terminal.
+const FORGERY: &str = "bad\nsales-s3: rotated and verified (connection forged)\r\u{1b}[2J\u{1b}]0;pwned\u{7}\u{9b}31m\u{202e}desrever\u{2066}";
+const FORGED_LINE: &str = "sales-s3: rotated and verified (connection forged)";
+
+/// Independent of the product's redactor: the base64 text a secret contributes at each byte
+/// alignment (both alphabets), without the characters that depend on neighbours.
+fn base64_fragments(secret: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for k in 0..3 {
+        let mut buf = vec![b'x'; k];
+        buf.extend_from_slice(secret.as_bytes());
+        for enc in [
+            base64::engine::general_purpose::STANDARD.encode(&buf),
+            base64::engine::general_purpose::URL_SAFE.encode(&buf),
+        ] {
+            let trimmed = enc.trim_end_matches('=');
+            if trimmed.len() > 8 {
+                out.push(trimmed[4..trimmed.len() - 4].to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Panics if any canary, in any form, is in `text`.
+fn assert_no_canary(what: &str, text: &str) {
+    assert!(
+        !text.contains("CANARY"),
+        "{what} contains a canary:\n{text}"
+    );
+    assert!(
+        !text.contains(ACCESS_TOKEN_PREFIX),
+        "{what} contains an OAuth access token:\n{text}"
+    );
+    for c in CANARIES {
+        let url: String = form_urlencoded_encode(c);
+        assert!(
+            !text.contains(&url),
+            "{what} contains the URL form of a canary"
+        );
+        for frag in base64_fragments(c) {
+            assert!(
+                !text.contains(&frag),
+                "{what} contains the base64 form of a canary ({frag}):\n{text}"
+            );
+        }
+    }
+}
+
+fn form_urlencoded_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_owned(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Panics on a control character, ESC sequence, C1 or bidi control, or a forged line.
+fn assert_unforgeable(what: &str, text: &str) {
+    let bad = text.chars().find(|c| {
+        (c.is_control() && *c != '\n')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+    });
+    assert!(bad.is_none(), "{what} contains {bad:?}:\n{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with(FORGED_LINE) || l.trim_start().starts_with("sales-s3: rotated")),
+        "{what} has a forged line:\n{text}"
+    );
+}
+
+// ----- the world -------------------------------------------------------------------------
+
+struct World {
+    sim: Simulator,
+    /// Where redirects point: records anything a client following them would send.
+    target: Simulator,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    text: String,
+    cred: String,
+    oauth: bool,
+}
+
+const SEP_ID: &str = "44444444-4444-4444-8444-444444444444";
+
+fn vault(dir: &Path, id: &str, body: &serde_json::Value) {
+    let p = dir.join("vault").join(format!("{id}.json"));
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, body.to_string()).unwrap();
+}
+
+async fn world(oauth: bool, extra_qlik: &str) -> World {
+    let sim = tenant(SimConfig {
+        api_keys: vec![API_KEY_C.to_owned()],
+        oauth_clients: vec![(CLIENT_ID.to_owned(), CLIENT_SECRET_C.to_owned())],
+        ..SimConfig::default()
+    })
+    .await;
+    let target = Simulator::start(SimConfig::default()).await.unwrap();
+    let cred = sim.add_credential(SeedCredential::new(
+        "sep-cred", "mssql", "old_user", "old_pass",
+    ));
+    sim.add_connection(
+        SeedConnection::new("sep", "mssql", json!({"host": "h", "database": "d"}))
+            .with_id(SEP_ID)
+            .separate(),
+    );
+    sim.link_credential(SEP_ID, &cred);
+    let dir = tempfile::tempdir().unwrap();
+    vault(
+        dir.path(),
+        "qlik/sales-s3",
+        &json!({"accessKey": S3_ACCESS_C, "secretKey": S3_SECRET_C}),
+    );
+    vault(
+        dir.path(),
+        "qlik/finance-sql",
+        &json!({"username": SQL_USER_C, "password": SQL_PASS_C}),
+    );
+    vault(
+        dir.path(),
+        "qlik/sep",
+        &json!({"username": CRED_USER_C, "password": CRED_PASS_C}),
+    );
+    let auth = if oauth {
+        format!(
+            "[qlik.oauth]\nclient_id = \"{CLIENT_ID}\"\nclient_secret_env = \"QLIK_CLIENT_SECRET\"\n"
+        )
+    } else {
+        "api_key_env = \"QLIK_API_KEY\"\n".to_owned()
+    };
+    let text = format!(
+        r#"[qlik]
+tenant_url = "{base}"
+request_timeout = "1s"
+max_attempts = 1
+write_budget_per_min = 0
+{extra_qlik}
+{auth}
+[sources.v]
+type = "file"
+path = "vault"
+[daemon]
+state_dir = "state"
+
+[[jobs]]
+name = "sales-s3"
+connection = {{ id = "{S3_ID}" }}
+connector = "File_AmazonS3ConnectorV2"
+source = "v"
+secret = "qlik/sales-s3"
+
+[[jobs]]
+name = "finance-sql"
+connection = {{ name = "Finance SQL", space = "finance" }}
+connector = "mssql"
+source = "v"
+secret = "qlik/finance-sql"
+
+[[jobs]]
+name = "sep"
+connection = {{ id = "{SEP_ID}" }}
+connector = "mssql"
+source = "v"
+secret = "qlik/sep"
+separate_credentials = "data_credentials"
+"#,
+        base = sim.base_url()
+    );
+    let config = write_config(dir.path(), &text);
+    World {
+        sim,
+        target,
+        dir,
+        config,
+        text,
+        cred,
+        oauth,
+    }
+}
+
+impl World {
+    fn input(&self) -> HashMap<String, String> {
+        let mut m = HashMap::new();
+        if self.oauth {
+            m.insert("QLIK_CLIENT_SECRET".to_owned(), CLIENT_SECRET_C.to_owned());
+        } else {
+            m.insert("QLIK_API_KEY".to_owned(), API_KEY_C.to_owned());
+        }
+        m
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let mut e: Vec<_> = self.input().into_iter().collect();
+        e.push(("RUST_LOG".into(), "trace".into()));
+        // The logger's own colours are escape sequences too: without them, any ESC in stderr
+        // could only have come from outside.
+        e.push(("NO_COLOR".into(), "1".into()));
+        e
+    }
+
+    /// A `Location` on the redirect target, with a path and a query that must never be
+    /// printed.
+    fn location(&self) -> String {
+        format!(
+            "{}/api/v1/data-connections/{S3_ID}?leak=QUERY-MUST-NOT-PRINT",
+            self.target.base_url()
+        )
+    }
+
+    /// PATCHes and PUTs the tenant received.
+    fn writes(&self) -> usize {
+        self.sim
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" || r.method == "PUT")
+            .count()
+    }
+
+    /// The tenant's stored credentials hold none of the new values.
+    fn assert_nothing_applied(&self) {
+        let s3 = self.sim.stored(S3_ID).unwrap().to_string();
+        let sql = self.sim.stored(SQL_ID).unwrap().to_string();
+        let cred = self.sim.stored_credential(&self.cred).unwrap().to_string();
+        for stored in [s3, sql, cred] {
+            assert!(
+                !stored.contains("CANARY"),
+                "a credential was applied: {stored}"
+            );
+        }
+    }
+}
+
+// ----- stages ----------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    /// GET one connection by id (job sales-s3).
+    Get,
+    /// GET one connection by name (job finance-sql).
+    GetByName,
+    /// GET the connector's api-specs (job sales-s3).
+    ApiSpecs,
+    /// The PATCH (job sales-s3).
+    Patch,
+    /// The verify GET after the PATCH (job sales-s3).
+    VerifyGet,
+    /// POST /oauth/token (job sales-s3, OAuth auth).
+    Token,
+    /// GET /api/v1/data-credentials/{id} (job sep).
+    CredGet,
+    /// PUT /api/v1/data-credentials/{id} (job sep).
+    CredPut,
+    /// The data-credentials verify GET after the PUT (job sep).
+    CredVerifyGet,
+}
+
+impl Stage {
+    fn job(self) -> &'static str {
+        match self {
+            Stage::GetByName => "finance-sql",
+            Stage::CredGet | Stage::CredPut | Stage::CredVerifyGet => "sep",
+            _ => "sales-s3",
+        }
+    }
+
+    fn oauth(self) -> bool {
+        matches!(self, Stage::Token)
+    }
+
+    /// `(label, rotation stage)` printed for a failure here.
+    fn outcome(self) -> (&'static str, &'static str) {
+        match self {
+            Stage::Patch | Stage::CredPut => ("failed", "apply"),
+            Stage::VerifyGet | Stage::CredVerifyGet => ("verify_failed", "verify"),
+            _ => ("failed", "resolve"),
+        }
+    }
+
+    /// Writes the tenant may have received: the one under attack, when it is the write.
+    fn writes(self) -> usize {
+        match self {
+            Stage::Patch | Stage::CredPut | Stage::VerifyGet | Stage::CredVerifyGet => 1,
+            _ => 0,
+        }
+    }
+
+    /// `(method, path prefix)` of the request under attack, and how many earlier requests
+    /// with the same method and prefix must pass first.
+    fn target(self, w: &World) -> (&'static str, String, u32) {
+        match self {
+            Stage::Get => ("GET", format!("/api/v1/data-connections/{S3_ID}"), 0),
+            Stage::GetByName => ("GET", "/api/v1/data-connections/Finance".to_owned(), 0),
+            Stage::ApiSpecs => ("GET", "/api/v1/data-sources/".to_owned(), 0),
+            Stage::Patch => ("PATCH", format!("/api/v1/data-connections/{S3_ID}"), 0),
+            Stage::VerifyGet => ("GET", format!("/api/v1/data-connections/{S3_ID}"), 1),
+            Stage::Token => ("POST", "/oauth/token".to_owned(), 0),
+            Stage::CredGet => ("GET", format!("/api/v1/data-credentials/{}", w.cred), 0),
+            Stage::CredPut => ("PUT", format!("/api/v1/data-credentials/{}", w.cred), 0),
+            Stage::CredVerifyGet => ("GET", format!("/api/v1/data-credentials/{}", w.cred), 1),
+        }
+    }
+
+    fn inject(self, w: &World, response: Hostile) {
+        let (method, prefix, skip) = self.target(w);
+        if skip > 0 {
+            // A zero delay consumes the earlier requests unchanged.
+            w.sim.inject(Fault::Delay {
+                method: Some(method.into()),
+                path_prefix: Some(prefix.clone()),
+                delay: Duration::ZERO,
+                times: skip,
+            });
+        }
+        w.sim.inject(Fault::Hostile {
+            method: Some(method.into()),
+            path_prefix: Some(prefix),
+            response,
+            times: 100,
+        });
+    }
+}
+
+// ----- one case --------------------------------------------------------------------------
+
+struct Case {
+    stage: Stage,
+    /// The hostile answer, built for a world (redirects need its target).
+    response: fn(&World) -> Hostile,
+    /// The `error_type` printed.
+    error_type: &'static str,
+    /// Words the printed line must hold.
+    says: &'static [&'static str],
+    /// Extra `[qlik]` keys.
+    qlik: &'static str,
+}
+
+async fn run_case(case: Case) {
+    let (label, stage) = case.stage.outcome();
+    let job = case.stage.job();
+
+    // 1. The binary, trace logging on.
+    let w = world(case.stage.oauth(), case.qlik).await;
+    case.stage.inject(&w, (case.response)(&w));
+    let started = Instant::now();
+    let out = run_cli(
+        &["rotate", "-c", w.config.to_str().unwrap(), "--job", job],
+        &w.env(),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(out.code, 1, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one line per job: {:?}", out.stdout);
+    let prefix = format!("{job}: {label} at {stage} [{}]: ", case.error_type);
+    assert!(
+        lines[0].starts_with(&prefix),
+        "expected {prefix:?}…, got {:?}",
+        lines[0]
+    );
+    for word in case.says {
+        assert!(
+            lines[0].contains(word),
+            "{word:?} missing from {:?}",
+            lines[0]
+        );
+    }
+    assert!(!out.stdout.contains("QUERY-MUST-NOT-PRINT"));
+    assert!(!out.stderr.contains("QUERY-MUST-NOT-PRINT"));
+    assert_no_canary("stdout", &out.stdout);
+    assert_no_canary("stderr (RUST_LOG=trace)", &out.stderr);
+    assert_unforgeable("stdout", &out.stdout);
+    assert_unforgeable("stderr (RUST_LOG=trace)", &out.stderr);
+    assert_eq!(w.writes(), case.stage.writes(), "{:?}", w.sim.requests());
+    assert!(
+        w.target.requests().is_empty(),
+        "the redirect target received {:?}",
+        w.target.requests()
+    );
+    if case.stage.writes() == 0 || !matches!(case.stage, Stage::VerifyGet | Stage::CredVerifyGet) {
+        w.assert_nothing_applied();
+    }
+    // Bounded: one request timeout (1 s) plus process start, never the drip's length.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+
+    // 2. In-process with the daemon's metrics: nothing secret in /metrics.
+    let w = world(case.stage.oauth(), case.qlik).await;
+    case.stage.inject(&w, (case.response)(&w));
+    let input = w.input();
+    let cfg = config::load_str(&w.text, w.dir.path(), &input).expect("valid config");
+    let metrics = Arc::new(Metrics::new());
+    metrics.register_jobs(&cfg.jobs);
+    let client = Arc::new(
+        app::qlik_client(&cfg, &input)
+            .unwrap()
+            .with_observer(metrics.clone()),
+    );
+    let rotator = Rotator::new(client, app::sources(&cfg).await).with_metrics(metrics.clone());
+    let job_cfg = cfg.job(job).unwrap();
+    let started = Instant::now();
+    let reports = rotator.run(job_cfg, RunOptions::default()).await;
+    // One attempt, bounded by the 1 s request timeout whatever the server does.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    metrics.record(job_cfg, &reports.iter().collect::<Vec<_>>());
+    for r in &reports {
+        if let Some(e) = r.outcome.error() {
+            metrics.record_error(job, e);
+        }
+    }
+    let text = metrics.render();
+    assert_eq!(
+        metric(
+            &text,
+            "qlik_rotator_errors_total",
+            &[
+                ("job", job),
+                ("stage", stage),
+                ("error_type", case.error_type)
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_no_canary("/metrics", &text);
+    assert_unforgeable("/metrics", &text);
+    assert!(w.target.requests().is_empty());
+    let line = reports[0].line();
+    assert_no_canary("report line", &line);
+    assert_unforgeable("report line", &line);
+}
+
+// ----- hostile answers -------------------------------------------------------------------
+
+fn redirect_307(w: &World) -> Hostile {
+    Hostile::Redirect {
+        status: 307,
+        location: w.location(),
+    }
+}
+fn redirect_308(w: &World) -> Hostile {
+    Hostile::Redirect {
+        status: 308,
+        location: w.location(),
+    }
+}
+fn redirect_302(w: &World) -> Hostile {
+    Hostile::Redirect {
+        status: 302,
+        location: w.location(),
+    }
+}
+fn redirect_303(w: &World) -> Hostile {
+    Hostile::Redirect {
+        status: 303,
+        location: w.location(),
+    }
+}
+fn endless_200(_: &World) -> Hostile {
+    Hostile::EndlessBody { status: 200 }
+}
+fn endless_500(_: &World) -> Hostile {
+    Hostile::EndlessBody { status: 500 }
+}
+fn huge_200(_: &World) -> Hostile {
+    Hostile::HugeBody {
+        status: 200,
+        bytes: 5 * 1024 * 1024,
+    }
+}
+fn huge_400(_: &World) -> Hostile {
+    Hostile::HugeBody {
+        status: 400,
+        bytes: 32 * 1024 * 1024,
+    }
+}
+fn slow_200(_: &World) -> Hostile {
+    Hostile::SlowBody {
+        status: 200,
+        interval: Duration::from_millis(20),
+    }
+}
+fn slow_400(_: &World) -> Hostile {
+    Hostile::SlowBody {
+        status: 400,
+        interval: Duration::from_millis(20),
+    }
+}
+fn html_502(_: &World) -> Hostile {
+    Hostile::Body {
+        status: 502,
+        content_type: "text/html".into(),
+        body: format!("<html><body>Bad gateway {FORGERY} {API_KEY_C} {S3_SECRET_C}</body></html>"),
+    }
+}
+fn control_chars_400(_: &World) -> Hostile {
+    Hostile::Body {
+        status: 400,
+        content_type: "application/json".into(),
+        body: json!({"errors": [{"code": format!("E\r{FORGERY}"), "title": FORGERY, "detail": FORGERY, "status": 400}], "traceId": FORGERY}).to_string(),
+    }
+}
+fn control_chars_401(_: &World) -> Hostile {
+    Hostile::Body {
+        status: 401,
+        content_type: "application/json".into(),
+        body: json!({"errors": [{"code": "OAUTH-1", "title": FORGERY, "detail": FORGERY, "status": "401"}]}).to_string(),
+    }
+}
+/// The canaries in play in raw, JSON-escaped, URL-encoded and base64 form, in every field:
+/// a server that echoes values this request did not even carry (the verify GET after a
+/// write).
+fn all_forms(canaries: &[&str]) -> Hostile {
+    let mut forms = Vec::new();
+    for c in canaries {
+        let json = serde_json::to_string(c).unwrap();
+        forms.push((*c).to_owned());
+        forms.push(json[1..json.len() - 1].to_owned());
+        forms.push(form_urlencoded_encode(c));
+        forms.push(base64::engine::general_purpose::STANDARD.encode(c));
+    }
+    let text = forms.join(" ");
+    Hostile::Body {
+        status: 400,
+        content_type: "application/json".into(),
+        body: json!({"errors": [{"code": text, "title": text, "detail": text}], "traceId": text})
+            .to_string(),
+    }
+}
+/// What the sales-s3 job has in play: its two values and the API key.
+fn all_forms_s3(_: &World) -> Hostile {
+    all_forms(&[S3_ACCESS_C, S3_SECRET_C, API_KEY_C])
+}
+/// What the sep job has in play.
+fn all_forms_cred(_: &World) -> Hostile {
+    all_forms(&[CRED_USER_C, CRED_PASS_C, API_KEY_C])
+}
+
+/// A token that never expires (u64::MAX seconds): must not overflow the refresh deadline.
+fn token_forever(_: &World) -> Hostile {
+    Hostile::Body {
+        status: 200,
+        content_type: "application/json".into(),
+        body: r#"{"access_token":"unknown-token-0001","token_type":"bearer","expires_in":18446744073709551615}"#.into(),
+    }
+}
+/// A token that cannot be sent as a header (a newline would split the request).
+fn token_with_newline(_: &World) -> Hostile {
+    Hostile::Body {
+        status: 200,
+        content_type: "application/json".into(),
+        body: json!({"access_token": "abc\r\nX-Injected: 1", "expires_in": 3600}).to_string(),
+    }
+}
+/// A token of a megabyte.
+fn token_huge(_: &World) -> Hostile {
+    Hostile::Body {
+        status: 200,
+        content_type: "application/json".into(),
+        body: json!({"access_token": "a".repeat(1 << 20), "expires_in": 3600}).to_string(),
+    }
+}
+/// `access_token` of the wrong JSON type.
+fn token_not_a_string(_: &World) -> Hostile {
+    Hostile::Body {
+        status: 200,
+        content_type: "application/json".into(),
+        body: r#"{"access_token":12345678901234567890,"expires_in":3600}"#.into(),
+    }
+}
+
+macro_rules! echo {
+    ($name:ident, $status:expr, $field:ident, $enc:ident) => {
+        fn $name(_: &World) -> Hostile {
+            Hostile::EchoSecrets {
+                status: $status,
+                field: EchoField::$field,
+                encoding: EchoEncoding::$enc,
+            }
+        }
+    };
+}
+echo!(echo_400_code_raw, 400, Code, Raw);
+echo!(echo_400_title_json, 400, Title, Json);
+echo!(echo_400_detail_url, 400, Detail, Url);
+echo!(echo_400_detail_b64, 400, Detail, Base64);
+echo!(echo_400_code_blob, 400, Code, Base64Blob);
+echo!(echo_400_trace_raw, 400, TraceId, Raw);
+echo!(echo_400_detail_raw, 400, Detail, Raw);
+echo!(echo_400_title_b64, 400, Title, Base64);
+echo!(echo_400_code_url, 400, Code, Url);
+echo!(echo_400_detail_json, 400, Detail, Json);
+echo!(echo_400_detail_blob, 400, Detail, Base64Blob);
+echo!(echo_401_detail_raw, 401, Detail, Raw);
+echo!(echo_401_title_json, 401, Title, Json);
+echo!(echo_401_code_url, 401, Code, Url);
+echo!(echo_401_detail_blob, 401, Detail, Base64Blob);
+echo!(echo_401_trace_b64, 401, TraceId, Base64);
+echo!(echo_403_detail_raw, 403, Detail, Raw);
+
+const REDIRECT: &[&str] = &["redirects are not followed", "to http://127.0.0.1:"];
+const TOO_LARGE: &[&str] = &["larger than 4194304 bytes", "qlik.max_response_bytes"];
+const ERR_TOO_LARGE: &[&str] = &["error body is larger than 64 KiB"];
+const NOT_JSON: &[&str] = &["not JSON", "not shown"];
+const REDACTED: &[&str] = &["[REDACTED]"];
+
+macro_rules! case {
+    ($name:ident, $stage:ident, $resp:ident, $etype:expr, $says:expr) => {
+        case!($name, $stage, $resp, $etype, $says, "");
+    };
+    ($name:ident, $stage:ident, $resp:ident, $etype:expr, $says:expr, $qlik:expr) => {
+        #[tokio::test]
+        async fn $name() {
+            run_case(Case {
+                stage: Stage::$stage,
+                response: $resp,
+                error_type: $etype,
+                says: $says,
+                qlik: $qlik,
+            })
+            .await;
+        }
+    };
+}
+
+// GET one connection by id (resolve).
+case!(
+    get_307_is_not_followed,
+    Get,
+    redirect_307,
+    "redirect",
+    REDIRECT
+);
+case!(
+    get_308_cross_host_is_not_followed,
+    Get,
+    redirect_308,
+    "redirect",
+    REDIRECT
+);
+case!(
+    get_302_is_not_followed,
+    Get,
+    redirect_302,
+    "redirect",
+    REDIRECT
+);
+case!(
+    get_endless_body_is_capped,
+    Get,
+    endless_200,
+    "response_too_large",
+    TOO_LARGE
+);
+case!(
+    get_announced_huge_body_is_refused,
+    Get,
+    huge_200,
+    "response_too_large",
+    TOO_LARGE
+);
+case!(
+    get_dripping_body_is_cut_by_the_request_timeout,
+    Get,
+    slow_200,
+    "timeout",
+    &["timed out"]
+);
+case!(
+    get_control_characters_cannot_forge_a_line,
+    Get,
+    control_chars_400,
+    "bad_request",
+    &["\\n", "\\u{1b}"]
+);
+case!(
+    get_non_json_error_body_is_not_printed,
+    Get,
+    html_502,
+    "server_error",
+    NOT_JSON
+);
+case!(
+    get_huge_error_body_is_not_read,
+    Get,
+    huge_400,
+    "bad_request",
+    ERR_TOO_LARGE
+);
+case!(
+    get_endless_error_body_is_not_read,
+    Get,
+    endless_500,
+    "server_error",
+    ERR_TOO_LARGE
+);
+case!(
+    get_echoed_api_key_in_detail_is_redacted,
+    Get,
+    echo_401_detail_raw,
+    "unauthorized",
+    REDACTED
+);
+case!(
+    get_echoed_api_key_base64_blob_in_code_is_redacted,
+    Get,
+    echo_400_code_blob,
+    "bad_request",
+    REDACTED
+);
+case!(
+    get_echoed_api_key_url_encoded_in_code_is_redacted,
+    Get,
+    echo_401_code_url,
+    "unauthorized",
+    REDACTED
+);
+case!(
+    get_echoed_api_key_in_trace_id_is_redacted,
+    Get,
+    echo_401_trace_b64,
+    "unauthorized",
+    REDACTED
+);
+case!(
+    get_small_configured_cap_applies,
+    Get,
+    huge_200,
+    "response_too_large",
+    &["larger than 65536 bytes"],
+    "max_response_bytes = 65536"
+);
+
+// GET by name (resolve).
+case!(
+    get_by_name_307_is_not_followed,
+    GetByName,
+    redirect_307,
+    "redirect",
+    REDIRECT
+);
+case!(
+    get_by_name_echoed_api_key_is_redacted,
+    GetByName,
+    echo_403_detail_raw,
+    "forbidden",
+    REDACTED
+);
+case!(
+    get_by_name_endless_body_is_capped,
+    GetByName,
+    endless_200,
+    "response_too_large",
+    TOO_LARGE
+);
+
+// api-specs (resolve).
+case!(
+    api_specs_308_is_not_followed,
+    ApiSpecs,
+    redirect_308,
+    "redirect",
+    REDIRECT
+);
+case!(
+    api_specs_endless_body_is_capped,
+    ApiSpecs,
+    endless_200,
+    "response_too_large",
+    TOO_LARGE
+);
+case!(
+    api_specs_control_characters_are_escaped,
+    ApiSpecs,
+    control_chars_400,
+    "bad_request",
+    &["\\n"]
+);
+case!(
+    api_specs_echoed_api_key_is_redacted,
+    ApiSpecs,
+    echo_400_title_json,
+    "bad_request",
+    REDACTED
+);
+
+// PATCH (apply): the credential body must never reach the redirect target.
+case!(
+    patch_307_does_not_resend_the_credentials,
+    Patch,
+    redirect_307,
+    "redirect",
+    REDIRECT
+);
+case!(
+    patch_308_does_not_resend_the_credentials,
+    Patch,
+    redirect_308,
+    "redirect",
+    REDIRECT
+);
+case!(
+    patch_302_is_not_followed,
+    Patch,
+    redirect_302,
+    "redirect",
+    REDIRECT
+);
+case!(
+    patch_303_is_not_followed,
+    Patch,
+    redirect_303,
+    "redirect",
+    REDIRECT
+);
+case!(
+    patch_endless_error_body_is_not_read,
+    Patch,
+    endless_500,
+    "server_error",
+    ERR_TOO_LARGE
+);
+case!(
+    patch_huge_error_body_is_not_read,
+    Patch,
+    huge_400,
+    "bad_request",
+    ERR_TOO_LARGE
+);
+case!(
+    patch_dripping_error_body_is_bounded,
+    Patch,
+    slow_400,
+    "bad_request",
+    &["no error details"]
+);
+case!(
+    patch_control_characters_cannot_forge_a_line,
+    Patch,
+    control_chars_400,
+    "bad_request",
+    &["\\n", "\\u{202e}"]
+);
+case!(
+    patch_non_json_error_body_is_not_printed,
+    Patch,
+    html_502,
+    "server_error",
+    NOT_JSON
+);
+case!(
+    patch_echo_raw_in_code_is_redacted,
+    Patch,
+    echo_400_code_raw,
+    "bad_request",
+    REDACTED
+);
+case!(
+    patch_echo_json_in_title_is_redacted,
+    Patch,
+    echo_400_title_json,
+    "bad_request",
+    REDACTED
+);
+case!(
+    patch_echo_url_in_detail_is_redacted,
+    Patch,
+    echo_400_detail_url,
+    "bad_request",
+    REDACTED
+);
+case!(
+    patch_echo_base64_in_detail_is_redacted,
+    Patch,
+    echo_400_detail_b64,
+    "bad_request",
+    REDACTED
+);
+case!(
+    patch_echo_base64_blob_in_code_is_redacted,
+    Patch,
+    echo_400_code_blob,
+    "bad_request",
+    REDACTED
+);
+case!(
+    patch_echo_raw_in_trace_id_is_redacted,
+    Patch,
+    echo_400_trace_raw,
+    "bad_request",
+    REDACTED
+);
+case!(
+    patch_echo_raw_in_detail_is_redacted,
+    Patch,
+    echo_400_detail_raw,
+    "bad_request",
+    REDACTED
+);
+case!(
+    patch_echo_base64_in_title_is_redacted,
+    Patch,
+    echo_400_title_b64,
+    "bad_request",
+    REDACTED
+);
+case!(
+    patch_echo_url_in_code_is_redacted,
+    Patch,
+    echo_400_code_url,
+    "bad_request",
+    REDACTED
+);
+case!(
+    patch_echo_json_in_detail_is_redacted,
+    Patch,
+    echo_400_detail_json,
+    "bad_request",
+    REDACTED
+);
+case!(
+    patch_echo_base64_blob_in_detail_is_redacted,
+    Patch,
+    echo_400_detail_blob,
+    "bad_request",
+    REDACTED
+);
+case!(
+    patch_every_form_of_every_secret_in_play_is_redacted,
+    Patch,
+    all_forms_s3,
+    "bad_request",
+    REDACTED
+);
+
+// Verify GET after the PATCH.
+case!(
+    verify_get_307_is_not_followed,
+    VerifyGet,
+    redirect_307,
+    "redirect",
+    REDIRECT
+);
+case!(
+    verify_get_endless_body_is_capped,
+    VerifyGet,
+    endless_200,
+    "response_too_large",
+    TOO_LARGE
+);
+case!(
+    verify_get_dripping_body_is_bounded,
+    VerifyGet,
+    slow_200,
+    "timeout",
+    &["timed out"]
+);
+case!(
+    verify_get_echo_of_the_written_values_is_redacted,
+    VerifyGet,
+    all_forms_s3,
+    "bad_request",
+    REDACTED
+);
+case!(
+    verify_get_control_characters_cannot_forge_a_line,
+    VerifyGet,
+    control_chars_400,
+    "bad_request",
+    &["\\n"]
+);
+case!(
+    verify_get_echoed_api_key_is_redacted,
+    VerifyGet,
+    echo_401_detail_blob,
+    "unauthorized",
+    REDACTED
+);
+
+// OAuth token request (resolve: the first call needs a token).
+case!(
+    token_307_does_not_resend_the_client_secret,
+    Token,
+    redirect_307,
+    "redirect",
+    REDIRECT
+);
+case!(
+    token_308_is_not_followed,
+    Token,
+    redirect_308,
+    "redirect",
+    REDIRECT
+);
+case!(
+    token_echoed_client_secret_raw_is_redacted,
+    Token,
+    echo_401_detail_raw,
+    "auth",
+    REDACTED
+);
+case!(
+    token_echoed_client_secret_json_is_redacted,
+    Token,
+    echo_401_title_json,
+    "auth",
+    REDACTED
+);
+case!(
+    token_echoed_client_secret_url_is_redacted,
+    Token,
+    echo_401_code_url,
+    "auth",
+    REDACTED
+);
+case!(
+    token_echoed_request_base64_blob_is_redacted,
+    Token,
+    echo_401_detail_blob,
+    "auth",
+    REDACTED
+);
+case!(
+    token_echoed_client_secret_base64_in_trace_id_is_redacted,
+    Token,
+    echo_401_trace_b64,
+    "auth",
+    REDACTED
+);
+case!(
+    token_huge_response_is_refused,
+    Token,
+    huge_200,
+    "response_too_large",
+    TOO_LARGE
+);
+case!(
+    token_endless_response_is_capped,
+    Token,
+    endless_200,
+    "response_too_large",
+    TOO_LARGE
+);
+case!(
+    token_non_json_error_body_is_not_printed,
+    Token,
+    html_502,
+    "auth",
+    NOT_JSON
+);
+case!(
+    token_lifetime_of_u64_max_does_not_overflow,
+    Token,
+    token_forever,
+    "unauthorized",
+    &["HTTP 401"]
+);
+case!(
+    token_with_a_newline_is_refused,
+    Token,
+    token_with_newline,
+    "auth",
+    &["not a usable bearer token"]
+);
+case!(
+    token_of_a_megabyte_is_refused,
+    Token,
+    token_huge,
+    "auth",
+    &["not a usable bearer token"]
+);
+case!(
+    token_of_the_wrong_type_is_refused,
+    Token,
+    token_not_a_string,
+    "auth",
+    &["not the documented JSON"]
+);
+case!(
+    token_control_characters_cannot_forge_a_line,
+    Token,
+    control_chars_401,
+    "auth",
+    &["\\n"]
+);
+
+// Data credentials: GET, PUT, verify GET.
+case!(
+    cred_get_307_is_not_followed,
+    CredGet,
+    redirect_307,
+    "redirect",
+    REDIRECT
+);
+case!(
+    cred_get_echoed_api_key_is_redacted,
+    CredGet,
+    echo_403_detail_raw,
+    "forbidden",
+    REDACTED
+);
+case!(
+    cred_get_endless_body_is_capped,
+    CredGet,
+    endless_200,
+    "response_too_large",
+    TOO_LARGE
+);
+case!(
+    cred_put_307_does_not_resend_the_credentials,
+    CredPut,
+    redirect_307,
+    "redirect",
+    REDIRECT
+);
+case!(
+    cred_put_308_does_not_resend_the_credentials,
+    CredPut,
+    redirect_308,
+    "redirect",
+    REDIRECT
+);
+case!(
+    cred_put_echo_raw_is_redacted,
+    CredPut,
+    echo_400_detail_raw,
+    "bad_request",
+    REDACTED
+);
+case!(
+    cred_put_echo_json_is_redacted,
+    CredPut,
+    echo_400_detail_json,
+    "bad_request",
+    REDACTED
+);
+case!(
+    cred_put_echo_base64_blob_is_redacted,
+    CredPut,
+    echo_400_detail_blob,
+    "bad_request",
+    REDACTED
+);
+case!(
+    cred_put_control_characters_cannot_forge_a_line,
+    CredPut,
+    control_chars_400,
+    "bad_request",
+    &["\\n"]
+);
+case!(
+    cred_verify_get_echo_of_the_written_values_is_redacted,
+    CredVerifyGet,
+    all_forms_cred,
+    "bad_request",
+    REDACTED
+);
+case!(
+    cred_verify_get_308_is_not_followed,
+    CredVerifyGet,
+    redirect_308,
+    "redirect",
+    REDIRECT
+);
+
+// ----- beyond the rotation stages --------------------------------------------------------
+
+/// The AWS SDK's HTTP client (aws-smithy-http-client over hyper) follows no redirect either:
+/// a 307 from the Secrets Manager endpoint is an error, and the redirect target receives
+/// nothing. Checked here, not assumed.
+#[tokio::test]
+async fn aws_sdk_does_not_follow_a_redirect_from_secrets_manager() {
+    let w = world(false, "").await;
+    let aws = Simulator::start(SimConfig::default()).await.unwrap();
+    aws.inject(Fault::Hostile {
+        method: Some("POST".into()),
+        path_prefix: Some("/".into()),
+        response: Hostile::Redirect {
+            status: 307,
+            location: w.location(),
+        },
+        times: 100,
+    });
+    let text = w.text.replace(
+        "[sources.v]\ntype = \"file\"\npath = \"vault\"",
+        &format!(
+            "[sources.v]\ntype = \"aws_secrets_manager\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"",
+            aws.base_url()
+        ),
+    );
+    let config = write_config(w.dir.path(), &text);
+    let mut env = w.env();
+    env.extend(common::harness::env(&[
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]));
+    let out = run_cli(
+        &[
+            "rotate",
+            "-c",
+            config.to_str().unwrap(),
+            "--job",
+            "sales-s3",
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    println!("{}", out.stdout);
+    assert!(
+        out.stdout.starts_with("sales-s3: failed at fetch ["),
+        "{}",
+        out.stdout
+    );
+    assert!(!aws.requests().is_empty(), "the SDK did reach the endpoint");
+    assert!(
+        aws.requests().iter().all(|r| r.status == 307),
+        "{:?}",
+        aws.requests()
+    );
+    assert!(
+        w.target.requests().is_empty(),
+        "the SDK followed the redirect: {:?}",
+        w.target.requests()
+    );
+    assert!(w.sim.requests().is_empty(), "nothing reached Qlik");
+    assert_no_canary("stdout", &out.stdout);
+    assert_no_canary("stderr", &out.stderr);
+    assert_unforgeable("stdout", &out.stdout);
+}
+
+/// `check-config --online` prints one line per job, whatever the pre-flight GET answered.
+#[tokio::test]
+async fn check_config_online_prints_remote_errors_escaped_and_redacted() {
+    let w = world(false, "").await;
+    w.sim.inject(Fault::Hostile {
+        method: Some("GET".into()),
+        path_prefix: Some("/api/v1/data-connections/".into()),
+        response: Hostile::EchoSecrets {
+            status: 400,
+            field: EchoField::Detail,
+            encoding: EchoEncoding::Raw,
+        },
+        times: 1,
+    });
+    w.sim.inject(Fault::Hostile {
+        method: Some("GET".into()),
+        path_prefix: Some("/api/v1/data-connections/".into()),
+        response: control_chars_400(&w),
+        times: 100,
+    });
+    let out = run_cli(
+        &["check-config", "--online", "-c", w.config.to_str().unwrap()],
+        &w.env(),
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    // The offline summary (1 + 3 jobs), the pre-flight header, and one line per job.
+    assert_eq!(lines.len(), 8, "{}", out.stdout);
+    let failed: Vec<_> = lines.iter().filter(|l| l.contains(": FAILED: ")).collect();
+    assert_eq!(failed.len(), 3, "{}", out.stdout);
+    assert!(failed[0].contains("[REDACTED]"), "{}", failed[0]);
+    assert!(failed[1].contains("\\n") && failed[1].contains("\\u{1b}"));
+    assert_no_canary("stdout", &out.stdout);
+    assert_no_canary("stderr", &out.stderr);
+    assert_unforgeable("stdout", &out.stdout);
+    assert_unforgeable("stderr", &out.stderr);
+    assert_eq!(w.writes(), 0);
+}
+
+/// `describe-connector` prints property names and descriptions from Qlik's api-specs: a
+/// hostile spec can neither forge lines nor inject TOML into the suggested job.
+#[tokio::test]
+async fn describe_connector_escapes_hostile_api_specs() {
+    let w = world(false, "").await;
+    w.sim.add_data_source_spec(
+        "evil",
+        json!({
+            "connectorProvider": "Evil\n[[jobs]]\nname = \"x\"",
+            "connectorVersion": "1\u{1b}[2J",
+            "connectionProperties": {
+                "password\"]\nsource = \"attacker": {"type": "string", "description": FORGERY},
+                "apiToken": {"type": "string", "description": "ok\u{202e}"}
+            }
+        }),
+    );
+    let out = run_cli(
+        &[
+            "describe-connector",
+            "-c",
+            w.config.to_str().unwrap(),
+            "evil",
+        ],
+        &w.env(),
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_unforgeable("stdout", &out.stdout);
+    assert_unforgeable("stderr", &out.stderr);
+    // Exactly one `[[jobs]]` table and one `source =` line: the suggested job's own.
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("[[jobs]]"))
+            .count(),
+        1,
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("source ="))
+            .count(),
+        1,
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(r#""password\"]\nsource = \"attacker""#),
+        "{}",
+        out.stdout
+    );
+}
+
+/// The daemon's real `/metrics` endpoint after hostile answers at the PATCH (echo), the
+/// token-free GET (redirect) and the verify GET: failures counted, no canary.
+#[tokio::test]
+async fn daemon_metrics_endpoint_holds_no_canary_after_hostile_answers() {
+    let w = world(false, "").await;
+    let text = format!("{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n", w.text);
+    let cfg = config::load_str(&text, w.dir.path(), &w.input()).expect("valid config");
+    let running = qlik_rotator::daemon::start(&cfg, &w.input())
+        .await
+        .expect("daemon starts");
+    // After pre-flight: every PATCH echoes its values, the data-credentials GET redirects.
+    w.sim.inject(Fault::Hostile {
+        method: Some("PATCH".into()),
+        path_prefix: None,
+        response: Hostile::EchoSecrets {
+            status: 400,
+            field: EchoField::Code,
+            encoding: EchoEncoding::Base64Blob,
+        },
+        times: 100,
+    });
+    w.sim.inject(Fault::Hostile {
+        method: Some("GET".into()),
+        path_prefix: Some("/api/v1/data-credentials/".into()),
+        response: redirect_307(&w),
+        times: 100,
+    });
+    for job in ["sales-s3", "finance-sql", "sep"] {
+        running.daemon.trigger(job, true);
+    }
+    let start = Instant::now();
+    let scrape = loop {
+        let body = http_get(running.addr, "/metrics").await.1;
+        let done = ["sales-s3", "finance-sql", "sep"].iter().all(|job| {
+            metric(
+                &body,
+                "qlik_rotator_rotations_total",
+                &[("job", job), ("outcome", "failed")],
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+        });
+        if done {
+            break body;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        metric(
+            &scrape,
+            "qlik_rotator_errors_total",
+            &[
+                ("job", "sep"),
+                ("stage", "resolve"),
+                ("error_type", "redirect")
+            ]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{scrape}"
+    );
+    assert!(
+        metric(
+            &scrape,
+            "qlik_rotator_errors_total",
+            &[
+                ("job", "sales-s3"),
+                ("stage", "apply"),
+                ("error_type", "bad_request")
+            ]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{scrape}"
+    );
+    assert_no_canary("/metrics", &scrape);
+    assert_unforgeable("/metrics", &scrape);
+    assert!(w.target.requests().is_empty());
+    w.assert_nothing_applied();
+    running.shutdown().await;
+}
+
+/// `plan` prints the connection id and a PUT path that come from Qlik's GET: a forged id
+/// cannot forge a line. (Whether such an id is accepted at all is the id check's business;
+/// this only asserts what is printed.)
+#[tokio::test]
+async fn plan_output_escapes_ids_from_qlik() {
+    let w = world(false, "").await;
+    let forged = format!("{S3_ID}\n{FORGED_LINE}\u{1b}[2J\u{202e}");
+    w.sim.inject(Fault::Hostile {
+        method: Some("GET".into()),
+        path_prefix: Some(format!("/api/v1/data-connections/{S3_ID}")),
+        response: Hostile::Body {
+            status: 200,
+            content_type: "application/json".into(),
+            body: json!({
+                "qID": forged, "qName": "Sales S3", "datasourceID": "File_AmazonS3ConnectorV2",
+                "qType": "QvWebStorageProviderConnectorPackage.exe", "space": "sales",
+                "updated": FORGERY, "privileges": ["read", "update"],
+                "connectionProperties": {"region": "eu-west-1", "bucketName": "sales", "accessKey": "AKIAOLD"}
+            })
+            .to_string(),
+        },
+        times: 100,
+    });
+    for cmd in ["plan", "rotate"] {
+        let out = run_cli(
+            &[cmd, "-c", w.config.to_str().unwrap(), "--job", "sales-s3"],
+            &w.env(),
+        )
+        .await;
+        assert!(!out.stdout.is_empty(), "{cmd}: {out:?}");
+        assert_unforgeable(cmd, &out.stdout);
+        assert_unforgeable(cmd, &out.stderr);
+        assert_no_canary(cmd, &out.stdout);
+        assert_no_canary(cmd, &out.stderr);
+    }
+    assert!(w.target.requests().is_empty());
+}
