@@ -18,7 +18,7 @@ api_key = "do-not-inline"
 type = "aws_secrets_manager"
 [[jobs]]
 name = "a"
-connection = { id = "c1" }
+connection = { id = "c1c1c1c1-0000-4000-8000-0000000000c1" }
 connector = "foo"
 source = "aws"
 secret = "s"
@@ -34,8 +34,8 @@ source = "nowhere"
     for line in [
         "qlik.tenant_url: must use https (http is allowed only for a loopback host)",
         "qlik.api_key: the Qlik API key is never accepted inline in the file",
-        "jobs[0].connector: unknown connector \"foo\"",
-        "jobs[1].source: no source named \"nowhere\" (defined: aws)",
+        "jobs[0].connector: unknown connector (see",
+        "jobs[1].source: names no [sources.<name>] table (defined: aws)",
         "jobs[1].secret: is required",
     ] {
         assert!(
@@ -55,7 +55,7 @@ source = "nowhere"
     assert_eq!(out.code, 64, "{out:?}");
     assert!(
         out.stderr
-            .contains("jobs[0].connector: unknown connector \"foo\"")
+            .contains("jobs[0].connector: unknown connector (see")
     );
     assert!(!out.stderr.contains("Serving /metrics"));
     // Bad usage is 64 too; --help is 0 and teaches.
@@ -83,7 +83,7 @@ async fn the_example_config_checks_ok() {
     assert_eq!(out.code, 64, "{out:?}");
     assert!(
         out.stderr
-            .contains("environment variable QLIK_API_KEY is not set"),
+            .contains("qlik.api_key_env: the environment variable it names is not set"),
         "{}",
         out.stderr
     );
