@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use crate::{
-    config::{Config, ConfigInput, QlikAuth, SourceConfig},
+    config::{Config, ConfigInput, QlikAuth, SecretLocator, SourceConfig},
     qlik::{ClientSettings, Credentials, QlikClient, RetryPolicy},
     rotation::Rotator,
     secrets::{
@@ -38,7 +38,10 @@ pub fn qlik_client(cfg: &Config, input: &dyn ConfigInput) -> Result<QlikClient, 
     let credentials = match &cfg.qlik.auth {
         QlikAuth::ApiKey(loc) => {
             Credentials::ApiKey(loc.read(input).map_err(|message| BuildError::Credential {
-                key: "qlik.api_key_env/api_key_file",
+                key: match loc {
+                    SecretLocator::Env(_) => "qlik.api_key_env",
+                    SecretLocator::File(_) => "qlik.api_key_file",
+                },
                 message,
             })?)
         }
@@ -51,7 +54,10 @@ pub fn qlik_client(cfg: &Config, input: &dyn ConfigInput) -> Result<QlikClient, 
             client_secret: client_secret
                 .read(input)
                 .map_err(|message| BuildError::Credential {
-                    key: "qlik.oauth.client_secret_env/client_secret_file",
+                    key: match client_secret {
+                        SecretLocator::Env(_) => "qlik.oauth.client_secret_env",
+                        SecretLocator::File(_) => "qlik.oauth.client_secret_file",
+                    },
                     message,
                 })?,
             scope: scope.clone(),

@@ -123,6 +123,9 @@ pub async fn check_config(path: &Path, online: bool, input: &dyn ConfigInput) ->
 fn check_offline(path: &Path, input: &dyn ConfigInput) -> ExitCode {
     match load(path, input) {
         Ok(cfg) => {
+            for w in cfg.warnings() {
+                eprintln!("warning: {w}");
+            }
             crate::outln!(
                 "{}: OK ({} job(s), {} source(s))",
                 path.display(),
@@ -324,6 +327,9 @@ pub async fn run(path: &Path, input: &dyn ConfigInput, release_memory: fn()) -> 
         Ok(c) => c,
         Err(code) => return code,
     };
+    for w in cfg.warnings() {
+        tracing::warn!(key = %w.path, "Risky configuration: {}", w.message);
+    }
     let running = match daemon::start(&cfg, input).await {
         Ok(r) => r,
         Err(e) => {

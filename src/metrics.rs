@@ -497,7 +497,7 @@ mod tests {
         for i in 0..n {
             let _ = write!(
                 text,
-                "[[jobs]]\nname = \"job-{i:04}\"\nconnection = {{ id = \"c{i}\" }}\n\
+                "[[jobs]]\nname = \"job-{i:04}\"\nconnection = {{ id = \"00000000-0000-4000-8000-{i:012}\" }}\n\
                  connector = \"mssql\"\nsource = \"f\"\nsecret = \"s{i}\"\nmax_age = \"2h\"\n"
             );
         }

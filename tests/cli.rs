@@ -18,7 +18,7 @@ api_key = "do-not-inline"
 type = "aws_secrets_manager"
 [[jobs]]
 name = "a"
-connection = { id = "c1" }
+connection = { id = "c1c1c1c1-0000-4000-8000-0000000000c1" }
 connector = "foo"
 source = "aws"
 secret = "s"
@@ -34,8 +34,8 @@ source = "nowhere"
     for line in [
         "qlik.tenant_url: must use https (http is allowed only for a loopback host)",
         "qlik.api_key: the Qlik API key is never accepted inline in the file",
-        "jobs[0].connector: unknown connector \"foo\"",
-        "jobs[1].source: no source named \"nowhere\" (defined: aws)",
+        "jobs[0].connector: unknown connector (see",
+        "jobs[1].source: names no [sources.<name>] table (defined: aws)",
         "jobs[1].secret: is required",
     ] {
         assert!(
@@ -55,7 +55,7 @@ source = "nowhere"
     assert_eq!(out.code, 64, "{out:?}");
     assert!(
         out.stderr
-            .contains("jobs[0].connector: unknown connector \"foo\"")
+            .contains("jobs[0].connector: unknown connector (see")
     );
     assert!(!out.stderr.contains("Serving /metrics"));
     // Bad usage is 64 too; --help is 0 and teaches.
@@ -83,7 +83,7 @@ async fn the_example_config_checks_ok() {
     assert_eq!(out.code, 64, "{out:?}");
     assert!(
         out.stderr
-            .contains("environment variable QLIK_API_KEY is not set"),
+            .contains("qlik.api_key_env: the environment variable it names is not set"),
         "{}",
         out.stderr
     );
@@ -176,4 +176,128 @@ async fn canary_secrets_never_leave_the_process_unmasked() {
             );
         }
     }
+}
+
+/// Every path segment is percent-encoded whole: `..` never reaches the collection URL, and a
+/// name with `/`, `?`, `#`, `%` reaches the right connection.
+#[tokio::test]
+async fn the_client_percent_encodes_every_path_segment() {
+    use qlik_rotator::qlik::{ClientSettings, Credentials, QlikClient, RetryPolicy};
+    use qlik_rotator::sim::SeedConnection;
+    let sim = tenant(SimConfig::default()).await;
+    let odd = "a/b?c=1#d %2e%2E ..";
+    let mut seed = SeedConnection::new(
+        odd,
+        "mssql",
+        serde_json::json!({"host": "h", "username": "u", "password": "p"}),
+    );
+    seed.space = Some("odd/space?x".into());
+    let odd_id = sim.add_connection(seed);
+    let client = QlikClient::new(ClientSettings {
+        tenant_url: sim.base_url().parse().unwrap(),
+        credentials: Credentials::ApiKey(API_KEY.to_owned().into()),
+        request_timeout: std::time::Duration::from_secs(5),
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        },
+        write_budget_per_min: 0,
+    })
+    .unwrap();
+
+    let found = client
+        .find_connection(odd, Some("odd/space?x"))
+        .await
+        .expect("the odd name resolves");
+    assert_eq!(found.id, odd_id);
+    for dots in ["..", ".", "%2e%2e", ""] {
+        assert!(client.get_connection(dots).await.is_err(), "{dots:?}");
+        assert!(
+            !matches!(client.get_api_specs(dots).await, Ok(Some(_))),
+            "{dots:?}"
+        );
+    }
+    let paths: Vec<String> = sim.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths[0], "/api/v1/data-connections/a%2Fb%3Fc%3D1%23d%20%252e%252E%20..",
+        "{paths:?}"
+    );
+    for collection in [
+        "/api/v1/data-connections",
+        "/api/v1/data-connections/",
+        "/api/v1/api-specs",
+        "/api/v1/data-sources/api-specs",
+        "/api/v1",
+    ] {
+        assert!(
+            !paths.iter().any(|p| p == collection),
+            "{collection} reached: {paths:?}"
+        );
+    }
+    assert!(
+        paths.contains(&"/api/v1/data-connections/%252E%252E".to_owned()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/api/v1/data-connections/%252E".to_owned()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/api/v1/data-connections/%252e%252e".to_owned()),
+        "{paths:?}"
+    );
+    assert!(with_method(&sim, "PATCH").is_empty());
+}
+
+/// A non-loopback listener with the admin API enabled is valid, but check-config and the
+/// daemon both warn about it, naming the key.
+#[tokio::test]
+async fn a_public_admin_listener_is_warned_about_in_check_config_and_at_start() {
+    let sim = tenant(SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin-token"), "CANARY-admin-token-5d1c").unwrap();
+    std::fs::create_dir_all(dir.path().join("vault")).unwrap();
+    let text = format!(
+        "{}[sources.v]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\n\
+         [metrics]\nlisten = \"0.0.0.0:0\"\nadmin_token_file = \"admin-token\"\n\
+         [[jobs]]\nname = \"a\"\nconnection = {{ id = \"{S3_ID}\" }}\n\
+         connector = \"File_AmazonS3ConnectorV2\"\nsource = \"v\"\nsecret = \"s\"\n",
+        qlik_section(&sim)
+    );
+    let path = write_config(dir.path(), &text);
+    let config = path.to_str().unwrap();
+    let out = run_cli(&["check-config", "-c", config], &[]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("warning: metrics.listen: the admin API (POST /jobs/{name}/rotate"),
+        "{out:?}"
+    );
+    // The same file with a loopback listener: no warning.
+    let quiet = write_config(dir.path(), &text.replace("0.0.0.0:0", "127.0.0.1:0"));
+    let out = run_cli(&["check-config", "-c", quiet.to_str().unwrap()], &[]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stderr.contains("warning"), "{out:?}");
+
+    let path = write_config(dir.path(), &text);
+    let err_path = dir.path().join("run.stderr");
+    let mut child = command(
+        &["run", "-c", path.to_str().unwrap()],
+        &env(&[("QLIK_API_KEY", API_KEY)]),
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&err_path).unwrap())
+    .spawn()
+    .unwrap();
+    let warned = wait_until(std::time::Duration::from_secs(20), || {
+        std::fs::read_to_string(&err_path)
+            .is_ok_and(|s| s.contains("Risky configuration") && s.contains("Serving"))
+    })
+    .await;
+    sigterm(&child);
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&err_path).unwrap();
+    assert!(warned, "{stderr}");
+    assert!(stderr.contains("metrics.listen"), "{stderr}");
+    assert!(!stderr.contains("CANARY"), "{stderr}");
 }

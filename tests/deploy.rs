@@ -42,7 +42,7 @@ fn exported_metrics() -> BTreeMap<String, MetricType> {
         std::fs::write(dir.path().join("vault/ok.json"), r#"{"username":"u2","password":"p2"}"#).unwrap();
         std::fs::write(dir.path().join("vault/bad.json"), r#"{"username":"u3"}"#).unwrap();
         let job = |name: &str, secret: &str| {
-            format!("[[jobs]]\nname = \"{name}\"\nconnection = {{ id = \"{id}\" }}\nconnector = \"mssql\"\nsource = \"v\"\nsecret = \"{secret}\"\nrun_on_start = true\n")
+            format!("[[jobs]]\nname = \"{name}\"\nconnection = {{ id = \"{id}\" }}\nconnector = \"mssql\"\nsource = \"v\"\nsecret = \"{secret}\"\nrun_on_start = true\nallow_shared_connection = true\n")
         };
         let text = format!(
             "[qlik]\ntenant_url = \"{}\"\napi_key_env = \"K\"\n[sources.v]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}{}",

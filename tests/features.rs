@@ -157,7 +157,10 @@ async fn describe_connector_prints_properties_and_a_job_snippet() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(
         dir.path(),
-        &config_text(&sim, &generic_job("c1", "[\"userPassword\"]")),
+        &config_text(
+            &sim,
+            &generic_job("c1c1c1c1-0000-4000-8000-0000000000c1", "[\"userPassword\"]"),
+        ),
     );
     let env = env(&[("QLIK_API_KEY", API_KEY)]);
     let out = run_cli(
@@ -366,14 +369,14 @@ async fn catalogue_and_job_options_are_validated() {
         r#"
 [[jobs]]
 name = "a"
-connection = { id = "c" }
+connection = { id = "cccccccc-0000-4000-8000-00000000000c" }
 connector = "generic"
 source = "v"
 secret = "s"
 [[jobs]]
 name = "b"
-connection = { id = "c" }
-connections = [{ id = "d" }]
+connection = { id = "cccccccc-0000-4000-8000-00000000000c" }
+connections = [{ id = "dddddddd-0000-4000-8000-00000000000d" }]
 connector = "mssql"
 properties = ["x"]
 scheme = "nope"
@@ -382,7 +385,7 @@ source = "v"
 secret = "s"
 [[jobs]]
 name = "c"
-connections = [{ id = "d" }, { id = "d" }]
+connections = [{ id = "dddddddd-0000-4000-8000-00000000000d" }, { id = "dddddddd-0000-4000-8000-00000000000d" }]
 connector = "File_AmazonS3ConnectorV2"
 separate_credentials = "data_credentials"
 file_encoding = "base64"
@@ -403,8 +406,8 @@ secret = "s"
             "jobs[0].properties: is required with connector = \"generic\": the credential property names to write (see `qlik-rotator describe-connector`)",
             "jobs[1].connections: set either connection or connections, not both",
             "jobs[1].properties: is only used with connector = \"generic\"",
-            "jobs[1].scheme: connector \"mssql\" has no scheme \"nope\" (expected one of: password)",
-            "jobs[1].separate_credentials: expected \"patch\" or \"data_credentials\", found \"sometimes\"",
+            "jobs[1].scheme: connector \"mssql\" has no such scheme (expected one of: password)",
+            "jobs[1].separate_credentials: expected \"patch\" or \"data_credentials\"",
             "jobs[2].connections[1]: duplicate connection",
             "jobs[2].file_encoding: scheme \"access_key\" has no file credential",
             "jobs[2].separate_credentials: data_credentials needs a username/password scheme; scheme \"access_key\" has none",

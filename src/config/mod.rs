@@ -77,14 +77,24 @@ impl SecretLocator {
     /// Reads the secret (build phase). Surrounding whitespace is trimmed.
     ///
     /// # Errors
-    /// A message naming the variable or file, never the content.
+    /// A message that names neither the variable, the file nor the content: the caller
+    /// prefixes the config key. A locator is a value of a `*_env` / `*_file` key, and a secret
+    /// pasted there by mistake would otherwise be echoed ("environment variable eyJ… is not
+    /// set").
     pub fn read(&self, input: &dyn ConfigInput) -> Result<SecretString, String> {
+        if let Err(why) = self.check() {
+            return Err(why.to_owned());
+        }
         let raw = match self {
             SecretLocator::Env(name) => input
                 .var(name)
-                .ok_or_else(|| format!("environment variable {name} is not set"))?,
-            SecretLocator::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                .ok_or_else(|| "the environment variable it names is not set".to_owned())?,
+            SecretLocator::File(path) => std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "the file it names cannot be read ({})",
+                    std::io::Error::from(e.kind())
+                )
+            })?,
         };
         let trimmed = raw.trim();
         if trimmed.is_empty() {
@@ -93,13 +103,52 @@ impl SecretLocator {
         Ok(SecretString::from(trimmed.to_owned()))
     }
 
-    /// `environment variable X` / `file Y`, for messages.
+    /// `the environment variable it names` / `the file it names`, for messages (never the
+    /// name itself, see [`SecretLocator::read`]).
     pub fn describe(&self) -> String {
         match self {
-            SecretLocator::Env(name) => format!("environment variable {name}"),
-            SecretLocator::File(path) => format!("file {}", path.display()),
+            SecretLocator::Env(_) => "the environment variable it names".to_owned(),
+            SecretLocator::File(_) => "the file it names".to_owned(),
         }
     }
+
+    /// Whether the locator has the shape of a variable name or a path.
+    ///
+    /// # Errors
+    /// What the value must look like (never the value).
+    pub fn check(&self) -> Result<(), &'static str> {
+        match self {
+            SecretLocator::Env(name) if is_env_name(name) => Ok(()),
+            SecretLocator::Env(_) => Err(ENV_NAME_RULE),
+            SecretLocator::File(path) => match path.to_str() {
+                Some(p) if is_path(p) => Ok(()),
+                _ => Err(PATH_RULE),
+            },
+        }
+    }
+}
+
+/// What a `*_env` value must look like.
+pub const ENV_NAME_RULE: &str = "must be the name of an environment variable \
+     ([A-Za-z_][A-Za-z0-9_]*, at most 256 characters), not the secret itself; \
+     the value is not shown";
+
+/// What a path value must look like.
+pub const PATH_RULE: &str = "must be a file path (no control characters or newlines, at most \
+     4096 bytes), not the secret itself; the value is not shown";
+
+/// `[A-Za-z_][A-Za-z0-9_]*`, at most 256 characters.
+pub fn is_env_name(s: &str) -> bool {
+    s.len() <= 256
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Non-empty, no control characters, at most 4096 bytes.
+pub fn is_path(s: &str) -> bool {
+    !s.trim().is_empty() && walk::check_text(s, 4096).is_ok()
 }
 
 /// How the rotator authenticates to Qlik.
@@ -181,6 +230,19 @@ impl ConnectionRef {
     }
 }
 
+impl ConnectionRef {
+    /// What makes two references the same connection for duplicate checks: the id in lower
+    /// case (UUIDs are case-insensitive), or the space and name as written.
+    pub fn identity(&self) -> (Option<&str>, String) {
+        match self {
+            ConnectionRef::Id(id) => (None, id.to_ascii_lowercase()),
+            ConnectionRef::Name { name, space } => {
+                (Some(space.as_deref().unwrap_or("")), name.clone())
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for ConnectionRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -222,6 +284,9 @@ pub struct JobConfig {
     pub force: bool,
     /// How old the last success may get before the credentials count as stale (alerting).
     pub max_age: Duration,
+    /// `allow_shared_connection`: this job may PATCH a connection another job also patches
+    /// (each must say so; otherwise two jobs on one connection are a config error).
+    pub allow_shared_connection: bool,
 }
 
 /// `[daemon]`.
@@ -278,6 +343,25 @@ impl Config {
     pub fn job(&self, name: &str) -> Option<&JobConfig> {
         self.jobs.iter().find(|j| j.name == name)
     }
+
+    /// Valid but risky settings, each with its key: shown by `check-config` and logged when
+    /// the daemon starts.
+    pub fn warnings(&self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        if self.metrics.admin_token_file.is_some() && !self.metrics.listen.ip().is_loopback() {
+            out.push(ConfigError {
+                path: "metrics.listen".into(),
+                message: format!(
+                    "the admin API (POST /jobs/{{name}}/rotate, enabled by metrics.admin_token_file) \
+                     listens on {}, which is reachable from other hosts; anyone who gets the \
+                     token can trigger rotations. Listen on 127.0.0.1, or restrict access with \
+                     a firewall or network policy",
+                    self.metrics.listen
+                ),
+            });
+        }
+        out
+    }
 }
 
 /// Loads `path` with environment overrides from `input` and validates it.
@@ -319,13 +403,175 @@ pub fn load_str(
         )
         .build()
         .and_then(|c| c.try_deserialize())
-        .map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                path: "<file>".into(),
-                message: format!("not valid TOML: {e}"),
-            }])
-        })?;
+        .map_err(|e| ConfigErrors(vec![syntax_error(text, &e)]))?;
     validate(&tree, base_dir)
+}
+
+/// A TOML syntax error as line, column and (where the line is a `key = …` of the schema) key
+/// path, plus the parser's description. Never the line's text: it may hold a pasted secret
+/// (`api_key = "…` with a missing quote quotes the key in the parser's own message).
+fn syntax_error(text: &str, e: &config::ConfigError) -> ConfigError {
+    let toml_err = match e {
+        config::ConfigError::FileParse { cause, .. } => cause.downcast_ref::<toml::de::Error>(),
+        _ => None,
+    };
+    let Some(err) = toml_err else {
+        // Not a TOML syntax error (a float or date that does not fit, or an override): the
+        // cause can quote the value, so it is not shown.
+        return ConfigError {
+            path: "<file>".into(),
+            message: "not valid TOML: a value cannot be read (check numbers and dates)".into(),
+        };
+    };
+    let offset = err.span().map_or(0, |s| s.start).min(text.len());
+    let before = &text[..offset];
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..offset].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let path = toml_key_path(&text[..line_start], line).unwrap_or_else(|| "<file>".into());
+    // The parser's description is a fixed phrase ("invalid basic string, expected `\"`"); if a
+    // future version quoted the input, any word of the line found in it hides it.
+    let described = err.message().trim().replace('\n', "; ");
+    let echoes = line
+        .split(|c: char| c.is_whitespace() || "=\"'[]{},".contains(c))
+        .any(|w| w.chars().count() >= 4 && described.contains(w));
+    let described = if echoes || walk::check_text(&described, 200).is_err() {
+        "syntax error".to_owned()
+    } else {
+        described
+    };
+    ConfigError {
+        path,
+        message: format!("not valid TOML at line {line_no}, column {column}: {described}"),
+    }
+}
+
+/// The schema key path of `line` (`qlik.api_key`, `jobs[2].secret`), from the table headers in
+/// `before` and the key the line starts with. Only names the schema knows are given back:
+/// anything else (a pasted secret on a line of its own parses as a key) yields the table or
+/// nothing.
+fn toml_key_path(before: &str, line: &str) -> Option<String> {
+    const SECTIONS: &[&str] = &["qlik", "qlik.oauth", "daemon", "metrics"];
+    let clean = |h: &str| -> String { h.chars().filter(|c| !c.is_whitespace()).collect() };
+    let mut table: Option<String> = Some(String::new());
+    let mut jobs = 0usize;
+    let mut header = |raw: &str, table: &mut Option<String>| {
+        let h = raw.trim();
+        if let Some(inner) = h.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let inner = clean(inner);
+            *table = (inner == "jobs").then(|| {
+                jobs += 1;
+                format!("jobs[{}]", jobs - 1)
+            });
+        } else if let Some(inner) = h.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            let inner = clean(inner);
+            *table = if SECTIONS.contains(&inner.as_str()) {
+                Some(inner)
+            } else if inner == "jobs.fields" && jobs > 0 {
+                Some(format!("jobs[{}].fields", jobs - 1))
+            } else if let Some(name) = inner.strip_prefix("sources.")
+                && is_identifier(name)
+            {
+                Some(format!("sources.{name}"))
+            } else {
+                None
+            };
+        }
+    };
+    for l in before.lines() {
+        if l.trim_start().starts_with('[') {
+            header(l, &mut table);
+        }
+    }
+    if line.trim_start().starts_with('[') {
+        return None;
+    }
+    let table = table?;
+    let key = line
+        .split('=')
+        .next()
+        .map(str::trim)
+        .filter(|k| KNOWN_KEYS.contains(k));
+    if table.ends_with(".fields") {
+        // Keys there are Qlik property names, not the schema's.
+        return Some(table);
+    }
+    match (table.is_empty(), key) {
+        (true, Some(k)) => Some(k.to_owned()),
+        (false, Some(k)) => Some(format!("{table}.{k}")),
+        (true, None) => None,
+        (false, None) => Some(table),
+    }
+}
+
+/// Every key name of the schema (for locating syntax errors without quoting the file).
+const KNOWN_KEYS: &[&str] = &[
+    "qlik",
+    "tenant_url",
+    "api_key",
+    "api_key_env",
+    "api_key_file",
+    "oauth",
+    "client_id",
+    "client_secret",
+    "client_secret_env",
+    "client_secret_file",
+    "scope",
+    "request_timeout",
+    "max_attempts",
+    "write_budget_per_min",
+    "max_response_bytes",
+    "sources",
+    "type",
+    "region",
+    "endpoint_url",
+    "path",
+    "jobs",
+    "name",
+    "connection",
+    "connections",
+    "id",
+    "space",
+    "connector",
+    "scheme",
+    "datasource",
+    "properties",
+    "file_properties",
+    "fields",
+    "file_encoding",
+    "file_name",
+    "header",
+    "separate_credentials",
+    "credentials_name",
+    "credential",
+    "source",
+    "secret",
+    "version_stage",
+    "version_id",
+    "schedule",
+    "timezone",
+    "jitter",
+    "run_on_start",
+    "force",
+    "max_age",
+    "allow_shared_connection",
+    "daemon",
+    "state_dir",
+    "max_concurrent_rotations",
+    "shutdown_grace_period",
+    "max_attempts_per_run",
+    "metrics",
+    "listen",
+    "admin_token_file",
+];
+
+/// `[A-Za-z0-9_-]{1,64}`: names of sources and the like.
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// Validates an untyped configuration tree.
@@ -363,6 +609,8 @@ pub fn validate(tree: &Value, base_dir: &Path) -> Result<Config, ConfigErrors> {
     }
 
     let mut jobs = Vec::new();
+    // The `jobs[i]` index of each valid job (invalid ones are left out of `jobs`).
+    let mut job_index = Vec::new();
     // Equal specs are shared: most jobs of a large config use a catalogue connector as is.
     let mut specs: Vec<Arc<BuildSpec>> = Vec::new();
     match root.get("jobs") {
@@ -375,6 +623,7 @@ pub fn validate(tree: &Value, base_dir: &Path) -> Result<Config, ConfigErrors> {
                     .and_then(|t| job(t, &sources, &mut errs))
                 {
                     let mut job: JobConfig = job;
+                    job_index.push(i);
                     match specs.iter().find(|s| ***s == *job.spec) {
                         Some(shared) => job.spec = shared.clone(),
                         None if specs.len() < 64 => specs.push(job.spec.clone()),
@@ -395,13 +644,15 @@ pub fn validate(tree: &Value, base_dir: &Path) -> Result<Config, ConfigErrors> {
     }
     let mut seen = BTreeMap::new();
     for (i, j) in jobs.iter().enumerate() {
-        if let Some(first) = seen.insert(j.name.clone(), i) {
+        if let Some(first) = seen.insert(j.name.clone(), job_index[i]) {
             errs.push(
-                format!("jobs[{i}].name"),
+                format!("jobs[{}].name", job_index[i]),
                 format!("duplicate job name {:?} (also jobs[{first}])", j.name),
             );
         }
     }
+
+    shared_connections(&jobs, &job_index, &mut errs);
 
     let daemon = Table::new("daemon", root.get("daemon").unwrap_or(&empty), &mut errs)
         .map(|t| daemon_section(t, base_dir, &mut errs));
@@ -418,6 +669,39 @@ pub fn validate(tree: &Value, base_dir: &Path) -> Result<Config, ConfigErrors> {
             metrics,
         }),
         _ => Err(ConfigErrors(errs.0)),
+    }
+}
+
+/// Two jobs that PATCH one connection (same id, or same name in the same space) race each other
+/// and leave whichever secret ran last: refused unless both set `allow_shared_connection`.
+/// (The same connection twice within one job is refused in [`job`].) A name and an id that
+/// resolve to the same connection cannot be seen here, without the network.
+fn shared_connections(jobs: &[JobConfig], index: &[usize], errs: &mut Errors) {
+    let mut first: HashMap<(Option<&str>, String), usize> = HashMap::new();
+    for (n, job) in jobs.iter().enumerate() {
+        for (c, conn) in job.connections.iter().enumerate() {
+            let Some(&m) = first.get(&conn.identity()) else {
+                first.insert(conn.identity(), n);
+                continue;
+            };
+            let other = &jobs[m];
+            if m == n || (job.allow_shared_connection && other.allow_shared_connection) {
+                continue;
+            }
+            let at = if job.connections.len() == 1 {
+                format!("jobs[{}].connection", index[n])
+            } else {
+                format!("jobs[{}].connections[{c}]", index[n])
+            };
+            errs.push(
+                at,
+                format!(
+                    "job {:?} patches the same connection as job {:?} (jobs[{}]); one connection \
+                     gets one job, or set allow_shared_connection = true on both",
+                    job.name, other.name, index[m]
+                ),
+            );
+        }
     }
 }
 
@@ -452,8 +736,8 @@ fn locator(
             ),
         );
     }
-    let env = t.opt_str(env_key, errs);
-    let file = t.opt_str(file_key, errs);
+    let env = located(t, env_key, errs, is_env_name, ENV_NAME_RULE);
+    let file = located(t, file_key, errs, is_path, PATH_RULE);
     match (env, file) {
         (Some(_), Some(_)) => {
             errs.push(
@@ -462,8 +746,9 @@ fn locator(
             );
             None
         }
-        (Some(e), None) => Some(SecretLocator::Env(e)),
-        (None, Some(f)) => Some(SecretLocator::File(PathBuf::from(f))),
+        (Some(Some(e)), None) => Some(SecretLocator::Env(e)),
+        (None, Some(Some(f))) => Some(SecretLocator::File(PathBuf::from(f))),
+        (Some(None), None) | (None, Some(None)) => None,
         (None, None) => {
             if required {
                 errs.push(
@@ -476,28 +761,31 @@ fn locator(
     }
 }
 
+/// A `*_env` / `*_file` value: `None` when absent, `Some(None)` when present but unusable (the
+/// error says what it must look like, never what it was).
+fn located(
+    t: &mut Table<'_>,
+    key: &'static str,
+    errs: &mut Errors,
+    valid: fn(&str) -> bool,
+    rule: &'static str,
+) -> Option<Option<String>> {
+    match t.get(key)? {
+        Value::String(s) if valid(s) => Some(Some(s.clone())),
+        _ => {
+            errs.push(t.key_path(key), rule);
+            Some(None)
+        }
+    }
+}
+
 fn qlik_section(mut t: Table<'_>, errs: &mut Errors) -> Option<QlikConfig> {
-    let url = t
-        .req_str("tenant_url", errs)
-        .and_then(|u| match reqwest::Url::parse(&u) {
-            Ok(url) if url.scheme() == "https" => Some(url),
-            Ok(url) if url.scheme() == "http" && is_loopback(&url) => Some(url),
-            Ok(url) if url.scheme() == "http" => {
-                errs.push(
-                    t.key_path("tenant_url"),
-                    "must use https (http is allowed only for a loopback host)",
-                );
-                None
-            }
-            Ok(_) => {
-                errs.push(t.key_path("tenant_url"), "must be an https:// URL");
-                None
-            }
-            Err(e) => {
-                errs.push(t.key_path("tenant_url"), format!("not a valid URL: {e}"));
-                None
-            }
-        });
+    let url = if t.has("tenant_url") {
+        base_url(&mut t, "tenant_url", errs).map(|(_, u)| u)
+    } else {
+        t.req_str("tenant_url", errs);
+        None
+    };
     let has_key = t.has("api_key_env") || t.has("api_key_file") || t.has("api_key");
     let auth = match t.get("oauth") {
         Some(v) => {
@@ -540,7 +828,7 @@ fn qlik_section(mut t: Table<'_>, errs: &mut Errors) -> Option<QlikConfig> {
         .map(QlikAuth::ApiKey),
     };
     let request_timeout = t
-        .opt_duration("request_timeout", errs)
+        .opt_duration("request_timeout", RANGE_REQUEST_TIMEOUT, errs)
         .unwrap_or(Duration::from_secs(30));
     let max_attempts = t.opt_u64("max_attempts", 1..=10, errs).unwrap_or(5) as u32;
     let write_budget_per_min = t
@@ -575,22 +863,113 @@ fn is_loopback(url: &reqwest::Url) -> bool {
     }
 }
 
+/// `qlik.request_timeout`: 0s would fail every request; beyond 10 minutes a hung tenant holds
+/// a rotation (and a write-budget slot) for longer than any schedule tolerates.
+pub const RANGE_REQUEST_TIMEOUT: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(600);
+/// `jobs[].jitter`: up to one hour (a longer delay pushes runs past the next schedule).
+pub const RANGE_JITTER: std::ops::RangeInclusive<Duration> =
+    Duration::ZERO..=Duration::from_secs(3600);
+/// `jobs[].max_age`: 1 minute to 400 days (exported as whole seconds; the staleness alert
+/// needs a finite, positive age).
+pub const RANGE_MAX_AGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(60)..=Duration::from_secs(400 * 86400);
+/// `daemon.shutdown_grace_period`: 1 second to 1 hour (a PATCH + verify in flight needs a
+/// moment; service managers kill long before an hour).
+pub const RANGE_SHUTDOWN_GRACE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+
+/// A base URL (`qlik.tenant_url`, `sources.*.endpoint_url`): https (http only for a loopback
+/// host), a host, no user name or password, no path beyond `/`, no query, no fragment. The
+/// client appends `/api/v1/…` itself, so a path would be doubled; credentials in the URL would
+/// be sent as Basic auth and printed with the URL. Errors never quote the value.
+fn base_url(
+    t: &mut Table<'_>,
+    key: &'static str,
+    errs: &mut Errors,
+) -> Option<(String, reqwest::Url)> {
+    let raw = t.opt_str(key, errs)?;
+    let url = match reqwest::Url::parse(&raw) {
+        Ok(u) => u,
+        Err(e) => {
+            errs.push(
+                t.key_path(key),
+                format!("not a valid URL ({e}); expected e.g. https://acme.eu.qlikcloud.com"),
+            );
+            return None;
+        }
+    };
+    let mut problems = Vec::new();
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => problems.push("must use https (http is allowed only for a loopback host)"),
+        _ => problems.push("must be an https:// URL"),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        problems.push("must name a host");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        problems.push(
+            "must not contain a user name or password (user:password@ is refused; credentials go in *_env/*_file keys)",
+        );
+    }
+    if url.path() != "/" && !url.path().is_empty() {
+        problems.push(
+            "must not contain a path (such as /api/v1): give the base URL only, the rotator adds the API paths",
+        );
+    }
+    if url.query().is_some() {
+        problems.push("must not contain a query (?…)");
+    }
+    if url.fragment().is_some() {
+        problems.push("must not contain a fragment (#…)");
+    }
+    if problems.is_empty() {
+        Some((raw, url))
+    } else {
+        for p in problems {
+            errs.push(t.key_path(key), p);
+        }
+        None
+    }
+}
+
 fn source(mut t: Table<'_>, base: &Path, errs: &mut Errors) -> Option<SourceConfig> {
     let kind = t.req_str("type", errs)?;
     let out = match kind.as_str() {
-        "aws_secrets_manager" => Some(SourceConfig::AwsSecretsManager {
-            region: t.opt_str("region", errs),
-            endpoint_url: t.opt_str("endpoint_url", errs),
-        }),
+        "aws_secrets_manager" => {
+            let region = t.opt_str("region", errs).and_then(|r| {
+                if r.len() <= 32
+                    && r.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                {
+                    Some(r)
+                } else {
+                    errs.push(
+                        t.key_path("region"),
+                        "expected an AWS region name such as \"eu-west-1\" (a-z, 0-9 and '-', at most 32 characters)",
+                    );
+                    None
+                }
+            });
+            let endpoint_url = if t.has("endpoint_url") {
+                base_url(&mut t, "endpoint_url", errs).map(|(raw, _)| raw)
+            } else {
+                None
+            };
+            Some(SourceConfig::AwsSecretsManager {
+                region,
+                endpoint_url,
+            })
+        }
         "file" => t.req_str("path", errs).map(|p| SourceConfig::File {
             path: resolve(base, &p),
         }),
-        other => {
+        _ => {
             errs.push(
                 t.key_path("type"),
-                format!(
-                    "unknown source type {other:?} (expected \"aws_secrets_manager\" or \"file\")"
-                ),
+                "unknown source type (expected \"aws_secrets_manager\" or \"file\")",
             );
             t.allow(&["region", "endpoint_url", "path"]);
             None
@@ -639,7 +1018,7 @@ fn job(
             let mut seen = std::collections::BTreeSet::new();
             for (i, r) in refs.iter().enumerate() {
                 if let Some(r) = r
-                    && !seen.insert(r.key())
+                    && !seen.insert(r.identity())
                 {
                     errs.push(
                         format!("{}[{i}]", t.key_path("connections")),
@@ -673,7 +1052,7 @@ fn job(
             errs.push(
                 t.key_path("source"),
                 format!(
-                    "no source named {s:?} (defined: {})",
+                    "names no [sources.<name>] table (defined: {})",
                     if known.is_empty() {
                         "none".to_owned()
                     } else {
@@ -707,10 +1086,16 @@ fn job(
         {
             Ok(_) => Some(s),
             Err(e) => {
+                // Only croner's fixed-text errors are passed on: others quote the pattern.
+                let detail = match e {
+                    croner::errors::CronError::InvalidPattern(_)
+                    | croner::errors::CronError::EmptyPattern => format!(": {e}"),
+                    _ => String::new(),
+                };
                 errs.push(
                     t.key_path("schedule"),
                     format!(
-                        "not a 6-field cron expression with seconds (e.g. \"0 */15 * * * *\"): {e}"
+                        "not a 6-field cron expression with seconds (e.g. \"0 */15 * * * *\"){detail}"
                     ),
                 );
                 None
@@ -724,17 +1109,20 @@ fn job(
             Err(_) => {
                 errs.push(
                     t.key_path("timezone"),
-                    format!("unknown time zone {tz:?} (use an IANA name such as \"Europe/Paris\")"),
+                    "unknown time zone (use an IANA name such as \"Europe/Paris\")",
                 );
                 None
             }
         })
         .unwrap_or(chrono_tz::UTC);
-    let jitter = t.opt_duration("jitter", errs).unwrap_or_default();
+    let jitter = t
+        .opt_duration("jitter", RANGE_JITTER, errs)
+        .unwrap_or_default();
     let run_on_start = t.opt_bool("run_on_start", errs).unwrap_or(false);
     let force = t.opt_bool("force", errs).unwrap_or(false);
+    let allow_shared_connection = t.opt_bool("allow_shared_connection", errs).unwrap_or(false);
     let max_age = t
-        .opt_duration("max_age", errs)
+        .opt_duration("max_age", RANGE_MAX_AGE, errs)
         .unwrap_or(Duration::from_secs(25 * 3600));
     t.finish(errs);
     let spec = spec?;
@@ -754,6 +1142,7 @@ fn job(
         run_on_start,
         force,
         max_age,
+        allow_shared_connection,
     })
 }
 
@@ -762,6 +1151,32 @@ fn connection_ref(path: String, v: &Value, errs: &mut Errors) -> Option<Connecti
     let id = c.opt_str("id", errs);
     let name = c.opt_str("name", errs);
     let space = c.opt_str("space", errs);
+    let id_ok = id.as_deref().is_none_or(|id| {
+        is_uuid(id) || {
+            errs.push(c.key_path("id"), ID_RULE);
+            false
+        }
+    });
+    let name_ok = name.as_deref().is_none_or(|n| {
+        segment_ok(n, MAX_CONNECTION_NAME) || {
+            errs.push(
+                c.key_path("name"),
+                format!(
+                    "must be a connection name of at most {MAX_CONNECTION_NAME} bytes, not \".\" or \"..\""
+                ),
+            );
+            false
+        }
+    });
+    let space_ok = space.as_deref().is_none_or(|sp| {
+        segment_ok(sp, MAX_SPACE_ID) || {
+            errs.push(
+                c.key_path("space"),
+                format!("must be a space id of at most {MAX_SPACE_ID} bytes, not \".\" or \"..\""),
+            );
+            false
+        }
+    });
     let r = match (id, name) {
         (Some(_), Some(_)) => {
             errs.push(c.key_path("id"), "set either id or name, not both");
@@ -771,16 +1186,42 @@ fn connection_ref(path: String, v: &Value, errs: &mut Errors) -> Option<Connecti
             if space.is_some() {
                 errs.push(c.key_path("space"), "space goes with name, not with id");
             }
-            Some(ConnectionRef::Id(id))
+            id_ok.then_some(ConnectionRef::Id(id))
         }
-        (None, Some(name)) => Some(ConnectionRef::Name { name, space }),
+        (None, Some(name)) => (name_ok && space_ok).then_some(ConnectionRef::Name { name, space }),
         (None, None) => {
-            errs.push(c.path.clone(), "needs id or name");
+            if !c.has("id") && !c.has("name") {
+                errs.push(c.path.clone(), "needs id or name");
+            }
             None
         }
     };
     c.finish(errs);
     r
+}
+
+/// What a connection id must look like.
+const ID_RULE: &str = "must be a connection id: a UUID such as \"6f1c2a9e-4b7d-4c1e-9a53-2b8f0d7e1a11\" \
+     (Qlik answers 400 to any other id); to name a connection, use { name = \"…\", space = \"…\" }";
+/// Longest connection name accepted (bytes).
+pub const MAX_CONNECTION_NAME: usize = 256;
+/// Longest space id accepted (bytes); Qlik's are 24 hex digits.
+pub const MAX_SPACE_ID: usize = 64;
+
+/// `8-4-4-4-12` hex digits (either case): the form Qlik gives connection ids in. GET one
+/// answers 400 when qID is not a valid UUID (qlik-api-facts.md §2).
+pub fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// A value that goes into a URL path segment: not `.` or `..` (no URL can carry them: they
+/// are removed even percent-encoded), no control characters, at most `max` bytes.
+fn segment_ok(s: &str, max: usize) -> bool {
+    !matches!(s.trim(), "." | "..") && walk::check_text(s, max).is_ok()
 }
 
 fn string_list(t: &mut Table<'_>, key: &'static str, errs: &mut Errors) -> Option<Vec<String>> {
@@ -872,7 +1313,7 @@ fn job_spec(t: &mut Table<'_>, errs: &mut Errors) -> Option<BuildSpec> {
                 None => {
                     errs.push(
                         t.key_path("connector"),
-                        format!("unknown connector {id:?} (see `qlik-rotator connectors`, or use connector = \"generic\")"),
+                        "unknown connector (see `qlik-rotator connectors`, or use connector = \"generic\")",
                     );
                     None
                 }
@@ -883,9 +1324,8 @@ fn job_spec(t: &mut Table<'_>, errs: &mut Errors) -> Option<BuildSpec> {
                         errs.push(
                             t.key_path("scheme"),
                             format!(
-                                "connector {:?} has no scheme {:?} (expected one of: {})",
+                                "connector {:?} has no such scheme (expected one of: {})",
                                 c.id,
-                                scheme_name.as_deref().unwrap_or(""),
                                 names.join(", ")
                             ),
                         );
@@ -915,10 +1355,10 @@ fn job_spec(t: &mut Table<'_>, errs: &mut Errors) -> Option<BuildSpec> {
         .and_then(|e| match e.as_str() {
             "raw" => Some(FileEncoding::Raw),
             "base64" => Some(FileEncoding::Base64),
-            other => {
+            _ => {
                 errs.push(
                     t.key_path("file_encoding"),
-                    format!("expected \"raw\" or \"base64\", found {other:?}"),
+                    "expected \"raw\" or \"base64\"",
                 );
                 None
             }
@@ -930,10 +1370,10 @@ fn job_spec(t: &mut Table<'_>, errs: &mut Errors) -> Option<BuildSpec> {
         .and_then(|m| match m.as_str() {
             "patch" => Some(SeparateMode::Patch),
             "data_credentials" => Some(SeparateMode::DataCredentials),
-            other => {
+            _ => {
                 errs.push(
                     t.key_path("separate_credentials"),
-                    format!("expected \"patch\" or \"data_credentials\", found {other:?}"),
+                    "expected \"patch\" or \"data_credentials\"",
                 );
                 None
             }
@@ -1012,7 +1452,7 @@ fn daemon_section(mut t: Table<'_>, base: &Path, errs: &mut Errors) -> DaemonCon
         .opt_u64("max_concurrent_rotations", 1..=1024, errs)
         .unwrap_or(4) as usize;
     let shutdown_grace_period = t
-        .opt_duration("shutdown_grace_period", errs)
+        .opt_duration("shutdown_grace_period", RANGE_SHUTDOWN_GRACE, errs)
         .unwrap_or(Duration::from_secs(30));
     let max_attempts_per_run = t.opt_u64("max_attempts_per_run", 1..=10, errs).unwrap_or(3) as u32;
     t.finish(errs);
@@ -1032,7 +1472,7 @@ fn metrics_section(mut t: Table<'_>, base: &Path, errs: &mut Errors) -> Option<M
             Err(_) => {
                 errs.push(
                     t.key_path("listen"),
-                    format!("expected an address such as \"127.0.0.1:9464\", found {s:?}"),
+                    "expected an IP address and port such as \"127.0.0.1:9464\"",
                 );
                 None
             }

@@ -26,7 +26,7 @@ api_key_env = "QLIK_API_KEY"
 type = "aws_secrets_manager"
 [[jobs]]
 name = "a"
-connection = { id = "c1" }
+connection = { id = "00000001-0000-4000-8000-000000000001" }
 connector = "mssql"
 source = "aws"
 secret = "prod/a"
@@ -112,19 +112,19 @@ type = "aws_secrets_manager"
 type = "hashicorp"
 [[jobs]]
 name = "ok-1"
-connection = { id = "c1" }
+connection = { id = "00000001-0000-4000-8000-000000000001" }
 connector = "mssql"
 source = "aws"
 secret = "s"
 [[jobs]]
 name = "bad name!"
-connection = { id = "c2", name = "x" }
+connection = { id = "00000002-0000-4000-8000-000000000002", name = "x" }
 connector = "mssql"
 source = "aws"
 secret = "s"
 [[jobs]]
 name = "ok-1"
-connection = { id = "c3" }
+connection = { id = "00000003-0000-4000-8000-000000000003" }
 connector = "foo"
 source = "nowhere"
 secret = "s"
@@ -135,7 +135,7 @@ timezone = "Mars/Olympus"
 jitter = "soon"
 [[jobs]]
 name = "s3"
-connection = { id = "c4" }
+connection = { id = "00000004-0000-4000-8000-000000000004" }
 connector = "File_AmazonS3ConnectorV2"
 source = "aws"
 [jobs.fields]
@@ -151,18 +151,18 @@ listen = "nine-four-six-four"
             "qlik.api_key_env: the Qlik API key is required: set api_key_env or api_key_file",
             "qlik.max_attempts: expected a whole number from 1 to 10, found 99",
             "qlik.colour: unknown key (expected one of: api_key, api_key_env, api_key_file, max_attempts, max_response_bytes, oauth, request_timeout, tenant_url, write_budget_per_min)",
-            "sources.vault.type: unknown source type \"hashicorp\" (expected \"aws_secrets_manager\" or \"file\")",
+            "sources.vault.type: unknown source type (expected \"aws_secrets_manager\" or \"file\")",
             "jobs[1].name: use 1 to 64 characters from A-Z, a-z, 0-9, '-', '_' and '.'",
             "jobs[1].connection.id: set either id or name, not both",
-            "jobs[2].connector: unknown connector \"foo\" (see `qlik-rotator connectors`, or use connector = \"generic\")",
-            "jobs[2].source: no source named \"nowhere\" (defined: aws)",
+            "jobs[2].connector: unknown connector (see `qlik-rotator connectors`, or use connector = \"generic\")",
+            "jobs[2].source: names no [sources.<name>] table (defined: aws)",
             "jobs[2].version_id: set either version_stage or version_id, not both",
             "jobs[2].schedule: not a 6-field cron expression with seconds (e.g. \"0 */15 * * * *\"): Invalid pattern: Pattern must have 6 or 7 fields when seconds are required and years are optional.",
-            "jobs[2].timezone: unknown time zone \"Mars/Olympus\" (use an IANA name such as \"Europe/Paris\")",
-            "jobs[2].jitter: expected a duration such as \"30s\", \"5m\" or \"1h\", found \"soon\"",
+            "jobs[2].timezone: unknown time zone (use an IANA name such as \"Europe/Paris\")",
+            "jobs[2].jitter: expected a duration from 0s to 1h (such as \"30s\", \"5m\" or \"1h\"), found text (not shown)",
             "jobs[3].fields.password: \"password\" is not a credential property of scheme \"access_key\" (expected one of: accessKey, secretKey)",
             "jobs[3].secret: is required",
-            "metrics.listen: expected an address such as \"127.0.0.1:9464\", found \"nine-four-six-four\"",
+            "metrics.listen: expected an IP address and port such as \"127.0.0.1:9464\"",
         ]
     );
 }
@@ -170,7 +170,7 @@ listen = "nine-four-six-four"
 #[test]
 fn duplicate_names_and_missing_sections() {
     let text = format!(
-        "{MINIMAL}\n[[jobs]]\nname = \"a\"\nconnection = {{ id = \"c2\" }}\nconnector = \"gbq\"\nsource = \"aws\"\nsecret = \"s\"\n"
+        "{MINIMAL}\n[[jobs]]\nname = \"a\"\nconnection = {{ id = \"00000002-0000-4000-8000-000000000002\" }}\nconnector = \"gbq\"\nsource = \"aws\"\nsecret = \"s\"\n"
     );
     assert_eq!(
         errors(&text),
@@ -215,7 +215,10 @@ fn oauth_and_secret_locators() {
         ]
     );
     let loc = SecretLocator::Env("K".into());
-    assert!(loc.read(&env(&[])).unwrap_err().contains("K is not set"));
+    assert_eq!(
+        loc.read(&env(&[])).unwrap_err(),
+        "the environment variable it names is not set"
+    );
     assert!(
         loc.read(&env(&[("K", "  ")]))
             .unwrap_err()
@@ -246,13 +249,13 @@ fn jobs_with_equal_specs_share_one() {
         "{MINIMAL}
 [[jobs]]
 name = \"b\"
-connection = {{ id = \"c2\" }}
+connection = {{ id = \"00000002-0000-4000-8000-000000000002\" }}
 connector = \"mssql\"
 source = \"aws\"
 secret = \"prod/b\"
 [[jobs]]
 name = \"c\"
-connection = {{ id = \"c3\" }}
+connection = {{ id = \"00000003-0000-4000-8000-000000000003\" }}
 connector = \"mssql\"
 source = \"aws\"
 secret = \"prod/c\"
@@ -294,4 +297,613 @@ fn max_response_bytes_has_a_default_and_a_documented_range() {
             "{bad}: {errs:?}"
         );
     }
+}
+
+const CANARY: &str = "CANARY-7f3e9b1d";
+const UUID_A: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+const UUID_B: &str = "bbbbbbbb-0000-4000-8000-000000000002";
+
+/// `MINIMAL` with `from` replaced by `to` (which must occur).
+fn with(from: &str, to: &str) -> String {
+    assert!(MINIMAL.contains(from), "{from}");
+    MINIMAL.replacen(from, to, 1)
+}
+
+/// The errors of `text`, asserting that none of them quotes the canary.
+fn errors_without_canary(text: &str) -> Vec<String> {
+    let errs = errors(text);
+    for e in &errs {
+        assert!(!e.contains(CANARY), "canary leaked: {e}");
+        assert!(!e.contains("7f3e9b1d"), "canary leaked: {e}");
+    }
+    errs
+}
+
+#[test]
+fn a_toml_syntax_error_gives_line_column_and_key_but_never_the_line() {
+    // An unterminated string: the parser's own report quotes the whole line.
+    let text = with(
+        "api_key_env = \"QLIK_API_KEY\"",
+        &format!("api_key_env = \"{CANARY}"),
+    );
+    assert_eq!(
+        errors_without_canary(&text),
+        [
+            "qlik.api_key_env: not valid TOML at line 4, column 31: invalid basic string, expected `\"`"
+        ]
+    );
+    // A secret pasted on a line of its own inside [[jobs]] parses as a key: the table is named,
+    // the "key" is not.
+    let text = format!("{MINIMAL}{CANARY}\n");
+    let errs = errors_without_canary(&text);
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0].starts_with("jobs[0]: not valid TOML at line 13, column 16:"),
+        "{errs:?}"
+    );
+    // A bare (unquoted) secret as a value, in the second job.
+    let text = format!("{MINIMAL}[[jobs]]\nname = \"b\"\nsecret = {CANARY}-x\n");
+    let errs = errors_without_canary(&text);
+    assert!(
+        errs[0].starts_with("jobs[1].secret: not valid TOML at line 15, column 10:"),
+        "{errs:?}"
+    );
+    // A value after a complete string; a table header that is not in the schema.
+    let text = format!("[x{CANARY}]\nsecret = \"a\" {CANARY}\n");
+    let errs = errors_without_canary(&text);
+    assert_eq!(
+        errs,
+        [
+            "<file>: not valid TOML at line 2, column 14: unexpected key or value, expected newline, `#`"
+        ]
+    );
+    // Without the fix the message was the parser's report, with the line in it.
+    assert!(!errs[0].contains(" | "));
+}
+
+#[test]
+fn secret_locators_must_look_like_a_name_or_a_path_and_are_never_shown() {
+    for (from, to, key) in [
+        (
+            "api_key_env = \"QLIK_API_KEY\"",
+            format!("api_key_env = \"eyJhbGciOiJFUzM4NCJ9.{CANARY}\""),
+            "qlik.api_key_env",
+        ),
+        (
+            "api_key_env = \"QLIK_API_KEY\"",
+            format!("api_key_env = \"9{CANARY}\""),
+            "qlik.api_key_env",
+        ),
+        (
+            "api_key_env = \"QLIK_API_KEY\"",
+            format!("api_key_env = \"A{}\"", "B".repeat(256)),
+            "qlik.api_key_env",
+        ),
+        (
+            "api_key_env = \"QLIK_API_KEY\"",
+            format!("api_key_file = \"/run/{CANARY}\\nsecond line\""),
+            "qlik.api_key_file",
+        ),
+        (
+            "api_key_env = \"QLIK_API_KEY\"",
+            format!("api_key_file = \"/{}{CANARY}\"", "a".repeat(4096)),
+            "qlik.api_key_file",
+        ),
+        (
+            "api_key_env = \"QLIK_API_KEY\"",
+            format!("[qlik.oauth]\nclient_id = \"cid\"\nclient_secret_env = \"{CANARY}\""),
+            "qlik.oauth.client_secret_env",
+        ),
+    ] {
+        let errs = errors_without_canary(&with(from, &to));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with(&format!("{key}: must be ")), "{errs:?}");
+        assert!(errs[0].contains("not the secret itself"), "{errs:?}");
+    }
+    // At read time, a locator that fails the shape check is not even looked up, and nothing
+    // names the variable or the file.
+    let bad = SecretLocator::Env(format!("eyJ.{CANARY}"));
+    let err = bad
+        .read(&env(&[(&format!("eyJ.{CANARY}"), "x")]))
+        .unwrap_err();
+    assert!(
+        !err.contains(CANARY) && err.contains("environment variable"),
+        "{err}"
+    );
+    let missing = SecretLocator::File(format!("/nonexistent/{CANARY}").into());
+    let err = missing.read(&env(&[])).unwrap_err();
+    assert!(
+        !err.contains(CANARY) && err.contains("cannot be read"),
+        "{err}"
+    );
+    assert!(!missing.describe().contains(CANARY));
+    let unset = SecretLocator::Env(format!("V{}", CANARY.replace('-', "_")));
+    let err = unset.read(&env(&[])).unwrap_err();
+    assert!(!err.contains("7f3e9b1d"), "{err}");
+}
+
+#[test]
+fn no_string_value_is_quoted_in_any_error() {
+    // One pasted secret in every string key that is not a locator.
+    let text = format!(
+        r#"
+[qlik]
+tenant_url = "https://acme.eu.qlikcloud.com"
+api_key_env = "QLIK_API_KEY"
+request_timeout = "{CANARY}"
+max_attempts = "{CANARY}"
+[sources.aws]
+type = "{CANARY}"
+[sources.aws2]
+type = "aws_secrets_manager"
+region = "{CANARY}"
+endpoint_url = "{CANARY}"
+[[jobs]]
+name = "{CANARY}!"
+connection = {{ id = "{CANARY}" }}
+connector = "{CANARY}"
+source = "{CANARY}"
+secret = "s"
+schedule = "{CANARY} * * * * *"
+timezone = "{CANARY}"
+jitter = "{CANARY}"
+max_age = "{CANARY}"
+run_on_start = "{CANARY}"
+[[jobs]]
+name = "b"
+connection = {{ name = "{CANARY}", space = ".." }}
+connector = "mssql"
+scheme = "{CANARY}"
+source = "aws2"
+secret = "s"
+file_encoding = "{CANARY}"
+separate_credentials = "{CANARY}"
+[daemon]
+max_concurrent_rotations = "{CANARY}"
+shutdown_grace_period = "{CANARY}"
+[metrics]
+listen = "{CANARY}"
+"#
+    );
+    let errs = errors_without_canary(&text);
+    let keys: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap()).collect();
+    assert_eq!(
+        keys,
+        [
+            "qlik.request_timeout",
+            "qlik.max_attempts",
+            "sources.aws.type",
+            "sources.aws2.region",
+            "sources.aws2.endpoint_url",
+            "jobs[0].name",
+            "jobs[0].connection.id",
+            "jobs[0].connector",
+            "jobs[0].source",
+            "jobs[0].schedule",
+            "jobs[0].timezone",
+            "jobs[0].jitter",
+            "jobs[0].run_on_start",
+            "jobs[0].max_age",
+            "jobs[1].connection.space",
+            "jobs[1].scheme",
+            "jobs[1].file_encoding",
+            "jobs[1].separate_credentials",
+            "daemon.max_concurrent_rotations",
+            "daemon.shutdown_grace_period",
+            "metrics.listen",
+        ],
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn urls_refuse_credentials_query_fragment_and_path_without_quoting_them() {
+    let cases = [
+        (
+            format!("https://admin:{CANARY}@acme.eu.qlikcloud.com"),
+            "must not contain a user name or password",
+        ),
+        (
+            format!("https://{CANARY}@acme.eu.qlikcloud.com"),
+            "must not contain a user name or password",
+        ),
+        (
+            format!("http://admin:{CANARY}@127.0.0.1:9"),
+            "must not contain a user name or password",
+        ),
+        (
+            format!("https://acme.eu.qlikcloud.com/?key={CANARY}"),
+            "must not contain a query",
+        ),
+        (
+            format!("https://acme.eu.qlikcloud.com/#{CANARY}"),
+            "must not contain a fragment",
+        ),
+        (
+            "https://acme.eu.qlikcloud.com/api/v1".to_owned(),
+            "must not contain a path",
+        ),
+        (
+            "https://acme.eu.qlikcloud.com/api/v1/data-connections".to_owned(),
+            "must not contain a path",
+        ),
+        (
+            format!("ftp://acme.eu.qlikcloud.com/{CANARY}"),
+            "must be an https:// URL",
+        ),
+        (CANARY.to_string(), "not a valid URL"),
+    ];
+    for (url, why) in &cases {
+        let errs = errors_without_canary(&with("https://acme.eu.qlikcloud.com", url));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("qlik.tenant_url: ") && e.contains(why)),
+            "{url}: {errs:?}"
+        );
+        let endpoint = with(
+            "type = \"aws_secrets_manager\"",
+            &format!("type = \"aws_secrets_manager\"\nendpoint_url = \"{url}\""),
+        );
+        let errs = errors_without_canary(&endpoint);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("sources.aws.endpoint_url: ") && e.contains(why)),
+            "{url}: {errs:?}"
+        );
+    }
+    // A trailing slash is the base URL itself; a loopback endpoint over http is fine.
+    let ok = with(
+        "https://acme.eu.qlikcloud.com",
+        "https://acme.eu.qlikcloud.com/",
+    );
+    assert!(load_str(&ok, Path::new("/"), &env(&[])).is_ok());
+    let ok = with(
+        "type = \"aws_secrets_manager\"",
+        "type = \"aws_secrets_manager\"\nendpoint_url = \"http://127.0.0.1:5000\"\nregion = \"us-east-1\"",
+    );
+    let cfg = load_str(&ok, Path::new("/"), &env(&[])).unwrap();
+    assert_eq!(
+        cfg.sources["aws"],
+        SourceConfig::AwsSecretsManager {
+            region: Some("us-east-1".into()),
+            endpoint_url: Some("http://127.0.0.1:5000".into())
+        }
+    );
+}
+
+#[test]
+fn every_number_and_duration_has_a_range() {
+    let big = u64::MAX.to_string();
+    let cases: Vec<(&str, &str, String, &str)> = vec![
+        (
+            "[qlik]",
+            "qlik.request_timeout",
+            "\"0s\"".into(),
+            "from 1s to 10m",
+        ),
+        (
+            "[qlik]",
+            "qlik.request_timeout",
+            "\"11m\"".into(),
+            "from 1s to 10m",
+        ),
+        (
+            "[qlik]",
+            "qlik.request_timeout",
+            "\"999ms\"".into(),
+            "found 999ms",
+        ),
+        (
+            "[qlik]",
+            "qlik.max_attempts",
+            "0".into(),
+            "from 1 to 10, found 0",
+        ),
+        (
+            "[qlik]",
+            "qlik.max_attempts",
+            "11".into(),
+            "from 1 to 10, found 11",
+        ),
+        (
+            "[qlik]",
+            "qlik.max_attempts",
+            "-1".into(),
+            "from 1 to 10, found -1",
+        ),
+        (
+            "[qlik]",
+            "qlik.max_attempts",
+            "2.5".into(),
+            "from 1 to 10, found 2.5",
+        ),
+        (
+            "[qlik]",
+            "qlik.write_budget_per_min",
+            "100001".into(),
+            "from 0 to 100000",
+        ),
+        (
+            "[[jobs]]",
+            "jobs[0].jitter",
+            format!("\"{big}s\""),
+            "from 0s to 1h",
+        ),
+        (
+            "[[jobs]]",
+            "jobs[0].jitter",
+            "\"61m\"".into(),
+            "from 0s to 1h",
+        ),
+        (
+            "[[jobs]]",
+            "jobs[0].max_age",
+            format!("\"{big}\""),
+            "from 1m to 400d",
+        ),
+        (
+            "[[jobs]]",
+            "jobs[0].max_age",
+            "\"0s\"".into(),
+            "from 1m to 400d",
+        ),
+        (
+            "[[jobs]]",
+            "jobs[0].max_age",
+            "\"401d\"".into(),
+            "found 401d",
+        ),
+        (
+            "[daemon]",
+            "daemon.max_concurrent_rotations",
+            "0".into(),
+            "from 1 to 1024",
+        ),
+        (
+            "[daemon]",
+            "daemon.max_concurrent_rotations",
+            "1025".into(),
+            "from 1 to 1024",
+        ),
+        (
+            "[daemon]",
+            "daemon.max_attempts_per_run",
+            "0".into(),
+            "from 1 to 10",
+        ),
+        (
+            "[daemon]",
+            "daemon.max_attempts_per_run",
+            "11".into(),
+            "from 1 to 10",
+        ),
+        (
+            "[daemon]",
+            "daemon.shutdown_grace_period",
+            "\"0s\"".into(),
+            "from 1s to 1h",
+        ),
+        (
+            "[daemon]",
+            "daemon.shutdown_grace_period",
+            "\"2h\"".into(),
+            "from 1s to 1h",
+        ),
+    ];
+    println!("{} range cases", cases.len());
+    for (table, key, value, why) in &cases {
+        let short = key.rsplit('.').next().unwrap();
+        let text = insert(table, &format!("{short} = {value}"));
+        let errs = errors(&text);
+        assert!(
+            errs.len() == 1
+                && errs[0].starts_with(&format!("{key}: expected "))
+                && errs[0].contains(why),
+            "{key} = {value}: {errs:?}"
+        );
+    }
+    // The bounds themselves are accepted.
+    for (table, line) in [
+        ("[qlik]", "request_timeout = \"1s\""),
+        ("[qlik]", "request_timeout = \"10m\""),
+        ("[[jobs]]", "jitter = \"0s\""),
+        ("[[jobs]]", "jitter = \"1h\""),
+        ("[[jobs]]", "max_age = \"1m\""),
+        ("[[jobs]]", "max_age = \"400d\""),
+        ("[daemon]", "shutdown_grace_period = \"1s\""),
+        ("[daemon]", "shutdown_grace_period = \"1h\""),
+    ] {
+        let text = insert(table, line);
+        assert!(load_str(&text, Path::new("/"), &env(&[])).is_ok(), "{line}");
+    }
+}
+
+/// `MINIMAL` with `line` added to `table` (`[daemon]` is appended when missing).
+fn insert(table: &str, line: &str) -> String {
+    if MINIMAL.contains(table) {
+        MINIMAL.replacen(table, &format!("{table}\n{line}"), 1)
+    } else {
+        format!("{MINIMAL}{table}\n{line}\n")
+    }
+}
+
+#[test]
+fn connection_ids_must_be_uuids_and_names_usable_as_a_path_segment() {
+    let long = "n".repeat(257);
+    let cases = [
+        ("{ id = \"..\" }".to_string(), "jobs[0].connection.id"),
+        ("{ id = \".\" }".to_string(), "jobs[0].connection.id"),
+        ("{ id = \"c1\" }".to_string(), "jobs[0].connection.id"),
+        (
+            format!("{{ id = \"../{UUID_A}\" }}"),
+            "jobs[0].connection.id",
+        ),
+        (
+            format!("{{ id = \"{}\" }}", UUID_A.replace('-', "")),
+            "jobs[0].connection.id",
+        ),
+        (
+            format!("{{ id = \"{{{UUID_A}}}\" }}"),
+            "jobs[0].connection.id",
+        ),
+        (
+            format!("{{ id = \"{UUID_A}?x=1\" }}"),
+            "jobs[0].connection.id",
+        ),
+        ("{ name = \"..\" }".to_string(), "jobs[0].connection.name"),
+        (
+            "{ name = \".\", space = \"s\" }".to_string(),
+            "jobs[0].connection.name",
+        ),
+        (
+            "{ name = \"a\\u0000b\" }".to_string(),
+            "jobs[0].connection.name",
+        ),
+        (
+            "{ name = \"a\\nb\" }".to_string(),
+            "jobs[0].connection.name",
+        ),
+        (
+            format!("{{ name = \"{long}\" }}"),
+            "jobs[0].connection.name",
+        ),
+        (
+            "{ name = \"x\", space = \"..\" }".to_string(),
+            "jobs[0].connection.space",
+        ),
+        (
+            format!("{{ name = \"x\", space = \"{}\" }}", "s".repeat(65)),
+            "jobs[0].connection.space",
+        ),
+        (
+            "{ name = \"x\", space = \"\\u001b[2J\" }".to_string(),
+            "jobs[0].connection.space",
+        ),
+    ];
+    for (conn, key) in &cases {
+        let text = with(
+            "connection = { id = \"00000001-0000-4000-8000-000000000001\" }",
+            &format!("connection = {conn}"),
+        );
+        let errs = errors(&text);
+        assert!(
+            errs.len() == 1 && errs[0].starts_with(&format!("{key}: must ")),
+            "{conn}: {errs:?}"
+        );
+        assert!(!errs[0].contains('\u{1b}') && !errs[0].contains("nnnnnnnn"));
+    }
+    // Upper-case hex is a UUID too; a name may hold '/', '?', '#', '%' (the client encodes).
+    for conn in [
+        format!("{{ id = \"{}\" }}", UUID_A.to_uppercase()),
+        "{ name = \"a/b?c#d%2e%2e ..\", space = \"5f8e9a0b1c2d3e4f5a6b7c8d\" }".to_owned(),
+    ] {
+        let text = with(
+            "connection = { id = \"00000001-0000-4000-8000-000000000001\" }",
+            &format!("connection = {conn}"),
+        );
+        assert!(load_str(&text, Path::new("/"), &env(&[])).is_ok(), "{conn}");
+    }
+}
+
+fn two_jobs(a: &str, b: &str) -> String {
+    format!(
+        "{}[[jobs]]\nname = \"b\"\n{b}\nconnector = \"mssql\"\nsource = \"aws\"\nsecret = \"prod/b\"\n",
+        with(
+            "connection = { id = \"00000001-0000-4000-8000-000000000001\" }",
+            a
+        )
+    )
+}
+
+#[test]
+fn two_jobs_on_one_connection_are_refused_unless_both_opt_in() {
+    let by_id = format!("connection = {{ id = \"{UUID_A}\" }}");
+    let by_id_upper = format!("connection = {{ id = \"{}\" }}", UUID_A.to_uppercase());
+    let by_name = "connection = { name = \"Finance SQL\", space = \"fin\" }";
+    let dup = |errs: Vec<String>| {
+        assert_eq!(
+            errs,
+            [
+                "jobs[1].connection: job \"b\" patches the same connection as job \"a\" (jobs[0]); one connection gets one job, or set allow_shared_connection = true on both"
+            ]
+        );
+    };
+    dup(errors(&two_jobs(&by_id, &by_id)));
+    dup(errors(&two_jobs(&by_id, &by_id_upper)));
+    dup(errors(&two_jobs(by_name, by_name)));
+    // Within a fan-out job, and across a fan-out and a single job.
+    let fan = format!(
+        "connections = [{{ id = \"{UUID_B}\" }}, {{ id = \"{}\" }}]",
+        UUID_A.to_uppercase()
+    );
+    let errs = errors(&two_jobs(&by_id, &fan));
+    assert_eq!(
+        errs,
+        [
+            "jobs[1].connections[1]: job \"b\" patches the same connection as job \"a\" (jobs[0]); one connection gets one job, or set allow_shared_connection = true on both"
+        ]
+    );
+    let twice = format!(
+        "connections = [{{ id = \"{UUID_A}\" }}, {{ id = \"{}\" }}]",
+        UUID_A.to_uppercase()
+    );
+    assert_eq!(
+        errors(&with(
+            "connection = { id = \"00000001-0000-4000-8000-000000000001\" }",
+            &twice
+        )),
+        ["jobs[0].connections[1]: duplicate connection"]
+    );
+    // One opt-in is not enough; both are.
+    let opt = |c: &str| format!("{c}\nallow_shared_connection = true");
+    assert_eq!(errors(&two_jobs(&by_id, &opt(&by_id))).len(), 1);
+    let cfg = load_str(
+        &two_jobs(&opt(&by_id), &opt(&by_id)),
+        Path::new("/"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert!(cfg.jobs.iter().all(|j| j.allow_shared_connection));
+    // Same name in another space (or none) is another connection.
+    let other = "connection = { name = \"Finance SQL\", space = \"sales\" }";
+    assert!(load_str(&two_jobs(by_name, other), Path::new("/"), &env(&[])).is_ok());
+    let none = "connection = { name = \"Finance SQL\" }";
+    assert!(load_str(&two_jobs(by_name, none), Path::new("/"), &env(&[])).is_ok());
+}
+
+#[test]
+fn a_public_admin_listener_is_a_warning() {
+    let warn = |listen: &str, admin: bool| {
+        let mut text = format!("{MINIMAL}[metrics]\nlisten = \"{listen}\"\n");
+        if admin {
+            text.push_str("admin_token_file = \"/run/secrets/admin\"\n");
+        }
+        load_str(&text, Path::new("/"), &env(&[]))
+            .unwrap()
+            .warnings()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    let w = warn("0.0.0.0:9464", true);
+    assert_eq!(w.len(), 1);
+    assert!(w[0].starts_with("metrics.listen: the admin API"), "{w:?}");
+    assert!(w[0].contains("0.0.0.0:9464"));
+    assert_eq!(warn("[::]:9464", true).len(), 1);
+    assert_eq!(warn("10.1.2.3:9464", true).len(), 1);
+    assert!(warn("127.0.0.1:9464", true).is_empty());
+    assert!(warn("[::1]:9464", true).is_empty());
+    assert!(warn("0.0.0.0:9464", false).is_empty());
+}
+
+#[test]
+fn key_names_from_the_file_are_printed_escaped() {
+    let text =
+        format!("{MINIMAL}[sources.\"\\u001b[31mred\"]\ntype = \"file\"\npath = \"v\"\nx = 1\n");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("sources.\\u{1b}[31mred.x: unknown key"),
+        "{errs:?}"
+    );
 }

@@ -14,9 +14,33 @@ pub struct ConfigError {
 }
 
 impl std::fmt::Display for ConfigError {
+    /// Control characters are escaped and the path is capped: key names come from the file
+    /// (`[sources."\u001b…"]`) and must not drive the terminal.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
+        write!(
+            f,
+            "{}: {}",
+            printable(&self.path, 200),
+            printable(&self.message, 2000)
+        )
     }
+}
+
+/// `s` with control characters escaped (`\u{1b}`), cut to `max` characters (then `…`).
+pub fn printable(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Collects errors.
@@ -83,14 +107,21 @@ impl<'a> Table<'a> {
         self.map.contains_key(key)
     }
 
-    /// An optional string.
+    /// An optional string. Empty strings, control characters and more than
+    /// [`MAX_STRING_LEN`] bytes are refused (without quoting the value).
     pub fn opt_str(&mut self, key: &'static str, errs: &mut Errors) -> Option<String> {
         match self.get(key)? {
             Value::String(s) if s.trim().is_empty() => {
                 errs.push(self.key_path(key), "must not be empty");
                 None
             }
-            Value::String(s) => Some(s.clone()),
+            Value::String(s) => match check_text(s, MAX_STRING_LEN) {
+                Ok(()) => Some(s.clone()),
+                Err(why) => {
+                    errs.push(self.key_path(key), why);
+                    None
+                }
+            },
             other => {
                 errs.push(
                     self.key_path(key),
@@ -158,17 +189,28 @@ impl<'a> Table<'a> {
         }
     }
 
-    /// An optional duration such as `"30s"`, `"5m"`, `"1h"`, `"250ms"`.
-    pub fn opt_duration(&mut self, key: &'static str, errs: &mut Errors) -> Option<Duration> {
+    /// An optional duration such as `"30s"`, `"5m"`, `"1h"`, `"250ms"`, within `range`
+    /// (every duration key has a documented range: see the README configuration table).
+    pub fn opt_duration(
+        &mut self,
+        key: &'static str,
+        range: std::ops::RangeInclusive<Duration>,
+        errs: &mut Errors,
+    ) -> Option<Duration> {
         let v = self.get(key)?;
         match v.as_str().and_then(parse_duration) {
-            Some(d) => Some(d),
-            None => {
+            Some(d) if range.contains(&d) => Some(d),
+            parsed => {
                 errs.push(
                     self.key_path(key),
                     format!(
-                        "expected a duration such as \"30s\", \"5m\" or \"1h\", found {}",
-                        shown(v)
+                        "expected a duration from {} to {} (such as \"30s\", \"5m\" or \"1h\"), found {}",
+                        format_duration(*range.start()),
+                        format_duration(*range.end()),
+                        match parsed {
+                            Some(d) => format_duration(d),
+                            None => shown(v),
+                        }
                     ),
                 );
                 None
@@ -221,14 +263,47 @@ pub fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// A value for an error message: scalars as written (config values are not secrets, since
-/// secrets are never accepted inline), containers by kind.
-fn shown(v: &Value) -> String {
+/// Longest string value accepted anywhere (paths are capped at 4096 bytes by the OS; nothing
+/// in a configuration needs more).
+pub const MAX_STRING_LEN: usize = 4096;
+
+/// Why `s` is not acceptable text for a configuration value: control characters (a pasted
+/// multi-line secret, terminal escapes) or more than `max` bytes. Never quotes `s`.
+pub fn check_text(s: &str, max: usize) -> Result<(), String> {
+    if s.len() > max {
+        return Err(format!("is longer than {max} bytes"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err("must not contain control characters (newlines, tabs, escapes)".to_owned());
+    }
+    Ok(())
+}
+
+/// A value for an error message. The rule: numbers and booleans are shown as written; a
+/// string is never shown, whatever the key, because any string key could have received a
+/// pasted secret. Messages say what the value must look like instead.
+pub fn shown(v: &Value) -> String {
     match v {
-        Value::String(s) => format!("{s:?}"),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
+        Value::String(_) => "text (not shown)".to_owned(),
         other => kind(other).to_owned(),
+    }
+}
+
+/// `250ms`, `30s`, `5m`, `1h`, `366d`: the largest unit that divides the duration.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    match s {
+        0 => "0s".to_owned(),
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
 

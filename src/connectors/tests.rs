@@ -403,14 +403,14 @@ type = "file"
 path = "vault"
 [[jobs]]
 name = "sf"
-connection = { id = "c1" }
+connection = { id = "00000001-0000-4000-8000-000000000001" }
 connector = "snowflake"
 scheme = "oauth"
 source = "local"
 secret = "sf"
 [[jobs]]
 name = "api"
-connection = { id = "c2" }
+connection = { id = "00000002-0000-4000-8000-000000000002" }
 connector = "rest"
 scheme = "header"
 source = "local"
@@ -426,7 +426,7 @@ secret = "api"
     assert_eq!(
         errs,
         [
-            "jobs[0].scheme: connector \"snowflake\" has no scheme \"oauth\" (expected one of: password, key_pair)",
+            "jobs[0].scheme: connector \"snowflake\" has no such scheme (expected one of: password, key_pair)",
             "jobs[1].header: is required by scheme \"header\": the name of the queryHeaders entry holding the token (e.g. \"Authorization\")",
         ]
     );

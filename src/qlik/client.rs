@@ -232,15 +232,29 @@ impl QlikClient {
         self.token_requests.load(Ordering::Relaxed)
     }
 
+    /// The base URL plus `segments`, each percent-encoded whole (every byte but `A-Za-z0-9-_.~`),
+    /// so an id or name can never add a segment, a query or a fragment. `.`, `..` and empty
+    /// segments cannot be carried by any URL (RFC 3986 §5.2.4 and the WHATWG parser remove
+    /// them, even as `%2E`), so they are sent double-encoded (`%252E%252E`): a segment that names
+    /// nothing, answered 400/404, never the parent collection. Config validation refuses such
+    /// ids and names at load; only a hostile response could bring one here.
     fn url(&self, segments: &[&str]) -> Url {
-        let mut url = self.base.clone();
-        {
-            let mut path = url.path_segments_mut().expect("tenant URL is a base URL");
-            path.pop_if_empty();
-            for s in segments {
-                path.push(s);
+        const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'.')
+            .remove(b'~');
+        let mut path = self.base.path().trim_end_matches('/').to_owned();
+        for s in segments {
+            path.push('/');
+            match *s {
+                "" => path.push_str("%2500"),
+                "." | ".." => path.push_str(&"%252E".repeat(s.len())),
+                s => path.extend(percent_encoding::utf8_percent_encode(s, SEGMENT)),
             }
         }
+        let mut url = self.base.clone();
+        url.set_path(&path);
         url
     }
 
