@@ -481,17 +481,24 @@ fn read_state(path: &Path) -> Result<BTreeMap<String, JobState>, StateError> {
     };
     let meta = file.metadata().map_err(io_err(path, "cannot read"))?;
     check_mode(path, &meta, "600")?;
-    let mut bytes = Vec::new();
-    file.take(MAX_STATE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_err(path, "cannot read"))?;
-    if bytes.len() as u64 > MAX_STATE_BYTES {
+    let too_large = || {
         tracing::warn!(
             path = %path.display(),
             limit_bytes = MAX_STATE_BYTES,
             "The state file is larger than the limit; starting fresh (every job will rotate once)."
         );
-        return Ok(BTreeMap::new());
+        Ok(BTreeMap::new())
+    };
+    if meta.len() > MAX_STATE_BYTES {
+        return too_large();
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(path, "cannot read"))?;
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        // (It grew after the size check.)
+        return too_large();
     }
     match serde_json::from_slice::<StateFile>(&bytes) {
         Ok(s) => Ok(s.jobs),

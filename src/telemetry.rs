@@ -58,9 +58,14 @@ pub enum LogFormat {
 pub fn init(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},tokio_cron_scheduler=warn")));
+    // Colours only for a person at a terminal: in a file, a pipe or journald, escape
+    // sequences are noise (and a line's bytes should be what the event said).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let layer = match format {
         LogFormat::Pretty => fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(ansi)
             .compact()
             .with_target(false)
             .boxed(),
