@@ -875,11 +875,53 @@ async fn extreme_timestamps_do_not_panic_the_daemon() {
 
 // === state writes failing while the daemon runs ===
 
+/// Triggers `job` until its `outcome` count reaches `want` (a trigger that lands while the
+/// previous run is still finishing is skipped by design, so it is repeated).
+async fn trigger_until(r: &Running, job: &str, outcome: &str, want: f64) {
+    let start = Instant::now();
+    loop {
+        r.daemon.trigger(job, false);
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            let text = http_get(r.addr, "/metrics").await.1;
+            let seen = metric(
+                &text,
+                "qlik_rotator_rotations_total",
+                &[("job", job), ("outcome", outcome)],
+            );
+            if seen.is_some_and(|v| v >= want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{job} never reached {outcome} = {want}"
+        );
+    }
+}
+
+/// Waits until a gauge equals `want`.
 async fn wait_metric(r: &Running, name: &str, labels: &[(&str, &str)], want: f64) -> String {
+    wait_for(r, name, labels, want, |v| v == want).await
+}
+
+/// Waits until a counter reaches `want`.
+async fn wait_at_least(r: &Running, name: &str, labels: &[(&str, &str)], want: f64) -> String {
+    wait_for(r, name, labels, want, |v| v >= want).await
+}
+
+async fn wait_for(
+    r: &Running,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+    ok: impl Fn(f64) -> bool,
+) -> String {
     let start = Instant::now();
     loop {
         let text = http_get(r.addr, "/metrics").await.1;
-        if metric(&text, name, labels) == Some(want) {
+        if metric(&text, name, labels).is_some_and(&ok) {
             return text;
         }
         assert!(
@@ -913,14 +955,7 @@ async fn state_write_failing_mid_run_never_re_patches_and_recovers() {
     wait_metric(&r, "qlik_rotator_state_writable", &[], 0.0).await;
     // Five more runs while the file cannot be written: each finds the version applied.
     for n in 1..=5 {
-        r.daemon.trigger("sales-s3", false);
-        wait_metric(
-            &r,
-            "qlik_rotator_rotations_total",
-            &[("job", "sales-s3"), ("outcome", "unchanged")],
-            f64::from(n),
-        )
-        .await;
+        trigger_until(&r, "sales-s3", "unchanged", f64::from(n)).await;
     }
     assert_eq!(w.patches(), 1, "the unchanged secret was re-PATCHed");
     assert_eq!(http_get(r.addr, "/readyz").await.0, 200);
@@ -941,14 +976,7 @@ async fn state_write_failing_mid_run_never_re_patches_and_recovers() {
 
     // A restart reads it: still unchanged, still one PATCH.
     let r = w.start_in_process().await.unwrap();
-    r.daemon.trigger("sales-s3", false);
-    wait_metric(
-        &r,
-        "qlik_rotator_rotations_total",
-        &[("job", "sales-s3"), ("outcome", "unchanged")],
-        1.0,
-    )
-    .await;
+    trigger_until(&r, "sales-s3", "unchanged", 1.0).await;
     assert!(r.shutdown().await);
     assert_eq!(w.patches(), 1);
 }
@@ -960,7 +988,7 @@ async fn state_write_failing_on_a_one_second_schedule_patches_once() {
     std::fs::create_dir_all(w.state_file().join("blocker")).unwrap();
     // The issue saw 5 PATCHes in 8 s; wait for three ticks per job after the first rotation.
     for job in ["sales-s3", "finance-sql", "warehouse-bq"] {
-        wait_metric(
+        wait_at_least(
             &r,
             "qlik_rotator_rotations_total",
             &[("job", job), ("outcome", "unchanged")],
