@@ -25,7 +25,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-const EXIT_CODES: &str = "Exit codes: 0 success · 1 a job failed (or a runtime error) · 64 invalid configuration or usage.\nLogs go to stderr (RUST_LOG=debug for more); results go to stdout.";
+const EXIT_CODES: &str = "Exit codes: 0 success · 1 a job failed (or a runtime error) · 64 invalid configuration or usage, or an unusable state directory · 75 the state directory is in use by another qlik-rotator.\nLogs go to stderr (RUST_LOG=debug for more); results go to stdout.";
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]

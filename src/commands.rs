@@ -15,6 +15,18 @@ use crate::{
 pub const EXIT_USAGE: u8 = 64;
 /// Exit code when a job failed.
 pub const EXIT_FAILED: u8 = 1;
+/// Exit code when the state directory is in use by another process (EX_TEMPFAIL: retrying
+/// later can succeed, unlike a bad configuration or an unusable directory, which exit 64).
+pub const EXIT_IN_USE: u8 = 75;
+
+/// The exit code for a state directory that cannot be opened.
+fn state_exit(e: &crate::state::StateError) -> ExitCode {
+    ExitCode::from(if e.is_in_use() {
+        EXIT_IN_USE
+    } else {
+        EXIT_USAGE
+    })
+}
 
 /// Loads and validates; prints every error to stderr on failure.
 ///
@@ -253,19 +265,26 @@ pub async fn rotate(
         Ok(j) => j,
         Err(code) => return code,
     };
-    let state = StateStore::new(cfg.daemon.state_dir.clone());
+    // The same lock as the daemon: never two writers of one state directory, and nothing is
+    // sent when the directory cannot record what was applied.
+    let state = match StateStore::open(cfg.daemon.state_dir.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: daemon.state_dir: {e}");
+            return state_exit(&e);
+        }
+    };
     let mut failed = 0;
     let mut total = 0;
     for job in &jobs {
         let last_applied = if if_changed {
-            let stored = state.load();
             job.connections
                 .iter()
                 .filter_map(|c| {
-                    stored
+                    state
                         .get(&job.state_key(c))
                         .filter(|s| s.applies_to(c))
-                        .map(|s| (c.key(), s.applied_version.clone()))
+                        .map(|s| (c.key(), s.applied_version))
                 })
                 .collect()
         } else {
@@ -338,6 +357,7 @@ pub async fn run(path: &Path, input: &dyn ConfigInput, release_memory: fn()) -> 
                 daemon::StartError::Build(_) | daemon::StartError::AdminToken(_) => {
                     ExitCode::from(EXIT_USAGE)
                 }
+                daemon::StartError::State(e) => state_exit(&e),
                 _ => ExitCode::FAILURE,
             };
         }

@@ -168,6 +168,8 @@ pub struct Daemon {
     tracker: TaskTracker,
     max_attempts_per_run: u32,
     ready: AtomicBool,
+    /// Signalled when a state write fails, so the flusher retries it with backoff.
+    state_dirty: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -317,17 +319,18 @@ impl Daemon {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let stored = self.state.load();
+            // The store's memory, not the file: a version applied by this process counts even
+            // if its write to disk failed.
             let last_applied = job
                 .cfg
                 .connections
                 .iter()
                 .filter(|c| only.contains(&c.key()))
                 .filter_map(|c| {
-                    stored
+                    self.state
                         .get(&job.cfg.state_key(c))
                         .filter(|s| s.applies_to(c))
-                        .map(|s| (c.key(), s.applied_version.clone()))
+                        .map(|s| (c.key(), s.applied_version))
                 })
                 .collect();
             let known: HashMap<String, DataConnection> = job
@@ -366,7 +369,8 @@ impl Daemon {
                         }
                         if let (Some(id), Some(version)) =
                             (&report.connection_id, &report.secret_version)
-                            && let Err(e) = self.state.record(
+                        {
+                            let written = self.state.record(
                                 &job.cfg.state_key(conn),
                                 JobState {
                                     connection_id: id.clone(),
@@ -374,17 +378,15 @@ impl Daemon {
                                     applied_at: now,
                                     checked_at: now,
                                 },
-                            )
-                        {
-                            tracing::error!(job = name, error = %e, "Cannot write the state file; the next run will rotate again.");
+                            );
+                            self.state_written(name, written);
                         }
                     }
                     Outcome::Unchanged | Outcome::Planned(_) => {
                         // Remember that the applied version was still current, so a restart
                         // does not make the job look stale (written at most hourly).
-                        if let Err(e) = self.state.touch(&job.cfg.state_key(conn), now) {
-                            tracing::warn!(job = name, error = %e, "Cannot write the state file.");
-                        }
+                        let written = self.state.touch(&job.cfg.state_key(conn), now);
+                        self.state_written(name, written);
                     }
                     Outcome::Failed(e) | Outcome::VerifyFailed(e) => {
                         self.metrics.record_error(name, e);
@@ -423,15 +425,71 @@ impl Daemon {
         self.metrics.record(&job.cfg, &reports);
     }
 
+    /// Counts a state write and, when it failed, logs it and wakes the flusher. The applied
+    /// version stays in the store's memory either way, so nothing is re-applied.
+    fn state_written(&self, job: &str, written: Result<(), crate::state::StateError>) {
+        match written {
+            // (A touch within the hour writes nothing: the gauge follows the store.)
+            Ok(()) => self.metrics.set_state_writable(!self.state.is_dirty()),
+            Err(e) => {
+                self.metrics.state_write_failed();
+                tracing::error!(
+                    job,
+                    error = %e,
+                    "Cannot write the state file; the applied version is kept in memory (no re-apply) and the write is retried with backoff. A restart before it succeeds rotates this job once more."
+                );
+                self.state_dirty.notify_one();
+            }
+        }
+    }
+
+    /// Retries a failed state write: after 1 s, then doubling up to [`FLUSH_BACKOFF_MAX`],
+    /// until it succeeds; idle while the file is current. Ends when the daemon stops.
+    async fn state_flusher(self: Arc<Self>) {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            if !self.state.is_dirty() {
+                delay = Duration::from_secs(1);
+                tokio::select! {
+                    () = self.state_dirty.notified() => {}
+                    () = self.cancel.cancelled() => return,
+                }
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.cancel.cancelled() => return,
+            }
+            match self.state.flush() {
+                Ok(()) => {
+                    self.metrics.set_state_writable(true);
+                    tracing::info!("The state file is written again.");
+                }
+                Err(e) => {
+                    self.metrics.state_write_failed();
+                    delay = (delay * 2).min(FLUSH_BACKOFF_MAX);
+                    tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "Still cannot write the state file.");
+                }
+            }
+        }
+    }
+
     fn update_job_gauges(&self) {
         let failed = self.jobs.values().filter(|j| !j.preflight_ok()).count();
         self.metrics.set_jobs(self.jobs.len() - failed, failed);
     }
 }
 
+/// The longest wait between retries of a failed state write.
+pub const FLUSH_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The state directory cannot be used (in use by another process, unsafe permissions,
+    /// not writable, a symbolic link as state file).
+    #[error("daemon.state_dir: {0}")]
+    State(#[from] crate::state::StateError),
     /// Build phase failed (credentials).
     #[error(transparent)]
     Build(#[from] app::BuildError),
@@ -477,7 +535,10 @@ impl std::fmt::Debug for Running {
 /// # Errors
 /// [`StartError`].
 pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, StartError> {
+    // First, before anything is sent: this process must own a usable state directory.
+    let state = StateStore::open(cfg.daemon.state_dir.clone())?;
     let metrics = Arc::new(Metrics::new());
+    metrics.set_state_writable(true);
     let client = Arc::new(app::qlik_client(cfg, input)?.with_observer(metrics.clone()));
     let rotator =
         Arc::new(Rotator::new(client, app::sources(cfg).await).with_metrics(metrics.clone()));
@@ -489,8 +550,8 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
                 .map_err(StartError::AdminToken)?,
         ),
     };
-    let state = StateStore::new(cfg.daemon.state_dir.clone());
     let known_state = state.load();
+    let now = chrono::Utc::now().timestamp();
     metrics.register_jobs(&cfg.jobs);
     let jobs = cfg
         .jobs
@@ -505,7 +566,7 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
                     known_state
                         .get(&j.state_key(c))
                         .filter(|s| s.applies_to(c))
-                        .map(|s| s.applied_at.max(s.checked_at))
+                        .and_then(|s| s.last_known_current(now))
                 })
                 .collect();
             if times.len() == j.connections.len()
@@ -526,7 +587,9 @@ pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, Sta
         tracker: TaskTracker::new(),
         max_attempts_per_run: cfg.daemon.max_attempts_per_run,
         ready: AtomicBool::new(false),
+        state_dirty: tokio::sync::Notify::new(),
     });
+    daemon.tracker.spawn(daemon.clone().state_flusher());
 
     // The admin listener first, so /healthz and /metrics answer during pre-flight.
     let listener = tokio::net::TcpListener::bind(cfg.metrics.listen)
@@ -687,6 +750,12 @@ impl Running {
                 "Grace period over; exiting with rotations still in flight."
             );
         }
+        // A last try for a write that failed, then the lock goes.
+        if let Err(e) = d.state.flush() {
+            d.metrics.state_write_failed();
+            tracing::error!(error = %e, "Cannot write the state file at shutdown; the next start rotates the affected jobs once more.");
+        }
+        d.state.close();
         self.admin_stop.cancel();
         let _ = self.admin_task.await;
         finished

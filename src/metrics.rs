@@ -51,6 +51,8 @@ pub struct Metrics {
     jobs: IntGaugeVec,
     build_info: IntGaugeVec,
     in_flight: IntGauge,
+    state_write_failures: IntCounter,
+    state_writable: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -126,6 +128,22 @@ impl Metrics {
                 IntGauge::new("rotations_in_flight", "Rotations running right now.")
                     .expect("valid"),
             ),
+            state_write_failures: reg(
+                &r,
+                IntCounter::new(
+                    "state_write_failures_total",
+                    "Failed writes of the state file (the applied versions are kept in memory and the write is retried).",
+                )
+                .expect("valid"),
+            ),
+            state_writable: reg(
+                &r,
+                IntGauge::new(
+                    "state_writable",
+                    "1 when the state file holds everything the daemon applied; 0 while a write is failing.",
+                )
+                .expect("valid"),
+            ),
             registry: r,
         };
         m.build_info
@@ -160,6 +178,17 @@ impl Metrics {
     /// Sets a job's last success time (from the state file at start).
     pub fn set_last_success(&self, job: &str, unix: i64) {
         self.jobs_table.with(job, |s| s.last_success = Some(unix));
+    }
+
+    /// Counts a failed state write; `state_writable` drops to 0 until a write succeeds.
+    pub fn state_write_failed(&self) {
+        self.state_write_failures.inc();
+        self.state_writable.set(0);
+    }
+
+    /// Sets `state_writable`.
+    pub fn set_state_writable(&self, writable: bool) {
+        self.state_writable.set(i64::from(writable));
     }
 
     /// Records a secret read.

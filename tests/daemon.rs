@@ -547,9 +547,16 @@ struct Proc {
 
 /// Starts the binary; its output goes to files (a pipe nobody drains would block the daemon).
 async fn spawn_daemon(config: &Path, env: &[(String, String)]) -> Proc {
+    spawn_daemon_with(config, env, &[]).await
+}
+
+/// [`spawn_daemon`] with global options before `run` (e.g. `--log-format json`).
+async fn spawn_daemon_with(config: &Path, env: &[(String, String)], global: &[&str]) -> Proc {
     let out = config.with_extension("stdout");
     let err = config.with_extension("stderr");
-    let child = command(&["run", "-c", config.to_str().unwrap()], env)
+    let mut args = global.to_vec();
+    args.extend(["run", "-c", config.to_str().unwrap()]);
+    let child = command(&args, env)
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
@@ -751,6 +758,77 @@ async fn canary_secret_never_appears_in_metrics_or_daemon_logs() {
     assert!(
         !out.stderr.contains("CANARY") && !out.stdout.contains("CANARY"),
         "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains(API_KEY),
+        "the API key leaked into logs"
+    );
+}
+
+/// `RUST_LOG=trace` (even naming the HTTP and AWS crates explicitly) shows the daemon's own
+/// debug lines but no debug or trace line from a crate in `telemetry::WIRE_TARGETS`, whose
+/// output can carry headers and bodies; and no canary secret anywhere.
+#[tokio::test]
+async fn rust_log_trace_never_shows_wire_level_lines() {
+    let moto = Moto::start();
+    moto.create_secret(
+        "qlik/sales-s3",
+        r#"{"accessKey":"CANARY-W-AKIA","secretKey":"CANARY-W-SECRET"}"#,
+    )
+    .await;
+    let sim = tenant(SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = moto_config(dir.path(), &sim, "run_on_start = true");
+    let mut env = aws_env(&moto);
+    env.push(("QLIK_API_KEY".into(), API_KEY.into()));
+    env.push((
+        "RUST_LOG".into(),
+        "trace,hyper=trace,reqwest=trace,aws_smithy_runtime=trace,h2=trace".into(),
+    ));
+    let p = spawn_daemon_with(&config, &env, &["--log-format", "json"]).await;
+    wait_proc_metric(
+        p.addr,
+        "qlik_rotator_rotations_total",
+        &[("job", "sales-s3"), ("outcome", "rotated")],
+        1.0,
+    )
+    .await;
+    let out = stop(p).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(stored_prop(&sim, S3_ID, "secretKey"), "CANARY-W-SECRET");
+    let mut own_debug = 0;
+    let mut wire = Vec::new();
+    for line in out.stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        let target = v["target"].as_str().unwrap_or_default();
+        let level = v["level"].as_str().unwrap_or_default();
+        let detailed = level == "DEBUG" || level == "TRACE";
+        if detailed && target.starts_with("qlik_rotator") {
+            own_debug += 1;
+        }
+        let is_wire = qlik_rotator::telemetry::WIRE_TARGETS
+            .iter()
+            .any(|w| target == *w || target.starts_with(&format!("{w}::")));
+        if detailed && is_wire {
+            wire.push(line.to_owned());
+        }
+    }
+    assert!(
+        own_debug > 0,
+        "RUST_LOG=trace was not applied:\n{}",
+        out.stderr
+    );
+    assert!(
+        wire.is_empty(),
+        "{} wire-level line(s), e.g. {}",
+        wire.len(),
+        wire[0]
+    );
+    assert!(
+        !out.stderr.contains("CANARY") && !out.stdout.contains("CANARY"),
+        "a canary leaked:\n{}",
         out.stderr
     );
     assert!(

@@ -90,7 +90,12 @@ fn exported_metrics() -> BTreeMap<String, MetricType> {
 }
 
 /// Exported metrics that are operational detail, not needed on the dashboard.
-const NOT_ON_DASHBOARD: &[&str] = &["qlik_rotator_rotations_in_flight"];
+const NOT_ON_DASHBOARD: &[&str] = &[
+    "qlik_rotator_rotations_in_flight",
+    // Alerted on (QlikRotatorStateNotWritable); nothing to watch while it is fine.
+    "qlik_rotator_state_writable",
+    "qlik_rotator_state_write_failures_total",
+];
 
 /// The values of enumerated labels.
 const DECLARED_LABEL_VALUES: &[(&str, &[&str])] = &[
@@ -386,6 +391,7 @@ fn the_required_alerts_exist() {
         "QlikRotatorDown",
         "QlikRotatorAbsent",
         "QlikRotatorPreflightFailed",
+        "QlikRotatorStateNotWritable",
     ] {
         assert!(names.contains(required), "rules.yml lacks {required}");
     }
@@ -697,8 +703,14 @@ fn kubernetes_mounts_agree_with_the_config() {
         "the Secret has no key {key}"
     );
 
-    // A writable volume at state_dir, and /tmp.
-    for dir in [s.state_dir.as_path(), Path::new("/tmp")] {
+    // A writable volume at state_dir's parent (the daemon creates state_dir itself, 0700:
+    // the volume root is group- or world-writable, which it refuses), and at /tmp.
+    assert_ne!(
+        s.state_dir.parent(),
+        Some(Path::new("/")),
+        "state_dir must be a directory inside the state volume"
+    );
+    for dir in [s.state_dir.parent().unwrap(), Path::new("/tmp")] {
         let (name, read_only) = mount_at(c, dir);
         assert!(!read_only, "{} must be writable", dir.display());
         let v = volume(&d, &name);
