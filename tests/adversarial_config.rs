@@ -186,7 +186,12 @@ async fn control_the_base_config_rotates_three_connections() {
         stored_prop(&w.sim, S3_ID, "secretKey"),
         format!("s3-{CANARY}")
     );
-    assert!(out.stderr.len() > 1000, "trace logging is on");
+    // The product logs at debug/trace too (the wire-level crates are capped at info).
+    assert!(
+        out.stderr.contains("DEBUG") || out.stderr.contains("TRACE"),
+        "trace logging is on: {}",
+        out.stderr
+    );
     assert_no_canary(&out);
 }
 
