@@ -14,5 +14,6 @@ pub mod qlik;
 pub mod rotation;
 pub mod secrets;
 pub mod sim;
+pub mod simulate;
 pub mod state;
 pub mod telemetry;
