@@ -416,3 +416,98 @@ secret = "qlik/ops-sql"
     assert_eq!(sim.code, 0);
     assert_clean(&sim, &[KEY, "CANARY-new-pass-91", OLD_PASSWORD]);
 }
+
+/// PATCH bodies outside `@qlik/api`'s `PatchRequest` (and tags outside `ConnectionGet.tags?:
+/// string[]`) are 400s that change nothing, over real HTTP to the real binary.
+#[tokio::test]
+async fn patch_bodies_outside_qlik_api_patch_request_are_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "t.json", tenant().to_string().as_bytes());
+    let served = start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tenant",
+        file.to_str().unwrap(),
+    ]);
+    let one = format!("{}/api/v1/data-connections/{SQL_ID}", served.url);
+    let client = reqwest::Client::new();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "test op",
+            json!([{"op": "test", "path": "/qName", "value": "Ops SQL"}]),
+            "unsupported op",
+        ),
+        (
+            "move op",
+            json!([{"op": "move", "path": "/qName", "from": "/tags"}]),
+            "unsupported op",
+        ),
+        (
+            "copy op",
+            json!([{"op": "copy", "path": "/qName", "from": "/tags"}]),
+            "unsupported op",
+        ),
+        (
+            "object value",
+            json!([{"op": "add", "path": "/connectionProperties/x", "value": {"k": "CANARY-obj"}}]),
+            "not object",
+        ),
+        (
+            "null value",
+            json!([{"op": "add", "path": "/connectionProperties/x", "value": null}]),
+            "not null",
+        ),
+        (
+            "add without value",
+            json!([{"op": "add", "path": "/connectionProperties/x"}]),
+            "value is required",
+        ),
+        (
+            "replace with Value",
+            json!([{"op": "replace", "path": "/connectionProperties/database", "Value": "CANARY-cap"}]),
+            "value is required",
+        ),
+        (
+            "non-string tags",
+            json!([{"op": "replace", "path": "/tags", "value": [1, true]}]),
+            "tags must be an array of at most 32 strings",
+        ),
+        (
+            "33 tags",
+            json!([{"op": "replace", "path": "/tags", "value": vec!["t"; 33]}]),
+            "tags must be an array of at most 32 strings",
+        ),
+        (
+            "patchData wrapper",
+            json!({"patchData": [{"op": "replace", "path": "/qName", "value": "x"}]}),
+            "patchData",
+        ),
+    ];
+    println!("{} PATCH body cases", cases.len());
+    let before = get(&format!("{one}?parseConnection=true"), Some(KEY))
+        .await
+        .1;
+    for (case, body, want) in &cases {
+        let r = client
+            .patch(&one)
+            .bearer_auth(KEY)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 400, "{case}: {text}");
+        assert!(text.contains(want), "{case}: want {want:?} in {text}");
+        assert!(!text.contains("CANARY"), "{case}: value echoed: {text}");
+        println!("ok: {case}");
+    }
+    // Nothing was applied.
+    let after = get(&format!("{one}?parseConnection=true"), Some(KEY))
+        .await
+        .1;
+    assert_eq!(before, after);
+    let out = served.stop("TERM");
+    assert_eq!(out.code, 0);
+    assert_clean(&out, &["CANARY-obj", "CANARY-cap", KEY]);
+}

@@ -34,8 +34,10 @@
 //!   `<qName|qType|datasourceID> <eq|ne|co|sw|ew> "value"` clauses joined by `and`;
 //!   `sort` supports `±qName`, `±created`, `±updated`, `±_id`. The page cursor is opaque.
 //! - **PATCH**: the four July-2026 rules treat *any* mutating op on `/qConnectStatement` or on
-//!   `/connectionProperties/{host,server,url}` as a change (even if the value is unchanged);
-//!   `test` ops are ignored by the rules. "Credentials" are ops on `/qPassword`, `/qUsername`,
+//!   `/connectionProperties/{host,server,url}` as a change (even if the value is unchanged).
+//!   The body must be `@qlik/api`'s `PatchRequest`: `test`/`move`/`copy` ops, object or null
+//!   values and add/replace without `value` are 400s (see [`patch`]). "Credentials" are ops on
+//!   `/qPassword`, `/qUsername`,
 //!   a secret property or `username` (see [`props`]), anything inside a file-array credential,
 //!   or an encrypted `queryHeaders` entry. Rule 4 fires for `/qPassword` together with any
 //!   secret scalar property. An empty patch array, or one that changes nothing, is a 204 that

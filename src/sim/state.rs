@@ -619,10 +619,15 @@ impl Inner {
             Some(n) if !n.is_empty() => n.to_owned(),
             _ => return Err(ApiError::bad_request("qName must be a non-empty string")),
         };
+        // `ConnectionGet.tags?: string[]`; `ConnectionCreate` allows at most 32 (@qlik/api).
         let tags = match doc.get("tags") {
             None => Vec::new(),
-            Some(Value::Array(t)) => t.clone(),
-            Some(_) => return Err(ApiError::bad_request("tags must be an array")),
+            Some(Value::Array(t)) if t.len() <= 32 && t.iter().all(Value::is_string) => t.clone(),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "tags must be an array of at most 32 strings",
+                ));
+            }
         };
         let statement = match doc.get("qConnectStatement").and_then(Value::as_str) {
             Some(s) => s.to_owned(),
@@ -692,6 +697,8 @@ impl Inner {
             .specs
             .get(datasource_id)
             .and_then(|s| s.get("connectionProperties"))
+            // Qlik's documented JSON Schema shape (S11) names the properties one level down.
+            .map(|cp| cp.get("properties").unwrap_or(cp))
             .and_then(Value::as_object)
         else {
             return Ok(());
@@ -968,7 +975,7 @@ fn is_credential_path(op: &PatchOp, props: &Map<String, Value>) -> bool {
 
 /// The four July-2026 PATCH validation rules (changelog 236, fact sheet §2.3).
 fn check_validation_rules(ops: &[PatchOp], props: &Map<String, Value>) -> Result<(), ApiError> {
-    let mutating: Vec<&PatchOp> = ops.iter().filter(|o| o.mutates()).collect();
+    let mutating: Vec<&PatchOp> = ops.iter().collect();
     let prop_op = |o: &&&PatchOp, pred: &dyn Fn(&str) -> bool| {
         o.top() == "connectionProperties" && o.second().is_some_and(pred)
     };
