@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup-moto.sh
+bash scripts/setup-node.sh
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
