@@ -24,10 +24,11 @@ const TWIN_ID: &str = "5b4c3d2e-1f0a-4b9c-8d7e-6f5a4b3c2d1e";
 const CRED_ID: &str = "6c5d4e3f-2a1b-4c0d-9e8f-7a6b5c4d3e2f";
 const PASSWORD: &str = "CANARY-contract-pass-8d";
 
-const CHECKS: [&str; 9] = [
+const CHECKS: [&str; 10] = [
     "list",
     "get-by-id",
     "get-by-name",
+    "get-ambiguous-name-is-a-declared-error",
     "patch",
     "patch-test-op-is-400",
     "patch-object-value-is-400",
@@ -106,6 +107,7 @@ fn run_contract(url: &str, connection_id: &str, tmp: &Path) -> NodeRun {
             ("QLIK_CONTRACT_DATASOURCE_ID", "File_AmazonS3ConnectorV2"),
             ("QLIK_CONTRACT_CREDENTIAL_ID", CRED_ID),
             ("QLIK_CONTRACT_PATCH_PROPERTY", "database"),
+            ("QLIK_CONTRACT_AMBIGUOUS_NAME", "Contract MySQL"),
         ])
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())

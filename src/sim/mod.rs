@@ -25,7 +25,8 @@
 //!   OAuth client behind a token; `POST /oauth/token` is Tier 2 for its `client_id`, so token
 //!   requests share the client's write budget. Rejected (429) requests do not count.
 //! - **Order of checks**: faults, then (for `/api/...`) authentication (401), rate limit (429),
-//!   lookup (400 non-UUID on GET one / 404 / 409 ambiguous name), privilege (403), body (400).
+//!   lookup (400 non-UUID on GET one / 404 / ambiguous name: 400 on GET, 409 on PATCH),
+//!   privilege (403), body (400).
 //! - **GET one**: `qConnectionSecret` is returned as `"***"` when set (the real encoding is
 //!   unknown); `qCredentialsID` is omitted once a host change has disassociated it; `space` is
 //!   `""` for personal connections. `spaceId` and the tutorial's `space` are both accepted.

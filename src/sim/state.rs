@@ -418,16 +418,17 @@ impl Inner {
         v
     }
 
-    /// Finds a connection by id (optionally requiring a UUID) or by name within an optional space.
+    /// Finds a connection by id or by name within an optional space. `is_get`: GET one's
+    /// errors (400 for a non-UUID id and for an ambiguous name) rather than PATCH's.
     fn find_conn(
         &self,
         key: &str,
         by_name: bool,
         space: Option<&str>,
-        require_uuid: bool,
+        is_get: bool,
     ) -> Result<usize, ApiError> {
         if !by_name {
-            if require_uuid && !is_uuid(key) {
+            if is_get && !is_uuid(key) {
                 return Err(ApiError::bad_request(format!(
                     "qID '{key}' is not a valid UUID"
                 )));
@@ -446,18 +447,19 @@ impl Inner {
             .filter(|(_, c)| space.is_none_or(|s| c.space.as_deref().unwrap_or("") == s))
             .map(|(i, _)| i)
             .collect();
+        let detail = format!(
+            "{} connections are named '{key}'; specify spaceId",
+            matches.len()
+        );
         match matches.as_slice() {
             [] => Err(ApiError::not_found(format!(
                 "Data connection named '{key}' not found"
             ))),
             [one] => Ok(*one),
-            _ => Err(ApiError::conflict(
-                "Ambiguous connection name",
-                format!(
-                    "{} connections are named '{key}'; specify spaceId",
-                    matches.len()
-                ),
-            )),
+            // [I] Qlik's answer is unknown. `@qlik/api` lists 400/403/404/500 for GET (no 409)
+            // and 400/403/404/409 for PATCH (which takes no spaceId); pick from those.
+            _ if is_get => Err(ApiError::bad_request(detail)),
+            _ => Err(ApiError::conflict("Ambiguous connection name", detail)),
         }
     }
 
@@ -465,11 +467,11 @@ impl Inner {
         &self,
         key: &str,
         q: &HashMap<String, String>,
-        require_uuid: bool,
+        is_get: bool,
     ) -> Result<usize, ApiError> {
         let by_name = q.get("type").is_some_and(|t| t == "connectionname");
         let space = q.get("spaceId").or_else(|| q.get("space"));
-        self.find_conn(key, by_name, space.map(String::as_str), require_uuid)
+        self.find_conn(key, by_name, space.map(String::as_str), is_get)
     }
 
     pub(crate) fn get_connection(

@@ -11,6 +11,7 @@
 //   QLIK_CONTRACT_CREDENTIAL_ID  a data credential id
 //   QLIK_CONTRACT_PATCH_PROPERTY a non-secret, non-address property of that connection to
 //                                replace (default "database")
+//   QLIK_CONTRACT_AMBIGUOUS_NAME optional: a qName used in several spaces
 // Prints one JSON line per check ({"check", "ok", "detail"}); exits 1 if any check failed,
 // 2 when a variable is missing. Never prints the API key or a connection secret.
 import { auth } from "@qlik/api";
@@ -146,6 +147,22 @@ await check("get-by-name", async () => {
   expect(r.data.qName === name, "qName differs");
   return "resolved to the same qID";
 });
+
+// Optional: a name shared by connections in several spaces; without spaceId the lookup must
+// fail with a status `getDataConnection` declares (400 | 403 | 404 | 500).
+const ambiguous = process.env.QLIK_CONTRACT_AMBIGUOUS_NAME;
+if (ambiguous) {
+  await check("get-ambiguous-name-is-a-declared-error", async () => {
+    try {
+      const r = await dataConnections.getDataConnection(ambiguous, { type: "connectionname" }, noCache);
+      throw new Mismatch(`expected an error, got HTTP ${r.status}`);
+    } catch (e) {
+      if (e instanceof Mismatch) throw e;
+      expect([400, 403, 404, 500].includes(e?.status), `HTTP ${e?.status ?? e} is not a declared GET error`);
+      return `HTTP ${e.status}`;
+    }
+  });
+}
 
 await check("patch", async () => {
   expect(before, "no GET by id to compare with");
