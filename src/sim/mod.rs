@@ -16,6 +16,12 @@
 //!
 //! Every request is recorded ([`Simulator::requests`]) so tests can assert on what a client sent.
 //!
+//! **Provenance.** The simulator is not Qlik. `src/sim/FIDELITY.md` lists every behaviour below
+//! with its published source (a qlik.dev page or an `@qlik/api` type) and its confidence
+//! (documented / shown in an example / assumed); keep it in step with any change here. The
+//! contract test (`tests/contract.rs`) runs Qlik's official client against `qlik-rotator
+//! simulate` ([`crate::simulate`]).
+//!
 //! # Modelling choices
 //!
 //! Where the fact sheet is silent or contradictory the simulator picks one behaviour:
@@ -415,8 +421,9 @@ impl Simulator {
         self.shared.lock().cfg.latency = d;
     }
 
-    /// Registers the body of `GET /api/v1/data-sources/{id}/api-specs`
-    /// (`{connectorProvider, connectorVersion, connectionProperties:{name:{type,..}}}`).
+    /// Registers the body of `GET /api/v1/data-sources/{id}/api-specs`: Qlik's documented shape
+    /// `{connectorProvider, connectorVersion, connectionProperties: {type: "object",
+    /// properties: {name: {type, ..}}}}` (S11), or the older flat `{name: {type, ..}}`.
     /// PATCHes of connections with this `datasourceID` are then checked against it.
     pub fn add_data_source_spec(&self, datasource_id: &str, spec: Value) {
         self.shared
