@@ -260,8 +260,7 @@ pub struct TenantConnection {
 }
 
 /// Why a tenant file was refused. Messages name the file, the JSON path and the problem; the
-/// only text from the file they quote is an unknown field or enum name (escaped, capped), never
-/// a value of a known field.
+/// only text from the file they quote is an unknown field name (escaped, capped), never a value.
 #[derive(Debug, thiserror::Error)]
 pub enum TenantError {
     /// The file cannot be read.
@@ -580,8 +579,8 @@ fn array_for_object(doc: &Value) -> Option<String> {
 }
 
 /// serde's message without any value from the file: `invalid type: string "hunter2",
-/// expected a boolean` becomes `invalid type: string, expected a boolean`. Field and variant
-/// names are kept (escaped): they are keys, not values.
+/// expected a boolean` becomes `invalid type: string, expected a boolean`, and an unknown enum
+/// value is not repeated. Unknown field names are kept (escaped, capped): they are keys.
 fn redact_serde_message(e: &serde_json::Error) -> String {
     let text = e.to_string();
     // serde_json appends " at line L column C"; keep it (it is position, not content).
@@ -611,6 +610,10 @@ fn redact_serde_message(e: &serde_json::Error) -> String {
             .collect::<Vec<_>>()
             .join(" ");
         format!("{what}: {kind}{expected}")
+    } else if let Some(rest) = body.strip_prefix("unknown variant ") {
+        // `unknown variant `<value>`, expected one of …`: the variant is a value.
+        let expected = rest.rfind(", expected ").map(|i| &rest[i..]).unwrap_or("");
+        format!("unknown variant{expected}")
     } else {
         body.to_owned()
     };
