@@ -81,6 +81,26 @@ pub enum Command {
     /// Run a full rotation against a built-in simulated Qlik tenant and a local file vault.
     /// Needs no configuration, network or credentials.
     Demo,
+    /// Serve a simulated Qlik tenant over HTTP (the demo tenant, or --tenant FILE) to try a
+    /// configuration without a tenant. The API key comes from QLIK_SIM_API_KEY; prints the URL
+    /// on stdout; stops on SIGTERM/SIGINT.
+    Simulate(SimulateArgs),
+}
+
+/// `simulate` options.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Address to listen on (IP:PORT); port 0 picks a free port. Loopback unless
+    /// --allow-remote.
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// JSON file with the connections, api-specs and data credentials to serve (format: README,
+    /// example: config/sim-tenant.json). Default: the demo tenant.
+    #[arg(long, value_name = "FILE")]
+    pub tenant: Option<PathBuf>,
+    /// Allow a non-loopback --listen address.
+    #[arg(long)]
+    pub allow_remote: bool,
 }
 
 /// `-c FILE`.

@@ -11,14 +11,25 @@ use serde_json::{Value, json};
 use crate::{
     app, config,
     rotation::{Outcome, Report, RunOptions},
-    sim::{SeedConnection, SimConfig, Simulator},
+    sim::{SimConfig, Simulator},
+    simulate::Tenant,
 };
 
 /// The configuration the demo runs with.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
+/// The demo tenant (connections with old credentials, api-specs, a data credential), also the
+/// example tenant file of `simulate --tenant`.
+pub const DEMO_TENANT: &str = include_str!("../config/sim-tenant.json");
+
 const S3_ID: &str = "0b6a7c6e-3f0e-4d8e-9a1b-5c2d3e4f5a61";
+const SQL_ID: &str = "d34cee8d-8e7b-4fee-ab40-1c1c428c0cf9";
 const GBQ_ID: &str = "7d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6";
+
+/// The tenant `demo` rotates and `simulate` serves by default ([`DEMO_TENANT`]).
+pub fn demo_tenant() -> Tenant {
+    Tenant::from_slice(DEMO_TENANT.as_bytes()).expect("config/sim-tenant.json is a valid tenant")
+}
 const API_KEY: &str = "sim-api-key";
 
 fn random(n: usize) -> String {
@@ -42,33 +53,13 @@ struct Demo {
 impl Demo {
     async fn start() -> std::io::Result<Demo> {
         let sim = Simulator::start(SimConfig::default()).await?;
-        let old_key = base64::engine::general_purpose::STANDARD
-            .encode(br#"{"type":"service_account","old":true}"#);
-        let mut s3 = SeedConnection::new(
-            "Sales S3",
-            "File_AmazonS3ConnectorV2",
-            json!({"region": "eu-west-1", "bucketName": "acme-sales",
-                          "accessKey": "AKIAOLDOLDOLDOLD", "secretKey": "old-secret-key"}),
-        );
-        s3.id = Some(S3_ID.into());
-        s3.space = Some("sales-space".into());
-        sim.add_connection(s3);
-        let mut sql = SeedConnection::new(
-            "Finance SQL",
-            "mssql",
-            json!({"host": "sql.acme.internal", "port": 1433, "database": "finance",
-                          "username": "svc_finance_old", "password": "old-password"}),
-        );
-        sql.space = Some("finance-space".into());
-        let sql_id = sim.add_connection(sql);
-        let mut gbq = SeedConnection::new(
-            "Warehouse BigQuery",
-            "gbq",
-            json!({"OAuthMechanism": "0", "Catalog": "acme-warehouse",
-                          "KeyFilePath": [{"name": "old-key.json", "value": old_key}]}),
-        );
-        gbq.id = Some(GBQ_ID.into());
-        sim.add_connection(gbq);
+        let mut tenant = demo_tenant();
+        // The tenant's api-specs are in Qlik's documented JSON Schema shape (fact sheet §2.8),
+        // which the product reads only once issue 9 item 1 lands; until then the demo runs
+        // without them, as it always has. `simulate` serves them.
+        tenant.api_specs.clear();
+        tenant.install(&sim);
+        let sql_id = SQL_ID.to_owned();
 
         let dir = std::env::temp_dir().join(format!("qlik-rotator-demo-{}", std::process::id()));
         let vault = dir.join("vault").join("qlik");

@@ -14,6 +14,7 @@ pub mod qlik;
 pub mod rotation;
 pub mod secrets;
 pub mod sim;
+pub mod simulate;
 pub mod state;
 pub mod telemetry;
 pub mod text;

@@ -8,7 +8,7 @@ use qlik_rotator::{
     cli::{Cli, Command},
     commands,
     config::ProcessEnv,
-    demo, telemetry,
+    demo, simulate, telemetry,
 };
 
 fn main() -> ExitCode {
@@ -28,6 +28,8 @@ fn main() -> ExitCode {
     };
     let default_level = match cli.command {
         Command::Demo => "warn",
+        // One line per request answered (method, path, status) on stderr.
+        Command::Simulate(_) => "info,qlik_rotator::sim=debug",
         _ => "info",
     };
     telemetry::init(cli.log_format, default_level);
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
                 commands::describe_connector(&config.config, &datasource, &env).await
             }
             Command::Demo => demo::run().await,
+            Command::Simulate(args) => simulate::run(&args, &env).await,
         }
     })
 }

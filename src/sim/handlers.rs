@@ -166,6 +166,13 @@ pub(crate) async fn handle(
         tokio::time::sleep(latency).await;
     }
     shared.lock().set_status(seq, resp.status().as_u16());
+    // Method, path (Debug-escaped) and status only: queries and bodies may carry secrets.
+    tracing::debug!(
+        method = %method,
+        path = ?path,
+        status = resp.status().as_u16(),
+        "Simulator answered"
+    );
     Ok(resp)
 }
 

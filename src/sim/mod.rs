@@ -17,6 +17,12 @@
 //!
 //! Every request is recorded ([`Simulator::requests`]) so tests can assert on what a client sent.
 //!
+//! **Provenance.** The simulator is not Qlik. `src/sim/FIDELITY.md` lists every behaviour below
+//! with its published source (a qlik.dev page or an `@qlik/api` type) and its confidence
+//! (documented / shown in an example / assumed); keep it in step with any change here. The
+//! contract test (`tests/contract.rs`) runs Qlik's official client against `qlik-rotator
+//! simulate` ([`crate::simulate`]).
+//!
 //! # Modelling choices
 //!
 //! Where the fact sheet is silent or contradictory the simulator picks one behaviour:
@@ -26,7 +32,8 @@
 //!   OAuth client behind a token; `POST /oauth/token` is Tier 2 for its `client_id`, so token
 //!   requests share the client's write budget. Rejected (429) requests do not count.
 //! - **Order of checks**: faults, then (for `/api/...`) authentication (401), rate limit (429),
-//!   lookup (400 non-UUID on GET one / 404 / 409 ambiguous name), privilege (403), body (400).
+//!   lookup (400 non-UUID on GET one / 404 / ambiguous name: 400 on GET, 409 on PATCH),
+//!   privilege (403), body (400).
 //! - **GET one**: `qConnectionSecret` is returned as `"***"` when set (the real encoding is
 //!   unknown); `qCredentialsID` is omitted once a host change has disassociated it; `space` is
 //!   `""` for personal connections. `spaceId` and the tutorial's `space` are both accepted.
@@ -35,8 +42,10 @@
 //!   `<qName|qType|datasourceID> <eq|ne|co|sw|ew> "value"` clauses joined by `and`;
 //!   `sort` supports `±qName`, `±created`, `±updated`, `±_id`. The page cursor is opaque.
 //! - **PATCH**: the four July-2026 rules treat *any* mutating op on `/qConnectStatement` or on
-//!   `/connectionProperties/{host,server,url}` as a change (even if the value is unchanged);
-//!   `test` ops are ignored by the rules. "Credentials" are ops on `/qPassword`, `/qUsername`,
+//!   `/connectionProperties/{host,server,url}` as a change (even if the value is unchanged).
+//!   The body must be `@qlik/api`'s `PatchRequest`: `test`/`move`/`copy` ops, object or null
+//!   values and add/replace without `value` are 400s (see [`patch`]). "Credentials" are ops on
+//!   `/qPassword`, `/qUsername`,
 //!   a secret property or `username` (see [`props`]), anything inside a file-array credential,
 //!   or an encrypted `queryHeaders` entry. Rule 4 fires for `/qPassword` together with any
 //!   secret scalar property. An empty patch array, or one that changes nothing, is a 204 that
@@ -515,8 +524,9 @@ impl Simulator {
         self.shared.lock().cfg.latency = d;
     }
 
-    /// Registers the body of `GET /api/v1/data-sources/{id}/api-specs`
-    /// (`{connectorProvider, connectorVersion, connectionProperties:{name:{type,..}}}`).
+    /// Registers the body of `GET /api/v1/data-sources/{id}/api-specs`: Qlik's documented shape
+    /// `{connectorProvider, connectorVersion, connectionProperties: {type: "object",
+    /// properties: {name: {type, ..}}}}` (S11), or the older flat `{name: {type, ..}}`.
     /// PATCHes of connections with this `datasourceID` are then checked against it.
     pub fn add_data_source_spec(&self, datasource_id: &str, spec: Value) {
         self.shared

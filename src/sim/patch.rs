@@ -1,8 +1,15 @@
-//! JSON Patch (RFC 6902) parsing and application, with Qlik's body-format rules (fact sheet §2.3).
+//! JSON Patch parsing and application, with Qlik's body-format rules (fact sheet §2.3).
+//!
+//! The accepted body is exactly `@qlik/api`'s `PatchRequest` (data-connections.d.ts and
+//! data-credentials.d.ts, 2.19.0): `{op: "add" | "replace" | "remove"; path: string;
+//! value?: string | boolean | number | unknown[]}[]`, with `value` "required only for add or
+//! replace". Everything else is a 400: the RFC 6902 ops Qlik's type leaves out (`test`, `move`,
+//! `copy`), object and null values, and add/replace without `value`. Application follows RFC
+//! 6902 for the three ops.
 
 use serde_json::Value;
 
-/// A JSON Patch operation kind supported by the simulator.
+/// A JSON Patch operation kind: `PatchRequest.op` of `@qlik/api`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {
     /// `add`: insert into an array or set an object member.
@@ -11,8 +18,6 @@ pub enum OpKind {
     Replace,
     /// `remove`: delete an existing value.
     Remove,
-    /// `test`: assert equality, changes nothing.
-    Test,
 }
 
 /// One parsed JSON Patch operation.
@@ -24,16 +29,11 @@ pub struct PatchOp {
     pub path: String,
     /// The unescaped reference tokens of `path`.
     pub tokens: Vec<String>,
-    /// The `value` member (required for add, replace and test).
+    /// The `value` member (required for add and replace).
     pub value: Option<Value>,
 }
 
 impl PatchOp {
-    /// Whether the operation can change the document.
-    pub fn mutates(&self) -> bool {
-        self.op != OpKind::Test
-    }
-
     /// The first reference token (the top-level field).
     pub fn top(&self) -> &str {
         self.tokens.first().map(String::as_str).unwrap_or("")
@@ -73,19 +73,26 @@ pub fn parse_patch_body(body: &[u8]) -> Result<Vec<PatchOp>, String> {
             Some("add") => OpKind::Add,
             Some("replace") => OpKind::Replace,
             Some("remove") => OpKind::Remove,
-            Some("test") => OpKind::Test,
             Some(other) => {
                 return Err(format!(
-                    "Patch operation {i}: unsupported op \"{other}\" (allowed: add, replace, remove)"
+                    "Patch operation {i}: unsupported op \"{}\" (allowed: add, replace, remove)",
+                    other.escape_debug()
                 ));
             }
-            None => return Err(format!("Patch operation {i}: op is required")),
+            None => return Err(format!("Patch operation {i}: op is required (a string)")),
         };
         let Some(path) = o.get("path").and_then(Value::as_str).map(str::to_owned) else {
             return Err(format!("Patch operation {i}: path is required"));
         };
         let tokens = parse_pointer(&path).map_err(|e| format!("Patch operation {i}: {e}"))?;
         let value = o.remove("value");
+        if let Some(v @ (Value::Object(_) | Value::Null)) = &value {
+            return Err(format!(
+                "Patch operation {i} ({path}): value must be a string, boolean, number or \
+                 array, not {}",
+                json_type(v)
+            ));
+        }
         if op != OpKind::Remove && value.is_none() {
             return Err(if o.contains_key("Value") {
                 format!(
@@ -176,14 +183,6 @@ pub fn apply(doc: &mut Value, op: &PatchOp) -> Result<(), String> {
     let path = op.path.as_str();
     let missing = || format!("Path {path} does not exist");
     match op.op {
-        OpKind::Test => {
-            let want = op.value.as_ref().expect("checked at parse time");
-            match doc.pointer(path) {
-                Some(v) if v == want => Ok(()),
-                Some(_) => Err(format!("Test failed at {path}")),
-                None => Err(missing()),
-            }
-        }
         OpKind::Replace => {
             let new = op.value.clone().expect("checked at parse time");
             let target = doc.pointer_mut(path).ok_or_else(missing)?;
@@ -290,7 +289,57 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("number") && e.contains("string"), "{e}");
-        run(&mut doc, json!([{"op":"test","path":"/a/b","value":1}])).unwrap();
-        assert!(run(&mut doc, json!([{"op":"test","path":"/a/b","value":2}])).is_err());
+    }
+
+    /// `@qlik/api` 2.19.0 `PatchRequest`: ops add/replace/remove only; values string, boolean,
+    /// number or array (of anything); value required for add/replace, optional for remove.
+    #[test]
+    fn only_what_qlik_api_patch_request_allows() {
+        let ok = [
+            json!([{"op":"add","path":"/a","value":"s"}]),
+            json!([{"op":"replace","path":"/a","value":true}]),
+            json!([{"op":"replace","path":"/a","value":1.5}]),
+            json!([{"op":"add","path":"/a","value":[{"name":"k","value":"v"}, null]}]),
+            json!([{"op":"remove","path":"/a"}]),
+            json!([{"op":"remove","path":"/a","value":"ignored"}]),
+            json!([]),
+        ];
+        for body in ok {
+            parse_patch_body(body.to_string().as_bytes()).unwrap_or_else(|e| panic!("{body}: {e}"));
+        }
+        let bad = [
+            (
+                json!([{"op":"test","path":"/a","value":1}]),
+                "unsupported op \"test\"",
+            ),
+            (
+                json!([{"op":"move","path":"/a","from":"/b"}]),
+                "unsupported op \"move\"",
+            ),
+            (
+                json!([{"op":"copy","path":"/a","from":"/b"}]),
+                "unsupported op \"copy\"",
+            ),
+            (
+                json!([{"op":"Replace","path":"/a","value":"x"}]),
+                "unsupported op \"Replace\"",
+            ),
+            (json!([{"op":1,"path":"/a","value":"x"}]), "op is required"),
+            (
+                json!([{"op":"replace","path":"/a","value":{"k":"v"}}]),
+                "not object",
+            ),
+            (json!([{"op":"add","path":"/a","value":null}]), "not null"),
+            (
+                json!([{"op":"remove","path":"/a","value":{}}]),
+                "not object",
+            ),
+            (json!([{"op":"add","path":"/a"}]), "value is required"),
+            (json!([{"op":"replace","path":"/a"}]), "value is required"),
+        ];
+        for (body, want) in bad {
+            let e = parse_patch_body(body.to_string().as_bytes()).unwrap_err();
+            assert!(e.contains(want), "{body}: {e}");
+        }
     }
 }

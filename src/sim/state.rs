@@ -424,16 +424,17 @@ impl Inner {
         v
     }
 
-    /// Finds a connection by id (optionally requiring a UUID) or by name within an optional space.
+    /// Finds a connection by id or by name within an optional space. `is_get`: GET one's
+    /// errors (400 for a non-UUID id and for an ambiguous name) rather than PATCH's.
     fn find_conn(
         &self,
         key: &str,
         by_name: bool,
         space: Option<&str>,
-        require_uuid: bool,
+        is_get: bool,
     ) -> Result<usize, ApiError> {
         if !by_name {
-            if require_uuid && !is_uuid(key) {
+            if is_get && !is_uuid(key) {
                 return Err(ApiError::bad_request(format!(
                     "qID '{key}' is not a valid UUID"
                 )));
@@ -452,18 +453,19 @@ impl Inner {
             .filter(|(_, c)| space.is_none_or(|s| c.space.as_deref().unwrap_or("") == s))
             .map(|(i, _)| i)
             .collect();
+        let detail = format!(
+            "{} connections are named '{key}'; specify spaceId",
+            matches.len()
+        );
         match matches.as_slice() {
             [] => Err(ApiError::not_found(format!(
                 "Data connection named '{key}' not found"
             ))),
             [one] => Ok(*one),
-            _ => Err(ApiError::conflict(
-                "Ambiguous connection name",
-                format!(
-                    "{} connections are named '{key}'; specify spaceId",
-                    matches.len()
-                ),
-            )),
+            // [I] Qlik's answer is unknown. `@qlik/api` lists 400/403/404/500 for GET (no 409)
+            // and 400/403/404/409 for PATCH (which takes no spaceId); pick from those.
+            _ if is_get => Err(ApiError::bad_request(detail)),
+            _ => Err(ApiError::conflict("Ambiguous connection name", detail)),
         }
     }
 
@@ -471,11 +473,11 @@ impl Inner {
         &self,
         key: &str,
         q: &HashMap<String, String>,
-        require_uuid: bool,
+        is_get: bool,
     ) -> Result<usize, ApiError> {
         let by_name = q.get("type").is_some_and(|t| t == "connectionname");
         let space = q.get("spaceId").or_else(|| q.get("space"));
-        self.find_conn(key, by_name, space.map(String::as_str), require_uuid)
+        self.find_conn(key, by_name, space.map(String::as_str), is_get)
     }
 
     pub(crate) fn get_connection(
@@ -625,10 +627,15 @@ impl Inner {
             Some(n) if !n.is_empty() => n.to_owned(),
             _ => return Err(ApiError::bad_request("qName must be a non-empty string")),
         };
+        // `ConnectionGet.tags?: string[]`; `ConnectionCreate` allows at most 32 (@qlik/api).
         let tags = match doc.get("tags") {
             None => Vec::new(),
-            Some(Value::Array(t)) => t.clone(),
-            Some(_) => return Err(ApiError::bad_request("tags must be an array")),
+            Some(Value::Array(t)) if t.len() <= 32 && t.iter().all(Value::is_string) => t.clone(),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "tags must be an array of at most 32 strings",
+                ));
+            }
         };
         let statement = match doc.get("qConnectStatement").and_then(Value::as_str) {
             Some(s) => s.to_owned(),
@@ -698,6 +705,8 @@ impl Inner {
             .specs
             .get(datasource_id)
             .and_then(|s| s.get("connectionProperties"))
+            // Qlik's documented JSON Schema shape (S11) names the properties one level down.
+            .map(|cp| cp.get("properties").unwrap_or(cp))
             .and_then(Value::as_object)
         else {
             return Ok(());
@@ -974,7 +983,7 @@ fn is_credential_path(op: &PatchOp, props: &Map<String, Value>) -> bool {
 
 /// The four July-2026 PATCH validation rules (changelog 236, fact sheet §2.3).
 fn check_validation_rules(ops: &[PatchOp], props: &Map<String, Value>) -> Result<(), ApiError> {
-    let mutating: Vec<&PatchOp> = ops.iter().filter(|o| o.mutates()).collect();
+    let mutating: Vec<&PatchOp> = ops.iter().collect();
     let prop_op = |o: &&&PatchOp, pred: &dyn Fn(&str) -> bool| {
         o.top() == "connectionProperties" && o.second().is_some_and(pred)
     };

@@ -199,9 +199,10 @@ async fn get_by_name_with_space_and_ambiguity() {
     let sim = start().await;
     let a = sim.add_connection(mssql("My DB").in_space("s1"));
     let b = sim.add_connection(mssql("My DB").in_space("s2"));
+    // GET's published errors (@qlik/api) are 400/403/404/500: an ambiguous name is a 400.
     let (s, v) = get(&sim, "/api/v1/data-connections/My%20DB?type=connectionname").await;
-    assert_eq!(s, 409);
-    assert_eq!(v["errors"][0]["code"], "DCERROR-0409");
+    assert_eq!(s, 400);
+    assert_eq!(v["errors"][0]["code"], "DCERROR-0010");
     assert!(detail(&v).contains("spaceId"));
     let (s, v) = get(
         &sim,
