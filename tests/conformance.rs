@@ -996,3 +996,331 @@ async fn data_sources_lists_the_registered_api_specs() {
         401
     );
 }
+
+// ===== usage and hostile tenants ===============================================================
+
+#[test]
+fn connectors_json_lists_every_datasource_id_and_the_text_output_is_unchanged() {
+    let bin = env!("CARGO_BIN_EXE_qlik-rotator");
+    let out = Command::new(bin)
+        .args(["connectors", "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let ids: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["datasourceID"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.iter().collect::<BTreeSet<_>>().len(),
+        ids.len(),
+        "one entry per id"
+    );
+    for id in [S3, "mssql", "DG_mssql", "gbq", "rest", "reptgt_qdis3"] {
+        assert!(ids.contains(&id), "{id}");
+    }
+    let s3 = &v[0];
+    assert_eq!(s3["datasourceID"], S3);
+    assert_eq!(
+        s3["schemes"][0]["properties"],
+        json!([{"name": "accessKey", "type": "string"}, {"name": "secretKey", "type": "string"}])
+    );
+    let gbq = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["datasourceID"] == "gbq")
+        .unwrap();
+    let types: BTreeSet<String> = gbq["schemes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["properties"].as_array().unwrap().iter())
+        .map(|p| {
+            format!(
+                "{}:{}",
+                p["name"].as_str().unwrap(),
+                p["type"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(types.contains("KeyFilePath:array"), "{types:?}");
+    // The text output is the default and is not JSON.
+    let text = Command::new(bin).arg("connectors").output().unwrap();
+    assert_eq!(text.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.starts_with("Connectors qlik-rotator knows"), "{text}");
+    assert!(serde_json::from_str::<Value>(&text).is_err());
+    // An unknown format is a usage error.
+    let bad = Command::new(bin)
+        .args(["connectors", "--output", "yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(bad.stdout.is_empty());
+}
+
+/// (case, arguments, environment overrides, what stderr must name).
+type UsageCase<'a> = (&'a str, Vec<String>, Vec<(&'a str, String)>, &'a str);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_usage_exits_64_and_sends_nothing() {
+    let key = canary_key();
+    let sim = start(&key).await;
+    let url = sim.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let missing_dir = dir.path().join("no/such/dir/report.json");
+    let cases: Vec<UsageCase> = vec![
+        (
+            "unknown argument",
+            vec!["--bogus".into()],
+            vec![],
+            "unknown argument",
+        ),
+        (
+            "--report without a value",
+            vec!["--report".into()],
+            vec![],
+            "--report",
+        ),
+        (
+            "--report in a missing directory",
+            vec!["--report".into(), missing_dir.display().to_string()],
+            vec![],
+            "--report",
+        ),
+        (
+            "plain http to a non-loopback host",
+            vec![],
+            vec![("QLIK_TENANT_URL", "http://acme.eu.qlikcloud.com".into())],
+            "QLIK_TENANT_URL",
+        ),
+        (
+            "a space id with a quote",
+            vec![],
+            vec![("QLIK_CONFORMANCE_SPACE_ID", "space\" or \"x".into())],
+            "QLIK_CONFORMANCE_SPACE_ID",
+        ),
+        (
+            "a space id with a newline",
+            vec![],
+            vec![("QLIK_CONFORMANCE_SPACE_ID", "space\nx".into())],
+            "QLIK_CONFORMANCE_SPACE_ID",
+        ),
+    ];
+    println!("{} bad-usage cases", cases.len());
+    for (case, args, overrides, names) in &cases {
+        let mut env: Vec<(&str, String)> = vec![
+            ("QLIK_TENANT_URL", url.clone()),
+            ("QLIK_API_KEY", key.clone()),
+            ("QLIK_CONFORMANCE_SPACE_ID", SPACE.into()),
+        ];
+        for (k, v) in overrides {
+            env.retain(|(e, _)| e != k);
+            env.push((k, v.clone()));
+        }
+        let mut args = args.clone();
+        if args.is_empty() {
+            args = vec!["--report".into(), report.display().to_string()];
+        }
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo().join("scripts/conformance.sh"))
+            .args(&args)
+            .current_dir(repo())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("QLIK_ROTATOR_BIN", env!("CARGO_BIN_EXE_qlik-rotator"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{case}: {stdout}{stderr}");
+        assert!(stderr.contains(names), "{case}: names {names}: {stderr}");
+        assert!(
+            !stdout.contains(&key) && !stderr.contains(&key),
+            "{case}: key printed"
+        );
+        assert!(!report.exists(), "{case}: no report");
+    }
+    assert!(sim.requests().is_empty(), "nothing was sent");
+}
+
+/// How the hostile tenant answers every request.
+#[derive(Debug, Clone, Copy)]
+enum Hostile {
+    /// 307 to another origin.
+    Redirect(u16),
+    /// A 5 MiB body (the suite reads at most 4 MiB).
+    Oversize,
+    /// 400 whose error strings carry terminal escape sequences and newlines.
+    ControlChars,
+}
+
+/// A raw HTTP/1.1 server that answers every request the same hostile way.
+async fn hostile_tenant(mode: Hostile) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let resp: Vec<u8> = match mode {
+                    Hostile::Redirect(port) => format!(
+                        "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{port}/api/v1/data-sources\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                    .into_bytes(),
+                    Hostile::Oversize => {
+                        let n = 5 * 1024 * 1024;
+                        let mut r = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+                        )
+                        .into_bytes();
+                        r.extend(std::iter::repeat_n(b' ', n));
+                        r
+                    }
+                    Hostile::ControlChars => {
+                        let body = r#"{"errors":[{"code":"E\u001b[31m","title":"T\u001b]0;pwned\u0007","detail":"line1\nline2 \u001b[2J","status":400}]}"#;
+                        format!(
+                            "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .into_bytes()
+                    }
+                };
+                let _ = sock.write_all(&resp).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_tenant_cannot_redirect_flood_or_inject_control_characters() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    // The origin a redirect points to: it must never be contacted.
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_port = elsewhere.local_addr().unwrap().port();
+    let contacted = Arc::new(AtomicUsize::new(0));
+    let counter = contacted.clone();
+    tokio::spawn(async move {
+        while elsewhere.accept().await.is_ok() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let cases = [
+        (
+            "redirect",
+            Hostile::Redirect(elsewhere_port),
+            "redirect (307) refused",
+        ),
+        ("oversize body", Hostile::Oversize, "larger than"),
+        ("control characters", Hostile::ControlChars, "\\u001b"),
+    ];
+    println!("{} hostile-tenant cases", cases.len());
+    for (case, mode, expect) in cases {
+        let addr = hostile_tenant(mode).await;
+        let url = format!("http://{addr}");
+        let key = canary_key();
+        let run = run_suite(owned(vars(&url, &key))).await;
+        assert_eq!(
+            run.code, 1,
+            "{case}: the run fails\n{}\n{}",
+            run.stdout, run.stderr
+        );
+        let report = run
+            .report
+            .as_ref()
+            .unwrap_or_else(|| panic!("{case}: report"));
+        assert_eq!(report["ok"], false, "{case}");
+        assert!(
+            run.stdout.contains(expect) || run.report_text.contains(expect),
+            "{case}: {expect}\n{}\n{}",
+            run.stdout,
+            run.report_text
+        );
+        for (what, text) in [
+            ("stdout", &run.stdout),
+            ("stderr", &run.stderr),
+            ("report", &run.report_text),
+        ] {
+            assert!(
+                !text.contains('\u{1b}') && !text.contains('\u{7}'),
+                "{case}: a raw control character in {what}"
+            );
+            assert!(!text.contains(&key), "{case}: the key in {what}");
+        }
+        // Nothing was created, so nothing could be left; the cleanup says it could not list.
+        assert!(
+            run.stdout.contains("could not list"),
+            "{case}: {}",
+            run.stdout
+        );
+    }
+    assert_eq!(
+        contacted.load(Ordering::SeqCst),
+        0,
+        "a redirect was followed"
+    );
+}
+
+#[tokio::test]
+async fn create_and_delete_are_tier_2_writes() {
+    let key = canary_key();
+    let sim = start(&key).await;
+    sim.set_write_limit(Some(1));
+    let (status, body) = send(
+        &sim,
+        &key,
+        "POST",
+        "/api/v1/data-connections",
+        Some(s3_body("t").to_string().as_bytes()),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["qID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The Tier 2 budget (1 per window here) is spent: the next create and the delete are 429.
+    let (status, body) = send(
+        &sim,
+        &key,
+        "POST",
+        "/api/v1/data-connections",
+        Some(s3_body("u").to_string().as_bytes()),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(!body.contains(CANARY));
+    assert_eq!(
+        send(
+            &sim,
+            &key,
+            "DELETE",
+            &format!("/api/v1/data-connections/{id}"),
+            None
+        )
+        .await
+        .0,
+        429
+    );
+    // Reads are Tier 1 and unaffected; nothing beyond the first create happened.
+    assert_eq!(all_connections(&sim, &key).await.len(), 1);
+    assert_eq!(sim.writes_total(), 1);
+}
