@@ -68,7 +68,14 @@ pub enum Command {
     },
     /// List the connector catalogue: every datasourceID with its schemes, the Qlik properties
     /// each writes, the default secret keys and fixed values.
-    Connectors,
+    Connectors {
+        /// `text` (for people) or `json`: an array of {datasourceID, schemes: [{name,
+        /// properties: [{name, type}]}]}, one entry per datasourceID (DG_ variants included),
+        /// `type` being the JSON type the rotator writes (for scripts such as
+        /// scripts/conformance.sh).
+        #[arg(long, value_enum, default_value = "text")]
+        output: ConnectorsOutput,
+    },
     /// Read a connector's api-specs from the tenant and print its properties, their types,
     /// which look like credentials, and a job snippet to paste (for connectors the catalogue
     /// does not know: connector = "generic").
@@ -110,4 +117,13 @@ pub struct ConfigArg {
     /// overridden with QLIK_ROTATOR__SECTION__KEY environment variables.
     #[arg(short, long, value_name = "FILE")]
     pub config: PathBuf,
+}
+
+/// Output format of `connectors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConnectorsOutput {
+    /// Human-readable listing.
+    Text,
+    /// Machine-readable JSON array.
+    Json,
 }

@@ -372,9 +372,13 @@ pub async fn run(path: &Path, input: &dyn ConfigInput, release_memory: fn()) -> 
     ExitCode::SUCCESS
 }
 
-/// `connectors`: the catalogue.
-pub fn connectors() -> ExitCode {
+/// `connectors`: the catalogue, as text or (`--output json`) as [`connectors_json`].
+pub fn connectors(output: crate::cli::ConnectorsOutput) -> ExitCode {
     use crate::connectors::{CATALOGUE, PropKind};
+    if output == crate::cli::ConnectorsOutput::Json {
+        crate::outln!("{}", connectors_json());
+        return ExitCode::SUCCESS;
+    }
     crate::outln!(
         "Connectors qlik-rotator knows (first scheme = default; `scheme = \"…\"` picks another):"
     );
@@ -412,6 +416,52 @@ pub fn connectors() -> ExitCode {
         "\nAnything else: connector = \"generic\" with datasource and properties (see `qlik-rotator describe-connector`)."
     );
     ExitCode::SUCCESS
+}
+
+/// The catalogue as a JSON array, one entry per `datasourceID` (`DG_` variants included):
+/// `{datasourceID, schemes: [{name, properties: [{name, type}]}]}`. `type` is the JSON type
+/// the rotator writes (`string`, `array` for file arrays and `queryHeaders`, or the type of a
+/// fixed value), i.e. what the connector's api-specs should declare.
+pub fn connectors_json() -> serde_json::Value {
+    use crate::connectors::{CATALOGUE, PropKind};
+    use serde_json::{Value, json};
+    let mut out = Vec::new();
+    for family in CATALOGUE {
+        let schemes: Vec<Value> = family
+            .schemes
+            .iter()
+            .map(|scheme| {
+                let mut props: Vec<(&str, &str)> = Vec::new();
+                for p in scheme.props {
+                    let ty = match p.kind {
+                        PropKind::Text => "string",
+                        PropKind::File { .. } | PropKind::Header => "array",
+                    };
+                    props.push((p.name, ty));
+                }
+                for (name, value) in scheme.constants {
+                    props.push((name, crate::connectors::json_type(&value.to_json())));
+                }
+                let mut seen = std::collections::HashSet::new();
+                props.retain(|(name, _)| seen.insert(*name));
+                json!({
+                    "name": scheme.name,
+                    "properties": props
+                        .iter()
+                        .map(|(name, ty)| json!({"name": name, "type": ty}))
+                        .collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let mut ids: Vec<String> = family.ids.iter().map(|s| (*s).to_owned()).collect();
+        if family.gateway {
+            ids.extend(family.ids.iter().map(|id| format!("DG_{id}")));
+        }
+        for id in ids {
+            out.push(json!({"datasourceID": id, "schemes": schemes}));
+        }
+    }
+    Value::Array(out)
 }
 
 /// Property names that suggest a credential.

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
                 all: _,
                 if_changed,
             } => commands::rotate(&config.config, job.as_deref(), if_changed, &env).await,
-            Command::Connectors => commands::connectors(),
+            Command::Connectors { output } => commands::connectors(output),
             Command::DescribeConnector { datasource, config } => {
                 commands::describe_connector(&config.config, &datasource, &env).await
             }

@@ -222,6 +222,14 @@ fn route(
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let result: Result<Option<Value>, ApiError> = match (method, segs.as_slice()) {
         ("GET", ["data-connections"]) => g.list_connections(&q, query).map(Some),
+        ("POST", ["data-connections"]) => {
+            return match g.create_connection(body) {
+                Ok(v) => json_response(201, &v),
+                Err(e) => error_response(&e),
+            };
+        }
+        ("DELETE", ["data-connections", id]) => g.delete_connection(id, &q).map(|_| None),
+        ("GET", ["data-sources"]) => Ok(Some(g.list_data_sources(&q))),
         ("GET", ["data-connections", id]) => g.get_connection(id, &q).map(Some),
         ("PATCH", ["data-connections", id]) => g.patch_connection(id, &q, body).map(|_| None),
         ("GET", ["data-credentials", id]) => g.get_credential(id, &q).map(Some),

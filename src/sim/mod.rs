@@ -11,6 +11,9 @@
 //!   July-2026 validation rules, JSON type checks and (optionally) the connector's api-specs.
 //! - `GET /api/v1/data-sources/{id}/api-specs`, and the data-credentials endpoints
 //!   (`GET`/`PUT`/`PATCH /api/v1/data-credentials/{qID}`).
+//! - `POST /api/v1/data-connections` and `DELETE /api/v1/data-connections/{qID}`, and the list
+//!   `GET /api/v1/data-sources`, for the conformance suite (`scripts/conformance.sh`); see
+//!   "Create and delete" below.
 //! - Per-identity Tier 1/Tier 2 rate limits with `Retry-After` (see [`limiter`]).
 //! - Injected [`Fault`]s (status codes, 429s, delays, dropped TCP connections, and [`Hostile`]
 //!   answers no Qlik tenant gives: redirects, endless bodies, echoed secrets) and added latency.
@@ -62,7 +65,33 @@
 //! - **Data credentials**: `qConnCount` counts connections linked with
 //!   [`Simulator::link_credential`]; PUT always advances `updated`; PATCH accepts only
 //!   `/qName`, `/qUsername`, `/qPassword` (no `remove`).
-//! - **Not modelled**: create/PUT/DELETE of connections, bulk actions, the
+//! - **Create and delete** (Tier 2, like every non-GET; sources as numbered in
+//!   `qlik-api-facts.md` §0):
+//!   - `POST /api/v1/data-connections` takes the properties form `DcaasConnectionCreate`
+//!     (S1): `datasourceID`, `qName`, `connectionProperties` (required), `space` (absent or
+//!     empty = personal space), `tags` (strings, at most 31, S1). qlik.dev's examples (S11,
+//!     S12) send `dataSourceId`: both spellings are accepted [example]. 201 with the
+//!     `ConnectionCreateResponse` fields (S1; `qLogOn` is the string `"0"` there, the integer
+//!     `0` in GET) [documented]; 409 when the name exists in that space (S1, S6)
+//!     [documented]; 400 naming the field for a missing or mistyped field [documented
+//!     status, assumed details]. The connection gets the tag
+//!     `DcaasAPI:<qType>:<connectorVersion>` (S11/S14 example responses) [example]. Its
+//!     credentials are stored and never returned by GET, as for seeded connections.
+//!     [assumed]: create neither checks the properties against the api-specs nor reaches the
+//!     data source, and the connect-statement form (`ConnectionCreate`) is answered 400.
+//!   - `DELETE /api/v1/data-connections/{qID}` (S1, S6): 204; 404 for an unknown id (a
+//!     non-UUID id is simply not found: S1 lists 403 and 404 only); 403 without the `delete`
+//!     privilege; `type=connectionname` with `spaceId` as for GET [documented]. Linked data
+//!     credentials are kept (S10) [documented].
+//!   - `GET /api/v1/data-sources` (S4, S8; `DataSourcesResponseNew` in `@qlik/api`):
+//!     `{dataSources: [{dataSourceId, name, provider, providerName, disabled}], lastUpdated}`
+//!     for the data sources whose api-specs are registered; `dataSourceId` filters
+//!     [documented shape, assumed contents].
+//!
+//!   What a real tenant does instead is what `scripts/conformance.sh` records (README,
+//!   "Conformance against a live tenant"; its `scripts/conformance/assumptions.json` lists the
+//!   simulator's value for each fact).
+//! - **Not modelled**: PUT of connections, the connect-statement create, bulk actions, the
 //!   `/api/connectivity/...` namespace, `extended`/`includeQris`, user impersonation, token
 //!   revocation, the tenant-wide limit, partial list responses with `errors`, and the
 //!   "credential decryption failed" 500 (inject it with [`Fault::Status`]).

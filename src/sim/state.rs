@@ -700,6 +700,170 @@ impl Inner {
         Ok(())
     }
 
+    // ----- create and delete (S1 `DcaasConnectionCreate`, S6, S11, S12) ---------------------
+
+    /// `POST /api/v1/data-connections` in the properties form (`DcaasConnectionCreate`, S1):
+    /// `datasourceID` (qlik.dev's examples, S11/S12, spell it `dataSourceId`: both are
+    /// accepted), `qName`, `connectionProperties`, optional `space` and `tags`. Returns the
+    /// 201 body (`ConnectionCreateResponse`, S1).
+    pub(crate) fn create_connection(&mut self, body: &[u8]) -> Result<Value, ApiError> {
+        let doc: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("Request body is not valid JSON: {e}")))?;
+        let Some(o) = doc.as_object() else {
+            return Err(ApiError::bad_request("Request body must be a JSON object"));
+        };
+        if o.contains_key("qConnectStatement") && !o.contains_key("connectionProperties") {
+            // [assumed] not modelled: the connect-statement form (`ConnectionCreate`).
+            return Err(ApiError::bad_request(
+                "The simulator models only the properties form of create (DcaasConnectionCreate)",
+            ));
+        }
+        let text = |names: &[&str]| -> Result<String, ApiError> {
+            let found = names.iter().find_map(|n| o.get(*n).map(|v| (*n, v)));
+            match found {
+                Some((_, Value::String(s))) if !s.trim().is_empty() => Ok(s.clone()),
+                Some((n, _)) => Err(ApiError::bad_request(format!(
+                    "Field {n} must be a non-empty string"
+                ))),
+                None => Err(ApiError::bad_request(format!(
+                    "Field {} is missing in the request",
+                    names[0]
+                ))),
+            }
+        };
+        let datasource_id = text(&["datasourceID", "dataSourceId"])?;
+        let name = text(&["qName"])?;
+        let props = match o.get("connectionProperties") {
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "Field connectionProperties must be an object",
+                ));
+            }
+            None => {
+                return Err(ApiError::bad_request(
+                    "Field connectionProperties is missing in the request",
+                ));
+            }
+        };
+        let space = match o.get("space") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(ApiError::bad_request("Field space must be a string")),
+        };
+        let mut tags = match o.get("tags") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(t)) if t.iter().all(Value::is_string) => t.clone(),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "Field tags must be an array of strings",
+                ));
+            }
+        };
+        if tags.len() > 31 {
+            // S1: "allow max 31 tags".
+            return Err(ApiError::bad_request("At most 31 tags are allowed"));
+        }
+        // [assumed] create does not check the properties against the api-specs, nor reach the
+        // data source: what a tenant does is what the conformance suite records.
+        if self
+            .conns
+            .iter()
+            .any(|c| c.name == name && c.space == space)
+        {
+            return Err(ApiError::conflict(
+                "Conflict",
+                format!("A data connection named '{name}' already exists in this space"),
+            ));
+        }
+        let q_type = super::props::default_q_type(&datasource_id).to_owned();
+        // S11/S14 example responses: the properties form tags the connection
+        // `DcaasAPI:<qType>:<connector version>`.
+        let version = self
+            .specs
+            .get(&datasource_id)
+            .and_then(|s| s.get("connectorVersion"))
+            .and_then(Value::as_str)
+            .unwrap_or("0.0.0")
+            .to_owned();
+        tags.push(Value::String(format!("DcaasAPI:{q_type}:{version}")));
+        let separate = is_true(props.get("separateCredentials"));
+        let id = self.add_connection(SeedConnection {
+            id: None,
+            name,
+            space,
+            datasource_id,
+            q_type,
+            properties: props,
+            privileges: super::default_privileges(),
+            separate_credentials: separate,
+        });
+        let c = self.conn_mut(&id).expect("just added");
+        c.tags = tags;
+        let c = &self.conns[self.conn_idx[&id]];
+        let mut v = self.conn_view(c, View::Single { parse: false });
+        // `ConnectionCreateResponse` (S1) declares qLogOn as a string, unlike `ConnectionGet`.
+        v["qLogOn"] = Value::String("0".into());
+        Ok(v)
+    }
+
+    /// `DELETE /api/v1/data-connections/{key}` (S1, S6): 204, 404 when unknown (a non-UUID id
+    /// is simply not found: S1 lists only 403 and 404), 403 without the `delete` privilege.
+    /// `type=connectionname` with `spaceId` selects by name, as for GET. Linked data credentials
+    /// are kept (S10: they are not deleted with the connection).
+    pub(crate) fn delete_connection(
+        &mut self,
+        key: &str,
+        q: &HashMap<String, String>,
+    ) -> Result<(), ApiError> {
+        let idx = self.lookup(key, q, false)?;
+        if !self.conns[idx].has("delete") {
+            return Err(ApiError::forbidden(format!(
+                "No delete access to data connection '{}'",
+                self.conns[idx].id
+            )));
+        }
+        self.conns.remove(idx);
+        self.conn_idx = self
+            .conns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.clone(), i))
+            .collect();
+        Ok(())
+    }
+
+    /// `GET /api/v1/data-sources` (S4/S8, `DataSourcesResponseNew` in `@qlik/api`
+    /// `data-sources.d.ts`): the data sources whose api-specs are registered, optionally
+    /// filtered by `dataSourceId`.
+    pub(crate) fn list_data_sources(&self, q: &HashMap<String, String>) -> Value {
+        let mut ids: Vec<&String> = self
+            .specs
+            .keys()
+            .filter(|id| q.get("dataSourceId").is_none_or(|want| want == *id))
+            .collect();
+        ids.sort();
+        let items: Vec<Value> = ids
+            .into_iter()
+            .map(|id| {
+                let provider = self.specs[id]
+                    .get("connectorProvider")
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| super::props::default_q_type(id))
+                    .to_owned();
+                json!({
+                    "dataSourceId": id,
+                    "name": id,
+                    "provider": provider,
+                    "providerName": provider,
+                    "disabled": false,
+                })
+            })
+            .collect();
+        json!({"dataSources": items, "lastUpdated": fmt_ts(self.last_ts.max(DateTime::<Utc>::UNIX_EPOCH))})
+    }
+
     fn check_against_spec(&self, datasource_id: &str, ops: &[PatchOp]) -> Result<(), ApiError> {
         let Some(spec_props) = self
             .specs
