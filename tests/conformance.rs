@@ -275,7 +275,7 @@ async fn suite_against_the_simulator_records_every_fact_and_leaves_nothing() {
     assert_eq!(report["summary"]["differ_from_simulator"], json!([]));
 
     // The observed values are the ones the simulator models (spot checks of the important ones).
-    assert_eq!(facts["lookup.ambiguous_name"]["observed"], 409);
+    assert_eq!(facts["lookup.ambiguous_name"]["observed"], 400);
     assert_eq!(facts["patch.updated_advances"]["observed"], true);
     assert_eq!(facts["patch.qCredentialsID_changes"]["observed"], false);
     assert_eq!(
@@ -754,7 +754,8 @@ async fn create_409_for_a_name_taken_in_the_same_space_only() {
         201
     );
     assert_eq!(all_connections(&sim, &key).await.len(), 2);
-    // ... and GET by that name without a space is ambiguous (409), with the space it is found.
+    // ... and GET by that name without a space is ambiguous (400: GET declares no 409), with the
+    // space it is found.
     let (status, _) = send(
         &sim,
         &key,
@@ -763,7 +764,7 @@ async fn create_409_for_a_name_taken_in_the_same_space_only() {
         None,
     )
     .await;
-    assert_eq!(status, 409);
+    assert_eq!(status, 400);
     let (status, _) = send(
         &sim,
         &key,
