@@ -51,6 +51,8 @@ pub struct Metrics {
     jobs: IntGaugeVec,
     build_info: IntGaugeVec,
     in_flight: IntGauge,
+    spec_warnings: IntCounterVec,
+    verify_warnings: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -126,8 +128,21 @@ impl Metrics {
                 IntGauge::new("rotations_in_flight", "Rotations running right now.")
                     .expect("valid"),
             ),
+            spec_warnings: counter(
+                "spec_warnings_total",
+                "api-specs declarations a catalogue connector's writes do not match (type or enum of a file array or mode constant); rotated anyway.",
+                &["connector_type"],
+            ),
+            verify_warnings: counter(
+                "verify_warnings_total",
+                "Verify findings from rules without a published source (not failures), by rule.",
+                &["rule"],
+            ),
             registry: r,
         };
+        for rule in crate::connectors::VERIFY_WARNING_RULES {
+            m.verify_warnings.with_label_values(&[rule]).reset();
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -200,6 +215,22 @@ impl Metrics {
                 s.last_success = Some(now);
             }
         });
+    }
+
+    /// Counts one api-specs warning of a catalogue connector (`connector_type` is a catalogue
+    /// `datasourceID`; anything else is counted as `other`, so the label stays bounded).
+    pub fn spec_warning(&self, connector_type: &str) {
+        let label = if crate::connectors::Connector::lookup(connector_type).is_some() {
+            connector_type
+        } else {
+            "other"
+        };
+        self.spec_warnings.with_label_values(&[label]).inc();
+    }
+
+    /// Counts one verify warning; `rule` is one of [`crate::connectors::VERIFY_WARNING_RULES`].
+    pub fn verify_warning(&self, rule: &'static str) {
+        self.verify_warnings.with_label_values(&[rule]).inc();
     }
 
     /// Counts one failed attempt in `errors_total` (a run may retry several times).
@@ -517,6 +548,7 @@ mod tests {
             duration: Duration::from_millis(ms),
             after: None,
             verified: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -539,6 +571,8 @@ mod tests {
         );
         m.set_jobs(2, 1);
         m.set_preflight("job-0000", false);
+        m.spec_warning("gbq");
+        m.spec_warning("not-in-the-catalogue");
         let text = m.render();
         for name in [
             "qlik_rotator_build_info{version=",
@@ -552,6 +586,9 @@ mod tests {
             "qlik_rotator_rotations_total{connector=\"mssql\",job=\"job-0000\",outcome=\"verify_failed\"} 0",
             "qlik_rotator_rotation_duration_seconds_bucket{job=\"job-0000\",le=\"+Inf\"} 0",
             "qlik_rotator_rotations_in_flight 0",
+            "qlik_rotator_verify_warnings_total{rule=\"credentials_id_changed\"} 0",
+            "qlik_rotator_spec_warnings_total{connector_type=\"gbq\"} 1",
+            "qlik_rotator_spec_warnings_total{connector_type=\"other\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

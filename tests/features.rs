@@ -39,18 +39,19 @@ async fn run_job(dir: &Path, text: &str, job: &str) -> Vec<qlik_rotator::rotatio
 }
 
 fn pg_spec() -> serde_json::Value {
-    json!({
-        "connectorProvider": "QvOdbcConnectorPackage.exe",
-        "connectorVersion": "1.0",
-        "connectionProperties": {
+    qlik_rotator::sim::api_specs(
+        "QvOdbcConnectorPackage.exe",
+        "1.0",
+        json!({
             "host": {"type": "string"},
-            "port": {"type": "integer"},
+            "port": {"type": "integer", "default": 5432},
             "database": {"type": "string"},
+            "sslmode": {"type": "string", "enum": ["disable", "require", "verify-full"], "default": "require"},
             "userName": {"type": "string", "description": "User name"},
             "userPassword": {"type": "string", "description": "Password"},
             "sslRootCert": {"type": "array"}
-        }
-    })
+        }),
+    )
 }
 
 async fn pg_tenant() -> (Simulator, String) {
@@ -173,11 +174,52 @@ async fn describe_connector_prints_properties_and_a_job_snippet() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
         out.stdout
-            .contains("postgres: QvOdbcConnectorPackage.exe 1.0 — 6 properties"),
+            .contains("postgres: QvOdbcConnectorPackage.exe 1.0 — 7 properties"),
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("userPassword") && out.stdout.contains("credential?"));
+    // The real properties (read from connectionProperties.properties), never the JSON Schema
+    // keywords `type` and `properties` themselves.
+    let rows: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for name in [
+        "database",
+        "host",
+        "port",
+        "sslRootCert",
+        "sslmode",
+        "userName",
+        "userPassword",
+    ] {
+        assert!(rows.contains(&name), "{name} missing: {}", out.stdout);
+    }
+    assert!(
+        !rows.contains(&"type") && !rows.contains(&"properties"),
+        "{}",
+        out.stdout
+    );
+    let password_row = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("userPassword"))
+        .unwrap();
+    assert!(
+        password_row.contains("string")
+            && password_row.contains("credential?")
+            && password_row.ends_with("Password"),
+        "{password_row}"
+    );
+    assert!(
+        out.stdout
+            .contains("default \"require\"; one of \"disable\", \"require\", \"verify-full\""),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("default 5432"), "{}", out.stdout);
     assert!(out.stdout.contains("connector = \"generic\"\ndatasource = \"postgres\"\nproperties = [\"userPassword\"]\nfile_properties = [\"sslRootCert\"]"), "{}", out.stdout);
     let out = run_cli(
         &["describe-connector", "nope", "-c", path.to_str().unwrap()],

@@ -12,7 +12,8 @@
 //! - `GET /api/v1/data-sources/{id}/api-specs`, and the data-credentials endpoints
 //!   (`GET`/`PUT`/`PATCH /api/v1/data-credentials/{qID}`).
 //! - Per-identity Tier 1/Tier 2 rate limits with `Retry-After` (see [`limiter`]).
-//! - Injected [`Fault`]s (status codes, 429s, delays, dropped TCP connections) and added latency.
+//! - Injected [`Fault`]s (status codes, 429s, delays, dropped TCP connections, another
+//!   connection's body, a 204 that applies nothing, rewritten response fields) and added latency.
 //!
 //! Every request is recorded ([`Simulator::requests`]) so tests can assert on what a client sent.
 //!
@@ -190,6 +191,16 @@ impl SeedConnection {
     }
 }
 
+/// An api-specs body in the documented JSON Schema shape (S11): `properties` maps each property
+/// name to its declaration (`{"type": …, "description"?: …, "default"?: …, "enum"?: …}`).
+pub fn api_specs(provider: &str, version: &str, properties: Value) -> Value {
+    serde_json::json!({
+        "connectorProvider": provider,
+        "connectorVersion": version,
+        "connectionProperties": {"type": "object", "properties": properties},
+    })
+}
+
 /// The default privileges: `list`, `update`, `delete`, `read`.
 pub fn default_privileges() -> Vec<String> {
     ["list", "update", "delete", "read"]
@@ -307,6 +318,44 @@ pub enum Fault {
         /// How many requests to affect.
         times: u32,
     },
+    /// Answer the next `times` matching GETs of one connection (or data credential) with the
+    /// 200 body of *another* one, `answer_id`, as a misrouting proxy or cache would. A GET of
+    /// `/api/v1/data-credentials/…` answers with the credential `answer_id`; any other path
+    /// with the connection `answer_id` (by-name queries are ignored). Not a Qlik behaviour:
+    /// the hostile-response hook of issue 10.
+    WrongBody {
+        /// Method to match.
+        method: Option<String>,
+        /// Path prefix to match.
+        path_prefix: Option<String>,
+        /// The qID whose body is returned.
+        answer_id: String,
+        /// How many requests to affect.
+        times: u32,
+    },
+    /// Answer the next `times` matching writes (PATCH, PUT) with 204 and an empty body without
+    /// applying them: a write Qlik accepted but that never took effect (issue 10).
+    IgnoredWrite {
+        /// Method to match.
+        method: Option<String>,
+        /// Path prefix to match.
+        path_prefix: Option<String>,
+        /// How many requests to affect.
+        times: u32,
+    },
+    /// Handle the next `times` matching requests normally, then, if the answer is a 200 JSON
+    /// object, set each top-level field to the given value (`None` removes it): e.g. an
+    /// `updated` that is missing, garbage or earlier than before.
+    RewriteFields {
+        /// Method to match.
+        method: Option<String>,
+        /// Path prefix to match.
+        path_prefix: Option<String>,
+        /// `(field, new value)`; `None` removes the field.
+        fields: Vec<(String, Option<Value>)>,
+        /// How many requests to affect.
+        times: u32,
+    },
 }
 
 /// A running simulator. Dropping it (or [`Simulator::shutdown`]) stops the server.
@@ -412,9 +461,12 @@ impl Simulator {
         self.shared.lock().cfg.latency = d;
     }
 
-    /// Registers the body of `GET /api/v1/data-sources/{id}/api-specs`
-    /// (`{connectorProvider, connectorVersion, connectionProperties:{name:{type,..}}}`).
-    /// PATCHes of connections with this `datasourceID` are then checked against it.
+    /// Registers the body of `GET /api/v1/data-sources/{id}/api-specs`, in the shape Qlik
+    /// documents (S11, qlik-api-facts.md §2.8): `{connectorProvider, connectorVersion,
+    /// connectionProperties: {type: "object", properties: {name: {type, default?, enum?,
+    /// description?}}}}` ([`api_specs`] builds one). PATCHes of connections with this
+    /// `datasourceID` are then checked against its `properties`. The body is served as given,
+    /// so tests can also serve hostile shapes.
     pub fn add_data_source_spec(&self, datasource_id: &str, spec: Value) {
         self.shared
             .lock()

@@ -238,6 +238,23 @@ fn fault_parts(f: &mut Fault) -> (&Option<String>, &Option<String>, &mut u32) {
             method,
             path_prefix,
             times,
+        }
+        | Fault::WrongBody {
+            method,
+            path_prefix,
+            times,
+            ..
+        }
+        | Fault::IgnoredWrite {
+            method,
+            path_prefix,
+            times,
+        }
+        | Fault::RewriteFields {
+            method,
+            path_prefix,
+            times,
+            ..
         } => (method, path_prefix, times),
     }
 }
@@ -688,10 +705,13 @@ impl Inner {
     }
 
     fn check_against_spec(&self, datasource_id: &str, ops: &[PatchOp]) -> Result<(), ApiError> {
+        // Qlik's api-specs are JSON Schema: the names sit under
+        // `connectionProperties.properties` (S11, qlik-api-facts.md §2.8).
         let Some(spec_props) = self
             .specs
             .get(datasource_id)
             .and_then(|s| s.get("connectionProperties"))
+            .and_then(|c| c.get("properties"))
             .and_then(Value::as_object)
         else {
             return Ok(());
