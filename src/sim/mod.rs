@@ -39,8 +39,9 @@
 //!   `test` ops are ignored by the rules. "Credentials" are ops on `/qPassword`, `/qUsername`,
 //!   a secret property or `username` (see [`props`]), anything inside a file-array credential,
 //!   or an encrypted `queryHeaders` entry. Rule 4 fires for `/qPassword` together with any
-//!   secret scalar property. An empty patch array, or one that changes nothing, is a 204 that
-//!   leaves `updated` alone. Top-level `qPassword`/`qUsername` always exist (as `""`) so
+//!   secret scalar property. An empty patch array (or `test` ops alone) is a 204 that leaves
+//!   `updated` alone; any other accepted PATCH advances it, even when the values it sets are
+//!   the ones already stored (assumed: the same secret applied again is a write). Top-level `qPassword`/`qUsername` always exist (as `""`) so
 //!   `replace` works on them; `qName` and `qConnectStatement` cannot be removed. A new
 //!   `credentialsName` gives the connection a new `qCredentialsID`; a `separateCredentials`
 //!   property updates `qSeparateCredentials`. Renaming onto an existing name in the same space

@@ -630,6 +630,15 @@ impl Inner {
             apply(&mut doc, op).map_err(ApiError::bad_request)?;
         }
         if doc == before {
+            // [assumed] An accepted write that sets the values already stored (e.g. the same
+            // secret applied again) is still a write: `updated` ("Datetime when the connection
+            // was last updated", S6) advances, as Qlik re-saves the encrypted credential. Only
+            // an empty array (or `test` ops alone) changes nothing. The conformance suite is
+            // what settles this against a real tenant.
+            if ops.iter().any(|o| !matches!(o.op, OpKind::Test)) {
+                let ts = self.next_ts();
+                self.conns[idx].updated = ts;
+            }
             return Ok(());
         }
         let name = match doc.get("qName").and_then(Value::as_str) {

@@ -339,7 +339,7 @@ async fn patch_updates_and_advances_updated() {
     assert_eq!(s, 204);
     let after2 = updated(&sim, &id);
     assert!(after2 > after);
-    // A no-op patch succeeds but does not touch `updated`.
+    // [assumed] Setting the same value again is still a write: `updated` advances.
     let (s, _) = patch(
         &sim,
         &id,
@@ -347,7 +347,13 @@ async fn patch_updates_and_advances_updated() {
     )
     .await;
     assert_eq!(s, 204);
-    assert_eq!(updated(&sim, &id), after2);
+    let after3 = updated(&sim, &id);
+    assert!(after3 > after2);
+    // An empty array succeeds and changes nothing, `updated` included.
+    let (s, _) = patch(&sim, &id, json!([])).await;
+    assert_eq!(s, 204);
+    assert_eq!(updated(&sim, &id), after3);
+    let after2 = after3;
     // The GET view reflects the new `updated`.
     let (_, v) = get(&sim, &format!("/api/v1/data-connections/{id}")).await;
     assert_eq!(
