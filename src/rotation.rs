@@ -11,7 +11,10 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     config::{ConnectionRef, JobConfig},
-    connectors::{self, BuildError, Mismatch, SeparateMode, specs::printable},
+    connectors::{
+        self, BuildError, Mismatch, SeparateMode,
+        specs::{printable, quoted},
+    },
     metrics::Metrics,
     qlik::{DataConnection, QlikClient, QlikError, model::CredentialUpdate},
     secrets::{AnySource, SecretSource, SecretValue, SourceError},
@@ -815,9 +818,9 @@ pub fn check_identity(asked: &ConnectionRef, got: &DataConnection) -> Result<(),
 fn same_id(what: &str, asked: &str, got: &str, id_field: Option<&str>) -> Result<(), String> {
     if got.is_empty() || !got.eq_ignore_ascii_case(asked) {
         return Err(format!(
-            "asked for {what} {} but the GET answered with {what} {:?}; nothing is trusted from that answer",
+            "asked for {what} {} but the GET answered with {what} {}; nothing is trusted from that answer",
             printable(asked, 80),
-            printable(got, 80)
+            quoted(got, 80)
         ));
     }
     check_id_field(what, got, id_field)
@@ -827,9 +830,9 @@ fn same_id(what: &str, asked: &str, got: &str, id_field: Option<&str>) -> Result
 fn check_id_field(what: &str, q_id: &str, id_field: Option<&str>) -> Result<(), String> {
     match id_field {
         Some(id) if !id.eq_ignore_ascii_case(q_id) => Err(format!(
-            "the GET answered with {what} qID {} but id {:?}; nothing is trusted from that answer",
+            "the GET answered with {what} qID {} but id {}; nothing is trusted from that answer",
             printable(q_id, 80),
-            printable(id, 80)
+            quoted(id, 80)
         )),
         _ => Ok(()),
     }
@@ -844,19 +847,19 @@ fn same_name(
 ) -> Result<(), String> {
     if got != asked {
         return Err(format!(
-            "asked for the {what} named {:?} but the GET answered with one named {:?}; nothing is trusted from that answer",
-            printable(asked, 120),
-            printable(got, 120)
+            "asked for the {what} named {} but the GET answered with one named {}; nothing is trusted from that answer",
+            quoted(asked, 120),
+            quoted(got, 120)
         ));
     }
     if let Some(space) = space
         && got_space != Some(space)
     {
         return Err(format!(
-            "asked for the {what} named {:?} in space {} but the GET answered with one in space {:?}; nothing is trusted from that answer",
-            printable(asked, 120),
+            "asked for the {what} named {} in space {} but the GET answered with one in space {}; nothing is trusted from that answer",
+            quoted(asked, 120),
             printable(space, 80),
-            printable(got_space.unwrap_or(""), 80)
+            quoted(got_space.unwrap_or(""), 80)
         ));
     }
     Ok(())

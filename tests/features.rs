@@ -453,3 +453,110 @@ secret = "s"
         ]
     );
 }
+
+/// Issue 9's acceptance case: a tenant that serves api-specs exactly as Qlik documents them
+/// (JSON Schema, S11) — `rotate --all` rotates and verifies the catalogue jobs (S3, SQL
+/// Server, BigQuery) and a generic job, through the real binary.
+#[tokio::test]
+async fn a_tenant_serving_documented_api_specs_rotates_catalogue_and_generic_jobs() {
+    let sim = tenant(SimConfig::default()).await;
+    // S11's example for File_AmazonS3ConnectorV2, abridged as in qlik-api-facts.md §2.8.
+    sim.add_data_source_spec(
+        "File_AmazonS3ConnectorV2",
+        qlik_rotator::sim::api_specs(
+            "QvWebStorageProviderConnectorPackage.exe",
+            "4.46.0",
+            json!({
+                "region": {"type": "string", "default": "us-east-1", "enum": ["eu-west-1", "us-east-1"], "description": "Region."},
+                "bucketName": {"type": "string", "description": "Bucket name."},
+                "separateCredentials": {"type": "boolean", "default": false},
+                "selectedCredentials": {"type": "string"},
+                "credentialsName": {"type": "string"},
+                "accessKey": {"type": "string", "description": "Amazon S3 access key."},
+                "secretKey": {"type": "string", "description": "Amazon S3 secret key."}
+            }),
+        ),
+    );
+    sim.add_data_source_spec(
+        "mssql",
+        qlik_rotator::sim::api_specs(
+            "QvOdbcConnectorPackage.exe",
+            "1.0",
+            json!({"host": {"type": "string"}, "port": {"type": "integer"}, "database": {"type": "string"},
+                   "username": {"type": "string"}, "password": {"type": "string"}}),
+        ),
+    );
+    sim.add_data_source_spec(
+        "gbq",
+        qlik_rotator::sim::api_specs(
+            "QvOdbcConnectorPackage.exe",
+            "1.0",
+            json!({"Catalog": {"type": "string"}, "OAuthMechanism": {"type": "string"},
+                   "KeyFilePath": {"type": "array"}, "Email": {"type": "string"},
+                   "P12CustomPwd": {"type": "string"}}),
+        ),
+    );
+    sim.add_data_source_spec("postgres", pg_spec());
+    let pg = sim.add_connection(SeedConnection::new(
+        "Warehouse PG",
+        "postgres",
+        json!({"host": "pg", "port": 5432, "database": "dw", "userName": "old", "userPassword": "old-pw"}),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    vault(
+        dir.path(),
+        "qlik/sales-s3",
+        r#"{"accessKey":"AKIANEW","secretKey":"doc-shape-s3"}"#,
+    );
+    vault(
+        dir.path(),
+        "qlik/finance-sql",
+        r#"{"username":"svc_fin","password":"doc-shape-sql"}"#,
+    );
+    vault(
+        dir.path(),
+        "qlik/bigquery",
+        r#"{"type":"service_account","private_key":"k","client_email":"sa@p.iam"}"#,
+    );
+    vault(
+        dir.path(),
+        "pg",
+        r#"{"userName":"svc_dw","userPassword":"doc-shape-pg"}"#,
+    );
+    let jobs = format!(
+        "{}\n{}",
+        three_jobs("v"),
+        generic_job(&pg, "[\"userName\", \"userPassword\"]")
+    );
+    let path = write_config(dir.path(), &config_text(&sim, &jobs));
+    let out = run_cli(
+        &["rotate", "--all", "-c", path.to_str().unwrap()],
+        &env(&[("QLIK_API_KEY", API_KEY)]),
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    for job in ["sales-s3", "finance-sql", "warehouse-bq", "pg"] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{job}: rotated and verified (connection"))),
+            "{job}: {}",
+            out.stdout
+        );
+    }
+    assert_eq!(stored_prop(&sim, S3_ID, "secretKey"), "doc-shape-s3");
+    assert_eq!(stored_prop(&sim, SQL_ID, "password"), "doc-shape-sql");
+    assert_eq!(stored_prop(&sim, &pg, "userPassword"), "doc-shape-pg");
+    assert_eq!(with_method(&sim, "PATCH").len(), 4);
+    // Each connector's api-specs were read and used.
+    for ds in ["File_AmazonS3ConnectorV2", "mssql", "gbq", "postgres"] {
+        assert_eq!(
+            with_method(&sim, "GET")
+                .iter()
+                .filter(|r| r.path == format!("/api/v1/data-sources/{ds}/api-specs"))
+                .count(),
+            1,
+            "{ds}"
+        );
+    }
+}

@@ -698,9 +698,9 @@ pub fn verify(
     }
     if before.datasource_id != after.datasource_id {
         fail.push(format!(
-            "datasourceID changed from {:?} to {:?}",
-            specs::printable(&before.datasource_id, 80),
-            specs::printable(&after.datasource_id, 80)
+            "datasourceID changed from {} to {}",
+            specs::quoted(&before.datasource_id, 80),
+            specs::quoted(&after.datasource_id, 80)
         ));
     }
     if before.name != after.name {
@@ -723,14 +723,14 @@ pub fn verify(
         if expect.written.iter().any(|w| w == name) {
             continue;
         }
-        let shown = specs::printable(name, 80);
+        let shown = specs::quoted(name, 80);
         match (before.properties.get(name), after.properties.get(name)) {
             (Some(a), Some(b)) if a == b => {}
-            (Some(_), Some(_)) => fail.push(format!("non-credential property {shown:?} changed")),
-            (Some(_), None) => fail.push(format!("non-credential property {shown:?} disappeared")),
+            (Some(_), Some(_)) => fail.push(format!("non-credential property {shown} changed")),
+            (Some(_), None) => fail.push(format!("non-credential property {shown} disappeared")),
             (None, Some(_)) => out.warnings.push((
                 "property_appeared",
-                format!("property {shown:?} appeared after the PATCH"),
+                format!("property {shown} appeared after the PATCH"),
             )),
             (None, None) => {}
         }

@@ -185,6 +185,17 @@ pub fn printable(text: &str, max_chars: usize) -> String {
     out
 }
 
+/// `text` cut at `max_chars` characters, then quoted and escaped as Rust's `{:?}` does
+/// (control characters as `\n`, `\u{1b}`): for names and ids that came from outside.
+pub fn quoted(text: &str, max_chars: usize) -> String {
+    let cut: String = text.chars().take(max_chars).collect();
+    if cut.len() < text.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
 fn shown_value(v: &Value) -> String {
     match v {
         Value::String(s) => printable(&format!("{s:?}"), MAX_VALUE_CHARS),
@@ -530,5 +541,7 @@ mod tests {
     fn printable_escapes_and_caps() {
         assert_eq!(printable("a\nb\u{1b}c", 100), "a\\nb\\u{1b}c");
         assert_eq!(printable("abcdef", 3), "abc…");
+        assert_eq!(quoted("a\nb\u{1b}", 100), "\"a\\nb\\u{1b}\"");
+        assert_eq!(quoted("abcdef", 3), "\"abc\"…");
     }
 }
