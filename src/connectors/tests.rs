@@ -281,6 +281,27 @@ fn verify_detects_every_kind_of_mismatch() {
 }
 
 #[test]
+fn verify_does_not_compare_a_masked_credential() {
+    let before = conn("mssql", json!({"host":"db","username":"***"}));
+    let expect = expectation_for(&before, "mssql", r#"{"username":"new","password":"p"}"#);
+    for shown in ["***", "", "********"] {
+        let mut after = conn("mssql", json!({"host":"db","username": shown}));
+        after.updated = Some("2026-11-01T10:00:01.000Z".into());
+        assert_eq!(
+            verify(&before, &after, &expect),
+            Verification::default(),
+            "{shown:?}"
+        );
+    }
+    let mut after = conn("mssql", json!({"host":"db","username":"old"}));
+    after.updated = Some("2026-11-01T10:00:01.000Z".into());
+    assert_eq!(
+        verify(&before, &after, &expect).failures,
+        ["credential property \"username\" does not show the new value"]
+    );
+}
+
+#[test]
 fn verify_checks_file_names() {
     let before = conn("gbq", json!({"KeyFilePath":[{"name":"old.json"}]}));
     let expect = expectation_for(&before, "gbq", r#"{"key_file":"{}"}"#);
