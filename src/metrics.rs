@@ -153,7 +153,16 @@ impl Metrics {
     /// Pre-creates every per-job series so dashboards and `increase()` see zeros, not gaps.
     /// Call once with all jobs (a later call adds to the table; a job name seen twice keeps
     /// its first entry).
+    /// `spec_warnings_total` is pre-created for the connector of every catalogue job (the only
+    /// jobs that can warn).
     pub fn register_jobs<'a>(&self, jobs: impl IntoIterator<Item = &'a JobConfig>) {
+        let jobs: Vec<&JobConfig> = jobs.into_iter().collect();
+        for job in &jobs {
+            if !job.spec.is_generic() {
+                self.spec_warnings
+                    .with_label_values(&[spec_warning_label(&job.spec.datasource)]);
+            }
+        }
         self.jobs_table.register(jobs);
     }
 
@@ -220,12 +229,9 @@ impl Metrics {
     /// Counts one api-specs warning of a catalogue connector (`connector_type` is a catalogue
     /// `datasourceID`; anything else is counted as `other`, so the label stays bounded).
     pub fn spec_warning(&self, connector_type: &str) {
-        let label = if crate::connectors::Connector::lookup(connector_type).is_some() {
-            connector_type
-        } else {
-            "other"
-        };
-        self.spec_warnings.with_label_values(&[label]).inc();
+        self.spec_warnings
+            .with_label_values(&[spec_warning_label(connector_type)])
+            .inc();
     }
 
     /// Counts one verify warning; `rule` is one of [`crate::connectors::VERIFY_WARNING_RULES`].
@@ -502,6 +508,15 @@ impl RequestObserver for Metrics {
     }
 }
 
+/// The `connector_type` label of `spec_warnings_total`: a catalogue `datasourceID`, else `other`.
+fn spec_warning_label(connector_type: &str) -> &str {
+    if crate::connectors::Connector::lookup(connector_type).is_some() {
+        connector_type
+    } else {
+        "other"
+    }
+}
+
 /// Decrements `rotations_in_flight` when dropped.
 #[derive(Debug)]
 pub struct InFlight(IntGauge);
@@ -588,6 +603,7 @@ mod tests {
             "qlik_rotator_rotations_in_flight 0",
             "qlik_rotator_verify_warnings_total{rule=\"credentials_id_changed\"} 0",
             "qlik_rotator_spec_warnings_total{connector_type=\"gbq\"} 1",
+            "qlik_rotator_spec_warnings_total{connector_type=\"mssql\"} 0",
             "qlik_rotator_spec_warnings_total{connector_type=\"other\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

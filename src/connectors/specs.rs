@@ -167,6 +167,13 @@ pub enum SpecError {
     TooManyProperties(usize),
 }
 
+/// Characters that can break or disguise a terminal line: control characters, line and
+/// paragraph separators, and bidirectional formatting marks.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Makes outside text safe to print on one line: control characters (newlines, ESC, …) are
 /// escaped as `\n`, `\u{1b}`, and the result is cut at `max_chars` characters (`…` marks a cut).
 pub fn printable(text: &str, max_chars: usize) -> String {
@@ -176,7 +183,7 @@ pub fn printable(text: &str, max_chars: usize) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}') {
+        if is_unsafe(c) {
             out.extend(c.escape_debug());
         } else {
             out.push(c);
@@ -239,7 +246,7 @@ impl ApiSpecs {
         for (name, decl) in props {
             let bad_name = name.is_empty()
                 || name.chars().count() > MAX_NAME_CHARS
-                || name.chars().any(char::is_control);
+                || name.chars().any(is_unsafe);
             let Some(decl) = decl.as_object().filter(|_| !bad_name) else {
                 out.ignored += 1;
                 continue;
@@ -487,12 +494,12 @@ mod tests {
         let values: Vec<Value> = (0..5000).map(|i| json!(format!("v{i}"))).collect();
         let s = ApiSpecs::parse(&json!({"connectorProvider": "p\u{1b}[31m\nforged",
             "connectionProperties": {"properties": {
-            "bad\nname": {"type": "string"}, "x": "not an object",
+            "bad\nname": {"type": "string"}, "x": "not an object", "rtl\u{202e}": {},
             &"n".repeat(500): {"type": "string"},
             "ok": {"type": "string", "description": format!("a\u{7}b\r\n{long}"), "enum": values}}}}))
         .unwrap();
         assert_eq!(s.properties.keys().collect::<Vec<_>>(), ["ok"]);
-        assert_eq!(s.ignored, 3);
+        assert_eq!(s.ignored, 4);
         assert!(!s.provider.as_deref().unwrap().contains(['\n', '\u{1b}']));
         let d = s.properties["ok"].description.clone().unwrap();
         assert!(d.starts_with("a\\u{7}b\\r\\n"), "{d}");
@@ -541,7 +548,9 @@ mod tests {
     fn printable_escapes_and_caps() {
         assert_eq!(printable("a\nb\u{1b}c", 100), "a\\nb\\u{1b}c");
         assert_eq!(printable("abcdef", 3), "abc…");
+        assert_eq!(printable("a\u{202e}b", 9), "a\\u{202e}b");
         assert_eq!(quoted("a\nb\u{1b}", 100), "\"a\\nb\\u{1b}\"");
         assert_eq!(quoted("abcdef", 3), "\"abc\"…");
+        assert!(!quoted("a\u{202e}\u{2066}b\u{2028}", 9).contains(['\u{202e}', '\u{2066}', '\u{2028}']));
     }
 }
