@@ -560,3 +560,48 @@ async fn a_tenant_serving_documented_api_specs_rotates_catalogue_and_generic_job
         );
     }
 }
+
+#[tokio::test]
+async fn describe_connector_checks_each_catalogue_scheme_against_the_api_specs() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    sim.add_data_source_spec(
+        "gbq",
+        qlik_rotator::sim::api_specs(
+            "QvOdbcConnectorPackage.exe",
+            "1.0",
+            json!({"Catalog": {"type": "string", "description": "Project."},
+                   "KeyFilePath": {"type": "string", "description": "Key file."},
+                   "OAuthMechanism": {"type": "string", "enum": ["0", "1"], "default": "0"},
+                   "Email": {"type": "string"}, "P12CustomPwd": {"type": "string"}}),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &config_text(&sim, &generic_job("c1", "[\"userPassword\"]")),
+    );
+    let out = run_cli(
+        &["describe-connector", "gbq", "-c", path.to_str().unwrap()],
+        &env(&[("QLIK_API_KEY", API_KEY)]),
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("gbq is in the catalogue"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(
+            "  scheme service_account: warning: property \"KeyFilePath\" is declared as \"string\" in the api-specs of \"gbq\", but the job writes \"array\""
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("default \"0\"; one of \"0\", \"1\""),
+        "{}",
+        out.stdout
+    );
+    assert!(with_method(&sim, "PATCH").is_empty());
+}

@@ -551,6 +551,8 @@ mod tests {
         assert_eq!(printable("a\u{202e}b", 9), "a\\u{202e}b");
         assert_eq!(quoted("a\nb\u{1b}", 100), "\"a\\nb\\u{1b}\"");
         assert_eq!(quoted("abcdef", 3), "\"abc\"…");
-        assert!(!quoted("a\u{202e}\u{2066}b\u{2028}", 9).contains(['\u{202e}', '\u{2066}', '\u{2028}']));
+        assert!(
+            !quoted("a\u{202e}\u{2066}b\u{2028}", 9).contains(['\u{202e}', '\u{2066}', '\u{2028}'])
+        );
     }
 }
