@@ -606,7 +606,7 @@ async fn baseline(n: usize, sample: usize) -> Result<Baseline, String> {
                 .get_connection(&before.id)
                 .await
                 .map_err(|e| e.to_string())?;
-            let mismatches = connectors::verify(&before, &after, &plan.expect);
+            let mismatches = connectors::verify(&before, &after, &plan.expect).failures;
             if mismatches.is_empty() {
                 Ok(())
             } else {

@@ -234,6 +234,9 @@ pub async fn plan(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> Ex
                     for line in pretty.lines() {
                         let _ = writeln!(out, "  {}", Escaped(line));
                     }
+                    for w in &report.warnings {
+                        let _ = writeln!(out, "  warning: {w}");
+                    }
                 }
                 _ => {
                     ok = false;
@@ -514,50 +517,54 @@ pub async fn describe_connector(
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let mut props: Vec<(String, String, String)> = Vec::new();
-    match &specs["connectionProperties"] {
-        serde_json::Value::Object(m) => {
-            for (name, v) in m {
-                props.push((
-                    name.clone(),
-                    v["type"].as_str().unwrap_or("?").to_owned(),
-                    v["description"].as_str().unwrap_or("").to_owned(),
-                ));
-            }
+    let specs = match crate::connectors::specs::ApiSpecs::parse(&specs) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "error: the api-specs of {} cannot be used: {e}",
+                crate::connectors::specs::printable(datasource, 120)
+            );
+            return ExitCode::from(EXIT_FAILED);
         }
-        serde_json::Value::Array(a) => {
-            for v in a {
-                if let Some(name) = v["name"].as_str() {
-                    props.push((
-                        name.to_owned(),
-                        v["type"].as_str().unwrap_or("?").to_owned(),
-                        v["description"].as_str().unwrap_or("").to_owned(),
-                    ));
-                }
-            }
-        }
-        _ => {}
-    }
+    };
     crate::outln!(
-        "{}: {} {} — {} properties",
-        Escaped(datasource),
-        Escaped(specs["connectorProvider"].as_str().unwrap_or("?")),
-        Escaped(specs["connectorVersion"].as_str().unwrap_or("")),
-        props.len()
+        "{datasource}: {} {} — {} properties{}",
+        Escaped(specs.provider.as_deref().unwrap_or("?")),
+        Escaped(specs.version.as_deref().unwrap_or("")),
+        specs.properties.len(),
+        if specs.ignored > 0 {
+            format!(" ({} unreadable entries ignored)", specs.ignored)
+        } else {
+            String::new()
+        }
     );
-    let width = props.iter().map(|p| p.0.len()).max().unwrap_or(4);
-    for (name, ty, desc) in &props {
+    let width = specs
+        .properties
+        .keys()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(4);
+    for (name, p) in &specs.properties {
         let mark = if looks_like_credential(name) {
             "credential?"
         } else {
             ""
         };
         crate::outln!(
-            "  {:width$}  {:8}  {mark:11}  {}",
-            Escaped(name).to_string(),
-            Escaped(ty).to_string(),
-            Escaped(&crate::text::cap(desc, 200))
+            "  {name:width$}  {:10}  {mark:11}  {}",
+            p.ty.display(),
+            Escaped(p.description.as_deref().unwrap_or(""))
         );
+        let mut extra = Vec::new();
+        if let Some(d) = &p.default {
+            extra.push(format!("default {d}"));
+        }
+        if let Some(e) = specs.enum_display(name) {
+            extra.push(format!("one of {e}"));
+        }
+        if !extra.is_empty() {
+            crate::outln!("  {:width$}  {}", "", extra.join("; "));
+        }
     }
     if let Some(c) = crate::connectors::Connector::lookup(datasource) {
         let schemes: Vec<_> = c.family.schemes.iter().map(|s| s.name).collect();
@@ -565,20 +572,36 @@ pub async fn describe_connector(
             "\n{datasource} is in the catalogue: use connector = \"{datasource}\" (schemes: {}).",
             schemes.join(", ")
         );
+        for scheme in c.family.schemes {
+            let spec = crate::connectors::BuildSpec::from_catalogue(
+                &c,
+                scheme,
+                &std::collections::BTreeMap::new(),
+            );
+            let checked =
+                crate::connectors::specs::check(datasource, &specs, &spec.writes(), false);
+            if checked.errors.is_empty() && checked.warnings.is_empty() {
+                crate::outln!("  scheme {}: matches these api-specs", scheme.name);
+            }
+            for e in &checked.errors {
+                crate::outln!("  scheme {}: refused: {e}", scheme.name);
+            }
+            for w in &checked.warnings {
+                crate::outln!("  scheme {}: warning: {w}", scheme.name);
+            }
+        }
         return ExitCode::SUCCESS;
     }
-    let text: Vec<_> = props
-        .iter()
-        .filter(|(n, t, _)| looks_like_credential(n) && t == "string")
-        // A quoted, escaped TOML string: the name comes from Qlik.
-        .map(|(n, _, _)| Escaped(&serde_json::Value::from(n.as_str()).to_string()).to_string())
-        .collect();
-    let files: Vec<_> = props
-        .iter()
-        .filter(|(n, t, _)| looks_like_credential(n) && t == "array")
-        // A quoted, escaped TOML string: the name comes from Qlik.
-        .map(|(n, _, _)| Escaped(&serde_json::Value::from(n.as_str()).to_string()).to_string())
-        .collect();
+    let pick = |t: &str| -> Vec<String> {
+        specs
+            .properties
+            .iter()
+            .filter(|(n, p)| looks_like_credential(n) && matches!(&p.ty, crate::connectors::specs::DeclaredType::Types(ts) if ts.iter().any(|x| x.as_str() == t)))
+            .map(|(n, _)| format!("{n:?}"))
+            .collect()
+    };
+    let text = pick("string");
+    let files = pick("array");
     let source = cfg.sources.keys().next().map_or("aws", String::as_str);
     crate::outln!(
         "\nA job for it (check the property list; every write is checked against these api-specs):\n"

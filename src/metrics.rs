@@ -53,6 +53,8 @@ pub struct Metrics {
     in_flight: IntGauge,
     state_write_failures: IntCounter,
     state_writable: IntGauge,
+    spec_warnings: IntCounterVec,
+    verify_warnings: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -144,8 +146,21 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            spec_warnings: counter(
+                "spec_warnings_total",
+                "api-specs declarations a catalogue connector's writes do not match (type or enum of a file array or mode constant); rotated anyway.",
+                &["connector_type"],
+            ),
+            verify_warnings: counter(
+                "verify_warnings_total",
+                "Verify findings from rules without a published source (not failures), by rule.",
+                &["rule"],
+            ),
             registry: r,
         };
+        for rule in crate::connectors::VERIFY_WARNING_RULES {
+            m.verify_warnings.with_label_values(&[rule]).reset();
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -156,7 +171,16 @@ impl Metrics {
     /// Pre-creates every per-job series so dashboards and `increase()` see zeros, not gaps.
     /// Call once with all jobs (a later call adds to the table; a job name seen twice keeps
     /// its first entry).
+    /// `spec_warnings_total` is pre-created for the connector of every catalogue job (the only
+    /// jobs that can warn).
     pub fn register_jobs<'a>(&self, jobs: impl IntoIterator<Item = &'a JobConfig>) {
+        let jobs: Vec<&JobConfig> = jobs.into_iter().collect();
+        for job in &jobs {
+            if !job.spec.is_generic() {
+                self.spec_warnings
+                    .with_label_values(&[spec_warning_label(&job.spec.datasource)]);
+            }
+        }
         self.jobs_table.register(jobs);
     }
 
@@ -229,6 +253,19 @@ impl Metrics {
                 s.last_success = Some(now);
             }
         });
+    }
+
+    /// Counts one api-specs warning of a catalogue connector (`connector_type` is a catalogue
+    /// `datasourceID`; anything else is counted as `other`, so the label stays bounded).
+    pub fn spec_warning(&self, connector_type: &str) {
+        self.spec_warnings
+            .with_label_values(&[spec_warning_label(connector_type)])
+            .inc();
+    }
+
+    /// Counts one verify warning; `rule` is one of [`crate::connectors::VERIFY_WARNING_RULES`].
+    pub fn verify_warning(&self, rule: &'static str) {
+        self.verify_warnings.with_label_values(&[rule]).inc();
     }
 
     /// Counts one failed attempt in `errors_total` (a run may retry several times).
@@ -500,6 +537,15 @@ impl RequestObserver for Metrics {
     }
 }
 
+/// The `connector_type` label of `spec_warnings_total`: a catalogue `datasourceID`, else `other`.
+fn spec_warning_label(connector_type: &str) -> &str {
+    if crate::connectors::Connector::lookup(connector_type).is_some() {
+        connector_type
+    } else {
+        "other"
+    }
+}
+
 /// Decrements `rotations_in_flight` when dropped.
 #[derive(Debug)]
 pub struct InFlight(IntGauge);
@@ -546,6 +592,7 @@ mod tests {
             duration: Duration::from_millis(ms),
             after: None,
             verified: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -568,6 +615,8 @@ mod tests {
         );
         m.set_jobs(2, 1);
         m.set_preflight("job-0000", false);
+        m.spec_warning("gbq");
+        m.spec_warning("not-in-the-catalogue");
         let text = m.render();
         for name in [
             "qlik_rotator_build_info{version=",
@@ -581,6 +630,10 @@ mod tests {
             "qlik_rotator_rotations_total{connector=\"mssql\",job=\"job-0000\",outcome=\"verify_failed\"} 0",
             "qlik_rotator_rotation_duration_seconds_bucket{job=\"job-0000\",le=\"+Inf\"} 0",
             "qlik_rotator_rotations_in_flight 0",
+            "qlik_rotator_verify_warnings_total{rule=\"credentials_id_changed\"} 0",
+            "qlik_rotator_spec_warnings_total{connector_type=\"gbq\"} 1",
+            "qlik_rotator_spec_warnings_total{connector_type=\"mssql\"} 0",
+            "qlik_rotator_spec_warnings_total{connector_type=\"other\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -11,7 +11,10 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     config::{ConnectionRef, JobConfig},
-    connectors::{self, BuildError, Mismatch, SeparateMode},
+    connectors::{
+        self, BuildError, Mismatch, SeparateMode,
+        specs::{printable, quoted},
+    },
     metrics::Metrics,
     qlik::{DataConnection, QlikClient, QlikError, model::CredentialUpdate},
     secrets::{AnySource, SecretSource, SecretValue, SourceError},
@@ -84,6 +87,26 @@ pub enum RotationError {
         /// Whether retrying may help.
         retriable: bool,
     },
+    /// A GET answered with another connection (or credential) than the one asked for. Before
+    /// the PATCH nothing is sent; after it, the rotation is not verified.
+    #[error("{message}")]
+    WrongConnection {
+        /// Resolve (before the PATCH) or verify (after it).
+        stage: Stage,
+        /// What was asked for and what came back (ids and names, escaped).
+        message: String,
+    },
+    /// The connection as read carries no usable `updated` timestamp, so a PATCH could never be
+    /// verified: nothing is sent.
+    #[error(
+        "{what} {id} shows no valid `updated` timestamp, so a rotation could not be verified; nothing was sent"
+    )]
+    Unverifiable {
+        /// `connection` or `credential`.
+        what: &'static str,
+        /// Its id (escaped).
+        id: String,
+    },
     /// A separate-credentials connection has no credential to update.
     #[error(
         "connection {0} uses separate credentials but names no credential (qCredentialsID is empty); set credential = \"<name>\" in the job"
@@ -100,7 +123,9 @@ impl RotationError {
             | RotationError::Fetched { .. } => Stage::Fetch,
             RotationError::Resolve(_)
             | RotationError::NoUpdatePrivilege(_)
-            | RotationError::NoCredential(_) => Stage::Resolve,
+            | RotationError::NoCredential(_)
+            | RotationError::Unverifiable { .. } => Stage::Resolve,
+            RotationError::WrongConnection { stage, .. } => *stage,
             RotationError::Build(_) => Stage::Build,
             RotationError::Apply(_) => Stage::Apply,
             RotationError::VerifyGet(_) | RotationError::Verify(_) => Stage::Verify,
@@ -114,6 +139,8 @@ impl RotationError {
             RotationError::UnknownSource(_) => "config",
             RotationError::Fetched { error_type, .. } => error_type,
             RotationError::NoCredential(_) => "no_credential",
+            RotationError::WrongConnection { .. } => "wrong_connection",
+            RotationError::Unverifiable { .. } => "unverifiable",
             RotationError::Resolve(e) | RotationError::Apply(e) | RotationError::VerifyGet(e) => {
                 e.error_type()
             }
@@ -201,6 +228,9 @@ pub struct Report {
     pub after: Option<DataConnection>,
     /// What verification established, after a successful rotation.
     pub verified: Option<Verified>,
+    /// Doubts that did not block the run: api-specs types we cannot know to be right for a
+    /// catalogue connector, and verify rules we cannot source (names and types only).
+    pub warnings: Vec<String>,
 }
 
 /// What a successful verification checked (no values).
@@ -221,6 +251,15 @@ impl Report {
             format!("{}[{}]", self.job, self.connection_key)
         } else {
             self.job.clone()
+        }
+    }
+
+    /// `, 1 warning: …` (empty without warnings).
+    pub fn warnings_text(&self) -> String {
+        match self.warnings.len() {
+            0 => String::new(),
+            1 => format!(", 1 warning: {}", self.warnings[0]),
+            n => format!(", {n} warnings: {}", self.warnings.join("; ")),
         }
     }
 
@@ -257,8 +296,9 @@ impl Report {
                     })
                     .unwrap_or_default();
                 format!(
-                    "{}: rotated and verified (connection {conn}, secret version {version}{detail})",
-                    label
+                    "{}: rotated and verified{} (connection {conn}, secret version {version}{detail})",
+                    label,
+                    self.warnings_text()
                 )
             }
             Outcome::Unchanged => format!(
@@ -379,28 +419,61 @@ impl Rotator {
     }
 
     /// Checks what the job writes against its connector's api-specs. Generic jobs require
-    /// api-specs; catalogue jobs are checked when the tenant has them.
+    /// api-specs; catalogue jobs are checked when the tenant has them. Returns the warnings
+    /// (each logged and counted in `spec_warnings_total`).
     ///
     /// # Errors
     /// [`RotationError`] naming every mismatch; nothing is sent.
-    pub async fn check_specs(&self, job: &JobConfig) -> Result<(), RotationError> {
+    pub async fn check_specs(&self, job: &JobConfig) -> Result<Vec<String>, RotationError> {
         let specs = self
             .api_specs(&job.spec.datasource)
             .await
             .map_err(RotationError::Resolve)?;
-        let problems = match specs {
-            Some(specs) => connectors::check_against_api_specs(&job.spec, &specs),
-            None if job.spec.scheme == "generic" => vec![format!(
-                "the tenant has no api-specs for {:?}, which a generic job needs to check its properties",
-                job.spec.datasource
-            )],
+        let warnings = match specs {
+            Some(specs) => connectors::check_against_api_specs(&job.spec, &specs)?,
+            None if job.spec.is_generic() => {
+                return Err(RotationError::Build(BuildError::SpecMismatch(vec![
+                    format!(
+                        "the tenant has no api-specs for {:?}, which a generic job needs to check its properties",
+                        job.spec.datasource
+                    ),
+                ])));
+            }
             None => Vec::new(),
         };
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(RotationError::Build(BuildError::SpecMismatch(problems)))
+        for w in &warnings {
+            tracing::warn!(
+                job = %job.name,
+                connector_type = %job.spec.datasource,
+                warning = %w,
+                "The connector's api-specs disagree with the catalogue; rotating anyway."
+            );
+            if let Some(m) = &self.metrics {
+                m.spec_warning(&job.spec.datasource);
+            }
         }
+        Ok(warnings)
+    }
+
+    fn verify_warning(&self, job: &JobConfig, rule: &'static str, message: &str) {
+        tracing::warn!(
+            job = %job.name,
+            rule,
+            warning = %message,
+            "Verify found something it cannot judge; counted as a warning, not a failure."
+        );
+        if let Some(m) = &self.metrics {
+            m.verify_warning(rule);
+        }
+    }
+
+    /// Forgets a name → id resolution (after a GET by that id answered with another name).
+    fn forget_resolved(&self, job: &JobConfig, conn: &ConnectionRef) {
+        let cache_key = format!("{}\u{0}{}", job.name, conn.key());
+        self.resolved
+            .lock()
+            .expect("resolved lock")
+            .remove(&cache_key);
     }
 
     /// Runs one job once: reads the secret once, then rotates each connection it feeds.
@@ -427,6 +500,7 @@ impl Rotator {
             duration: Duration::ZERO,
             after: None,
             verified: None,
+            warnings: Vec::new(),
         };
 
         // 1. The secret, once: an unchanged version costs no Qlik call at all.
@@ -490,7 +564,7 @@ impl Rotator {
         plan_only: bool,
         report: &mut Report,
     ) -> Outcome {
-        // 2. The connection as it is now.
+        // 2. The connection as it is now, and proof that it is the one asked for.
         let before = match known {
             Some(c) => c,
             None => match self.read_connection(job, conn).await {
@@ -498,10 +572,17 @@ impl Rotator {
                 Err(e) => return Outcome::Failed(RotationError::Resolve(e)),
             },
         };
+        if let Err(message) = check_identity(conn, &before) {
+            self.forget_resolved(job, conn);
+            return Outcome::Failed(RotationError::WrongConnection {
+                stage: Stage::Resolve,
+                message,
+            });
+        }
         report.connection_id = Some(before.id.clone());
         if before.separate_credentials && job.spec.separate == Some(SeparateMode::DataCredentials) {
             return self
-                .rotate_data_credential(job, &before, secret, plan_only)
+                .rotate_data_credential(job, &before, secret, plan_only, report)
                 .await;
         }
 
@@ -510,14 +591,22 @@ impl Rotator {
             Ok(p) => p,
             Err(e) => return Outcome::Failed(e.into()),
         };
-        if let Err(e) = self.check_specs(job).await {
-            return Outcome::Failed(e);
+        match self.check_specs(job).await {
+            Ok(warnings) => report.warnings.extend(warnings),
+            Err(e) => return Outcome::Failed(e),
         }
         if plan_only {
             return Outcome::Planned(plan.doc.masked());
         }
         if !before.privileges.is_empty() && !before.has_privilege("update") {
             return Outcome::Failed(RotationError::NoUpdatePrivilege(before.id.clone()));
+        }
+        // Without a baseline `updated`, a 204 that applied nothing could not be told apart.
+        if connectors::parse_time(&before.updated).is_none() {
+            return Outcome::Failed(RotationError::Unverifiable {
+                what: "connection",
+                id: printable(&before.id, 80),
+            });
         }
 
         // 4. Apply.
@@ -528,7 +617,7 @@ impl Rotator {
         let written = plan.doc.redactor();
         drop(plan.doc);
 
-        // 5. Verify.
+        // 5. Verify: the same connection, `updated` advanced, nothing else changed.
         let after = match self
             .client
             .get_connection_redacting(&before.id, &written)
@@ -537,9 +626,24 @@ impl Rotator {
             Ok(c) => c,
             Err(e) => return Outcome::VerifyFailed(RotationError::VerifyGet(e)),
         };
-        let mismatches = connectors::verify(&before, &after, &plan.expect);
-        if !mismatches.is_empty() {
-            return Outcome::VerifyFailed(RotationError::Verify(mismatches));
+        if let Err(message) = same_id(
+            "connection",
+            &before.id,
+            &after.id,
+            after.id_field.as_deref(),
+        ) {
+            return Outcome::VerifyFailed(RotationError::WrongConnection {
+                stage: Stage::Verify,
+                message,
+            });
+        }
+        let verification = connectors::verify(&before, &after, &plan.expect);
+        if !verification.failures.is_empty() {
+            return Outcome::VerifyFailed(RotationError::Verify(verification.failures));
+        }
+        for (rule, message) in &verification.warnings {
+            self.verify_warning(job, rule, message);
+            report.warnings.push(message.clone());
         }
         report.verified = Some(Verified {
             unchanged_properties: before
@@ -564,13 +668,14 @@ impl Rotator {
     }
 
     /// Separate credentials through `PUT /api/v1/data-credentials/{id}`, verified with the
-    /// data-credentials GET (metadata unchanged, `updated` not backwards).
+    /// data-credentials GET: the same credential, metadata unchanged, `updated` advanced.
     async fn rotate_data_credential(
         &self,
         job: &JobConfig,
         conn: &DataConnection,
         secret: &SecretValue,
         plan_only: bool,
+        report: &mut Report,
     ) -> Outcome {
         let fields = match secret.fields() {
             Ok(f) => f,
@@ -583,16 +688,23 @@ impl Rotator {
                 .iter()
                 .find(|p| p.name == prop)
                 .map_or(prop, |p| p.key.as_str());
-            match fields.get(key) {
-                Some(v) if !v.expose_secret().is_empty() => Ok(v.clone()),
-                Some(_) => Err(BuildError::EmptyField {
+            match fields.text(key) {
+                Ok(Some(v)) if !v.expose_secret().is_empty() => Ok(v.clone()),
+                Ok(Some(_)) => Err(BuildError::EmptyField {
                     property: prop.to_owned(),
                     key: key.to_owned(),
                 }
                 .into()),
-                None => Err(BuildError::MissingField {
+                Ok(None) => Err(BuildError::MissingField {
                     property: prop.to_owned(),
                     key: key.to_owned(),
+                }
+                .into()),
+                Err(found) => Err(BuildError::WrongJsonType {
+                    property: prop.to_owned(),
+                    key: key.to_owned(),
+                    found,
+                    want: "a JSON string",
                 }
                 .into()),
             }
@@ -612,6 +724,23 @@ impl Rotator {
             Ok(c) => c,
             Err(e) => return Outcome::Failed(RotationError::Resolve(e)),
         };
+        let asked = if by_name {
+            same_name("credential", &lookup, &before.name, None, None)
+                .and_then(|()| check_id_field("credential", &before.id, before.id_field.as_deref()))
+        } else {
+            same_id(
+                "credential",
+                &lookup,
+                &before.id,
+                before.id_field.as_deref(),
+            )
+        };
+        if let Err(message) = asked {
+            return Outcome::Failed(RotationError::WrongConnection {
+                stage: Stage::Resolve,
+                message,
+            });
+        }
         let update = CredentialUpdate {
             id: before.id.clone(),
             name: before.name.clone(),
@@ -626,6 +755,12 @@ impl Rotator {
                 "body": update.masked()
             }));
         }
+        if connectors::parse_time(&before.updated).is_none() {
+            return Outcome::Failed(RotationError::Unverifiable {
+                what: "credential",
+                id: printable(&before.id, 80),
+            });
+        }
         if let Err(e) = self.client.put_credential(&update).await {
             return Outcome::Failed(RotationError::Apply(e));
         }
@@ -639,6 +774,17 @@ impl Rotator {
             Ok(c) => c,
             Err(e) => return Outcome::VerifyFailed(RotationError::VerifyGet(e)),
         };
+        if let Err(message) = same_id(
+            "credential",
+            &before.id,
+            &after.id,
+            after.id_field.as_deref(),
+        ) {
+            return Outcome::VerifyFailed(RotationError::WrongConnection {
+                stage: Stage::Verify,
+                message,
+            });
+        }
         let mut mismatches = Vec::new();
         if after.name != before.name {
             mismatches.push("credential qName changed".to_owned());
@@ -646,21 +792,93 @@ impl Rotator {
         if after.q_type != before.q_type || after.datasource_id != before.datasource_id {
             mismatches.push("credential qType/datasourceID changed".to_owned());
         }
-        let t = |s: &Option<String>| {
-            s.as_deref()
-                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        };
-        if let (Some(b), Some(a)) = (t(&before.updated), t(&after.updated))
-            && a < b
-        {
-            mismatches.push("credential updated went backwards".to_owned());
+        if let Some(m) = connectors::updated_rule(&before.updated, &after.updated, "credential ") {
+            mismatches.push(m);
         }
         if mismatches.is_empty() {
+            report.verified = Some(Verified {
+                unchanged_properties: 0,
+                confirmed_credentials: Vec::new(),
+                updated: (before.updated.clone(), after.updated.clone()),
+            });
             Outcome::Rotated
         } else {
             Outcome::VerifyFailed(RotationError::Verify(mismatches))
         }
     }
+}
+
+/// Proves that a connection read for `asked` is that connection: by id, the returned `qID`
+/// (and `id`, when present) is the id asked for; by name, the returned `qName` is the name
+/// (and `space` the space, when one was given). Messages escape what came from outside.
+///
+/// # Errors
+/// The message for [`RotationError::WrongConnection`].
+pub fn check_identity(asked: &ConnectionRef, got: &DataConnection) -> Result<(), String> {
+    match asked {
+        ConnectionRef::Id(id) => same_id("connection", id, &got.id, got.id_field.as_deref()),
+        ConnectionRef::Name { name, space } => {
+            same_name(
+                "connection",
+                name,
+                &got.name,
+                space.as_deref(),
+                Some(got.space.as_deref().unwrap_or("")),
+            )?;
+            check_id_field("connection", &got.id, got.id_field.as_deref())
+        }
+    }
+}
+
+/// Ids are UUIDs, compared without regard to ASCII case.
+fn same_id(what: &str, asked: &str, got: &str, id_field: Option<&str>) -> Result<(), String> {
+    if got.is_empty() || !got.eq_ignore_ascii_case(asked) {
+        return Err(format!(
+            "asked for {what} {} but the GET answered with {what} {}; nothing is trusted from that answer",
+            printable(asked, 80),
+            quoted(got, 80)
+        ));
+    }
+    check_id_field(what, got, id_field)
+}
+
+/// The undocumented `id` field (shown in Qlik's examples) must agree with `qID` when present.
+fn check_id_field(what: &str, q_id: &str, id_field: Option<&str>) -> Result<(), String> {
+    match id_field {
+        Some(id) if !id.eq_ignore_ascii_case(q_id) => Err(format!(
+            "the GET answered with {what} qID {} but id {}; nothing is trusted from that answer",
+            printable(q_id, 80),
+            quoted(id, 80)
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn same_name(
+    what: &str,
+    asked: &str,
+    got: &str,
+    space: Option<&str>,
+    got_space: Option<&str>,
+) -> Result<(), String> {
+    if got != asked {
+        return Err(format!(
+            "asked for the {what} named {} but the GET answered with one named {}; nothing is trusted from that answer",
+            quoted(asked, 120),
+            quoted(got, 120)
+        ));
+    }
+    if let Some(space) = space
+        && got_space != Some(space)
+    {
+        return Err(format!(
+            "asked for the {what} named {} in space {} but the GET answered with one in space {}; nothing is trusted from that answer",
+            quoted(asked, 120),
+            printable(space, 80),
+            quoted(got_space.unwrap_or(""), 80)
+        ));
+    }
+    Ok(())
 }
 
 fn log_report(report: &Report) {

@@ -1351,10 +1351,10 @@ async fn describe_connector_escapes_hostile_api_specs() {
         json!({
             "connectorProvider": "Evil\n[[jobs]]\nname = \"x\"",
             "connectorVersion": "1\u{1b}[2J",
-            "connectionProperties": {
+            "connectionProperties": {"type": "object", "properties": {
                 "password\"]\nsource = \"attacker": {"type": "string", "description": FORGERY},
                 "apiToken": {"type": "string", "description": "ok\u{202e}"}
-            }
+            }}
         }),
     );
     let out = run_cli(
@@ -1389,8 +1389,11 @@ async fn describe_connector_escapes_hostile_api_specs() {
         "{}",
         out.stdout
     );
+    // A property name with control characters is not offered at all (the api-specs parser
+    // ignores it and says so), so it can reach neither the listing nor the job snippet.
+    assert!(!out.stdout.contains("attacker"), "{}", out.stdout);
     assert!(
-        out.stdout.contains(r#""password\"]\nsource = \"attacker""#),
+        out.stdout.contains("(1 unreadable entries ignored)"),
         "{}",
         out.stdout
     );

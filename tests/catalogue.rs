@@ -79,7 +79,8 @@ fn api_specs(id: &str) -> Value {
             );
         }
     }
-    json!({"connectorProvider": "sim", "connectorVersion": "1.0.0", "connectionProperties": props})
+    // Qlik's documented shape (S11): JSON Schema, names under connectionProperties.properties.
+    qlik_rotator::sim::api_specs("sim", "1.0.0", Value::Object(props))
 }
 
 fn b64(bytes: &[u8]) -> String {

@@ -39,18 +39,19 @@ async fn run_job(dir: &Path, text: &str, job: &str) -> Vec<qlik_rotator::rotatio
 }
 
 fn pg_spec() -> serde_json::Value {
-    json!({
-        "connectorProvider": "QvOdbcConnectorPackage.exe",
-        "connectorVersion": "1.0",
-        "connectionProperties": {
+    qlik_rotator::sim::api_specs(
+        "QvOdbcConnectorPackage.exe",
+        "1.0",
+        json!({
             "host": {"type": "string"},
-            "port": {"type": "integer"},
+            "port": {"type": "integer", "default": 5432},
             "database": {"type": "string"},
+            "sslmode": {"type": "string", "enum": ["disable", "require", "verify-full"], "default": "require"},
             "userName": {"type": "string", "description": "User name"},
             "userPassword": {"type": "string", "description": "Password"},
             "sslRootCert": {"type": "array"}
-        }
-    })
+        }),
+    )
 }
 
 async fn pg_tenant() -> (Simulator, String) {
@@ -176,11 +177,52 @@ async fn describe_connector_prints_properties_and_a_job_snippet() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
         out.stdout
-            .contains("postgres: QvOdbcConnectorPackage.exe 1.0 — 6 properties"),
+            .contains("postgres: QvOdbcConnectorPackage.exe 1.0 — 7 properties"),
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("userPassword") && out.stdout.contains("credential?"));
+    // The real properties (read from connectionProperties.properties), never the JSON Schema
+    // keywords `type` and `properties` themselves.
+    let rows: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for name in [
+        "database",
+        "host",
+        "port",
+        "sslRootCert",
+        "sslmode",
+        "userName",
+        "userPassword",
+    ] {
+        assert!(rows.contains(&name), "{name} missing: {}", out.stdout);
+    }
+    assert!(
+        !rows.contains(&"type") && !rows.contains(&"properties"),
+        "{}",
+        out.stdout
+    );
+    let password_row = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("userPassword"))
+        .unwrap();
+    assert!(
+        password_row.contains("string")
+            && password_row.contains("credential?")
+            && password_row.ends_with("Password"),
+        "{password_row}"
+    );
+    assert!(
+        out.stdout
+            .contains("default \"require\"; one of \"disable\", \"require\", \"verify-full\""),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("default 5432"), "{}", out.stdout);
     assert!(out.stdout.contains("connector = \"generic\"\ndatasource = \"postgres\"\nproperties = [\"userPassword\"]\nfile_properties = [\"sslRootCert\"]"), "{}", out.stdout);
     let out = run_cli(
         &["describe-connector", "nope", "-c", path.to_str().unwrap()],
@@ -413,4 +455,159 @@ secret = "s"
             "jobs[2].separate_credentials: data_credentials needs a username/password scheme; scheme \"access_key\" has none",
         ]
     );
+}
+
+/// Issue 9's acceptance case: a tenant that serves api-specs exactly as Qlik documents them
+/// (JSON Schema, S11) — `rotate --all` rotates and verifies the catalogue jobs (S3, SQL
+/// Server, BigQuery) and a generic job, through the real binary.
+#[tokio::test]
+async fn a_tenant_serving_documented_api_specs_rotates_catalogue_and_generic_jobs() {
+    let sim = tenant(SimConfig::default()).await;
+    // S11's example for File_AmazonS3ConnectorV2, abridged as in qlik-api-facts.md §2.8.
+    sim.add_data_source_spec(
+        "File_AmazonS3ConnectorV2",
+        qlik_rotator::sim::api_specs(
+            "QvWebStorageProviderConnectorPackage.exe",
+            "4.46.0",
+            json!({
+                "region": {"type": "string", "default": "us-east-1", "enum": ["eu-west-1", "us-east-1"], "description": "Region."},
+                "bucketName": {"type": "string", "description": "Bucket name."},
+                "separateCredentials": {"type": "boolean", "default": false},
+                "selectedCredentials": {"type": "string"},
+                "credentialsName": {"type": "string"},
+                "accessKey": {"type": "string", "description": "Amazon S3 access key."},
+                "secretKey": {"type": "string", "description": "Amazon S3 secret key."}
+            }),
+        ),
+    );
+    sim.add_data_source_spec(
+        "mssql",
+        qlik_rotator::sim::api_specs(
+            "QvOdbcConnectorPackage.exe",
+            "1.0",
+            json!({"host": {"type": "string"}, "port": {"type": "integer"}, "database": {"type": "string"},
+                   "username": {"type": "string"}, "password": {"type": "string"}}),
+        ),
+    );
+    sim.add_data_source_spec(
+        "gbq",
+        qlik_rotator::sim::api_specs(
+            "QvOdbcConnectorPackage.exe",
+            "1.0",
+            json!({"Catalog": {"type": "string"}, "OAuthMechanism": {"type": "string"},
+                   "KeyFilePath": {"type": "array"}, "Email": {"type": "string"},
+                   "P12CustomPwd": {"type": "string"}}),
+        ),
+    );
+    sim.add_data_source_spec("postgres", pg_spec());
+    let pg = sim.add_connection(SeedConnection::new(
+        "Warehouse PG",
+        "postgres",
+        json!({"host": "pg", "port": 5432, "database": "dw", "userName": "old", "userPassword": "old-pw"}),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    vault(
+        dir.path(),
+        "qlik/sales-s3",
+        r#"{"accessKey":"AKIANEW","secretKey":"doc-shape-s3"}"#,
+    );
+    vault(
+        dir.path(),
+        "qlik/finance-sql",
+        r#"{"username":"svc_fin","password":"doc-shape-sql"}"#,
+    );
+    vault(
+        dir.path(),
+        "qlik/bigquery",
+        r#"{"type":"service_account","private_key":"k","client_email":"sa@p.iam"}"#,
+    );
+    vault(
+        dir.path(),
+        "pg",
+        r#"{"userName":"svc_dw","userPassword":"doc-shape-pg"}"#,
+    );
+    let jobs = format!(
+        "{}\n{}",
+        three_jobs("v"),
+        generic_job(&pg, "[\"userName\", \"userPassword\"]")
+    );
+    let path = write_config(dir.path(), &config_text(&sim, &jobs));
+    let out = run_cli(
+        &["rotate", "--all", "-c", path.to_str().unwrap()],
+        &env(&[("QLIK_API_KEY", API_KEY)]),
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    for job in ["sales-s3", "finance-sql", "warehouse-bq", "pg"] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{job}: rotated and verified (connection"))),
+            "{job}: {}",
+            out.stdout
+        );
+    }
+    assert_eq!(stored_prop(&sim, S3_ID, "secretKey"), "doc-shape-s3");
+    assert_eq!(stored_prop(&sim, SQL_ID, "password"), "doc-shape-sql");
+    assert_eq!(stored_prop(&sim, &pg, "userPassword"), "doc-shape-pg");
+    assert_eq!(with_method(&sim, "PATCH").len(), 4);
+    // Each connector's api-specs were read and used.
+    for ds in ["File_AmazonS3ConnectorV2", "mssql", "gbq", "postgres"] {
+        assert_eq!(
+            with_method(&sim, "GET")
+                .iter()
+                .filter(|r| r.path == format!("/api/v1/data-sources/{ds}/api-specs"))
+                .count(),
+            1,
+            "{ds}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn describe_connector_checks_each_catalogue_scheme_against_the_api_specs() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    sim.add_data_source_spec(
+        "gbq",
+        qlik_rotator::sim::api_specs(
+            "QvOdbcConnectorPackage.exe",
+            "1.0",
+            json!({"Catalog": {"type": "string", "description": "Project."},
+                   "KeyFilePath": {"type": "string", "description": "Key file."},
+                   "OAuthMechanism": {"type": "string", "enum": ["0", "1"], "default": "0"},
+                   "Email": {"type": "string"}, "P12CustomPwd": {"type": "string"}}),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &config_text(
+            &sim,
+            &generic_job("00000000-0000-4000-8000-0000000000c1", "[\"userPassword\"]"),
+        ),
+    );
+    let out = run_cli(
+        &["describe-connector", "gbq", "-c", path.to_str().unwrap()],
+        &env(&[("QLIK_API_KEY", API_KEY)]),
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("gbq is in the catalogue"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(
+            "  scheme service_account: warning: property \"KeyFilePath\" is declared as \"string\" in the api-specs of \"gbq\", but the job writes \"array\""
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("default \"0\"; one of \"0\", \"1\""),
+        "{}",
+        out.stdout
+    );
+    assert!(with_method(&sim, "PATCH").is_empty());
 }

@@ -6,6 +6,7 @@
 //! whether the path exists in the GET. [`verify`] compares the GETs before and after.
 
 pub mod catalogue;
+pub mod specs;
 
 use std::collections::BTreeMap;
 
@@ -160,27 +161,37 @@ impl BuildSpec {
         }
     }
 
-    /// The JSON type each written top-level property must have in the connector's api-specs.
-    pub fn expected_types(&self) -> Vec<(String, &'static str)> {
-        let mut out: Vec<(String, &'static str)> = self
-            .props
-            .iter()
-            .map(|p| {
-                let t = match p.kind {
-                    PropKind::Text => "string",
-                    PropKind::File { .. } | PropKind::Header => "array",
-                };
-                let name = match p.kind {
-                    PropKind::Header => "queryHeaders".to_owned(),
-                    _ => p.name.clone(),
-                };
-                (name, t)
-            })
-            .collect();
+    /// What the job writes at the top level of `connectionProperties`, with the JSON type
+    /// of each value, for the api-specs check.
+    pub fn writes(&self) -> Vec<specs::Write> {
+        let mut out: Vec<specs::Write> = Vec::new();
+        for p in &self.props {
+            let (name, json_type, role) = match p.kind {
+                PropKind::Text => (p.name.clone(), "string", specs::WriteRole::Credential),
+                PropKind::File { .. } => (p.name.clone(), "array", specs::WriteRole::Array),
+                PropKind::Header => ("queryHeaders".to_owned(), "array", specs::WriteRole::Array),
+            };
+            if !out.iter().any(|w| w.name == name) {
+                out.push(specs::Write {
+                    name,
+                    json_type,
+                    role,
+                });
+            }
+        }
         for (name, v) in &self.constants {
-            out.push((name.clone(), json_type(v)));
+            out.push(specs::Write {
+                name: name.clone(),
+                json_type: json_type(v),
+                role: specs::WriteRole::Constant(v.clone()),
+            });
         }
         out
+    }
+
+    /// Whether this is a `generic` job (strict api-specs checks).
+    pub fn is_generic(&self) -> bool {
+        self.scheme == "generic"
     }
 }
 
@@ -197,42 +208,28 @@ pub fn json_type(v: &Value) -> &'static str {
     }
 }
 
-/// Checks the properties a spec writes against a connector's api-specs
-/// (`{connectionProperties: {name: {type, …}}}`, or a list of `{name, type}`): each must
-/// exist, and its declared JSON type must match. Returns the problems (names and types only).
-pub fn check_against_api_specs(spec: &BuildSpec, api_specs: &Value) -> Vec<String> {
-    let props = &api_specs["connectionProperties"];
-    let declared = |name: &str| -> Option<Option<String>> {
-        let entry = match props {
-            Value::Object(m) => m.get(name).cloned(),
-            Value::Array(a) => a.iter().find(|e| e["name"].as_str() == Some(name)).cloned(),
-            _ => None,
-        }?;
-        Some(entry["type"].as_str().map(str::to_owned))
-    };
-    let mut out = Vec::new();
-    for (name, want) in spec.expected_types() {
-        match declared(&name) {
-            None => out.push(format!(
-                "property {name:?} does not exist in the api-specs of {:?}",
-                spec.datasource
-            )),
-            Some(Some(t)) if !type_compatible(&t, want) => out.push(format!(
-                "property {name:?} is declared as {t:?} in the api-specs of {:?}, but the job writes {want:?}",
-                spec.datasource
-            )),
-            Some(_) => {}
-        }
+/// Checks what a job writes against a connector's api-specs (Qlik's JSON Schema shape, see
+/// [`specs`]): every written property must be declared; declared types must fit (strictly for
+/// generic jobs and text credentials; a doubt about a catalogue file array or mode constant is
+/// a warning). Messages name properties and types only.
+///
+/// # Errors
+/// [`BuildError::SpecInvalid`] when the document is not in Qlik's published shape,
+/// [`BuildError::SpecMismatch`] for refusals. `Ok` carries the warnings.
+pub fn check_against_api_specs(
+    spec: &BuildSpec,
+    api_specs: &Value,
+) -> Result<Vec<String>, BuildError> {
+    let parsed = specs::ApiSpecs::parse(api_specs).map_err(|e| BuildError::SpecInvalid {
+        datasource: spec.datasource.clone(),
+        reason: e,
+    })?;
+    let checked = specs::check(&spec.datasource, &parsed, &spec.writes(), spec.is_generic());
+    if checked.errors.is_empty() {
+        Ok(checked.warnings)
+    } else {
+        Err(BuildError::SpecMismatch(checked.errors))
     }
-    out
-}
-
-fn type_compatible(declared: &str, written: &str) -> bool {
-    declared == written
-        || (declared == "number" && written == "integer")
-        // Some specs declare secrets with a format but type "string"; file arrays sometimes
-        // as "object" lists. Accept only the exact or numeric-widening cases otherwise.
-        || (declared == "password" && written == "string")
 }
 
 /// Why no patch could be built. Messages name properties and keys, never values.
@@ -295,6 +292,38 @@ pub enum BuildError {
     /// A written property does not match the connector's api-specs.
     #[error("the patch does not match the connector's api-specs: {}; nothing was sent", .0.join("; "))]
     SpecMismatch(Vec<String>),
+    /// The connector's api-specs are not in the shape Qlik publishes.
+    #[error("the api-specs of {datasource:?} cannot be used: {reason}; nothing was sent")]
+    SpecInvalid {
+        /// The `datasourceID`.
+        datasource: String,
+        /// What is wrong with the document.
+        reason: specs::SpecError,
+    },
+    /// A secret field holds a JSON value of the wrong type for its credential.
+    #[error(
+        "the secret's field {key:?} (for Qlik property {property:?}) is a JSON {found}, but the credential must be {want}; nothing was sent"
+    )]
+    WrongJsonType {
+        /// Qlik property.
+        property: String,
+        /// Secret key.
+        key: String,
+        /// The JSON type found (never the value).
+        found: &'static str,
+        /// What the credential must be.
+        want: &'static str,
+    },
+    /// A service-account key file credential is not a JSON object.
+    #[error(
+        "the secret's field {key:?} (for Qlik property {property:?}) is not a service-account key file: its content must be a JSON object; nothing was sent"
+    )]
+    NotKeyFile {
+        /// Qlik property.
+        property: String,
+        /// Secret key.
+        key: String,
+    },
 }
 
 impl BuildError {
@@ -309,6 +338,8 @@ impl BuildError {
             BuildError::HeaderNotFound { .. } => "header_not_found",
             BuildError::InvalidBase64 { .. } => "invalid_base64",
             BuildError::SpecMismatch(_) => "spec_mismatch",
+            BuildError::SpecInvalid { .. } => "spec_invalid",
+            BuildError::WrongJsonType { .. } | BuildError::NotKeyFile { .. } => "secret_invalid",
         }
     }
 }
@@ -376,11 +407,18 @@ pub fn build(
                 let fields = fields
                     .as_ref()
                     .map_err(|e| BuildError::NotFields(e.clone()))?;
-                let Some(value) = fields.get(key) else {
-                    if prop.required {
-                        return Err(missing());
+                let value = match fields.text(key) {
+                    Ok(Some(v)) => v,
+                    Ok(None) if prop.required => return Err(missing()),
+                    Ok(None) => continue,
+                    Err(found) => {
+                        return Err(BuildError::WrongJsonType {
+                            property: prop.name.clone(),
+                            key: key.to_owned(),
+                            found,
+                            want: "a JSON string",
+                        });
                     }
-                    continue;
                 };
                 if value.expose_secret().is_empty() {
                     return Err(empty());
@@ -425,6 +463,12 @@ pub fn build(
                         SecretString::from(text.to_owned())
                     }
                 };
+                if prop.whole_secret && !is_key_file(&content, spec.file_encoding) {
+                    return Err(BuildError::NotKeyFile {
+                        property: prop.name.clone(),
+                        key: key.to_owned(),
+                    });
+                }
                 let file_name = spec
                     .file_name
                     .clone()
@@ -562,13 +606,47 @@ fn file_content(
     let f = fields
         .as_ref()
         .map_err(|e| BuildError::NotFields(e.clone()))?;
-    Ok(match f.get(&prop.key) {
-        Some(v) => Some(SecretBox::new(Box::new(
-            v.expose_secret().as_bytes().to_vec(),
-        ))),
-        None if prop.whole_secret && looks_like_key_file(f) => Some(secret.raw_bytes()),
-        None => None,
+    let bytes = |v: &SecretString| SecretBox::new(Box::new(v.expose_secret().as_bytes().to_vec()));
+    Ok(match f.text(&prop.key) {
+        Ok(Some(v)) => Some(bytes(v)),
+        // A service-account key file may sit in the secret as a nested JSON object.
+        Err("object") if prop.whole_secret => f.object_json(&prop.key).map(bytes),
+        Err(found) => {
+            return Err(BuildError::WrongJsonType {
+                property: prop.name.clone(),
+                key: prop.key.clone(),
+                found,
+                want: if prop.whole_secret {
+                    "a JSON string or object (a service-account key file)"
+                } else {
+                    "a JSON string"
+                },
+            });
+        }
+        Ok(None) if prop.whole_secret && looks_like_key_file(f) => Some(secret.raw_bytes()),
+        Ok(None) => None,
     })
+}
+
+/// Whether a service-account key file's content (raw, or base64 with
+/// `file_encoding = "base64"`) is a JSON object, as Google's key files are. Anything else
+/// (a PEM key, a P12 file, text) is refused rather than base64'd and sent.
+fn is_key_file(content: &SecretBox<Vec<u8>>, encoding: FileEncoding) -> bool {
+    let decoded;
+    let raw: &[u8] = match encoding {
+        FileEncoding::Raw => content.expose_secret(),
+        FileEncoding::Base64 => {
+            let text = std::str::from_utf8(content.expose_secret()).unwrap_or_default();
+            match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
+                Ok(d) => {
+                    decoded = SecretBox::new(Box::new(d));
+                    decoded.expose_secret()
+                }
+                Err(_) => return false,
+            }
+        }
+    };
+    serde_json::from_slice::<serde_json::Map<String, Value>>(raw).is_ok()
 }
 
 /// A service-account key file (`{"type": "service_account", "private_key": …}`) stored as the
@@ -580,31 +658,59 @@ fn looks_like_key_file(f: &crate::secrets::SecretFields) -> bool {
 /// One difference the verify step found. Names properties, never values.
 pub type Mismatch = String;
 
-/// Compares the GET after the PATCH with the GET before it.
+/// What [`verify`] found: failures (the rotation is not verified) and warnings (rules we
+/// cannot source; logged, counted and shown, but not failures).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verification {
+    /// Firm differences.
+    pub failures: Vec<Mismatch>,
+    /// `(rule, message)`: `rule` is a bounded metric label (see [`VERIFY_WARNING_RULES`]).
+    pub warnings: Vec<(&'static str, String)>,
+}
+
+/// Every `rule` label [`Verification::warnings`] can carry.
+pub const VERIFY_WARNING_RULES: [&str; 3] = [
+    "credentials_id_changed",
+    "property_appeared",
+    "constant_type",
+];
+
+/// Compares the GET after the PATCH with the GET before it. The caller has already checked
+/// that both are the connection asked for (same `qID`).
 ///
-/// Checks: same `datasourceID`, name, type and space; every property the patch did not write
-/// is unchanged; written credentials that GET does show equal the new values; file
-/// credentials carry the new file name; `updated` has not gone backwards.
+/// Each rule, its confidence and its source are listed in README "How a rotation works":
+/// - failures: `updated` missing, unparseable, equal or earlier after the PATCH (a 204 that
+///   applied nothing); `datasourceID`, name, type, space or `qSeparateCredentials` changed; a
+///   property the patch did not write changed or disappeared; a written credential the GET
+///   shows holds another value; a file credential shows another file name; a constant shows
+///   another value.
+/// - warnings: `qCredentialsID` changed outside separate credentials; a property the patch did
+///   not write appeared; a constant shows the same value as another JSON type (`"3"` vs `3`).
 pub fn verify(
     before: &DataConnection,
     after: &DataConnection,
     expect: &Expectation,
-) -> Vec<Mismatch> {
-    let mut out = Vec::new();
+) -> Verification {
+    let mut out = Verification::default();
+    let fail = &mut out.failures;
+    if let Some(m) = updated_rule(&before.updated, &after.updated, "") {
+        fail.push(m);
+    }
     if before.datasource_id != after.datasource_id {
-        out.push(format!(
-            "datasourceID changed from {:?} to {:?}",
-            before.datasource_id, after.datasource_id
+        fail.push(format!(
+            "datasourceID changed from {} to {}",
+            specs::quoted(&before.datasource_id, 80),
+            specs::quoted(&after.datasource_id, 80)
         ));
     }
     if before.name != after.name {
-        out.push("qName changed".to_owned());
+        fail.push("qName changed".to_owned());
     }
     if before.q_type != after.q_type {
-        out.push("qType changed".to_owned());
+        fail.push("qType changed".to_owned());
     }
     if before.space != after.space {
-        out.push("space changed".to_owned());
+        fail.push("space changed".to_owned());
     }
     let mut names: Vec<&String> = before
         .properties
@@ -617,11 +723,15 @@ pub fn verify(
         if expect.written.iter().any(|w| w == name) {
             continue;
         }
+        let shown = specs::quoted(name, 80);
         match (before.properties.get(name), after.properties.get(name)) {
             (Some(a), Some(b)) if a == b => {}
-            (Some(_), Some(_)) => out.push(format!("non-credential property {name:?} changed")),
-            (Some(_), None) => out.push(format!("non-credential property {name:?} disappeared")),
-            (None, Some(_)) => out.push(format!("property {name:?} appeared")),
+            (Some(_), Some(_)) => fail.push(format!("non-credential property {shown} changed")),
+            (Some(_), None) => fail.push(format!("non-credential property {shown} disappeared")),
+            (None, Some(_)) => out.warnings.push((
+                "property_appeared",
+                format!("property {shown} appeared after the PATCH"),
+            )),
             (None, None) => {}
         }
     }
@@ -631,8 +741,12 @@ pub fn verify(
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
+            // A masked display (`***`, empty) is no evidence either way: not compared.
+            if shown.chars().all(|c| c == '*') {
+                continue;
+            }
             if digest(shown.as_bytes()) != *want {
-                out.push(format!(
+                fail.push(format!(
                     "credential property {name:?} does not show the new value"
                 ));
             }
@@ -649,41 +763,87 @@ pub fn verify(
         if let Some(shown) = shown
             && shown != want
         {
-            out.push(format!(
+            fail.push(format!(
                 "file credential {name:?} does not show the new file name"
             ));
         }
     }
     for (name, want) in &expect.constants {
-        if after
-            .properties
-            .get(name)
-            .is_some_and(|shown| shown != want)
-        {
-            out.push(format!(
+        let Some(shown) = after.properties.get(name) else {
+            continue;
+        };
+        if shown == want {
+            continue;
+        }
+        if scalar_text(shown).is_some() && scalar_text(shown) == scalar_text(want) {
+            out.warnings.push((
+                "constant_type",
+                format!(
+                    "property {name:?} shows the scheme's value as a JSON {} instead of a JSON {}",
+                    json_type(shown),
+                    json_type(want)
+                ),
+            ));
+        } else {
+            fail.push(format!(
                 "property {name:?} does not show the scheme's value"
             ));
         }
     }
     if before.separate_credentials != after.separate_credentials {
-        out.push("qSeparateCredentials changed".to_owned());
+        fail.push("qSeparateCredentials changed".to_owned());
     }
     if !expect.credentials_may_change
         && before.credentials_id.is_some()
         && before.credentials_id != after.credentials_id
     {
-        out.push("qCredentialsID changed".to_owned());
-    }
-    match (parse_time(&before.updated), parse_time(&after.updated)) {
-        (Some(b), Some(a)) if a < b => out.push("updated went backwards".to_owned()),
-        (Some(_), None) => out.push("updated is missing after the PATCH".to_owned()),
-        _ => {}
+        out.warnings.push((
+            "credentials_id_changed",
+            "qCredentialsID changed although the connection does not use separate credentials"
+                .to_owned(),
+        ));
     }
     out
 }
 
-fn parse_time(t: &Option<String>) -> Option<chrono::DateTime<chrono::FixedOffset>> {
-    chrono::DateTime::parse_from_rfc3339(t.as_deref()?).ok()
+/// A string, number or boolean as text (`"3"` and `3` give the same); `None` otherwise.
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The firm `updated` rule (S6: "Datetime when the connection was last updated"): after a
+/// write answered 204, `updated` must be present, a valid RFC 3339 time, and strictly later
+/// than before. `what` prefixes the message (`"credential "`).
+pub fn updated_rule(before: &Option<String>, after: &Option<String>, what: &str) -> Option<String> {
+    let Some(a) = parse_time(after) else {
+        return Some(format!(
+            "{what}updated is missing or not a valid timestamp after the write"
+        ));
+    };
+    let b = parse_time(before)?;
+    if a < b {
+        Some(format!("{what}updated went backwards"))
+    } else if a == b {
+        Some(format!(
+            "{what}updated did not advance: Qlik answered 204, but the change does not show (nothing recorded as applied)"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Parses an RFC 3339 timestamp as Qlik returns it (`None` for missing or invalid).
+pub fn parse_time(t: &Option<String>) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    let t = t.as_deref()?;
+    if t.len() > 64 {
+        return None;
+    }
+    chrono::DateTime::parse_from_rfc3339(t).ok()
 }
 
 #[cfg(test)]

@@ -176,7 +176,13 @@ fn builders_emit_only_credential_paths() {
             let id = family.ids[0];
             let mut fields = serde_json::Map::new();
             for p in scheme.props {
-                fields.insert(p.key.to_owned(), json!("value-1"));
+                // A service-account key file must be a JSON object; anything else is text.
+                let v = if p.whole_secret {
+                    json!(r#"{"type":"service_account"}"#)
+                } else {
+                    json!("value-1")
+                };
+                fields.insert(p.key.to_owned(), v);
             }
             let c = conn(
                 id,
@@ -235,7 +241,7 @@ fn verify_accepts_a_credential_only_change() {
     let expect = expectation_for(&before, "mssql", r#"{"username":"new","password":"p"}"#);
     let mut after = conn("mssql", json!({"host":"db","port":1433,"username":"new"}));
     after.updated = Some("2026-11-01T10:00:01.000Z".into());
-    assert_eq!(verify(&before, &after, &expect), Vec::<String>::new());
+    assert_eq!(verify(&before, &after, &expect), Verification::default());
 }
 
 #[test]
@@ -249,20 +255,49 @@ fn verify_detects_every_kind_of_mismatch() {
     after.updated = Some("2026-10-01T10:00:00.000Z".into());
     let found = verify(&before, &after, &expect);
     assert_eq!(
-        found,
+        found.failures,
         [
+            "updated went backwards",
             "datasourceID changed from \"mssql\" to \"DG_mssql\"",
-            "property \"extra\" appeared",
             "non-credential property \"host\" changed",
             "non-credential property \"port\" disappeared",
             "credential property \"username\" does not show the new value",
-            "updated went backwards",
         ]
+    );
+    // A property appearing is a warning (no published source says Qlik never adds one).
+    assert_eq!(
+        found.warnings,
+        [(
+            "property_appeared",
+            "property \"extra\" appeared after the PATCH".to_owned()
+        )]
     );
     assert!(
         found
+            .failures
             .iter()
             .all(|m| !m.contains("stale") && !m.contains("new\""))
+    );
+}
+
+#[test]
+fn verify_does_not_compare_a_masked_credential() {
+    let before = conn("mssql", json!({"host":"db","username":"***"}));
+    let expect = expectation_for(&before, "mssql", r#"{"username":"new","password":"p"}"#);
+    for shown in ["***", "", "********"] {
+        let mut after = conn("mssql", json!({"host":"db","username": shown}));
+        after.updated = Some("2026-11-01T10:00:01.000Z".into());
+        assert_eq!(
+            verify(&before, &after, &expect),
+            Verification::default(),
+            "{shown:?}"
+        );
+    }
+    let mut after = conn("mssql", json!({"host":"db","username":"old"}));
+    after.updated = Some("2026-11-01T10:00:01.000Z".into());
+    assert_eq!(
+        verify(&before, &after, &expect).failures,
+        ["credential property \"username\" does not show the new value"]
     );
 }
 
@@ -270,11 +305,189 @@ fn verify_detects_every_kind_of_mismatch() {
 fn verify_checks_file_names() {
     let before = conn("gbq", json!({"KeyFilePath":[{"name":"old.json"}]}));
     let expect = expectation_for(&before, "gbq", r#"{"key_file":"{}"}"#);
-    let after = conn("gbq", json!({"KeyFilePath":[{"name":"old.json"}]}));
+    let mut after = conn("gbq", json!({"KeyFilePath":[{"name":"old.json"}]}));
+    after.updated = Some("2026-11-01T10:00:01.000Z".into());
     assert_eq!(
-        verify(&before, &after, &expect),
+        verify(&before, &after, &expect).failures,
         ["file credential \"KeyFilePath\" does not show the new file name"]
     );
+}
+
+#[test]
+fn verify_requires_updated_to_advance() {
+    let before = conn("mssql", json!({"host":"db"}));
+    let expect = expectation_for(&before, "mssql", r#"{"username":"new","password":"p"}"#);
+    for (after_updated, want) in [
+        (
+            Some("2026-11-01T10:00:00.000Z"),
+            "updated did not advance: Qlik answered 204, but the change does not show (nothing recorded as applied)",
+        ),
+        (
+            Some("2026-11-01T10:00:00Z"),
+            "updated did not advance: Qlik answered 204, but the change does not show (nothing recorded as applied)",
+        ),
+        (Some("2026-10-31T23:59:59.999Z"), "updated went backwards"),
+        (
+            None,
+            "updated is missing or not a valid timestamp after the write",
+        ),
+        (
+            Some("yesterday"),
+            "updated is missing or not a valid timestamp after the write",
+        ),
+    ] {
+        let mut after = conn("mssql", json!({"host":"db"}));
+        after.updated = after_updated.map(str::to_owned);
+        assert_eq!(
+            verify(&before, &after, &expect).failures,
+            [want],
+            "{after_updated:?}"
+        );
+    }
+}
+
+#[test]
+fn verify_warns_on_rules_without_a_source() {
+    let mut before = conn("databricks", json!({"host":"h","AuthMech":"3"}));
+    before.credentials_id = Some("cred-1".into());
+    let expect = expectation_for(&before, "databricks", r#"{"username":"u","password":"p"}"#);
+    let mut after = conn("databricks", json!({"host":"h","AuthMech":3}));
+    after.credentials_id = Some("cred-2".into());
+    after.updated = Some("2026-11-01T10:00:01.000Z".into());
+    let v = verify(&before, &after, &expect);
+    assert!(v.failures.is_empty(), "{v:?}");
+    let rules: Vec<&str> = v.warnings.iter().map(|(r, _)| *r).collect();
+    assert_eq!(rules, ["constant_type", "credentials_id_changed"]);
+    assert!(rules.iter().all(|r| VERIFY_WARNING_RULES.contains(r)));
+    // Another value of the constant is still a failure.
+    after.properties.insert("AuthMech".into(), json!("2"));
+    assert_eq!(
+        verify(&before, &after, &expect).failures,
+        ["property \"AuthMech\" does not show the scheme's value"]
+    );
+}
+
+#[test]
+fn wrong_json_types_in_the_secret_are_refused_naming_the_type() {
+    let c = conn("mssql", json!({"host":"db"}));
+    for (secret, found) in [
+        (
+            r#"{"username":"u","password":123456789012345678901234567890}"#,
+            "number",
+        ),
+        (r#"{"username":"u","password":null}"#, "null"),
+        (r#"{"username":"u","password":true}"#, "boolean"),
+        (r#"{"username":"u","password":["CANARY-arr"]}"#, "array"),
+        (
+            r#"{"username":"u","password":{"v":"CANARY-obj"}}"#,
+            "object",
+        ),
+    ] {
+        let err = build(&c, &spec("mssql"), &SecretValue::text("v", secret)).unwrap_err();
+        assert_eq!(err.error_type(), "secret_invalid");
+        let msg = err.to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "the secret's field \"password\" (for Qlik property \"password\") is a JSON {found}, but the credential must be a JSON string; nothing was sent"
+            )
+        );
+        assert!(!msg.contains("CANARY") && !msg.contains("1234"), "{msg}");
+    }
+}
+
+#[test]
+fn a_service_account_key_file_must_be_a_json_object() {
+    let c = conn("gbq", json!({"KeyFilePath":[{"name":"old.json"}]}));
+    // A nested object is a key file; so is a string holding one.
+    for ok in [
+        r#"{"key_file":{"type":"service_account","private_key":"k"}}"#,
+        r#"{"key_file":"{\"type\":\"service_account\"}"}"#,
+    ] {
+        build(&c, &spec("gbq"), &SecretValue::text("v", ok)).unwrap();
+    }
+    for (bad, error_type) in [
+        (
+            r#"{"key_file":"-----BEGIN PRIVATE KEY-----CANARY"}"#,
+            "secret_invalid",
+        ),
+        (r#"{"key_file":"[1,2]"}"#, "secret_invalid"),
+        (r#"{"key_file":42}"#, "secret_invalid"),
+        (r#"{"key_file":["CANARY"]}"#, "secret_invalid"),
+    ] {
+        let err = build(&c, &spec("gbq"), &SecretValue::text("v", bad)).unwrap_err();
+        assert_eq!(err.error_type(), error_type, "{bad}");
+        assert!(!err.to_string().contains("CANARY"), "{err}");
+    }
+    // With file_encoding = "base64", the decoded content is checked.
+    let mut s = spec("gbq");
+    s.file_encoding = FileEncoding::Base64;
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+    let ok = json!({"key_file": b64(r#"{"type":"service_account"}"#)}).to_string();
+    build(&c, &s, &SecretValue::text("v", ok)).unwrap();
+    let bad = json!({"key_file": b64("not json")}).to_string();
+    assert_eq!(
+        build(&c, &s, &SecretValue::text("v", bad))
+            .unwrap_err()
+            .error_type(),
+        "secret_invalid"
+    );
+    // Other file credentials (a PEM key) stay free-form text but must be strings.
+    let sf = conn("snowflake", json!({}));
+    let connector = Connector::lookup("snowflake").unwrap();
+    let kp = BuildSpec::from_catalogue(
+        &connector,
+        connector.scheme(Some("key_pair")).unwrap(),
+        &BTreeMap::new(),
+    );
+    build(
+        &sf,
+        &kp,
+        &SecretValue::text("v", r#"{"username":"u","private_key":"-----BEGIN"}"#),
+    )
+    .unwrap();
+    let err = build(
+        &sf,
+        &kp,
+        &SecretValue::text("v", r#"{"username":"u","private_key":{"k":1}}"#),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is a JSON object, but the credential must be a JSON string"),
+        "{err}"
+    );
+}
+
+#[test]
+fn api_specs_in_qlik_shape_are_checked() {
+    let s3 = spec("File_AmazonS3ConnectorV2");
+    let documented = crate::sim::api_specs(
+        "QvWebStorageProviderConnectorPackage.exe",
+        "4.46.0",
+        json!({"accessKey": {"type": "string"}, "secretKey": {"type": "string"},
+               "bucketName": {"type": "string"}}),
+    );
+    assert_eq!(check_against_api_specs(&s3, &documented), Ok(vec![]));
+    let flat = json!({"connectionProperties": {"accessKey": {"type": "string"}, "secretKey": {"type": "string"}}});
+    let err = check_against_api_specs(&s3, &flat).unwrap_err();
+    assert_eq!(err.error_type(), "spec_invalid");
+    let missing = crate::sim::api_specs("p", "1", json!({"accessKey": {"type": "string"}}));
+    let err = check_against_api_specs(&s3, &missing).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the patch does not match the connector's api-specs: property \"secretKey\" does not exist in the api-specs of \"File_AmazonS3ConnectorV2\"; nothing was sent"
+    );
+    // A catalogue file array declared as a string and a mode constant declared as an integer:
+    // warnings, not refusals.
+    let gbq = crate::sim::api_specs(
+        "p",
+        "1",
+        json!({"KeyFilePath": {"type": "string"}, "OAuthMechanism": {"type": "integer"},
+               "Email": {"type": "string"}, "P12CustomPwd": {"type": "string"}}),
+    );
+    let warnings = check_against_api_specs(&spec("gbq"), &gbq).unwrap();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
 }
 
 // === the whole catalogue ===
@@ -366,7 +579,7 @@ fn every_patch_verifies_against_the_stored_result() {
             after.updated = Some("2026-11-01T10:00:01.000Z".into());
             assert_eq!(
                 verify(&before, &after, &plan.expect),
-                Vec::<String>::new(),
+                Verification::default(),
                 "{id} / {}",
                 scheme.name
             );
@@ -568,7 +781,7 @@ fn optional_properties_are_left_alone_when_the_secret_lacks_them() {
     let b = build(
         &c,
         &spec("gbq"),
-        &SecretValue::text("v1", r#"{"key_file":"k","p12_password":"notasecret"}"#),
+        &SecretValue::text("v1", r#"{"key_file":"{}","p12_password":"notasecret"}"#),
     )
     .map(|p| body(&p))
     .unwrap();

@@ -18,6 +18,10 @@ pub struct DataConnection {
     /// `qID`, the connection id used for PATCH.
     #[serde(rename = "qID")]
     pub id: String,
+    /// `id`: not in the schema, but Qlik's example responses carry it with the `qID` value
+    /// (fact sheet §2.2); when present it must agree with `qID`.
+    #[serde(rename = "id", default, skip_serializing_if = "Option::is_none")]
+    pub id_field: Option<String>,
     /// `qName`.
     #[serde(rename = "qName", default)]
     pub name: String,
@@ -116,6 +120,9 @@ pub struct DataCredential {
     /// `qID`.
     #[serde(rename = "qID")]
     pub id: String,
+    /// `id`, if the response carries one (must agree with `qID`).
+    #[serde(rename = "id", default)]
+    pub id_field: Option<String>,
     /// `qName`.
     #[serde(rename = "qName", default)]
     pub name: String,

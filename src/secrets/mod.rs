@@ -87,11 +87,15 @@ impl SecretValue {
         }
     }
 
-    /// Parses the payload as a JSON object and returns its top-level keys as secret strings.
+    /// Parses the payload as a JSON object and returns its top-level fields, each with its
+    /// JSON type.
     ///
-    /// String values are taken as they are; numbers and booleans as their JSON text; objects
-    /// and arrays as their compact JSON text (so a nested service-account key can be used as a
-    /// key file).
+    /// Nothing is coerced: [`SecretFields::get`] and [`SecretFields::text`] give string fields
+    /// only, so a number, `null`, boolean, array or object can never become a credential by
+    /// accident (a number such as `123456789012345678901234567890` would otherwise turn into
+    /// `1.2345678901234568e+29`). A non-string field is kept as its compact JSON text for the
+    /// one place that may use it: a service-account key file given as a nested object
+    /// ([`SecretFields::object_json`]).
     ///
     /// # Errors
     /// [`FieldsError`] when the payload is binary, not JSON, or not an object. The error never
@@ -114,11 +118,12 @@ impl SecretValue {
         let fields = map
             .into_iter()
             .map(|(k, v)| {
+                let kind = json_kind(&v);
                 let s = match v {
                     serde_json::Value::String(s) => s,
                     other => other.to_string(),
                 };
-                (k, SecretString::from(s))
+                (k, (kind, SecretString::from(s)))
             })
             .collect();
         Ok(SecretFields { fields })
@@ -135,9 +140,22 @@ impl SecretValue {
     }
 }
 
-/// The top-level keys of a JSON secret. Values are secret; key names are not.
+/// The JSON type name of a value (`string`, `number`, `boolean`, `null`, `array`, `object`).
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Null => "null",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+/// The top-level keys of a JSON secret. Values are secret; key names and JSON types are not.
 pub struct SecretFields {
-    fields: BTreeMap<String, SecretString>,
+    /// Key → (JSON type, string value or compact JSON text).
+    fields: BTreeMap<String, (&'static str, SecretString)>,
 }
 
 impl fmt::Debug for SecretFields {
@@ -149,9 +167,40 @@ impl fmt::Debug for SecretFields {
 }
 
 impl SecretFields {
-    /// The value under `key`, if any.
+    /// The string value under `key`; `None` when the key is missing or holds another JSON type
+    /// (see [`SecretFields::text`] to tell the two apart).
     pub fn get(&self, key: &str) -> Option<&SecretString> {
-        self.fields.get(key)
+        self.fields
+            .get(key)
+            .filter(|(kind, _)| *kind == "string")
+            .map(|(_, v)| v)
+    }
+
+    /// The string value under `key`: `Ok(None)` when missing, `Err(json_type)` when the field
+    /// holds a number, boolean, `null`, array or object (the type name only, never the value).
+    ///
+    /// # Errors
+    /// The JSON type found, when it is not a string.
+    pub fn text(&self, key: &str) -> Result<Option<&SecretString>, &'static str> {
+        match self.fields.get(key) {
+            None => Ok(None),
+            Some(("string", v)) => Ok(Some(v)),
+            Some((kind, _)) => Err(kind),
+        }
+    }
+
+    /// The JSON type of the field under `key`, if present.
+    pub fn json_type(&self, key: &str) -> Option<&'static str> {
+        self.fields.get(key).map(|(kind, _)| *kind)
+    }
+
+    /// The compact JSON text of an object field (a service-account key file nested in the
+    /// secret); `None` for a missing key or any other type.
+    pub fn object_json(&self, key: &str) -> Option<&SecretString> {
+        self.fields
+            .get(key)
+            .filter(|(kind, _)| *kind == "object")
+            .map(|(_, v)| v)
     }
 
     /// The key names present (not their values).
@@ -282,22 +331,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fields_extracts_strings_numbers_and_nested_json() {
+    fn fields_keep_json_types_and_never_coerce() {
         let v = SecretValue::text(
             "v1",
-            r#"{"username":"svc","port":1433,"key_file":{"type":"service_account"}}"#,
+            r#"{"username":"svc","port":1433,"big":123456789012345678901234567890,
+                "none":null,"flag":true,"list":["a"],"key_file":{"type":"service_account"}}"#,
         );
         let f = v.fields().unwrap();
         assert_eq!(f.get("username").unwrap().expose_secret(), "svc");
-        assert_eq!(f.get("port").unwrap().expose_secret(), "1433");
+        assert_eq!(f.text("username").unwrap().unwrap().expose_secret(), "svc");
+        for (key, kind) in [
+            ("port", "number"),
+            ("big", "number"),
+            ("none", "null"),
+            ("flag", "boolean"),
+            ("list", "array"),
+            ("key_file", "object"),
+        ] {
+            assert!(f.get(key).is_none(), "{key}");
+            assert_eq!(f.text(key).unwrap_err(), kind, "{key}");
+            assert_eq!(f.json_type(key), Some(kind), "{key}");
+        }
         assert_eq!(
-            f.get("key_file").unwrap().expose_secret(),
+            f.object_json("key_file").unwrap().expose_secret(),
             r#"{"type":"service_account"}"#
         );
+        assert!(f.object_json("port").is_none());
         assert!(f.get("password").is_none());
+        assert!(f.text("password").unwrap().is_none());
         assert_eq!(
             f.keys().collect::<Vec<_>>(),
-            ["key_file", "port", "username"]
+            [
+                "big", "flag", "key_file", "list", "none", "port", "username"
+            ]
         );
     }
 

@@ -115,7 +115,18 @@ pub(crate) async fn handle(
         let seq = g.record(rec);
         (seq, g.take_fault(&method, &path))
     };
+    let mut answer_as: Option<String> = None;
+    let mut rewrite: Option<Vec<(String, Option<Value>)>> = None;
     let injected = match fault {
+        Some(Fault::WrongBody { answer_id, .. }) => {
+            answer_as = Some(answer_id);
+            None
+        }
+        Some(Fault::IgnoredWrite { .. }) => Some(no_content()),
+        Some(Fault::RewriteFields { fields, .. }) => {
+            rewrite = Some(fields);
+            None
+        }
         Some(Fault::Drop { .. }) => {
             // The connection task drops the connection future: the socket closes with no
             // response. This handler never completes; the recorded status stays 0.
@@ -146,9 +157,33 @@ pub(crate) async fn handle(
         )),
         None => None,
     };
-    let resp = match injected {
-        Some(r) => r,
-        None => {
+    let resp = match (injected, answer_as) {
+        (Some(r), _) => r,
+        (None, Some(other)) => {
+            let g = shared.lock();
+            let q: HashMap<String, String> = query
+                .as_deref()
+                .map(parse_urlencoded)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "type" | "spaceId" | "space" | "byCredentialName"
+                    )
+                })
+                .collect();
+            let answer = if path.starts_with("/api/v1/data-credentials/") {
+                g.get_credential(&other, &q)
+            } else {
+                g.get_connection(&other, &q)
+            };
+            match answer {
+                Ok(v) => json_response(200, &v),
+                Err(e) => error_response(&e),
+            }
+        }
+        (None, None) => {
             let mut g = shared.lock();
             route(
                 &mut g,
@@ -160,6 +195,10 @@ pub(crate) async fn handle(
                 &body,
             )
         }
+    };
+    let resp = match rewrite {
+        Some(fields) if resp.status() == StatusCode::OK => rewrite_fields(resp, &fields).await,
+        _ => resp,
     };
     let latency: Duration = shared.lock().cfg.latency;
     if !latency.is_zero() {
@@ -174,6 +213,28 @@ pub(crate) async fn handle(
         "Simulator answered"
     );
     Ok(resp)
+}
+
+/// [`Fault::RewriteFields`]: sets or removes top-level fields of a 200 JSON object body.
+async fn rewrite_fields(resp: Resp, fields: &[(String, Option<Value>)]) -> Resp {
+    let bytes = match resp.into_body().collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(never) => match never {},
+    };
+    let mut v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        for (field, value) in fields {
+            match value {
+                Some(value) => {
+                    o.insert(field.clone(), value.clone());
+                }
+                None => {
+                    o.remove(field);
+                }
+            }
+        }
+    }
+    json_response(200, &v)
 }
 
 fn bearer(authorization: Option<&str>) -> Option<&str> {

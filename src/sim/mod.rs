@@ -15,7 +15,8 @@
 //!   `GET /api/v1/data-sources`, for the conformance suite (`scripts/conformance.sh`); see
 //!   "Create and delete" below.
 //! - Per-identity Tier 1/Tier 2 rate limits with `Retry-After` (see [`limiter`]).
-//! - Injected [`Fault`]s (status codes, 429s, delays, dropped TCP connections, and [`Hostile`]
+//! - Injected [`Fault`]s (status codes, 429s, delays, dropped TCP connections, another
+//!   connection's body, a 204 that applies nothing, rewritten response fields, and [`Hostile`]
 //!   answers no Qlik tenant gives: redirects, endless bodies, echoed secrets) and added latency.
 //!
 //! Every request is recorded ([`Simulator::requests`]) so tests can assert on what a client sent.
@@ -51,8 +52,9 @@
 //!   `/qPassword`, `/qUsername`,
 //!   a secret property or `username` (see [`props`]), anything inside a file-array credential,
 //!   or an encrypted `queryHeaders` entry. Rule 4 fires for `/qPassword` together with any
-//!   secret scalar property. An empty patch array, or one that changes nothing, is a 204 that
-//!   leaves `updated` alone. Top-level `qPassword`/`qUsername` always exist (as `""`) so
+//!   secret scalar property. An empty patch array (or `test` ops alone) is a 204 that leaves
+//!   `updated` alone; any other accepted PATCH advances it, even when the values it sets are
+//!   the ones already stored (assumed: the same secret applied again is a write). Top-level `qPassword`/`qUsername` always exist (as `""`) so
 //!   `replace` works on them; `qName` and `qConnectStatement` cannot be removed. A new
 //!   `credentialsName` gives the connection a new `qCredentialsID`; a `separateCredentials`
 //!   property updates `qSeparateCredentials`. Renaming onto an existing name in the same space
@@ -230,6 +232,16 @@ impl SeedConnection {
     }
 }
 
+/// An api-specs body in the documented JSON Schema shape (S11): `properties` maps each property
+/// name to its declaration (`{"type": …, "description"?: …, "default"?: …, "enum"?: …}`).
+pub fn api_specs(provider: &str, version: &str, properties: Value) -> Value {
+    serde_json::json!({
+        "connectorProvider": provider,
+        "connectorVersion": version,
+        "connectionProperties": {"type": "object", "properties": properties},
+    })
+}
+
 /// The default privileges: `list`, `update`, `delete`, `read`.
 pub fn default_privileges() -> Vec<String> {
     ["list", "update", "delete", "read"]
@@ -356,6 +368,44 @@ pub enum Fault {
         path_prefix: Option<String>,
         /// What to answer.
         response: Hostile,
+        /// How many requests to affect.
+        times: u32,
+    },
+    /// Answer the next `times` matching GETs of one connection (or data credential) with the
+    /// 200 body of *another* one, `answer_id`, as a misrouting proxy or cache would. A GET of
+    /// `/api/v1/data-credentials/…` answers with the credential `answer_id`; any other path
+    /// with the connection `answer_id` (by-name queries are ignored). Not a Qlik behaviour:
+    /// the hostile-response hook of issue 10.
+    WrongBody {
+        /// Method to match.
+        method: Option<String>,
+        /// Path prefix to match.
+        path_prefix: Option<String>,
+        /// The qID whose body is returned.
+        answer_id: String,
+        /// How many requests to affect.
+        times: u32,
+    },
+    /// Answer the next `times` matching writes (PATCH, PUT) with 204 and an empty body without
+    /// applying them: a write Qlik accepted but that never took effect (issue 10).
+    IgnoredWrite {
+        /// Method to match.
+        method: Option<String>,
+        /// Path prefix to match.
+        path_prefix: Option<String>,
+        /// How many requests to affect.
+        times: u32,
+    },
+    /// Handle the next `times` matching requests normally, then, if the answer is a 200 JSON
+    /// object, set each top-level field to the given value (`None` removes it): e.g. an
+    /// `updated` that is missing, garbage or earlier than before.
+    RewriteFields {
+        /// Method to match.
+        method: Option<String>,
+        /// Path prefix to match.
+        path_prefix: Option<String>,
+        /// `(field, new value)`; `None` removes the field.
+        fields: Vec<(String, Option<Value>)>,
         /// How many requests to affect.
         times: u32,
     },
@@ -553,10 +603,12 @@ impl Simulator {
         self.shared.lock().cfg.latency = d;
     }
 
-    /// Registers the body of `GET /api/v1/data-sources/{id}/api-specs`: Qlik's documented shape
-    /// `{connectorProvider, connectorVersion, connectionProperties: {type: "object",
-    /// properties: {name: {type, ..}}}}` (S11), or the older flat `{name: {type, ..}}`.
-    /// PATCHes of connections with this `datasourceID` are then checked against it.
+    /// Registers the body of `GET /api/v1/data-sources/{id}/api-specs`, in the shape Qlik
+    /// documents (S11, qlik-api-facts.md §2.8): `{connectorProvider, connectorVersion,
+    /// connectionProperties: {type: "object", properties: {name: {type, default?, enum?,
+    /// description?}}}}` ([`api_specs`] builds one). PATCHes of connections with this
+    /// `datasourceID` are then checked against its `properties`. The body is served as given,
+    /// so tests can also serve hostile shapes.
     pub fn add_data_source_spec(&self, datasource_id: &str, spec: Value) {
         self.shared
             .lock()

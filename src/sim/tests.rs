@@ -340,7 +340,7 @@ async fn patch_updates_and_advances_updated() {
     assert_eq!(s, 204);
     let after2 = updated(&sim, &id);
     assert!(after2 > after);
-    // A no-op patch succeeds but does not touch `updated`.
+    // [assumed] Setting the same value again is still a write: `updated` advances.
     let (s, _) = patch(
         &sim,
         &id,
@@ -348,7 +348,13 @@ async fn patch_updates_and_advances_updated() {
     )
     .await;
     assert_eq!(s, 204);
-    assert_eq!(updated(&sim, &id), after2);
+    let after3 = updated(&sim, &id);
+    assert!(after3 > after2);
+    // An empty array succeeds and changes nothing, `updated` included.
+    let (s, _) = patch(&sim, &id, json!([])).await;
+    assert_eq!(s, 204);
+    assert_eq!(updated(&sim, &id), after3);
+    let after2 = after3;
     // The GET view reflects the new `updated`.
     let (_, v) = get(&sim, &format!("/api/v1/data-connections/{id}")).await;
     assert_eq!(
@@ -812,15 +818,27 @@ async fn injected_faults() {
 #[tokio::test]
 async fn api_specs_and_spec_type_checks() {
     let sim = start().await;
+    // The documented shape (S11): names under connectionProperties.properties.
     let spec = json!({
         "connectorProvider": "QvWebStorageProviderConnectorPackage.exe",
         "connectorVersion": "4.46.0",
-        "connectionProperties": {
-            "accessKey": {"type": "string"}, "secretKey": {"type": "string"},
-            "region": {"type": "string"}, "bucketName": {"type": "string"},
-            "separateCredentials": {"type": "boolean"}, "credentialsName": {"type": "string"}
-        }
+        "connectionProperties": {"type": "object", "properties": {
+            "accessKey": {"type": "string", "description": "Amazon S3 access key."},
+            "secretKey": {"type": "string", "description": "Amazon S3 secret key."},
+            "region": {"type": "string", "default": "us-east-1", "enum": ["eu-west-1", "us-east-1"]},
+            "bucketName": {"type": "string"},
+            "separateCredentials": {"type": "boolean", "default": false},
+            "credentialsName": {"type": "string"}
+        }}
     });
+    assert_eq!(
+        spec,
+        crate::sim::api_specs(
+            "QvWebStorageProviderConnectorPackage.exe",
+            "4.46.0",
+            spec["connectionProperties"]["properties"].clone()
+        )
+    );
     sim.add_data_source_spec("File_AmazonS3ConnectorV2", spec.clone());
     let (s, v) = get(
         &sim,
@@ -1069,4 +1087,102 @@ async fn shutdown_stops_the_server() {
         .send()
         .await;
     assert!(err.is_err());
+}
+
+#[tokio::test]
+async fn fault_wrong_body_answers_with_another_connection_or_credential() {
+    let sim = start().await;
+    let a = sim.add_connection(mssql("a"));
+    let b = sim.add_connection(mssql("b"));
+    let ca = sim.add_credential(SeedCredential::new("cred-a", "mssql", "u", "p"));
+    let cb = sim.add_credential(SeedCredential::new("cred-b", "mssql", "u", "p"));
+    sim.inject(Fault::WrongBody {
+        method: Some("GET".into()),
+        path_prefix: Some(format!("/api/v1/data-connections/{a}")),
+        answer_id: b.clone(),
+        times: 1,
+    });
+    let (s, v) = get(
+        &sim,
+        &format!("/api/v1/data-connections/{a}?parseConnection=true"),
+    )
+    .await;
+    assert_eq!(
+        (s, v["qID"].as_str(), v["qName"].as_str()),
+        (200, Some(b.as_str()), Some("b"))
+    );
+    assert_eq!(v["connectionProperties"]["host"], "db.example");
+    // Used up: the next GET is honest.
+    let (_, v) = get(&sim, &format!("/api/v1/data-connections/{a}")).await;
+    assert_eq!(v["qID"], a.as_str());
+    // By name, too.
+    sim.inject(Fault::WrongBody {
+        method: None,
+        path_prefix: Some("/api/v1/data-connections/a".into()),
+        answer_id: b.clone(),
+        times: 1,
+    });
+    let (_, v) = get(&sim, "/api/v1/data-connections/a?type=connectionname").await;
+    assert_eq!(v["qName"], "b");
+    sim.inject(Fault::WrongBody {
+        method: Some("GET".into()),
+        path_prefix: Some("/api/v1/data-credentials/".into()),
+        answer_id: cb.clone(),
+        times: 1,
+    });
+    let (_, v) = get(&sim, &format!("/api/v1/data-credentials/{ca}")).await;
+    assert_eq!(
+        (v["qID"].as_str(), v["qName"].as_str()),
+        (Some(cb.as_str()), Some("cred-b"))
+    );
+}
+
+#[tokio::test]
+async fn fault_ignored_write_answers_204_and_changes_nothing() {
+    let sim = start().await;
+    let id = sim.add_connection(mssql("a"));
+    let before = sim.stored(&id).unwrap();
+    sim.inject(Fault::IgnoredWrite {
+        method: Some("PATCH".into()),
+        path_prefix: None,
+        times: 1,
+    });
+    let (s, v) = patch(
+        &sim,
+        &id,
+        json!([{"op": "replace", "path": "/connectionProperties/password", "value": "new"}]),
+    )
+    .await;
+    assert_eq!((s, v), (204, Value::Null));
+    assert_eq!(sim.stored(&id).unwrap(), before);
+    assert_eq!(sim.requests().last().unwrap().status, 204);
+}
+
+#[tokio::test]
+async fn fault_rewrite_fields_sets_and_removes_top_level_fields() {
+    let sim = start().await;
+    let id = sim.add_connection(mssql("a"));
+    sim.inject(Fault::RewriteFields {
+        method: Some("GET".into()),
+        path_prefix: None,
+        fields: vec![
+            ("updated".into(), Some(json!("garbage"))),
+            ("qName".into(), None),
+        ],
+        times: 1,
+    });
+    let (s, v) = get(&sim, &format!("/api/v1/data-connections/{id}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["updated"], "garbage");
+    assert!(v.get("qName").is_none());
+    assert_eq!(v["qID"], id.as_str());
+    // Error answers are left alone.
+    sim.inject(Fault::RewriteFields {
+        method: None,
+        path_prefix: None,
+        fields: vec![("updated".into(), None)],
+        times: 1,
+    });
+    let (s, _) = get(&sim, "/api/v1/data-connections/not-a-uuid").await;
+    assert_eq!(s, 400);
 }
