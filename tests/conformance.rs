@@ -58,10 +58,6 @@ async fn start(key: &str) -> Simulator {
 /// Registers api-specs in the documented JSON Schema shape (S11) for every catalogue
 /// datasourceID except `except`, declaring exactly the types the catalogue writes. Returns the
 /// ids registered.
-///
-/// S3 is left out because the suite rotates S3 connections and the product on this branch
-/// still reads the flat api-specs shape (issue 9 item 1 is another helper's branch); once that
-/// lands, `except` can be empty.
 fn register_catalogue_specs(sim: &Simulator, except: &[&str]) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
     for entry in qlik_rotator::commands::connectors_json()
@@ -227,7 +223,7 @@ fn assumptions() -> Value {
 async fn suite_against_the_simulator_records_every_fact_and_leaves_nothing() {
     let key = canary_key();
     let sim = start(&key).await;
-    let registered = register_catalogue_specs(&sim, &[S3]);
+    let registered = register_catalogue_specs(&sim, &[]);
     let url = sim.base_url();
     let run = run_suite(owned(vars(&url, &key))).await;
     assert_eq!(
@@ -298,7 +294,6 @@ async fn suite_against_the_simulator_records_every_fact_and_leaves_nothing() {
         assert_eq!(f["matches"], true, "{id}");
         assert_eq!(f["observed"]["shape"], "json_schema", "{id}");
     }
-    assert!(facts.get(&format!("api_specs.types.{S3}")).is_none());
 
     // The suite created connections (in the space and the personal space), rotated two of them
     // with the binary, and deleted everything.
@@ -333,6 +328,58 @@ async fn suite_against_the_simulator_records_every_fact_and_leaves_nothing() {
     );
     canaries.insert(key);
     assert_no_canary(&run, &canaries);
+}
+
+/// The suite against the real `qlik-rotator simulate` server (default demo tenant, api-specs in
+/// Qlik's documented shape), exactly as a user would point it at a tenant: CI keeps the
+/// one-command live-tenant path working end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_against_qlik_rotator_simulate_passes_and_leaves_nothing() {
+    let key = canary_key();
+    let served = common::simulate::spawn_simulate(
+        &["--listen", "127.0.0.1:0"],
+        &[("QLIK_SIM_API_KEY".to_owned(), key.clone())],
+    )
+    .unwrap_or_else(|out| panic!("simulate did not start: {out:?}"));
+    let url = served.url.clone();
+    let run = run_suite(owned(vars(&url, &key))).await;
+    assert_eq!(
+        run.code, 0,
+        "suite failed\nstdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let report = run.report.as_ref().expect("the report is JSON");
+    assert_eq!(report["ok"], true);
+    let facts = report["facts"].as_object().unwrap();
+    assert_eq!(
+        facts["rotate.outcomes"]["observed"],
+        json!(["rotated", "rotated"])
+    );
+    assert_eq!(facts["api_specs.shape"]["observed"], json!(["json_schema"]));
+    assert_eq!(facts["patch.updated_advances"]["observed"], true);
+    assert!(
+        run.stdout.contains("nothing the run created is left"),
+        "{}",
+        run.stdout
+    );
+    // Only the demo tenant's three connections remain.
+    let list: Value = reqwest::Client::new()
+        .get(format!("{url}/api/v1/data-connections?limit=100"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 3, "{list}");
+    let sim = served.stop("TERM");
+    assert_eq!(sim.code, 0);
+    let canaries: BTreeSet<String> = [key].into();
+    assert_no_canary(&run, &canaries);
+    for c in &canaries {
+        assert!(!sim.stdout.contains(c.as_str()) && !sim.stderr.contains(c.as_str()));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -345,17 +345,11 @@ async fn bad_tenant_files_exit_64_naming_the_path() {
     }
 }
 
-#[tokio::test]
-async fn rotate_works_end_to_end_against_simulate() {
+/// Rotates one SQL Server connection of a running `simulate` with the real binary: `job` is the
+/// job's connection line. Returns the server's own output after SIGTERM.
+async fn rotate_sql_against(served: Served, conn_id: &str, connection: &str) -> CliOutput {
     let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "t.json", tenant().to_string().as_bytes());
-    let served = start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--tenant",
-        file.to_str().unwrap(),
-    ]);
-    let one = format!("{}/api/v1/data-connections/{SQL_ID}", served.url);
+    let one = format!("{}/api/v1/data-connections/{conn_id}", served.url);
     let before = get(&one, Some(KEY)).await.1;
 
     let vault = dir.path().join("vault");
@@ -379,7 +373,7 @@ path = "{}"
 
 [[jobs]]
 name = "ops-sql"
-connection = {{ name = "Ops SQL", space = "ops" }}
+connection = {connection}
 connector = "mssql"
 source = "vault"
 secret = "qlik/ops-sql"
@@ -415,6 +409,38 @@ secret = "qlik/ops-sql"
     let sim = served.stop("TERM");
     assert_eq!(sim.code, 0);
     assert_clean(&sim, &[KEY, "CANARY-new-pass-91", OLD_PASSWORD]);
+    sim
+}
+
+#[tokio::test]
+async fn rotate_works_end_to_end_against_simulate() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "t.json", tenant().to_string().as_bytes());
+    let served = start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tenant",
+        file.to_str().unwrap(),
+    ]);
+    rotate_sql_against(served, SQL_ID, r#"{ name = "Ops SQL", space = "ops" }"#).await;
+}
+
+/// The default (demo) tenant serves api-specs in Qlik's documented JSON Schema shape; the job is
+/// checked against them (the server logs the api-specs read) and rotates.
+#[tokio::test]
+async fn the_default_tenant_rotates_against_its_documented_api_specs() {
+    let served = start(&["--listen", "127.0.0.1:0"]);
+    let sim = rotate_sql_against(
+        served,
+        "d34cee8d-8e7b-4fee-ab40-1c1c428c0cf9",
+        r#"{ id = "d34cee8d-8e7b-4fee-ab40-1c1c428c0cf9" }"#,
+    )
+    .await;
+    assert!(
+        sim.stderr.contains("/api/v1/data-sources/mssql/api-specs"),
+        "{}",
+        sim.stderr
+    );
 }
 
 /// PATCH bodies outside `@qlik/api`'s `PatchRequest` (and tags outside `ConnectionGet.tags?:
