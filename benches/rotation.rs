@@ -7,7 +7,8 @@
 //! --baseline-sample K   connections the sequential baseline really rotates; the rest is
 //!                       extrapolated linearly (default 100; K = N runs it in full, ~5 min)
 //! --rss-jobs N          jobs of the idle-RSS daemon (default 10000)
-//! --only SECTION        budget | latency | calls | rss (repeatable or comma-separated)
+//! --metrics-jobs N      jobs of the /metrics size case (default 10000)
+//! --only SECTION        budget | latency | calls | rss | metrics (repeatable or comma-separated)
 //! ```
 //!
 //! Sections:
@@ -15,6 +16,7 @@
 //! 2. `latency`: 100 ms simulated latency, daemon vs a sequential GET → PATCH → GET loop.
 //! 3. `calls`: Qlik requests per changed and per unchanged rotation.
 //! 4. `rss`: idle RSS of the release binary with 10,000 scheduled jobs.
+//! 5. `metrics`: size of one `/metrics` exposition with 10,000 jobs that have each run once.
 //!
 //! Everything runs on loopback: an in-process Qlik simulator, a file vault in a temporary
 //! directory and, for sections 1-3, an in-process daemon (`daemon::start`); section 4 spawns
@@ -56,10 +58,11 @@ struct Args {
     connections: usize,
     baseline_sample: usize,
     rss_jobs: usize,
+    metrics_jobs: usize,
     only: Vec<String>,
 }
 
-const SECTIONS: [&str; 4] = ["budget", "latency", "calls", "rss"];
+const SECTIONS: [&str; 5] = ["budget", "latency", "calls", "rss", "metrics"];
 
 impl Args {
     fn parse() -> Result<Args, String> {
@@ -67,6 +70,7 @@ impl Args {
             connections: 1000,
             baseline_sample: 100,
             rss_jobs: 10_000,
+            metrics_jobs: 10_000,
             only: Vec::new(),
         };
         let mut it = std::env::args().skip(1);
@@ -91,6 +95,7 @@ impl Args {
                 "--connections" => args.connections = number(&key, value(&key)?)?,
                 "--baseline-sample" => args.baseline_sample = number(&key, value(&key)?)?,
                 "--rss-jobs" => args.rss_jobs = number(&key, value(&key)?)?,
+                "--metrics-jobs" => args.metrics_jobs = number(&key, value(&key)?)?,
                 "--only" => {
                     for s in value(&key)?.split(',').map(str::trim) {
                         if !SECTIONS.contains(&s) {
@@ -104,7 +109,7 @@ impl Args {
                 "-h" | "--help" => {
                     return Err(
                         "usage: rotation [--connections N] [--baseline-sample K] [--rss-jobs N] \
-                         [--only budget|latency|calls|rss]"
+                         [--metrics-jobs N] [--only budget|latency|calls|rss|metrics]"
                             .to_owned(),
                     );
                 }
@@ -1227,6 +1232,86 @@ async fn section_rss(args: &Args, report: &mut Report) {
 
 // ---------------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------
+// 5. /metrics size
+// ---------------------------------------------------------------------------------------------
+
+/// The connectors the `metrics` case spreads its jobs over (round robin).
+const METRICS_CONNECTORS: [&str; 4] = ["mssql", "mysql", "snowflake", "teradata"];
+
+/// The `/metrics` target: one scrape of a daemon with 10,000 jobs at most this large.
+const METRICS_TARGET_BYTES: usize = 3_000_000;
+
+/// The config of the `metrics` case: `n` jobs over [`METRICS_CONNECTORS`].
+fn metrics_config(n: usize) -> config::Config {
+    let mut s = String::from(
+        "[qlik]\ntenant_url = \"https://t.eu.qlikcloud.com\"\napi_key_env = \"K\"\n\
+         [sources.v]\ntype = \"file\"\npath = \"/vault\"\n",
+    );
+    for i in 0..n {
+        let _ = write!(
+            s,
+            "[[jobs]]\nname = \"{}\"\nconnection = {{ id = \"00000000-0000-4000-8000-{i:012}\" }}\n\
+             connector = \"{}\"\nsource = \"v\"\nsecret = \"s{i}\"\nmax_age = \"26h\"\n",
+            job_name(i),
+            METRICS_CONNECTORS[i % METRICS_CONNECTORS.len()]
+        );
+    }
+    config::load_str(&s, Path::new("/"), &HashMap::new())
+        .expect("the metrics case's config is valid")
+}
+
+/// Every job registered, passed pre-flight and run once (one in ten failed at apply), then
+/// the whole exposition rendered: the worst steady state, as every per-job family has a
+/// sample for every job.
+fn section_metrics(args: &Args, report: &mut Report) {
+    let n = args.metrics_jobs;
+    header(&format!(
+        "5. /metrics size with {n} jobs over {} connectors, each run once (1 in 10 failed)",
+        METRICS_CONNECTORS.len()
+    ));
+    let cfg = metrics_config(n);
+    let started = Instant::now();
+    let m = std::sync::Arc::new(qlik_rotator::metrics::Metrics::new());
+    m.register_jobs(&cfg.jobs);
+    record_runs(&m, &cfg);
+    let setup = started.elapsed();
+    let started = Instant::now();
+    let text = m.render();
+    let render = started.elapsed();
+    let mut families: Vec<(String, usize)> = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let family = line.split(['{', ' ']).next().unwrap_or_default();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| family.strip_suffix(s))
+            .unwrap_or(family);
+        match families.iter_mut().find(|(f, _)| f == family) {
+            Some((_, b)) => *b += line.len() + 1,
+            None => families.push((family.to_owned(), line.len() + 1)),
+        }
+    }
+    families.sort_by_key(|f| std::cmp::Reverse(f.1));
+    println!(
+        "  /metrics: {:.2} MB in {} lines (set-up {}, render {:.1} ms); largest families:",
+        text.len() as f64 / 1e6,
+        text.lines().count(),
+        secs(setup),
+        render.as_secs_f64() * 1e3
+    );
+    for (family, bytes) in families.iter().take(6) {
+        println!("    {family:<48} {:>8.2} MB", *bytes as f64 / 1e6);
+    }
+    report.target(
+        format!(
+            "/metrics at {n} jobs ≤ {:.0} MB: {:.2} MB",
+            METRICS_TARGET_BYTES as f64 / 1e6,
+            text.len() as f64 / 1e6
+        ),
+        text.len() <= METRICS_TARGET_BYTES,
+    );
+}
+
 fn main() {
     let args = match Args::parse() {
         Ok(a) => a,
@@ -1267,6 +1352,9 @@ fn main() {
         if args.wants("rss") {
             section_rss(&args, &mut report).await;
         }
+        if args.wants("metrics") {
+            section_metrics(&args, &mut report);
+        }
     });
     header("Summary");
     for (what, ok) in &report.targets {
@@ -1279,4 +1367,41 @@ fn main() {
         report.targets.len(),
         secs(started.elapsed())
     );
+}
+
+/// One run of every job, through the same events the daemon emits: rotated, or (one in ten)
+/// failed at apply.
+fn record_runs(m: &std::sync::Arc<qlik_rotator::metrics::Metrics>, cfg: &config::Config) {
+    use qlik_rotator::events::{Events, RotationFailed, RotationFinished, RunFinished};
+    let events = Events::new(m.clone());
+    for (i, job) in cfg.jobs.iter().enumerate() {
+        let duration = Duration::from_millis(300 + (i as u64 % 7) * 100);
+        let failed = i % 10 == 0;
+        if failed {
+            events.emit(RotationFailed {
+                job: &job.name,
+                connection: "k",
+                outcome: "failed",
+                stage: "apply",
+                error_type: "server",
+                error: "Qlik answered 503",
+            });
+        } else {
+            events.emit(RotationFinished {
+                job: &job.name,
+                connection: "c",
+                outcome: "rotated",
+                secret_version: "v",
+                duration,
+            });
+        }
+        events.emit(RunFinished {
+            job: &job.name,
+            connector: &job.connector,
+            duration,
+            connections: 1,
+            success: !failed,
+        });
+        m.set_preflight(&job.name, true);
+    }
 }

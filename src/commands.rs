@@ -220,6 +220,7 @@ pub async fn plan(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> Ex
                 },
             )
             .await;
+        rotator.finish_run(job, &reports);
         for report in reports {
             match &report.outcome {
                 Outcome::Planned(doc) => {
@@ -302,6 +303,7 @@ pub async fn rotate(
                 },
             )
             .await;
+        rotator.finish_run(job, &reports);
         for report in reports {
             total += 1;
             if !report.outcome.is_success() {

@@ -24,6 +24,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     admin, app,
     config::{Config, ConfigInput, ConnectionRef, JobConfig},
+    events::{StateWriteFailed, StateWriteRecovered, StateWriteWhen},
     metrics::Metrics,
     qlik::{CachedConnection, DataConnection},
     rotation::{Outcome, Report, Rotator, RunOptions},
@@ -389,7 +390,6 @@ impl Daemon {
                         self.state_written(name, written);
                     }
                     Outcome::Failed(e) | Outcome::VerifyFailed(e) => {
-                        self.metrics.record_error(name, e);
                         // The connection may have changed: read it afresh next time.
                         if let Some(slot) = job.slots().get_mut(index) {
                             slot.known = None;
@@ -408,21 +408,17 @@ impl Daemon {
                 break;
             }
             let delay = Duration::from_secs(1 << attempt.min(6));
-            tracing::info!(
-                job = name,
-                attempt,
-                delay_s = delay.as_secs(),
-                connections = retry.len(),
-                "Retrying the failed connections."
-            );
+            retry
+                .iter()
+                .filter_map(|k| finals.get(k))
+                .for_each(|r| self.rotator.retrying(r, attempt, delay));
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.cancel.cancelled() => break,
             }
             only = retry;
         }
-        let reports: Vec<&Report> = finals.values().collect();
-        self.metrics.record(&job.cfg, &reports);
+        self.rotator.finish_run(&job.cfg, finals.values());
     }
 
     /// Counts a state write and, when it failed, logs it and wakes the flusher. The applied
@@ -432,12 +428,11 @@ impl Daemon {
             // (A touch within the hour writes nothing: the gauge follows the store.)
             Ok(()) => self.metrics.set_state_writable(!self.state.is_dirty()),
             Err(e) => {
-                self.metrics.state_write_failed();
-                tracing::error!(
-                    job,
-                    error = %e,
-                    "Cannot write the state file; the applied version is kept in memory (no re-apply) and the write is retried with backoff. A restart before it succeeds rotates this job once more."
-                );
+                self.rotator.events().emit(StateWriteFailed {
+                    job: Some(job),
+                    error: &e.to_string(),
+                    when: StateWriteWhen::AfterRun,
+                });
                 self.state_dirty.notify_one();
             }
         }
@@ -461,14 +456,14 @@ impl Daemon {
                 () = self.cancel.cancelled() => return,
             }
             match self.state.flush() {
-                Ok(()) => {
-                    self.metrics.set_state_writable(true);
-                    tracing::info!("The state file is written again.");
-                }
+                Ok(()) => self.rotator.events().emit(StateWriteRecovered),
                 Err(e) => {
-                    self.metrics.state_write_failed();
                     delay = (delay * 2).min(FLUSH_BACKOFF_MAX);
-                    tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "Still cannot write the state file.");
+                    self.rotator.events().emit(StateWriteFailed {
+                        job: None,
+                        error: &e.to_string(),
+                        when: StateWriteWhen::Retry(delay),
+                    });
                 }
             }
         }
@@ -537,9 +532,14 @@ impl std::fmt::Debug for Running {
 pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, StartError> {
     // First, before anything is sent: this process must own a usable state directory.
     let state = StateStore::open(cfg.daemon.state_dir.clone())?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_per_job_histogram(
+        cfg.metrics.per_job_duration_histogram,
+    ));
     metrics.set_state_writable(true);
-    let client = Arc::new(app::qlik_client(cfg, input)?.with_observer(metrics.clone()));
+    let client = Arc::new(
+        app::qlik_client(cfg, input)?
+            .with_observer(Arc::new(crate::events::Events::new(metrics.clone()))),
+    );
     let rotator =
         Arc::new(Rotator::new(client, app::sources(cfg).await).with_metrics(metrics.clone()));
     let admin_token = match &cfg.metrics.admin_token_file {
@@ -752,8 +752,11 @@ impl Running {
         }
         // A last try for a write that failed, then the lock goes.
         if let Err(e) = d.state.flush() {
-            d.metrics.state_write_failed();
-            tracing::error!(error = %e, "Cannot write the state file at shutdown; the next start rotates the affected jobs once more.");
+            d.rotator.events().emit(StateWriteFailed {
+                job: None,
+                error: &e.to_string(),
+                when: StateWriteWhen::Shutdown,
+            });
         }
         d.state.close();
         self.admin_stop.cancel();

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connectors;
 pub mod daemon;
 pub mod demo;
+pub mod events;
 pub mod metrics;
 pub mod qlik;
 pub mod rotation;

@@ -3,16 +3,27 @@
 //! Names carry the `qlik_rotator_` prefix and follow Prometheus naming rules. Labels are
 //! bounded: job names and connectors come from config, stages/outcomes/error types are fixed
 //! enums, Qlik endpoints are path templates. No secret and no raw error text is ever a label.
+//! The per-job label is `rotation_job`, not `job`: `job` is the Prometheus scrape job's own
+//! label, and a series carrying its own `job` needed `honor_labels` to keep it.
+//!
+//! The methods take plain label values (`&str`, numbers); nothing here knows about rotations.
+//! Code does not call them directly: it emits a typed event ([`crate::events`]), which writes
+//! the log line and updates these metrics together.
 //!
 //! Two kinds of storage sit behind one exposition:
 //! - process-wide series (Qlik requests, secret reads, 429s, jobs by state, build info) and the
 //!   sparse `errors_total` live in a `prometheus` [`Registry`];
 //! - the per-job series every job has from the start (`rotations_total` × 4 outcomes, the
-//!   duration histogram, the timestamps, `job_max_age_seconds`, `job_preflight_ok`) live in a
-//!   compact table, [`JobTable`]: about 200 bytes per job instead of the ~3.6 KB that
-//!   `prometheus` children cost (a `Desc`, label pairs and an `Arc` per child). A daemon with
-//!   10,000 jobs keeps them in ~2 MB, and `/metrics` streams them out in chunks
+//!   timestamps, `job_max_age_seconds`, `job_preflight_ok`, and the opt-in per-job duration
+//!   histogram) live in a compact table, [`JobTable`]: about 200 bytes per job instead of the
+//!   ~3.6 KB that `prometheus` children cost (a `Desc`, label pairs and an `Arc` per child). A
+//!   daemon with 10,000 jobs keeps them in ~2 MB, and `/metrics` streams them out in chunks
 //!   ([`Metrics::render_chunks`]) rather than building the whole exposition in memory.
+//!
+//! The duration histogram is per connector (`rotation_duration_seconds{connector}`): per job,
+//! its 14 lines were 10.3 of the 16.4 MB that one scrape of 10,000 jobs weighed (bench section
+//! `metrics`). `metrics.per_job_duration_histogram = true` adds the per-job one back as
+//! `rotation_job_duration_seconds{rotation_job}`.
 
 use std::{
     fmt::Write as _,
@@ -25,14 +36,13 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::{
-    config::JobConfig,
-    qlik::client::RequestObserver,
-    rotation::{Outcome, Report},
-};
+use crate::config::JobConfig;
 
 /// The outcome labels pre-created for every job, so `increase()` works from the first scrape.
 pub const OUTCOMES: [&str; 4] = ["rotated", "unchanged", "failed", "verify_failed"];
+
+/// The stage labels, pre-created in `rotation_retries_total`.
+pub const STAGES: [&str; 5] = ["fetch", "resolve", "build", "apply", "verify"];
 
 /// Upper bounds of `rotation_duration_seconds` (the `+Inf` bucket is implied).
 pub const DURATION_BUCKETS: [f64; 11] =
@@ -44,6 +54,8 @@ pub struct Metrics {
     registry: Registry,
     jobs_table: Arc<JobTable>,
     errors: IntCounterVec,
+    retries: IntCounterVec,
+    rotation_duration: HistogramVec,
     qlik_requests: IntCounterVec,
     qlik_request_duration: HistogramVec,
     secret_fetches: IntCounterVec,
@@ -64,8 +76,14 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric, without the per-job duration histogram.
     pub fn new() -> Self {
+        Self::with_per_job_histogram(false)
+    }
+
+    /// As [`Metrics::new`], with `rotation_job_duration_seconds{rotation_job}` when
+    /// `per_job_histogram` (config key `metrics.per_job_duration_histogram`; 14 lines per job).
+    pub fn with_per_job_histogram(per_job_histogram: bool) -> Self {
         let r = Registry::new_custom(Some("qlik_rotator".into()), None)
             .expect("the prefix is a valid metric name");
         let counter = |name: &str, help: &str, labels: &[&str]| {
@@ -88,11 +106,25 @@ impl Metrics {
             )
         };
         let m = Metrics {
-            jobs_table: Arc::new(JobTable::default()),
+            jobs_table: Arc::new(JobTable {
+                per_job_histogram,
+                ..JobTable::default()
+            }),
             errors: counter(
                 "errors_total",
-                "Failed runs by job, stage (fetch, resolve, build, apply, verify) and error type.",
-                &["job", "stage", "error_type"],
+                "Failed runs (after their last attempt) by rotation job, stage (fetch, resolve, build, apply, verify) and error type.",
+                &["rotation_job", "stage", "error_type"],
+            ),
+            retries: counter(
+                "rotation_retries_total",
+                "Failed attempts that were retried within their run, by stage (the error type is in the log line).",
+                &["stage"],
+            ),
+            rotation_duration: histogram(
+                "rotation_duration_seconds",
+                "Wall time of one rotation run (fetch, PATCH, verify), by connector.",
+                &["connector"],
+                DURATION_BUCKETS.to_vec(),
             ),
             qlik_requests: counter(
                 "qlik_requests_total",
@@ -158,6 +190,9 @@ impl Metrics {
             ),
             registry: r,
         };
+        for stage in STAGES {
+            m.retries.with_label_values(&[stage]).reset();
+        }
         for rule in crate::connectors::VERIFY_WARNING_RULES {
             m.verify_warnings.with_label_values(&[rule]).reset();
         }
@@ -176,6 +211,7 @@ impl Metrics {
     pub fn register_jobs<'a>(&self, jobs: impl IntoIterator<Item = &'a JobConfig>) {
         let jobs: Vec<&JobConfig> = jobs.into_iter().collect();
         for job in &jobs {
+            self.rotation_duration.with_label_values(&[&job.connector]);
             if !job.spec.is_generic() {
                 self.spec_warnings
                     .with_label_values(&[spec_warning_label(&job.spec.datasource)]);
@@ -228,28 +264,27 @@ impl Metrics {
         InFlight(self.in_flight.clone())
     }
 
-    /// Records one finished run of a job: one outcome per connection, the duration, and the
-    /// timestamps (last success only when every connection ended well). `planned` runs are
-    /// not counted; nor is a job that was never registered.
-    pub fn record(&self, job: &JobConfig, reports: &[&Report]) {
-        let reports: Vec<&&Report> = reports
-            .iter()
-            .filter(|r| !matches!(r.outcome, Outcome::Planned(_)))
-            .collect();
-        if reports.is_empty() {
-            return;
+    /// Counts one connection's outcome of a run in `rotations_total` (`outcome` is one of
+    /// [`OUTCOMES`]; anything else, and a job never registered, is not counted).
+    pub fn count_outcome(&self, job: &str, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.jobs_table.with(job, |s| s.outcomes[i] += 1);
         }
+    }
+
+    /// Records one finished run of a job: the duration (per connector, and per job when
+    /// enabled) and the timestamps (last success only when `success`, i.e. every connection of
+    /// the run ended well). `connector` is the job's configured connector.
+    pub fn observe_run(&self, job: &str, connector: &str, duration: Duration, success: bool) {
         let now = chrono::Utc::now().timestamp();
-        let longest = reports.iter().map(|r| r.duration).max().unwrap_or_default();
-        self.jobs_table.with(&job.name, |s| {
-            for r in &reports {
-                if let Some(i) = OUTCOMES.iter().position(|o| *o == r.outcome.label()) {
-                    s.outcomes[i] += 1;
-                }
-            }
-            s.observe(longest.as_secs_f64());
+        let secs = duration.as_secs_f64();
+        self.rotation_duration
+            .with_label_values(&[connector])
+            .observe(secs);
+        self.jobs_table.with(job, |s| {
+            s.observe(secs);
             s.last_attempt = Some(now);
-            if reports.iter().all(|r| r.outcome.is_success()) {
+            if success {
                 s.last_success = Some(now);
             }
         });
@@ -268,11 +303,33 @@ impl Metrics {
         self.verify_warnings.with_label_values(&[rule]).inc();
     }
 
-    /// Counts one failed attempt in `errors_total` (a run may retry several times).
-    pub fn record_error(&self, job: &str, error: &crate::rotation::RotationError) {
+    /// Counts one failed run in `errors_total` (once per run and connection, after the last
+    /// attempt: the sum over a job equals its `failed` + `verify_failed` outcomes).
+    pub fn count_error(&self, job: &str, stage: &str, error_type: &str) {
         self.errors
-            .with_label_values(&[job, error.stage().as_str(), error.error_type()])
+            .with_label_values(&[job, stage, error_type])
             .inc();
+    }
+
+    /// Counts one failed attempt that is retried within its run (`stage` is one of
+    /// [`STAGES`]).
+    pub fn count_retry(&self, stage: &str) {
+        self.retries.with_label_values(&[stage]).inc();
+    }
+
+    /// Counts one HTTP exchange with Qlik (`status` is the HTTP status or `error`).
+    pub fn qlik_request(&self, method: &str, endpoint: &str, status: &str, elapsed: Duration) {
+        self.qlik_requests
+            .with_label_values(&[method, endpoint, status])
+            .inc();
+        self.qlik_request_duration
+            .with_label_values(&[method, endpoint])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one HTTP 429 from Qlik.
+    pub fn rate_limited(&self) {
+        self.rate_limited.inc();
     }
 
     /// The whole text exposition (Prometheus format 0.0.4) in one string.
@@ -332,16 +389,19 @@ const JOB_FAMILIES: [(&str, &str, &str); 6] = [
         "Unix time of the last run that left the connection verified current (rotated or unchanged).",
     ),
     (
-        "rotation_duration_seconds",
+        "rotation_job_duration_seconds",
         "histogram",
-        "Wall time of one rotation run (fetch, PATCH, verify).",
+        "Wall time of one rotation run (fetch, PATCH, verify), by rotation job (opt-in: metrics.per_job_duration_histogram).",
     ),
     (
         "rotations_total",
         "counter",
-        "Rotation runs by job, connector and outcome (rotated, unchanged, failed, verify_failed).",
+        "Rotation outcomes by rotation job, connector and outcome (rotated, unchanged, failed, verify_failed), one per connection and run.",
     ),
 ];
+
+/// The index of the opt-in per-job histogram in [`JOB_FAMILIES`].
+const HISTOGRAM_FAMILY: usize = 4;
 
 /// The mutable part of one job's series. One writer at a time (a job never runs twice at
 /// once), read by scrapes; a plain mutex keeps each scrape's view of a histogram consistent.
@@ -380,6 +440,8 @@ struct JobSeries {
 #[derive(Debug, Default)]
 pub struct JobTable {
     jobs: RwLock<Vec<JobSeries>>,
+    /// Whether the per-job duration histogram is rendered.
+    per_job_histogram: bool,
 }
 
 impl JobTable {
@@ -424,6 +486,9 @@ impl JobTable {
         let Some((name, kind, help)) = JOB_FAMILIES.get(family) else {
             return (String::new(), None);
         };
+        if family == HISTOGRAM_FAMILY && !self.per_job_histogram {
+            return (String::new(), Some((family + 1, 0, false)));
+        }
         let end = (start + CHUNK_JOBS).min(table.len());
         let mut out = String::with_capacity(64 * 1024);
         for job in table.get(start..end).unwrap_or_default() {
@@ -443,28 +508,28 @@ impl JobTable {
             }
             let job_label = escape(&job.name, true);
             match family {
-                4 => {
+                HISTOGRAM_FAMILY => {
                     let mut cumulative = 0;
                     for (bound, n) in DURATION_BUCKETS.iter().zip(st.buckets) {
                         cumulative += n;
                         let _ = writeln!(
                             out,
-                            "qlik_rotator_{name}_bucket{{job=\"{job_label}\",le=\"{bound}\"}} {cumulative}"
+                            "qlik_rotator_{name}_bucket{{rotation_job=\"{job_label}\",le=\"{bound}\"}} {cumulative}"
                         );
                     }
                     let _ = writeln!(
                         out,
-                        "qlik_rotator_{name}_bucket{{job=\"{job_label}\",le=\"+Inf\"}} {}",
+                        "qlik_rotator_{name}_bucket{{rotation_job=\"{job_label}\",le=\"+Inf\"}} {}",
                         st.count
                     );
                     let _ = writeln!(
                         out,
-                        "qlik_rotator_{name}_sum{{job=\"{job_label}\"}} {}",
+                        "qlik_rotator_{name}_sum{{rotation_job=\"{job_label}\"}} {}",
                         st.sum
                     );
                     let _ = writeln!(
                         out,
-                        "qlik_rotator_{name}_count{{job=\"{job_label}\"}} {}",
+                        "qlik_rotator_{name}_count{{rotation_job=\"{job_label}\"}} {}",
                         st.count
                     );
                 }
@@ -473,12 +538,15 @@ impl JobTable {
                     for (outcome, n) in OUTCOMES.iter().zip(st.outcomes) {
                         let _ = writeln!(
                             out,
-                            "qlik_rotator_{name}{{connector=\"{connector}\",job=\"{job_label}\",outcome=\"{outcome}\"}} {n}"
+                            "qlik_rotator_{name}{{connector=\"{connector}\",outcome=\"{outcome}\",rotation_job=\"{job_label}\"}} {n}"
                         );
                     }
                 }
                 _ => {
-                    let _ = writeln!(out, "qlik_rotator_{name}{{job=\"{job_label}\"}} {value}");
+                    let _ = writeln!(
+                        out,
+                        "qlik_rotator_{name}{{rotation_job=\"{job_label}\"}} {value}"
+                    );
                 }
             }
         }
@@ -516,27 +584,6 @@ impl Default for Metrics {
     }
 }
 
-impl RequestObserver for Metrics {
-    fn request(
-        &self,
-        method: &'static str,
-        endpoint: &'static str,
-        status: &str,
-        elapsed: Duration,
-    ) {
-        self.qlik_requests
-            .with_label_values(&[method, endpoint, status])
-            .inc();
-        self.qlik_request_duration
-            .with_label_values(&[method, endpoint])
-            .observe(elapsed.as_secs_f64());
-    }
-
-    fn rate_limited(&self) {
-        self.rate_limited.inc();
-    }
-}
-
 /// The `connector_type` label of `spec_warnings_total`: a catalogue `datasourceID`, else `other`.
 fn spec_warning_label(connector_type: &str) -> &str {
     if crate::connectors::Connector::lookup(connector_type).is_some() {
@@ -561,7 +608,6 @@ mod tests {
     use std::{collections::HashMap, path::Path};
 
     use super::*;
-    use crate::rotation::{Outcome, Report};
 
     /// `n` jobs named `job-0000` …, plus one whose name needs escaping.
     fn jobs(n: usize) -> Vec<JobConfig> {
@@ -581,21 +627,6 @@ mod tests {
             .jobs
     }
 
-    fn report(job: &str, outcome: Outcome, ms: u64) -> Report {
-        Report {
-            job: job.to_owned(),
-            connection_key: "id:c".to_owned(),
-            fanout: false,
-            connection_id: None,
-            secret_version: None,
-            outcome,
-            duration: Duration::from_millis(ms),
-            after: None,
-            verified: None,
-            warnings: Vec::new(),
-        }
-    }
-
     /// Sample value of the line starting with `series ` (exact series, labels included).
     fn sample(text: &str, series: &str) -> Option<f64> {
         text.lines()
@@ -607,7 +638,7 @@ mod tests {
         let m = Metrics::new();
         m.register_jobs(&jobs(1));
         m.secret_fetch("file", true);
-        m.request(
+        m.qlik_request(
             "GET",
             "/api/v1/data-connections/{id}",
             "200",
@@ -625,10 +656,10 @@ mod tests {
             "qlik_rotator_qlik_request_duration_seconds_bucket{",
             "qlik_rotator_rate_limited_total 0",
             "qlik_rotator_jobs{state=\"preflight_failed\"} 1",
-            "qlik_rotator_job_preflight_ok{job=\"job-0000\"} 0",
-            "qlik_rotator_job_max_age_seconds{job=\"job-0000\"} 7200",
-            "qlik_rotator_rotations_total{connector=\"mssql\",job=\"job-0000\",outcome=\"verify_failed\"} 0",
-            "qlik_rotator_rotation_duration_seconds_bucket{job=\"job-0000\",le=\"+Inf\"} 0",
+            "qlik_rotator_job_preflight_ok{rotation_job=\"job-0000\"} 0",
+            "qlik_rotator_job_max_age_seconds{rotation_job=\"job-0000\"} 7200",
+            "qlik_rotator_rotations_total{connector=\"mssql\",outcome=\"verify_failed\",rotation_job=\"job-0000\"} 0",
+            "qlik_rotator_rotation_duration_seconds_bucket{connector=\"mssql\",le=\"+Inf\"} 0",
             "qlik_rotator_rotations_in_flight 0",
             "qlik_rotator_verify_warnings_total{rule=\"credentials_id_changed\"} 0",
             "qlik_rotator_spec_warnings_total{connector_type=\"gbq\"} 1",
@@ -640,77 +671,77 @@ mod tests {
         // Never set: no series, and no HELP/TYPE for an empty family.
         assert!(!text.contains("last_success_timestamp_seconds"), "{text}");
         assert!(!text.contains("last_attempt_timestamp_seconds"), "{text}");
+        // No label is called `job` (Prometheus's own target label) and the per-job
+        // histogram is opt-in.
+        assert!(!text.contains("{job=") && !text.contains(",job="), "{text}");
+        assert!(!text.contains("rotation_job_duration_seconds"), "{text}");
     }
 
     #[test]
-    fn record_counts_outcomes_and_fills_the_histogram_cumulatively() {
-        let m = Metrics::new();
+    fn outcomes_and_runs_fill_counters_histograms_and_timestamps() {
+        let m = Metrics::with_per_job_histogram(true);
         m.register_jobs(&jobs(2));
-        let job = &jobs(2)[1];
-        m.record(job, &[&report("job-0001", Outcome::Rotated, 300)]);
-        m.record(job, &[&report("job-0001", Outcome::Unchanged, 40)]);
-        m.record(job, &[&report("job-0001", Outcome::Rotated, 200_000)]);
+        for (outcome, ms) in [("rotated", 300), ("unchanged", 40), ("rotated", 200_000)] {
+            m.count_outcome("job-0001", outcome);
+            m.observe_run("job-0001", "mssql", Duration::from_millis(ms), true);
+        }
+        m.count_outcome("job-0001", "planned");
         let text = m.render();
         let s = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series}\n{text}"));
-        let rot = "qlik_rotator_rotations_total{connector=\"mssql\",job=\"job-0001\",outcome=";
-        assert_eq!(s(&format!("{rot}\"rotated\"}}")), 2.0);
-        assert_eq!(s(&format!("{rot}\"unchanged\"}}")), 1.0);
-        assert_eq!(s(&format!("{rot}\"failed\"}}")), 0.0);
-        let b = |le: &str| {
+        let rot = |o: &str| {
             s(&format!(
-                "qlik_rotator_rotation_duration_seconds_bucket{{job=\"job-0001\",le=\"{le}\"}}"
+                "qlik_rotator_rotations_total{{connector=\"mssql\",outcome=\"{o}\",rotation_job=\"job-0001\"}}"
             ))
         };
-        assert_eq!(b("0.05"), 1.0);
-        assert_eq!(b("0.25"), 1.0);
-        assert_eq!(b("0.5"), 2.0);
-        assert_eq!(b("120"), 2.0);
-        assert_eq!(b("+Inf"), 3.0);
-        assert_eq!(
-            s("qlik_rotator_rotation_duration_seconds_count{job=\"job-0001\"}"),
-            3.0
-        );
-        let sum = s("qlik_rotator_rotation_duration_seconds_sum{job=\"job-0001\"}");
-        assert!((sum - 200.34).abs() < 1e-9, "{sum}");
+        assert_eq!(rot("rotated"), 2.0);
+        assert_eq!(rot("unchanged"), 1.0);
+        assert_eq!(rot("failed"), 0.0);
+        for (family, label) in [
+            ("rotation_job_duration_seconds", "rotation_job=\"job-0001\""),
+            ("rotation_duration_seconds", "connector=\"mssql\""),
+        ] {
+            let b = |le: &str| {
+                s(&format!(
+                    "qlik_rotator_{family}_bucket{{{label},le=\"{le}\"}}"
+                ))
+            };
+            assert_eq!(b("0.05"), 1.0);
+            assert_eq!(b("0.25"), 1.0);
+            assert_eq!(b("0.5"), 2.0);
+            assert_eq!(b("120"), 2.0);
+            assert_eq!(b("+Inf"), 3.0);
+            assert_eq!(s(&format!("qlik_rotator_{family}_count{{{label}}}")), 3.0);
+            let sum = s(&format!("qlik_rotator_{family}_sum{{{label}}}"));
+            assert!((sum - 200.34).abs() < 1e-9, "{sum}");
+        }
         // The other job is untouched; both carry a last attempt only if they ran.
         assert_eq!(
-            s("qlik_rotator_rotation_duration_seconds_count{job=\"job-0000\"}"),
+            s("qlik_rotator_rotation_job_duration_seconds_count{rotation_job=\"job-0000\"}"),
             0.0
         );
-        assert!(
+        let attempt = |j: &str| {
             sample(
                 &text,
-                "qlik_rotator_last_attempt_timestamp_seconds{job=\"job-0001\"}"
+                &format!("qlik_rotator_last_attempt_timestamp_seconds{{rotation_job=\"{j}\"}}"),
             )
-            .is_some()
-        );
-        assert!(
-            sample(
-                &text,
-                "qlik_rotator_last_attempt_timestamp_seconds{job=\"job-0000\"}"
-            )
-            .is_none()
-        );
+        };
+        assert!(attempt("job-0001").is_some());
+        assert!(attempt("job-0000").is_none());
         // A failure sets the attempt but not the success.
         m.set_last_success("job-0000", 1_000);
-        m.record(
-            &jobs(1)[0],
-            &[&report(
-                "job-0000",
-                Outcome::Failed(crate::rotation::RotationError::NoCredential("c".into())),
-                10,
-            )],
-        );
+        m.observe_run("job-0000", "mssql", Duration::from_millis(10), false);
         let text = m.render();
         assert_eq!(
             sample(
                 &text,
-                "qlik_rotator_last_success_timestamp_seconds{job=\"job-0000\"}"
+                "qlik_rotator_last_success_timestamp_seconds{rotation_job=\"job-0000\"}"
             ),
             Some(1_000.0)
         );
         // Unknown jobs are ignored rather than creating unbounded series.
         m.set_preflight("nope", true);
+        m.count_outcome("nope", "rotated");
+        m.observe_run("nope", "mssql", Duration::ZERO, true);
         assert!(!m.render().contains("nope"));
     }
 
@@ -723,9 +754,9 @@ mod tests {
             m.set_preflight(&j.name, true);
         }
         let chunks: Vec<String> = m.render_chunks().collect();
-        // The registry's part, then 4 chunks for each of the 4 families with samples (the
-        // two timestamp families have none yet and produce nothing).
-        assert_eq!(chunks.len(), 1 + 4 * 4);
+        // The registry's part, then 4 chunks for each of the 3 families with samples (the
+        // two timestamp families have none yet, the per-job histogram is off: nothing).
+        assert_eq!(chunks.len(), 1 + 4 * 3);
         assert!(chunks.iter().all(|c| !c.is_empty()));
         let text = chunks.concat();
         assert_eq!(text, m.render());
@@ -757,7 +788,7 @@ mod tests {
         // Sorted by job name.
         let names: Vec<&str> = text
             .lines()
-            .filter_map(|l| l.strip_prefix("qlik_rotator_job_max_age_seconds{job=\""))
+            .filter_map(|l| l.strip_prefix("qlik_rotator_job_max_age_seconds{rotation_job=\""))
             .map(|l| l.split('"').next().unwrap_or_default())
             .collect();
         let mut sorted = names.clone();

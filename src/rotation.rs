@@ -15,6 +15,10 @@ use crate::{
         self, BuildError, Mismatch, SeparateMode,
         specs::{printable, quoted},
     },
+    events::{
+        Events, RotationFailed, RotationFinished, RotationRetried, RotationStarted, RunFinished,
+        SecretFetched, SpecWarning, VerifyWarning,
+    },
     metrics::Metrics,
     qlik::{DataConnection, QlikClient, QlikError, model::CredentialUpdate},
     secrets::{AnySource, SecretSource, SecretValue, SourceError},
@@ -254,6 +258,27 @@ impl Report {
         }
     }
 
+    /// Emits this connection's outcome: [`RotationFinished`] or [`RotationFailed`].
+    pub fn emit(&self, events: &Events) {
+        match &self.outcome {
+            Outcome::Failed(e) | Outcome::VerifyFailed(e) => events.emit(RotationFailed {
+                job: &self.job,
+                connection: &self.connection_key,
+                outcome: self.outcome.label(),
+                stage: e.stage().as_str(),
+                error_type: e.error_type(),
+                error: &e.to_string(),
+            }),
+            other => events.emit(RotationFinished {
+                job: &self.job,
+                connection: self.connection_id.as_deref().unwrap_or(""),
+                outcome: other.label(),
+                secret_version: self.secret_version.as_deref().unwrap_or(""),
+                duration: self.duration,
+            }),
+        }
+    }
+
     /// `, 1 warning: …` (empty without warnings).
     pub fn warnings_text(&self) -> String {
         match self.warnings.len() {
@@ -340,7 +365,7 @@ pub struct Rotator {
     sources: HashMap<String, Arc<AnySource>>,
     resolved: Mutex<HashMap<String, String>>,
     api_specs: tokio::sync::Mutex<HashMap<String, Option<serde_json::Value>>>,
-    metrics: Option<Arc<Metrics>>,
+    events: Events,
 }
 
 impl Rotator {
@@ -351,15 +376,60 @@ impl Rotator {
             sources,
             resolved: Mutex::new(HashMap::new()),
             api_specs: tokio::sync::Mutex::new(HashMap::new()),
-            metrics: None,
+            events: Events::log_only(),
         }
     }
 
-    /// Records secret reads and in-flight rotations in `metrics` (run outcomes are recorded
-    /// by the caller, once per run, with [`Metrics::record`]).
+    /// Counts the events of every run in `metrics` as well as logging them (without, events
+    /// only log). Run outcomes are emitted by the caller, once per run after its last attempt,
+    /// with [`Rotator::finish_run`].
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        self.events = Events::new(metrics);
         self
+    }
+
+    /// Where this rotator's events go.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Emits the outcome of a finished run of `job` (after its last attempt): one
+    /// [`RotationFinished`] or [`RotationFailed`] per connection, then one [`RunFinished`]
+    /// (duration and timestamps; not for `plan`, which sends nothing).
+    pub fn finish_run<'a>(&self, job: &JobConfig, reports: impl IntoIterator<Item = &'a Report>) {
+        let reports: Vec<&Report> = reports.into_iter().collect();
+        for r in &reports {
+            r.emit(&self.events);
+        }
+        let ran: Vec<&&Report> = reports
+            .iter()
+            .filter(|r| !matches!(r.outcome, Outcome::Planned(_)))
+            .collect();
+        if ran.is_empty() {
+            return;
+        }
+        self.events.emit(RunFinished {
+            job: &job.name,
+            connector: &job.connector,
+            duration: ran.iter().map(|r| r.duration).max().unwrap_or_default(),
+            connections: ran.len(),
+            success: ran.iter().all(|r| r.outcome.is_success()),
+        });
+    }
+
+    /// Emits [`RotationRetried`] for a failed `report` that its run tries again after `delay`.
+    pub fn retrying(&self, report: &Report, attempt: u32, delay: Duration) {
+        if let Some(e) = report.outcome.error() {
+            self.events.emit(RotationRetried {
+                job: &report.job,
+                connection: &report.connection_key,
+                attempt,
+                stage: e.stage().as_str(),
+                error_type: e.error_type(),
+                error: &e.to_string(),
+                delay,
+            });
+        }
     }
 
     /// The Qlik client.
@@ -442,29 +512,21 @@ impl Rotator {
             None => Vec::new(),
         };
         for w in &warnings {
-            tracing::warn!(
-                job = %job.name,
-                connector_type = %job.spec.datasource,
-                warning = %w,
-                "The connector's api-specs disagree with the catalogue; rotating anyway."
-            );
-            if let Some(m) = &self.metrics {
-                m.spec_warning(&job.spec.datasource);
-            }
+            self.events.emit(SpecWarning {
+                job: &job.name,
+                connector_type: &job.spec.datasource,
+                warning: w,
+            });
         }
         Ok(warnings)
     }
 
     fn verify_warning(&self, job: &JobConfig, rule: &'static str, message: &str) {
-        tracing::warn!(
-            job = %job.name,
+        self.events.emit(VerifyWarning {
+            job: &job.name,
             rule,
-            warning = %message,
-            "Verify found something it cannot judge; counted as a warning, not a failure."
-        );
-        if let Some(m) = &self.metrics {
-            m.verify_warning(rule);
-        }
+            warning: message,
+        });
     }
 
     /// Forgets a name → id resolution (after a GET by that id answered with another name).
@@ -477,16 +539,20 @@ impl Rotator {
     }
 
     /// Runs one job once: reads the secret once, then rotates each connection it feeds.
-    /// Returns one report per connection.
+    /// Returns one report per connection; the caller emits the outcomes with
+    /// [`Rotator::finish_run`] once the run (with its retries) is over.
     pub async fn run(&self, job: &JobConfig, mut opts: RunOptions) -> Vec<Report> {
         let started = Instant::now();
-        let in_flight = self.metrics.as_ref().map(|m| m.start_rotation());
         let fanout = job.connections.len() > 1;
         let selected: Vec<&ConnectionRef> = job
             .connections
             .iter()
             .filter(|c| opts.only.as_ref().is_none_or(|o| o.contains(&c.key())))
             .collect();
+        let in_flight = self.events.emit(RotationStarted {
+            job: &job.name,
+            connections: selected.len(),
+        });
         let new_report = |conn: &ConnectionRef| Report {
             job: job.name.clone(),
             connection_key: conn.key(),
@@ -508,9 +574,11 @@ impl Rotator {
             None => Err(RotationError::UnknownSource(job.source.clone())),
             Some(source) => {
                 let fetched = source.fetch(&job.secret).await;
-                if let Some(m) = &self.metrics {
-                    m.secret_fetch(source.kind(), fetched.is_ok());
-                }
+                self.events.emit(SecretFetched {
+                    job: &job.name,
+                    source: source.kind(),
+                    error_type: fetched.as_ref().err().map(SourceError::error_type),
+                });
                 fetched.map_err(RotationError::from)
             }
         };
@@ -550,7 +618,6 @@ impl Rotator {
         let elapsed = started.elapsed();
         for r in &mut reports {
             r.duration = elapsed;
-            log_report(r);
         }
         reports
     }
@@ -879,26 +946,4 @@ fn same_name(
         ));
     }
     Ok(())
-}
-
-fn log_report(report: &Report) {
-    match &report.outcome {
-        Outcome::Failed(e) | Outcome::VerifyFailed(e) => tracing::warn!(
-            job = %report.job,
-            connection = %report.connection_key,
-            outcome = report.outcome.label(),
-            stage = e.stage().as_str(),
-            error_type = e.error_type(),
-            error = %crate::text::Escaped(&e.to_string()),
-            "Rotation failed."
-        ),
-        other => tracing::info!(
-            job = %report.job,
-            connection = %crate::text::Escaped(report.connection_id.as_deref().unwrap_or("")),
-            outcome = other.label(),
-            secret_version = %crate::text::Escaped(report.secret_version.as_deref().unwrap_or("")),
-            duration_ms = report.duration.as_millis() as u64,
-            "Rotation finished."
-        ),
-    }
 }

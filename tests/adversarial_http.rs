@@ -464,7 +464,7 @@ async fn run_case(case: Case) {
     let client = Arc::new(
         app::qlik_client(&cfg, &input)
             .unwrap()
-            .with_observer(metrics.clone()),
+            .with_observer(Arc::new(qlik_rotator::events::Events::new(metrics.clone()))),
     );
     let rotator = Rotator::new(client, app::sources(&cfg).await).with_metrics(metrics.clone());
     let job_cfg = cfg.job(job).unwrap();
@@ -473,19 +473,14 @@ async fn run_case(case: Case) {
     // One attempt, bounded by the 1 s request timeout whatever the server does.
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    metrics.record(job_cfg, &reports.iter().collect::<Vec<_>>());
-    for r in &reports {
-        if let Some(e) = r.outcome.error() {
-            metrics.record_error(job, e);
-        }
-    }
+    rotator.finish_run(job_cfg, &reports);
     let text = metrics.render();
     assert_eq!(
         metric(
             &text,
             "qlik_rotator_errors_total",
             &[
-                ("job", job),
+                ("rotation_job", job),
                 ("stage", stage),
                 ("error_type", case.error_type)
             ]
@@ -1436,7 +1431,7 @@ async fn daemon_metrics_endpoint_holds_no_canary_after_hostile_answers() {
             metric(
                 &body,
                 "qlik_rotator_rotations_total",
-                &[("job", job), ("outcome", "failed")],
+                &[("rotation_job", job), ("outcome", "failed")],
             )
             .unwrap_or(0.0)
                 >= 1.0
@@ -1452,7 +1447,7 @@ async fn daemon_metrics_endpoint_holds_no_canary_after_hostile_answers() {
             &scrape,
             "qlik_rotator_errors_total",
             &[
-                ("job", "sep"),
+                ("rotation_job", "sep"),
                 ("stage", "resolve"),
                 ("error_type", "redirect")
             ]
@@ -1466,7 +1461,7 @@ async fn daemon_metrics_endpoint_holds_no_canary_after_hostile_answers() {
             &scrape,
             "qlik_rotator_errors_total",
             &[
-                ("job", "sales-s3"),
+                ("rotation_job", "sales-s3"),
                 ("stage", "apply"),
                 ("error_type", "bad_request")
             ]

@@ -820,7 +820,7 @@ async fn future_timestamps_do_not_make_a_job_look_fresh() {
         metric(
             &text,
             "qlik_rotator_last_success_timestamp_seconds",
-            &[("job", "sales-s3")]
+            &[("rotation_job", "sales-s3")]
         ),
         None,
         "an implausible time is not a last success:\n{text}"
@@ -855,7 +855,7 @@ async fn extreme_timestamps_do_not_panic_the_daemon() {
                 metric(
                     &text,
                     "qlik_rotator_rotations_total",
-                    &[("job", j), ("outcome", "unchanged")],
+                    &[("rotation_job", j), ("outcome", "unchanged")],
                 )
                 .unwrap_or(0.0)
             })
@@ -887,7 +887,7 @@ async fn trigger_until(r: &Running, job: &str, outcome: &str, want: f64) {
             let seen = metric(
                 &text,
                 "qlik_rotator_rotations_total",
-                &[("job", job), ("outcome", outcome)],
+                &[("rotation_job", job), ("outcome", outcome)],
             );
             if seen.is_some_and(|v| v >= want) {
                 return;
@@ -948,7 +948,7 @@ async fn state_write_failing_mid_run_never_re_patches_and_recovers() {
     wait_metric(
         &r,
         "qlik_rotator_rotations_total",
-        &[("job", "sales-s3"), ("outcome", "rotated")],
+        &[("rotation_job", "sales-s3"), ("outcome", "rotated")],
         1.0,
     )
     .await;
@@ -991,7 +991,7 @@ async fn state_write_failing_on_a_one_second_schedule_patches_once() {
         wait_at_least(
             &r,
             "qlik_rotator_rotations_total",
-            &[("job", job), ("outcome", "unchanged")],
+            &[("rotation_job", job), ("outcome", "unchanged")],
             3.0,
         )
         .await;

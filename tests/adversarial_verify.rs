@@ -305,10 +305,7 @@ async fn run(t: &Tenant, job: &str, inject: impl Fn(&Simulator)) -> Run {
         .run(job_cfg, qlik_rotator::rotation::RunOptions::default())
         .await;
     assert_eq!(reports.len(), 1);
-    metrics.record(job_cfg, &[&reports[0]]);
-    if let Some(e) = reports[0].outcome.error() {
-        metrics.record_error(job, e);
-    }
+    rotator.finish_run(job_cfg, &reports);
     Run {
         cli,
         line: reports[0].line(),
@@ -398,7 +395,7 @@ fn assert_verify_failed(t: &Tenant, r: &Run, job: &str, error_type: &str, parts:
             &r.metrics,
             "qlik_rotator_errors_total",
             &[
-                ("job", job),
+                ("rotation_job", job),
                 ("stage", "verify"),
                 ("error_type", error_type)
             ]

@@ -70,7 +70,7 @@ async fn wait_outcome(r: &Running, job: &str, outcome: &str) -> String {
     wait_metric(
         r,
         "qlik_rotator_rotations_total",
-        &[("job", job), ("outcome", outcome)],
+        &[("rotation_job", job), ("outcome", outcome)],
         1.0,
     )
     .await
@@ -82,7 +82,7 @@ async fn wait_rotated(r: &Running, jobs: &[&str]) {
         wait_metric(
             r,
             "qlik_rotator_rotations_total",
-            &[("job", job), ("outcome", "rotated")],
+            &[("rotation_job", job), ("outcome", "rotated")],
             1.0,
         )
         .await;
@@ -120,7 +120,7 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
         metric(
             &text,
             "qlik_rotator_rotations_total",
-            &[("job", "sales-s3"), ("outcome", "rotated")]
+            &[("rotation_job", "sales-s3"), ("outcome", "rotated")]
         ),
         Some(0.0)
     );
@@ -128,7 +128,7 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
         metric(
             &text,
             "qlik_rotator_job_preflight_ok",
-            &[("job", "sales-s3")]
+            &[("rotation_job", "sales-s3")]
         ),
         Some(1.0)
     );
@@ -140,7 +140,7 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
         metric(
             &text,
             "qlik_rotator_job_max_age_seconds",
-            &[("job", "sales-s3")]
+            &[("rotation_job", "sales-s3")]
         ),
         Some(90000.0)
     );
@@ -152,7 +152,7 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
         metric(
             &text,
             "qlik_rotator_last_success_timestamp_seconds",
-            &[("job", "sales-s3")]
+            &[("rotation_job", "sales-s3")]
         )
         .unwrap()
             > 1.7e9
@@ -161,7 +161,7 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
         metric(
             &text,
             "qlik_rotator_rotation_duration_seconds_count",
-            &[("job", "sales-s3")]
+            &[("connector", "File_AmazonS3ConnectorV2")]
         ),
         Some(1.0)
     );
@@ -192,7 +192,7 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
             &text,
             "qlik_rotator_errors_total",
             &[
-                ("job", "warehouse-bq"),
+                ("rotation_job", "warehouse-bq"),
                 ("stage", "build"),
                 ("error_type", "missing_field")
             ]
@@ -203,7 +203,7 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
         metric(
             &text,
             "qlik_rotator_last_success_timestamp_seconds",
-            &[("job", "warehouse-bq")]
+            &[("rotation_job", "warehouse-bq")]
         ),
         None
     );
@@ -221,7 +221,7 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
             &text,
             "qlik_rotator_errors_total",
             &[
-                ("job", "finance-sql"),
+                ("rotation_job", "finance-sql"),
                 ("stage", "verify"),
                 ("error_type", "not_found")
             ]
@@ -232,7 +232,7 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
         metric(
             &text,
             "qlik_rotator_rotations_total",
-            &[("job", "finance-sql"), ("outcome", "rotated")]
+            &[("rotation_job", "finance-sql"), ("outcome", "rotated")]
         ),
         Some(0.0)
     );
@@ -286,7 +286,7 @@ async fn preflight_skips_a_job_without_update_privilege_and_runs_the_others() {
         metric(
             &text,
             "qlik_rotator_job_preflight_ok",
-            &[("job", "sales-s3")]
+            &[("rotation_job", "sales-s3")]
         ),
         Some(0.0)
     );
@@ -442,7 +442,7 @@ async fn budget_run(budget_per_min: u32) -> Simulator {
         wait_metric(
             &r,
             "qlik_rotator_rotations_total",
-            &[("job", &format!("j{i}")), ("outcome", "rotated")],
+            &[("rotation_job", &format!("j{i}")), ("outcome", "rotated")],
             1.0,
         )
         .await;
@@ -635,13 +635,13 @@ async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tic
     let mut env = aws_env(&moto);
     env.push(("QLIK_API_KEY".into(), API_KEY.into()));
     let p = spawn_daemon(&config, &env).await;
-    let job = [("job", "sales-s3"), ("outcome", "rotated")];
+    let job = [("rotation_job", "sales-s3"), ("outcome", "rotated")];
     wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &job, 1.0).await;
     // Several more ticks: unchanged, no writes.
     wait_proc_metric(
         p.addr,
         "qlik_rotator_rotations_total",
-        &[("job", "sales-s3"), ("outcome", "unchanged")],
+        &[("rotation_job", "sales-s3"), ("outcome", "unchanged")],
         2.0,
     )
     .await;
@@ -657,13 +657,13 @@ async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tic
     let before = metric(
         &http_get(p.addr, "/metrics").await.1,
         "qlik_rotator_rotations_total",
-        &[("job", "sales-s3"), ("outcome", "unchanged")],
+        &[("rotation_job", "sales-s3"), ("outcome", "unchanged")],
     )
     .unwrap();
     wait_proc_metric(
         p.addr,
         "qlik_rotator_rotations_total",
-        &[("job", "sales-s3"), ("outcome", "unchanged")],
+        &[("rotation_job", "sales-s3"), ("outcome", "unchanged")],
         before + 2.0,
     )
     .await;
@@ -748,7 +748,7 @@ async fn canary_secret_never_appears_in_metrics_or_daemon_logs() {
     let text = wait_proc_metric(
         p.addr,
         "qlik_rotator_rotations_total",
-        &[("job", "sales-s3"), ("outcome", "rotated")],
+        &[("rotation_job", "sales-s3"), ("outcome", "rotated")],
         1.0,
     )
     .await;
@@ -790,7 +790,7 @@ async fn rust_log_trace_never_shows_wire_level_lines() {
     wait_proc_metric(
         p.addr,
         "qlik_rotator_rotations_total",
-        &[("job", "sales-s3"), ("outcome", "rotated")],
+        &[("rotation_job", "sales-s3"), ("outcome", "rotated")],
         1.0,
     )
     .await;

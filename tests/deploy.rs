@@ -86,6 +86,22 @@ fn exported_metrics() -> BTreeMap<String, MetricType> {
         out.contains_key("qlik_rotator_errors_total"),
         "the scrape missed a series:\n{text}"
     );
+    // `job` is Prometheus's target label: the daemon's own series never carry one, so the
+    // scrape needs no honor_labels. The rotation job is `rotation_job`.
+    let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    for line in &samples {
+        let labels = line.split_once('{').map_or("", |(_, rest)| rest);
+        assert!(
+            !labels.starts_with("job=") && !labels.contains(",job="),
+            "a series with a `job` label: {line}"
+        );
+    }
+    assert!(
+        samples
+            .iter()
+            .any(|l| l.contains("rotation_job=\"ok\"") && l.contains("outcome=\"rotated\"")),
+        "per-job series carry rotation_job:\n{text}"
+    );
     out
 }
 
@@ -361,7 +377,8 @@ fn promtool_check_example_prometheus_config() {
     let cfg = yaml("prometheus/prometheus.yml");
     let scrape = &yseq(&cfg["scrape_configs"], "scrape_configs")[0];
     assert_eq!(ystr(&scrape["job_name"], "job_name"), SCRAPE_JOB);
-    assert_eq!(scrape["honor_labels"].as_bool(), Some(true), "honor_labels");
+    // The rotation job is `rotation_job`: `job` stays the scrape job, no honor_labels.
+    assert_ne!(scrape["honor_labels"].as_bool(), Some(true), "honor_labels");
 }
 
 fn alerting_rules() -> Vec<Yaml> {
@@ -408,9 +425,10 @@ fn every_alert_has_severity_summary_description_and_runbook() {
         );
         for key in ["summary", "description"] {
             let text = ystr(&rule["annotations"][key], &format!("{name} {key}"));
+            // The rotation job for per-job alerts, else the scrape job.
             assert!(
-                text.contains("$labels.job"),
-                "{name}: the {key} should name the job ({{{{ $labels.job }}}})"
+                text.contains("$labels.rotation_job") || text.contains("$labels.job"),
+                "{name}: the {key} should name the job ({{{{ $labels.rotation_job }}}} or {{{{ $labels.job }}}})"
             );
         }
         assert_eq!(
@@ -649,10 +667,10 @@ fn kubernetes_ports_agree_with_the_config() {
     let ep = &yseq(&sm["spec"]["endpoints"], "endpoints")[0];
     assert_eq!(ep["port"].as_str(), Some("metrics"));
     assert_eq!(ep["path"].as_str(), Some("/metrics"));
-    assert_eq!(
+    assert_ne!(
         ep["honorLabels"].as_bool(),
         Some(true),
-        "keep the metrics' own job label"
+        "no honorLabels: the metrics carry no `job` label of their own"
     );
     for (k, v) in sm["spec"]["selector"]["matchLabels"]
         .as_mapping()

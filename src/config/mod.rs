@@ -309,6 +309,8 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
     /// Bearer token file enabling `POST /jobs/{name}/rotate`.
     pub admin_token_file: Option<PathBuf>,
+    /// Adds the per-job duration histogram (14 series per job; off by default).
+    pub per_job_duration_histogram: bool,
 }
 
 /// A validated configuration: what the rest of the crate sees.
@@ -564,6 +566,7 @@ const KNOWN_KEYS: &[&str] = &[
     "metrics",
     "listen",
     "admin_token_file",
+    "per_job_duration_histogram",
 ];
 
 /// `[A-Za-z0-9_-]{1,64}`: names of sources and the like.
@@ -1481,10 +1484,14 @@ fn metrics_section(mut t: Table<'_>, base: &Path, errs: &mut Errors) -> Option<M
     let admin_token_file = t
         .opt_str("admin_token_file", errs)
         .map(|p| resolve(base, &p));
+    let per_job_duration_histogram = t
+        .opt_bool("per_job_duration_histogram", errs)
+        .unwrap_or(false);
     t.finish(errs);
     Some(MetricsConfig {
         listen: listen?,
         admin_token_file,
+        per_job_duration_histogram,
     })
 }
 

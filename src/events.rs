@@ -1,0 +1,420 @@
+//! Typed events: each [`Event::emit`] writes its log line and updates its metrics in one
+//! place, so the logs and `/metrics` cannot disagree (vector's `internal_events` is the
+//! model).
+//!
+//! Counting rules, one line per event:
+//! - [`RotationFinished`] / [`RotationFailed`]: once per connection and run, after the run's
+//!   last attempt. `rotations_total{outcome}` moves with each, and `errors_total` with each
+//!   failure, so `sum(errors_total{rotation_job})` equals that job's `failed` + `verify_failed`.
+//! - [`RotationRetried`]: a failed attempt that is tried again within the same run
+//!   (`rotation_retries_total{stage}`); it is not an outcome.
+//! - [`RunFinished`]: once per run of a job (the duration histogram and the timestamps).
+//!
+//! Events take plain values (names, labels, escaped text) and import nothing from the rotation
+//! code: [`crate::rotation`] turns its reports into events. Without metrics (the one-shot
+//! commands) an event only logs. No event carries a secret; text from outside (Qlik's answers,
+//! vault versions, error messages) is escaped before it is logged.
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    metrics::{InFlight, Metrics},
+    qlik::client::RequestObserver,
+    text::Escaped,
+};
+
+/// Something worth a log line and a metric.
+pub trait Event {
+    /// What emitting returns (a guard for [`RotationStarted`], else nothing).
+    type Output;
+
+    /// Writes the log line and, when there are `metrics`, updates them.
+    fn emit(self, metrics: Option<&Metrics>) -> Self::Output;
+}
+
+/// Where events go: the log always, the metrics when the process serves `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Events {
+    metrics: Option<Arc<Metrics>>,
+}
+
+// === impl Events ===
+
+impl Events {
+    /// Events that log and count in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Events {
+            metrics: Some(metrics),
+        }
+    }
+
+    /// Events that only log (one-shot commands have no `/metrics`).
+    pub fn log_only() -> Self {
+        Events::default()
+    }
+
+    /// Emits `event`.
+    pub fn emit<E: Event>(&self, event: E) -> E::Output {
+        event.emit(self.metrics.as_deref())
+    }
+
+    /// The metrics, if any.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+}
+
+/// The Qlik client reports each exchange here: requests are counted only (the client logs
+/// each one itself, at debug), a 429 is a [`RateLimited`] event.
+impl RequestObserver for Events {
+    fn request(
+        &self,
+        method: &'static str,
+        endpoint: &'static str,
+        status: &str,
+        elapsed: Duration,
+    ) {
+        if let Some(m) = &self.metrics {
+            m.qlik_request(method, endpoint, status, elapsed);
+        }
+    }
+
+    fn rate_limited(&self) {
+        self.emit(RateLimited);
+    }
+}
+
+/// A run of a job starts: `rotations_in_flight` goes up until the returned guard is dropped.
+#[derive(Debug)]
+pub struct RotationStarted<'a> {
+    /// Job name.
+    pub job: &'a str,
+    /// Connections the run will try.
+    pub connections: usize,
+}
+
+/// Ends a rotation's time in `rotations_in_flight` when dropped.
+#[derive(Debug)]
+pub struct RotationGuard(#[allow(dead_code)] Option<InFlight>);
+
+impl Event for RotationStarted<'_> {
+    type Output = RotationGuard;
+
+    fn emit(self, metrics: Option<&Metrics>) -> RotationGuard {
+        tracing::debug!(
+            job = %self.job,
+            connections = self.connections,
+            "Rotation started."
+        );
+        RotationGuard(metrics.map(Metrics::start_rotation))
+    }
+}
+
+/// One connection's run ended well: `rotated`, `unchanged` or (in `plan`) `planned`.
+#[derive(Debug)]
+pub struct RotationFinished<'a> {
+    /// Job name.
+    pub job: &'a str,
+    /// The connection id (from Qlik or the config; escaped when logged).
+    pub connection: &'a str,
+    /// `rotated`, `unchanged` or `planned` (not counted).
+    pub outcome: &'static str,
+    /// The secret version read (not secret; escaped when logged).
+    pub secret_version: &'a str,
+    /// Wall time of the run.
+    pub duration: Duration,
+}
+
+impl Event for RotationFinished<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        tracing::info!(
+            job = %self.job,
+            connection = %Escaped(self.connection),
+            outcome = self.outcome,
+            secret_version = %Escaped(self.secret_version),
+            duration_ms = self.duration.as_millis() as u64,
+            "Rotation finished."
+        );
+        if let Some(m) = metrics {
+            m.count_outcome(self.job, self.outcome);
+        }
+    }
+}
+
+/// One connection's run failed after its last attempt: `failed` or `verify_failed`.
+#[derive(Debug)]
+pub struct RotationFailed<'a> {
+    /// Job name.
+    pub job: &'a str,
+    /// The connection as configured.
+    pub connection: &'a str,
+    /// `failed` or `verify_failed`.
+    pub outcome: &'static str,
+    /// Where it failed (`fetch`, `resolve`, `build`, `apply`, `verify`).
+    pub stage: &'static str,
+    /// The stable error label.
+    pub error_type: &'static str,
+    /// The error's message (names and ids, never values; escaped when logged).
+    pub error: &'a str,
+}
+
+impl Event for RotationFailed<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        tracing::warn!(
+            job = %self.job,
+            connection = %Escaped(self.connection),
+            outcome = self.outcome,
+            stage = self.stage,
+            error_type = self.error_type,
+            error = %Escaped(self.error),
+            "Rotation failed."
+        );
+        if let Some(m) = metrics {
+            m.count_outcome(self.job, self.outcome);
+            m.count_error(self.job, self.stage, self.error_type);
+        }
+    }
+}
+
+/// A failed attempt that the run tries again after `delay`.
+#[derive(Debug)]
+pub struct RotationRetried<'a> {
+    /// Job name.
+    pub job: &'a str,
+    /// The connection as configured.
+    pub connection: &'a str,
+    /// The attempt that failed (1 = the first).
+    pub attempt: u32,
+    /// Where it failed.
+    pub stage: &'static str,
+    /// The stable error label.
+    pub error_type: &'static str,
+    /// The error's message (escaped when logged).
+    pub error: &'a str,
+    /// The wait before the next attempt.
+    pub delay: Duration,
+}
+
+impl Event for RotationRetried<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        tracing::info!(
+            job = %self.job,
+            connection = %Escaped(self.connection),
+            attempt = self.attempt,
+            stage = self.stage,
+            error_type = self.error_type,
+            error = %Escaped(self.error),
+            delay_s = self.delay.as_secs(),
+            "Rotation attempt failed; retrying."
+        );
+        if let Some(m) = metrics {
+            m.count_retry(self.stage);
+        }
+    }
+}
+
+/// A run of a job ended (every connection has its outcome).
+#[derive(Debug)]
+pub struct RunFinished<'a> {
+    /// Job name.
+    pub job: &'a str,
+    /// The job's connector (`rotation_duration_seconds{connector}`).
+    pub connector: &'a str,
+    /// The longest connection's wall time.
+    pub duration: Duration,
+    /// Connections with an outcome.
+    pub connections: usize,
+    /// Whether every connection ended well (sets the last success).
+    pub success: bool,
+}
+
+impl Event for RunFinished<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        tracing::debug!(
+            job = %self.job,
+            connector = %self.connector,
+            connections = self.connections,
+            success = self.success,
+            duration_ms = self.duration.as_millis() as u64,
+            "Job run finished."
+        );
+        if let Some(m) = metrics {
+            m.observe_run(self.job, self.connector, self.duration, self.success);
+        }
+    }
+}
+
+/// A secret read from a source, or a failed read.
+#[derive(Debug)]
+pub struct SecretFetched<'a> {
+    /// Job name.
+    pub job: &'a str,
+    /// The source's type (`file`, `aws_secrets_manager`, …).
+    pub source: &'static str,
+    /// `None` when read, else the error label.
+    pub error_type: Option<&'static str>,
+}
+
+impl Event for SecretFetched<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        match self.error_type {
+            None => tracing::debug!(job = %self.job, source = self.source, "Secret read."),
+            Some(error_type) => tracing::info!(
+                job = %self.job,
+                source = self.source,
+                error_type,
+                "The secret could not be read."
+            ),
+        }
+        if let Some(m) = metrics {
+            m.secret_fetch(self.source, self.error_type.is_none());
+        }
+    }
+}
+
+/// Qlik answered HTTP 429 (the client waits and retries).
+#[derive(Debug)]
+pub struct RateLimited;
+
+impl Event for RateLimited {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        tracing::warn!("Qlik answered 429 (rate limited); waiting before the next request.");
+        if let Some(m) = metrics {
+            m.rate_limited();
+        }
+    }
+}
+
+/// A catalogue connector's api-specs disagree with what the job writes (rotated anyway).
+#[derive(Debug)]
+pub struct SpecWarning<'a> {
+    /// Job name.
+    pub job: &'a str,
+    /// The job's `datasourceID`.
+    pub connector_type: &'a str,
+    /// What disagrees (names and types only).
+    pub warning: &'a str,
+}
+
+impl Event for SpecWarning<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        tracing::warn!(
+            job = %self.job,
+            connector_type = %self.connector_type,
+            warning = %Escaped(self.warning),
+            "The connector's api-specs disagree with the catalogue; rotating anyway."
+        );
+        if let Some(m) = metrics {
+            m.spec_warning(self.connector_type);
+        }
+    }
+}
+
+/// A verify rule without a published source found something (a warning, not a failure).
+#[derive(Debug)]
+pub struct VerifyWarning<'a> {
+    /// Job name.
+    pub job: &'a str,
+    /// One of [`crate::connectors::VERIFY_WARNING_RULES`].
+    pub rule: &'static str,
+    /// What was found (names only).
+    pub warning: &'a str,
+}
+
+impl Event for VerifyWarning<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        tracing::warn!(
+            job = %self.job,
+            rule = self.rule,
+            warning = %Escaped(self.warning),
+            "Verify found something it cannot judge; counted as a warning, not a failure."
+        );
+        if let Some(m) = metrics {
+            m.verify_warning(self.rule);
+        }
+    }
+}
+
+/// When a state write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateWriteWhen {
+    /// Recording a job's applied version; the write is retried with backoff.
+    AfterRun,
+    /// A retry of an earlier failed write; the next one follows after the delay.
+    Retry(Duration),
+    /// The last write at shutdown.
+    Shutdown,
+}
+
+/// The state file could not be written (`state_writable` drops to 0).
+#[derive(Debug)]
+pub struct StateWriteFailed<'a> {
+    /// The job whose version was being recorded, if any.
+    pub job: Option<&'a str>,
+    /// The error's message (escaped when logged).
+    pub error: &'a str,
+    /// When.
+    pub when: StateWriteWhen,
+}
+
+impl Event for StateWriteFailed<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        let error = Escaped(self.error);
+        let job = self.job.unwrap_or("");
+        match self.when {
+            StateWriteWhen::AfterRun => tracing::error!(
+                job,
+                error = %error,
+                "Cannot write the state file; the applied version is kept in memory (no re-apply) and the write is retried with backoff. A restart before it succeeds rotates this job once more."
+            ),
+            StateWriteWhen::Retry(delay) => tracing::warn!(
+                error = %error,
+                retry_in_s = delay.as_secs(),
+                "Still cannot write the state file."
+            ),
+            StateWriteWhen::Shutdown => tracing::error!(
+                error = %error,
+                "Cannot write the state file at shutdown; the next start rotates the affected jobs once more."
+            ),
+        }
+        if let Some(m) = metrics {
+            m.state_write_failed();
+        }
+    }
+}
+
+/// A state write succeeded after failures (`state_writable` back to 1).
+#[derive(Debug)]
+pub struct StateWriteRecovered;
+
+impl Event for StateWriteRecovered {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        tracing::info!("The state file is written again.");
+        if let Some(m) = metrics {
+            m.set_state_writable(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
