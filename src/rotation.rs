@@ -947,3 +947,29 @@ fn same_name(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Stage;
+
+    /// `rotation_retries_total{stage}` is pre-created for every stage label, so a new stage
+    /// must be added there too.
+    #[test]
+    fn every_stage_label_is_pre_created_in_the_metrics() {
+        let all = [
+            Stage::Fetch,
+            Stage::Resolve,
+            Stage::Build,
+            Stage::Apply,
+            Stage::Verify,
+        ];
+        // A new variant fails to compile here until it is listed above.
+        for s in all {
+            match s {
+                Stage::Fetch | Stage::Resolve | Stage::Build | Stage::Apply | Stage::Verify => {}
+            }
+        }
+        let labels: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+        assert_eq!(labels, crate::metrics::STAGES);
+    }
+}
