@@ -780,6 +780,25 @@ refused!(admin_token_inline, "metrics.admin_token", |t, _| add_to(
     "[metrics]",
     &format!("admin_token = \"{CANARY}\"")
 ));
+refused!(
+    per_job_histogram_not_a_boolean,
+    "metrics.per_job_duration_histogram",
+    |t, _| add_to(
+        &t,
+        "[metrics]",
+        &format!("per_job_duration_histogram = \"{CANARY}\"")
+    )
+);
+refused!(
+    per_job_histogram_as_a_number,
+    "metrics.per_job_duration_histogram",
+    |t, _| add_to(&t, "[metrics]", "per_job_duration_histogram = 1")
+);
+refused!(
+    per_job_histogram_misspelt,
+    "metrics.per_job_histogram",
+    |t, _| add_to(&t, "[metrics]", "per_job_histogram = true")
+);
 
 // === Environment overrides get the same checks ===
 

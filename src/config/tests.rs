@@ -907,3 +907,27 @@ fn key_names_from_the_file_are_printed_escaped() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn the_per_job_duration_histogram_is_off_unless_enabled() {
+    let load = |extra: &str| {
+        load_str(
+            &format!("{MINIMAL}[metrics]\n{extra}"),
+            Path::new("/"),
+            &env(&[]),
+        )
+        .unwrap()
+        .metrics
+        .per_job_duration_histogram
+    };
+    assert!(!load(""));
+    assert!(!load("per_job_duration_histogram = false\n"));
+    assert!(load("per_job_duration_histogram = true\n"));
+    assert_eq!(
+        errors(&format!(
+            "{MINIMAL}[metrics]\nper_job_duration_histogram = \"yes\"\n"
+        ))
+        .len(),
+        1
+    );
+}
