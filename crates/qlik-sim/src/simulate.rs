@@ -1,18 +1,18 @@
-//! `qlik-rotator simulate`: the simulator ([`crate::sim`]) as a standalone HTTP server, for
-//! trying a configuration without a tenant and for the contract test that runs Qlik's official
-//! client (`@qlik/api`) against it.
+//! The simulator as a standalone HTTP server (what `qlik-rotator simulate` runs, for trying a
+//! configuration without a tenant and for the contract test that runs Qlik's official client
+//! `@qlik/api` against it), and the tenant file format it serves.
 //!
 //! - The API key comes from `QLIK_SIM_API_KEY` (never printed). An OAuth client is accepted
 //!   only when `QLIK_SIM_OAUTH_CLIENT_ID` and `QLIK_SIM_OAUTH_CLIENT_SECRET` are both set.
-//! - The tenant is the demo tenant ([`crate::demo::demo_tenant`], the same file as
-//!   `config/sim-tenant.json`) or a `--tenant FILE` in the JSON format of [`Tenant`].
-//! - It listens on loopback unless `--allow-remote` is given, prints its URL as one line on
-//!   stdout as soon as it listens, logs to stderr, and stops on SIGTERM/SIGINT (exit 0).
+//! - The tenant is the demo tenant ([`demo_tenant`], the file `crates/qlik-sim/sim-tenant.json`)
+//!   or a tenant file in the JSON format of [`Tenant`].
+//! - It listens on loopback unless [`Options::allow_remote`] is set.
 //! - Qlik's documented rate limits apply (Tier 1: 1000 reads, Tier 2: 100 writes per minute
-//!   and identity; see `src/sim/FIDELITY.md`).
+//!   and identity; see `crates/qlik-sim/FIDELITY.md`).
 //!
-//! Every error is reported before anything listens: bad usage or a bad tenant file exits 64
-//! (naming the JSON path), a port that cannot be bound exits 1.
+//! [`start`] checks everything before anything listens; the caller prints
+//! [`Server::base_url`] and runs [`Server::serve`] until it wants the server to stop. Exit
+//! codes, argument parsing and signals are the caller's (the product's `simulate` command).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -20,19 +20,13 @@ use std::{
     io::Read as _,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::ExitCode,
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{
-    cli::SimulateArgs,
-    commands::EXIT_USAGE,
-    config::ConfigInput,
-    sim::{SeedConnection, SeedCredential, SimConfig, Simulator},
-};
+use crate::{SeedConnection, SeedCredential, SimConfig, Simulator};
 
 /// Environment variable holding the API key clients must send as `Authorization: Bearer`.
 pub const API_KEY_ENV: &str = "QLIK_SIM_API_KEY";
@@ -49,10 +43,31 @@ const TIER1_PER_MIN: u32 = 1000;
 /// Qlik's documented Tier 2 (writes, token requests) limit per minute and identity.
 const TIER2_PER_MIN: u32 = 100;
 /// How often the simulator's request log (kept for in-process tests) is emptied, so a
-/// long-running `simulate` does not keep every request body in memory.
+/// long-running server does not keep every request body in memory.
 const REQUEST_LOG_TTL: Duration = Duration::from_secs(60);
 
-/// Why `simulate` did not start.
+/// The demo tenant (connections with old credentials, api-specs in Qlik's documented JSON
+/// Schema shape, a data credential): what `qlik-rotator demo` rotates, what the server serves
+/// by default, and the example tenant file.
+pub const DEMO_TENANT: &str = include_str!("../sim-tenant.json");
+
+/// [`DEMO_TENANT`], parsed.
+pub fn demo_tenant() -> Tenant {
+    Tenant::from_slice(DEMO_TENANT.as_bytes()).expect("sim-tenant.json is a valid tenant")
+}
+
+/// What to serve, and where.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Whether a non-loopback [`Options::listen`] is allowed.
+    pub allow_remote: bool,
+    /// A tenant file; `None` serves [`demo_tenant`].
+    pub tenant: Option<PathBuf>,
+}
+
+/// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SimulateError {
     /// No API key in the environment.
@@ -93,86 +108,39 @@ pub enum SimulateError {
     },
 }
 
-impl SimulateError {
-    /// 64 (EX_USAGE) for bad usage or a bad tenant file; 1 when the port cannot be bound.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            SimulateError::Bind { .. } => 1,
-            _ => EXIT_USAGE,
-        }
-    }
+/// A listening server: print [`Server::base_url`], then [`Server::serve`].
+pub struct Server {
+    sim: Simulator,
+    tenant: Tenant,
+    label: String,
 }
 
-/// Runs `simulate` until SIGTERM/SIGINT.
-pub async fn run(args: &SimulateArgs, env: &dyn ConfigInput) -> ExitCode {
-    let signals = match shutdown_signals() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot install the SIGTERM/SIGINT handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match serve(args, env, signals).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(e.exit_code())
-        }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT. The handlers are installed by this call, not on first poll
-/// (as `tokio::signal::ctrl_c()` would): a client that sends SIGTERM as soon as it reads the
-/// URL line must stop the server, not kill it.
-///
-/// # Errors
-/// When a handler cannot be installed.
-pub fn shutdown_signals() -> std::io::Result<impl Future<Output = ()>> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        Ok(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        })
-    }
-    #[cfg(not(unix))]
-    Ok(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-}
-
-/// Validates everything, listens, prints the URL on stdout, serves until `shutdown` resolves.
+/// Validates the environment (`env` looks a variable up), the options and the tenant, then
+/// listens.
 ///
 /// # Errors
 /// [`SimulateError`]; nothing listens when one is returned.
-pub async fn serve(
-    args: &SimulateArgs,
-    env: &dyn ConfigInput,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), SimulateError> {
-    let api_key = env
-        .var(API_KEY_ENV)
+pub async fn start(
+    opts: &Options,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Server, SimulateError> {
+    let api_key = env(API_KEY_ENV)
         .filter(|k| !k.is_empty())
         .ok_or(SimulateError::MissingApiKey)?;
     if api_key.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(SimulateError::BadApiKey);
     }
-    let oauth_clients = match (env.var(OAUTH_ID_ENV), env.var(OAUTH_SECRET_ENV)) {
+    let oauth_clients = match (env(OAUTH_ID_ENV), env(OAUTH_SECRET_ENV)) {
         (None, None) => Vec::new(),
         (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => vec![(id, secret)],
         _ => return Err(SimulateError::PartialOAuth),
     };
-    if !args.listen.ip().is_loopback() && !args.allow_remote {
-        return Err(SimulateError::RemoteNotAllowed(args.listen));
+    if !opts.listen.ip().is_loopback() && !opts.allow_remote {
+        return Err(SimulateError::RemoteNotAllowed(opts.listen));
     }
-    let tenant = match &args.tenant {
+    let tenant = match &opts.tenant {
         Some(path) => Tenant::load(path)?,
-        None => crate::demo::demo_tenant(),
+        None => demo_tenant(),
     };
     let cfg = SimConfig {
         api_keys: vec![api_key],
@@ -181,39 +149,58 @@ pub async fn serve(
         write_limit_per_min: Some(TIER2_PER_MIN),
         ..SimConfig::default()
     };
-    let sim = Simulator::start_on(cfg, args.listen)
+    let sim = Simulator::start_on(cfg, opts.listen)
         .await
         .map_err(|source| SimulateError::Bind {
-            addr: args.listen,
+            addr: opts.listen,
             source,
         })?;
     tenant.install(&sim);
-    crate::outln!("{}", sim.base_url());
-    tracing::info!(
-        url = %sim.base_url(),
-        connections = tenant.connections.len(),
-        data_credentials = tenant.credentials.len(),
-        api_specs = tenant.api_specs.len(),
-        tenant = %args.tenant.as_deref().map_or("demo".into(), |p| p.display().to_string()),
-        "Simulated Qlik tenant listening; stop it with SIGTERM or Ctrl-C"
-    );
-    tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(REQUEST_LOG_TTL);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            _ = tick.tick() => sim.clear_requests(),
-        }
+    let label = opts
+        .tenant
+        .as_deref()
+        .map_or("demo".into(), |p| p.display().to_string());
+    Ok(Server { sim, tenant, label })
+}
+
+impl Server {
+    /// The URL clients use, e.g. `http://127.0.0.1:8080`.
+    pub fn base_url(&self) -> String {
+        self.sim.base_url()
     }
-    tracing::info!("Simulator stopped");
-    sim.shutdown().await;
-    Ok(())
+
+    /// The simulator behind the server (to inspect or inject faults in-process).
+    pub fn simulator(&self) -> &Simulator {
+        &self.sim
+    }
+
+    /// Serves until `shutdown` resolves, emptying the request log every minute, then stops.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        tracing::info!(
+            url = %self.sim.base_url(),
+            connections = self.tenant.connections.len(),
+            data_credentials = self.tenant.credentials.len(),
+            api_specs = self.tenant.api_specs.len(),
+            tenant = %self.label,
+            "Simulated Qlik tenant listening; stop it with SIGTERM or Ctrl-C"
+        );
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(REQUEST_LOG_TTL);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = tick.tick() => self.sim.clear_requests(),
+            }
+        }
+        tracing::info!("Simulator stopped");
+        self.sim.shutdown().await;
+    }
 }
 
 // === Tenant ===
 
-/// A simulated tenant: what `simulate` serves. Loaded from the JSON format below, or built by
-/// [`crate::demo::demo_tenant`].
+/// A simulated tenant: what the server serves. Loaded from the JSON format below, or
+/// [`demo_tenant`].
 ///
 /// ```json
 /// {
@@ -863,7 +850,7 @@ mod tests {
 
     #[test]
     fn the_demo_tenant_file_is_valid() {
-        let t = crate::demo::demo_tenant();
+        let t = demo_tenant();
         assert_eq!(t.connections.len(), 3);
         assert!(t.api_specs.contains_key("File_AmazonS3ConnectorV2"));
         // Served in the documented JSON Schema shape (S11).
