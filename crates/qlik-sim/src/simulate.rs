@@ -679,9 +679,23 @@ impl Problems {
 }
 
 impl RawTenant {
+    /// Every problem of the tenant, or the tenant.
     fn validate(self) -> Result<Tenant, TenantError> {
         let mut p = Problems::default();
+        let cred_ids = self.check_credentials(&mut p);
+        self.check_connections(&mut p, &cred_ids);
+        self.check_api_specs(&mut p);
+        if !p.0.is_empty() {
+            return Err(TenantError::Invalid {
+                path: PathBuf::new(),
+                problems: p.0,
+            });
+        }
+        Ok(self.into_tenant())
+    }
 
+    /// Checks `dataCredentials`; returns their qIDs.
+    fn check_credentials(&self, p: &mut Problems) -> HashSet<&str> {
         let mut cred_ids = HashSet::new();
         let mut cred_names = HashMap::new();
         for (i, c) in self.data_credentials.iter().enumerate() {
@@ -708,7 +722,11 @@ impl RawTenant {
                 p.name(&at("qType"), t);
             }
         }
+        cred_ids
+    }
 
+    /// Checks `connections` (`cred_ids`: the qIDs of `dataCredentials`).
+    fn check_connections(&self, p: &mut Problems, cred_ids: &HashSet<&str>) {
         let mut conn_ids = HashMap::new();
         let mut names = HashMap::new();
         for (i, c) in self.connections.iter().enumerate() {
@@ -751,7 +769,10 @@ impl RawTenant {
                 }
             }
         }
+    }
 
+    /// Checks the keys of `apiSpecs` and their property names.
+    fn check_api_specs(&self, p: &mut Problems) {
         for (id, spec) in &self.api_specs {
             let at = format!("apiSpecs.{}", printable(id, 64));
             p.datasource(&at, id);
@@ -759,14 +780,10 @@ impl RawTenant {
                 p.name(&format!("{at}.connectionProperties.properties"), key);
             }
         }
+    }
 
-        if !p.0.is_empty() {
-            return Err(TenantError::Invalid {
-                path: PathBuf::new(),
-                problems: p.0,
-            });
-        }
-
+    /// The validated tenant as the simulator seeds it.
+    fn into_tenant(self) -> Tenant {
         let connections = self
             .connections
             .into_iter()
@@ -809,11 +826,11 @@ impl RawTenant {
                 (id, v)
             })
             .collect();
-        Ok(Tenant {
+        Tenant {
             connections,
             api_specs,
             credentials,
-        })
+        }
     }
 }
 
