@@ -37,9 +37,9 @@ use qlik_rotator::{
     connectors,
     daemon::{self, Running},
     secrets::SecretSource,
-    sim::{RecordedRequest, SeedConnection, SimConfig, Simulator},
     state::{JobState, StateStore},
 };
+use qlik_sim::{RecordedRequest, SeedConnection, SimConfig, Simulator};
 use serde_json::json;
 
 const API_KEY: &str = "sim-api-key";

@@ -5,8 +5,10 @@
 #     apt-get when missing (as root, or through `sudo -n`); a clear message when it cannot;
 #   - the pinned moto test server (scripts/setup-moto.sh).
 # Then it runs every test suite, not stopping at the first failing one (--no-fail-fast): unit
-# tests, snapshot tests, and integration tests against the Qlik simulator and a real moto server.
-# Ends with one summary line: "<N> passed, <M> failed". Extra arguments go to `cargo test`.
+# tests, snapshot tests, and integration tests against the Qlik simulator and a real moto server,
+# for both workspace packages; then checks that the product compiles without the simulator.
+# Ends with the summary line "<N> passed, <M> failed" and the result of that check. Extra
+# arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -51,7 +53,12 @@ bash scripts/setup-node.sh
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
+# The workspace's default members: the product and the simulator (crates/qlik-sim).
 cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+# The product without the simulator (the container image's build) must still compile.
+nosim=ok
+cargo check --locked --quiet -p qlik-rotator --no-default-features --all-targets || { nosim=FAILED; status=1; }
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
+echo "build without the simulator (--no-default-features): $nosim"
 exit "$status"

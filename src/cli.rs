@@ -102,7 +102,7 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
     /// JSON file with the connections, api-specs and data credentials to serve (format: README,
-    /// example: config/sim-tenant.json). Default: the demo tenant.
+    /// example: crates/qlik-sim/sim-tenant.json). Default: the demo tenant.
     #[arg(long, value_name = "FILE")]
     pub tenant: Option<PathBuf>,
     /// Allow a non-loopback --listen address.

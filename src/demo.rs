@@ -1,37 +1,42 @@
 //! `qlik-rotator demo`: a full rotation cycle against the built-in simulated tenant and a local
 //! file vault, using the same configuration loader, client, builders and verification as a
 //! real deployment. Needs no network, credentials or setup.
+//!
+//! The simulated tenant is `qlik-sim`'s demo tenant ([`qlik_sim::simulate::demo_tenant`]).
+//! Built without the `sim` feature, the command says so and exits 64.
 
-use std::{collections::HashMap, path::PathBuf, process::ExitCode, sync::Arc};
+use std::process::ExitCode;
+#[cfg(feature = "sim")]
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
+#[cfg(feature = "sim")]
 use base64::Engine as _;
+#[cfg(feature = "sim")]
+use qlik_sim::{SimConfig, Simulator, simulate::demo_tenant};
+#[cfg(feature = "sim")]
 use rand::{Rng, distr::Alphanumeric};
+#[cfg(feature = "sim")]
 use serde_json::{Value, json};
 
+#[cfg(feature = "sim")]
 use crate::{
     app, config,
     rotation::{Outcome, Report, RunOptions},
-    sim::{SimConfig, Simulator},
-    simulate::Tenant,
 };
 
 /// The configuration the demo runs with.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
-/// The demo tenant (connections with old credentials, api-specs, a data credential), also the
-/// example tenant file of `simulate --tenant`.
-pub const DEMO_TENANT: &str = include_str!("../config/sim-tenant.json");
-
+#[cfg(feature = "sim")]
 const S3_ID: &str = "0b6a7c6e-3f0e-4d8e-9a1b-5c2d3e4f5a61";
+#[cfg(feature = "sim")]
 const SQL_ID: &str = "d34cee8d-8e7b-4fee-ab40-1c1c428c0cf9";
+#[cfg(feature = "sim")]
 const GBQ_ID: &str = "7d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6";
-
-/// The tenant `demo` rotates and `simulate` serves by default ([`DEMO_TENANT`]).
-pub fn demo_tenant() -> Tenant {
-    Tenant::from_slice(DEMO_TENANT.as_bytes()).expect("config/sim-tenant.json is a valid tenant")
-}
+#[cfg(feature = "sim")]
 const API_KEY: &str = "sim-api-key";
 
+#[cfg(feature = "sim")]
 fn random(n: usize) -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
@@ -40,63 +45,11 @@ fn random(n: usize) -> String {
         .collect()
 }
 
-/// The api-specs the demo tenant serves for its three connectors, in the JSON Schema shape
-/// Qlik documents (S11). The S3 entry follows Qlik's own example (qlik-api-facts.md §2.8);
-/// the SQL Server and BigQuery declarations are assumed (Qlik publishes none), with the types
-/// the catalogue writes.
-pub fn api_specs() -> Vec<(&'static str, Value)> {
-    use crate::sim::api_specs as specs;
-    vec![
-        (
-            "File_AmazonS3ConnectorV2",
-            specs(
-                "QvWebStorageProviderConnectorPackage.exe",
-                "4.46.0",
-                json!({
-                    "region": {"type": "string", "default": "us-east-1", "description": "The AWS region of the bucket."},
-                    "bucketName": {"type": "string", "description": "Amazon S3 bucket name."},
-                    "separateCredentials": {"type": "boolean", "default": false, "description": "Whether each user brings their own credentials."},
-                    "selectedCredentials": {"type": "string", "description": "Id of an existing credential."},
-                    "credentialsName": {"type": "string", "description": "Name of the credential to create."},
-                    "accessKey": {"type": "string", "description": "Amazon S3 access key."},
-                    "secretKey": {"type": "string", "description": "Amazon S3 secret key."}
-                }),
-            ),
-        ),
-        (
-            "mssql",
-            specs(
-                "QvOdbcConnectorPackage.exe",
-                "1.0",
-                json!({
-                    "host": {"type": "string", "description": "Server host name."},
-                    "port": {"type": "integer", "default": 1433},
-                    "database": {"type": "string"},
-                    "username": {"type": "string", "description": "User name."},
-                    "password": {"type": "string", "description": "Password."}
-                }),
-            ),
-        ),
-        (
-            "gbq",
-            specs(
-                "QvOdbcConnectorPackage.exe",
-                "1.0",
-                json!({
-                    "Catalog": {"type": "string", "description": "Google Cloud project."},
-                    "OAuthMechanism": {"type": "string", "enum": ["0", "1"], "default": "0"},
-                    "KeyFilePath": {"type": "array", "description": "Service-account key file."},
-                    "Email": {"type": "string"},
-                    "P12CustomPwd": {"type": "string"}
-                }),
-            ),
-        ),
-    ]
-}
-
 /// A connection id and the (property, value) pairs its secret holds.
+#[cfg(feature = "sim")]
 type Expected = (String, Vec<(&'static str, String)>);
 
+#[cfg(feature = "sim")]
 struct Demo {
     sim: Simulator,
     dir: PathBuf,
@@ -104,6 +57,7 @@ struct Demo {
     expected: HashMap<&'static str, Expected>,
 }
 
+#[cfg(feature = "sim")]
 impl Demo {
     async fn start() -> std::io::Result<Demo> {
         let sim = Simulator::start(SimConfig::default()).await?;
@@ -179,11 +133,13 @@ impl Demo {
     }
 }
 
+#[cfg(feature = "sim")]
 fn print_report(r: &Report) {
     crate::outln!("  {}", r.line());
 }
 
 /// Runs the demo; exit 0 when every connection was rotated and verified.
+#[cfg(feature = "sim")]
 pub async fn run() -> ExitCode {
     let demo = match Demo::start().await {
         Ok(d) => d,
@@ -198,6 +154,7 @@ pub async fn run() -> ExitCode {
     code
 }
 
+#[cfg(feature = "sim")]
 async fn run_cycle(demo: &Demo) -> ExitCode {
     let input: HashMap<String, String> = [
         (
@@ -347,4 +304,11 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Without the simulator: says so and exits 64.
+#[cfg(not(feature = "sim"))]
+pub async fn run() -> ExitCode {
+    eprintln!("error: {}", crate::simulate::not_built_in("demo"));
+    ExitCode::from(crate::commands::EXIT_USAGE)
 }

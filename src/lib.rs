@@ -14,7 +14,11 @@ pub mod metrics;
 pub mod qlik;
 pub mod rotation;
 pub mod secrets;
-pub mod sim;
+/// The simulator, crate `qlik-sim` (`crates/qlik-sim`). Kept as an alias so code written before
+/// the workspace still compiles; new code names `qlik_sim` directly.
+#[cfg(feature = "sim")]
+#[doc(hidden)]
+pub use qlik_sim as sim;
 pub mod simulate;
 pub mod state;
 pub mod telemetry;

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     let default_level = match cli.command {
         Command::Demo => "warn",
         // One line per request answered (method, path, status) on stderr.
-        Command::Simulate(_) => "info,qlik_rotator::sim=debug",
+        Command::Simulate(_) => "info,qlik_sim=debug",
         _ => "info",
     };
     telemetry::init(cli.log_format, default_level);

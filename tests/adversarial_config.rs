@@ -13,7 +13,7 @@
 mod common;
 
 use common::harness::*;
-use qlik_rotator::sim::{SimConfig, Simulator};
+use qlik_sim::{SimConfig, Simulator};
 
 /// Part of every canary: the API key, the vault secrets and the pasted values all contain it.
 const MARK: &str = "3b9e71";

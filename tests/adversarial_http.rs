@@ -30,10 +30,9 @@ use qlik_rotator::{
     app, config,
     metrics::Metrics,
     rotation::{Rotator, RunOptions},
-    sim::{
-        EchoEncoding, EchoField, Fault, Hostile, SeedConnection, SeedCredential, SimConfig,
-        Simulator,
-    },
+};
+use qlik_sim::{
+    EchoEncoding, EchoField, Fault, Hostile, SeedConnection, SeedCredential, SimConfig, Simulator,
 };
 use serde_json::json;
 

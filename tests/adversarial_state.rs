@@ -26,8 +26,8 @@ use common::{harness::*, moto::free_port};
 use qlik_rotator::{
     config,
     daemon::{self, Running, StartError},
-    sim::{SimConfig, Simulator},
 };
+use qlik_sim::{SimConfig, Simulator};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -14,11 +14,8 @@ mod common;
 use std::{collections::HashMap, path::Path, sync::Arc};
 
 use common::harness::*;
-use qlik_rotator::{
-    app, config,
-    metrics::Metrics,
-    sim::{Fault, SeedConnection, SeedCredential, SimConfig, Simulator, api_specs},
-};
+use qlik_rotator::{app, config, metrics::Metrics};
+use qlik_sim::{Fault, SeedConnection, SeedCredential, SimConfig, Simulator, api_specs};
 use serde_json::{Value, json};
 
 /// Every secret value in this file contains this, so a leak of any of them is caught.

@@ -12,10 +12,10 @@ use qlik_rotator::{
     connectors::{CATALOGUE, Connector, PropKind, Scheme, catalogue::markdown_table},
     metrics::Metrics,
     rotation::{Outcome, RunOptions},
-    sim::{
-        SeedConnection, SimConfig, Simulator,
-        examples::{Example, example},
-    },
+};
+use qlik_sim::{
+    SeedConnection, SimConfig, Simulator,
+    examples::{Example, example},
 };
 use serde_json::{Value, json};
 
@@ -80,7 +80,7 @@ fn api_specs(id: &str) -> Value {
         }
     }
     // Qlik's documented shape (S11): JSON Schema, names under connectionProperties.properties.
-    qlik_rotator::sim::api_specs("sim", "1.0.0", Value::Object(props))
+    qlik_sim::api_specs("sim", "1.0.0", Value::Object(props))
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -580,4 +580,40 @@ secret = "sf"
         "{}",
         errs[1]
     );
+}
+
+/// The simulator's list of secret properties (which GET hides and which count as credentials
+/// for the July-2026 PATCH rules) covers every secret the catalogue writes. Lives here, not in
+/// `qlik-sim`, because the simulator imports nothing from the product.
+#[test]
+fn every_catalogue_secret_is_hidden_by_the_simulator_and_counts_as_a_credential() {
+    use qlik_sim::props::{
+        CREDENTIAL_IDENTITIES, SECRET_FILE_ARRAYS, SECRET_SCALARS, is_credential_prop,
+    };
+    for family in CATALOGUE {
+        for scheme in family.schemes {
+            for p in scheme.props {
+                match p.kind {
+                    PropKind::Text if CREDENTIAL_IDENTITIES.contains(&p.name) => {}
+                    PropKind::Text => assert!(
+                        SECRET_SCALARS.contains(&p.name),
+                        "{}: {} is not hidden",
+                        family.title,
+                        p.name
+                    ),
+                    PropKind::File { .. } => assert!(
+                        SECRET_FILE_ARRAYS.contains(&p.name),
+                        "{}: {} is not hidden",
+                        family.title,
+                        p.name
+                    ),
+                    // Encrypted queryHeaders entries are hidden per entry.
+                    PropKind::Header => assert_eq!(p.name, "queryHeaders"),
+                }
+                if p.kind != PropKind::Header {
+                    assert!(is_credential_prop(p.name), "{}", p.name);
+                }
+            }
+        }
+    }
 }

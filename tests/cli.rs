@@ -3,7 +3,7 @@
 mod common;
 
 use common::{harness::*, moto::Moto};
-use qlik_rotator::sim::{Fault, SimConfig};
+use qlik_sim::{Fault, SimConfig};
 
 #[tokio::test]
 async fn a_bad_config_lists_every_error_with_its_key_and_exits_64() {
@@ -183,7 +183,7 @@ async fn canary_secrets_never_leave_the_process_unmasked() {
 #[tokio::test]
 async fn the_client_percent_encodes_every_path_segment() {
     use qlik_rotator::qlik::{ClientSettings, Credentials, QlikClient, RetryPolicy};
-    use qlik_rotator::sim::SeedConnection;
+    use qlik_sim::SeedConnection;
     let sim = tenant(SimConfig::default()).await;
     let odd = "a/b?c=1#d %2e%2E ..";
     let mut seed = SeedConnection::new(

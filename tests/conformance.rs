@@ -18,7 +18,7 @@ use std::{
 };
 
 use common::harness::wait_until;
-use qlik_rotator::sim::{Fault, SeedConnection, SimConfig, Simulator};
+use qlik_sim::{Fault, SeedConnection, SimConfig, Simulator};
 use serde_json::{Value, json};
 
 const SPACE: &str = "conformance-space";

@@ -14,8 +14,8 @@ use common::{harness::*, moto::Moto};
 use qlik_rotator::{
     config,
     daemon::{self, Running},
-    sim::{Fault, SimConfig, Simulator},
 };
+use qlik_sim::{Fault, SimConfig, Simulator};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -402,7 +402,7 @@ async fn a_429_pauses_every_writer_for_retry_after() {
 /// SQL Server job `j{i}` on a new connection `c{i}` with secret `s{i}` in the file vault;
 /// `extra` is appended to the job. Returns the connection id and the `[[jobs]]` entry.
 fn sql_job(sim: &Simulator, dir: &Path, i: usize, extra: &str) -> (String, String) {
-    let id = sim.add_connection(qlik_rotator::sim::SeedConnection::new(
+    let id = sim.add_connection(qlik_sim::SeedConnection::new(
         format!("c{i}"),
         "mssql",
         serde_json::json!({"host": "h", "username": "u"}),

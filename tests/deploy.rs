@@ -30,7 +30,7 @@ enum MetricType {
 fn exported_metrics() -> BTreeMap<String, MetricType> {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let text = rt.block_on(async {
-        use qlik_rotator::sim::{SeedConnection, SimConfig, Simulator};
+        use qlik_sim::{SeedConnection, SimConfig, Simulator};
         let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
         let id = sim.add_connection(SeedConnection::new(
             "c",
@@ -1059,6 +1059,88 @@ fn dockerfile_build_context_is_allowed_by_dockerignore() {
             assert!(root().join(src).exists(), "COPY {src}: no such path");
         }
     }
+}
+
+/// Copies `from` (a file or a directory tree) to `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    }
+}
+
+#[test]
+fn dockerfile_build_context_holds_the_whole_workspace() {
+    // The builder stage's COPY instructions (before the first RUN), applied to an empty
+    // directory: cargo must load the workspace there with the committed lock (every member,
+    // e.g. crates/qlik-sim, must be copied even though the image is built without it).
+    let ctx = tempfile::tempdir().expect("tempdir");
+    let mut copied = 0;
+    for (ins, args) in dockerfile() {
+        if ins == "RUN" {
+            break;
+        }
+        if ins != "COPY" {
+            continue;
+        }
+        let words: Vec<_> = args.split_whitespace().collect();
+        let (dest, srcs) = words.split_last().expect("COPY has a destination");
+        for src in srcs {
+            let from = root().join(src.trim_end_matches('/'));
+            let to = if dest.ends_with('/') {
+                ctx.path().join(from.file_name().unwrap())
+            } else {
+                ctx.path().join(dest.trim_start_matches("./"))
+            };
+            copy_tree(&from, &to);
+            copied += 1;
+        }
+    }
+    assert!(copied >= 4, "{copied} COPY sources");
+    // `cargo tree` loads every member and checks the lock without downloading anything for
+    // other platforms (`cargo metadata` would).
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let tree = |pkg: &str, features: &[&str]| {
+        let out = Command::new(&cargo)
+            .args([
+                "tree",
+                "--locked",
+                "--offline",
+                "-e",
+                "normal",
+                "--target",
+                "host-tuple",
+            ])
+            .args(["-p", pkg])
+            .args(features)
+            .current_dir(ctx.path())
+            .output()
+            .expect("cargo tree");
+        assert!(
+            out.status.success(),
+            "cargo cannot load the workspace from the Docker build context:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // What the image builds: the product without the simulator.
+    let shipped = tree("qlik-rotator", &["--no-default-features"]);
+    assert!(shipped.starts_with("qlik-rotator v"), "{shipped}");
+    assert!(!shipped.contains("qlik-sim"), "{shipped}");
+    // The default build links the simulator, and the context holds it.
+    assert!(tree("qlik-rotator", &[]).contains("qlik-sim v"));
+    // The image is built without the simulator.
+    assert!(
+        dockerfile()
+            .iter()
+            .any(|(i, a)| i == "RUN" && a.contains("--no-default-features")),
+        "the image is built with --no-default-features"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

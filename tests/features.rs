@@ -9,8 +9,8 @@ use common::harness::*;
 use qlik_rotator::{
     app, config,
     rotation::{Outcome, RunOptions},
-    sim::{SeedConnection, SeedCredential, SimConfig, Simulator},
 };
+use qlik_sim::{SeedConnection, SeedCredential, SimConfig, Simulator};
 use serde_json::json;
 
 fn input() -> HashMap<String, String> {
@@ -39,7 +39,7 @@ async fn run_job(dir: &Path, text: &str, job: &str) -> Vec<qlik_rotator::rotatio
 }
 
 fn pg_spec() -> serde_json::Value {
-    qlik_rotator::sim::api_specs(
+    qlik_sim::api_specs(
         "QvOdbcConnectorPackage.exe",
         "1.0",
         json!({
@@ -466,7 +466,7 @@ async fn a_tenant_serving_documented_api_specs_rotates_catalogue_and_generic_job
     // S11's example for File_AmazonS3ConnectorV2, abridged as in qlik-api-facts.md §2.8.
     sim.add_data_source_spec(
         "File_AmazonS3ConnectorV2",
-        qlik_rotator::sim::api_specs(
+        qlik_sim::api_specs(
             "QvWebStorageProviderConnectorPackage.exe",
             "4.46.0",
             json!({
@@ -482,7 +482,7 @@ async fn a_tenant_serving_documented_api_specs_rotates_catalogue_and_generic_job
     );
     sim.add_data_source_spec(
         "mssql",
-        qlik_rotator::sim::api_specs(
+        qlik_sim::api_specs(
             "QvOdbcConnectorPackage.exe",
             "1.0",
             json!({"host": {"type": "string"}, "port": {"type": "integer"}, "database": {"type": "string"},
@@ -491,7 +491,7 @@ async fn a_tenant_serving_documented_api_specs_rotates_catalogue_and_generic_job
     );
     sim.add_data_source_spec(
         "gbq",
-        qlik_rotator::sim::api_specs(
+        qlik_sim::api_specs(
             "QvOdbcConnectorPackage.exe",
             "1.0",
             json!({"Catalog": {"type": "string"}, "OAuthMechanism": {"type": "string"},
@@ -569,7 +569,7 @@ async fn describe_connector_checks_each_catalogue_scheme_against_the_api_specs()
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
     sim.add_data_source_spec(
         "gbq",
-        qlik_rotator::sim::api_specs(
+        qlik_sim::api_specs(
             "QvOdbcConnectorPackage.exe",
             "1.0",
             json!({"Catalog": {"type": "string", "description": "Project."},

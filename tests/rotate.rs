@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::{harness::*, moto::Moto};
-use qlik_rotator::sim::{Fault, SimConfig};
+use qlik_sim::{Fault, SimConfig};
 use serde_json::{Value, json};
 
 const SA_KEY: &str = r#"{"type":"service_account","project_id":"wh","private_key":"-----BEGIN PRIVATE KEY-----\nMIIBVwIBADANBg\n-----END PRIVATE KEY-----\n","client_email":"reader@wh.iam.gserviceaccount.com"}"#;
 
 struct World {
     moto: Moto,
-    sim: qlik_rotator::sim::Simulator,
+    sim: qlik_sim::Simulator,
     dir: tempfile::TempDir,
     config: std::path::PathBuf,
 }

@@ -89,7 +89,7 @@ async fn prints_its_url_and_requires_the_api_key() {
     assert_eq!(get(&list, Some("not-the-key")).await.0, 401);
     let (status, body) = get(&list, Some(KEY)).await;
     assert_eq!(status, 200, "{body}");
-    // The demo tenant (config/sim-tenant.json).
+    // The demo tenant (crates/qlik-sim/sim-tenant.json).
     let mut names: Vec<&str> = body["data"]
         .as_array()
         .unwrap()
@@ -195,7 +195,10 @@ async fn serves_a_tenant_file() {
 
 #[tokio::test]
 async fn the_example_tenant_file_is_served() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/sim-tenant.json");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crates/qlik-sim/sim-tenant.json"
+    );
     let served = start(&["--listen", "127.0.0.1:0", "--tenant", example]);
     let (status, c) = get(
         &format!(

@@ -462,7 +462,7 @@ fn a_service_account_key_file_must_be_a_json_object() {
 #[test]
 fn api_specs_in_qlik_shape_are_checked() {
     let s3 = spec("File_AmazonS3ConnectorV2");
-    let documented = crate::sim::api_specs(
+    let documented = qlik_sim::api_specs(
         "QvWebStorageProviderConnectorPackage.exe",
         "4.46.0",
         json!({"accessKey": {"type": "string"}, "secretKey": {"type": "string"},
@@ -472,7 +472,7 @@ fn api_specs_in_qlik_shape_are_checked() {
     let flat = json!({"connectionProperties": {"accessKey": {"type": "string"}, "secretKey": {"type": "string"}}});
     let err = check_against_api_specs(&s3, &flat).unwrap_err();
     assert_eq!(err.error_type(), "spec_invalid");
-    let missing = crate::sim::api_specs("p", "1", json!({"accessKey": {"type": "string"}}));
+    let missing = qlik_sim::api_specs("p", "1", json!({"accessKey": {"type": "string"}}));
     let err = check_against_api_specs(&s3, &missing).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -480,7 +480,7 @@ fn api_specs_in_qlik_shape_are_checked() {
     );
     // A catalogue file array declared as a string and a mode constant declared as an integer:
     // warnings, not refusals.
-    let gbq = crate::sim::api_specs(
+    let gbq = qlik_sim::api_specs(
         "p",
         "1",
         json!({"KeyFilePath": {"type": "string"}, "OAuthMechanism": {"type": "integer"},
@@ -494,15 +494,15 @@ fn api_specs_in_qlik_shape_are_checked() {
 
 /// The connection as GET returns it for an example (secrets hidden, file arrays with `name`
 /// only, encrypted header values hidden), for `id` and `scheme`.
-fn example_get(id: &str, scheme: &str) -> (DataConnection, crate::sim::examples::Example) {
-    let ex = crate::sim::examples::example(id, scheme)
+fn example_get(id: &str, scheme: &str) -> (DataConnection, qlik_sim::examples::Example) {
+    let ex = qlik_sim::examples::example(id, scheme)
         .unwrap_or_else(|| panic!("no example for {id} / {scheme}"));
-    let shown = crate::sim::props::sanitize(ex.properties.as_object().unwrap());
+    let shown = qlik_sim::props::sanitize(ex.properties.as_object().unwrap());
     (conn(id, Value::Object(shown)), ex)
 }
 
 /// The job spec a config with `scheme = …` (plus `header`/`file_encoding` as needed) gives.
-fn example_spec(id: &str, scheme: &Scheme, ex: &crate::sim::examples::Example) -> BuildSpec {
+fn example_spec(id: &str, scheme: &Scheme, ex: &qlik_sim::examples::Example) -> BuildSpec {
     let mut s =
         BuildSpec::from_catalogue(&Connector::lookup(id).unwrap(), scheme, &BTreeMap::new());
     if scheme.props.iter().any(|p| p.kind == PropKind::Header) {
@@ -574,7 +574,7 @@ fn every_patch_verifies_against_the_stored_result() {
                 }
             }
             let shown =
-                crate::sim::props::sanitize(stored["connectionProperties"].as_object().unwrap());
+                qlik_sim::props::sanitize(stored["connectionProperties"].as_object().unwrap());
             let mut after = conn(id, Value::Object(shown));
             after.updated = Some("2026-11-01T10:00:01.000Z".into());
             assert_eq!(

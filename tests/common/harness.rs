@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use qlik_rotator::sim::{RecordedRequest, SeedConnection, SimConfig, Simulator};
+use qlik_sim::{RecordedRequest, SeedConnection, SimConfig, Simulator};
 use serde_json::{Value, json};
 
 use super::moto::Moto;

@@ -169,37 +169,6 @@ mod tests {
     }
 
     #[test]
-    fn every_catalogue_secret_is_hidden_and_counts_as_a_credential() {
-        use crate::connectors::{CATALOGUE, PropKind};
-        for family in CATALOGUE {
-            for scheme in family.schemes {
-                for p in scheme.props {
-                    match p.kind {
-                        PropKind::Text if CREDENTIAL_IDENTITIES.contains(&p.name) => {}
-                        PropKind::Text => assert!(
-                            SECRET_SCALARS.contains(&p.name),
-                            "{}: {} is not hidden",
-                            family.title,
-                            p.name
-                        ),
-                        PropKind::File { .. } => assert!(
-                            SECRET_FILE_ARRAYS.contains(&p.name),
-                            "{}: {} is not hidden",
-                            family.title,
-                            p.name
-                        ),
-                        // Encrypted queryHeaders entries are hidden per entry.
-                        PropKind::Header => assert_eq!(p.name, "queryHeaders"),
-                    }
-                    if p.kind != PropKind::Header {
-                        assert!(is_credential_prop(p.name), "{}", p.name);
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
     fn q_types_and_statement() {
         assert_eq!(
             default_q_type("File_AmazonS3ConnectorV2"),

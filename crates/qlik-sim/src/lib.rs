@@ -21,11 +21,16 @@
 //!
 //! Every request is recorded ([`Simulator::requests`]) so tests can assert on what a client sent.
 //!
-//! **Provenance.** The simulator is not Qlik. `src/sim/FIDELITY.md` lists every behaviour below
-//! with its published source (a qlik.dev page or an `@qlik/api` type) and its confidence
-//! (documented / shown in an example / assumed); keep it in step with any change here. The
-//! contract test (`tests/contract.rs`) runs Qlik's official client against `qlik-rotator
-//! simulate` ([`crate::simulate`]).
+//! **Provenance.** The simulator is not Qlik. `crates/qlik-sim/FIDELITY.md` lists every
+//! behaviour below with its published source (a qlik.dev page or an `@qlik/api` type) and its
+//! confidence (documented / shown in an example / assumed); keep it in step with any change
+//! here. The product's contract test (`tests/contract.rs`) runs Qlik's official client against
+//! `qlik-rotator simulate`, which serves this crate through [`simulate`].
+//!
+//! **Independence.** This crate imports nothing from `qlik-rotator` (it is not even a
+//! dependency), so it cannot copy the product's reading of Qlik's API: every behaviour comes
+//! from the sources in `FIDELITY.md`. Tests that compare the simulator with the product (e.g.
+//! the product's connector catalogue against [`props`]) live in the product's tests.
 //!
 //! # Modelling choices
 //!
@@ -98,6 +103,7 @@
 //!   revocation, the tenant-wide limit, partial list responses with `errors`, and the
 //!   "credential decryption failed" 500 (inject it with [`Fault::Status`]).
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod examples;
@@ -106,6 +112,7 @@ mod hostile;
 pub mod limiter;
 pub mod patch;
 pub mod props;
+pub mod simulate;
 mod state;
 #[cfg(test)]
 mod tests;

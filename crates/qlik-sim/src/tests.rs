@@ -833,7 +833,7 @@ async fn api_specs_and_spec_type_checks() {
     });
     assert_eq!(
         spec,
-        crate::sim::api_specs(
+        crate::api_specs(
             "QvWebStorageProviderConnectorPackage.exe",
             "4.46.0",
             spec["connectionProperties"]["properties"].clone()
