@@ -19,8 +19,10 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 pub use walk::ConfigError;
-use walk::{Errors, Table, kind};
+use walk::{Errors, Table, base_url, kind, resolve};
 
+/// `[sources.NAME]`: declared with the sources, one variant per file in `secrets/`.
+pub use crate::secrets::SourceConfig;
 use crate::{
     connectors::{BuildSpec, Connector, FileEncoding, PropKind, SeparateMode},
     secrets::{SecretRef, VersionSelector},
@@ -184,24 +186,6 @@ pub struct QlikConfig {
     /// The largest response body read from Qlik (`max_response_bytes`, default 4 MiB, from
     /// 64 KiB to 256 MiB); a longer one fails with `response_too_large`.
     pub max_response_bytes: u64,
-}
-
-/// `[sources.NAME]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceConfig {
-    /// `type = "aws_secrets_manager"`.
-    AwsSecretsManager {
-        /// Optional region override (else the AWS default chain).
-        region: Option<String>,
-        /// Optional endpoint override (else `AWS_ENDPOINT_URL_SECRETS_MANAGER` / default).
-        endpoint_url: Option<String>,
-    },
-    /// `type = "file"`.
-    File {
-        /// Directory of `<secret-id>.json` files (relative paths resolve against the config
-        /// file's directory).
-        path: PathBuf,
-    },
 }
 
 /// How a job names its connection.
@@ -492,7 +476,7 @@ fn toml_key_path(before: &str, line: &str) -> Option<String> {
         .split('=')
         .next()
         .map(str::trim)
-        .filter(|k| KNOWN_KEYS.contains(k));
+        .filter(|k| KNOWN_KEYS.contains(k) || SourceConfig::keys().any(|s| s == *k));
     if table.ends_with(".fields") {
         // Keys there are Qlik property names, not the schema's.
         return Some(table);
@@ -505,7 +489,8 @@ fn toml_key_path(before: &str, line: &str) -> Option<String> {
     }
 }
 
-/// Every key name of the schema (for locating syntax errors without quoting the file).
+/// Every key name of the schema (for locating syntax errors without quoting the file); the
+/// keys of `[sources.NAME]` tables come from [`SourceConfig::keys`].
 const KNOWN_KEYS: &[&str] = &[
     "qlik",
     "tenant_url",
@@ -524,9 +509,6 @@ const KNOWN_KEYS: &[&str] = &[
     "max_response_bytes",
     "sources",
     "type",
-    "region",
-    "endpoint_url",
-    "path",
     "jobs",
     "name",
     "connection",
@@ -600,8 +582,8 @@ pub fn validate(tree: &Value, base_dir: &Path) -> Result<Config, ConfigErrors> {
     {
         for (name, value) in sorted(v) {
             let path = format!("sources.{name}");
-            if let Some(src) =
-                Table::new(path, value, &mut errs).and_then(|t| source(t, base_dir, &mut errs))
+            if let Some(src) = Table::new(path, value, &mut errs)
+                .and_then(|t| SourceConfig::from_table(t, base_dir, &mut errs))
             {
                 sources.insert(name.clone(), src);
             }
@@ -709,11 +691,6 @@ fn sorted(v: &Value) -> Vec<(&String, &Value)> {
     v.as_object()
         .map(|m| m.iter().collect())
         .unwrap_or_default()
-}
-
-fn resolve(base: &Path, p: &str) -> PathBuf {
-    let p = PathBuf::from(p);
-    if p.is_absolute() { p } else { base.join(p) }
 }
 
 /// `X_env` / `X_file`, exactly one; an inline `X` is refused.
@@ -851,18 +828,6 @@ fn qlik_section(mut t: Table<'_>, errs: &mut Errors) -> Option<QlikConfig> {
 /// The documented range of `qlik.max_response_bytes`: 64 KiB to 256 MiB.
 pub const MAX_RESPONSE_BYTES_RANGE: std::ops::RangeInclusive<u64> = 65_536..=268_435_456;
 
-fn is_loopback(url: &reqwest::Url) -> bool {
-    match url.host_str() {
-        Some("localhost") => true,
-        Some(h) => h
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
-}
-
 /// `qlik.request_timeout`: 0s would fail every request; beyond 10 minutes a hung tenant holds
 /// a rotation (and a write-budget slot) for longer than any schedule tolerates.
 pub const RANGE_REQUEST_TIMEOUT: std::ops::RangeInclusive<Duration> =
@@ -878,106 +843,6 @@ pub const RANGE_MAX_AGE: std::ops::RangeInclusive<Duration> =
 /// moment; service managers kill long before an hour).
 pub const RANGE_SHUTDOWN_GRACE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(3600);
-
-/// A base URL (`qlik.tenant_url`, `sources.*.endpoint_url`): https (http only for a loopback
-/// host), a host, no user name or password, no path beyond `/`, no query, no fragment. The
-/// client appends `/api/v1/…` itself, so a path would be doubled; credentials in the URL would
-/// be sent as Basic auth and printed with the URL. Errors never quote the value.
-fn base_url(
-    t: &mut Table<'_>,
-    key: &'static str,
-    errs: &mut Errors,
-) -> Option<(String, reqwest::Url)> {
-    let raw = t.opt_str(key, errs)?;
-    let url = match reqwest::Url::parse(&raw) {
-        Ok(u) => u,
-        Err(e) => {
-            errs.push(
-                t.key_path(key),
-                format!("not a valid URL ({e}); expected e.g. https://acme.eu.qlikcloud.com"),
-            );
-            return None;
-        }
-    };
-    let mut problems = Vec::new();
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback(&url) => {}
-        "http" => problems.push("must use https (http is allowed only for a loopback host)"),
-        _ => problems.push("must be an https:// URL"),
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        problems.push("must name a host");
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        problems.push(
-            "must not contain a user name or password (user:password@ is refused; credentials go in *_env/*_file keys)",
-        );
-    }
-    if url.path() != "/" && !url.path().is_empty() {
-        problems.push(
-            "must not contain a path (such as /api/v1): give the base URL only, the rotator adds the API paths",
-        );
-    }
-    if url.query().is_some() {
-        problems.push("must not contain a query (?…)");
-    }
-    if url.fragment().is_some() {
-        problems.push("must not contain a fragment (#…)");
-    }
-    if problems.is_empty() {
-        Some((raw, url))
-    } else {
-        for p in problems {
-            errs.push(t.key_path(key), p);
-        }
-        None
-    }
-}
-
-fn source(mut t: Table<'_>, base: &Path, errs: &mut Errors) -> Option<SourceConfig> {
-    let kind = t.req_str("type", errs)?;
-    let out = match kind.as_str() {
-        "aws_secrets_manager" => {
-            let region = t.opt_str("region", errs).and_then(|r| {
-                if r.len() <= 32
-                    && r.chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                {
-                    Some(r)
-                } else {
-                    errs.push(
-                        t.key_path("region"),
-                        "expected an AWS region name such as \"eu-west-1\" (a-z, 0-9 and '-', at most 32 characters)",
-                    );
-                    None
-                }
-            });
-            let endpoint_url = if t.has("endpoint_url") {
-                base_url(&mut t, "endpoint_url", errs).map(|(raw, _)| raw)
-            } else {
-                None
-            };
-            Some(SourceConfig::AwsSecretsManager {
-                region,
-                endpoint_url,
-            })
-        }
-        "file" => t.req_str("path", errs).map(|p| SourceConfig::File {
-            path: resolve(base, &p),
-        }),
-        _ => {
-            errs.push(
-                t.key_path("type"),
-                "unknown source type (expected \"aws_secrets_manager\" or \"file\")",
-            );
-            t.allow(&["region", "endpoint_url", "path"]);
-            None
-        }
-    };
-    t.finish(errs);
-    out
-}
 
 fn job(
     mut t: Table<'_>,
