@@ -12,7 +12,7 @@
 //! source then only answers [`SecretSource::fetch`]. The closed set is [`SourceConfig`] (what
 //! the config says) and [`AnySource`] (what was built), both dispatched by `match`:
 //! - [`aws`]: AWS Secrets Manager through `aws-sdk-secretsmanager` (`type = "aws_secrets_manager"`).
-//! - [`file`]: a directory of `<secret-id>.json` files, for development and the demo
+//! - [`file`](mod@file): a directory of `<secret-id>.json` files, for development and the demo
 //!   (`type = "file"`).
 //! - [`fixed`]: in-memory secrets, for tests and benchmarks (not configurable).
 //!
