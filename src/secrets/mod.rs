@@ -367,6 +367,16 @@ macro_rules! secret_sources {
                 [$( <$config as SourceFactory>::KEYS ),+].into_iter().flatten().copied()
             }
 
+            /// The keys (besides `type`) a source of type `kind` reads; `None` for no such type.
+            pub fn keys_of(kind: &str) -> Option<&'static [&'static str]> {
+                $(
+                    if kind == <$config as SourceFactory>::TYPE {
+                        return Some(<$config as SourceFactory>::KEYS);
+                    }
+                )+
+                None
+            }
+
             /// The source's `type`.
             pub fn kind(&self) -> &'static str {
                 match self {
@@ -584,11 +594,7 @@ mod tests {
                 .nth(1)
                 .unwrap()
                 .trim_end_matches(')');
-            let declared = match *kind {
-                k if k == aws::AwsSecretsManagerConfig::TYPE => aws::AwsSecretsManagerConfig::KEYS,
-                k if k == file::FileConfig::TYPE => file::FileConfig::KEYS,
-                other => panic!("type {other} has no case here"),
-            };
+            let declared = SourceConfig::keys_of(kind).unwrap();
             let mut want: Vec<&str> = declared.iter().copied().chain(["type"]).collect();
             want.sort_unstable();
             assert_eq!(listed, want.join(", "), "{kind}");
