@@ -4,14 +4,10 @@
 use std::{collections::HashMap, sync::Arc};
 
 use crate::{
-    config::{Config, ConfigInput, QlikAuth, SecretLocator, SourceConfig},
+    config::{Config, ConfigInput, QlikAuth, SecretLocator},
     qlik::{ClientSettings, Credentials, QlikClient, RetryPolicy},
     rotation::Rotator,
-    secrets::{
-        AnySource,
-        aws::{self, AwsSecretsManager},
-        file::FileSource,
-    },
+    secrets::{self, AnySource},
 };
 
 /// Why the build phase failed. Names the config key, never a secret.
@@ -77,36 +73,10 @@ pub fn qlik_client(cfg: &Config, input: &dyn ConfigInput) -> Result<QlikClient, 
     .map_err(|e| BuildError::Client(e.to_string()))
 }
 
-/// Builds every configured secret source.
+/// Builds every configured secret source (each source's factory lives in its file in
+/// `secrets/`).
 pub async fn sources(cfg: &Config) -> HashMap<String, Arc<AnySource>> {
-    let mut out = HashMap::new();
-    for (name, src) in &cfg.sources {
-        let built = match src {
-            SourceConfig::File { path } => AnySource::File(FileSource::new(path.clone())),
-            SourceConfig::AwsSecretsManager {
-                region,
-                endpoint_url,
-            } => {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-                if let Some(region) = region {
-                    loader = loader.region(aws_config::Region::new(region.clone()));
-                }
-                if let Some(endpoint) = endpoint_url {
-                    loader = loader.endpoint_url(endpoint.clone());
-                }
-                let conf = loader.load().await;
-                let conf = aws_sdk_secretsmanager::config::Builder::from(&conf)
-                    .timeout_config(aws::default_timeout_config())
-                    .retry_config(aws::default_retry_config())
-                    .build();
-                AnySource::Aws(AwsSecretsManager::from_client(
-                    aws_sdk_secretsmanager::Client::from_conf(conf),
-                ))
-            }
-        };
-        out.insert(name.clone(), Arc::new(built));
-    }
-    out
+    secrets::build_all(&cfg.sources).await
 }
 
 /// Builds the rotator: Qlik client plus sources.

@@ -3,12 +3,21 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, Instant},
+};
 
+use aws_sdk_secretsmanager::config::Credentials;
 use common::moto::{Moto, client_for, free_port};
-use qlik_rotator::secrets::{
-    SecretPayload, SecretRef, SecretSource, SecretValue, SourceError, VersionSelector,
-    aws::AwsSecretsManager,
+use qlik_rotator::{
+    config::load_str,
+    secrets::{
+        AnySource, SecretPayload, SecretRef, SecretSource, SecretValue, SourceConfig, SourceError,
+        VersionSelector,
+        aws::{AwsSecretsManager, AwsSecretsManagerConfig},
+    },
 };
 use secrecy::ExposeSecret;
 
@@ -293,4 +302,110 @@ async fn secret_value_never_appears_in_debug_or_display() {
     // ... but never printed.
     assert!(!out.contains(canary), "{out}");
     assert!(out.contains("password"), "{out}");
+}
+
+// --- The factory: `[sources.NAME]` → config → build → client ---------------------------------
+
+/// `[sources.aws]` with `extra` keys, loaded through the real config walker; the source's
+/// config as the walker produced it.
+fn aws_config_from_toml(extra: &str) -> AwsSecretsManagerConfig {
+    let text = format!(
+        "[qlik]\ntenant_url = \"https://acme.eu.qlikcloud.com\"\napi_key_env = \"QLIK_API_KEY\"\n\
+         [sources.aws]\ntype = \"aws_secrets_manager\"\n{extra}\n\
+         [[jobs]]\nname = \"j\"\nconnection = {{ id = \"00000001-0000-4000-8000-000000000001\" }}\n\
+         connector = \"mssql\"\nsource = \"aws\"\nsecret = \"s\"\n"
+    );
+    let cfg = load_str(&text, Path::new("/"), &HashMap::new()).expect("valid config");
+    match &cfg.sources["aws"] {
+        SourceConfig::AwsSecretsManager(c) => c.clone(),
+        other => panic!("expected an AWS source, got {other:?}"),
+    }
+}
+
+/// The production loader with fixed test credentials (the only thing the default chain would
+/// find in the environment), so the test never reads or sets process variables.
+fn loader() -> aws_config::ConfigLoader {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).credentials_provider(
+        Credentials::new("testing", "testing", None, None, "factory-test"),
+    )
+}
+
+#[tokio::test]
+async fn factory_applies_region_and_endpoint_url_from_config() {
+    let moto = Moto::start();
+    let canary = "CANARY-factory-5d21";
+    let version = moto
+        .create_secret("test/factory", &format!(r#"{{"password":"{canary}"}}"#))
+        .await;
+    let config = aws_config_from_toml(&format!(
+        "region = \"us-east-1\"\nendpoint_url = \"{}\"",
+        moto.endpoint
+    ));
+    assert_eq!(config.region.as_deref(), Some("us-east-1"));
+    let src = config.build_with(loader()).await;
+    let shown = format!("{src:?}");
+    assert!(shown.contains("us-east-1"), "{shown}");
+    let v = src
+        .fetch(&SecretRef::current("test/factory"))
+        .await
+        .unwrap();
+    assert_eq!(v.version, version);
+    assert!(text(&v).contains(canary));
+    assert!(!format!("{shown} {v:?}").contains(canary));
+}
+
+#[tokio::test]
+async fn factory_region_from_config_is_the_region_asked() {
+    // moto keeps secrets per region: the same endpoint in another region has no such secret,
+    // which shows the configured region (not a default) signs the request.
+    let moto = Moto::start();
+    moto.create_secret("test/regional", r#"{"password":"p"}"#)
+        .await;
+    let config = aws_config_from_toml(&format!(
+        "region = \"eu-west-1\"\nendpoint_url = \"{}\"",
+        moto.endpoint
+    ));
+    let err = config
+        .build_with(loader())
+        .await
+        .fetch(&SecretRef::current("test/regional"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SourceError::NotFound { .. }), "{err:?}");
+    assert_eq!(err.error_type(), "secret_not_found");
+}
+
+#[tokio::test]
+async fn factory_endpoint_url_from_config_is_the_endpoint_called() {
+    let port = free_port(); // bound and released: nothing listens there
+    let config = aws_config_from_toml(&format!(
+        "region = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:{port}\""
+    ));
+    let err = config
+        .build_with(loader())
+        .await
+        .fetch(&SecretRef::current("test/unreachable"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SourceError::Unavailable { .. }), "{err:?}");
+    assert!(err.is_retriable());
+}
+
+#[tokio::test]
+async fn factory_through_the_source_enum_builds_the_aws_variant() {
+    // The enum's build phase: `SourceConfig::build` dispatches to the file's factory and
+    // gives the matching `AnySource` variant (default chain; nothing is fetched).
+    let config = SourceConfig::AwsSecretsManager(AwsSecretsManagerConfig {
+        region: Some("ap-southeast-2".into()),
+        endpoint_url: Some("http://127.0.0.1:9".into()),
+    });
+    assert_eq!(config.kind(), "aws_secrets_manager");
+    let built = config.build().await;
+    assert_eq!(built.kind(), "aws_secrets_manager");
+    match &built {
+        AnySource::AwsSecretsManager(src) => {
+            assert!(format!("{src:?}").contains("ap-southeast-2"), "{src:?}");
+        }
+        other => panic!("expected the AWS variant, got {other:?}"),
+    }
 }

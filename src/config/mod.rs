@@ -19,8 +19,10 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 pub use walk::ConfigError;
-use walk::{Errors, Table, kind};
+use walk::{Errors, Table, base_url, kind, resolve};
 
+/// `[sources.NAME]`: declared with the sources, one variant per file in `secrets/`.
+pub use crate::secrets::SourceConfig;
 use crate::{
     connectors::{BuildSpec, Connector, FileEncoding, PropKind, SeparateMode},
     secrets::{SecretRef, VersionSelector},
@@ -184,24 +186,6 @@ pub struct QlikConfig {
     /// The largest response body read from Qlik (`max_response_bytes`, default 4 MiB, from
     /// 64 KiB to 256 MiB); a longer one fails with `response_too_large`.
     pub max_response_bytes: u64,
-}
-
-/// `[sources.NAME]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceConfig {
-    /// `type = "aws_secrets_manager"`.
-    AwsSecretsManager {
-        /// Optional region override (else the AWS default chain).
-        region: Option<String>,
-        /// Optional endpoint override (else `AWS_ENDPOINT_URL_SECRETS_MANAGER` / default).
-        endpoint_url: Option<String>,
-    },
-    /// `type = "file"`.
-    File {
-        /// Directory of `<secret-id>.json` files (relative paths resolve against the config
-        /// file's directory).
-        path: PathBuf,
-    },
 }
 
 /// How a job names its connection.
@@ -494,7 +478,7 @@ fn toml_key_path(before: &str, line: &str) -> Option<String> {
         .split('=')
         .next()
         .map(str::trim)
-        .filter(|k| KNOWN_KEYS.contains(k));
+        .filter(|k| KNOWN_KEYS.contains(k) || SourceConfig::keys().any(|s| s == *k));
     if table.ends_with(".fields") {
         // Keys there are Qlik property names, not the schema's.
         return Some(table);
@@ -507,7 +491,8 @@ fn toml_key_path(before: &str, line: &str) -> Option<String> {
     }
 }
 
-/// Every key name of the schema (for locating syntax errors without quoting the file).
+/// Every key name of the schema (for locating syntax errors without quoting the file); the
+/// keys of `[sources.NAME]` tables come from [`SourceConfig::keys`].
 const KNOWN_KEYS: &[&str] = &[
     "qlik",
     "tenant_url",
@@ -526,9 +511,6 @@ const KNOWN_KEYS: &[&str] = &[
     "max_response_bytes",
     "sources",
     "type",
-    "region",
-    "endpoint_url",
-    "path",
     "jobs",
     "name",
     "connection",
@@ -597,33 +579,69 @@ pub fn validate(tree: &Value, base_dir: &Path) -> Result<Config, ConfigErrors> {
         }
     };
 
+    let sources = sources_section(root.get("sources"), base_dir, &mut errs);
+    let (jobs, job_index) = jobs_section(root.get("jobs"), &sources, &mut errs);
+    duplicate_job_names(&jobs, &job_index, &mut errs);
+    shared_connections(&jobs, &job_index, &mut errs);
+
+    let daemon = Table::new("daemon", root.get("daemon").unwrap_or(&empty), &mut errs)
+        .map(|t| daemon_section(t, base_dir, &mut errs));
+    let metrics = Table::new("metrics", root.get("metrics").unwrap_or(&empty), &mut errs)
+        .and_then(|t| metrics_section(t, base_dir, &mut errs));
+    root.finish(&mut errs);
+
+    match (qlik, daemon, metrics) {
+        (Some(qlik), Some(daemon), Some(metrics)) if errs.0.is_empty() => Ok(Config {
+            qlik,
+            sources,
+            jobs,
+            daemon,
+            metrics,
+        }),
+        _ => Err(ConfigErrors(errs.0)),
+    }
+}
+
+/// `[sources.NAME]` tables, each read by its source's file (see [`SourceConfig::from_table`]).
+fn sources_section(
+    value: Option<&Value>,
+    base_dir: &Path,
+    errs: &mut Errors,
+) -> BTreeMap<String, SourceConfig> {
     let mut sources = BTreeMap::new();
-    if let Some(v) = root.get("sources")
-        && Table::new("sources", v, &mut errs).is_some()
+    if let Some(v) = value
+        && Table::new("sources", v, errs).is_some()
     {
         for (name, value) in sorted(v) {
             let path = format!("sources.{name}");
-            if let Some(src) =
-                Table::new(path, value, &mut errs).and_then(|t| source(t, base_dir, &mut errs))
+            if let Some(src) = Table::new(path, value, errs)
+                .and_then(|t| SourceConfig::from_table(t, base_dir, errs))
             {
                 sources.insert(name.clone(), src);
             }
         }
     }
+    sources
+}
 
+/// `[[jobs]]`: the valid jobs and, for each, its `jobs[i]` index (invalid ones are left out).
+/// Equal specs are shared: most jobs of a large config use a catalogue connector as is.
+fn jobs_section(
+    value: Option<&Value>,
+    sources: &BTreeMap<String, SourceConfig>,
+    errs: &mut Errors,
+) -> (Vec<JobConfig>, Vec<usize>) {
     let mut jobs = Vec::new();
-    // The `jobs[i]` index of each valid job (invalid ones are left out of `jobs`).
     let mut job_index = Vec::new();
-    // Equal specs are shared: most jobs of a large config use a catalogue connector as is.
     let mut specs: Vec<Arc<BuildSpec>> = Vec::new();
-    match root.get("jobs") {
+    match value {
         Some(Value::Array(items)) if items.is_empty() => {
             errs.push("jobs", "at least one [[jobs]] entry is required");
         }
         Some(Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
-                if let Some(job) = Table::new(format!("jobs[{i}]"), item, &mut errs)
-                    .and_then(|t| job(t, &sources, &mut errs))
+                if let Some(job) =
+                    Table::new(format!("jobs[{i}]"), item, errs).and_then(|t| job(t, sources, errs))
                 {
                     let mut job: JobConfig = job;
                     job_index.push(i);
@@ -645,33 +663,19 @@ pub fn validate(tree: &Value, base_dir: &Path) -> Result<Config, ConfigErrors> {
         ),
         None => errs.push("jobs", "at least one [[jobs]] entry is required"),
     }
+    (jobs, job_index)
+}
+
+/// Job names are unique (metrics label, CLI selector, state key).
+fn duplicate_job_names(jobs: &[JobConfig], index: &[usize], errs: &mut Errors) {
     let mut seen = BTreeMap::new();
     for (i, j) in jobs.iter().enumerate() {
-        if let Some(first) = seen.insert(j.name.clone(), job_index[i]) {
+        if let Some(first) = seen.insert(j.name.clone(), index[i]) {
             errs.push(
-                format!("jobs[{}].name", job_index[i]),
+                format!("jobs[{}].name", index[i]),
                 format!("duplicate job name {:?} (also jobs[{first}])", j.name),
             );
         }
-    }
-
-    shared_connections(&jobs, &job_index, &mut errs);
-
-    let daemon = Table::new("daemon", root.get("daemon").unwrap_or(&empty), &mut errs)
-        .map(|t| daemon_section(t, base_dir, &mut errs));
-    let metrics = Table::new("metrics", root.get("metrics").unwrap_or(&empty), &mut errs)
-        .and_then(|t| metrics_section(t, base_dir, &mut errs));
-    root.finish(&mut errs);
-
-    match (qlik, daemon, metrics) {
-        (Some(qlik), Some(daemon), Some(metrics)) if errs.0.is_empty() => Ok(Config {
-            qlik,
-            sources,
-            jobs,
-            daemon,
-            metrics,
-        }),
-        _ => Err(ConfigErrors(errs.0)),
     }
 }
 
@@ -712,11 +716,6 @@ fn sorted(v: &Value) -> Vec<(&String, &Value)> {
     v.as_object()
         .map(|m| m.iter().collect())
         .unwrap_or_default()
-}
-
-fn resolve(base: &Path, p: &str) -> PathBuf {
-    let p = PathBuf::from(p);
-    if p.is_absolute() { p } else { base.join(p) }
 }
 
 /// `X_env` / `X_file`, exactly one; an inline `X` is refused.
@@ -854,18 +853,6 @@ fn qlik_section(mut t: Table<'_>, errs: &mut Errors) -> Option<QlikConfig> {
 /// The documented range of `qlik.max_response_bytes`: 64 KiB to 256 MiB.
 pub const MAX_RESPONSE_BYTES_RANGE: std::ops::RangeInclusive<u64> = 65_536..=268_435_456;
 
-fn is_loopback(url: &reqwest::Url) -> bool {
-    match url.host_str() {
-        Some("localhost") => true,
-        Some(h) => h
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
-}
-
 /// `qlik.request_timeout`: 0s would fail every request; beyond 10 minutes a hung tenant holds
 /// a rotation (and a write-budget slot) for longer than any schedule tolerates.
 pub const RANGE_REQUEST_TIMEOUT: std::ops::RangeInclusive<Duration> =
@@ -882,242 +869,21 @@ pub const RANGE_MAX_AGE: std::ops::RangeInclusive<Duration> =
 pub const RANGE_SHUTDOWN_GRACE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(3600);
 
-/// A base URL (`qlik.tenant_url`, `sources.*.endpoint_url`): https (http only for a loopback
-/// host), a host, no user name or password, no path beyond `/`, no query, no fragment. The
-/// client appends `/api/v1/…` itself, so a path would be doubled; credentials in the URL would
-/// be sent as Basic auth and printed with the URL. Errors never quote the value.
-fn base_url(
-    t: &mut Table<'_>,
-    key: &'static str,
-    errs: &mut Errors,
-) -> Option<(String, reqwest::Url)> {
-    let raw = t.opt_str(key, errs)?;
-    let url = match reqwest::Url::parse(&raw) {
-        Ok(u) => u,
-        Err(e) => {
-            errs.push(
-                t.key_path(key),
-                format!("not a valid URL ({e}); expected e.g. https://acme.eu.qlikcloud.com"),
-            );
-            return None;
-        }
-    };
-    let mut problems = Vec::new();
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback(&url) => {}
-        "http" => problems.push("must use https (http is allowed only for a loopback host)"),
-        _ => problems.push("must be an https:// URL"),
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        problems.push("must name a host");
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        problems.push(
-            "must not contain a user name or password (user:password@ is refused; credentials go in *_env/*_file keys)",
-        );
-    }
-    if url.path() != "/" && !url.path().is_empty() {
-        problems.push(
-            "must not contain a path (such as /api/v1): give the base URL only, the rotator adds the API paths",
-        );
-    }
-    if url.query().is_some() {
-        problems.push("must not contain a query (?…)");
-    }
-    if url.fragment().is_some() {
-        problems.push("must not contain a fragment (#…)");
-    }
-    if problems.is_empty() {
-        Some((raw, url))
-    } else {
-        for p in problems {
-            errs.push(t.key_path(key), p);
-        }
-        None
-    }
-}
-
-fn source(mut t: Table<'_>, base: &Path, errs: &mut Errors) -> Option<SourceConfig> {
-    let kind = t.req_str("type", errs)?;
-    let out = match kind.as_str() {
-        "aws_secrets_manager" => {
-            let region = t.opt_str("region", errs).and_then(|r| {
-                if r.len() <= 32
-                    && r.chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                {
-                    Some(r)
-                } else {
-                    errs.push(
-                        t.key_path("region"),
-                        "expected an AWS region name such as \"eu-west-1\" (a-z, 0-9 and '-', at most 32 characters)",
-                    );
-                    None
-                }
-            });
-            let endpoint_url = if t.has("endpoint_url") {
-                base_url(&mut t, "endpoint_url", errs).map(|(raw, _)| raw)
-            } else {
-                None
-            };
-            Some(SourceConfig::AwsSecretsManager {
-                region,
-                endpoint_url,
-            })
-        }
-        "file" => t.req_str("path", errs).map(|p| SourceConfig::File {
-            path: resolve(base, &p),
-        }),
-        _ => {
-            errs.push(
-                t.key_path("type"),
-                "unknown source type (expected \"aws_secrets_manager\" or \"file\")",
-            );
-            t.allow(&["region", "endpoint_url", "path"]);
-            None
-        }
-    };
-    t.finish(errs);
-    out
-}
-
+/// One `[[jobs]]` table → [`JobConfig`]: each key is read by a named step below, in the order
+/// the errors are reported. Pure over the parsed table (no I/O), so any parse path can call it.
 fn job(
     mut t: Table<'_>,
     sources: &BTreeMap<String, SourceConfig>,
     errs: &mut Errors,
 ) -> Option<JobConfig> {
-    let name = t.req_str("name", errs).and_then(|n| {
-        if n.len() <= 64
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            Some(n)
-        } else {
-            errs.push(
-                t.key_path("name"),
-                "use 1 to 64 characters from A-Z, a-z, 0-9, '-', '_' and '.'",
-            );
-            None
-        }
-    });
-    let connections = match (t.get("connection"), t.get("connections")) {
-        (Some(_), Some(_)) => {
-            errs.push(
-                t.key_path("connections"),
-                "set either connection or connections, not both",
-            );
-            None
-        }
-        (Some(v), None) => connection_ref(t.key_path("connection"), v, errs).map(|c| vec![c]),
-        (None, Some(Value::Array(items))) if !items.is_empty() => {
-            let refs: Vec<_> = items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    connection_ref(format!("{}[{i}]", t.key_path("connections")), v, errs)
-                })
-                .collect();
-            let mut seen = std::collections::BTreeSet::new();
-            for (i, r) in refs.iter().enumerate() {
-                if let Some(r) = r
-                    && !seen.insert(r.identity())
-                {
-                    errs.push(
-                        format!("{}[{i}]", t.key_path("connections")),
-                        "duplicate connection",
-                    );
-                }
-            }
-            refs.into_iter().collect::<Option<Vec<_>>>()
-        }
-        (None, Some(_)) => {
-            errs.push(
-                t.key_path("connections"),
-                "expected a non-empty array of { id = \"…\" } or { name = \"…\", space = \"…\" }",
-            );
-            None
-        }
-        (None, None) => {
-            errs.push(
-                t.key_path("connection"),
-                "is required: { id = \"…\" } or { name = \"…\", space = \"…\" } (or connections = [ … ] for one secret feeding many connections)",
-            );
-            None
-        }
-    };
+    let name = job_name(&mut t, errs);
+    let connections = job_connections(&mut t, errs);
     let spec = job_spec(&mut t, errs);
-    let source = t.req_str("source", errs).and_then(|s| {
-        if sources.contains_key(&s) {
-            Some(s)
-        } else {
-            let known: Vec<_> = sources.keys().map(String::as_str).collect();
-            errs.push(
-                t.key_path("source"),
-                format!(
-                    "names no [sources.<name>] table (defined: {})",
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            );
-            None
-        }
-    });
+    let source = job_source(&mut t, sources, errs);
     let secret_id = t.req_str("secret", errs);
-    let stage = t.opt_str("version_stage", errs);
-    let version_id = t.opt_str("version_id", errs);
-    let version = match (stage, version_id) {
-        (Some(_), Some(_)) => {
-            errs.push(
-                t.key_path("version_id"),
-                "set either version_stage or version_id, not both",
-            );
-            VersionSelector::default()
-        }
-        (Some(s), None) => VersionSelector::Stage(s),
-        (None, Some(v)) => VersionSelector::Id(v),
-        (None, None) => VersionSelector::default(),
-    };
-    let schedule = t.opt_str("schedule", errs).and_then(|s| {
-        match croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Required)
-            .build()
-            .parse(&s)
-        {
-            Ok(_) => Some(s),
-            Err(e) => {
-                // Only croner's fixed-text errors are passed on: others quote the pattern.
-                let detail = match e {
-                    croner::errors::CronError::InvalidPattern(_)
-                    | croner::errors::CronError::EmptyPattern => format!(": {e}"),
-                    _ => String::new(),
-                };
-                errs.push(
-                    t.key_path("schedule"),
-                    format!(
-                        "not a 6-field cron expression with seconds (e.g. \"0 */15 * * * *\"){detail}"
-                    ),
-                );
-                None
-            }
-        }
-    });
-    let timezone = t
-        .opt_str("timezone", errs)
-        .and_then(|tz| match tz.parse::<chrono_tz::Tz>() {
-            Ok(tz) => Some(tz),
-            Err(_) => {
-                errs.push(
-                    t.key_path("timezone"),
-                    "unknown time zone (use an IANA name such as \"Europe/Paris\")",
-                );
-                None
-            }
-        })
-        .unwrap_or(chrono_tz::UTC);
+    let version = version_selector(&mut t, errs);
+    let schedule = job_schedule(&mut t, errs);
+    let timezone = job_timezone(&mut t, errs);
     let jitter = t
         .opt_duration("jitter", RANGE_JITTER, errs)
         .unwrap_or_default();
@@ -1147,6 +913,161 @@ fn job(
         max_age,
         allow_shared_connection,
     })
+}
+
+/// `name`: 1 to 64 characters from `A-Za-z0-9-_.` (a metrics label and a CLI selector).
+fn job_name(t: &mut Table<'_>, errs: &mut Errors) -> Option<String> {
+    t.req_str("name", errs).and_then(|n| {
+        if n.len() <= 64
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            Some(n)
+        } else {
+            errs.push(
+                t.key_path("name"),
+                "use 1 to 64 characters from A-Z, a-z, 0-9, '-', '_' and '.'",
+            );
+            None
+        }
+    })
+}
+
+/// `connection = { … }` or `connections = [ … ]` (non-empty, no duplicates), not both.
+fn job_connections(t: &mut Table<'_>, errs: &mut Errors) -> Option<Vec<ConnectionRef>> {
+    match (t.get("connection"), t.get("connections")) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                t.key_path("connections"),
+                "set either connection or connections, not both",
+            );
+            None
+        }
+        (Some(v), None) => connection_ref(t.key_path("connection"), v, errs).map(|c| vec![c]),
+        (None, Some(Value::Array(items))) if !items.is_empty() => {
+            connection_list(&t.key_path("connections"), items, errs)
+        }
+        (None, Some(_)) => {
+            errs.push(
+                t.key_path("connections"),
+                "expected a non-empty array of { id = \"…\" } or { name = \"…\", space = \"…\" }",
+            );
+            None
+        }
+        (None, None) => {
+            errs.push(
+                t.key_path("connection"),
+                "is required: { id = \"…\" } or { name = \"…\", space = \"…\" } (or connections = [ … ] for one secret feeding many connections)",
+            );
+            None
+        }
+    }
+}
+
+/// The items of `connections` at `path`: each a valid reference, none twice.
+fn connection_list(path: &str, items: &[Value], errs: &mut Errors) -> Option<Vec<ConnectionRef>> {
+    let refs: Vec<_> = items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| connection_ref(format!("{path}[{i}]"), v, errs))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, r) in refs.iter().enumerate() {
+        if let Some(r) = r
+            && !seen.insert(r.identity())
+        {
+            errs.push(format!("{path}[{i}]"), "duplicate connection");
+        }
+    }
+    refs.into_iter().collect::<Option<Vec<_>>>()
+}
+
+/// `source`: the name of a `[sources.NAME]` table.
+fn job_source(
+    t: &mut Table<'_>,
+    sources: &BTreeMap<String, SourceConfig>,
+    errs: &mut Errors,
+) -> Option<String> {
+    t.req_str("source", errs).and_then(|s| {
+        if sources.contains_key(&s) {
+            Some(s)
+        } else {
+            let known: Vec<_> = sources.keys().map(String::as_str).collect();
+            errs.push(
+                t.key_path("source"),
+                format!(
+                    "names no [sources.<name>] table (defined: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+            None
+        }
+    })
+}
+
+/// `version_stage` or `version_id` (not both); `AWSCURRENT` by default.
+fn version_selector(t: &mut Table<'_>, errs: &mut Errors) -> VersionSelector {
+    let stage = t.opt_str("version_stage", errs);
+    let version_id = t.opt_str("version_id", errs);
+    match (stage, version_id) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                t.key_path("version_id"),
+                "set either version_stage or version_id, not both",
+            );
+            VersionSelector::default()
+        }
+        (Some(s), None) => VersionSelector::Stage(s),
+        (None, Some(v)) => VersionSelector::Id(v),
+        (None, None) => VersionSelector::default(),
+    }
+}
+
+/// `schedule`: a 6-field cron expression with seconds, checked by the scheduler's parser.
+fn job_schedule(t: &mut Table<'_>, errs: &mut Errors) -> Option<String> {
+    let s = t.opt_str("schedule", errs)?;
+    match croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(&s)
+    {
+        Ok(_) => Some(s),
+        Err(e) => {
+            // Only croner's fixed-text errors are passed on: others quote the pattern.
+            let detail = match e {
+                croner::errors::CronError::InvalidPattern(_)
+                | croner::errors::CronError::EmptyPattern => format!(": {e}"),
+                _ => String::new(),
+            };
+            errs.push(
+                t.key_path("schedule"),
+                format!(
+                    "not a 6-field cron expression with seconds (e.g. \"0 */15 * * * *\"){detail}"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `timezone`: an IANA name; UTC by default.
+fn job_timezone(t: &mut Table<'_>, errs: &mut Errors) -> chrono_tz::Tz {
+    t.opt_str("timezone", errs)
+        .and_then(|tz| match tz.parse::<chrono_tz::Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                errs.push(
+                    t.key_path("timezone"),
+                    "unknown time zone (use an IANA name such as \"Europe/Paris\")",
+                );
+                None
+            }
+        })
+        .unwrap_or(chrono_tz::UTC)
 }
 
 fn connection_ref(path: String, v: &Value, errs: &mut Errors) -> Option<ConnectionRef> {
@@ -1253,16 +1174,37 @@ fn string_list(t: &mut Table<'_>, key: &'static str, errs: &mut Errors) -> Optio
 }
 
 /// connector / scheme / generic properties / fields / file and header options / separate
-/// credentials → the job's [`BuildSpec`].
+/// credentials → the job's [`BuildSpec`]. Each step is a pure function over the job's table;
+/// errors come in the order the keys are read.
 fn job_spec(t: &mut Table<'_>, errs: &mut Errors) -> Option<BuildSpec> {
     let connector = t.req_str("connector", errs);
     let scheme_name = t.opt_str("scheme", errs);
     let datasource = t.opt_str("datasource", errs);
     let text_props = string_list(t, "properties", errs);
     let file_props = string_list(t, "file_properties", errs);
+    let fields = field_overrides(t, errs);
+    let mut spec = match connector.as_deref() {
+        None => None,
+        Some("generic") => {
+            let props = (text_props, file_props);
+            generic_spec(t, scheme_name.is_some(), datasource, props, &fields, errs)
+        }
+        Some(id) => catalogue_spec(t, id, scheme_name.as_deref(), &fields, errs),
+    };
+    if let Some(s) = &spec {
+        check_field_overrides(t, s, &fields, errs);
+    }
+    let options = SpecOptions::read(t, errs);
+    if let Some(s) = spec.as_mut() {
+        options.apply(t, s, errs);
+    }
+    spec
+}
+
+/// `[jobs.fields]`: Qlik property → key in the secret.
+fn field_overrides(t: &mut Table<'_>, errs: &mut Errors) -> BTreeMap<String, String> {
     let mut fields = BTreeMap::new();
-    let fields_value = t.get("fields");
-    if let Some(v) = fields_value
+    if let Some(v) = t.get("fields")
         && let Some(ft) = Table::new(t.key_path("fields"), v, errs)
     {
         for (prop, key) in sorted(v) {
@@ -1280,118 +1222,179 @@ fn job_spec(t: &mut Table<'_>, errs: &mut Errors) -> Option<BuildSpec> {
             }
         }
     }
-    let mut spec = match connector.as_deref() {
-        None => None,
-        Some("generic") => {
-            if scheme_name.is_some() {
-                errs.push(
-                    t.key_path("scheme"),
-                    "generic connectors have no schemes; list properties instead",
-                );
-            }
-            let datasource = datasource.or_else(|| {
-                errs.push(
-                    t.key_path("datasource"),
-                    "is required with connector = \"generic\": the connection's datasourceID",
-                );
-                None
-            });
-            let text_props = text_props.unwrap_or_default();
-            let file_props = file_props.unwrap_or_default();
-            if text_props.is_empty() && file_props.is_empty() {
-                errs.push(
-                    t.key_path("properties"),
-                    "is required with connector = \"generic\": the credential property names to write (see `qlik-rotator describe-connector`)",
-                );
-            }
-            datasource.map(|d| BuildSpec::generic(&d, &text_props, &file_props, &fields))
+    fields
+}
+
+/// `connector = "generic"`: `datasource` and at least one of `properties` /
+/// `file_properties` are required, `scheme` is refused.
+fn generic_spec(
+    t: &Table<'_>,
+    has_scheme: bool,
+    datasource: Option<String>,
+    (text_props, file_props): (Option<Vec<String>>, Option<Vec<String>>),
+    fields: &BTreeMap<String, String>,
+    errs: &mut Errors,
+) -> Option<BuildSpec> {
+    if has_scheme {
+        errs.push(
+            t.key_path("scheme"),
+            "generic connectors have no schemes; list properties instead",
+        );
+    }
+    let datasource = datasource.or_else(|| {
+        errs.push(
+            t.key_path("datasource"),
+            "is required with connector = \"generic\": the connection's datasourceID",
+        );
+        None
+    });
+    let text_props = text_props.unwrap_or_default();
+    let file_props = file_props.unwrap_or_default();
+    if text_props.is_empty() && file_props.is_empty() {
+        errs.push(
+            t.key_path("properties"),
+            "is required with connector = \"generic\": the credential property names to write (see `qlik-rotator describe-connector`)",
+        );
+    }
+    datasource.map(|d| BuildSpec::generic(&d, &text_props, &file_props, fields))
+}
+
+/// A catalogue connector `id` and its `scheme` (the connector's default when absent); the
+/// generic-only keys are refused.
+fn catalogue_spec(
+    t: &Table<'_>,
+    id: &str,
+    scheme_name: Option<&str>,
+    fields: &BTreeMap<String, String>,
+    errs: &mut Errors,
+) -> Option<BuildSpec> {
+    for key in ["datasource", "properties", "file_properties"] {
+        if t.has(key) {
+            errs.push(t.key_path(key), "is only used with connector = \"generic\"");
         }
-        Some(id) => {
-            for key in ["datasource", "properties", "file_properties"] {
-                if t.has(key) {
-                    errs.push(t.key_path(key), "is only used with connector = \"generic\"");
-                }
-            }
-            match Connector::lookup(id) {
-                None => {
+    }
+    let Some(c) = Connector::lookup(id) else {
+        errs.push(
+            t.key_path("connector"),
+            "unknown connector (see `qlik-rotator connectors`, or use connector = \"generic\")",
+        );
+        return None;
+    };
+    match c.scheme(scheme_name) {
+        Some(scheme) => Some(BuildSpec::from_catalogue(&c, scheme, fields)),
+        None => {
+            let names: Vec<_> = c.family.schemes.iter().map(|s| s.name).collect();
+            errs.push(
+                t.key_path("scheme"),
+                format!(
+                    "connector {:?} has no such scheme (expected one of: {})",
+                    c.id,
+                    names.join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Every `[jobs.fields]` entry must name a credential property of the chosen scheme.
+fn check_field_overrides(
+    t: &Table<'_>,
+    spec: &BuildSpec,
+    fields: &BTreeMap<String, String>,
+    errs: &mut Errors,
+) {
+    for prop in fields.keys() {
+        if !spec.props.iter().any(|p| &p.name == prop) {
+            let props: Vec<_> = spec.props.iter().map(|p| p.name.as_str()).collect();
+            errs.push(
+                format!("{}.{prop}", t.key_path("fields")),
+                format!(
+                    "{prop:?} is not a credential property of scheme {:?} (expected one of: {})",
+                    spec.scheme,
+                    props.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// The job's file, header and separate-credentials options, as read (before they are checked
+/// against the scheme).
+struct SpecOptions {
+    file_encoding: Option<FileEncoding>,
+    file_name: Option<String>,
+    header: Option<String>,
+    separate: Option<SeparateMode>,
+    credentials_name: Option<String>,
+    credential: Option<String>,
+}
+
+impl SpecOptions {
+    /// Reads `file_encoding`, `file_name`, `header`, `separate_credentials`,
+    /// `credentials_name` and `credential`.
+    fn read(t: &mut Table<'_>, errs: &mut Errors) -> Self {
+        let file_encoding = t
+            .opt_str("file_encoding", errs)
+            .and_then(|e| match e.as_str() {
+                "raw" => Some(FileEncoding::Raw),
+                "base64" => Some(FileEncoding::Base64),
+                _ => {
                     errs.push(
-                        t.key_path("connector"),
-                        "unknown connector (see `qlik-rotator connectors`, or use connector = \"generic\")",
+                        t.key_path("file_encoding"),
+                        "expected \"raw\" or \"base64\"",
                     );
                     None
                 }
-                Some(c) => match c.scheme(scheme_name.as_deref()) {
-                    Some(scheme) => Some(BuildSpec::from_catalogue(&c, scheme, &fields)),
-                    None => {
-                        let names: Vec<_> = c.family.schemes.iter().map(|s| s.name).collect();
-                        errs.push(
-                            t.key_path("scheme"),
-                            format!(
-                                "connector {:?} has no such scheme (expected one of: {})",
-                                c.id,
-                                names.join(", ")
-                            ),
-                        );
-                        None
-                    }
-                },
-            }
-        }
-    };
-    if let Some(s) = &spec {
-        for prop in fields.keys() {
-            if !s.props.iter().any(|p| &p.name == prop) {
-                let props: Vec<_> = s.props.iter().map(|p| p.name.as_str()).collect();
-                errs.push(
-                    format!("{}.{prop}", t.key_path("fields")),
-                    format!(
-                        "{prop:?} is not a credential property of scheme {:?} (expected one of: {})",
-                        s.scheme,
-                        props.join(", ")
-                    ),
-                );
-            }
+            });
+        let file_name = t.opt_str("file_name", errs);
+        let header = t.opt_str("header", errs);
+        let separate = t
+            .opt_str("separate_credentials", errs)
+            .and_then(|m| match m.as_str() {
+                "patch" => Some(SeparateMode::Patch),
+                "data_credentials" => Some(SeparateMode::DataCredentials),
+                _ => {
+                    errs.push(
+                        t.key_path("separate_credentials"),
+                        "expected \"patch\" or \"data_credentials\"",
+                    );
+                    None
+                }
+            });
+        SpecOptions {
+            file_encoding,
+            file_name,
+            header,
+            separate,
+            credentials_name: t.opt_str("credentials_name", errs),
+            credential: t.opt_str("credential", errs),
         }
     }
-    let file_encoding = t
-        .opt_str("file_encoding", errs)
-        .and_then(|e| match e.as_str() {
-            "raw" => Some(FileEncoding::Raw),
-            "base64" => Some(FileEncoding::Base64),
-            _ => {
-                errs.push(
-                    t.key_path("file_encoding"),
-                    "expected \"raw\" or \"base64\"",
-                );
-                None
-            }
-        });
-    let file_name = t.opt_str("file_name", errs);
-    let header = t.opt_str("header", errs);
-    let separate = t
-        .opt_str("separate_credentials", errs)
-        .and_then(|m| match m.as_str() {
-            "patch" => Some(SeparateMode::Patch),
-            "data_credentials" => Some(SeparateMode::DataCredentials),
-            _ => {
-                errs.push(
-                    t.key_path("separate_credentials"),
-                    "expected \"patch\" or \"data_credentials\"",
-                );
-                None
-            }
-        });
-    let credentials_name = t.opt_str("credentials_name", errs);
-    let credential = t.opt_str("credential", errs);
-    if let Some(s) = spec.as_mut() {
+
+    /// Checks the options against the scheme of `s` and writes them into it.
+    fn apply(self, t: &Table<'_>, s: &mut BuildSpec, errs: &mut Errors) {
+        self.check_files_and_header(t, s, errs);
+        self.check_separate(t, s, errs);
+        s.file_encoding = self.file_encoding.unwrap_or_default();
+        s.file_name = self.file_name;
+        s.header = self.header;
+        s.separate = self.separate;
+        s.credentials_name = self.credentials_name;
+        s.credential = self.credential;
+    }
+
+    /// File options need a file credential; a header scheme needs `header`, and only a
+    /// header scheme takes it.
+    fn check_files_and_header(&self, t: &Table<'_>, s: &BuildSpec, errs: &mut Errors) {
         let has_files = s
             .props
             .iter()
             .any(|p| matches!(p.kind, PropKind::File { .. }));
         let has_header = s.props.iter().any(|p| p.kind == PropKind::Header);
-        if (file_encoding.is_some() || file_name.is_some()) && !has_files {
+        if (self.file_encoding.is_some() || self.file_name.is_some()) && !has_files {
             errs.push(
-                t.key_path(if file_name.is_some() {
+                t.key_path(if self.file_name.is_some() {
                     "file_name"
                 } else {
                     "file_encoding"
@@ -1399,16 +1402,21 @@ fn job_spec(t: &mut Table<'_>, errs: &mut Errors) -> Option<BuildSpec> {
                 format!("scheme {:?} has no file credential", s.scheme),
             );
         }
-        if has_header && header.is_none() {
+        if has_header && self.header.is_none() {
             errs.push(t.key_path("header"), format!("is required by scheme {:?}: the name of the queryHeaders entry holding the token (e.g. \"Authorization\")", s.scheme));
         }
-        if header.is_some() && !has_header {
+        if self.header.is_some() && !has_header {
             errs.push(
                 t.key_path("header"),
                 format!("scheme {:?} writes no header", s.scheme),
             );
         }
-        if separate == Some(SeparateMode::DataCredentials) {
+    }
+
+    /// `data_credentials` needs a username/password scheme; `credentials_name` and
+    /// `credential` go with their mode.
+    fn check_separate(&self, t: &Table<'_>, s: &BuildSpec, errs: &mut Errors) {
+        if self.separate == Some(SeparateMode::DataCredentials) {
             let has = |n: &str| {
                 s.props
                     .iter()
@@ -1424,26 +1432,19 @@ fn job_spec(t: &mut Table<'_>, errs: &mut Errors) -> Option<BuildSpec> {
                 );
             }
         }
-        if credentials_name.is_some() && separate != Some(SeparateMode::Patch) {
+        if self.credentials_name.is_some() && self.separate != Some(SeparateMode::Patch) {
             errs.push(
                 t.key_path("credentials_name"),
                 "goes with separate_credentials = \"patch\"",
             );
         }
-        if credential.is_some() && separate != Some(SeparateMode::DataCredentials) {
+        if self.credential.is_some() && self.separate != Some(SeparateMode::DataCredentials) {
             errs.push(
                 t.key_path("credential"),
                 "goes with separate_credentials = \"data_credentials\"",
             );
         }
-        s.file_encoding = file_encoding.unwrap_or_default();
-        s.file_name = file_name;
-        s.header = header;
-        s.separate = separate;
-        s.credentials_name = credentials_name;
-        s.credential = credential;
     }
-    spec
 }
 
 fn daemon_section(mut t: Table<'_>, base: &Path, errs: &mut Errors) -> DaemonConfig {

@@ -58,9 +58,9 @@ fn the_example_config_loads() {
     );
     assert_eq!(
         cfg.sources["local"],
-        SourceConfig::File {
+        SourceConfig::File(crate::secrets::file::FileConfig {
             path: Path::new(env!("CARGO_MANIFEST_DIR")).join("config/secrets")
-        }
+        })
     );
 }
 
@@ -362,6 +362,32 @@ fn a_toml_syntax_error_gives_line_column_and_key_but_never_the_line() {
 }
 
 #[test]
+fn a_syntax_error_on_a_source_key_names_the_key_from_the_source_file() {
+    // `region`, `endpoint_url` and `path` are declared by the source files (SourceFactory::KEYS),
+    // not in KNOWN_KEYS: the location still names them, and an unknown key still only the table.
+    for (key, line) in [
+        ("sources.aws.region", format!("region = \"{CANARY}")),
+        (
+            "sources.aws.endpoint_url",
+            format!("endpoint_url = \"{CANARY}"),
+        ),
+        ("sources.aws.path", format!("path = \"{CANARY}")),
+        ("sources.aws", format!("{CANARY}x = \"{CANARY}")),
+    ] {
+        let text = with(
+            "type = \"aws_secrets_manager\"",
+            &format!("type = \"aws_secrets_manager\"\n{line}"),
+        );
+        let errs = errors_without_canary(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with(&format!("{key}: not valid TOML at line 7,")),
+            "{key}: {errs:?}"
+        );
+    }
+}
+
+#[test]
 fn secret_locators_must_look_like_a_name_or_a_path_and_are_never_shown() {
     for (from, to, key) in [
         (
@@ -564,10 +590,10 @@ fn urls_refuse_credentials_query_fragment_and_path_without_quoting_them() {
     let cfg = load_str(&ok, Path::new("/"), &env(&[])).unwrap();
     assert_eq!(
         cfg.sources["aws"],
-        SourceConfig::AwsSecretsManager {
+        SourceConfig::AwsSecretsManager(crate::secrets::aws::AwsSecretsManagerConfig {
             region: Some("us-east-1".into()),
             endpoint_url: Some("http://127.0.0.1:5000".into())
-        }
+        })
     );
 }
 

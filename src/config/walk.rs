@@ -1,6 +1,9 @@
 //! A small helper to walk an untyped config tree while collecting every error with its path.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde_json::{Map, Value};
 
@@ -305,6 +308,80 @@ pub fn format_duration(d: Duration) -> String {
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
+}
+
+/// A base URL (`qlik.tenant_url`, `sources.*.endpoint_url`): https (http only for a loopback
+/// host), a host, no user name or password, no path beyond `/`, no query, no fragment. The
+/// client appends `/api/v1/…` itself, so a path would be doubled; credentials in the URL would
+/// be sent as Basic auth and printed with the URL. Errors never quote the value.
+pub fn base_url(
+    t: &mut Table<'_>,
+    key: &'static str,
+    errs: &mut Errors,
+) -> Option<(String, reqwest::Url)> {
+    let raw = t.opt_str(key, errs)?;
+    let url = match reqwest::Url::parse(&raw) {
+        Ok(u) => u,
+        Err(e) => {
+            errs.push(
+                t.key_path(key),
+                format!("not a valid URL ({e}); expected e.g. https://acme.eu.qlikcloud.com"),
+            );
+            return None;
+        }
+    };
+    let mut problems = Vec::new();
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => problems.push("must use https (http is allowed only for a loopback host)"),
+        _ => problems.push("must be an https:// URL"),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        problems.push("must name a host");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        problems.push(
+            "must not contain a user name or password (user:password@ is refused; credentials go in *_env/*_file keys)",
+        );
+    }
+    if url.path() != "/" && !url.path().is_empty() {
+        problems.push(
+            "must not contain a path (such as /api/v1): give the base URL only, the rotator adds the API paths",
+        );
+    }
+    if url.query().is_some() {
+        problems.push("must not contain a query (?…)");
+    }
+    if url.fragment().is_some() {
+        problems.push("must not contain a fragment (#…)");
+    }
+    if problems.is_empty() {
+        Some((raw, url))
+    } else {
+        for p in problems {
+            errs.push(t.key_path(key), p);
+        }
+        None
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host_str() {
+        Some("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+/// `p`, resolved against `base` (the configuration file's directory) when relative.
+pub fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() { p } else { base.join(p) }
 }
 
 #[cfg(test)]

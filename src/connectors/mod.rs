@@ -378,6 +378,34 @@ pub fn build(
     spec: &BuildSpec,
     secret: &SecretValue,
 ) -> Result<Plan, BuildError> {
+    check_connection(conn, spec)?;
+    let fields = secret.fields();
+    let mut plan = Plan {
+        doc: PatchDocument::default(),
+        expect: Expectation::default(),
+    };
+    for prop in &spec.props {
+        match prop.kind {
+            PropKind::Text | PropKind::Header => text_prop(conn, spec, prop, &fields, &mut plan)?,
+            PropKind::File { default_name } => {
+                file_prop(conn, spec, prop, default_name, &fields, secret, &mut plan)?;
+            }
+        }
+    }
+    if plan.doc.ops.is_empty() {
+        // Every property was optional and absent: refuse rather than send nothing useful.
+        let first = spec.props.first().map(|p| (p.name.clone(), p.key.clone()));
+        let (property, key) = first.unwrap_or_default();
+        return Err(BuildError::MissingField { property, key });
+    }
+    constant_ops(conn, spec, &mut plan);
+    credentials_name_op(conn, spec, &mut plan);
+    Ok(plan)
+}
+
+/// The connection is of the job's connector, and a separate-credentials connection is only
+/// patched when the job says so.
+fn check_connection(conn: &DataConnection, spec: &BuildSpec) -> Result<(), BuildError> {
     if conn.datasource_id != spec.datasource {
         return Err(BuildError::WrongConnector {
             connection: conn.id.clone(),
@@ -388,155 +416,203 @@ pub fn build(
     if conn.separate_credentials && spec.separate != Some(SeparateMode::Patch) {
         return Err(BuildError::SeparateCredentials(conn.id.clone()));
     }
-    let fields = secret.fields();
-    let mut doc = PatchDocument::default();
-    let mut expect = Expectation::default();
-    for prop in &spec.props {
-        let key = prop.key.as_str();
-        let missing = || BuildError::MissingField {
-            property: prop.name.clone(),
-            key: key.to_owned(),
-        };
-        let empty = || BuildError::EmptyField {
-            property: prop.name.clone(),
-            key: key.to_owned(),
-        };
-        let base = format!("/connectionProperties/{}", prop.name);
-        match prop.kind {
-            PropKind::Text | PropKind::Header => {
-                let fields = fields
-                    .as_ref()
-                    .map_err(|e| BuildError::NotFields(e.clone()))?;
-                let value = match fields.text(key) {
-                    Ok(Some(v)) => v,
-                    Ok(None) if prop.required => return Err(missing()),
-                    Ok(None) => continue,
-                    Err(found) => {
-                        return Err(BuildError::WrongJsonType {
-                            property: prop.name.clone(),
-                            key: key.to_owned(),
-                            found,
-                            want: "a JSON string",
-                        });
-                    }
-                };
-                if value.expose_secret().is_empty() {
-                    return Err(empty());
-                }
-                if prop.kind == PropKind::Header {
-                    header_ops(conn, spec, value, &mut doc)?;
-                    push_written(&mut expect, "queryHeaders");
-                    continue;
-                }
-                expect
-                    .digests
-                    .insert(prop.name.clone(), digest(value.expose_secret().as_bytes()));
-                doc.ops.push(PatchOp {
-                    op: op_for(conn.properties.contains_key(&prop.name)),
-                    path: base,
-                    value: PatchValue::Secret(value.clone()),
-                });
-            }
-            PropKind::File { default_name } => {
-                let Some(content) = file_content(&fields, prop, secret)? else {
-                    if prop.required {
-                        return Err(missing());
-                    }
-                    continue;
-                };
-                if content.expose_secret().is_empty() {
-                    return Err(empty());
-                }
-                let b64 = match spec.file_encoding {
-                    FileEncoding::Raw => SecretString::from(
-                        base64::engine::general_purpose::STANDARD.encode(content.expose_secret()),
-                    ),
-                    FileEncoding::Base64 => {
-                        let text = std::str::from_utf8(content.expose_secret())
-                            .ok()
-                            .map(str::trim)
-                            .filter(|t| base64::engine::general_purpose::STANDARD.decode(t).is_ok())
-                            .ok_or_else(|| BuildError::InvalidBase64 {
-                                property: prop.name.clone(),
-                                key: key.to_owned(),
-                            })?;
-                        SecretString::from(text.to_owned())
-                    }
-                };
-                if prop.whole_secret && !is_key_file(&content, spec.file_encoding) {
-                    return Err(BuildError::NotKeyFile {
-                        property: prop.name.clone(),
-                        key: key.to_owned(),
-                    });
-                }
-                let file_name = spec
-                    .file_name
-                    .clone()
-                    .unwrap_or_else(|| default_name.to_owned());
-                let first = conn
-                    .properties
-                    .get(&prop.name)
-                    .and_then(Value::as_array)
-                    .and_then(|a| a.first())
-                    .and_then(Value::as_object);
-                match first {
-                    Some(entry) => {
-                        doc.ops.push(PatchOp {
-                            op: op_for(entry.contains_key("name")),
-                            path: format!("{base}/0/name"),
-                            value: PatchValue::Plain(Value::String(file_name.clone())),
-                        });
-                        doc.ops.push(PatchOp {
-                            op: op_for(entry.contains_key("value")),
-                            path: format!("{base}/0/value"),
-                            value: PatchValue::Secret(b64),
-                        });
-                    }
-                    None => doc.ops.push(PatchOp {
-                        op: op_for(conn.properties.contains_key(&prop.name)),
-                        path: base,
-                        value: PatchValue::Files(vec![FileEntry {
-                            name: file_name.clone(),
-                            value: b64,
-                        }]),
-                    }),
-                }
-                expect.file_names.insert(prop.name.clone(), file_name);
-            }
+    Ok(())
+}
+
+/// A text (or header token) credential: a JSON string field of the secret. A missing optional
+/// field writes nothing.
+fn text_prop(
+    conn: &DataConnection,
+    spec: &BuildSpec,
+    prop: &PropSpec,
+    fields: &Result<crate::secrets::SecretFields, FieldsError>,
+    plan: &mut Plan,
+) -> Result<(), BuildError> {
+    let fields = fields
+        .as_ref()
+        .map_err(|e| BuildError::NotFields(e.clone()))?;
+    let value = match fields.text(&prop.key) {
+        Ok(Some(v)) => v,
+        Ok(None) if prop.required => return Err(missing(prop)),
+        Ok(None) => return Ok(()),
+        Err(found) => {
+            return Err(BuildError::WrongJsonType {
+                property: prop.name.clone(),
+                key: prop.key.clone(),
+                found,
+                want: "a JSON string",
+            });
         }
-        push_written(&mut expect, &prop.name);
+    };
+    if value.expose_secret().is_empty() {
+        return Err(empty(prop));
     }
-    if doc.ops.is_empty() {
-        // Every property was optional and absent: refuse rather than send nothing useful.
-        let first = spec.props.first().map(|p| (p.name.clone(), p.key.clone()));
-        let (property, key) = first.unwrap_or_default();
-        return Err(BuildError::MissingField { property, key });
+    if prop.kind == PropKind::Header {
+        header_ops(conn, spec, value, &mut plan.doc)?;
+        push_written(&mut plan.expect, "queryHeaders");
+        return Ok(());
     }
+    plan.expect
+        .digests
+        .insert(prop.name.clone(), digest(value.expose_secret().as_bytes()));
+    plan.doc.ops.push(PatchOp {
+        op: op_for(conn.properties.contains_key(&prop.name)),
+        path: format!("/connectionProperties/{}", prop.name),
+        value: PatchValue::Secret(value.clone()),
+    });
+    push_written(&mut plan.expect, &prop.name);
+    Ok(())
+}
+
+/// A file credential: its content (a field, or the whole secret for a key file), encoded as
+/// base64, written with its file name. A missing optional field writes nothing.
+fn file_prop(
+    conn: &DataConnection,
+    spec: &BuildSpec,
+    prop: &PropSpec,
+    default_name: &str,
+    fields: &Result<crate::secrets::SecretFields, FieldsError>,
+    secret: &SecretValue,
+    plan: &mut Plan,
+) -> Result<(), BuildError> {
+    let Some(content) = file_content(fields, prop, secret)? else {
+        return if prop.required {
+            Err(missing(prop))
+        } else {
+            Ok(())
+        };
+    };
+    if content.expose_secret().is_empty() {
+        return Err(empty(prop));
+    }
+    let b64 = file_base64(&content, spec.file_encoding, prop)?;
+    if prop.whole_secret && !is_key_file(&content, spec.file_encoding) {
+        return Err(BuildError::NotKeyFile {
+            property: prop.name.clone(),
+            key: prop.key.clone(),
+        });
+    }
+    let file_name = spec
+        .file_name
+        .clone()
+        .unwrap_or_else(|| default_name.to_owned());
+    file_ops(conn, &prop.name, &file_name, b64, &mut plan.doc);
+    plan.expect.file_names.insert(prop.name.clone(), file_name);
+    push_written(&mut plan.expect, &prop.name);
+    Ok(())
+}
+
+/// The base64 text Qlik stores for a file: encoded here (`raw`), or checked and passed
+/// through (`base64`).
+fn file_base64(
+    content: &SecretBox<Vec<u8>>,
+    encoding: FileEncoding,
+    prop: &PropSpec,
+) -> Result<SecretString, BuildError> {
+    Ok(match encoding {
+        FileEncoding::Raw => SecretString::from(
+            base64::engine::general_purpose::STANDARD.encode(content.expose_secret()),
+        ),
+        FileEncoding::Base64 => {
+            let text = std::str::from_utf8(content.expose_secret())
+                .ok()
+                .map(str::trim)
+                .filter(|t| base64::engine::general_purpose::STANDARD.decode(t).is_ok())
+                .ok_or_else(|| BuildError::InvalidBase64 {
+                    property: prop.name.clone(),
+                    key: prop.key.clone(),
+                })?;
+            SecretString::from(text.to_owned())
+        }
+    })
+}
+
+/// A file property: the first entry's `name` and `value` when the GET shows an entry, else
+/// the whole one-file array.
+fn file_ops(
+    conn: &DataConnection,
+    name: &str,
+    file_name: &str,
+    b64: SecretString,
+    doc: &mut PatchDocument,
+) {
+    let base = format!("/connectionProperties/{name}");
+    let first = conn
+        .properties
+        .get(name)
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(Value::as_object);
+    match first {
+        Some(entry) => {
+            doc.ops.push(PatchOp {
+                op: op_for(entry.contains_key("name")),
+                path: format!("{base}/0/name"),
+                value: PatchValue::Plain(Value::String(file_name.to_owned())),
+            });
+            doc.ops.push(PatchOp {
+                op: op_for(entry.contains_key("value")),
+                path: format!("{base}/0/value"),
+                value: PatchValue::Secret(b64),
+            });
+        }
+        None => doc.ops.push(PatchOp {
+            op: op_for(conn.properties.contains_key(name)),
+            path: base,
+            value: PatchValue::Files(vec![FileEntry {
+                name: file_name.to_owned(),
+                value: b64,
+            }]),
+        }),
+    }
+}
+
+/// The scheme's fixed values, written where the GET shows another value.
+fn constant_ops(conn: &DataConnection, spec: &BuildSpec, plan: &mut Plan) {
     for (name, value) in &spec.constants {
         if conn.properties.get(name) != Some(value) {
-            doc.ops.push(PatchOp {
+            plan.doc.ops.push(PatchOp {
                 op: op_for(conn.properties.contains_key(name)),
                 path: format!("/connectionProperties/{name}"),
                 value: PatchValue::Plain(value.clone()),
             });
         }
-        expect.constants.insert(name.clone(), value.clone());
-        push_written(&mut expect, name);
+        plan.expect.constants.insert(name.clone(), value.clone());
+        push_written(&mut plan.expect, name);
     }
-    if conn.separate_credentials && spec.separate == Some(SeparateMode::Patch) {
-        let name = spec
-            .credentials_name
-            .clone()
-            .unwrap_or_else(|| format!("qlik-rotator-{}", conn.id));
-        doc.ops.push(PatchOp {
-            op: op_for(conn.properties.contains_key("credentialsName")),
-            path: "/connectionProperties/credentialsName".to_owned(),
-            value: PatchValue::Plain(Value::String(name)),
-        });
-        push_written(&mut expect, "credentialsName");
-        expect.credentials_may_change = true;
+}
+
+/// `credentialsName` with separate credentials patched by name (Qlik may then create a new
+/// credential, so `qCredentialsID` may change).
+fn credentials_name_op(conn: &DataConnection, spec: &BuildSpec, plan: &mut Plan) {
+    if !(conn.separate_credentials && spec.separate == Some(SeparateMode::Patch)) {
+        return;
     }
-    Ok(Plan { doc, expect })
+    let name = spec
+        .credentials_name
+        .clone()
+        .unwrap_or_else(|| format!("qlik-rotator-{}", conn.id));
+    plan.doc.ops.push(PatchOp {
+        op: op_for(conn.properties.contains_key("credentialsName")),
+        path: "/connectionProperties/credentialsName".to_owned(),
+        value: PatchValue::Plain(Value::String(name)),
+    });
+    push_written(&mut plan.expect, "credentialsName");
+    plan.expect.credentials_may_change = true;
+}
+
+fn missing(prop: &PropSpec) -> BuildError {
+    BuildError::MissingField {
+        property: prop.name.clone(),
+        key: prop.key.clone(),
+    }
+}
+
+fn empty(prop: &PropSpec) -> BuildError {
+    BuildError::EmptyField {
+        property: prop.name.clone(),
+        key: prop.key.clone(),
+    }
 }
 
 fn push_written(expect: &mut Expectation, name: &str) {
@@ -692,7 +768,29 @@ pub fn verify(
     expect: &Expectation,
 ) -> Verification {
     let mut out = Verification::default();
-    let fail = &mut out.failures;
+    identity_rules(before, after, &mut out.failures);
+    untouched_properties(before, after, expect, &mut out);
+    credential_digests(after, expect, &mut out.failures);
+    file_names(after, expect, &mut out.failures);
+    constants(after, expect, &mut out);
+    if before.separate_credentials != after.separate_credentials {
+        out.failures.push("qSeparateCredentials changed".to_owned());
+    }
+    if !expect.credentials_may_change
+        && before.credentials_id.is_some()
+        && before.credentials_id != after.credentials_id
+    {
+        out.warnings.push((
+            "credentials_id_changed",
+            "qCredentialsID changed although the connection does not use separate credentials"
+                .to_owned(),
+        ));
+    }
+    out
+}
+
+/// `updated` advanced; `datasourceID`, name, type and space are unchanged.
+fn identity_rules(before: &DataConnection, after: &DataConnection, fail: &mut Vec<Mismatch>) {
     if let Some(m) = updated_rule(&before.updated, &after.updated, "") {
         fail.push(m);
     }
@@ -712,6 +810,15 @@ pub fn verify(
     if before.space != after.space {
         fail.push("space changed".to_owned());
     }
+}
+
+/// Properties the patch did not write: a change or disappearance fails, an appearance warns.
+fn untouched_properties(
+    before: &DataConnection,
+    after: &DataConnection,
+    expect: &Expectation,
+    out: &mut Verification,
+) {
     let mut names: Vec<&String> = before
         .properties
         .keys()
@@ -724,6 +831,7 @@ pub fn verify(
             continue;
         }
         let shown = specs::quoted(name, 80);
+        let fail = &mut out.failures;
         match (before.properties.get(name), after.properties.get(name)) {
             (Some(a), Some(b)) if a == b => {}
             (Some(_), Some(_)) => fail.push(format!("non-credential property {shown} changed")),
@@ -735,6 +843,11 @@ pub fn verify(
             (None, None) => {}
         }
     }
+}
+
+/// A written text credential the GET shows must hash to the new value (a masked display is
+/// no evidence either way and is not compared).
+fn credential_digests(after: &DataConnection, expect: &Expectation, fail: &mut Vec<Mismatch>) {
     for (name, want) in &expect.digests {
         if let Some(shown) = after.properties.get(name) {
             let shown = match shown {
@@ -752,6 +865,10 @@ pub fn verify(
             }
         }
     }
+}
+
+/// A written file credential the GET shows must carry the new file name.
+fn file_names(after: &DataConnection, expect: &Expectation, fail: &mut Vec<Mismatch>) {
     for (name, want) in &expect.file_names {
         let shown = after
             .properties
@@ -768,6 +885,11 @@ pub fn verify(
             ));
         }
     }
+}
+
+/// The scheme's constants the GET shows: another value fails, the same value as another JSON
+/// type warns.
+fn constants(after: &DataConnection, expect: &Expectation, out: &mut Verification) {
     for (name, want) in &expect.constants {
         let Some(shown) = after.properties.get(name) else {
             continue;
@@ -785,25 +907,11 @@ pub fn verify(
                 ),
             ));
         } else {
-            fail.push(format!(
+            out.failures.push(format!(
                 "property {name:?} does not show the scheme's value"
             ));
         }
     }
-    if before.separate_credentials != after.separate_credentials {
-        fail.push("qSeparateCredentials changed".to_owned());
-    }
-    if !expect.credentials_may_change
-        && before.credentials_id.is_some()
-        && before.credentials_id != after.credentials_id
-    {
-        out.warnings.push((
-            "credentials_id_changed",
-            "qCredentialsID changed although the connection does not use separate credentials"
-                .to_owned(),
-        ));
-    }
-    out
 }
 
 /// A string, number or boolean as text (`"3"` and `3` give the same); `None` otherwise.

@@ -7,7 +7,7 @@
 //! Errors are classified into [`SourceError`] from the AWS error code; messages carry the code
 //! and AWS's message, never the payload.
 
-use std::{error::Error as StdError, fmt, time::Duration};
+use std::{error::Error as StdError, fmt, path::Path, time::Duration};
 
 use aws_sdk_secretsmanager::{
     Client,
@@ -17,7 +17,11 @@ use aws_sdk_secretsmanager::{
 };
 use secrecy::{SecretBox, SecretString};
 
-use super::{SecretPayload, SecretRef, SecretSource, SecretValue, SourceError, VersionSelector};
+use super::{
+    SecretPayload, SecretRef, SecretSource, SecretValue, SourceError, SourceFactory,
+    VersionSelector,
+};
+use crate::config::walk::{Errors, Table, base_url};
 
 /// TCP connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,6 +46,78 @@ pub fn default_retry_config() -> RetryConfig {
     RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS)
 }
 
+/// `[sources.NAME] type = "aws_secrets_manager"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsSecretsManagerConfig {
+    /// `region`: overrides the AWS default chain's region.
+    pub region: Option<String>,
+    /// `endpoint_url`: overrides `AWS_ENDPOINT_URL_SECRETS_MANAGER` and the default endpoint.
+    pub endpoint_url: Option<String>,
+}
+
+impl AwsSecretsManagerConfig {
+    /// The factory on a given loader: `region` and `endpoint_url` are applied over it, then
+    /// [`default_timeout_config`] and [`default_retry_config`]. Tests pass a loader with fixed
+    /// credentials, so they never touch the process environment.
+    pub async fn build_with(&self, mut loader: aws_config::ConfigLoader) -> AwsSecretsManager {
+        if let Some(region) = &self.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &self.endpoint_url {
+            loader = loader.endpoint_url(endpoint.clone());
+        }
+        let sdk_config = loader.load().await;
+        let config = aws_sdk_secretsmanager::config::Builder::from(&sdk_config)
+            .timeout_config(default_timeout_config())
+            .retry_config(default_retry_config())
+            .build();
+        AwsSecretsManager::from_client(Client::from_conf(config))
+    }
+}
+
+impl SourceFactory for AwsSecretsManagerConfig {
+    const TYPE: &'static str = "aws_secrets_manager";
+    const KEYS: &'static [&'static str] = &["region", "endpoint_url"];
+    type Source = AwsSecretsManager;
+
+    /// `region` (an AWS region name) and `endpoint_url` (a base URL, see
+    /// [`base_url`]); both optional.
+    fn from_table(t: &mut Table<'_>, _base_dir: &Path, errs: &mut Errors) -> Option<Self> {
+        let region = t.opt_str("region", errs).and_then(|r| {
+            if is_region(&r) {
+                Some(r)
+            } else {
+                errs.push(
+                    t.key_path("region"),
+                    "expected an AWS region name such as \"eu-west-1\" (a-z, 0-9 and '-', at most 32 characters)",
+                );
+                None
+            }
+        });
+        // Read even when absent, so an unknown key's message lists it (before, a table
+        // without it was told "expected one of: region, type").
+        let endpoint_url = base_url(t, "endpoint_url", errs).map(|(raw, _)| raw);
+        Some(AwsSecretsManagerConfig {
+            region,
+            endpoint_url,
+        })
+    }
+
+    /// The standard AWS configuration chain ([`AwsSecretsManager::from_env`]) with this
+    /// table's overrides.
+    async fn build(&self) -> AwsSecretsManager {
+        self.build_with(aws_config::defaults(aws_config::BehaviorVersion::latest()))
+            .await
+    }
+}
+
+/// `[a-z0-9-]{0,32}` (an AWS region name such as `eu-west-1`).
+fn is_region(r: &str) -> bool {
+    r.len() <= 32
+        && r.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 /// AWS Secrets Manager.
 #[derive(Clone)]
 pub struct AwsSecretsManager {
@@ -59,14 +135,11 @@ impl fmt::Debug for AwsSecretsManager {
 impl AwsSecretsManager {
     /// A client from the standard AWS configuration chain (environment, profiles, IRSA/web
     /// identity, container and instance metadata; `AWS_ENDPOINT_URL_SECRETS_MANAGER` and
-    /// `AWS_REGION` are honoured), with [`default_timeout_config`] and [`default_retry_config`].
+    /// `AWS_REGION` are honoured), with [`default_timeout_config`] and [`default_retry_config`]:
+    /// what `[sources.NAME] type = "aws_secrets_manager"` without `region` or `endpoint_url`
+    /// builds.
     pub async fn from_env() -> Self {
-        let sdk_config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let config = aws_sdk_secretsmanager::config::Builder::from(&sdk_config)
-            .timeout_config(default_timeout_config())
-            .retry_config(default_retry_config())
-            .build();
-        Self::from_client(Client::from_conf(config))
+        AwsSecretsManagerConfig::default().build().await
     }
 
     /// Wraps an existing client as it is (its timeouts and retry policy are kept).

@@ -12,7 +12,38 @@ use std::{
 use secrecy::{SecretBox, SecretString};
 use sha2::{Digest, Sha256};
 
-use super::{SecretPayload, SecretRef, SecretSource, SecretValue, SourceError, VersionSelector};
+use super::{
+    SecretPayload, SecretRef, SecretSource, SecretValue, SourceError, SourceFactory,
+    VersionSelector,
+};
+use crate::config::walk::{Errors, Table, resolve};
+
+/// `[sources.NAME] type = "file"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileConfig {
+    /// `path`: the directory of `<secret-id>.json` files; a relative path resolves against the
+    /// configuration file's directory.
+    pub path: PathBuf,
+}
+
+impl SourceFactory for FileConfig {
+    const TYPE: &'static str = "file";
+    const KEYS: &'static [&'static str] = &["path"];
+    type Source = FileSource;
+
+    /// `path`, required.
+    fn from_table(t: &mut Table<'_>, base_dir: &Path, errs: &mut Errors) -> Option<Self> {
+        t.req_str("path", errs).map(|p| FileConfig {
+            path: resolve(base_dir, &p),
+        })
+    }
+
+    /// Nothing is read yet: a missing directory shows as `secret_not_found` per job, as a
+    /// vault without the secret would.
+    async fn build(&self) -> FileSource {
+        FileSource::new(self.path.clone())
+    }
+}
 
 /// A directory of `<secret-id>.json` files.
 #[derive(Debug, Clone)]

@@ -5,18 +5,44 @@
 //! version is what the daemon compares to decide whether a rotation is needed; it is never a
 //! secret itself.
 //!
-//! Production sources are a closed set dispatched through [`AnySource`]:
-//! - [`aws::AwsSecretsManager`]: AWS Secrets Manager through `aws-sdk-secretsmanager`.
-//! - [`file::FileSource`]: a directory of `<secret-id>.json` files, for development and the demo.
-//! - [`fixed::FixedSource`]: in-memory secrets, for tests and benchmarks.
+//! Each source is one file holding its config, its factory and its implementation (vector's
+//! `SecretBackends` is the model): the `[sources.NAME]` table is read by the file's config type
+//! ([`SourceFactory::from_table`], called from the config walker), the build phase turns that
+//! config into the source ([`SourceFactory::build`]; the AWS SDK client is made there), and the
+//! source then only answers [`SecretSource::fetch`]. The closed set is [`SourceConfig`] (what
+//! the config says) and [`AnySource`] (what was built), both dispatched by `match`:
+//! - [`aws`]: AWS Secrets Manager through `aws-sdk-secretsmanager` (`type = "aws_secrets_manager"`).
+//! - [`file`](mod@file): a directory of `<secret-id>.json` files, for development and the demo
+//!   (`type = "file"`).
+//! - [`fixed`]: in-memory secrets, for tests and benchmarks (not configurable).
+//!
+//! # Adding a source
+//! 1. One new file `secrets/<name>.rs` with a config struct implementing [`SourceFactory`]
+//!    (`TYPE`, `KEYS`, `from_table` validating its keys with the walker's `Table`, and the
+//!    async `build` factory) and the source implementing [`SecretSource`]; its unit tests
+//!    sit in the same file.
+//! 2. `pub mod <name>;` and one line in the `secret_sources!` list below: that line is the
+//!    variant of [`SourceConfig`] and [`AnySource`], and every `match` over them (type
+//!    dispatch, build, `kind`, `fetch`) gets its arm from it.
+//!
+//! Nothing else changes: the config walker, the "unknown source type" message, the key names in
+//! TOML syntax errors and the build phase ([`build_all`]) read the list.
 
 pub mod aws;
 pub mod file;
 pub mod fixed;
 
-use std::{collections::BTreeMap, fmt, future::Future};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    future::Future,
+    path::Path,
+    sync::Arc,
+};
 
 use secrecy::{ExposeSecret, SecretBox, SecretString};
+
+use crate::config::walk::{Errors, Table};
 
 /// Which version of a secret to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,33 +323,168 @@ pub trait SecretSource: Send + Sync {
     ) -> impl Future<Output = Result<SecretValue, SourceError>> + Send;
 }
 
-/// The closed set of production sources, dispatched by `match`.
-#[derive(Debug)]
-pub enum AnySource {
-    /// AWS Secrets Manager.
-    Aws(aws::AwsSecretsManager),
-    /// Local directory of JSON files.
-    File(file::FileSource),
-    /// In-memory secrets.
-    Fixed(fixed::FixedSource),
+/// What a configurable source adds to its [`SecretSource`] implementation: the
+/// `[sources.NAME]` table it reads (load phase: pure, every error with its key path) and the
+/// factory that makes the source from it (build phase: may do I/O, sends no request).
+///
+/// The config type is the factory (vector's `SecretBackend` config is its backend too); the
+/// [`Self::Source`] it builds only does calls (STYLE principle 6).
+pub trait SourceFactory: Sized {
+    /// The `type = "…"` value that selects this source.
+    const TYPE: &'static str;
+    /// The keys its table may hold besides `type` (accepted when `type` is unknown, and
+    /// named in TOML syntax errors).
+    const KEYS: &'static [&'static str];
+    /// The source the factory makes.
+    type Source: SecretSource;
+
+    /// Reads the table's keys (`type` is already read) and validates them. Unread keys are
+    /// reported by the caller.
+    fn from_table(t: &mut Table<'_>, base_dir: &Path, errs: &mut Errors) -> Option<Self>;
+
+    /// Makes the source (build phase).
+    fn build(&self) -> impl Future<Output = Self::Source> + Send;
 }
 
-impl SecretSource for AnySource {
-    fn kind(&self) -> &'static str {
-        match self {
-            AnySource::Aws(s) => s.kind(),
-            AnySource::File(s) => s.kind(),
-            AnySource::Fixed(s) => s.kind(),
+/// Declares the configurable sources: each entry is one variant of [`SourceConfig`] (what
+/// `[sources.NAME]` says) and of [`AnySource`] (what the build phase made of it), and the
+/// `match`es over them are written here once. [`fixed::FixedSource`] is not configurable: it
+/// is added to [`AnySource`] by hand.
+macro_rules! secret_sources {
+    ($( $(#[$doc:meta])* $variant:ident($config:ty), )+) => {
+        /// `[sources.NAME]`: one variant per source file, selected by `type`.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum SourceConfig {
+            $( $(#[$doc])* $variant($config), )+
         }
-    }
 
-    async fn fetch(&self, secret: &SecretRef) -> Result<SecretValue, SourceError> {
-        match self {
-            AnySource::Aws(s) => s.fetch(secret).await,
-            AnySource::File(s) => s.fetch(secret).await,
-            AnySource::Fixed(s) => s.fetch(secret).await,
+        impl SourceConfig {
+            /// Every `type` value, in declaration order.
+            pub const TYPES: &[&str] = &[$( <$config as SourceFactory>::TYPE ),+];
+
+            /// Every key a `[sources.NAME]` table of some type may hold besides `type`.
+            pub fn keys() -> impl Iterator<Item = &'static str> {
+                [$( <$config as SourceFactory>::KEYS ),+].into_iter().flatten().copied()
+            }
+
+            /// The keys (besides `type`) a source of type `kind` reads; `None` for no such type.
+            pub fn keys_of(kind: &str) -> Option<&'static [&'static str]> {
+                $(
+                    if kind == <$config as SourceFactory>::TYPE {
+                        return Some(<$config as SourceFactory>::KEYS);
+                    }
+                )+
+                None
+            }
+
+            /// The source's `type`.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $( SourceConfig::$variant(_) => <$config as SourceFactory>::TYPE, )+
+                }
+            }
+
+            /// The table of a source of type `kind`; `None` when no source has that type.
+            fn parse(
+                kind: &str,
+                t: &mut Table<'_>,
+                base_dir: &Path,
+                errs: &mut Errors,
+            ) -> Option<Option<Self>> {
+                $(
+                    if kind == <$config as SourceFactory>::TYPE {
+                        let parsed = <$config as SourceFactory>::from_table(t, base_dir, errs);
+                        return Some(parsed.map(SourceConfig::$variant));
+                    }
+                )+
+                None
+            }
+
+            /// Makes the source (build phase).
+            pub async fn build(&self) -> AnySource {
+                match self {
+                    $( SourceConfig::$variant(c) => AnySource::$variant(c.build().await), )+
+                }
+            }
         }
+
+        /// The closed set of built sources, dispatched by `match`.
+        #[derive(Debug)]
+        pub enum AnySource {
+            $( $(#[$doc])* $variant(<$config as SourceFactory>::Source), )+
+            /// In-memory secrets (tests, benchmarks; not configurable).
+            Fixed(fixed::FixedSource),
+        }
+
+        impl SecretSource for AnySource {
+            fn kind(&self) -> &'static str {
+                match self {
+                    $( AnySource::$variant(s) => s.kind(), )+
+                    AnySource::Fixed(s) => s.kind(),
+                }
+            }
+
+            async fn fetch(&self, secret: &SecretRef) -> Result<SecretValue, SourceError> {
+                match self {
+                    $( AnySource::$variant(s) => s.fetch(secret).await, )+
+                    AnySource::Fixed(s) => s.fetch(secret).await,
+                }
+            }
+        }
+    };
+}
+
+secret_sources! {
+    /// AWS Secrets Manager (`type = "aws_secrets_manager"`).
+    AwsSecretsManager(aws::AwsSecretsManagerConfig),
+    /// A local directory of JSON files (`type = "file"`).
+    File(file::FileConfig),
+}
+
+impl SourceConfig {
+    /// Validates one `[sources.NAME]` table: its `type`, then the keys that type reads; every
+    /// other key is reported as unknown.
+    pub fn from_table(mut t: Table<'_>, base_dir: &Path, errs: &mut Errors) -> Option<Self> {
+        let kind = t.req_str("type", errs)?;
+        let out = match SourceConfig::parse(&kind, &mut t, base_dir, errs) {
+            Some(parsed) => parsed,
+            None => {
+                errs.push(
+                    t.key_path("type"),
+                    format!(
+                        "unknown source type (expected {})",
+                        one_of(SourceConfig::TYPES)
+                    ),
+                );
+                // Only `type` is wrong: the other keys are not reported as well.
+                t.allow(&SourceConfig::keys().collect::<Vec<_>>());
+                None
+            }
+        };
+        t.finish(errs);
+        out
     }
+}
+
+/// `"a"`, `"a" or "b"`, `"a", "b" or "c"`.
+fn one_of(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    match quoted.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// Builds every configured source (build phase), keyed by its `[sources.NAME]` name.
+pub async fn build_all(
+    sources: &BTreeMap<String, SourceConfig>,
+) -> HashMap<String, Arc<AnySource>> {
+    let mut out = HashMap::with_capacity(sources.len());
+    for (name, config) in sources {
+        out.insert(name.clone(), Arc::new(config.build().await));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -406,5 +567,109 @@ mod tests {
         assert!(!dbg.contains("CANARY-dbg-1"), "{dbg}");
         assert!(dbg.contains("password"));
         assert!(dbg.contains("v9"));
+    }
+
+    /// Walks `[sources.s]` = `table` through [`SourceConfig::from_table`].
+    fn parse(table: serde_json::Value) -> (Option<SourceConfig>, Vec<String>) {
+        let mut errs = Errors::default();
+        let t = Table::new("sources.s", &table, &mut errs).unwrap();
+        let out = SourceConfig::from_table(t, Path::new("/etc/qr"), &mut errs);
+        (out, errs.0.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn each_type_reads_exactly_its_declared_keys() {
+        // The walker lists the keys a reader asked for when it meets an unknown one: that
+        // list must be `type` plus the type's KEYS, or the unknown-type and syntax-error
+        // paths (which use KEYS) would disagree with the reader.
+        for kind in SourceConfig::TYPES {
+            let (_, errs) = parse(serde_json::json!({"type": kind, "zzz": 1}));
+            let unknown: Vec<_> = errs
+                .iter()
+                .filter(|e| e.starts_with("sources.s.zzz: unknown key"))
+                .collect();
+            assert_eq!(unknown.len(), 1, "{kind}: {errs:?}");
+            let listed = unknown[0]
+                .split("expected one of: ")
+                .nth(1)
+                .unwrap()
+                .trim_end_matches(')');
+            let declared = SourceConfig::keys_of(kind).unwrap();
+            let mut want: Vec<&str> = declared.iter().copied().chain(["type"]).collect();
+            want.sort_unstable();
+            assert_eq!(listed, want.join(", "), "{kind}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_type_is_one_error_naming_every_type() {
+        // Keys of every source are accepted with an unknown type: only `type` is wrong.
+        let mut table = serde_json::Map::new();
+        table.insert("type".into(), "vault".into());
+        for key in SourceConfig::keys() {
+            table.insert(key.into(), "x".into());
+        }
+        let (out, errs) = parse(serde_json::Value::Object(table));
+        assert!(out.is_none());
+        assert_eq!(
+            errs,
+            ["sources.s.type: unknown source type (expected \"aws_secrets_manager\" or \"file\")"]
+        );
+        let (out, errs) = parse(serde_json::json!({"region": "eu-west-1"}));
+        assert!(out.is_none());
+        assert_eq!(errs, ["sources.s.type: is required"]);
+    }
+
+    #[test]
+    fn each_type_parses_into_its_variant() {
+        let (out, errs) = parse(serde_json::json!({"type": "file", "path": "secrets"}));
+        assert!(errs.is_empty(), "{errs:?}");
+        let out = out.unwrap();
+        assert_eq!(out.kind(), "file");
+        assert_eq!(
+            out,
+            SourceConfig::File(file::FileConfig {
+                path: "/etc/qr/secrets".into()
+            })
+        );
+        let (out, errs) = parse(serde_json::json!({"type": "aws_secrets_manager"}));
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(
+            out.unwrap(),
+            SourceConfig::AwsSecretsManager(aws::AwsSecretsManagerConfig::default())
+        );
+    }
+
+    #[test]
+    fn type_lists_read_as_a_sentence() {
+        assert_eq!(one_of(&[]), "");
+        assert_eq!(one_of(&["a"]), "\"a\"");
+        assert_eq!(one_of(&["a", "b"]), "\"a\" or \"b\"");
+        assert_eq!(one_of(&["a", "b", "c"]), "\"a\", \"b\" or \"c\"");
+    }
+
+    #[tokio::test]
+    async fn build_all_makes_each_configured_source_under_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("s.json"),
+            r#"{"password":"CANARY-build-all"}"#,
+        )
+        .unwrap();
+        let mut configs = BTreeMap::new();
+        configs.insert(
+            "local".to_owned(),
+            SourceConfig::File(file::FileConfig {
+                path: dir.path().to_owned(),
+            }),
+        );
+        let built = build_all(&configs).await;
+        assert_eq!(built.len(), 1);
+        let src = &built["local"];
+        assert!(matches!(**src, AnySource::File(_)), "{src:?}");
+        assert_eq!(src.kind(), "file");
+        let v = src.fetch(&SecretRef::current("s")).await.unwrap();
+        assert!(v.fields().unwrap().get("password").is_some());
+        assert!(!format!("{src:?} {v:?}").contains("CANARY"));
     }
 }
