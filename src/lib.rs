@@ -12,6 +12,7 @@ pub mod demo;
 pub mod metrics;
 pub mod qlik;
 pub mod rotation;
+pub mod runner;
 pub mod secrets;
 pub mod sim;
 pub mod simulate;
