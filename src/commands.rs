@@ -256,8 +256,7 @@ pub async fn plan(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> Ex
 
 /// `rotate`: one line per connection; exit 0 only if every one succeeded. Jobs run
 /// concurrently through the [`Runner`] (`daemon.max_concurrent_rotations`, the shared write
-/// budget, `daemon.max_attempts_per_run`), as in the daemon, and record applied versions in
-/// the same state file. A progress bar shows on a terminal (stderr); a summary ends the run.
+/// budget), as in the daemon, and record applied versions in the same state file. A progress bar shows on a terminal (stderr); a summary ends the run.
 pub async fn rotate(
     path: &Path,
     job: Option<&str>,
@@ -281,7 +280,10 @@ pub async fn rotate(
             return build_exit(&e);
         }
     };
-    let retry = RetryPolicy::new(cfg.daemon.max_attempts_per_run);
+    // One attempt per run: the client's per-request retries (`qlik.max_attempts`) apply, but
+    // a one-shot does not wait minutes for a run-level retry; its caller reruns it (and a
+    // timeout costs one request timeout, not one per attempt).
+    let retry = RetryPolicy::new(1);
     let runner = Runner::new(&app, cfg.daemon.max_concurrent_rotations, retry);
     let tally = run_jobs(
         &runner,
@@ -410,7 +412,16 @@ pub async fn run(path: &Path, input: &dyn ConfigInput, release_memory: fn()) -> 
     for w in cfg.warnings() {
         tracing::warn!(key = %w.path, "Risky configuration: {}", w.message);
     }
-    let running = match daemon::start(&cfg, input).await {
+    // Build, then spawn; each failure exits before anything is sent.
+    let built = match App::build(&cfg, input).await {
+        Ok(app) => daemon::admin_token(&cfg, input).map(|token| (app, token)),
+        Err(e) => Err(e.into()),
+    };
+    let spawned = match built {
+        Ok((app, token)) => daemon::spawn(app, &cfg, token).await,
+        Err(e) => Err(e),
+    };
+    let running = match spawned {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {}", Escaped(&e.to_string()));
@@ -555,36 +566,52 @@ pub async fn describe_connector(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let client = match app::qlik_client(&cfg, input) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {}", Escaped(&e.to_string()));
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let specs = match read_api_specs(&cfg, datasource, input).await {
+        Ok(s) => s,
+        Err(code) => return code,
     };
+    print_api_specs(datasource, &specs);
+    match crate::connectors::Connector::lookup(datasource) {
+        Some(c) => print_catalogue_check(datasource, &specs, &c),
+        None => print_generic_job(datasource, &specs, &cfg),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Reads and parses a connector's api-specs from the tenant; prints why not.
+async fn read_api_specs(
+    cfg: &Config,
+    datasource: &str,
+    input: &dyn ConfigInput,
+) -> Result<crate::connectors::specs::ApiSpecs, ExitCode> {
+    let client = app::qlik_client(cfg, input).map_err(|e| {
+        eprintln!("error: {}", Escaped(&e.to_string()));
+        ExitCode::from(EXIT_USAGE)
+    })?;
     let specs = match client.get_api_specs(datasource).await {
         Ok(Some(s)) => s,
         Ok(None) => {
             eprintln!(
                 "error: the tenant has no api-specs for {datasource:?} (unknown or disabled data source)"
             );
-            return ExitCode::from(EXIT_FAILED);
+            return Err(ExitCode::from(EXIT_FAILED));
         }
         Err(e) => {
             eprintln!("error: {}", Escaped(&e.to_string()));
-            return ExitCode::from(EXIT_FAILED);
+            return Err(ExitCode::from(EXIT_FAILED));
         }
     };
-    let specs = match crate::connectors::specs::ApiSpecs::parse(&specs) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!(
-                "error: the api-specs of {} cannot be used: {e}",
-                crate::connectors::specs::printable(datasource, 120)
-            );
-            return ExitCode::from(EXIT_FAILED);
-        }
-    };
+    crate::connectors::specs::ApiSpecs::parse(&specs).map_err(|e| {
+        eprintln!(
+            "error: the api-specs of {} cannot be used: {e}",
+            crate::connectors::specs::printable(datasource, 120)
+        );
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// The property table of an api-specs document.
+fn print_api_specs(datasource: &str, specs: &crate::connectors::specs::ApiSpecs) {
     crate::outln!(
         "{datasource}: {} {} — {} properties{}",
         Escaped(specs.provider.as_deref().unwrap_or("?")),
@@ -624,32 +651,40 @@ pub async fn describe_connector(
             crate::outln!("  {:width$}  {}", "", extra.join("; "));
         }
     }
-    if let Some(c) = crate::connectors::Connector::lookup(datasource) {
-        let schemes: Vec<_> = c.family.schemes.iter().map(|s| s.name).collect();
-        crate::outln!(
-            "\n{datasource} is in the catalogue: use connector = \"{datasource}\" (schemes: {}).",
-            schemes.join(", ")
+}
+
+/// For a catalogue connector: each scheme checked against the tenant's api-specs.
+fn print_catalogue_check(
+    datasource: &str,
+    specs: &crate::connectors::specs::ApiSpecs,
+    c: &crate::connectors::Connector,
+) {
+    let schemes: Vec<_> = c.family.schemes.iter().map(|s| s.name).collect();
+    crate::outln!(
+        "\n{datasource} is in the catalogue: use connector = \"{datasource}\" (schemes: {}).",
+        schemes.join(", ")
+    );
+    for scheme in c.family.schemes {
+        let spec = crate::connectors::BuildSpec::from_catalogue(
+            c,
+            scheme,
+            &std::collections::BTreeMap::new(),
         );
-        for scheme in c.family.schemes {
-            let spec = crate::connectors::BuildSpec::from_catalogue(
-                &c,
-                scheme,
-                &std::collections::BTreeMap::new(),
-            );
-            let checked =
-                crate::connectors::specs::check(datasource, &specs, &spec.writes(), false);
-            if checked.errors.is_empty() && checked.warnings.is_empty() {
-                crate::outln!("  scheme {}: matches these api-specs", scheme.name);
-            }
-            for e in &checked.errors {
-                crate::outln!("  scheme {}: refused: {e}", scheme.name);
-            }
-            for w in &checked.warnings {
-                crate::outln!("  scheme {}: warning: {w}", scheme.name);
-            }
+        let checked = crate::connectors::specs::check(datasource, specs, &spec.writes(), false);
+        if checked.errors.is_empty() && checked.warnings.is_empty() {
+            crate::outln!("  scheme {}: matches these api-specs", scheme.name);
         }
-        return ExitCode::SUCCESS;
+        for e in &checked.errors {
+            crate::outln!("  scheme {}: refused: {e}", scheme.name);
+        }
+        for w in &checked.warnings {
+            crate::outln!("  scheme {}: warning: {w}", scheme.name);
+        }
     }
+}
+
+/// For a connector the catalogue does not know: a `generic` job snippet.
+fn print_generic_job(datasource: &str, specs: &crate::connectors::specs::ApiSpecs, cfg: &Config) {
     let pick = |t: &str| -> Vec<String> {
         specs
             .properties
@@ -682,5 +717,4 @@ pub async fn describe_connector(
     crate::outln!(
         "secret = \"<secret id>\"                 # JSON keys = the property names (or map them in [jobs.fields])"
     );
-    ExitCode::SUCCESS
 }

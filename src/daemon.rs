@@ -376,15 +376,24 @@ impl std::fmt::Debug for Running {
 /// [`StartError`].
 pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, StartError> {
     let app = App::build(cfg, input).await?;
-    let admin_token = match &cfg.metrics.admin_token_file {
-        None => None,
-        Some(path) => Some(
-            crate::config::SecretLocator::File(path.clone())
-                .read(input)
-                .map_err(StartError::AdminToken)?,
-        ),
-    };
+    let admin_token = admin_token(cfg, input)?;
     spawn(app, cfg, admin_token).await
+}
+
+/// Reads `metrics.admin_token_file` (part of the build phase).
+///
+/// # Errors
+/// [`StartError::AdminToken`].
+pub fn admin_token(
+    cfg: &Config,
+    input: &dyn ConfigInput,
+) -> Result<Option<SecretString>, StartError> {
+    cfg.metrics
+        .admin_token_file
+        .as_ref()
+        .map(|path| crate::config::SecretLocator::File(path.clone()).read(input))
+        .transpose()
+        .map_err(StartError::AdminToken)
 }
 
 /// The spawn phase: admin listener, pre-flight, scheduler, `run_on_start` jobs; then ready.
