@@ -8,7 +8,9 @@
 //!                       extrapolated linearly (default 100; K = N runs it in full, ~5 min)
 //! --rss-jobs N          jobs of the idle-RSS daemon (default 10000)
 //! --metrics-jobs N      jobs of the /metrics size case (default 10000)
-//! --only SECTION        budget | latency | calls | rss | metrics (repeatable or comma-separated)
+//! --only SECTION        budget | latency | calls | rss | oneshot | metrics (repeatable or comma-separated)
+//! --oneshot-before-bin P  section 5's "before": this binary (e.g. a build of an older main)
+//!                       runs the sequential sample; default: this binary with one rotation slot
 //! ```
 //!
 //! Sections:
@@ -16,7 +18,10 @@
 //! 2. `latency`: 100 ms simulated latency, daemon vs a sequential GET → PATCH → GET loop.
 //! 3. `calls`: Qlik requests per changed and per unchanged rotation.
 //! 4. `rss`: idle RSS of the release binary with 10,000 scheduled jobs.
-//! 5. `metrics`: size of one `/metrics` exposition with 10,000 jobs that have each run once.
+//! 5. `oneshot`: `qlik-rotator rotate --all` (the real binary) on N connections at 100 ms
+//!    latency, concurrent through the job runner, against a sequential run of the same
+//!    command on `--baseline-sample` connections (extrapolated).
+//! 6. `metrics`: size of one `/metrics` exposition with 10,000 jobs that have each run once.
 //!
 //! Everything runs on loopback: an in-process Qlik simulator, a file vault in a temporary
 //! directory and, for sections 1-3, an in-process daemon (`daemon::start`); section 4 spawns
@@ -60,9 +65,10 @@ struct Args {
     rss_jobs: usize,
     metrics_jobs: usize,
     only: Vec<String>,
+    oneshot_before_bin: Option<PathBuf>,
 }
 
-const SECTIONS: [&str; 5] = ["budget", "latency", "calls", "rss", "metrics"];
+const SECTIONS: [&str; 6] = ["budget", "latency", "calls", "rss", "oneshot", "metrics"];
 
 impl Args {
     fn parse() -> Result<Args, String> {
@@ -72,6 +78,7 @@ impl Args {
             rss_jobs: 10_000,
             metrics_jobs: 10_000,
             only: Vec::new(),
+            oneshot_before_bin: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
@@ -96,6 +103,7 @@ impl Args {
                 "--baseline-sample" => args.baseline_sample = number(&key, value(&key)?)?,
                 "--rss-jobs" => args.rss_jobs = number(&key, value(&key)?)?,
                 "--metrics-jobs" => args.metrics_jobs = number(&key, value(&key)?)?,
+                "--oneshot-before-bin" => args.oneshot_before_bin = Some(value(&key)?.into()),
                 "--only" => {
                     for s in value(&key)?.split(',').map(str::trim) {
                         if !SECTIONS.contains(&s) {
@@ -109,7 +117,8 @@ impl Args {
                 "-h" | "--help" => {
                     return Err(
                         "usage: rotation [--connections N] [--baseline-sample K] [--rss-jobs N] \
-                         [--metrics-jobs N] [--only budget|latency|calls|rss|metrics]"
+                         [--metrics-jobs N] [--only budget|latency|calls|rss|oneshot|metrics] \
+                         [--oneshot-before-bin PATH]"
                             .to_owned(),
                     );
                 }
@@ -922,6 +931,135 @@ fn find_listen_addr(stderr: &Path) -> Option<SocketAddr> {
     })
 }
 
+/// What one `rotate --all` of the binary did.
+struct OneShot {
+    elapsed: Duration,
+    rotated: usize,
+    code: Option<i32>,
+    requests: usize,
+}
+
+/// Runs `bin rotate --all` on `n` fresh connections (by name) at 100 ms simulator latency,
+/// no write budget, `concurrency` rotation slots (a binary that predates the runner ignores
+/// the setting and runs one job after another).
+async fn oneshot_run(bin: &Path, n: usize, concurrency: usize) -> Result<OneShot, String> {
+    let sim = Simulator::start(SimConfig {
+        latency: LATENCY,
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(|e| format!("simulator: {e}"))?;
+    seed_connections(&sim, n);
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    write_vault(dir.path(), n, 1);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(&sim, n, 0, concurrency, ConnBy::Name, ""),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["rotate", "-c"])
+        .arg(&config)
+        .arg("--all")
+        .env_clear()
+        .env(API_KEY_ENV, API_KEY)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null());
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let requests = sim.requests().iter().filter(not_token).count();
+    sim.shutdown().await;
+    Ok(OneShot {
+        elapsed,
+        rotated: stdout
+            .lines()
+            .filter(|l| l.contains(": rotated and verified"))
+            .count(),
+        code: out.status.code(),
+        requests,
+    })
+}
+
+async fn section_oneshot(args: &Args, report: &mut Report) {
+    let (n, sample) = (args.connections, args.baseline_sample);
+    const SLOTS: usize = 64;
+    header(&format!(
+        "5. One-shot: `rotate --all` on {n} connections, simulator latency {} ms, \
+         write_budget_per_min = 0",
+        LATENCY.as_millis()
+    ));
+    let (before_bin, before_label) = match &args.oneshot_before_bin {
+        Some(p) => (p.clone(), format!("{} (sequential)", p.display())),
+        None => (
+            binary(),
+            "this binary, max_concurrent_rotations = 1".to_owned(),
+        ),
+    };
+    eprintln!("  … rotate --all, {n} connections, max_concurrent_rotations = {SLOTS}");
+    let after = oneshot_run(&binary(), n, SLOTS).await;
+    eprintln!("  … sequential rotate --all on {sample} connections ({before_label})");
+    let before = oneshot_run(&before_bin, sample, 1).await;
+    let show = |what: &str, r: &OneShot, k: usize| {
+        println!(
+            "  {what}: {k} connections in {} = {:.1} ms each; exit {:?}; {} rotated; {} requests",
+            secs(r.elapsed),
+            r.elapsed.as_secs_f64() * 1000.0 / k as f64,
+            r.code,
+            r.rotated,
+            r.requests
+        );
+    };
+    match (after, before) {
+        (Ok(a), Ok(b)) => {
+            show(
+                &format!("after  (max_concurrent_rotations = {SLOTS})"),
+                &a,
+                n,
+            );
+            show(&format!("before ({before_label})"), &b, sample);
+            let full = b.elapsed.as_secs_f64() * n as f64 / sample as f64;
+            let kind = if sample == n {
+                "measured"
+            } else {
+                "extrapolated linearly"
+            };
+            println!("    before, for {n} connections: {full:.1} s ({kind})");
+            let speedup = full / a.elapsed.as_secs_f64();
+            println!("    speed-up: {speedup:.1}x");
+            report.target(
+                format!(
+                    "rotate --all on {n} connections >= 20x faster than sequential ({speedup:.1}x)"
+                ),
+                speedup >= 20.0,
+            );
+            report.target(
+                format!("rotate --all rotated all {n} ({}) and exited 0", a.rotated),
+                a.rotated == n && a.code == Some(0),
+            );
+            if b.rotated != sample {
+                report.target(
+                    format!("sequential run rotated all {sample} ({})", b.rotated),
+                    false,
+                );
+            }
+        }
+        (a, b) => {
+            for (what, r) in [("after", a), ("before", b)] {
+                if let Err(e) = r {
+                    println!("  {what}: error: {e}");
+                }
+            }
+            report.target("one-shot section completed", false);
+        }
+    }
+}
+
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_qlik-rotator"))
 }
@@ -1386,6 +1524,9 @@ fn main() {
         }
         if args.wants("rss") {
             section_rss(&args, &mut report).await;
+        }
+        if args.wants("oneshot") {
+            section_oneshot(&args, &mut report).await;
         }
         if args.wants("metrics") {
             section_metrics(&args, &mut report);

@@ -2,8 +2,14 @@
 //!
 //! The rotate endpoint is disabled (404) unless `metrics.admin_token_file` is set; then it needs
 //! `Authorization: Bearer <token>` (401 without it). Unknown job → 404; accepted → 202.
+//!
+//! The listener knows the daemon only through a narrow [`Handle`]: the metrics to render, a
+//! readiness flag and a trigger sender. It imports nothing from the daemon.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 use axum::{
     Json, Router,
@@ -16,20 +22,70 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::{Daemon, Triggered};
+use crate::metrics::Metrics;
+
+/// Why a trigger did or did not start a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Triggered {
+    /// A run was started.
+    Started,
+    /// No such job.
+    UnknownJob,
+    /// The daemon is shutting down.
+    ShuttingDown,
+}
+
+/// A request to run a job now, answered on `reply`.
+#[derive(Debug)]
+pub struct TriggerRequest {
+    /// The job's name (as sent by the client: unchecked).
+    pub job: String,
+    /// Rotate even when the applied version is current.
+    pub force: bool,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Triggered>,
+}
+
+/// Whether the daemon is ready; set by the daemon, read by `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Sets the flag.
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+
+    /// Reads the flag.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// All the admin listener may see of the daemon.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    /// Rendered by `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Read by `/readyz`.
+    pub ready: Readiness,
+    /// `POST /jobs/{name}/rotate` sends here.
+    pub trigger: mpsc::Sender<TriggerRequest>,
+}
 
 #[derive(Clone)]
 struct AdminState {
-    daemon: Arc<Daemon>,
+    handle: Handle,
     token: Option<Arc<SecretString>>,
 }
 
 /// Serves until `stop` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    daemon: Arc<Daemon>,
+    handle: Handle,
     token: Option<SecretString>,
     stop: CancellationToken,
 ) {
@@ -39,7 +95,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/jobs/{name}/rotate", post(rotate))
         .with_state(AdminState {
-            daemon,
+            handle,
             token: token.map(Arc::new),
         });
     if let Err(e) = axum::serve(listener, app)
@@ -58,8 +114,8 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         )],
         // Streamed in chunks: with 10,000 jobs the exposition is ~17 MB, never held at once.
         axum::body::Body::from_stream(futures_util::stream::iter(
-            s.daemon
-                .metrics()
+            s.handle
+                .metrics
                 .render_chunks()
                 .map(Ok::<_, std::convert::Infallible>),
         )),
@@ -68,7 +124,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.daemon.is_ready() {
+    if s.handle.ready.get() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
@@ -121,7 +177,7 @@ async fn rotate(
         )
             .into_response();
     }
-    match s.daemon.trigger(&name, q.force) {
+    match trigger(&s.handle, name.clone(), q.force).await {
         Triggered::Started => (
             StatusCode::ACCEPTED,
             Json(json!({"job": name, "status": "started", "force": q.force})),
@@ -130,4 +186,15 @@ async fn rotate(
         Triggered::UnknownJob => error(StatusCode::NOT_FOUND, "no such job"),
         Triggered::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
     }
+}
+
+/// Hands the request to the daemon and waits for its answer. A daemon that no longer takes
+/// requests (its receiver gone or full) is shutting down or overloaded: 503.
+async fn trigger(handle: &Handle, job: String, force: bool) -> Triggered {
+    let (reply, answer) = oneshot::channel();
+    let request = TriggerRequest { job, force, reply };
+    if handle.trigger.try_send(request).is_err() {
+        return Triggered::ShuttingDown;
+    }
+    answer.await.unwrap_or(Triggered::ShuttingDown)
 }

@@ -1,13 +1,16 @@
-//! The build phase: turn a validated [`Config`] into live clients and sources. May do I/O
-//! (reading the API key file, loading the AWS configuration); sends nothing to Qlik.
+//! The build phase: turn a validated [`Config`] into one [`App`] (the Qlik client, the secret
+//! sources, the state store, the metrics). May do I/O (reading the API key file, loading the
+//! AWS configuration, locking the state directory); sends nothing to Qlik.
 
 use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     config::{Config, ConfigInput, QlikAuth, SecretLocator},
+    metrics::Metrics,
     qlik::{ClientSettings, Credentials, QlikClient, RetryPolicy},
     rotation::Rotator,
     secrets::{self, AnySource},
+    state::StateStore,
 };
 
 /// Why the build phase failed. Names the config key, never a secret.
@@ -24,6 +27,47 @@ pub enum BuildError {
     /// The HTTP client could not be created.
     #[error("cannot create the HTTP client: {0}")]
     Client(String),
+    /// The state directory cannot be used (in use by another process, unsafe permissions,
+    /// not writable, a symbolic link as state file).
+    #[error("daemon.state_dir: {0}")]
+    State(#[from] crate::state::StateError),
+}
+
+/// Everything a command needs, built once: the rotator (Qlik client and secret sources), the
+/// state store (its directory locked by this process) and the metrics.
+#[derive(Debug)]
+pub struct App {
+    /// The rotator: Qlik client (with its shared write budget) and the secret sources.
+    pub rotator: Arc<Rotator>,
+    /// The state store.
+    pub state: StateStore,
+    /// The metrics (served by `run`; kept but not served by one-shot commands).
+    pub metrics: Arc<Metrics>,
+}
+
+impl App {
+    /// The build phase. The state directory comes first: nothing is built, let alone sent,
+    /// when this process cannot record what it applies.
+    ///
+    /// # Errors
+    /// [`BuildError`], naming the config key.
+    pub async fn build(cfg: &Config, input: &dyn ConfigInput) -> Result<App, BuildError> {
+        let state = StateStore::open(cfg.daemon.state_dir.clone())?;
+        let metrics = Arc::new(Metrics::with_per_job_histogram(
+            cfg.metrics.per_job_duration_histogram,
+        ));
+        metrics.set_state_writable(true);
+        let client = Arc::new(
+            qlik_client(cfg, input)?
+                .with_observer(Arc::new(crate::events::Events::new(metrics.clone()))),
+        );
+        let rotator = Rotator::new(client, sources(cfg).await).with_metrics(metrics.clone());
+        Ok(App {
+            rotator: Arc::new(rotator),
+            state,
+            metrics,
+        })
+    }
 }
 
 /// Builds the Qlik client from `[qlik]`.

@@ -2,12 +2,14 @@
 
 use std::{io::Write, path::Path, process::ExitCode};
 
+use futures_util::StreamExt;
+
 use crate::{
-    app,
+    app::{self, App},
     config::{self, Config, ConfigInput},
     daemon,
     rotation::{Outcome, RunOptions},
-    state::{JobState, StateStore},
+    runner::{JobRuntime, RetryPolicy, Runner},
     text::Escaped,
 };
 
@@ -112,7 +114,7 @@ pub async fn check_config(path: &Path, online: bool, input: &dyn ConfigInput) ->
             } else {
                 job.name.clone()
             };
-            match daemon::preflight(&rotator, job, target).await {
+            match crate::runner::preflight(&rotator, job, target).await {
                 Ok(conn) => crate::outln!(
                     "  {label}: OK (connection {}, {})",
                     Escaped(&conn.id),
@@ -253,16 +255,17 @@ pub async fn plan(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> Ex
     }
 }
 
-/// `rotate`: one line per job; exit 0 only if every job succeeded. Records applied versions in
-/// the same state file as the daemon.
+/// `rotate`: one line per connection; exit 0 only if every one succeeded. Jobs run
+/// concurrently through the [`Runner`] (`daemon.max_concurrent_rotations`, the shared write
+/// budget), as in the daemon, and record applied versions in the same state file. A progress bar shows on a terminal (stderr); a summary ends the run.
 pub async fn rotate(
     path: &Path,
     job: Option<&str>,
     if_changed: bool,
     input: &dyn ConfigInput,
 ) -> ExitCode {
-    let (cfg, rotator) = match setup(path, input).await {
-        Ok(x) => x,
+    let cfg = match load(path, input) {
+        Ok(c) => c,
         Err(code) => return code,
     };
     let jobs = match select(&cfg, job) {
@@ -271,75 +274,131 @@ pub async fn rotate(
     };
     // The same lock as the daemon: never two writers of one state directory, and nothing is
     // sent when the directory cannot record what was applied.
-    let state = match StateStore::open(cfg.daemon.state_dir.clone()) {
-        Ok(s) => s,
+    let app = match App::build(&cfg, input).await {
+        Ok(app) => app,
         Err(e) => {
-            eprintln!("error: daemon.state_dir: {e}");
-            return state_exit(&e);
+            eprintln!("error: {}", Escaped(&e.to_string()));
+            return build_exit(&e);
         }
     };
-    let mut failed = 0;
-    let mut total = 0;
-    for job in &jobs {
-        let last_applied = if if_changed {
-            job.connections
-                .iter()
-                .filter_map(|c| {
-                    state
-                        .get(&job.state_key(c))
-                        .filter(|s| s.applies_to(c))
-                        .map(|s| (c.key(), s.applied_version))
-                })
-                .collect()
-        } else {
-            Default::default()
-        };
-        let reports = rotator
-            .run(
-                job,
-                RunOptions {
-                    last_applied,
-                    ..RunOptions::default()
-                },
-            )
-            .await;
-        rotator.finish_run(job, &reports);
-        for report in reports {
-            total += 1;
-            if !report.outcome.is_success() {
-                failed += 1;
-            }
-            crate::outln!("{}", report.line());
-            let target = job
-                .connections
-                .iter()
-                .find(|c| c.key() == report.connection_key);
-            if let (Outcome::Rotated, Some(conn), Some(version), Some(target)) = (
-                &report.outcome,
-                &report.connection_id,
-                &report.secret_version,
-                target,
-            ) && let Err(e) = state.record(
-                &job.state_key(target),
-                JobState {
-                    connection_id: conn.clone(),
-                    applied_version: version.clone(),
-                    applied_at: chrono::Utc::now().timestamp(),
-                    checked_at: chrono::Utc::now().timestamp(),
-                },
-            ) {
-                eprintln!(
-                    "warning: {} (the daemon will rotate this connection once more)",
-                    Escaped(&e.to_string())
-                );
-            }
-        }
+    // One attempt per run: the client's per-request retries (`qlik.max_attempts`) apply, but
+    // a one-shot does not wait minutes for a run-level retry; its caller reruns it (and a
+    // timeout costs one request timeout, not one per attempt).
+    let retry = RetryPolicy::new(1);
+    let runner = Runner::new(&app, cfg.daemon.max_concurrent_rotations, retry);
+    let tally = run_jobs(
+        &runner,
+        &jobs,
+        !if_changed,
+        cfg.daemon.max_concurrent_rotations,
+    )
+    .await;
+    if let Err(e) = runner.close_state() {
+        eprintln!(
+            "warning: {} (the daemon will rotate the affected connections once more)",
+            Escaped(&e.to_string())
+        );
     }
-    if failed == 0 {
+    tally.print_summary();
+    if tally.failed.is_empty() {
         ExitCode::SUCCESS
     } else {
-        eprintln!("{failed} of {total} rotation(s) failed");
+        eprintln!(
+            "{} of {} rotation(s) failed",
+            tally.failed.len(),
+            tally.total
+        );
         ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// The exit code for a failed build phase.
+fn build_exit(e: &app::BuildError) -> ExitCode {
+    match e {
+        app::BuildError::State(e) => state_exit(e),
+        _ => ExitCode::from(EXIT_USAGE),
+    }
+}
+
+/// Runs `jobs`, at most `width` at once, printing each connection's line as its job ends.
+async fn run_jobs(
+    runner: &Runner,
+    jobs: &[&config::JobConfig],
+    force: bool,
+    width: usize,
+) -> Tally {
+    let bar = progress_bar(jobs.len());
+    let mut tally = Tally::default();
+    let mut runs = futures_util::stream::iter(jobs)
+        .map(|job| async move {
+            let job = JobRuntime::ungated((*job).clone());
+            runner.run_job(&job, force, None).await
+        })
+        .buffer_unordered(width.max(1));
+    while let Some(run) = runs.next().await {
+        // The runner's only skips (already running, stopping, pre-flight) cannot happen
+        // here: each job runs once, ungated, and nothing stops the runner.
+        for report in run.unwrap_or_default() {
+            bar.suspend(|| crate::outln!("{}", report.line()));
+            tally.add(&report);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    tally
+}
+
+/// A progress bar on stderr when it is a terminal; hidden otherwise (logs, CI, tests).
+fn progress_bar(jobs: usize) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if jobs < 2 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(jobs as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{wide_bar}] {pos}/{len} jobs, {per_sec}, eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Counts per outcome, and the failed connections' labels.
+#[derive(Debug, Default)]
+struct Tally {
+    total: usize,
+    outcomes: std::collections::BTreeMap<&'static str, usize>,
+    failed: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, report: &crate::rotation::Report) {
+        self.total += 1;
+        *self.outcomes.entry(report.outcome.label()).or_default() += 1;
+        if let Some(e) = report.outcome.error() {
+            self.failed.push(format!(
+                "{}: {} at {} [{}]",
+                report.label(),
+                report.outcome.label(),
+                e.stage().as_str(),
+                e.error_type()
+            ));
+        }
+    }
+
+    /// The summary table, on stderr (stdout keeps one line per connection).
+    fn print_summary(&self) {
+        let mut out = std::io::stderr().lock();
+        let _ = writeln!(out, "summary: {} rotation(s)", self.total);
+        for (outcome, n) in &self.outcomes {
+            let _ = writeln!(out, "  {outcome:<14} {n:>6}");
+        }
+        if !self.failed.is_empty() {
+            let _ = writeln!(out, "failed:");
+            for f in &self.failed {
+                let _ = writeln!(out, "  {}", Escaped(f));
+            }
+        }
     }
 }
 
@@ -354,7 +413,16 @@ pub async fn run(path: &Path, input: &dyn ConfigInput, release_memory: fn()) -> 
     for w in cfg.warnings() {
         tracing::warn!(key = %w.path, "Risky configuration: {}", w.message);
     }
-    let running = match daemon::start(&cfg, input).await {
+    // Build, then spawn; each failure exits before anything is sent.
+    let built = match App::build(&cfg, input).await {
+        Ok(app) => daemon::admin_token(&cfg, input).map(|token| (app, token)),
+        Err(e) => Err(e.into()),
+    };
+    let spawned = match built {
+        Ok((app, token)) => daemon::spawn(app, &cfg, token).await,
+        Err(e) => Err(e),
+    };
+    let running = match spawned {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {}", Escaped(&e.to_string()));
@@ -499,36 +567,52 @@ pub async fn describe_connector(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let client = match app::qlik_client(&cfg, input) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {}", Escaped(&e.to_string()));
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let specs = match read_api_specs(&cfg, datasource, input).await {
+        Ok(s) => s,
+        Err(code) => return code,
     };
+    print_api_specs(datasource, &specs);
+    match crate::connectors::Connector::lookup(datasource) {
+        Some(c) => print_catalogue_check(datasource, &specs, &c),
+        None => print_generic_job(datasource, &specs, &cfg),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Reads and parses a connector's api-specs from the tenant; prints why not.
+async fn read_api_specs(
+    cfg: &Config,
+    datasource: &str,
+    input: &dyn ConfigInput,
+) -> Result<crate::connectors::specs::ApiSpecs, ExitCode> {
+    let client = app::qlik_client(cfg, input).map_err(|e| {
+        eprintln!("error: {}", Escaped(&e.to_string()));
+        ExitCode::from(EXIT_USAGE)
+    })?;
     let specs = match client.get_api_specs(datasource).await {
         Ok(Some(s)) => s,
         Ok(None) => {
             eprintln!(
                 "error: the tenant has no api-specs for {datasource:?} (unknown or disabled data source)"
             );
-            return ExitCode::from(EXIT_FAILED);
+            return Err(ExitCode::from(EXIT_FAILED));
         }
         Err(e) => {
             eprintln!("error: {}", Escaped(&e.to_string()));
-            return ExitCode::from(EXIT_FAILED);
+            return Err(ExitCode::from(EXIT_FAILED));
         }
     };
-    let specs = match crate::connectors::specs::ApiSpecs::parse(&specs) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!(
-                "error: the api-specs of {} cannot be used: {e}",
-                crate::connectors::specs::printable(datasource, 120)
-            );
-            return ExitCode::from(EXIT_FAILED);
-        }
-    };
+    crate::connectors::specs::ApiSpecs::parse(&specs).map_err(|e| {
+        eprintln!(
+            "error: the api-specs of {} cannot be used: {e}",
+            crate::connectors::specs::printable(datasource, 120)
+        );
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// The property table of an api-specs document.
+fn print_api_specs(datasource: &str, specs: &crate::connectors::specs::ApiSpecs) {
     crate::outln!(
         "{datasource}: {} {} — {} properties{}",
         Escaped(specs.provider.as_deref().unwrap_or("?")),
@@ -568,32 +652,40 @@ pub async fn describe_connector(
             crate::outln!("  {:width$}  {}", "", extra.join("; "));
         }
     }
-    if let Some(c) = crate::connectors::Connector::lookup(datasource) {
-        let schemes: Vec<_> = c.family.schemes.iter().map(|s| s.name).collect();
-        crate::outln!(
-            "\n{datasource} is in the catalogue: use connector = \"{datasource}\" (schemes: {}).",
-            schemes.join(", ")
+}
+
+/// For a catalogue connector: each scheme checked against the tenant's api-specs.
+fn print_catalogue_check(
+    datasource: &str,
+    specs: &crate::connectors::specs::ApiSpecs,
+    c: &crate::connectors::Connector,
+) {
+    let schemes: Vec<_> = c.family.schemes.iter().map(|s| s.name).collect();
+    crate::outln!(
+        "\n{datasource} is in the catalogue: use connector = \"{datasource}\" (schemes: {}).",
+        schemes.join(", ")
+    );
+    for scheme in c.family.schemes {
+        let spec = crate::connectors::BuildSpec::from_catalogue(
+            c,
+            scheme,
+            &std::collections::BTreeMap::new(),
         );
-        for scheme in c.family.schemes {
-            let spec = crate::connectors::BuildSpec::from_catalogue(
-                &c,
-                scheme,
-                &std::collections::BTreeMap::new(),
-            );
-            let checked =
-                crate::connectors::specs::check(datasource, &specs, &spec.writes(), false);
-            if checked.errors.is_empty() && checked.warnings.is_empty() {
-                crate::outln!("  scheme {}: matches these api-specs", scheme.name);
-            }
-            for e in &checked.errors {
-                crate::outln!("  scheme {}: refused: {e}", scheme.name);
-            }
-            for w in &checked.warnings {
-                crate::outln!("  scheme {}: warning: {w}", scheme.name);
-            }
+        let checked = crate::connectors::specs::check(datasource, specs, &spec.writes(), false);
+        if checked.errors.is_empty() && checked.warnings.is_empty() {
+            crate::outln!("  scheme {}: matches these api-specs", scheme.name);
         }
-        return ExitCode::SUCCESS;
+        for e in &checked.errors {
+            crate::outln!("  scheme {}: refused: {e}", scheme.name);
+        }
+        for w in &checked.warnings {
+            crate::outln!("  scheme {}: warning: {w}", scheme.name);
+        }
     }
+}
+
+/// For a connector the catalogue does not know: a `generic` job snippet.
+fn print_generic_job(datasource: &str, specs: &crate::connectors::specs::ApiSpecs, cfg: &Config) {
     let pick = |t: &str| -> Vec<String> {
         specs
             .properties
@@ -626,5 +718,4 @@ pub async fn describe_connector(
     crate::outln!(
         "secret = \"<secret id>\"                 # JSON keys = the property names (or map them in [jobs.fields])"
     );
-    ExitCode::SUCCESS
 }

@@ -1,15 +1,23 @@
-//! `qlik-rotator run`: scheduled rotations with change detection, pre-flight, state, metrics,
-//! the admin listener and graceful shutdown.
+//! `qlik-rotator run`: scheduled rotations, the admin listener and graceful shutdown.
 //!
-//! Lifecycle: build (clients, sources, state, metrics) → admin listener → pre-flight →
-//! scheduler → ready → wait for SIGTERM/SIGINT → stop starting rotations → wait for in-flight
-//! ones (PATCH + verify) up to `shutdown_grace_period` → exit 0.
+//! Lifecycle in phases (linkerd2-proxy's `main` is the model):
+//! 1. load: `commands::run` parses and validates the config (exit 64, nothing built);
+//! 2. build: [`App::build`] locks the state directory, reads the credentials, builds the
+//!    Qlik client, the secret sources and the metrics;
+//! 3. spawn: [`spawn`] starts the admin listener (so `/healthz` and `/metrics` answer during
+//!    pre-flight), pre-flights every connection, starts the scheduler and the `run_on_start`
+//!    jobs, then reports ready;
+//! 4. drain: [`Running::shutdown`] (on SIGTERM/SIGINT) stops starting rotations, waits for
+//!    in-flight ones (PATCH + verify) up to `shutdown_grace_period`, writes the state, exits.
+//!
+//! Each run goes through the [`Runner`], the same as `rotate` uses.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
+    future::Future,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -17,137 +25,22 @@ use std::{
 
 use futures_util::StreamExt;
 use rand::Rng;
-use tokio::sync::Semaphore;
+use secrecy::SecretString;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{
-    admin, app,
-    config::{Config, ConfigInput, ConnectionRef, JobConfig},
-    events::{StateWriteFailed, StateWriteRecovered, StateWriteWhen},
-    metrics::Metrics,
-    qlik::{CachedConnection, DataConnection},
-    rotation::{Outcome, Report, Rotator, RunOptions},
-    state::{JobState, StateStore},
+pub use crate::{
+    admin::Triggered,
+    runner::{FLUSH_BACKOFF_MAX, PreflightError, preflight},
 };
-
-/// Why a job's connection failed pre-flight.
-#[derive(Debug, thiserror::Error)]
-pub enum PreflightError {
-    /// Not found or not readable.
-    #[error("cannot read the connection: {0}")]
-    Read(crate::qlik::QlikError),
-    /// Missing `update` privilege.
-    #[error("connection {0} does not grant the update privilege to this identity")]
-    NoUpdate(String),
-    /// The job's properties do not match the connector's api-specs.
-    #[error("{0}")]
-    Specs(crate::rotation::RotationError),
-    /// Connector mismatch.
-    #[error("connection {id} is a {actual:?} connection, but the job says {expected:?}")]
-    WrongConnector {
-        /// Connection id.
-        id: String,
-        /// Job's connector.
-        expected: String,
-        /// GET's datasourceID.
-        actual: String,
-    },
-}
-
-/// Checks one job's connection: resolvable, `update` privilege, matching connector.
-///
-/// # Errors
-/// [`PreflightError`].
-pub async fn preflight(
-    rotator: &Rotator,
-    job: &JobConfig,
-    target: &ConnectionRef,
-) -> Result<DataConnection, PreflightError> {
-    let conn = rotator
-        .read_connection(job, target)
-        .await
-        .map_err(PreflightError::Read)?;
-    if !conn.has_privilege("update") {
-        return Err(PreflightError::NoUpdate(conn.id));
-    }
-    if conn.datasource_id != job.spec.datasource {
-        return Err(PreflightError::WrongConnector {
-            id: conn.id,
-            expected: job.spec.datasource.clone(),
-            actual: conn.datasource_id,
-        });
-    }
-    rotator
-        .check_specs(job)
-        .await
-        .map_err(PreflightError::Specs)?;
-    Ok(conn)
-}
-
-/// Why a trigger did or did not start a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Triggered {
-    /// A run was started.
-    Started,
-    /// No such job.
-    UnknownJob,
-    /// The daemon is shutting down.
-    ShuttingDown,
-}
-
-/// What the daemon knows about one of a job's connections.
-#[derive(Debug, Default)]
-struct ConnSlot {
-    /// Whether the connection passed pre-flight.
-    preflight_ok: bool,
-    /// The connection as last read (pre-flight or verify GET), so a changed secret costs
-    /// only the PATCH and the verify GET.
-    known: Option<CachedConnection>,
-}
-
-struct JobRuntime {
-    cfg: JobConfig,
-    running: tokio::sync::Mutex<()>,
-    /// One slot per entry of `cfg.connections`, in the same order.
-    conns: Mutex<Box<[ConnSlot]>>,
-}
-
-impl JobRuntime {
-    fn new(cfg: JobConfig) -> Self {
-        let conns = cfg
-            .connections
-            .iter()
-            .map(|_| ConnSlot::default())
-            .collect();
-        JobRuntime {
-            cfg,
-            running: tokio::sync::Mutex::new(()),
-            conns: Mutex::new(conns),
-        }
-    }
-
-    fn slots(&self) -> std::sync::MutexGuard<'_, Box<[ConnSlot]>> {
-        self.conns.lock().expect("connection slots lock")
-    }
-
-    fn preflight_ok(&self) -> bool {
-        self.slots().iter().all(|s| s.preflight_ok)
-    }
-
-    /// Index of the connection whose key is `key`.
-    fn index_of(&self, key: &str) -> Option<usize> {
-        self.cfg.connections.iter().position(|c| c.key() == key)
-    }
-
-    /// Records a passed pre-flight (or a verify GET) for connection `i`.
-    fn remember(&self, i: usize, conn: &DataConnection) {
-        if let Some(slot) = self.slots().get_mut(i) {
-            slot.preflight_ok = true;
-            slot.known = Some(CachedConnection::new(conn));
-        }
-    }
-}
+use crate::{
+    admin::{self, Readiness, TriggerRequest},
+    app::{self, App},
+    config::{Config, ConfigInput},
+    metrics::Metrics,
+    runner::{JobRuntime, RetryPolicy, Runner},
+};
 
 /// The jobs of one cron entry.
 struct ScheduleGroup {
@@ -158,19 +51,12 @@ struct ScheduleGroup {
     dispatching: AtomicBool,
 }
 
-/// The daemon's shared core.
+/// The daemon's shared core: its jobs, the runner and the tasks it started.
 pub struct Daemon {
     jobs: BTreeMap<String, Arc<JobRuntime>>,
-    rotator: Arc<Rotator>,
-    state: StateStore,
-    metrics: Arc<Metrics>,
-    semaphore: Arc<Semaphore>,
-    cancel: CancellationToken,
+    runner: Arc<Runner>,
     tracker: TaskTracker,
-    max_attempts_per_run: u32,
-    ready: AtomicBool,
-    /// Signalled when a state write fails, so the flusher retries it with backoff.
-    state_dirty: tokio::sync::Notify,
+    ready: Readiness,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -182,14 +68,55 @@ impl std::fmt::Debug for Daemon {
 }
 
 impl Daemon {
+    /// The jobs, with the last success of each carried over from the state file.
+    fn new(app: App, cfg: &Config) -> Self {
+        let known_state = app.state.load();
+        let now = chrono::Utc::now().timestamp();
+        app.metrics.register_jobs(&cfg.jobs);
+        let mut jobs = BTreeMap::new();
+        for j in &cfg.jobs {
+            // Carry the last success across restarts, so staleness alerts stay truthful: the
+            // oldest of the job's connections counts.
+            let times: Vec<i64> = (j.connections.iter())
+                .filter_map(|c| {
+                    known_state
+                        .get(&j.state_key(c))
+                        .filter(|s| s.applies_to(c))
+                        .and_then(|s| s.last_known_current(now))
+                })
+                .collect();
+            if times.len() == j.connections.len()
+                && let Some(oldest) = times.into_iter().min()
+            {
+                app.metrics.set_last_success(&j.name, oldest);
+            }
+            jobs.insert(j.name.clone(), Arc::new(JobRuntime::gated(j.clone())));
+        }
+        let retry = RetryPolicy::new(cfg.daemon.max_attempts_per_run);
+        Daemon {
+            jobs,
+            runner: Arc::new(Runner::new(
+                &app,
+                cfg.daemon.max_concurrent_rotations,
+                retry,
+            )),
+            tracker: TaskTracker::new(),
+            ready: Readiness::default(),
+        }
+    }
+
     /// Whether the daemon is ready (scheduler running, pre-flight done, not shutting down).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.cancel.is_cancelled()
+        self.ready.get() && !self.cancel().is_cancelled()
     }
 
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+        self.runner.metrics()
+    }
+
+    fn cancel(&self) -> &CancellationToken {
+        self.runner.cancel_token()
     }
 
     /// Starts a run of `name` now (on demand). Returns at once.
@@ -197,14 +124,28 @@ impl Daemon {
         let Some(job) = self.jobs.get(name).cloned() else {
             return Triggered::UnknownJob;
         };
-        if self.cancel.is_cancelled() {
+        if self.cancel().is_cancelled() {
             return Triggered::ShuttingDown;
         }
+        self.spawn_run(job, force, None);
+        Triggered::Started
+    }
+
+    /// Runs `job` on a task of its own, through the runner.
+    fn spawn_run(
+        self: &Arc<Self>,
+        job: Arc<JobRuntime>,
+        force: bool,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let this = self.clone();
         self.tracker.spawn(async move {
-            this.run_job(&job, force, None).await;
+            let was_failing = !job.preflight_ok();
+            let _ = this.runner.run_job(&job, force, permit).await;
+            if was_failing {
+                this.update_job_gauges();
+            }
         });
-        Triggered::Started
     }
 
     /// Starts the runs of `group` (the jobs of one schedule, or every `run_on_start` job):
@@ -220,263 +161,158 @@ impl Daemon {
             );
             return;
         }
-        let started = tokio::time::Instant::now();
-        let mut order: Vec<(Duration, usize)> = {
+        let delays: Vec<Duration> = {
             let mut rng = rand::rng();
-            group
-                .jobs
-                .iter()
-                .enumerate()
-                .map(|(i, j)| {
-                    let delay = if jitter && !j.cfg.jitter.is_zero() {
-                        rng.random_range(Duration::ZERO..=j.cfg.jitter)
-                    } else {
-                        Duration::ZERO
-                    };
-                    (delay, i)
+            (group.jobs.iter())
+                .map(|j| match j.cfg().jitter {
+                    d if jitter && !d.is_zero() => rng.random_range(Duration::ZERO..=d),
+                    _ => Duration::ZERO,
                 })
                 .collect()
         };
-        order.sort_unstable();
-        for (delay, i) in order {
-            if !delay.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep_until(started + delay) => {}
-                    () = self.cancel.cancelled() => break,
-                }
-            }
-            let permit = tokio::select! {
-                p = self.semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                () = self.cancel.cancelled() => break,
-            };
-            let job = group.jobs[i].clone();
-            let this = self.clone();
-            self.tracker.spawn(async move {
-                this.run_job(&job, false, Some(permit)).await;
-            });
-        }
+        stagger(
+            delays,
+            self.cancel(),
+            || self.runner.slot(),
+            |i, permit| self.spawn_run(group.jobs[i].clone(), false, Some(permit)),
+        )
+        .await;
         group.dispatching.store(false, Ordering::SeqCst);
     }
 
-    async fn run_job(
-        &self,
-        job: &JobRuntime,
-        force: bool,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) {
-        let name = job.cfg.name.as_str();
-        // The same job never runs twice at once.
-        let Ok(_running) = job.running.try_lock() else {
-            tracing::info!(job = name, "Job is still running; skipping this trigger.");
-            return;
-        };
-        let _permit = match permit {
-            Some(p) => p,
-            None => tokio::select! {
-                p = self.semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                () = self.cancel.cancelled() => return,
-            },
-        };
-        if self.cancel.is_cancelled() {
-            return;
-        }
-        // Retry pre-flight of failing connections on each trigger, so a fixed permission
-        // recovers by itself.
-        let failing: Vec<usize> = job
-            .slots()
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.preflight_ok)
-            .map(|(i, _)| i)
-            .collect();
-        if !failing.is_empty() {
-            for i in failing {
-                let conn = &job.cfg.connections[i];
-                match preflight(&self.rotator, &job.cfg, conn).await {
+    /// Pre-flights every connection of every job (concurrently, at most `width` at once);
+    /// failures are reported and skipped, the others run. Each result is kept (compactly) as
+    /// it arrives, so the parsed GETs never pile up.
+    async fn preflight_all(&self, width: usize) {
+        let targets =
+            (self.jobs.values()).flat_map(|j| (0..j.cfg().connections.len()).map(move |i| (j, i)));
+        let rotator = self.runner.rotator();
+        futures_util::stream::iter(targets)
+            .map(|(job, i)| async move {
+                let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
+                (job, i, result)
+            })
+            .buffer_unordered(width)
+            .for_each(|(job, i, result)| {
+                let (name, conn) = (&job.cfg().name, &job.cfg().connections[i]);
+                match result {
                     Ok(c) => {
-                        tracing::info!(job = name, connection = %conn, "Pre-flight now passes.");
                         job.remember(i, &c);
+                        tracing::debug!(job = %name, connection = %conn, "Pre-flight passed.");
                     }
                     Err(e) => {
-                        tracing::warn!(job = name, connection = %conn, error = %e, "Pre-flight still failing; skipping this connection.");
+                        tracing::error!(job = %name, connection = %conn, error = %e, "Pre-flight failed; the connection is skipped until it passes.");
                     }
                 }
+                std::future::ready(())
+            })
+            .await;
+        for job in self.jobs.values() {
+            self.metrics()
+                .set_preflight(&job.cfg().name, job.preflight_ok());
+        }
+        self.update_job_gauges();
+    }
+
+    /// One cron entry per distinct (schedule, time zone), fanning out to its jobs: a cron
+    /// entry costs ~1.3 KB in tokio-cron-scheduler, a job in a group 8 bytes. Returns the
+    /// started scheduler and the number of entries.
+    async fn schedule(self: &Arc<Self>) -> Result<(JobScheduler, usize), StartError> {
+        /// (schedule, time zone name) → the zone and the jobs.
+        type Groups<'a> = BTreeMap<(&'a str, &'a str), (chrono_tz::Tz, Vec<Arc<JobRuntime>>)>;
+        let mut groups = Groups::new();
+        for job in self.jobs.values() {
+            if let Some(schedule) = &job.cfg().schedule {
+                groups
+                    .entry((schedule.as_str(), job.cfg().timezone.name()))
+                    .or_insert_with(|| (job.cfg().timezone, Vec::new()))
+                    .1
+                    .push(job.clone());
             }
-            self.metrics.set_preflight(name, job.preflight_ok());
-            self.update_job_gauges();
         }
-        let mut only: Vec<String> = job
-            .cfg
-            .connections
-            .iter()
-            .zip(job.slots().iter())
-            .filter(|(_, s)| s.preflight_ok)
-            .map(|(c, _)| c.key())
-            .collect();
-        if only.is_empty() {
-            return;
-        }
-        let mut finals: BTreeMap<String, Report> = BTreeMap::new();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            // The store's memory, not the file: a version applied by this process counts even
-            // if its write to disk failed.
-            let last_applied = job
-                .cfg
-                .connections
-                .iter()
-                .filter(|c| only.contains(&c.key()))
-                .filter_map(|c| {
-                    self.state
-                        .get(&job.cfg.state_key(c))
-                        .filter(|s| s.applies_to(c))
-                        .map(|s| (c.key(), s.applied_version))
+        let scheduler_error =
+            |e: tokio_cron_scheduler::JobSchedulerError| StartError::Scheduler(e.to_string());
+        let scheduler = JobScheduler::new().await.map_err(scheduler_error)?;
+        let cron_entries = groups.len();
+        for ((schedule, _), (tz, jobs)) in groups {
+            let first = jobs[0].cfg().name.clone();
+            let group = Arc::new(ScheduleGroup {
+                schedule: format!("{schedule} ({tz})"),
+                jobs: jobs.into_boxed_slice(),
+                dispatching: AtomicBool::new(false),
+            });
+            let (d, g) = (self.clone(), group.clone());
+            let cron = Job::new_async_tz(schedule, tz, move |_id, _l| {
+                let (d, g) = (d.clone(), g.clone());
+                Box::pin(async move {
+                    if !d.cancel().is_cancelled() {
+                        d.tracker.spawn(d.clone().dispatch(g, true));
+                    }
                 })
-                .collect();
-            let known: HashMap<String, DataConnection> = job
-                .cfg
-                .connections
-                .iter()
-                .zip(job.slots().iter())
-                .filter_map(|(c, s)| Some((c.key(), s.known.as_ref()?)))
-                .filter(|(k, _)| only.contains(k))
-                .map(|(k, cached)| (k, cached.get()))
-                .collect();
-            let reports = self
-                .rotator
-                .run(
-                    &job.cfg,
-                    RunOptions {
-                        plan_only: false,
-                        last_applied,
-                        force,
-                        known,
-                        only: Some(only.clone()),
-                    },
-                )
-                .await;
-            let mut retry = Vec::new();
-            for report in reports {
-                let index = job
-                    .index_of(&report.connection_key)
-                    .expect("a report names one of the job's connections");
-                let conn = &job.cfg.connections[index];
-                let now = chrono::Utc::now().timestamp();
-                match &report.outcome {
-                    Outcome::Rotated => {
-                        if let Some(after) = &report.after {
-                            job.remember(index, after);
-                        }
-                        if let (Some(id), Some(version)) =
-                            (&report.connection_id, &report.secret_version)
-                        {
-                            let written = self.state.record(
-                                &job.cfg.state_key(conn),
-                                JobState {
-                                    connection_id: id.clone(),
-                                    applied_version: version.clone(),
-                                    applied_at: now,
-                                    checked_at: now,
-                                },
-                            );
-                            self.state_written(name, written);
-                        }
-                    }
-                    Outcome::Unchanged | Outcome::Planned(_) => {
-                        // Remember that the applied version was still current, so a restart
-                        // does not make the job look stale (written at most hourly).
-                        let written = self.state.touch(&job.cfg.state_key(conn), now);
-                        self.state_written(name, written);
-                    }
-                    Outcome::Failed(e) | Outcome::VerifyFailed(e) => {
-                        // The connection may have changed: read it afresh next time.
-                        if let Some(slot) = job.slots().get_mut(index) {
-                            slot.known = None;
-                        }
-                        if e.is_retriable() {
-                            retry.push(report.connection_key.clone());
-                        }
-                    }
-                }
-                finals.insert(report.connection_key.clone(), report);
-            }
-            if retry.is_empty()
-                || attempt >= self.max_attempts_per_run
-                || self.cancel.is_cancelled()
-            {
-                break;
-            }
-            let delay = Duration::from_secs(1 << attempt.min(6));
-            retry
-                .iter()
-                .filter_map(|k| finals.get(k))
-                .for_each(|r| self.rotator.retrying(r, attempt, delay));
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = self.cancel.cancelled() => break,
-            }
-            only = retry;
+            })
+            .map_err(|e| StartError::Scheduler(format!("job {first}: {e}")))?;
+            scheduler.add(cron).await.map_err(scheduler_error)?;
+            tracing::debug!(schedule = %group.schedule, jobs = group.jobs.len(), "Scheduled.");
         }
-        self.rotator.finish_run(&job.cfg, finals.values());
+        scheduler.start().await.map_err(scheduler_error)?;
+        Ok((scheduler, cron_entries))
     }
 
-    /// Counts a state write and, when it failed, logs it and wakes the flusher. The applied
-    /// version stays in the store's memory either way, so nothing is re-applied.
-    fn state_written(&self, job: &str, written: Result<(), crate::state::StateError>) {
-        match written {
-            // (A touch within the hour writes nothing: the gauge follows the store.)
-            Ok(()) => self.metrics.set_state_writable(!self.state.is_dirty()),
-            Err(e) => {
-                self.rotator.events().emit(StateWriteFailed {
-                    job: Some(job),
-                    error: &e.to_string(),
-                    when: StateWriteWhen::AfterRun,
-                });
-                self.state_dirty.notify_one();
-            }
+    /// Starts every `run_on_start` job (without jitter).
+    fn start_on_start(self: &Arc<Self>) {
+        let jobs: Vec<Arc<JobRuntime>> = (self.jobs.values())
+            .filter(|j| j.cfg().run_on_start)
+            .cloned()
+            .collect();
+        if !jobs.is_empty() {
+            let group = Arc::new(ScheduleGroup {
+                schedule: "run_on_start".to_owned(),
+                jobs: jobs.into_boxed_slice(),
+                dispatching: AtomicBool::new(false),
+            });
+            self.tracker.spawn(self.clone().dispatch(group, false));
         }
     }
 
-    /// Retries a failed state write: after 1 s, then doubling up to [`FLUSH_BACKOFF_MAX`],
-    /// until it succeeds; idle while the file is current. Ends when the daemon stops.
-    async fn state_flusher(self: Arc<Self>) {
-        let mut delay = Duration::from_secs(1);
-        loop {
-            if !self.state.is_dirty() {
-                delay = Duration::from_secs(1);
-                tokio::select! {
-                    () = self.state_dirty.notified() => {}
-                    () = self.cancel.cancelled() => return,
-                }
-                continue;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = self.cancel.cancelled() => return,
-            }
-            match self.state.flush() {
-                Ok(()) => self.rotator.events().emit(StateWriteRecovered),
-                Err(e) => {
-                    delay = (delay * 2).min(FLUSH_BACKOFF_MAX);
-                    self.rotator.events().emit(StateWriteFailed {
-                        job: None,
-                        error: &e.to_string(),
-                        when: StateWriteWhen::Retry(delay),
-                    });
-                }
-            }
+    /// Answers the admin listener's trigger requests until it stops sending.
+    async fn serve_triggers(self: Arc<Self>, mut requests: mpsc::Receiver<TriggerRequest>) {
+        while let Some(r) = requests.recv().await {
+            let _ = r.reply.send(self.trigger(&r.job, r.force));
         }
     }
 
     fn update_job_gauges(&self) {
         let failed = self.jobs.values().filter(|j| !j.preflight_ok()).count();
-        self.metrics.set_jobs(self.jobs.len() - failed, failed);
+        self.metrics().set_jobs(self.jobs.len() - failed, failed);
     }
 }
 
-/// The longest wait between retries of a failed state write.
-pub const FLUSH_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Starts job `i` of `delays` once `delays[i]` has passed (counted from the call) and `slot`
+/// gives a permit, in order of delay; stops when `cancel` fires. The scheduling core of
+/// [`Daemon::dispatch`], apart so it can be tested on paused time.
+async fn stagger<P, S: Future<Output = Option<P>>>(
+    delays: Vec<Duration>,
+    cancel: &CancellationToken,
+    mut slot: impl FnMut() -> S,
+    mut start: impl FnMut(usize, P),
+) {
+    let started = tokio::time::Instant::now();
+    let mut order: Vec<(Duration, usize)> = delays.into_iter().zip(0..).collect();
+    order.sort_unstable();
+    for (delay, i) in order {
+        if !delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep_until(started + delay) => {}
+                () = cancel.cancelled() => break,
+            }
+        }
+        let permit = tokio::select! {
+            p = slot() => match p { Some(p) => p, None => break },
+            () = cancel.cancelled() => break,
+        };
+        start(i, permit);
+    }
+}
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -484,10 +320,10 @@ pub enum StartError {
     /// The state directory cannot be used (in use by another process, unsafe permissions,
     /// not writable, a symbolic link as state file).
     #[error("daemon.state_dir: {0}")]
-    State(#[from] crate::state::StateError),
+    State(crate::state::StateError),
     /// Build phase failed (credentials).
     #[error(transparent)]
-    Build(#[from] app::BuildError),
+    Build(app::BuildError),
     /// The admin listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -502,6 +338,15 @@ pub enum StartError {
     /// The scheduler failed.
     #[error("scheduler: {0}")]
     Scheduler(String),
+}
+
+impl From<app::BuildError> for StartError {
+    fn from(e: app::BuildError) -> Self {
+        match e {
+            app::BuildError::State(e) => StartError::State(e),
+            e => StartError::Build(e),
+        }
+    }
 }
 
 /// A running daemon.
@@ -525,191 +370,73 @@ impl std::fmt::Debug for Running {
     }
 }
 
-/// Builds and starts the daemon: admin listener, pre-flight, scheduler.
+/// Build and spawn: [`App::build`], then [`spawn`].
 ///
 /// # Errors
 /// [`StartError`].
 pub async fn start(cfg: &Config, input: &dyn ConfigInput) -> Result<Running, StartError> {
-    // First, before anything is sent: this process must own a usable state directory.
-    let state = StateStore::open(cfg.daemon.state_dir.clone())?;
-    let metrics = Arc::new(Metrics::with_per_job_histogram(
-        cfg.metrics.per_job_duration_histogram,
-    ));
-    metrics.set_state_writable(true);
-    let client = Arc::new(
-        app::qlik_client(cfg, input)?
-            .with_observer(Arc::new(crate::events::Events::new(metrics.clone()))),
-    );
-    let rotator =
-        Arc::new(Rotator::new(client, app::sources(cfg).await).with_metrics(metrics.clone()));
-    let admin_token = match &cfg.metrics.admin_token_file {
-        None => None,
-        Some(path) => Some(
-            crate::config::SecretLocator::File(path.clone())
-                .read(input)
-                .map_err(StartError::AdminToken)?,
-        ),
-    };
-    let known_state = state.load();
-    let now = chrono::Utc::now().timestamp();
-    metrics.register_jobs(&cfg.jobs);
-    let jobs = cfg
-        .jobs
-        .iter()
-        .map(|j| {
-            // Carry the last success across restarts, so staleness alerts stay truthful: the
-            // oldest of the job's connections counts.
-            let times: Vec<i64> = j
-                .connections
-                .iter()
-                .filter_map(|c| {
-                    known_state
-                        .get(&j.state_key(c))
-                        .filter(|s| s.applies_to(c))
-                        .and_then(|s| s.last_known_current(now))
-                })
-                .collect();
-            if times.len() == j.connections.len()
-                && let Some(oldest) = times.into_iter().min()
-            {
-                metrics.set_last_success(&j.name, oldest);
-            }
-            (j.name.clone(), Arc::new(JobRuntime::new(j.clone())))
-        })
-        .collect();
-    let daemon = Arc::new(Daemon {
-        jobs,
-        rotator,
-        state,
-        metrics,
-        semaphore: Arc::new(Semaphore::new(cfg.daemon.max_concurrent_rotations)),
-        cancel: CancellationToken::new(),
-        tracker: TaskTracker::new(),
-        max_attempts_per_run: cfg.daemon.max_attempts_per_run,
-        ready: AtomicBool::new(false),
-        state_dirty: tokio::sync::Notify::new(),
-    });
-    daemon.tracker.spawn(daemon.clone().state_flusher());
+    let app = App::build(cfg, input).await?;
+    let admin_token = admin_token(cfg, input)?;
+    spawn(app, cfg, admin_token).await
+}
 
+/// Reads `metrics.admin_token_file` (part of the build phase).
+///
+/// # Errors
+/// [`StartError::AdminToken`].
+pub fn admin_token(
+    cfg: &Config,
+    input: &dyn ConfigInput,
+) -> Result<Option<SecretString>, StartError> {
+    cfg.metrics
+        .admin_token_file
+        .as_ref()
+        .map(|path| crate::config::SecretLocator::File(path.clone()).read(input))
+        .transpose()
+        .map_err(StartError::AdminToken)
+}
+
+/// The spawn phase: admin listener, pre-flight, scheduler, `run_on_start` jobs; then ready.
+///
+/// # Errors
+/// [`StartError`] when the listener cannot bind or the scheduler fails.
+pub async fn spawn(
+    app: App,
+    cfg: &Config,
+    admin_token: Option<SecretString>,
+) -> Result<Running, StartError> {
+    let daemon = Arc::new(Daemon::new(app, cfg));
+    daemon.tracker.spawn(daemon.runner.clone().state_flusher());
     // The admin listener first, so /healthz and /metrics answer during pre-flight.
-    let listener = tokio::net::TcpListener::bind(cfg.metrics.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: cfg.metrics.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+    let listen_error = |source| StartError::Listen {
         addr: cfg.metrics.listen,
         source,
-    })?;
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.metrics.listen)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
+    let (trigger, requests) = mpsc::channel(64);
+    tokio::spawn(daemon.clone().serve_triggers(requests));
+    let handle = admin::Handle {
+        metrics: daemon.metrics().clone(),
+        ready: daemon.ready.clone(),
+        trigger,
+    };
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
         listener,
-        daemon.clone(),
+        handle,
         admin_token,
         admin_stop.clone(),
     ));
     tracing::info!(%addr, "Serving /metrics, /healthz, /readyz.");
-
-    // Pre-flight every connection of every job (concurrently, bounded); failures are
-    // reported and skipped, the others run.
-    // Each result is kept (compactly) as it arrives, so the parsed GETs never pile up.
-    let targets = daemon
-        .jobs
-        .values()
-        .flat_map(|j| (0..j.cfg.connections.len()).map(move |i| (j, i)));
-    futures_util::stream::iter(targets)
-        .map(|(job, i)| {
-            let rotator = &daemon.rotator;
-            async move {
-                let result = preflight(rotator, &job.cfg, &job.cfg.connections[i]).await;
-                (job, i, result)
-            }
-        })
-        .buffer_unordered(cfg.daemon.max_concurrent_rotations.max(8))
-        .for_each(|(job, i, result)| {
-            let conn = &job.cfg.connections[i];
-            match result {
-                Ok(c) => {
-                    job.remember(i, &c);
-                    tracing::debug!(job = %job.cfg.name, connection = %conn, "Pre-flight passed.");
-                }
-                Err(e) => {
-                    tracing::error!(job = %job.cfg.name, connection = %conn, error = %e, "Pre-flight failed; the connection is skipped until it passes.");
-                }
-            }
-            std::future::ready(())
-        })
+    daemon
+        .preflight_all(cfg.daemon.max_concurrent_rotations.max(8))
         .await;
-    for job in daemon.jobs.values() {
-        daemon
-            .metrics
-            .set_preflight(&job.cfg.name, job.preflight_ok());
-    }
-    daemon.update_job_gauges();
-
-    // One cron entry per distinct (schedule, time zone), fanning out to its jobs: a cron
-    // entry costs ~1.3 KB in tokio-cron-scheduler, a job in a group 8 bytes.
-    /// (schedule, time zone name) → the zone and the jobs.
-    type Groups<'a> = BTreeMap<(&'a str, &'a str), (chrono_tz::Tz, Vec<Arc<JobRuntime>>)>;
-    let mut groups = Groups::new();
-    for job in daemon.jobs.values() {
-        if let Some(schedule) = &job.cfg.schedule {
-            groups
-                .entry((schedule.as_str(), job.cfg.timezone.name()))
-                .or_insert_with(|| (job.cfg.timezone, Vec::new()))
-                .1
-                .push(job.clone());
-        }
-    }
-    let scheduler = JobScheduler::new()
-        .await
-        .map_err(|e| StartError::Scheduler(e.to_string()))?;
-    let cron_entries = groups.len();
-    for ((schedule, _), (tz, jobs)) in groups {
-        let group = Arc::new(ScheduleGroup {
-            schedule: format!("{schedule} ({tz})"),
-            jobs: jobs.into_boxed_slice(),
-            dispatching: AtomicBool::new(false),
-        });
-        let d = daemon.clone();
-        let first = group.jobs[0].cfg.name.clone();
-        let g = group.clone();
-        let cron = Job::new_async_tz(schedule, tz, move |_id, _l| {
-            let d = d.clone();
-            let g = g.clone();
-            Box::pin(async move {
-                if !d.cancel.is_cancelled() {
-                    d.tracker.spawn(d.clone().dispatch(g, true));
-                }
-            })
-        })
-        .map_err(|e| StartError::Scheduler(format!("job {first}: {e}")))?;
-        scheduler
-            .add(cron)
-            .await
-            .map_err(|e| StartError::Scheduler(e.to_string()))?;
-        tracing::debug!(schedule = %group.schedule, jobs = group.jobs.len(), "Scheduled.");
-    }
-    scheduler
-        .start()
-        .await
-        .map_err(|e| StartError::Scheduler(e.to_string()))?;
-    let on_start: Vec<Arc<JobRuntime>> = daemon
-        .jobs
-        .values()
-        .filter(|j| j.cfg.run_on_start)
-        .cloned()
-        .collect();
-    if !on_start.is_empty() {
-        let group = Arc::new(ScheduleGroup {
-            schedule: "run_on_start".to_owned(),
-            jobs: on_start.into_boxed_slice(),
-            dispatching: AtomicBool::new(false),
-        });
-        daemon.tracker.spawn(daemon.clone().dispatch(group, false));
-    }
-    daemon.ready.store(true, Ordering::SeqCst);
+    let (scheduler, cron_entries) = daemon.schedule().await?;
+    daemon.start_on_start();
+    daemon.ready.set(true);
     tracing::info!(jobs = daemon.jobs.len(), "Daemon ready.");
     Ok(Running {
         daemon,
@@ -732,7 +459,8 @@ impl Running {
     /// the admin listener. Returns whether everything finished in time.
     pub async fn shutdown(mut self) -> bool {
         let d = &self.daemon;
-        d.cancel.cancel();
+        d.ready.set(false);
+        d.cancel().cancel();
         let _ = self.scheduler.shutdown().await;
         d.tracker.close();
         tracing::info!(
@@ -751,14 +479,8 @@ impl Running {
             );
         }
         // A last try for a write that failed, then the lock goes.
-        if let Err(e) = d.state.flush() {
-            d.rotator.events().emit(StateWriteFailed {
-                job: None,
-                error: &e.to_string(),
-                when: StateWriteWhen::Shutdown,
-            });
-        }
-        d.state.close();
+        // A failure is logged and counted by the StateWriteFailed event close_state emits.
+        let _ = d.runner.close_state();
         self.admin_stop.cancel();
         let _ = self.admin_task.await;
         finished
@@ -785,4 +507,93 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    //! The scheduling core on paused tokio time: no network, no real clock.
+    use std::sync::Mutex;
+
+    use tokio::{sync::Semaphore, time::Instant};
+
+    use super::*;
+
+    /// Runs [`stagger`] over `delays` with `slots` rotation slots; each started job holds its
+    /// slot for `hold`. Returns (job, start offset) in start order.
+    async fn starts(delays: &[u64], slots: usize, hold: Duration) -> Vec<(usize, Duration)> {
+        let t0 = Instant::now();
+        let limit = Arc::new(Semaphore::new(slots));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let tracker = TaskTracker::new();
+        stagger(
+            delays.iter().map(|s| Duration::from_secs(*s)).collect(),
+            &CancellationToken::new(),
+            || {
+                let l = limit.clone();
+                async move { l.acquire_owned().await.ok() }
+            },
+            |i, permit| {
+                log.lock().unwrap().push((i, t0.elapsed()));
+                tracker.spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    drop(permit);
+                });
+            },
+        )
+        .await;
+        tracker.close();
+        tracker.wait().await;
+        Arc::try_unwrap(log).unwrap().into_inner().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jobs_start_in_order_of_their_jitter_delay_and_not_before_it() {
+        let got = starts(&[30, 0, 5, 5, 1], 10, Duration::ZERO).await;
+        let secs: Vec<(usize, u64)> = got.iter().map(|(i, d)| (*i, d.as_secs())).collect();
+        assert_eq!(secs, [(1, 0), (4, 1), (2, 5), (3, 5), (0, 30)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_waits_for_a_free_rotation_slot() {
+        // Two slots, each run holds its slot 10 s: jobs start in pairs, 10 s apart.
+        let got = starts(&[0, 0, 0, 0, 0], 2, Duration::from_secs(10)).await;
+        let secs: Vec<u64> = got.iter().map(|(_, d)| d.as_secs()).collect();
+        assert_eq!(secs, [0, 0, 10, 10, 20]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_stops_starting_jobs_even_during_a_delay() {
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(7)).await;
+            c.cancel();
+        });
+        let mut started = Vec::new();
+        stagger(
+            [0, 5, 60, 3600].map(Duration::from_secs).to_vec(),
+            &cancel,
+            || async { Some(()) },
+            |i, ()| started.push(i),
+        )
+        .await;
+        assert_eq!(started, [0, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_slot_source_ends_the_dispatch() {
+        let mut started = Vec::new();
+        let mut given = 0;
+        stagger(
+            vec![Duration::ZERO; 4],
+            &CancellationToken::new(),
+            || {
+                given += 1;
+                std::future::ready((given <= 2).then_some(()))
+            },
+            |i, ()| started.push(i),
+        )
+        .await;
+        assert_eq!(started, [0, 1]);
+    }
 }

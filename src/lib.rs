@@ -13,6 +13,7 @@ pub mod events;
 pub mod metrics;
 pub mod qlik;
 pub mod rotation;
+pub mod runner;
 pub mod secrets;
 /// The simulator, crate `qlik-sim` (`crates/qlik-sim`). Kept as an alias so code written before
 /// the workspace still compiles; new code names `qlik_sim` directly.

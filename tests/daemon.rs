@@ -836,3 +836,65 @@ async fn rust_log_trace_never_shows_wire_level_lines() {
         "the API key leaked into logs"
     );
 }
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_within_the_run_and_counted_once() {
+    // (max_attempts_per_run, PATCH statuses on sales-s3, the run's outcome)
+    let cases: [(u32, &[u16], &str); 2] = [(2, &[503, 204], "rotated"), (1, &[503], "failed")];
+    println!("{} cases", cases.len());
+    for (per_run, statuses, outcome) in cases {
+        let sim = tenant(SimConfig::default()).await;
+        sim.inject(Fault::Status {
+            method: Some("PATCH".into()),
+            path_prefix: Some(format!("/api/v1/data-connections/{S3_ID}")),
+            status: 503,
+            times: 1,
+        });
+        let dir = tempfile::tempdir().unwrap();
+        standard_secrets(dir.path());
+        // One attempt per request in the client, so the 503 reaches the runner's policy.
+        let text = local_config(&sim, "run_on_start = true", "")
+            .replace(
+                "api_key_env = \"QLIK_API_KEY\"\n",
+                "api_key_env = \"QLIK_API_KEY\"\nmax_attempts = 1\n",
+            )
+            .replace(
+                "state_dir = \"state\"\n",
+                &format!("state_dir = \"state\"\nmax_attempts_per_run = {per_run}\n"),
+            );
+        let r = start(dir.path(), &text).await;
+        let text = wait_outcome(&r, "sales-s3", outcome).await;
+        // The failed attempt is an error; the run is one outcome, not one per attempt.
+        let errors = [
+            ("job", "sales-s3"),
+            ("stage", "apply"),
+            ("error_type", "server_error"),
+        ];
+        assert_eq!(
+            metric(&text, "qlik_rotator_errors_total", &errors),
+            Some(1.0)
+        );
+        let other = if outcome == "rotated" {
+            "failed"
+        } else {
+            "rotated"
+        };
+        assert_eq!(
+            metric(
+                &text,
+                "qlik_rotator_rotations_total",
+                &[("job", "sales-s3"), ("outcome", other)]
+            )
+            .unwrap_or(0.0),
+            0.0,
+            "{text}"
+        );
+        assert!(r.shutdown().await);
+        let got: Vec<u16> = with_method(&sim, "PATCH")
+            .iter()
+            .filter(|p| p.path.ends_with(S3_ID))
+            .map(|p| p.status)
+            .collect();
+        assert_eq!(got, statuses, "max_attempts_per_run = {per_run}");
+    }
+}

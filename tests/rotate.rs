@@ -423,3 +423,289 @@ async fn the_demo_rotates_and_verifies_everything() {
     assert!(out.stdout.contains("unchanged (secret version"));
     assert!(out.stdout.contains("requests sent to the tenant: 0"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// `rotate --all` through the job runner: concurrency, the shared write budget, one retry
+// policy, the summary. A file vault, so the timings are the simulator's alone.
+// ---------------------------------------------------------------------------------------------
+
+/// The canary password of every file-vault job: asserted absent from every output.
+const CANARY_PW: &str = "CANARY-runner-pw-7f3a";
+
+/// `n` SQL Server jobs `j0..` over a file vault; `qlik_extra` goes into `[qlik]`, `daemon`
+/// into `[daemon]`. Returns the simulator, the directory and the config path.
+async fn sql_world(
+    n: usize,
+    sim_cfg: SimConfig,
+    qlik_extra: &str,
+    daemon: &str,
+) -> (qlik_rotator::sim::Simulator, tempfile::TempDir, String) {
+    let sim = qlik_rotator::sim::Simulator::start(sim_cfg).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("vault")).unwrap();
+    let mut jobs = String::new();
+    for i in 0..n {
+        let id = sim.add_connection(qlik_rotator::sim::SeedConnection::new(
+            format!("c{i}"),
+            "mssql",
+            json!({"host": "h", "username": "u"}),
+        ));
+        std::fs::write(
+            dir.path().join("vault").join(format!("s{i}.json")),
+            format!(r#"{{"username":"u{i}","password":"{CANARY_PW}-{i}"}}"#),
+        )
+        .unwrap();
+        jobs.push_str(&format!(
+            "[[jobs]]\nname = \"j{i}\"\nconnection = {{ id = \"{id}\" }}\nconnector = \"mssql\"\nsource = \"vault\"\nsecret = \"s{i}\"\n"
+        ));
+    }
+    let text = format!(
+        "{}{qlik_extra}\n[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\n{daemon}\n{jobs}",
+        qlik_section(&sim)
+    );
+    let config = write_config(dir.path(), &text);
+    (sim, dir, config.to_str().unwrap().to_owned())
+}
+
+fn key_env() -> Vec<(String, String)> {
+    env(&[("QLIK_API_KEY", API_KEY)])
+}
+
+fn assert_no_canary(out: &CliOutput) {
+    assert!(
+        !out.stdout.contains(CANARY_PW) && !out.stderr.contains(CANARY_PW),
+        "the secret leaked: {out:?}"
+    );
+}
+
+/// Whether every connection was first read before any connection was patched: true when the
+/// jobs ran at once, false when they ran one after another.
+fn all_read_before_any_patch(sim: &qlik_rotator::sim::Simulator) -> bool {
+    let reqs = sim.requests();
+    let first_patch = reqs
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.at)
+        .min()
+        .expect("a PATCH");
+    let conn_gets: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/api/v1/data-connections/"))
+        .collect();
+    let read: std::collections::HashSet<&str> = conn_gets
+        .iter()
+        .filter(|r| r.at < first_patch)
+        .map(|r| r.path.as_str())
+        .collect();
+    let all: std::collections::HashSet<&str> = conn_gets.iter().map(|r| r.path.as_str()).collect();
+    read == all
+}
+
+#[tokio::test]
+async fn rotate_all_runs_jobs_concurrently_and_records_every_one() {
+    let latency = SimConfig {
+        latency: Duration::from_millis(150),
+        ..SimConfig::default()
+    };
+    let (sim, _dir, config) =
+        sql_world(8, latency.clone(), "", "max_concurrent_rotations = 8").await;
+    let out = run_cli(&["rotate", "-c", &config, "--all"], &key_env()).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_no_canary(&out);
+    // One stdout line per job, as before; nothing else on stdout.
+    assert_eq!(out.stdout.lines().count(), 8, "{}", out.stdout);
+    for i in 0..8 {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("j{i}: rotated and verified"))),
+            "{}",
+            out.stdout
+        );
+    }
+    assert!(
+        all_read_before_any_patch(&sim),
+        "jobs ran one after another"
+    );
+    assert_eq!(with_method(&sim, "PATCH").len(), 8);
+    // Not a terminal: no progress bar; the summary on stderr.
+    assert!(!out.stderr.contains('\r') && !out.stderr.contains(" jobs, "));
+    assert!(
+        out.stderr.contains("summary: 8 rotation(s)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("  rotated             8"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("failed:"), "{}", out.stderr);
+
+    // Every concurrent state write landed: a second run sends nothing.
+    sim.clear_requests();
+    let out = run_cli(
+        &["rotate", "-c", &config, "--all", "--if-changed"],
+        &key_env(),
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout.matches(": unchanged (secret version").count(),
+        8,
+        "{}",
+        out.stdout
+    );
+    assert!(sim.requests().is_empty(), "{:?}", sim.requests());
+    assert!(
+        out.stderr.contains("  unchanged           8"),
+        "{}",
+        out.stderr
+    );
+
+    // Control: one rotation slot is the old sequential loop, and the check above sees it.
+    let (sim, _dir, config) = sql_world(3, latency, "", "max_concurrent_rotations = 1").await;
+    let out = run_cli(&["rotate", "-c", &config, "--all"], &key_env()).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!all_read_before_any_patch(&sim));
+}
+
+#[tokio::test]
+async fn rotate_all_lists_failed_jobs_in_the_summary_and_exits_1() {
+    let (sim, dir, config) = sql_world(4, SimConfig::default(), "", "").await;
+    // j1: no update privilege; j2: a secret that is not JSON. Neither may be patched.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let id_of = |job: &str| -> String {
+        let at = text.find(&format!("name = \"{job}\"")).unwrap();
+        let rest = &text[at..];
+        let start = rest.find("id = \"").unwrap() + 6;
+        rest[start..start + 36].to_owned()
+    };
+    sim.set_privileges(&id_of("j1"), vec!["read".into(), "list".into()]);
+    std::fs::write(
+        dir.path().join("vault/s2.json"),
+        format!("not json {CANARY_PW}\u{1b}[2J\nj2: rotated and verified (forged)"),
+    )
+    .unwrap();
+    let out = run_cli(&["rotate", "-c", &config, "--all"], &key_env()).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_no_canary(&out);
+    assert_eq!(out.stdout.lines().count(), 4, "{}", out.stdout);
+    assert!(!out.stdout.contains('\u{1b}') && !out.stderr.contains('\u{1b}'));
+    assert!(!out.stdout.contains("(forged)") && !out.stderr.contains("(forged)"));
+    let summary = &out.stderr[out.stderr.find("summary: 4 rotation(s)").expect("summary")..];
+    assert!(summary.contains("  failed              2"), "{summary}");
+    assert!(summary.contains("  rotated             2"), "{summary}");
+    let failed = &summary[summary.find("failed:\n").expect("failed list")..];
+    assert!(
+        failed.contains("  j1: failed at resolve [no_update_privilege]"),
+        "{failed}"
+    );
+    assert!(failed.contains("  j2: failed at build ["), "{failed}");
+    assert!(!failed.contains("j0") && !failed.contains("j3"), "{failed}");
+    assert!(out.stderr.contains("2 of 4 rotation(s) failed"));
+    let patched: Vec<String> = with_method(&sim, "PATCH")
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(patched.len(), 2);
+    for job in ["j1", "j2"] {
+        assert!(!patched.iter().any(|p| p.ends_with(&id_of(job))), "{job}");
+    }
+}
+
+/// Gaps between the arrivals of consecutive PATCHes.
+fn patch_gaps(sim: &qlik_rotator::sim::Simulator) -> Vec<Duration> {
+    let mut at: Vec<_> = with_method(sim, "PATCH").iter().map(|r| r.at).collect();
+    at.sort();
+    at.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[tokio::test]
+async fn rotate_all_runs_under_one_shared_write_budget() {
+    // 300 writes a minute: one every ~204 ms, whichever job writes.
+    let (sim, _dir, config) = sql_world(
+        6,
+        SimConfig::default(),
+        "write_budget_per_min = 300",
+        "max_concurrent_rotations = 6",
+    )
+    .await;
+    let out = run_cli(&["rotate", "-c", &config, "--all"], &key_env()).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_no_canary(&out);
+    let gaps = patch_gaps(&sim);
+    assert_eq!(gaps.len(), 5);
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(150)),
+        "{gaps:?}"
+    );
+
+    // Control: without a budget the concurrent jobs write together (so the check can fail).
+    let (sim, _dir, config) = sql_world(
+        6,
+        SimConfig::default(),
+        "write_budget_per_min = 0",
+        "max_concurrent_rotations = 6",
+    )
+    .await;
+    let out = run_cli(&["rotate", "-c", &config, "--all"], &key_env()).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let gaps = patch_gaps(&sim);
+    assert!(
+        gaps.iter().any(|g| *g < Duration::from_millis(100)),
+        "{gaps:?}"
+    );
+}
+
+#[tokio::test]
+async fn rotate_is_one_attempt_per_run_with_the_clients_request_retries() {
+    let fault = || Fault::Status {
+        method: Some("PATCH".into()),
+        path_prefix: None,
+        status: 503,
+        times: 1,
+    };
+    // The client retries the request (default qlik.max_attempts = 5).
+    let (sim, _dir, config) = sql_world(1, SimConfig::default(), "", "").await;
+    sim.inject(fault());
+    let out = run_cli(&["rotate", "-c", &config, "--all"], &key_env()).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_no_canary(&out);
+    assert!(
+        out.stdout.starts_with("j0: rotated and verified"),
+        "{}",
+        out.stdout
+    );
+    let statuses: Vec<u16> = with_method(&sim, "PATCH")
+        .iter()
+        .map(|p| p.status)
+        .collect();
+    assert_eq!(statuses, [503, 204]);
+
+    // One request attempt: the failure is the run's outcome; no run-level retry, whatever
+    // daemon.max_attempts_per_run says (the daemon's own retries are tested in tests/daemon.rs).
+    let (sim, _dir, config) = sql_world(
+        1,
+        SimConfig::default(),
+        "max_attempts = 1",
+        "max_attempts_per_run = 3",
+    )
+    .await;
+    sim.inject(fault());
+    let out = run_cli(&["rotate", "-c", &config, "--all"], &key_env()).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_no_canary(&out);
+    assert!(
+        out.stdout.starts_with("j0: failed at apply [server_error]"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stderr.contains("Retrying the failed connections."));
+    let statuses: Vec<u16> = with_method(&sim, "PATCH")
+        .iter()
+        .map(|p| p.status)
+        .collect();
+    assert_eq!(statuses, [503]);
+    assert!(out.stderr.contains("j0: failed at apply [server_error]"));
+}

@@ -1,0 +1,564 @@
+//! The job runner: one run of one job, the same for `rotate`, for the daemon's schedules and
+//! for the admin trigger.
+//!
+//! A run: take a rotation slot (the concurrency limit) → re-try pre-flight of the connections
+//! that failed it (daemon only) → read the applied versions (change detection) → rotate →
+//! settle each report (state write, error metric, forget a connection that may have changed)
+//! → retry the retriable failures through [`RetryPolicy`] → record the run's metrics once.
+//! The write budget is the Qlik client's shared write gate, so every run of one process
+//! shares it, whoever started the run.
+
+use std::{sync::Arc, time::Duration};
+
+use backon::BackoffBuilder;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    app::App,
+    config::{ConnectionRef, JobConfig},
+    events::{StateWriteFailed, StateWriteRecovered, StateWriteWhen},
+    metrics::Metrics,
+    qlik::{CachedConnection, DataConnection},
+    rotation::{Outcome, Report, RotationError, Rotator, RunOptions},
+    state::{JobState, StateError, StateStore},
+};
+
+/// Why a job's connection failed pre-flight.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// Not found or not readable.
+    #[error("cannot read the connection: {0}")]
+    Read(crate::qlik::QlikError),
+    /// Missing `update` privilege.
+    #[error("connection {0} does not grant the update privilege to this identity")]
+    NoUpdate(String),
+    /// The job's properties do not match the connector's api-specs.
+    #[error("{0}")]
+    Specs(RotationError),
+    /// Connector mismatch.
+    #[error("connection {id} is a {actual:?} connection, but the job says {expected:?}")]
+    WrongConnector {
+        /// Connection id.
+        id: String,
+        /// Job's connector.
+        expected: String,
+        /// GET's datasourceID.
+        actual: String,
+    },
+}
+
+/// Checks one job's connection: resolvable, `update` privilege, matching connector.
+///
+/// # Errors
+/// [`PreflightError`].
+pub async fn preflight(
+    rotator: &Rotator,
+    job: &JobConfig,
+    target: &ConnectionRef,
+) -> Result<DataConnection, PreflightError> {
+    let conn = rotator
+        .read_connection(job, target)
+        .await
+        .map_err(PreflightError::Read)?;
+    if !conn.has_privilege("update") {
+        return Err(PreflightError::NoUpdate(conn.id));
+    }
+    if conn.datasource_id != job.spec.datasource {
+        return Err(PreflightError::WrongConnector {
+            id: conn.id,
+            expected: job.spec.datasource.clone(),
+            actual: conn.datasource_id,
+        });
+    }
+    rotator
+        .check_specs(job)
+        .await
+        .map_err(PreflightError::Specs)?;
+    Ok(conn)
+}
+
+/// The one retry policy of a run: which failures are tried again (the classifier), how often,
+/// and how long to wait in between (exponential, through `backon`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per run, the first included (`daemon.max_attempts_per_run`).
+    pub max_attempts: u32,
+    /// The wait before the first retry; doubles each time.
+    pub first_delay: Duration,
+    /// The longest wait.
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// `max_attempts` attempts, waiting 2 s, 4 s, 8 s, … up to 64 s in between.
+    pub fn new(max_attempts: u32) -> Self {
+        RetryPolicy {
+            max_attempts: max_attempts.max(1),
+            first_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(64),
+        }
+    }
+
+    /// The classifier: whether a failed connection is tried again in the same run (a
+    /// transient Qlik or vault failure: 429, 5xx, timeouts, connection errors). Everything
+    /// else (a refusal, a mismatch, bad input) fails the run at once.
+    pub fn should_retry(error: &RotationError) -> bool {
+        error.is_retriable()
+    }
+
+    /// The waits between attempts: `max_attempts - 1` of them, without jitter (the runs of
+    /// a schedule are already spread by `jitter`).
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.first_delay)
+            .with_max_delay(self.max_delay)
+            .with_factor(2.0)
+            .with_max_times(self.max_attempts.saturating_sub(1) as usize)
+            .build()
+    }
+}
+
+/// What the runner knows about one of a job's connections.
+#[derive(Debug, Default)]
+struct ConnSlot {
+    /// Whether the connection passed pre-flight (always, for a run without pre-flight).
+    preflight_ok: bool,
+    /// The connection as last read (pre-flight or verify GET), so a changed secret costs
+    /// only the PATCH and the verify GET.
+    known: Option<CachedConnection>,
+}
+
+/// One job as the runner holds it: its config, a lock so it never runs twice at once, and
+/// what is known about its connections.
+#[derive(Debug)]
+pub struct JobRuntime {
+    cfg: JobConfig,
+    running: tokio::sync::Mutex<()>,
+    /// One slot per entry of `cfg.connections`, in the same order.
+    conns: std::sync::Mutex<Box<[ConnSlot]>>,
+}
+
+impl JobRuntime {
+    /// A job whose connections must pass pre-flight before they are rotated (the daemon).
+    pub fn gated(cfg: JobConfig) -> Self {
+        Self::with(cfg, false)
+    }
+
+    /// A job rotated without pre-flight (`rotate`: the run reads and checks each connection
+    /// itself and reports a refusal as its outcome).
+    pub fn ungated(cfg: JobConfig) -> Self {
+        Self::with(cfg, true)
+    }
+
+    fn with(cfg: JobConfig, preflight_ok: bool) -> Self {
+        let conns = cfg
+            .connections
+            .iter()
+            .map(|_| ConnSlot {
+                preflight_ok,
+                known: None,
+            })
+            .collect();
+        JobRuntime {
+            cfg,
+            running: tokio::sync::Mutex::new(()),
+            conns: std::sync::Mutex::new(conns),
+        }
+    }
+
+    /// The job's config.
+    pub fn cfg(&self) -> &JobConfig {
+        &self.cfg
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Box<[ConnSlot]>> {
+        self.conns.lock().expect("connection slots lock")
+    }
+
+    /// Whether every connection passed pre-flight.
+    pub fn preflight_ok(&self) -> bool {
+        self.slots().iter().all(|s| s.preflight_ok)
+    }
+
+    /// Records a passed pre-flight (or a verify GET) for connection `i`.
+    pub fn remember(&self, i: usize, conn: &DataConnection) {
+        if let Some(slot) = self.slots().get_mut(i) {
+            slot.preflight_ok = true;
+            slot.known = Some(CachedConnection::new(conn));
+        }
+    }
+
+    fn forget(&self, i: usize) {
+        if let Some(slot) = self.slots().get_mut(i) {
+            slot.known = None;
+        }
+    }
+
+    /// Indexes of the connections that have not passed pre-flight.
+    fn failing(&self) -> Vec<usize> {
+        (self.slots().iter().enumerate())
+            .filter(|(_, s)| !s.preflight_ok)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Indexes of the connections that passed pre-flight.
+    fn passing(&self) -> Vec<usize> {
+        (self.slots().iter().enumerate())
+            .filter(|(_, s)| s.preflight_ok)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn index_of(&self, key: &str) -> Option<usize> {
+        self.cfg.connections.iter().position(|c| c.key() == key)
+    }
+}
+
+/// Why a run did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped {
+    /// The same job is running.
+    AlreadyRunning,
+    /// The runner is stopping.
+    ShuttingDown,
+    /// No connection of the job has passed pre-flight.
+    NoConnection,
+}
+
+/// Runs jobs: shared by every caller in one process.
+#[derive(Debug)]
+pub struct Runner {
+    rotator: Arc<Rotator>,
+    state: StateStore,
+    metrics: Arc<Metrics>,
+    limit: Arc<Semaphore>,
+    cancel: CancellationToken,
+    retry: RetryPolicy,
+    /// Signalled when a state write fails, so [`Runner::state_flusher`] retries it.
+    state_dirty: tokio::sync::Notify,
+}
+
+/// The longest wait between retries of a failed state write.
+pub const FLUSH_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+impl Runner {
+    /// A runner over the app's rotator, state and metrics, with at most `max_concurrent`
+    /// runs at once.
+    pub fn new(app: &App, max_concurrent: usize, retry: RetryPolicy) -> Self {
+        Runner {
+            rotator: app.rotator.clone(),
+            state: app.state.clone(),
+            metrics: app.metrics.clone(),
+            limit: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            cancel: CancellationToken::new(),
+            retry,
+            state_dirty: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The rotator.
+    pub fn rotator(&self) -> &Arc<Rotator> {
+        &self.rotator
+    }
+
+    /// The state store.
+    pub fn state(&self) -> &StateStore {
+        &self.state
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Cancelled when the runner stops: no new run starts, retries stop waiting.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Waits for a rotation slot; `None` once the runner stops.
+    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            p = self.limit.clone().acquire_owned() => p.ok(),
+            () = self.cancel.cancelled() => None,
+        }
+    }
+
+    /// Runs `job` once (with retries), in a slot: `permit` when the caller already holds one.
+    /// `force` rotates even when the applied version is current. Returns one report per
+    /// connection run, in the job's order.
+    ///
+    /// # Errors
+    /// [`Skipped`] when the run did not happen.
+    pub async fn run_job(
+        &self,
+        job: &JobRuntime,
+        force: bool,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Vec<Report>, Skipped> {
+        let Ok(_running) = job.running.try_lock() else {
+            tracing::info!(job = %job.cfg.name, "Job is still running; skipping this trigger.");
+            return Err(Skipped::AlreadyRunning);
+        };
+        let _permit = match permit {
+            Some(p) => p,
+            None => self.slot().await.ok_or(Skipped::ShuttingDown)?,
+        };
+        if self.cancel.is_cancelled() {
+            return Err(Skipped::ShuttingDown);
+        }
+        self.recheck_preflight(job).await;
+        let mut only: Vec<usize> = job.passing();
+        if only.is_empty() {
+            return Err(Skipped::NoConnection);
+        }
+        let mut finals: Vec<Option<Report>> = job.cfg.connections.iter().map(|_| None).collect();
+        let mut delays = self.retry.delays();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut retry = Vec::new();
+            for report in self.attempt(job, force, &only).await {
+                let index = job
+                    .index_of(&report.connection_key)
+                    .expect("a report names one of the job's connections");
+                if self.settle(job, index, &report) {
+                    retry.push(index);
+                }
+                finals[index] = Some(report);
+            }
+            if retry.is_empty() || self.cancel.is_cancelled() {
+                break;
+            }
+            let Some(delay) = delays.next() else { break };
+            for r in retry.iter().filter_map(|&i| finals[i].as_ref()) {
+                self.rotator.retrying(r, attempt, delay);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.cancel.cancelled() => break,
+            }
+            only = retry;
+        }
+        let reports: Vec<Report> = finals.into_iter().flatten().collect();
+        // The outcome of each connection, once, after its last attempt (log line and metrics
+        // from the same event).
+        self.rotator.finish_run(&job.cfg, &reports);
+        Ok(reports)
+    }
+
+    /// Re-tries pre-flight of the connections that failed it, so a fixed permission recovers
+    /// by itself.
+    async fn recheck_preflight(&self, job: &JobRuntime) {
+        let failing = job.failing();
+        if failing.is_empty() {
+            return;
+        }
+        let name = job.cfg.name.as_str();
+        for i in failing {
+            let conn = &job.cfg.connections[i];
+            match preflight(&self.rotator, &job.cfg, conn).await {
+                Ok(c) => {
+                    tracing::info!(job = name, connection = %conn, "Pre-flight now passes.");
+                    job.remember(i, &c);
+                }
+                Err(e) => {
+                    tracing::warn!(job = name, connection = %conn, error = %e, "Pre-flight still failing; skipping this connection.");
+                }
+            }
+        }
+        self.metrics.set_preflight(name, job.preflight_ok());
+    }
+
+    /// One attempt over the connections `only` (indexes).
+    async fn attempt(&self, job: &JobRuntime, force: bool, only: &[usize]) -> Vec<Report> {
+        let conns = &job.cfg.connections;
+        // Change detection reads the store's memory, not the file: a version applied by this
+        // process counts even if its write to disk failed.
+        let last_applied = only
+            .iter()
+            .filter_map(|&i| {
+                let c = &conns[i];
+                self.state
+                    .get(&job.cfg.state_key(c))
+                    .filter(|s| s.applies_to(c))
+                    .map(|s| (c.key(), s.applied_version))
+            })
+            .collect();
+        let known = {
+            let slots = job.slots();
+            only.iter()
+                .filter_map(|&i| Some((conns[i].key(), slots[i].known.as_ref()?.get())))
+                .collect()
+        };
+        let opts = RunOptions {
+            plan_only: false,
+            last_applied,
+            force,
+            known,
+            only: Some(only.iter().map(|&i| conns[i].key()).collect()),
+        };
+        self.rotator.run(&job.cfg, opts).await
+    }
+
+    /// Settles one report: the state write for a success, the error metric and a forgotten
+    /// connection for a failure. Returns whether the connection is to be tried again.
+    fn settle(&self, job: &JobRuntime, index: usize, report: &Report) -> bool {
+        let conn = &job.cfg.connections[index];
+        let key = job.cfg.state_key(conn);
+        let now = chrono::Utc::now().timestamp();
+        match &report.outcome {
+            Outcome::Rotated => {
+                if let Some(after) = &report.after {
+                    job.remember(index, after);
+                }
+                if let (Some(id), Some(version)) = (&report.connection_id, &report.secret_version) {
+                    let state = JobState {
+                        connection_id: id.clone(),
+                        applied_version: version.clone(),
+                        applied_at: now,
+                        checked_at: now,
+                    };
+                    self.state_written(&job.cfg.name, self.state.record(&key, state));
+                }
+                false
+            }
+            Outcome::Unchanged | Outcome::Planned(_) => {
+                // The applied version is still current: remember when that was last seen, so
+                // a restart does not make the job look stale (written at most hourly).
+                self.state_written(&job.cfg.name, self.state.touch(&key, now));
+                false
+            }
+            Outcome::Failed(e) | Outcome::VerifyFailed(e) => {
+                // The connection may have changed: read it afresh next time.
+                job.forget(index);
+                RetryPolicy::should_retry(e)
+            }
+        }
+    }
+
+    /// Counts a state write and, when it failed, logs it and wakes the flusher. The applied
+    /// version stays in the store's memory either way, so nothing is re-applied.
+    fn state_written(&self, job: &str, written: Result<(), StateError>) {
+        match written {
+            // (A touch within the hour writes nothing: the gauge follows the store.)
+            Ok(()) => self.metrics.set_state_writable(!self.state.is_dirty()),
+            Err(e) => {
+                self.rotator.events().emit(StateWriteFailed {
+                    job: Some(job),
+                    error: &e.to_string(),
+                    when: StateWriteWhen::AfterRun,
+                });
+                self.state_dirty.notify_one();
+            }
+        }
+    }
+
+    /// Retries a failed state write: after 1 s, then doubling up to [`FLUSH_BACKOFF_MAX`],
+    /// until it succeeds; idle while the file is current. Ends when the runner stops.
+    pub async fn state_flusher(self: Arc<Self>) {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            if !self.state.is_dirty() {
+                delay = Duration::from_secs(1);
+                tokio::select! {
+                    () = self.state_dirty.notified() => {}
+                    () = self.cancel.cancelled() => return,
+                }
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.cancel.cancelled() => return,
+            }
+            match self.state.flush() {
+                Ok(()) => self.rotator.events().emit(StateWriteRecovered),
+                Err(e) => {
+                    delay = (delay * 2).min(FLUSH_BACKOFF_MAX);
+                    self.rotator.events().emit(StateWriteFailed {
+                        job: None,
+                        error: &e.to_string(),
+                        when: StateWriteWhen::Retry(delay),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A last try for a write that failed, then the state lock goes.
+    ///
+    /// # Errors
+    /// [`StateError`] when the file still cannot be written.
+    pub fn close_state(&self) -> Result<(), StateError> {
+        let flushed = self.state.flush();
+        if let Err(e) = &flushed {
+            self.rotator.events().emit(StateWriteFailed {
+                job: None,
+                error: &e.to_string(),
+                when: StateWriteWhen::Shutdown,
+            });
+        }
+        self.state.close();
+        flushed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_waits_2_4_8_then_caps_at_64_seconds() {
+        let secs = |p: RetryPolicy| p.delays().map(|d| d.as_secs()).collect::<Vec<_>>();
+        assert_eq!(secs(RetryPolicy::new(1)), Vec::<u64>::new());
+        assert_eq!(secs(RetryPolicy::new(3)), [2, 4]);
+        assert_eq!(
+            secs(RetryPolicy::new(10)),
+            [2, 4, 8, 16, 32, 64, 64, 64, 64]
+        );
+        // Zero attempts is not a policy: one attempt, no retry.
+        assert_eq!(RetryPolicy::new(0).max_attempts, 1);
+        assert_eq!(secs(RetryPolicy::new(0)), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn the_classifier_retries_transient_failures_only() {
+        use crate::qlik::QlikError;
+        let status = |s: u16| QlikError::Status {
+            method: "PATCH",
+            endpoint: "/api/v1/data-connections/{id}",
+            status: s,
+            problem: Box::default(),
+            retry_after: None,
+        };
+        for s in [429, 500, 502, 503] {
+            assert!(
+                RetryPolicy::should_retry(&RotationError::Apply(status(s))),
+                "{s}"
+            );
+        }
+        for s in [400, 401, 403, 404, 409] {
+            assert!(
+                !RetryPolicy::should_retry(&RotationError::Apply(status(s))),
+                "{s}"
+            );
+        }
+        let transport = QlikError::Transport {
+            method: "GET",
+            endpoint: "/x",
+            message: "reset".into(),
+            timeout: true,
+        };
+        assert!(RetryPolicy::should_retry(&RotationError::VerifyGet(
+            transport
+        )));
+        assert!(!RetryPolicy::should_retry(
+            &RotationError::NoUpdatePrivilege("c".into())
+        ));
+        assert!(!RetryPolicy::should_retry(&RotationError::UnknownSource(
+            "s".into()
+        )));
+    }
+}
