@@ -864,15 +864,31 @@ async fn a_transient_failure_is_retried_within_the_run_and_counted_once() {
             );
         let r = start(dir.path(), &text).await;
         let text = wait_outcome(&r, "sales-s3", outcome).await;
-        // The failed attempt is an error; the run is one outcome, not one per attempt.
+        // The run is one outcome, not one per attempt: `errors_total` counts a run that ended
+        // failed (once), `rotation_retries_total` the attempt that was tried again.
         let errors = [
-            ("job", "sales-s3"),
+            ("rotation_job", "sales-s3"),
             ("stage", "apply"),
             ("error_type", "server_error"),
         ];
+        let (want_errors, want_retries) = if outcome == "rotated" {
+            (0.0, 1.0)
+        } else {
+            (1.0, 0.0)
+        };
         assert_eq!(
-            metric(&text, "qlik_rotator_errors_total", &errors),
-            Some(1.0)
+            metric(&text, "qlik_rotator_errors_total", &errors).unwrap_or(0.0),
+            want_errors,
+            "{text}"
+        );
+        assert_eq!(
+            metric(
+                &text,
+                "qlik_rotator_rotation_retries_total",
+                &[("stage", "apply")]
+            ),
+            Some(want_retries),
+            "{text}"
         );
         let other = if outcome == "rotated" {
             "failed"
@@ -883,7 +899,7 @@ async fn a_transient_failure_is_retried_within_the_run_and_counted_once() {
             metric(
                 &text,
                 "qlik_rotator_rotations_total",
-                &[("job", "sales-s3"), ("outcome", other)]
+                &[("rotation_job", "sales-s3"), ("outcome", other)]
             )
             .unwrap_or(0.0),
             0.0,

@@ -439,13 +439,13 @@ async fn sql_world(
     sim_cfg: SimConfig,
     qlik_extra: &str,
     daemon: &str,
-) -> (qlik_rotator::sim::Simulator, tempfile::TempDir, String) {
-    let sim = qlik_rotator::sim::Simulator::start(sim_cfg).await.unwrap();
+) -> (qlik_sim::Simulator, tempfile::TempDir, String) {
+    let sim = qlik_sim::Simulator::start(sim_cfg).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("vault")).unwrap();
     let mut jobs = String::new();
     for i in 0..n {
-        let id = sim.add_connection(qlik_rotator::sim::SeedConnection::new(
+        let id = sim.add_connection(qlik_sim::SeedConnection::new(
             format!("c{i}"),
             "mssql",
             json!({"host": "h", "username": "u"}),
@@ -480,7 +480,7 @@ fn assert_no_canary(out: &CliOutput) {
 
 /// Whether every connection was first read before any connection was patched: true when the
 /// jobs ran at once, false when they ran one after another.
-fn all_read_before_any_patch(sim: &qlik_rotator::sim::Simulator) -> bool {
+fn all_read_before_any_patch(sim: &qlik_sim::Simulator) -> bool {
     let reqs = sim.requests();
     let first_patch = reqs
         .iter()
@@ -615,7 +615,7 @@ async fn rotate_all_lists_failed_jobs_in_the_summary_and_exits_1() {
 }
 
 /// Gaps between the arrivals of consecutive PATCHes.
-fn patch_gaps(sim: &qlik_rotator::sim::Simulator) -> Vec<Duration> {
+fn patch_gaps(sim: &qlik_sim::Simulator) -> Vec<Duration> {
     let mut at: Vec<_> = with_method(sim, "PATCH").iter().map(|r| r.at).collect();
     at.sort();
     at.windows(2).map(|w| w[1] - w[0]).collect()
