@@ -90,7 +90,12 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let app = Router::new()
-        .route("/metrics", get(metrics))
+        // Gzip when the scraper asks for it (Prometheus always does): the exposition of 10,000
+        // jobs is ~7 MB as text and ~0.25 MB compressed (README, Benchmark).
+        .route(
+            "/metrics",
+            get(metrics).layer(tower_http::compression::CompressionLayer::new().gzip(true)),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/jobs/{name}/rotate", post(rotate))
@@ -112,7 +117,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        // Streamed in chunks: with 10,000 jobs the exposition is ~17 MB, never held at once.
+        // Streamed in chunks: with 10,000 jobs the exposition is ~7 MB, never held at once.
         axum::body::Body::from_stream(futures_util::stream::iter(
             s.handle
                 .metrics

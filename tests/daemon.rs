@@ -246,6 +246,56 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
     assert!(r.shutdown().await);
 }
 
+/// `/metrics` is gzip'd for a scraper that asks (Prometheus always sends `Accept-Encoding:
+/// gzip`), plain text otherwise; both carry the same exposition.
+#[tokio::test]
+async fn metrics_are_gzipped_when_the_scraper_accepts_it() {
+    use std::io::Read as _;
+    let sim = tenant(SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    standard_secrets(dir.path());
+    let r = start(dir.path(), &local_config(&sim, "", "")).await;
+    let url = format!("http://{}/metrics", r.addr);
+    let client = reqwest::Client::new();
+    let plain = client.get(&url).send().await.unwrap();
+    assert_eq!(plain.headers().get("content-encoding"), None);
+    let plain = plain.text().await.unwrap();
+    let gz = client
+        .get(&url)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        gz.headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap()),
+        Some("gzip")
+    );
+    let bytes = gz.bytes().await.unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_string(&mut text)
+        .expect("a valid gzip body");
+    assert!(
+        bytes.len() < text.len(),
+        "{} >= {}",
+        bytes.len(),
+        text.len()
+    );
+    // Same series (values of process metrics may move between the two scrapes).
+    let names = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' ').map(|(k, _)| k.to_owned()))
+            .collect()
+    };
+    assert_eq!(names(&text), names(&plain));
+    let (ok, report) = promtool_check_metrics(&text);
+    assert!(ok, "{report}");
+    assert!(r.shutdown().await);
+}
+
 #[tokio::test]
 async fn unchanged_secret_is_not_reapplied_across_a_restart() {
     let sim = tenant(SimConfig::default()).await;
