@@ -14,7 +14,9 @@
 //! 1. `budget`: shared write budget against a simulator write limit of 1200/min.
 //! 2. `latency`: 100 ms simulated latency, daemon vs a sequential GET → PATCH → GET loop.
 //! 3. `calls`: Qlik requests per changed and per unchanged rotation.
-//! 4. `rss`: idle RSS of the release binary with 10,000 scheduled jobs.
+//! 4. `rss`: idle RSS and start-up peak (`VmHWM`) of the release binary with 10,000 scheduled
+//!    jobs. `QLIK_ROTATOR_BENCH_BIN=path` measures another build instead; `_RJEM_MALLOC_CONF`
+//!    is passed on to the daemon (jemalloc options at run time).
 //!
 //! Everything runs on loopback: an in-process Qlik simulator, a file vault in a temporary
 //! directory and, for sections 1-3, an in-process daemon (`daemon::start`); section 4 spawns
