@@ -44,57 +44,6 @@ pub fn load(path: &Path, input: &dyn ConfigInput) -> Result<Config, ExitCode> {
     })
 }
 
-/// A [`Config`] loaded on a thread of its own, which stays parked until the config is handed
-/// back to it to be dropped.
-///
-/// With glibc, that thread allocates from an arena of its own, so the parse trees of a large
-/// file (several KB per job) never sit between the daemon's long-lived allocations. While the
-/// thread lives, no other thread can be given its arena; once the daemon has copied what it
-/// keeps and the config is dropped there, the arena is all free and `malloc_trim` returns it.
-struct ApartConfig {
-    back: std::sync::mpsc::Sender<Config>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl ApartConfig {
-    fn load(
-        path: &Path,
-        input: &dyn ConfigInput,
-        release_memory: fn(),
-    ) -> Result<(Config, Option<Self>), ExitCode> {
-        let vars = input.vars();
-        let owned = path.to_path_buf();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (back, back_rx) = std::sync::mpsc::channel::<Config>();
-        let spawned = std::thread::Builder::new()
-            .name("config-load".into())
-            .spawn(move || {
-                let _ = tx.send(load(&owned, &vars));
-                // Parked until the config comes back (or the sender is gone).
-                drop(back_rx.recv());
-                release_memory();
-            });
-        match spawned {
-            Ok(thread) => match rx.recv() {
-                Ok(Ok(cfg)) => Ok((cfg, Some(ApartConfig { back, thread }))),
-                Ok(Err(code)) => Err(code),
-                Err(_) => match thread.join() {
-                    Err(panic) => std::panic::resume_unwind(panic),
-                    Ok(()) => Err(ExitCode::FAILURE),
-                },
-            },
-            Err(_) => load(path, input).map(|cfg| (cfg, None)),
-        }
-    }
-
-    /// Drops `cfg` on the loading thread, which then calls `release_memory` (so its arena's
-    /// memory goes back to the OS), and waits for it to end.
-    fn release(self, cfg: Config) {
-        let _ = self.back.send(cfg);
-        let _ = self.thread.join();
-    }
-}
-
 /// `check-config [--online]`.
 pub async fn check_config(path: &Path, online: bool, input: &dyn ConfigInput) -> ExitCode {
     let code = check_offline(path, input);
@@ -402,11 +351,9 @@ impl Tally {
     }
 }
 
-/// `run`: the daemon, until SIGTERM/SIGINT. `release_memory` is called on the config-loading
-/// thread once the config is dropped, and on this thread once the daemon is ready (the binary
-/// passes a function that returns freed start-up memory to the OS).
-pub async fn run(path: &Path, input: &dyn ConfigInput, release_memory: fn()) -> ExitCode {
-    let (cfg, apart) = match ApartConfig::load(path, input, release_memory) {
+/// `run`: the daemon, until SIGTERM/SIGINT.
+pub async fn run(path: &Path, input: &dyn ConfigInput) -> ExitCode {
+    let cfg = match load(path, input) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -435,11 +382,7 @@ pub async fn run(path: &Path, input: &dyn ConfigInput, release_memory: fn()) -> 
             };
         }
     };
-    match apart {
-        Some(apart) => apart.release(cfg),
-        None => drop(cfg),
-    }
-    release_memory();
+    drop(cfg);
     daemon::shutdown_signal().await;
     running.shutdown().await;
     ExitCode::SUCCESS

@@ -50,7 +50,7 @@ source = "nowhere"
     // The same exit code for rotate and plan, and nothing is contacted.
     let out = run_cli(&["rotate", "-c", path.to_str().unwrap(), "--all"], &[]).await;
     assert_eq!(out.code, 64);
-    // `run` loads its config on a thread of its own; the errors and the code are the same.
+    // `run` refuses it with the same errors and code.
     let out = run_cli(&["run", "-c", path.to_str().unwrap()], &[]).await;
     assert_eq!(out.code, 64, "{out:?}");
     assert!(

@@ -5,6 +5,7 @@
 //! (`*_env`, `*_file`) are validated here; their contents are read in the build phase by
 //! [`SecretLocator::read`].
 
+mod split;
 pub mod walk;
 
 use std::{
@@ -379,18 +380,68 @@ pub fn load_str(
         .into_iter()
         .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
         .collect();
-    let tree: Value = config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
-        .add_source(
+    if let Some(split) = split::split(text)
+        && let Some(result) = load_split(&split, base_dir, &overrides)
+    {
+        return result;
+    }
+    let tree =
+        parse(text, Some(overrides)).map_err(|e| ConfigErrors(vec![syntax_error(text, &e)]))?;
+    validate(&tree, base_dir)
+}
+
+/// TOML text (plus environment overrides) as an untyped tree.
+fn parse(
+    text: &str,
+    overrides: Option<HashMap<String, String>>,
+) -> Result<Value, config::ConfigError> {
+    let mut builder = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml));
+    if let Some(overrides) = overrides {
+        builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
                 .source(Some(overrides)),
-        )
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(|e| ConfigErrors(vec![syntax_error(text, &e)]))?;
-    validate(&tree, base_dir)
+        );
+    }
+    builder.build().and_then(|c| c.try_deserialize())
+}
+
+/// A `[[jobs]]` entry whose own text did not parse: the whole document is parsed instead, for
+/// the error and its position.
+struct Unparsed;
+
+/// Loads a [`split::Split`] document: the rest with the overrides, then each `[[jobs]]` entry
+/// on its own, turned into its [`JobConfig`] before the next is parsed. `None` when the full
+/// parse must decide (a syntax error anywhere, or `jobs` set outside the entries).
+fn load_split(
+    split: &split::Split<'_>,
+    base_dir: &Path,
+    overrides: &HashMap<String, String>,
+) -> Option<Result<Config, ConfigErrors>> {
+    let rest = parse(&split.rest, Some(overrides.clone())).ok()?;
+    if rest.get("jobs").is_some() {
+        return None;
+    }
+    validate_with(&rest, base_dir, |root, sources, errs| {
+        root.allow(&["jobs"]);
+        let mut jobs = Jobs::default();
+        for (i, text) in split.jobs.iter().enumerate() {
+            let tree = parse(text, None).map_err(|_| Unparsed)?;
+            let item = match tree
+                .get("jobs")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+            {
+                Some([item]) => item,
+                _ => return Err(Unparsed),
+            };
+            jobs.add(i, item, sources, errs);
+        }
+        Ok(jobs)
+    })
+    .ok()
 }
 
 /// A TOML syntax error as line, column and (where the line is a `key = …` of the schema) key
@@ -564,10 +615,90 @@ fn is_identifier(s: &str) -> bool {
 /// # Errors
 /// Every problem found, each with its key path.
 pub fn validate(tree: &Value, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    match validate_with(tree, base_dir, jobs_from_tree) {
+        Ok(result) => result,
+        Err(never) => match never {},
+    }
+}
+
+/// The valid `[[jobs]]` entries so far.
+#[derive(Default)]
+struct Jobs {
+    jobs: Vec<JobConfig>,
+    /// The `jobs[i]` index of each valid job (invalid ones are left out of `jobs`).
+    index: Vec<usize>,
+    /// Equal specs are shared: most jobs of a large config use a catalogue connector as is.
+    specs: Vec<Arc<BuildSpec>>,
+}
+
+impl Jobs {
+    /// Validates entry `jobs[i]`.
+    fn add(
+        &mut self,
+        i: usize,
+        item: &Value,
+        sources: &BTreeMap<String, SourceConfig>,
+        errs: &mut Errors,
+    ) {
+        if let Some(mut job) =
+            Table::new(format!("jobs[{i}]"), item, errs).and_then(|t| job(t, sources, errs))
+        {
+            self.index.push(i);
+            match self.specs.iter().find(|s| ***s == *job.spec) {
+                Some(shared) => job.spec = shared.clone(),
+                None if self.specs.len() < 64 => self.specs.push(job.spec.clone()),
+                None => {}
+            }
+            self.jobs.push(job);
+        }
+    }
+}
+
+/// The `[[jobs]]` entries of a whole tree.
+fn jobs_from_tree(
+    root: &mut Table<'_>,
+    sources: &BTreeMap<String, SourceConfig>,
+    errs: &mut Errors,
+) -> Result<Jobs, std::convert::Infallible> {
+    let mut jobs = Jobs::default();
+    match root.get("jobs") {
+        Some(Value::Array(items)) if items.is_empty() => {
+            errs.push("jobs", "at least one [[jobs]] entry is required");
+        }
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                jobs.add(i, item, sources, errs);
+            }
+        }
+        Some(other) => errs.push(
+            "jobs",
+            format!(
+                "expected an array of tables ([[jobs]]), found {}",
+                kind(other)
+            ),
+        ),
+        None => errs.push("jobs", "at least one [[jobs]] entry is required"),
+    }
+    Ok(jobs)
+}
+
+/// [`validate`], with the `[[jobs]]` entries from `entries` (given the root table, so it can
+/// read or allow `jobs`); an error of `entries` stops the validation.
+fn validate_with<E>(
+    tree: &Value,
+    base_dir: &Path,
+    entries: impl FnOnce(
+        &mut Table<'_>,
+        &BTreeMap<String, SourceConfig>,
+        &mut Errors,
+    ) -> Result<Jobs, E>,
+) -> Result<Result<Config, ConfigErrors>, E> {
     let mut errs = Errors::default();
     let empty = Value::Object(Default::default());
-    let mut root = Table::new("", tree, &mut errs).ok_or_else(|| ConfigErrors(errs.0.clone()))?;
-
+    let mut root = match Table::new("", tree, &mut errs) {
+        Some(root) => root,
+        None => return Ok(Err(ConfigErrors(errs.0))),
+    };
     let qlik = match root.get("qlik") {
         Some(v) => Table::new("qlik", v, &mut errs).and_then(|t| qlik_section(t, &mut errs)),
         None => {
@@ -580,7 +711,11 @@ pub fn validate(tree: &Value, base_dir: &Path) -> Result<Config, ConfigErrors> {
     };
 
     let sources = sources_section(root.get("sources"), base_dir, &mut errs);
-    let (jobs, job_index) = jobs_section(root.get("jobs"), &sources, &mut errs);
+    let Jobs {
+        jobs,
+        index: job_index,
+        ..
+    } = entries(&mut root, &sources, &mut errs)?;
     duplicate_job_names(&jobs, &job_index, &mut errs);
     shared_connections(&jobs, &job_index, &mut errs);
 
@@ -590,7 +725,7 @@ pub fn validate(tree: &Value, base_dir: &Path) -> Result<Config, ConfigErrors> {
         .and_then(|t| metrics_section(t, base_dir, &mut errs));
     root.finish(&mut errs);
 
-    match (qlik, daemon, metrics) {
+    Ok(match (qlik, daemon, metrics) {
         (Some(qlik), Some(daemon), Some(metrics)) if errs.0.is_empty() => Ok(Config {
             qlik,
             sources,
@@ -599,7 +734,7 @@ pub fn validate(tree: &Value, base_dir: &Path) -> Result<Config, ConfigErrors> {
             metrics,
         }),
         _ => Err(ConfigErrors(errs.0)),
-    }
+    })
 }
 
 /// `[sources.NAME]` tables, each read by its source's file (see [`SourceConfig::from_table`]).
@@ -622,48 +757,6 @@ fn sources_section(
         }
     }
     sources
-}
-
-/// `[[jobs]]`: the valid jobs and, for each, its `jobs[i]` index (invalid ones are left out).
-/// Equal specs are shared: most jobs of a large config use a catalogue connector as is.
-fn jobs_section(
-    value: Option<&Value>,
-    sources: &BTreeMap<String, SourceConfig>,
-    errs: &mut Errors,
-) -> (Vec<JobConfig>, Vec<usize>) {
-    let mut jobs = Vec::new();
-    let mut job_index = Vec::new();
-    let mut specs: Vec<Arc<BuildSpec>> = Vec::new();
-    match value {
-        Some(Value::Array(items)) if items.is_empty() => {
-            errs.push("jobs", "at least one [[jobs]] entry is required");
-        }
-        Some(Value::Array(items)) => {
-            for (i, item) in items.iter().enumerate() {
-                if let Some(job) =
-                    Table::new(format!("jobs[{i}]"), item, errs).and_then(|t| job(t, sources, errs))
-                {
-                    let mut job: JobConfig = job;
-                    job_index.push(i);
-                    match specs.iter().find(|s| ***s == *job.spec) {
-                        Some(shared) => job.spec = shared.clone(),
-                        None if specs.len() < 64 => specs.push(job.spec.clone()),
-                        None => {}
-                    }
-                    jobs.push(job);
-                }
-            }
-        }
-        Some(other) => errs.push(
-            "jobs",
-            format!(
-                "expected an array of tables ([[jobs]]), found {}",
-                kind(other)
-            ),
-        ),
-        None => errs.push("jobs", "at least one [[jobs]] entry is required"),
-    }
-    (jobs, job_index)
 }
 
 /// Job names are unique (metrics label, CLI selector, state key).
