@@ -1,4 +1,29 @@
 //! qlik-rotator: keeps the credentials of Qlik Cloud data connections fresh.
+//!
+//! # Layout
+//!
+//! The lifecycle runs in phases (`commands::run`): **load** ([`config`]: pure, every error with
+//! its key, exit 64) → **build** ([`app::App`]: Qlik client, secret sources, state store,
+//! metrics) → **spawn** ([`daemon::spawn`]: admin listener, pre-flight, scheduler) → **drain**
+//! on a signal. One job runner ([`runner`]) serves `rotate`, `run` and the admin trigger; one
+//! rotation of one job is [`rotation`]. The Qlik simulator is its own crate, `qlik-sim`
+//! (`crates/qlik-sim`), which imports nothing from this one.
+//!
+//! Where things go:
+//! - **A connector**: one entry in [`connectors::catalogue`] (properties, schemes, constants and
+//!   its public source), a realistic stored connection in `qlik_sim::examples`, a snapshot test
+//!   in `connectors/tests.rs`, and a case in `tests/catalogue.rs`. The builders in
+//!   [`connectors`] are pure; nothing there does I/O.
+//! - **A secret source**: one file `secrets/<name>.rs` (its `[sources.NAME]` config, factory
+//!   and implementation) and one line in the `secret_sources!` list in [`secrets`].
+//! - **A metric**: declared and registered in [`metrics`] (plain label values, bounded
+//!   cardinality), and updated only by an event in [`events`], which writes the log line too.
+//!   Add it to the dashboard, the README metrics table and, if it alerts, the rules + tests in
+//!   `deploy/prometheus` (`tests/deploy.rs` checks they agree).
+//! - **A command**: its arguments in [`cli`], its body in [`commands`] (or its own module, as
+//!   [`simulate`]), dispatched from `main.rs`; exit codes 0 / 1 / 64 / 75 as `cli` documents.
+//! - **Qlik calls**: [`qlik`] (client, model, errors); text from outside is escaped with
+//!   [`text`] before it is printed.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -15,11 +40,6 @@ pub mod qlik;
 pub mod rotation;
 pub mod runner;
 pub mod secrets;
-/// The simulator, crate `qlik-sim` (`crates/qlik-sim`). Kept as an alias so code written before
-/// the workspace still compiles; new code names `qlik_sim` directly.
-#[cfg(feature = "sim")]
-#[doc(hidden)]
-pub use qlik_sim as sim;
 pub mod simulate;
 pub mod state;
 pub mod telemetry;
