@@ -815,6 +815,77 @@ mod tests {
         assert_eq!(parse_retry_after(&h), None);
     }
 
+    /// The token request goes through the same retry policy as every other request: a
+    /// `Retry-After` above `max_retry_after` fails at once (it used to be waited for), and a
+    /// 429 is counted and pauses the write gate.
+    #[tokio::test]
+    async fn the_token_request_shares_the_retry_policy() {
+        use std::sync::atomic::AtomicU32;
+
+        use qlik_sim::{Fault, SimConfig, Simulator};
+
+        const SECRET: &str = "CANARY-client-secret-7f3a";
+        #[derive(Default)]
+        struct Count429(AtomicU32);
+        impl RequestObserver for Count429 {
+            fn request(&self, _: &'static str, _: &'static str, _: &str, _: Duration) {}
+            fn rate_limited(&self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let sim = Simulator::start(SimConfig {
+            oauth_clients: vec![("cid".into(), SECRET.into())],
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let observer = Arc::new(Count429::default());
+        let client = QlikClient::new(ClientSettings {
+            tenant_url: sim.base_url().parse().unwrap(),
+            credentials: Credentials::OAuth {
+                client_id: "cid".into(),
+                client_secret: SECRET.to_owned().into(),
+                scope: None,
+            },
+            request_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            write_budget_per_min: 0,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        })
+        .unwrap()
+        .with_observer(observer.clone());
+        let token_limited = |secs| Fault::RateLimited {
+            method: Some("POST".into()),
+            path_prefix: Some("/oauth/token".into()),
+            retry_after_secs: secs,
+            times: 1,
+        };
+
+        sim.inject(token_limited(121));
+        let err = tokio::time::timeout(Duration::from_secs(5), client.get_connection("x"))
+            .await
+            .expect("a Retry-After above max_retry_after is not waited for")
+            .unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(
+            shown.starts_with("OAuth token request failed: HTTP 429"),
+            "{shown}"
+        );
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert_eq!(client.token_requests(), 1);
+        assert!(sim.requests().iter().all(|r| r.path == "/oauth/token"));
+
+        sim.inject(token_limited(1));
+        let err = client
+            .get_connection("00000000-0000-4000-8000-000000000000")
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(404), "{err}");
+        assert_eq!(client.token_requests(), 3);
+        assert_eq!(observer.0.load(Ordering::SeqCst), 1);
+        assert_eq!(client.gate().pauses(), 1);
+    }
+
     #[test]
     fn token_lifetime_prefers_expires_in() {
         let t = TokenResponse {
