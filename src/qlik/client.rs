@@ -4,12 +4,11 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use rand::Rng;
 use reqwest::{RequestBuilder, Response, StatusCode, Url, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -21,6 +20,7 @@ use super::{
     error::{ApiProblem, MAX_ERROR_BODY, QlikError},
     gate::WriteGate,
     model::{CredentialUpdate, DataConnection, DataCredential, PatchDocument},
+    retry,
 };
 
 /// How the client authenticates.
@@ -52,40 +52,7 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// Retry bounds for retriable failures (429, 5xx, timeouts, connection errors).
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Total attempts per request, including the first.
-    pub max_attempts: u32,
-    /// First backoff delay; doubles each attempt, with full jitter.
-    pub base_delay: Duration,
-    /// Cap on one backoff delay.
-    pub max_delay: Duration,
-    /// A `Retry-After` longer than this is not waited for: the request fails instead.
-    pub max_retry_after: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 5,
-            base_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(10),
-            max_retry_after: Duration::from_secs(120),
-        }
-    }
-}
-
-impl RetryPolicy {
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-            .min(self.max_delay);
-        let jitter = rand::rng().random_range(0.5..=1.0);
-        exp.mul_f64(jitter)
-    }
-}
+pub use super::retry::RetryPolicy;
 
 /// Observes every HTTP exchange (metrics).
 pub trait RequestObserver: Send + Sync {
@@ -417,9 +384,10 @@ impl QlikClient {
         Ok(())
     }
 
-    /// Sends one logical request with auth, the write gate (for Tier 2), and bounded retries.
-    /// Error text is scrubbed of the client's own secrets, the bearer token and `extra` (the
-    /// values this request writes). Redirects are errors, never followed.
+    /// Sends one logical request with auth, the write gate (for Tier 2), and the retries of
+    /// [`retry::run`]. A 401 under OAuth refreshes the token once per logical request, without
+    /// counting an attempt. Error text is scrubbed of the client's own secrets, the bearer
+    /// token and `extra` (the values this request writes). Redirects are errors, never followed.
     async fn send(
         &self,
         method: &'static str,
@@ -428,92 +396,76 @@ impl QlikClient {
         extra: &Redactor,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, QlikError> {
-        let mut attempt = 0;
-        let mut refreshed = false;
-        loop {
-            attempt += 1;
-            let token = self.bearer().await?;
-            if write {
-                self.gate.acquire().await;
+        let request = retry::Request {
+            method,
+            endpoint,
+            gate: write.then_some(&*self.gate),
+            observer: self.observer.as_deref(),
+        };
+        let refreshed = AtomicBool::new(false);
+        retry::run(&self.retry, &request, || async {
+            loop {
+                match self.send_once(method, endpoint, write, extra, &build).await {
+                    Err(e)
+                        if e.status() == Some(401)
+                            && self.is_oauth()
+                            && !refreshed.swap(true, Ordering::Relaxed) =>
+                    {
+                        // The token may have been revoked or expired early: get a new one.
+                        *self.token.lock().await = None;
+                        tracing::info!(
+                            endpoint,
+                            "Qlik answered 401; refreshing the OAuth token once."
+                        );
+                    }
+                    other => return other,
+                }
             }
-            let started = Instant::now();
-            let result = build(&self.http)
-                .bearer_auth(token.expose_secret())
-                .send()
-                .await;
-            let err = match result {
-                Ok(resp) if resp.status().is_success() => {
-                    self.observe(method, endpoint, resp.status().as_str(), started);
-                    return Ok(resp);
-                }
-                Ok(resp) if resp.status().is_redirection() => {
-                    self.observe(method, endpoint, resp.status().as_str(), started);
-                    return Err(redirect_error(method, endpoint, &resp));
-                }
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    self.observe(method, endpoint, resp.status().as_str(), started);
-                    let retry_after = parse_retry_after(resp.headers());
-                    let redactor = self.redactor(Some(&token), extra);
-                    let problem = read_problem(resp, &redactor).await;
-                    QlikError::Status {
-                        method,
-                        endpoint,
-                        status,
-                        problem: Box::new(problem),
-                        retry_after,
-                    }
-                }
-                Err(e) => {
-                    self.observe(method, endpoint, "error", started);
-                    QlikError::Transport {
-                        method,
-                        endpoint,
-                        message: text::sanitize(
-                            &transport_message(&e),
-                            &self.redactor(Some(&token), extra),
-                        ),
-                        timeout: e.is_timeout(),
-                    }
-                }
-            };
-            if err.status() == Some(401) && !refreshed && self.is_oauth() {
-                // The token may have been revoked or expired early: get a new one, once.
-                refreshed = true;
-                *self.token.lock().await = None;
-                tracing::info!(
+        })
+        .await
+    }
+
+    /// One HTTP exchange of [`QlikClient::send`]: bearer token, gate slot (writes), send, and
+    /// the answer classified (success, redirect error, status error, transport error).
+    async fn send_once(
+        &self,
+        method: &'static str,
+        endpoint: &'static str,
+        write: bool,
+        extra: &Redactor,
+        build: &impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response, QlikError> {
+        let token = self.bearer().await?;
+        if write {
+            self.gate.acquire().await;
+        }
+        let started = Instant::now();
+        let result = build(&self.http)
+            .bearer_auth(token.expose_secret())
+            .send()
+            .await;
+        match result {
+            Ok(resp) if resp.status().is_success() => {
+                self.observe(method, endpoint, resp.status().as_str(), started);
+                Ok(resp)
+            }
+            Ok(resp) if resp.status().is_redirection() => {
+                self.observe(method, endpoint, resp.status().as_str(), started);
+                Err(redirect_error(method, endpoint, &resp))
+            }
+            Ok(resp) => {
+                self.observe(method, endpoint, resp.status().as_str(), started);
+                let redactor = self.redactor(Some(&token), extra);
+                Err(status_error(method, endpoint, resp, &redactor).await)
+            }
+            Err(e) => {
+                self.observe(method, endpoint, "error", started);
+                Err(transport_error(
+                    method,
                     endpoint,
-                    "Qlik answered 401; refreshing the OAuth token once."
-                );
-                attempt -= 1;
-                continue;
-            }
-            if !err.is_retriable() || attempt >= self.retry.max_attempts {
-                return Err(err);
-            }
-            let delay = match err.retry_after() {
-                Some(ra) if ra > self.retry.max_retry_after => return Err(err),
-                Some(ra) => ra,
-                None if err.status() == Some(429) => Duration::from_secs(1),
-                None => self.retry.backoff(attempt),
-            };
-            let rate_limited = err.status() == Some(429);
-            if rate_limited && let Some(o) = &self.observer {
-                o.rate_limited();
-            }
-            tracing::warn!(
-                method,
-                endpoint,
-                attempt,
-                error_type = err.error_type(),
-                delay_ms = delay.as_millis() as u64,
-                "Qlik request failed; retrying."
-            );
-            if rate_limited && write {
-                // Qlik blocks the whole tier: hold back every writer, not only this one.
-                self.gate.pause(delay);
-            } else {
-                tokio::time::sleep(delay).await;
+                    &e,
+                    &self.redactor(Some(&token), extra),
+                ))
             }
         }
     }
@@ -623,53 +575,21 @@ impl QlikClient {
         if let Some(scope) = scope {
             body["scope"] = serde_json::Value::String(scope.clone());
         }
-        let mut attempt = 0;
-        let resp = loop {
-            attempt += 1;
-            self.gate.acquire().await;
-            self.token_requests.fetch_add(1, Ordering::Relaxed);
-            let started = Instant::now();
-            match self.http.post(url.clone()).json(&body).send().await {
-                Ok(resp) if resp.status().is_success() => {
-                    self.observe("POST", EP_TOKEN, resp.status().as_str(), started);
-                    break resp;
-                }
-                Ok(resp) if resp.status().is_redirection() => {
-                    self.observe("POST", EP_TOKEN, resp.status().as_str(), started);
-                    return Err(redirect_error("POST", EP_TOKEN, &resp));
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    self.observe("POST", EP_TOKEN, status.as_str(), started);
-                    let retry_after = parse_retry_after(resp.headers());
-                    let problem = read_problem(resp, &self.own_secrets).await;
-                    let retriable = status.as_u16() == 429 || status.is_server_error();
-                    if !retriable || attempt >= self.retry.max_attempts {
-                        return Err(QlikError::Token(format!(
-                            "HTTP {}: {}",
-                            status.as_u16(),
-                            problem.describe()
-                        )));
-                    }
-                    let delay = retry_after.unwrap_or_else(|| self.retry.backoff(attempt));
-                    if status.as_u16() == 429 {
-                        self.gate.pause(delay);
-                    } else {
-                        tokio::time::sleep(delay).await;
-                    }
-                }
-                Err(e) => {
-                    self.observe("POST", EP_TOKEN, "error", started);
-                    if attempt >= self.retry.max_attempts {
-                        return Err(QlikError::Token(text::sanitize(
-                            &transport_message(&e),
-                            &self.own_secrets,
-                        )));
-                    }
-                    tokio::time::sleep(self.retry.backoff(attempt)).await;
-                }
-            }
+        let request = retry::Request {
+            method: "POST",
+            endpoint: EP_TOKEN,
+            gate: Some(&self.gate),
+            observer: self.observer.as_deref(),
         };
+        let resp = retry::run(&self.retry, &request, || self.token_once(&url, &body))
+            .await
+            .map_err(|e| match e {
+                QlikError::Status {
+                    status, problem, ..
+                } => QlikError::Token(format!("HTTP {status}: {}", problem.describe())),
+                QlikError::Transport { message, .. } => QlikError::Token(message),
+                other => other,
+            })?;
         let bytes = self.read_body("POST", EP_TOKEN, resp).await?;
         let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| {
             QlikError::Token("the token response is not the documented JSON".into())
@@ -693,6 +613,32 @@ impl QlikClient {
             "Obtained an OAuth access token."
         );
         Ok(token)
+    }
+
+    /// One `POST /oauth/token` exchange (through the write gate: a Tier 2 call). Errors are
+    /// scrubbed of the client's own secrets.
+    async fn token_once(&self, url: &Url, body: &serde_json::Value) -> Result<Response, QlikError> {
+        self.gate.acquire().await;
+        self.token_requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        match self.http.post(url.clone()).json(body).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                self.observe("POST", EP_TOKEN, resp.status().as_str(), started);
+                Ok(resp)
+            }
+            Ok(resp) if resp.status().is_redirection() => {
+                self.observe("POST", EP_TOKEN, resp.status().as_str(), started);
+                Err(redirect_error("POST", EP_TOKEN, &resp))
+            }
+            Ok(resp) => {
+                self.observe("POST", EP_TOKEN, resp.status().as_str(), started);
+                Err(status_error("POST", EP_TOKEN, resp, &self.own_secrets).await)
+            }
+            Err(e) => {
+                self.observe("POST", EP_TOKEN, "error", started);
+                Err(transport_error("POST", EP_TOKEN, &e, &self.own_secrets))
+            }
+        }
     }
 }
 
@@ -785,6 +731,42 @@ async fn read_problem(resp: Response, redactor: &Redactor) -> ApiProblem {
     }
 }
 
+/// A non-success, non-redirect answer as [`QlikError::Status`], its body read (capped) and
+/// scrubbed of `redactor`'s secrets.
+async fn status_error(
+    method: &'static str,
+    endpoint: &'static str,
+    resp: Response,
+    redactor: &Redactor,
+) -> QlikError {
+    let status = resp.status().as_u16();
+    let retry_after = parse_retry_after(resp.headers());
+    let problem = read_problem(resp, redactor).await;
+    QlikError::Status {
+        method,
+        endpoint,
+        status,
+        problem: Box::new(problem),
+        retry_after,
+    }
+}
+
+/// A request that did not complete as [`QlikError::Transport`], scrubbed of `redactor`'s
+/// secrets.
+fn transport_error(
+    method: &'static str,
+    endpoint: &'static str,
+    e: &reqwest::Error,
+    redactor: &Redactor,
+) -> QlikError {
+    QlikError::Transport {
+        method,
+        endpoint,
+        message: text::sanitize(&transport_message(e), redactor),
+        timeout: e.is_timeout(),
+    }
+}
+
 fn parse_retry_after(headers: &header::HeaderMap) -> Option<Duration> {
     let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<u64>() {
@@ -833,15 +815,75 @@ mod tests {
         assert_eq!(parse_retry_after(&h), None);
     }
 
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let p = RetryPolicy::default();
-        for attempt in 1..10 {
-            let d = p.backoff(attempt);
-            assert!(d <= p.max_delay, "{attempt}: {d:?}");
+    /// The token request goes through the same retry policy as every other request: a
+    /// `Retry-After` above `max_retry_after` fails at once (it used to be waited for), and a
+    /// 429 is counted and pauses the write gate.
+    #[tokio::test]
+    async fn the_token_request_shares_the_retry_policy() {
+        use std::sync::atomic::AtomicU32;
+
+        use qlik_sim::{Fault, SimConfig, Simulator};
+
+        const SECRET: &str = "CANARY-client-secret-7f3a";
+        #[derive(Default)]
+        struct Count429(AtomicU32);
+        impl RequestObserver for Count429 {
+            fn request(&self, _: &'static str, _: &'static str, _: &str, _: Duration) {}
+            fn rate_limited(&self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
         }
-        assert!(p.backoff(1) <= Duration::from_millis(250));
-        assert!(p.backoff(1) >= Duration::from_millis(125));
+        let sim = Simulator::start(SimConfig {
+            oauth_clients: vec![("cid".into(), SECRET.into())],
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let observer = Arc::new(Count429::default());
+        let client = QlikClient::new(ClientSettings {
+            tenant_url: sim.base_url().parse().unwrap(),
+            credentials: Credentials::OAuth {
+                client_id: "cid".into(),
+                client_secret: SECRET.to_owned().into(),
+                scope: None,
+            },
+            request_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            write_budget_per_min: 0,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        })
+        .unwrap()
+        .with_observer(observer.clone());
+        let token_limited = |secs| Fault::RateLimited {
+            method: Some("POST".into()),
+            path_prefix: Some("/oauth/token".into()),
+            retry_after_secs: secs,
+            times: 1,
+        };
+
+        sim.inject(token_limited(121));
+        let err = tokio::time::timeout(Duration::from_secs(5), client.get_connection("x"))
+            .await
+            .expect("a Retry-After above max_retry_after is not waited for")
+            .unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(
+            shown.starts_with("OAuth token request failed: HTTP 429"),
+            "{shown}"
+        );
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert_eq!(client.token_requests(), 1);
+        assert!(sim.requests().iter().all(|r| r.path == "/oauth/token"));
+
+        sim.inject(token_limited(1));
+        let err = client
+            .get_connection("00000000-0000-4000-8000-000000000000")
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(404), "{err}");
+        assert_eq!(client.token_requests(), 3);
+        assert_eq!(observer.0.load(Ordering::SeqCst), 1);
+        assert_eq!(client.gate().pauses(), 1);
     }
 
     #[test]

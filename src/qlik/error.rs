@@ -229,17 +229,10 @@ impl QlikError {
     }
 
     /// Whether retrying the same request may succeed: 429, 5xx, timeouts and connection
-    /// failures. 400, 401 (after a token refresh), 403, 404 and 409 are final.
+    /// failures. 400, 401 (after a token refresh), 403, 404 and 409 are final. The one
+    /// classifier is [`RetryPolicy::should_retry`](super::retry::RetryPolicy::should_retry).
     pub fn is_retriable(&self) -> bool {
-        match self {
-            QlikError::Status { status, .. } => *status == 429 || *status >= 500,
-            QlikError::Transport { .. } => true,
-            QlikError::Token(_)
-            | QlikError::Decode { .. }
-            | QlikError::NameNotFound { .. }
-            | QlikError::Redirect { .. }
-            | QlikError::TooLarge { .. } => false,
-        }
+        super::retry::RetryPolicy::should_retry(self)
     }
 
     /// A stable, low-cardinality label for metrics and the one-line CLI outcome.

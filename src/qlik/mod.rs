@@ -5,11 +5,13 @@
 //!   place where secret values are serialised).
 //! - [`error`]: `QlikError`, classified for retry and metrics.
 //! - [`gate`]: the write budget shared by every job.
+//! - [`retry`]: the per-request retry policy (classifier, delays, the one retry loop).
 
 pub mod client;
 pub mod error;
 pub mod gate;
 pub mod model;
+pub mod retry;
 
 pub use client::{ClientSettings, Credentials, QlikClient, RetryPolicy};
 pub use error::QlikError;
