@@ -83,9 +83,10 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
     let req = read_request(req).await;
+    let rec = req.recorded();
     let (seq, fault) = {
         let mut g = shared.lock();
-        let seq = g.record(req.recorded());
+        let seq = g.record(rec);
         (seq, g.take_fault(&req.method, &req.path))
     };
     let plan = apply_fault(fault, &kill, &req).await;
