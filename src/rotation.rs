@@ -20,8 +20,12 @@ use crate::{
         SecretFetched, SpecWarning, VerifyWarning,
     },
     metrics::Metrics,
-    qlik::{DataConnection, QlikClient, QlikError, model::CredentialUpdate},
-    secrets::{AnySource, SecretSource, SecretValue, SourceError},
+    qlik::{
+        DataConnection, QlikClient, QlikError,
+        model::{CredentialUpdate, DataCredential},
+    },
+    secrets::{AnySource, SecretFields, SecretSource, SecretValue, SourceError},
+    text::Redactor,
 };
 
 /// Where in a rotation something went wrong.
@@ -632,20 +636,10 @@ impl Rotator {
         report: &mut Report,
     ) -> Outcome {
         // 2. The connection as it is now, and proof that it is the one asked for.
-        let before = match known {
-            Some(c) => c,
-            None => match self.read_connection(job, conn).await {
-                Ok(c) => c,
-                Err(e) => return Outcome::Failed(RotationError::Resolve(e)),
-            },
+        let before = match self.resolve_connection(job, conn, known).await {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failed(e),
         };
-        if let Err(message) = check_identity(conn, &before) {
-            self.forget_resolved(job, conn);
-            return Outcome::Failed(RotationError::WrongConnection {
-                stage: Stage::Resolve,
-                message,
-            });
-        }
         report.connection_id = Some(before.id.clone());
         if before.separate_credentials && job.spec.separate == Some(SeparateMode::DataCredentials) {
             return self
@@ -665,15 +659,8 @@ impl Rotator {
         if plan_only {
             return Outcome::Planned(plan.doc.masked());
         }
-        if !before.privileges.is_empty() && !before.has_privilege("update") {
-            return Outcome::Failed(RotationError::NoUpdatePrivilege(before.id.clone()));
-        }
-        // Without a baseline `updated`, a 204 that applied nothing could not be told apart.
-        if connectors::parse_time(&before.updated).is_none() {
-            return Outcome::Failed(RotationError::Unverifiable {
-                what: "connection",
-                id: printable(&before.id, 80),
-            });
+        if let Err(e) = check_writable(&before) {
+            return Outcome::Failed(e);
         }
 
         // 4. Apply.
@@ -685,9 +672,48 @@ impl Rotator {
         drop(plan.doc);
 
         // 5. Verify: the same connection, `updated` advanced, nothing else changed.
+        self.verify_connection(job, &before, &plan.expect, &written, report)
+            .await
+    }
+
+    /// Step 2 of [`Self::rotate_connection`]: the connection as it is now (`known` when the
+    /// caller already read it), proven to be the one asked for.
+    async fn resolve_connection(
+        &self,
+        job: &JobConfig,
+        conn: &ConnectionRef,
+        known: Option<DataConnection>,
+    ) -> Result<DataConnection, RotationError> {
+        let before = match known {
+            Some(c) => c,
+            None => self
+                .read_connection(job, conn)
+                .await
+                .map_err(RotationError::Resolve)?,
+        };
+        if let Err(message) = check_identity(conn, &before) {
+            self.forget_resolved(job, conn);
+            return Err(RotationError::WrongConnection {
+                stage: Stage::Resolve,
+                message,
+            });
+        }
+        Ok(before)
+    }
+
+    /// Step 5 of [`Self::rotate_connection`]: the verify GET (redacting what was `written`)
+    /// shows the same connection, `updated` advanced and nothing else changed.
+    async fn verify_connection(
+        &self,
+        job: &JobConfig,
+        before: &DataConnection,
+        expect: &connectors::Expectation,
+        written: &Redactor,
+        report: &mut Report,
+    ) -> Outcome {
         let after = match self
             .client
-            .get_connection_redacting(&before.id, &written)
+            .get_connection_redacting(&before.id, written)
             .await
         {
             Ok(c) => c,
@@ -704,7 +730,7 @@ impl Rotator {
                 message,
             });
         }
-        let verification = connectors::verify(&before, &after, &plan.expect);
+        let verification = connectors::verify(before, &after, expect);
         if !verification.failures.is_empty() {
             return Outcome::VerifyFailed(RotationError::Verify(verification.failures));
         }
@@ -712,24 +738,7 @@ impl Rotator {
             self.verify_warning(job, rule, message);
             report.warnings.push(message.clone());
         }
-        report.verified = Some(Verified {
-            unchanged_properties: before
-                .properties
-                .keys()
-                .filter(|k| !plan.expect.written.contains(k))
-                .count(),
-            confirmed_credentials: plan
-                .expect
-                .written
-                .iter()
-                .filter(|w| {
-                    plan.expect.digests.contains_key(*w) || plan.expect.file_names.contains_key(*w)
-                })
-                .filter(|w| after.properties.contains_key(*w))
-                .cloned()
-                .collect(),
-            updated: (before.updated.clone(), after.updated.clone()),
-        });
+        report.verified = Some(verified_connection(before, &after, expect));
         report.after = Some(after);
         Outcome::Rotated
     }
@@ -744,70 +753,14 @@ impl Rotator {
         plan_only: bool,
         report: &mut Report,
     ) -> Outcome {
-        let fields = match secret.fields() {
-            Ok(f) => f,
-            Err(e) => return Outcome::Failed(BuildError::NotFields(e).into()),
+        let (username, password) = match credential_login(job, secret) {
+            Ok(login) => login,
+            Err(e) => return Outcome::Failed(e),
         };
-        let value = |prop: &str| -> Result<SecretString, RotationError> {
-            let key = job
-                .spec
-                .props
-                .iter()
-                .find(|p| p.name == prop)
-                .map_or(prop, |p| p.key.as_str());
-            match fields.text(key) {
-                Ok(Some(v)) if !v.expose_secret().is_empty() => Ok(v.clone()),
-                Ok(Some(_)) => Err(BuildError::EmptyField {
-                    property: prop.to_owned(),
-                    key: key.to_owned(),
-                }
-                .into()),
-                Ok(None) => Err(BuildError::MissingField {
-                    property: prop.to_owned(),
-                    key: key.to_owned(),
-                }
-                .into()),
-                Err(found) => Err(BuildError::WrongJsonType {
-                    property: prop.to_owned(),
-                    key: key.to_owned(),
-                    found,
-                    want: "a JSON string",
-                }
-                .into()),
-            }
-        };
-        let (username, password) = match (value("username"), value("password")) {
-            (Ok(u), Ok(p)) => (u, p),
-            (Err(e), _) | (_, Err(e)) => return Outcome::Failed(e),
-        };
-        let (lookup, by_name) = match (&job.spec.credential, &conn.credentials_id) {
-            (Some(name), _) => (name.clone(), true),
-            (None, Some(id)) if !id.is_empty() => (id.clone(), false),
-            _ => {
-                return Outcome::Failed(RotationError::NoCredential(conn.id.clone()));
-            }
-        };
-        let before = match self.client.get_credential(&lookup, by_name).await {
+        let before = match self.resolve_credential(job, conn).await {
             Ok(c) => c,
-            Err(e) => return Outcome::Failed(RotationError::Resolve(e)),
+            Err(e) => return Outcome::Failed(e),
         };
-        let asked = if by_name {
-            same_name("credential", &lookup, &before.name, None, None)
-                .and_then(|()| check_id_field("credential", &before.id, before.id_field.as_deref()))
-        } else {
-            same_id(
-                "credential",
-                &lookup,
-                &before.id,
-                before.id_field.as_deref(),
-            )
-        };
-        if let Err(message) = asked {
-            return Outcome::Failed(RotationError::WrongConnection {
-                stage: Stage::Resolve,
-                message,
-            });
-        }
         let update = CredentialUpdate {
             id: before.id.clone(),
             name: before.name.clone(),
@@ -833,9 +786,59 @@ impl Rotator {
         }
         let written = update.redactor();
         drop(update);
+        self.verify_credential(&before, &written, report).await
+    }
+
+    /// The data credential to rotate: by the job's credential name, else by the connection's
+    /// `credentialsId`; proven to be the one asked for.
+    async fn resolve_credential(
+        &self,
+        job: &JobConfig,
+        conn: &DataConnection,
+    ) -> Result<DataCredential, RotationError> {
+        let (lookup, by_name) = match (&job.spec.credential, &conn.credentials_id) {
+            (Some(name), _) => (name.clone(), true),
+            (None, Some(id)) if !id.is_empty() => (id.clone(), false),
+            _ => {
+                return Err(RotationError::NoCredential(conn.id.clone()));
+            }
+        };
+        let before = self
+            .client
+            .get_credential(&lookup, by_name)
+            .await
+            .map_err(RotationError::Resolve)?;
+        let asked = if by_name {
+            same_name("credential", &lookup, &before.name, None, None)
+                .and_then(|()| check_id_field("credential", &before.id, before.id_field.as_deref()))
+        } else {
+            same_id(
+                "credential",
+                &lookup,
+                &before.id,
+                before.id_field.as_deref(),
+            )
+        };
+        if let Err(message) = asked {
+            return Err(RotationError::WrongConnection {
+                stage: Stage::Resolve,
+                message,
+            });
+        }
+        Ok(before)
+    }
+
+    /// The verify GET of a data credential after its PUT (redacting what was `written`): the
+    /// same credential, name, type and data source unchanged, `updated` advanced.
+    async fn verify_credential(
+        &self,
+        before: &DataCredential,
+        written: &Redactor,
+        report: &mut Report,
+    ) -> Outcome {
         let after = match self
             .client
-            .get_credential_redacting(&before.id, false, &written)
+            .get_credential_redacting(&before.id, false, written)
             .await
         {
             Ok(c) => c,
@@ -872,6 +875,95 @@ impl Rotator {
         } else {
             Outcome::VerifyFailed(RotationError::Verify(mismatches))
         }
+    }
+}
+
+/// Before a PATCH: the `update` privilege (when the GET lists privileges) and a baseline
+/// `updated`; without one, a 204 that applied nothing could not be told apart.
+fn check_writable(before: &DataConnection) -> Result<(), RotationError> {
+    if !before.privileges.is_empty() && !before.has_privilege("update") {
+        return Err(RotationError::NoUpdatePrivilege(before.id.clone()));
+    }
+    if connectors::parse_time(&before.updated).is_none() {
+        return Err(RotationError::Unverifiable {
+            what: "connection",
+            id: printable(&before.id, 80),
+        });
+    }
+    Ok(())
+}
+
+/// What a verified connection rotation proved: the properties left alone, the credentials the
+/// GET confirmed, and `updated` before and after.
+fn verified_connection(
+    before: &DataConnection,
+    after: &DataConnection,
+    expect: &connectors::Expectation,
+) -> Verified {
+    Verified {
+        unchanged_properties: before
+            .properties
+            .keys()
+            .filter(|k| !expect.written.contains(k))
+            .count(),
+        confirmed_credentials: expect
+            .written
+            .iter()
+            .filter(|w| expect.digests.contains_key(*w) || expect.file_names.contains_key(*w))
+            .filter(|w| after.properties.contains_key(*w))
+            .cloned()
+            .collect(),
+        updated: (before.updated.clone(), after.updated.clone()),
+    }
+}
+
+/// The username and password of a data credential, from the secret fields the job maps them
+/// to (the property name itself when unmapped), in that order.
+fn credential_login(
+    job: &JobConfig,
+    secret: &SecretValue,
+) -> Result<(SecretString, SecretString), RotationError> {
+    let fields = secret.fields().map_err(BuildError::NotFields)?;
+    match (
+        credential_field(job, &fields, "username"),
+        credential_field(job, &fields, "password"),
+    ) {
+        (Ok(u), Ok(p)) => Ok((u, p)),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
+/// One non-empty string field of a data credential's secret, for property `prop`.
+fn credential_field(
+    job: &JobConfig,
+    fields: &SecretFields,
+    prop: &str,
+) -> Result<SecretString, RotationError> {
+    let key = job
+        .spec
+        .props
+        .iter()
+        .find(|p| p.name == prop)
+        .map_or(prop, |p| p.key.as_str());
+    match fields.text(key) {
+        Ok(Some(v)) if !v.expose_secret().is_empty() => Ok(v.clone()),
+        Ok(Some(_)) => Err(BuildError::EmptyField {
+            property: prop.to_owned(),
+            key: key.to_owned(),
+        }
+        .into()),
+        Ok(None) => Err(BuildError::MissingField {
+            property: prop.to_owned(),
+            key: key.to_owned(),
+        }
+        .into()),
+        Err(found) => Err(BuildError::WrongJsonType {
+            property: prop.to_owned(),
+            key: key.to_owned(),
+            found,
+            want: "a JSON string",
+        }
+        .into()),
     }
 }
 

@@ -34,22 +34,46 @@ pub fn service_account(project: &str, key: &str) -> Value {
 const PKCS8_NEW: &str =
     "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqNEW\n-----END PRIVATE KEY-----\n";
 
+/// Stored properties, new secret, and whether the secret's files are already base64.
+type Parts = (Value, Value, bool);
+
 /// The example for `datasource_id` (a `DG_` variant adds `gatewayInstance`) and `scheme`.
 pub fn example(datasource_id: &str, scheme: &str) -> Option<Example> {
     let (base, gateway) = match datasource_id.strip_prefix("DG_") {
         Some(base) => (base, true),
         None => (datasource_id, false),
     };
-    let user_password = |other: Value, user: &str| {
-        let mut p = other;
-        p["username"] = json!(format!("{user}_old"));
-        p["password"] = json!("old-P@ss");
-        (
-            p,
-            json!({"username": format!("{user}_2026"), "password": "N3w-P@ss/2026"}),
-        )
-    };
-    let (properties, secret, file_base64) = match (base, scheme) {
+    let (properties, secret, file_base64) = file_stores(base, scheme)
+        .or_else(|| warehouses(base, scheme))
+        .or_else(|| databases(base, scheme))
+        .or_else(|| web_apis(base, scheme))
+        .or_else(|| replicate_databases(base, scheme))
+        .or_else(|| replicate_cloud(base, scheme))?;
+    let mut properties = properties;
+    if gateway {
+        properties["gatewayInstance"] = json!("7c1e4b2a-gateway-eu");
+    }
+    Some(Example {
+        properties,
+        secret,
+        file_base64,
+    })
+}
+
+/// Stored properties with `username`/`password` set to old values, and a secret with new ones.
+fn user_password(other: Value, user: &str) -> (Value, Value) {
+    let mut p = other;
+    p["username"] = json!(format!("{user}_old"));
+    p["password"] = json!("old-P@ss");
+    (
+        p,
+        json!({"username": format!("{user}_2026"), "password": "N3w-P@ss/2026"}),
+    )
+}
+
+/// Object stores and file transfer: Amazon S3, Google Cloud Storage, SFTP.
+fn file_stores(base: &str, scheme: &str) -> Option<Parts> {
+    Some(match (base, scheme) {
         (
             "File_AmazonS3ConnectorV2" | "AmazonS3ConnectorV2" | "File_AmazonS3Connector",
             "access_key",
@@ -67,6 +91,28 @@ pub fn example(datasource_id: &str, scheme: &str) -> Option<Example> {
                 false,
             )
         }
+        ("File_FileTransferConnector", "password") => {
+            let (p, s) = user_password(
+                json!({"host": "sftp.acme.example", "sftpPort": 22}),
+                "exports",
+            );
+            (p, s, false)
+        }
+        ("File_FileTransferConnector", "private_key") => (
+            json!({"host": "sftp.acme.example", "sftpPort": 22, "publicKeyAlgorithm": "ssh-ed25519",
+                   "username": "exports",
+                   "privateKey": [{"name": "id_rsa", "value": b64("old key")}]}),
+            json!({"username": "exports",
+                   "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaNEW\n-----END OPENSSH PRIVATE KEY-----\n"}),
+            false,
+        ),
+        _ => return None,
+    })
+}
+
+/// Cloud warehouses: Athena, Databricks, BigQuery, Snowflake.
+fn warehouses(base: &str, scheme: &str) -> Option<Parts> {
+    Some(match (base, scheme) {
         ("athena", "iam_credentials") => {
             // IAM credentials: username = access key id, password = secret access key.
             let p = json!({"AuthenticationType": "IAM Credentials", "AwsRegion": "eu-west-1",
@@ -95,6 +141,31 @@ pub fn example(datasource_id: &str, scheme: &str) -> Option<Example> {
             service_account("acme-warehouse", "MIIEgbq"),
             false,
         ),
+        ("snowflake", "password") => {
+            let (p, s) = user_password(
+                json!({"server": "acme.eu-west-1.snowflakecomputing.com", "port": 443,
+                       "database": "SALES", "schema": "PUBLIC", "warehouse": "COMPUTE_WH",
+                       "role": "REPORTING"}),
+                "SVC_SALES",
+            );
+            (p, s, false)
+        }
+        // Moving a password connection to key-pair auth: `authenticator` is switched.
+        ("snowflake", "key_pair") => (
+            json!({"server": "acme.eu-west-1.snowflakecomputing.com", "port": 443,
+                   "database": "SALES", "schema": "PUBLIC", "warehouse": "COMPUTE_WH",
+                   "role": "REPORTING", "authenticator": "snowflake",
+                   "username": "SVC_SALES", "password": "old-P@ss"}),
+            json!({"username": "SVC_SALES", "private_key": PKCS8_NEW}),
+            false,
+        ),
+        _ => return None,
+    })
+}
+
+/// Databases with a username and password: SQL Server, MySQL, Teradata.
+fn databases(base: &str, scheme: &str) -> Option<Parts> {
+    Some(match (base, scheme) {
         ("mssql", "password") => {
             let (p, s) = user_password(
                 json!({"host": "sql.acme.internal", "port": 1433, "database": "finance",
@@ -117,24 +188,13 @@ pub fn example(datasource_id: &str, scheme: &str) -> Option<Example> {
             );
             (p, s, false)
         }
-        ("snowflake", "password") => {
-            let (p, s) = user_password(
-                json!({"server": "acme.eu-west-1.snowflakecomputing.com", "port": 443,
-                       "database": "SALES", "schema": "PUBLIC", "warehouse": "COMPUTE_WH",
-                       "role": "REPORTING"}),
-                "SVC_SALES",
-            );
-            (p, s, false)
-        }
-        // Moving a password connection to key-pair auth: `authenticator` is switched.
-        ("snowflake", "key_pair") => (
-            json!({"server": "acme.eu-west-1.snowflakecomputing.com", "port": 443,
-                   "database": "SALES", "schema": "PUBLIC", "warehouse": "COMPUTE_WH",
-                   "role": "REPORTING", "authenticator": "snowflake",
-                   "username": "SVC_SALES", "password": "old-P@ss"}),
-            json!({"username": "SVC_SALES", "private_key": PKCS8_NEW}),
-            false,
-        ),
+        _ => return None,
+    })
+}
+
+/// Web APIs: the REST connector (basic, header, mTLS) and Salesforce.
+fn web_apis(base: &str, scheme: &str) -> Option<Parts> {
+    Some(match (base, scheme) {
         ("rest", "basic") => {
             let (p, s) = user_password(
                 json!({"url": "https://api.acme.example/v1/orders", "authSchema": "basic",
@@ -168,21 +228,23 @@ pub fn example(datasource_id: &str, scheme: &str) -> Option<Example> {
             json!({"pfx": b64("\u{30}\u{82}\u{0a}new pfx"), "pfx_password": "new-pfx-pass"}),
             true,
         ),
-        ("File_FileTransferConnector", "password") => {
-            let (p, s) = user_password(
-                json!({"host": "sftp.acme.example", "sftpPort": 22}),
-                "exports",
-            );
-            (p, s, false)
-        }
-        ("File_FileTransferConnector", "private_key") => (
-            json!({"host": "sftp.acme.example", "sftpPort": 22, "publicKeyAlgorithm": "ssh-ed25519",
-                   "username": "exports",
-                   "privateKey": [{"name": "id_rsa", "value": b64("old key")}]}),
-            json!({"username": "exports",
-                   "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaNEW\n-----END OPENSSH PRIVATE KEY-----\n"}),
+        // Qlik PS Ansible collection's example: a custom domain, authenticator "salesforce",
+        // UserId, SFpassword and sftoken (the security token).
+        ("sfdc", "password") => (
+            json!({"sfEnvironment": "custom", "envDomain": "acme.my.salesforce.com",
+                   "authenticator": "salesforce", "UserId": "integration@acme.example",
+                   "SFpassword": "old-P@ss", "sftoken": "oldT0ken4Sf"}),
+            json!({"username": "integration@acme.example", "password": "N3w-P@ss/2026",
+                   "security_token": "newT0ken2026xyz"}),
             false,
         ),
+        _ => return None,
+    })
+}
+
+/// Qlik Replicate sources and targets on databases, Snowflake included.
+fn replicate_databases(base: &str, scheme: &str) -> Option<Parts> {
+    Some(match (base, scheme) {
         (
             "repsrc_mysql"
             | "repsrc_mssql"
@@ -229,16 +291,13 @@ pub fn example(datasource_id: &str, scheme: &str) -> Option<Example> {
             );
             (p, s, false)
         }
-        // Qlik PS Ansible collection's example: a custom domain, authenticator "salesforce",
-        // UserId, SFpassword and sftoken (the security token).
-        ("sfdc", "password") => (
-            json!({"sfEnvironment": "custom", "envDomain": "acme.my.salesforce.com",
-                   "authenticator": "salesforce", "UserId": "integration@acme.example",
-                   "SFpassword": "old-P@ss", "sftoken": "oldT0ken4Sf"}),
-            json!({"username": "integration@acme.example", "password": "N3w-P@ss/2026",
-                   "security_token": "newT0ken2026xyz"}),
-            false,
-        ),
+        _ => return None,
+    })
+}
+
+/// Qlik Replicate cloud targets: Databricks, BigQuery, Google Cloud Storage, ADLS, S3.
+fn replicate_cloud(base: &str, scheme: &str) -> Option<Parts> {
+    Some(match (base, scheme) {
         ("reptgt_qdidatabricks", "token") => (
             json!({"server": "adb-1234567890.5.azuredatabricks.net", "port": 443,
                    "httpPath": "/sql/1.0/warehouses/3f2a",
@@ -274,14 +333,5 @@ pub fn example(datasource_id: &str, scheme: &str) -> Option<Example> {
             false,
         ),
         _ => return None,
-    };
-    let mut properties = properties;
-    if gateway {
-        properties["gatewayInstance"] = json!("7c1e4b2a-gateway-eu");
-    }
-    Some(Example {
-        properties,
-        secret,
-        file_base64,
     })
 }

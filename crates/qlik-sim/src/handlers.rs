@@ -82,6 +82,67 @@ pub(crate) async fn handle(
     kill: Arc<Notify>,
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
+    let req = read_request(req).await;
+    let rec = req.recorded();
+    let (seq, fault) = {
+        let mut g = shared.lock();
+        let seq = g.record(rec);
+        (seq, g.take_fault(&req.method, &req.path))
+    };
+    let plan = apply_fault(fault, &kill, &req).await;
+    let resp = match (plan.injected, plan.answer_as) {
+        (Some(r), _) => r,
+        (None, Some(other)) => answer_as(&shared, &req, &other),
+        (None, None) => {
+            let mut g = shared.lock();
+            route(
+                &mut g,
+                &req.method,
+                &req.path,
+                req.query.as_deref(),
+                req.authorization.as_deref(),
+                req.content_type.as_deref(),
+                &req.body,
+            )
+        }
+    };
+    let resp = match plan.rewrite {
+        Some(fields) if resp.status() == StatusCode::OK => rewrite_fields(resp, &fields).await,
+        _ => resp,
+    };
+    Ok(finish(&shared, seq, &req, resp).await)
+}
+
+/// The parts of a request every step needs, read once.
+struct Req {
+    method: String,
+    path: String,
+    query: Option<String>,
+    authorization: Option<String>,
+    content_type: Option<String>,
+    qlik_auth_code: Option<String>,
+    body: Bytes,
+}
+
+impl Req {
+    /// The log entry for this request; its status is set once it is answered.
+    fn recorded(&self) -> RecordedRequest {
+        RecordedRequest {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            query: self.query.clone(),
+            authorization: self.authorization.clone(),
+            content_type: self.content_type.clone(),
+            qlik_auth_code: self.qlik_auth_code.clone(),
+            body: String::from_utf8_lossy(&self.body).into_owned(),
+            status: 0,
+            at: std::time::Instant::now(),
+        }
+    }
+}
+
+/// Reads the whole body (an unreadable body counts as empty) and the headers the handler uses.
+async fn read_request(req: Request<Incoming>) -> Req {
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(c) => c.to_bytes(),
@@ -94,46 +155,52 @@ pub(crate) async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let method = parts.method.as_str().to_owned();
-    let path = parts.uri.path().to_owned();
-    let query = parts.uri.query().map(str::to_owned);
-    let authorization = header("authorization");
-    let content_type = header("content-type");
-    let rec = RecordedRequest {
-        method: method.clone(),
-        path: path.clone(),
-        query: query.clone(),
-        authorization: authorization.clone(),
-        content_type: content_type.clone(),
+    Req {
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        authorization: header("authorization"),
+        content_type: header("content-type"),
         qlik_auth_code: header("qlik-auth-code"),
-        body: String::from_utf8_lossy(&body).into_owned(),
-        status: 0,
-        at: std::time::Instant::now(),
-    };
-    let (seq, fault) = {
-        let mut g = shared.lock();
-        let seq = g.record(rec);
-        (seq, g.take_fault(&method, &path))
-    };
-    let mut answer_as: Option<String> = None;
-    let mut rewrite: Option<Vec<(String, Option<Value>)>> = None;
+        body,
+    }
+}
+
+/// What a matched fault does to the normal handling of a request.
+#[derive(Default)]
+struct FaultPlan {
+    /// A response that replaces routing altogether.
+    injected: Option<Resp>,
+    /// [`Fault::WrongBody`]: answer with this other object's body.
+    answer_as: Option<String>,
+    /// [`Fault::RewriteFields`]: fields to set or remove in a 200 body.
+    rewrite: Option<Vec<(String, Option<Value>)>>,
+}
+
+/// Applies a matched fault: builds the injected response, or waits ([`Fault::Delay`]), or never
+/// returns ([`Fault::Drop`]), or says how to alter the routed answer.
+async fn apply_fault(fault: Option<Fault>, kill: &Notify, req: &Req) -> FaultPlan {
     let injected = match fault {
         Some(Fault::WrongBody { answer_id, .. }) => {
-            answer_as = Some(answer_id);
-            None
+            return FaultPlan {
+                answer_as: Some(answer_id),
+                ..FaultPlan::default()
+            };
         }
-        Some(Fault::IgnoredWrite { .. }) => Some(no_content()),
         Some(Fault::RewriteFields { fields, .. }) => {
-            rewrite = Some(fields);
-            None
+            return FaultPlan {
+                rewrite: Some(fields),
+                ..FaultPlan::default()
+            };
         }
+        Some(Fault::IgnoredWrite { .. }) => no_content(),
         Some(Fault::Drop { .. }) => {
             // The connection task drops the connection future: the socket closes with no
             // response. This handler never completes; the recorded status stays 0.
             kill.notify_one();
             return std::future::pending().await;
         }
-        Some(Fault::Status { status, .. }) => Some(json_response(
+        Some(Fault::Status { status, .. }) => json_response(
             status,
             &json!({"errors": [{
                 "code": format!("HTTP-{status}"),
@@ -141,65 +208,58 @@ pub(crate) async fn handle(
                 "detail": "Injected fault",
                 "status": status,
             }]}),
-        )),
+        ),
         Some(Fault::RateLimited {
             retry_after_secs, ..
-        }) => Some(rate_limited(retry_after_secs)),
+        }) => rate_limited(retry_after_secs),
         Some(Fault::Delay { delay, .. }) => {
             tokio::time::sleep(delay).await;
-            None
+            return FaultPlan::default();
         }
-        Some(Fault::Hostile { response, .. }) => Some(super::hostile::respond(
+        Some(Fault::Hostile { response, .. }) => super::hostile::respond(
             &response,
-            &path,
-            authorization.as_deref(),
-            &body,
-        )),
-        None => None,
+            &req.path,
+            req.authorization.as_deref(),
+            &req.body,
+        ),
+        None => return FaultPlan::default(),
     };
-    let resp = match (injected, answer_as) {
-        (Some(r), _) => r,
-        (None, Some(other)) => {
-            let g = shared.lock();
-            let q: HashMap<String, String> = query
-                .as_deref()
-                .map(parse_urlencoded)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|(k, _)| {
-                    !matches!(
-                        k.as_str(),
-                        "type" | "spaceId" | "space" | "byCredentialName"
-                    )
-                })
-                .collect();
-            let answer = if path.starts_with("/api/v1/data-credentials/") {
-                g.get_credential(&other, &q)
-            } else {
-                g.get_connection(&other, &q)
-            };
-            match answer {
-                Ok(v) => json_response(200, &v),
-                Err(e) => error_response(&e),
-            }
-        }
-        (None, None) => {
-            let mut g = shared.lock();
-            route(
-                &mut g,
-                &method,
-                &path,
-                query.as_deref(),
-                authorization.as_deref(),
-                content_type.as_deref(),
-                &body,
+    FaultPlan {
+        injected: Some(injected),
+        ..FaultPlan::default()
+    }
+}
+
+/// [`Fault::WrongBody`]: the body of object `other` (a credential when the path is one), read
+/// with the request's query minus the filters that would not apply to it.
+fn answer_as(shared: &Shared, req: &Req, other: &str) -> Resp {
+    let g = shared.lock();
+    let q: HashMap<String, String> = req
+        .query
+        .as_deref()
+        .map(parse_urlencoded)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "type" | "spaceId" | "space" | "byCredentialName"
             )
-        }
+        })
+        .collect();
+    let answer = if req.path.starts_with("/api/v1/data-credentials/") {
+        g.get_credential(other, &q)
+    } else {
+        g.get_connection(other, &q)
     };
-    let resp = match rewrite {
-        Some(fields) if resp.status() == StatusCode::OK => rewrite_fields(resp, &fields).await,
-        _ => resp,
-    };
+    match answer {
+        Ok(v) => json_response(200, &v),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Waits the configured latency, records the status and logs the answer.
+async fn finish(shared: &Shared, seq: u64, req: &Req, resp: Resp) -> Resp {
     let latency: Duration = shared.lock().cfg.latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -207,12 +267,12 @@ pub(crate) async fn handle(
     shared.lock().set_status(seq, resp.status().as_u16());
     // Method, path (Debug-escaped) and status only: queries and bodies may carry secrets.
     tracing::debug!(
-        method = %method,
-        path = ?path,
+        method = %req.method,
+        path = ?req.path,
         status = resp.status().as_u16(),
         "Simulator answered"
     );
-    Ok(resp)
+    resp
 }
 
 /// [`Fault::RewriteFields`]: sets or removes top-level fields of a 200 JSON object body.

@@ -123,122 +123,141 @@ pub(crate) fn respond(
     body: &[u8],
 ) -> Resp {
     match hostile {
-        Hostile::Redirect {
-            status: code,
-            location,
-        } => {
-            let mut r = with_status(Full::new(Bytes::new()).boxed_unsync(), *code);
-            if let Ok(v) = HeaderValue::from_str(location) {
-                r.headers_mut().insert(LOCATION, v);
-            }
-            r
-        }
-        Hostile::EndlessBody { status: code } => {
-            let chunk = Bytes::from(vec![b' '; 64 * 1024]);
-            let mut r = with_status(
-                stream_body(
-                    Bytes::from_static(b"{\"qID\":\""),
-                    chunk,
-                    Duration::ZERO,
-                    None,
-                ),
-                *code,
-            );
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            r
-        }
-        Hostile::SlowBody {
-            status: code,
-            interval,
-        } => {
-            let mut r = with_status(
-                stream_body(
-                    Bytes::from_static(b"{\"errors\":[ "),
-                    Bytes::from_static(b" "),
-                    *interval,
-                    None,
-                ),
-                *code,
-            );
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            r
-        }
-        Hostile::HugeBody {
-            status: code,
-            bytes,
-        } => {
-            let first = Bytes::from_static(b"{\"errors\":[{\"detail\":\"");
-            let first = first.slice(..first.len().min(*bytes));
-            let rest = bytes - first.len();
-            let chunk = Bytes::from(vec![b'A'; 64 * 1024]);
-            let mut r = with_status(
-                stream_body(
-                    first.clone(),
-                    chunk,
-                    Duration::ZERO,
-                    Some(first.len() + rest),
-                ),
-                *code,
-            );
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            r.headers_mut()
-                .insert(CONTENT_LENGTH, HeaderValue::from(*bytes as u64));
-            r
-        }
+        Hostile::Redirect { status, location } => redirect(*status, location),
+        Hostile::EndlessBody { status } => endless_body(*status),
+        Hostile::SlowBody { status, interval } => slow_body(*status, *interval),
+        Hostile::HugeBody { status, bytes } => huge_body(*status, *bytes),
         Hostile::Body {
-            status: code,
+            status,
             content_type,
             body,
-        } => {
-            let mut r = with_status(Full::new(Bytes::from(body.clone())).boxed_unsync(), *code);
-            if let Ok(v) = HeaderValue::from_str(content_type) {
-                r.headers_mut().insert(CONTENT_TYPE, v);
-            }
-            r
-        }
+        } => fixed_body(*status, content_type, body),
         Hostile::EchoSecrets {
-            status: code,
+            status,
             field,
             encoding,
         } => {
-            let echo = if *encoding == EchoEncoding::Base64Blob {
-                base64::engine::general_purpose::STANDARD.encode(format!(
-                    "{}\n{}",
-                    authorization.unwrap_or(""),
-                    String::from_utf8_lossy(body)
-                ))
-            } else {
-                carried_secrets(path, authorization, body)
-                    .iter()
-                    .map(|s| encode(s, *encoding))
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            };
-            let text = format!("rejected value(s): {echo}");
-            let mut item = json!({"code": "HOSTILE-1", "title": "Bad request", "detail": "Rejected", "status": code});
-            let mut trace = Value::Null;
-            match field {
-                EchoField::Code => item["code"] = Value::String(text),
-                EchoField::Title => item["title"] = Value::String(text),
-                EchoField::Detail => item["detail"] = Value::String(text),
-                EchoField::TraceId => trace = Value::String(text),
-            }
-            let mut body = json!({"errors": [item]});
-            if !trace.is_null() {
-                body["traceId"] = trace;
-            }
-            let mut r = with_status(
-                Full::new(Bytes::from(body.to_string())).boxed_unsync(),
-                *code,
-            );
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            r
+            let text = echo_text(*encoding, path, authorization, body);
+            echo_secrets(*status, *field, text)
         }
     }
+}
+
+/// Marks a response as `application/json`.
+fn json_typed(mut r: Resp) -> Resp {
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// [`Hostile::Redirect`]: the status, this `Location` (when it is a valid header value), no body.
+fn redirect(code: u16, location: &str) -> Resp {
+    let mut r = with_status(Full::new(Bytes::new()).boxed_unsync(), code);
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    r
+}
+
+/// [`Hostile::EndlessBody`]: a JSON-looking start, then 64 KiB chunks of spaces forever.
+fn endless_body(code: u16) -> Resp {
+    let chunk = Bytes::from(vec![b' '; 64 * 1024]);
+    json_typed(with_status(
+        stream_body(
+            Bytes::from_static(b"{\"qID\":\""),
+            chunk,
+            Duration::ZERO,
+            None,
+        ),
+        code,
+    ))
+}
+
+/// [`Hostile::SlowBody`]: a JSON-looking start, then one space per `interval` forever.
+fn slow_body(code: u16, interval: Duration) -> Resp {
+    json_typed(with_status(
+        stream_body(
+            Bytes::from_static(b"{\"errors\":[ "),
+            Bytes::from_static(b" "),
+            interval,
+            None,
+        ),
+        code,
+    ))
+}
+
+/// [`Hostile::HugeBody`]: exactly `bytes` bytes, announced in `Content-Length`.
+fn huge_body(code: u16, bytes: usize) -> Resp {
+    let first = Bytes::from_static(b"{\"errors\":[{\"detail\":\"");
+    let first = first.slice(..first.len().min(bytes));
+    let rest = bytes - first.len();
+    let chunk = Bytes::from(vec![b'A'; 64 * 1024]);
+    let mut r = json_typed(with_status(
+        stream_body(
+            first.clone(),
+            chunk,
+            Duration::ZERO,
+            Some(first.len() + rest),
+        ),
+        code,
+    ));
+    r.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(bytes as u64));
+    r
+}
+
+/// [`Hostile::Body`]: exactly this body, with this `Content-Type` when it is a valid header value.
+fn fixed_body(code: u16, content_type: &str, body: &str) -> Resp {
+    let mut r = with_status(Full::new(Bytes::from(body.to_owned())).boxed_unsync(), code);
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// The echo text of [`Hostile::EchoSecrets`]: the whole request (authorization and body) as
+/// one base64 blob, or every carried secret, encoded, joined by ` | `.
+fn echo_text(
+    encoding: EchoEncoding,
+    path: &str,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> String {
+    let echo = if encoding == EchoEncoding::Base64Blob {
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}\n{}",
+            authorization.unwrap_or(""),
+            String::from_utf8_lossy(body)
+        ))
+    } else {
+        carried_secrets(path, authorization, body)
+            .iter()
+            .map(|s| encode(s, encoding))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    format!("rejected value(s): {echo}")
+}
+
+/// [`Hostile::EchoSecrets`]: a documented-shape error body with `text` in `field`.
+fn echo_secrets(code: u16, field: EchoField, text: String) -> Resp {
+    let mut item =
+        json!({"code": "HOSTILE-1", "title": "Bad request", "detail": "Rejected", "status": code});
+    let mut trace = Value::Null;
+    match field {
+        EchoField::Code => item["code"] = Value::String(text),
+        EchoField::Title => item["title"] = Value::String(text),
+        EchoField::Detail => item["detail"] = Value::String(text),
+        EchoField::TraceId => trace = Value::String(text),
+    }
+    let mut body = json!({"errors": [item]});
+    if !trace.is_null() {
+        body["traceId"] = trace;
+    }
+    json_typed(with_status(
+        Full::new(Bytes::from(body.to_string())).boxed_unsync(),
+        code,
+    ))
 }
 
 #[cfg(test)]

@@ -516,31 +516,32 @@ impl Inner {
         Ok(self.conn_view(c, View::Single { parse }))
     }
 
+    /// `GET /api/v1/data-connections`: cursor paging, `filter`, `spaceId` and `sort`.
     pub(crate) fn list_connections(
         &self,
         q: &HashMap<String, String>,
         raw_query: Option<&str>,
     ) -> Result<Value, ApiError> {
-        let limit = match q.get("limit") {
-            None => 32,
-            Some(l) => match l.parse::<i64>() {
-                Ok(n) if (1..=100).contains(&n) => n as usize,
-                _ => {
-                    return Err(ApiError::bad_request(format!(
-                        "limit must be an integer between 1 and 100, got '{l}'"
-                    )));
-                }
-            },
-        };
-        let offset = match q.get("page") {
-            None => 0,
-            Some(p) => decode_cursor(p)
-                .ok_or_else(|| ApiError::bad_request(format!("Invalid page cursor '{p}'")))?,
-        };
-        let clauses = match q.get("filter") {
-            Some(f) if !f.trim().is_empty() => parse_filter(f)?,
-            _ => Vec::new(),
-        };
+        let page = ListPage::parse(q)?;
+        let items = self.listed_connections(q, &page.clauses)?;
+        let total = items.len();
+        let data: Vec<Value> = items
+            .iter()
+            .skip(page.offset)
+            .take(page.limit)
+            .map(|c| self.conn_view(c, View::List))
+            .collect();
+        let links = self.list_links(q, raw_query, &page, total);
+        Ok(json!({"data": data, "meta": {"count": total}, "links": links}))
+    }
+
+    /// The connections a list shows, before paging: listable, in the space, matching every
+    /// filter clause, in `sort` order when one is given.
+    fn listed_connections(
+        &self,
+        q: &HashMap<String, String>,
+        clauses: &[Clause],
+    ) -> Result<Vec<&Conn>, ApiError> {
         let space = q.get("spaceId");
         let mut items: Vec<&Conn> = self
             .conns
@@ -550,32 +551,21 @@ impl Inner {
             .filter(|c| clauses.iter().all(|cl| cl.matches(c)))
             .collect();
         if let Some(sort) = q.get("sort") {
-            let (desc, field) = match sort.strip_prefix('-') {
-                Some(f) => (true, f),
-                None => (false, sort.strip_prefix('+').unwrap_or(sort)),
-            };
-            match field {
-                "qName" => items.sort_by(|a, b| a.name.cmp(&b.name)),
-                "created" => items.sort_by_key(|c| c.created),
-                "updated" => items.sort_by_key(|c| c.updated),
-                "_id" | "id" => items.sort_by(|a, b| a.id.cmp(&b.id)),
-                _ => {
-                    return Err(ApiError::bad_request(format!(
-                        "Unsupported sort field '{sort}'"
-                    )));
-                }
-            }
-            if desc {
-                items.reverse();
-            }
+            sort_connections(&mut items, sort)?;
         }
-        let total = items.len();
-        let data: Vec<Value> = items
-            .iter()
-            .skip(offset)
-            .take(limit)
-            .map(|c| self.conn_view(c, View::List))
-            .collect();
+        Ok(items)
+    }
+
+    /// The `links` of a list page: `self` as asked, `next` and `prev` when there are such
+    /// pages, carrying the limit, a cursor and the `spaceId`, `filter` and `sort` asked for.
+    fn list_links(
+        &self,
+        q: &HashMap<String, String>,
+        raw_query: Option<&str>,
+        page: &ListPage,
+        total: usize,
+    ) -> Value {
+        let (limit, offset) = (page.limit, page.offset);
         let base = format!("{}/api/v1/data-connections", self.base_url);
         let page_href = |off: usize| {
             let mut s = format!("{base}?limit={limit}&page={}", encode_cursor(off));
@@ -597,7 +587,7 @@ impl Inner {
         if offset > 0 {
             links["prev"] = json!({"href": page_href(offset.saturating_sub(limit))});
         }
-        Ok(json!({"data": data, "meta": {"count": total}, "links": links}))
+        links
     }
 
     /// `PATCH /api/v1/data-connections/{key}`: validation rules, type checks, atomic apply.
@@ -616,19 +606,7 @@ impl Inner {
             )));
         }
         let ops = parse_patch_body(body).map_err(ApiError::bad_request)?;
-        for op in &ops {
-            let ok = match op.top() {
-                "qName" | "tags" | "qConnectStatement" | "qPassword" | "qUsername" => true,
-                "connectionProperties" => op.second().is_some_and(|n| !n.is_empty()),
-                _ => false,
-            };
-            if !ok {
-                return Err(ApiError::bad_request(format!(
-                    "Path {} is not patchable",
-                    op.path
-                )));
-            }
-        }
+        check_patchable(&ops)?;
         check_validation_rules(&ops, &c.props)?;
         self.check_against_spec(&c.datasource_id, &ops)?;
 
@@ -649,39 +627,15 @@ impl Inner {
             }
             return Ok(());
         }
-        let name = match doc.get("qName").and_then(Value::as_str) {
-            Some(n) if !n.is_empty() => n.to_owned(),
-            _ => return Err(ApiError::bad_request("qName must be a non-empty string")),
-        };
-        // `ConnectionGet.tags?: string[]`; `ConnectionCreate` allows at most 32 (@qlik/api).
-        let tags = match doc.get("tags") {
-            None => Vec::new(),
-            Some(Value::Array(t)) if t.len() <= 32 && t.iter().all(Value::is_string) => t.clone(),
-            Some(_) => {
-                return Err(ApiError::bad_request(
-                    "tags must be an array of at most 32 strings",
-                ));
-            }
-        };
-        let statement = match doc.get("qConnectStatement").and_then(Value::as_str) {
-            Some(s) => s.to_owned(),
-            None => return Err(ApiError::bad_request("qConnectStatement must be a string")),
-        };
-        let opt_string = |field: &str| -> Result<Option<String>, ApiError> {
-            match doc.get(field) {
-                None => Ok(None),
-                Some(Value::String(s)) if s.is_empty() => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(ApiError::bad_request(format!("{field} must be a string"))),
-            }
-        };
-        let q_password = opt_string("qPassword")?;
-        let q_username = opt_string("qUsername")?;
-        let props = doc
-            .get("connectionProperties")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
+        let patched = Patched::read(&doc)?;
+        self.check_rename(idx, &patched.name)?;
+        self.store_patched(idx, &before, &doc, patched);
+        Ok(())
+    }
+
+    /// 409 when connection `idx` would take the name of another connection in its space.
+    fn check_rename(&self, idx: usize, name: &str) -> Result<(), ApiError> {
+        let c = &self.conns[idx];
         if name != c.name
             && self
                 .conns
@@ -693,27 +647,32 @@ impl Inner {
                 format!("A data connection named '{name}' already exists in this space"),
             ));
         }
+        Ok(())
+    }
 
-        let statement_changed = Some(statement.as_str()) != before["qConnectStatement"].as_str();
+    /// Stores a checked, patched document (`doc`, from `before`) into connection `idx`.
+    fn store_patched(&mut self, idx: usize, before: &Value, doc: &Value, p: Patched) {
+        let c = &self.conns[idx];
+        let statement_changed = Some(p.statement.as_str()) != before["qConnectStatement"].as_str();
         let props_changed = before.get("connectionProperties") != doc.get("connectionProperties");
-        let host_changed = c.props.get("host") != props.get("host");
-        let cred_name_changed = props.get("credentialsName").is_some()
-            && c.props.get("credentialsName") != props.get("credentialsName");
+        let host_changed = c.props.get("host") != p.props.get("host");
+        let cred_name_changed = p.props.get("credentialsName").is_some()
+            && c.props.get("credentialsName") != p.props.get("credentialsName");
         let ts = self.next_ts();
         let c = &mut self.conns[idx];
-        c.name = name;
-        c.tags = tags;
+        c.name = p.name;
+        c.tags = p.tags;
         if statement_changed {
-            c.statement_override = Some(statement);
+            c.statement_override = Some(p.statement);
         } else if props_changed {
             c.statement_override = None;
         }
-        c.q_password = q_password;
-        c.q_username = q_username;
-        if let Some(sep) = props.get("separateCredentials") {
+        c.q_password = p.q_password;
+        c.q_username = p.q_username;
+        if let Some(sep) = p.props.get("separateCredentials") {
             c.separate = is_true(Some(sep));
         }
-        c.props = props;
+        c.props = p.props;
         if c.separate && host_changed {
             // S17/S9/S10: a host change disassociates the separate credentials.
             c.credentials_id = None;
@@ -723,7 +682,6 @@ impl Inner {
             c.credentials_id = Some(uuid::Uuid::new_v4().to_string());
         }
         c.updated = ts;
-        Ok(())
     }
 
     // ----- create and delete (S1 `DcaasConnectionCreate`, S6, S11, S12) ---------------------
@@ -733,64 +691,13 @@ impl Inner {
     /// accepted), `qName`, `connectionProperties`, optional `space` and `tags`. Returns the
     /// 201 body (`ConnectionCreateResponse`, S1).
     pub(crate) fn create_connection(&mut self, body: &[u8]) -> Result<Value, ApiError> {
-        let doc: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("Request body is not valid JSON: {e}")))?;
-        let Some(o) = doc.as_object() else {
-            return Err(ApiError::bad_request("Request body must be a JSON object"));
-        };
-        if o.contains_key("qConnectStatement") && !o.contains_key("connectionProperties") {
-            // [assumed] not modelled: the connect-statement form (`ConnectionCreate`).
-            return Err(ApiError::bad_request(
-                "The simulator models only the properties form of create (DcaasConnectionCreate)",
-            ));
-        }
-        let text = |names: &[&str]| -> Result<String, ApiError> {
-            let found = names.iter().find_map(|n| o.get(*n).map(|v| (*n, v)));
-            match found {
-                Some((_, Value::String(s))) if !s.trim().is_empty() => Ok(s.clone()),
-                Some((n, _)) => Err(ApiError::bad_request(format!(
-                    "Field {n} must be a non-empty string"
-                ))),
-                None => Err(ApiError::bad_request(format!(
-                    "Field {} is missing in the request",
-                    names[0]
-                ))),
-            }
-        };
-        let datasource_id = text(&["datasourceID", "dataSourceId"])?;
-        let name = text(&["qName"])?;
-        let props = match o.get("connectionProperties") {
-            Some(Value::Object(m)) => m.clone(),
-            Some(_) => {
-                return Err(ApiError::bad_request(
-                    "Field connectionProperties must be an object",
-                ));
-            }
-            None => {
-                return Err(ApiError::bad_request(
-                    "Field connectionProperties is missing in the request",
-                ));
-            }
-        };
-        let space = match o.get("space") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.is_empty() => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(ApiError::bad_request("Field space must be a string")),
-        };
-        let mut tags = match o.get("tags") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(t)) if t.iter().all(Value::is_string) => t.clone(),
-            Some(_) => {
-                return Err(ApiError::bad_request(
-                    "Field tags must be an array of strings",
-                ));
-            }
-        };
-        if tags.len() > 31 {
-            // S1: "allow max 31 tags".
-            return Err(ApiError::bad_request("At most 31 tags are allowed"));
-        }
+        let CreateRequest {
+            datasource_id,
+            name,
+            props,
+            space,
+            mut tags,
+        } = CreateRequest::parse(body)?;
         // [assumed] create does not check the properties against the api-specs, nor reach the
         // data source: what a tenant does is what the conformance suite records.
         if self
@@ -1139,6 +1046,229 @@ impl Inner {
         c.updated = ts;
         Ok(())
     }
+}
+
+/// The paging and filter parameters of a connection list, checked in this order: `limit`
+/// (1..=100, default 32), the `page` cursor, then `filter`.
+struct ListPage {
+    limit: usize,
+    offset: usize,
+    clauses: Vec<Clause>,
+}
+
+impl ListPage {
+    fn parse(q: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let limit = match q.get("limit") {
+            None => 32,
+            Some(l) => match l.parse::<i64>() {
+                Ok(n) if (1..=100).contains(&n) => n as usize,
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "limit must be an integer between 1 and 100, got '{l}'"
+                    )));
+                }
+            },
+        };
+        let offset = match q.get("page") {
+            None => 0,
+            Some(p) => decode_cursor(p)
+                .ok_or_else(|| ApiError::bad_request(format!("Invalid page cursor '{p}'")))?,
+        };
+        let clauses = match q.get("filter") {
+            Some(f) if !f.trim().is_empty() => parse_filter(f)?,
+            _ => Vec::new(),
+        };
+        Ok(Self {
+            limit,
+            offset,
+            clauses,
+        })
+    }
+}
+
+/// Sorts a connection list by `sort`: a field name, optionally prefixed by `+` or `-`.
+fn sort_connections(items: &mut [&Conn], sort: &str) -> Result<(), ApiError> {
+    let (desc, field) = match sort.strip_prefix('-') {
+        Some(f) => (true, f),
+        None => (false, sort.strip_prefix('+').unwrap_or(sort)),
+    };
+    match field {
+        "qName" => items.sort_by(|a, b| a.name.cmp(&b.name)),
+        "created" => items.sort_by_key(|c| c.created),
+        "updated" => items.sort_by_key(|c| c.updated),
+        "_id" | "id" => items.sort_by(|a, b| a.id.cmp(&b.id)),
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "Unsupported sort field '{sort}'"
+            )));
+        }
+    }
+    if desc {
+        items.reverse();
+    }
+    Ok(())
+}
+
+/// 400 unless every operation targets a patchable path: `qName`, `tags`,
+/// `qConnectStatement`, `qPassword`, `qUsername` or a named connection property.
+fn check_patchable(ops: &[PatchOp]) -> Result<(), ApiError> {
+    for op in ops {
+        let ok = match op.top() {
+            "qName" | "tags" | "qConnectStatement" | "qPassword" | "qUsername" => true,
+            "connectionProperties" => op.second().is_some_and(|n| !n.is_empty()),
+            _ => false,
+        };
+        if !ok {
+            return Err(ApiError::bad_request(format!(
+                "Path {} is not patchable",
+                op.path
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The fields of a patched connection document, type-checked in this order.
+struct Patched {
+    name: String,
+    tags: Vec<Value>,
+    statement: String,
+    q_password: Option<String>,
+    q_username: Option<String>,
+    props: Map<String, Value>,
+}
+
+impl Patched {
+    fn read(doc: &Value) -> Result<Self, ApiError> {
+        let name = match doc.get("qName").and_then(Value::as_str) {
+            Some(n) if !n.is_empty() => n.to_owned(),
+            _ => return Err(ApiError::bad_request("qName must be a non-empty string")),
+        };
+        // `ConnectionGet.tags?: string[]`; `ConnectionCreate` allows at most 32 (@qlik/api).
+        let tags = match doc.get("tags") {
+            None => Vec::new(),
+            Some(Value::Array(t)) if t.len() <= 32 && t.iter().all(Value::is_string) => t.clone(),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "tags must be an array of at most 32 strings",
+                ));
+            }
+        };
+        let statement = match doc.get("qConnectStatement").and_then(Value::as_str) {
+            Some(s) => s.to_owned(),
+            None => return Err(ApiError::bad_request("qConnectStatement must be a string")),
+        };
+        let opt_string = |field: &str| -> Result<Option<String>, ApiError> {
+            match doc.get(field) {
+                None => Ok(None),
+                Some(Value::String(s)) if s.is_empty() => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(ApiError::bad_request(format!("{field} must be a string"))),
+            }
+        };
+        let q_password = opt_string("qPassword")?;
+        let q_username = opt_string("qUsername")?;
+        let props = doc
+            .get("connectionProperties")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        Ok(Self {
+            name,
+            tags,
+            statement,
+            q_password,
+            q_username,
+            props,
+        })
+    }
+}
+
+/// The fields of a create request (`DcaasConnectionCreate`, S1), checked in this order.
+struct CreateRequest {
+    datasource_id: String,
+    name: String,
+    props: Map<String, Value>,
+    space: Option<String>,
+    tags: Vec<Value>,
+}
+
+impl CreateRequest {
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let doc: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("Request body is not valid JSON: {e}")))?;
+        let Some(o) = doc.as_object() else {
+            return Err(ApiError::bad_request("Request body must be a JSON object"));
+        };
+        if o.contains_key("qConnectStatement") && !o.contains_key("connectionProperties") {
+            // [assumed] not modelled: the connect-statement form (`ConnectionCreate`).
+            return Err(ApiError::bad_request(
+                "The simulator models only the properties form of create (DcaasConnectionCreate)",
+            ));
+        }
+        let datasource_id = create_text(o, &["datasourceID", "dataSourceId"])?;
+        let name = create_text(o, &["qName"])?;
+        let props = match o.get("connectionProperties") {
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "Field connectionProperties must be an object",
+                ));
+            }
+            None => {
+                return Err(ApiError::bad_request(
+                    "Field connectionProperties is missing in the request",
+                ));
+            }
+        };
+        let space = match o.get("space") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(ApiError::bad_request("Field space must be a string")),
+        };
+        let tags = create_tags(o)?;
+        Ok(Self {
+            datasource_id,
+            name,
+            props,
+            space,
+            tags,
+        })
+    }
+}
+
+/// A required non-blank string field of a create request, under the first of `names` present.
+fn create_text(o: &Map<String, Value>, names: &[&str]) -> Result<String, ApiError> {
+    let found = names.iter().find_map(|n| o.get(*n).map(|v| (*n, v)));
+    match found {
+        Some((_, Value::String(s))) if !s.trim().is_empty() => Ok(s.clone()),
+        Some((n, _)) => Err(ApiError::bad_request(format!(
+            "Field {n} must be a non-empty string"
+        ))),
+        None => Err(ApiError::bad_request(format!(
+            "Field {} is missing in the request",
+            names[0]
+        ))),
+    }
+}
+
+/// The optional `tags` of a create request: strings, at most 31 (S1).
+fn create_tags(o: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
+    let tags = match o.get("tags") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(t)) if t.iter().all(Value::is_string) => t.clone(),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "Field tags must be an array of strings",
+            ));
+        }
+    };
+    if tags.len() > 31 {
+        // S1: "allow max 31 tags".
+        return Err(ApiError::bad_request("At most 31 tags are allowed"));
+    }
+    Ok(tags)
 }
 
 /// Whether an operation on `/connectionProperties/...` supplies credentials: a credential

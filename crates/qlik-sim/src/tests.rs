@@ -224,30 +224,12 @@ async fn get_by_name_with_space_and_ambiguity() {
 #[tokio::test]
 async fn list_pages_with_full_next_links_and_filters() {
     let sim = start().await;
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        let seed = if i < 3 {
-            mssql(&format!("c{i}"))
-        } else {
-            gbq(&format!("c{i}"))
-        };
-        let id = sim.add_connection(seed);
-        sim.set_connection_secret(&id, Some("x".into()));
-        ids.push(id);
-    }
+    let ids = seed_three_mssql_two_gbq(&sim);
     let mut seen = Vec::new();
     let mut url = format!("{}/api/v1/data-connections?limit=2", sim.base_url());
     let mut pages = 0;
     loop {
-        let v: Value = client()
-            .get(&url)
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_url(&url).await;
         pages += 1;
         assert_eq!(v["meta"]["count"], 5);
         for item in v["data"].as_array().unwrap() {
@@ -268,6 +250,41 @@ async fn list_pages_with_full_next_links_and_filters() {
     let (s, v) = get(&sim, "/api/v1/data-connections").await;
     assert_eq!((s, v["data"].as_array().unwrap().len()), (200, 5));
     assert!(v["links"].get("next").is_none());
+    assert_list_filters(&sim, &ids).await;
+}
+
+/// Seeds connections `c0`..`c4` (three mssql, then two gbq), each with a secret; their ids.
+fn seed_three_mssql_two_gbq(sim: &Simulator) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let seed = if i < 3 {
+            mssql(&format!("c{i}"))
+        } else {
+            gbq(&format!("c{i}"))
+        };
+        let id = sim.add_connection(seed);
+        sim.set_connection_secret(&id, Some("x".into()));
+        ids.push(id);
+    }
+    ids
+}
+
+/// GET of a full URL (a `links` href) with the API key; the JSON body.
+async fn get_url(url: &str) -> Value {
+    client()
+        .get(url)
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// On the connections of [`seed_three_mssql_two_gbq`]: bad paging and filter parameters are
+/// 400, filters select, and paging keeps the filter.
+async fn assert_list_filters(sim: &Simulator, ids: &[String]) {
     for bad in [
         "limit=101",
         "limit=0",
@@ -275,38 +292,26 @@ async fn list_pages_with_full_next_links_and_filters() {
         "page=%21%21",
         "filter=owner%20eq%20%22x%22",
     ] {
-        let (s, _) = get(&sim, &format!("/api/v1/data-connections?{bad}")).await;
+        let (s, _) = get(sim, &format!("/api/v1/data-connections?{bad}")).await;
         assert_eq!(s, 400, "{bad}");
     }
-    let (_, v) = get(
-        &sim,
-        "/api/v1/data-connections?filter=qName%20eq%20%22c1%22",
-    )
-    .await;
+    let (_, v) = get(sim, "/api/v1/data-connections?filter=qName%20eq%20%22c1%22").await;
     assert_eq!(v["data"][0]["qID"], ids[1].as_str());
     assert_eq!(v["data"].as_array().unwrap().len(), 1);
     let (_, v) = get(
-        &sim,
+        sim,
         "/api/v1/data-connections?filter=datasourceID%20eq%20%22gbq%22",
     )
     .await;
     assert_eq!(v["data"].as_array().unwrap().len(), 2);
     // Paging keeps the filter.
     let (_, v) = get(
-        &sim,
+        sim,
         "/api/v1/data-connections?limit=1&filter=datasourceID%20eq%20%22gbq%22",
     )
     .await;
     let next = v["links"]["next"]["href"].as_str().unwrap();
-    let v: Value = client()
-        .get(next)
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_url(next).await;
     assert_eq!(v["data"][0]["qID"], ids[4].as_str());
 }
 
@@ -616,6 +621,11 @@ async fn write_rate_limit_returns_429_with_retry_after() {
     assert_eq!(s, 429);
 }
 
+/// POST of a JSON body to a full URL, without credentials.
+async fn post_json(url: &str, body: Value) -> reqwest::Response {
+    client().post(url).json(&body).send().await.unwrap()
+}
+
 #[tokio::test]
 async fn oauth_client_credentials() {
     let sim = start().await;
@@ -653,35 +663,22 @@ async fn oauth_client_credentials() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
 
-    let resp = client()
-        .post(&url)
-        .json(&json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "sim-client-secret"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_json(&url, json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "sim-client-secret"})).await;
     assert_eq!(resp.status().as_u16(), 200);
-    let resp = client()
-        .post(&url)
-        .json(&json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "bad"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_json(&url, json!({"grant_type": "client_credentials", "client_id": "sim-client", "client_secret": "bad"})).await;
     assert_eq!(resp.status().as_u16(), 401);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(
         v,
         json!({"errors": [{"code": "OAUTH-1", "title": "invalid_client", "status": "401"}]})
     );
-    let resp = client()
-        .post(&url)
-        .json(&json!({"grant_type": "password", "client_id": "sim-client", "client_secret": "sim-client-secret"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_json(&url, json!({"grant_type": "password", "client_id": "sim-client", "client_secret": "sim-client-secret"})).await;
     assert_eq!(resp.status().as_u16(), 400);
     assert_eq!(sim.token_requests(), 4);
+}
 
-    // Expired tokens are rejected.
+#[tokio::test]
+async fn oauth_expired_tokens_are_rejected() {
     let short = Simulator::start(SimConfig {
         token_ttl: Duration::ZERO,
         ..SimConfig::default()
@@ -710,14 +707,9 @@ async fn oauth_client_credentials() {
     assert_eq!(resp.status().as_u16(), 401);
 }
 
-#[tokio::test]
-async fn injected_faults() {
-    let sim = start().await;
-    let id = sim.add_connection(mssql("a"));
-    let path = format!("/api/v1/data-connections/{id}");
-    let body = json!([{"op": "replace", "path": "/connectionProperties/password", "value": "new"}]);
-
-    // Drop: no response at all, request not applied, recorded with status 0.
+/// [`Fault::Drop`] on a fresh simulator: no response at all, request not applied, recorded
+/// with status 0.
+async fn assert_drop_fault(sim: &Simulator, id: &str, path: &str, body: &Value) {
     sim.inject(Fault::Drop {
         method: Some("PATCH".into()),
         path_prefix: None,
@@ -726,20 +718,22 @@ async fn injected_faults() {
     let err = client()
         .patch(format!("{}{path}", sim.base_url()))
         .bearer_auth(KEY)
-        .json(&body)
+        .json(body)
         .send()
         .await
         .unwrap_err();
     assert!(err.status().is_none());
     assert_eq!(
-        sim.stored(&id).unwrap()["connectionProperties"]["password"],
+        sim.stored(id).unwrap()["connectionProperties"]["password"],
         "old-pw"
     );
     let last = sim.requests().pop().unwrap();
     assert_eq!((last.method.as_str(), last.status), ("PATCH", 0));
     assert_eq!(sim.requests().len(), 1);
+}
 
-    // Status: only matching requests, `times` of them, FIFO.
+/// [`Fault::Status`]: only matching requests, `times` of them, FIFO.
+async fn assert_status_faults(sim: &Simulator, id: &str, path: &str, body: &Value) {
     sim.inject(Fault::Status {
         method: Some("patch".into()),
         path_prefix: Some("/api/v1/data-connections".into()),
@@ -753,7 +747,7 @@ async fn injected_faults() {
         times: 1,
     });
     // Neither fault matches a GET on a connection.
-    let (s, _) = get(&sim, &path).await;
+    let (s, _) = get(sim, path).await;
     assert_eq!(s, 200);
     sim.inject(Fault::Status {
         method: None,
@@ -761,21 +755,32 @@ async fn injected_faults() {
         status: 500,
         times: 1,
     });
-    let (s, v) = patch(&sim, &id, body.clone()).await;
+    let (s, v) = patch(sim, id, body.clone()).await;
     assert_eq!((s, v["errors"][0]["status"].clone()), (503, json!(503)));
-    let (s, _) = patch(&sim, &id, body.clone()).await;
+    let (s, _) = patch(sim, id, body.clone()).await;
     assert_eq!(s, 503);
     // The credentials-only fault is still queued ahead of the catch-all one.
-    let (s, _) = get(&sim, &path).await;
+    let (s, _) = get(sim, path).await;
     assert_eq!(s, 500);
-    let (s, _) = get(&sim, &path).await;
+    let (s, _) = get(sim, path).await;
     assert_eq!(s, 200);
     let (s, _) = get(
-        &sim,
+        sim,
         &format!("/api/v1/data-credentials/{}", uuid::Uuid::new_v4()),
     )
     .await;
     assert_eq!(s, 502);
+}
+
+#[tokio::test]
+async fn injected_faults() {
+    let sim = start().await;
+    let id = sim.add_connection(mssql("a"));
+    let path = format!("/api/v1/data-connections/{id}");
+    let body = json!([{"op": "replace", "path": "/connectionProperties/password", "value": "new"}]);
+
+    assert_drop_fault(&sim, &id, &path, &body).await;
+    assert_status_faults(&sim, &id, &path, &body).await;
 
     // RateLimited.
     sim.inject(Fault::RateLimited {
