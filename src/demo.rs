@@ -156,6 +156,40 @@ pub async fn run() -> ExitCode {
 
 #[cfg(feature = "sim")]
 async fn run_cycle(demo: &Demo) -> ExitCode {
+    let (cfg, rotator) = match setup(demo).await {
+        Ok(built) => built,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print_header(demo, &cfg);
+    step_plan(&cfg, &rotator).await;
+    let (verified, versions) = step_rotate(demo, &cfg, &rotator).await;
+    let held = step_proof(demo, &cfg);
+    step_again(demo, &cfg, &rotator, &versions).await;
+
+    let total = cfg.jobs.len();
+    crate::outln!(
+        "\nResult: {verified} of {total} connection(s) rotated and verified; {held} of {total} hold the new credentials."
+    );
+    if verified == total && held == total {
+        crate::outln!(
+            "Next: copy config/example.toml, point it at your tenant and vault, and run `qlik-rotator plan -c <file>`."
+        );
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Per job: the secret version applied to its connection (for the change-detection step).
+#[cfg(feature = "sim")]
+type Applied = HashMap<String, HashMap<String, String>>;
+
+/// The embedded config pointed at the simulator, and the rotator built from it.
+#[cfg(feature = "sim")]
+async fn setup(demo: &Demo) -> Result<(config::Config, Arc<crate::rotation::Rotator>), String> {
     let input: HashMap<String, String> = [
         (
             "QLIK_ROTATOR__QLIK__TENANT_URL".to_owned(),
@@ -164,21 +198,16 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
         ("QLIK_ROTATOR_DEMO_API_KEY".to_owned(), API_KEY.to_owned()),
     ]
     .into();
-    let cfg = match config::load_str(DEMO_CONFIG, &demo.dir, &input) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: the embedded demo configuration is invalid: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let rotator = match app::rotator(&cfg, &input).await {
-        Ok(r) => Arc::new(r),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let cfg = config::load_str(DEMO_CONFIG, &demo.dir, &input)
+        .map_err(|e| format!("the embedded demo configuration is invalid: {e}"))?;
+    let rotator = app::rotator(&cfg, &input)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((cfg, Arc::new(rotator)))
+}
 
+#[cfg(feature = "sim")]
+fn print_header(demo: &Demo, cfg: &config::Config) {
     crate::outln!("qlik-rotator demo");
     crate::outln!("  simulated Qlik tenant: {}", demo.sim.base_url());
     crate::outln!(
@@ -193,21 +222,20 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
 
+/// Step 1: the masked PATCH of each job; nothing sent.
+#[cfg(feature = "sim")]
+async fn step_plan(cfg: &config::Config, rotator: &crate::rotation::Rotator) {
     crate::outln!(
         "\n1. plan: the credential-only PATCH each job would send (values masked, nothing sent)"
     );
     for job in &cfg.jobs {
-        let reports = rotator
-            .run(
-                job,
-                RunOptions {
-                    plan_only: true,
-                    ..RunOptions::default()
-                },
-            )
-            .await;
-        for r in &reports {
+        let opts = RunOptions {
+            plan_only: true,
+            ..RunOptions::default()
+        };
+        for r in &rotator.run(job, opts).await {
             match &r.outcome {
                 Outcome::Planned(doc) => {
                     crate::outln!(
@@ -224,14 +252,24 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
             }
         }
     }
+}
 
+/// Step 2: each job rotated for real; returns how many were verified and the versions applied.
+#[cfg(feature = "sim")]
+async fn step_rotate(
+    demo: &Demo,
+    cfg: &config::Config,
+    rotator: &crate::rotation::Rotator,
+) -> (usize, Applied) {
     crate::outln!("\n2. rotate: fetch → PATCH → verify GET");
     demo.sim.clear_requests();
-    let mut versions = HashMap::new();
+    let mut versions = Applied::new();
     let mut verified = 0;
     for job in &cfg.jobs {
-        for r in rotator.run(job, RunOptions::default()).await {
-            print_report(&r);
+        let reports = rotator.run(job, RunOptions::default()).await;
+        rotator.finish_run(job, &reports);
+        for r in &reports {
+            print_report(r);
             if matches!(r.outcome, Outcome::Rotated) {
                 verified += 1;
             }
@@ -243,23 +281,25 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
             }
         }
     }
+    (verified, versions)
+}
 
+/// Step 3: what the tenant received and holds; returns how many jobs' connections hold the
+/// new credentials.
+#[cfg(feature = "sim")]
+fn step_proof(demo: &Demo, cfg: &config::Config) -> usize {
     crate::outln!("\n3. proof: what the tenant received and now holds");
     let requests = demo.sim.requests();
     let patches: Vec<_> = requests.iter().filter(|r| r.method == "PATCH").collect();
     let bare_arrays = patches
         .iter()
         .all(|r| serde_json::from_str::<Value>(&r.body).is_ok_and(|v| v.is_array()));
+    let statuses: std::collections::BTreeSet<String> =
+        patches.iter().map(|r| r.status.to_string()).collect();
     crate::outln!(
         "  {} PATCH request(s), all answered {}, every body a bare JSON Patch array: {}",
         patches.len(),
-        patches
-            .iter()
-            .map(|r| r.status.to_string())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect::<Vec<_>>()
-            .join("/"),
+        statuses.into_iter().collect::<Vec<_>>().join("/"),
         if bare_arrays { "yes" } else { "NO" }
     );
     let mut held = 0;
@@ -272,38 +312,30 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
             if ok { "yes" } else { "NO" }
         );
     }
+    held
+}
 
+/// Step 4: the same versions again: every job `unchanged`, no request sent.
+#[cfg(feature = "sim")]
+async fn step_again(
+    demo: &Demo,
+    cfg: &config::Config,
+    rotator: &crate::rotation::Rotator,
+    versions: &Applied,
+) {
     crate::outln!("\n4. run again with the same secret versions (change detection)");
     demo.sim.clear_requests();
     for job in &cfg.jobs {
-        let r = rotator
-            .run(
-                job,
-                RunOptions {
-                    last_applied: versions.get(&job.name).cloned().unwrap_or_default(),
-                    ..RunOptions::default()
-                },
-            )
-            .await;
-        r.iter().for_each(print_report);
+        let opts = RunOptions {
+            last_applied: versions.get(&job.name).cloned().unwrap_or_default(),
+            ..RunOptions::default()
+        };
+        rotator.run(job, opts).await.iter().for_each(print_report);
     }
     crate::outln!(
         "  requests sent to the tenant: {}",
         demo.sim.requests().len()
     );
-
-    let total = cfg.jobs.len();
-    crate::outln!(
-        "\nResult: {verified} of {total} connection(s) rotated and verified; {held} of {total} hold the new credentials."
-    );
-    if verified == total && held == total {
-        crate::outln!(
-            "Next: copy config/example.toml, point it at your tenant and vault, and run `qlik-rotator plan -c <file>`."
-        );
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
 }
 
 /// Without the simulator: says so and exits 64.
