@@ -413,15 +413,35 @@ fn fault_get(path: String, fields: Vec<(&str, Option<Value>)>, times: u32) -> Fa
     }
 }
 
-/// Lets the first (pre-PATCH) GET of a connection through untouched and rewrites the next one
-/// (the verify GET).
-fn on_verify_get(sim: &Simulator, id: &str, fields: Vec<(&str, Option<Value>)>) {
+/// Lets the next GET under `path` through untouched (a zero delay, used up by that GET), so a
+/// fault injected after it hits the GET after that.
+fn pass_first_get(sim: &Simulator, path: String) {
     sim.inject(Fault::Delay {
         method: Some("GET".into()),
-        path_prefix: Some(format!("/api/v1/data-connections/{id}")),
+        path_prefix: Some(path),
         delay: std::time::Duration::ZERO,
         times: 1,
     });
+}
+
+/// Runs `job` (see `run`) with the next GET under `path` (the one before the write) answering
+/// with `fields` rewritten.
+async fn run_rewriting_get(
+    t: &Tenant,
+    job: &str,
+    path: String,
+    fields: Vec<(&str, Option<Value>)>,
+) -> Run {
+    run(t, job, |sim| {
+        sim.inject(fault_get(path.clone(), fields.clone(), 1))
+    })
+    .await
+}
+
+/// Lets the first (pre-PATCH) GET of a connection through untouched and rewrites the next one
+/// (the verify GET).
+fn on_verify_get(sim: &Simulator, id: &str, fields: Vec<(&str, Option<Value>)>) {
+    pass_first_get(sim, format!("/api/v1/data-connections/{id}"));
     sim.inject(fault_get(
         format!("/api/v1/data-connections/{id}"),
         fields,
@@ -435,234 +455,186 @@ async fn with_specs(t: &Tenant, ds: &str, body: Value) {
     t.sim.add_data_source_spec(ds, body);
 }
 
+/// A fresh tenant whose api-specs for `ds` are `body`: `job` is refused at build with
+/// `error_type` and every one of `parts` (and everything `assert_refused` checks).
+async fn refused_by_specs(ds: &str, body: Value, job: &str, error_type: &str, parts: &[&str]) {
+    let t = tenant().await;
+    with_specs(&t, ds, body).await;
+    let r = run(&t, job, |_| {}).await;
+    assert_refused(&r, job, &format!("failed at build [{error_type}]"), parts);
+}
+
 #[tokio::test]
 async fn specs_flat_form_is_refused_as_spec_invalid() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         json!({"connectionProperties": {"userName": {"type": "string"}, "userPassword": {"type": "string"}}}),
+        "pg",
+        "spec_invalid",
+        &["connectionProperties has no \"properties\" object"],
     )
     .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
-        "pg",
-        "failed at build [spec_invalid]",
-        &["connectionProperties has no \"properties\" object"],
-    );
 }
 
 #[tokio::test]
 async fn specs_body_that_is_an_array_is_refused() {
-    let t = tenant().await;
-    with_specs(&t, "postgres", json!([{"name": "userPassword"}])).await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
+    refused_by_specs(
+        "postgres",
+        json!([{"name": "userPassword"}]),
         "pg",
-        "failed at build [spec_invalid]",
+        "spec_invalid",
         &["not a JSON object"],
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn specs_connection_properties_of_the_wrong_shape_are_refused() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         json!({"connectionProperties": "userName,userPassword"}),
+        "pg",
+        "spec_invalid",
+        &["no connectionProperties object"],
     )
     .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
-        "pg",
-        "failed at build [spec_invalid]",
-        &["no connectionProperties object"],
-    );
 }
 
 #[tokio::test]
 async fn specs_schema_type_other_than_object_is_refused() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         json!({"connectionProperties": {"type": "array", "properties": {"userName": {"type": "string"}, "userPassword": {"type": "string"}}}}),
+        "pg",
+        "spec_invalid",
+        &["connectionProperties.type is not \"object\""],
     )
     .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
-        "pg",
-        "failed at build [spec_invalid]",
-        &["connectionProperties.type is not \"object\""],
-    );
 }
 
 #[tokio::test]
 async fn specs_properties_as_a_list_are_refused() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         json!({"connectionProperties": {"type": "object", "properties": [{"name": "userName", "type": "string"}]}}),
+        "pg",
+        "spec_invalid",
+        &[],
     )
     .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(&r, "pg", "failed at build [spec_invalid]", &[]);
 }
 
 #[tokio::test]
 async fn specs_with_too_many_properties_are_refused() {
-    let t = tenant().await;
     let many: serde_json::Map<String, Value> = (0..5000)
         .map(|i| (format!("p{i}"), json!({"type": "string"})))
         .collect();
-    with_specs(&t, "postgres", api_specs("x", "1", Value::Object(many))).await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
+    refused_by_specs(
+        "postgres",
+        api_specs("x", "1", Value::Object(many)),
         "pg",
-        "failed at build [spec_invalid]",
+        "spec_invalid",
         &["declare 5000 properties"],
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn specs_non_string_type_of_a_written_property_is_refused() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         api_specs(
             "x",
             "1",
             json!({"userName": {"type": "string"}, "userPassword": {"type": 7}}),
         ),
+        "pg",
+        "spec_mismatch",
+        &["\"userPassword\" is declared as \"invalid (a JSON integer)\""],
     )
     .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
-        "pg",
-        "failed at build [spec_mismatch]",
-        &["\"userPassword\" is declared as \"invalid (a JSON integer)\""],
-    );
 }
 
 #[tokio::test]
 async fn specs_unknown_type_name_is_refused_for_a_generic_job() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         api_specs(
             "x",
             "1",
             json!({"userName": {"type": "string"}, "userPassword": {"type": "password"}}),
         ),
+        "pg",
+        "spec_mismatch",
+        &["declared as \"invalid (\\\"password\\\")\""],
     )
     .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
-        "pg",
-        "failed at build [spec_mismatch]",
-        &["declared as \"invalid (\\\"password\\\")\""],
-    );
 }
 
 #[tokio::test]
 async fn specs_name_with_control_characters_does_not_count_as_declared() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         api_specs(
             "x",
             "1",
             json!({"userName": {"type": "string"}, "userPassword\n": {"type": "string"}}),
         ),
+        "pg",
+        "spec_mismatch",
+        &["property \"userPassword\" does not exist in the api-specs of \"postgres\""],
     )
     .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
-        "pg",
-        "failed at build [spec_mismatch]",
-        &["property \"userPassword\" does not exist in the api-specs of \"postgres\""],
-    );
 }
 
 #[tokio::test]
 async fn specs_missing_a_catalogue_property_refuse_with_zero_patches() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "File_AmazonS3ConnectorV2",
         api_specs(
             "QvWebStorageProviderConnectorPackage.exe",
             "4.46.0",
             json!({"region": {"type": "string"}, "bucketName": {"type": "string"}, "accessKey": {"type": "string"}}),
         ),
+        "s3",
+        "spec_mismatch",
+        &["property \"secretKey\" does not exist in the api-specs of \"File_AmazonS3ConnectorV2\""],
     )
     .await;
-    let r = run(&t, "s3", |_| {}).await;
-    assert_refused(
-        &r,
-        "s3",
-        "failed at build [spec_mismatch]",
-        &["property \"secretKey\" does not exist in the api-specs of \"File_AmazonS3ConnectorV2\""],
-    );
 }
 
 #[tokio::test]
 async fn specs_declaring_a_text_credential_as_integer_refuse_a_catalogue_job() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "mssql",
         api_specs(
             "QvOdbcConnectorPackage.exe",
             "1",
             json!({"username": {"type": "string"}, "password": {"type": "integer"}}),
         ),
+        "sql",
+        "spec_mismatch",
+        &["\"password\" is declared as \"integer\""],
     )
     .await;
-    let r = run(&t, "sql", |_| {}).await;
-    assert_refused(
-        &r,
-        "sql",
-        "failed at build [spec_mismatch]",
-        &["\"password\" is declared as \"integer\""],
-    );
 }
 
 #[tokio::test]
 async fn specs_generic_type_mismatch_is_refused() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         api_specs(
             "x",
             "1",
             json!({"userName": {"type": "string"}, "userPassword": {"type": "array"}}),
         ),
-    )
-    .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
         "pg",
-        "failed at build [spec_mismatch]",
+        "spec_mismatch",
         &[
             "\"userPassword\" is declared as \"array\" in the api-specs of \"postgres\", but the job writes \"string\"",
         ],
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -808,13 +780,12 @@ async fn wrong_body_by_name_before_the_patch_sends_nothing() {
 #[tokio::test]
 async fn wrong_space_by_name_before_the_patch_sends_nothing() {
     let t = tenant().await;
-    let r = run(&t, "sql", |sim| {
-        sim.inject(fault_get(
-            "/api/v1/data-connections/Finance".into(),
-            vec![("space", Some(json!("elsewhere")))],
-            1,
-        ))
-    })
+    let r = run_rewriting_get(
+        &t,
+        "sql",
+        "/api/v1/data-connections/Finance".into(),
+        vec![("space", Some(json!("elsewhere")))],
+    )
     .await;
     assert_refused(
         &r,
@@ -827,13 +798,12 @@ async fn wrong_space_by_name_before_the_patch_sends_nothing() {
 #[tokio::test]
 async fn id_field_disagreeing_with_qid_sends_nothing() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        sim.inject(fault_get(
-            format!("/api/v1/data-connections/{S3}"),
-            vec![("id", Some(json!(OTHER)))],
-            1,
-        ))
-    })
+    let r = run_rewriting_get(
+        &t,
+        "s3",
+        format!("/api/v1/data-connections/{S3}"),
+        vec![("id", Some(json!(OTHER)))],
+    )
     .await;
     assert_refused(
         &r,
@@ -846,13 +816,12 @@ async fn id_field_disagreeing_with_qid_sends_nothing() {
 #[tokio::test]
 async fn empty_qid_sends_nothing() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        sim.inject(fault_get(
-            format!("/api/v1/data-connections/{S3}"),
-            vec![("qID", Some(json!("")))],
-            1,
-        ))
-    })
+    let r = run_rewriting_get(
+        &t,
+        "s3",
+        format!("/api/v1/data-connections/{S3}"),
+        vec![("qID", Some(json!("")))],
+    )
     .await;
     assert_refused(&r, "s3", "failed at resolve [wrong_connection]", &[]);
 }
@@ -860,16 +829,15 @@ async fn empty_qid_sends_nothing() {
 #[tokio::test]
 async fn qid_with_control_characters_cannot_forge_a_line() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        sim.inject(fault_get(
-            format!("/api/v1/data-connections/{S3}"),
-            vec![(
-                "qID",
-                Some(json!("x\ns3: rotated and verified (forged)\u{1b}[0m")),
-            )],
-            1,
-        ))
-    })
+    let r = run_rewriting_get(
+        &t,
+        "s3",
+        format!("/api/v1/data-connections/{S3}"),
+        vec![(
+            "qID",
+            Some(json!("x\ns3: rotated and verified (forged)\u{1b}[0m")),
+        )],
+    )
     .await;
     assert_refused(&r, "s3", "failed at resolve [wrong_connection]", &[]);
     assert_eq!(r.cli.stdout.lines().count(), 1, "{}", r.cli.stdout);
@@ -926,12 +894,7 @@ async fn wrong_credential_body_by_name_sends_no_put() {
 async fn wrong_body_on_the_verify_get_fails_verification() {
     let t = tenant().await;
     let r = run(&t, "s3", |sim| {
-        sim.inject(Fault::Delay {
-            method: Some("GET".into()),
-            path_prefix: Some(format!("/api/v1/data-connections/{S3}")),
-            delay: std::time::Duration::ZERO,
-            times: 1,
-        });
+        pass_first_get(sim, format!("/api/v1/data-connections/{S3}"));
         sim.inject(wrong_body(format!("/api/v1/data-connections/{S3}"), OTHER));
     })
     .await;
@@ -949,12 +912,7 @@ async fn wrong_credential_body_on_the_verify_get_fails_verification() {
     let t = tenant().await;
     let (cred, other) = (t.cred.clone(), t.other_cred.clone());
     let r = run(&t, "sep", |sim| {
-        sim.inject(Fault::Delay {
-            method: Some("GET".into()),
-            path_prefix: Some(format!("/api/v1/data-credentials/{cred}")),
-            delay: std::time::Duration::ZERO,
-            times: 1,
-        });
+        pass_first_get(sim, format!("/api/v1/data-credentials/{cred}"));
         sim.inject(wrong_body(
             format!("/api/v1/data-credentials/{cred}"),
             &other,
@@ -1109,13 +1067,12 @@ async fn updated_equal_after_the_patch_fails_verification() {
 #[tokio::test]
 async fn updated_missing_before_the_patch_sends_nothing() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        sim.inject(fault_get(
-            format!("/api/v1/data-connections/{S3}"),
-            vec![("updated", None)],
-            1,
-        ))
-    })
+    let r = run_rewriting_get(
+        &t,
+        "s3",
+        format!("/api/v1/data-connections/{S3}"),
+        vec![("updated", None)],
+    )
     .await;
     assert_refused(
         &r,
@@ -1128,13 +1085,12 @@ async fn updated_missing_before_the_patch_sends_nothing() {
 #[tokio::test]
 async fn updated_garbage_before_the_patch_sends_nothing() {
     let t = tenant().await;
-    let r = run(&t, "sql", |sim| {
-        sim.inject(fault_get(
-            "/api/v1/data-connections/Finance".into(),
-            vec![("updated", Some(json!("not a time")))],
-            1,
-        ))
-    })
+    let r = run_rewriting_get(
+        &t,
+        "sql",
+        "/api/v1/data-connections/Finance".into(),
+        vec![("updated", Some(json!("not a time")))],
+    )
     .await;
     assert_refused(&r, "sql", "failed at resolve [unverifiable]", &[]);
 }
@@ -1143,13 +1099,12 @@ async fn updated_garbage_before_the_patch_sends_nothing() {
 async fn credential_updated_missing_before_the_put_sends_nothing() {
     let t = tenant().await;
     let cred = t.cred.clone();
-    let r = run(&t, "sep", |sim| {
-        sim.inject(fault_get(
-            format!("/api/v1/data-credentials/{cred}"),
-            vec![("updated", None)],
-            1,
-        ))
-    })
+    let r = run_rewriting_get(
+        &t,
+        "sep",
+        format!("/api/v1/data-credentials/{cred}"),
+        vec![("updated", None)],
+    )
     .await;
     assert_refused(
         &r,
