@@ -671,19 +671,48 @@ fn moto_config(dir: &Path, sim: &Simulator, schedule: &str) -> PathBuf {
     write_config(dir, &text)
 }
 
-#[tokio::test]
-async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tick() {
+/// Moto holding `qlik/sales-s3`, a seeded tenant, a config whose one job reads it, and the
+/// daemon's environment (AWS and the API key).
+struct MotoDaemon {
+    moto: Moto,
+    sim: Simulator,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// The setup of the moto-backed daemon tests: `secret` is the secret's first value,
+/// `schedule` the job's schedule line.
+async fn moto_daemon(secret: &str, schedule: &str) -> MotoDaemon {
     let moto = Moto::start();
-    moto.create_secret(
-        "qlik/sales-s3",
-        r#"{"accessKey":"AKIAV1","secretKey":"v1-secret"}"#,
-    )
-    .await;
+    moto.create_secret("qlik/sales-s3", secret).await;
     let sim = tenant(SimConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = moto_config(dir.path(), &sim, "schedule = \"* * * * * *\"");
+    let config = moto_config(dir.path(), &sim, schedule);
     let mut env = aws_env(&moto);
     env.push(("QLIK_API_KEY".into(), API_KEY.into()));
+    MotoDaemon {
+        moto,
+        sim,
+        dir,
+        config,
+        env,
+    }
+}
+
+#[tokio::test]
+async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tick() {
+    let MotoDaemon {
+        moto,
+        sim,
+        dir: _dir,
+        config,
+        env,
+    } = moto_daemon(
+        r#"{"accessKey":"AKIAV1","secretKey":"v1-secret"}"#,
+        "schedule = \"* * * * * *\"",
+    )
+    .await;
     let p = spawn_daemon(&config, &env).await;
     let job = [("rotation_job", "sales-s3"), ("outcome", "rotated")];
     wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &job, 1.0).await;
@@ -729,23 +758,23 @@ async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tic
 
 #[tokio::test]
 async fn sigterm_during_a_slow_patch_finishes_patch_and_verify_then_exits_0() {
-    let moto = Moto::start();
-    moto.create_secret(
-        "qlik/sales-s3",
+    let MotoDaemon {
+        moto: _moto,
+        sim,
+        dir,
+        config,
+        mut env,
+    } = moto_daemon(
         r#"{"accessKey":"AKIASLOW","secretKey":"slow"}"#,
+        "run_on_start = true",
     )
     .await;
-    let sim = tenant(SimConfig::default()).await;
     sim.inject(Fault::Delay {
         method: Some("PATCH".into()),
         path_prefix: None,
         delay: Duration::from_secs(3),
         times: 1,
     });
-    let dir = tempfile::tempdir().unwrap();
-    let config = moto_config(dir.path(), &sim, "run_on_start = true");
-    let mut env = aws_env(&moto);
-    env.push(("QLIK_API_KEY".into(), API_KEY.into()));
     env.push(("RUST_LOG".into(), "info".into()));
     let p = spawn_daemon(&config, &env).await;
     wait_proc_metric(p.addr, "qlik_rotator_rotations_in_flight", &[], 1.0).await;
@@ -782,17 +811,17 @@ async fn sigterm_during_a_slow_patch_finishes_patch_and_verify_then_exits_0() {
 
 #[tokio::test]
 async fn canary_secret_never_appears_in_metrics_or_daemon_logs() {
-    let moto = Moto::start();
-    moto.create_secret(
-        "qlik/sales-s3",
+    let MotoDaemon {
+        moto: _moto,
+        sim,
+        dir: _dir,
+        config,
+        mut env,
+    } = moto_daemon(
         r#"{"accessKey":"CANARY-D-AKIA","secretKey":"CANARY-D-SECRET"}"#,
+        "run_on_start = true",
     )
     .await;
-    let sim = tenant(SimConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = moto_config(dir.path(), &sim, "run_on_start = true");
-    let mut env = aws_env(&moto);
-    env.push(("QLIK_API_KEY".into(), API_KEY.into()));
     env.push(("RUST_LOG".into(), "trace".into()));
     let p = spawn_daemon(&config, &env).await;
     let text = wait_proc_metric(
@@ -821,17 +850,17 @@ async fn canary_secret_never_appears_in_metrics_or_daemon_logs() {
 /// output can carry headers and bodies; and no canary secret anywhere.
 #[tokio::test]
 async fn rust_log_trace_never_shows_wire_level_lines() {
-    let moto = Moto::start();
-    moto.create_secret(
-        "qlik/sales-s3",
+    let MotoDaemon {
+        moto: _moto,
+        sim,
+        dir: _dir,
+        config,
+        mut env,
+    } = moto_daemon(
         r#"{"accessKey":"CANARY-W-AKIA","secretKey":"CANARY-W-SECRET"}"#,
+        "run_on_start = true",
     )
     .await;
-    let sim = tenant(SimConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = moto_config(dir.path(), &sim, "run_on_start = true");
-    let mut env = aws_env(&moto);
-    env.push(("QLIK_API_KEY".into(), API_KEY.into()));
     env.push((
         "RUST_LOG".into(),
         "trace,hyper=trace,reqwest=trace,aws_smithy_runtime=trace,h2=trace".into(),
