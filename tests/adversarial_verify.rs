@@ -449,6 +449,17 @@ fn on_verify_get(sim: &Simulator, id: &str, fields: Vec<(&str, Option<Value>)>) 
     ));
 }
 
+/// Runs `job` (see `run`) with the verify GET of connection `id` answering with `fields`
+/// rewritten.
+async fn run_rewriting_verify_get(
+    t: &Tenant,
+    job: &str,
+    id: &str,
+    fields: Vec<(&str, Option<Value>)>,
+) -> Run {
+    run(t, job, |sim| on_verify_get(sim, id, fields.clone())).await
+}
+
 // === hostile api-specs ===
 
 async fn with_specs(t: &Tenant, ds: &str, body: Value) {
@@ -980,10 +991,7 @@ async fn a_data_credential_put_answered_204_that_applies_nothing_is_not_a_rotati
 #[tokio::test]
 async fn updated_missing_after_the_patch_fails_verification() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(sim, S3, vec![("updated", None)])
-    })
-    .await;
+    let r = run_rewriting_verify_get(&t, "s3", S3, vec![("updated", None)]).await;
     assert_verify_failed(
         &t,
         &r,
@@ -996,13 +1004,12 @@ async fn updated_missing_after_the_patch_fails_verification() {
 #[tokio::test]
 async fn updated_garbage_after_the_patch_fails_verification() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(
-            sim,
-            S3,
-            vec![("updated", Some(json!("\u{1b}[31mtomorrow")))],
-        )
-    })
+    let r = run_rewriting_verify_get(
+        &t,
+        "s3",
+        S3,
+        vec![("updated", Some(json!("\u{1b}[31mtomorrow")))],
+    )
     .await;
     assert_verify_failed(
         &t,
@@ -1017,10 +1024,8 @@ async fn updated_garbage_after_the_patch_fails_verification() {
 #[tokio::test]
 async fn updated_of_the_wrong_json_type_after_the_patch_fails_verification() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(sim, S3, vec![("updated", Some(json!(1_764_547_200)))])
-    })
-    .await;
+    let r =
+        run_rewriting_verify_get(&t, "s3", S3, vec![("updated", Some(json!(1_764_547_200)))]).await;
     // A number where a string belongs: the GET body does not decode.
     assert_eq!(r.cli.code, 1);
     assert!(
@@ -1036,13 +1041,12 @@ async fn updated_of_the_wrong_json_type_after_the_patch_fails_verification() {
 #[tokio::test]
 async fn updated_backwards_after_the_patch_fails_verification() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(
-            sim,
-            S3,
-            vec![("updated", Some(json!("2001-01-01T00:00:00.000Z")))],
-        )
-    })
+    let r = run_rewriting_verify_get(
+        &t,
+        "s3",
+        S3,
+        vec![("updated", Some(json!("2001-01-01T00:00:00.000Z")))],
+    )
     .await;
     assert_verify_failed(&t, &r, "s3", "verify_mismatch", &["updated went backwards"]);
 }
@@ -1051,10 +1055,7 @@ async fn updated_backwards_after_the_patch_fails_verification() {
 async fn updated_equal_after_the_patch_fails_verification() {
     let t = tenant().await;
     let before = t.sim.stored(S3).unwrap()["updated"].clone();
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(sim, S3, vec![("updated", Some(before.clone()))])
-    })
-    .await;
+    let r = run_rewriting_verify_get(&t, "s3", S3, vec![("updated", Some(before.clone()))]).await;
     assert_verify_failed(
         &t,
         &r,
@@ -1121,16 +1122,15 @@ async fn a_changed_credentials_id_is_a_counted_warning_not_a_failure() {
     let t = tenant().await;
     // The S3 connection has embedded credentials but (as some tenants show) a qCredentialsID.
     t.sim.link_credential(S3, &t.other_cred);
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(
-            sim,
-            S3,
-            vec![(
-                "qCredentialsID",
-                Some(json!("cccccccc-0000-4000-8000-000000000009")),
-            )],
-        )
-    })
+    let r = run_rewriting_verify_get(
+        &t,
+        "s3",
+        S3,
+        vec![(
+            "qCredentialsID",
+            Some(json!("cccccccc-0000-4000-8000-000000000009")),
+        )],
+    )
     .await;
     assert_eq!(r.cli.code, 0, "{:?}", r.cli);
     assert!(
@@ -1165,16 +1165,15 @@ async fn a_changed_credentials_id_is_a_counted_warning_not_a_failure() {
 #[tokio::test]
 async fn a_property_appearing_after_the_patch_is_a_counted_warning() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(
-            sim,
-            S3,
-            vec![(
-                "connectionProperties",
-                Some(json!({"region": "eu-west-1", "bucketName": "sales", "useIAM\u{1b}": false})),
-            )],
-        )
-    })
+    let r = run_rewriting_verify_get(
+        &t,
+        "s3",
+        S3,
+        vec![(
+            "connectionProperties",
+            Some(json!({"region": "eu-west-1", "bucketName": "sales", "useIAM\u{1b}": false})),
+        )],
+    )
     .await;
     assert_eq!(r.cli.code, 0, "{:?}", r.cli);
     assert!(
@@ -1198,16 +1197,15 @@ async fn a_property_appearing_after_the_patch_is_a_counted_warning() {
 #[tokio::test]
 async fn a_changed_non_credential_property_after_the_patch_stays_a_failure() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(
-            sim,
-            S3,
-            vec![(
-                "connectionProperties",
-                Some(json!({"region": "eu-west-1", "bucketName": "someone-elses"})),
-            )],
-        )
-    })
+    let r = run_rewriting_verify_get(
+        &t,
+        "s3",
+        S3,
+        vec![(
+            "connectionProperties",
+            Some(json!({"region": "eu-west-1", "bucketName": "someone-elses"})),
+        )],
+    )
     .await;
     assert_verify_failed(
         &t,
@@ -1220,9 +1218,12 @@ async fn a_changed_non_credential_property_after_the_patch_stays_a_failure() {
 
 // === secret values of the wrong JSON type ===
 
-async fn wrong_type(t: &Tenant, job: &str, secret: &str, key: &str, prop: &str, found: &str) {
+/// A fresh tenant whose secret for `job` is `secret`: refused at build because its field `key`
+/// (for Qlik property `prop`) is a JSON `found`. Returns the tenant for further checks.
+async fn wrong_type(job: &str, secret: &str, key: &str, prop: &str, found: &str) -> Tenant {
+    let t = tenant().await;
     t.vault_text(job, secret);
-    let r = run(t, job, |_| {}).await;
+    let r = run(&t, job, |_| {}).await;
     assert_refused(
         &r,
         job,
@@ -1231,21 +1232,19 @@ async fn wrong_type(t: &Tenant, job: &str, secret: &str, key: &str, prop: &str, 
             "the secret's field \"{key}\" (for Qlik property \"{prop}\") is a JSON {found}"
         )],
     );
+    t
 }
 
 #[tokio::test]
 async fn secret_number_password_is_refused_not_coerced() {
-    let t = tenant().await;
     let s = format!(r#"{{"username":"svc_fin","password":{BIG}}}"#);
-    wrong_type(&t, "sql", &s, "password", "password", "number").await;
+    let t = wrong_type("sql", &s, "password", "password", "number").await;
     assert_eq!(stored_prop(&t.sim, SQL, "password"), "old");
 }
 
 #[tokio::test]
 async fn secret_null_password_is_refused() {
-    let t = tenant().await;
     wrong_type(
-        &t,
         "sql",
         r#"{"username":"svc_fin","password":null}"#,
         "password",
@@ -1257,9 +1256,7 @@ async fn secret_null_password_is_refused() {
 
 #[tokio::test]
 async fn secret_boolean_password_is_refused() {
-    let t = tenant().await;
     wrong_type(
-        &t,
         "sql",
         r#"{"username":"svc_fin","password":true}"#,
         "password",
@@ -1271,44 +1268,37 @@ async fn secret_boolean_password_is_refused() {
 
 #[tokio::test]
 async fn secret_array_password_is_refused() {
-    let t = tenant().await;
     let s = format!(r#"{{"username":"svc_fin","password":["{CANARY}-arr"]}}"#);
-    wrong_type(&t, "sql", &s, "password", "password", "array").await;
+    wrong_type("sql", &s, "password", "password", "array").await;
 }
 
 #[tokio::test]
 async fn secret_object_password_is_refused() {
-    let t = tenant().await;
     let s = format!(r#"{{"username":"svc_fin","password":{{"value":"{CANARY}-obj"}}}}"#);
-    wrong_type(&t, "sql", &s, "password", "password", "object").await;
+    wrong_type("sql", &s, "password", "password", "object").await;
 }
 
 #[tokio::test]
 async fn secret_number_username_is_refused() {
-    let t = tenant().await;
     let s = format!(r#"{{"username":{BIG},"password":"{CANARY}-p"}}"#);
-    wrong_type(&t, "sql", &s, "username", "username", "number").await;
+    wrong_type("sql", &s, "username", "username", "number").await;
 }
 
 #[tokio::test]
 async fn secret_number_access_key_is_refused() {
-    let t = tenant().await;
     let s = format!(r#"{{"accessKey":{BIG},"secretKey":"{CANARY}-s"}}"#);
-    wrong_type(&t, "s3", &s, "accessKey", "accessKey", "number").await;
+    wrong_type("s3", &s, "accessKey", "accessKey", "number").await;
 }
 
 #[tokio::test]
 async fn secret_generic_property_of_the_wrong_type_is_refused() {
-    let t = tenant().await;
     let s = format!(r#"{{"userName":"svc","userPassword":{{"v":"{CANARY}"}}}}"#);
-    wrong_type(&t, "pg", &s, "userPassword", "userPassword", "object").await;
+    wrong_type("pg", &s, "userPassword", "userPassword", "object").await;
 }
 
 #[tokio::test]
 async fn secret_header_token_of_the_wrong_type_is_refused() {
-    let t = tenant().await;
     wrong_type(
-        &t,
         "api",
         &format!(r#"{{"token":{BIG}}}"#),
         "token",
@@ -1320,9 +1310,8 @@ async fn secret_header_token_of_the_wrong_type_is_refused() {
 
 #[tokio::test]
 async fn secret_data_credential_password_of_the_wrong_type_is_refused() {
-    let t = tenant().await;
     let s = format!(r#"{{"username":"svc","password":{BIG}}}"#);
-    wrong_type(&t, "sep", &s, "password", "password", "number").await;
+    let t = wrong_type("sep", &s, "password", "password", "number").await;
     assert_eq!(
         t.sim.stored_credential(&t.cred).unwrap()["qPassword"],
         "old"
@@ -1362,9 +1351,7 @@ async fn secret_key_file_that_is_a_json_array_is_refused() {
 
 #[tokio::test]
 async fn secret_key_file_of_the_wrong_json_type_is_refused() {
-    let t = tenant().await;
     wrong_type(
-        &t,
         "bq",
         r#"{"key_file":12345}"#,
         "key_file",
@@ -1376,9 +1363,8 @@ async fn secret_key_file_of_the_wrong_json_type_is_refused() {
 
 #[tokio::test]
 async fn secret_private_key_file_as_an_object_is_refused() {
-    let t = tenant().await;
     let s = format!(r#"{{"username":"svc","private_key":{{"pem":"{CANARY}"}}}}"#);
-    wrong_type(&t, "snow", &s, "private_key", "PRIV_KEY_FILE", "object").await;
+    wrong_type("snow", &s, "private_key", "PRIV_KEY_FILE", "object").await;
 }
 
 #[tokio::test]
