@@ -196,11 +196,13 @@ fn assert_no_canary(run: &Run, canaries: &BTreeSet<String>) {
 
 /// All connections the simulator holds, over HTTP (every space).
 async fn all_connections(sim: &Simulator, key: &str) -> Vec<Value> {
+    all_connections_at(&sim.base_url(), key).await
+}
+
+/// All connections the tenant at `url` lists to `key` (every space, up to 100).
+async fn all_connections_at(url: &str, key: &str) -> Vec<Value> {
     let v: Value = reqwest::Client::new()
-        .get(format!(
-            "{}/api/v1/data-connections?limit=100",
-            sim.base_url()
-        ))
+        .get(format!("{url}/api/v1/data-connections?limit=100"))
         .bearer_auth(key)
         .send()
         .await
@@ -228,6 +230,18 @@ fn answered(sim: &Simulator, method: &str, status: u16) -> usize {
         .count()
 }
 
+/// The suite exited 0 and its report says ok; returns the report.
+fn assert_passed(run: &Run) -> &Value {
+    assert_eq!(
+        run.code, 0,
+        "suite failed\nstdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let report = run.report.as_ref().expect("the report is JSON");
+    assert_eq!(report["ok"], true);
+    report
+}
+
 fn assumptions() -> Value {
     let text = std::fs::read_to_string(repo().join("scripts/conformance/assumptions.json"))
         .expect("assumptions.json");
@@ -243,13 +257,7 @@ async fn suite_against_the_simulator_records_every_fact_and_leaves_nothing() {
     let registered = register_catalogue_specs(&sim, &[]);
     let url = sim.base_url();
     let run = run_suite(owned(vars(&url, &key))).await;
-    assert_eq!(
-        run.code, 0,
-        "suite failed\nstdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
-    let report = run.report.as_ref().expect("the report is JSON");
-    assert_eq!(report["ok"], true);
+    let report = assert_passed(&run);
     let facts = report["facts"].as_object().unwrap();
 
     // Every fact assumptions.json names is in the report, with the simulator's value beside
@@ -348,13 +356,7 @@ async fn suite_against_qlik_rotator_simulate_passes_and_leaves_nothing() {
     .unwrap_or_else(|out| panic!("simulate did not start: {out:?}"));
     let url = served.url.clone();
     let run = run_suite(owned(vars(&url, &key))).await;
-    assert_eq!(
-        run.code, 0,
-        "suite failed\nstdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
-    let report = run.report.as_ref().expect("the report is JSON");
-    assert_eq!(report["ok"], true);
+    let report = assert_passed(&run);
     let facts = report["facts"].as_object().unwrap();
     assert_eq!(
         facts["rotate.outcomes"]["observed"],
@@ -368,16 +370,8 @@ async fn suite_against_qlik_rotator_simulate_passes_and_leaves_nothing() {
         run.stdout
     );
     // Only the demo tenant's three connections remain.
-    let list: Value = reqwest::Client::new()
-        .get(format!("{url}/api/v1/data-connections?limit=100"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list["data"].as_array().unwrap().len(), 3, "{list}");
+    let list = all_connections_at(&url, &key).await;
+    assert_eq!(list.len(), 3, "{list:?}");
     let sim = served.stop("TERM");
     assert_eq!(sim.code, 0);
     let canaries: BTreeSet<String> = [key].into();
