@@ -460,6 +460,18 @@ async fn run_rewriting_verify_get(
     run(t, job, |sim| on_verify_get(sim, id, fields.clone())).await
 }
 
+/// Runs `job` (see `run`) with its next `method` write answered 204 but not applied.
+async fn run_ignoring_write(t: &Tenant, job: &str, method: &str) -> Run {
+    run(t, job, |sim| {
+        sim.inject(Fault::IgnoredWrite {
+            method: Some(method.into()),
+            path_prefix: None,
+            times: 1,
+        })
+    })
+    .await
+}
+
 // === hostile api-specs ===
 
 async fn with_specs(t: &Tenant, ds: &str, body: Value) {
@@ -936,14 +948,7 @@ async fn wrong_credential_body_on_the_verify_get_fails_verification() {
 #[tokio::test]
 async fn a_patch_answered_204_that_applies_nothing_is_not_a_rotation() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        sim.inject(Fault::IgnoredWrite {
-            method: Some("PATCH".into()),
-            path_prefix: None,
-            times: 1,
-        })
-    })
-    .await;
+    let r = run_ignoring_write(&t, "s3", "PATCH").await;
     assert_verify_failed(
         &t,
         &r,
@@ -967,14 +972,7 @@ async fn a_patch_answered_204_that_applies_nothing_is_not_a_rotation() {
 #[tokio::test]
 async fn a_data_credential_put_answered_204_that_applies_nothing_is_not_a_rotation() {
     let t = tenant().await;
-    let r = run(&t, "sep", |sim| {
-        sim.inject(Fault::IgnoredWrite {
-            method: Some("PUT".into()),
-            path_prefix: None,
-            times: 1,
-        })
-    })
-    .await;
+    let r = run_ignoring_write(&t, "sep", "PUT").await;
     assert_verify_failed(
         &t,
         &r,
