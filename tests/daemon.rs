@@ -700,6 +700,31 @@ async fn moto_daemon(secret: &str, schedule: &str) -> MotoDaemon {
     }
 }
 
+/// Waits until the daemon at `addr` has rotated `sales-s3` once; returns `/metrics`.
+async fn wait_first_rotation(addr: std::net::SocketAddr) -> String {
+    wait_proc_metric(
+        addr,
+        "qlik_rotator_rotations_total",
+        &[("rotation_job", "sales-s3"), ("outcome", "rotated")],
+        1.0,
+    )
+    .await
+}
+
+/// No canary (any `CANARY` string) in the daemon's stdout or stderr, nor the API key in its logs.
+#[track_caller]
+fn assert_no_canary_or_key(out: &CliOutput) {
+    assert!(
+        !out.stderr.contains("CANARY") && !out.stdout.contains("CANARY"),
+        "a canary leaked:\n{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains(API_KEY),
+        "the API key leaked into logs"
+    );
+}
+
 #[tokio::test]
 async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tick() {
     let MotoDaemon {
@@ -824,25 +849,11 @@ async fn canary_secret_never_appears_in_metrics_or_daemon_logs() {
     .await;
     env.push(("RUST_LOG".into(), "trace".into()));
     let p = spawn_daemon(&config, &env).await;
-    let text = wait_proc_metric(
-        p.addr,
-        "qlik_rotator_rotations_total",
-        &[("rotation_job", "sales-s3"), ("outcome", "rotated")],
-        1.0,
-    )
-    .await;
+    let text = wait_first_rotation(p.addr).await;
     let out = stop(p).await;
     assert_eq!(stored_prop(&sim, S3_ID, "secretKey"), "CANARY-D-SECRET");
     assert!(!text.contains("CANARY"), "{text}");
-    assert!(
-        !out.stderr.contains("CANARY") && !out.stdout.contains("CANARY"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        !out.stderr.contains(API_KEY),
-        "the API key leaked into logs"
-    );
+    assert_no_canary_or_key(&out);
 }
 
 /// `RUST_LOG=trace` (even naming the HTTP and AWS crates explicitly) shows the daemon's own
@@ -866,13 +877,7 @@ async fn rust_log_trace_never_shows_wire_level_lines() {
         "trace,hyper=trace,reqwest=trace,aws_smithy_runtime=trace,h2=trace".into(),
     ));
     let p = spawn_daemon_with(&config, &env, &["--log-format", "json"]).await;
-    wait_proc_metric(
-        p.addr,
-        "qlik_rotator_rotations_total",
-        &[("rotation_job", "sales-s3"), ("outcome", "rotated")],
-        1.0,
-    )
-    .await;
+    wait_first_rotation(p.addr).await;
     let out = stop(p).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(stored_prop(&sim, S3_ID, "secretKey"), "CANARY-W-SECRET");
@@ -905,15 +910,7 @@ async fn rust_log_trace_never_shows_wire_level_lines() {
         wire.len(),
         wire[0]
     );
-    assert!(
-        !out.stderr.contains("CANARY") && !out.stdout.contains("CANARY"),
-        "a canary leaked:\n{}",
-        out.stderr
-    );
-    assert!(
-        !out.stderr.contains(API_KEY),
-        "the API key leaked into logs"
-    );
+    assert_no_canary_or_key(&out);
 }
 
 #[tokio::test]
