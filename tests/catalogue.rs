@@ -346,6 +346,18 @@ struct Failed {
     outputs: String,
 }
 
+/// Registers the api-specs of `ds` and seeds a connection `target` of `ds` holding the example
+/// properties of `scheme`; returns its id.
+fn seed_example(sim: &Simulator, ds: &str, scheme: &str) -> String {
+    let ex = example(ds, scheme).unwrap();
+    sim.add_data_source_spec(ds, api_specs(ds));
+    sim.add_connection(SeedConnection::new(
+        "target".to_owned(),
+        ds.to_owned(),
+        ex.properties.clone(),
+    ))
+}
+
 /// The library's rotator, with metrics, for one job `j` on `connection` (connector
 /// `connector`, `scheme`) whose vault secret is `secret`.
 struct OneJob {
@@ -402,16 +414,10 @@ async fn run_failing(seed_id: &str, job_id: &str, scheme: &str, secret: &str) ->
         .find(|s| example(seed_id, s.name).is_some())
         .unwrap()
         .name;
-    let ex = example(seed_id, seed_scheme).unwrap();
-    sim.add_data_source_spec(seed_id, api_specs(seed_id));
+    let connection = seed_example(&sim, seed_id, seed_scheme);
     if job_id != seed_id {
         sim.add_data_source_spec(job_id, api_specs(job_id));
     }
-    let connection = sim.add_connection(SeedConnection::new(
-        "target".to_owned(),
-        seed_id.to_owned(),
-        ex.properties.clone(),
-    ));
     let OneJob {
         _dir,
         cfg,
@@ -520,13 +526,7 @@ async fn snowflake_target_password_secret_with_control_characters_is_sent_escape
     // JSON-escaped in the PATCH body, stored as is, and printed nowhere.
     let password = format!("{CANARY}\n\t\u{1b}[31m");
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
-    let ex = example("reptgt_qdisnowflake", "password").unwrap();
-    sim.add_data_source_spec("reptgt_qdisnowflake", api_specs("reptgt_qdisnowflake"));
-    let connection = sim.add_connection(SeedConnection::new(
-        "target".to_owned(),
-        "reptgt_qdisnowflake".to_owned(),
-        ex.properties.clone(),
-    ));
+    let connection = seed_example(&sim, "reptgt_qdisnowflake", "password");
     let OneJob {
         _dir,
         cfg,
