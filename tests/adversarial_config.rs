@@ -131,6 +131,11 @@ fn swap(text: &str, from: &str, to: &str) -> String {
     text.replacen(from, to, 1)
 }
 
+/// `text` with the `api_key_env = "QLIK_API_KEY"` line of `[qlik]` replaced by `lines`.
+fn api_key_as(text: &str, lines: &str) -> String {
+    swap(text, "api_key_env = \"QLIK_API_KEY\"", lines)
+}
+
 /// Adds `line` right after the header line `header` (e.g. `[qlik]`).
 fn add_to(text: &str, header: &str, line: &str) -> String {
     swap(text, &format!("{header}\n"), &format!("{header}\n{line}\n"))
@@ -200,11 +205,7 @@ async fn control_the_base_config_rotates_three_connections() {
 refused!(
     toml_unterminated_string_holding_a_secret,
     "qlik.api_key_env",
-    |t, _| swap(
-        &t,
-        "api_key_env = \"QLIK_API_KEY\"",
-        &format!("api_key_env = \"{CANARY}")
-    )
+    |t, _| api_key_as(&t, &format!("api_key_env = \"{CANARY}"))
 );
 refused!(
     toml_secret_pasted_on_a_line_of_its_own,
@@ -242,57 +243,41 @@ refused!(toml_unclosed_inline_table, "jobs[0].connector", |t, _| {
 
 // === [qlik] secret locators ===
 
-refused!(api_key_env_holding_a_jwt, "qlik.api_key_env", |t, _| swap(
-    &t,
-    "api_key_env = \"QLIK_API_KEY\"",
-    &format!("api_key_env = \"eyJhbGciOiJIUzI1NiJ9.{CANARY}\"")
-));
+refused!(api_key_env_holding_a_jwt, "qlik.api_key_env", |t, _| {
+    api_key_as(
+        &t,
+        &format!("api_key_env = \"eyJhbGciOiJIUzI1NiJ9.{CANARY}\""),
+    )
+});
 refused!(
     api_key_env_starting_with_a_digit,
     "qlik.api_key_env",
-    |t, _| swap(
-        &t,
-        "api_key_env = \"QLIK_API_KEY\"",
-        &format!("api_key_env = \"9{CANARY_NAME}\"")
-    )
+    |t, _| api_key_as(&t, &format!("api_key_env = \"9{CANARY_NAME}\""))
 );
-refused!(
-    api_key_env_longer_than_256,
-    "qlik.api_key_env",
-    |t, _| swap(
+refused!(api_key_env_longer_than_256, "qlik.api_key_env", |t, _| {
+    api_key_as(
         &t,
-        "api_key_env = \"QLIK_API_KEY\"",
-        &format!("api_key_env = \"K{}\"", CANARY_NAME.repeat(20))
+        &format!("api_key_env = \"K{}\"", CANARY_NAME.repeat(20)),
     )
-);
+});
 refused!(api_key_file_with_a_newline, "qlik.api_key_file", |t, _| {
-    swap(
-        &t,
-        "api_key_env = \"QLIK_API_KEY\"",
-        &format!("api_key_file = \"/run/{CANARY}\\nsecond\""),
-    )
+    api_key_as(&t, &format!("api_key_file = \"/run/{CANARY}\\nsecond\""))
 });
 refused!(
     api_key_file_with_a_terminal_escape,
     "qlik.api_key_file",
-    |t, _| swap(
-        &t,
-        "api_key_env = \"QLIK_API_KEY\"",
-        &format!("api_key_file = \"\\u001b]0;{CANARY}\\u0007\"")
-    )
+    |t, _| api_key_as(&t, &format!("api_key_file = \"\\u001b]0;{CANARY}\\u0007\""))
 );
 refused!(
     api_key_file_longer_than_4096,
     "qlik.api_key_file",
-    |t, _| swap(
+    |t, _| api_key_as(
         &t,
-        "api_key_env = \"QLIK_API_KEY\"",
         &format!("api_key_file = \"/{}{CANARY}\"", "d/".repeat(2100))
     )
 );
-refused!(api_key_inline, "qlik.api_key", |t, _| swap(
+refused!(api_key_inline, "qlik.api_key", |t, _| api_key_as(
     &t,
-    "api_key_env = \"QLIK_API_KEY\"",
     &format!("api_key = \"{CANARY}\"")
 ));
 refused!(
@@ -308,44 +293,34 @@ refused!(api_key_missing, "qlik.api_key_env", |t, _| swap(
 refused!(
     oauth_client_secret_env_holding_a_secret,
     "qlik.oauth.client_secret_env",
-    |t, _| swap(
+    |t, _| api_key_as(
         &t,
-        "api_key_env = \"QLIK_API_KEY\"",
         &format!("[qlik.oauth]\nclient_id = \"cid\"\nclient_secret_env = \"{CANARY}\"")
     )
 );
 refused!(
     oauth_client_secret_inline,
     "qlik.oauth.client_secret",
-    |t, _| swap(
+    |t, _| api_key_as(
         &t,
-        "api_key_env = \"QLIK_API_KEY\"",
         &format!("[qlik.oauth]\nclient_id = \"cid\"\nclient_secret = \"{CANARY}\"")
     )
 );
 refused!(
     oauth_client_secret_file_with_control_characters,
     "qlik.oauth.client_secret_file",
-    |t, _| swap(
+    |t, _| api_key_as(
         &t,
-        "api_key_env = \"QLIK_API_KEY\"",
         &format!("[qlik.oauth]\nclient_id = \"cid\"\nclient_secret_file = \"/run/\\t{CANARY}\"")
     )
 );
-refused!(oauth_and_api_key_both, "qlik.oauth", |t, _| swap(
+refused!(oauth_and_api_key_both, "qlik.oauth", |t, _| api_key_as(
     &t,
-    "api_key_env = \"QLIK_API_KEY\"",
     "api_key_env = \"QLIK_API_KEY\"\n[qlik.oauth]\nclient_id = \"cid\"\nclient_secret_env = \"CS\""
 ));
-refused!(
-    oauth_without_client_id,
-    "qlik.oauth.client_id",
-    |t, _| swap(
-        &t,
-        "api_key_env = \"QLIK_API_KEY\"",
-        "[qlik.oauth]\nclient_secret_env = \"CS\""
-    )
-);
+refused!(oauth_without_client_id, "qlik.oauth.client_id", |t, _| {
+    api_key_as(&t, "[qlik.oauth]\nclient_secret_env = \"CS\"")
+});
 
 // === [qlik] tenant_url ===
 
@@ -848,11 +823,7 @@ async fn refused_at_build(key: &str, mutate: impl FnOnce(String) -> String) {
 #[tokio::test]
 async fn api_key_env_naming_an_unset_variable() {
     refused_at_build("qlik.api_key_env", |t| {
-        swap(
-            &t,
-            "api_key_env = \"QLIK_API_KEY\"",
-            &format!("api_key_env = \"{CANARY_NAME}\""),
-        )
+        api_key_as(&t, &format!("api_key_env = \"{CANARY_NAME}\""))
     })
     .await;
 }
@@ -860,11 +831,7 @@ async fn api_key_env_naming_an_unset_variable() {
 #[tokio::test]
 async fn api_key_file_that_does_not_exist() {
     refused_at_build("qlik.api_key_file", |t| {
-        swap(
-            &t,
-            "api_key_env = \"QLIK_API_KEY\"",
-            &format!("api_key_file = \"/nonexistent/{CANARY}\""),
-        )
+        api_key_as(&t, &format!("api_key_file = \"/nonexistent/{CANARY}\""))
     })
     .await;
 }
@@ -872,9 +839,8 @@ async fn api_key_file_that_does_not_exist() {
 #[tokio::test]
 async fn oauth_client_secret_env_naming_an_unset_variable() {
     refused_at_build("qlik.oauth.client_secret_env", |t| {
-        swap(
+        api_key_as(
             &t,
-            "api_key_env = \"QLIK_API_KEY\"",
             &format!("[qlik.oauth]\nclient_id = \"cid\"\nclient_secret_env = \"{CANARY_NAME}\""),
         )
     })

@@ -497,29 +497,24 @@ async fn run_case(case: Case) {
 
 // ----- hostile answers -------------------------------------------------------------------
 
-fn redirect_307(w: &World) -> Hostile {
+/// A redirect with `status` to `World::location` (the redirect target).
+fn redirect(w: &World, status: u16) -> Hostile {
     Hostile::Redirect {
-        status: 307,
+        status,
         location: w.location(),
     }
+}
+fn redirect_307(w: &World) -> Hostile {
+    redirect(w, 307)
 }
 fn redirect_308(w: &World) -> Hostile {
-    Hostile::Redirect {
-        status: 308,
-        location: w.location(),
-    }
+    redirect(w, 308)
 }
 fn redirect_302(w: &World) -> Hostile {
-    Hostile::Redirect {
-        status: 302,
-        location: w.location(),
-    }
+    redirect(w, 302)
 }
 fn redirect_303(w: &World) -> Hostile {
-    Hostile::Redirect {
-        status: 303,
-        location: w.location(),
-    }
+    redirect(w, 303)
 }
 fn endless_200(_: &World) -> Hostile {
     Hostile::EndlessBody { status: 200 }

@@ -413,20 +413,63 @@ fn fault_get(path: String, fields: Vec<(&str, Option<Value>)>, times: u32) -> Fa
     }
 }
 
-/// Lets the first (pre-PATCH) GET of a connection through untouched and rewrites the next one
-/// (the verify GET).
-fn on_verify_get(sim: &Simulator, id: &str, fields: Vec<(&str, Option<Value>)>) {
+/// Lets the next GET under `path` through untouched (a zero delay, used up by that GET), so a
+/// fault injected after it hits the GET after that.
+fn pass_first_get(sim: &Simulator, path: String) {
     sim.inject(Fault::Delay {
         method: Some("GET".into()),
-        path_prefix: Some(format!("/api/v1/data-connections/{id}")),
+        path_prefix: Some(path),
         delay: std::time::Duration::ZERO,
         times: 1,
     });
+}
+
+/// Runs `job` (see `run`) with the next GET under `path` (the one before the write) answering
+/// with `fields` rewritten.
+async fn run_rewriting_get(
+    t: &Tenant,
+    job: &str,
+    path: String,
+    fields: Vec<(&str, Option<Value>)>,
+) -> Run {
+    run(t, job, |sim| {
+        sim.inject(fault_get(path.clone(), fields.clone(), 1))
+    })
+    .await
+}
+
+/// Lets the first (pre-PATCH) GET of a connection through untouched and rewrites the next one
+/// (the verify GET).
+fn on_verify_get(sim: &Simulator, id: &str, fields: Vec<(&str, Option<Value>)>) {
+    pass_first_get(sim, format!("/api/v1/data-connections/{id}"));
     sim.inject(fault_get(
         format!("/api/v1/data-connections/{id}"),
         fields,
         1,
     ));
+}
+
+/// Runs `job` (see `run`) with the verify GET of connection `id` answering with `fields`
+/// rewritten.
+async fn run_rewriting_verify_get(
+    t: &Tenant,
+    job: &str,
+    id: &str,
+    fields: Vec<(&str, Option<Value>)>,
+) -> Run {
+    run(t, job, |sim| on_verify_get(sim, id, fields.clone())).await
+}
+
+/// Runs `job` (see `run`) with its next `method` write answered 204 but not applied.
+async fn run_ignoring_write(t: &Tenant, job: &str, method: &str) -> Run {
+    run(t, job, |sim| {
+        sim.inject(Fault::IgnoredWrite {
+            method: Some(method.into()),
+            path_prefix: None,
+            times: 1,
+        })
+    })
+    .await
 }
 
 // === hostile api-specs ===
@@ -435,234 +478,186 @@ async fn with_specs(t: &Tenant, ds: &str, body: Value) {
     t.sim.add_data_source_spec(ds, body);
 }
 
+/// A fresh tenant whose api-specs for `ds` are `body`: `job` is refused at build with
+/// `error_type` and every one of `parts` (and everything `assert_refused` checks).
+async fn refused_by_specs(ds: &str, body: Value, job: &str, error_type: &str, parts: &[&str]) {
+    let t = tenant().await;
+    with_specs(&t, ds, body).await;
+    let r = run(&t, job, |_| {}).await;
+    assert_refused(&r, job, &format!("failed at build [{error_type}]"), parts);
+}
+
 #[tokio::test]
 async fn specs_flat_form_is_refused_as_spec_invalid() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         json!({"connectionProperties": {"userName": {"type": "string"}, "userPassword": {"type": "string"}}}),
+        "pg",
+        "spec_invalid",
+        &["connectionProperties has no \"properties\" object"],
     )
     .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
-        "pg",
-        "failed at build [spec_invalid]",
-        &["connectionProperties has no \"properties\" object"],
-    );
 }
 
 #[tokio::test]
 async fn specs_body_that_is_an_array_is_refused() {
-    let t = tenant().await;
-    with_specs(&t, "postgres", json!([{"name": "userPassword"}])).await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
+    refused_by_specs(
+        "postgres",
+        json!([{"name": "userPassword"}]),
         "pg",
-        "failed at build [spec_invalid]",
+        "spec_invalid",
         &["not a JSON object"],
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn specs_connection_properties_of_the_wrong_shape_are_refused() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         json!({"connectionProperties": "userName,userPassword"}),
+        "pg",
+        "spec_invalid",
+        &["no connectionProperties object"],
     )
     .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
-        "pg",
-        "failed at build [spec_invalid]",
-        &["no connectionProperties object"],
-    );
 }
 
 #[tokio::test]
 async fn specs_schema_type_other_than_object_is_refused() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         json!({"connectionProperties": {"type": "array", "properties": {"userName": {"type": "string"}, "userPassword": {"type": "string"}}}}),
+        "pg",
+        "spec_invalid",
+        &["connectionProperties.type is not \"object\""],
     )
     .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
-        "pg",
-        "failed at build [spec_invalid]",
-        &["connectionProperties.type is not \"object\""],
-    );
 }
 
 #[tokio::test]
 async fn specs_properties_as_a_list_are_refused() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         json!({"connectionProperties": {"type": "object", "properties": [{"name": "userName", "type": "string"}]}}),
+        "pg",
+        "spec_invalid",
+        &[],
     )
     .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(&r, "pg", "failed at build [spec_invalid]", &[]);
 }
 
 #[tokio::test]
 async fn specs_with_too_many_properties_are_refused() {
-    let t = tenant().await;
     let many: serde_json::Map<String, Value> = (0..5000)
         .map(|i| (format!("p{i}"), json!({"type": "string"})))
         .collect();
-    with_specs(&t, "postgres", api_specs("x", "1", Value::Object(many))).await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
+    refused_by_specs(
+        "postgres",
+        api_specs("x", "1", Value::Object(many)),
         "pg",
-        "failed at build [spec_invalid]",
+        "spec_invalid",
         &["declare 5000 properties"],
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn specs_non_string_type_of_a_written_property_is_refused() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         api_specs(
             "x",
             "1",
             json!({"userName": {"type": "string"}, "userPassword": {"type": 7}}),
         ),
+        "pg",
+        "spec_mismatch",
+        &["\"userPassword\" is declared as \"invalid (a JSON integer)\""],
     )
     .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
-        "pg",
-        "failed at build [spec_mismatch]",
-        &["\"userPassword\" is declared as \"invalid (a JSON integer)\""],
-    );
 }
 
 #[tokio::test]
 async fn specs_unknown_type_name_is_refused_for_a_generic_job() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         api_specs(
             "x",
             "1",
             json!({"userName": {"type": "string"}, "userPassword": {"type": "password"}}),
         ),
+        "pg",
+        "spec_mismatch",
+        &["declared as \"invalid (\\\"password\\\")\""],
     )
     .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
-        "pg",
-        "failed at build [spec_mismatch]",
-        &["declared as \"invalid (\\\"password\\\")\""],
-    );
 }
 
 #[tokio::test]
 async fn specs_name_with_control_characters_does_not_count_as_declared() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         api_specs(
             "x",
             "1",
             json!({"userName": {"type": "string"}, "userPassword\n": {"type": "string"}}),
         ),
+        "pg",
+        "spec_mismatch",
+        &["property \"userPassword\" does not exist in the api-specs of \"postgres\""],
     )
     .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
-        "pg",
-        "failed at build [spec_mismatch]",
-        &["property \"userPassword\" does not exist in the api-specs of \"postgres\""],
-    );
 }
 
 #[tokio::test]
 async fn specs_missing_a_catalogue_property_refuse_with_zero_patches() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "File_AmazonS3ConnectorV2",
         api_specs(
             "QvWebStorageProviderConnectorPackage.exe",
             "4.46.0",
             json!({"region": {"type": "string"}, "bucketName": {"type": "string"}, "accessKey": {"type": "string"}}),
         ),
+        "s3",
+        "spec_mismatch",
+        &["property \"secretKey\" does not exist in the api-specs of \"File_AmazonS3ConnectorV2\""],
     )
     .await;
-    let r = run(&t, "s3", |_| {}).await;
-    assert_refused(
-        &r,
-        "s3",
-        "failed at build [spec_mismatch]",
-        &["property \"secretKey\" does not exist in the api-specs of \"File_AmazonS3ConnectorV2\""],
-    );
 }
 
 #[tokio::test]
 async fn specs_declaring_a_text_credential_as_integer_refuse_a_catalogue_job() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "mssql",
         api_specs(
             "QvOdbcConnectorPackage.exe",
             "1",
             json!({"username": {"type": "string"}, "password": {"type": "integer"}}),
         ),
+        "sql",
+        "spec_mismatch",
+        &["\"password\" is declared as \"integer\""],
     )
     .await;
-    let r = run(&t, "sql", |_| {}).await;
-    assert_refused(
-        &r,
-        "sql",
-        "failed at build [spec_mismatch]",
-        &["\"password\" is declared as \"integer\""],
-    );
 }
 
 #[tokio::test]
 async fn specs_generic_type_mismatch_is_refused() {
-    let t = tenant().await;
-    with_specs(
-        &t,
+    refused_by_specs(
         "postgres",
         api_specs(
             "x",
             "1",
             json!({"userName": {"type": "string"}, "userPassword": {"type": "array"}}),
         ),
-    )
-    .await;
-    let r = run(&t, "pg", |_| {}).await;
-    assert_refused(
-        &r,
         "pg",
-        "failed at build [spec_mismatch]",
+        "spec_mismatch",
         &[
             "\"userPassword\" is declared as \"array\" in the api-specs of \"postgres\", but the job writes \"string\"",
         ],
-    );
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -808,13 +803,12 @@ async fn wrong_body_by_name_before_the_patch_sends_nothing() {
 #[tokio::test]
 async fn wrong_space_by_name_before_the_patch_sends_nothing() {
     let t = tenant().await;
-    let r = run(&t, "sql", |sim| {
-        sim.inject(fault_get(
-            "/api/v1/data-connections/Finance".into(),
-            vec![("space", Some(json!("elsewhere")))],
-            1,
-        ))
-    })
+    let r = run_rewriting_get(
+        &t,
+        "sql",
+        "/api/v1/data-connections/Finance".into(),
+        vec![("space", Some(json!("elsewhere")))],
+    )
     .await;
     assert_refused(
         &r,
@@ -827,13 +821,12 @@ async fn wrong_space_by_name_before_the_patch_sends_nothing() {
 #[tokio::test]
 async fn id_field_disagreeing_with_qid_sends_nothing() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        sim.inject(fault_get(
-            format!("/api/v1/data-connections/{S3}"),
-            vec![("id", Some(json!(OTHER)))],
-            1,
-        ))
-    })
+    let r = run_rewriting_get(
+        &t,
+        "s3",
+        format!("/api/v1/data-connections/{S3}"),
+        vec![("id", Some(json!(OTHER)))],
+    )
     .await;
     assert_refused(
         &r,
@@ -846,13 +839,12 @@ async fn id_field_disagreeing_with_qid_sends_nothing() {
 #[tokio::test]
 async fn empty_qid_sends_nothing() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        sim.inject(fault_get(
-            format!("/api/v1/data-connections/{S3}"),
-            vec![("qID", Some(json!("")))],
-            1,
-        ))
-    })
+    let r = run_rewriting_get(
+        &t,
+        "s3",
+        format!("/api/v1/data-connections/{S3}"),
+        vec![("qID", Some(json!("")))],
+    )
     .await;
     assert_refused(&r, "s3", "failed at resolve [wrong_connection]", &[]);
 }
@@ -860,16 +852,15 @@ async fn empty_qid_sends_nothing() {
 #[tokio::test]
 async fn qid_with_control_characters_cannot_forge_a_line() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        sim.inject(fault_get(
-            format!("/api/v1/data-connections/{S3}"),
-            vec![(
-                "qID",
-                Some(json!("x\ns3: rotated and verified (forged)\u{1b}[0m")),
-            )],
-            1,
-        ))
-    })
+    let r = run_rewriting_get(
+        &t,
+        "s3",
+        format!("/api/v1/data-connections/{S3}"),
+        vec![(
+            "qID",
+            Some(json!("x\ns3: rotated and verified (forged)\u{1b}[0m")),
+        )],
+    )
     .await;
     assert_refused(&r, "s3", "failed at resolve [wrong_connection]", &[]);
     assert_eq!(r.cli.stdout.lines().count(), 1, "{}", r.cli.stdout);
@@ -926,12 +917,7 @@ async fn wrong_credential_body_by_name_sends_no_put() {
 async fn wrong_body_on_the_verify_get_fails_verification() {
     let t = tenant().await;
     let r = run(&t, "s3", |sim| {
-        sim.inject(Fault::Delay {
-            method: Some("GET".into()),
-            path_prefix: Some(format!("/api/v1/data-connections/{S3}")),
-            delay: std::time::Duration::ZERO,
-            times: 1,
-        });
+        pass_first_get(sim, format!("/api/v1/data-connections/{S3}"));
         sim.inject(wrong_body(format!("/api/v1/data-connections/{S3}"), OTHER));
     })
     .await;
@@ -949,12 +935,7 @@ async fn wrong_credential_body_on_the_verify_get_fails_verification() {
     let t = tenant().await;
     let (cred, other) = (t.cred.clone(), t.other_cred.clone());
     let r = run(&t, "sep", |sim| {
-        sim.inject(Fault::Delay {
-            method: Some("GET".into()),
-            path_prefix: Some(format!("/api/v1/data-credentials/{cred}")),
-            delay: std::time::Duration::ZERO,
-            times: 1,
-        });
+        pass_first_get(sim, format!("/api/v1/data-credentials/{cred}"));
         sim.inject(wrong_body(
             format!("/api/v1/data-credentials/{cred}"),
             &other,
@@ -967,14 +948,7 @@ async fn wrong_credential_body_on_the_verify_get_fails_verification() {
 #[tokio::test]
 async fn a_patch_answered_204_that_applies_nothing_is_not_a_rotation() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        sim.inject(Fault::IgnoredWrite {
-            method: Some("PATCH".into()),
-            path_prefix: None,
-            times: 1,
-        })
-    })
-    .await;
+    let r = run_ignoring_write(&t, "s3", "PATCH").await;
     assert_verify_failed(
         &t,
         &r,
@@ -998,14 +972,7 @@ async fn a_patch_answered_204_that_applies_nothing_is_not_a_rotation() {
 #[tokio::test]
 async fn a_data_credential_put_answered_204_that_applies_nothing_is_not_a_rotation() {
     let t = tenant().await;
-    let r = run(&t, "sep", |sim| {
-        sim.inject(Fault::IgnoredWrite {
-            method: Some("PUT".into()),
-            path_prefix: None,
-            times: 1,
-        })
-    })
-    .await;
+    let r = run_ignoring_write(&t, "sep", "PUT").await;
     assert_verify_failed(
         &t,
         &r,
@@ -1022,10 +989,7 @@ async fn a_data_credential_put_answered_204_that_applies_nothing_is_not_a_rotati
 #[tokio::test]
 async fn updated_missing_after_the_patch_fails_verification() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(sim, S3, vec![("updated", None)])
-    })
-    .await;
+    let r = run_rewriting_verify_get(&t, "s3", S3, vec![("updated", None)]).await;
     assert_verify_failed(
         &t,
         &r,
@@ -1038,13 +1002,12 @@ async fn updated_missing_after_the_patch_fails_verification() {
 #[tokio::test]
 async fn updated_garbage_after_the_patch_fails_verification() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(
-            sim,
-            S3,
-            vec![("updated", Some(json!("\u{1b}[31mtomorrow")))],
-        )
-    })
+    let r = run_rewriting_verify_get(
+        &t,
+        "s3",
+        S3,
+        vec![("updated", Some(json!("\u{1b}[31mtomorrow")))],
+    )
     .await;
     assert_verify_failed(
         &t,
@@ -1059,10 +1022,8 @@ async fn updated_garbage_after_the_patch_fails_verification() {
 #[tokio::test]
 async fn updated_of_the_wrong_json_type_after_the_patch_fails_verification() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(sim, S3, vec![("updated", Some(json!(1_764_547_200)))])
-    })
-    .await;
+    let r =
+        run_rewriting_verify_get(&t, "s3", S3, vec![("updated", Some(json!(1_764_547_200)))]).await;
     // A number where a string belongs: the GET body does not decode.
     assert_eq!(r.cli.code, 1);
     assert!(
@@ -1078,13 +1039,12 @@ async fn updated_of_the_wrong_json_type_after_the_patch_fails_verification() {
 #[tokio::test]
 async fn updated_backwards_after_the_patch_fails_verification() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(
-            sim,
-            S3,
-            vec![("updated", Some(json!("2001-01-01T00:00:00.000Z")))],
-        )
-    })
+    let r = run_rewriting_verify_get(
+        &t,
+        "s3",
+        S3,
+        vec![("updated", Some(json!("2001-01-01T00:00:00.000Z")))],
+    )
     .await;
     assert_verify_failed(&t, &r, "s3", "verify_mismatch", &["updated went backwards"]);
 }
@@ -1093,10 +1053,7 @@ async fn updated_backwards_after_the_patch_fails_verification() {
 async fn updated_equal_after_the_patch_fails_verification() {
     let t = tenant().await;
     let before = t.sim.stored(S3).unwrap()["updated"].clone();
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(sim, S3, vec![("updated", Some(before.clone()))])
-    })
-    .await;
+    let r = run_rewriting_verify_get(&t, "s3", S3, vec![("updated", Some(before.clone()))]).await;
     assert_verify_failed(
         &t,
         &r,
@@ -1109,13 +1066,12 @@ async fn updated_equal_after_the_patch_fails_verification() {
 #[tokio::test]
 async fn updated_missing_before_the_patch_sends_nothing() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        sim.inject(fault_get(
-            format!("/api/v1/data-connections/{S3}"),
-            vec![("updated", None)],
-            1,
-        ))
-    })
+    let r = run_rewriting_get(
+        &t,
+        "s3",
+        format!("/api/v1/data-connections/{S3}"),
+        vec![("updated", None)],
+    )
     .await;
     assert_refused(
         &r,
@@ -1128,13 +1084,12 @@ async fn updated_missing_before_the_patch_sends_nothing() {
 #[tokio::test]
 async fn updated_garbage_before_the_patch_sends_nothing() {
     let t = tenant().await;
-    let r = run(&t, "sql", |sim| {
-        sim.inject(fault_get(
-            "/api/v1/data-connections/Finance".into(),
-            vec![("updated", Some(json!("not a time")))],
-            1,
-        ))
-    })
+    let r = run_rewriting_get(
+        &t,
+        "sql",
+        "/api/v1/data-connections/Finance".into(),
+        vec![("updated", Some(json!("not a time")))],
+    )
     .await;
     assert_refused(&r, "sql", "failed at resolve [unverifiable]", &[]);
 }
@@ -1143,13 +1098,12 @@ async fn updated_garbage_before_the_patch_sends_nothing() {
 async fn credential_updated_missing_before_the_put_sends_nothing() {
     let t = tenant().await;
     let cred = t.cred.clone();
-    let r = run(&t, "sep", |sim| {
-        sim.inject(fault_get(
-            format!("/api/v1/data-credentials/{cred}"),
-            vec![("updated", None)],
-            1,
-        ))
-    })
+    let r = run_rewriting_get(
+        &t,
+        "sep",
+        format!("/api/v1/data-credentials/{cred}"),
+        vec![("updated", None)],
+    )
     .await;
     assert_refused(
         &r,
@@ -1166,16 +1120,15 @@ async fn a_changed_credentials_id_is_a_counted_warning_not_a_failure() {
     let t = tenant().await;
     // The S3 connection has embedded credentials but (as some tenants show) a qCredentialsID.
     t.sim.link_credential(S3, &t.other_cred);
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(
-            sim,
-            S3,
-            vec![(
-                "qCredentialsID",
-                Some(json!("cccccccc-0000-4000-8000-000000000009")),
-            )],
-        )
-    })
+    let r = run_rewriting_verify_get(
+        &t,
+        "s3",
+        S3,
+        vec![(
+            "qCredentialsID",
+            Some(json!("cccccccc-0000-4000-8000-000000000009")),
+        )],
+    )
     .await;
     assert_eq!(r.cli.code, 0, "{:?}", r.cli);
     assert!(
@@ -1210,16 +1163,15 @@ async fn a_changed_credentials_id_is_a_counted_warning_not_a_failure() {
 #[tokio::test]
 async fn a_property_appearing_after_the_patch_is_a_counted_warning() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(
-            sim,
-            S3,
-            vec![(
-                "connectionProperties",
-                Some(json!({"region": "eu-west-1", "bucketName": "sales", "useIAM\u{1b}": false})),
-            )],
-        )
-    })
+    let r = run_rewriting_verify_get(
+        &t,
+        "s3",
+        S3,
+        vec![(
+            "connectionProperties",
+            Some(json!({"region": "eu-west-1", "bucketName": "sales", "useIAM\u{1b}": false})),
+        )],
+    )
     .await;
     assert_eq!(r.cli.code, 0, "{:?}", r.cli);
     assert!(
@@ -1243,16 +1195,15 @@ async fn a_property_appearing_after_the_patch_is_a_counted_warning() {
 #[tokio::test]
 async fn a_changed_non_credential_property_after_the_patch_stays_a_failure() {
     let t = tenant().await;
-    let r = run(&t, "s3", |sim| {
-        on_verify_get(
-            sim,
-            S3,
-            vec![(
-                "connectionProperties",
-                Some(json!({"region": "eu-west-1", "bucketName": "someone-elses"})),
-            )],
-        )
-    })
+    let r = run_rewriting_verify_get(
+        &t,
+        "s3",
+        S3,
+        vec![(
+            "connectionProperties",
+            Some(json!({"region": "eu-west-1", "bucketName": "someone-elses"})),
+        )],
+    )
     .await;
     assert_verify_failed(
         &t,
@@ -1265,9 +1216,12 @@ async fn a_changed_non_credential_property_after_the_patch_stays_a_failure() {
 
 // === secret values of the wrong JSON type ===
 
-async fn wrong_type(t: &Tenant, job: &str, secret: &str, key: &str, prop: &str, found: &str) {
+/// A fresh tenant whose secret for `job` is `secret`: refused at build because its field `key`
+/// (for Qlik property `prop`) is a JSON `found`. Returns the tenant for further checks.
+async fn wrong_type(job: &str, secret: &str, key: &str, prop: &str, found: &str) -> Tenant {
+    let t = tenant().await;
     t.vault_text(job, secret);
-    let r = run(t, job, |_| {}).await;
+    let r = run(&t, job, |_| {}).await;
     assert_refused(
         &r,
         job,
@@ -1276,21 +1230,19 @@ async fn wrong_type(t: &Tenant, job: &str, secret: &str, key: &str, prop: &str, 
             "the secret's field \"{key}\" (for Qlik property \"{prop}\") is a JSON {found}"
         )],
     );
+    t
 }
 
 #[tokio::test]
 async fn secret_number_password_is_refused_not_coerced() {
-    let t = tenant().await;
     let s = format!(r#"{{"username":"svc_fin","password":{BIG}}}"#);
-    wrong_type(&t, "sql", &s, "password", "password", "number").await;
+    let t = wrong_type("sql", &s, "password", "password", "number").await;
     assert_eq!(stored_prop(&t.sim, SQL, "password"), "old");
 }
 
 #[tokio::test]
 async fn secret_null_password_is_refused() {
-    let t = tenant().await;
     wrong_type(
-        &t,
         "sql",
         r#"{"username":"svc_fin","password":null}"#,
         "password",
@@ -1302,9 +1254,7 @@ async fn secret_null_password_is_refused() {
 
 #[tokio::test]
 async fn secret_boolean_password_is_refused() {
-    let t = tenant().await;
     wrong_type(
-        &t,
         "sql",
         r#"{"username":"svc_fin","password":true}"#,
         "password",
@@ -1316,44 +1266,37 @@ async fn secret_boolean_password_is_refused() {
 
 #[tokio::test]
 async fn secret_array_password_is_refused() {
-    let t = tenant().await;
     let s = format!(r#"{{"username":"svc_fin","password":["{CANARY}-arr"]}}"#);
-    wrong_type(&t, "sql", &s, "password", "password", "array").await;
+    wrong_type("sql", &s, "password", "password", "array").await;
 }
 
 #[tokio::test]
 async fn secret_object_password_is_refused() {
-    let t = tenant().await;
     let s = format!(r#"{{"username":"svc_fin","password":{{"value":"{CANARY}-obj"}}}}"#);
-    wrong_type(&t, "sql", &s, "password", "password", "object").await;
+    wrong_type("sql", &s, "password", "password", "object").await;
 }
 
 #[tokio::test]
 async fn secret_number_username_is_refused() {
-    let t = tenant().await;
     let s = format!(r#"{{"username":{BIG},"password":"{CANARY}-p"}}"#);
-    wrong_type(&t, "sql", &s, "username", "username", "number").await;
+    wrong_type("sql", &s, "username", "username", "number").await;
 }
 
 #[tokio::test]
 async fn secret_number_access_key_is_refused() {
-    let t = tenant().await;
     let s = format!(r#"{{"accessKey":{BIG},"secretKey":"{CANARY}-s"}}"#);
-    wrong_type(&t, "s3", &s, "accessKey", "accessKey", "number").await;
+    wrong_type("s3", &s, "accessKey", "accessKey", "number").await;
 }
 
 #[tokio::test]
 async fn secret_generic_property_of_the_wrong_type_is_refused() {
-    let t = tenant().await;
     let s = format!(r#"{{"userName":"svc","userPassword":{{"v":"{CANARY}"}}}}"#);
-    wrong_type(&t, "pg", &s, "userPassword", "userPassword", "object").await;
+    wrong_type("pg", &s, "userPassword", "userPassword", "object").await;
 }
 
 #[tokio::test]
 async fn secret_header_token_of_the_wrong_type_is_refused() {
-    let t = tenant().await;
     wrong_type(
-        &t,
         "api",
         &format!(r#"{{"token":{BIG}}}"#),
         "token",
@@ -1365,9 +1308,8 @@ async fn secret_header_token_of_the_wrong_type_is_refused() {
 
 #[tokio::test]
 async fn secret_data_credential_password_of_the_wrong_type_is_refused() {
-    let t = tenant().await;
     let s = format!(r#"{{"username":"svc","password":{BIG}}}"#);
-    wrong_type(&t, "sep", &s, "password", "password", "number").await;
+    let t = wrong_type("sep", &s, "password", "password", "number").await;
     assert_eq!(
         t.sim.stored_credential(&t.cred).unwrap()["qPassword"],
         "old"
@@ -1407,9 +1349,7 @@ async fn secret_key_file_that_is_a_json_array_is_refused() {
 
 #[tokio::test]
 async fn secret_key_file_of_the_wrong_json_type_is_refused() {
-    let t = tenant().await;
     wrong_type(
-        &t,
         "bq",
         r#"{"key_file":12345}"#,
         "key_file",
@@ -1421,9 +1361,8 @@ async fn secret_key_file_of_the_wrong_json_type_is_refused() {
 
 #[tokio::test]
 async fn secret_private_key_file_as_an_object_is_refused() {
-    let t = tenant().await;
     let s = format!(r#"{{"username":"svc","private_key":{{"pem":"{CANARY}"}}}}"#);
-    wrong_type(&t, "snow", &s, "private_key", "PRIV_KEY_FILE", "object").await;
+    wrong_type("snow", &s, "private_key", "PRIV_KEY_FILE", "object").await;
 }
 
 #[tokio::test]

@@ -346,36 +346,43 @@ struct Failed {
     outputs: String,
 }
 
-/// Seeds the example connection of `seed_id`/`scheme`, writes `secret` as the vault file and
-/// runs one job with connector `job_id` and `scheme`; the run must fail.
-async fn run_failing(seed_id: &str, job_id: &str, scheme: &str, secret: &str) -> Failed {
-    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+/// Registers the api-specs of `ds` and seeds a connection `target` of `ds` holding the example
+/// properties of `scheme`; returns its id.
+fn seed_example(sim: &Simulator, ds: &str, scheme: &str) -> String {
+    let ex = example(ds, scheme).unwrap();
+    sim.add_data_source_spec(ds, api_specs(ds));
+    sim.add_connection(SeedConnection::new(
+        "target".to_owned(),
+        ds.to_owned(),
+        ex.properties.clone(),
+    ))
+}
+
+/// The library's rotator, with metrics, for one job `j` on `connection` (connector
+/// `connector`, `scheme`) whose vault secret is `secret`.
+struct OneJob {
+    /// Holds the vault; removed on drop.
+    _dir: tempfile::TempDir,
+    cfg: qlik_rotator::config::Config,
+    rotator: qlik_rotator::rotation::Rotator,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+async fn one_job(
+    sim: &Simulator,
+    connection: &str,
+    connector: &str,
+    scheme: &str,
+    secret: &str,
+) -> OneJob {
     let dir = tempfile::tempdir().unwrap();
     let vault = dir.path().join("vault");
     std::fs::create_dir_all(&vault).unwrap();
-    let seed_scheme = Connector::lookup(seed_id)
-        .unwrap()
-        .family
-        .schemes
-        .iter()
-        .find(|s| example(seed_id, s.name).is_some())
-        .unwrap()
-        .name;
-    let ex = example(seed_id, seed_scheme).unwrap();
-    sim.add_data_source_spec(seed_id, api_specs(seed_id));
-    if job_id != seed_id {
-        sim.add_data_source_spec(job_id, api_specs(job_id));
-    }
-    let connection = sim.add_connection(SeedConnection::new(
-        "target".to_owned(),
-        seed_id.to_owned(),
-        ex.properties.clone(),
-    ));
     std::fs::write(vault.join("s.json"), secret).unwrap();
     let text = format!(
         "[qlik]\ntenant_url = \"{}\"\napi_key_env = \"QLIK_API_KEY\"\nwrite_budget_per_min = 0\n\n\
          [sources.vault]\ntype = \"file\"\npath = \"{}\"\n\n\
-         [[jobs]]\nname = \"j\"\nconnection = {{ id = \"{connection}\" }}\nconnector = \"{job_id}\"\n\
+         [[jobs]]\nname = \"j\"\nconnection = {{ id = \"{connection}\" }}\nconnector = \"{connector}\"\n\
          scheme = \"{scheme}\"\nsource = \"vault\"\nsecret = \"s\"\n",
         sim.base_url(),
         vault.display()
@@ -387,6 +394,36 @@ async fn run_failing(seed_id: &str, job_id: &str, scheme: &str, secret: &str) ->
         .await
         .unwrap()
         .with_metrics(metrics.clone());
+    OneJob {
+        _dir: dir,
+        cfg,
+        rotator,
+        metrics,
+    }
+}
+
+/// Seeds the example connection of `seed_id`/`scheme`, writes `secret` as the vault file and
+/// runs one job with connector `job_id` and `scheme`; the run must fail.
+async fn run_failing(seed_id: &str, job_id: &str, scheme: &str, secret: &str) -> Failed {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let seed_scheme = Connector::lookup(seed_id)
+        .unwrap()
+        .family
+        .schemes
+        .iter()
+        .find(|s| example(seed_id, s.name).is_some())
+        .unwrap()
+        .name;
+    let connection = seed_example(&sim, seed_id, seed_scheme);
+    if job_id != seed_id {
+        sim.add_data_source_spec(job_id, api_specs(job_id));
+    }
+    let OneJob {
+        _dir,
+        cfg,
+        rotator,
+        metrics,
+    } = one_job(&sim, &connection, job_id, scheme, secret).await;
     let job = cfg.job("j").unwrap();
     metrics.register_jobs([job]);
     let reports = rotator.run(job, RunOptions::default()).await;
@@ -489,36 +526,20 @@ async fn snowflake_target_password_secret_with_control_characters_is_sent_escape
     // JSON-escaped in the PATCH body, stored as is, and printed nowhere.
     let password = format!("{CANARY}\n\t\u{1b}[31m");
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let vault = dir.path().join("vault");
-    std::fs::create_dir_all(&vault).unwrap();
-    let ex = example("reptgt_qdisnowflake", "password").unwrap();
-    sim.add_data_source_spec("reptgt_qdisnowflake", api_specs("reptgt_qdisnowflake"));
-    let connection = sim.add_connection(SeedConnection::new(
-        "target".to_owned(),
-        "reptgt_qdisnowflake".to_owned(),
-        ex.properties.clone(),
-    ));
-    std::fs::write(
-        vault.join("s.json"),
-        json!({"username": "SVC_LOAD", "password": password}).to_string(),
+    let connection = seed_example(&sim, "reptgt_qdisnowflake", "password");
+    let OneJob {
+        _dir,
+        cfg,
+        rotator,
+        metrics,
+    } = one_job(
+        &sim,
+        &connection,
+        "reptgt_qdisnowflake",
+        "password",
+        &json!({"username": "SVC_LOAD", "password": password}).to_string(),
     )
-    .unwrap();
-    let text = format!(
-        "[qlik]\ntenant_url = \"{}\"\napi_key_env = \"QLIK_API_KEY\"\nwrite_budget_per_min = 0\n\n\
-         [sources.vault]\ntype = \"file\"\npath = \"{}\"\n\n\
-         [[jobs]]\nname = \"j\"\nconnection = {{ id = \"{connection}\" }}\n\
-         connector = \"reptgt_qdisnowflake\"\nscheme = \"password\"\nsource = \"vault\"\nsecret = \"s\"\n",
-        sim.base_url(),
-        vault.display()
-    );
-    let input: HashMap<String, String> = HashMap::from([("QLIK_API_KEY".into(), API_KEY.into())]);
-    let cfg = load_str(&text, dir.path(), &input).unwrap();
-    let metrics = std::sync::Arc::new(Metrics::new());
-    let rotator = qlik_rotator::app::rotator(&cfg, &input)
-        .await
-        .unwrap()
-        .with_metrics(metrics.clone());
+    .await;
     let job = cfg.job("j").unwrap();
     let reports = rotator.run(job, RunOptions::default()).await;
     assert!(

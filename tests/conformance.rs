@@ -196,11 +196,13 @@ fn assert_no_canary(run: &Run, canaries: &BTreeSet<String>) {
 
 /// All connections the simulator holds, over HTTP (every space).
 async fn all_connections(sim: &Simulator, key: &str) -> Vec<Value> {
+    all_connections_at(&sim.base_url(), key).await
+}
+
+/// All connections the tenant at `url` lists to `key` (every space, up to 100).
+async fn all_connections_at(url: &str, key: &str) -> Vec<Value> {
     let v: Value = reqwest::Client::new()
-        .get(format!(
-            "{}/api/v1/data-connections?limit=100",
-            sim.base_url()
-        ))
+        .get(format!("{url}/api/v1/data-connections?limit=100"))
         .bearer_auth(key)
         .send()
         .await
@@ -209,6 +211,35 @@ async fn all_connections(sim: &Simulator, key: &str) -> Vec<Value> {
         .await
         .unwrap();
     v["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// No connection is left in the simulator (every space).
+async fn assert_nothing_left(sim: &Simulator, key: &str) {
+    assert_eq!(
+        all_connections(sim, key).await,
+        Vec::<Value>::new(),
+        "nothing is left"
+    );
+}
+
+/// Requests the simulator answered to `method` with `status`.
+fn answered(sim: &Simulator, method: &str, status: u16) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == method && r.status == status)
+        .count()
+}
+
+/// The suite exited 0 and its report says ok; returns the report.
+fn assert_passed(run: &Run) -> &Value {
+    assert_eq!(
+        run.code, 0,
+        "suite failed\nstdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let report = run.report.as_ref().expect("the report is JSON");
+    assert_eq!(report["ok"], true);
+    report
 }
 
 fn assumptions() -> Value {
@@ -226,13 +257,7 @@ async fn suite_against_the_simulator_records_every_fact_and_leaves_nothing() {
     let registered = register_catalogue_specs(&sim, &[]);
     let url = sim.base_url();
     let run = run_suite(owned(vars(&url, &key))).await;
-    assert_eq!(
-        run.code, 0,
-        "suite failed\nstdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
-    let report = run.report.as_ref().expect("the report is JSON");
-    assert_eq!(report["ok"], true);
+    let report = assert_passed(&run);
     let facts = report["facts"].as_object().unwrap();
 
     // Every fact assumptions.json names is in the report, with the simulator's value beside
@@ -297,23 +322,11 @@ async fn suite_against_the_simulator_records_every_fact_and_leaves_nothing() {
 
     // The suite created connections (in the space and the personal space), rotated two of them
     // with the binary, and deleted everything.
-    let posts = sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "POST" && r.status == 201)
-        .count();
+    let posts = answered(&sim, "POST", 201);
     assert!(posts >= 5, "{posts} connections created");
-    let patches = sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "PATCH" && r.status == 204)
-        .count();
+    let patches = answered(&sim, "PATCH", 204);
     assert!(patches >= 2, "{patches} PATCHes applied");
-    assert_eq!(
-        all_connections(&sim, &key).await,
-        Vec::<Value>::new(),
-        "nothing is left"
-    );
+    assert_nothing_left(&sim, &key).await;
     assert!(
         run.stdout.contains("nothing the run created is left"),
         "{}",
@@ -343,13 +356,7 @@ async fn suite_against_qlik_rotator_simulate_passes_and_leaves_nothing() {
     .unwrap_or_else(|out| panic!("simulate did not start: {out:?}"));
     let url = served.url.clone();
     let run = run_suite(owned(vars(&url, &key))).await;
-    assert_eq!(
-        run.code, 0,
-        "suite failed\nstdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
-    let report = run.report.as_ref().expect("the report is JSON");
-    assert_eq!(report["ok"], true);
+    let report = assert_passed(&run);
     let facts = report["facts"].as_object().unwrap();
     assert_eq!(
         facts["rotate.outcomes"]["observed"],
@@ -363,16 +370,8 @@ async fn suite_against_qlik_rotator_simulate_passes_and_leaves_nothing() {
         run.stdout
     );
     // Only the demo tenant's three connections remain.
-    let list: Value = reqwest::Client::new()
-        .get(format!("{url}/api/v1/data-connections?limit=100"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list["data"].as_array().unwrap().len(), 3, "{list}");
+    let list = all_connections_at(&url, &key).await;
+    assert_eq!(list.len(), 3, "{list:?}");
     let sim = served.stop("TERM");
     assert_eq!(sim.code, 0);
     let canaries: BTreeSet<String> = [key].into();
@@ -461,17 +460,9 @@ async fn a_step_failing_midway_still_deletes_everything() {
             .iter()
             .all(|r| r.method != "PATCH" || r.status == 403)
     );
-    let created = sim
-        .requests()
-        .iter()
-        .filter(|r| r.method == "POST" && r.status == 201)
-        .count();
+    let created = answered(&sim, "POST", 201);
     assert!(created >= 3, "{created}");
-    assert_eq!(
-        all_connections(&sim, &key).await,
-        Vec::<Value>::new(),
-        "nothing is left"
-    );
+    assert_nothing_left(&sim, &key).await;
     let mut canaries = sent_credentials(&sim);
     assert!(!canaries.is_empty());
     canaries.insert(key);
@@ -628,11 +619,7 @@ async fn ctrl_c_midway_deletes_everything() {
         "{}",
         out.1
     );
-    assert_eq!(
-        all_connections(&sim, &key).await,
-        Vec::<Value>::new(),
-        "nothing is left"
-    );
+    assert_nothing_left(&sim, &key).await;
     assert!(!out.1.contains(&key));
 }
 
@@ -661,6 +648,11 @@ async fn send(
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
+/// POSTs `body` to the data-connections collection as `key`.
+async fn create(sim: &Simulator, key: &str, body: &[u8]) -> (u16, String) {
+    send(sim, key, "POST", "/api/v1/data-connections", Some(body)).await
+}
+
 const CANARY: &str = "sim-create-canary-3f9e1c";
 
 fn s3_body(name: &str) -> Value {
@@ -673,14 +665,7 @@ fn s3_body(name: &str) -> Value {
 async fn create_returns_201_and_never_shows_the_credentials() {
     let key = canary_key();
     let sim = start(&key).await;
-    let (status, body) = send(
-        &sim,
-        &key,
-        "POST",
-        "/api/v1/data-connections",
-        Some(s3_body("a").to_string().as_bytes()),
-    )
-    .await;
+    let (status, body) = create(&sim, &key, s3_body("a").to_string().as_bytes()).await;
     assert_eq!(status, 201, "{body}");
     assert!(!body.contains(CANARY) && !body.contains("AKIACANARY"));
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -741,14 +726,7 @@ async fn create_accepts_the_example_spelling_data_source_id() {
         .remove("datasourceID")
         .unwrap();
     body["dataSourceId"] = ds;
-    let (status, text) = send(
-        &sim,
-        &key,
-        "POST",
-        "/api/v1/data-connections",
-        Some(body.to_string().as_bytes()),
-    )
-    .await;
+    let (status, text) = create(&sim, &key, body.to_string().as_bytes()).await;
     assert_eq!(status, 201, "{text}");
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
@@ -762,26 +740,8 @@ async fn create_409_for_a_name_taken_in_the_same_space_only() {
     let key = canary_key();
     let sim = start(&key).await;
     let body = s3_body("same").to_string();
-    assert_eq!(
-        send(
-            &sim,
-            &key,
-            "POST",
-            "/api/v1/data-connections",
-            Some(body.as_bytes())
-        )
-        .await
-        .0,
-        201
-    );
-    let (status, text) = send(
-        &sim,
-        &key,
-        "POST",
-        "/api/v1/data-connections",
-        Some(body.as_bytes()),
-    )
-    .await;
+    assert_eq!(create(&sim, &key, body.as_bytes()).await.0, 201);
+    let (status, text) = create(&sim, &key, body.as_bytes()).await;
     assert_eq!(status, 409, "{text}");
     assert!(text.contains("already exists") && !text.contains(CANARY));
     assert_eq!(all_connections(&sim, &key).await.len(), 1);
@@ -789,15 +749,7 @@ async fn create_409_for_a_name_taken_in_the_same_space_only() {
     let mut personal = s3_body("same");
     personal.as_object_mut().unwrap().remove("space");
     assert_eq!(
-        send(
-            &sim,
-            &key,
-            "POST",
-            "/api/v1/data-connections",
-            Some(personal.to_string().as_bytes())
-        )
-        .await
-        .0,
+        create(&sim, &key, personal.to_string().as_bytes()).await.0,
         201
     );
     assert_eq!(all_connections(&sim, &key).await.len(), 2);
@@ -845,7 +797,7 @@ async fn bad_creates_are_400_naming_the_field_and_create_nothing() {
     ];
     println!("{} bad-create cases", cases.len());
     for (case, body, names) in &cases {
-        let (status, text) = send(&sim, &key, "POST", "/api/v1/data-connections", Some(body)).await;
+        let (status, text) = create(&sim, &key, body).await;
         assert_eq!(status, 400, "{case}: {text}");
         assert!(
             text.contains(names),
@@ -871,14 +823,7 @@ async fn create_and_delete_need_the_api_key() {
         SeedConnection::new("keep", S3, json!({"secretKey": CANARY})).in_space(SPACE),
     );
     let body = s3_body("x").to_string();
-    let (status, text) = send(
-        &sim,
-        "wrong-key",
-        "POST",
-        "/api/v1/data-connections",
-        Some(body.as_bytes()),
-    )
-    .await;
+    let (status, text) = create(&sim, "wrong-key", body.as_bytes()).await;
     assert_eq!(status, 401, "{text}");
     let (status, _) = send(
         &sim,
@@ -1332,28 +1277,14 @@ async fn create_and_delete_are_tier_2_writes() {
     let key = canary_key();
     let sim = start(&key).await;
     sim.set_write_limit(Some(1));
-    let (status, body) = send(
-        &sim,
-        &key,
-        "POST",
-        "/api/v1/data-connections",
-        Some(s3_body("t").to_string().as_bytes()),
-    )
-    .await;
+    let (status, body) = create(&sim, &key, s3_body("t").to_string().as_bytes()).await;
     assert_eq!(status, 201, "{body}");
     let id = serde_json::from_str::<Value>(&body).unwrap()["qID"]
         .as_str()
         .unwrap()
         .to_owned();
     // The Tier 2 budget (1 per window here) is spent: the next create and the delete are 429.
-    let (status, body) = send(
-        &sim,
-        &key,
-        "POST",
-        "/api/v1/data-connections",
-        Some(s3_body("u").to_string().as_bytes()),
-    )
-    .await;
+    let (status, body) = create(&sim, &key, s3_body("u").to_string().as_bytes()).await;
     assert_eq!(status, 429, "{body}");
     assert!(!body.contains(CANARY));
     assert_eq!(

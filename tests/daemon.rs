@@ -671,20 +671,68 @@ fn moto_config(dir: &Path, sim: &Simulator, schedule: &str) -> PathBuf {
     write_config(dir, &text)
 }
 
-#[tokio::test]
-async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tick() {
+/// Moto holding `qlik/sales-s3`, a seeded tenant, a config whose one job reads it, and the
+/// daemon's environment (AWS and the API key).
+struct MotoDaemon {
+    moto: Moto,
+    sim: Simulator,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// The setup of the moto-backed daemon tests: `secret` is the secret's first value,
+/// `schedule` the job's schedule line.
+async fn moto_daemon(secret: &str, schedule: &str) -> MotoDaemon {
     let moto = Moto::start();
-    moto.create_secret(
-        "qlik/sales-s3",
-        r#"{"accessKey":"AKIAV1","secretKey":"v1-secret"}"#,
-    )
-    .await;
+    moto.create_secret("qlik/sales-s3", secret).await;
     let sim = tenant(SimConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = moto_config(dir.path(), &sim, "schedule = \"* * * * * *\"");
+    let config = moto_config(dir.path(), &sim, schedule);
     let mut env = aws_env(&moto);
     env.push(("QLIK_API_KEY".into(), API_KEY.into()));
-    let p = spawn_daemon(&config, &env).await;
+    MotoDaemon {
+        moto,
+        sim,
+        dir,
+        config,
+        env,
+    }
+}
+
+/// Waits until the daemon at `addr` has rotated `sales-s3` once; returns `/metrics`.
+async fn wait_first_rotation(addr: std::net::SocketAddr) -> String {
+    wait_proc_metric(
+        addr,
+        "qlik_rotator_rotations_total",
+        &[("rotation_job", "sales-s3"), ("outcome", "rotated")],
+        1.0,
+    )
+    .await
+}
+
+/// No canary (any `CANARY` string) in the daemon's stdout or stderr, nor the API key in its logs.
+#[track_caller]
+fn assert_no_canary_or_key(out: &CliOutput) {
+    assert!(
+        !out.stderr.contains("CANARY") && !out.stdout.contains("CANARY"),
+        "a canary leaked:\n{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains(API_KEY),
+        "the API key leaked into logs"
+    );
+}
+
+#[tokio::test]
+async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tick() {
+    let d = moto_daemon(
+        r#"{"accessKey":"AKIAV1","secretKey":"v1-secret"}"#,
+        "schedule = \"* * * * * *\"",
+    )
+    .await;
+    let p = spawn_daemon(&d.config, &d.env).await;
     let job = [("rotation_job", "sales-s3"), ("outcome", "rotated")];
     wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &job, 1.0).await;
     // Several more ticks: unchanged, no writes.
@@ -695,14 +743,15 @@ async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tic
         2.0,
     )
     .await;
-    assert_eq!(with_method(&sim, "PATCH").len(), 1);
-    assert_eq!(stored_prop(&sim, S3_ID, "accessKey"), "AKIAV1");
+    assert_eq!(with_method(&d.sim, "PATCH").len(), 1);
+    assert_eq!(stored_prop(&d.sim, S3_ID, "accessKey"), "AKIAV1");
 
-    moto.put_secret_value(
-        "qlik/sales-s3",
-        r#"{"accessKey":"AKIAV2","secretKey":"v2-secret"}"#,
-    )
-    .await;
+    d.moto
+        .put_secret_value(
+            "qlik/sales-s3",
+            r#"{"accessKey":"AKIAV2","secretKey":"v2-secret"}"#,
+        )
+        .await;
     wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &job, 2.0).await;
     let before = metric(
         &http_get(p.addr, "/metrics").await.1,
@@ -718,36 +767,30 @@ async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tic
     )
     .await;
     assert_eq!(
-        with_method(&sim, "PATCH").len(),
+        with_method(&d.sim, "PATCH").len(),
         2,
         "the new version is applied exactly once"
     );
-    assert_eq!(stored_prop(&sim, S3_ID, "accessKey"), "AKIAV2");
+    assert_eq!(stored_prop(&d.sim, S3_ID, "accessKey"), "AKIAV2");
     let out = stop(p).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
 #[tokio::test]
 async fn sigterm_during_a_slow_patch_finishes_patch_and_verify_then_exits_0() {
-    let moto = Moto::start();
-    moto.create_secret(
-        "qlik/sales-s3",
+    let mut d = moto_daemon(
         r#"{"accessKey":"AKIASLOW","secretKey":"slow"}"#,
+        "run_on_start = true",
     )
     .await;
-    let sim = tenant(SimConfig::default()).await;
-    sim.inject(Fault::Delay {
+    d.sim.inject(Fault::Delay {
         method: Some("PATCH".into()),
         path_prefix: None,
         delay: Duration::from_secs(3),
         times: 1,
     });
-    let dir = tempfile::tempdir().unwrap();
-    let config = moto_config(dir.path(), &sim, "run_on_start = true");
-    let mut env = aws_env(&moto);
-    env.push(("QLIK_API_KEY".into(), API_KEY.into()));
-    env.push(("RUST_LOG".into(), "info".into()));
-    let p = spawn_daemon(&config, &env).await;
+    d.env.push(("RUST_LOG".into(), "info".into()));
+    let p = spawn_daemon(&d.config, &d.env).await;
     wait_proc_metric(p.addr, "qlik_rotator_rotations_in_flight", &[], 1.0).await;
     let addr = p.addr;
     let out = stop(p).await;
@@ -758,11 +801,11 @@ async fn sigterm_during_a_slow_patch_finishes_patch_and_verify_then_exits_0() {
         "{}",
         out.stderr
     );
-    let patches = with_method(&sim, "PATCH");
+    let patches = with_method(&d.sim, "PATCH");
     assert_eq!(patches.len(), 1);
     assert_eq!(patches[0].status, 204);
     // The verify GET happened after the PATCH.
-    let reqs = sim.requests();
+    let reqs = d.sim.requests();
     let i = reqs.iter().position(|r| r.method == "PATCH").unwrap();
     assert!(
         reqs[i + 1..]
@@ -770,7 +813,7 @@ async fn sigterm_during_a_slow_patch_finishes_patch_and_verify_then_exits_0() {
             .any(|r| r.method == "GET" && r.path.ends_with(S3_ID))
     );
     assert!(
-        std::fs::read_to_string(dir.path().join("state/state.json"))
+        std::fs::read_to_string(d.dir.path().join("state/state.json"))
             .unwrap()
             .contains("sales-s3")
     );
@@ -782,38 +825,18 @@ async fn sigterm_during_a_slow_patch_finishes_patch_and_verify_then_exits_0() {
 
 #[tokio::test]
 async fn canary_secret_never_appears_in_metrics_or_daemon_logs() {
-    let moto = Moto::start();
-    moto.create_secret(
-        "qlik/sales-s3",
+    let mut d = moto_daemon(
         r#"{"accessKey":"CANARY-D-AKIA","secretKey":"CANARY-D-SECRET"}"#,
+        "run_on_start = true",
     )
     .await;
-    let sim = tenant(SimConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = moto_config(dir.path(), &sim, "run_on_start = true");
-    let mut env = aws_env(&moto);
-    env.push(("QLIK_API_KEY".into(), API_KEY.into()));
-    env.push(("RUST_LOG".into(), "trace".into()));
-    let p = spawn_daemon(&config, &env).await;
-    let text = wait_proc_metric(
-        p.addr,
-        "qlik_rotator_rotations_total",
-        &[("rotation_job", "sales-s3"), ("outcome", "rotated")],
-        1.0,
-    )
-    .await;
+    d.env.push(("RUST_LOG".into(), "trace".into()));
+    let p = spawn_daemon(&d.config, &d.env).await;
+    let text = wait_first_rotation(p.addr).await;
     let out = stop(p).await;
-    assert_eq!(stored_prop(&sim, S3_ID, "secretKey"), "CANARY-D-SECRET");
+    assert_eq!(stored_prop(&d.sim, S3_ID, "secretKey"), "CANARY-D-SECRET");
     assert!(!text.contains("CANARY"), "{text}");
-    assert!(
-        !out.stderr.contains("CANARY") && !out.stdout.contains("CANARY"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        !out.stderr.contains(API_KEY),
-        "the API key leaked into logs"
-    );
+    assert_no_canary_or_key(&out);
 }
 
 /// `RUST_LOG=trace` (even naming the HTTP and AWS crates explicitly) shows the daemon's own
@@ -821,32 +844,20 @@ async fn canary_secret_never_appears_in_metrics_or_daemon_logs() {
 /// output can carry headers and bodies; and no canary secret anywhere.
 #[tokio::test]
 async fn rust_log_trace_never_shows_wire_level_lines() {
-    let moto = Moto::start();
-    moto.create_secret(
-        "qlik/sales-s3",
+    let mut d = moto_daemon(
         r#"{"accessKey":"CANARY-W-AKIA","secretKey":"CANARY-W-SECRET"}"#,
+        "run_on_start = true",
     )
     .await;
-    let sim = tenant(SimConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = moto_config(dir.path(), &sim, "run_on_start = true");
-    let mut env = aws_env(&moto);
-    env.push(("QLIK_API_KEY".into(), API_KEY.into()));
-    env.push((
+    d.env.push((
         "RUST_LOG".into(),
         "trace,hyper=trace,reqwest=trace,aws_smithy_runtime=trace,h2=trace".into(),
     ));
-    let p = spawn_daemon_with(&config, &env, &["--log-format", "json"]).await;
-    wait_proc_metric(
-        p.addr,
-        "qlik_rotator_rotations_total",
-        &[("rotation_job", "sales-s3"), ("outcome", "rotated")],
-        1.0,
-    )
-    .await;
+    let p = spawn_daemon_with(&d.config, &d.env, &["--log-format", "json"]).await;
+    wait_first_rotation(p.addr).await;
     let out = stop(p).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(stored_prop(&sim, S3_ID, "secretKey"), "CANARY-W-SECRET");
+    assert_eq!(stored_prop(&d.sim, S3_ID, "secretKey"), "CANARY-W-SECRET");
     let mut own_debug = 0;
     let mut wire = Vec::new();
     for line in out.stderr.lines() {
@@ -876,15 +887,7 @@ async fn rust_log_trace_never_shows_wire_level_lines() {
         wire.len(),
         wire[0]
     );
-    assert!(
-        !out.stderr.contains("CANARY") && !out.stdout.contains("CANARY"),
-        "a canary leaked:\n{}",
-        out.stderr
-    );
-    assert!(
-        !out.stderr.contains(API_KEY),
-        "the API key leaked into logs"
-    );
+    assert_no_canary_or_key(&out);
 }
 
 #[tokio::test]

@@ -76,6 +76,19 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
+/// `simulate` serving `tenant()` from a file (kept in the returned directory).
+fn start_with_tenant_file() -> (tempfile::TempDir, Served) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "t.json", tenant().to_string().as_bytes());
+    let served = start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tenant",
+        file.to_str().unwrap(),
+    ]);
+    (dir, served)
+}
+
 #[tokio::test]
 async fn prints_its_url_and_requires_the_api_key() {
     let served = start(&["--listen", "127.0.0.1:0"]);
@@ -122,14 +135,7 @@ async fn prints_its_url_and_requires_the_api_key() {
 
 #[tokio::test]
 async fn serves_a_tenant_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "t.json", tenant().to_string().as_bytes());
-    let served = start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--tenant",
-        file.to_str().unwrap(),
-    ]);
+    let (_dir, served) = start_with_tenant_file();
     let base = format!("{}/api/v1", served.url);
 
     let (status, list) = get(&format!("{base}/data-connections"), Some(KEY)).await;
@@ -417,14 +423,7 @@ secret = "qlik/ops-sql"
 
 #[tokio::test]
 async fn rotate_works_end_to_end_against_simulate() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "t.json", tenant().to_string().as_bytes());
-    let served = start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--tenant",
-        file.to_str().unwrap(),
-    ]);
+    let (_dir, served) = start_with_tenant_file();
     rotate_sql_against(served, SQL_ID, r#"{ name = "Ops SQL", space = "ops" }"#).await;
 }
 
@@ -450,14 +449,7 @@ async fn the_default_tenant_rotates_against_its_documented_api_specs() {
 /// string[]`) are 400s that change nothing, over real HTTP to the real binary.
 #[tokio::test]
 async fn patch_bodies_outside_qlik_api_patch_request_are_400() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "t.json", tenant().to_string().as_bytes());
-    let served = start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--tenant",
-        file.to_str().unwrap(),
-    ]);
+    let (_dir, served) = start_with_tenant_file();
     let one = format!("{}/api/v1/data-connections/{SQL_ID}", served.url);
     let client = reqwest::Client::new();
     let cases: Vec<(&str, Value, &str)> = vec![

@@ -560,22 +560,24 @@ fn urls_refuse_credentials_query_fragment_and_path_without_quoting_them() {
         (CANARY.to_string(), "not a valid URL"),
     ];
     for (url, why) in &cases {
-        let errs = errors_without_canary(&with("https://acme.eu.qlikcloud.com", url));
-        assert!(
-            errs.iter()
-                .any(|e| e.starts_with("qlik.tenant_url: ") && e.contains(why)),
-            "{url}: {errs:?}"
+        // `text` is refused with an error at `key` that says `why`.
+        let refused = |text: &str, key: &str| {
+            let errs = errors_without_canary(text);
+            assert!(
+                errs.iter()
+                    .any(|e| e.starts_with(&format!("{key}: ")) && e.contains(why)),
+                "{url}: {errs:?}"
+            );
+        };
+        refused(
+            &with("https://acme.eu.qlikcloud.com", url),
+            "qlik.tenant_url",
         );
         let endpoint = with(
             "type = \"aws_secrets_manager\"",
             &format!("type = \"aws_secrets_manager\"\nendpoint_url = \"{url}\""),
         );
-        let errs = errors_without_canary(&endpoint);
-        assert!(
-            errs.iter()
-                .any(|e| e.starts_with("sources.aws.endpoint_url: ") && e.contains(why)),
-            "{url}: {errs:?}"
-        );
+        refused(&endpoint, "sources.aws.endpoint_url");
     }
     // A trailing slash is the base URL itself; a loopback endpoint over http is fine.
     let ok = with(

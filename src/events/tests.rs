@@ -86,6 +86,24 @@ fn family_sum(m: &Metrics, name: &str) -> f64 {
         .sum()
 }
 
+/// `rotations_total` and `errors_total` summed over every label.
+#[track_caller]
+fn assert_totals(m: &Metrics, rotations: f64, errors: f64) {
+    assert_eq!(family_sum(m, "qlik_rotator_rotations_total"), rotations);
+    assert_eq!(family_sum(m, "qlik_rotator_errors_total"), errors);
+}
+
+/// Job `sales` finished on connection `c` with `outcome`.
+fn finished(outcome: &'static str) -> RotationFinished<'static> {
+    RotationFinished {
+        job: "sales",
+        connection: "c",
+        outcome,
+        secret_version: "v1",
+        duration: Duration::ZERO,
+    }
+}
+
 fn field<'a>(line: &'a Value, key: &str) -> &'a Value {
     &line["fields"][key]
 }
@@ -175,29 +193,14 @@ fn rotation_finished_logs_and_counts_its_outcome() {
     assert_eq!(field(&lines[0], "connection"), "c-1\\nforged");
     // Nothing else moved: no error, no other outcome.
     let (e, m) = events();
-    e.emit(RotationFinished {
-        job: "sales",
-        connection: "c",
-        outcome: "unchanged",
-        secret_version: "v1",
-        duration: Duration::ZERO,
-    });
-    assert_eq!(family_sum(&m, "qlik_rotator_rotations_total"), 1.0);
-    assert_eq!(family_sum(&m, "qlik_rotator_errors_total"), 0.0);
+    e.emit(finished("unchanged"));
+    assert_totals(&m, 1.0, 0.0);
 }
 
 #[test]
 fn a_planned_rotation_logs_but_counts_no_outcome() {
     let (e, m) = events();
-    let ((), lines) = logs(|| {
-        e.emit(RotationFinished {
-            job: "sales",
-            connection: "c",
-            outcome: "planned",
-            secret_version: "v1",
-            duration: Duration::ZERO,
-        })
-    });
+    let ((), lines) = logs(|| e.emit(finished("planned")));
     assert_eq!(lines.len(), 1);
     assert_eq!(field(&lines[0], "outcome"), "planned");
     assert_eq!(family_sum(&m, "qlik_rotator_rotations_total"), 0.0);
@@ -243,8 +246,7 @@ fn rotation_failed_logs_and_counts_the_outcome_and_the_error_once() {
             error: "x",
         });
     }
-    assert_eq!(family_sum(&m, "qlik_rotator_errors_total"), 3.0);
-    assert_eq!(family_sum(&m, "qlik_rotator_rotations_total"), 3.0);
+    assert_totals(&m, 3.0, 3.0);
 }
 
 #[test]
@@ -276,8 +278,7 @@ fn rotation_retried_logs_and_counts_a_retry_not_an_outcome() {
         error: "x",
         delay: Duration::ZERO,
     });
-    assert_eq!(family_sum(&m, "qlik_rotator_rotations_total"), 0.0);
-    assert_eq!(family_sum(&m, "qlik_rotator_errors_total"), 0.0);
+    assert_totals(&m, 0.0, 0.0);
 }
 
 #[test]
