@@ -580,9 +580,8 @@ struct Baseline {
     requests: usize,
 }
 
-/// The sequential loop: fetch secret → GET by name → PATCH → GET (+ verify), one connection
-/// after another, with the project's `QlikClient`.
-async fn baseline(n: usize, sample: usize) -> Result<Baseline, String> {
+/// A simulator at [`LATENCY`] with `n` connections, and a vault holding a new secret for each.
+async fn latency_world(n: usize) -> Result<(Simulator, tempfile::TempDir), String> {
     let sim = Simulator::start(SimConfig {
         latency: LATENCY,
         ..SimConfig::default()
@@ -592,6 +591,13 @@ async fn baseline(n: usize, sample: usize) -> Result<Baseline, String> {
     seed_connections(&sim, n);
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     write_vault(dir.path(), n, 1);
+    Ok((sim, dir))
+}
+
+/// The sequential loop: fetch secret → GET by name → PATCH → GET (+ verify), one connection
+/// after another, with the project's `QlikClient`.
+async fn baseline(n: usize, sample: usize) -> Result<Baseline, String> {
+    let (sim, dir) = latency_world(n).await?;
     let text = config_text(&sim, n, 0, 1, ConnBy::Name, "");
     let cfg =
         config::load_str(&text, dir.path(), &input()).map_err(|e| format!("config: {:?}", e.0))?;
@@ -945,15 +951,7 @@ struct OneShot {
 /// no write budget, `concurrency` rotation slots (a binary that predates the runner ignores
 /// the setting and runs one job after another).
 async fn oneshot_run(bin: &Path, n: usize, concurrency: usize) -> Result<OneShot, String> {
-    let sim = Simulator::start(SimConfig {
-        latency: LATENCY,
-        ..SimConfig::default()
-    })
-    .await
-    .map_err(|e| format!("simulator: {e}"))?;
-    seed_connections(&sim, n);
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    write_vault(dir.path(), n, 1);
+    let (sim, dir) = latency_world(n).await?;
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,

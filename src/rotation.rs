@@ -719,16 +719,13 @@ impl Rotator {
             Ok(c) => c,
             Err(e) => return Outcome::VerifyFailed(RotationError::VerifyGet(e)),
         };
-        if let Err(message) = same_id(
+        if let Err(failed) = verify_same_id(
             "connection",
             &before.id,
             &after.id,
             after.id_field.as_deref(),
         ) {
-            return Outcome::VerifyFailed(RotationError::WrongConnection {
-                stage: Stage::Verify,
-                message,
-            });
+            return failed;
         }
         let verification = connectors::verify(before, &after, expect);
         if !verification.failures.is_empty() {
@@ -844,16 +841,13 @@ impl Rotator {
             Ok(c) => c,
             Err(e) => return Outcome::VerifyFailed(RotationError::VerifyGet(e)),
         };
-        if let Err(message) = same_id(
+        if let Err(failed) = verify_same_id(
             "credential",
             &before.id,
             &after.id,
             after.id_field.as_deref(),
         ) {
-            return Outcome::VerifyFailed(RotationError::WrongConnection {
-                stage: Stage::Verify,
-                message,
-            });
+            return failed;
         }
         let mut mismatches = Vec::new();
         if after.name != before.name {
@@ -990,6 +984,21 @@ pub fn check_identity(asked: &ConnectionRef, got: &DataConnection) -> Result<(),
 }
 
 /// Ids are UUIDs, compared without regard to ASCII case.
+/// [`same_id`] on the verify GET: a mismatch is a `verify_failed` outcome.
+fn verify_same_id(
+    what: &str,
+    asked: &str,
+    got: &str,
+    id_field: Option<&str>,
+) -> Result<(), Outcome> {
+    same_id(what, asked, got, id_field).map_err(|message| {
+        Outcome::VerifyFailed(RotationError::WrongConnection {
+            stage: Stage::Verify,
+            message,
+        })
+    })
+}
+
 fn same_id(what: &str, asked: &str, got: &str, id_field: Option<&str>) -> Result<(), String> {
     if got.is_empty() || !got.eq_ignore_ascii_case(asked) {
         return Err(format!(
