@@ -59,6 +59,35 @@ pub fn escape(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// One line of outside text, safe to print: every [`is_unsafe`] character escaped as in
+/// [`escape`], cut at `max_chars` characters (`…` marks a cut).
+pub fn printable(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars));
+    for (count, c) in text.chars().enumerate() {
+        if count >= max_chars {
+            out.push('…');
+            break;
+        }
+        let mut buf = [0; 4];
+        out.push_str(&escape(c.encode_utf8(&mut buf)));
+    }
+    out
+}
+
+/// `text` cut at `max_chars` characters, then quoted and escaped as Rust's `{:?}` does
+/// (control characters as `\n`, `\u{1b}`): for names and ids that came from outside.
+pub fn quoted(text: &str, max_chars: usize) -> String {
+    let cut: String = text.chars().take(max_chars).collect();
+    let shown = format!("{cut:?}");
+    // `{:?}` already escapes controls; bidi and separator marks are escaped here too.
+    let shown = escape(&shown).into_owned();
+    if cut.len() < text.len() {
+        format!("{shown}…")
+    } else {
+        shown
+    }
+}
+
 /// Displays its text through [`escape`]: `format!("{}", Escaped(remote))`.
 pub struct Escaped<'a>(pub &'a str);
 

@@ -29,22 +29,9 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
-/// `s` with control characters escaped (`\u{1b}`), cut to `max` characters (then `…`).
-pub fn printable(s: &str, max: usize) -> String {
-    let mut out = String::with_capacity(s.len().min(max));
-    for (i, c) in s.chars().enumerate() {
-        if i == max {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+/// `s` with control, bidi and separator characters escaped (`\u{1b}`), cut to `max`
+/// characters (then `…`): the crate's one escaping helper.
+pub use crate::text::printable;
 
 /// Collects errors.
 #[derive(Debug, Default)]

@@ -167,41 +167,9 @@ pub enum SpecError {
     TooManyProperties(usize),
 }
 
-/// Characters that can break or disguise a terminal line: control characters, line and
-/// paragraph separators, and bidirectional formatting marks.
-fn is_unsafe(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-/// Makes outside text safe to print on one line: control characters (newlines, ESC, …) are
-/// escaped as `\n`, `\u{1b}`, and the result is cut at `max_chars` characters (`…` marks a cut).
-pub fn printable(text: &str, max_chars: usize) -> String {
-    let mut out = String::new();
-    for (count, c) in text.chars().enumerate() {
-        if count >= max_chars {
-            out.push('…');
-            break;
-        }
-        if is_unsafe(c) {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `text` cut at `max_chars` characters, then quoted and escaped as Rust's `{:?}` does
-/// (control characters as `\n`, `\u{1b}`): for names and ids that came from outside.
-pub fn quoted(text: &str, max_chars: usize) -> String {
-    let cut: String = text.chars().take(max_chars).collect();
-    if cut.len() < text.len() {
-        format!("{cut:?}…")
-    } else {
-        format!("{cut:?}")
-    }
-}
+use crate::text::is_unsafe;
+/// Outside text made safe to print (one escaping helper for the whole crate, in [`crate::text`]).
+pub use crate::text::{printable, quoted};
 
 fn shown_value(v: &Value) -> String {
     match v {
