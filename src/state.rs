@@ -34,6 +34,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub mod backend;
+pub use backend::{Attempt, HistoryQuery, Lease, StateBackend};
+
 /// What is remembered about one job.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobState {
@@ -149,6 +152,26 @@ pub enum StateError {
     /// The store was closed (the daemon is shutting down).
     #[error("the state store is closed")]
     Closed,
+    /// The lease on a job moved to another owner (its fence is no longer current): this
+    /// replica must not PATCH or record for the job.
+    #[error("the lease on job {job} is no longer held by this replica (fence {fence} is stale)")]
+    LeaseLost {
+        /// The job.
+        job: String,
+        /// The stale fence.
+        fence: u64,
+    },
+    /// A database backend failed (SQLite, DynamoDB), with what was being done. The message
+    /// never quotes stored values.
+    #[error("state backend {backend} ({action}): {message}")]
+    Backend {
+        /// `"sqlite"`, `"dynamodb"`.
+        backend: &'static str,
+        /// What was being done.
+        action: &'static str,
+        /// The cause, escaped.
+        message: String,
+    },
 }
 
 impl StateError {
