@@ -321,6 +321,23 @@ pub trait SecretSource: Send + Sync {
         &self,
         secret: &SecretRef,
     ) -> impl Future<Output = Result<SecretValue, SourceError>> + Send;
+
+    /// Reads several secrets, one result per ref in the same order. A source with a batch
+    /// API (Secrets Manager `BatchGetSecretValue`, SSM `GetParameters`) overrides this and
+    /// falls back to [`Self::fetch`] for ids the batch could not answer; the default reads
+    /// them one by one.
+    fn fetch_many(
+        &self,
+        secrets: &[SecretRef],
+    ) -> impl Future<Output = Vec<Result<SecretValue, SourceError>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(secrets.len());
+            for s in secrets {
+                out.push(self.fetch(s).await);
+            }
+            out
+        }
+    }
 }
 
 /// What a configurable source adds to its [`SecretSource`] implementation: the
@@ -428,6 +445,16 @@ macro_rules! secret_sources {
                 match self {
                     $( AnySource::$variant(s) => s.fetch(secret).await, )+
                     AnySource::Fixed(s) => s.fetch(secret).await,
+                }
+            }
+
+            async fn fetch_many(
+                &self,
+                secrets: &[SecretRef],
+            ) -> Vec<Result<SecretValue, SourceError>> {
+                match self {
+                    $( AnySource::$variant(s) => s.fetch_many(secrets).await, )+
+                    AnySource::Fixed(s) => s.fetch_many(secrets).await,
                 }
             }
         }
