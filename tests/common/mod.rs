@@ -4,3 +4,4 @@
 pub mod harness;
 pub mod moto;
 pub mod simulate;
+pub mod statedb;
