@@ -1087,3 +1087,278 @@ async fn daemon_logs_a_failed_state_write_and_the_shutdown_flush_without_secrets
     assert_clean(&out);
     assert_eq!(w.patches(), 1);
 }
+
+// === the state database (issue 12) ===
+
+#[tokio::test]
+async fn symlinked_state_db_is_refused_and_its_target_untouched() {
+    let w = World::new().await;
+    std::fs::create_dir_all(w.state_dir()).unwrap();
+    chmod(&w.state_dir(), 0o700);
+    let victim = w.dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    symlink(&victim, w.db_file()).unwrap();
+    let out = w.rotate(&[]).await;
+    assert_refused(
+        &w,
+        &out,
+        64,
+        &[
+            "daemon.state_dir",
+            "state.db is a symbolic link",
+            "remove it",
+        ],
+    );
+    assert_eq!(read(&victim), "precious");
+    let out = w.run_expecting_exit().await;
+    assert_refused(&w, &out, 64, &["state.db is a symbolic link"]);
+}
+
+#[tokio::test]
+async fn group_writable_state_db_is_refused_with_the_chmod_fix() {
+    let w = World::new().await;
+    let out = w.rotate(&[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    chmod(&w.db_file(), 0o660);
+    let out = w.rotate(&[]).await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    for needle in [
+        "state.db is group- or world-writable (mode 0660)",
+        "chmod 600",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}: {}", out.stderr);
+    }
+    assert_eq!(w.patches(), 3, "nothing PATCHed by the refused run");
+    assert_clean(&out);
+    // `history` refuses it too: a forged audit trail is not shown as ours.
+    let out = run_cli(&["history", "-c", w.config()], &w.env()).await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    assert!(out.stderr.contains("chmod 600"), "{}", out.stderr);
+    assert_clean(&out);
+}
+
+#[tokio::test]
+async fn state_db_that_is_a_directory_is_refused() {
+    let w = World::new().await;
+    std::fs::create_dir_all(w.db_file().join("x")).unwrap();
+    chmod(&w.state_dir(), 0o700);
+    let out = w.rotate(&[]).await;
+    assert_refused(&w, &out, 64, &["state.db is not a regular file"]);
+}
+
+#[tokio::test]
+async fn state_db_locked_by_another_program_is_refused_before_any_patch() {
+    let w = World::new().await;
+    let out = w.rotate(&[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    std::fs::write(
+        w.dir.path().join("vault/qlik/sales-s3.json"),
+        r#"{"accessKey":"CANARY-ST-AKIA2","secretKey":"CANARY-ST-SECRET2"}"#,
+    )
+    .unwrap();
+    let blocker = common::statedb::WriteBlocker::hold(&w.state_dir());
+    let out = w.rotate(&["--if-changed"]).await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("state.db is locked by another program"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        w.patches(),
+        3,
+        "no PATCH while the change could not be recorded"
+    );
+    assert_clean(&out);
+    drop(blocker);
+    let out = w.rotate(&["--if-changed"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(w.patches(), 4);
+}
+
+#[tokio::test]
+async fn corrupt_state_db_is_refused_with_the_fix_and_left_alone() {
+    let w = World::new().await;
+    std::fs::create_dir_all(w.state_dir()).unwrap();
+    chmod(&w.state_dir(), 0o700);
+    let garbage = format!("SQLite format 3\0{CANARY}\u{1b}[2J FORGED: rotated\n").repeat(300);
+    std::fs::write(w.db_file(), &garbage).unwrap();
+    chmod(&w.db_file(), 0o600);
+    let out = w.rotate(&[]).await;
+    assert_refused(
+        &w,
+        &out,
+        64,
+        &[
+            "daemon.state_dir",
+            "state.db is not a usable state database",
+            "mv ",
+            ".corrupt",
+        ],
+    );
+    assert!(!out.stderr.contains("FORGED"), "{}", out.stderr);
+    assert_eq!(read(&w.db_file()), garbage, "never replaced silently");
+    let out = w.run_expecting_exit().await;
+    assert_refused(&w, &out, 64, &["is not a usable state database"]);
+    let out = run_cli(&["history", "-c", w.config()], &w.env()).await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    assert_clean(&out);
+}
+
+#[tokio::test]
+async fn hostile_job_names_in_history_are_escaped_and_capped() {
+    let w = World::new().await;
+    let evil = format!(
+        "evil\u{1b}]0;pwned\u{7}\u{202e}\nFORGED: rotated and verified\r{}",
+        "x".repeat(100_000)
+    );
+    let s = qlik_rotator::state::SqliteBackend::open(w.state_dir()).unwrap();
+    use qlik_rotator::state::StateBackend;
+    s.append_history(&qlik_rotator::state::Attempt {
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        job: evil.clone(),
+        connection: format!("{evil}-conn"),
+        outcome: "failed\u{1b}[31m".into(),
+        stage: Some("apply\n".into()),
+        error_type: Some("x\u{7}".into()),
+        secret_version: Some(format!("{CANARY}-is-a-version-not-a-value\u{1b}")),
+        duration_ms: u64::MAX,
+    })
+    .await
+    .unwrap();
+    s.close().await;
+    for output in ["table", "json"] {
+        let out = run_cli(&["history", "-c", w.config(), "--output", output], &w.env()).await;
+        assert_eq!(out.code, 0, "{output}: {}", out.stderr);
+        for (name, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            assert!(
+                !text
+                    .chars()
+                    .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+                "{output}: a raw control or bidi character in {name}"
+            );
+        }
+        assert!(
+            !out.stdout.lines().any(|l| l.starts_with("FORGED")),
+            "{output}: a forged line"
+        );
+        assert!(
+            out.stdout.len() < 4_000,
+            "{output}: capped ({} bytes)",
+            out.stdout.len()
+        );
+        assert!(out.stdout.contains("evil"), "{output}: {}", out.stdout);
+    }
+    assert_eq!(w.patches(), 0);
+}
+
+/// A backend that grants no lease (as DynamoDB does while another replica holds the job):
+/// the run is skipped before any vault read or Qlik call, with the event and the metric.
+#[derive(Debug)]
+struct NoLeases(std::sync::Arc<dyn qlik_rotator::state::StateBackend>);
+
+#[async_trait::async_trait]
+impl qlik_rotator::state::StateBackend for NoLeases {
+    fn kind(&self) -> &'static str {
+        "no-leases"
+    }
+    async fn load(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, qlik_rotator::state::JobState>, StateError2>
+    {
+        self.0.load().await
+    }
+    async fn get(&self, key: &str) -> Result<Option<qlik_rotator::state::JobState>, StateError2> {
+        self.0.get(key).await
+    }
+    async fn record(
+        &self,
+        key: &str,
+        state: qlik_rotator::state::JobState,
+        lease: Option<&qlik_rotator::state::Lease>,
+    ) -> Result<(), StateError2> {
+        self.0.record(key, state, lease).await
+    }
+    async fn touch(
+        &self,
+        key: &str,
+        now: i64,
+        lease: Option<&qlik_rotator::state::Lease>,
+    ) -> Result<(), StateError2> {
+        self.0.touch(key, now, lease).await
+    }
+    async fn append_history(&self, a: &qlik_rotator::state::Attempt) -> Result<(), StateError2> {
+        self.0.append_history(a).await
+    }
+    async fn history(
+        &self,
+        q: &qlik_rotator::state::HistoryQuery,
+    ) -> Result<Vec<qlik_rotator::state::Attempt>, StateError2> {
+        self.0.history(q).await
+    }
+    async fn prune_history(&self, before_ms: i64) -> Result<u64, StateError2> {
+        self.0.prune_history(before_ms).await
+    }
+    async fn acquire_lease(
+        &self,
+        _job: &str,
+        _owner: &str,
+        _ttl: Duration,
+        _now: i64,
+    ) -> Result<Option<qlik_rotator::state::Lease>, StateError2> {
+        Ok(None)
+    }
+    async fn release_lease(&self, l: &qlik_rotator::state::Lease) -> Result<(), StateError2> {
+        self.0.release_lease(l).await
+    }
+    async fn health(&self) -> Result<(), StateError2> {
+        self.0.health().await
+    }
+    async fn close(&self) {
+        self.0.close().await;
+    }
+}
+
+type StateError2 = qlik_rotator::state::StateError;
+
+#[tokio::test]
+async fn a_job_whose_lease_is_held_elsewhere_is_skipped_before_anything_is_read_or_sent() {
+    use qlik_rotator::runner::{JobRuntime, RetryPolicy, Runner, Skipped};
+    let w = World::new().await;
+    let text = std::fs::read_to_string(w.config()).unwrap();
+    let input: HashMap<String, String> = w.env().into_iter().collect();
+    let cfg = config::load_str(&text, w.dir.path(), &input).unwrap();
+    let mut app = qlik_rotator::app::App::build(&cfg, &input).await.unwrap();
+    app.state = std::sync::Arc::new(NoLeases(app.state.clone()));
+    let runner = Runner::new(&app, 4, RetryPolicy::new(1));
+    let before = w.sim.requests().len();
+    for job in &cfg.jobs {
+        let rt = JobRuntime::ungated(job.clone());
+        assert_eq!(
+            runner.run_job(&rt, true, None).await.unwrap_err(),
+            Skipped::NoLease
+        );
+    }
+    assert_eq!(w.sim.requests().len(), before, "no Qlik call at all");
+    assert_eq!(w.patches(), 0);
+    let text = app.metrics.render();
+    assert_eq!(
+        metric(
+            &text,
+            "qlik_rotator_lease_skips_total",
+            &[("reason", "held_elsewhere")]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert!(!text.contains(CANARY));
+    let q = qlik_rotator::state::HistoryQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(
+        app.state.history(&q).await.unwrap().is_empty(),
+        "no attempt"
+    );
+    runner.close_state().await.unwrap();
+}

@@ -233,6 +233,20 @@ impl SqliteBackend {
         if check != "ok" {
             return Err(corrupt(&path, "quick_check failed"));
         }
+        // Prove the database takes writes now, not at the first rotation: another program
+        // holding a write transaction (an sqlite3 shell, a backup tool) is reported here.
+        conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                    StateError::Database {
+                        path: path.clone(),
+                        detail: "is locked by another program (it holds a write transaction)".into(),
+                        fix: "end that program's transaction (an sqlite3 shell, a backup tool), then start again; readers such as `qlik-rotator history` never lock it".into(),
+                    }
+                }
+                _ if is_corruption(&e) => corrupt(&path, &e),
+                _ => db_err("prove writable")(e),
+            })?;
         import_json(&mut conn, &dir)?;
         let jobs = load_applied(&conn, &path)?;
         Ok(SqliteBackend {
