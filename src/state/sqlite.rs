@@ -7,7 +7,8 @@
 //! - **The file.** `state.db` is created `0600` exclusively (never through a link), opened with
 //!   `SQLITE_OPEN_NOFOLLOW`, and refused when it (or its `-wal`/`-shm` companion) is a symbolic
 //!   link, not a regular file, or writable by others. SQLite gives the companions the mode of
-//!   the database. WAL mode, `synchronous = FULL` (a commit is on disk when `record` returns).
+//!   the database. WAL mode; a record is committed with `synchronous = FULL` (on disk when
+//!   `record` returns), an attempt alone with `NORMAL` (no fsync; see `write_back`).
 //! - **Memory first.** The applied versions live in memory too (loaded at open): a write that
 //!   fails (full disk, read-only volume) keeps the record and the attempt in memory, so this
 //!   process never re-applies a version, and [`StateBackend::flush`] retries (the runner's
@@ -283,6 +284,13 @@ impl SqliteBackend {
             ..
         } = inner;
         let conn = conn.as_mut().ok_or(StateError::Closed)?;
+        // An applied version is on disk when `record` returns (FULL: the WAL is fsynced). An
+        // attempt alone is committed without an fsync (NORMAL): it survives a crash of the
+        // process, and the next record's fsync carries it to disk (the WAL is sequential); an
+        // OS crash or power loss can lose the attempts written since the last record.
+        let sync = if dirty.is_empty() { "NORMAL" } else { "FULL" };
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(db_err("begin"))?;
         let tx = conn.transaction().map_err(db_err("begin"))?;
         for key in dirty.iter() {
             if let Some(st) = jobs.get(key) {
@@ -614,18 +622,31 @@ impl StateBackend for SqliteBackend {
 }
 
 fn query_history(conn: &Connection, q: &HistoryQuery) -> Result<Vec<Attempt>, rusqlite::Error> {
-    let mut stmt = conn.prepare_cached(
+    // Only the filters given, so SQLite can use the (job, at_ms) and (at_ms) indexes
+    // (`?1 IS NULL OR job = ?1` defeats them: 46 ms instead of well under 1 ms at 100,000 rows).
+    let mut sql = String::from(
         "SELECT at_ms, substr(job, 1, 1024), substr(connection, 1, 1024), substr(outcome, 1, 64),
              substr(stage, 1, 64), substr(error_type, 1, 64), substr(secret_version, 1, 1024),
              duration_ms
-         FROM attempts
-         WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR connection = ?2)
-             AND (?3 IS NULL OR at_ms >= ?3)
-         ORDER BY at_ms DESC, id DESC
-         LIMIT ?4",
-    )?;
-    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-    let rows = stmt.query_map(params![q.job, q.connection, q.since_ms, limit], |r| {
+         FROM attempts WHERE 1 = 1",
+    );
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(job) = &q.job {
+        sql.push_str(" AND job = ?");
+        args.push(job.clone().into());
+    }
+    if let Some(conn_id) = &q.connection {
+        sql.push_str(" AND connection = ?");
+        args.push(conn_id.clone().into());
+    }
+    if let Some(since) = q.since_ms {
+        sql.push_str(" AND at_ms >= ?");
+        args.push(since.into());
+    }
+    sql.push_str(" ORDER BY at_ms DESC, id DESC LIMIT ?");
+    args.push(i64::try_from(q.limit).unwrap_or(i64::MAX).into());
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
         Ok(Attempt {
             at_ms: r.get(0)?,
             job: r.get(1)?,
