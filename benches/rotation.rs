@@ -1686,9 +1686,44 @@ async fn section_state(report: &mut Report) {
                 pair <= Duration::from_millis(1),
             );
         }
-        println!("  old JSON store at the same size:");
-        state_store_cost(n);
+        json_store_cost(n, &entry);
     }
+}
+
+/// The old JSON store's `record` with `n` jobs: the file is written directly (seeding through
+/// `record` rewrites it `n` times), then `record` is timed (it rewrites and fsyncs it whole).
+fn json_store_cost(n: usize, entry: &dyn Fn(usize) -> JobState) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(dir) = tempfile::tempdir() else { return };
+    let jobs: serde_json::Map<String, serde_json::Value> = (0..n)
+        .map(|i| {
+            (
+                job_name(i),
+                serde_json::to_value(entry(i)).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let path = dir.path().join("state.json");
+    let body = serde_json::to_vec_pretty(&json!({"format": 1, "jobs": jobs})).unwrap_or_default();
+    if std::fs::write(&path, &body).is_err()
+        || std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).is_err()
+    {
+        return;
+    }
+    let Ok(store) = StateStore::open(dir.path()) else {
+        return;
+    };
+    let reps = if n >= 100_000 { 10 } else { 100 };
+    let t = Instant::now();
+    for i in 0..reps {
+        let _ = store.record(&job_name(i), entry(i + 1));
+    }
+    let record = t.elapsed() / reps as u32;
+    println!(
+        "  old JSON store, {n} jobs ({} KiB): StateStore::record {:.2} ms (mean of {reps})",
+        body.len() / 1024,
+        record.as_secs_f64() * 1000.0
+    );
 }
 
 /// Seeds `n` applied rows and `n` attempts in one transaction (the bench measures the steady
