@@ -47,6 +47,7 @@ fi
 
 # --- test servers --------------------------------------------------------------------------
 bash scripts/setup-moto.sh
+bash scripts/setup-bao.sh
 bash scripts/setup-node.sh
 
 # --- every suite ---------------------------------------------------------------------------
