@@ -1158,6 +1158,14 @@ fn strings(v: &Json) -> Vec<String> {
     }
 }
 
+/// The read-only SSM actions of the `aws_ssm` source (GetParameter, its batch, and a path for
+/// one parameter per field).
+const SSM_READS: &[&str] = &[
+    "ssm:GetParameter",
+    "ssm:GetParameters",
+    "ssm:GetParametersByPath",
+];
+
 #[test]
 fn iam_policy_is_least_privilege() {
     let policy = json("aws/iam-policy.json");
@@ -1180,7 +1188,9 @@ fn iam_policy_is_least_privilege() {
         );
         for a in &acts {
             assert!(
-                a == "secretsmanager:GetSecretValue" || a == "kms:Decrypt",
+                a == "secretsmanager:GetSecretValue"
+                    || a == "kms:Decrypt"
+                    || SSM_READS.contains(&a.as_str()),
                 "action {a} is not needed"
             );
             actions.insert(a.clone());
@@ -1201,6 +1211,21 @@ fn iam_policy_is_least_privilege() {
                 regions.insert(parts[3].to_owned());
             }
         }
+        if acts.iter().any(|a| a.starts_with("ssm:")) {
+            for r in &resources {
+                let parts: Vec<_> = r.splitn(6, ':').collect();
+                assert!(
+                    parts.len() == 6
+                        && parts[..3] == ["arn", "aws", "ssm"]
+                        && !parts[3].contains('*')
+                        && !parts[4].contains('*')
+                        && parts[5].starts_with("parameter/")
+                        && parts[5].len() > "parameter/*".len(),
+                    "ssm resource {r} is too broad"
+                );
+                regions.insert(parts[3].to_owned());
+            }
+        }
         if acts.iter().any(|a| a.starts_with("kms:")) {
             assert!(resources.iter().all(|r| r.starts_with("arn:aws:kms:")));
             let via = st["Condition"]
@@ -1212,6 +1237,7 @@ fn iam_policy_is_least_privilege() {
             for v in strings(via) {
                 let region = v
                     .strip_prefix("secretsmanager.")
+                    .or_else(|| v.strip_prefix("ssm."))
                     .and_then(|r| r.strip_suffix(".amazonaws.com"))
                     .unwrap_or_else(|| panic!("kms:ViaService {v}"));
                 regions.insert(region.to_owned());
@@ -1224,6 +1250,9 @@ fn iam_policy_is_least_privilege() {
             "kms:Decrypt".to_owned(),
             "secretsmanager:GetSecretValue".to_owned()
         ])
+        .into_iter()
+        .chain(SSM_READS.iter().map(|a| (*a).to_owned()))
+        .collect::<BTreeSet<_>>()
     );
     // The secrets, the KMS condition and the sample configs name one region.
     for (what, (_, config)) in [
