@@ -546,7 +546,7 @@ async fn kubernetes_auth_logs_in_with_the_service_account_jwt() {
     ));
     let v = src.fetch(&current("qlik/db")).await.unwrap();
     assert_eq!(password(&v), CANARY);
-    assert_eq!(seen.lock().unwrap().as_slice(), [jwt.clone()]);
+    assert_eq!(*seen.lock().unwrap(), vec![jwt.clone()]);
     // A JWT the API server does not vouch for: a clear login failure, the JWT not echoed.
     let bad = service_account_jwt("CANARY-jwt-2");
     std::fs::write(&jwt_file, &bad).unwrap();
