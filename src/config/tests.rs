@@ -151,7 +151,7 @@ listen = "nine-four-six-four"
             "qlik.api_key_env: the Qlik API key is required: set api_key_env or api_key_file",
             "qlik.max_attempts: expected a whole number from 1 to 10, found 99",
             "qlik.colour: unknown key (expected one of: api_key, api_key_env, api_key_file, max_attempts, max_response_bytes, oauth, request_timeout, tenant_url, write_budget_per_min)",
-            "sources.vault.type: unknown source type (expected \"aws_secrets_manager\" or \"file\")",
+            "sources.vault.type: unknown source type (expected \"aws_secrets_manager\", \"file\", \"vault\" or \"aws_ssm\")",
             "jobs[1].name: use 1 to 64 characters from A-Z, a-z, 0-9, '-', '_' and '.'",
             "jobs[1].connection.id: set either id or name, not both",
             "jobs[2].connector: unknown connector (see `qlik-rotator connectors`, or use connector = \"generic\")",
