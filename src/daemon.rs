@@ -37,13 +37,17 @@ pub use crate::{
 use crate::{
     admin::{self, Readiness, TriggerRequest},
     app::{self, App},
-    config::{Config, ConfigInput},
+    config::{Config, ConfigInput, ConnectionRef, JobConfig},
     metrics::Metrics,
     runner::{JobRuntime, RetryPolicy, Runner},
 };
 
 /// The jobs of one cron entry.
 struct ScheduleGroup {
+    /// The cron expression.
+    cron: String,
+    /// Its time zone.
+    tz: chrono_tz::Tz,
     /// The schedule and time zone (for logs).
     schedule: String,
     jobs: Box<[Arc<JobRuntime>]>,
@@ -51,15 +55,75 @@ struct ScheduleGroup {
     dispatching: AtomicBool,
 }
 
+impl ScheduleGroup {
+    fn new(cron: &str, tz: chrono_tz::Tz, jobs: Vec<Arc<JobRuntime>>) -> Self {
+        ScheduleGroup {
+            cron: cron.to_owned(),
+            tz,
+            schedule: format!("{cron} ({tz})"),
+            jobs: jobs.into_boxed_slice(),
+            dispatching: AtomicBool::new(false),
+        }
+    }
+}
+
+/// What the scheduling core asks of the job runner. The [`Runner`] is the real one; through
+/// this seam the decisions of what runs when (schedule groups, ticks, jitter, rotation slots,
+/// triggers, the drain deadline) are tested on paused tokio time with a runner that does no
+/// I/O (this module's tests).
+pub trait RunJobs: Send + Sync + 'static {
+    /// A rotation slot, held for the length of a run.
+    type Permit: Send + 'static;
+
+    /// Waits for a free rotation slot; `None` once the daemon stops.
+    fn slot(&self) -> impl Future<Output = Option<Self::Permit>> + Send;
+
+    /// Runs `job` once, retries included; `permit` when the caller already holds a slot.
+    /// `force` rotates even when the applied version is current.
+    fn run(
+        &self,
+        job: &JobRuntime,
+        force: bool,
+        permit: Option<Self::Permit>,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Cancelled when the daemon stops starting rotations.
+    fn cancel_token(&self) -> &CancellationToken;
+
+    /// The metrics (`jobs{state}`, `job_preflight_ok`).
+    fn metrics(&self) -> &Arc<Metrics>;
+}
+
+impl RunJobs for Runner {
+    type Permit = OwnedSemaphorePermit;
+
+    fn slot(&self) -> impl Future<Output = Option<OwnedSemaphorePermit>> + Send {
+        Runner::slot(self)
+    }
+
+    async fn run(&self, job: &JobRuntime, force: bool, permit: Option<OwnedSemaphorePermit>) {
+        // A skipped run (already running, shutting down) is logged by the runner.
+        let _ = self.run_job(job, force, permit).await;
+    }
+
+    fn cancel_token(&self) -> &CancellationToken {
+        Runner::cancel_token(self)
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        Runner::metrics(self)
+    }
+}
+
 /// The daemon's shared core: its jobs, the runner and the tasks it started.
-pub struct Daemon {
+pub struct Daemon<R: RunJobs = Runner> {
     jobs: BTreeMap<String, Arc<JobRuntime>>,
-    runner: Arc<Runner>,
+    runner: Arc<R>,
     tracker: TaskTracker,
     ready: Readiness,
 }
 
-impl std::fmt::Debug for Daemon {
+impl<R: RunJobs> std::fmt::Debug for Daemon<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Daemon")
             .field("jobs", &self.jobs.keys().collect::<Vec<_>>())
@@ -67,117 +131,41 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
-impl Daemon {
+/// A job's last success carried over from the state file, so staleness alerts stay truthful
+/// across restarts: the oldest of its connections' last-known-current times, and none unless
+/// every connection has one (`known` gives it per connection).
+fn carried_last_success(
+    job: &JobConfig,
+    known: impl Fn(&ConnectionRef) -> Option<i64>,
+) -> Option<i64> {
+    let times: Vec<i64> = job.connections.iter().filter_map(known).collect();
+    if times.len() == job.connections.len() {
+        times.into_iter().min()
+    } else {
+        None
+    }
+}
+
+impl Daemon<Runner> {
     /// The jobs, with the last success of each carried over from the state file.
     fn new(app: App, cfg: &Config) -> Self {
         let known_state = app.state.load();
         let now = chrono::Utc::now().timestamp();
         app.metrics.register_jobs(&cfg.jobs);
-        let mut jobs = BTreeMap::new();
         for j in &cfg.jobs {
-            // Carry the last success across restarts, so staleness alerts stay truthful: the
-            // oldest of the job's connections counts.
-            let times: Vec<i64> = (j.connections.iter())
-                .filter_map(|c| {
-                    known_state
-                        .get(&j.state_key(c))
-                        .filter(|s| s.applies_to(c))
-                        .and_then(|s| s.last_known_current(now))
-                })
-                .collect();
-            if times.len() == j.connections.len()
-                && let Some(oldest) = times.into_iter().min()
-            {
+            let known = |c: &ConnectionRef| {
+                (known_state.get(&j.state_key(c)))
+                    .filter(|s| s.applies_to(c))
+                    .and_then(|s| s.last_known_current(now))
+            };
+            if let Some(oldest) = carried_last_success(j, known) {
                 app.metrics.set_last_success(&j.name, oldest);
             }
-            jobs.insert(j.name.clone(), Arc::new(JobRuntime::gated(j.clone())));
         }
         let retry = RetryPolicy::new(cfg.daemon.max_attempts_per_run);
-        Daemon {
-            jobs,
-            runner: Arc::new(Runner::new(
-                &app,
-                cfg.daemon.max_concurrent_rotations,
-                retry,
-            )),
-            tracker: TaskTracker::new(),
-            ready: Readiness::default(),
-        }
-    }
-
-    /// Whether the daemon is ready (scheduler running, pre-flight done, not shutting down).
-    pub fn is_ready(&self) -> bool {
-        self.ready.get() && !self.cancel().is_cancelled()
-    }
-
-    /// The metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        self.runner.metrics()
-    }
-
-    fn cancel(&self) -> &CancellationToken {
-        self.runner.cancel_token()
-    }
-
-    /// Starts a run of `name` now (on demand). Returns at once.
-    pub fn trigger(self: &Arc<Self>, name: &str, force: bool) -> Triggered {
-        let Some(job) = self.jobs.get(name).cloned() else {
-            return Triggered::UnknownJob;
-        };
-        if self.cancel().is_cancelled() {
-            return Triggered::ShuttingDown;
-        }
-        self.spawn_run(job, force, None);
-        Triggered::Started
-    }
-
-    /// Runs `job` on a task of its own, through the runner.
-    fn spawn_run(
-        self: &Arc<Self>,
-        job: Arc<JobRuntime>,
-        force: bool,
-        permit: Option<OwnedSemaphorePermit>,
-    ) {
-        let this = self.clone();
-        self.tracker.spawn(async move {
-            let was_failing = !job.preflight_ok();
-            let _ = this.runner.run_job(&job, force, permit).await;
-            if was_failing {
-                this.update_job_gauges();
-            }
-        });
-    }
-
-    /// Starts the runs of `group` (the jobs of one schedule, or every `run_on_start` job):
-    /// each after its own random `jitter` delay (when `jitter`), and only when a rotation
-    /// slot is free, so 10,000 jobs due at once are 10,000 entries in a list rather than
-    /// 10,000 waiting tasks.
-    async fn dispatch(self: Arc<Self>, group: Arc<ScheduleGroup>, jitter: bool) {
-        if group.dispatching.swap(true, Ordering::SeqCst) {
-            tracing::warn!(
-                schedule = %group.schedule,
-                jobs = group.jobs.len(),
-                "The previous run of this schedule is still starting its jobs; skipping this tick."
-            );
-            return;
-        }
-        let delays: Vec<Duration> = {
-            let mut rng = rand::rng();
-            (group.jobs.iter())
-                .map(|j| match j.cfg().jitter {
-                    d if jitter && !d.is_zero() => rng.random_range(Duration::ZERO..=d),
-                    _ => Duration::ZERO,
-                })
-                .collect()
-        };
-        stagger(
-            delays,
-            self.cancel(),
-            || self.runner.slot(),
-            |i, permit| self.spawn_run(group.jobs[i].clone(), false, Some(permit)),
-        )
-        .await;
-        group.dispatching.store(false, Ordering::SeqCst);
+        let runner = Runner::new(&app, cfg.daemon.max_concurrent_rotations, retry);
+        let jobs = cfg.jobs.iter().map(|j| JobRuntime::gated(j.clone()));
+        Daemon::with_runner(jobs, Arc::new(runner))
     }
 
     /// Pre-flights every connection of every job (concurrently, at most `width` at once);
@@ -213,11 +201,103 @@ impl Daemon {
         }
         self.update_job_gauges();
     }
+}
 
-    /// One cron entry per distinct (schedule, time zone), fanning out to its jobs: a cron
-    /// entry costs ~1.3 KB in tokio-cron-scheduler, a job in a group 8 bytes. Returns the
-    /// started scheduler and the number of entries.
-    async fn schedule(self: &Arc<Self>) -> Result<(JobScheduler, usize), StartError> {
+impl<R: RunJobs> Daemon<R> {
+    fn with_runner(jobs: impl IntoIterator<Item = JobRuntime>, runner: Arc<R>) -> Self {
+        Daemon {
+            jobs: (jobs.into_iter())
+                .map(|j| (j.cfg().name.clone(), Arc::new(j)))
+                .collect(),
+            runner,
+            tracker: TaskTracker::new(),
+            ready: Readiness::default(),
+        }
+    }
+
+    /// Whether the daemon is ready (scheduler running, pre-flight done, not shutting down).
+    pub fn is_ready(&self) -> bool {
+        self.ready.get() && !self.cancel().is_cancelled()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.runner.metrics()
+    }
+
+    fn cancel(&self) -> &CancellationToken {
+        self.runner.cancel_token()
+    }
+
+    /// Starts a run of `name` now (on demand). Returns at once.
+    pub fn trigger(self: &Arc<Self>, name: &str, force: bool) -> Triggered {
+        let Some(job) = self.jobs.get(name).cloned() else {
+            return Triggered::UnknownJob;
+        };
+        if self.cancel().is_cancelled() {
+            return Triggered::ShuttingDown;
+        }
+        self.spawn_run(job, force, None);
+        Triggered::Started
+    }
+
+    /// Runs `job` on a task of its own, through the runner.
+    fn spawn_run(self: &Arc<Self>, job: Arc<JobRuntime>, force: bool, permit: Option<R::Permit>) {
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            let was_failing = !job.preflight_ok();
+            this.runner.run(&job, force, permit).await;
+            if was_failing {
+                this.update_job_gauges();
+            }
+        });
+    }
+
+    /// The tick handler of a cron entry: dispatches `group` on a task of its own, unless the
+    /// daemon is stopping.
+    fn on_tick(self: &Arc<Self>, group: &Arc<ScheduleGroup>) {
+        if !self.cancel().is_cancelled() {
+            self.tracker
+                .spawn(self.clone().dispatch(group.clone(), true));
+        }
+    }
+
+    /// Starts the runs of `group` (the jobs of one schedule, or every `run_on_start` job):
+    /// each after its own random `jitter` delay (when `jitter`), and only when a rotation
+    /// slot is free, so 10,000 jobs due at once are 10,000 entries in a list rather than
+    /// 10,000 waiting tasks. A tick that finds the group's previous dispatch still starting
+    /// jobs is skipped.
+    async fn dispatch(self: Arc<Self>, group: Arc<ScheduleGroup>, jitter: bool) {
+        if group.dispatching.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                schedule = %group.schedule,
+                jobs = group.jobs.len(),
+                "The previous run of this schedule is still starting its jobs; skipping this tick."
+            );
+            return;
+        }
+        let delays: Vec<Duration> = {
+            let mut rng = rand::rng();
+            (group.jobs.iter())
+                .map(|j| match j.cfg().jitter {
+                    d if jitter && !d.is_zero() => rng.random_range(Duration::ZERO..=d),
+                    _ => Duration::ZERO,
+                })
+                .collect()
+        };
+        stagger(
+            delays,
+            self.cancel(),
+            || self.runner.slot(),
+            |i, permit| self.spawn_run(group.jobs[i].clone(), false, Some(permit)),
+        )
+        .await;
+        group.dispatching.store(false, Ordering::SeqCst);
+    }
+
+    /// One group per distinct (schedule, time zone), in a stable order: a cron entry costs
+    /// ~1.3 KB in tokio-cron-scheduler, a job in a group 8 bytes.
+    fn schedule_groups(&self) -> Vec<Arc<ScheduleGroup>> {
         /// (schedule, time zone name) → the zone and the jobs.
         type Groups<'a> = BTreeMap<(&'a str, &'a str), (chrono_tz::Tz, Vec<Arc<JobRuntime>>)>;
         let mut groups = Groups::new();
@@ -230,32 +310,33 @@ impl Daemon {
                     .push(job.clone());
             }
         }
+        (groups.into_iter())
+            .map(|((cron, _), (tz, jobs))| Arc::new(ScheduleGroup::new(cron, tz, jobs)))
+            .collect()
+    }
+
+    /// One cron entry per schedule group, each calling [`Daemon::on_tick`]. Returns the
+    /// started scheduler and the number of entries.
+    async fn schedule(self: &Arc<Self>) -> Result<(JobScheduler, usize), StartError> {
         let scheduler_error =
             |e: tokio_cron_scheduler::JobSchedulerError| StartError::Scheduler(e.to_string());
         let scheduler = JobScheduler::new().await.map_err(scheduler_error)?;
-        let cron_entries = groups.len();
-        for ((schedule, _), (tz, jobs)) in groups {
-            let first = jobs[0].cfg().name.clone();
-            let group = Arc::new(ScheduleGroup {
-                schedule: format!("{schedule} ({tz})"),
-                jobs: jobs.into_boxed_slice(),
-                dispatching: AtomicBool::new(false),
-            });
+        let groups = self.schedule_groups();
+        for group in &groups {
             let (d, g) = (self.clone(), group.clone());
-            let cron = Job::new_async_tz(schedule, tz, move |_id, _l| {
+            let cron = Job::new_async_tz(group.cron.as_str(), group.tz, move |_id, _l| {
                 let (d, g) = (d.clone(), g.clone());
-                Box::pin(async move {
-                    if !d.cancel().is_cancelled() {
-                        d.tracker.spawn(d.clone().dispatch(g, true));
-                    }
-                })
+                Box::pin(async move { d.on_tick(&g) })
             })
-            .map_err(|e| StartError::Scheduler(format!("job {first}: {e}")))?;
+            .map_err(|e| {
+                let first = &group.jobs[0].cfg().name;
+                StartError::Scheduler(format!("job {first}: {e}"))
+            })?;
             scheduler.add(cron).await.map_err(scheduler_error)?;
             tracing::debug!(schedule = %group.schedule, jobs = group.jobs.len(), "Scheduled.");
         }
         scheduler.start().await.map_err(scheduler_error)?;
-        Ok((scheduler, cron_entries))
+        Ok((scheduler, groups.len()))
     }
 
     /// Starts every `run_on_start` job (without jitter).
@@ -265,12 +346,9 @@ impl Daemon {
             .cloned()
             .collect();
         if !jobs.is_empty() {
-            let group = Arc::new(ScheduleGroup {
-                schedule: "run_on_start".to_owned(),
-                jobs: jobs.into_boxed_slice(),
-                dispatching: AtomicBool::new(false),
-            });
-            self.tracker.spawn(self.clone().dispatch(group, false));
+            let group = ScheduleGroup::new("run_on_start", chrono_tz::UTC, jobs);
+            self.tracker
+                .spawn(self.clone().dispatch(Arc::new(group), false));
         }
     }
 
@@ -284,6 +362,34 @@ impl Daemon {
     fn update_job_gauges(&self) {
         let failed = self.jobs.values().filter(|j| !j.preflight_ok()).count();
         self.metrics().set_jobs(self.jobs.len() - failed, failed);
+    }
+
+    /// Stops starting rotations: not ready, ticks and triggers refused, dispatches stop.
+    fn stop_starting(&self) {
+        self.ready.set(false);
+        self.cancel().cancel();
+    }
+
+    /// Waits for the runs in flight (PATCH and verify) up to `grace`. Returns whether all
+    /// of them finished in time.
+    async fn drain(&self, grace: Duration) -> bool {
+        self.tracker.close();
+        tracing::info!(
+            grace_s = grace.as_secs(),
+            "Shutting down: waiting for in-flight rotations."
+        );
+        let finished = tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok();
+        if finished {
+            tracing::info!("All rotations finished; exiting.");
+        } else {
+            tracing::warn!(
+                still_running = self.tracker.len(),
+                "Grace period over; exiting with rotations still in flight."
+            );
+        }
+        finished
     }
 }
 
@@ -459,25 +565,9 @@ impl Running {
     /// the admin listener. Returns whether everything finished in time.
     pub async fn shutdown(mut self) -> bool {
         let d = &self.daemon;
-        d.ready.set(false);
-        d.cancel().cancel();
+        d.stop_starting();
         let _ = self.scheduler.shutdown().await;
-        d.tracker.close();
-        tracing::info!(
-            grace_s = self.grace.as_secs(),
-            "Shutting down: waiting for in-flight rotations."
-        );
-        let finished = tokio::time::timeout(self.grace, d.tracker.wait())
-            .await
-            .is_ok();
-        if finished {
-            tracing::info!("All rotations finished; exiting.");
-        } else {
-            tracing::warn!(
-                still_running = d.tracker.len(),
-                "Grace period over; exiting with rotations still in flight."
-            );
-        }
+        let finished = d.drain(self.grace).await;
         // A last try for a write that failed, then the lock goes.
         // A failure is logged and counted by the StateWriteFailed event close_state emits.
         let _ = d.runner.close_state();
@@ -510,90 +600,4 @@ pub async fn shutdown_signal() {
 }
 
 #[cfg(test)]
-mod tests {
-    //! The scheduling core on paused tokio time: no network, no real clock.
-    use std::sync::Mutex;
-
-    use tokio::{sync::Semaphore, time::Instant};
-
-    use super::*;
-
-    /// Runs [`stagger`] over `delays` with `slots` rotation slots; each started job holds its
-    /// slot for `hold`. Returns (job, start offset) in start order.
-    async fn starts(delays: &[u64], slots: usize, hold: Duration) -> Vec<(usize, Duration)> {
-        let t0 = Instant::now();
-        let limit = Arc::new(Semaphore::new(slots));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let tracker = TaskTracker::new();
-        stagger(
-            delays.iter().map(|s| Duration::from_secs(*s)).collect(),
-            &CancellationToken::new(),
-            || {
-                let l = limit.clone();
-                async move { l.acquire_owned().await.ok() }
-            },
-            |i, permit| {
-                log.lock().unwrap().push((i, t0.elapsed()));
-                tracker.spawn(async move {
-                    tokio::time::sleep(hold).await;
-                    drop(permit);
-                });
-            },
-        )
-        .await;
-        tracker.close();
-        tracker.wait().await;
-        Arc::try_unwrap(log).unwrap().into_inner().unwrap()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn jobs_start_in_order_of_their_jitter_delay_and_not_before_it() {
-        let got = starts(&[30, 0, 5, 5, 1], 10, Duration::ZERO).await;
-        let secs: Vec<(usize, u64)> = got.iter().map(|(i, d)| (*i, d.as_secs())).collect();
-        assert_eq!(secs, [(1, 0), (4, 1), (2, 5), (3, 5), (0, 30)]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_job_waits_for_a_free_rotation_slot() {
-        // Two slots, each run holds its slot 10 s: jobs start in pairs, 10 s apart.
-        let got = starts(&[0, 0, 0, 0, 0], 2, Duration::from_secs(10)).await;
-        let secs: Vec<u64> = got.iter().map(|(_, d)| d.as_secs()).collect();
-        assert_eq!(secs, [0, 0, 10, 10, 20]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn cancelling_stops_starting_jobs_even_during_a_delay() {
-        let cancel = CancellationToken::new();
-        let c = cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(7)).await;
-            c.cancel();
-        });
-        let mut started = Vec::new();
-        stagger(
-            [0, 5, 60, 3600].map(Duration::from_secs).to_vec(),
-            &cancel,
-            || async { Some(()) },
-            |i, ()| started.push(i),
-        )
-        .await;
-        assert_eq!(started, [0, 1]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_closed_slot_source_ends_the_dispatch() {
-        let mut started = Vec::new();
-        let mut given = 0;
-        stagger(
-            vec![Duration::ZERO; 4],
-            &CancellationToken::new(),
-            || {
-                given += 1;
-                std::future::ready((given <= 2).then_some(()))
-            },
-            |i, ()| started.push(i),
-        )
-        .await;
-        assert_eq!(started, [0, 1]);
-    }
-}
+mod tests;
