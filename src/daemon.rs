@@ -54,6 +54,11 @@ struct ScheduleGroup {
 /// The daemon's shared core: its jobs, the runner and the tasks it started.
 pub struct Daemon {
     jobs: BTreeMap<String, Arc<JobRuntime>>,
+    /// The jobs in config order, and by the secret they read (every job; and the jobs of
+    /// Secrets Manager sources, for the `[events]` consumer).
+    by_index: Vec<Arc<JobRuntime>>,
+    by_secret: crate::triggers::SecretIndex,
+    by_aws_secret: crate::triggers::SecretIndex,
     runner: Arc<Runner>,
     tracker: TaskTracker,
     ready: Readiness,
@@ -74,6 +79,7 @@ impl Daemon {
         let now = chrono::Utc::now().timestamp();
         app.metrics.register_jobs(&cfg.jobs);
         let mut jobs = BTreeMap::new();
+        let mut by_index = Vec::with_capacity(cfg.jobs.len());
         for j in &cfg.jobs {
             // Carry the last success across restarts, so staleness alerts stay truthful: the
             // oldest of the job's connections counts.
@@ -90,11 +96,19 @@ impl Daemon {
             {
                 app.metrics.set_last_success(&j.name, oldest);
             }
-            jobs.insert(j.name.clone(), Arc::new(JobRuntime::gated(j.clone())));
+            let job = Arc::new(JobRuntime::gated(j.clone()));
+            by_index.push(job.clone());
+            jobs.insert(j.name.clone(), job);
         }
         let retry = RetryPolicy::new(cfg.daemon.max_attempts_per_run);
+        let is_aws = |j: &crate::config::JobConfig| {
+            cfg.sources.get(&j.source).map(|s| s.kind()) == Some("aws_secrets_manager")
+        };
         Daemon {
             jobs,
+            by_secret: crate::triggers::SecretIndex::new(&cfg.jobs, |_| true),
+            by_aws_secret: crate::triggers::SecretIndex::new(&cfg.jobs, is_aws),
+            by_index,
             runner: Arc::new(Runner::new(
                 &app,
                 cfg.daemon.max_concurrent_rotations,
@@ -127,21 +141,68 @@ impl Daemon {
         if self.cancel().is_cancelled() {
             return Triggered::ShuttingDown;
         }
-        self.spawn_run(job, force, None);
+        self.spawn_run(job, force, None, None);
         Triggered::Started
     }
 
-    /// Runs `job` on a task of its own, through the runner.
+    /// The names of the jobs whose secret is `id` (a name, ARN or partial ARN).
+    pub fn jobs_using_secret(&self, id: &str) -> Vec<String> {
+        (self.by_secret.jobs_for(id).into_iter())
+            .map(|i| self.by_index[i].cfg().name.clone())
+            .collect()
+    }
+
+    /// Starts a run of every job whose secret is `id` now, their secrets read in one batch.
+    /// Returns at once.
+    pub fn trigger_secret(self: &Arc<Self>, id: &str, force: bool) -> SecretTriggered {
+        let jobs = self.by_secret.jobs_for(id);
+        if jobs.is_empty() {
+            return SecretTriggered::NoJob;
+        }
+        if self.cancel().is_cancelled() {
+            return SecretTriggered::ShuttingDown;
+        }
+        let names = jobs
+            .iter()
+            .map(|&i| self.by_index[i].cfg().name.clone())
+            .collect();
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            this.run_now_forced(&jobs, force).await;
+        });
+        SecretTriggered::Started(names)
+    }
+
+    /// Runs the jobs `jobs` (indexes) now, their secrets read ahead in one batch; whether each
+    /// ended well.
+    async fn run_now_forced(self: &Arc<Self>, jobs: &[usize], force: bool) -> Vec<bool> {
+        let cfgs: Vec<&crate::config::JobConfig> =
+            jobs.iter().map(|&i| self.by_index[i].cfg()).collect();
+        let prefetched = crate::triggers::prefetch(self.runner.rotator(), &cfgs).await;
+        let runs = jobs.iter().zip(prefetched).map(|(&i, secret)| async move {
+            let job = &self.by_index[i];
+            let was_failing = !job.preflight_ok();
+            let ran = self.runner.run_job_with(job, force, None, secret).await;
+            if was_failing {
+                self.update_job_gauges();
+            }
+            ran.is_ok_and(|reports| reports.iter().all(|r| r.outcome.is_success()))
+        });
+        futures_util::future::join_all(runs).await
+    }
+
+    /// Runs `job` on a task of its own, through the runner (`secret`: read ahead for it).
     fn spawn_run(
         self: &Arc<Self>,
         job: Arc<JobRuntime>,
         force: bool,
         permit: Option<OwnedSemaphorePermit>,
+        secret: Option<crate::triggers::Prefetched>,
     ) {
         let this = self.clone();
         self.tracker.spawn(async move {
             let was_failing = !job.preflight_ok();
-            let _ = this.runner.run_job(&job, force, permit).await;
+            let _ = this.runner.run_job_with(&job, force, permit, secret).await;
             if was_failing {
                 this.update_job_gauges();
             }
@@ -170,11 +231,28 @@ impl Daemon {
                 })
                 .collect()
         };
+        // The secrets of the group's ready jobs in one batch per source: each value serves
+        // that job's run of this tick only (it may wait up to its jitter).
+        let ready: Vec<usize> = (0..group.jobs.len())
+            .filter(|&i| group.jobs[i].preflight_ok())
+            .collect();
+        let cfgs: Vec<&crate::config::JobConfig> =
+            ready.iter().map(|&i| group.jobs[i].cfg()).collect();
+        let mut secrets: Vec<Option<crate::triggers::Prefetched>> = vec![None; group.jobs.len()];
+        for (i, p) in ready
+            .iter()
+            .zip(crate::triggers::prefetch(self.runner.rotator(), &cfgs).await)
+        {
+            secrets[*i] = p;
+        }
         stagger(
             delays,
             self.cancel(),
             || self.runner.slot(),
-            |i, permit| self.spawn_run(group.jobs[i].clone(), false, Some(permit)),
+            |i, permit| {
+                let secret = secrets[i].take();
+                self.spawn_run(group.jobs[i].clone(), false, Some(permit), secret);
+            },
         )
         .await;
         group.dispatching.store(false, Ordering::SeqCst);
@@ -281,9 +359,45 @@ impl Daemon {
         }
     }
 
+    /// Answers the admin listener's triggers by secret until it stops sending.
+    async fn serve_secret_triggers(
+        self: Arc<Self>,
+        mut requests: mpsc::Receiver<admin::SecretTriggerRequest>,
+    ) {
+        while let Some(r) = requests.recv().await {
+            let _ = r.reply.send(match self.trigger_secret(&r.secret, r.force) {
+                SecretTriggered::Started(jobs) => Ok(jobs),
+                SecretTriggered::NoJob => Err(true),
+                SecretTriggered::ShuttingDown => Err(false),
+            });
+        }
+    }
+
     fn update_job_gauges(&self) {
         let failed = self.jobs.values().filter(|j| !j.preflight_ok()).count();
         self.metrics().set_jobs(self.jobs.len() - failed, failed);
+    }
+}
+
+/// What a trigger by secret did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretTriggered {
+    /// Runs of these jobs were started.
+    Started(Vec<String>),
+    /// No job uses the secret.
+    NoJob,
+    /// The daemon is shutting down.
+    ShuttingDown,
+}
+
+#[async_trait::async_trait]
+impl crate::triggers::sqs::EventTarget for Arc<Daemon> {
+    fn jobs_for_event(&self, secret_id: &str) -> Vec<usize> {
+        self.by_aws_secret.jobs_for(secret_id)
+    }
+
+    async fn run_now(&self, jobs: &[usize]) -> Vec<bool> {
+        self.run_now_forced(jobs, false).await
     }
 }
 
@@ -418,10 +532,13 @@ pub async fn spawn(
     let addr = listener.local_addr().map_err(listen_error)?;
     let (trigger, requests) = mpsc::channel(64);
     tokio::spawn(daemon.clone().serve_triggers(requests));
+    let (secret_trigger, secret_requests) = mpsc::channel(64);
+    tokio::spawn(daemon.clone().serve_secret_triggers(secret_requests));
     let handle = admin::Handle {
         metrics: daemon.metrics().clone(),
         ready: daemon.ready.clone(),
         trigger,
+        secret_trigger,
     };
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
@@ -435,6 +552,15 @@ pub async fn spawn(
         .preflight_all(cfg.daemon.max_concurrent_rotations.max(8))
         .await;
     let (scheduler, cron_entries) = daemon.schedule().await?;
+    if let Some(crate::config::events::EventsConfig::Sqs(sqs)) = &cfg.events {
+        let consumer = crate::triggers::sqs::SqsConsumer::build(sqs).await;
+        let target: Arc<dyn crate::triggers::sqs::EventTarget> = Arc::new(daemon.clone());
+        daemon.tracker.spawn(consumer.run(
+            target,
+            daemon.runner.rotator().events().clone(),
+            daemon.cancel().clone(),
+        ));
+    }
     daemon.start_on_start();
     daemon.ready.set(true);
     tracing::info!(jobs = daemon.jobs.len(), "Daemon ready.");
