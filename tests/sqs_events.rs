@@ -21,6 +21,7 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 const CANARY: &str = "CANARY-sqs-secret-8812";
+const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
 fn sqs_client(moto: &Moto) -> aws_sdk_sqs::Client {
     let conf = aws_sdk_sqs::Config::builder()
@@ -156,12 +157,13 @@ async fn world(secret: &str, max_receives: u32) -> World {
     let text = format!(
         "{}\n[sources.aws]\ntype = \"aws_secrets_manager\"\nendpoint_url = \"{ep}\"\n\
          [events]\ntype = \"sqs\"\nqueue_url = \"{queue}\"\nendpoint_url = \"{ep}\"\nregion = \"us-east-1\"\nwait_time = \"1s\"\n\
-         [daemon]\nstate_dir = \"state\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [daemon]\nstate_dir = \"state\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nadmin_token_file = \"token\"\n\n\
          [[jobs]]\nname = \"sales-s3\"\nconnection = {{ id = \"{S3_ID}\" }}\nconnector = \"File_AmazonS3ConnectorV2\"\nsource = \"aws\"\nsecret = \"qlik/sales-s3\"\n",
         qlik_section(&sim),
         ep = moto.endpoint,
     );
     let config = write_config(dir.path(), &text);
+    std::fs::write(dir.path().join("token"), ADMIN_TOKEN).unwrap();
     let mut env = aws_env(&moto);
     env.push(("QLIK_API_KEY".into(), API_KEY.into()));
     World {
@@ -493,4 +495,128 @@ async fn hostile_messages_are_deleted_with_a_counted_reason_and_never_crash() {
         !out.stderr.contains('\u{1b}'),
         "an escape sequence reached the log"
     );
+}
+
+// --- Triggers by secret: POST /secrets/{id}/rotate and rotate --secret ------------------------
+
+async fn post(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = reqwest::Client::new().post(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_admin_route_rotates_every_job_of_a_secret() {
+    let w = world(
+        &format!(r#"{{"accessKey":"AKIA9","secretKey":"{CANARY}"}}"#),
+        3,
+    )
+    .await;
+    let d = start(&w.config, &w.env).await;
+    let path = "/secrets/qlik%2Fsales-s3/rotate";
+    assert_eq!(post(d.addr, path, None).await.0, 401);
+    assert_eq!(post(d.addr, path, Some("wrong")).await.0, 401);
+    let (status, body) = post(
+        d.addr,
+        "/secrets/nobody%2Fuses-this/rotate",
+        Some(ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("no job uses the secret \\\"nobody/uses-this\\\""),
+        "{body}"
+    );
+    let (status, body) = post(d.addr, "/secrets/a%1Bb/rotate", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        with_method(&w.sim, "PATCH").is_empty(),
+        "refusals send nothing"
+    );
+
+    let (status, body) = post(d.addr, path, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 202, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["jobs"], json!(["sales-s3"]));
+    wait_metric(
+        d.addr,
+        "qlik_rotator_rotations_total",
+        &[("rotation_job", "sales-s3"), ("outcome", "rotated")],
+        1.0,
+    )
+    .await;
+    assert_eq!(stored_prop(&w.sim, S3_ID, "accessKey"), json!("AKIA9"));
+    // By ARN without its suffix (a partial ARN): the same job; unchanged now.
+    let partial =
+        "/secrets/arn:aws:secretsmanager:us-east-1:123456789012:secret:qlik%2Fsales-s3/rotate";
+    let (status, body) = post(d.addr, partial, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 202, "{body}");
+    wait_metric(
+        d.addr,
+        "qlik_rotator_rotations_total",
+        &[("rotation_job", "sales-s3"), ("outcome", "unchanged")],
+        1.0,
+    )
+    .await;
+    assert_eq!(with_method(&w.sim, "PATCH").len(), 1);
+    let out = stop(d).await;
+    assert_no_canary("daemon stderr", &out.stderr);
+}
+
+#[tokio::test]
+async fn rotate_secret_runs_the_jobs_of_that_secret_or_exits_64() {
+    let w = world(
+        &format!(r#"{{"accessKey":"AKIA7","secretKey":"{CANARY}"}}"#),
+        3,
+    )
+    .await;
+    let config = w.config.to_str().unwrap();
+    let out = common::harness::run_cli(
+        &["rotate", "-c", config, "--secret", "nobody/uses-this"],
+        &w.env,
+    )
+    .await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("no job uses the secret \"nobody/uses-this\""),
+        "{}",
+        out.stderr
+    );
+    let out =
+        common::harness::run_cli(&["rotate", "-c", config, "--secret", "x\u{1b}[2J"], &w.env).await;
+    assert_eq!(out.code, 64);
+    assert!(!out.stderr.contains('\u{1b}'), "{}", out.stderr);
+    let out = common::harness::run_cli(
+        &["rotate", "-c", config, "--secret", "qlik/sales-s3", "--all"],
+        &w.env,
+    )
+    .await;
+    assert_eq!(
+        out.code, 64,
+        "--secret with --all is a usage error: {}",
+        out.stderr
+    );
+    assert!(
+        with_method(&w.sim, "PATCH").is_empty(),
+        "refusals send nothing"
+    );
+
+    let out = common::harness::run_cli(
+        &["rotate", "-c", config, "--secret", "qlik/sales-s3"],
+        &w.env,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("sales-s3: rotated and verified"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(stored_prop(&w.sim, S3_ID, "accessKey"), json!("AKIA7"));
+    assert_no_canary("stdout", &out.stdout);
+    assert_no_canary("stderr", &out.stderr);
 }

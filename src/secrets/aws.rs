@@ -192,7 +192,16 @@ impl AwsSecretsManager {
         let request = self
             .client
             .batch_get_secret_value()
-            .set_secret_id_list(Some(ids.iter().map(|r| r.id.clone()).collect()));
+            .set_secret_id_list(Some({
+                // Each id once (a repeated id is answered once; its other slots are read alone).
+                let mut list: Vec<String> = Vec::with_capacity(ids.len());
+                for r in ids {
+                    if !list.contains(&r.id) {
+                        list.push(r.id.clone());
+                    }
+                }
+                list
+            }));
         let output = match request.send().await {
             Ok(o) => o,
             Err(e) => {
