@@ -620,3 +620,61 @@ async fn rotate_secret_runs_the_jobs_of_that_secret_or_exits_64() {
     assert_no_canary("stdout", &out.stdout);
     assert_no_canary("stderr", &out.stderr);
 }
+
+#[tokio::test]
+async fn a_bad_events_table_exits_64_naming_the_key_and_sends_nothing() {
+    let w = world(
+        &format!(r#"{{"accessKey":"AKIA5","secretKey":"{CANARY}"}}"#),
+        3,
+    )
+    .await;
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let cases = [
+        (
+            "queue_url",
+            format!("queue_url = \"https://u:{CANARY}@sqs.example/123456789012/q\""),
+            "events.queue_url: must not contain a user name",
+        ),
+        (
+            "wait_time",
+            "wait_time = \"60s\"".to_owned(),
+            "events.wait_time: expected a duration from 1s to 20s",
+        ),
+        (
+            "type",
+            "type = \"kafka\"".to_owned(),
+            "events.type: unknown events type",
+        ),
+    ];
+    println!("{} cases", cases.len());
+    for (key, line, want) in &cases {
+        let prefix = match *key {
+            "type" => "type = \"sqs\"".to_owned(),
+            other => format!("{other} = "),
+        };
+        let bad: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with(&prefix) {
+                    line.clone()
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        // Only the [events] table has these lines in this config.
+        assert_ne!(bad, text, "{key}");
+        std::fs::write(&w.config, &bad).unwrap();
+        let out =
+            common::harness::run_cli(&["run", "-c", w.config.to_str().unwrap()], &w.env).await;
+        assert_eq!(out.code, 64, "{key}: {}", out.stderr);
+        assert!(out.stderr.contains(want), "{key}: {}", out.stderr);
+        assert_no_canary("stderr", &out.stderr);
+        assert_no_canary("stdout", &out.stdout);
+    }
+    assert!(
+        with_method(&w.sim, "PATCH").is_empty(),
+        "nothing is PATCHed"
+    );
+}
