@@ -220,6 +220,39 @@ mod tests {
     }
 
     #[test]
+    fn the_index_finds_the_jobs_of_a_secret_and_filters_by_source() {
+        let job = |i: usize, source: &str, secret: &str| {
+            format!(
+                "[[jobs]]\nname = \"j{i}\"\nconnection = {{ id = \"00000000-0000-4000-8000-00000000000{i}\" }}\n\
+                 connector = \"mssql\"\nsource = \"{source}\"\nsecret = \"{secret}\"\n"
+            )
+        };
+        let text = format!(
+            "[qlik]\ntenant_url = \"https://t.example\"\napi_key_env = \"K\"\n\
+             [sources.aws]\ntype = \"aws_secrets_manager\"\n[sources.f]\ntype = \"file\"\npath = \"v\"\n{}{}{}{}",
+            job(0, "aws", "app/db"),
+            job(1, "aws", ARN),
+            job(2, "f", "app/db"),
+            job(3, "aws", "other"),
+        );
+        let input = HashMap::from([("K".to_owned(), "k".to_owned())]);
+        let cfg = crate::config::load_str(&text, std::path::Path::new("/"), &input).unwrap();
+        let all = SecretIndex::new(&cfg.jobs, |_| true);
+        assert_eq!(all.jobs_for("app/db"), [0, 1, 2]);
+        assert_eq!(all.jobs_for(ARN), [0, 1, 2]);
+        assert_eq!(all.jobs_for("other"), [3]);
+        assert!(all.jobs_for("app").is_empty());
+        assert!(all.jobs_for("").is_empty());
+        let aws = SecretIndex::new(&cfg.jobs, |j| j.source == "aws");
+        assert_eq!(aws.jobs_for(ARN), [0, 1]);
+        assert_eq!(
+            aws.jobs_for("arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-XyZ789"),
+            [0],
+            "another secret of the same name (recreated): only the job naming it by name"
+        );
+    }
+
+    #[test]
     fn secret_ids_from_outside_are_bounded() {
         assert!(valid_secret_id(ARN));
         assert!(!valid_secret_id(""));
