@@ -8,7 +8,8 @@
 //!                       extrapolated linearly (default 100; K = N runs it in full, ~5 min)
 //! --rss-jobs N          jobs of the idle-RSS daemon (default 10000)
 //! --metrics-jobs N      jobs of the /metrics size case (default 10000)
-//! --only SECTION        budget | latency | calls | rss | oneshot | metrics (repeatable or comma-separated)
+//! --only SECTION        budget | latency | calls | rss | oneshot | metrics | vault | propagation
+//!                       (repeatable or comma-separated)
 //! --oneshot-before-bin P  section 5's "before": this binary (e.g. a build of an older main)
 //!                       runs the sequential sample; default: this binary with one rotation slot
 //! ```
@@ -25,6 +26,13 @@
 //!    command on `--baseline-sample` connections (extrapolated).
 //! 6. `metrics`: size of one `/metrics` exposition with 10,000 jobs that have each run once
 //!    (the target), and after a second, `unchanged` run of each.
+//! 7. `vault`: Secrets Manager calls per cycle for N due jobs (moto over HTTP), read one by one
+//!    (before) and in `BatchGetSecretValue` batches (`triggers::prefetch`, after); counted at our
+//!    side (`AwsSecretsManager::api_calls`).
+//! 8. `propagation`: `PutSecretValue` (moto) → the verify GET after the PATCH (simulator), over
+//!    100 changes, with the real binary consuming `[events]` from a moto SQS queue. The bench
+//!    sends the EventBridge-shaped message itself right after the change: EventBridge's own
+//!    delivery delay is not in the number.
 //!
 //! Everything runs on loopback: an in-process Qlik simulator, a file vault in a temporary
 //! directory and, for sections 1-3, an in-process daemon (`daemon::start`); section 4 spawns
@@ -71,7 +79,16 @@ struct Args {
     oneshot_before_bin: Option<PathBuf>,
 }
 
-const SECTIONS: [&str; 6] = ["budget", "latency", "calls", "rss", "oneshot", "metrics"];
+const SECTIONS: [&str; 8] = [
+    "budget",
+    "latency",
+    "calls",
+    "rss",
+    "oneshot",
+    "metrics",
+    "vault",
+    "propagation",
+];
 
 impl Args {
     fn parse() -> Result<Args, String> {
@@ -120,7 +137,7 @@ impl Args {
                 "-h" | "--help" => {
                     return Err(
                         "usage: rotation [--connections N] [--baseline-sample K] [--rss-jobs N] \
-                         [--metrics-jobs N] [--only budget|latency|calls|rss|oneshot|metrics] \
+                         [--metrics-jobs N] [--only budget|latency|calls|rss|oneshot|metrics|vault|propagation] \
                          [--oneshot-before-bin PATH]"
                             .to_owned(),
                     );
@@ -1554,6 +1571,12 @@ fn main() {
         if args.wants("metrics") {
             section_metrics(&args, &mut report);
         }
+        if args.wants("vault") {
+            section_vault(&args, &mut report).await;
+        }
+        if args.wants("propagation") {
+            section_propagation(&mut report).await;
+        }
     });
     header("Summary");
     for (what, ok) in &report.targets {
@@ -1606,5 +1629,295 @@ fn record_runs(
             success: !failed,
         });
         m.set_preflight(&job.name, true);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sections 7 and 8: Secrets Manager batches and event propagation (moto)
+// ---------------------------------------------------------------------------------------------
+
+#[path = "../tests/common/moto.rs"]
+#[allow(dead_code)]
+mod moto;
+
+/// The config of `n` jobs reading `bench/conn-NNNNN` from moto; `extra` goes before the jobs.
+fn aws_config_text(sim: &Simulator, endpoint: &str, ids: &[String], extra: &str) -> String {
+    let mut s = format!(
+        "[qlik]\ntenant_url = \"{url}\"\napi_key_env = \"{API_KEY_ENV}\"\nwrite_budget_per_min = 0\n\n\
+         [sources.aws]\ntype = \"aws_secrets_manager\"\nendpoint_url = \"{endpoint}\"\nregion = \"us-east-1\"\n\n\
+         [daemon]\nstate_dir = \"state\"\nmax_concurrent_rotations = 64\n\n{extra}\n",
+        url = sim.base_url()
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let _ = write!(
+            s,
+            "\n[[jobs]]\nname = \"{job}\"\nconnection = {{ id = \"{id}\" }}\nconnector = \"mssql\"\n\
+             source = \"aws\"\nsecret = \"bench/{job}\"\n",
+            job = job_name(i)
+        );
+    }
+    s
+}
+
+fn secret_body(i: usize, generation: u32) -> String {
+    json!({"username": format!("svc_user_{i}"), "password": format!("pass-{i}-gen{generation}")})
+        .to_string()
+}
+
+/// One cycle over every job: with `batched`, the secrets are read first with
+/// `triggers::prefetch` (as a schedule tick, `rotate --all` and events do). Returns
+/// (Secrets Manager calls, rotated, unchanged, failed).
+async fn vault_cycle(
+    runner: &qlik_rotator::runner::Runner,
+    jobs: &[qlik_rotator::runner::JobRuntime],
+    src: &qlik_rotator::secrets::aws::AwsSecretsManager,
+    batched: bool,
+) -> (u64, usize, usize, usize) {
+    use futures_util::StreamExt;
+    let before = src.api_calls();
+    let cfgs: Vec<&config::JobConfig> = jobs.iter().map(|j| j.cfg()).collect();
+    let secrets = if batched {
+        qlik_rotator::triggers::prefetch(runner.rotator(), &cfgs).await
+    } else {
+        vec![None; jobs.len()]
+    };
+    let reports: Vec<_> = futures_util::stream::iter(jobs.iter().zip(secrets))
+        .map(|(job, secret)| runner.run_job_with(job, false, None, secret))
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut counts = (src.api_calls() - before, 0, 0, 0);
+    for r in reports.into_iter().flatten().flatten() {
+        match r.outcome.label() {
+            "rotated" => counts.1 += 1,
+            "unchanged" => counts.2 += 1,
+            _ => counts.3 += 1,
+        }
+    }
+    counts
+}
+
+async fn section_vault(args: &Args, report: &mut Report) {
+    let n = args.connections;
+    header(&format!(
+        "vault: Secrets Manager calls per cycle, {n} due jobs (moto over HTTP)"
+    ));
+    let result: Result<(), String> = async {
+        use futures_util::StreamExt;
+        use qlik_rotator::secrets::{AnySource, aws::AwsSecretsManager};
+        let moto = moto::Moto::start();
+        let client = moto.client().await;
+        let created: Vec<_> = futures_util::stream::iter(0..n)
+            .map(|i| {
+                let client = client.clone();
+                async move {
+                    client
+                        .create_secret()
+                        .name(format!("bench/{}", job_name(i)))
+                        .secret_string(secret_body(i, 1))
+                        .send()
+                        .await
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        if let Some(Err(e)) = created.into_iter().find(Result::is_err) {
+            return Err(format!("CreateSecret: {e}"));
+        }
+        let sim = Simulator::start(SimConfig::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ids = seed_connections(&sim, n);
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let text = aws_config_text(&sim, &moto.endpoint, &ids, "");
+        let cfg = config::load_str(&text, dir.path(), &input()).map_err(|e| format!("{:?}", e.0))?;
+        // The source on the bench's moto client (fixed credentials, no environment).
+        let aws = AwsSecretsManager::from_client(moto.client().await);
+        let src = std::sync::Arc::new(AnySource::AwsSecretsManager(aws.clone()));
+        let metrics = std::sync::Arc::new(qlik_rotator::metrics::Metrics::new());
+        let qlik = std::sync::Arc::new(app::qlik_client(&cfg, &input()).map_err(|e| e.to_string())?);
+        let rotator = qlik_rotator::rotation::Rotator::new(qlik, HashMap::from([("aws".to_owned(), src)]))
+            .with_metrics(metrics.clone());
+        let built = app::App {
+            rotator: std::sync::Arc::new(rotator),
+            state: StateStore::open(cfg.daemon.state_dir.clone()).map_err(|e| e.to_string())?,
+            metrics,
+        };
+        let runner = qlik_rotator::runner::Runner::new(&built, 64, qlik_rotator::runner::RetryPolicy::new(1));
+        let jobs: Vec<_> = cfg.jobs.iter().cloned().map(qlik_rotator::runner::JobRuntime::ungated).collect();
+        let show = |what: &str, (calls, rotated, unchanged, failed): (u64, usize, usize, usize)| {
+            println!("  {what:<46} {calls:>6} calls  (rotated {rotated}, unchanged {unchanged}, failed {failed})");
+        };
+        let first = vault_cycle(&runner, &jobs, &aws, true).await;
+        show("cycle 1, batched, every secret new", first);
+        let before = vault_cycle(&runner, &jobs, &aws, false).await;
+        show("cycle 2, one by one (before), none changed", before);
+        let after = vault_cycle(&runner, &jobs, &aws, true).await;
+        show("cycle 3, batched (after), none changed", after);
+        let changed = n.min(10);
+        for i in 0..changed {
+            client
+                .put_secret_value()
+                .secret_id(format!("bench/{}", job_name(i)))
+                .secret_string(secret_body(i, 2))
+                .send()
+                .await
+                .map_err(|e| format!("PutSecretValue: {e}"))?;
+        }
+        let some = vault_cycle(&runner, &jobs, &aws, true).await;
+        show(&format!("cycle 4, batched, {changed} changed"), some);
+        let budget = (n as u64).div_ceil(20);
+        report.target(
+            format!("Secrets Manager calls per cycle of {n} due jobs ≤ {budget} + changed: {} unchanged (before: {}), {} with {changed} changed", after.0, before.0, some.0),
+            after.0 <= budget && some.0 <= budget + changed as u64 && some.1 == changed && first.1 == n,
+        );
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        println!("  error: {e}");
+        report.target("vault section completed", false);
+    }
+}
+
+async fn section_propagation(report: &mut Report) {
+    const CHANGES: usize = 100;
+    header(&format!(
+        "propagation: PutSecretValue → verified PATCH, {CHANGES} changes, [events] over moto SQS (real binary)"
+    ));
+    let result: Result<(), String> = async {
+        let moto = moto::Moto::start();
+        let sm = moto.client().await;
+        sm.create_secret()
+            .name(format!("bench/{}", job_name(0)))
+            .secret_string(secret_body(0, 0))
+            .send()
+            .await
+            .map_err(|e| format!("CreateSecret: {e}"))?;
+        let sqs = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::Config::builder()
+                .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+                .endpoint_url(&moto.endpoint)
+                .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+                .credentials_provider(aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "moto"))
+                .build(),
+        );
+        let queue = sqs
+            .create_queue()
+            .queue_name("bench-events")
+            .send()
+            .await
+            .map_err(|e| format!("CreateQueue: {e}"))?
+            .queue_url
+            .ok_or("no queue url")?;
+        let sim = Simulator::start(SimConfig::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ids = seed_connections(&sim, 1);
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let port = moto::free_port();
+        let extra = format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[events]\ntype = \"sqs\"\nqueue_url = \"{queue}\"\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\n",
+            moto.endpoint
+        );
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, aws_config_text(&sim, &moto.endpoint, &ids, &extra))
+            .map_err(|e| e.to_string())?;
+        let stderr = dir.path().join("daemon.stderr");
+        let mut child = Command::new(binary())
+            .args(["run", "-c", path.to_str().ok_or("path")?])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs([
+                (API_KEY_ENV, API_KEY),
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let http = http();
+        let mut ready = false;
+        for _ in 0..600 {
+            if get(&http, addr, "/readyz").await.0 == 200 {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let conn_path = format!("/api/v1/data-connections/{}", ids[0]);
+        let mut latencies = Vec::with_capacity(CHANGES);
+        let mut error = (!ready).then(|| "the daemon did not become ready".to_owned());
+        for k in 0..CHANGES {
+            if error.is_some() {
+                break;
+            }
+            let t0 = Instant::now();
+            let out = sm
+                .put_secret_value()
+                .secret_id(format!("bench/{}", job_name(0)))
+                .secret_string(secret_body(0, k as u32 + 1))
+                .send()
+                .await
+                .map_err(|e| format!("PutSecretValue: {e}"))?;
+            let arn = out.arn.unwrap_or_default();
+            let event = json!({
+                "version": "0", "id": format!("bench-{k}"), "detail-type": "AWS API Call via CloudTrail",
+                "source": "aws.secretsmanager", "account": "123456789012", "region": "us-east-1",
+                "resources": [], "detail": {"eventSource": "secretsmanager.amazonaws.com",
+                "eventName": "PutSecretValue", "requestParameters": {"secretId": arn}}
+            });
+            sqs.send_message()
+                .queue_url(&queue)
+                .message_body(event.to_string())
+                .send()
+                .await
+                .map_err(|e| format!("SendMessage: {e}"))?;
+            let deadline = t0 + Duration::from_secs(30);
+            loop {
+                let reqs = sim.requests();
+                let patch = reqs.iter().find(|r| r.method == "PATCH" && r.path == conn_path && r.at > t0);
+                let verify = patch.and_then(|p| {
+                    reqs.iter().find(|r| r.method == "GET" && r.path == conn_path && r.at > p.at)
+                });
+                if let Some(v) = verify {
+                    latencies.push(v.at - t0);
+                    break;
+                }
+                if Instant::now() > deadline {
+                    error = Some(format!("change {k} not propagated within 30 s"));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sim.clear_requests();
+        }
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        if let Some(e) = error {
+            return Err(format!("{e}; daemon log: {}", std::fs::read_to_string(&stderr).unwrap_or_default().lines().rev().take(5).collect::<Vec<_>>().join(" | ")));
+        }
+        latencies.sort_unstable();
+        let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
+        let (p50, p95) = (pct(0.50), pct(0.95));
+        let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+        println!(
+            "  {} changes: p50 {}, p95 {}, max {} (to the verify GET; wait_time 20 s long poll)",
+            latencies.len(),
+            ms(p50),
+            ms(p95),
+            ms(*latencies.last().unwrap_or(&Duration::ZERO))
+        );
+        report.target(format!("propagation p50 ≤ 2 s with events: p50 {}, p95 {}", ms(p50), ms(p95)), p50 <= Duration::from_secs(2));
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        println!("  error: {e}");
+        report.target("propagation section completed", false);
     }
 }

@@ -40,6 +40,7 @@ use crate::{
     config::{Config, ConfigInput, ConnectionRef, JobConfig},
     metrics::Metrics,
     runner::{JobRuntime, RetryPolicy, Runner},
+    triggers::Prefetched,
 };
 
 /// The jobs of one cron entry.
@@ -79,13 +80,26 @@ pub trait RunJobs: Send + Sync + 'static {
     fn slot(&self) -> impl Future<Output = Option<Self::Permit>> + Send;
 
     /// Runs `job` once, retries included; `permit` when the caller already holds a slot.
-    /// `force` rotates even when the applied version is current.
+    /// `force` rotates even when the applied version is current; `secret` is its secret read
+    /// ahead in a batch (for this run only). Returns whether every connection ended well
+    /// (rotated or unchanged); `false` when the run was skipped.
     fn run(
         &self,
         job: &JobRuntime,
         force: bool,
         permit: Option<Self::Permit>,
-    ) -> impl Future<Output = ()> + Send;
+        secret: Option<Prefetched>,
+    ) -> impl Future<Output = bool> + Send;
+
+    /// Reads the secrets of `jobs` ahead, in one batch per source (one entry per job; `None`
+    /// where nothing was read ahead). The default reads nothing ahead.
+    fn prefetch(
+        &self,
+        jobs: &[&JobConfig],
+    ) -> impl Future<Output = Vec<Option<Prefetched>>> + Send {
+        let n = jobs.len();
+        async move { (0..n).map(|_| None).collect() }
+    }
 
     /// Cancelled when the daemon stops starting rotations.
     fn cancel_token(&self) -> &CancellationToken;
@@ -101,9 +115,21 @@ impl RunJobs for Runner {
         Runner::slot(self)
     }
 
-    async fn run(&self, job: &JobRuntime, force: bool, permit: Option<OwnedSemaphorePermit>) {
+    async fn run(
+        &self,
+        job: &JobRuntime,
+        force: bool,
+        permit: Option<OwnedSemaphorePermit>,
+        secret: Option<Prefetched>,
+    ) -> bool {
         // A skipped run (already running, shutting down) is logged by the runner.
-        let _ = self.run_job(job, force, permit).await;
+        self.run_job_with(job, force, permit, secret)
+            .await
+            .is_ok_and(|reports| reports.iter().all(|r| r.outcome.is_success()))
+    }
+
+    async fn prefetch(&self, jobs: &[&JobConfig]) -> Vec<Option<Prefetched>> {
+        crate::triggers::prefetch(self.rotator(), jobs).await
     }
 
     fn cancel_token(&self) -> &CancellationToken {
@@ -118,6 +144,11 @@ impl RunJobs for Runner {
 /// The daemon's shared core: its jobs, the runner and the tasks it started.
 pub struct Daemon<R: RunJobs = Runner> {
     jobs: BTreeMap<String, Arc<JobRuntime>>,
+    /// The jobs in config order, and by the secret they read (every job; and the jobs of
+    /// Secrets Manager sources, for the `[events]` consumer).
+    by_index: Vec<Arc<JobRuntime>>,
+    by_secret: crate::triggers::SecretIndex,
+    by_aws_secret: crate::triggers::SecretIndex,
     runner: Arc<R>,
     tracker: TaskTracker,
     ready: Readiness,
@@ -165,7 +196,10 @@ impl Daemon<Runner> {
         let retry = RetryPolicy::new(cfg.daemon.max_attempts_per_run);
         let runner = Runner::new(&app, cfg.daemon.max_concurrent_rotations, retry);
         let jobs = cfg.jobs.iter().map(|j| JobRuntime::gated(j.clone()));
-        Daemon::with_runner(jobs, Arc::new(runner))
+        let is_aws = |j: &JobConfig| {
+            cfg.sources.get(&j.source).map(|s| s.kind()) == Some("aws_secrets_manager")
+        };
+        Daemon::with_runner(jobs, Arc::new(runner), is_aws)
     }
 
     /// Pre-flights every connection of every job (concurrently, at most `width` at once);
@@ -204,11 +238,22 @@ impl Daemon<Runner> {
 }
 
 impl<R: RunJobs> Daemon<R> {
-    fn with_runner(jobs: impl IntoIterator<Item = JobRuntime>, runner: Arc<R>) -> Self {
+    /// The daemon over `jobs` (in config order) and `runner`; `is_aws` tells the jobs the
+    /// `[events]` consumer may run (those of Secrets Manager sources).
+    fn with_runner(
+        jobs: impl IntoIterator<Item = JobRuntime>,
+        runner: Arc<R>,
+        is_aws: impl FnMut(&JobConfig) -> bool,
+    ) -> Self {
+        let by_index: Vec<Arc<JobRuntime>> = jobs.into_iter().map(Arc::new).collect();
+        let cfgs = || by_index.iter().map(|j| j.cfg());
         Daemon {
-            jobs: (jobs.into_iter())
-                .map(|j| (j.cfg().name.clone(), Arc::new(j)))
+            jobs: (by_index.iter())
+                .map(|j| (j.cfg().name.clone(), j.clone()))
                 .collect(),
+            by_secret: crate::triggers::SecretIndex::new(cfgs(), |_| true),
+            by_aws_secret: crate::triggers::SecretIndex::new(cfgs(), is_aws),
+            by_index,
             runner,
             tracker: TaskTracker::new(),
             ready: Readiness::default(),
@@ -237,16 +282,66 @@ impl<R: RunJobs> Daemon<R> {
         if self.cancel().is_cancelled() {
             return Triggered::ShuttingDown;
         }
-        self.spawn_run(job, force, None);
+        self.spawn_run(job, force, None, None);
         Triggered::Started
     }
 
-    /// Runs `job` on a task of its own, through the runner.
-    fn spawn_run(self: &Arc<Self>, job: Arc<JobRuntime>, force: bool, permit: Option<R::Permit>) {
+    /// The names of the jobs whose secret is `id` (a name, ARN or partial ARN).
+    pub fn jobs_using_secret(&self, id: &str) -> Vec<String> {
+        (self.by_secret.jobs_for(id).into_iter())
+            .map(|i| self.by_index[i].cfg().name.clone())
+            .collect()
+    }
+
+    /// Starts a run of every job whose secret is `id` now, their secrets read in one batch.
+    /// Returns at once.
+    pub fn trigger_secret(self: &Arc<Self>, id: &str, force: bool) -> SecretTriggered {
+        let jobs = self.by_secret.jobs_for(id);
+        if jobs.is_empty() {
+            return SecretTriggered::NoJob;
+        }
+        if self.cancel().is_cancelled() {
+            return SecretTriggered::ShuttingDown;
+        }
+        let names = (jobs.iter())
+            .map(|&i| self.by_index[i].cfg().name.clone())
+            .collect();
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            this.run_now_forced(&jobs, force).await;
+        });
+        SecretTriggered::Started(names)
+    }
+
+    /// Runs the jobs `jobs` (indexes) now, their secrets read ahead in one batch; whether each
+    /// ended well.
+    async fn run_now_forced(self: &Arc<Self>, jobs: &[usize], force: bool) -> Vec<bool> {
+        let cfgs: Vec<&JobConfig> = jobs.iter().map(|&i| self.by_index[i].cfg()).collect();
+        let prefetched = self.runner.prefetch(&cfgs).await;
+        let runs = jobs.iter().zip(prefetched).map(|(&i, secret)| async move {
+            let job = &self.by_index[i];
+            let was_failing = !job.preflight_ok();
+            let ok = self.runner.run(job, force, None, secret).await;
+            if was_failing {
+                self.update_job_gauges();
+            }
+            ok
+        });
+        futures_util::future::join_all(runs).await
+    }
+
+    /// Runs `job` on a task of its own, through the runner (`secret`: read ahead for it).
+    fn spawn_run(
+        self: &Arc<Self>,
+        job: Arc<JobRuntime>,
+        force: bool,
+        permit: Option<R::Permit>,
+        secret: Option<Prefetched>,
+    ) {
         let this = self.clone();
         self.tracker.spawn(async move {
             let was_failing = !job.preflight_ok();
-            this.runner.run(&job, force, permit).await;
+            this.runner.run(&job, force, permit, secret).await;
             if was_failing {
                 this.update_job_gauges();
             }
@@ -285,11 +380,24 @@ impl<R: RunJobs> Daemon<R> {
                 })
                 .collect()
         };
+        // The secrets of the group's ready jobs in one batch per source: each value serves
+        // that job's run of this tick only (it may wait up to its jitter).
+        let ready: Vec<usize> = (0..group.jobs.len())
+            .filter(|&i| group.jobs[i].preflight_ok())
+            .collect();
+        let cfgs: Vec<&JobConfig> = ready.iter().map(|&i| group.jobs[i].cfg()).collect();
+        let mut secrets: Vec<Option<Prefetched>> = (0..group.jobs.len()).map(|_| None).collect();
+        for (i, p) in ready.iter().zip(self.runner.prefetch(&cfgs).await) {
+            secrets[*i] = p;
+        }
         stagger(
             delays,
             self.cancel(),
             || self.runner.slot(),
-            |i, permit| self.spawn_run(group.jobs[i].clone(), false, Some(permit)),
+            |i, permit| {
+                let secret = secrets[i].take();
+                self.spawn_run(group.jobs[i].clone(), false, Some(permit), secret);
+            },
         )
         .await;
         group.dispatching.store(false, Ordering::SeqCst);
@@ -359,6 +467,20 @@ impl<R: RunJobs> Daemon<R> {
         }
     }
 
+    /// Answers the admin listener's triggers by secret until it stops sending.
+    async fn serve_secret_triggers(
+        self: Arc<Self>,
+        mut requests: mpsc::Receiver<admin::SecretTriggerRequest>,
+    ) {
+        while let Some(r) = requests.recv().await {
+            let _ = r.reply.send(match self.trigger_secret(&r.secret, r.force) {
+                SecretTriggered::Started(jobs) => Ok(jobs),
+                SecretTriggered::NoJob => Err(true),
+                SecretTriggered::ShuttingDown => Err(false),
+            });
+        }
+    }
+
     fn update_job_gauges(&self) {
         let failed = self.jobs.values().filter(|j| !j.preflight_ok()).count();
         self.metrics().set_jobs(self.jobs.len() - failed, failed);
@@ -390,6 +512,28 @@ impl<R: RunJobs> Daemon<R> {
             );
         }
         finished
+    }
+}
+
+/// What a trigger by secret did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretTriggered {
+    /// Runs of these jobs were started.
+    Started(Vec<String>),
+    /// No job uses the secret.
+    NoJob,
+    /// The daemon is shutting down.
+    ShuttingDown,
+}
+
+#[async_trait::async_trait]
+impl crate::triggers::sqs::EventTarget for Arc<Daemon> {
+    fn jobs_for_event(&self, secret_id: &str) -> Vec<usize> {
+        self.by_aws_secret.jobs_for(secret_id)
+    }
+
+    async fn run_now(&self, jobs: &[usize]) -> Vec<bool> {
+        self.run_now_forced(jobs, false).await
     }
 }
 
@@ -524,10 +668,13 @@ pub async fn spawn(
     let addr = listener.local_addr().map_err(listen_error)?;
     let (trigger, requests) = mpsc::channel(64);
     tokio::spawn(daemon.clone().serve_triggers(requests));
+    let (secret_trigger, secret_requests) = mpsc::channel(64);
+    tokio::spawn(daemon.clone().serve_secret_triggers(secret_requests));
     let handle = admin::Handle {
         metrics: daemon.metrics().clone(),
         ready: daemon.ready.clone(),
         trigger,
+        secret_trigger,
     };
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
@@ -541,6 +688,15 @@ pub async fn spawn(
         .preflight_all(cfg.daemon.max_concurrent_rotations.max(8))
         .await;
     let (scheduler, cron_entries) = daemon.schedule().await?;
+    if let Some(crate::config::events::EventsConfig::Sqs(sqs)) = &cfg.events {
+        let consumer = crate::triggers::sqs::SqsConsumer::build(sqs).await;
+        let target: Arc<dyn crate::triggers::sqs::EventTarget> = Arc::new(daemon.clone());
+        daemon.tracker.spawn(consumer.run(
+            target,
+            daemon.runner.rotator().events().clone(),
+            daemon.cancel().clone(),
+        ));
+    }
     daemon.start_on_start();
     daemon.ready.set(true);
     tracing::info!(jobs = daemon.jobs.len(), "Daemon ready.");

@@ -178,6 +178,31 @@ pub const DECLARED: [Def; 21] = [
     JOB_FAMILIES[4].def,
 ];
 
+/// The series of the `[events]` consumer, registered only when it runs
+/// ([`Metrics::register_events`]).
+pub const EVENT_DECLARED: [Def; 4] = [
+    def(
+        "event_messages_total",
+        "Messages of the [events] queue by result: received, then one of deleted (its jobs ran), unmatched (no job uses the secret; deleted), rejected (not a usable event; deleted) or failed (a job failed; left for redelivery and, after the queue's redrive count, the DLQ).",
+        &["result"],
+    ),
+    def(
+        "event_messages_rejected_total",
+        "Messages of the [events] queue deleted unused, by reason.",
+        &["reason"],
+    ),
+    def(
+        "event_receive_errors_total",
+        "Failed ReceiveMessage or DeleteMessage calls on the [events] queue.",
+        &[],
+    ),
+    def(
+        "event_dlq_messages",
+        "Messages in the dead-letter queue of the [events] queue (ApproximateNumberOfMessages; -1 until read or when the queue has no redrive policy).",
+        &[],
+    ),
+];
+
 /// The daemon's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -199,7 +224,22 @@ pub struct Metrics {
     state_writable: IntGauge,
     spec_warnings: IntCounterVec,
     verify_warnings: IntCounterVec,
+    /// The `[events]` consumer's series: registered by [`Metrics::register_events`] only when
+    /// the daemon consumes events.
+    events: Arc<std::sync::OnceLock<EventMetrics>>,
 }
+
+/// The series of the `[events]` consumer ([`crate::triggers::sqs`]).
+#[derive(Debug, Clone)]
+struct EventMetrics {
+    messages: IntCounterVec,
+    rejected: IntCounterVec,
+    receive_errors: IntCounter,
+    dlq_messages: IntGauge,
+}
+
+/// The `result` labels of `event_messages_total`, pre-created.
+pub const EVENT_RESULTS: [&str; 5] = ["received", "deleted", "unmatched", "rejected", "failed"];
 
 /// Registers `c` in `r` and returns it.
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -266,6 +306,7 @@ impl Metrics {
             spec_warnings: counter_vec(&r, &SPEC_WARNINGS),
             verify_warnings: counter_vec(&r, &VERIFY_WARNINGS),
             registry: r,
+            events: Arc::default(),
         };
         for stage in STAGES {
             m.retries.with_label_values(&[stage]).reset();
@@ -405,6 +446,55 @@ impl Metrics {
         self.qlik_request_duration
             .with_label_values(&[method, endpoint])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Registers the series of the `[events]` consumer (once; later calls do nothing):
+    /// `event_messages_total{result}` ([`EVENT_RESULTS`]), `event_messages_rejected_total{reason}`
+    /// (`reasons` pre-created), `event_receive_errors_total` and `event_dlq_messages`.
+    pub fn register_events(&self, reasons: &[&str]) {
+        let r = &self.registry;
+        self.events.get_or_init(|| {
+            let [messages, rejected, receive_errors, dlq_messages] = &EVENT_DECLARED;
+            let m = EventMetrics {
+                messages: counter_vec(r, messages),
+                rejected: counter_vec(r, rejected),
+                receive_errors: counter(r, receive_errors),
+                dlq_messages: gauge(r, dlq_messages),
+            };
+            for result in EVENT_RESULTS {
+                m.messages.with_label_values(&[result]).reset();
+            }
+            for reason in reasons {
+                m.rejected.with_label_values(&[reason]).reset();
+            }
+            m.dlq_messages.set(-1);
+            m
+        });
+    }
+
+    /// Counts a message of the `[events]` queue (`result` one of [`EVENT_RESULTS`]; `reason`
+    /// for `rejected`). Nothing without [`Metrics::register_events`].
+    pub fn event_message(&self, result: &str, reason: Option<&str>) {
+        if let Some(m) = self.events.get() {
+            m.messages.with_label_values(&[result]).inc();
+            if let Some(reason) = reason {
+                m.rejected.with_label_values(&[reason]).inc();
+            }
+        }
+    }
+
+    /// Counts a failed call on the `[events]` queue.
+    pub fn event_receive_error(&self) {
+        if let Some(m) = self.events.get() {
+            m.receive_errors.inc();
+        }
+    }
+
+    /// Sets `event_dlq_messages`.
+    pub fn set_event_dlq_messages(&self, n: i64) {
+        if let Some(m) = self.events.get() {
+            m.dlq_messages.set(n);
+        }
     }
 
     /// Counts one HTTP 429 from Qlik.
@@ -945,8 +1035,7 @@ mod tests {
                 (name, labels)
             })
             .collect();
-        let mut declared: Vec<(String, String)> = DECLARED
-            .iter()
+        let mut declared: Vec<(String, String)> = (DECLARED.iter().chain(&EVENT_DECLARED))
             .map(|d| (d.name.to_owned(), d.labels.join(", ")))
             .collect();
         table.sort();

@@ -5,6 +5,7 @@
 //! (`*_env`, `*_file`) are validated here; their contents are read in the build phase by
 //! [`SecretLocator::read`].
 
+pub mod events;
 mod split;
 pub mod walk;
 
@@ -311,6 +312,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[events]` (optional): the change-event source ([`events::EventsConfig`]).
+    pub events: Option<events::EventsConfig>,
 }
 
 impl JobConfig {
@@ -489,7 +492,7 @@ fn syntax_error(text: &str, e: &config::ConfigError) -> ConfigError {
 /// anything else (a pasted secret on a line of its own parses as a key) yields the table or
 /// nothing.
 fn toml_key_path(before: &str, line: &str) -> Option<String> {
-    const SECTIONS: &[&str] = &["qlik", "qlik.oauth", "daemon", "metrics"];
+    const SECTIONS: &[&str] = &["qlik", "qlik.oauth", "daemon", "metrics", "events"];
     let clean = |h: &str| -> String { h.chars().filter(|c| !c.is_whitespace()).collect() };
     let mut table: Option<String> = Some(String::new());
     let mut jobs = 0usize;
@@ -600,6 +603,12 @@ const KNOWN_KEYS: &[&str] = &[
     "listen",
     "admin_token_file",
     "per_job_duration_histogram",
+    "events",
+    "queue_url",
+    "region",
+    "endpoint_url",
+    "wait_time",
+    "max_messages",
 ];
 
 /// `[A-Za-z0-9_-]{1,64}`: names of sources and the like.
@@ -723,6 +732,10 @@ fn validate_with<E>(
         .map(|t| daemon_section(t, base_dir, &mut errs));
     let metrics = Table::new("metrics", root.get("metrics").unwrap_or(&empty), &mut errs)
         .and_then(|t| metrics_section(t, base_dir, &mut errs));
+    let events_cfg = root
+        .get("events")
+        .and_then(|v| Table::new("events", v, &mut errs))
+        .and_then(|t| events::events_section(t, &mut errs));
     root.finish(&mut errs);
 
     Ok(match (qlik, daemon, metrics) {
@@ -732,6 +745,7 @@ fn validate_with<E>(
             jobs,
             daemon,
             metrics,
+            events: events_cfg,
         }),
         _ => Err(ConfigErrors(errs.0)),
     })

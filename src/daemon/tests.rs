@@ -71,7 +71,8 @@ impl RunJobs for Fake {
         job: &JobRuntime,
         force: bool,
         permit: Option<Self::Permit>,
-    ) -> impl Future<Output = ()> + Send {
+        _secret: Option<crate::triggers::Prefetched>,
+    ) -> impl Future<Output = bool> + Send {
         let with_permit = permit.is_some();
         let job = job.cfg().name.clone();
         async move {
@@ -79,7 +80,7 @@ impl RunJobs for Fake {
                 Some(p) => Some(p),
                 None => self.slot().await,
             }) else {
-                return;
+                return false;
             };
             self.runs.lock().unwrap().push(Run {
                 job,
@@ -88,6 +89,7 @@ impl RunJobs for Fake {
                 at: self.t0.elapsed(),
             });
             tokio::time::sleep(self.hold).await;
+            true
         }
     }
 
@@ -120,7 +122,7 @@ fn job_configs(jobs: &[(&str, &str)]) -> Vec<JobConfig> {
 /// A daemon over `jobs` (as [`job_configs`]) and `runner`, pre-flight passed.
 fn daemon(jobs: &[(&str, &str)], runner: &Arc<Fake>) -> Arc<Daemon<Fake>> {
     let jobs = job_configs(jobs).into_iter().map(JobRuntime::ungated);
-    Arc::new(Daemon::with_runner(jobs, runner.clone()))
+    Arc::new(Daemon::with_runner(jobs, runner.clone(), |_| false))
 }
 
 /// The schedule group of job `name`.
