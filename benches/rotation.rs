@@ -234,7 +234,7 @@ fn config_text(
 ) -> String {
     let mut s = format!(
         "[qlik]\ntenant_url = \"{url}\"\napi_key_env = \"{API_KEY_ENV}\"\n\
-         write_budget_per_min = {budget}\n\n\
+         write_budget_per_min = {budget}\nread_budget_per_min = 0\n\n\
          [sources.v]\ntype = \"file\"\npath = \"vault\"\n\n\
          [daemon]\nstate_dir = \"state\"\nmax_concurrent_rotations = {concurrency}\n\n\
          [metrics]\nlisten = \"127.0.0.1:0\"\n",
@@ -380,6 +380,7 @@ async fn daemon_run(setup: DaemonSetup) -> Result<DaemonRun, String> {
     let running: Running = daemon::start(&cfg, &input())
         .await
         .map_err(|e| format!("daemon start: {e}"))?;
+    running.daemon.preflight_finished().await;
     let preflight = started.elapsed();
     let http = http();
     let (ready, _) = get(&http, running.addr, "/readyz").await;
@@ -1160,6 +1161,17 @@ async fn idle_daemon(case: IdleCase) -> Result<Idle, String> {
             }
             if started.elapsed() > deadline {
                 return Err("/readyz never answered 200".to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Ready no longer waits for pre-flight: measure once it is done (its log line).
+        while !std::fs::read_to_string(&err_path).is_ok_and(|t| t.contains("Pre-flight finished."))
+        {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(format!("exited early: {st}"));
+            }
+            if started.elapsed() > deadline {
+                return Err("pre-flight never finished".to_owned());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

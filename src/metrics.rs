@@ -65,6 +65,7 @@ pub struct Metrics {
     in_flight: IntGauge,
     state_write_failures: IntCounter,
     state_writable: IntGauge,
+    preflight_pending: IntGauge,
     spec_warnings: IntCounterVec,
     verify_warnings: IntCounterVec,
 }
@@ -178,6 +179,14 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            preflight_pending: reg(
+                &r,
+                IntGauge::new(
+                    "preflight_pending",
+                    "Connections whose start-up pre-flight GET has not finished yet (0 once pre-flight is done); pre-flight runs after /readyz turns ready, under the read budget.",
+                )
+                .expect("valid"),
+            ),
             spec_warnings: counter(
                 "spec_warnings_total",
                 "api-specs declarations a catalogue connector's writes do not match (type or enum of a file array or mode constant); rotated anyway.",
@@ -233,6 +242,12 @@ impl Metrics {
         self.jobs
             .with_label_values(&["preflight_failed"])
             .set(preflight_failed as i64);
+    }
+
+    /// Sets `preflight_pending` (connections still waiting for their start-up pre-flight).
+    pub fn set_preflight_pending(&self, pending: usize) {
+        self.preflight_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
 
     /// Sets a job's last success time (from the state file at start).

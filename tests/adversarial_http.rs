@@ -1398,6 +1398,7 @@ async fn daemon_metrics_endpoint_holds_no_canary_after_hostile_answers() {
     let running = qlik_rotator::daemon::start(&cfg, &w.input())
         .await
         .expect("daemon starts");
+    running.daemon.preflight_finished().await;
     // After pre-flight: every PATCH echoes its values, the data-credentials GET redirects.
     w.sim.inject(Fault::Hostile {
         method: Some("PATCH".into()),
