@@ -8,15 +8,17 @@
 //! the other tier is not.
 //!
 //! So one identity has two [`Gate`]s ([`Gates`]): every request asks its tier's gate for a
-//! slot first. Slots come from a `governor` GCRA limiter spaced so that a sliding one-minute
-//! window never sees more than the budget (a 2% margin for clock skew and network jitter),
-//! with a small burst for reads. Waiters queue in FIFO order (one at a time asks the limiter,
-//! so 10,000 waiting reads cost one timer, not 10,000 wake-ups per slot). A 429 pauses *every*
-//! caller of that gate until the server's deadline, not only the one that got it. A second
-//! identity (another tenant) is a second [`Gates`].
+//! slot first. Slots are spaced evenly (virtual scheduling, the GCRA without burst) so that a
+//! sliding one-minute window never sees more than the budget (a 2% margin for clock skew and
+//! network jitter); even spacing also keeps a simulator with a scaled-down window (5 per
+//! 500 ms for 600 per minute) within its limit. Each caller reserves the next slot when it
+//! asks, so callers are served in order and a timer firing a millisecond late does not push
+//! the later slots back. (`governor`'s GCRA was tried: without a burst it restarts from the
+//! late wake-up, and tokio's millisecond timer turned 1,000/min into 968 in a minute.)
+//! A 429 pauses *every* caller of that gate until the server's deadline, not only the one
+//! that got it. A second identity (another tenant) is a second [`Gates`].
 
 use std::{
-    ops::Add,
     sync::{
         Mutex,
         atomic::{AtomicU64, Ordering},
@@ -24,13 +26,6 @@ use std::{
     time::Duration,
 };
 
-use governor::{
-    Quota, RateLimiter,
-    clock::{Clock, Reference},
-    middleware::NoOpMiddleware,
-    nanos::Nanos,
-    state::{InMemoryState, NotKeyed},
-};
 use tokio::time::Instant;
 
 /// Qlik's Tier 1 (reads) per identity: 1,000 per minute (qlik.dev rate-limiting page, S19).
@@ -62,107 +57,61 @@ impl Tier {
     }
 }
 
-/// `tokio::time::Instant` as a `governor` clock reading, so the gate follows tokio's clock
-/// (paused time in tests moves it too).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct TokioInstant(Instant);
-
-impl Add<Nanos> for TokioInstant {
-    type Output = Self;
-
-    fn add(self, other: Nanos) -> Self {
-        TokioInstant(self.0 + Duration::from(other))
-    }
-}
-
-impl Reference for TokioInstant {
-    fn duration_since(&self, earlier: Self) -> Nanos {
-        self.0.saturating_duration_since(earlier.0).into()
-    }
-
-    fn saturating_sub(&self, duration: Nanos) -> Self {
-        self.0
-            .checked_sub(duration.into())
-            .map_or(*self, TokioInstant)
-    }
-}
-
-/// tokio's clock for `governor`.
-#[derive(Debug, Clone, Copy, Default)]
-struct TokioClock;
-
-impl Clock for TokioClock {
-    type Instant = TokioInstant;
-
-    fn now(&self) -> TokioInstant {
-        TokioInstant(Instant::now())
-    }
-}
-
-type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;
-
 /// Paces one tier's requests for one Qlik identity.
+#[derive(Debug)]
 pub struct Gate {
     tier: Tier,
     per_minute: u32,
-    /// `None`: unlimited.
-    limiter: Option<Limiter>,
-    /// FIFO queue of waiters: only its holder asks the limiter.
-    turn: tokio::sync::Mutex<()>,
-    paused_until: Mutex<Instant>,
+    interval: Duration,
+    state: Mutex<GateState>,
     pauses: AtomicU64,
 }
 
-impl std::fmt::Debug for Gate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gate")
-            .field("tier", &self.tier)
-            .field("per_minute", &self.per_minute)
-            .finish_non_exhaustive()
-    }
+#[derive(Debug)]
+struct GateState {
+    /// The next free slot (virtual scheduling: each caller reserves the slot after the last
+    /// reserved one, so waking a little late never pushes later slots back).
+    next_slot: Instant,
+    paused_until: Instant,
 }
 
 /// The write gate (the name it had before reads were gated too).
 pub type WriteGate = Gate;
 
 impl Gate {
-    /// A Tier 2 gate allowing `per_minute` writes per minute; `0` means unlimited. Writes are
-    /// spaced evenly (no burst).
+    /// A Tier 2 gate allowing `per_minute` writes per minute; `0` means unlimited.
     pub fn new(per_minute: u32) -> Self {
         Self::writes(per_minute)
     }
 
-    /// A Tier 2 gate (writes): `per_minute`, evenly spaced; `0` = unlimited.
+    /// A Tier 2 gate (writes): `per_minute`; `0` = unlimited.
     pub fn writes(per_minute: u32) -> Self {
-        Self::with_burst(Tier::Write, per_minute, 1)
+        Self::paced(Tier::Write, per_minute)
     }
 
-    /// A Tier 1 gate (reads): `per_minute`, with a burst of 1% of the budget (10 of 1,000) so a
-    /// handful of GETs never waits; `0` = unlimited.
+    /// A Tier 1 gate (reads): `per_minute`; `0` = unlimited.
     pub fn reads(per_minute: u32) -> Self {
-        Self::with_burst(Tier::Read, per_minute, (per_minute / 100).max(1))
+        Self::paced(Tier::Read, per_minute)
     }
 
-    /// A gate of `tier` allowing `per_minute` per minute with bursts of up to `burst`.
-    ///
-    /// Slots are `60 s × 1.02 / per_minute` apart, so any 60-second window holds at most
-    /// `burst − 1 + per_minute / 1.02` of them: the budget, as long as `burst` is at most 1%
-    /// of it (the other 1% absorbs clock skew and network jitter).
-    pub fn with_burst(tier: Tier, per_minute: u32, burst: u32) -> Self {
-        let limiter = std::num::NonZeroU32::new(per_minute).and_then(|_| {
-            let period = Duration::from_secs_f64(60.0 * 1.02 / f64::from(per_minute));
-            let burst = std::num::NonZeroU32::new(burst.max(1))?;
-            Some(RateLimiter::direct_with_clock(
-                Quota::with_period(period)?.allow_burst(burst),
-                TokioClock,
-            ))
-        });
+    /// A gate of `tier` allowing `per_minute` per minute. Slots are `60 s × 1.02 / per_minute`
+    /// apart (the 2% absorbs clock skew and network jitter), so any 60-second window holds at
+    /// most `⌊per_minute / 1.02⌋ + 1` of them, never more than the budget.
+    fn paced(tier: Tier, per_minute: u32) -> Self {
+        let interval = if per_minute == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(60.0 * 1.02 / f64::from(per_minute))
+        };
+        let now = Instant::now();
         Gate {
             tier,
             per_minute,
-            limiter,
-            turn: tokio::sync::Mutex::new(()),
-            paused_until: Mutex::new(Instant::now()),
+            interval,
+            state: Mutex::new(GateState {
+                next_slot: now,
+                paused_until: now,
+            }),
             pauses: AtomicU64::new(0),
         }
     }
@@ -177,31 +126,24 @@ impl Gate {
         self.per_minute
     }
 
-    fn paused_until(&self) -> Instant {
-        *self.paused_until.lock().expect("gate pause lock")
-    }
-
-    /// Waits until this caller may send one request of the tier.
+    /// Waits until this caller may send one request of the tier. Callers get slots in the
+    /// order they ask; each waits on its own timer until its slot.
     pub async fn acquire(&self) {
-        // Fast path: unlimited and not paused.
-        if self.limiter.is_none() && self.paused_until() <= Instant::now() {
-            return;
-        }
-        // Waiters take turns (tokio's mutex is fair): one timer at a time, in arrival order.
-        let _turn = self.turn.lock().await;
         loop {
-            // A 429 seen by anyone while we waited moves everyone back.
-            let paused_until = self.paused_until();
-            if paused_until > Instant::now() {
-                tokio::time::sleep_until(paused_until).await;
-                continue;
+            let (slot, now) = {
+                let mut st = self.state.lock().expect("gate lock");
+                let now = Instant::now();
+                let slot = st.next_slot.max(st.paused_until).max(now);
+                st.next_slot = slot + self.interval;
+                (slot, now)
+            };
+            if slot > now {
+                tokio::time::sleep_until(slot).await;
             }
-            let Some(limiter) = &self.limiter else { return };
-            match limiter.check() {
-                Ok(()) => return,
-                Err(not_until) => {
-                    tokio::time::sleep(not_until.wait_time_from(TokioClock.now())).await;
-                }
+            // A 429 seen by another caller while we slept moves everyone back.
+            let paused_until = self.state.lock().expect("gate lock").paused_until;
+            if paused_until <= Instant::now() {
+                return;
             }
         }
     }
@@ -209,9 +151,9 @@ impl Gate {
     /// Pauses every caller for `retry_after` (a 429 answer), at most [`MAX_PAUSE`].
     pub fn pause(&self, retry_after: Duration) {
         let until = Instant::now() + retry_after.min(MAX_PAUSE);
-        let mut paused = self.paused_until.lock().expect("gate pause lock");
-        if until > *paused {
-            *paused = until;
+        let mut st = self.state.lock().expect("gate lock");
+        if until > st.paused_until {
+            st.paused_until = until;
         }
         self.pauses.fetch_add(1, Ordering::Relaxed);
     }
@@ -269,10 +211,10 @@ mod tests {
         assert!(elapsed < Duration::from_secs(62), "{elapsed:?}");
     }
 
-    /// Reads at 1,000/min: the first 10 (the burst) go at once, then one every 61.2 ms; no
+    /// 2,500 reads queued at once at 1,000/min: one every 61.2 ms, in arrival order; no
     /// 60-second window ever holds more than 1,000, the budget.
     #[tokio::test(start_paused = true)]
-    async fn reads_burst_a_little_then_keep_to_the_budget() {
+    async fn queued_reads_keep_to_the_budget() {
         let gate = Arc::new(Gate::reads(TIER1_PER_MIN));
         let start = Instant::now();
         let mut tasks = Vec::new();
@@ -282,13 +224,15 @@ mod tests {
                 g.acquire().await;
                 Instant::now()
             }));
+            // Spawned in order, so they queue in order.
+            tokio::task::yield_now().await;
         }
         let mut at = Vec::new();
         for t in tasks {
             at.push(t.await.unwrap() - start);
         }
-        at.sort();
-        assert_eq!(at.iter().filter(|d| d.is_zero()).count(), 10, "the burst");
+        assert!(at.is_sorted(), "served in arrival order");
+        assert_eq!(at.iter().filter(|d| d.is_zero()).count(), 1, "no burst");
         let mut most = 0;
         let mut lo = 0;
         for hi in 0..at.len() {

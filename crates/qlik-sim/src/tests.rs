@@ -640,7 +640,11 @@ async fn read_rate_limit_on_a_scaled_window() {
     }
     let (s, h, v) = send(&sim, reqwest::Method::GET, &path, None).await;
     assert_eq!(s, 429);
-    assert_eq!(h["retry-after"].to_str().unwrap(), "1", "rounded up to whole seconds");
+    assert_eq!(
+        h["retry-after"].to_str().unwrap(),
+        "1",
+        "rounded up to whole seconds"
+    );
     assert_eq!(v["errors"][0]["code"], "HTTP-429");
     assert_eq!(sim.rejected(limiter::Tier::Reads), 1);
     let (s, _) = patch(
