@@ -4,9 +4,9 @@
 //! 1. load: `commands::run` parses and validates the config (exit 64, nothing built);
 //! 2. build: [`App::build`] locks the state directory, reads the credentials, builds the
 //!    Qlik client, the secret sources and the metrics;
-//! 3. spawn: [`spawn`] starts the admin listener (so `/healthz` and `/metrics` answer during
-//!    pre-flight), pre-flights every connection, starts the scheduler and the `run_on_start`
-//!    jobs, then reports ready;
+//! 3. spawn: [`spawn`] starts the admin listener, arms the scheduler and reports ready; then,
+//!    in the background, pre-flights every connection under the read budget (progress in
+//!    `preflight_pending`, a log line at the end) and starts the `run_on_start` jobs;
 //! 4. drain: [`Running::shutdown`] (on SIGTERM/SIGINT) stops starting rotations, waits for
 //!    in-flight ones (PATCH + verify) up to `shutdown_grace_period`, writes the state, exits.
 //!
@@ -38,6 +38,7 @@ use crate::{
     admin::{self, Readiness, TriggerRequest},
     app::{self, App},
     config::{Config, ConfigInput, ConnectionRef, JobConfig},
+    events::{PreflightChecked, PreflightFinished},
     metrics::Metrics,
     runner::{JobRuntime, RetryPolicy, Runner},
     triggers::Prefetched,
@@ -152,6 +153,8 @@ pub struct Daemon<R: RunJobs = Runner> {
     runner: Arc<R>,
     tracker: TaskTracker,
     ready: Readiness,
+    /// Set once the start-up pre-flight has finished (or was cut short by shutdown).
+    preflight_done: tokio::sync::SetOnce<()>,
 }
 
 impl<R: RunJobs> std::fmt::Debug for Daemon<R> {
@@ -202,38 +205,58 @@ impl Daemon<Runner> {
         Daemon::with_runner(jobs, Arc::new(runner), is_aws)
     }
 
-    /// Pre-flights every connection of every job (concurrently, at most `width` at once);
-    /// failures are reported and skipped, the others run. Each result is kept (compactly) as
-    /// it arrives, so the parsed GETs never pile up.
+    /// Pre-flights every connection of every job (concurrently, at most `width` at once, each
+    /// GET through the read gate, so the queue at the gate stays `width` long and a rotation's
+    /// own GETs wait behind at most that many); failures are reported and skipped, the others
+    /// run. Each result is kept (compactly) as it arrives, so the parsed GETs never pile up.
+    /// Progress is the `preflight_pending` gauge; one log line at the end.
     async fn preflight_all(&self, width: usize) {
-        let targets =
-            (self.jobs.values()).flat_map(|j| (0..j.cfg().connections.len()).map(move |i| (j, i)));
+        let started = tokio::time::Instant::now();
+        let total: usize = self.jobs.values().map(|j| j.cfg().connections.len()).sum();
+        let events = self.runner.rotator().events();
+        if let Some(m) = events.metrics() {
+            m.set_preflight_pending(total);
+        }
+        let targets: Vec<(Arc<JobRuntime>, usize)> = (self.jobs.values())
+            .flat_map(|j| (0..j.cfg().connections.len()).map(move |i| (j.clone(), i)))
+            .collect();
         let rotator = self.runner.rotator();
-        futures_util::stream::iter(targets)
+        let mut results = futures_util::stream::iter(targets)
             .map(|(job, i)| async move {
                 let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
                 (job, i, result)
             })
-            .buffer_unordered(width)
-            .for_each(|(job, i, result)| {
-                let (name, conn) = (&job.cfg().name, &job.cfg().connections[i]);
-                match result {
-                    Ok(c) => {
-                        job.remember(i, &c);
-                        tracing::debug!(job = %name, connection = %conn, "Pre-flight passed.");
-                    }
-                    Err(e) => {
-                        tracing::error!(job = %name, connection = %conn, error = %e, "Pre-flight failed; the connection is skipped until it passes.");
-                    }
+            .buffer_unordered(width);
+        let (mut pending, mut failed) = (total, 0usize);
+        while let Some((job, i, result)) = results.next().await {
+            pending -= 1;
+            let error = match result {
+                Ok(c) => {
+                    job.remember(i, &c);
+                    None
                 }
-                std::future::ready(())
-            })
-            .await;
+                Err(e) => {
+                    failed += 1;
+                    Some(e.to_string())
+                }
+            };
+            events.emit(PreflightChecked {
+                job: &job.cfg().name,
+                connection: &job.cfg().connections[i].to_string(),
+                error: error.as_deref(),
+                pending,
+            });
+        }
         for job in self.jobs.values() {
             self.metrics()
                 .set_preflight(&job.cfg().name, job.preflight_ok());
         }
         self.update_job_gauges();
+        events.emit(PreflightFinished {
+            connections: total,
+            failed,
+            elapsed: started.elapsed(),
+        });
     }
 }
 
@@ -257,12 +280,20 @@ impl<R: RunJobs> Daemon<R> {
             runner,
             tracker: TaskTracker::new(),
             ready: Readiness::default(),
+            preflight_done: tokio::sync::SetOnce::new(),
         }
     }
 
-    /// Whether the daemon is ready (scheduler running, pre-flight done, not shutting down).
+    /// Whether the daemon is ready (config loaded, listener up, scheduler armed, not shutting
+    /// down). Pre-flight is not waited for: see [`Daemon::preflight_finished`].
     pub fn is_ready(&self) -> bool {
         self.ready.get() && !self.cancel().is_cancelled()
+    }
+
+    /// Resolves once the start-up pre-flight of every connection has finished (or shutdown
+    /// cut it short).
+    pub async fn preflight_finished(&self) {
+        self.preflight_done.wait().await;
     }
 
     /// The metrics.
@@ -646,7 +677,8 @@ pub fn admin_token(
         .map_err(StartError::AdminToken)
 }
 
-/// The spawn phase: admin listener, pre-flight, scheduler, `run_on_start` jobs; then ready.
+/// The spawn phase: admin listener, scheduler; then ready, and pre-flight followed by the
+/// `run_on_start` jobs in the background.
 ///
 /// # Errors
 /// [`StartError`] when the listener cannot bind or the scheduler fails.
@@ -684,9 +716,6 @@ pub async fn spawn(
         admin_stop.clone(),
     ));
     tracing::info!(%addr, "Serving /metrics, /healthz, /readyz.");
-    daemon
-        .preflight_all(cfg.daemon.max_concurrent_rotations.max(8))
-        .await;
     let (scheduler, cron_entries) = daemon.schedule().await?;
     if let Some(crate::config::events::EventsConfig::Sqs(sqs)) = &cfg.events {
         let consumer = crate::triggers::sqs::SqsConsumer::build(sqs).await;
@@ -697,9 +726,23 @@ pub async fn spawn(
             daemon.cancel().clone(),
         ));
     }
-    daemon.start_on_start();
+    // Ready = config loaded, listener up, scheduler armed. Pre-flight (one GET per connection,
+    // 10 minutes for 10,000 of them at Qlik's 1,000 reads a minute) runs behind it; a job due
+    // before its connection's pre-flight checks that connection itself.
     daemon.ready.set(true);
-    tracing::info!(jobs = daemon.jobs.len(), "Daemon ready.");
+    tracing::info!(
+        jobs = daemon.jobs.len(),
+        "Daemon ready; pre-flight runs in the background."
+    );
+    let width = cfg.daemon.max_concurrent_rotations.max(8);
+    let d = daemon.clone();
+    daemon.tracker.spawn(async move {
+        tokio::select! {
+            () = d.preflight_all(width) => d.start_on_start(),
+            () = d.cancel().cancelled() => {}
+        }
+        let _ = d.preflight_done.set(());
+    });
     Ok(Running {
         daemon,
         addr,

@@ -297,6 +297,71 @@ impl Event for RateLimited {
     }
 }
 
+/// One connection's start-up pre-flight finished (passed, or failed with `error`).
+#[derive(Debug)]
+pub struct PreflightChecked<'a> {
+    /// The job.
+    pub job: &'a str,
+    /// The connection (id or name, as configured and validated).
+    pub connection: &'a str,
+    /// Why it failed (escaped text), or `None` when it passed.
+    pub error: Option<&'a str>,
+    /// Connections still waiting for their pre-flight.
+    pub pending: usize,
+}
+
+impl Event for PreflightChecked<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        match self.error {
+            None => tracing::debug!(
+                job = self.job,
+                connection = %self.connection,
+                pending = self.pending,
+                "Pre-flight passed."
+            ),
+            Some(error) => tracing::error!(
+                job = self.job,
+                connection = %self.connection,
+                error = %error,
+                pending = self.pending,
+                "Pre-flight failed; the connection is skipped until it passes."
+            ),
+        }
+        if let Some(m) = metrics {
+            m.set_preflight_pending(self.pending);
+        }
+    }
+}
+
+/// The start-up pre-flight of every connection is done (the daemon was ready before it).
+#[derive(Debug)]
+pub struct PreflightFinished {
+    /// Connections checked.
+    pub connections: usize,
+    /// Of those, how many failed.
+    pub failed: usize,
+    /// From its start to its end.
+    pub elapsed: Duration,
+}
+
+impl Event for PreflightFinished {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        tracing::info!(
+            connections = self.connections,
+            failed = self.failed,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "Pre-flight finished."
+        );
+        if let Some(m) = metrics {
+            m.set_preflight_pending(0);
+        }
+    }
+}
+
 /// A catalogue connector's api-specs disagree with what the job writes (rotated anyway).
 #[derive(Debug)]
 pub struct SpecWarning<'a> {

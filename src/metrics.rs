@@ -150,11 +150,17 @@ const VERIFY_WARNINGS: Def = def(
     &["rule"],
 );
 
+const PREFLIGHT_PENDING: Def = def(
+    "preflight_pending",
+    "Connections whose start-up pre-flight GET has not finished yet (0 once pre-flight is done); pre-flight runs after /readyz turns ready, under the read budget.",
+    &[],
+);
+
 /// Upper bounds of `qlik_request_duration_seconds` (the `+Inf` bucket is implied).
 const REQUEST_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Every metric: the registry's, then the per-job table's ([`JOB_FAMILIES`]).
-pub const DECLARED: [Def; 21] = [
+pub const DECLARED: [Def; 22] = [
     ERRORS,
     RETRIES,
     ROTATION_DURATION,
@@ -169,6 +175,7 @@ pub const DECLARED: [Def; 21] = [
     IN_FLIGHT,
     STATE_WRITE_FAILURES,
     STATE_WRITABLE,
+    PREFLIGHT_PENDING,
     SPEC_WARNINGS,
     VERIFY_WARNINGS,
     JOB_FAMILIES[0].def,
@@ -222,6 +229,7 @@ pub struct Metrics {
     in_flight: IntGauge,
     state_write_failures: IntCounter,
     state_writable: IntGauge,
+    preflight_pending: IntGauge,
     spec_warnings: IntCounterVec,
     verify_warnings: IntCounterVec,
     /// The `[events]` consumer's series: registered by [`Metrics::register_events`] only when
@@ -305,6 +313,7 @@ impl Metrics {
             state_writable: gauge(&r, &STATE_WRITABLE),
             spec_warnings: counter_vec(&r, &SPEC_WARNINGS),
             verify_warnings: counter_vec(&r, &VERIFY_WARNINGS),
+            preflight_pending: gauge(&r, &PREFLIGHT_PENDING),
             registry: r,
             events: Arc::default(),
         };
@@ -352,6 +361,12 @@ impl Metrics {
         self.jobs
             .with_label_values(&["preflight_failed"])
             .set(preflight_failed as i64);
+    }
+
+    /// Sets `preflight_pending` (connections still waiting for their start-up pre-flight).
+    pub fn set_preflight_pending(&self, pending: usize) {
+        self.preflight_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
 
     /// Sets a job's last success time (from the state file at start).

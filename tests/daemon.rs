@@ -66,7 +66,10 @@ fn no_budget(text: &str) -> String {
 
 async fn start(dir: &Path, text: &str) -> Running {
     let cfg = config::load_str(text, dir, &input()).expect("valid config");
-    daemon::start(&cfg, &input()).await.expect("daemon starts")
+    let r = daemon::start(&cfg, &input()).await.expect("daemon starts");
+    // Ready comes before pre-flight ends; these tests look at what follows it.
+    r.daemon.preflight_finished().await;
+    r
 }
 
 async fn scrape(r: &Running) -> String {

@@ -185,6 +185,9 @@ pub struct QlikConfig {
     /// Tier 2 writes per minute for this identity (`write_budget_per_min`, default 100; 0 =
     /// unlimited).
     pub write_budget_per_min: u32,
+    /// Tier 1 reads per minute for this identity (`read_budget_per_min`, default 1,000; 0 =
+    /// unlimited).
+    pub read_budget_per_min: u32,
     /// The largest response body read from Qlik (`max_response_bytes`, default 4 MiB, from
     /// 64 KiB to 256 MiB); a longer one fails with `response_too_large`.
     pub max_response_bytes: u64,
@@ -562,6 +565,7 @@ const KNOWN_KEYS: &[&str] = &[
     "request_timeout",
     "max_attempts",
     "write_budget_per_min",
+    "read_budget_per_min",
     "max_response_bytes",
     "sources",
     "type",
@@ -943,6 +947,9 @@ fn qlik_section(mut t: Table<'_>, errs: &mut Errors) -> Option<QlikConfig> {
     let write_budget_per_min = t
         .opt_u64("write_budget_per_min", 0..=100_000, errs)
         .unwrap_or(100) as u32;
+    let read_budget_per_min =
+        t.opt_u64("read_budget_per_min", 0..=100_000, errs)
+            .unwrap_or(u64::from(crate::qlik::gate::TIER1_PER_MIN)) as u32;
     let max_response_bytes = t
         .opt_u64("max_response_bytes", MAX_RESPONSE_BYTES_RANGE, errs)
         .unwrap_or(crate::qlik::client::DEFAULT_MAX_RESPONSE_BYTES);
@@ -953,6 +960,7 @@ fn qlik_section(mut t: Table<'_>, errs: &mut Errors) -> Option<QlikConfig> {
         request_timeout,
         max_attempts,
         write_budget_per_min,
+        read_budget_per_min,
         max_response_bytes,
     })
 }
