@@ -31,6 +31,10 @@ pub enum BuildError {
     /// not writable, a symbolic link as state file, a corrupt database).
     #[error("daemon.state_dir: {0}")]
     State(#[from] crate::state::StateError),
+    /// A file a `[sources.NAME]` table names (token, secret id, JWT, CA) cannot be used
+    /// ([`secrets::check_all`]); each error names its key.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Source(Vec<crate::config::ConfigError>),
 }
 
 /// Everything a command needs, built once: the rotator (Qlik client and secret sources), the
@@ -58,6 +62,7 @@ impl App {
     /// [`BuildError`], naming the config key.
     pub async fn build(cfg: &Config, input: &dyn ConfigInput) -> Result<App, BuildError> {
         let (state, lease_ttl) = state_backend(cfg).await?;
+        secrets::check_all(&cfg.sources).map_err(BuildError::Source)?;
         let metrics = Arc::new(Metrics::with_per_job_histogram(
             cfg.metrics.per_job_duration_histogram,
         ));
@@ -166,6 +171,7 @@ pub fn qlik_client(cfg: &Config, input: &dyn ConfigInput) -> Result<QlikClient, 
             ..RetryPolicy::default()
         },
         write_budget_per_min: cfg.qlik.write_budget_per_min,
+        read_budget_per_min: cfg.qlik.read_budget_per_min,
         max_response_bytes: cfg.qlik.max_response_bytes,
     })
     .map_err(|e| BuildError::Client(e.to_string()))
@@ -183,5 +189,6 @@ pub async fn sources(cfg: &Config) -> HashMap<String, Arc<AnySource>> {
 /// [`BuildError`] when a credential cannot be read.
 pub async fn rotator(cfg: &Config, input: &dyn ConfigInput) -> Result<Rotator, BuildError> {
     let client = Arc::new(qlik_client(cfg, input)?);
+    secrets::check_all(&cfg.sources).map_err(BuildError::Source)?;
     Ok(Rotator::new(client, sources(cfg).await))
 }

@@ -62,6 +62,16 @@ fn main() -> ExitCode {
                 config,
                 job,
                 all: _,
+                secret: Some(secret),
+                if_changed,
+            } if job.is_none() => {
+                commands::rotate_secret(&config.config, &secret, if_changed, &env).await
+            }
+            Command::Rotate {
+                config,
+                job,
+                all: _,
+                secret: _,
                 if_changed,
             } => commands::rotate(&config.config, job.as_deref(), if_changed, &env).await,
             Command::History(args) => qlik_rotator::history::run(&args, &env).await,

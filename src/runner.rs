@@ -314,6 +314,22 @@ impl Runner {
         force: bool,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Vec<Report>, Skipped> {
+        self.run_job_with(job, force, permit, None).await
+    }
+
+    /// [`Runner::run_job`], with the job's secret read ahead (`prefetched`, see
+    /// [`crate::triggers::prefetch`]): the first attempt uses it, a retry reads the vault
+    /// again, and it is dropped with the run.
+    ///
+    /// # Errors
+    /// [`Skipped`] when the run did not happen.
+    pub async fn run_job_with(
+        &self,
+        job: &JobRuntime,
+        force: bool,
+        permit: Option<OwnedSemaphorePermit>,
+        mut prefetched: Option<crate::triggers::Prefetched>,
+    ) -> Result<Vec<Report>, Skipped> {
         let Ok(_running) = job.running.try_lock() else {
             tracing::info!(job = %job.cfg.name, "Job is still running; skipping this trigger.");
             return Err(Skipped::AlreadyRunning);
@@ -327,7 +343,9 @@ impl Runner {
         }
         // The lease before anything is read from the vault or sent to Qlik.
         let mut lease = self.lease(&job.cfg.name).await.ok_or(Skipped::NoLease)?;
-        let result = self.run_leased(job, force, &mut lease).await;
+        let result = self
+            .run_leased(job, force, &mut lease, prefetched.take())
+            .await;
         if let Err(e) = self.state.release_lease(&lease).await {
             tracing::debug!(job = %job.cfg.name, error = %crate::text::Escaped(&e.to_string()), "Could not release the lease early; it lapses by itself.");
         }
@@ -355,6 +373,7 @@ impl Runner {
         job: &JobRuntime,
         force: bool,
         lease: &mut Lease,
+        mut prefetched: Option<crate::triggers::Prefetched>,
     ) -> Result<Vec<Report>, Skipped> {
         self.recheck_preflight(job).await;
         let mut only: Vec<usize> = job.passing();
@@ -372,7 +391,7 @@ impl Runner {
                     None => break,
                 }
             }
-            let Some(reports) = self.attempt(job, force, &only).await else {
+            let Some(reports) = self.attempt(job, force, &only, prefetched.take()).await else {
                 if attempt == 1 {
                     return Err(Skipped::StateUnavailable);
                 }
@@ -448,7 +467,13 @@ impl Runner {
 
     /// One attempt over the connections `only` (indexes); `None`, after an event, when the
     /// applied versions cannot be read.
-    async fn attempt(&self, job: &JobRuntime, force: bool, only: &[usize]) -> Option<Vec<Report>> {
+    async fn attempt(
+        &self,
+        job: &JobRuntime,
+        force: bool,
+        only: &[usize],
+        secret: Option<crate::triggers::Prefetched>,
+    ) -> Option<Vec<Report>> {
         let conns = &job.cfg.connections;
         // Change detection reads the backend's memory (SQLite), not the file: a version
         // applied by this process counts even if its write to disk failed.
@@ -482,6 +507,7 @@ impl Runner {
             force,
             known,
             only: Some(only.iter().map(|&i| conns[i].key()).collect()),
+            secret,
         };
         Some(self.rotator.run(&job.cfg, opts).await)
     }

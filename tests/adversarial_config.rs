@@ -846,3 +846,133 @@ async fn oauth_client_secret_env_naming_an_unset_variable() {
     })
     .await;
 }
+
+// === [sources] of type "vault" and "aws_ssm" ===
+
+/// `[sources.bao]` (type "vault") with `lines`, before `[daemon]`.
+fn vault_source(t: &str, lines: &str) -> String {
+    swap(
+        t,
+        "[daemon]",
+        &format!("[sources.bao]\ntype = \"vault\"\n{lines}\n[daemon]"),
+    )
+}
+
+const VAULT_OK: &str = "address = \"https://vault.internal:8200\"\nauth = \"approle\"\nrole_id = \"r\"\nsecret_id_file = \"sid\"";
+
+refused!(vault_without_address, "sources.bao.address", |t, _| {
+    vault_source(&t, "auth = \"token\"\ntoken_file = \"tok\"")
+});
+refused!(vault_without_auth, "sources.bao.auth", |t, _| {
+    vault_source(&t, "address = \"https://vault.internal\"")
+});
+refused!(vault_unknown_auth_method, "sources.bao.auth", |t, _| {
+    vault_source(
+        &t,
+        &format!("address = \"https://vault.internal\"\nauth = \"{CANARY}\""),
+    )
+});
+refused!(
+    vault_approle_without_role_id,
+    "sources.bao.role_id",
+    |t, _| {
+        vault_source(
+            &t,
+            "address = \"https://vault.internal\"\nauth = \"approle\"\nsecret_id_file = \"sid\"",
+        )
+    }
+);
+refused!(vault_kubernetes_without_role, "sources.bao.role", |t, _| {
+    vault_source(
+        &t,
+        "address = \"https://vault.internal\"\nauth = \"kubernetes\"",
+    )
+});
+refused!(
+    vault_token_file_given_with_approle,
+    "sources.bao.token_file",
+    |t, _| vault_source(&t, &format!("{VAULT_OK}\ntoken_file = \"tok\""))
+);
+refused!(
+    vault_address_with_credentials,
+    "sources.bao.address",
+    |t, _| vault_source(
+        &t,
+        &VAULT_OK.replace(
+            "https://vault.internal:8200",
+            &format!("https://root:{CANARY}@vault.internal:8200")
+        )
+    )
+);
+refused!(
+    vault_address_plain_http_to_a_remote_host,
+    "sources.bao.address",
+    |t, _| vault_source(
+        &t,
+        &VAULT_OK.replace("https://vault.internal:8200", "http://vault.internal:8200")
+    )
+);
+refused!(
+    vault_mount_escaping_with_dotdot,
+    "sources.bao.mount",
+    |t, _| { vault_source(&t, &format!("{VAULT_OK}\nmount = \"../sys\"")) }
+);
+refused!(
+    vault_namespace_holding_a_secret,
+    "sources.bao.namespace",
+    |t, _| vault_source(&t, &format!("{VAULT_OK}\nnamespace = \"a b {CANARY}\""))
+);
+refused!(vault_timeout_zero, "sources.bao.timeout", |t, _| {
+    vault_source(&t, &format!("{VAULT_OK}\ntimeout = \"0s\""))
+});
+refused!(ssm_region_holding_a_secret, "sources.ssm.region", |t, _| {
+    swap(
+        &t,
+        "[daemon]",
+        &format!("[sources.ssm]\ntype = \"aws_ssm\"\nregion = \"{CANARY}\"\n[daemon]"),
+    )
+});
+refused!(
+    ssm_endpoint_with_credentials,
+    "sources.ssm.endpoint_url",
+    |t, _| swap(
+        &t,
+        "[daemon]",
+        &format!(
+            "[sources.ssm]\ntype = \"aws_ssm\"\nendpoint_url = \"http://k:{CANARY}@127.0.0.1:5000\"\n[daemon]"
+        ),
+    )
+);
+
+#[tokio::test]
+async fn vault_token_file_that_does_not_exist() {
+    refused_at_build("sources.bao.token_file", |t| {
+        vault_source(
+            &t,
+            &format!(
+                "address = \"https://vault.internal\"\nauth = \"token\"\ntoken_file = \"/nonexistent/{CANARY}\""
+            ),
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn vault_secret_id_file_that_is_a_directory() {
+    refused_at_build("sources.bao.secret_id_file", |t| {
+        vault_source(&t, VAULT_OK.replace("\"sid\"", "\"vault\"").as_str())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn vault_ca_file_that_is_not_a_certificate() {
+    refused_at_build("sources.bao.ca_file", |t| {
+        vault_source(
+            &t,
+            "address = \"https://vault.internal\"\nauth = \"kubernetes\"\nrole = \"r\"\n\
+             jwt_file = \"vault/qlik/sales-s3.json\"\nca_file = \"config.toml\"",
+        )
+    })
+    .await;
+}

@@ -29,8 +29,10 @@
 //! TOML syntax errors and the build phase ([`build_all`]) read the list.
 
 pub mod aws;
+pub mod aws_ssm;
 pub mod file;
 pub mod fixed;
+pub mod vault;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -361,6 +363,14 @@ pub trait SourceFactory: Sized {
 
     /// Makes the source (build phase).
     fn build(&self) -> impl Future<Output = Self::Source> + Send;
+
+    /// What the build phase checks before [`Self::build`]: the files the source will read
+    /// (token, secret-id, CA files) exist and are usable. Each error is (key in the table,
+    /// message), and the message quotes neither the file's name nor its content. Bad ones
+    /// stop the start with exit 64 ([`check_all`]). None by default.
+    fn check(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
 }
 
 /// Declares the configurable sources: each entry is one variant of [`SourceConfig`] (what
@@ -417,6 +427,13 @@ macro_rules! secret_sources {
                 None
             }
 
+            /// The source's build-phase checks ([`SourceFactory::check`]).
+            pub fn check(&self) -> Vec<(&'static str, String)> {
+                match self {
+                    $( SourceConfig::$variant(c) => c.check(), )+
+                }
+            }
+
             /// Makes the source (build phase).
             pub async fn build(&self) -> AnySource {
                 match self {
@@ -466,6 +483,10 @@ secret_sources! {
     AwsSecretsManager(aws::AwsSecretsManagerConfig),
     /// A local directory of JSON files (`type = "file"`).
     File(file::FileConfig),
+    /// HashiCorp Vault / OpenBao KV v2 (`type = "vault"`).
+    Vault(vault::VaultConfig),
+    /// AWS SSM Parameter Store (`type = "aws_ssm"`).
+    AwsSsm(aws_ssm::AwsSsmConfig),
 }
 
 impl SourceConfig {
@@ -500,6 +521,28 @@ fn one_of(names: &[&str]) -> String {
         None => String::new(),
         Some((last, [])) => last.clone(),
         Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// The build-phase checks of every configured source ([`SourceFactory::check`]): each error
+/// with its full key path (`sources.NAME.key`). Run before [`build_all`]; a failure is a
+/// configuration error (exit 64) and nothing is sent.
+///
+/// # Errors
+/// Every failed check.
+pub fn check_all(
+    sources: &BTreeMap<String, SourceConfig>,
+) -> Result<(), Vec<crate::config::ConfigError>> {
+    let mut errs = Errors::default();
+    for (name, config) in sources {
+        for (key, message) in config.check() {
+            errs.push(format!("sources.{name}.{key}"), message);
+        }
+    }
+    if errs.0.is_empty() {
+        Ok(())
+    } else {
+        Err(errs.0)
     }
 }
 
@@ -632,7 +675,7 @@ mod tests {
     fn an_unknown_type_is_one_error_naming_every_type() {
         // Keys of every source are accepted with an unknown type: only `type` is wrong.
         let mut table = serde_json::Map::new();
-        table.insert("type".into(), "vault".into());
+        table.insert("type".into(), "hashicorp".into());
         for key in SourceConfig::keys() {
             table.insert(key.into(), "x".into());
         }
@@ -640,7 +683,9 @@ mod tests {
         assert!(out.is_none());
         assert_eq!(
             errs,
-            ["sources.s.type: unknown source type (expected \"aws_secrets_manager\" or \"file\")"]
+            [
+                "sources.s.type: unknown source type (expected \"aws_secrets_manager\", \"file\", \"vault\" or \"aws_ssm\")"
+            ]
         );
         let (out, errs) = parse(serde_json::json!({"region": "eu-west-1"}));
         assert!(out.is_none());
