@@ -39,10 +39,17 @@ use prometheus::{
 use crate::config::JobConfig;
 
 /// The outcome labels pre-created for every job, so `increase()` works from the first scrape.
-pub const OUTCOMES: [&str; 4] = ["rotated", "unchanged", "failed", "verify_failed"];
+pub const OUTCOMES: [&str; 6] = [
+    "rotated",
+    "unchanged",
+    "failed",
+    "verify_failed",
+    "canary_failed",
+    "rolled_back",
+];
 
 /// The stage labels, pre-created in `rotation_retries_total`.
-pub const STAGES: [&str; 5] = ["fetch", "resolve", "build", "apply", "verify"];
+pub const STAGES: [&str; 6] = ["fetch", "resolve", "build", "apply", "verify", "canary"];
 
 /// Upper bounds of `rotation_duration_seconds` (the `+Inf` bucket is implied).
 pub const DURATION_BUCKETS: [f64; 11] =
@@ -396,7 +403,7 @@ const JOB_FAMILIES: [(&str, &str, &str); 6] = [
     (
         "rotations_total",
         "counter",
-        "Rotation outcomes by rotation job, connector and outcome (rotated, unchanged, failed, verify_failed), one per connection and run.",
+        "Rotation outcomes by rotation job, connector and outcome (rotated, unchanged, failed, verify_failed, canary_failed, rolled_back), one per connection and run.",
     ),
 ];
 
@@ -407,7 +414,7 @@ const HISTOGRAM_FAMILY: usize = 4;
 /// once), read by scrapes; a plain mutex keeps each scrape's view of a histogram consistent.
 #[derive(Debug, Default)]
 struct JobStats {
-    outcomes: [u64; 4],
+    outcomes: [u64; OUTCOMES.len()],
     /// Non-cumulative counts per [`DURATION_BUCKETS`] bound; above the last bound only
     /// `count` grows.
     buckets: [u64; DURATION_BUCKETS.len()],

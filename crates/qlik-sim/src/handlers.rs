@@ -356,6 +356,13 @@ fn route(
         ("GET", ["data-credentials", id]) => g.get_credential(id, &q).map(Some),
         ("PUT", ["data-credentials", id]) => g.put_credential(id, &q, body).map(|_| None),
         ("PATCH", ["data-credentials", id]) => g.patch_credential(id, &q, body).map(|_| None),
+        ("POST", ["reloads"]) => {
+            return match g.queue_reload(body) {
+                Ok(v) => json_response(201, &v),
+                Err(e) => error_response(&e),
+            };
+        }
+        ("GET", ["reloads", id]) => g.get_reload(id).map(Some),
         ("GET", ["data-sources", id, "api-specs"]) => match g.specs.get(*id) {
             Some(spec) => Ok(Some(spec.clone())),
             None => Err(ApiError::new(
