@@ -233,21 +233,16 @@ pub async fn run(
         } else {
             tokio::time::sleep(delay).await;
         }
-        let polled = tokio::time::timeout_at(
-            deadline + Duration::from_millis(1),
-            client.get_reload(&reload_id),
-        )
-        .await;
-        reload = match polled {
-            Err(_) => return Err(timed_out(app_shown, reload_shown, timeout, &reload)),
-            Ok(Err(source)) => {
+        // Each poll is bounded by the client's request timeout and retry policy.
+        reload = match client.get_reload(&reload_id).await {
+            Err(source) => {
                 return Err(CanaryError::Poll {
                     app: app_shown,
                     reload: reload_shown,
                     source,
                 });
             }
-            Ok(Ok(r)) => r,
+            Ok(r) => r,
         };
         check_ids(app, Some(&reload_id), &reload)?;
         last = checked_status(&reload)?;
@@ -337,5 +332,33 @@ fn timed_out(app: String, reload: String, timeout: Duration, last: &Reload) -> C
         reload,
         timeout,
         last: text::printable(&last.status, 40),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_wait_half_a_second_then_double_up_to_thirty_seconds() {
+        let ms: Vec<u128> = poll_delays().take(9).map(|d| d.as_millis()).collect();
+        assert_eq!(
+            ms,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+    }
+
+    #[test]
+    fn only_the_seven_documented_statuses_are_known() {
+        for s in ["QUEUED", "RELOADING", "CANCELING"] {
+            assert_eq!(parse_status(s), Some(Status::Active), "{s}");
+        }
+        assert_eq!(parse_status("SUCCEEDED"), Some(Status::Succeeded));
+        for s in ["FAILED", "CANCELED", "EXCEEDED_LIMIT"] {
+            assert!(matches!(parse_status(s), Some(Status::Final(_))), "{s}");
+        }
+        for s in ["succeeded", "SUCCEEDED ", "", "DONE"] {
+            assert_eq!(parse_status(s), None, "{s:?}");
+        }
     }
 }

@@ -404,8 +404,8 @@ pub enum Fault {
         /// How many requests to affect.
         times: u32,
     },
-    /// Handle the next `times` matching requests normally, then, if the answer is a 200 JSON
-    /// object, set each top-level field to the given value (`None` removes it): e.g. an
+    /// Handle the next `times` matching requests normally, then, if the answer is a 200 (or
+    /// 201) JSON object, set each top-level field to the given value (`None` removes it): e.g. an
     /// `updated` that is missing, garbage or earlier than before.
     RewriteFields {
         /// Method to match.
