@@ -862,6 +862,7 @@ fn state_store_cost(n: usize) {
         applied_version: format!("{:064x}", i * 7919),
         applied_at: 1_760_000_000,
         checked_at: 1_760_000_000,
+        failed_version: None,
     };
     for i in 0..n {
         if store.record(&job_name(i), entry(i)).is_err() {
@@ -1677,6 +1678,7 @@ async fn section_state(report: &mut Report) {
         applied_version: format!("{:064x}", i * 7919),
         applied_at: 1_760_000_000,
         checked_at: 1_760_000_000,
+        failed_version: None,
     };
     let attempt = |i: usize| Attempt {
         at_ms: 1_760_000_000_000 + i as i64,
@@ -1804,7 +1806,7 @@ fn seed_state_db(
         let e = entry(i);
         let a = attempt(i);
         let _ = tx.execute(
-            "INSERT INTO applied VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO applied (key, connection_id, applied_version, applied_at, checked_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             rusqlite::params![
                 job_name(i),
                 e.connection_id,

@@ -477,13 +477,13 @@ impl Runner {
         let conns = &job.cfg.connections;
         // Change detection reads the backend's memory (SQLite), not the file: a version
         // applied by this process counts even if its write to disk failed.
-        let mut last_applied = std::collections::HashMap::new();
+        let mut states: Vec<(String, JobState)> = Vec::new();
         for &i in only {
             let c = &conns[i];
             match self.state.get(&job.cfg.state_key(c)).await {
                 Ok(s) => {
                     if let Some(s) = s.filter(|s| s.applies_to(c)) {
-                        last_applied.insert(c.key(), s.applied_version);
+                        states.push((c.key(), s));
                     }
                 }
                 Err(e) => {
@@ -495,6 +495,13 @@ impl Runner {
                 }
             }
         }
+        let failed_versions = (states.iter())
+            .filter_map(|(k, s)| Some((k.clone(), s.failed_version.clone()?)))
+            .collect();
+        let last_applied = (states.into_iter())
+            .filter(|(_, s)| !s.applied_version.is_empty())
+            .map(|(k, s)| (k, s.applied_version))
+            .collect();
         let known = {
             let slots = job.slots();
             only.iter()
@@ -508,6 +515,7 @@ impl Runner {
             known,
             only: Some(only.iter().map(|&i| conns[i].key()).collect()),
             secret,
+            failed_versions,
         };
         Some(self.rotator.run(&job.cfg, opts).await)
     }
@@ -529,7 +537,35 @@ impl Runner {
                         applied_version: version.clone(),
                         applied_at: now,
                         checked_at: now,
+                        failed_version: None,
                     };
+                    let written = self.state.record(&key, state, Some(lease)).await;
+                    self.state_written(&job.cfg.name, written);
+                }
+                false
+            }
+            Outcome::CanaryFailed(_) | Outcome::RolledBack { .. } => {
+                // The version failed its canary (or verify, then rolled back): remember it, so
+                // it is not applied again until the vault moves. The applied version stays the
+                // last verified one (re-applied by a rollback).
+                job.forget(index);
+                if let Some(version) = &report.secret_version {
+                    // (An unreadable state starts from an empty record: the failed version is
+                    // what must not be lost.)
+                    let mut state =
+                        self.state
+                            .get(&key)
+                            .await
+                            .ok()
+                            .flatten()
+                            .unwrap_or_else(|| JobState {
+                                connection_id: report.connection_id.clone().unwrap_or_default(),
+                                ..JobState::default()
+                            });
+                    state.failed_version = Some(version.clone());
+                    if let Some(after) = &report.after {
+                        job.remember(index, after);
+                    }
                     let written = self.state.record(&key, state, Some(lease)).await;
                     self.state_written(&job.cfg.name, written);
                 }

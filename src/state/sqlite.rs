@@ -57,7 +57,8 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
 const MAX_STORED_TEXT: i64 = 4096;
 
 /// The schema, one migration per version (`user_version` = how many have run).
-pub const MIGRATIONS: &[&str] = &["
+pub const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE applied (
         key             TEXT PRIMARY KEY,
         connection_id   TEXT NOT NULL,
@@ -82,7 +83,11 @@ pub const MIGRATIONS: &[&str] = &["
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
     ) WITHOUT ROWID;
-"];
+",
+    // 2: the version that failed its canary (or was rolled back), not applied again until the
+    // vault moves.
+    "ALTER TABLE applied ADD COLUMN failed_version TEXT;",
+];
 
 #[derive(Debug)]
 struct Inner {
@@ -374,17 +379,19 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
 
 fn upsert(conn: &Connection, key: &str, st: &JobState) -> Result<(), rusqlite::Error> {
     conn.prepare_cached(
-        "INSERT INTO applied (key, connection_id, applied_version, applied_at, checked_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO applied (key, connection_id, applied_version, applied_at, checked_at,
+             failed_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (key) DO UPDATE SET connection_id = ?2, applied_version = ?3,
-             applied_at = ?4, checked_at = ?5",
+             applied_at = ?4, checked_at = ?5, failed_version = ?6",
     )?
     .execute(params![
         key,
         st.connection_id,
         st.applied_version,
         st.applied_at,
-        st.checked_at
+        st.checked_at,
+        st.failed_version
     ])?;
     Ok(())
 }
@@ -413,7 +420,9 @@ fn load_applied(conn: &Connection, path: &Path) -> Result<BTreeMap<String, JobSt
         let mut stmt = conn.prepare(
             "SELECT key, connection_id, applied_version, applied_at, checked_at,
                  max(length(CAST(key AS BLOB)), length(CAST(connection_id AS BLOB)),
-                     length(CAST(applied_version AS BLOB))) > ?1
+                     length(CAST(applied_version AS BLOB)),
+                     coalesce(length(CAST(failed_version AS BLOB)), 0)) > ?1,
+                 failed_version
              FROM applied",
         )?;
         let mut rows = stmt.query([MAX_STORED_TEXT])?;
@@ -430,6 +439,7 @@ fn load_applied(conn: &Connection, path: &Path) -> Result<BTreeMap<String, JobSt
                     applied_version: r.get(2)?,
                     applied_at: r.get(3)?,
                     checked_at: r.get(4)?,
+                    failed_version: r.get(6)?,
                 },
             );
         }

@@ -1,4 +1,4 @@
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
 use super::*;
 use crate::state::{LOCK_FILE, StateStore};
@@ -9,6 +9,7 @@ fn st(v: &str) -> JobState {
         applied_version: v.into(),
         applied_at: 1,
         checked_at: 0,
+        failed_version: None,
     }
 }
 
@@ -299,4 +300,62 @@ async fn history_reader_without_a_database_says_none() {
             .is_none()
     );
     assert!(HistoryReader::open(dir.path()).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_failed_version_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteBackend::open(dir.path()).unwrap();
+    s.record(
+        "j",
+        JobState {
+            failed_version: Some("v9".into()),
+            ..st("v1")
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    s.close().await;
+    let s = SqliteBackend::open(dir.path()).unwrap();
+    let j = s.get("j").await.unwrap().unwrap();
+    assert_eq!(
+        (j.applied_version.as_str(), j.failed_version.as_deref()),
+        ("v1", Some("v9"))
+    );
+}
+
+/// A database written by schema 1 (before `failed_version`) is migrated at open and keeps
+/// its rows.
+#[tokio::test]
+async fn a_schema_1_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(DB_FILE);
+    {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&db)
+            .unwrap();
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        c.execute("INSERT INTO applied VALUES ('old', 'c1', 'v1', 1, 0)", [])
+            .unwrap();
+    }
+    let s = SqliteBackend::open(dir.path()).unwrap();
+    let old = s.get("old").await.unwrap().unwrap();
+    assert_eq!(
+        (old.applied_version.as_str(), old.failed_version),
+        ("v1", None)
+    );
+    let c = s.inner();
+    let v: i64 = c
+        .conn
+        .as_ref()
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, MIGRATIONS.len() as i64);
 }
