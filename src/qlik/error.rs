@@ -138,11 +138,41 @@ impl ApiProblem {
     }
 }
 
+/// Who this process is to Qlik, for the 401 hint (set by the build phase from `[qlik]`; a
+/// process has one identity). Never a secret: a variable name, a file path or a client id.
+static IDENTITY: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+
+/// Sets the identity named in 401 hints, e.g. `the API key in $QLIK_API_KEY (qlik.api_key_env)`.
+pub fn set_identity(identity: String) {
+    *IDENTITY
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(identity);
+}
+
+fn identity() -> String {
+    IDENTITY
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+        .unwrap_or_else(|| {
+            "the Qlik API key or OAuth client (qlik.api_key_env, qlik.api_key_file or [qlik.oauth])"
+                .to_owned()
+        })
+}
+
+/// What to do about a status, appended to its message: for 401, which credential was refused.
+fn status_hint(status: u16) -> String {
+    match status {
+        401 => format!(" (Qlik refused {}: expired or revoked?)", identity()),
+        _ => String::new(),
+    }
+}
+
 /// An error talking to Qlik.
 #[derive(Debug, thiserror::Error)]
 pub enum QlikError {
     /// Qlik answered with a non-success status.
-    #[error("{method} {endpoint} returned HTTP {status}: {}", problem.describe())]
+    #[error("{method} {endpoint} returned HTTP {status}: {}{}", problem.describe(), status_hint(*status))]
     Status {
         /// HTTP method.
         method: &'static str,
@@ -207,7 +237,7 @@ pub enum QlikError {
         limit: u64,
     },
     /// Getting an OAuth token failed.
-    #[error("OAuth token request failed: {0}")]
+    #[error("OAuth token request failed: {0} (check {id}: wrong, expired or revoked?)", id = identity())]
     Token(String),
     /// A lookup by name matched nothing.
     #[error("no data connection named {name:?}{}", space.as_ref().map(|s| format!(" in space {s}")).unwrap_or_default())]

@@ -278,9 +278,70 @@ fn error_chain(err: &(dyn StdError + 'static)) -> String {
     parts.join(": ")
 }
 
+/// What the default AWS credential chain tries, in order, and how to set each: the hint of
+/// `secret_no_credentials`.
+pub const CREDENTIAL_CHAIN_HINT: &str = "tried, in order: environment (set AWS_ACCESS_KEY_ID and \
+     AWS_SECRET_ACCESS_KEY), profile (AWS_PROFILE in ~/.aws/credentials or ~/.aws/config), web \
+     identity / IRSA (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, set by EKS for a service \
+     account with eks.amazonaws.com/role-arn), container credentials (ECS task role) and the \
+     EC2 instance role (instance metadata); set one of them";
+
+/// Longest cause shown after a setup problem's hint (characters).
+const MAX_CAUSE: usize = 300;
+
+/// A problem of the AWS client's setup rather than of the request: no credentials from the
+/// default chain (→ [`SourceError::NoCredentials`], with what was tried) or no region (→
+/// [`SourceError::Unconfigured`], a configuration error). Both are final within a run. The
+/// cause is one escaped, capped line (never the SDK's multi-line dump). Shared with the SSM
+/// source (`service` names the AWS service).
+pub(crate) fn setup_problem(
+    secret: &SecretRef,
+    err: &(dyn StdError + 'static),
+    service: &str,
+) -> Option<SourceError> {
+    let chain = error_chain(err);
+    let cause = crate::text::printable(
+        &chain.split_whitespace().collect::<Vec<_>>().join(" "),
+        MAX_CAUSE,
+    );
+    let mut next = Some(err);
+    let mut credentials = false;
+    while let Some(e) = next {
+        credentials |= e
+            .downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+            .is_some();
+        next = e.source();
+    }
+    let lower = chain.to_ascii_lowercase();
+    if lower.contains("missing region") || lower.contains("signing region") {
+        return Some(SourceError::Unconfigured {
+            id: secret.id.clone(),
+            message: format!(
+                "no AWS region for {service}: set region = \"…\" in the source's [sources.NAME] table, or AWS_REGION (or a region in the AWS profile); not retried ({cause})"
+            ),
+        });
+    }
+    if credentials || lower.contains("no providers in chain provided credentials") {
+        return Some(SourceError::NoCredentials {
+            id: secret.id.clone(),
+            message: format!(
+                "no AWS credentials for {service}: {CREDENTIAL_CHAIN_HINT} (cause: {cause})"
+            ),
+        });
+    }
+    None
+}
+
 /// Maps an SDK error to a [`SourceError`]. Uses only error codes, AWS messages, status codes
 /// and transport errors: never a response body.
 fn classify(secret: &SecretRef, err: &SdkError<GetSecretValueError, HttpResponse>) -> SourceError {
+    if matches!(
+        err,
+        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_)
+    ) && let Some(problem) = setup_problem(secret, err, "Secrets Manager")
+    {
+        return problem;
+    }
     let (class, message) = match err {
         SdkError::ServiceError(ctx) => {
             let service = ctx.err();
