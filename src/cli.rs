@@ -30,15 +30,21 @@ const EXIT_CODES: &str = "Exit codes: 0 success · 1 a job failed (or a runtime 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate a configuration file; lists every error with its key. Touches no network unless
-    /// --online is given.
+    /// Validate a configuration file; lists every error with its key, and checks that every
+    /// environment variable and file it names exists (values are never printed). Touches no
+    /// network unless --online is given: then each connection is pre-flighted and each secret
+    /// read once, its key names checked against the job's connector.
     CheckConfig {
         #[command(flatten)]
         config: ConfigArg,
         /// Also run pre-flight against the tenant: every connection is resolved, grants the
         /// update privilege, and has the job's connector.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "syntax_only")]
         online: bool,
+        /// Validate the file only: do not check that the environment variables and files it
+        /// names exist (for CI, away from the host that runs the rotator).
+        #[arg(long)]
+        syntax_only: bool,
         #[command(flatten)]
         output: OutputArg,
     },

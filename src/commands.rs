@@ -91,10 +91,21 @@ pub fn load(path: &Path, input: &dyn ConfigInput) -> Result<Config, ExitCode> {
     })
 }
 
-/// `check-config [--online] [--output json]`.
+/// How far `check-config` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckMode {
+    /// `--syntax-only`: the file alone.
+    Syntax,
+    /// The default: the file, and the variables and files it names exist.
+    Local,
+    /// `--online`: also pre-flight every connection and read every secret once.
+    Online,
+}
+
+/// `check-config [--online | --syntax-only] [--output json]`.
 pub async fn check_config(
     path: &Path,
-    online: bool,
+    mode: CheckMode,
     json: bool,
     input: &dyn ConfigInput,
 ) -> ExitCode {
@@ -122,7 +133,11 @@ pub async fn check_config(
         eprintln!("warning: {w}");
     }
     // Everything the configuration points to must exist (values are never read here).
-    let missing = references(&cfg, input);
+    let missing = if mode == CheckMode::Syntax {
+        Vec::new()
+    } else {
+        references(&cfg, input)
+    };
     let mut doc = json!({
         "config": path.display().to_string(),
         "jobs": cfg.jobs.iter().map(|job| json!({
@@ -156,7 +171,7 @@ pub async fn check_config(
     if !json {
         print_config_summary(path, &cfg);
     }
-    if !online {
+    if mode != CheckMode::Online {
         if json {
             doc["ok"] = json!(true);
             crate::telemetry::print_document("check-config", doc);
@@ -176,18 +191,27 @@ pub async fn check_config(
     let mut checks = Vec::new();
     let mut failures: Vec<&'static str> = Vec::new();
     for job in &cfg.jobs {
-        // The secret is read once per job (as a plan run does) and its key names checked
-        // against the job's connector; values are never shown.
-        let plan = rotator
-            .run(
-                job,
-                RunOptions {
-                    plan_only: true,
-                    ..RunOptions::default()
-                },
-            )
-            .await;
+        // Pre-flight first; then, when a connection passes, the secret is read once (as a
+        // plan run does) and its key names checked against the job's connector. Values are
+        // never shown.
+        let mut pre = Vec::new();
         for target in &job.connections {
+            pre.push(crate::runner::preflight(&rotator, job, target).await);
+        }
+        let plan = if pre.iter().any(Result::is_ok) {
+            rotator
+                .run(
+                    job,
+                    RunOptions {
+                        plan_only: true,
+                        ..RunOptions::default()
+                    },
+                )
+                .await
+        } else {
+            Vec::new()
+        };
+        for (target, preflight) in job.connections.iter().zip(pre) {
             let label = if job.connections.len() > 1 {
                 format!("{}[{}]", job.name, target.key())
             } else {
@@ -197,18 +221,12 @@ pub async fn check_config(
                 .iter()
                 .find(|r| r.connection_key == target.key())
                 .and_then(|r| r.outcome.error());
-            let (ok, line, error_type) = match crate::runner::preflight(&rotator, job, target).await
-            {
+            let (ok, line, error_type) = match preflight {
                 Ok(_) if secret.is_some() => {
                     let e = secret.expect("checked");
                     (
                         false,
-                        format!(
-                            "FAILED at {} [{}]: {}",
-                            e.stage().as_str(),
-                            e.error_type(),
-                            e
-                        ),
+                        format!("FAILED: the secret does not fit the job: {e}"),
                         Some(e.error_type()),
                     )
                 }
@@ -227,7 +245,7 @@ pub async fn check_config(
                         crate::runner::PreflightError::Specs(r) => r.error_type(),
                         crate::runner::PreflightError::WrongConnector { .. } => "wrong_connector",
                     };
-                    (false, format!("FAILED [{t}]: {e}"), Some(t))
+                    (false, format!("FAILED: {e}"), Some(t))
                 }
             };
             if let Some(t) = error_type {

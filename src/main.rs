@@ -67,8 +67,18 @@ fn main() -> ExitCode {
             Command::CheckConfig {
                 config,
                 online,
+                syntax_only,
                 output,
-            } => commands::check_config(&config.config, online, output.json(), &env).await,
+            } => {
+                let mode = if syntax_only {
+                    commands::CheckMode::Syntax
+                } else if online {
+                    commands::CheckMode::Online
+                } else {
+                    commands::CheckMode::Local
+                };
+                commands::check_config(&config.config, mode, output.json(), &env).await
+            }
             Command::Run(c) => commands::run(&c.config, &env).await,
             Command::Plan {
                 config,

@@ -75,12 +75,26 @@ source = "nowhere"
 #[tokio::test]
 async fn the_example_config_checks_ok() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml");
-    let out = run_cli(&["check-config", "-c", path], &[]).await;
+    let key = env(&[("QLIK_API_KEY", "CANARY-example-key-77e1")]);
+    let out = run_cli(&["check-config", "-c", path], &key).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("OK (3 job(s), 2 source(s))"));
-    // A missing API key variable is a clear usage error naming the key, not a crash.
-    let out = run_cli(&["plan", "-c", path], &[]).await;
+    assert!(!out.stdout.contains("CANARY") && !out.stderr.contains("CANARY"));
+    // Before: check-config said OK while QLIK_API_KEY was unset. After: exit 64, naming the
+    // key, the variable (a conventional name) and what to do; nothing on stdout.
+    let out = run_cli(&["check-config", "-c", path], &[]).await;
     assert_eq!(out.code, 64, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "  qlik.api_key_env: the environment variable QLIK_API_KEY is not set: export QLIK_API_KEY, or set qlik.api_key_file instead"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
+    // At run time a missing API key is "credentials missing": exit 78, naming the key.
+    let out = run_cli(&["plan", "-c", path], &[]).await;
+    assert_eq!(out.code, 78, "{out:?}");
     assert!(
         out.stderr
             .contains("qlik.api_key_env: the environment variable it names is not set"),
@@ -267,7 +281,8 @@ async fn a_public_admin_listener_is_warned_about_in_check_config_and_at_start() 
     );
     let path = write_config(dir.path(), &text);
     let config = path.to_str().unwrap();
-    let out = run_cli(&["check-config", "-c", config], &[]).await;
+    let key = env(&[("QLIK_API_KEY", API_KEY)]);
+    let out = run_cli(&["check-config", "-c", config], &key).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
         out.stderr
@@ -276,7 +291,7 @@ async fn a_public_admin_listener_is_warned_about_in_check_config_and_at_start() 
     );
     // The same file with a loopback listener: no warning.
     let quiet = write_config(dir.path(), &text.replace("0.0.0.0:0", "127.0.0.1:0"));
-    let out = run_cli(&["check-config", "-c", quiet.to_str().unwrap()], &[]).await;
+    let out = run_cli(&["check-config", "-c", quiet.to_str().unwrap()], &key).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(!out.stderr.contains("warning"), "{out:?}");
 
