@@ -1049,7 +1049,13 @@ async fn read_api_specs(
             fatal(&format!(
                 "the tenant has no api-specs for {} (unknown or disabled data source{}; `qlik-rotator connectors` lists the catalogue's ids)",
                 crate::text::quoted(datasource, 200),
-                crate::text::did_you_mean(datasource, known.iter().map(String::as_str))
+                crate::text::did_you_mean(
+                    datasource,
+                    known
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|k| *k != datasource)
+                )
             ));
             return Err(ExitCode::from(EXIT_FAILED));
         }

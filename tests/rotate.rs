@@ -318,12 +318,16 @@ async fn the_first_401_skips_the_other_jobs_of_the_run() {
     assert_eq!(out.code, 78, "{out:?}");
     // Before: three `failed … [unauthorized]` lines, three 401s. After: one failure naming
     // the key, two skips, and the tenant saw one request.
-    let doc: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON document");
+    let doc: serde_json::Value =
+        serde_json::from_str(out.stdout.trim()).expect("one JSON document");
     assert_eq!(doc["schema"], "qlik-rotator.rotate/v1");
     assert_eq!(doc["ok"], false);
     let conns = doc["connections"].as_array().unwrap();
     assert_eq!(conns.len(), 3, "{doc}");
-    let outcomes: Vec<&str> = conns.iter().map(|c| c["outcome"].as_str().unwrap()).collect();
+    let outcomes: Vec<&str> = conns
+        .iter()
+        .map(|c| c["outcome"].as_str().unwrap())
+        .collect();
     assert_eq!(
         outcomes.iter().filter(|o| **o == "failed").count(),
         1,
@@ -358,7 +362,11 @@ async fn the_first_401_skips_the_other_jobs_of_the_run() {
     assert_eq!(doc["outcomes"]["skipped"], 2);
     assert!(!out.stdout.contains("CANARY") && !out.stderr.contains("CANARY"));
     // The summary on stderr names the skips too.
-    assert!(out.stderr.contains("skipped [unauthorized]"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("skipped [unauthorized]"),
+        "{}",
+        out.stderr
+    );
 
     // The same run in text: one line per job, the skipped ones say why.
     w.sim.clear_requests();
@@ -472,8 +480,9 @@ async fn oauth_costs_one_token_for_many_rotations() {
     );
     // The hint names the OAuth client (never its secret).
     assert!(
-        out.stdout
-            .contains("(check the OAuth client \"sim-client\" (qlik.oauth): wrong, expired or revoked?)"),
+        out.stdout.contains(
+            "(check the OAuth client \"sim-client\" (qlik.oauth): wrong, expired or revoked?)"
+        ),
         "{}",
         out.stdout
     );
