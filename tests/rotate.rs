@@ -818,3 +818,57 @@ async fn rotate_is_one_attempt_per_run_with_the_clients_request_retries() {
     assert_eq!(statuses, [503]);
     assert!(out.stderr.contains("j0: failed at apply [server_error]"));
 }
+
+/// A name without `space` that several connections share is reported as ambiguous (with
+/// what to add), not as "not found"; a name that matches nothing says names are exact and
+/// where to find ids. Nothing is PATCHed either way.
+#[tokio::test]
+async fn an_ambiguous_or_unknown_connection_name_says_what_to_do() {
+    let w = world(SimConfig::default(), S3_SECRET).await;
+    w.sim.add_connection(
+        qlik_sim::SeedConnection::new(
+            "Finance SQL",
+            "mssql",
+            serde_json::json!({"host": "h", "port": 1433, "database": "d", "username": "u", "password": "CANARY-other-space-pw"}),
+        )
+        .in_space("finance-test"),
+    );
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let ambiguous = text.replace(
+        "connection = { name = \"Finance SQL\", space = \"finance\" }",
+        "connection = { name = \"Finance SQL\" }",
+    );
+    assert_ne!(ambiguous, text);
+    std::fs::write(&w.config, &ambiguous).unwrap();
+    let out = run_cli(
+        &["rotate", "-c", w.config(), "--job", "finance-sql"],
+        &w.env(),
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    // Before: `failed at resolve [bad_request]: … HTTP 400 …`. After: ambiguous, with the fix.
+    assert!(
+        out.stdout.starts_with("finance-sql: failed at resolve [ambiguous_name]: the data connection name \"Finance SQL\" is ambiguous")
+            && out.stdout.contains("add the space's id to the job")
+            && out.stdout.contains("space = \"<space id>\""),
+        "{}",
+        out.stdout
+    );
+    // A name that matches nothing.
+    let unknown = text.replace("name = \"Finance SQL\"", "name = \"Finance SQl\"");
+    std::fs::write(&w.config, &unknown).unwrap();
+    let out = run_cli(
+        &["rotate", "-c", w.config(), "--job", "finance-sql"],
+        &w.env(),
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("[not_found]: no data connection named \"Finance SQl\" in space \"finance\" (names are exact and case-sensitive")
+            && out.stdout.contains("Finding connection ids"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("CANARY") && !out.stderr.contains("CANARY"));
+    assert!(with_method(&w.sim, "PATCH").is_empty());
+}
