@@ -520,6 +520,57 @@ mod tests {
         assert!(err.to_string().contains("timed out"), "{err}");
     }
 
+    fn dispatch(
+        cause: Box<dyn StdError + Send + Sync>,
+    ) -> SdkError<GetSecretValueError, HttpResponse> {
+        SdkError::dispatch_failure(aws_sdk_secretsmanager::error::ConnectorError::other(
+            cause, None,
+        ))
+    }
+
+    #[test]
+    fn no_credentials_says_what_was_tried_in_one_capped_line_and_is_final() {
+        // What the default chain returns when nothing provides credentials, with a
+        // multi-line cause as the IMDS provider gives.
+        let cause = aws_credential_types::provider::error::CredentialsError::not_loaded(
+            "failed to load IMDS session token:\n  dispatch failure\n".repeat(40),
+        );
+        let err = classify(&current(), &dispatch(Box::new(cause)));
+        assert_eq!(err.error_type(), "secret_no_credentials");
+        assert!(!err.is_retriable());
+        let text = err.to_string();
+        for hint in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_PROFILE",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "ECS task role",
+            "EC2 instance role",
+        ] {
+            assert!(text.contains(hint), "{hint}: {text}");
+        }
+        assert!(!text.contains('\n'), "one line: {text}");
+        assert!(text.chars().count() < 1200, "capped: {}", text.len());
+    }
+
+    #[test]
+    fn a_missing_region_is_a_configuration_error_not_retried() {
+        let err = classify(
+            &current(),
+            &dispatch("Invalid Configuration: Missing Region".into()),
+        );
+        assert_eq!(err.error_type(), "secret_source_config");
+        assert!(!err.is_retriable());
+        assert!(
+            err.to_string()
+                .contains("[sources.NAME] table, or AWS_REGION"),
+            "{err}"
+        );
+        // An ordinary connection failure stays retriable.
+        let err = classify(&current(), &dispatch("connection refused".into()));
+        assert_eq!(err.error_type(), "secret_source_unavailable");
+        assert!(err.is_retriable());
+    }
+
     fn output()
     -> aws_sdk_secretsmanager::operation::get_secret_value::builders::GetSecretValueOutputBuilder
     {
