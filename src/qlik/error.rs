@@ -164,6 +164,10 @@ fn identity() -> String {
 fn status_hint(status: u16) -> String {
     match status {
         401 => format!(" (Qlik refused {}: expired or revoked?)", identity()),
+        403 => " (the identity lacks a permission for this call: give it `update` on the connection or its space, or use the M2M bot)".to_owned(),
+        404 => " (not found: check the job's connection id, or its name and space)".to_owned(),
+        429 => " (rate limited after retries: lower qlik.write_budget_per_min or daemon.max_concurrent_rotations)".to_owned(),
+        500..=599 => " (Qlik is unavailable; retried within qlik.max_attempts and daemon.max_attempts_per_run)".to_owned(),
         _ => String::new(),
     }
 }
@@ -428,6 +432,56 @@ mod tests {
         // A code of the wrong type does not hide the rest.
         let p = ApiProblem::parse(br#"{"errors":[{"code":{"x":1},"title":"T"}]}"#);
         assert_eq!((p.code, p.title.as_deref()), (None, Some("T")));
+    }
+
+    #[test]
+    fn each_status_says_what_to_do() {
+        let st = |status| {
+            QlikError::Status {
+                method: "GET",
+                endpoint: "/api/v1/data-connections/{id}",
+                status,
+                problem: Box::default(),
+                retry_after: None,
+            }
+            .to_string()
+        };
+        // Before: `… returned HTTP 401: no error details in the response`.
+        assert!(st(401).ends_with(": expired or revoked?)"), "{}", st(401));
+        assert!(st(403).contains("give it `update` on the connection or its space"));
+        assert!(st(404).contains("check the job's connection id, or its name and space"));
+        assert!(st(429).contains("lower qlik.write_budget_per_min"));
+        assert!(st(503).contains("Qlik is unavailable; retried"));
+        assert!(!st(400).contains('('), "{}", st(400));
+        // A lookup by name: 400/409 without a space is ambiguous, with a space it is not.
+        let lookup = |status, space: Option<&str>| {
+            QlikError::Status {
+                method: "GET",
+                endpoint: "/x",
+                status,
+                problem: Box::default(),
+                retry_after: None,
+            }
+            .for_name_lookup("Finance \u{1b}SQL", space)
+        };
+        for status in [400, 409] {
+            let e = lookup(status, None);
+            assert_eq!(e.error_type(), "ambiguous_name");
+            assert!(!e.is_retriable());
+            assert!(
+                e.to_string()
+                    .contains("\"Finance \\u{1b}SQL\" is ambiguous"),
+                "{e}"
+            );
+        }
+        assert_eq!(lookup(400, Some("s")).error_type(), "bad_request");
+        assert_eq!(lookup(403, None).error_type(), "forbidden");
+        let nf = QlikError::NameNotFound {
+            name: "x".into(),
+            space: Some("s\n".into()),
+        };
+        assert!(nf.to_string().contains("in space \"s\\n\""), "{nf}");
+        assert!(nf.to_string().contains("Finding connection ids"), "{nf}");
     }
 
     #[test]

@@ -406,9 +406,17 @@ fn classify(secret: &SecretRef, err: &SdkError<GetSecretValueError, HttpResponse
     match class {
         Class::NotFound => SourceError::NotFound {
             id,
-            detail: format!("{}: {message}", selector_detail(&secret.version)),
+            detail: format!(
+                "{}: {message} (check the job's `secret` (name or ARN), its version, and the source's region)",
+                selector_detail(&secret.version)
+            ),
         },
-        Class::AccessDenied => SourceError::AccessDenied { id, message },
+        Class::AccessDenied => SourceError::AccessDenied {
+            id,
+            message: format!(
+                "{message} (the AWS identity needs secretsmanager:GetSecretValue on this secret, and kms:Decrypt on its KMS key)"
+            ),
+        },
         Class::Invalid => SourceError::Invalid { id, message },
         Class::Unavailable => SourceError::Unavailable { id, message },
     }
@@ -550,6 +558,29 @@ mod tests {
         }
         assert!(!text.contains('\n'), "one line: {text}");
         assert!(text.chars().count() < 1200, "capped: {}", text.len());
+    }
+
+    #[test]
+    fn access_denied_and_not_found_say_what_to_check() {
+        let err = classify(
+            &current(),
+            &service_error(Some("AccessDeniedException"), 400),
+        );
+        assert_eq!(err.error_type(), "secret_access_denied");
+        assert!(
+            err.to_string()
+                .contains("needs secretsmanager:GetSecretValue on this secret, and kms:Decrypt"),
+            "{err}"
+        );
+        let err = classify(
+            &current(),
+            &service_error(Some("ResourceNotFoundException"), 400),
+        );
+        assert!(
+            err.to_string()
+                .contains("check the job's `secret` (name or ARN)"),
+            "{err}"
+        );
     }
 
     #[test]
