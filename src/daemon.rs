@@ -184,9 +184,30 @@ impl Daemon {
     /// failures are reported and skipped, the others run. Each result is kept (compactly) as
     /// it arrives, so the parsed GETs never pile up.
     async fn preflight_all(&self, width: usize) {
-        let targets =
+        let mut targets =
             (self.jobs.values()).flat_map(|j| (0..j.cfg().connections.len()).map(move |i| (j, i)));
         let rotator = self.runner.rotator();
+        // The first connection alone: when Qlik refuses the credentials (401), the others
+        // are not tried (one clear error instead of the same 401 for every job); pre-flight
+        // is retried on every schedule tick, so they are checked once the key is fixed.
+        if let Some((job, i)) = targets.next() {
+            let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
+            let refused = matches!(&result, Err(PreflightError::Read(e)) if matches!(e.error_type(), "unauthorized" | "auth"));
+            self.preflight_done(job, i, result);
+            if refused {
+                let skipped = targets.count();
+                tracing::error!(
+                    skipped,
+                    "Pre-flight of the other connections not tried: Qlik refused the rotator's credentials (HTTP 401; see the error above). Pre-flight is retried on every schedule tick."
+                );
+                for job in self.jobs.values() {
+                    self.metrics()
+                        .set_preflight(&job.cfg().name, job.preflight_ok());
+                }
+                self.update_job_gauges();
+                return;
+            }
+        }
         futures_util::stream::iter(targets)
             .map(|(job, i)| async move {
                 let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
@@ -194,16 +215,7 @@ impl Daemon {
             })
             .buffer_unordered(width)
             .for_each(|(job, i, result)| {
-                let (name, conn) = (&job.cfg().name, &job.cfg().connections[i]);
-                match result {
-                    Ok(c) => {
-                        job.remember(i, &c);
-                        tracing::debug!(job = %name, connection = %conn, "Pre-flight passed.");
-                    }
-                    Err(e) => {
-                        tracing::error!(job = %name, connection = %conn, error = %e, "Pre-flight failed; the connection is skipped until it passes.");
-                    }
-                }
+                self.preflight_done(job, i, result);
                 std::future::ready(())
             })
             .await;
@@ -212,6 +224,25 @@ impl Daemon {
                 .set_preflight(&job.cfg().name, job.preflight_ok());
         }
         self.update_job_gauges();
+    }
+
+    /// Keeps (or reports) one connection's pre-flight result.
+    fn preflight_done(
+        &self,
+        job: &JobRuntime,
+        i: usize,
+        result: Result<crate::qlik::DataConnection, PreflightError>,
+    ) {
+        let (name, conn) = (&job.cfg().name, &job.cfg().connections[i]);
+        match result {
+            Ok(c) => {
+                job.remember(i, &c);
+                tracing::debug!(job = %name, connection = %conn, "Pre-flight passed.");
+            }
+            Err(e) => {
+                tracing::error!(job = %name, connection = %conn, error = %e, "Pre-flight failed; the connection is skipped until it passes.");
+            }
+        }
     }
 
     /// One cron entry per distinct (schedule, time zone), fanning out to its jobs: a cron

@@ -348,7 +348,11 @@ impl Runner {
             tracing::warn!(job = %job.cfg.name, "Skipping this job: Qlik refused the credentials (HTTP 401) to another job just before.");
             return Err(Skipped::CredentialsRefused);
         }
-        self.recheck_preflight(job).await;
+        if self.recheck_preflight(job).await {
+            // Qlik refused the credentials to this job's pre-flight: the other jobs of this
+            // tick are skipped (see `credentials_refused`).
+            self.refuse_credentials();
+        }
         let mut only: Vec<usize> = job.passing();
         if only.is_empty() {
             return Err(Skipped::NoConnection);
@@ -398,6 +402,14 @@ impl Runner {
         at.is_some_and(|t| t.elapsed() < AUTH_HOLD)
     }
 
+    /// Records that Qlik refused the credentials now.
+    fn refuse_credentials(&self) {
+        *self
+            .auth_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
+    }
+
     /// Records a 401 (or OAuth refusal) of a run; any success clears it.
     fn note_credentials(&self, reports: &[Report]) {
         let refused = reports.iter().any(|r| {
@@ -417,12 +429,14 @@ impl Runner {
     }
 
     /// Re-tries pre-flight of the connections that failed it, so a fixed permission recovers
-    /// by itself.
-    async fn recheck_preflight(&self, job: &JobRuntime) {
+    /// by itself. Returns whether Qlik refused the credentials (401), which stops at the first
+    /// such connection.
+    async fn recheck_preflight(&self, job: &JobRuntime) -> bool {
         let failing = job.failing();
         if failing.is_empty() {
-            return;
+            return false;
         }
+        let mut refused = false;
         let name = job.cfg.name.as_str();
         for i in failing {
             let conn = &job.cfg.connections[i];
@@ -433,10 +447,16 @@ impl Runner {
                 }
                 Err(e) => {
                     tracing::warn!(job = name, connection = %conn, error = %e, "Pre-flight still failing; skipping this connection.");
+                    if matches!(&e, PreflightError::Read(q) if matches!(q.error_type(), "unauthorized" | "auth"))
+                    {
+                        refused = true;
+                        break;
+                    }
                 }
             }
         }
         self.metrics.set_preflight(name, job.preflight_ok());
+        refused
     }
 
     /// One attempt over the connections `only` (indexes).

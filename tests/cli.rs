@@ -845,3 +845,49 @@ async fn aws_without_credentials_or_region_says_what_to_set() {
     assert!(!out.stderr.contains("Retrying"), "{}", out.stderr);
     assert!(w.sim.requests().is_empty());
 }
+
+/// The daemon with a refused API key: the first pre-flight's 401 names the key's variable and
+/// asks "expired or revoked?"; the other connections are not tried (one request in all), and
+/// the daemon keeps running (pre-flight is retried on each schedule tick).
+#[tokio::test]
+async fn the_daemon_stops_preflight_at_the_first_401_and_keeps_running() {
+    let w = ops_world(true, "").await;
+    let text = std::fs::read_to_string(&w.config).unwrap().replace(
+        "[daemon]\n",
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[daemon]\n",
+    );
+    std::fs::write(&w.config, text).unwrap();
+    let err_path = w.dir.path().join("run.stderr");
+    let mut child = command(
+        &["run", "-c", w.config()],
+        &env(&[("QLIK_API_KEY", "CANARY-ops-9c4f2e-revoked")]),
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&err_path).unwrap())
+    .spawn()
+    .unwrap();
+    let stopped = wait_until(std::time::Duration::from_secs(20), || {
+        std::fs::read_to_string(&err_path).is_ok_and(|s| {
+            s.contains("Pre-flight of the other connections not tried") && s.contains("Serving")
+        })
+    })
+    .await;
+    let still_running = child.try_wait().unwrap().is_none();
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&err_path).unwrap();
+    assert!(stopped, "{stderr}");
+    assert!(still_running, "the daemon exited: {stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    // Before: one `HTTP 401` error per job and no hint. After: one, naming the variable.
+    assert!(
+        stderr.contains(
+            "(Qlik refused the API key in $QLIK_API_KEY (qlik.api_key_env): expired or revoked?)"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("returned HTTP 401").count(), 1, "{stderr}");
+    assert_eq!(w.sim.requests().len(), 1, "{:?}", w.sim.requests());
+    assert!(with_method(&w.sim, "PATCH").is_empty());
+    assert!(!stderr.contains("CANARY"), "{stderr}");
+}
