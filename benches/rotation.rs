@@ -8,7 +8,9 @@
 //!                       extrapolated linearly (default 100; K = N runs it in full, ~5 min)
 //! --rss-jobs N          jobs of the idle-RSS daemon (default 10000)
 //! --metrics-jobs N      jobs of the /metrics size case (default 10000)
-//! --only SECTION        budget | latency | calls | rss | oneshot | metrics (repeatable or comma-separated)
+//! --only SECTION        budget | latency | calls | rss | oneshot | metrics | vault | propagation
+//!                       | reads (repeatable or comma-separated)
+//! --start-jobs N        jobs of the read-budget start (default 10000)
 //! --oneshot-before-bin P  section 5's "before": this binary (e.g. a build of an older main)
 //!                       runs the sequential sample; default: this binary with one rotation slot
 //! ```
@@ -23,7 +25,19 @@
 //! 5. `oneshot`: `qlik-rotator rotate --all` (the real binary) on N connections at 100 ms
 //!    latency, concurrent through the job runner, against a sequential run of the same
 //!    command on `--baseline-sample` connections (extrapolated).
-//! 6. `metrics`: size of one `/metrics` exposition with 10,000 jobs that have each run once.
+//! 6. `metrics`: size of one `/metrics` exposition with 10,000 jobs that have each run once
+//!    (the target), and after a second, `unchanged` run of each.
+//! 7. `vault`: Secrets Manager calls per cycle for N due jobs (moto over HTTP), read one by one
+//!    (before) and in `BatchGetSecretValue` batches (`triggers::prefetch`, after); counted at our
+//!    side (`AwsSecretsManager::api_calls`).
+//! 8. `propagation`: `PutSecretValue` (moto) → the verify GET after the PATCH (simulator), over
+//!    100 changes, with the real binary consuming `[events]` from a moto SQS queue. The bench
+//!    sends the EventBridge-shaped message itself right after the change: EventBridge's own
+//!    delivery delay is not in the number.
+//! 9. `reads`: a 10,000-job start against a simulator enforcing both tiers, R = 1,000 reads and
+//!    W = 100 writes per scaled window (2 s standing for a minute), the daemon budgets scaled
+//!    the same way; 1,000 of the jobs `run_on_start`. Prints the 429s (target: none), the time
+//!    to ready and to full pre-flight.
 //!
 //! Everything runs on loopback: an in-process Qlik simulator, a file vault in a temporary
 //! directory and, for sections 1-3, an in-process daemon (`daemon::start`); section 4 spawns
@@ -66,11 +80,22 @@ struct Args {
     baseline_sample: usize,
     rss_jobs: usize,
     metrics_jobs: usize,
+    start_jobs: usize,
     only: Vec<String>,
     oneshot_before_bin: Option<PathBuf>,
 }
 
-const SECTIONS: [&str; 6] = ["budget", "latency", "calls", "rss", "oneshot", "metrics"];
+const SECTIONS: [&str; 9] = [
+    "budget",
+    "latency",
+    "calls",
+    "rss",
+    "oneshot",
+    "metrics",
+    "vault",
+    "propagation",
+    "reads",
+];
 
 impl Args {
     fn parse() -> Result<Args, String> {
@@ -79,6 +104,7 @@ impl Args {
             baseline_sample: 100,
             rss_jobs: 10_000,
             metrics_jobs: 10_000,
+            start_jobs: 10_000,
             only: Vec::new(),
             oneshot_before_bin: None,
         };
@@ -105,6 +131,7 @@ impl Args {
                 "--baseline-sample" => args.baseline_sample = number(&key, value(&key)?)?,
                 "--rss-jobs" => args.rss_jobs = number(&key, value(&key)?)?,
                 "--metrics-jobs" => args.metrics_jobs = number(&key, value(&key)?)?,
+                "--start-jobs" => args.start_jobs = number(&key, value(&key)?)?,
                 "--oneshot-before-bin" => args.oneshot_before_bin = Some(value(&key)?.into()),
                 "--only" => {
                     for s in value(&key)?.split(',').map(str::trim) {
@@ -119,7 +146,8 @@ impl Args {
                 "-h" | "--help" => {
                     return Err(
                         "usage: rotation [--connections N] [--baseline-sample K] [--rss-jobs N] \
-                         [--metrics-jobs N] [--only budget|latency|calls|rss|oneshot|metrics] \
+                         [--metrics-jobs N] [--start-jobs N] \
+                         [--only budget|latency|calls|rss|oneshot|metrics|vault|propagation|reads] \
                          [--oneshot-before-bin PATH]"
                             .to_owned(),
                     );
@@ -234,7 +262,7 @@ fn config_text(
 ) -> String {
     let mut s = format!(
         "[qlik]\ntenant_url = \"{url}\"\napi_key_env = \"{API_KEY_ENV}\"\n\
-         write_budget_per_min = {budget}\n\n\
+         write_budget_per_min = {budget}\nread_budget_per_min = 0\n\n\
          [sources.v]\ntype = \"file\"\npath = \"vault\"\n\n\
          [daemon]\nstate_dir = \"state\"\nmax_concurrent_rotations = {concurrency}\n\n\
          [metrics]\nlisten = \"127.0.0.1:0\"\n",
@@ -380,6 +408,7 @@ async fn daemon_run(setup: DaemonSetup) -> Result<DaemonRun, String> {
     let running: Running = daemon::start(&cfg, &input())
         .await
         .map_err(|e| format!("daemon start: {e}"))?;
+    running.daemon.preflight_finished().await;
     let preflight = started.elapsed();
     let http = http();
     let (ready, _) = get(&http, running.addr, "/readyz").await;
@@ -1163,6 +1192,17 @@ async fn idle_daemon(case: IdleCase) -> Result<Idle, String> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Ready no longer waits for pre-flight: measure once it is done (its log line).
+        while !std::fs::read_to_string(&err_path).is_ok_and(|t| t.contains("Pre-flight finished."))
+        {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(format!("exited early: {st}"));
+            }
+            if started.elapsed() > deadline {
+                return Err("pre-flight never finished".to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let ready_after = started.elapsed();
         let cpu0 = cpu_ticks(pid);
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1451,10 +1491,13 @@ fn section_metrics(args: &Args, report: &mut Report) {
         m.set_preflight(&job.name, true);
     }
     let idle = m.render();
-    record_runs(&m, &cfg);
+    record_runs(&m, &cfg, false);
     let started = Instant::now();
     let text = m.render();
     let render = started.elapsed();
+    // Later runs find most secrets unchanged: each job then has two outcome series.
+    record_runs(&m, &cfg, true);
+    let steady = m.render();
     let mut families: Vec<(String, usize)> = Vec::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let family = line.split(['{', ' ']).next().unwrap_or_default();
@@ -1469,10 +1512,14 @@ fn section_metrics(args: &Args, report: &mut Report) {
     }
     families.sort_by_key(|f| std::cmp::Reverse(f.1));
     let mb = |b: usize| b as f64 / 1e6;
-    for (what, body) in [("idle", &idle), ("after one run", &text)] {
+    for (what, body) in [
+        ("idle", &idle),
+        ("after one run", &text),
+        ("after a second run, unchanged", &steady),
+    ] {
         let (plain, gz) = sizes(body);
         println!(
-            "  /metrics {what:<14} {:>6.2} MB in {:>6} lines; gzip'd {}",
+            "  /metrics {what:<30} {:>6.2} MB in {:>6} lines; gzip'd {}",
             mb(plain),
             body.lines().count(),
             gz.map_or("(no gzip on PATH)".to_owned(), |g| format!(
@@ -1546,6 +1593,15 @@ fn main() {
         if args.wants("metrics") {
             section_metrics(&args, &mut report);
         }
+        if args.wants("vault") {
+            section_vault(&args, &mut report).await;
+        }
+        if args.wants("propagation") {
+            section_propagation(&mut report).await;
+        }
+        if args.wants("reads") {
+            section_reads(&args, &mut report).await;
+        }
     });
     header("Summary");
     for (what, ok) in &report.targets {
@@ -1561,13 +1617,17 @@ fn main() {
 }
 
 /// One run of every job, through the same events the daemon emits: rotated, or (one in ten)
-/// failed at apply.
-fn record_runs(m: &std::sync::Arc<qlik_rotator::metrics::Metrics>, cfg: &config::Config) {
+/// failed at apply; with `unchanged`, every job's secret is found unchanged instead.
+fn record_runs(
+    m: &std::sync::Arc<qlik_rotator::metrics::Metrics>,
+    cfg: &config::Config,
+    unchanged: bool,
+) {
     use qlik_rotator::events::{Events, RotationFailed, RotationFinished, RunFinished};
     let events = Events::new(m.clone());
     for (i, job) in cfg.jobs.iter().enumerate() {
         let duration = Duration::from_millis(300 + (i as u64 % 7) * 100);
-        let failed = i % 10 == 0;
+        let failed = i % 10 == 0 && !unchanged;
         if failed {
             events.emit(RotationFailed {
                 job: &job.name,
@@ -1581,7 +1641,7 @@ fn record_runs(m: &std::sync::Arc<qlik_rotator::metrics::Metrics>, cfg: &config:
             events.emit(RotationFinished {
                 job: &job.name,
                 connection: "c",
-                outcome: "rotated",
+                outcome: if unchanged { "unchanged" } else { "rotated" },
                 secret_version: "v",
                 duration,
             });
@@ -1595,4 +1655,491 @@ fn record_runs(m: &std::sync::Arc<qlik_rotator::metrics::Metrics>, cfg: &config:
         });
         m.set_preflight(&job.name, true);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sections 7 and 8: Secrets Manager batches and event propagation (moto)
+// ---------------------------------------------------------------------------------------------
+
+#[path = "../tests/common/moto.rs"]
+#[allow(dead_code)]
+mod moto;
+
+/// The config of `n` jobs reading `bench/conn-NNNNN` from moto; `extra` goes before the jobs.
+fn aws_config_text(sim: &Simulator, endpoint: &str, ids: &[String], extra: &str) -> String {
+    let mut s = format!(
+        "[qlik]\ntenant_url = \"{url}\"\napi_key_env = \"{API_KEY_ENV}\"\nwrite_budget_per_min = 0\n\n\
+         [sources.aws]\ntype = \"aws_secrets_manager\"\nendpoint_url = \"{endpoint}\"\nregion = \"us-east-1\"\n\n\
+         [daemon]\nstate_dir = \"state\"\nmax_concurrent_rotations = 64\n\n{extra}\n",
+        url = sim.base_url()
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let _ = write!(
+            s,
+            "\n[[jobs]]\nname = \"{job}\"\nconnection = {{ id = \"{id}\" }}\nconnector = \"mssql\"\n\
+             source = \"aws\"\nsecret = \"bench/{job}\"\n",
+            job = job_name(i)
+        );
+    }
+    s
+}
+
+fn secret_body(i: usize, generation: u32) -> String {
+    json!({"username": format!("svc_user_{i}"), "password": format!("pass-{i}-gen{generation}")})
+        .to_string()
+}
+
+/// One cycle over every job: with `batched`, the secrets are read first with
+/// `triggers::prefetch` (as a schedule tick, `rotate --all` and events do). Returns
+/// (Secrets Manager calls, rotated, unchanged, failed).
+async fn vault_cycle(
+    runner: &qlik_rotator::runner::Runner,
+    jobs: &[qlik_rotator::runner::JobRuntime],
+    src: &qlik_rotator::secrets::aws::AwsSecretsManager,
+    batched: bool,
+) -> (u64, usize, usize, usize) {
+    use futures_util::StreamExt;
+    let before = src.api_calls();
+    let cfgs: Vec<&config::JobConfig> = jobs.iter().map(|j| j.cfg()).collect();
+    let secrets = if batched {
+        qlik_rotator::triggers::prefetch(runner.rotator(), &cfgs).await
+    } else {
+        vec![None; jobs.len()]
+    };
+    let reports: Vec<_> = futures_util::stream::iter(jobs.iter().zip(secrets))
+        .map(|(job, secret)| runner.run_job_with(job, false, None, secret))
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut counts = (src.api_calls() - before, 0, 0, 0);
+    for r in reports.into_iter().flatten().flatten() {
+        match r.outcome.label() {
+            "rotated" => counts.1 += 1,
+            "unchanged" => counts.2 += 1,
+            _ => counts.3 += 1,
+        }
+    }
+    counts
+}
+
+async fn section_vault(args: &Args, report: &mut Report) {
+    let n = args.connections;
+    header(&format!(
+        "vault: Secrets Manager calls per cycle, {n} due jobs (moto over HTTP)"
+    ));
+    let result: Result<(), String> = async {
+        use futures_util::StreamExt;
+        use qlik_rotator::secrets::{AnySource, aws::AwsSecretsManager};
+        let moto = moto::Moto::start();
+        let client = moto.client().await;
+        let created: Vec<_> = futures_util::stream::iter(0..n)
+            .map(|i| {
+                let client = client.clone();
+                async move {
+                    client
+                        .create_secret()
+                        .name(format!("bench/{}", job_name(i)))
+                        .secret_string(secret_body(i, 1))
+                        .send()
+                        .await
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        if let Some(Err(e)) = created.into_iter().find(Result::is_err) {
+            return Err(format!("CreateSecret: {e}"));
+        }
+        let sim = Simulator::start(SimConfig::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ids = seed_connections(&sim, n);
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let text = aws_config_text(&sim, &moto.endpoint, &ids, "");
+        let cfg = config::load_str(&text, dir.path(), &input()).map_err(|e| format!("{:?}", e.0))?;
+        // The source on the bench's moto client (fixed credentials, no environment).
+        let aws = AwsSecretsManager::from_client(moto.client().await);
+        let src = std::sync::Arc::new(AnySource::AwsSecretsManager(aws.clone()));
+        let metrics = std::sync::Arc::new(qlik_rotator::metrics::Metrics::new());
+        let qlik = std::sync::Arc::new(app::qlik_client(&cfg, &input()).map_err(|e| e.to_string())?);
+        let rotator = qlik_rotator::rotation::Rotator::new(qlik, HashMap::from([("aws".to_owned(), src)]))
+            .with_metrics(metrics.clone());
+        let built = app::App {
+            rotator: std::sync::Arc::new(rotator),
+            state: StateStore::open(cfg.daemon.state_dir.clone()).map_err(|e| e.to_string())?,
+            metrics,
+        };
+        let runner = qlik_rotator::runner::Runner::new(&built, 64, qlik_rotator::runner::RetryPolicy::new(1));
+        let jobs: Vec<_> = cfg.jobs.iter().cloned().map(qlik_rotator::runner::JobRuntime::ungated).collect();
+        let show = |what: &str, (calls, rotated, unchanged, failed): (u64, usize, usize, usize)| {
+            println!("  {what:<46} {calls:>6} calls  (rotated {rotated}, unchanged {unchanged}, failed {failed})");
+        };
+        let first = vault_cycle(&runner, &jobs, &aws, true).await;
+        show("cycle 1, batched, every secret new", first);
+        let before = vault_cycle(&runner, &jobs, &aws, false).await;
+        show("cycle 2, one by one (before), none changed", before);
+        let after = vault_cycle(&runner, &jobs, &aws, true).await;
+        show("cycle 3, batched (after), none changed", after);
+        let changed = n.min(10);
+        for i in 0..changed {
+            client
+                .put_secret_value()
+                .secret_id(format!("bench/{}", job_name(i)))
+                .secret_string(secret_body(i, 2))
+                .send()
+                .await
+                .map_err(|e| format!("PutSecretValue: {e}"))?;
+        }
+        let some = vault_cycle(&runner, &jobs, &aws, true).await;
+        show(&format!("cycle 4, batched, {changed} changed"), some);
+        let budget = (n as u64).div_ceil(20);
+        report.target(
+            format!("Secrets Manager calls per cycle of {n} due jobs ≤ {budget} + changed: {} unchanged (before: {}), {} with {changed} changed", after.0, before.0, some.0),
+            after.0 <= budget && some.0 <= budget + changed as u64 && some.1 == changed && first.1 == n,
+        );
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        println!("  error: {e}");
+        report.target("vault section completed", false);
+    }
+}
+
+async fn section_propagation(report: &mut Report) {
+    const CHANGES: usize = 100;
+    header(&format!(
+        "propagation: PutSecretValue → verified PATCH, {CHANGES} changes, [events] over moto SQS (real binary)"
+    ));
+    let result: Result<(), String> = async {
+        let moto = moto::Moto::start();
+        let sm = moto.client().await;
+        sm.create_secret()
+            .name(format!("bench/{}", job_name(0)))
+            .secret_string(secret_body(0, 0))
+            .send()
+            .await
+            .map_err(|e| format!("CreateSecret: {e}"))?;
+        let sqs = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::Config::builder()
+                .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+                .endpoint_url(&moto.endpoint)
+                .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+                .credentials_provider(aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "moto"))
+                .build(),
+        );
+        let queue = sqs
+            .create_queue()
+            .queue_name("bench-events")
+            .send()
+            .await
+            .map_err(|e| format!("CreateQueue: {e}"))?
+            .queue_url
+            .ok_or("no queue url")?;
+        let sim = Simulator::start(SimConfig::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ids = seed_connections(&sim, 1);
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let port = moto::free_port();
+        let extra = format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[events]\ntype = \"sqs\"\nqueue_url = \"{queue}\"\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\n",
+            moto.endpoint
+        );
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, aws_config_text(&sim, &moto.endpoint, &ids, &extra))
+            .map_err(|e| e.to_string())?;
+        let stderr = dir.path().join("daemon.stderr");
+        let mut child = Command::new(binary())
+            .args(["run", "-c", path.to_str().ok_or("path")?])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs([
+                (API_KEY_ENV, API_KEY),
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let http = http();
+        let mut ready = false;
+        for _ in 0..600 {
+            if get(&http, addr, "/readyz").await.0 == 200 {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let conn_path = format!("/api/v1/data-connections/{}", ids[0]);
+        let mut latencies = Vec::with_capacity(CHANGES);
+        let mut error = (!ready).then(|| "the daemon did not become ready".to_owned());
+        for k in 0..CHANGES {
+            if error.is_some() {
+                break;
+            }
+            let t0 = Instant::now();
+            let out = sm
+                .put_secret_value()
+                .secret_id(format!("bench/{}", job_name(0)))
+                .secret_string(secret_body(0, k as u32 + 1))
+                .send()
+                .await
+                .map_err(|e| format!("PutSecretValue: {e}"))?;
+            let arn = out.arn.unwrap_or_default();
+            let event = json!({
+                "version": "0", "id": format!("bench-{k}"), "detail-type": "AWS API Call via CloudTrail",
+                "source": "aws.secretsmanager", "account": "123456789012", "region": "us-east-1",
+                "resources": [], "detail": {"eventSource": "secretsmanager.amazonaws.com",
+                "eventName": "PutSecretValue", "requestParameters": {"secretId": arn}}
+            });
+            sqs.send_message()
+                .queue_url(&queue)
+                .message_body(event.to_string())
+                .send()
+                .await
+                .map_err(|e| format!("SendMessage: {e}"))?;
+            let deadline = t0 + Duration::from_secs(30);
+            loop {
+                let reqs = sim.requests();
+                let patch = reqs.iter().find(|r| r.method == "PATCH" && r.path == conn_path && r.at > t0);
+                let verify = patch.and_then(|p| {
+                    reqs.iter().find(|r| r.method == "GET" && r.path == conn_path && r.at > p.at)
+                });
+                if let Some(v) = verify {
+                    latencies.push(v.at - t0);
+                    break;
+                }
+                if Instant::now() > deadline {
+                    error = Some(format!("change {k} not propagated within 30 s"));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sim.clear_requests();
+        }
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        if let Some(e) = error {
+            return Err(format!("{e}; daemon log: {}", std::fs::read_to_string(&stderr).unwrap_or_default().lines().rev().take(5).collect::<Vec<_>>().join(" | ")));
+        }
+        latencies.sort_unstable();
+        let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
+        let (p50, p95) = (pct(0.50), pct(0.95));
+        let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+        println!(
+            "  {} changes: p50 {}, p95 {}, max {} (to the verify GET; wait_time 20 s long poll)",
+            latencies.len(),
+            ms(p50),
+            ms(p95),
+            ms(*latencies.last().unwrap_or(&Duration::ZERO))
+        );
+        report.target(format!("propagation p50 ≤ 2 s with events: p50 {}, p95 {}", ms(p50), ms(p95)), p50 <= Duration::from_secs(2));
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        println!("  error: {e}");
+        report.target("propagation section completed", false);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 9: the read budget on a 10,000-job start
+// ---------------------------------------------------------------------------------------------
+
+/// Qlik's Tier 1 and Tier 2 per minute (qlik.dev rate-limiting page), and the scaled window
+/// that stands for the minute here.
+const TIER1: u32 = 1_000;
+const TIER2: u32 = 100;
+const SCALED_WINDOW: Duration = Duration::from_secs(2);
+
+/// Runs the start twice: budgets equal to the scaled limits (the default config's budgets,
+/// scaled), then 5% under them. The gate's 2% margin is 1.2 s of a real minute but 40 ms of
+/// the 2 s window, less than the scheduling jitter of a loaded 2-core host; the second run
+/// shows what a margin of that size in real terms does.
+async fn section_reads(args: &Args, report: &mut Report) {
+    for factor in [1.0, 0.95] {
+        reads_case(args, report, factor).await;
+    }
+}
+
+async fn reads_case(args: &Args, report: &mut Report, factor: f64) {
+    let n = args.start_jobs;
+    let on_start = n.min(1_000);
+    let scale = 60.0 / SCALED_WINDOW.as_secs_f64() * factor;
+    let (read_budget, write_budget) = (
+        (f64::from(TIER1) * scale) as u32,
+        (f64::from(TIER2) * scale) as u32,
+    );
+    header(&format!(
+        "7. Read budget: a {n}-job start ({on_start} run_on_start), simulator R = {TIER1} reads and \
+         W = {TIER2} writes per {} s window (a minute, scaled), read_budget_per_min = {read_budget}, \
+         write_budget_per_min = {write_budget}",
+        SCALED_WINDOW.as_secs()
+    ));
+    match reads_run(n, on_start, read_budget, write_budget).await {
+        Ok(r) => {
+            let rejected = r.rejected_reads + r.rejected_writes;
+            println!("  start → ready:                     {}", secs(r.ready));
+            println!("  start → full pre-flight:           {}", secs(r.preflight));
+            println!(
+                "  pre-flight at:                     {:.0} GETs/s (budget {:.0}/s)",
+                r.reads_at_preflight as f64 / r.preflight.as_secs_f64().max(1e-9),
+                f64::from(read_budget) / 60.0
+            );
+            println!(
+                "  run_on_start rotated:              {} of {on_start} (in {})",
+                r.rotated,
+                secs(r.rotated_after)
+            );
+            println!(
+                "  429s:                              {rejected} ({} reads, {} writes)",
+                r.rejected_reads, r.rejected_writes
+            );
+            println!(
+                "  busiest window:                    {} reads (R = {TIER1}), {} writes (W = {TIER2})",
+                r.reads_in_window_max, r.writes_in_window_max
+            );
+            report.target(
+                format!(
+                    "{n}-job start, budgets {factor} x scaled limits: zero 429s (saw {rejected})"
+                ),
+                rejected == 0,
+            );
+            report.target(
+                format!(
+                    "ready before pre-flight ends ({} < {})",
+                    secs(r.ready),
+                    secs(r.preflight)
+                ),
+                r.ready < r.preflight,
+            );
+            report.target(
+                format!(
+                    "every run_on_start job rotated ({} of {on_start})",
+                    r.rotated
+                ),
+                r.rotated == on_start,
+            );
+        }
+        Err(e) => {
+            println!("  failed: {e}");
+            report.target(format!("{n}-job start under the read budget"), false);
+        }
+    }
+}
+
+struct ReadsRun {
+    ready: Duration,
+    preflight: Duration,
+    reads_at_preflight: usize,
+    rotated: usize,
+    rotated_after: Duration,
+    rejected_reads: u64,
+    rejected_writes: u64,
+    reads_in_window_max: u32,
+    writes_in_window_max: u32,
+}
+
+async fn reads_run(
+    n: usize,
+    on_start: usize,
+    read_budget: u32,
+    write_budget: u32,
+) -> Result<ReadsRun, String> {
+    use qlik_sim::limiter::Tier;
+    let sim = Simulator::start(SimConfig {
+        read_limit_per_min: Some(TIER1),
+        write_limit_per_min: Some(TIER2),
+        rate_window: SCALED_WINDOW,
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(|e| format!("simulator: {e}"))?;
+    seed_connections(&sim, n);
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    write_vault(dir.path(), n, 1);
+    let mut text = format!(
+        "[qlik]\ntenant_url = \"{url}\"\napi_key_env = \"{API_KEY_ENV}\"\n\
+         write_budget_per_min = {write_budget}\nread_budget_per_min = {read_budget}\n\n\
+         [sources.v]\ntype = \"file\"\npath = \"vault\"\n\n\
+         [daemon]\nstate_dir = \"state\"\nmax_concurrent_rotations = 64\n\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
+        url = sim.base_url()
+    );
+    for i in 0..n {
+        let _ = write!(
+            text,
+            "\n[[jobs]]\nname = \"{job}\"\nconnection = {{ name = \"{conn}\", space = \"{SPACE}\" }}\n\
+             connector = \"mssql\"\nsource = \"v\"\nsecret = \"bench/{job}\"\n{extra}",
+            job = job_name(i),
+            conn = conn_name(i),
+            extra = if i < on_start {
+                "run_on_start = true\n"
+            } else {
+                ""
+            }
+        );
+    }
+    let cfg =
+        config::load_str(&text, dir.path(), &input()).map_err(|e| format!("config: {:?}", e.0))?;
+    let started = Instant::now();
+    let running: Running = daemon::start(&cfg, &input())
+        .await
+        .map_err(|e| format!("daemon start: {e}"))?;
+    let http = http();
+    if get(&http, running.addr, "/readyz").await.0 != 200 {
+        return Err("/readyz is not 200 after start".to_owned());
+    }
+    let ready = started.elapsed();
+    tokio::time::timeout(
+        Duration::from_secs(600),
+        running.daemon.preflight_finished(),
+    )
+    .await
+    .map_err(|_| "pre-flight did not finish in 10 minutes".to_owned())?;
+    let preflight = started.elapsed();
+    let reads_at_preflight = sim.reads_total();
+    let text = get(&http, running.addr, "/metrics").await.1;
+    let ok = sum_metric(&text, "qlik_rotator_job_preflight_ok", None);
+    if ok < n as f64 {
+        return Err(format!("only {ok} of {n} jobs passed pre-flight"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let rotated = loop {
+        let text = get(&http, running.addr, "/metrics").await.1;
+        let rotated = sum_metric(
+            &text,
+            "qlik_rotator_rotations_total",
+            Some(("outcome", "rotated")),
+        );
+        let failed = sum_metric(
+            &text,
+            "qlik_rotator_rotations_total",
+            Some(("outcome", "failed")),
+        );
+        if rotated + failed >= on_start as f64 || Instant::now() > deadline {
+            break rotated as usize;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let rotated_after = started.elapsed();
+    let run = ReadsRun {
+        ready,
+        preflight,
+        reads_at_preflight,
+        rotated,
+        rotated_after,
+        rejected_reads: sim.rejected(Tier::Reads),
+        rejected_writes: sim.rejected(Tier::Writes),
+        reads_in_window_max: sim.reads_in_window_max(),
+        writes_in_window_max: sim.writes_in_window_max(),
+    };
+    running.shutdown().await;
+    sim.shutdown().await;
+    Ok(run)
 }

@@ -1,7 +1,10 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and `POST /jobs/{name}/rotate`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `POST /jobs/{name}/rotate` and
+//! `POST /secrets/{id}/rotate`.
 //!
-//! The rotate endpoint is disabled (404) unless `metrics.admin_token_file` is set; then it needs
-//! `Authorization: Bearer <token>` (401 without it). Unknown job → 404; accepted → 202.
+//! The rotate endpoints are disabled (404) unless `metrics.admin_token_file` is set; then they
+//! need `Authorization: Bearer <token>` (401 without it). Unknown job → 404; accepted → 202.
+//! By secret: `{id}` is a secret name or ARN, percent-encoded (`app%2Fdb`); every job whose
+//! secret it is runs (202 listing them), 404 with a clear body when no job uses it.
 //!
 //! The listener knows the daemon only through a narrow [`Handle`]: the metrics to render, a
 //! readiness flag and a trigger sender. It imports nothing from the daemon.
@@ -49,6 +52,18 @@ pub struct TriggerRequest {
     pub reply: oneshot::Sender<Triggered>,
 }
 
+/// A request to run every job that uses a secret, answered on `reply` with the jobs started
+/// (`Ok`, never empty), `Err(true)` when no job uses it, `Err(false)` when shutting down.
+#[derive(Debug)]
+pub struct SecretTriggerRequest {
+    /// The secret id (as sent by the client: unchecked).
+    pub secret: String,
+    /// Rotate even when the applied version is current.
+    pub force: bool,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<Vec<String>, bool>>,
+}
+
 /// Whether the daemon is ready; set by the daemon, read by `/readyz`.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
@@ -74,6 +89,8 @@ pub struct Handle {
     pub ready: Readiness,
     /// `POST /jobs/{name}/rotate` sends here.
     pub trigger: mpsc::Sender<TriggerRequest>,
+    /// `POST /secrets/{id}/rotate` sends here.
+    pub secret_trigger: mpsc::Sender<SecretTriggerRequest>,
 }
 
 #[derive(Clone)]
@@ -99,6 +116,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/jobs/{name}/rotate", post(rotate))
+        .route("/secrets/{id}/rotate", post(rotate_secret))
         .with_state(AdminState {
             handle,
             token: token.map(Arc::new),
@@ -160,27 +178,8 @@ async fn rotate(
     Query(q): Query<RotateQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(token) = &s.token else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "the admin API is disabled; set metrics.admin_token_file to enable it",
-        );
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    // Compare digests so the comparison takes the same time whatever the input.
-    let ok = presented.is_some_and(|p| {
-        Sha256::digest(p.as_bytes()) == Sha256::digest(token.expose_secret().as_bytes())
-    });
-    if !ok {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"errors": [{"status": 401, "title": "Unauthorized", "detail": "a valid bearer token is required"}]})),
-        )
-            .into_response();
+    if let Some(refused) = authorize(&s, &headers) {
+        return refused;
     }
     match trigger(&s.handle, name.clone(), q.force).await {
         Triggered::Started => (
@@ -191,6 +190,76 @@ async fn rotate(
         Triggered::UnknownJob => error(StatusCode::NOT_FOUND, "no such job"),
         Triggered::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
     }
+}
+
+/// `POST /secrets/{id}/rotate`: same auth as the job trigger.
+async fn rotate_secret(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    Query(q): Query<RotateQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = authorize(&s, &headers) {
+        return refused;
+    }
+    if !crate::triggers::valid_secret_id(&id) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "not a secret id (1 to 2048 characters, no control characters)",
+        );
+    }
+    let (reply, answer) = oneshot::channel();
+    let request = SecretTriggerRequest {
+        secret: id.clone(),
+        force: q.force,
+        reply,
+    };
+    let answer = match s.handle.secret_trigger.try_send(request) {
+        Ok(()) => answer.await.unwrap_or(Err(false)),
+        Err(_) => Err(false),
+    };
+    match answer {
+        Ok(jobs) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"secret": id, "status": "started", "force": q.force, "jobs": jobs})),
+        )
+            .into_response(),
+        Err(true) => error(
+            StatusCode::NOT_FOUND,
+            &format!("no job uses the secret {}", crate::text::quoted(&id, 256)),
+        ),
+        Err(false) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
+}
+
+/// `None` when the request may trigger rotations; else the refusal (404 when the admin API is
+/// disabled, 401 without the right bearer token).
+fn authorize(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = &s.token else {
+        return Some(error(
+            StatusCode::NOT_FOUND,
+            "the admin API is disabled; set metrics.admin_token_file to enable it",
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare digests so the comparison takes the same time whatever the input.
+    let ok = presented.is_some_and(|p| {
+        Sha256::digest(p.as_bytes()) == Sha256::digest(token.expose_secret().as_bytes())
+    });
+    if !ok {
+        return Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({"errors": [{"status": 401, "title": "Unauthorized", "detail": "a valid bearer token is required"}]})),
+            )
+                .into_response(),
+        );
+    }
+    None
 }
 
 /// Hands the request to the daemon and waits for its answer. A daemon that no longer takes

@@ -118,6 +118,7 @@ pub fn qlik_client(cfg: &Config, input: &dyn ConfigInput) -> Result<QlikClient, 
             ..RetryPolicy::default()
         },
         write_budget_per_min: cfg.qlik.write_budget_per_min,
+        read_budget_per_min: cfg.qlik.read_budget_per_min,
         max_response_bytes: cfg.qlik.max_response_bytes,
     })
     .map_err(|e| BuildError::Client(e.to_string()))

@@ -67,11 +67,15 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
         /// The job to rotate.
-        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        #[arg(long, conflicts_with_all = ["all", "secret"], required_unless_present_any = ["all", "secret"])]
         job: Option<String>,
         /// Rotate every job.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "secret")]
         all: bool,
+        /// Rotate every job whose secret is ID (a secret name or ARN; an ARN matches a job
+        /// that names the secret, and the other way round).
+        #[arg(long, value_name = "ID")]
+        secret: Option<String>,
         /// Skip jobs whose secret version was already applied (as the daemon does).
         #[arg(long)]
         if_changed: bool,

@@ -544,9 +544,47 @@ pub async fn rotate(
         Ok(j) => j,
         Err(code) => return code,
     };
+    rotate_jobs(&cfg, &jobs, if_changed, json, input).await
+}
+
+/// `rotate --secret ID`: every job whose secret is `secret` (a name, an ARN, or an ARN without
+/// its 6-character suffix); exit 64 when no job uses it.
+pub async fn rotate_secret(
+    path: &Path,
+    secret: &str,
+    if_changed: bool,
+    json: bool,
+    input: &dyn ConfigInput,
+) -> ExitCode {
+    let cfg = match load(path, input) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let index = crate::triggers::SecretIndex::new(&cfg.jobs, |_| true);
+    let jobs: Vec<&config::JobConfig> = (index.jobs_for(secret).into_iter())
+        .map(|i| &cfg.jobs[i])
+        .collect();
+    if jobs.is_empty() {
+        fatal(&format!(
+            "no job uses the secret {} (--secret takes a secret name or ARN as the jobs' `secret` gives it)",
+            crate::text::quoted(secret, 256)
+        ));
+        return ExitCode::from(EXIT_USAGE);
+    }
+    rotate_jobs(&cfg, &jobs, if_changed, json, input).await
+}
+
+/// The body of `rotate`: builds the app and runs `jobs`.
+async fn rotate_jobs(
+    cfg: &Config,
+    jobs: &[&config::JobConfig],
+    if_changed: bool,
+    json: bool,
+    input: &dyn ConfigInput,
+) -> ExitCode {
     // The same lock as the daemon: never two writers of one state directory, and nothing is
     // sent when the directory cannot record what was applied.
-    let app = match App::build(&cfg, input).await {
+    let app = match App::build(cfg, input).await {
         Ok(app) => app,
         Err(e) => {
             fatal(&Escaped(&e.to_string()).to_string());
@@ -560,7 +598,7 @@ pub async fn rotate(
     let runner = Runner::new(&app, cfg.daemon.max_concurrent_rotations, retry);
     let tally = run_jobs(
         &runner,
-        &jobs,
+        jobs,
         !if_changed,
         cfg.daemon.max_concurrent_rotations,
         json,
@@ -619,10 +657,13 @@ async fn run_jobs(
         json,
         ..Tally::default()
     };
-    let mut runs = futures_util::stream::iter(jobs)
-        .map(|job| async move {
+    // Every secret read up front, in batches where the source has a batch API: each value
+    // serves its job's run of this command only.
+    let secrets = crate::triggers::prefetch(runner.rotator(), jobs).await;
+    let mut runs = futures_util::stream::iter(jobs.iter().zip(secrets))
+        .map(|(job, secret)| async move {
             let rt = JobRuntime::ungated((*job).clone());
-            (*job, runner.run_job(&rt, force, None).await)
+            (*job, runner.run_job_with(&rt, force, None, secret).await)
         })
         .buffer_unordered(width.max(1));
     while let Some(run) = runs.next().await {

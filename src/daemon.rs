@@ -4,9 +4,9 @@
 //! 1. load: `commands::run` parses and validates the config (exit 64, nothing built);
 //! 2. build: [`App::build`] locks the state directory, reads the credentials, builds the
 //!    Qlik client, the secret sources and the metrics;
-//! 3. spawn: [`spawn`] starts the admin listener (so `/healthz` and `/metrics` answer during
-//!    pre-flight), pre-flights every connection, starts the scheduler and the `run_on_start`
-//!    jobs, then reports ready;
+//! 3. spawn: [`spawn`] starts the admin listener, arms the scheduler and reports ready; then,
+//!    in the background, pre-flights every connection under the read budget (progress in
+//!    `preflight_pending`, a log line at the end) and starts the `run_on_start` jobs;
 //! 4. drain: [`Running::shutdown`] (on SIGTERM/SIGINT) stops starting rotations, waits for
 //!    in-flight ones (PATCH + verify) up to `shutdown_grace_period`, writes the state, exits.
 //!
@@ -37,13 +37,19 @@ pub use crate::{
 use crate::{
     admin::{self, Readiness, TriggerRequest},
     app::{self, App},
-    config::{Config, ConfigInput},
+    config::{Config, ConfigInput, ConnectionRef, JobConfig},
+    events::{PreflightChecked, PreflightFinished},
     metrics::Metrics,
     runner::{JobRuntime, RetryPolicy, Runner},
+    triggers::Prefetched,
 };
 
 /// The jobs of one cron entry.
 struct ScheduleGroup {
+    /// The cron expression.
+    cron: String,
+    /// Its time zone.
+    tz: chrono_tz::Tz,
     /// The schedule and time zone (for logs).
     schedule: String,
     jobs: Box<[Arc<JobRuntime>]>,
@@ -51,15 +57,107 @@ struct ScheduleGroup {
     dispatching: AtomicBool,
 }
 
-/// The daemon's shared core: its jobs, the runner and the tasks it started.
-pub struct Daemon {
-    jobs: BTreeMap<String, Arc<JobRuntime>>,
-    runner: Arc<Runner>,
-    tracker: TaskTracker,
-    ready: Readiness,
+impl ScheduleGroup {
+    fn new(cron: &str, tz: chrono_tz::Tz, jobs: Vec<Arc<JobRuntime>>) -> Self {
+        ScheduleGroup {
+            cron: cron.to_owned(),
+            tz,
+            schedule: format!("{cron} ({tz})"),
+            jobs: jobs.into_boxed_slice(),
+            dispatching: AtomicBool::new(false),
+        }
+    }
 }
 
-impl std::fmt::Debug for Daemon {
+/// What the scheduling core asks of the job runner. The [`Runner`] is the real one; through
+/// this seam the decisions of what runs when (schedule groups, ticks, jitter, rotation slots,
+/// triggers, the drain deadline) are tested on paused tokio time with a runner that does no
+/// I/O (this module's tests).
+pub trait RunJobs: Send + Sync + 'static {
+    /// A rotation slot, held for the length of a run.
+    type Permit: Send + 'static;
+
+    /// Waits for a free rotation slot; `None` once the daemon stops.
+    fn slot(&self) -> impl Future<Output = Option<Self::Permit>> + Send;
+
+    /// Runs `job` once, retries included; `permit` when the caller already holds a slot.
+    /// `force` rotates even when the applied version is current; `secret` is its secret read
+    /// ahead in a batch (for this run only). Returns whether every connection ended well
+    /// (rotated or unchanged); `false` when the run was skipped.
+    fn run(
+        &self,
+        job: &JobRuntime,
+        force: bool,
+        permit: Option<Self::Permit>,
+        secret: Option<Prefetched>,
+    ) -> impl Future<Output = bool> + Send;
+
+    /// Reads the secrets of `jobs` ahead, in one batch per source (one entry per job; `None`
+    /// where nothing was read ahead). The default reads nothing ahead.
+    fn prefetch(
+        &self,
+        jobs: &[&JobConfig],
+    ) -> impl Future<Output = Vec<Option<Prefetched>>> + Send {
+        let n = jobs.len();
+        async move { (0..n).map(|_| None).collect() }
+    }
+
+    /// Cancelled when the daemon stops starting rotations.
+    fn cancel_token(&self) -> &CancellationToken;
+
+    /// The metrics (`jobs{state}`, `job_preflight_ok`).
+    fn metrics(&self) -> &Arc<Metrics>;
+}
+
+impl RunJobs for Runner {
+    type Permit = OwnedSemaphorePermit;
+
+    fn slot(&self) -> impl Future<Output = Option<OwnedSemaphorePermit>> + Send {
+        Runner::slot(self)
+    }
+
+    async fn run(
+        &self,
+        job: &JobRuntime,
+        force: bool,
+        permit: Option<OwnedSemaphorePermit>,
+        secret: Option<Prefetched>,
+    ) -> bool {
+        // A skipped run (already running, shutting down) is logged by the runner.
+        self.run_job_with(job, force, permit, secret)
+            .await
+            .is_ok_and(|reports| reports.iter().all(|r| r.outcome.is_success()))
+    }
+
+    async fn prefetch(&self, jobs: &[&JobConfig]) -> Vec<Option<Prefetched>> {
+        crate::triggers::prefetch(self.rotator(), jobs).await
+    }
+
+    fn cancel_token(&self) -> &CancellationToken {
+        Runner::cancel_token(self)
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        Runner::metrics(self)
+    }
+}
+
+/// The daemon's shared core: its jobs, the runner and the tasks it started.
+pub struct Daemon<R: RunJobs = Runner> {
+    jobs: BTreeMap<String, Arc<JobRuntime>>,
+    /// The jobs in config order, and by the secret they read (every job; and the jobs of
+    /// Secrets Manager sources, for the `[events]` consumer).
+    by_index: Vec<Arc<JobRuntime>>,
+    by_secret: crate::triggers::SecretIndex,
+    by_aws_secret: crate::triggers::SecretIndex,
+    runner: Arc<R>,
+    tracker: TaskTracker,
+    ready: Readiness,
+    /// Set once the start-up pre-flight has finished (or was cut short by shutdown).
+    preflight_done: tokio::sync::SetOnce<()>,
+}
+
+impl<R: RunJobs> std::fmt::Debug for Daemon<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Daemon")
             .field("jobs", &self.jobs.keys().collect::<Vec<_>>())
@@ -67,47 +165,160 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
-impl Daemon {
+/// A job's last success carried over from the state file, so staleness alerts stay truthful
+/// across restarts: the oldest of its connections' last-known-current times, and none unless
+/// every connection has one (`known` gives it per connection).
+fn carried_last_success(
+    job: &JobConfig,
+    known: impl Fn(&ConnectionRef) -> Option<i64>,
+) -> Option<i64> {
+    let times: Vec<i64> = job.connections.iter().filter_map(known).collect();
+    if times.len() == job.connections.len() {
+        times.into_iter().min()
+    } else {
+        None
+    }
+}
+
+impl Daemon<Runner> {
     /// The jobs, with the last success of each carried over from the state file.
     fn new(app: App, cfg: &Config) -> Self {
         let known_state = app.state.load();
         let now = chrono::Utc::now().timestamp();
         app.metrics.register_jobs(&cfg.jobs);
-        let mut jobs = BTreeMap::new();
         for j in &cfg.jobs {
-            // Carry the last success across restarts, so staleness alerts stay truthful: the
-            // oldest of the job's connections counts.
-            let times: Vec<i64> = (j.connections.iter())
-                .filter_map(|c| {
-                    known_state
-                        .get(&j.state_key(c))
-                        .filter(|s| s.applies_to(c))
-                        .and_then(|s| s.last_known_current(now))
-                })
-                .collect();
-            if times.len() == j.connections.len()
-                && let Some(oldest) = times.into_iter().min()
-            {
+            let known = |c: &ConnectionRef| {
+                (known_state.get(&j.state_key(c)))
+                    .filter(|s| s.applies_to(c))
+                    .and_then(|s| s.last_known_current(now))
+            };
+            if let Some(oldest) = carried_last_success(j, known) {
                 app.metrics.set_last_success(&j.name, oldest);
             }
-            jobs.insert(j.name.clone(), Arc::new(JobRuntime::gated(j.clone())));
         }
         let retry = RetryPolicy::new(cfg.daemon.max_attempts_per_run);
+        let runner = Runner::new(&app, cfg.daemon.max_concurrent_rotations, retry);
+        let jobs = cfg.jobs.iter().map(|j| JobRuntime::gated(j.clone()));
+        let is_aws = |j: &JobConfig| {
+            cfg.sources.get(&j.source).map(|s| s.kind()) == Some("aws_secrets_manager")
+        };
+        Daemon::with_runner(jobs, Arc::new(runner), is_aws)
+    }
+
+    /// Pre-flights every connection of every job (concurrently, at most `width` at once, each
+    /// GET through the read gate, so the queue at the gate stays `width` long and a rotation's
+    /// own GETs wait behind at most that many); failures are reported and skipped, the others
+    /// run. Each result is kept (compactly) as it arrives, so the parsed GETs never pile up.
+    /// Progress is the `preflight_pending` gauge; one log line at the end.
+    async fn preflight_all(&self, width: usize) {
+        let started = tokio::time::Instant::now();
+        let total: usize = self.jobs.values().map(|j| j.cfg().connections.len()).sum();
+        let events = self.runner.rotator().events();
+        if let Some(m) = events.metrics() {
+            m.set_preflight_pending(total);
+        }
+        let targets: Vec<(Arc<JobRuntime>, usize)> = (self.jobs.values())
+            .flat_map(|j| (0..j.cfg().connections.len()).map(move |i| (j.clone(), i)))
+            .collect();
+        let rotator = self.runner.rotator();
+        let (mut pending, mut failed) = (total, 0usize);
+        let mut checked = |job: &JobRuntime, i: usize, result: Result<_, PreflightError>| {
+            pending -= 1;
+            let error = match result {
+                Ok(c) => {
+                    job.remember(i, &c);
+                    None
+                }
+                Err(e) => {
+                    failed += 1;
+                    Some(e.to_string())
+                }
+            };
+            events.emit(PreflightChecked {
+                job: &job.cfg().name,
+                connection: &job.cfg().connections[i].to_string(),
+                error: error.as_deref(),
+                pending,
+            });
+        };
+        // The first connection alone: when Qlik refuses the credentials (401), the others
+        // are not tried (one clear error instead of the same 401 for every job); pre-flight
+        // is retried on every schedule tick, so they are checked once the key is fixed.
+        let mut targets = targets.into_iter();
+        let mut refused = false;
+        if let Some((job, i)) = targets.next() {
+            let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
+            refused = matches!(&result, Err(PreflightError::Read(e)) if matches!(e.error_type(), "unauthorized" | "auth"));
+            checked(&job, i, result);
+        }
+        if refused {
+            let skipped = targets.len();
+            tracing::error!(
+                skipped,
+                "Pre-flight of the other connections not tried: Qlik refused the rotator's credentials (HTTP 401; see the error above). Pre-flight is retried on every schedule tick."
+            );
+            failed += skipped;
+            if let Some(m) = events.metrics() {
+                m.set_preflight_pending(0);
+            }
+        } else {
+            let mut results = futures_util::stream::iter(targets)
+                .map(|(job, i)| async move {
+                    let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
+                    (job, i, result)
+                })
+                .buffer_unordered(width);
+            while let Some((job, i, result)) = results.next().await {
+                checked(&job, i, result);
+            }
+        }
+        for job in self.jobs.values() {
+            self.metrics()
+                .set_preflight(&job.cfg().name, job.preflight_ok());
+        }
+        self.update_job_gauges();
+        events.emit(PreflightFinished {
+            connections: total,
+            failed,
+            elapsed: started.elapsed(),
+        });
+    }
+}
+
+impl<R: RunJobs> Daemon<R> {
+    /// The daemon over `jobs` (in config order) and `runner`; `is_aws` tells the jobs the
+    /// `[events]` consumer may run (those of Secrets Manager sources).
+    fn with_runner(
+        jobs: impl IntoIterator<Item = JobRuntime>,
+        runner: Arc<R>,
+        is_aws: impl FnMut(&JobConfig) -> bool,
+    ) -> Self {
+        let by_index: Vec<Arc<JobRuntime>> = jobs.into_iter().map(Arc::new).collect();
+        let cfgs = || by_index.iter().map(|j| j.cfg());
         Daemon {
-            jobs,
-            runner: Arc::new(Runner::new(
-                &app,
-                cfg.daemon.max_concurrent_rotations,
-                retry,
-            )),
+            jobs: (by_index.iter())
+                .map(|j| (j.cfg().name.clone(), j.clone()))
+                .collect(),
+            by_secret: crate::triggers::SecretIndex::new(cfgs(), |_| true),
+            by_aws_secret: crate::triggers::SecretIndex::new(cfgs(), is_aws),
+            by_index,
+            runner,
             tracker: TaskTracker::new(),
             ready: Readiness::default(),
+            preflight_done: tokio::sync::SetOnce::new(),
         }
     }
 
-    /// Whether the daemon is ready (scheduler running, pre-flight done, not shutting down).
+    /// Whether the daemon is ready (config loaded, listener up, scheduler armed, not shutting
+    /// down). Pre-flight is not waited for: see [`Daemon::preflight_finished`].
     pub fn is_ready(&self) -> bool {
         self.ready.get() && !self.cancel().is_cancelled()
+    }
+
+    /// Resolves once the start-up pre-flight of every connection has finished (or shutdown
+    /// cut it short).
+    pub async fn preflight_finished(&self) {
+        self.preflight_done.wait().await;
     }
 
     /// The metrics.
@@ -127,31 +338,86 @@ impl Daemon {
         if self.cancel().is_cancelled() {
             return Triggered::ShuttingDown;
         }
-        self.spawn_run(job, force, None);
+        self.spawn_run(job, force, None, None);
         Triggered::Started
     }
 
-    /// Runs `job` on a task of its own, through the runner.
+    /// The names of the jobs whose secret is `id` (a name, ARN or partial ARN).
+    pub fn jobs_using_secret(&self, id: &str) -> Vec<String> {
+        (self.by_secret.jobs_for(id).into_iter())
+            .map(|i| self.by_index[i].cfg().name.clone())
+            .collect()
+    }
+
+    /// Starts a run of every job whose secret is `id` now, their secrets read in one batch.
+    /// Returns at once.
+    pub fn trigger_secret(self: &Arc<Self>, id: &str, force: bool) -> SecretTriggered {
+        let jobs = self.by_secret.jobs_for(id);
+        if jobs.is_empty() {
+            return SecretTriggered::NoJob;
+        }
+        if self.cancel().is_cancelled() {
+            return SecretTriggered::ShuttingDown;
+        }
+        let names = (jobs.iter())
+            .map(|&i| self.by_index[i].cfg().name.clone())
+            .collect();
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            this.run_now_forced(&jobs, force).await;
+        });
+        SecretTriggered::Started(names)
+    }
+
+    /// Runs the jobs `jobs` (indexes) now, their secrets read ahead in one batch; whether each
+    /// ended well.
+    async fn run_now_forced(self: &Arc<Self>, jobs: &[usize], force: bool) -> Vec<bool> {
+        let cfgs: Vec<&JobConfig> = jobs.iter().map(|&i| self.by_index[i].cfg()).collect();
+        let prefetched = self.runner.prefetch(&cfgs).await;
+        let runs = jobs.iter().zip(prefetched).map(|(&i, secret)| async move {
+            let job = &self.by_index[i];
+            let was_failing = !job.preflight_ok();
+            let ok = self.runner.run(job, force, None, secret).await;
+            if was_failing {
+                self.update_job_gauges();
+            }
+            ok
+        });
+        futures_util::future::join_all(runs).await
+    }
+
+    /// Runs `job` on a task of its own, through the runner (`secret`: read ahead for it).
     fn spawn_run(
         self: &Arc<Self>,
         job: Arc<JobRuntime>,
         force: bool,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<R::Permit>,
+        secret: Option<Prefetched>,
     ) {
         let this = self.clone();
         self.tracker.spawn(async move {
             let was_failing = !job.preflight_ok();
-            let _ = this.runner.run_job(&job, force, permit).await;
+            this.runner.run(&job, force, permit, secret).await;
             if was_failing {
                 this.update_job_gauges();
             }
         });
     }
 
+    /// The tick handler of a cron entry: dispatches `group` on a task of its own, unless the
+    /// daemon is stopping.
+    fn on_tick(self: &Arc<Self>, group: &Arc<ScheduleGroup>) {
+        if !self.cancel().is_cancelled() {
+            self.tracker
+                .spawn(self.clone().dispatch(group.clone(), true));
+        }
+    }
+
     /// Starts the runs of `group` (the jobs of one schedule, or every `run_on_start` job):
     /// each after its own random `jitter` delay (when `jitter`), and only when a rotation
     /// slot is free, so 10,000 jobs due at once are 10,000 entries in a list rather than
-    /// 10,000 waiting tasks.
+    /// 10,000 waiting tasks. A tick that finds the group's previous dispatch still starting
+    /// jobs is skipped.
     async fn dispatch(self: Arc<Self>, group: Arc<ScheduleGroup>, jitter: bool) {
         if group.dispatching.swap(true, Ordering::SeqCst) {
             tracing::warn!(
@@ -170,85 +436,32 @@ impl Daemon {
                 })
                 .collect()
         };
+        // The secrets of the group's ready jobs in one batch per source: each value serves
+        // that job's run of this tick only (it may wait up to its jitter).
+        let ready: Vec<usize> = (0..group.jobs.len())
+            .filter(|&i| group.jobs[i].preflight_ok())
+            .collect();
+        let cfgs: Vec<&JobConfig> = ready.iter().map(|&i| group.jobs[i].cfg()).collect();
+        let mut secrets: Vec<Option<Prefetched>> = (0..group.jobs.len()).map(|_| None).collect();
+        for (i, p) in ready.iter().zip(self.runner.prefetch(&cfgs).await) {
+            secrets[*i] = p;
+        }
         stagger(
             delays,
             self.cancel(),
             || self.runner.slot(),
-            |i, permit| self.spawn_run(group.jobs[i].clone(), false, Some(permit)),
+            |i, permit| {
+                let secret = secrets[i].take();
+                self.spawn_run(group.jobs[i].clone(), false, Some(permit), secret);
+            },
         )
         .await;
         group.dispatching.store(false, Ordering::SeqCst);
     }
 
-    /// Pre-flights every connection of every job (concurrently, at most `width` at once);
-    /// failures are reported and skipped, the others run. Each result is kept (compactly) as
-    /// it arrives, so the parsed GETs never pile up.
-    async fn preflight_all(&self, width: usize) {
-        let mut targets =
-            (self.jobs.values()).flat_map(|j| (0..j.cfg().connections.len()).map(move |i| (j, i)));
-        let rotator = self.runner.rotator();
-        // The first connection alone: when Qlik refuses the credentials (401), the others
-        // are not tried (one clear error instead of the same 401 for every job); pre-flight
-        // is retried on every schedule tick, so they are checked once the key is fixed.
-        if let Some((job, i)) = targets.next() {
-            let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
-            let refused = matches!(&result, Err(PreflightError::Read(e)) if matches!(e.error_type(), "unauthorized" | "auth"));
-            self.preflight_done(job, i, result);
-            if refused {
-                let skipped = targets.count();
-                tracing::error!(
-                    skipped,
-                    "Pre-flight of the other connections not tried: Qlik refused the rotator's credentials (HTTP 401; see the error above). Pre-flight is retried on every schedule tick."
-                );
-                for job in self.jobs.values() {
-                    self.metrics()
-                        .set_preflight(&job.cfg().name, job.preflight_ok());
-                }
-                self.update_job_gauges();
-                return;
-            }
-        }
-        futures_util::stream::iter(targets)
-            .map(|(job, i)| async move {
-                let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
-                (job, i, result)
-            })
-            .buffer_unordered(width)
-            .for_each(|(job, i, result)| {
-                self.preflight_done(job, i, result);
-                std::future::ready(())
-            })
-            .await;
-        for job in self.jobs.values() {
-            self.metrics()
-                .set_preflight(&job.cfg().name, job.preflight_ok());
-        }
-        self.update_job_gauges();
-    }
-
-    /// Keeps (or reports) one connection's pre-flight result.
-    fn preflight_done(
-        &self,
-        job: &JobRuntime,
-        i: usize,
-        result: Result<crate::qlik::DataConnection, PreflightError>,
-    ) {
-        let (name, conn) = (&job.cfg().name, &job.cfg().connections[i]);
-        match result {
-            Ok(c) => {
-                job.remember(i, &c);
-                tracing::debug!(job = %name, connection = %conn, "Pre-flight passed.");
-            }
-            Err(e) => {
-                tracing::error!(job = %name, connection = %conn, error = %e, "Pre-flight failed; the connection is skipped until it passes.");
-            }
-        }
-    }
-
-    /// One cron entry per distinct (schedule, time zone), fanning out to its jobs: a cron
-    /// entry costs ~1.3 KB in tokio-cron-scheduler, a job in a group 8 bytes. Returns the
-    /// started scheduler and the number of entries.
-    async fn schedule(self: &Arc<Self>) -> Result<(JobScheduler, usize), StartError> {
+    /// One group per distinct (schedule, time zone), in a stable order: a cron entry costs
+    /// ~1.3 KB in tokio-cron-scheduler, a job in a group 8 bytes.
+    fn schedule_groups(&self) -> Vec<Arc<ScheduleGroup>> {
         /// (schedule, time zone name) → the zone and the jobs.
         type Groups<'a> = BTreeMap<(&'a str, &'a str), (chrono_tz::Tz, Vec<Arc<JobRuntime>>)>;
         let mut groups = Groups::new();
@@ -261,32 +474,33 @@ impl Daemon {
                     .push(job.clone());
             }
         }
+        (groups.into_iter())
+            .map(|((cron, _), (tz, jobs))| Arc::new(ScheduleGroup::new(cron, tz, jobs)))
+            .collect()
+    }
+
+    /// One cron entry per schedule group, each calling [`Daemon::on_tick`]. Returns the
+    /// started scheduler and the number of entries.
+    async fn schedule(self: &Arc<Self>) -> Result<(JobScheduler, usize), StartError> {
         let scheduler_error =
             |e: tokio_cron_scheduler::JobSchedulerError| StartError::Scheduler(e.to_string());
         let scheduler = JobScheduler::new().await.map_err(scheduler_error)?;
-        let cron_entries = groups.len();
-        for ((schedule, _), (tz, jobs)) in groups {
-            let first = jobs[0].cfg().name.clone();
-            let group = Arc::new(ScheduleGroup {
-                schedule: format!("{schedule} ({tz})"),
-                jobs: jobs.into_boxed_slice(),
-                dispatching: AtomicBool::new(false),
-            });
+        let groups = self.schedule_groups();
+        for group in &groups {
             let (d, g) = (self.clone(), group.clone());
-            let cron = Job::new_async_tz(schedule, tz, move |_id, _l| {
+            let cron = Job::new_async_tz(group.cron.as_str(), group.tz, move |_id, _l| {
                 let (d, g) = (d.clone(), g.clone());
-                Box::pin(async move {
-                    if !d.cancel().is_cancelled() {
-                        d.tracker.spawn(d.clone().dispatch(g, true));
-                    }
-                })
+                Box::pin(async move { d.on_tick(&g) })
             })
-            .map_err(|e| StartError::Scheduler(format!("job {first}: {e}")))?;
+            .map_err(|e| {
+                let first = &group.jobs[0].cfg().name;
+                StartError::Scheduler(format!("job {first}: {e}"))
+            })?;
             scheduler.add(cron).await.map_err(scheduler_error)?;
             tracing::debug!(schedule = %group.schedule, jobs = group.jobs.len(), "Scheduled.");
         }
         scheduler.start().await.map_err(scheduler_error)?;
-        Ok((scheduler, cron_entries))
+        Ok((scheduler, groups.len()))
     }
 
     /// Starts every `run_on_start` job (without jitter).
@@ -296,12 +510,9 @@ impl Daemon {
             .cloned()
             .collect();
         if !jobs.is_empty() {
-            let group = Arc::new(ScheduleGroup {
-                schedule: "run_on_start".to_owned(),
-                jobs: jobs.into_boxed_slice(),
-                dispatching: AtomicBool::new(false),
-            });
-            self.tracker.spawn(self.clone().dispatch(group, false));
+            let group = ScheduleGroup::new("run_on_start", chrono_tz::UTC, jobs);
+            self.tracker
+                .spawn(self.clone().dispatch(Arc::new(group), false));
         }
     }
 
@@ -312,9 +523,73 @@ impl Daemon {
         }
     }
 
+    /// Answers the admin listener's triggers by secret until it stops sending.
+    async fn serve_secret_triggers(
+        self: Arc<Self>,
+        mut requests: mpsc::Receiver<admin::SecretTriggerRequest>,
+    ) {
+        while let Some(r) = requests.recv().await {
+            let _ = r.reply.send(match self.trigger_secret(&r.secret, r.force) {
+                SecretTriggered::Started(jobs) => Ok(jobs),
+                SecretTriggered::NoJob => Err(true),
+                SecretTriggered::ShuttingDown => Err(false),
+            });
+        }
+    }
+
     fn update_job_gauges(&self) {
         let failed = self.jobs.values().filter(|j| !j.preflight_ok()).count();
         self.metrics().set_jobs(self.jobs.len() - failed, failed);
+    }
+
+    /// Stops starting rotations: not ready, ticks and triggers refused, dispatches stop.
+    fn stop_starting(&self) {
+        self.ready.set(false);
+        self.cancel().cancel();
+    }
+
+    /// Waits for the runs in flight (PATCH and verify) up to `grace`. Returns whether all
+    /// of them finished in time.
+    async fn drain(&self, grace: Duration) -> bool {
+        self.tracker.close();
+        tracing::info!(
+            grace_s = grace.as_secs(),
+            "Shutting down: waiting for in-flight rotations."
+        );
+        let finished = tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok();
+        if finished {
+            tracing::info!("All rotations finished; exiting.");
+        } else {
+            tracing::warn!(
+                still_running = self.tracker.len(),
+                "Grace period over; exiting with rotations still in flight."
+            );
+        }
+        finished
+    }
+}
+
+/// What a trigger by secret did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretTriggered {
+    /// Runs of these jobs were started.
+    Started(Vec<String>),
+    /// No job uses the secret.
+    NoJob,
+    /// The daemon is shutting down.
+    ShuttingDown,
+}
+
+#[async_trait::async_trait]
+impl crate::triggers::sqs::EventTarget for Arc<Daemon> {
+    fn jobs_for_event(&self, secret_id: &str) -> Vec<usize> {
+        self.by_aws_secret.jobs_for(secret_id)
+    }
+
+    async fn run_now(&self, jobs: &[usize]) -> Vec<bool> {
+        self.run_now_forced(jobs, false).await
     }
 }
 
@@ -427,7 +702,8 @@ pub fn admin_token(
         .map_err(StartError::AdminToken)
 }
 
-/// The spawn phase: admin listener, pre-flight, scheduler, `run_on_start` jobs; then ready.
+/// The spawn phase: admin listener, scheduler; then ready, and pre-flight followed by the
+/// `run_on_start` jobs in the background.
 ///
 /// # Errors
 /// [`StartError`] when the listener cannot bind or the scheduler fails.
@@ -449,10 +725,13 @@ pub async fn spawn(
     let addr = listener.local_addr().map_err(listen_error)?;
     let (trigger, requests) = mpsc::channel(64);
     tokio::spawn(daemon.clone().serve_triggers(requests));
+    let (secret_trigger, secret_requests) = mpsc::channel(64);
+    tokio::spawn(daemon.clone().serve_secret_triggers(secret_requests));
     let handle = admin::Handle {
         metrics: daemon.metrics().clone(),
         ready: daemon.ready.clone(),
         trigger,
+        secret_trigger,
     };
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
@@ -462,13 +741,33 @@ pub async fn spawn(
         admin_stop.clone(),
     ));
     tracing::info!(%addr, "Serving /metrics, /healthz, /readyz.");
-    daemon
-        .preflight_all(cfg.daemon.max_concurrent_rotations.max(8))
-        .await;
     let (scheduler, cron_entries) = daemon.schedule().await?;
-    daemon.start_on_start();
+    if let Some(crate::config::events::EventsConfig::Sqs(sqs)) = &cfg.events {
+        let consumer = crate::triggers::sqs::SqsConsumer::build(sqs).await;
+        let target: Arc<dyn crate::triggers::sqs::EventTarget> = Arc::new(daemon.clone());
+        daemon.tracker.spawn(consumer.run(
+            target,
+            daemon.runner.rotator().events().clone(),
+            daemon.cancel().clone(),
+        ));
+    }
+    // Ready = config loaded, listener up, scheduler armed. Pre-flight (one GET per connection,
+    // 10 minutes for 10,000 of them at Qlik's 1,000 reads a minute) runs behind it; a job due
+    // before its connection's pre-flight checks that connection itself.
     daemon.ready.set(true);
-    tracing::info!(jobs = daemon.jobs.len(), "Daemon ready.");
+    tracing::info!(
+        jobs = daemon.jobs.len(),
+        "Daemon ready; pre-flight runs in the background."
+    );
+    let width = cfg.daemon.max_concurrent_rotations.max(8);
+    let d = daemon.clone();
+    daemon.tracker.spawn(async move {
+        tokio::select! {
+            () = d.preflight_all(width) => d.start_on_start(),
+            () = d.cancel().cancelled() => {}
+        }
+        let _ = d.preflight_done.set(());
+    });
     Ok(Running {
         daemon,
         addr,
@@ -490,25 +789,9 @@ impl Running {
     /// the admin listener. Returns whether everything finished in time.
     pub async fn shutdown(mut self) -> bool {
         let d = &self.daemon;
-        d.ready.set(false);
-        d.cancel().cancel();
+        d.stop_starting();
         let _ = self.scheduler.shutdown().await;
-        d.tracker.close();
-        tracing::info!(
-            grace_s = self.grace.as_secs(),
-            "Shutting down: waiting for in-flight rotations."
-        );
-        let finished = tokio::time::timeout(self.grace, d.tracker.wait())
-            .await
-            .is_ok();
-        if finished {
-            tracing::info!("All rotations finished; exiting.");
-        } else {
-            tracing::warn!(
-                still_running = d.tracker.len(),
-                "Grace period over; exiting with rotations still in flight."
-            );
-        }
+        let finished = d.drain(self.grace).await;
         // A last try for a write that failed, then the lock goes.
         // A failure is logged and counted by the StateWriteFailed event close_state emits.
         let _ = d.runner.close_state();
@@ -541,90 +824,4 @@ pub async fn shutdown_signal() {
 }
 
 #[cfg(test)]
-mod tests {
-    //! The scheduling core on paused tokio time: no network, no real clock.
-    use std::sync::Mutex;
-
-    use tokio::{sync::Semaphore, time::Instant};
-
-    use super::*;
-
-    /// Runs [`stagger`] over `delays` with `slots` rotation slots; each started job holds its
-    /// slot for `hold`. Returns (job, start offset) in start order.
-    async fn starts(delays: &[u64], slots: usize, hold: Duration) -> Vec<(usize, Duration)> {
-        let t0 = Instant::now();
-        let limit = Arc::new(Semaphore::new(slots));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let tracker = TaskTracker::new();
-        stagger(
-            delays.iter().map(|s| Duration::from_secs(*s)).collect(),
-            &CancellationToken::new(),
-            || {
-                let l = limit.clone();
-                async move { l.acquire_owned().await.ok() }
-            },
-            |i, permit| {
-                log.lock().unwrap().push((i, t0.elapsed()));
-                tracker.spawn(async move {
-                    tokio::time::sleep(hold).await;
-                    drop(permit);
-                });
-            },
-        )
-        .await;
-        tracker.close();
-        tracker.wait().await;
-        Arc::try_unwrap(log).unwrap().into_inner().unwrap()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn jobs_start_in_order_of_their_jitter_delay_and_not_before_it() {
-        let got = starts(&[30, 0, 5, 5, 1], 10, Duration::ZERO).await;
-        let secs: Vec<(usize, u64)> = got.iter().map(|(i, d)| (*i, d.as_secs())).collect();
-        assert_eq!(secs, [(1, 0), (4, 1), (2, 5), (3, 5), (0, 30)]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_job_waits_for_a_free_rotation_slot() {
-        // Two slots, each run holds its slot 10 s: jobs start in pairs, 10 s apart.
-        let got = starts(&[0, 0, 0, 0, 0], 2, Duration::from_secs(10)).await;
-        let secs: Vec<u64> = got.iter().map(|(_, d)| d.as_secs()).collect();
-        assert_eq!(secs, [0, 0, 10, 10, 20]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn cancelling_stops_starting_jobs_even_during_a_delay() {
-        let cancel = CancellationToken::new();
-        let c = cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(7)).await;
-            c.cancel();
-        });
-        let mut started = Vec::new();
-        stagger(
-            [0, 5, 60, 3600].map(Duration::from_secs).to_vec(),
-            &cancel,
-            || async { Some(()) },
-            |i, ()| started.push(i),
-        )
-        .await;
-        assert_eq!(started, [0, 1]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_closed_slot_source_ends_the_dispatch() {
-        let mut started = Vec::new();
-        let mut given = 0;
-        stagger(
-            vec![Duration::ZERO; 4],
-            &CancellationToken::new(),
-            || {
-                given += 1;
-                std::future::ready((given <= 2).then_some(()))
-            },
-            |i, ()| started.push(i),
-        )
-        .await;
-        assert_eq!(started, [0, 1]);
-    }
-}
+mod tests;

@@ -297,6 +297,71 @@ impl Event for RateLimited {
     }
 }
 
+/// One connection's start-up pre-flight finished (passed, or failed with `error`).
+#[derive(Debug)]
+pub struct PreflightChecked<'a> {
+    /// The job.
+    pub job: &'a str,
+    /// The connection (id or name, as configured and validated).
+    pub connection: &'a str,
+    /// Why it failed (escaped text), or `None` when it passed.
+    pub error: Option<&'a str>,
+    /// Connections still waiting for their pre-flight.
+    pub pending: usize,
+}
+
+impl Event for PreflightChecked<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        match self.error {
+            None => tracing::debug!(
+                job = self.job,
+                connection = %self.connection,
+                pending = self.pending,
+                "Pre-flight passed."
+            ),
+            Some(error) => tracing::error!(
+                job = self.job,
+                connection = %self.connection,
+                error = %error,
+                pending = self.pending,
+                "Pre-flight failed; the connection is skipped until it passes."
+            ),
+        }
+        if let Some(m) = metrics {
+            m.set_preflight_pending(self.pending);
+        }
+    }
+}
+
+/// The start-up pre-flight of every connection is done (the daemon was ready before it).
+#[derive(Debug)]
+pub struct PreflightFinished {
+    /// Connections checked.
+    pub connections: usize,
+    /// Of those, how many failed.
+    pub failed: usize,
+    /// From its start to its end.
+    pub elapsed: Duration,
+}
+
+impl Event for PreflightFinished {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        tracing::info!(
+            connections = self.connections,
+            failed = self.failed,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "Pre-flight finished."
+        );
+        if let Some(m) = metrics {
+            m.set_preflight_pending(0);
+        }
+    }
+}
+
 /// A catalogue connector's api-specs disagree with what the job writes (rotated anyway).
 #[derive(Debug)]
 pub struct SpecWarning<'a> {
@@ -412,6 +477,123 @@ impl Event for StateWriteRecovered {
         tracing::info!("The state file is written again.");
         if let Some(m) = metrics {
             m.set_state_writable(true);
+        }
+    }
+}
+
+/// A message of the `[events]` queue was handled (see [`crate::triggers::sqs`]). Text from
+/// the message (event name, secret id) arrives escaped; the body is never logged.
+#[derive(Debug)]
+pub struct EventMessage<'a> {
+    /// `deleted`, `unmatched`, `rejected` or `failed` ([`crate::metrics::EVENT_RESULTS`]).
+    pub result: &'static str,
+    /// Why a `rejected` message was not used.
+    pub reason: Option<&'static str>,
+    /// The event's name (`PutSecretValue`, …; escaped), or empty.
+    pub event: &'a str,
+    /// The secret id the event names (escaped), or empty.
+    pub secret: &'a str,
+    /// Jobs run for it.
+    pub jobs: usize,
+    /// Of which failed (or did not run).
+    pub failed: usize,
+}
+
+impl Event for EventMessage<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        let (event, secret) = (self.event, self.secret);
+        match self.result {
+            "deleted" => tracing::info!(
+                event,
+                secret,
+                jobs = self.jobs,
+                "Secret change event: its jobs ran; message deleted."
+            ),
+            "unmatched" => tracing::info!(
+                event,
+                secret,
+                "Secret change event for a secret no job uses; message deleted."
+            ),
+            "failed" => tracing::warn!(
+                event,
+                secret,
+                jobs = self.jobs,
+                failed = self.failed,
+                "Secret change event: a job failed; the message is left for redelivery (and, after the queue's redrive count, the DLQ)."
+            ),
+            _ => tracing::warn!(
+                result = self.result,
+                reason = self.reason.unwrap_or(""),
+                event,
+                secret,
+                "Unusable message on the events queue; deleted."
+            ),
+        }
+        if let Some(m) = metrics {
+            m.event_message(self.result, self.reason);
+        }
+    }
+}
+
+/// A message arrived on the `[events]` queue (counted before it is handled).
+#[derive(Debug)]
+pub struct EventReceived;
+
+impl Event for EventReceived {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        if let Some(m) = metrics {
+            m.event_message("received", None);
+        }
+    }
+}
+
+/// A call on the `[events]` queue failed (`ReceiveMessage`, `DeleteMessage`).
+#[derive(Debug)]
+pub struct EventQueueFailed<'a> {
+    /// The operation.
+    pub operation: &'static str,
+    /// The AWS error code or transport error (escaped).
+    pub error: &'a str,
+    /// The wait before the next receive (zero after a failed delete).
+    pub retry_in: Duration,
+}
+
+impl Event for EventQueueFailed<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        tracing::warn!(
+            operation = self.operation,
+            error = %Escaped(self.error),
+            retry_in_ms = self.retry_in.as_millis() as u64,
+            "A call on the events queue failed."
+        );
+        if let Some(m) = metrics {
+            m.event_receive_error();
+        }
+    }
+}
+
+/// The dead-letter queue of the `[events]` queue was read.
+#[derive(Debug)]
+pub struct EventDlqDepth(pub i64);
+
+impl Event for EventDlqDepth {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        if self.0 > 0 {
+            tracing::warn!(
+                messages = self.0,
+                "The events dead-letter queue holds messages whose jobs kept failing."
+            );
+        }
+        if let Some(m) = metrics {
+            m.set_event_dlq_messages(self.0);
         }
     }
 }

@@ -45,3 +45,4 @@ pub mod simulate;
 pub mod state;
 pub mod telemetry;
 pub mod text;
+pub mod triggers;

@@ -89,6 +89,18 @@ fn main() -> ExitCode {
                 config,
                 job,
                 all: _,
+                secret: Some(secret),
+                if_changed,
+                output,
+            } if job.is_none() => {
+                commands::rotate_secret(&config.config, &secret, if_changed, output.json(), &env)
+                    .await
+            }
+            Command::Rotate {
+                config,
+                job,
+                all: _,
+                secret: _,
                 if_changed,
                 output,
             } => {

@@ -11,19 +11,30 @@
 //! the log line and updates these metrics together.
 //!
 //! Two kinds of storage sit behind one exposition:
-//! - process-wide series (Qlik requests, secret reads, 429s, jobs by state, build info) and the
-//!   sparse `errors_total` live in a `prometheus` [`Registry`];
-//! - the per-job series every job has from the start (`rotations_total` × 4 outcomes, the
-//!   timestamps, `job_max_age_seconds`, `job_preflight_ok`, and the opt-in per-job duration
-//!   histogram) live in a compact table, [`JobTable`]: about 200 bytes per job instead of the
-//!   ~3.6 KB that `prometheus` children cost (a `Desc`, label pairs and an `Arc` per child). A
+//! - process-wide and per-connector series (Qlik requests, secret reads, 429s, jobs by state,
+//!   the duration histogram, the last attempt, build info) and the sparse `errors_total` live
+//!   in a `prometheus` [`Registry`];
+//! - the per-job series live in a compact table, [`JobTable`]: the gauges the alerts need
+//!   (`job_max_age_seconds`, `job_preflight_ok`, `last_success_timestamp_seconds`),
+//!   `rotations_total{rotation_job, outcome}` and the opt-in per-job duration histogram;
+//!   about 200 bytes per job instead of the ~3.6 KB that `prometheus` children cost. A
 //!   daemon with 10,000 jobs keeps them in ~2 MB, and `/metrics` streams them out in chunks
 //!   ([`Metrics::render_chunks`]) rather than building the whole exposition in memory.
 //!
-//! The duration histogram is per connector (`rotation_duration_seconds{connector}`): per job,
-//! its 14 lines were 10.3 of the 16.4 MB that one scrape of 10,000 jobs weighed (bench section
-//! `metrics`). `metrics.per_job_duration_histogram = true` adds the per-job one back as
-//! `rotation_job_duration_seconds{rotation_job}`.
+//! `/metrics` at 10,000 jobs stays under 3 MB (bench section `metrics`) because a per-job
+//! series costs ~70-90 bytes per scrape and only what the alerts and the dashboard need is
+//! per job:
+//! - `rotations_total{rotation_job, outcome}` series appear with their first count (no
+//!   pre-created zeros: four outcomes per job were 3.9 of the 6.8 MB one scrape weighed), and
+//!   carry no `connector` label (a job has one connector; `rotation_duration_seconds` is the
+//!   per-connector view). The alerts on it count a series that appears within their window
+//!   (deploy/prometheus/rules.yml).
+//! - the duration histogram is per connector (`rotation_duration_seconds{connector}`): per job,
+//!   its 14 lines were 10.3 of the 16.4 MB that one scrape weighed. Setting
+//!   `metrics.per_job_duration_histogram = true` adds the per-job one back as
+//!   `rotation_job_duration_seconds{rotation_job}`.
+//! - the last attempt is per connector (`last_attempt_timestamp_seconds{connector}`); per job it
+//!   alerted on nothing.
 
 use std::{
     fmt::Write as _,
@@ -38,7 +49,8 @@ use prometheus::{
 
 use crate::config::JobConfig;
 
-/// The outcome labels pre-created for every job, so `increase()` works from the first scrape.
+/// The outcome labels of `rotations_total` (a job's series of an outcome appears with its first
+/// count).
 pub const OUTCOMES: [&str; 4] = ["rotated", "unchanged", "failed", "verify_failed"];
 
 /// The stage labels, pre-created in `rotation_retries_total`.
@@ -48,6 +60,156 @@ pub const STAGES: [&str; 5] = ["fetch", "resolve", "build", "apply", "verify"];
 pub const DURATION_BUCKETS: [f64; 11] =
     [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
+/// A metric's declaration: its name (without the `qlik_rotator_` prefix), HELP text and label
+/// names. Every metric is one such constant; [`Metrics::with_per_job_histogram`] registers
+/// them and [`DECLARED`] lists them all (the README's metrics table is checked against it).
+#[derive(Debug, Clone, Copy)]
+pub struct Def {
+    /// The name without the prefix.
+    pub name: &'static str,
+    /// The HELP text.
+    pub help: &'static str,
+    /// The label names (empty for a single series).
+    pub labels: &'static [&'static str],
+}
+
+const fn def(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Def {
+    Def { name, help, labels }
+}
+
+const ERRORS: Def = def(
+    "errors_total",
+    "Failed runs (after their last attempt) by rotation job, stage (fetch, resolve, build, apply, verify) and error type.",
+    &["rotation_job", "stage", "error_type"],
+);
+const RETRIES: Def = def(
+    "rotation_retries_total",
+    "Failed attempts that were retried within their run, by stage (the error type is in the log line).",
+    &["stage"],
+);
+const ROTATION_DURATION: Def = def(
+    "rotation_duration_seconds",
+    "Wall time of one rotation run (fetch, PATCH, verify), by connector.",
+    &["connector"],
+);
+const LAST_ATTEMPT: Def = def(
+    "last_attempt_timestamp_seconds",
+    "Unix time of the last run of any job of the connector, whatever its outcome.",
+    &["connector"],
+);
+const QLIK_REQUESTS: Def = def(
+    "qlik_requests_total",
+    "HTTP requests to Qlik by method, endpoint template and status (or 'error').",
+    &["method", "endpoint", "status"],
+);
+const QLIK_REQUEST_DURATION: Def = def(
+    "qlik_request_duration_seconds",
+    "Latency of HTTP requests to Qlik.",
+    &["method", "endpoint"],
+);
+const SECRET_FETCHES: Def = def(
+    "secret_fetches_total",
+    "Secret reads by source type and outcome (ok, error).",
+    &["source", "outcome"],
+);
+const RATE_LIMITED: Def = def("rate_limited_total", "Qlik answers with HTTP 429.", &[]);
+const JOBS: Def = def(
+    "jobs",
+    "Configured jobs by state (scheduled, preflight_failed).",
+    &["state"],
+);
+const BUILD_INFO: Def = def(
+    "build_info",
+    "Always 1; the version label says which build runs.",
+    &["version"],
+);
+const START_TIME: Def = def(
+    "start_time_seconds",
+    "Unix time the metrics were created (the daemon's start): every counter counts from here.",
+    &[],
+);
+const IN_FLIGHT: Def = def("rotations_in_flight", "Rotations running right now.", &[]);
+const STATE_WRITE_FAILURES: Def = def(
+    "state_write_failures_total",
+    "Failed writes of the state file (the applied versions are kept in memory and the write is retried).",
+    &[],
+);
+const STATE_WRITABLE: Def = def(
+    "state_writable",
+    "1 when the state file holds everything the daemon applied; 0 while a write is failing.",
+    &[],
+);
+const SPEC_WARNINGS: Def = def(
+    "spec_warnings_total",
+    "api-specs declarations a catalogue connector's writes do not match (type or enum of a file array or mode constant); rotated anyway.",
+    &["connector_type"],
+);
+const VERIFY_WARNINGS: Def = def(
+    "verify_warnings_total",
+    "Verify findings from rules without a published source (not failures), by rule.",
+    &["rule"],
+);
+
+const PREFLIGHT_PENDING: Def = def(
+    "preflight_pending",
+    "Connections whose start-up pre-flight GET has not finished yet (0 once pre-flight is done); pre-flight runs after /readyz turns ready, under the read budget.",
+    &[],
+);
+
+/// Upper bounds of `qlik_request_duration_seconds` (the `+Inf` bucket is implied).
+const REQUEST_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Every metric: the registry's, then the per-job table's ([`JOB_FAMILIES`]).
+pub const DECLARED: [Def; 22] = [
+    ERRORS,
+    RETRIES,
+    ROTATION_DURATION,
+    LAST_ATTEMPT,
+    QLIK_REQUESTS,
+    QLIK_REQUEST_DURATION,
+    SECRET_FETCHES,
+    RATE_LIMITED,
+    JOBS,
+    BUILD_INFO,
+    START_TIME,
+    IN_FLIGHT,
+    STATE_WRITE_FAILURES,
+    STATE_WRITABLE,
+    PREFLIGHT_PENDING,
+    SPEC_WARNINGS,
+    VERIFY_WARNINGS,
+    JOB_FAMILIES[0].def,
+    JOB_FAMILIES[1].def,
+    JOB_FAMILIES[2].def,
+    JOB_FAMILIES[3].def,
+    JOB_FAMILIES[4].def,
+];
+
+/// The series of the `[events]` consumer, registered only when it runs
+/// ([`Metrics::register_events`]).
+pub const EVENT_DECLARED: [Def; 4] = [
+    def(
+        "event_messages_total",
+        "Messages of the [events] queue by result: received, then one of deleted (its jobs ran), unmatched (no job uses the secret; deleted), rejected (not a usable event; deleted) or failed (a job failed; left for redelivery and, after the queue's redrive count, the DLQ).",
+        &["result"],
+    ),
+    def(
+        "event_messages_rejected_total",
+        "Messages of the [events] queue deleted unused, by reason.",
+        &["reason"],
+    ),
+    def(
+        "event_receive_errors_total",
+        "Failed ReceiveMessage or DeleteMessage calls on the [events] queue.",
+        &[],
+    ),
+    def(
+        "event_dlq_messages",
+        "Messages in the dead-letter queue of the [events] queue (ApproximateNumberOfMessages; -1 until read or when the queue has no redrive policy).",
+        &[],
+    ),
+];
+
 /// The daemon's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -56,23 +218,67 @@ pub struct Metrics {
     errors: IntCounterVec,
     retries: IntCounterVec,
     rotation_duration: HistogramVec,
+    last_attempt: IntGaugeVec,
     qlik_requests: IntCounterVec,
     qlik_request_duration: HistogramVec,
     secret_fetches: IntCounterVec,
     rate_limited: IntCounter,
     jobs: IntGaugeVec,
     build_info: IntGaugeVec,
+    start_time: IntGauge,
     in_flight: IntGauge,
     state_write_failures: IntCounter,
     state_writable: IntGauge,
+    preflight_pending: IntGauge,
     spec_warnings: IntCounterVec,
     verify_warnings: IntCounterVec,
+    /// The `[events]` consumer's series: registered by [`Metrics::register_events`] only when
+    /// the daemon consumes events.
+    events: Arc<std::sync::OnceLock<EventMetrics>>,
 }
 
+/// The series of the `[events]` consumer ([`crate::triggers::sqs`]).
+#[derive(Debug, Clone)]
+struct EventMetrics {
+    messages: IntCounterVec,
+    rejected: IntCounterVec,
+    receive_errors: IntCounter,
+    dlq_messages: IntGauge,
+}
+
+/// The `result` labels of `event_messages_total`, pre-created.
+pub const EVENT_RESULTS: [&str; 5] = ["received", "deleted", "unmatched", "rejected", "failed"];
+
+/// Registers `c` in `r` and returns it.
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
     r.register(Box::new(c.clone()))
         .expect("metric names are unique and valid");
     c
+}
+
+fn opts(d: &Def) -> Opts {
+    Opts::new(d.name, d.help)
+}
+
+fn counter_vec(r: &Registry, d: &Def) -> IntCounterVec {
+    reg(r, IntCounterVec::new(opts(d), d.labels).expect("valid"))
+}
+
+fn gauge_vec(r: &Registry, d: &Def) -> IntGaugeVec {
+    reg(r, IntGaugeVec::new(opts(d), d.labels).expect("valid"))
+}
+
+fn histogram_vec(r: &Registry, d: &Def, buckets: &[f64]) -> HistogramVec {
+    let o = HistogramOpts::new(d.name, d.help).buckets(buckets.to_vec());
+    reg(r, HistogramVec::new(o, d.labels).expect("valid"))
+}
+
+fn counter(r: &Registry, d: &Def) -> IntCounter {
+    reg(r, IntCounter::with_opts(opts(d)).expect("valid"))
+}
+
+fn gauge(r: &Registry, d: &Def) -> IntGauge {
+    reg(r, IntGauge::with_opts(opts(d)).expect("valid"))
 }
 
 impl Metrics {
@@ -86,109 +292,30 @@ impl Metrics {
     pub fn with_per_job_histogram(per_job_histogram: bool) -> Self {
         let r = Registry::new_custom(Some("qlik_rotator".into()), None)
             .expect("the prefix is a valid metric name");
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                &r,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
-            )
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                &r,
-                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid"),
-            )
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            reg(
-                &r,
-                HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-                    .expect("valid"),
-            )
-        };
         let m = Metrics {
             jobs_table: Arc::new(JobTable {
                 per_job_histogram,
                 ..JobTable::default()
             }),
-            errors: counter(
-                "errors_total",
-                "Failed runs (after their last attempt) by rotation job, stage (fetch, resolve, build, apply, verify) and error type.",
-                &["rotation_job", "stage", "error_type"],
-            ),
-            retries: counter(
-                "rotation_retries_total",
-                "Failed attempts that were retried within their run, by stage (the error type is in the log line).",
-                &["stage"],
-            ),
-            rotation_duration: histogram(
-                "rotation_duration_seconds",
-                "Wall time of one rotation run (fetch, PATCH, verify), by connector.",
-                &["connector"],
-                DURATION_BUCKETS.to_vec(),
-            ),
-            qlik_requests: counter(
-                "qlik_requests_total",
-                "HTTP requests to Qlik by method, endpoint template and status (or 'error').",
-                &["method", "endpoint", "status"],
-            ),
-            qlik_request_duration: histogram(
-                "qlik_request_duration_seconds",
-                "Latency of HTTP requests to Qlik.",
-                &["method", "endpoint"],
-                vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
-            ),
-            secret_fetches: counter(
-                "secret_fetches_total",
-                "Secret reads by source type and outcome (ok, error).",
-                &["source", "outcome"],
-            ),
-            rate_limited: reg(
-                &r,
-                IntCounter::new("rate_limited_total", "Qlik answers with HTTP 429.")
-                    .expect("valid"),
-            ),
-            jobs: gauge(
-                "jobs",
-                "Configured jobs by state (scheduled, preflight_failed).",
-                &["state"],
-            ),
-            build_info: gauge(
-                "build_info",
-                "Always 1; the version label says which build runs.",
-                &["version"],
-            ),
-            in_flight: reg(
-                &r,
-                IntGauge::new("rotations_in_flight", "Rotations running right now.")
-                    .expect("valid"),
-            ),
-            state_write_failures: reg(
-                &r,
-                IntCounter::new(
-                    "state_write_failures_total",
-                    "Failed writes of the state file (the applied versions are kept in memory and the write is retried).",
-                )
-                .expect("valid"),
-            ),
-            state_writable: reg(
-                &r,
-                IntGauge::new(
-                    "state_writable",
-                    "1 when the state file holds everything the daemon applied; 0 while a write is failing.",
-                )
-                .expect("valid"),
-            ),
-            spec_warnings: counter(
-                "spec_warnings_total",
-                "api-specs declarations a catalogue connector's writes do not match (type or enum of a file array or mode constant); rotated anyway.",
-                &["connector_type"],
-            ),
-            verify_warnings: counter(
-                "verify_warnings_total",
-                "Verify findings from rules without a published source (not failures), by rule.",
-                &["rule"],
-            ),
+            errors: counter_vec(&r, &ERRORS),
+            retries: counter_vec(&r, &RETRIES),
+            rotation_duration: histogram_vec(&r, &ROTATION_DURATION, &DURATION_BUCKETS),
+            last_attempt: gauge_vec(&r, &LAST_ATTEMPT),
+            qlik_requests: counter_vec(&r, &QLIK_REQUESTS),
+            qlik_request_duration: histogram_vec(&r, &QLIK_REQUEST_DURATION, &REQUEST_BUCKETS),
+            secret_fetches: counter_vec(&r, &SECRET_FETCHES),
+            rate_limited: counter(&r, &RATE_LIMITED),
+            jobs: gauge_vec(&r, &JOBS),
+            build_info: gauge_vec(&r, &BUILD_INFO),
+            start_time: gauge(&r, &START_TIME),
+            in_flight: gauge(&r, &IN_FLIGHT),
+            state_write_failures: counter(&r, &STATE_WRITE_FAILURES),
+            state_writable: gauge(&r, &STATE_WRITABLE),
+            spec_warnings: counter_vec(&r, &SPEC_WARNINGS),
+            verify_warnings: counter_vec(&r, &VERIFY_WARNINGS),
+            preflight_pending: gauge(&r, &PREFLIGHT_PENDING),
             registry: r,
+            events: Arc::default(),
         };
         for stage in STAGES {
             m.retries.with_label_values(&[stage]).reset();
@@ -199,11 +326,12 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        m.rate_limited.reset();
+        m.start_time.set(chrono::Utc::now().timestamp());
         m
     }
 
-    /// Pre-creates every per-job series so dashboards and `increase()` see zeros, not gaps.
+    /// Adds the jobs to the per-job table (their gauges are exported from now on; counters
+    /// appear with their first count) and pre-creates the per-connector duration histogram.
     /// Call once with all jobs (a later call adds to the table; a job name seen twice keeps
     /// its first entry).
     /// `spec_warnings_total` is pre-created for the connector of every catalogue job (the only
@@ -233,6 +361,12 @@ impl Metrics {
         self.jobs
             .with_label_values(&["preflight_failed"])
             .set(preflight_failed as i64);
+    }
+
+    /// Sets `preflight_pending` (connections still waiting for their start-up pre-flight).
+    pub fn set_preflight_pending(&self, pending: usize) {
+        self.preflight_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
 
     /// Sets a job's last success time (from the state file at start).
@@ -265,7 +399,8 @@ impl Metrics {
     }
 
     /// Counts one connection's outcome of a run in `rotations_total` (`outcome` is one of
-    /// [`OUTCOMES`]; anything else, and a job never registered, is not counted).
+    /// [`OUTCOMES`]; anything else, and a job never registered, is not counted). A job's
+    /// series of an outcome appears with its first count.
     pub fn count_outcome(&self, job: &str, outcome: &str) {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
             self.jobs_table.with(job, |s| s.outcomes[i] += 1);
@@ -273,17 +408,18 @@ impl Metrics {
     }
 
     /// Records one finished run of a job: the duration (per connector, and per job when
-    /// enabled) and the timestamps (last success only when `success`, i.e. every connection of
-    /// the run ended well). `connector` is the job's configured connector.
+    /// enabled), the connector's last attempt and the job's last success (only when
+    /// `success`, i.e. every connection of the run ended well). `connector` is the job's
+    /// configured connector.
     pub fn observe_run(&self, job: &str, connector: &str, duration: Duration, success: bool) {
         let now = chrono::Utc::now().timestamp();
         let secs = duration.as_secs_f64();
         self.rotation_duration
             .with_label_values(&[connector])
             .observe(secs);
+        self.last_attempt.with_label_values(&[connector]).set(now);
         self.jobs_table.with(job, |s| {
             s.observe(secs);
-            s.last_attempt = Some(now);
             if success {
                 s.last_success = Some(now);
             }
@@ -327,6 +463,55 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Registers the series of the `[events]` consumer (once; later calls do nothing):
+    /// `event_messages_total{result}` ([`EVENT_RESULTS`]), `event_messages_rejected_total{reason}`
+    /// (`reasons` pre-created), `event_receive_errors_total` and `event_dlq_messages`.
+    pub fn register_events(&self, reasons: &[&str]) {
+        let r = &self.registry;
+        self.events.get_or_init(|| {
+            let [messages, rejected, receive_errors, dlq_messages] = &EVENT_DECLARED;
+            let m = EventMetrics {
+                messages: counter_vec(r, messages),
+                rejected: counter_vec(r, rejected),
+                receive_errors: counter(r, receive_errors),
+                dlq_messages: gauge(r, dlq_messages),
+            };
+            for result in EVENT_RESULTS {
+                m.messages.with_label_values(&[result]).reset();
+            }
+            for reason in reasons {
+                m.rejected.with_label_values(&[reason]).reset();
+            }
+            m.dlq_messages.set(-1);
+            m
+        });
+    }
+
+    /// Counts a message of the `[events]` queue (`result` one of [`EVENT_RESULTS`]; `reason`
+    /// for `rejected`). Nothing without [`Metrics::register_events`].
+    pub fn event_message(&self, result: &str, reason: Option<&str>) {
+        if let Some(m) = self.events.get() {
+            m.messages.with_label_values(&[result]).inc();
+            if let Some(reason) = reason {
+                m.rejected.with_label_values(&[reason]).inc();
+            }
+        }
+    }
+
+    /// Counts a failed call on the `[events]` queue.
+    pub fn event_receive_error(&self) {
+        if let Some(m) = self.events.get() {
+            m.receive_errors.inc();
+        }
+    }
+
+    /// Sets `event_dlq_messages`.
+    pub fn set_event_dlq_messages(&self, n: i64) {
+        if let Some(m) = self.events.get() {
+            m.dlq_messages.set(n);
+        }
+    }
+
     /// Counts one HTTP 429 from Qlik.
     pub fn rate_limited(&self) {
         self.rate_limited.inc();
@@ -363,45 +548,63 @@ impl Metrics {
     }
 }
 
-/// How many jobs' lines one chunk of [`Metrics::render_chunks`] holds (~1.7 KB each).
+/// How many jobs' lines one chunk of [`Metrics::render_chunks`] holds (~0.3 KB each).
 pub const CHUNK_JOBS: usize = 64;
 
-/// The per-job families, in exposition order: (name without prefix, type, help).
-const JOB_FAMILIES: [(&str, &str, &str); 6] = [
-    (
-        "job_max_age_seconds",
-        "gauge",
-        "The job's max_age: how old the last success may get before the credentials are stale.",
-    ),
-    (
-        "job_preflight_ok",
-        "gauge",
-        "1 when the job's connection passed pre-flight (found, update privilege, connector matches), else 0.",
-    ),
-    (
-        "last_attempt_timestamp_seconds",
-        "gauge",
-        "Unix time of the last run, whatever its outcome.",
-    ),
-    (
-        "last_success_timestamp_seconds",
-        "gauge",
-        "Unix time of the last run that left the connection verified current (rotated or unchanged).",
-    ),
-    (
-        "rotation_job_duration_seconds",
-        "histogram",
-        "Wall time of one rotation run (fetch, PATCH, verify), by rotation job (opt-in: metrics.per_job_duration_histogram).",
-    ),
-    (
-        "rotations_total",
-        "counter",
-        "Rotation outcomes by rotation job, connector and outcome (rotated, unchanged, failed, verify_failed), one per connection and run.",
-    ),
+/// A per-job family of the [`JobTable`]: its declaration and its type.
+#[derive(Debug, Clone, Copy)]
+struct JobFamily {
+    def: Def,
+    kind: &'static str,
+}
+
+/// The per-job families, in exposition order. Each has the one label `rotation_job` (and
+/// `rotations_total` also `outcome`).
+const JOB_FAMILIES: [JobFamily; 5] = [
+    JobFamily {
+        def: def(
+            "job_max_age_seconds",
+            "The job's max_age: how old the last success may get before the credentials are stale.",
+            &["rotation_job"],
+        ),
+        kind: "gauge",
+    },
+    JobFamily {
+        def: def(
+            "job_preflight_ok",
+            "1 when the job's connection passed pre-flight (found, update privilege, connector matches), else 0.",
+            &["rotation_job"],
+        ),
+        kind: "gauge",
+    },
+    JobFamily {
+        def: def(
+            "last_success_timestamp_seconds",
+            "Unix time of the last run that left the connection verified current (rotated or unchanged).",
+            &["rotation_job"],
+        ),
+        kind: "gauge",
+    },
+    JobFamily {
+        def: def(
+            "rotation_job_duration_seconds",
+            "Wall time of one rotation run (fetch, PATCH, verify), by rotation job (opt-in: metrics.per_job_duration_histogram).",
+            &["rotation_job"],
+        ),
+        kind: "histogram",
+    },
+    JobFamily {
+        def: def(
+            "rotations_total",
+            "Rotation outcomes by rotation job and outcome (rotated, unchanged, failed, verify_failed), one per connection and run; a series appears with its first count.",
+            &["rotation_job", "outcome"],
+        ),
+        kind: "counter",
+    },
 ];
 
 /// The index of the opt-in per-job histogram in [`JOB_FAMILIES`].
-const HISTOGRAM_FAMILY: usize = 4;
+const HISTOGRAM_FAMILY: usize = 3;
 
 /// The mutable part of one job's series. One writer at a time (a job never runs twice at
 /// once), read by scrapes; a plain mutex keeps each scrape's view of a histogram consistent.
@@ -414,7 +617,6 @@ struct JobStats {
     sum: f64,
     count: u64,
     last_success: Option<i64>,
-    last_attempt: Option<i64>,
     preflight_ok: Option<bool>,
 }
 
@@ -431,9 +633,59 @@ impl JobStats {
 #[derive(Debug)]
 struct JobSeries {
     name: Box<str>,
-    connector: Arc<str>,
     max_age: u64,
     stats: Mutex<JobStats>,
+}
+
+impl JobSeries {
+    /// Appends this job's samples of `family` to `out` (nothing for a value never set and for
+    /// outcomes never counted).
+    fn render(&self, family: usize, name: &str, out: &mut String) {
+        let st = self.stats.lock().expect("job stats lock");
+        let job = escape(&self.name, true);
+        let mut gauge = |v: Option<i64>| {
+            if let Some(v) = v {
+                let _ = writeln!(out, "qlik_rotator_{name}{{rotation_job=\"{job}\"}} {v}");
+            }
+        };
+        match family {
+            0 => gauge(Some(self.max_age as i64)),
+            1 => gauge(st.preflight_ok.map(i64::from)),
+            2 => gauge(st.last_success),
+            HISTOGRAM_FAMILY => {
+                let mut cumulative = 0;
+                let bounds = DURATION_BUCKETS.iter().map(ToString::to_string);
+                let counts = st.buckets.iter().map(|n| {
+                    cumulative += n;
+                    cumulative
+                });
+                for (le, n) in bounds.zip(counts).chain([("+Inf".into(), st.count)]) {
+                    let _ = writeln!(
+                        out,
+                        "qlik_rotator_{name}_bucket{{rotation_job=\"{job}\",le=\"{le}\"}} {n}"
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "qlik_rotator_{name}_sum{{rotation_job=\"{job}\"}} {}",
+                    st.sum
+                );
+                let _ = writeln!(
+                    out,
+                    "qlik_rotator_{name}_count{{rotation_job=\"{job}\"}} {}",
+                    st.count
+                );
+            }
+            _ => {
+                for (outcome, n) in OUTCOMES.iter().zip(st.outcomes).filter(|(_, n)| *n > 0) {
+                    let _ = writeln!(
+                        out,
+                        "qlik_rotator_{name}{{outcome=\"{outcome}\",rotation_job=\"{job}\"}} {n}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Every job's series, sorted by job name.
@@ -447,23 +699,11 @@ pub struct JobTable {
 impl JobTable {
     fn register<'a>(&self, jobs: impl IntoIterator<Item = &'a JobConfig>) {
         let mut table = self.jobs.write().expect("metrics table lock");
-        let mut connectors: Vec<Arc<str>> = Vec::new();
-        for job in jobs {
-            let connector = match connectors.iter().find(|c| ***c == *job.connector) {
-                Some(c) => c.clone(),
-                None => {
-                    let c: Arc<str> = job.connector.as_str().into();
-                    connectors.push(c.clone());
-                    c
-                }
-            };
-            table.push(JobSeries {
-                name: job.name.as_str().into(),
-                connector,
-                max_age: job.max_age.as_secs(),
-                stats: Mutex::new(JobStats::default()),
-            });
-        }
+        table.extend(jobs.into_iter().map(|job| JobSeries {
+            name: job.name.as_str().into(),
+            max_age: job.max_age.as_secs(),
+            stats: Mutex::new(JobStats::default()),
+        }));
         // Stable: of two entries with one name, the first registered stays.
         table.sort_by(|a, b| a.name.cmp(&b.name));
         table.dedup_by(|later, first| later.name == first.name);
@@ -483,72 +723,29 @@ impl JobTable {
     fn render_chunk(&self, cursor: (usize, usize, bool)) -> (String, Option<(usize, usize, bool)>) {
         let (family, start, mut header_done) = cursor;
         let table = self.jobs.read().expect("metrics table lock");
-        let Some((name, kind, help)) = JOB_FAMILIES.get(family) else {
+        let Some(JobFamily { def, kind }) = JOB_FAMILIES.get(family) else {
             return (String::new(), None);
         };
         if family == HISTOGRAM_FAMILY && !self.per_job_histogram {
             return (String::new(), Some((family + 1, 0, false)));
         }
         let end = (start + CHUNK_JOBS).min(table.len());
-        let mut out = String::with_capacity(64 * 1024);
+        let mut out = String::with_capacity(32 * 1024);
+        let mut lines = String::with_capacity(1024);
         for job in table.get(start..end).unwrap_or_default() {
-            let st = job.stats.lock().expect("job stats lock");
-            let value: Option<i64> = match family {
-                0 => Some(job.max_age as i64),
-                1 => st.preflight_ok.map(i64::from),
-                2 => st.last_attempt,
-                3 => st.last_success,
-                _ => Some(0),
-            };
-            let Some(value) = value else { continue };
-            if !header_done {
-                let _ = writeln!(out, "# HELP qlik_rotator_{name} {}", escape(help, false));
+            lines.clear();
+            job.render(family, def.name, &mut lines);
+            if !lines.is_empty() && !header_done {
+                let name = def.name;
+                let _ = writeln!(
+                    out,
+                    "# HELP qlik_rotator_{name} {}",
+                    escape(def.help, false)
+                );
                 let _ = writeln!(out, "# TYPE qlik_rotator_{name} {kind}");
                 header_done = true;
             }
-            let job_label = escape(&job.name, true);
-            match family {
-                HISTOGRAM_FAMILY => {
-                    let mut cumulative = 0;
-                    for (bound, n) in DURATION_BUCKETS.iter().zip(st.buckets) {
-                        cumulative += n;
-                        let _ = writeln!(
-                            out,
-                            "qlik_rotator_{name}_bucket{{rotation_job=\"{job_label}\",le=\"{bound}\"}} {cumulative}"
-                        );
-                    }
-                    let _ = writeln!(
-                        out,
-                        "qlik_rotator_{name}_bucket{{rotation_job=\"{job_label}\",le=\"+Inf\"}} {}",
-                        st.count
-                    );
-                    let _ = writeln!(
-                        out,
-                        "qlik_rotator_{name}_sum{{rotation_job=\"{job_label}\"}} {}",
-                        st.sum
-                    );
-                    let _ = writeln!(
-                        out,
-                        "qlik_rotator_{name}_count{{rotation_job=\"{job_label}\"}} {}",
-                        st.count
-                    );
-                }
-                5 => {
-                    let connector = escape(&job.connector, true);
-                    for (outcome, n) in OUTCOMES.iter().zip(st.outcomes) {
-                        let _ = writeln!(
-                            out,
-                            "qlik_rotator_{name}{{connector=\"{connector}\",outcome=\"{outcome}\",rotation_job=\"{job_label}\"}} {n}"
-                        );
-                    }
-                }
-                _ => {
-                    let _ = writeln!(
-                        out,
-                        "qlik_rotator_{name}{{rotation_job=\"{job_label}\"}} {value}"
-                    );
-                }
-            }
+            out.push_str(&lines);
         }
         let next = if end < table.len() {
             Some((family, end, header_done))
@@ -658,7 +855,6 @@ mod tests {
             "qlik_rotator_jobs{state=\"preflight_failed\"} 1",
             "qlik_rotator_job_preflight_ok{rotation_job=\"job-0000\"} 0",
             "qlik_rotator_job_max_age_seconds{rotation_job=\"job-0000\"} 7200",
-            "qlik_rotator_rotations_total{connector=\"mssql\",outcome=\"verify_failed\",rotation_job=\"job-0000\"} 0",
             "qlik_rotator_rotation_duration_seconds_bucket{connector=\"mssql\",le=\"+Inf\"} 0",
             "qlik_rotator_rotations_in_flight 0",
             "qlik_rotator_verify_warnings_total{rule=\"credentials_id_changed\"} 0",
@@ -668,9 +864,17 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
-        // Never set: no series, and no HELP/TYPE for an empty family.
-        assert!(!text.contains("last_success_timestamp_seconds"), "{text}");
-        assert!(!text.contains("last_attempt_timestamp_seconds"), "{text}");
+        let started = sample(&text, "qlik_rotator_start_time_seconds").expect("start time");
+        assert!((chrono::Utc::now().timestamp() as f64 - started).abs() < 60.0);
+        // Never set or never counted: no series, and no HELP/TYPE for an empty family.
+        for absent in [
+            "last_success_timestamp_seconds",
+            "last_attempt_timestamp_seconds",
+            "rotations_total",
+            "errors_total",
+        ] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
         // No label is called `job` (Prometheus's own target label) and the per-job
         // histogram is opt-in.
         assert!(!text.contains("{job=") && !text.contains(",job="), "{text}");
@@ -689,13 +893,22 @@ mod tests {
         let text = m.render();
         let s = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series}\n{text}"));
         let rot = |o: &str| {
-            s(&format!(
-                "qlik_rotator_rotations_total{{connector=\"mssql\",outcome=\"{o}\",rotation_job=\"job-0001\"}}"
-            ))
+            sample(
+                &text,
+                &format!(
+                    "qlik_rotator_rotations_total{{outcome=\"{o}\",rotation_job=\"job-0001\"}}"
+                ),
+            )
         };
-        assert_eq!(rot("rotated"), 2.0);
-        assert_eq!(rot("unchanged"), 1.0);
-        assert_eq!(rot("failed"), 0.0);
+        assert_eq!(rot("rotated"), Some(2.0));
+        assert_eq!(rot("unchanged"), Some(1.0));
+        // Never counted: no series (and `planned` is not an outcome of rotations_total).
+        assert_eq!(rot("failed"), None);
+        assert_eq!(
+            text.matches("qlik_rotator_rotations_total{").count(),
+            2,
+            "{text}"
+        );
         for (family, label) in [
             ("rotation_job_duration_seconds", "rotation_job=\"job-0001\""),
             ("rotation_duration_seconds", "connector=\"mssql\""),
@@ -714,19 +927,18 @@ mod tests {
             let sum = s(&format!("qlik_rotator_{family}_sum{{{label}}}"));
             assert!((sum - 200.34).abs() < 1e-9, "{sum}");
         }
-        // The other job is untouched; both carry a last attempt only if they ran.
+        // The other job is untouched; the last attempt is the connector's.
         assert_eq!(
             s("qlik_rotator_rotation_job_duration_seconds_count{rotation_job=\"job-0000\"}"),
             0.0
         );
-        let attempt = |j: &str| {
-            sample(
-                &text,
-                &format!("qlik_rotator_last_attempt_timestamp_seconds{{rotation_job=\"{j}\"}}"),
-            )
-        };
-        assert!(attempt("job-0001").is_some());
-        assert!(attempt("job-0000").is_none());
+        let now = chrono::Utc::now().timestamp() as f64;
+        let attempt = s("qlik_rotator_last_attempt_timestamp_seconds{connector=\"mssql\"}");
+        assert!((now - attempt).abs() < 60.0, "{attempt} vs {now}");
+        assert!(
+            !text.contains("last_attempt_timestamp_seconds{rotation_job"),
+            "{text}"
+        );
         // A failure sets the attempt but not the success.
         m.set_last_success("job-0000", 1_000);
         m.observe_run("job-0000", "mssql", Duration::from_millis(10), false);
@@ -754,9 +966,9 @@ mod tests {
             m.set_preflight(&j.name, true);
         }
         let chunks: Vec<String> = m.render_chunks().collect();
-        // The registry's part, then 4 chunks for each of the 3 families with samples (the
-        // two timestamp families have none yet, the per-job histogram is off: nothing).
-        assert_eq!(chunks.len(), 1 + 4 * 3);
+        // The registry's part, then 4 chunks for each of the 2 families with samples (no
+        // last success and no outcome yet, the per-job histogram is off: nothing).
+        assert_eq!(chunks.len(), 1 + 4 * 2);
         assert!(chunks.iter().all(|c| !c.is_empty()));
         let text = chunks.concat();
         assert_eq!(text, m.render());
@@ -794,6 +1006,56 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort_unstable();
         assert_eq!(names, sorted);
+    }
+
+    #[test]
+    fn an_outcome_series_appears_with_its_first_count() {
+        let m = Metrics::new();
+        m.register_jobs(&jobs(3));
+        let failed = "qlik_rotator_rotations_total{outcome=\"failed\",rotation_job=\"job-0002\"}";
+        assert!(!m.render().contains("rotations_total"));
+        m.count_outcome("job-0002", "failed");
+        let text = m.render();
+        assert_eq!(sample(&text, failed), Some(1.0), "{text}");
+        // Exactly one series: the other outcomes and jobs stay absent.
+        assert_eq!(
+            text.matches("qlik_rotator_rotations_total{").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE qlik_rotator_rotations_total counter")
+                .count(),
+            1
+        );
+    }
+
+    /// The README's metrics table lists every declared metric with its labels, and nothing
+    /// else.
+    #[test]
+    fn the_readme_metrics_table_matches_the_declarations() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n### Metrics\n")
+            .nth(1)
+            .and_then(|s| s.split("\n#").next())
+            .expect("README has a Metrics section");
+        let mut table: Vec<(String, String)> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let name = cells[0].trim_end_matches('`').to_owned();
+                let labels = cells.get(2).map_or("", |c| c.trim_matches('`')).to_owned();
+                (name, labels)
+            })
+            .collect();
+        let mut declared: Vec<(String, String)> = (DECLARED.iter().chain(&EVENT_DECLARED))
+            .map(|d| (d.name.to_owned(), d.labels.join(", ")))
+            .collect();
+        table.sort();
+        declared.sort();
+        assert_eq!(table, declared);
     }
 
     #[test]

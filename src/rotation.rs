@@ -26,6 +26,7 @@ use crate::{
     },
     secrets::{AnySource, SecretFields, SecretSource, SecretValue, SourceError},
     text::Redactor,
+    triggers::Prefetched,
 };
 
 /// Where in a rotation something went wrong.
@@ -360,6 +361,9 @@ pub struct RunOptions {
     pub known: HashMap<String, DataConnection>,
     /// Only these connection keys (a retry of the failed ones); `None` = all.
     pub only: Option<Vec<String>>,
+    /// The job's secret, read ahead with the other jobs due at the same time
+    /// ([`crate::triggers::prefetch`]); `None` reads it now.
+    pub secret: Option<crate::triggers::Prefetched>,
 }
 
 /// Runs rotations. Shared by the CLI and the daemon.
@@ -434,6 +438,11 @@ impl Rotator {
                 delay,
             });
         }
+    }
+
+    /// The secret source configured as `name`.
+    pub fn source(&self, name: &str) -> Option<&Arc<AnySource>> {
+        self.sources.get(name)
     }
 
     /// The Qlik client.
@@ -573,17 +582,29 @@ impl Rotator {
             warnings: Vec::new(),
         };
 
-        // 1. The secret, once: an unchanged version costs no Qlik call at all.
-        let secret = match self.sources.get(&job.source) {
+        // 1. The secret, once: an unchanged version costs no Qlik call at all. A value read
+        // ahead for this run (with the other jobs due at the same time) is used as is.
+        let held: Prefetched;
+        let secret: Result<&SecretValue, RotationError> = match self.sources.get(&job.source) {
             None => Err(RotationError::UnknownSource(job.source.clone())),
             Some(source) => {
-                let fetched = source.fetch(&job.secret).await;
+                held = match opts.secret.take() {
+                    Some(prefetched) => prefetched,
+                    None => Arc::new(source.fetch(&job.secret).await),
+                };
                 self.events.emit(SecretFetched {
                     job: &job.name,
                     source: source.kind(),
-                    error_type: fetched.as_ref().err().map(SourceError::error_type),
+                    error_type: held.as_ref().as_ref().err().map(SourceError::error_type),
                 });
-                fetched.map_err(RotationError::from)
+                match &*held {
+                    Ok(value) => Ok(value),
+                    Err(e) => Err(RotationError::Fetched {
+                        message: e.to_string(),
+                        error_type: e.error_type(),
+                        retriable: e.is_retriable(),
+                    }),
+                }
             }
         };
         let mut reports = Vec::new();
@@ -611,7 +632,7 @@ impl Rotator {
                         Outcome::Unchanged
                     } else {
                         let known = opts.known.remove(&key);
-                        self.rotate_connection(job, conn, &secret, known, opts.plan_only, &mut r)
+                        self.rotate_connection(job, conn, secret, known, opts.plan_only, &mut r)
                             .await
                     };
                     reports.push(r);

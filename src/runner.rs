@@ -333,6 +333,22 @@ impl Runner {
         force: bool,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Vec<Report>, Skipped> {
+        self.run_job_with(job, force, permit, None).await
+    }
+
+    /// [`Runner::run_job`], with the job's secret read ahead (`prefetched`, see
+    /// [`crate::triggers::prefetch`]): the first attempt uses it, a retry reads the vault
+    /// again, and it is dropped with the run.
+    ///
+    /// # Errors
+    /// [`Skipped`] when the run did not happen.
+    pub async fn run_job_with(
+        &self,
+        job: &JobRuntime,
+        force: bool,
+        permit: Option<OwnedSemaphorePermit>,
+        mut prefetched: Option<crate::triggers::Prefetched>,
+    ) -> Result<Vec<Report>, Skipped> {
         let Ok(_running) = job.running.try_lock() else {
             tracing::info!(job = %job.cfg.name, "Job is still running; skipping this trigger.");
             return Err(Skipped::AlreadyRunning);
@@ -363,7 +379,7 @@ impl Runner {
         loop {
             attempt += 1;
             let mut retry = Vec::new();
-            for report in self.attempt(job, force, &only).await {
+            for report in self.attempt(job, force, &only, prefetched.take()).await {
                 let index = job
                     .index_of(&report.connection_key)
                     .expect("a report names one of the job's connections");
@@ -460,7 +476,13 @@ impl Runner {
     }
 
     /// One attempt over the connections `only` (indexes).
-    async fn attempt(&self, job: &JobRuntime, force: bool, only: &[usize]) -> Vec<Report> {
+    async fn attempt(
+        &self,
+        job: &JobRuntime,
+        force: bool,
+        only: &[usize],
+        secret: Option<crate::triggers::Prefetched>,
+    ) -> Vec<Report> {
         let conns = &job.cfg.connections;
         // Change detection reads the store's memory, not the file: a version applied by this
         // process counts even if its write to disk failed.
@@ -486,6 +508,7 @@ impl Runner {
             force,
             known,
             only: Some(only.iter().map(|&i| conns[i].key()).collect()),
+            secret,
         };
         self.rotator.run(&job.cfg, opts).await
     }

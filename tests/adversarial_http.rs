@@ -1401,6 +1401,7 @@ async fn daemon_metrics_endpoint_holds_no_canary_after_hostile_answers() {
     let running = qlik_rotator::daemon::start(&cfg, &w.input())
         .await
         .expect("daemon starts");
+    running.daemon.preflight_finished().await;
     // After pre-flight: every PATCH echoes its values, the data-credentials GET redirects.
     w.sim.inject(Fault::Hostile {
         method: Some("PATCH".into()),
@@ -1510,4 +1511,425 @@ async fn plan_output_escapes_ids_from_qlik() {
         assert_no_canary(cmd, &out.stderr);
     }
     assert!(w.target.requests().is_empty());
+}
+
+// ----- the read budget (Tier 1) ----------------------------------------------------------
+// A simulator enforcing Tier 1 on a scaled window (5 GETs per 500 ms, i.e. 600 per minute),
+// `n` SQL Server jobs by id, each with its own canary password. Every case asserts the clear
+// outcome, the writes that belong (none for a job that failed before its PATCH), and no canary
+// in any output.
+
+/// A SQL Server password canary per job.
+fn read_canary(i: usize) -> String {
+    format!("{SQL_PASS_C}-{i:03}")
+}
+
+struct ReadWorld {
+    sim: Simulator,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    text: String,
+    ids: Vec<String>,
+}
+
+impl ReadWorld {
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("QLIK_API_KEY".into(), API_KEY_C.into()),
+            ("RUST_LOG".into(), "debug".into()),
+            ("NO_COLOR".into(), "1".into()),
+        ]
+    }
+
+    fn input(&self) -> HashMap<String, String> {
+        HashMap::from([("QLIK_API_KEY".to_owned(), API_KEY_C.to_owned())])
+    }
+
+    /// No output holds a canary: neither the API key nor any job's password.
+    fn assert_clean(&self, what: &str, text: &str) {
+        assert_no_canary(what, text);
+        for i in 0..self.ids.len() {
+            assert!(!text.contains(&read_canary(i)), "{what} holds a canary");
+        }
+    }
+
+    /// The PATCHes connection `i` received.
+    fn patches_of(&self, i: usize) -> usize {
+        let path = format!("/api/v1/data-connections/{}", self.ids[i]);
+        (self.sim.requests().iter())
+            .filter(|r| r.method == "PATCH" && r.path == path)
+            .count()
+    }
+
+    fn gets(&self) -> Vec<qlik_sim::RecordedRequest> {
+        with_method(&self.sim, "GET")
+    }
+}
+
+/// `n` jobs `r000…` against a simulator with `read_limit` GETs per 500 ms; `qlik` is added to
+/// the `[qlik]` table (the read budget, attempts).
+async fn read_world(n: usize, read_limit: Option<u32>, qlik: &str) -> ReadWorld {
+    let sim = Simulator::start(SimConfig {
+        api_keys: vec![API_KEY_C.to_owned()],
+        read_limit_per_min: read_limit,
+        rate_window: Duration::from_millis(500),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut jobs = String::new();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = format!("{:08x}-0000-4000-8000-{:012x}", 0x5eed_0000 + i, i);
+        sim.add_connection(
+            SeedConnection::new(
+                format!("Read {i}"),
+                "mssql",
+                json!({"host": "sql.internal", "database": "d", "username": "old", "password": "old"}),
+            )
+            .with_id(&id),
+        );
+        vault(
+            dir.path(),
+            &format!("qlik/r{i:03}"),
+            &json!({"username": SQL_USER_C, "password": read_canary(i)}),
+        );
+        jobs.push_str(&format!(
+            "\n[[jobs]]\nname = \"r{i:03}\"\nconnection = {{ id = \"{id}\" }}\nconnector = \"mssql\"\nsource = \"v\"\nsecret = \"qlik/r{i:03}\"\n"
+        ));
+        ids.push(id);
+    }
+    let text = format!(
+        "[qlik]\ntenant_url = \"{}\"\napi_key_env = \"QLIK_API_KEY\"\nrequest_timeout = \"5s\"\nwrite_budget_per_min = 0\n{qlik}\n\n[sources.v]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\n{jobs}",
+        sim.base_url()
+    );
+    let config = write_config(dir.path(), &text);
+    ReadWorld {
+        sim,
+        dir,
+        config,
+        text,
+        ids,
+    }
+}
+
+/// Reads over the budget wait instead of drawing 429s: 8 rotations (a GET, api-specs and a
+/// verify GET each) against Tier 1 enforced at 5 GETs per 500 ms (600 a minute), with
+/// `read_budget_per_min = 540`: every job rotates, the simulator rejected nothing, and no
+/// 500 ms window held more than 5 GETs. (The budget is 10% under the scaled limit: the gate's
+/// 2% margin is 1.2 s of a real minute but 10 ms of this window, less than loopback jitter on
+/// a busy machine.)
+#[tokio::test]
+async fn reads_over_the_budget_wait_instead_of_429ing() {
+    let w = read_world(8, Some(5), "read_budget_per_min = 540\nmax_attempts = 1").await;
+    let out = run_cli(
+        &["rotate", "-c", w.config.to_str().unwrap(), "--all"],
+        &w.env(),
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    for i in 0..8 {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("r{i:03}: rotated and verified"))),
+            "{}",
+            out.stdout
+        );
+        assert_eq!(w.patches_of(i), 1);
+        assert_eq!(
+            stored_prop(&w.sim, &w.ids[i], "password"),
+            json!(read_canary(i))
+        );
+    }
+    assert_eq!(w.sim.rejected(qlik_sim::limiter::Tier::Reads), 0);
+    assert!(w.gets().iter().all(|r| r.status != 429));
+    assert!(w.sim.reads_total() >= 16, "{}", w.sim.reads_total());
+    assert!(w.sim.reads_in_window_max() <= 5);
+    w.assert_clean("stdout", &out.stdout);
+    w.assert_clean("stderr", &out.stderr);
+}
+
+/// The control for the case above (so it could fail): the same run without a read budget
+/// draws 429s from the same simulator; the jobs whose GET was refused fail at resolve, clearly
+/// and without a PATCH.
+#[tokio::test]
+async fn without_a_read_budget_the_same_reads_draw_429s() {
+    let w = read_world(8, Some(5), "read_budget_per_min = 0\nmax_attempts = 1").await;
+    let out = run_cli(
+        &["rotate", "-c", w.config.to_str().unwrap(), "--all"],
+        &w.env(),
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(w.sim.rejected(qlik_sim::limiter::Tier::Reads) > 0);
+    let mut refused = 0;
+    for i in 0..8 {
+        let prefix = format!("r{i:03}: failed at resolve [rate_limited]: ");
+        if let Some(line) = out.stdout.lines().find(|l| l.starts_with(&prefix)) {
+            refused += 1;
+            assert!(line.contains("429"), "{line}");
+            assert_eq!(w.patches_of(i), 0, "{line}");
+        }
+    }
+    assert!(refused > 0, "{}", out.stdout);
+    w.assert_clean("stdout", &out.stdout);
+    w.assert_clean("stderr", &out.stderr);
+}
+
+/// A 429 on one read pauses every reader for its `Retry-After` (1 s), and not the writers:
+/// five concurrent GETs, the first answered 429; no GET reaches the tenant within the second
+/// after it, a PATCH sent meanwhile does, and every GET then succeeds.
+#[tokio::test]
+async fn a_429_on_a_read_pauses_every_reader_for_retry_after() {
+    use qlik_rotator::qlik::{ClientSettings, Credentials, QlikClient, RetryPolicy};
+    let w = read_world(5, None, "").await;
+    let client = Arc::new(
+        QlikClient::new(ClientSettings {
+            tenant_url: w.sim.base_url().parse().unwrap(),
+            credentials: Credentials::ApiKey(API_KEY_C.to_owned().into()),
+            request_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            write_budget_per_min: 0,
+            read_budget_per_min: 0,
+            max_response_bytes: 4 * 1024 * 1024,
+        })
+        .unwrap(),
+    );
+    w.sim.inject(Fault::RateLimited {
+        method: Some("GET".into()),
+        path_prefix: None,
+        retry_after_secs: 1,
+        times: 1,
+    });
+    let first = client.get_connection(&w.ids[0]);
+    let others = w.ids[1..].iter().map(|id| {
+        let c = client.clone();
+        let id = id.clone();
+        async move {
+            // Sent just after the first one was refused.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            c.get_connection(&id).await
+        }
+    });
+    let write = {
+        let c = client.clone();
+        let id = w.ids[0].clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            use qlik_rotator::qlik::model::{OpKind, PatchOp, PatchValue};
+            let doc = qlik_rotator::qlik::PatchDocument {
+                ops: vec![PatchOp {
+                    op: OpKind::Replace,
+                    path: "/connectionProperties/password".into(),
+                    value: PatchValue::Secret(read_canary(0).into()),
+                }],
+            };
+            c.patch_connection(&id, &doc).await
+        }
+    };
+    let (first, others, write) = tokio::join!(first, futures_util::future::join_all(others), write);
+    assert!(first.is_ok(), "{first:?}");
+    assert!(others.iter().all(Result::is_ok), "{others:?}");
+    assert!(write.is_ok(), "{write:?}");
+    let reqs = w.sim.requests();
+    let refused = reqs.iter().find(|r| r.status == 429).expect("one 429").at;
+    let patch = reqs
+        .iter()
+        .find(|r| r.method == "PATCH")
+        .expect("the PATCH")
+        .at;
+    assert!(
+        patch.duration_since(refused) < Duration::from_millis(900),
+        "writes not paused"
+    );
+    let gets: Vec<_> = reqs.iter().filter(|r| r.method == "GET").collect();
+    assert_eq!(gets.len(), 6, "five GETs and one retry");
+    for g in gets.iter().filter(|r| r.at > refused) {
+        assert!(
+            g.at.duration_since(refused) >= Duration::from_millis(950),
+            "a GET reached the tenant {:?} after the 429",
+            g.at.duration_since(refused)
+        );
+    }
+    assert_eq!(client.gates().read.pauses(), 1);
+    assert_eq!(client.gates().write.pauses(), 0);
+    let shown = format!("{first:?} {others:?} {write:?}");
+    assert_no_canary("results", &shown);
+}
+
+/// One `rotate --job r000` against a GET answered 429 with this `Retry-After`.
+async fn hostile_retry_after(value: &str) -> (ReadWorld, CliOutput, Duration) {
+    let w = read_world(1, None, "max_attempts = 2").await;
+    w.sim.inject(Fault::Hostile {
+        method: Some("GET".into()),
+        path_prefix: Some("/api/v1/data-connections/".into()),
+        response: Hostile::RetryAfter {
+            value: value.to_owned(),
+        },
+        times: 1,
+    });
+    let started = Instant::now();
+    let out = run_cli(
+        &["rotate", "-c", w.config.to_str().unwrap(), "--job", "r000"],
+        &w.env(),
+    )
+    .await;
+    let took = started.elapsed();
+    w.assert_clean("stdout", &out.stdout);
+    w.assert_clean("stderr", &out.stderr);
+    (w, out, took)
+}
+
+/// A `Retry-After` the client does not believe (negative, text, too large for a number) is
+/// not a wait: the 1 s default applies, then the run goes on and rotates.
+async fn assert_default_wait(value: &str) {
+    let (w, out, took) = hostile_retry_after(value).await;
+    assert_eq!(out.code, 0, "{value:?}: {out:?}");
+    assert!(
+        out.stdout.starts_with("r000: rotated and verified"),
+        "{out:?}"
+    );
+    assert_eq!(w.patches_of(0), 1);
+    let gets = w.gets();
+    assert_eq!(gets[0].status, 429);
+    let waited = gets[1].at.duration_since(gets[0].at);
+    assert!(
+        waited >= Duration::from_millis(950) && waited < Duration::from_secs(3),
+        "{value:?}: waited {waited:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[tokio::test]
+async fn hostile_retry_after_negative_waits_the_default() {
+    assert_default_wait("-5").await;
+}
+
+#[tokio::test]
+async fn hostile_retry_after_text_waits_the_default() {
+    assert_default_wait("soon; rm -rf /").await;
+}
+
+#[tokio::test]
+async fn hostile_retry_after_beyond_u64_waits_the_default() {
+    assert_default_wait("184467440737095516160000").await;
+}
+
+/// A `Retry-After` beyond `max_retry_after` (120 s), as seconds or as a far date, is not
+/// waited for: the read fails at once, clearly, with no PATCH, and the gate is not paused
+/// for it (a second run right after goes through).
+async fn assert_refused_wait(value: &str) {
+    let (w, out, took) = hostile_retry_after(value).await;
+    assert_eq!(out.code, 1, "{value:?}: {out:?}");
+    assert!(
+        out.stdout
+            .starts_with("r000: failed at resolve [rate_limited]: "),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("429"), "{out:?}");
+    assert_eq!(w.patches_of(0), 0);
+    assert_eq!(w.gets().len(), 1, "not retried");
+    assert!(took < Duration::from_secs(5), "{value:?}: took {took:?}");
+    let again = run_cli(
+        &["rotate", "-c", w.config.to_str().unwrap(), "--job", "r000"],
+        &w.env(),
+    )
+    .await;
+    assert_eq!(again.code, 0, "{again:?}");
+    w.assert_clean("stdout", &again.stdout);
+}
+
+#[tokio::test]
+async fn hostile_retry_after_huge_is_not_waited_for() {
+    assert_refused_wait("99999999999").await;
+}
+
+#[tokio::test]
+async fn hostile_retry_after_far_date_is_not_waited_for() {
+    assert_refused_wait("Fri, 31 Dec 9999 23:59:59 GMT").await;
+}
+
+/// Readiness does not wait for pre-flight: with 30 connections and Tier 1 enforced at 5 GETs
+/// per 500 ms (pre-flight takes ~3.5 s under `read_budget_per_min = 540`), `/readyz` is 200 as
+/// soon as the daemon started, while `preflight_pending` is still above zero; then the gauge
+/// counts down to 0, every job passes, and the simulator rejected no read.
+#[tokio::test]
+async fn readiness_is_true_before_preflight_ends() {
+    let w = read_world(30, Some(5), "read_budget_per_min = 540").await;
+    let text = format!("{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n", w.text);
+    let cfg = config::load_str(&text, w.dir.path(), &w.input()).expect("valid config");
+    let running = qlik_rotator::daemon::start(&cfg, &w.input())
+        .await
+        .expect("daemon starts");
+    assert_eq!(http_get(running.addr, "/readyz").await.0, 200);
+    assert!(running.daemon.is_ready());
+    let early = http_get(running.addr, "/metrics").await.1;
+    let pending = metric(&early, "qlik_rotator_preflight_pending", &[]).unwrap();
+    assert!(pending > 0.0, "pre-flight already over: {pending}");
+    // The gauge only goes down.
+    let mut last = pending;
+    let start = Instant::now();
+    loop {
+        let body = http_get(running.addr, "/metrics").await.1;
+        let now = metric(&body, "qlik_rotator_preflight_pending", &[]).unwrap();
+        assert!(now <= last, "{now} after {last}");
+        last = now;
+        if now == 0.0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.daemon.preflight_finished().await;
+    let body = http_get(running.addr, "/metrics").await.1;
+    assert_eq!(
+        metric(&body, "qlik_rotator_jobs", &[("state", "scheduled")]),
+        Some(30.0)
+    );
+    assert_eq!(w.sim.rejected(qlik_sim::limiter::Tier::Reads), 0);
+    assert!(w.sim.reads_in_window_max() <= 5);
+    assert_eq!(
+        with_method(&w.sim, "PATCH").len(),
+        0,
+        "pre-flight writes nothing"
+    );
+    w.assert_clean("metrics", &body);
+    assert!(running.shutdown().await);
+}
+
+/// The gauge with a failing connection: a pre-flight that fails (404) is done, not pending;
+/// the job is counted as failing pre-flight, the others as scheduled.
+#[tokio::test]
+async fn preflight_pending_counts_failed_checks_as_done() {
+    let w = read_world(3, None, "").await;
+    w.sim.inject(Fault::Status {
+        method: Some("GET".into()),
+        path_prefix: Some(format!("/api/v1/data-connections/{}", w.ids[1])),
+        status: 404,
+        times: 1,
+    });
+    let text = format!("{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n", w.text);
+    let cfg = config::load_str(&text, w.dir.path(), &w.input()).expect("valid config");
+    let running = qlik_rotator::daemon::start(&cfg, &w.input())
+        .await
+        .expect("daemon starts");
+    running.daemon.preflight_finished().await;
+    let body = http_get(running.addr, "/metrics").await.1;
+    assert_eq!(
+        metric(&body, "qlik_rotator_preflight_pending", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&body, "qlik_rotator_jobs", &[("state", "preflight_failed")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&body, "qlik_rotator_jobs", &[("state", "scheduled")]),
+        Some(2.0)
+    );
+    assert_eq!(with_method(&w.sim, "PATCH").len(), 0);
+    w.assert_clean("metrics", &body);
+    assert!(running.shutdown().await);
 }

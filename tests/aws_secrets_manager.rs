@@ -409,3 +409,110 @@ async fn factory_through_the_source_enum_builds_the_aws_variant() {
         other => panic!("expected the AWS variant, got {other:?}"),
     }
 }
+
+// --- BatchGetSecretValue (fetch_many) -----------------------------------------------------------
+
+#[tokio::test]
+async fn fetch_many_reads_45_secrets_in_3_batch_calls_in_order() {
+    let moto = Moto::start();
+    let mut versions = Vec::new();
+    for i in 0..45 {
+        versions.push(
+            moto.create_secret(&format!("batch/s{i}"), &format!(r#"{{"password":"p{i}"}}"#))
+                .await,
+        );
+    }
+    let src = source(&moto).await;
+    let refs: Vec<SecretRef> = (0..45)
+        .rev()
+        .map(|i| SecretRef::current(format!("batch/s{i}")))
+        .collect();
+    let got = src.fetch_many(&refs).await;
+    assert_eq!(got.len(), 45);
+    for (k, v) in got.iter().enumerate() {
+        let i = 44 - k;
+        let v = v.as_ref().unwrap();
+        assert_eq!(v.version, versions[i], "s{i}");
+        assert_eq!(text(v), format!(r#"{{"password":"p{i}"}}"#));
+    }
+    assert_eq!(src.api_calls(), 3, "20 + 20 + 5 ids, one call each");
+}
+
+#[tokio::test]
+async fn fetch_many_falls_back_per_id_for_errors_other_stages_and_arns() {
+    let moto = Moto::start();
+    let v1 = moto.create_secret("batch/a", "a1").await;
+    let arn_b = moto
+        .client()
+        .await
+        .create_secret()
+        .name("batch/b")
+        .secret_string("b1")
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    // A new AWSCURRENT moved by UpdateSecretVersionStage (the moto stale-default note).
+    let client = moto.client().await;
+    let v2 = client
+        .put_secret_value()
+        .secret_id("batch/a")
+        .secret_string("a2")
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .unwrap()
+        .version_id
+        .unwrap();
+    client
+        .update_secret_version_stage()
+        .secret_id("batch/a")
+        .version_stage("AWSCURRENT")
+        .move_to_version_id(&v2)
+        .remove_from_version_id(&v1)
+        .send()
+        .await
+        .unwrap();
+    let src = source(&moto).await;
+    let refs = vec![
+        SecretRef::current("batch/a"),
+        SecretRef::current(arn_b.clone()),
+        SecretRef::current("batch/missing"),
+        at("batch/a", stage("AWSPREVIOUS")),
+        SecretRef::current("batch/a"),
+    ];
+    let got = src.fetch_many(&refs).await;
+    assert_eq!(got.len(), 5);
+    let ok = |i: usize| got[i].as_ref().unwrap();
+    assert_eq!((ok(0).version.as_str(), text(ok(0))), (v2.as_str(), "a2"));
+    assert_eq!(
+        text(ok(1)),
+        "b1",
+        "an ARN in the batch is matched to its entry"
+    );
+    assert!(
+        matches!(got[2], Err(SourceError::NotFound { .. })),
+        "{:?}",
+        got[2]
+    );
+    assert_eq!((ok(3).version.as_str(), text(ok(3))), (v1.as_str(), "a1"));
+    assert_eq!(text(ok(4)), "a2");
+    // One batch for the AWSCURRENT refs (each id sent once); the missing id is read alone
+    // (its error is precise), and so are the AWSPREVIOUS ref and the repeated id (callers
+    // such as triggers::prefetch send each ref once).
+    assert_eq!(src.api_calls(), 4);
+}
+
+#[tokio::test]
+async fn fetch_many_on_an_unreachable_endpoint_reports_each_id() {
+    let src =
+        AwsSecretsManager::from_client(client_for(&format!("http://127.0.0.1:{}", free_port())));
+    let refs = vec![SecretRef::current("x/1"), SecretRef::current("x/2")];
+    let got = src.fetch_many(&refs).await;
+    assert_eq!(got.len(), 2);
+    for r in &got {
+        let e = r.as_ref().unwrap_err();
+        assert_eq!(e.error_type(), "secret_source_unavailable", "{e}");
+    }
+}

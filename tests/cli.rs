@@ -216,6 +216,7 @@ async fn the_client_percent_encodes_every_path_segment() {
             ..RetryPolicy::default()
         },
         write_budget_per_min: 0,
+        read_budget_per_min: 0,
         max_response_bytes: 4 * 1024 * 1024,
     })
     .unwrap();

@@ -56,9 +56,20 @@ fn local_config(sim: &Simulator, job_extra: &str, tail: &str) -> String {
     )
 }
 
+/// `text` without the default write budget (100 writes/min, one PATCH every 0.6 s), for
+/// tests where the budget is not the subject: their runs need not wait for it.
+fn no_budget(text: &str) -> String {
+    let key = "api_key_env = \"QLIK_API_KEY\"\n";
+    assert!(text.contains(key), "a [qlik] section: {text}");
+    text.replacen(key, &format!("{key}write_budget_per_min = 0\n"), 1)
+}
+
 async fn start(dir: &Path, text: &str) -> Running {
     let cfg = config::load_str(text, dir, &input()).expect("valid config");
-    daemon::start(&cfg, &input()).await.expect("daemon starts")
+    let r = daemon::start(&cfg, &input()).await.expect("daemon starts");
+    // Ready comes before pre-flight ends; these tests look at what follows it.
+    r.daemon.preflight_finished().await;
+    r
 }
 
 async fn scrape(r: &Running) -> String {
@@ -111,19 +122,21 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
     standard_secrets(dir.path());
     // BigQuery's secret lacks the key file: a build failure.
     write_secret(dir.path(), "qlik/bigquery", r#"{"nothing":"here"}"#);
-    let r = start(dir.path(), &local_config(&sim, "", "")).await;
+    let r = start(dir.path(), &no_budget(&local_config(&sim, "", ""))).await;
     assert_eq!(http_get(r.addr, "/healthz").await.0, 200);
     assert_eq!(http_get(r.addr, "/readyz").await.0, 200);
 
     let text = scrape(&r).await;
+    // Outcome series appear with their first count: none before any run.
     assert_eq!(
         metric(
             &text,
             "qlik_rotator_rotations_total",
             &[("rotation_job", "sales-s3"), ("outcome", "rotated")]
         ),
-        Some(0.0)
+        None
     );
+    assert!(!text.contains("qlik_rotator_rotations_total{"), "{text}");
     assert_eq!(
         metric(
             &text,
@@ -234,7 +247,7 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
             "qlik_rotator_rotations_total",
             &[("rotation_job", "finance-sql"), ("outcome", "rotated")]
         ),
-        Some(0.0)
+        None
     );
 
     let (ok, report) = promtool_check_metrics(&text);
@@ -301,7 +314,7 @@ async fn unchanged_secret_is_not_reapplied_across_a_restart() {
     let sim = tenant(SimConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     standard_secrets(dir.path());
-    let text = local_config(&sim, "run_on_start = true", "");
+    let text = no_budget(&local_config(&sim, "run_on_start = true", ""));
     let r = start(dir.path(), &text).await;
     wait_rotated(&r, &["warehouse-bq", "sales-s3", "finance-sql"]).await;
     assert!(r.shutdown().await);
@@ -330,7 +343,11 @@ async fn preflight_skips_a_job_without_update_privilege_and_runs_the_others() {
     sim.set_privileges(S3_ID, vec!["read".into(), "list".into()]);
     let dir = tempfile::tempdir().unwrap();
     standard_secrets(dir.path());
-    let r = start(dir.path(), &local_config(&sim, "run_on_start = true", "")).await;
+    let r = start(
+        dir.path(),
+        &no_budget(&local_config(&sim, "run_on_start = true", "")),
+    )
+    .await;
     let text = wait_outcome(&r, "finance-sql", "rotated").await;
     assert_eq!(
         metric(
@@ -504,7 +521,8 @@ async fn budget_run(budget_per_min: u32) -> Simulator {
 #[tokio::test]
 async fn jobs_sharing_the_write_budget_never_exceed_it() {
     // A budget of 90/min under the server's 100/min: the 10% margin absorbs scheduling jitter
-    // of the scaled-down 3-second window (in production the window is 60 s).
+    // of the scaled-down 3-second window (in production the window is 60 s). The control
+    // without a budget (next test) shows this assertion can fail.
     let sim = budget_run(90).await;
     assert_eq!(sim.writes_total(), 12);
     assert!(
@@ -516,9 +534,13 @@ async fn jobs_sharing_the_write_budget_never_exceed_it() {
         with_method(&sim, "PATCH").iter().all(|p| p.status == 204),
         "no 429 expected"
     );
+}
 
-    // Control: without the shared budget the same load is rate limited (so the assertion above
-    // can fail), and the 429s are retried until every job is rotated.
+/// Control of [`jobs_sharing_the_write_budget_never_exceed_it`] (a test of its own, so the
+/// two real-time runs go in parallel): without the shared budget the same load is rate
+/// limited, and the 429s are retried until every job is rotated.
+#[tokio::test]
+async fn without_a_write_budget_the_same_load_is_rate_limited_and_retried() {
     let sim = budget_run(0).await;
     let patches = with_method(&sim, "PATCH");
     assert!(
@@ -528,6 +550,11 @@ async fn jobs_sharing_the_write_budget_never_exceed_it() {
     assert_eq!(patches.iter().filter(|p| p.status == 204).count(), 12);
 }
 
+/// Jobs sharing a schedule share one cron entry, and their runs hold the shared rotation
+/// slots (the real runner over HTTP). No tick is awaited: the schedules are daily and the jobs
+/// start through `run_on_start`; the tick handler's decisions are tested on paused time in
+/// `src/daemon/tests.rs`, and the cron entries really firing in
+/// `a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tick`.
 #[tokio::test]
 async fn jobs_sharing_a_schedule_share_one_cron_entry_and_respect_the_concurrency_cap() {
     let sim = Simulator::start(SimConfig::default()).await.unwrap();
@@ -542,10 +569,10 @@ async fn jobs_sharing_a_schedule_share_one_cron_entry_and_respect_the_concurrenc
     let mut jobs = String::new();
     let mut ids = Vec::new();
     for i in 0..7 {
-        // Six jobs every second (one cron entry); the seventh daily, in another zone (a
-        // second entry); it never runs here.
+        // Six jobs on one daily schedule (one cron entry), started at once; the seventh on
+        // the same schedule in another zone (a second entry); it never runs here.
         let schedule = if i < 6 {
-            "schedule = \"* * * * * *\"\njitter = \"200ms\""
+            "schedule = \"0 0 3 * * *\"\nrun_on_start = true"
         } else {
             "schedule = \"0 0 3 * * *\"\ntimezone = \"Europe/Paris\""
         };
@@ -553,17 +580,16 @@ async fn jobs_sharing_a_schedule_share_one_cron_entry_and_respect_the_concurrenc
         jobs.push_str(&job);
         ids.push(id);
     }
+    // No write budget: its spacing (0.6 s) would keep the PATCHes apart by itself.
     let text = format!(
         "{}[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\nmax_concurrent_rotations = 2\n[metrics]\nlisten = \"127.0.0.1:0\"\n{jobs}",
-        qlik_section(&sim)
+        no_budget(&qlik_section(&sim))
     );
     let r = start(dir.path(), &text).await;
     assert_eq!(r.cron_entries(), 2);
     let names: Vec<String> = (0..6).map(|i| format!("j{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     wait_rotated(&r, &names).await;
-    // Ticks keep coming: each later run finds the version applied and writes nothing.
-    wait_outcome(&r, "j0", "unchanged").await;
     assert!(r.shutdown().await);
 
     let patches = with_method(&sim, "PATCH");
@@ -571,7 +597,7 @@ async fn jobs_sharing_a_schedule_share_one_cron_entry_and_respect_the_concurrenc
     assert!(patches.iter().all(|p| p.status == 204));
     assert!(
         !patches.iter().any(|q| q.path.ends_with(&ids[6])),
-        "the daily job did not run"
+        "the job in the other zone did not run"
     );
     // With two rotation slots, a third PATCH can only start once the first rotation has
     // had its (delayed) PATCH answered: arrivals two apart are at least the delay apart.
@@ -583,6 +609,40 @@ async fn jobs_sharing_a_schedule_share_one_cron_entry_and_respect_the_concurrenc
             "three PATCHes in flight at once: {:?}",
             w[2].duration_since(w[0])
         );
+    }
+}
+
+/// An admin trigger of a job whose run is in progress is accepted, and the runner skips it:
+/// one PATCH, one outcome.
+#[tokio::test]
+async fn a_trigger_while_the_job_runs_is_skipped_by_the_runner() {
+    let sim = tenant(SimConfig::default()).await;
+    sim.inject(Fault::Delay {
+        method: Some("PATCH".into()),
+        path_prefix: None,
+        delay: Duration::from_millis(500),
+        times: 1,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    standard_secrets(dir.path());
+    let r = start(dir.path(), &local_config(&sim, "", "")).await;
+    assert!(matches!(
+        r.daemon.trigger("sales-s3", true),
+        daemon::Triggered::Started
+    ));
+    wait_metric(&r, "qlik_rotator_rotations_in_flight", &[], 1.0).await;
+    // Forced, so only the job's lock can keep it from writing again.
+    assert!(matches!(
+        r.daemon.trigger("sales-s3", true),
+        daemon::Triggered::Started
+    ));
+    let text = wait_outcome(&r, "sales-s3", "rotated").await;
+    // The drain waits for every run the triggers started, the skipped one included.
+    assert!(r.shutdown().await);
+    assert_eq!(with_method(&sim, "PATCH").len(), 1, "the second run wrote");
+    for outcome in ["unchanged", "failed", "verify_failed"] {
+        let labels = [("rotation_job", "sales-s3"), ("outcome", outcome)];
+        assert_eq!(metric(&text, "qlik_rotator_rotations_total", &labels), None);
     }
 }
 
@@ -727,23 +787,18 @@ fn assert_no_canary_or_key(out: &CliOutput) {
 
 #[tokio::test]
 async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tick() {
+    // The real-clock proof that tokio-cron-scheduler fires the daemon's cron entries (every
+    // second here; about four ticks): everything else about ticks runs on paused time in
+    // src/daemon/tests.rs.
     let d = moto_daemon(
         r#"{"accessKey":"AKIAV1","secretKey":"v1-secret"}"#,
         "schedule = \"* * * * * *\"",
     )
     .await;
     let p = spawn_daemon(&d.config, &d.env).await;
-    let job = [("rotation_job", "sales-s3"), ("outcome", "rotated")];
-    wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &job, 1.0).await;
-    // Several more ticks: unchanged, no writes.
-    wait_proc_metric(
-        p.addr,
-        "qlik_rotator_rotations_total",
-        &[("rotation_job", "sales-s3"), ("outcome", "unchanged")],
-        2.0,
-    )
-    .await;
-    assert_eq!(with_method(&d.sim, "PATCH").len(), 1);
+    let rotated = [("rotation_job", "sales-s3"), ("outcome", "rotated")];
+    let unchanged = [("rotation_job", "sales-s3"), ("outcome", "unchanged")];
+    wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &rotated, 1.0).await;
     assert_eq!(stored_prop(&d.sim, S3_ID, "accessKey"), "AKIAV1");
 
     d.moto
@@ -752,26 +807,22 @@ async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tic
             r#"{"accessKey":"AKIAV2","secretKey":"v2-secret"}"#,
         )
         .await;
-    wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &job, 2.0).await;
-    let before = metric(
-        &http_get(p.addr, "/metrics").await.1,
-        "qlik_rotator_rotations_total",
-        &[("rotation_job", "sales-s3"), ("outcome", "unchanged")],
-    )
-    .unwrap();
+    let text = wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &rotated, 2.0).await;
+    assert_eq!(stored_prop(&d.sim, S3_ID, "accessKey"), "AKIAV2");
+    // The next tick finds the new version applied: unchanged, no write.
+    let before = metric(&text, "qlik_rotator_rotations_total", &unchanged).unwrap_or(0.0);
     wait_proc_metric(
         p.addr,
         "qlik_rotator_rotations_total",
-        &[("rotation_job", "sales-s3"), ("outcome", "unchanged")],
-        before + 2.0,
+        &unchanged,
+        before + 1.0,
     )
     .await;
     assert_eq!(
         with_method(&d.sim, "PATCH").len(),
         2,
-        "the new version is applied exactly once"
+        "each version is applied exactly once"
     );
-    assert_eq!(stored_prop(&d.sim, S3_ID, "accessKey"), "AKIAV2");
     let out = stop(p).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
 }

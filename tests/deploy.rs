@@ -1186,20 +1186,24 @@ fn iam_policy_is_least_privilege() {
         }
         let acts = strings(&st["Action"]);
         let resources = strings(&st["Resource"]);
+        // BatchGetSecretValue has no resource-level permission: it is granted on "*" alone,
+        // and each secret it returns still needs GetSecretValue on that secret's ARN.
+        let batch_only = acts == ["secretsmanager:BatchGetSecretValue"];
         assert!(
-            !resources.iter().any(|r| r == "*"),
+            batch_only || !resources.iter().any(|r| r == "*"),
             "Resource \"*\" in {st}"
         );
         for a in &acts {
             assert!(
                 a == "secretsmanager:GetSecretValue"
+                    || a == "secretsmanager:BatchGetSecretValue"
                     || a == "kms:Decrypt"
                     || SSM_READS.contains(&a.as_str()),
                 "action {a} is not needed"
             );
             actions.insert(a.clone());
         }
-        if acts.iter().any(|a| a.starts_with("secretsmanager:")) {
+        if !batch_only && acts.iter().any(|a| a.starts_with("secretsmanager:")) {
             for r in &resources {
                 let parts: Vec<_> = r.splitn(7, ':').collect();
                 assert!(
@@ -1252,6 +1256,7 @@ fn iam_policy_is_least_privilege() {
         actions,
         BTreeSet::from([
             "kms:Decrypt".to_owned(),
+            "secretsmanager:BatchGetSecretValue".to_owned(),
             "secretsmanager:GetSecretValue".to_owned()
         ])
         .into_iter()
@@ -1479,4 +1484,73 @@ fn dashboard_uses_the_datasource_variable() {
             "duplicate panel id"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// deploy/aws/events.yaml: the [events] plumbing (EventBridge rule -> SQS + DLQ, IAM)
+// ---------------------------------------------------------------------------------------------
+
+/// `cfn-lint` from the venv `scripts/setup-cfn-lint.sh` makes (pinned).
+fn cfn_lint() -> PathBuf {
+    let venv = std::env::var_os("QLIK_ROTATOR_CFN_LINT_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv-cfn-lint"));
+    let bin = venv.join("bin").join("cfn-lint");
+    assert!(
+        bin.exists(),
+        "cfn-lint not found at {}: run `bash scripts/setup-cfn-lint.sh`",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn events_template_passes_cfn_lint() {
+    let out = Command::new(cfn_lint())
+        .arg(deploy("aws/events.yaml"))
+        .output()
+        .expect("run cfn-lint");
+    assert!(out.status.success(), "cfn-lint:\n{}", output_text(&out));
+}
+
+#[test]
+fn events_template_forwards_what_the_consumer_reads() {
+    let t = yaml("aws/events.yaml");
+    let pattern = &t["Resources"]["SecretChangedRule"]["Properties"]["EventPattern"];
+    let names: BTreeSet<&str> = yseq(&pattern["detail"]["eventName"], "eventName")
+        .iter()
+        .map(|n| ystr(n, "eventName"))
+        .collect();
+    let mut want: BTreeSet<&str> = qlik_rotator::triggers::sqs::API_CALLS.into_iter().collect();
+    want.insert("RotationSucceeded");
+    assert_eq!(names, want);
+    // A failing message must reach the DLQ: a redrive policy on the queue.
+    let queue = &t["Resources"]["EventsQueue"]["Properties"];
+    assert!(!queue["RedrivePolicy"]["maxReceiveCount"].is_null());
+    assert!(!queue["RedrivePolicy"]["deadLetterTargetArn"].is_null());
+    // The consumer's actions, and no others on the queues.
+    let policy = &t["Resources"]["ConsumerPolicy"]["Properties"]["PolicyDocument"]["Statement"];
+    let mut actions = BTreeSet::new();
+    for st in yseq(policy, "Statement") {
+        assert_eq!(ystr(&st["Effect"], "Effect"), "Allow");
+        for a in yseq(&st["Action"], "Action")
+            .iter()
+            .map(|a| ystr(a, "Action"))
+        {
+            actions.insert(a.to_owned());
+        }
+    }
+    assert_eq!(
+        actions,
+        BTreeSet::from(
+            [
+                "secretsmanager:BatchGetSecretValue",
+                "sqs:DeleteMessage",
+                "sqs:GetQueueAttributes",
+                "sqs:GetQueueUrl",
+                "sqs:ReceiveMessage",
+            ]
+            .map(str::to_owned)
+        )
+    );
 }

@@ -5,6 +5,7 @@
 //! (`*_env`, `*_file`) are validated here; their contents are read in the build phase by
 //! [`SecretLocator::read`].
 
+pub mod events;
 mod split;
 pub mod walk;
 
@@ -184,6 +185,9 @@ pub struct QlikConfig {
     /// Tier 2 writes per minute for this identity (`write_budget_per_min`, default 100; 0 =
     /// unlimited).
     pub write_budget_per_min: u32,
+    /// Tier 1 reads per minute for this identity (`read_budget_per_min`, default 1,000; 0 =
+    /// unlimited).
+    pub read_budget_per_min: u32,
     /// The largest response body read from Qlik (`max_response_bytes`, default 4 MiB, from
     /// 64 KiB to 256 MiB); a longer one fails with `response_too_large`.
     pub max_response_bytes: u64,
@@ -311,6 +315,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[events]` (optional): the change-event source ([`events::EventsConfig`]).
+    pub events: Option<events::EventsConfig>,
 }
 
 impl JobConfig {
@@ -489,7 +495,7 @@ fn syntax_error(text: &str, e: &config::ConfigError) -> ConfigError {
 /// anything else (a pasted secret on a line of its own parses as a key) yields the table or
 /// nothing.
 fn toml_key_path(before: &str, line: &str) -> Option<String> {
-    const SECTIONS: &[&str] = &["qlik", "qlik.oauth", "daemon", "metrics"];
+    const SECTIONS: &[&str] = &["qlik", "qlik.oauth", "daemon", "metrics", "events"];
     let clean = |h: &str| -> String { h.chars().filter(|c| !c.is_whitespace()).collect() };
     let mut table: Option<String> = Some(String::new());
     let mut jobs = 0usize;
@@ -559,6 +565,7 @@ const KNOWN_KEYS: &[&str] = &[
     "request_timeout",
     "max_attempts",
     "write_budget_per_min",
+    "read_budget_per_min",
     "max_response_bytes",
     "sources",
     "type",
@@ -600,6 +607,12 @@ const KNOWN_KEYS: &[&str] = &[
     "listen",
     "admin_token_file",
     "per_job_duration_histogram",
+    "events",
+    "queue_url",
+    "region",
+    "endpoint_url",
+    "wait_time",
+    "max_messages",
 ];
 
 /// `[A-Za-z0-9_-]{1,64}`: names of sources and the like.
@@ -723,6 +736,10 @@ fn validate_with<E>(
         .map(|t| daemon_section(t, base_dir, &mut errs));
     let metrics = Table::new("metrics", root.get("metrics").unwrap_or(&empty), &mut errs)
         .and_then(|t| metrics_section(t, base_dir, &mut errs));
+    let events_cfg = root
+        .get("events")
+        .and_then(|v| Table::new("events", v, &mut errs))
+        .and_then(|t| events::events_section(t, &mut errs));
     root.finish(&mut errs);
 
     Ok(match (qlik, daemon, metrics) {
@@ -732,6 +749,7 @@ fn validate_with<E>(
             jobs,
             daemon,
             metrics,
+            events: events_cfg,
         }),
         _ => Err(ConfigErrors(errs.0)),
     })
@@ -929,6 +947,9 @@ fn qlik_section(mut t: Table<'_>, errs: &mut Errors) -> Option<QlikConfig> {
     let write_budget_per_min = t
         .opt_u64("write_budget_per_min", 0..=100_000, errs)
         .unwrap_or(100) as u32;
+    let read_budget_per_min =
+        t.opt_u64("read_budget_per_min", 0..=100_000, errs)
+            .unwrap_or(u64::from(crate::qlik::gate::TIER1_PER_MIN)) as u32;
     let max_response_bytes = t
         .opt_u64("max_response_bytes", MAX_RESPONSE_BYTES_RANGE, errs)
         .unwrap_or(crate::qlik::client::DEFAULT_MAX_RESPONSE_BYTES);
@@ -939,6 +960,7 @@ fn qlik_section(mut t: Table<'_>, errs: &mut Errors) -> Option<QlikConfig> {
         request_timeout,
         max_attempts,
         write_budget_per_min,
+        read_budget_per_min,
         max_response_bytes,
     })
 }

@@ -233,7 +233,7 @@ mod tests {
             (
                 "unknown root key",
                 format!("zz = 1\n{HEAD}{}", job(1)),
-                "zz: unknown key (expected one of: daemon, jobs",
+                "zz: unknown key (expected one of: daemon, events, jobs",
             ),
             (
                 "syntax error in an entry (position of the whole file)",

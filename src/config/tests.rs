@@ -70,6 +70,7 @@ fn defaults() {
     assert_eq!(cfg.qlik.request_timeout, Duration::from_secs(30));
     assert_eq!(cfg.qlik.max_attempts, 5);
     assert_eq!(cfg.qlik.write_budget_per_min, 100);
+    assert_eq!(cfg.qlik.read_budget_per_min, 1_000);
     assert_eq!(
         cfg.jobs[0].secret.version,
         VersionSelector::Stage("AWSCURRENT".into())
@@ -150,7 +151,7 @@ listen = "nine-four-six-four"
             "qlik.api_key: the Qlik API key is never accepted inline in the file; use qlik.api_key_env or qlik.api_key_file",
             "qlik.api_key_env: the Qlik API key is required: set api_key_env or api_key_file",
             "qlik.max_attempts: expected a whole number from 1 to 10, found 99",
-            "qlik.colour: unknown key (expected one of: api_key, api_key_env, api_key_file, max_attempts, max_response_bytes, oauth, request_timeout, tenant_url, write_budget_per_min)",
+            "qlik.colour: unknown key (expected one of: api_key, api_key_env, api_key_file, max_attempts, max_response_bytes, oauth, read_budget_per_min, request_timeout, tenant_url, write_budget_per_min)",
             "sources.vault.type: unknown source type (expected \"aws_secrets_manager\", \"file\", \"vault\" or \"aws_ssm\")",
             "jobs[1].name: use 1 to 64 characters from A-Z, a-z, 0-9, '-', '_' and '.'",
             "jobs[1].connection.id: set either id or name, not both",
@@ -648,6 +649,12 @@ fn every_number_and_duration_has_a_range() {
         (
             "[qlik]",
             "qlik.write_budget_per_min",
+            "100001".into(),
+            "from 0 to 100000",
+        ),
+        (
+            "[qlik]",
+            "qlik.read_budget_per_min",
             "100001".into(),
             "from 0 to 100000",
         ),

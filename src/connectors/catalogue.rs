@@ -615,64 +615,21 @@ impl Connector {
 /// The catalogue as a Markdown table (one row per family and scheme), as embedded in
 /// README.md between `<!-- connectors:begin -->` and `<!-- connectors:end -->`.
 pub fn markdown_table() -> String {
-    let code = |s: &str| format!("`{s}`");
     let mut out = String::from(
         "| Connector IDs | Scheme | Qlik properties written | Secret keys (default) | Fixed values | Source |\n\
          |---|---|---|---|---|---|\n",
     );
     for family in CATALOGUE {
-        let mut ids = Vec::new();
-        for id in family.ids {
-            ids.push(code(id));
-            if family.gateway {
-                ids.push(code(&format!("DG_{id}")));
-            }
-        }
-        let ids = format!("{}: {}", family.title, ids.join(", "));
+        let ids = family_cell(family);
         for (i, scheme) in family.schemes.iter().enumerate() {
             let name = if i == 0 && family.schemes.len() > 1 {
                 format!("{} (default)", code(scheme.name))
             } else {
                 code(scheme.name)
             };
-            let props: Vec<String> = scheme
-                .props
-                .iter()
-                .map(|p| {
-                    let mut notes = Vec::new();
-                    match p.kind {
-                        PropKind::Text => {}
-                        PropKind::File { default_name } => {
-                            notes.push(format!("file `{default_name}`, base64"));
-                        }
-                        PropKind::Header => {
-                            notes.push("`value` of the job's `header` entry".into())
-                        }
-                    }
-                    if !p.required {
-                        notes.push("optional".into());
-                    }
-                    if notes.is_empty() {
-                        code(p.name)
-                    } else {
-                        format!("{} ({})", code(p.name), notes.join("; "))
-                    }
-                })
-                .collect();
-            let keys: Vec<String> = scheme
-                .props
-                .iter()
-                .map(|p| {
-                    if p.whole_secret {
-                        format!("{} or the whole secret (key file)", code(p.key))
-                    } else {
-                        code(p.key)
-                    }
-                })
-                .collect();
-            let fixed: Vec<String> = scheme
-                .constants
-                .iter()
+            let props: Vec<String> = scheme.props.iter().map(prop_cell).collect();
+            let keys: Vec<String> = scheme.props.iter().map(key_cell).collect();
+            let fixed: Vec<String> = (scheme.constants.iter())
                 .map(|(k, v)| code(&format!("{k} = {}", v.to_json())))
                 .collect();
             let fixed = if fixed.is_empty() {
@@ -680,9 +637,7 @@ pub fn markdown_table() -> String {
             } else {
                 fixed.join(", ")
             };
-            let sources: Vec<String> = family
-                .sources_for(scheme.name)
-                .iter()
+            let sources: Vec<String> = (family.sources_for(scheme.name).iter())
                 .map(|s| s.markdown())
                 .collect();
             out.push_str(&format!(
@@ -694,6 +649,52 @@ pub fn markdown_table() -> String {
         }
     }
     out
+}
+
+/// `s` as Markdown code.
+fn code(s: &str) -> String {
+    format!("`{s}`")
+}
+
+/// The first cell of a family's rows: its title and every id, gateway variants included.
+fn family_cell(family: &Family) -> String {
+    let mut ids = Vec::new();
+    for id in family.ids {
+        ids.push(code(id));
+        if family.gateway {
+            ids.push(code(&format!("DG_{id}")));
+        }
+    }
+    format!("{}: {}", family.title, ids.join(", "))
+}
+
+/// A property written, with its notes (file, header value, optional).
+fn prop_cell(p: &Prop) -> String {
+    let mut notes = Vec::new();
+    match p.kind {
+        PropKind::Text => {}
+        PropKind::File { default_name } => {
+            notes.push(format!("file `{default_name}`, base64"));
+        }
+        PropKind::Header => notes.push("`value` of the job's `header` entry".into()),
+    }
+    if !p.required {
+        notes.push("optional".into());
+    }
+    if notes.is_empty() {
+        code(p.name)
+    } else {
+        format!("{} ({})", code(p.name), notes.join("; "))
+    }
+}
+
+/// The secret key a property is read from.
+fn key_cell(p: &Prop) -> String {
+    if p.whole_secret {
+        format!("{} or the whole secret (key file)", code(p.key))
+    } else {
+        code(p.key)
+    }
 }
 
 #[cfg(test)]

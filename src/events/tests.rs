@@ -183,9 +183,7 @@ fn rotation_finished_logs_and_counts_its_outcome() {
         },
         "INFO",
         "Rotation finished.",
-        &[
-            "qlik_rotator_rotations_total{connector=\"mssql\",outcome=\"rotated\",rotation_job=\"sales\"}",
-        ],
+        &["qlik_rotator_rotations_total{outcome=\"rotated\",rotation_job=\"sales\"}"],
     );
     assert_eq!(field(&lines[0], "outcome"), "rotated");
     assert_eq!(field(&lines[0], "duration_ms"), 120);
@@ -222,7 +220,7 @@ fn rotation_failed_logs_and_counts_the_outcome_and_the_error_once() {
         "WARN",
         "Rotation failed.",
         &[
-            "qlik_rotator_rotations_total{connector=\"mssql\",outcome=\"verify_failed\",rotation_job=\"sales\"}",
+            "qlik_rotator_rotations_total{outcome=\"verify_failed\",rotation_job=\"sales\"}",
             "qlik_rotator_errors_total{error_type=\"verify_mismatch\",rotation_job=\"sales\",stage=\"verify\"}",
         ],
     );
@@ -305,7 +303,7 @@ fn run_finished_logs_and_observes_the_duration_per_connector_and_the_timestamps(
     );
     let (e, m) = events();
     run(false)(&e);
-    let attempt = "qlik_rotator_last_attempt_timestamp_seconds{rotation_job=\"sales\"}";
+    let attempt = "qlik_rotator_last_attempt_timestamp_seconds{connector=\"mssql\"}";
     let success = "qlik_rotator_last_success_timestamp_seconds{rotation_job=\"sales\"}";
     assert!(sample(&m, attempt) > 1.7e9);
     assert_eq!(sample(&m, success), 0.0, "a failed run is no success");

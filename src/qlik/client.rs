@@ -1,5 +1,5 @@
 //! The reqwest client for Qlik Cloud: auth (API key or OAuth M2M), timeouts, bounded retries
-//! with backoff and `Retry-After`, and the shared write gate.
+//! with backoff and `Retry-After`, and the identity's rate gates (Tier 1 reads, Tier 2 writes).
 
 use std::{
     sync::{
@@ -18,7 +18,7 @@ use crate::text::{self, Redactor};
 
 use super::{
     error::{ApiProblem, MAX_ERROR_BODY, QlikError},
-    gate::WriteGate,
+    gate::{Gates, Tier, WriteGate},
     model::{CredentialUpdate, DataConnection, DataCredential, PatchDocument},
     retry,
 };
@@ -81,6 +81,9 @@ pub struct ClientSettings {
     pub retry: RetryPolicy,
     /// Tier 2 writes per minute for this identity (0 = unlimited).
     pub write_budget_per_min: u32,
+    /// Tier 1 reads per minute for this identity (`qlik.read_budget_per_min`, default
+    /// [`super::gate::TIER1_PER_MIN`]; 0 = unlimited).
+    pub read_budget_per_min: u32,
     /// The largest response body read (`qlik.max_response_bytes`); see
     /// [`DEFAULT_MAX_RESPONSE_BYTES`].
     pub max_response_bytes: u64,
@@ -105,7 +108,7 @@ pub struct QlikClient {
     token: Mutex<Option<CachedToken>>,
     token_requests: AtomicU64,
     retry: RetryPolicy,
-    gate: Arc<WriteGate>,
+    gates: Gates,
     observer: Option<Arc<dyn RequestObserver>>,
     max_response_bytes: u64,
     /// The client's own secrets (API key or OAuth client secret), in every echoed form.
@@ -172,7 +175,7 @@ impl QlikClient {
             token: Mutex::new(None),
             token_requests: AtomicU64::new(0),
             retry: settings.retry,
-            gate: Arc::new(WriteGate::new(settings.write_budget_per_min)),
+            gates: Gates::new(settings.read_budget_per_min, settings.write_budget_per_min),
             observer: None,
         })
     }
@@ -185,13 +188,24 @@ impl QlikClient {
 
     /// Shares an existing write gate (one identity, several clients).
     pub fn with_gate(mut self, gate: Arc<WriteGate>) -> Self {
-        self.gate = gate;
+        self.gates.write = gate;
+        self
+    }
+
+    /// Shares an identity's gates, both tiers (one identity, several clients).
+    pub fn with_gates(mut self, gates: Gates) -> Self {
+        self.gates = gates;
         self
     }
 
     /// The write gate this client paces its Tier 2 calls with.
     pub fn gate(&self) -> &Arc<WriteGate> {
-        &self.gate
+        &self.gates.write
+    }
+
+    /// Both gates of this client's identity (Tier 1 reads, Tier 2 writes).
+    pub fn gates(&self) -> &Gates {
+        &self.gates
     }
 
     /// How many OAuth token requests this client has made.
@@ -384,8 +398,8 @@ impl QlikClient {
         Ok(())
     }
 
-    /// Sends one logical request with auth, the write gate (for Tier 2), and the retries of
-    /// [`retry::run`]. A 401 under OAuth refreshes the token once per logical request, without
+    /// Sends one logical request with auth, its tier's gate (Tier 2 when `write`, else
+    /// Tier 1), and the retries of [`retry::run`]. A 401 under OAuth refreshes the token once per logical request, without
     /// counting an attempt. Error text is scrubbed of the client's own secrets, the bearer
     /// token and `extra` (the values this request writes). Redirects are errors, never followed.
     async fn send(
@@ -399,7 +413,7 @@ impl QlikClient {
         let request = retry::Request {
             method,
             endpoint,
-            gate: write.then_some(&*self.gate),
+            gate: Some(self.tier_gate(write)),
             observer: self.observer.as_deref(),
         };
         let refreshed = AtomicBool::new(false);
@@ -425,7 +439,12 @@ impl QlikClient {
         .await
     }
 
-    /// One HTTP exchange of [`QlikClient::send`]: bearer token, gate slot (writes), send, and
+    /// The gate of a request's tier: writes are Tier 2, reads (GETs) Tier 1.
+    fn tier_gate(&self, write: bool) -> &super::gate::Gate {
+        self.gates.of(if write { Tier::Write } else { Tier::Read })
+    }
+
+    /// One HTTP exchange of [`QlikClient::send`]: bearer token, gate slot, send, and
     /// the answer classified (success, redirect error, status error, transport error).
     async fn send_once(
         &self,
@@ -436,9 +455,7 @@ impl QlikClient {
         build: &impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, QlikError> {
         let token = self.bearer().await?;
-        if write {
-            self.gate.acquire().await;
-        }
+        self.tier_gate(write).acquire().await;
         let started = Instant::now();
         let result = build(&self.http)
             .bearer_auth(token.expose_secret())
@@ -578,7 +595,7 @@ impl QlikClient {
         let request = retry::Request {
             method: "POST",
             endpoint: EP_TOKEN,
-            gate: Some(&self.gate),
+            gate: Some(&self.gates.write),
             observer: self.observer.as_deref(),
         };
         let resp = retry::run(&self.retry, &request, || self.token_once(&url, &body))
@@ -618,7 +635,7 @@ impl QlikClient {
     /// One `POST /oauth/token` exchange (through the write gate: a Tier 2 call). Errors are
     /// scrubbed of the client's own secrets.
     async fn token_once(&self, url: &Url, body: &serde_json::Value) -> Result<Response, QlikError> {
-        self.gate.acquire().await;
+        self.gates.write.acquire().await;
         self.token_requests.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         match self.http.post(url.clone()).json(body).send().await {
@@ -850,6 +867,7 @@ mod tests {
             request_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
             write_budget_per_min: 0,
+            read_budget_per_min: 0,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         })
         .unwrap()

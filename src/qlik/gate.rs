@@ -1,9 +1,22 @@
-//! The write gate: one Qlik write budget shared by every job.
+//! The rate gates: one Qlik budget per tier and identity, shared by every job.
 //!
-//! Qlik limits Tier 2 calls (PATCH, PUT, `/oauth/token`, …) per identity, 100 per minute by
-//! default. Every writer asks the gate for a slot first; slots are spaced evenly so a sliding
-//! one-minute window never sees more than the budget. A 429 with `Retry-After` pauses *every*
-//! writer until the server's deadline, not only the one that got it.
+//! Qlik limits requests per tier, per user and tenant (qlik.dev, "Rate limiting",
+//! <https://qlik.dev/apis/rest/rate-limiting/>; qlik-api-facts.md §4): **Tier 1**, 1,000 per
+//! minute, covers the GETs (connections, name lookups, api-specs, credentials); **Tier 2**,
+//! 100 per minute, covers PATCH, PUT, POST, DELETE and `/oauth/token`. A 429 carries
+//! `Retry-After` in seconds, and "while waiting, every endpoint in the same tier is blocked",
+//! the other tier is not.
+//!
+//! So one identity has two [`Gate`]s ([`Gates`]): every request asks its tier's gate for a
+//! slot first. Slots are spaced evenly (virtual scheduling, the GCRA without burst) so that a
+//! sliding one-minute window never sees more than the budget (a 2% margin for clock skew and
+//! network jitter); even spacing also keeps a simulator with a scaled-down window (5 per
+//! 500 ms for 600 per minute) within its limit. Each caller reserves the next slot when it
+//! asks, so callers are served in order and a timer firing a millisecond late does not push
+//! the later slots back. (`governor`'s GCRA was tried: without a burst it restarts from the
+//! late wake-up, and tokio's millisecond timer turned 1,000/min into 968 in a minute.)
+//! A 429 pauses *every* caller of that gate until the server's deadline, not only the one
+//! that got it. A second identity (another tenant) is a second [`Gates`].
 
 use std::{
     sync::{
@@ -15,9 +28,40 @@ use std::{
 
 use tokio::time::Instant;
 
-/// Paces Tier 2 requests for one Qlik identity.
+/// Qlik's Tier 1 (reads) per identity: 1,000 per minute (qlik.dev rate-limiting page, S19).
+pub const TIER1_PER_MIN: u32 = 1_000;
+/// Qlik's Tier 2 (writes and `/oauth/token`) per identity: 100 per minute (S19).
+pub const TIER2_PER_MIN: u32 = 100;
+
+/// The longest pause one 429 can impose. The retry policy already refuses to wait for a
+/// `Retry-After` above `max_retry_after`; this keeps [`Gate::pause`] safe on its own (a huge
+/// duration would overflow the deadline).
+pub const MAX_PAUSE: Duration = Duration::from_secs(3600);
+
+/// Which Qlik rate tier a gate paces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Tier 1: GETs.
+    Read,
+    /// Tier 2: PATCH, PUT, POST, DELETE, `/oauth/token`.
+    Write,
+}
+
+impl Tier {
+    /// A stable label (`read` / `write`) for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Read => "read",
+            Tier::Write => "write",
+        }
+    }
+}
+
+/// Paces one tier's requests for one Qlik identity.
 #[derive(Debug)]
-pub struct WriteGate {
+pub struct Gate {
+    tier: Tier,
+    per_minute: u32,
     interval: Duration,
     state: Mutex<GateState>,
     pauses: AtomicU64,
@@ -25,21 +69,44 @@ pub struct WriteGate {
 
 #[derive(Debug)]
 struct GateState {
+    /// The next free slot (virtual scheduling: each caller reserves the slot after the last
+    /// reserved one, so waking a little late never pushes later slots back).
     next_slot: Instant,
     paused_until: Instant,
 }
 
-impl WriteGate {
-    /// A gate allowing `per_minute` writes per minute; `0` means unlimited. A 2% safety margin
-    /// keeps clock skew and network jitter from tipping the server's window over.
+/// The write gate (the name it had before reads were gated too).
+pub type WriteGate = Gate;
+
+impl Gate {
+    /// A Tier 2 gate allowing `per_minute` writes per minute; `0` means unlimited.
     pub fn new(per_minute: u32) -> Self {
+        Self::writes(per_minute)
+    }
+
+    /// A Tier 2 gate (writes): `per_minute`; `0` = unlimited.
+    pub fn writes(per_minute: u32) -> Self {
+        Self::paced(Tier::Write, per_minute)
+    }
+
+    /// A Tier 1 gate (reads): `per_minute`; `0` = unlimited.
+    pub fn reads(per_minute: u32) -> Self {
+        Self::paced(Tier::Read, per_minute)
+    }
+
+    /// A gate of `tier` allowing `per_minute` per minute. Slots are `60 s × 1.02 / per_minute`
+    /// apart (the 2% absorbs clock skew and network jitter), so any 60-second window holds at
+    /// most `⌊per_minute / 1.02⌋ + 1` of them, never more than the budget.
+    fn paced(tier: Tier, per_minute: u32) -> Self {
         let interval = if per_minute == 0 {
             Duration::ZERO
         } else {
             Duration::from_secs_f64(60.0 * 1.02 / f64::from(per_minute))
         };
         let now = Instant::now();
-        WriteGate {
+        Gate {
+            tier,
+            per_minute,
             interval,
             state: Mutex::new(GateState {
                 next_slot: now,
@@ -49,11 +116,22 @@ impl WriteGate {
         }
     }
 
-    /// Waits until this caller may send one write.
+    /// The tier this gate paces.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// The budget per minute (0 = unlimited).
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute
+    }
+
+    /// Waits until this caller may send one request of the tier. Callers get slots in the
+    /// order they ask; each waits on its own timer until its slot.
     pub async fn acquire(&self) {
         loop {
             let (slot, now) = {
-                let mut st = self.state.lock().expect("write gate lock");
+                let mut st = self.state.lock().expect("gate lock");
                 let now = Instant::now();
                 let slot = st.next_slot.max(st.paused_until).max(now);
                 st.next_slot = slot + self.interval;
@@ -62,18 +140,18 @@ impl WriteGate {
             if slot > now {
                 tokio::time::sleep_until(slot).await;
             }
-            // A 429 seen by another writer while we slept moves everyone back.
-            let paused_until = self.state.lock().expect("write gate lock").paused_until;
+            // A 429 seen by another caller while we slept moves everyone back.
+            let paused_until = self.state.lock().expect("gate lock").paused_until;
             if paused_until <= Instant::now() {
                 return;
             }
         }
     }
 
-    /// Pauses every writer for `retry_after` (a 429 answer).
+    /// Pauses every caller for `retry_after` (a 429 answer), at most [`MAX_PAUSE`].
     pub fn pause(&self, retry_after: Duration) {
-        let until = Instant::now() + retry_after;
-        let mut st = self.state.lock().expect("write gate lock");
+        let until = Instant::now() + retry_after.min(MAX_PAUSE);
+        let mut st = self.state.lock().expect("gate lock");
         if until > st.paused_until {
             st.paused_until = until;
         }
@@ -86,8 +164,38 @@ impl WriteGate {
     }
 }
 
+/// The two gates of one Qlik identity: Tier 1 (reads) and Tier 2 (writes). Clients of the
+/// same identity share one `Gates`; another identity (tenant) gets its own.
+#[derive(Debug, Clone)]
+pub struct Gates {
+    /// Tier 1: GETs.
+    pub read: std::sync::Arc<Gate>,
+    /// Tier 2: writes and `/oauth/token`.
+    pub write: std::sync::Arc<Gate>,
+}
+
+impl Gates {
+    /// Gates for one identity with these budgets per minute (0 = unlimited).
+    pub fn new(read_per_minute: u32, write_per_minute: u32) -> Self {
+        Gates {
+            read: std::sync::Arc::new(Gate::reads(read_per_minute)),
+            write: std::sync::Arc::new(Gate::writes(write_per_minute)),
+        }
+    }
+
+    /// The gate of `tier`.
+    pub fn of(&self, tier: Tier) -> &Gate {
+        match tier {
+            Tier::Read => &self.read,
+            Tier::Write => &self.write,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
@@ -103,9 +211,46 @@ mod tests {
         assert!(elapsed < Duration::from_secs(62), "{elapsed:?}");
     }
 
+    /// 2,500 reads queued at once at 1,000/min: one every 61.2 ms, in arrival order; no
+    /// 60-second window ever holds more than 1,000, the budget.
     #[tokio::test(start_paused = true)]
-    async fn a_pause_holds_back_every_writer() {
-        let gate = std::sync::Arc::new(WriteGate::new(0));
+    async fn queued_reads_keep_to_the_budget() {
+        let gate = Arc::new(Gate::reads(TIER1_PER_MIN));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..2_500 {
+            let g = gate.clone();
+            tasks.push(tokio::spawn(async move {
+                g.acquire().await;
+                Instant::now()
+            }));
+            // Spawned in order, so they queue in order.
+            tokio::task::yield_now().await;
+        }
+        let mut at = Vec::new();
+        for t in tasks {
+            at.push(t.await.unwrap() - start);
+        }
+        assert!(at.is_sorted(), "served in arrival order");
+        assert_eq!(at.iter().filter(|d| d.is_zero()).count(), 1, "no burst");
+        let mut most = 0;
+        let mut lo = 0;
+        for hi in 0..at.len() {
+            while at[hi] - at[lo] >= Duration::from_secs(60) {
+                lo += 1;
+            }
+            most = most.max(hi - lo + 1);
+        }
+        assert!(most <= 1_000, "{most} reads in one 60 s window");
+        assert!(most >= 980, "the budget is used: {most}");
+        // 2,500 reads need about 2.5 minutes, not more.
+        let last = *at.last().unwrap();
+        assert!(last < Duration::from_secs(155), "{last:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_back_every_caller() {
+        let gate = Arc::new(WriteGate::new(0));
         gate.acquire().await;
         let start = Instant::now();
         gate.pause(Duration::from_secs(13));
@@ -118,6 +263,39 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_secs(13));
         assert!(other.await.unwrap() - start >= Duration::from_secs(13));
         assert_eq!(gate.pauses(), 1);
+    }
+
+    /// A pause arriving while callers already wait for a slot holds them back too; the other
+    /// tier's gate is not paused (Qlik blocks only the tier that answered 429).
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_reaches_waiting_callers_and_only_its_tier() {
+        let gates = Gates::new(60, 60);
+        gates.read.acquire().await;
+        let start = Instant::now();
+        let r = gates.read.clone();
+        let waiting = tokio::spawn(async move {
+            r.acquire().await;
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gates.read.pause(Duration::from_secs(30));
+        gates.write.acquire().await;
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "writes not paused"
+        );
+        let got = waiting.await.unwrap() - start;
+        assert!(got >= Duration::from_secs(30), "{got:?}");
+        assert_eq!((gates.read.pauses(), gates.write.pauses()), (1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_pause_is_capped() {
+        let gate = Gate::reads(0);
+        let start = Instant::now();
+        gate.pause(Duration::from_secs(u64::MAX));
+        gate.acquire().await;
+        assert_eq!(start.elapsed(), MAX_PAUSE);
     }
 
     #[tokio::test(start_paused = true)]

@@ -112,8 +112,9 @@ pub struct Request<'a> {
     pub method: &'static str,
     /// Endpoint template, for the log.
     pub endpoint: &'static str,
-    /// The write gate this request passes (Tier 2): a 429 pauses it for every writer instead
-    /// of this request sleeping. The attempt itself acquires the gate.
+    /// The gate of this request's tier (Tier 1 reads, Tier 2 writes): a 429 pauses it for
+    /// every caller of that tier instead of this request sleeping (Qlik blocks the whole tier
+    /// while a `Retry-After` runs). The attempt itself acquires the gate.
     pub gate: Option<&'a WriteGate>,
     /// Told of every 429.
     pub observer: Option<&'a dyn RequestObserver>,
@@ -156,7 +157,7 @@ where
             "Qlik request failed; retrying."
         );
         match request.gate {
-            // Qlik blocks the whole tier: hold back every writer, not only this one.
+            // Qlik blocks the whole tier: hold back every caller of it, not only this one.
             Some(gate) if rate_limited => gate.pause(delay),
             _ => tokio::time::sleep(delay).await,
         }

@@ -6,8 +6,26 @@
 //!
 //! Errors are classified into [`SourceError`] from the AWS error code; messages carry the code
 //! and AWS's message, never the payload.
+//!
+//! Batches ([`SecretSource::fetch_many`]) use `BatchGetSecretValue` with a `SecretIdList` of at
+//! most [`BATCH_MAX_IDS`] ids (the API's limit; it needs `secretsmanager:BatchGetSecretValue`
+//! plus `GetSecretValue` on each secret). That API returns the `AWSCURRENT` version only, so a
+//! ref with another stage or a version id is read with `GetSecretValue`; so is every id the
+//! batch did not answer: an entry in `Errors`, an id missing from the answer, an entry that
+//! does not say it is `AWSCURRENT`, or a failed call. An answer is matched to the id asked for
+//! by name or ARN ([`crate::triggers::same_secret`]); anything else in it is ignored.
+//! [`AwsSecretsManager::api_calls`] counts the requests sent (each batch is one).
 
-use std::{error::Error as StdError, fmt, path::Path, time::Duration};
+use std::{
+    error::Error as StdError,
+    fmt,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use aws_sdk_secretsmanager::{
     Client,
@@ -31,6 +49,10 @@ pub const OPERATION_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts per operation (the SDK's standard retry strategy).
 pub const MAX_ATTEMPTS: u32 = 3;
+/// Ids per `BatchGetSecretValue` call (the API's `SecretIdList` limit).
+pub const BATCH_MAX_IDS: usize = 20;
+/// Batch calls in flight at once for one [`SecretSource::fetch_many`].
+pub const BATCH_CONCURRENCY: usize = 4;
 
 /// The timeouts [`AwsSecretsManager::from_env`] sets on the client.
 pub fn default_timeout_config() -> TimeoutConfig {
@@ -118,10 +140,15 @@ fn is_region(r: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// One id's answer from a batch: `None` when it must be read alone.
+type Slot = Option<Result<SecretValue, SourceError>>;
+
 /// AWS Secrets Manager.
 #[derive(Clone)]
 pub struct AwsSecretsManager {
     client: Client,
+    /// Requests sent (`GetSecretValue` and `BatchGetSecretValue`, one per call).
+    calls: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for AwsSecretsManager {
@@ -144,7 +171,76 @@ impl AwsSecretsManager {
 
     /// Wraps an existing client as it is (its timeouts and retry policy are kept).
     pub fn from_client(client: Client) -> Self {
-        AwsSecretsManager { client }
+        AwsSecretsManager {
+            client,
+            calls: Arc::default(),
+        }
+    }
+
+    /// How many requests this source has sent (`GetSecretValue` and `BatchGetSecretValue`
+    /// calls; SDK retries of one call are not counted again).
+    pub fn api_calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// One `BatchGetSecretValue` for up to [`BATCH_MAX_IDS`] ids of `AWSCURRENT`: one slot
+    /// per id, `None` where the batch gave no usable answer (the caller reads it alone).
+    async fn batch(&self, ids: &[&SecretRef]) -> Vec<Option<Result<SecretValue, SourceError>>> {
+        let mut out: Vec<Option<Result<SecretValue, SourceError>>> =
+            ids.iter().map(|_| None).collect();
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let request = self
+            .client
+            .batch_get_secret_value()
+            .set_secret_id_list(Some({
+                // Each id once (a repeated id is answered once; its other slots are read alone).
+                let mut list: Vec<String> = Vec::with_capacity(ids.len());
+                for r in ids {
+                    if !list.contains(&r.id) {
+                        list.push(r.id.clone());
+                    }
+                }
+                list
+            }));
+        let output = match request.send().await {
+            Ok(o) => o,
+            Err(e) => {
+                let code = e.code().unwrap_or("no error code");
+                tracing::debug!(
+                    ids = ids.len(),
+                    code,
+                    "BatchGetSecretValue failed; reading the secrets one by one."
+                );
+                return out;
+            }
+        };
+        for entry in output.secret_values.unwrap_or_default() {
+            let current = entry
+                .version_stages
+                .as_ref()
+                .is_none_or(|stages| stages.iter().any(|s| s == "AWSCURRENT"));
+            let slot = ids.iter().position(|r| {
+                [entry.name.as_deref(), entry.arn.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|answered| crate::triggers::same_secret(&r.id, answered))
+            });
+            let Some(slot) = slot.filter(|&i| out[i].is_none() && current) else {
+                continue;
+            };
+            let value = value_from_output(
+                ids[slot],
+                GetSecretValueOutput::builder()
+                    .set_version_id(entry.version_id)
+                    .set_secret_string(entry.secret_string)
+                    .set_secret_binary(entry.secret_binary)
+                    .build(),
+            );
+            // An unusable entry is read again alone, which reports it precisely.
+            out[slot] = value.ok().map(Ok);
+        }
+        // Per-id `Errors` leave their slot empty: each such id is read alone.
+        out
     }
 }
 
@@ -153,7 +249,48 @@ impl SecretSource for AwsSecretsManager {
         "aws_secrets_manager"
     }
 
+    async fn fetch_many(&self, secrets: &[SecretRef]) -> Vec<Result<SecretValue, SourceError>> {
+        use futures_util::StreamExt;
+        let current = VersionSelector::default();
+        let batchable: Vec<usize> = (0..secrets.len())
+            .filter(|&i| secrets[i].version == current)
+            .collect();
+        let mut out: Vec<Option<Result<SecretValue, SourceError>>> =
+            secrets.iter().map(|_| None).collect();
+        if batchable.len() > 1 {
+            let chunks: Vec<Vec<usize>> = batchable
+                .chunks(BATCH_MAX_IDS)
+                .map(<[usize]>::to_vec)
+                .collect();
+            let answers: Vec<(Vec<usize>, Vec<Slot>)> = futures_util::stream::iter(chunks)
+                .map(|chunk: Vec<usize>| {
+                    let refs: Vec<&SecretRef> = chunk.iter().map(|&i| &secrets[i]).collect();
+                    async move {
+                        let answer = self.batch(&refs).await;
+                        (chunk, answer)
+                    }
+                })
+                .buffered(BATCH_CONCURRENCY)
+                .collect()
+                .await;
+            for (chunk, answer) in answers {
+                for (&i, value) in chunk.iter().zip(answer) {
+                    out[i] = value;
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(secrets.len());
+        for (secret, done) in secrets.iter().zip(out) {
+            results.push(match done {
+                Some(value) => value,
+                None => self.fetch(secret).await,
+            });
+        }
+        results
+    }
+
     async fn fetch(&self, secret: &SecretRef) -> Result<SecretValue, SourceError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let request = self.client.get_secret_value().secret_id(&secret.id);
         let request = match &secret.version {
             VersionSelector::Stage(stage) => request.version_stage(stage),

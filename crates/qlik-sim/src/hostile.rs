@@ -140,7 +140,24 @@ pub(crate) fn respond(
             let text = echo_text(*encoding, path, authorization, body);
             echo_secrets(*status, *field, text)
         }
+        Hostile::RetryAfter { value } => retry_after(value),
     }
+}
+
+/// [`Hostile::RetryAfter`]: 429 with the documented body and this `Retry-After` (when it is a
+/// valid header value).
+fn retry_after(value: &str) -> Resp {
+    let mut r = json_typed(with_status(
+        Full::new(Bytes::from_static(
+            br#"{"errors":[{"code":"HTTP-429","title":"API rate limit reached."}]}"#,
+        ))
+        .boxed_unsync(),
+        429,
+    ));
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    r
 }
 
 /// Marks a response as `application/json`.

@@ -477,6 +477,12 @@ pub enum Hostile {
         /// How the echo is encoded.
         encoding: EchoEncoding,
     },
+    /// 429 with the documented error body and exactly this `Retry-After` header value (a
+    /// huge number, a negative one, text, a date), for tests of how the client caps it.
+    RetryAfter {
+        /// The raw `Retry-After` value.
+        value: String,
+    },
 }
 
 /// Which `errors[0]` field of an error body carries an echo.
@@ -642,6 +648,29 @@ impl Simulator {
     /// Total number of accepted Tier-2 requests so far.
     pub fn writes_total(&self) -> usize {
         self.shared.lock().limiter.writes_total()
+    }
+
+    /// The largest number of accepted Tier-1 requests (GETs) of one identity within any
+    /// window so far.
+    pub fn reads_in_window_max(&self) -> u32 {
+        self.shared
+            .lock()
+            .limiter
+            .accepted_in_window_max(limiter::Tier::Reads)
+    }
+
+    /// Total number of accepted Tier-1 requests so far.
+    pub fn reads_total(&self) -> usize {
+        self.shared
+            .lock()
+            .limiter
+            .accepted_total(limiter::Tier::Reads)
+    }
+
+    /// How many requests of `tier` the rate limiter answered with 429 so far (injected
+    /// [`Fault::RateLimited`] answers are not counted).
+    pub fn rejected(&self, tier: limiter::Tier) -> u64 {
+        self.shared.lock().limiter.rejected(tier)
     }
 
     /// Stops the server and closes all open connections.

@@ -32,7 +32,10 @@ pub enum Tier {
 pub struct RateLimiter {
     window: Duration,
     windows: HashMap<(String, Tier), VecDeque<Instant>>,
-    accepted_writes: HashMap<String, Vec<Instant>>,
+    /// Every accepted request, per identity and tier (for the window statistics).
+    accepted: HashMap<(String, Tier), Vec<Instant>>,
+    /// Requests answered 429, per tier.
+    rejected: HashMap<Tier, u64>,
 }
 
 impl Default for RateLimiter {
@@ -48,7 +51,8 @@ impl RateLimiter {
         RateLimiter {
             window,
             windows: HashMap::new(),
-            accepted_writes: HashMap::new(),
+            accepted: HashMap::new(),
+            rejected: HashMap::new(),
         }
     }
 
@@ -73,6 +77,7 @@ impl RateLimiter {
         if let Some(limit) = limit {
             let limit = limit as usize;
             if limit == 0 {
+                *self.rejected.entry(tier).or_default() += 1;
                 return Err(self.window.as_secs().max(1));
             }
             if log.len() >= limit {
@@ -80,24 +85,30 @@ impl RateLimiter {
                 let pivot = log[log.len() - limit];
                 let wait = (pivot + self.window).saturating_duration_since(now);
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                *self.rejected.entry(tier).or_default() += 1;
                 return Err(secs.max(1));
             }
         }
         log.push_back(now);
-        if tier == Tier::Writes {
-            self.accepted_writes
-                .entry(identity.to_owned())
-                .or_default()
-                .push(now);
-        }
+        self.accepted
+            .entry((identity.to_owned(), tier))
+            .or_default()
+            .push(now);
         Ok(())
     }
 
     /// The largest number of accepted Tier-2 requests of one identity inside any window
     /// `[t, t + WINDOW)`, over all identities and the whole lifetime of the limiter.
     pub fn writes_in_window_max(&self) -> u32 {
+        self.accepted_in_window_max(Tier::Writes)
+    }
+
+    /// The largest number of accepted requests of `tier` of one identity inside any window
+    /// `[t, t + WINDOW)`, over all identities and the whole lifetime of the limiter.
+    pub fn accepted_in_window_max(&self, tier: Tier) -> u32 {
         let mut best = 0usize;
-        for log in self.accepted_writes.values() {
+        let logs = (self.accepted.iter()).filter_map(|((_, t), log)| (*t == tier).then_some(log));
+        for log in logs {
             let mut start = 0usize;
             for end in 0..log.len() {
                 while log[end].saturating_duration_since(log[start]) >= self.window {
@@ -111,7 +122,20 @@ impl RateLimiter {
 
     /// Total number of accepted Tier-2 requests over all identities.
     pub fn writes_total(&self) -> usize {
-        self.accepted_writes.values().map(Vec::len).sum()
+        self.accepted_total(Tier::Writes)
+    }
+
+    /// Total number of accepted requests of `tier` over all identities.
+    pub fn accepted_total(&self, tier: Tier) -> usize {
+        (self.accepted.iter())
+            .filter(|((_, t), _)| *t == tier)
+            .map(|(_, log)| log.len())
+            .sum()
+    }
+
+    /// Requests of `tier` answered 429 so far.
+    pub fn rejected(&self, tier: Tier) -> u64 {
+        self.rejected.get(&tier).copied().unwrap_or(0)
     }
 }
 
@@ -160,6 +184,9 @@ mod tests {
         assert!(l.check("a", Tier::Reads, Some(3), at(base, 60_001)).is_ok());
         assert_eq!(l.writes_in_window_max(), 3);
         assert_eq!(l.writes_total(), 5);
+        assert_eq!(l.accepted_total(Tier::Reads), 1);
+        assert_eq!(l.accepted_in_window_max(Tier::Reads), 1);
+        assert_eq!((l.rejected(Tier::Writes), l.rejected(Tier::Reads)), (3, 0));
     }
 
     #[test]

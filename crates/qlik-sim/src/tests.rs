@@ -621,6 +621,46 @@ async fn write_rate_limit_returns_429_with_retry_after() {
     assert_eq!(s, 429);
 }
 
+/// Tier 1 on a scaled window (5 GETs per 500 ms): the sixth GET of the window is a 429 with
+/// `Retry-After`, counted as a Tier 1 rejection; a PATCH (Tier 2) still passes; once the
+/// window has moved on, GETs pass again.
+#[tokio::test]
+async fn read_rate_limit_on_a_scaled_window() {
+    let sim = Simulator::start(SimConfig {
+        read_limit_per_min: Some(5),
+        rate_window: Duration::from_millis(500),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let id = sim.add_connection(mssql("a"));
+    let path = format!("/api/v1/data-connections/{id}");
+    for _ in 0..5 {
+        assert_eq!(get(&sim, &path).await.0, 200);
+    }
+    let (s, h, v) = send(&sim, reqwest::Method::GET, &path, None).await;
+    assert_eq!(s, 429);
+    assert_eq!(
+        h["retry-after"].to_str().unwrap(),
+        "1",
+        "rounded up to whole seconds"
+    );
+    assert_eq!(v["errors"][0]["code"], "HTTP-429");
+    assert_eq!(sim.rejected(limiter::Tier::Reads), 1);
+    let (s, _) = patch(
+        &sim,
+        &id,
+        json!([{"op": "replace", "path": "/connectionProperties/password", "value": "p"}]),
+    )
+    .await;
+    assert_eq!(s, 204, "Tier 2 is not blocked by Tier 1");
+    assert_eq!(sim.rejected(limiter::Tier::Writes), 0);
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    assert_eq!(get(&sim, &path).await.0, 200);
+    assert_eq!(sim.reads_total(), 6);
+    assert_eq!(sim.reads_in_window_max(), 5);
+}
+
 /// POST of a JSON body to a full URL, without credentials.
 async fn post_json(url: &str, body: Value) -> reqwest::Response {
     client().post(url).json(&body).send().await.unwrap()
