@@ -861,6 +861,7 @@ fn state_store_cost(n: usize) {
         applied_version: format!("{:064x}", i * 7919),
         applied_at: 1_760_000_000,
         checked_at: 1_760_000_000,
+        failed_version: None,
     };
     for i in 0..n {
         if store.record(&job_name(i), entry(i)).is_err() {

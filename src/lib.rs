@@ -29,6 +29,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod canary;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -51,10 +51,17 @@ use crate::config::JobConfig;
 
 /// The outcome labels of `rotations_total` (a job's series of an outcome appears with its first
 /// count).
-pub const OUTCOMES: [&str; 4] = ["rotated", "unchanged", "failed", "verify_failed"];
+pub const OUTCOMES: [&str; 6] = [
+    "rotated",
+    "unchanged",
+    "failed",
+    "verify_failed",
+    "canary_failed",
+    "rolled_back",
+];
 
 /// The stage labels, pre-created in `rotation_retries_total`.
-pub const STAGES: [&str; 5] = ["fetch", "resolve", "build", "apply", "verify"];
+pub const STAGES: [&str; 6] = ["fetch", "resolve", "build", "apply", "verify", "canary"];
 
 /// Upper bounds of `rotation_duration_seconds` (the `+Inf` bucket is implied).
 pub const DURATION_BUCKETS: [f64; 11] =
@@ -596,7 +603,7 @@ const JOB_FAMILIES: [JobFamily; 5] = [
     JobFamily {
         def: def(
             "rotations_total",
-            "Rotation outcomes by rotation job and outcome (rotated, unchanged, failed, verify_failed), one per connection and run; a series appears with its first count.",
+            "Rotation outcomes by rotation job and outcome (rotated, unchanged, failed, verify_failed, canary_failed, rolled_back), one per connection and run; a series appears with its first count.",
             &["rotation_job", "outcome"],
         ),
         kind: "counter",
@@ -610,7 +617,7 @@ const HISTOGRAM_FAMILY: usize = 3;
 /// once), read by scrapes; a plain mutex keeps each scrape's view of a histogram consistent.
 #[derive(Debug, Default)]
 struct JobStats {
-    outcomes: [u64; 4],
+    outcomes: [u64; OUTCOMES.len()],
     /// Non-cumulative counts per [`DURATION_BUCKETS`] bound; above the last bound only
     /// `count` grows.
     buckets: [u64; DURATION_BUCKETS.len()],

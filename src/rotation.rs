@@ -24,7 +24,9 @@ use crate::{
         DataConnection, QlikClient, QlikError,
         model::{CredentialUpdate, DataCredential},
     },
-    secrets::{AnySource, SecretFields, SecretSource, SecretValue, SourceError},
+    secrets::{
+        AnySource, SecretFields, SecretRef, SecretSource, SecretValue, SourceError, VersionSelector,
+    },
     text::Redactor,
     triggers::Prefetched,
 };
@@ -42,6 +44,8 @@ pub enum Stage {
     Apply,
     /// The follow-up GET and comparison.
     Verify,
+    /// The canary reload of an app that reads through the connection.
+    Canary,
 }
 
 impl Stage {
@@ -53,6 +57,7 @@ impl Stage {
             Stage::Build => "build",
             Stage::Apply => "apply",
             Stage::Verify => "verify",
+            Stage::Canary => "canary",
         }
     }
 }
@@ -121,6 +126,20 @@ pub enum RotationError {
         "connection {0} uses separate credentials but names no credential (qCredentialsID is empty); set credential = \"<name>\" in the job"
     )]
     NoCredential(String),
+    /// The canary reload did not succeed (shared by every connection the run wrote).
+    #[error("{message}")]
+    Canary {
+        /// The [`crate::canary::CanaryError`]'s message (sanitised).
+        message: String,
+        /// Its label.
+        error_type: &'static str,
+    },
+    /// The secret version failed its canary (or verify) before and was rolled back; it is
+    /// not applied again until the vault's version changes.
+    #[error(
+        "secret version {0} failed verification or its canary reload before and was rolled back; it is not applied again until the vault holds a new version"
+    )]
+    KnownBad(String),
 }
 
 impl RotationError {
@@ -138,6 +157,7 @@ impl RotationError {
             RotationError::Build(_) => Stage::Build,
             RotationError::Apply(_) => Stage::Apply,
             RotationError::VerifyGet(_) | RotationError::Verify(_) => Stage::Verify,
+            RotationError::Canary { .. } | RotationError::KnownBad(_) => Stage::Canary,
         }
     }
 
@@ -156,6 +176,8 @@ impl RotationError {
             RotationError::NoUpdatePrivilege(_) => "no_update_privilege",
             RotationError::Build(e) => e.error_type(),
             RotationError::Verify(_) => "verify_mismatch",
+            RotationError::Canary { error_type, .. } => error_type,
+            RotationError::KnownBad(_) => "known_bad_version",
         }
     }
 
@@ -185,6 +207,17 @@ pub enum Outcome {
     Failed(RotationError),
     /// The PATCH was accepted but verification found a mismatch.
     VerifyFailed(RotationError),
+    /// Patched and verified, but the canary reload did not succeed: Qlik cannot use the
+    /// credential.
+    CanaryFailed(RotationError),
+    /// Verify or the canary failed (`cause`); the last verified version (`restored`) was
+    /// applied again, verified and, with a canary, proven by a reload.
+    RolledBack {
+        /// Why the new version was rolled back.
+        cause: RotationError,
+        /// The secret version restored.
+        restored: String,
+    },
 }
 
 impl Outcome {
@@ -196,6 +229,8 @@ impl Outcome {
             Outcome::Planned(_) => "planned",
             Outcome::Failed(_) => "failed",
             Outcome::VerifyFailed(_) => "verify_failed",
+            Outcome::CanaryFailed(_) => "canary_failed",
+            Outcome::RolledBack { .. } => "rolled_back",
         }
     }
 
@@ -210,7 +245,8 @@ impl Outcome {
     /// The error, if the run failed.
     pub fn error(&self) -> Option<&RotationError> {
         match self {
-            Outcome::Failed(e) | Outcome::VerifyFailed(e) => Some(e),
+            Outcome::Failed(e) | Outcome::VerifyFailed(e) | Outcome::CanaryFailed(e) => Some(e),
+            Outcome::RolledBack { cause, .. } => Some(cause),
             _ => None,
         }
     }
@@ -240,6 +276,10 @@ pub struct Report {
     /// Doubts that did not block the run: api-specs types we cannot know to be right for a
     /// catalogue connector, and verify rules we cannot source (names and types only).
     pub warnings: Vec<String>,
+    /// The canary reload that proved this connection's new credential (when the job has one).
+    pub canary: Option<crate::canary::CanaryProof>,
+    /// The values this run wrote (to scrub them from the canary's answers); never printed.
+    pub written: Option<Redactor>,
 }
 
 /// What a successful verification checked (no values).
@@ -266,7 +306,10 @@ impl Report {
     /// Emits this connection's outcome: [`RotationFinished`] or [`RotationFailed`].
     pub fn emit(&self, events: &Events) {
         match &self.outcome {
-            Outcome::Failed(e) | Outcome::VerifyFailed(e) => events.emit(RotationFailed {
+            Outcome::Failed(e)
+            | Outcome::VerifyFailed(e)
+            | Outcome::CanaryFailed(e)
+            | Outcome::RolledBack { cause: e, .. } => events.emit(RotationFailed {
                 job: &self.job,
                 connection: &self.connection_key,
                 outcome: self.outcome.label(),
@@ -325,8 +368,16 @@ impl Report {
                         d
                     })
                     .unwrap_or_default();
+                let proven = match &self.canary {
+                    Some(p) => format!(
+                        ", proven by canary reload {} of app {}",
+                        crate::text::printable(&p.reload, 80),
+                        crate::text::printable(&p.app, 80)
+                    ),
+                    None => String::new(),
+                };
                 format!(
-                    "{}: rotated and verified{} (connection {conn}, secret version {version}{detail})",
+                    "{}: rotated and verified{proven}{} (connection {conn}, secret version {version}{detail})",
                     label,
                     self.warnings_text()
                 )
@@ -336,13 +387,29 @@ impl Report {
                 label
             ),
             Outcome::Planned(_) => format!("{}: planned (connection {conn})", self.job),
-            Outcome::Failed(e) | Outcome::VerifyFailed(e) => format!(
-                "{}: {} at {} [{}]: {e}",
+            Outcome::Failed(e) | Outcome::VerifyFailed(e) | Outcome::CanaryFailed(e) => format!(
+                "{}: {} at {} [{}]: {e}{}",
                 label,
                 self.outcome.label(),
                 e.stage().as_str(),
-                e.error_type()
+                e.error_type(),
+                self.warnings_text()
             ),
+            Outcome::RolledBack { cause, restored } => {
+                let proven = match &self.canary {
+                    Some(p) => format!(
+                        ", proven by canary reload {}",
+                        crate::text::printable(&p.reload, 80)
+                    ),
+                    None => String::new(),
+                };
+                format!(
+                    "{}: rolled_back to secret version {restored} (verified{proven}) after version {version} failed at {} [{}]: {cause}",
+                    label,
+                    cause.stage().as_str(),
+                    cause.error_type()
+                )
+            }
         }
     }
 }
@@ -364,6 +431,9 @@ pub struct RunOptions {
     /// The job's secret, read ahead with the other jobs due at the same time
     /// ([`crate::triggers::prefetch`]); `None` reads it now.
     pub secret: Option<crate::triggers::Prefetched>,
+    /// Per connection key: a secret version that failed verification or its canary before
+    /// (state's `failed_version`); equal to the vault's version → not applied again.
+    pub failed_versions: HashMap<String, String>,
 }
 
 /// Runs rotations. Shared by the CLI and the daemon.
@@ -566,21 +636,7 @@ impl Rotator {
             job: &job.name,
             connections: selected.len(),
         });
-        let new_report = |conn: &ConnectionRef| Report {
-            job: job.name.clone(),
-            connection_key: conn.key(),
-            fanout,
-            connection_id: match conn {
-                ConnectionRef::Id(id) => Some(id.clone()),
-                ConnectionRef::Name { .. } => None,
-            },
-            secret_version: None,
-            outcome: Outcome::Unchanged,
-            duration: Duration::ZERO,
-            after: None,
-            verified: None,
-            warnings: Vec::new(),
-        };
+        let new_report = |conn: &ConnectionRef| fresh_report(job, conn, fanout);
 
         // 1. The secret, once: an unchanged version costs no Qlik call at all. A value read
         // ahead for this run (with the other jobs due at the same time) is used as is.
@@ -628,14 +684,25 @@ impl Rotator {
                     r.secret_version = Some(secret.version.clone());
                     let key = conn.key();
                     let unchanged = opts.last_applied.get(&key) == Some(&secret.version);
+                    let known_bad = opts.failed_versions.get(&key) == Some(&secret.version);
                     r.outcome = if unchanged && !(opts.plan_only || opts.force || job.force) {
                         Outcome::Unchanged
+                    } else if known_bad && !(opts.plan_only || opts.force) {
+                        Outcome::Failed(RotationError::KnownBad(crate::text::printable(
+                            &secret.version,
+                            80,
+                        )))
                     } else {
                         let known = opts.known.remove(&key);
                         self.rotate_connection(job, conn, secret, known, opts.plan_only, &mut r)
                             .await
                     };
                     reports.push(r);
+                }
+                if !opts.plan_only {
+                    self.prove(job, &mut reports).await;
+                    self.roll_back(job, &selected, &secret.version, &opts, &mut reports)
+                        .await;
                 }
             }
         }
@@ -645,6 +712,173 @@ impl Rotator {
             r.duration = elapsed;
         }
         reports
+    }
+
+    /// The canary: one reload of the job's `canary_app` for every connection this run
+    /// rotated (a fan-out job's connections share it). `rotated` stays only when the reload
+    /// succeeded; otherwise each of them becomes `canary_failed`.
+    async fn prove(&self, job: &JobConfig, reports: &mut [Report]) {
+        let Some(app) = &job.canary_app else { return };
+        let rotated: Vec<usize> = (reports.iter().enumerate())
+            .filter(|(_, r)| matches!(r.outcome, Outcome::Rotated))
+            .map(|(i, _)| i)
+            .collect();
+        if rotated.is_empty() {
+            return;
+        }
+        let mut written = Redactor::new();
+        for &i in &rotated {
+            if let Some(w) = &reports[i].written {
+                written = written.merged(w);
+            }
+        }
+        match crate::canary::run(&self.client, app, job.canary_timeout, &written).await {
+            Ok(proof) => {
+                for &i in &rotated {
+                    reports[i].canary = Some(proof.clone());
+                }
+            }
+            Err(e) => {
+                let (message, error_type) = (e.to_string(), e.error_type());
+                for &i in &rotated {
+                    reports[i].outcome = Outcome::CanaryFailed(RotationError::Canary {
+                        message: message.clone(),
+                        error_type,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Rollback (`rollback = true`): each connection whose verify or canary failed gets the
+    /// last verified version again (from state, fetched from the vault by version id; for
+    /// Secrets Manager also `AWSPREVIOUS` when it is that version), verified and proven by the
+    /// canary. Never a version other than the last verified one; none recorded → no rollback.
+    async fn roll_back(
+        &self,
+        job: &JobConfig,
+        selected: &[&ConnectionRef],
+        failed_version: &str,
+        opts: &RunOptions,
+        reports: &mut [Report],
+    ) {
+        if !job.rollback {
+            return;
+        }
+        let mut tries: Vec<(usize, Report, String)> = Vec::new();
+        for (i, r) in reports.iter_mut().enumerate() {
+            if !matches!(
+                r.outcome,
+                Outcome::VerifyFailed(_) | Outcome::CanaryFailed(_)
+            ) {
+                continue;
+            }
+            let last = opts
+                .last_applied
+                .get(&r.connection_key)
+                .filter(|v| !v.is_empty());
+            let Some(last) = last else {
+                r.warnings.push(
+                    "rollback = true, but no verified version is recorded for this connection: nothing to roll back to".to_owned(),
+                );
+                continue;
+            };
+            if last == failed_version {
+                r.warnings.push(format!(
+                    "rollback = true, but the failed version {} is the last verified one: never rolling back past it",
+                    crate::text::printable(last, 80)
+                ));
+                continue;
+            }
+            let Some(conn) = selected.iter().find(|c| c.key() == r.connection_key) else {
+                continue;
+            };
+            let old = match self.fetch_version(job, last).await {
+                Ok(v) => v,
+                Err(message) => {
+                    r.warnings.push(format!(
+                        "rollback to secret version {} failed: {message}",
+                        crate::text::printable(last, 80)
+                    ));
+                    continue;
+                }
+            };
+            let mut again = fresh_report(job, conn, r.fanout);
+            again.secret_version = Some(old.version.clone());
+            again.outcome = self
+                .rotate_connection(job, conn, &old, None, false, &mut again)
+                .await;
+            tries.push((i, again, last.clone()));
+        }
+        if tries.is_empty() {
+            return;
+        }
+        let mut agains: Vec<Report> = Vec::with_capacity(tries.len());
+        let mut meta = Vec::with_capacity(tries.len());
+        for (i, again, last) in tries {
+            agains.push(again);
+            meta.push((i, last));
+        }
+        self.prove(job, &mut agains).await;
+        for (again, (i, last)) in agains.into_iter().zip(meta) {
+            let r = &mut reports[i];
+            if matches!(again.outcome, Outcome::Rotated) {
+                let cause = match std::mem::replace(&mut r.outcome, Outcome::Unchanged) {
+                    Outcome::VerifyFailed(e) | Outcome::CanaryFailed(e) => e,
+                    other => {
+                        r.outcome = other;
+                        continue;
+                    }
+                };
+                r.outcome = Outcome::RolledBack {
+                    cause,
+                    restored: crate::text::printable(&last, 80),
+                };
+                r.canary = again.canary;
+                r.after = again.after;
+                r.verified = again.verified;
+            } else {
+                r.warnings.push(format!(
+                    "rollback to secret version {} failed: {}",
+                    crate::text::printable(&last, 80),
+                    again
+                        .outcome
+                        .error()
+                        .map_or_else(|| again.outcome.label().to_owned(), ToString::to_string)
+                ));
+            }
+        }
+    }
+
+    /// The job's secret at exactly `version` (by version id; for Secrets Manager, also the
+    /// `AWSPREVIOUS` stage when it holds that version). Errors are messages without values.
+    async fn fetch_version(&self, job: &JobConfig, version: &str) -> Result<SecretValue, String> {
+        let source = self
+            .sources
+            .get(&job.source)
+            .ok_or_else(|| format!("source {:?} is not configured", job.source))?;
+        let by_id = SecretRef {
+            id: job.secret.id.clone(),
+            version: VersionSelector::Id(version.to_owned()),
+        };
+        let first = match source.fetch(&by_id).await {
+            Ok(v) => Ok(v),
+            Err(e) if source.kind() == "aws_secrets_manager" => {
+                let previous = SecretRef {
+                    id: job.secret.id.clone(),
+                    version: VersionSelector::Stage("AWSPREVIOUS".to_owned()),
+                };
+                source.fetch(&previous).await.map_err(|_| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }?;
+        if first.version != version {
+            return Err(format!(
+                "the vault answered version {} instead",
+                crate::text::printable(&first.version, 80)
+            ));
+        }
+        Ok(first)
     }
 
     async fn rotate_connection(
@@ -701,6 +935,7 @@ impl Rotator {
         // The values just written stay in play for the verify GET's error text.
         let written = plan.doc.redactor();
         drop(plan.doc);
+        report.written = Some(written.clone());
 
         // 5. Verify: the same connection, `updated` advanced, nothing else changed.
         self.verify_connection(job, &before, &plan.expect, &written, report)
@@ -814,6 +1049,7 @@ impl Rotator {
         }
         let written = update.redactor();
         drop(update);
+        report.written = Some(written.clone());
         self.verify_credential(&before, &written, report).await
     }
 
@@ -900,6 +1136,27 @@ impl Rotator {
         } else {
             Outcome::VerifyFailed(RotationError::Verify(mismatches))
         }
+    }
+}
+
+/// An empty report for one connection of `job`.
+fn fresh_report(job: &JobConfig, conn: &ConnectionRef, fanout: bool) -> Report {
+    Report {
+        job: job.name.clone(),
+        connection_key: conn.key(),
+        fanout,
+        connection_id: match conn {
+            ConnectionRef::Id(id) => Some(id.clone()),
+            ConnectionRef::Name { .. } => None,
+        },
+        secret_version: None,
+        outcome: Outcome::Unchanged,
+        duration: Duration::ZERO,
+        after: None,
+        verified: None,
+        warnings: Vec::new(),
+        canary: None,
+        written: None,
     }
 }
 
@@ -1095,11 +1352,17 @@ mod tests {
             Stage::Build,
             Stage::Apply,
             Stage::Verify,
+            Stage::Canary,
         ];
         // A new variant fails to compile here until it is listed above.
         for s in all {
             match s {
-                Stage::Fetch | Stage::Resolve | Stage::Build | Stage::Apply | Stage::Verify => {}
+                Stage::Fetch
+                | Stage::Resolve
+                | Stage::Build
+                | Stage::Apply
+                | Stage::Verify
+                | Stage::Canary => {}
             }
         }
         let labels: Vec<&str> = all.iter().map(|s| s.as_str()).collect();

@@ -486,15 +486,22 @@ impl Runner {
         let conns = &job.cfg.connections;
         // Change detection reads the store's memory, not the file: a version applied by this
         // process counts even if its write to disk failed.
-        let last_applied = only
+        let states: Vec<(String, JobState)> = only
             .iter()
             .filter_map(|&i| {
                 let c = &conns[i];
                 self.state
                     .get(&job.cfg.state_key(c))
                     .filter(|s| s.applies_to(c))
-                    .map(|s| (c.key(), s.applied_version))
+                    .map(|s| (c.key(), s))
             })
+            .collect();
+        let failed_versions = (states.iter())
+            .filter_map(|(k, s)| Some((k.clone(), s.failed_version.clone()?)))
+            .collect();
+        let last_applied = (states.into_iter())
+            .filter(|(_, s)| !s.applied_version.is_empty())
+            .map(|(k, s)| (k, s.applied_version))
             .collect();
         let known = {
             let slots = job.slots();
@@ -509,6 +516,7 @@ impl Runner {
             known,
             only: Some(only.iter().map(|&i| conns[i].key()).collect()),
             secret,
+            failed_versions,
         };
         self.rotator.run(&job.cfg, opts).await
     }
@@ -530,7 +538,26 @@ impl Runner {
                         applied_version: version.clone(),
                         applied_at: now,
                         checked_at: now,
+                        failed_version: None,
                     };
+                    self.state_written(&job.cfg.name, self.state.record(&key, state));
+                }
+                false
+            }
+            Outcome::CanaryFailed(_) | Outcome::RolledBack { .. } => {
+                // The version failed its canary (or verify, then rolled back): remember it, so
+                // it is not applied again until the vault moves. The applied version stays the
+                // last verified one (re-applied by a rollback).
+                job.forget(index);
+                if let Some(version) = &report.secret_version {
+                    let mut state = self.state.get(&key).unwrap_or_else(|| JobState {
+                        connection_id: report.connection_id.clone().unwrap_or_default(),
+                        ..JobState::default()
+                    });
+                    state.failed_version = Some(version.clone());
+                    if let Some(after) = &report.after {
+                        job.remember(index, after);
+                    }
                     self.state_written(&job.cfg.name, self.state.record(&key, state));
                 }
                 false

@@ -49,6 +49,11 @@ pub struct JobState {
     /// The last time a run found this version still current (Unix seconds; 0 = never).
     #[serde(default)]
     pub checked_at: i64,
+    /// A secret version that failed verification or its canary reload on this connection
+    /// (and was rolled back, or left failed): not applied again until the vault's version
+    /// changes. Optional, so older state files and backends without it read as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_version: Option<String>,
 }
 
 impl JobState {
@@ -549,6 +554,7 @@ mod tests {
             applied_version: v.into(),
             applied_at: 1,
             checked_at: 0,
+            failed_version: None,
         }
     }
 
@@ -620,6 +626,7 @@ mod tests {
                 JobState {
                     applied_at,
                     checked_at,
+                    failed_version: None,
                     ..st("v1")
                 },
             )

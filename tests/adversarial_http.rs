@@ -1616,13 +1616,13 @@ async fn read_world(n: usize, read_limit: Option<u32>, qlik: &str) -> ReadWorld 
 
 /// Reads over the budget wait instead of drawing 429s: 8 rotations (a GET, api-specs and a
 /// verify GET each) against Tier 1 enforced at 5 GETs per 500 ms (600 a minute), with
-/// `read_budget_per_min = 540`: every job rotates, the simulator rejected nothing, and no
-/// 500 ms window held more than 5 GETs. (The budget is 10% under the scaled limit: the gate's
+/// `read_budget_per_min = 300`: every job rotates, the simulator rejected nothing, and no
+/// 500 ms window held more than 5 GETs. (The budget is half the scaled limit: the gate's
 /// 2% margin is 1.2 s of a real minute but 10 ms of this window, less than loopback jitter on
 /// a busy machine.)
 #[tokio::test]
 async fn reads_over_the_budget_wait_instead_of_429ing() {
-    let w = read_world(8, Some(5), "read_budget_per_min = 540\nmax_attempts = 1").await;
+    let w = read_world(8, Some(5), "read_budget_per_min = 300\nmax_attempts = 1").await;
     let out = run_cli(
         &["rotate", "-c", w.config.to_str().unwrap(), "--all"],
         &w.env(),
@@ -1852,12 +1852,12 @@ async fn hostile_retry_after_far_date_is_not_waited_for() {
 }
 
 /// Readiness does not wait for pre-flight: with 30 connections and Tier 1 enforced at 5 GETs
-/// per 500 ms (pre-flight takes ~3.5 s under `read_budget_per_min = 540`), `/readyz` is 200 as
+/// per 500 ms (pre-flight takes ~6 s under `read_budget_per_min = 300`), `/readyz` is 200 as
 /// soon as the daemon started, while `preflight_pending` is still above zero; then the gauge
 /// counts down to 0, every job passes, and the simulator rejected no read.
 #[tokio::test]
 async fn readiness_is_true_before_preflight_ends() {
-    let w = read_world(30, Some(5), "read_budget_per_min = 540").await;
+    let w = read_world(30, Some(5), "read_budget_per_min = 300").await;
     let text = format!("{}\n[metrics]\nlisten = \"127.0.0.1:0\"\n", w.text);
     let cfg = config::load_str(&text, w.dir.path(), &w.input()).expect("valid config");
     let running = qlik_rotator::daemon::start(&cfg, &w.input())

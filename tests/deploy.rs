@@ -117,9 +117,19 @@ const NOT_ON_DASHBOARD: &[&str] = &[
 const DECLARED_LABEL_VALUES: &[(&str, &[&str])] = &[
     (
         "outcome",
-        &["rotated", "unchanged", "failed", "verify_failed"],
+        &[
+            "rotated",
+            "unchanged",
+            "failed",
+            "verify_failed",
+            "canary_failed",
+            "rolled_back",
+        ],
     ),
-    ("stage", &["fetch", "resolve", "build", "apply", "verify"]),
+    (
+        "stage",
+        &["fetch", "resolve", "build", "apply", "verify", "canary"],
+    ),
     ("state", &["scheduled", "preflight_failed"]),
 ];
 

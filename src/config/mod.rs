@@ -276,6 +276,13 @@ pub struct JobConfig {
     /// `allow_shared_connection`: this job may PATCH a connection another job also patches
     /// (each must say so; otherwise two jobs on one connection are a config error).
     pub allow_shared_connection: bool,
+    /// `canary_app`: an app (id) that reads through the job's connections; after PATCH +
+    /// verify it is reloaded, and only a `SUCCEEDED` reload makes the outcome `rotated`.
+    pub canary_app: Option<String>,
+    /// `canary_timeout`: how long the canary reload may take to reach a final status.
+    pub canary_timeout: Duration,
+    /// `rollback`: when verify or the canary fails, re-apply the last verified version.
+    pub rollback: bool,
 }
 
 /// `[daemon]`.
@@ -598,6 +605,9 @@ const KNOWN_KEYS: &[&str] = &[
     "force",
     "max_age",
     "allow_shared_connection",
+    "canary_app",
+    "canary_timeout",
+    "rollback",
     "daemon",
     "state_dir",
     "max_concurrent_rotations",
@@ -979,6 +989,10 @@ pub const RANGE_JITTER: std::ops::RangeInclusive<Duration> =
 /// needs a finite, positive age).
 pub const RANGE_MAX_AGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(60)..=Duration::from_secs(400 * 86400);
+/// `jobs[].canary_timeout`: 1 second to 2 hours (a reload queued behind others may wait; a
+/// longer wait holds the job's run).
+pub const RANGE_CANARY_TIMEOUT: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(7200);
 /// `daemon.shutdown_grace_period`: 1 second to 1 hour (a PATCH + verify in flight needs a
 /// moment; service managers kill long before an hour).
 pub const RANGE_SHUTDOWN_GRACE: std::ops::RangeInclusive<Duration> =
@@ -1008,6 +1022,21 @@ fn job(
     let max_age = t
         .opt_duration("max_age", RANGE_MAX_AGE, errs)
         .unwrap_or(Duration::from_secs(25 * 3600));
+    let canary_app = t.opt_str("canary_app", errs).and_then(|a| {
+        if is_uuid(&a) {
+            Some(a)
+        } else {
+            errs.push(
+                t.key_path("canary_app"),
+                "must be an app id (a UUID, as Qlik Cloud app ids are)",
+            );
+            None
+        }
+    });
+    let canary_timeout = t
+        .opt_duration("canary_timeout", RANGE_CANARY_TIMEOUT, errs)
+        .unwrap_or(Duration::from_secs(600));
+    let rollback = t.opt_bool("rollback", errs).unwrap_or(false);
     t.finish(errs);
     let spec = spec?;
     Some(JobConfig {
@@ -1027,6 +1056,9 @@ fn job(
         force,
         max_age,
         allow_shared_connection,
+        canary_app,
+        canary_timeout,
+        rollback,
     })
 }
 

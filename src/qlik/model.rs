@@ -456,3 +456,30 @@ mod tests {
         assert!(dbg.contains("host"));
     }
 }
+
+/// A reload record, as `POST /api/v1/reloads` (201) and `GET /api/v1/reloads/{id}` (200)
+/// answer it: `@qlik/api` `reloads.d.ts` type `Reload` (the fields read here; `status` is its
+/// `Status` union, kept as text so an unknown value is seen and refused, not mis-parsed).
+/// Reference: <https://qlik.dev/apis/rest/reloads/>. Every field is outside text: print it only
+/// through [`crate::text`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct Reload {
+    /// The reload id (24 hex digits in Qlik's examples).
+    pub id: String,
+    /// The app reloaded.
+    #[serde(rename = "appId")]
+    pub app_id: String,
+    /// `QUEUED | RELOADING | CANCELING` (active) or `SUCCEEDED | FAILED | CANCELED |
+    /// EXCEEDED_LIMIT` (final).
+    pub status: String,
+    /// "The error code when the status is FAILED."
+    #[serde(default, rename = "errorCode")]
+    pub error_code: Option<String>,
+    /// "The error message when the status is FAILED."
+    #[serde(default, rename = "errorMessage")]
+    pub error_message: Option<String>,
+    /// "The log describing the result of the latest reload execution" (a summary since the
+    /// 2026 change of qlik.dev changelog 167).
+    #[serde(default)]
+    pub log: Option<String>,
+}

@@ -107,7 +107,10 @@ pub(crate) async fn handle(
         }
     };
     let resp = match plan.rewrite {
-        Some(fields) if resp.status() == StatusCode::OK => rewrite_fields(resp, &fields).await,
+        Some(fields) if matches!(resp.status(), StatusCode::OK | StatusCode::CREATED) => {
+            let status = resp.status().as_u16();
+            rewrite_fields(resp, &fields, status).await
+        }
         _ => resp,
     };
     Ok(finish(&shared, seq, &req, resp).await)
@@ -275,8 +278,8 @@ async fn finish(shared: &Shared, seq: u64, req: &Req, resp: Resp) -> Resp {
     resp
 }
 
-/// [`Fault::RewriteFields`]: sets or removes top-level fields of a 200 JSON object body.
-async fn rewrite_fields(resp: Resp, fields: &[(String, Option<Value>)]) -> Resp {
+/// [`Fault::RewriteFields`]: sets or removes top-level fields of a 200 (or 201) JSON object body.
+async fn rewrite_fields(resp: Resp, fields: &[(String, Option<Value>)], status: u16) -> Resp {
     let bytes = match resp.into_body().collect().await {
         Ok(c) => c.to_bytes(),
         Err(never) => match never {},
@@ -294,7 +297,7 @@ async fn rewrite_fields(resp: Resp, fields: &[(String, Option<Value>)]) -> Resp 
             }
         }
     }
-    json_response(200, &v)
+    json_response(status, &v)
 }
 
 fn bearer(authorization: Option<&str>) -> Option<&str> {
@@ -356,6 +359,13 @@ fn route(
         ("GET", ["data-credentials", id]) => g.get_credential(id, &q).map(Some),
         ("PUT", ["data-credentials", id]) => g.put_credential(id, &q, body).map(|_| None),
         ("PATCH", ["data-credentials", id]) => g.patch_credential(id, &q, body).map(|_| None),
+        ("POST", ["reloads"]) => {
+            return match g.queue_reload(body) {
+                Ok(v) => json_response(201, &v),
+                Err(e) => error_response(&e),
+            };
+        }
+        ("GET", ["reloads", id]) => g.get_reload(id).map(Some),
         ("GET", ["data-sources", id, "api-specs"]) => match g.specs.get(*id) {
             Some(spec) => Ok(Some(spec.clone())),
             None => Err(ApiError::new(

@@ -112,6 +112,7 @@ mod hostile;
 pub mod limiter;
 pub mod patch;
 pub mod props;
+pub mod reloads;
 pub mod simulate;
 mod state;
 #[cfg(test)]
@@ -403,8 +404,8 @@ pub enum Fault {
         /// How many requests to affect.
         times: u32,
     },
-    /// Handle the next `times` matching requests normally, then, if the answer is a 200 JSON
-    /// object, set each top-level field to the given value (`None` removes it): e.g. an
+    /// Handle the next `times` matching requests normally, then, if the answer is a 200 (or
+    /// 201) JSON object, set each top-level field to the given value (`None` removes it): e.g. an
     /// `updated` that is missing, garbage or earlier than before.
     RewriteFields {
         /// Method to match.
@@ -589,6 +590,37 @@ impl Simulator {
     /// Forgets the recorded requests.
     pub fn clear_requests(&self) {
         self.shared.lock().clear_requests();
+    }
+
+    /// Adds a data source behind connections (see [`reloads`]).
+    pub fn add_source(&self, source: reloads::DataSource) {
+        self.shared.lock().world.sources.push(source);
+    }
+
+    /// Replaces the credential sets the source named `name` accepts (a credential rotated
+    /// at the source: from now on reloads through connections holding other values fail).
+    pub fn set_source_accepts(&self, name: &str, accepts: Vec<Map<String, Value>>) {
+        for s in &mut self.shared.lock().world.sources {
+            if s.name == name {
+                s.accepts.clone_from(&accepts);
+            }
+        }
+    }
+
+    /// Adds an app that reads through the given connections.
+    pub fn add_app(&self, app: reloads::App) {
+        self.shared.lock().world.apps.push(app);
+    }
+
+    /// How many GETs a reload answers `RELOADING` before its final status (`None`: it never
+    /// finishes).
+    pub fn set_reload_steps(&self, steps: Option<u32>) {
+        self.shared.lock().world.steps = steps;
+    }
+
+    /// Forces the final status (and error fields) of the next queued reload.
+    pub fn force_next_reload(&self, outcome: reloads::ForcedOutcome) {
+        self.shared.lock().world.forced.push_back(outcome);
     }
 
     /// Queues a fault.

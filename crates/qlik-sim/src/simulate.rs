@@ -233,6 +233,10 @@ pub struct Tenant {
     pub api_specs: BTreeMap<String, Value>,
     /// Data credentials (separated credentials).
     pub credentials: Vec<SeedCredential>,
+    /// Data sources behind the connections (what a reload logs in to).
+    pub sources: Vec<crate::reloads::DataSource>,
+    /// Apps and the connections they read through (what a canary reloads).
+    pub apps: Vec<crate::reloads::App>,
 }
 
 /// One connection of a [`Tenant`].
@@ -335,6 +339,10 @@ struct RawTenant {
     api_specs: BTreeMap<String, RawApiSpec>,
     #[serde(default, rename = "dataCredentials")]
     data_credentials: Vec<RawCredential>,
+    #[serde(default)]
+    sources: Vec<crate::reloads::DataSource>,
+    #[serde(default)]
+    apps: Vec<crate::reloads::App>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -503,6 +511,12 @@ impl Tenant {
             if c.connection_secret.is_some() {
                 sim.set_connection_secret(&id, c.connection_secret.clone());
             }
+        }
+        for s in &self.sources {
+            sim.add_source(s.clone());
+        }
+        for a in &self.apps {
+            sim.add_app(a.clone());
         }
     }
 }
@@ -685,6 +699,7 @@ impl RawTenant {
         let cred_ids = self.check_credentials(&mut p);
         self.check_connections(&mut p, &cred_ids);
         self.check_api_specs(&mut p);
+        self.check_apps(&mut p);
         if !p.0.is_empty() {
             return Err(TenantError::Invalid {
                 path: PathBuf::new(),
@@ -771,6 +786,27 @@ impl RawTenant {
         }
     }
 
+    /// Checks `apps` (UUID ids, each connection one of `connections`) and `sources` (names).
+    fn check_apps(&self, p: &mut Problems) {
+        let conns: HashSet<&str> = self.connections.iter().map(|c| c.id.as_str()).collect();
+        for (i, a) in self.apps.iter().enumerate() {
+            p.uuid(&format!("apps[{i}].id"), &a.id);
+            p.name(&format!("apps[{i}].name"), &a.name);
+            for (j, c) in a.connection_ids.iter().enumerate() {
+                if !conns.contains(c.as_str()) {
+                    p.push(
+                        format!("apps[{i}].connectionIds[{j}]"),
+                        "does not name a qID of connections",
+                    );
+                }
+            }
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            p.name(&format!("sources[{i}].name"), &s.name);
+            p.name(&format!("sources[{i}].matchProperty"), &s.match_property);
+        }
+    }
+
     /// Checks the keys of `apiSpecs` and their property names.
     fn check_api_specs(&self, p: &mut Problems) {
         for (id, spec) in &self.api_specs {
@@ -830,6 +866,8 @@ impl RawTenant {
             connections,
             api_specs,
             credentials,
+            sources: self.sources,
+            apps: self.apps,
         }
     }
 }

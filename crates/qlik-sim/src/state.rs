@@ -170,6 +170,7 @@ impl Shared {
                 limiter: RateLimiter::new(window),
                 token_requests: 0,
                 last_ts: DateTime::<Utc>::MIN_UTC,
+                world: crate::reloads::World::default(),
             }),
         }
     }
@@ -196,6 +197,8 @@ pub(crate) struct Inner {
     pub(crate) limiter: RateLimiter,
     pub(crate) token_requests: usize,
     last_ts: DateTime<Utc>,
+    /// Data sources behind connections, apps and their reloads ([`crate::reloads`]).
+    pub(crate) world: crate::reloads::World,
 }
 
 fn is_uuid(s: &str) -> bool {
