@@ -134,6 +134,7 @@ pub fn owner_id() -> String {
 /// # Errors
 /// [`BuildError`] when the API key or client secret cannot be read.
 pub fn qlik_client(cfg: &Config, input: &dyn ConfigInput) -> Result<QlikClient, BuildError> {
+    crate::qlik::error::set_identity(crate::commands::identity(cfg));
     let credentials = match &cfg.qlik.auth {
         QlikAuth::ApiKey(loc) => {
             Credentials::ApiKey(loc.read(input).map_err(|message| BuildError::Credential {

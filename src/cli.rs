@@ -25,20 +25,28 @@ pub struct Cli {
     pub command: Command,
 }
 
-const EXIT_CODES: &str = "Exit codes: 0 success · 1 a job failed (or a runtime error) · 64 invalid configuration or usage, or an unusable state directory · 75 the state directory is in use by another qlik-rotator.\nLogs go to stderr (RUST_LOG=debug for more); results go to stdout.";
+const EXIT_CODES: &str = "Exit codes: 0 success · 1 a job failed (or a runtime error) · 64 invalid configuration or usage (EX_USAGE), or an unusable state directory · 69 a dependency unavailable at start: the listen port is in use, or every failure of a one-shot command was an unreachable vault or tenant (EX_UNAVAILABLE) · 75 the state directory is in use by another qlik-rotator · 78 credentials missing or refused at run time: the Qlik API key or OAuth secret unreadable or answered 401, or no AWS credentials (EX_CONFIG).\nLogs go to stderr (RUST_LOG=debug for more; --log-format json for one JSON object per line, fatal errors included); results go to stdout (--output json for one JSON document).";
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate a configuration file; lists every error with its key. Touches no network unless
-    /// --online is given.
+    /// Validate a configuration file; lists every error with its key, and checks that every
+    /// environment variable and file it names exists (values are never printed). Touches no
+    /// network unless --online is given: then each connection is pre-flighted and each secret
+    /// read once, its key names checked against the job's connector.
     CheckConfig {
         #[command(flatten)]
         config: ConfigArg,
         /// Also run pre-flight against the tenant: every connection is resolved, grants the
         /// update privilege, and has the job's connector.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "syntax_only")]
         online: bool,
+        /// Validate the file only: do not check that the environment variables and files it
+        /// names exist (for CI, away from the host that runs the rotator).
+        #[arg(long)]
+        syntax_only: bool,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Run the daemon: rotate each job on its schedule when its secret version changes,
     /// export Prometheus metrics, and shut down gracefully on SIGTERM/SIGINT.
@@ -51,6 +59,8 @@ pub enum Command {
         /// Only this job (default: all jobs).
         #[arg(long)]
         job: Option<String>,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// The audit trail: past attempts from the state database, newest first. Reads it
     /// read-only (works while the daemon runs); never sends anything.
@@ -72,14 +82,16 @@ pub enum Command {
         /// Skip jobs whose secret version was already applied (as the daemon does).
         #[arg(long)]
         if_changed: bool,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// List the connector catalogue: every datasourceID with its schemes, the Qlik properties
     /// each writes, the default secret keys and fixed values.
     Connectors {
-        /// `text` (for people) or `json`: an array of {datasourceID, schemes: [{name,
-        /// properties: [{name, type}]}]}, one entry per datasourceID (DG_ variants included),
-        /// `type` being the JSON type the rotator writes (for scripts such as
-        /// scripts/conformance.sh).
+        /// `text` (for people) or `json`: {"schema": "qlik-rotator.connectors/v1",
+        /// "connectors": [{datasourceID, schemes: [{name, properties: [{name, type}]}]}]}, one
+        /// entry per datasourceID (DG_ variants included), `type` being the JSON type the
+        /// rotator writes (for scripts such as scripts/conformance.sh).
         #[arg(long, value_enum, default_value = "text")]
         output: ConnectorsOutput,
     },
@@ -91,6 +103,8 @@ pub enum Command {
         datasource: String,
         #[command(flatten)]
         config: ConfigArg,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Run a full rotation against a built-in simulated Qlik tenant and a local file vault.
     /// Needs no configuration, network or credentials.
@@ -99,6 +113,20 @@ pub enum Command {
     /// configuration without a tenant. The API key comes from QLIK_SIM_API_KEY; prints the URL
     /// on stdout; stops on SIGTERM/SIGINT.
     Simulate(SimulateArgs),
+    /// Print a shell completion script on stdout, e.g.
+    /// `qlik-rotator completions bash > /etc/bash_completion.d/qlik-rotator`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout, e.g. `qlik-rotator man | man -l -`, or with --dir
+    /// write qlik-rotator.1 and one page per command into DIR.
+    Man {
+        /// Write the pages into this directory instead of printing the main page.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `simulate` options.
@@ -169,11 +197,32 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
-/// Output format of `connectors`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ConnectorsOutput {
-    /// Human-readable listing.
+/// Output format of a command's result on stdout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable lines.
+    #[default]
     Text,
-    /// Machine-readable JSON array.
+    /// One JSON document (a top-level object with a `schema` field; README, Output for
+    /// scripts); logs and errors stay on stderr.
     Json,
+}
+
+/// Output format of `connectors` (the same choice as every other command).
+pub type ConnectorsOutput = OutputFormat;
+
+/// `--output text|json`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct OutputArg {
+    /// `text` (for people) or `json` (one JSON document on stdout, for scripts; its `schema`
+    /// field names the format and version).
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+impl OutputArg {
+    /// Whether JSON was asked for.
+    pub fn json(self) -> bool {
+        self.output == OutputFormat::Json
+    }
 }

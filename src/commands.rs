@@ -9,7 +9,7 @@ use crate::{
     config::{self, Config, ConfigInput},
     daemon,
     rotation::{Outcome, RunOptions},
-    runner::{JobRuntime, RetryPolicy, Runner, Skipped},
+    runner::{JobRuntime, RetryPolicy, Runner},
     text::Escaped,
 };
 
@@ -20,6 +20,50 @@ pub const EXIT_FAILED: u8 = 1;
 /// Exit code when the state directory is in use by another process (EX_TEMPFAIL: retrying
 /// later can succeed, unlike a bad configuration or an unusable directory, which exit 64).
 pub const EXIT_IN_USE: u8 = 75;
+/// Exit code when a dependency is unavailable at start (EX_UNAVAILABLE): the listen port is
+/// in use, or every failure of a one-shot command was an unreachable vault or tenant.
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code when credentials are missing or refused at run time (EX_CONFIG): the Qlik API
+/// key or OAuth secret cannot be read or is answered with 401, or the AWS credential chain
+/// found none.
+pub const EXIT_NO_CREDENTIALS: u8 = 78;
+
+/// Error types that mean "the credentials are missing or refused" (exit 78).
+pub const CREDENTIAL_ERROR_TYPES: &[&str] = &["unauthorized", "auth", "secret_no_credentials"];
+/// Error types that mean "a dependency could not be reached" (exit 69 when all failures are).
+pub const UNAVAILABLE_ERROR_TYPES: &[&str] =
+    &["secret_source_unavailable", "connection", "timeout"];
+
+/// Error types that are configuration errors found at run time (exit 64).
+pub const CONFIG_ERROR_TYPES: &[&str] = &["secret_source_config", "config"];
+
+/// The exit code of a one-shot run from its failures' error types: 0 without failures, 64 if
+/// any was a configuration error (no AWS region), 78 if any was a credential problem, 69 if
+/// every one was an unreachable dependency, else 1.
+pub fn failure_exit(error_types: &[&str]) -> u8 {
+    if error_types.is_empty() {
+        0
+    } else if error_types.iter().any(|t| CONFIG_ERROR_TYPES.contains(t)) {
+        EXIT_USAGE
+    } else if error_types
+        .iter()
+        .any(|t| CREDENTIAL_ERROR_TYPES.contains(t))
+    {
+        EXIT_NO_CREDENTIALS
+    } else if error_types
+        .iter()
+        .all(|t| UNAVAILABLE_ERROR_TYPES.contains(t))
+    {
+        EXIT_UNAVAILABLE
+    } else {
+        EXIT_FAILED
+    }
+}
+
+/// Prints a fatal error (one JSON line under `--log-format json`).
+fn fatal(message: &str) {
+    crate::telemetry::fatal(message, &[]);
+}
 
 /// The exit code for a state directory that cannot be opened.
 fn state_exit(e: &crate::state::StateError) -> ExitCode {
@@ -36,87 +80,322 @@ fn state_exit(e: &crate::state::StateError) -> ExitCode {
 /// The exit code to use.
 pub fn load(path: &Path, input: &dyn ConfigInput) -> Result<Config, ExitCode> {
     config::load(path, input).map_err(|errs| {
-        eprintln!("error: {} is not a valid configuration", path.display());
-        for e in &errs.0 {
-            eprintln!("  {e}");
-        }
+        crate::telemetry::fatal(
+            &format!(
+                "{} is not a valid configuration",
+                Escaped(&path.display().to_string())
+            ),
+            &errs.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        );
         ExitCode::from(EXIT_USAGE)
     })
 }
 
-/// `check-config [--online]`.
-pub async fn check_config(path: &Path, online: bool, input: &dyn ConfigInput) -> ExitCode {
-    let code = check_offline(path, input);
-    if !online || code != ExitCode::SUCCESS {
-        return code;
-    }
-    let (cfg, rotator) = match setup(path, input).await {
-        Ok(x) => x,
-        Err(code) => return code,
+/// How far `check-config` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckMode {
+    /// `--syntax-only`: the file alone.
+    Syntax,
+    /// The default: the file, and the variables and files it names exist.
+    Local,
+    /// `--online`: also pre-flight every connection and read every secret once.
+    Online,
+}
+
+/// `check-config [--online | --syntax-only] [--output json]`.
+pub async fn check_config(
+    path: &Path,
+    mode: CheckMode,
+    json: bool,
+    input: &dyn ConfigInput,
+) -> ExitCode {
+    use serde_json::json;
+    let cfg = match config::load(path, input) {
+        Ok(cfg) => cfg,
+        Err(errs) => {
+            if json {
+                crate::telemetry::print_document(
+                    "check-config",
+                    json!({
+                        "ok": false,
+                        "config": path.display().to_string(),
+                        "errors": errs.0.iter().map(|e| json!({"key": e.path, "message": e.message})).collect::<Vec<_>>(),
+                    }),
+                );
+            }
+            return load(path, input)
+                .err()
+                .unwrap_or(ExitCode::from(EXIT_USAGE));
+        }
     };
-    crate::outln!("pre-flight against {}:", cfg.qlik.tenant_url);
-    let mut failed = 0;
+    let warnings: Vec<String> = cfg.warnings().iter().map(ToString::to_string).collect();
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    // Everything the configuration points to must exist (values are never read here).
+    let missing = if mode == CheckMode::Syntax {
+        Vec::new()
+    } else {
+        references(&cfg, input)
+    };
+    let mut doc = json!({
+        "config": path.display().to_string(),
+        "jobs": cfg.jobs.iter().map(|job| json!({
+            "name": job.name,
+            "connections": job.connections.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "connector": job.connector,
+            "scheme": job.spec.scheme,
+            "source": job.source,
+            "secret": job.secret.id,
+            "schedule": job.schedule,
+            "timezone": job.timezone.to_string(),
+        })).collect::<Vec<_>>(),
+        "sources": cfg.sources.len(),
+        "warnings": warnings,
+        "errors": missing.iter().map(|e| json!({"key": e.path, "message": e.message})).collect::<Vec<_>>(),
+    });
+    if !missing.is_empty() {
+        crate::telemetry::fatal(
+            &format!(
+                "{} refers to environment variables or files that are missing",
+                Escaped(&path.display().to_string())
+            ),
+            &missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        );
+        if json {
+            doc["ok"] = json!(false);
+            crate::telemetry::print_document("check-config", doc);
+        }
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if !json {
+        print_config_summary(path, &cfg);
+    }
+    if mode != CheckMode::Online {
+        if json {
+            doc["ok"] = json!(true);
+            crate::telemetry::print_document("check-config", doc);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let rotator = match app::rotator(&cfg, input).await {
+        Ok(r) => r,
+        Err(e) => {
+            fatal(&Escaped(&e.to_string()).to_string());
+            return build_exit(&e);
+        }
+    };
+    if !json {
+        crate::outln!("pre-flight against {}:", cfg.qlik.tenant_url);
+    }
+    let mut checks = Vec::new();
+    let mut failures: Vec<&'static str> = Vec::new();
     for job in &cfg.jobs {
+        // Pre-flight first; then, when a connection passes, the secret is read once (as a
+        // plan run does) and its key names checked against the job's connector. Values are
+        // never shown.
+        let mut pre = Vec::new();
         for target in &job.connections {
+            pre.push(crate::runner::preflight(&rotator, job, target).await);
+        }
+        let plan = if pre.iter().any(Result::is_ok) {
+            rotator
+                .run(
+                    job,
+                    RunOptions {
+                        plan_only: true,
+                        ..RunOptions::default()
+                    },
+                )
+                .await
+        } else {
+            Vec::new()
+        };
+        for (target, preflight) in job.connections.iter().zip(pre) {
             let label = if job.connections.len() > 1 {
                 format!("{}[{}]", job.name, target.key())
             } else {
                 job.name.clone()
             };
-            match crate::runner::preflight(&rotator, job, target).await {
-                Ok(conn) => crate::outln!(
-                    "  {label}: OK (connection {}, {})",
-                    Escaped(&conn.id),
-                    Escaped(&conn.datasource_id)
+            let secret = plan
+                .iter()
+                .find(|r| r.connection_key == target.key())
+                .and_then(|r| r.outcome.error());
+            let (ok, line, error_type) = match preflight {
+                Ok(_) if secret.is_some() => {
+                    let e = secret.expect("checked");
+                    (
+                        false,
+                        format!("FAILED: the secret does not fit the job: {e}"),
+                        Some(e.error_type()),
+                    )
+                }
+                Ok(conn) => (
+                    true,
+                    format!(
+                        "OK (connection {}, {}; secret fields match)",
+                        conn.id, conn.datasource_id
+                    ),
+                    None,
                 ),
                 Err(e) => {
-                    failed += 1;
-                    crate::outln!("  {label}: FAILED: {}", Escaped(&e.to_string()));
+                    let t = match &e {
+                        crate::runner::PreflightError::Read(q) => q.error_type(),
+                        crate::runner::PreflightError::NoUpdate(_) => "no_update_privilege",
+                        crate::runner::PreflightError::Specs(r) => r.error_type(),
+                        crate::runner::PreflightError::WrongConnector { .. } => "wrong_connector",
+                    };
+                    (false, format!("FAILED: {e}"), Some(t))
                 }
+            };
+            if let Some(t) = error_type {
+                failures.push(t);
             }
+            if !json {
+                crate::outln!("  {label}: {}", Escaped(&line));
+            }
+            checks.push(json!({
+                "job": job.name,
+                "connection": target.key(),
+                "ok": ok,
+                "error_type": error_type,
+                "message": crate::text::printable(&line, 4000),
+            }));
         }
     }
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILED)
+    let code = failure_exit(&failures);
+    if json {
+        doc["ok"] = json!(code == 0);
+        doc["preflight"] = json!(checks);
+        crate::telemetry::print_document("check-config", doc);
+    }
+    ExitCode::from(code)
+}
+
+/// Every environment variable and file the configuration refers to that does not exist (or,
+/// for a variable, is empty): the Qlik API key or OAuth client secret, the admin token file,
+/// and the files of the `[sources.NAME]` tables. Names the key and the variable, never a value.
+pub fn references(cfg: &Config, input: &dyn ConfigInput) -> Vec<config::ConfigError> {
+    use config::{QlikAuth, SecretLocator};
+    let mut errs = Vec::new();
+    let mut check = |key: &str, loc: &SecretLocator, alternative: &str| {
+        if let Err(message) = loc.read(input) {
+            let name = match loc {
+                SecretLocator::Env(n) if looks_like_variable(n) => format!(" {n}"),
+                _ => String::new(),
+            };
+            let how = match loc {
+                SecretLocator::Env(_) => format!("export{name}, or set {alternative} instead"),
+                SecretLocator::File(_) => format!(
+                    "create it (readable by the rotator only), or set {alternative} instead"
+                ),
+            };
+            errs.push(config::ConfigError {
+                path: key.to_owned(),
+                message: format!(
+                    "{}: {how}",
+                    message.replacen(
+                        "the environment variable it names",
+                        &format!("the environment variable{name}"),
+                        1
+                    ),
+                ),
+            });
+        }
+    };
+    match &cfg.qlik.auth {
+        QlikAuth::ApiKey(loc @ SecretLocator::Env(_)) => {
+            check("qlik.api_key_env", loc, "qlik.api_key_file");
+        }
+        QlikAuth::ApiKey(loc) => check("qlik.api_key_file", loc, "qlik.api_key_env"),
+        QlikAuth::OAuth { client_secret, .. } => match client_secret {
+            SecretLocator::Env(_) => check(
+                "qlik.oauth.client_secret_env",
+                client_secret,
+                "qlik.oauth.client_secret_file",
+            ),
+            SecretLocator::File(_) => check(
+                "qlik.oauth.client_secret_file",
+                client_secret,
+                "qlik.oauth.client_secret_env",
+            ),
+        },
+    }
+    if let Some(file) = &cfg.metrics.admin_token_file {
+        check(
+            "metrics.admin_token_file",
+            &SecretLocator::File(file.clone()),
+            "nothing (remove the key to disable the admin API)",
+        );
+    }
+    if let Err(source_errs) = crate::secrets::check_all(&cfg.sources) {
+        errs.extend(source_errs);
+    }
+    errs
+}
+
+/// Whether an `*_env` value looks like a conventional variable name (`QLIK_API_KEY`), so it
+/// can be printed: upper case, digits and `_`, at most 64 characters. Anything else may be a
+/// secret pasted by mistake and is not shown.
+pub fn looks_like_variable(name: &str) -> bool {
+    name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Where the rotator's Qlik credentials come from, for a hint: `$QLIK_API_KEY
+/// (qlik.api_key_env)`, `the file /run/secrets/qlik-api-key (qlik.api_key_file)` or `the OAuth
+/// client "id" (qlik.oauth)`.
+pub fn identity(cfg: &Config) -> String {
+    use config::{QlikAuth, SecretLocator};
+    match &cfg.qlik.auth {
+        QlikAuth::ApiKey(SecretLocator::Env(n)) if looks_like_variable(n) => {
+            format!("the API key in ${n} (qlik.api_key_env)")
+        }
+        QlikAuth::ApiKey(SecretLocator::Env(_)) => {
+            "the API key in the variable qlik.api_key_env names".to_owned()
+        }
+        QlikAuth::ApiKey(SecretLocator::File(p)) => format!(
+            "the API key in the file {} (qlik.api_key_file)",
+            crate::text::printable(&p.display().to_string(), 300)
+        ),
+        QlikAuth::OAuth { client_id, .. } => format!(
+            "the OAuth client {} (qlik.oauth)",
+            crate::text::quoted(client_id, 200)
+        ),
     }
 }
 
-fn check_offline(path: &Path, input: &dyn ConfigInput) -> ExitCode {
-    match load(path, input) {
-        Ok(cfg) => {
-            for w in cfg.warnings() {
-                eprintln!("warning: {w}");
-            }
-            crate::outln!(
-                "{}: OK ({} job(s), {} source(s))",
-                path.display(),
-                cfg.jobs.len(),
-                cfg.sources.len()
-            );
-            for job in &cfg.jobs {
-                crate::outln!(
-                    "  {}: {} via {} ({} scheme) from {}:{}{}",
-                    job.name,
-                    job.connections
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" + "),
-                    job.connector,
-                    job.spec.scheme,
-                    job.source,
-                    job.secret.id,
-                    job.schedule
-                        .as_deref()
-                        .map(|s| format!(", schedule \"{s}\" {}", job.timezone))
-                        .unwrap_or_default()
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
+fn print_config_summary(path: &Path, cfg: &Config) {
+    crate::outln!(
+        "{}: OK ({} job(s), {} source(s))",
+        path.display(),
+        cfg.jobs.len(),
+        cfg.sources.len()
+    );
+    for job in &cfg.jobs {
+        crate::outln!(
+            "  {}: {} via {} ({} scheme) from {}:{}{}",
+            job.name,
+            job.connections
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" + "),
+            job.connector,
+            job.spec.scheme,
+            job.source,
+            job.secret.id,
+            job.schedule
+                .as_deref()
+                .map(|s| format!(", schedule \"{s}\" {}", job.timezone))
+                .unwrap_or_default()
+        );
     }
 }
 
@@ -127,7 +406,12 @@ fn select<'a>(cfg: &'a Config, job: Option<&str>) -> Result<Vec<&'a config::JobC
             Some(j) => Ok(vec![j]),
             None => {
                 let names: Vec<_> = cfg.jobs.iter().map(|j| j.name.as_str()).collect();
-                eprintln!("error: no job named {name:?} (jobs: {})", names.join(", "));
+                fatal(&format!(
+                    "--job: no job named {}{} (jobs: {})",
+                    crate::text::quoted(name, 200),
+                    crate::text::did_you_mean(name, names.iter().copied()),
+                    crate::text::printable(&names.join(", "), 2000)
+                ));
                 Err(ExitCode::from(EXIT_USAGE))
             }
         },
@@ -143,14 +427,41 @@ async fn setup(
     match app::rotator(&cfg, input).await {
         Ok(r) => Ok((cfg, r)),
         Err(e) => {
-            eprintln!("error: {}", Escaped(&e.to_string()));
-            Err(ExitCode::from(EXIT_USAGE))
+            fatal(&Escaped(&e.to_string()).to_string());
+            Err(build_exit(&e))
         }
     }
 }
 
+/// One connection's result in a JSON document (`plan`, `rotate`): no values, escaped
+/// strings are not needed (JSON escapes), but text from outside is capped.
+pub fn report_json(report: &crate::rotation::Report) -> serde_json::Value {
+    use serde_json::json;
+    let mut v = json!({
+        "job": report.job,
+        "connection": report.connection_key,
+        "connection_id": report.connection_id,
+        "secret_version": report.secret_version,
+        "outcome": report.outcome.label(),
+        "ok": report.outcome.is_success(),
+        "duration_ms": u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
+        "warnings": report.warnings,
+    });
+    if let crate::rotation::Outcome::Planned(doc) = &report.outcome {
+        v["patch"] = doc.clone();
+    }
+    if let Some(e) = report.outcome.error() {
+        v["error"] = json!({
+            "stage": e.stage().as_str(),
+            "type": e.error_type(),
+            "message": crate::text::printable(&e.to_string(), 4000),
+        });
+    }
+    v
+}
+
 /// `plan`: masked PATCH documents, nothing sent.
-pub async fn plan(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> ExitCode {
+pub async fn plan(path: &Path, job: Option<&str>, json: bool, input: &dyn ConfigInput) -> ExitCode {
     let (cfg, rotator) = match setup(path, input).await {
         Ok(x) => x,
         Err(code) => return code,
@@ -159,7 +470,8 @@ pub async fn plan(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> Ex
         Ok(j) => j,
         Err(code) => return code,
     };
-    let mut ok = true;
+    let mut failures: Vec<&'static str> = Vec::new();
+    let mut all = Vec::new();
     let mut out = std::io::stdout().lock();
     for job in jobs {
         let reports = rotator
@@ -173,6 +485,13 @@ pub async fn plan(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> Ex
             .await;
         rotator.finish_run(job, &reports);
         for report in reports {
+            if let Some(e) = report.outcome.error() {
+                failures.push(e.error_type());
+            }
+            if json {
+                all.push(report_json(&report));
+                continue;
+            }
             match &report.outcome {
                 Outcome::Planned(doc) => {
                     let _ = writeln!(
@@ -191,17 +510,20 @@ pub async fn plan(path: &Path, job: Option<&str>, input: &dyn ConfigInput) -> Ex
                     }
                 }
                 _ => {
-                    ok = false;
                     let _ = writeln!(out, "{}", report.line());
                 }
             }
         }
     }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILED)
+    drop(out);
+    let code = failure_exit(&failures);
+    if json {
+        crate::telemetry::print_document(
+            "plan",
+            serde_json::json!({"ok": code == 0, "connections": all}),
+        );
     }
+    ExitCode::from(code)
 }
 
 /// `rotate`: one line per connection; exit 0 only if every one succeeded. Jobs run
@@ -211,6 +533,7 @@ pub async fn rotate(
     path: &Path,
     job: Option<&str>,
     if_changed: bool,
+    json: bool,
     input: &dyn ConfigInput,
 ) -> ExitCode {
     let cfg = match load(path, input) {
@@ -221,7 +544,7 @@ pub async fn rotate(
         Ok(j) => j,
         Err(code) => return code,
     };
-    rotate_jobs(&cfg, &jobs, if_changed, input).await
+    rotate_jobs(&cfg, &jobs, if_changed, json, input).await
 }
 
 /// `rotate --secret ID`: every job whose secret is `secret` (a name, an ARN, or an ARN without
@@ -230,6 +553,7 @@ pub async fn rotate_secret(
     path: &Path,
     secret: &str,
     if_changed: bool,
+    json: bool,
     input: &dyn ConfigInput,
 ) -> ExitCode {
     let cfg = match load(path, input) {
@@ -241,13 +565,13 @@ pub async fn rotate_secret(
         .map(|i| &cfg.jobs[i])
         .collect();
     if jobs.is_empty() {
-        eprintln!(
-            "error: no job uses the secret {} (--secret takes a secret name or ARN as the jobs' `secret` gives it)",
+        fatal(&format!(
+            "no job uses the secret {} (--secret takes a secret name or ARN as the jobs' `secret` gives it)",
             crate::text::quoted(secret, 256)
-        );
+        ));
         return ExitCode::from(EXIT_USAGE);
     }
-    rotate_jobs(&cfg, &jobs, if_changed, input).await
+    rotate_jobs(&cfg, &jobs, if_changed, json, input).await
 }
 
 /// The body of `rotate`: builds the app and runs `jobs`.
@@ -255,6 +579,7 @@ async fn rotate_jobs(
     cfg: &Config,
     jobs: &[&config::JobConfig],
     if_changed: bool,
+    json: bool,
     input: &dyn ConfigInput,
 ) -> ExitCode {
     // The same lock as the daemon: never two writers of one state directory, and nothing is
@@ -262,7 +587,7 @@ async fn rotate_jobs(
     let app = match App::build(cfg, input).await {
         Ok(app) => app,
         Err(e) => {
-            eprintln!("error: {}", Escaped(&e.to_string()));
+            fatal(&Escaped(&e.to_string()).to_string());
             return build_exit(&e);
         }
     };
@@ -276,6 +601,7 @@ async fn rotate_jobs(
         jobs,
         !if_changed,
         cfg.daemon.max_concurrent_rotations,
+        json,
     )
     .await;
     if let Err(e) = runner.close_state().await {
@@ -285,22 +611,35 @@ async fn rotate_jobs(
         );
     }
     tally.print_summary();
-    if tally.failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
+    let code = failure_exit(&tally.error_types);
+    if json {
+        crate::telemetry::print_document(
+            "rotate",
+            serde_json::json!({
+                "ok": code == 0,
+                "exit_code": code,
+                "total": tally.total,
+                "outcomes": tally.outcomes,
+                "connections": tally.reports,
+            }),
+        );
+    }
+    if code != 0 {
         eprintln!(
             "{} of {} rotation(s) failed",
             tally.failed.len(),
             tally.total
         );
-        ExitCode::from(EXIT_FAILED)
     }
+    ExitCode::from(code)
 }
 
 /// The exit code for a failed build phase.
 fn build_exit(e: &app::BuildError) -> ExitCode {
     match e {
         app::BuildError::State(e) => state_exit(e),
+        // The API key or OAuth secret cannot be read at run time (check-config says 64).
+        app::BuildError::Credential { .. } => ExitCode::from(EXIT_NO_CREDENTIALS),
         _ => ExitCode::from(EXIT_USAGE),
     }
 }
@@ -311,35 +650,42 @@ async fn run_jobs(
     jobs: &[&config::JobConfig],
     force: bool,
     width: usize,
+    json: bool,
 ) -> Tally {
     let bar = progress_bar(jobs.len());
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        json,
+        ..Tally::default()
+    };
     // Every secret read up front, in batches where the source has a batch API: each value
     // serves its job's run of this command only.
     let secrets = crate::triggers::prefetch(runner.rotator(), jobs).await;
     let mut runs = futures_util::stream::iter(jobs.iter().zip(secrets))
         .map(|(job, secret)| async move {
             let rt = JobRuntime::ungated((*job).clone());
-            (job, runner.run_job_with(&rt, force, None, secret).await)
+            (*job, runner.run_job_with(&rt, force, None, secret).await)
         })
         .buffer_unordered(width.max(1));
-    while let Some((job, run)) = runs.next().await {
-        // Already running, stopping and pre-flight cannot happen here (each job runs once,
-        // ungated, and nothing stops the runner); a lease or state backend that refused the
-        // run is a failure of this job (the event logged why).
-        let run = match run {
-            Err(skip @ (Skipped::NoLease | Skipped::StateUnavailable)) => {
-                tally.total += 1;
-                tally
-                    .failed
-                    .push(format!("{}: skipped ({skip:?})", job.name));
-                Vec::new()
+    while let Some(run) = runs.next().await {
+        // Of the runner's skips, only one can happen here (each job runs once, ungated, and
+        // nothing stops the runner): Qlik refused the credentials to an earlier job.
+        let (job, run) = run;
+        match run {
+            Ok(reports) => {
+                for report in reports {
+                    if !json {
+                        bar.suspend(|| crate::outln!("{}", report.line()));
+                    }
+                    tally.add(&report);
+                }
             }
-            other => other.unwrap_or_default(),
-        };
-        for report in run {
-            bar.suspend(|| crate::outln!("{}", report.line()));
-            tally.add(&report);
+            Err(skipped) => {
+                let line = format!("{}: skipped: {skipped}", job.name);
+                if !json {
+                    bar.suspend(|| crate::outln!("{}", Escaped(&line)));
+                }
+                tally.skip(job, skipped);
+            }
         }
         bar.inc(1);
     }
@@ -368,13 +714,22 @@ struct Tally {
     total: usize,
     outcomes: std::collections::BTreeMap<&'static str, usize>,
     failed: Vec<String>,
+    /// The error type of each failure (for the exit code).
+    error_types: Vec<&'static str>,
+    /// Whether to keep each report as JSON.
+    json: bool,
+    reports: Vec<serde_json::Value>,
 }
 
 impl Tally {
     fn add(&mut self, report: &crate::rotation::Report) {
         self.total += 1;
         *self.outcomes.entry(report.outcome.label()).or_default() += 1;
+        if self.json {
+            self.reports.push(report_json(report));
+        }
         if let Some(e) = report.outcome.error() {
+            self.error_types.push(e.error_type());
             self.failed.push(format!(
                 "{}: {} at {} [{}]",
                 report.label(),
@@ -382,6 +737,31 @@ impl Tally {
                 e.stage().as_str(),
                 e.error_type()
             ));
+        }
+    }
+
+    /// A job that did not run (every one of its connections counts as skipped, and failed).
+    fn skip(&mut self, job: &config::JobConfig, why: crate::runner::Skipped) {
+        for c in &job.connections {
+            self.total += 1;
+            *self.outcomes.entry("skipped").or_default() += 1;
+            let label = if job.connections.len() > 1 {
+                format!("{}[{}]", job.name, c.key())
+            } else {
+                job.name.clone()
+            };
+            self.failed
+                .push(format!("{label}: skipped [{}]", why.error_type()));
+            self.error_types.push(why.error_type());
+            if self.json {
+                self.reports.push(serde_json::json!({
+                    "job": job.name,
+                    "connection": c.key(),
+                    "outcome": "skipped",
+                    "ok": false,
+                    "error": {"stage": "none", "type": why.error_type(), "message": why.to_string()},
+                }));
+            }
         }
     }
 
@@ -422,12 +802,25 @@ pub async fn run(path: &Path, input: &dyn ConfigInput) -> ExitCode {
     let running = match spawned {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {}", Escaped(&e.to_string()));
+            let hint = match &e {
+                daemon::StartError::Listen { source, .. }
+                    if source.kind() == std::io::ErrorKind::AddrInUse =>
+                {
+                    " (another process listens there: stop it, or set metrics.listen to a free port)"
+                }
+                _ => "",
+            };
+            fatal(&format!("{}{hint}", Escaped(&e.to_string())));
             return match e {
+                daemon::StartError::Build(app::BuildError::Credential { .. }) => {
+                    ExitCode::from(EXIT_NO_CREDENTIALS)
+                }
                 daemon::StartError::Build(_) | daemon::StartError::AdminToken(_) => {
                     ExitCode::from(EXIT_USAGE)
                 }
                 daemon::StartError::State(e) => state_exit(&e),
+                // A dependency unavailable at start: the port is taken (or not ours to use).
+                daemon::StartError::Listen { .. } => ExitCode::from(EXIT_UNAVAILABLE),
                 _ => ExitCode::FAILURE,
             };
         }
@@ -442,7 +835,10 @@ pub async fn run(path: &Path, input: &dyn ConfigInput) -> ExitCode {
 pub fn connectors(output: crate::cli::ConnectorsOutput) -> ExitCode {
     use crate::connectors::{CATALOGUE, PropKind};
     if output == crate::cli::ConnectorsOutput::Json {
-        crate::outln!("{}", connectors_json());
+        crate::telemetry::print_document(
+            "connectors",
+            serde_json::json!({ "connectors": connectors_json() }),
+        );
         return ExitCode::SUCCESS;
     }
     crate::outln!(
@@ -554,6 +950,7 @@ fn looks_like_credential(name: &str) -> bool {
 pub async fn describe_connector(
     path: &Path,
     datasource: &str,
+    json: bool,
     input: &dyn ConfigInput,
 ) -> ExitCode {
     let cfg = match load(path, input) {
@@ -564,11 +961,112 @@ pub async fn describe_connector(
         Ok(s) => s,
         Err(code) => return code,
     };
+    if json {
+        crate::telemetry::print_document("describe-connector", describe_json(datasource, &specs));
+        return ExitCode::SUCCESS;
+    }
     print_api_specs(datasource, &specs);
     match crate::connectors::Connector::lookup(datasource) {
         Some(c) => print_catalogue_check(datasource, &specs, &c),
         None => print_generic_job(datasource, &specs, &cfg),
     }
+    ExitCode::SUCCESS
+}
+
+/// `describe-connector --output json`: the api-specs' properties (name, declared types,
+/// whether the name looks like a credential, description, default, allowed values) and, for
+/// a catalogue connector, each scheme checked against them.
+fn describe_json(
+    datasource: &str,
+    specs: &crate::connectors::specs::ApiSpecs,
+) -> serde_json::Value {
+    use serde_json::json;
+    let cap = |s: Option<&String>| s.map(|s| crate::text::printable(s, 2000));
+    let properties: Vec<_> = specs
+        .properties
+        .iter()
+        .map(|(name, p)| {
+            json!({
+                "name": crate::text::printable(name, 500),
+                "type": p.ty.display().to_string(),
+                "credential": looks_like_credential(name),
+                "description": cap(p.description.as_ref()),
+                "default": p.default.as_ref().map(ToString::to_string),
+                "enum": specs.enum_display(name).map(|e| e.to_string()),
+            })
+        })
+        .collect();
+    let catalogue = crate::connectors::Connector::lookup(datasource).map(|c| {
+        let schemes: Vec<_> = c
+            .family
+            .schemes
+            .iter()
+            .map(|scheme| {
+                let spec = crate::connectors::BuildSpec::from_catalogue(
+                    &c,
+                    scheme,
+                    &std::collections::BTreeMap::new(),
+                );
+                let checked =
+                    crate::connectors::specs::check(datasource, specs, &spec.writes(), false);
+                json!({
+                    "name": scheme.name,
+                    "ok": checked.errors.is_empty(),
+                    "errors": checked.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "warnings": checked.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({ "connector": datasource, "schemes": schemes })
+    });
+    json!({
+        "datasourceID": crate::text::printable(datasource, 200),
+        "provider": cap(specs.provider.as_ref()),
+        "version": cap(specs.version.as_ref()),
+        "ignored_entries": specs.ignored,
+        "properties": properties,
+        "catalogue": catalogue,
+    })
+}
+
+/// `completions SHELL`: the completion script on stdout.
+pub fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap::CommandFactory;
+    let mut cmd = crate::cli::Cli::command();
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "qlik-rotator", &mut buf);
+    crate::telemetry::write_stdout(format_args!("{}", String::from_utf8_lossy(&buf)));
+    ExitCode::SUCCESS
+}
+
+/// `man [--dir DIR]`: the man page on stdout, or every page written into DIR.
+pub fn man(dir: Option<&Path>) -> ExitCode {
+    use clap::CommandFactory;
+    let cmd = crate::cli::Cli::command();
+    if let Some(dir) = dir {
+        return match clap_mangen::generate_to(cmd, dir) {
+            Ok(()) => {
+                eprintln!(
+                    "wrote the man pages into {}",
+                    Escaped(&dir.display().to_string())
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                fatal(&format!(
+                    "--dir {}: cannot write the man pages: {e}",
+                    Escaped(&dir.display().to_string())
+                ));
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
+    let mut buf = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(cmd).render(&mut buf) {
+        fatal(&format!("cannot render the man page: {e}"));
+        return ExitCode::from(EXIT_FAILED);
+    }
+    crate::telemetry::write_stdout(format_args!("{}", String::from_utf8_lossy(&buf)));
     ExitCode::SUCCESS
 }
 
@@ -579,27 +1077,39 @@ async fn read_api_specs(
     input: &dyn ConfigInput,
 ) -> Result<crate::connectors::specs::ApiSpecs, ExitCode> {
     let client = app::qlik_client(cfg, input).map_err(|e| {
-        eprintln!("error: {}", Escaped(&e.to_string()));
-        ExitCode::from(EXIT_USAGE)
+        fatal(&Escaped(&e.to_string()).to_string());
+        build_exit(&e)
     })?;
     let specs = match client.get_api_specs(datasource).await {
         Ok(Some(s)) => s,
         Ok(None) => {
-            eprintln!(
-                "error: the tenant has no api-specs for {datasource:?} (unknown or disabled data source)"
-            );
+            let known: Vec<String> = crate::connectors::CATALOGUE
+                .iter()
+                .flat_map(|f| f.ids.iter().map(|s| (*s).to_owned()))
+                .collect();
+            fatal(&format!(
+                "the tenant has no api-specs for {} (unknown or disabled data source{}; `qlik-rotator connectors` lists the catalogue's ids)",
+                crate::text::quoted(datasource, 200),
+                crate::text::did_you_mean(
+                    datasource,
+                    known
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|k| *k != datasource)
+                )
+            ));
             return Err(ExitCode::from(EXIT_FAILED));
         }
         Err(e) => {
-            eprintln!("error: {}", Escaped(&e.to_string()));
-            return Err(ExitCode::from(EXIT_FAILED));
+            fatal(&Escaped(&e.to_string()).to_string());
+            return Err(ExitCode::from(failure_exit(&[e.error_type()])));
         }
     };
     crate::connectors::specs::ApiSpecs::parse(&specs).map_err(|e| {
-        eprintln!(
-            "error: the api-specs of {} cannot be used: {e}",
+        fatal(&format!(
+            "the api-specs of {} cannot be used: {e}",
             crate::connectors::specs::printable(datasource, 120)
-        );
+        ));
         ExitCode::from(EXIT_FAILED)
     })
 }

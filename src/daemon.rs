@@ -220,14 +220,8 @@ impl Daemon<Runner> {
             .flat_map(|j| (0..j.cfg().connections.len()).map(move |i| (j.clone(), i)))
             .collect();
         let rotator = self.runner.rotator();
-        let mut results = futures_util::stream::iter(targets)
-            .map(|(job, i)| async move {
-                let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
-                (job, i, result)
-            })
-            .buffer_unordered(width);
         let (mut pending, mut failed) = (total, 0usize);
-        while let Some((job, i, result)) = results.next().await {
+        let mut checked = |job: &JobRuntime, i: usize, result: Result<_, PreflightError>| {
             pending -= 1;
             let error = match result {
                 Ok(c) => {
@@ -245,6 +239,37 @@ impl Daemon<Runner> {
                 error: error.as_deref(),
                 pending,
             });
+        };
+        // The first connection alone: when Qlik refuses the credentials (401), the others
+        // are not tried (one clear error instead of the same 401 for every job); pre-flight
+        // is retried on every schedule tick, so they are checked once the key is fixed.
+        let mut targets = targets.into_iter();
+        let mut refused = false;
+        if let Some((job, i)) = targets.next() {
+            let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
+            refused = matches!(&result, Err(PreflightError::Read(e)) if matches!(e.error_type(), "unauthorized" | "auth"));
+            checked(&job, i, result);
+        }
+        if refused {
+            let skipped = targets.len();
+            tracing::error!(
+                skipped,
+                "Pre-flight of the other connections not tried: Qlik refused the rotator's credentials (HTTP 401; see the error above). Pre-flight is retried on every schedule tick."
+            );
+            failed += skipped;
+            if let Some(m) = events.metrics() {
+                m.set_preflight_pending(0);
+            }
+        } else {
+            let mut results = futures_util::stream::iter(targets)
+                .map(|(job, i)| async move {
+                    let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
+                    (job, i, result)
+                })
+                .buffer_unordered(width);
+            while let Some((job, i, result)) = results.next().await {
+                checked(&job, i, result);
+            }
         }
         for job in self.jobs.values() {
             self.metrics()

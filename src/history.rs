@@ -85,7 +85,8 @@ fn time(at_ms: i64) -> String {
     )
 }
 
-/// The JSON array: one object per attempt, every text field escaped as in the table.
+/// The JSON document `{"schema": "qlik-rotator.history/v1", "attempts": [...]}`: one
+/// object per attempt, every text field escaped as in the table.
 pub fn to_json(rows: &[Attempt]) -> String {
     let items: Vec<serde_json::Value> = rows
         .iter()
@@ -103,7 +104,11 @@ pub fn to_json(rows: &[Attempt]) -> String {
             })
         })
         .collect();
-    serde_json::Value::Array(items).to_string()
+    // The shape of every `--output json` document: one object, `schema` first.
+    format!(
+        "{{\"schema\":\"qlik-rotator.history/v1\",\"attempts\":{}}}",
+        serde_json::Value::Array(items)
+    )
 }
 
 /// The table: a header, then one aligned line per attempt.

@@ -21,7 +21,8 @@
 //!   Add it to the dashboard, the README metrics table and, if it alerts, the rules + tests in
 //!   `deploy/prometheus` (`tests/deploy.rs` checks they agree).
 //! - **A command**: its arguments in [`cli`], its body in [`commands`] (or its own module, as
-//!   [`simulate`]), dispatched from `main.rs`; exit codes 0 / 1 / 64 / 75 as `cli` documents.
+//!   [`simulate`]), dispatched from `main.rs`; exit codes 0 / 1 / 64 / 69 / 75 / 78 as `cli` documents; `--output json` documents through
+//!   `telemetry::print_document`.
 //! - **Qlik calls**: [`qlik`] (client, model, errors); text from outside is escaped with
 //!   [`text`] before it is printed.
 #![forbid(unsafe_code)]

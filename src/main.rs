@@ -22,6 +22,19 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let usage = e.use_stderr();
+            if usage && json_logs_requested() {
+                // `--log-format json` was given: the usage error is one JSON line too.
+                let text = e.render().to_string();
+                let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+                let first = lines.next().unwrap_or("invalid usage");
+                let first = first.strip_prefix("error: ").unwrap_or(first);
+                let rest: Vec<String> = lines.map(|l| l.trim().to_owned()).collect();
+                eprint!(
+                    "{}",
+                    telemetry::fatal_text(telemetry::LogFormat::Json, first, &rest)
+                );
+                return ExitCode::from(commands::EXIT_USAGE);
+            }
             let _ = e.print();
             // Help and --version are not errors; bad usage exits 64 (EX_USAGE) like bad config.
             return if usage {
@@ -44,28 +57,44 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            telemetry::fatal(&format!("cannot start the async runtime: {e}"), &[]);
             return ExitCode::FAILURE;
         }
     };
     let env = ProcessEnv;
     runtime.block_on(async move {
         match cli.command {
-            Command::CheckConfig { config, online } => {
-                commands::check_config(&config.config, online, &env).await
+            Command::CheckConfig {
+                config,
+                online,
+                syntax_only,
+                output,
+            } => {
+                let mode = if syntax_only {
+                    commands::CheckMode::Syntax
+                } else if online {
+                    commands::CheckMode::Online
+                } else {
+                    commands::CheckMode::Local
+                };
+                commands::check_config(&config.config, mode, output.json(), &env).await
             }
             Command::Run(c) => commands::run(&c.config, &env).await,
-            Command::Plan { config, job } => {
-                commands::plan(&config.config, job.as_deref(), &env).await
-            }
+            Command::Plan {
+                config,
+                job,
+                output,
+            } => commands::plan(&config.config, job.as_deref(), output.json(), &env).await,
             Command::Rotate {
                 config,
                 job,
                 all: _,
                 secret: Some(secret),
                 if_changed,
+                output,
             } if job.is_none() => {
-                commands::rotate_secret(&config.config, &secret, if_changed, &env).await
+                commands::rotate_secret(&config.config, &secret, if_changed, output.json(), &env)
+                    .await
             }
             Command::Rotate {
                 config,
@@ -73,14 +102,40 @@ fn main() -> ExitCode {
                 all: _,
                 secret: _,
                 if_changed,
-            } => commands::rotate(&config.config, job.as_deref(), if_changed, &env).await,
+                output,
+            } => {
+                commands::rotate(
+                    &config.config,
+                    job.as_deref(),
+                    if_changed,
+                    output.json(),
+                    &env,
+                )
+                .await
+            }
             Command::History(args) => qlik_rotator::history::run(&args, &env).await,
             Command::Connectors { output } => commands::connectors(output),
-            Command::DescribeConnector { datasource, config } => {
-                commands::describe_connector(&config.config, &datasource, &env).await
+            Command::DescribeConnector {
+                datasource,
+                config,
+                output,
+            } => {
+                commands::describe_connector(&config.config, &datasource, output.json(), &env).await
             }
             Command::Demo => demo::run().await,
             Command::Simulate(args) => simulate::run(&args, &env).await,
+            Command::Completions { shell } => commands::completions(shell),
+            Command::Man { dir } => commands::man(dir.as_deref()),
         }
+    })
+}
+
+/// Whether the command line asks for `--log-format json` (looked at only when it could not be
+/// parsed, so that even a usage error is a JSON line for a log shipper).
+fn json_logs_requested() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().enumerate().any(|(i, a)| {
+        a == "--log-format=json"
+            || (a == "--log-format" && args.get(i + 1).map(String::as_str) == Some("json"))
     })
 }

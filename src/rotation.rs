@@ -905,7 +905,17 @@ impl Rotator {
         // 3. The credential-only patch (pure), checked against the connector's api-specs.
         let plan = match connectors::build(&before, &job.spec, secret) {
             Ok(p) => p,
-            Err(e) => return Outcome::Failed(e.into()),
+            Err(e) => {
+                // A missing field lists the key names the secret has (names only).
+                let keys = secret
+                    .fields()
+                    .map(|f| f.keys().map(str::to_owned).collect::<Vec<_>>());
+                let e = match keys {
+                    Ok(keys) => e.with_key_names(keys.iter().map(String::as_str)),
+                    Err(_) => e,
+                };
+                return Outcome::Failed(e.into());
+            }
         };
         match self.check_specs(job).await {
             Ok(warnings) => report.warnings.extend(warnings),
@@ -1228,6 +1238,7 @@ fn credential_field(
             property: prop.to_owned(),
             key: key.to_owned(),
         }
+        .with_key_names(fields.keys())
         .into()),
         Err(found) => Err(BuildError::WrongJsonType {
             property: prop.to_owned(),

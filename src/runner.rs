@@ -236,7 +236,47 @@ pub enum Skipped {
     /// The state backend could not say which versions are applied (no change detection:
     /// nothing is PATCHed rather than risk a repeat).
     StateUnavailable,
+    /// Qlik refused this process's credentials (HTTP 401) to another job less than
+    /// [`AUTH_HOLD`] ago: one clear error instead of the same 401 for every job.
+    CredentialsRefused,
 }
+
+impl Skipped {
+    /// A stable label (the rotate summary and JSON output).
+    pub fn error_type(self) -> &'static str {
+        match self {
+            Skipped::AlreadyRunning => "already_running",
+            Skipped::ShuttingDown => "shutting_down",
+            Skipped::NoConnection => "preflight",
+            Skipped::CredentialsRefused => "unauthorized",
+            Skipped::NoLease => "no_lease",
+            Skipped::StateUnavailable => "state_unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Skipped::AlreadyRunning => "the job is still running",
+            Skipped::ShuttingDown => "the rotator is stopping",
+            Skipped::NoConnection => "no connection of the job passes pre-flight",
+            Skipped::CredentialsRefused => {
+                "not tried: Qlik refused the rotator's credentials (HTTP 401) to another job just before (see its error)"
+            }
+            Skipped::NoLease => {
+                "not tried: the job's lease is held by another replica, or the state backend could not grant it"
+            }
+            Skipped::StateUnavailable => {
+                "not tried: the state backend could not say which version is applied"
+            }
+        })
+    }
+}
+
+/// How long after a 401 the other jobs of the same identity are skipped: the jobs of one
+/// `rotate` run or one schedule tick. The daemon tries again at the next schedule after it.
+pub const AUTH_HOLD: Duration = Duration::from_secs(300);
 
 /// Runs jobs: shared by every caller in one process.
 #[derive(Debug)]
@@ -252,6 +292,8 @@ pub struct Runner {
     retry: RetryPolicy,
     /// Signalled when a state write fails, so [`Runner::state_flusher`] retries it.
     state_dirty: tokio::sync::Notify,
+    /// When Qlik last refused the credentials (HTTP 401), until a run succeeds again.
+    auth_refused: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// The longest wait between retries of a failed state write.
@@ -271,6 +313,7 @@ impl Runner {
             cancel: CancellationToken::new(),
             retry,
             state_dirty: tokio::sync::Notify::new(),
+            auth_refused: std::sync::Mutex::new(None),
         }
     }
 
@@ -375,7 +418,15 @@ impl Runner {
         lease: &mut Lease,
         mut prefetched: Option<crate::triggers::Prefetched>,
     ) -> Result<Vec<Report>, Skipped> {
-        self.recheck_preflight(job).await;
+        if self.credentials_refused() {
+            tracing::warn!(job = %job.cfg.name, "Skipping this job: Qlik refused the credentials (HTTP 401) to another job just before.");
+            return Err(Skipped::CredentialsRefused);
+        }
+        if self.recheck_preflight(job).await {
+            // Qlik refused the credentials to this job's pre-flight: the other jobs of this
+            // tick are skipped (see `credentials_refused`).
+            self.refuse_credentials();
+        }
         let mut only: Vec<usize> = job.passing();
         if only.is_empty() {
             return Err(Skipped::NoConnection);
@@ -421,6 +472,7 @@ impl Runner {
             only = retry;
         }
         let reports: Vec<Report> = finals.into_iter().flatten().collect();
+        self.note_credentials(&reports);
         // The outcome of each connection, once, after its last attempt (log line and metrics
         // from the same event), and the same outcomes into the history.
         self.rotator.finish_run(&job.cfg, &reports);
@@ -442,13 +494,50 @@ impl Runner {
         }
     }
 
+    /// Whether a 401 within [`AUTH_HOLD`] stops new runs.
+    fn credentials_refused(&self) -> bool {
+        let at = *self
+            .auth_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        at.is_some_and(|t| t.elapsed() < AUTH_HOLD)
+    }
+
+    /// Records that Qlik refused the credentials now.
+    fn refuse_credentials(&self) {
+        *self
+            .auth_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
+    }
+
+    /// Records a 401 (or OAuth refusal) of a run; any success clears it.
+    fn note_credentials(&self, reports: &[Report]) {
+        let refused = reports.iter().any(|r| {
+            r.outcome
+                .error()
+                .is_some_and(|e| matches!(e.error_type(), "unauthorized" | "auth"))
+        });
+        let mut at = self
+            .auth_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if refused {
+            *at = Some(tokio::time::Instant::now());
+        } else if reports.iter().any(|r| r.outcome.is_success()) {
+            *at = None;
+        }
+    }
+
     /// Re-tries pre-flight of the connections that failed it, so a fixed permission recovers
-    /// by itself.
-    async fn recheck_preflight(&self, job: &JobRuntime) {
+    /// by itself. Returns whether Qlik refused the credentials (401), which stops at the first
+    /// such connection.
+    async fn recheck_preflight(&self, job: &JobRuntime) -> bool {
         let failing = job.failing();
         if failing.is_empty() {
-            return;
+            return false;
         }
+        let mut refused = false;
         let name = job.cfg.name.as_str();
         for i in failing {
             let conn = &job.cfg.connections[i];
@@ -459,10 +548,16 @@ impl Runner {
                 }
                 Err(e) => {
                     tracing::warn!(job = name, connection = %conn, error = %e, "Pre-flight still failing; skipping this connection.");
+                    if matches!(&e, PreflightError::Read(q) if matches!(q.error_type(), "unauthorized" | "auth"))
+                    {
+                        refused = true;
+                        break;
+                    }
                 }
             }
         }
         self.metrics.set_preflight(name, job.preflight_ok());
+        refused
     }
 
     /// One attempt over the connections `only` (indexes); `None`, after an event, when the

@@ -56,6 +56,7 @@ pub enum LogFormat {
 /// scheduler's own start-up chatter ("Job creator created", …) is then shown from `warn`.
 /// [`WIRE_TARGETS`] are capped at `info` in every case (see [`wire_cap`]).
 pub fn init(format: LogFormat, default_level: &str) {
+    let _ = FORMAT.set(format);
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},tokio_cron_scheduler=warn")));
     // Colours only for a person at a terminal: in a file, a pipe or journald, escape
@@ -79,6 +80,77 @@ pub fn init(format: LogFormat, default_level: &str) {
     let _ = tracing_subscriber::registry()
         .with(layer.with_filter(filter).with_filter(wire_cap()))
         .try_init();
+}
+
+/// The log format chosen at [`init`] (pretty until then).
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// The log format chosen at [`init`].
+pub fn log_format() -> LogFormat {
+    FORMAT.get().copied().unwrap_or(LogFormat::Pretty)
+}
+
+/// A fatal error on stderr: `error: MESSAGE` and one indented line per detail, or under
+/// `--log-format json` one JSON line `{"timestamp", "level": "ERROR", "fatal": true,
+/// "message", "details": [...]}` that a log shipper can parse like every other line. The
+/// caller escapes text from outside ([`crate::text`]); JSON escapes the rest.
+pub fn fatal(message: &str, details: &[String]) {
+    eprint!("{}", fatal_text(log_format(), message, details));
+}
+
+/// What [`fatal`] writes, for a given format.
+pub fn fatal_text(format: LogFormat, message: &str, details: &[String]) -> String {
+    match format {
+        LogFormat::Pretty => {
+            let mut s = format!("error: {message}\n");
+            for d in details {
+                s.push_str(&format!("  {d}\n"));
+            }
+            s
+        }
+        LogFormat::Json => {
+            let mut line = serde_json::json!({
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": "ERROR",
+                "fatal": true,
+                "message": message,
+            });
+            if !details.is_empty() {
+                line["details"] = serde_json::json!(details);
+            }
+            format!("{line}\n")
+        }
+    }
+}
+
+/// The `schema` value of a command's JSON document: `qlik-rotator.COMMAND/v1`. The version
+/// changes only when a field is removed or changes meaning; new fields may appear within it.
+pub fn schema(command: &str) -> String {
+    format!("qlik-rotator.{command}/v1")
+}
+
+/// Prints a command's `--output json` document: `body` (an object) with `schema` added, as
+/// one line on stdout. Shared by every command with JSON output (`plan`, `rotate`,
+/// `check-config`, `connectors`, `describe-connector`, and later `status`, `coverage`).
+pub fn print_document(command: &str, body: serde_json::Value) {
+    write_stdout(format_args!("{}\n", document(command, body)));
+}
+
+/// The document [`print_document`] prints: `{"schema": …, …body}` on one line, `schema`
+/// first (a reader can dispatch on it before parsing the rest).
+pub fn document(command: &str, mut body: serde_json::Value) -> String {
+    let schema = serde_json::Value::String(schema(command));
+    match body.as_object_mut() {
+        Some(map) => {
+            map.remove("schema");
+            let rest = body.to_string();
+            match rest.strip_prefix('{').filter(|r| *r != "}") {
+                Some(r) => format!("{{\"schema\":{schema},{r}"),
+                None => format!("{{\"schema\":{schema}}}"),
+            }
+        }
+        None => serde_json::json!({"schema": schema, "value": body}).to_string(),
+    }
 }
 
 /// Writes to stdout; when the reader has gone away (`qlik-rotator … | head`), exits quietly
@@ -123,5 +195,32 @@ mod tests {
         }
         assert!(cap.would_enable("qlik_rotator::daemon", &Level::TRACE));
         assert!(cap.would_enable("tokio_cron_scheduler", &Level::DEBUG));
+    }
+
+    #[test]
+    fn fatal_errors_are_one_json_line_under_json_and_plain_lines_otherwise() {
+        let details = vec!["jobs[0].source: \"x\"\nforged".to_owned()];
+        let json = fatal_text(LogFormat::Json, "bad \"config\"", &details);
+        assert_eq!(json.lines().count(), 1, "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["level"], "ERROR");
+        assert_eq!(v["fatal"], true);
+        assert_eq!(v["message"], "bad \"config\"");
+        assert_eq!(v["details"][0], details[0]);
+        let pretty = fatal_text(LogFormat::Pretty, "bad", &["a".to_owned()]);
+        assert_eq!(pretty, "error: bad\n  a\n");
+    }
+
+    #[test]
+    fn documents_start_with_their_schema() {
+        let d = document("plan", serde_json::json!({"ok": true, "schema": "forged"}));
+        assert_eq!(d, r#"{"schema":"qlik-rotator.plan/v1","ok":true}"#);
+        assert_eq!(
+            document("x", serde_json::json!({})),
+            r#"{"schema":"qlik-rotator.x/v1"}"#
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&document("y", serde_json::json!([1]))).unwrap();
+        assert_eq!(v["value"][0], 1);
     }
 }

@@ -88,6 +88,32 @@ pub fn quoted(text: &str, max_chars: usize) -> String {
     }
 }
 
+/// The closest of `candidates` to `unknown` (Jaro-Winkler similarity at least 0.8, ties to the
+/// first), when there is one.
+pub fn closest<'a>(
+    unknown: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    // A hostile or pasted name is compared only by its first 256 characters.
+    let unknown: String = unknown.chars().take(256).collect::<String>().to_lowercase();
+    let mut best: Option<(&str, f64)> = None;
+    for c in candidates {
+        let score = strsim::jaro_winkler(&unknown, &c.to_lowercase());
+        if score >= 0.8 && best.is_none_or(|(_, b)| score > b) {
+            best = Some((c, score));
+        }
+    }
+    best.map(|(c, _)| c)
+}
+
+/// `; did you mean "x"?` for the [`closest`] candidate (quoted and escaped), or nothing. A
+/// hint for an unknown job, connector, source or config key.
+pub fn did_you_mean<'a>(unknown: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    closest(unknown, candidates)
+        .map(|c| format!("; did you mean {}?", quoted(c, 200)))
+        .unwrap_or_default()
+}
+
 /// Displays its text through [`escape`]: `format!("{}", Escaped(remote))`.
 pub struct Escaped<'a>(pub &'a str);
 
@@ -329,6 +355,23 @@ fn base64_forms(bytes: &[u8]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn did_you_mean_suggests_the_closest_name_only_when_it_is_close() {
+        let jobs = ["sales-s3", "finance-pg", "hr-mssql"];
+        assert_eq!(
+            super::did_you_mean("sales-s4", jobs),
+            "; did you mean \"sales-s3\"?"
+        );
+        assert_eq!(super::closest("FINANCE-PG", jobs), Some("finance-pg"));
+        assert_eq!(super::did_you_mean("zzz", jobs), "");
+        assert_eq!(super::did_you_mean("x", []), "");
+        // A candidate with control characters is printed escaped.
+        assert_eq!(
+            super::did_you_mean("ab\u{1b}c", ["ab\u{1b}c"]),
+            "; did you mean \"ab\\u{1b}c\"?"
+        );
+    }
+
     use super::*;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 

@@ -106,11 +106,20 @@ async fn refused_with_env(
     ] {
         let out = run_cli(&args, &env).await;
         assert_eq!(out.code, 64, "{args:?}: {out:?}");
-        assert!(
-            out.stderr.contains(&format!("  {key}: ")),
-            "{args:?}: key {key} not named in\n{}",
-            out.stderr
-        );
+        if args[0] == "--log-format" {
+            // Under --log-format json the fatal error is one JSON line, its details the keys.
+            assert!(
+                fatal_json_names(&out.stderr, key),
+                "{args:?}: no fatal JSON line naming {key} in\n{}",
+                out.stderr
+            );
+        } else {
+            assert!(
+                out.stderr.contains(&format!("  {key}: ")),
+                "{args:?}: key {key} not named in\n{}",
+                out.stderr
+            );
+        }
         assert_no_canary(&out);
     }
     assert!(
@@ -119,6 +128,28 @@ async fn refused_with_env(
         w.sim.requests()
     );
     assert!(with_method(&w.sim, "PATCH").is_empty());
+}
+
+/// Whether `stderr` has a fatal JSON error line (`"fatal": true`) whose message or details
+/// start with `key: `, and every line of it is JSON.
+fn fatal_json_names(stderr: &str, key: &str) -> bool {
+    let mut named = false;
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            return false;
+        };
+        if v["fatal"] == true {
+            let prefix = format!("{key}: ");
+            let details = v["details"].as_array().cloned().unwrap_or_default();
+            named |= v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(&prefix))
+                || details
+                    .iter()
+                    .any(|d| d.as_str().is_some_and(|d| d.starts_with(&prefix)));
+        }
+    }
+    named
 }
 
 async fn refused(key: &str, mutate: impl FnOnce(String, &Simulator) -> String) {
@@ -799,19 +830,29 @@ refused!(
     |t, _| t
 );
 
-// === Valid shape, unusable at build time: check-config passes, rotate exits 64 ===
+// === Valid shape, but what it names is missing: check-config exits 64, rotate 64 or 78 ===
 
-/// `check-config` accepts the file (it reads no secrets); `rotate --all` stops at the build
-/// phase with exit 64, names `key`, never the variable or file, and contacts nothing.
+/// `check-config` checks that every variable and file the configuration names exists (without
+/// reading a value out): it exits 64 naming `key`. `rotate --all` stops at the build phase:
+/// 78 (credentials missing at run time) for the Qlik API key or OAuth secret, 64 for a
+/// source's file; it names `key`, never an unconventional variable name or the file, and
+/// contacts nothing.
 async fn refused_at_build(key: &str, mutate: impl FnOnce(String) -> String) {
     let w = world().await;
     let path = write_config(w.dir.path(), &mutate(base(&w.sim)));
     let config = path.to_str().unwrap();
+    // Before: check-config said OK (exit 0) while the variable or file did not exist.
     let out = run_cli(&["check-config", "-c", config], &base_env(&[])).await;
-    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.code, 64, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("  {key}: ")),
+        "{key} not named: {out:?}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
     assert_no_canary(&out);
     let out = run_cli(&["rotate", "-c", config, "--all"], &base_env(&[])).await;
-    assert_eq!(out.code, 64, "{out:?}");
+    let expected = if key.starts_with("qlik.") { 78 } else { 64 };
+    assert_eq!(out.code, expected, "{out:?}");
     assert!(
         out.stderr.contains(&format!("error: {key}: ")),
         "{key} not named: {out:?}"

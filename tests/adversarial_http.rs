@@ -419,7 +419,9 @@ async fn run_case(case: Case) {
     )
     .await;
     let took = started.elapsed();
-    assert_eq!(out.code, 1, "{out:?}");
+    // 1, or 78 for a refused credential (401, OAuth) and 69 for an unreachable tenant.
+    let code = qlik_rotator::commands::failure_exit(&[case.error_type]);
+    assert_eq!(out.code, i32::from(code), "{out:?}");
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 1, "one line per job: {:?}", out.stdout);
     let prefix = format!("{job}: {label} at {stage} [{}]: ", case.error_type);
@@ -1266,7 +1268,8 @@ async fn aws_sdk_does_not_follow_a_redirect_from_secrets_manager() {
         &env,
     )
     .await;
-    assert_eq!(out.code, 1, "{out:?}");
+    // secret_source_unavailable only: a dependency unavailable (69).
+    assert_eq!(out.code, 69, "{out:?}");
     println!("{}", out.stdout);
     assert!(
         out.stdout.starts_with("sales-s3: failed at fetch ["),

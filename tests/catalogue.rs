@@ -473,9 +473,12 @@ async fn salesforce_secret_without_security_token_sends_nothing() {
     let secret = json!({"username": "integration@acme.example", "password": CANARY}).to_string();
     let f = run_failing("sfdc", "sfdc", "password", &secret).await;
     assert_eq!(f.error_type, "missing_field");
-    assert_eq!(
-        f.message,
-        "the secret has no field \"security_token\" (needed for Qlik property \"sftoken\")"
+    assert!(
+        f.message.starts_with(
+            "the secret has no field \"security_token\" (needed for Qlik property \"sftoken\"); its keys are \"password\", \"username\""
+        ),
+        "{}",
+        f.message
     );
     assert_nothing_sent_and_no_canary(&f);
 }

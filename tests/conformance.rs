@@ -1000,7 +1000,9 @@ fn connectors_json_lists_every_datasource_id_and_the_text_output_is_unchanged() 
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(doc["schema"], "qlik-rotator.connectors/v1");
+    let v = doc["connectors"].clone();
     let ids: Vec<&str> = v
         .as_array()
         .unwrap()

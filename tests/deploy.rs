@@ -255,7 +255,11 @@ fn check_config(toml: &str, what: &str) {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, toml).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qlik-rotator"));
-    cmd.arg("check-config").arg("-c").arg(&path);
+    // The files and variables it names exist on the target host, not here.
+    cmd.arg("check-config")
+        .arg("--syntax-only")
+        .arg("-c")
+        .arg(&path);
     // Environment overrides of the developer's shell must not change the verdict.
     for (k, _) in std::env::vars() {
         if k.starts_with("QLIK_ROTATOR__") {

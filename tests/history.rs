@@ -96,11 +96,12 @@ fn assert_clean(out: &CliOutput) {
 
 fn json(out: &CliOutput) -> Vec<serde_json::Value> {
     assert_eq!(out.code, 0, "{}", out.stderr);
-    serde_json::from_str::<serde_json::Value>(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-        .as_array()
-        .unwrap()
-        .clone()
+    let doc = serde_json::from_str::<serde_json::Value>(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    assert_eq!(doc["schema"], "qlik-rotator.history/v1");
+    assert!(out.stdout.starts_with("{\"schema\":"), "schema first");
+    assert_eq!(out.stdout.trim_end().lines().count(), 1, "one line");
+    doc["attempts"].as_array().unwrap().clone()
 }
 
 /// Seeds attempts straight into a state database (no daemon running).
@@ -270,7 +271,7 @@ async fn history_without_a_database_says_so_and_prints_nothing() {
     let w = world().await;
     let out = w.history(&["--output", "json"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(out.stdout.trim(), "[]");
+    assert!(json(&out).is_empty());
     assert!(
         out.stderr.contains("nothing has been recorded"),
         "{}",

@@ -177,10 +177,13 @@ async fn a_secret_missing_a_field_fails_and_sends_no_patch() {
     let w = world(SimConfig::default(), r#"{"accessKey":"AKIAONLY"}"#).await;
     let out = run_cli(&["rotate", "-c", w.config(), "--job", "sales-s3"], &w.env()).await;
     assert_eq!(out.code, 1, "{out:?}");
+    // Before: `…the secret has no field "secretKey" (needed for Qlik property "secretKey")`.
+    // After: the key names the secret has (never values) and `[jobs.fields]`.
     assert_eq!(
         out.stdout.trim(),
-        "sales-s3: failed at build [missing_field]: the secret has no field \"secretKey\" (needed for Qlik property \"secretKey\")"
+        "sales-s3: failed at build [missing_field]: the secret has no field \"secretKey\" (needed for Qlik property \"secretKey\"); its keys are \"accessKey\": add \"secretKey\" to the secret, or map a key with [jobs.fields] secretKey = \"<key>\""
     );
+    assert!(!out.stdout.contains("AKIAONLY") && !out.stderr.contains("AKIAONLY"));
     assert!(with_method(&w.sim, "PATCH").is_empty());
     assert_eq!(stored_prop(&w.sim, S3_ID, "accessKey"), "AKIAOLD");
 }
@@ -275,9 +278,107 @@ async fn final_errors_are_not_retried() {
     env.push(("QLIK_API_KEY".into(), "wrong-key".into()));
     w.sim.clear_requests();
     let out = run_cli(&["rotate", "-c", w.config(), "--job", "finance-sql"], &env).await;
-    assert_eq!(out.code, 1);
+    // Before: exit 1 and `HTTP 401: … ` with no hint. After: exit 78 (credentials refused),
+    // naming the variable and asking whether the key expired or was revoked.
+    assert_eq!(out.code, 78, "{out:?}");
     assert!(
         out.stdout.contains("failed at resolve [unauthorized]"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(
+            "(Qlik refused the API key in $QLIK_API_KEY (qlik.api_key_env): expired or revoked?)"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("wrong-key") && !out.stderr.contains("wrong-key"));
+    assert_eq!(w.sim.requests().len(), 1);
+}
+
+/// The first 401 stops the other jobs of the same identity: one clear error, the rest
+/// reported as skipped because of it, one request to Qlik in all.
+#[tokio::test]
+async fn the_first_401_skips_the_other_jobs_of_the_run() {
+    let w = world(SimConfig::default(), S3_SECRET).await;
+    // One job at a time, so the order is deterministic: the first fails, the others wait.
+    let text = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace("[daemon]\n", "[daemon]\nmax_concurrent_rotations = 1\n");
+    std::fs::write(&w.config, text).unwrap();
+    let mut env = w.env();
+    env.retain(|(k, _)| k != "QLIK_API_KEY");
+    env.push(("QLIK_API_KEY".into(), "CANARY-revoked-key-41a7".into()));
+    let out = run_cli(
+        &["rotate", "-c", w.config(), "--all", "--output", "json"],
+        &env,
+    )
+    .await;
+    assert_eq!(out.code, 78, "{out:?}");
+    // Before: three `failed … [unauthorized]` lines, three 401s. After: one failure naming
+    // the key, two skips, and the tenant saw one request.
+    let doc: serde_json::Value =
+        serde_json::from_str(out.stdout.trim()).expect("one JSON document");
+    assert_eq!(doc["schema"], "qlik-rotator.rotate/v1");
+    assert_eq!(doc["ok"], false);
+    let conns = doc["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 3, "{doc}");
+    let outcomes: Vec<&str> = conns
+        .iter()
+        .map(|c| c["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "failed").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "skipped").count(),
+        2,
+        "{outcomes:?}"
+    );
+    let failed = conns.iter().find(|c| c["outcome"] == "failed").unwrap();
+    assert_eq!(failed["error"]["type"], "unauthorized");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("$QLIK_API_KEY (qlik.api_key_env): expired or revoked?"),
+        "{failed}"
+    );
+    for skipped in conns.iter().filter(|c| c["outcome"] == "skipped") {
+        assert_eq!(skipped["error"]["type"], "unauthorized");
+        assert!(
+            skipped["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Qlik refused the rotator's credentials (HTTP 401) to another job"),
+            "{skipped}"
+        );
+    }
+    assert_eq!(w.sim.requests().len(), 1, "{:?}", w.sim.requests());
+    assert!(with_method(&w.sim, "PATCH").is_empty());
+    assert_eq!(doc["outcomes"]["skipped"], 2);
+    assert!(!out.stdout.contains("CANARY") && !out.stderr.contains("CANARY"));
+    // The summary on stderr names the skips too.
+    assert!(
+        out.stderr.contains("skipped [unauthorized]"),
+        "{}",
+        out.stderr
+    );
+
+    // The same run in text: one line per job, the skipped ones say why.
+    w.sim.clear_requests();
+    let out = run_cli(&["rotate", "-c", w.config(), "--all"], &env).await;
+    assert_eq!(out.code, 78, "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 3, "{}", out.stdout);
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.contains(": skipped: not tried: Qlik refused the rotator's credentials"))
+            .count(),
+        2,
         "{}",
         out.stdout
     );
@@ -370,10 +471,18 @@ async fn oauth_costs_one_token_for_many_rotations() {
     let mut env = aws_env(&w.moto);
     env.push(("QLIK_CLIENT_SECRET".into(), "wrong".into()));
     let out = run_cli(&["rotate", "-c", w.config(), "--job", "sales-s3"], &env).await;
-    assert_eq!(out.code, 1);
+    assert_eq!(out.code, 78, "{out:?}");
     assert!(
         out.stdout
             .contains("[auth]: OAuth token request failed: HTTP 401"),
+        "{}",
+        out.stdout
+    );
+    // The hint names the OAuth client (never its secret).
+    assert!(
+        out.stdout.contains(
+            "(check the OAuth client \"sim-client\" (qlik.oauth): wrong, expired or revoked?)"
+        ),
         "{}",
         out.stdout
     );
@@ -708,4 +817,58 @@ async fn rotate_is_one_attempt_per_run_with_the_clients_request_retries() {
         .collect();
     assert_eq!(statuses, [503]);
     assert!(out.stderr.contains("j0: failed at apply [server_error]"));
+}
+
+/// A name without `space` that several connections share is reported as ambiguous (with
+/// what to add), not as "not found"; a name that matches nothing says names are exact and
+/// where to find ids. Nothing is PATCHed either way.
+#[tokio::test]
+async fn an_ambiguous_or_unknown_connection_name_says_what_to_do() {
+    let w = world(SimConfig::default(), S3_SECRET).await;
+    w.sim.add_connection(
+        qlik_sim::SeedConnection::new(
+            "Finance SQL",
+            "mssql",
+            serde_json::json!({"host": "h", "port": 1433, "database": "d", "username": "u", "password": "CANARY-other-space-pw"}),
+        )
+        .in_space("finance-test"),
+    );
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let ambiguous = text.replace(
+        "connection = { name = \"Finance SQL\", space = \"finance\" }",
+        "connection = { name = \"Finance SQL\" }",
+    );
+    assert_ne!(ambiguous, text);
+    std::fs::write(&w.config, &ambiguous).unwrap();
+    let out = run_cli(
+        &["rotate", "-c", w.config(), "--job", "finance-sql"],
+        &w.env(),
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    // Before: `failed at resolve [bad_request]: … HTTP 400 …`. After: ambiguous, with the fix.
+    assert!(
+        out.stdout.starts_with("finance-sql: failed at resolve [ambiguous_name]: the data connection name \"Finance SQL\" is ambiguous")
+            && out.stdout.contains("add the space's id to the job")
+            && out.stdout.contains("space = \"<space id>\""),
+        "{}",
+        out.stdout
+    );
+    // A name that matches nothing.
+    let unknown = text.replace("name = \"Finance SQL\"", "name = \"Finance SQl\"");
+    std::fs::write(&w.config, &unknown).unwrap();
+    let out = run_cli(
+        &["rotate", "-c", w.config(), "--job", "finance-sql"],
+        &w.env(),
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("[not_found]: no data connection named \"Finance SQl\" in space \"finance\" (names are exact and case-sensitive")
+            && out.stdout.contains("Finding connection ids"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("CANARY") && !out.stderr.contains("CANARY"));
+    assert!(with_method(&w.sim, "PATCH").is_empty());
 }

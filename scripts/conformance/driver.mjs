@@ -198,8 +198,11 @@ let catalogue = [];
 await step("catalogue", async () => {
   const r = await runBinary(["connectors", "--output", "json"], 30_000);
   if (r.code !== 0) throw new Error(`qlik-rotator connectors --output json exited ${r.code}`);
-  catalogue = JSON.parse(r.stdout);
-  if (!Array.isArray(catalogue)) throw new Error("connectors --output json is not an array");
+  const doc = JSON.parse(r.stdout);
+  if (doc.schema !== "qlik-rotator.connectors/v1" || !Array.isArray(doc.connectors)) {
+    throw new Error("connectors --output json is not a qlik-rotator.connectors/v1 document");
+  }
+  catalogue = doc.connectors;
 });
 
 await step("data-sources", async () => {

@@ -1154,7 +1154,8 @@ fn job_source(
             errs.push(
                 t.key_path("source"),
                 format!(
-                    "names no [sources.<name>] table (defined: {})",
+                    "names no [sources.<name>] table{} (defined: {})",
+                    crate::text::did_you_mean(&s, known.iter().copied()),
                     if known.is_empty() {
                         "none".to_owned()
                     } else {
@@ -1432,9 +1433,15 @@ fn catalogue_spec(
         }
     }
     let Some(c) = Connector::lookup(id) else {
+        let ids = crate::connectors::CATALOGUE
+            .iter()
+            .flat_map(|f| f.ids.iter().copied());
         errs.push(
             t.key_path("connector"),
-            "unknown connector (see `qlik-rotator connectors`, or use connector = \"generic\")",
+            format!(
+                "unknown connector{} (see `qlik-rotator connectors`, or use connector = \"generic\")",
+                crate::text::did_you_mean(id, ids.chain(["generic"]))
+            ),
         );
         return None;
     };

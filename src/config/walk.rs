@@ -217,7 +217,11 @@ impl<'a> Table<'a> {
                 known.dedup();
                 errs.push(
                     self.key_path(key),
-                    format!("unknown key (expected one of: {})", known.join(", ")),
+                    format!(
+                        "unknown key{} (expected one of: {})",
+                        crate::text::did_you_mean(key, known.iter().copied()),
+                        known.join(", ")
+                    ),
                 );
             }
         }

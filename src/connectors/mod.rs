@@ -255,6 +255,19 @@ pub enum BuildError {
         /// Secret key looked for.
         key: String,
     },
+    /// [`BuildError::MissingField`] with the key names the secret does have (names only,
+    /// escaped and capped; never values), as the rotation reports it.
+    #[error(
+        "the secret has no field {key:?} (needed for Qlik property {property:?}); its keys are {present}: add {key:?} to the secret, or map a key with [jobs.fields] {property} = \"<key>\""
+    )]
+    MissingFieldOf {
+        /// Qlik property.
+        property: String,
+        /// Secret key looked for.
+        key: String,
+        /// The secret's key names, quoted and escaped (`"a", "b"`, or `none`).
+        present: String,
+    },
     /// The secret has the field, but it is empty.
     #[error("the secret's field {key:?} (for Qlik property {property:?}) is empty")]
     EmptyField {
@@ -326,12 +339,43 @@ pub enum BuildError {
     },
 }
 
+/// At most this many of a secret's key names are listed in a `missing_field` message.
+const MAX_KEY_NAMES: usize = 20;
+
 impl BuildError {
+    /// For [`BuildError::MissingField`]: the same error listing the secret's key names
+    /// (escaped, each capped at 64 characters, at most 20, then `and N more`). Any other error
+    /// is returned as it is.
+    pub fn with_key_names<'a>(self, keys: impl IntoIterator<Item = &'a str>) -> Self {
+        let BuildError::MissingField { property, key } = self else {
+            return self;
+        };
+        let keys: Vec<&str> = keys.into_iter().collect();
+        let mut shown: Vec<String> = keys
+            .iter()
+            .take(MAX_KEY_NAMES)
+            .map(|k| crate::text::quoted(k, 64))
+            .collect();
+        if keys.len() > MAX_KEY_NAMES {
+            shown.push(format!("and {} more", keys.len() - MAX_KEY_NAMES));
+        }
+        let present = if shown.is_empty() {
+            "none".to_owned()
+        } else {
+            shown.join(", ")
+        };
+        BuildError::MissingFieldOf {
+            property,
+            key,
+            present,
+        }
+    }
+
     /// A stable label for metrics.
     pub fn error_type(&self) -> &'static str {
         match self {
             BuildError::WrongConnector { .. } => "wrong_connector",
-            BuildError::MissingField { .. } => "missing_field",
+            BuildError::MissingField { .. } | BuildError::MissingFieldOf { .. } => "missing_field",
             BuildError::EmptyField { .. } => "empty_field",
             BuildError::NotFields(_) => "secret_not_json",
             BuildError::SeparateCredentials(_) => "separate_credentials",

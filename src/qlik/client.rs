@@ -296,7 +296,7 @@ impl QlikClient {
                 name: name.to_owned(),
                 space: space.map(str::to_owned),
             }),
-            Err(e) => Err(e),
+            Err(e) => Err(e.for_name_lookup(name, space)),
         }
     }
 

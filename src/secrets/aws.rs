@@ -415,9 +415,70 @@ fn error_chain(err: &(dyn StdError + 'static)) -> String {
     parts.join(": ")
 }
 
+/// What the default AWS credential chain tries, in order, and how to set each: the hint of
+/// `secret_no_credentials`.
+pub const CREDENTIAL_CHAIN_HINT: &str = "tried, in order: environment (set AWS_ACCESS_KEY_ID and \
+     AWS_SECRET_ACCESS_KEY), profile (AWS_PROFILE in ~/.aws/credentials or ~/.aws/config), web \
+     identity / IRSA (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, set by EKS for a service \
+     account with eks.amazonaws.com/role-arn), container credentials (ECS task role) and the \
+     EC2 instance role (instance metadata); set one of them";
+
+/// Longest cause shown after a setup problem's hint (characters).
+const MAX_CAUSE: usize = 300;
+
+/// A problem of the AWS client's setup rather than of the request: no credentials from the
+/// default chain (→ [`SourceError::NoCredentials`], with what was tried) or no region (→
+/// [`SourceError::Unconfigured`], a configuration error). Both are final within a run. The
+/// cause is one escaped, capped line (never the SDK's multi-line dump). Shared with the SSM
+/// source (`service` names the AWS service).
+pub(crate) fn setup_problem(
+    secret: &SecretRef,
+    err: &(dyn StdError + 'static),
+    service: &str,
+) -> Option<SourceError> {
+    let chain = error_chain(err);
+    let cause = crate::text::printable(
+        &chain.split_whitespace().collect::<Vec<_>>().join(" "),
+        MAX_CAUSE,
+    );
+    let mut next = Some(err);
+    let mut credentials = false;
+    while let Some(e) = next {
+        credentials |= e
+            .downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+            .is_some();
+        next = e.source();
+    }
+    let lower = chain.to_ascii_lowercase();
+    if lower.contains("missing region") || lower.contains("signing region") {
+        return Some(SourceError::Unconfigured {
+            id: secret.id.clone(),
+            message: format!(
+                "no AWS region for {service}: set region = \"…\" in the source's [sources.NAME] table, or AWS_REGION (or a region in the AWS profile); not retried ({cause})"
+            ),
+        });
+    }
+    if credentials || lower.contains("no providers in chain provided credentials") {
+        return Some(SourceError::NoCredentials {
+            id: secret.id.clone(),
+            message: format!(
+                "no AWS credentials for {service}: {CREDENTIAL_CHAIN_HINT} (cause: {cause})"
+            ),
+        });
+    }
+    None
+}
+
 /// Maps an SDK error to a [`SourceError`]. Uses only error codes, AWS messages, status codes
 /// and transport errors: never a response body.
 fn classify(secret: &SecretRef, err: &SdkError<GetSecretValueError, HttpResponse>) -> SourceError {
+    if matches!(
+        err,
+        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_)
+    ) && let Some(problem) = setup_problem(secret, err, "Secrets Manager")
+    {
+        return problem;
+    }
     let (class, message) = match err {
         SdkError::ServiceError(ctx) => {
             let service = ctx.err();
@@ -482,9 +543,17 @@ fn classify(secret: &SecretRef, err: &SdkError<GetSecretValueError, HttpResponse
     match class {
         Class::NotFound => SourceError::NotFound {
             id,
-            detail: format!("{}: {message}", selector_detail(&secret.version)),
+            detail: format!(
+                "{}: {message} (check the job's `secret` (name or ARN), its version, and the source's region)",
+                selector_detail(&secret.version)
+            ),
         },
-        Class::AccessDenied => SourceError::AccessDenied { id, message },
+        Class::AccessDenied => SourceError::AccessDenied {
+            id,
+            message: format!(
+                "{message} (the AWS identity needs secretsmanager:GetSecretValue on this secret, and kms:Decrypt on its KMS key)"
+            ),
+        },
         Class::Invalid => SourceError::Invalid { id, message },
         Class::Unavailable => SourceError::Unavailable { id, message },
     }
@@ -594,6 +663,80 @@ mod tests {
         assert_eq!(err.error_type(), "secret_source_unavailable");
         assert!(err.is_retriable());
         assert!(err.to_string().contains("timed out"), "{err}");
+    }
+
+    fn dispatch(
+        cause: Box<dyn StdError + Send + Sync>,
+    ) -> SdkError<GetSecretValueError, HttpResponse> {
+        SdkError::dispatch_failure(aws_sdk_secretsmanager::error::ConnectorError::other(
+            cause, None,
+        ))
+    }
+
+    #[test]
+    fn no_credentials_says_what_was_tried_in_one_capped_line_and_is_final() {
+        // What the default chain returns when nothing provides credentials, with a
+        // multi-line cause as the IMDS provider gives.
+        let cause = aws_credential_types::provider::error::CredentialsError::not_loaded(
+            "failed to load IMDS session token:\n  dispatch failure\n".repeat(40),
+        );
+        let err = classify(&current(), &dispatch(Box::new(cause)));
+        assert_eq!(err.error_type(), "secret_no_credentials");
+        assert!(!err.is_retriable());
+        let text = err.to_string();
+        for hint in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_PROFILE",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "ECS task role",
+            "EC2 instance role",
+        ] {
+            assert!(text.contains(hint), "{hint}: {text}");
+        }
+        assert!(!text.contains('\n'), "one line: {text}");
+        assert!(text.chars().count() < 1200, "capped: {}", text.len());
+    }
+
+    #[test]
+    fn access_denied_and_not_found_say_what_to_check() {
+        let err = classify(
+            &current(),
+            &service_error(Some("AccessDeniedException"), 400),
+        );
+        assert_eq!(err.error_type(), "secret_access_denied");
+        assert!(
+            err.to_string()
+                .contains("needs secretsmanager:GetSecretValue on this secret, and kms:Decrypt"),
+            "{err}"
+        );
+        let err = classify(
+            &current(),
+            &service_error(Some("ResourceNotFoundException"), 400),
+        );
+        assert!(
+            err.to_string()
+                .contains("check the job's `secret` (name or ARN)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_region_is_a_configuration_error_not_retried() {
+        let err = classify(
+            &current(),
+            &dispatch("Invalid Configuration: Missing Region".into()),
+        );
+        assert_eq!(err.error_type(), "secret_source_config");
+        assert!(!err.is_retriable());
+        assert!(
+            err.to_string()
+                .contains("[sources.NAME] table, or AWS_REGION"),
+            "{err}"
+        );
+        // An ordinary connection failure stays retriable.
+        let err = classify(&current(), &dispatch("connection refused".into()));
+        assert_eq!(err.error_type(), "secret_source_unavailable");
+        assert!(err.is_retriable());
     }
 
     fn output()

@@ -506,6 +506,13 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
+    if matches!(
+        err,
+        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_)
+    ) && let Some(problem) = super::aws::setup_problem(secret, err, "SSM")
+    {
+        return problem;
+    }
     let (class, message) = match err {
         SdkError::ServiceError(ctx) => {
             let e = ctx.err();

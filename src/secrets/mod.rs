@@ -283,6 +283,24 @@ pub enum SourceError {
         /// What went wrong.
         message: String,
     },
+    /// The source cannot be asked as configured (no AWS region): a configuration error,
+    /// not retried (exit 64 for a one-shot command).
+    #[error("secret source not configured for reading {id:?}: {message}")]
+    Unconfigured {
+        /// Secret id.
+        id: String,
+        /// What is missing and how to set it.
+        message: String,
+    },
+    /// The source's own credentials were not found (the AWS credential chain came back
+    /// empty): not retried within a run (exit 78 for a one-shot command).
+    #[error("no credentials for the secret source while reading {id:?}: {message}")]
+    NoCredentials {
+        /// Secret id.
+        id: String,
+        /// What was tried and how to set each.
+        message: String,
+    },
     /// The secret exists but its content is unusable (e.g. empty).
     #[error("secret {id:?} is unusable: {message}")]
     Invalid {
@@ -306,6 +324,8 @@ impl SourceError {
             SourceError::AccessDenied { .. } => "secret_access_denied",
             SourceError::Unavailable { .. } => "secret_source_unavailable",
             SourceError::Invalid { .. } => "secret_invalid",
+            SourceError::Unconfigured { .. } => "secret_source_config",
+            SourceError::NoCredentials { .. } => "secret_no_credentials",
         }
     }
 }
