@@ -57,7 +57,7 @@ use std::{
 
 use aws_sdk_dynamodb::{
     Client,
-    config::{retry::RetryConfig, timeout::TimeoutConfig},
+    config::{http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig},
     error::{ProvideErrorMetadata, SdkError},
     types::{
         AttributeValue, ConditionCheck, DeleteRequest, KeyType, Put, ReturnValue,
@@ -196,10 +196,9 @@ impl DynamoState {
         }
     }
 
-    fn err<E, R>(&self, op: Op, err: &SdkError<E, R>) -> StateError
+    fn err<E>(&self, op: Op, err: &SdkError<E, HttpResponse>) -> StateError
     where
         E: ProvideErrorMetadata + StdError + 'static,
-        R: fmt::Debug + 'static,
     {
         classify(&self.table, op, err)
     }
@@ -410,7 +409,14 @@ impl DynamoState {
         match result {
             Ok(out) => Ok(out.attributes),
             Err(e) if is_condition_failed(&e) => Ok(None),
-            Err(e) => Err(self.err(OP_ACQUIRE, &e)),
+            Err(e) => {
+                // An item whose `fence` or `expires_at` is not a number fails the write
+                // (DynamoDB: ValidationException; moto: a 500): name the malformed field.
+                if e.as_service_error().is_some() {
+                    self.current_lease(OP_ACQUIRE, job).await?;
+                }
+                Err(self.err(OP_ACQUIRE, &e))
+            }
         }
     }
 
@@ -606,7 +612,8 @@ impl StateBackend for DynamoState {
 
     async fn append_history(&self, attempt: &Attempt) -> Result<(), StateError> {
         self.open()?;
-        let capped = |v: &str| text::cap(v, MAX_FIELD_CHARS).into_owned();
+        // Cut so the `…[N more characters]` mark still fits under the read limit.
+        let capped = |v: &str| text::cap(v, MAX_FIELD_CHARS - 40).into_owned();
         let at_ms = attempt.at_ms.max(0);
         let ttl =
             at_ms / 1000 + i64::try_from(self.history_retention.as_secs()).unwrap_or(i64::MAX / 2);
@@ -1067,18 +1074,21 @@ fn error_chain(err: &(dyn StdError + 'static)) -> String {
 /// Maps an SDK error to [`StateError::Backend`], naming the table and, when access was
 /// denied, the IAM action the call needs. Uses error codes, AWS messages (escaped) and
 /// transport errors only.
-fn classify<E, R>(table: &str, op: Op, err: &SdkError<E, R>) -> StateError
+fn classify<E>(table: &str, op: Op, err: &SdkError<E, HttpResponse>) -> StateError
 where
     E: ProvideErrorMetadata + StdError + 'static,
-    R: fmt::Debug + 'static,
 {
     let shown_table = text::quoted(table, SHOWN_CHARS);
     let message = match err {
         SdkError::ServiceError(ctx) => {
             let service = ctx.err();
-            let code = service
-                .code()
-                .unwrap_or("an error without an AWS error code");
+            let status = ctx.raw().status().as_u16();
+            let code = service.code().unwrap_or(match status {
+                // Without a code (a proxy, or an emulator's non-JSON body) the status decides.
+                401 | 403 => "AccessDeniedException",
+                404 => "ResourceNotFoundException",
+                _ => "an error without an AWS error code",
+            });
             let aws = service
                 .message()
                 .map(|m| m.split_whitespace().collect::<Vec<_>>().join(" "))

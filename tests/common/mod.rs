@@ -1,6 +1,7 @@
 //! Helpers shared by integration tests (`mod common;`).
 #![allow(dead_code)]
 
+pub mod dynamodb;
 pub mod harness;
 pub mod moto;
 pub mod simulate;
