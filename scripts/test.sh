@@ -4,6 +4,7 @@
 #   - promtool (Debian package `prometheus`) and Python's venv module (`python3-venv`), via
 #     apt-get when missing (as root, or through `sudo -n`); a clear message when it cannot;
 #   - the pinned moto test server (scripts/setup-moto.sh).
+#   - the pinned cfn-lint that checks deploy/aws/state-table.yaml (scripts/setup-deploy-tools.sh).
 # Then it runs every test suite, not stopping at the first failing one (--no-fail-fast): unit
 # tests, snapshot tests, and integration tests against the Qlik simulator and a real moto server,
 # for both workspace packages; then checks that the product compiles without the simulator.
@@ -48,6 +49,7 @@ fi
 # --- test servers --------------------------------------------------------------------------
 bash scripts/setup-moto.sh
 bash scripts/setup-node.sh
+bash scripts/setup-deploy-tools.sh
 
 # --- every suite ---------------------------------------------------------------------------
 log="$(mktemp)"

@@ -87,6 +87,25 @@ pub const MAX_HISTORY_ROWS: usize = 10_000;
 /// The most pages one `Query` loop reads (1 MB each at most, by DynamoDB's rules).
 const MAX_PAGES: usize = 10_000;
 
+/// The table's partition key (a string).
+pub const PARTITION_KEY: &str = "pk";
+/// The table's sort key (a string).
+pub const SORT_KEY: &str = "sk";
+/// The TTL attribute (on attempt items only).
+pub const TTL_ATTRIBUTE: &str = "ttl";
+/// Every IAM action the backend calls on the table (deploy/aws/iam-policy.json grants
+/// exactly these, on the table's ARN only). Transactions need no action of their own, only
+/// those of their parts (`PutItem`, `UpdateItem`, `ConditionCheckItem`).
+pub const IAM_ACTIONS: &[&str] = &[
+    "dynamodb:DescribeTable",
+    "dynamodb:GetItem",
+    "dynamodb:Query",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:BatchWriteItem",
+];
+
 const PK_STATE: &str = "state";
 const PK_LEASE: &str = "lease";
 const PK_HISTORY: &str = "history";
@@ -222,8 +241,8 @@ impl DynamoState {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(pk))
-            .key("sk", s(sk))
+            .key(PARTITION_KEY, s(pk))
+            .key(SORT_KEY, s(sk))
             .consistent_read(true)
             .send()
             .await
@@ -273,8 +292,8 @@ impl DynamoState {
     ) -> Result<bool, StateError> {
         let check = ConditionCheck::builder()
             .table_name(&self.table)
-            .key("pk", s(PK_LEASE))
-            .key("sk", s(&lease.job))
+            .key(PARTITION_KEY, s(PK_LEASE))
+            .key(SORT_KEY, s(&lease.job))
             .condition_expression("#o = :me AND #f = :fence")
             .expression_attribute_names("#o", "owner")
             .expression_attribute_names("#f", "fence")
@@ -362,8 +381,8 @@ impl DynamoState {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(PK_LEASE))
-            .key("sk", s(job))
+            .key(PARTITION_KEY, s(PK_LEASE))
+            .key(SORT_KEY, s(job))
             .update_expression("SET #e = :exp")
             .condition_expression("#o = :me")
             .expression_attribute_names("#o", "owner")
@@ -392,8 +411,8 @@ impl DynamoState {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(PK_LEASE))
-            .key("sk", s(job))
+            .key(PARTITION_KEY, s(PK_LEASE))
+            .key(SORT_KEY, s(job))
             .update_expression("SET #o = :me, #e = :exp ADD #f :one")
             .condition_expression("attribute_not_exists(pk) OR #e < :now")
             .expression_attribute_names("#o", "owner")
@@ -525,8 +544,8 @@ impl StateBackend for DynamoState {
             }
         }
         let mut item = HashMap::new();
-        item.insert("pk".to_owned(), s(PK_STATE));
-        item.insert("sk".to_owned(), s(key));
+        item.insert(PARTITION_KEY.to_owned(), s(PK_STATE));
+        item.insert(SORT_KEY.to_owned(), s(key));
         item.insert("connection_id".to_owned(), s(&state.connection_id));
         item.insert("applied_version".to_owned(), s(&state.applied_version));
         item.insert("applied_at".to_owned(), n(state.applied_at));
@@ -572,8 +591,8 @@ impl StateBackend for DynamoState {
                     .client
                     .update_item()
                     .table_name(&self.table)
-                    .key("pk", s(PK_STATE))
-                    .key("sk", s(key))
+                    .key(PARTITION_KEY, s(PK_STATE))
+                    .key(SORT_KEY, s(key))
                     .update_expression("SET #c = :now")
                     .condition_expression(condition)
                     .expression_attribute_names(names[0].0, names[0].1)
@@ -591,8 +610,8 @@ impl StateBackend for DynamoState {
             Some(lease) => {
                 let update = Update::builder()
                     .table_name(&self.table)
-                    .key("pk", s(PK_STATE))
-                    .key("sk", s(key))
+                    .key(PARTITION_KEY, s(PK_STATE))
+                    .key(SORT_KEY, s(key))
                     .update_expression("SET #c = :now")
                     .condition_expression(condition)
                     .expression_attribute_names(names[0].0, names[0].1)
@@ -618,7 +637,7 @@ impl StateBackend for DynamoState {
         let ttl =
             at_ms / 1000 + i64::try_from(self.history_retention.as_secs()).unwrap_or(i64::MAX / 2);
         let mut item = HashMap::new();
-        item.insert("pk".to_owned(), s(PK_HISTORY));
+        item.insert(PARTITION_KEY.to_owned(), s(PK_HISTORY));
         item.insert(
             "sk".to_owned(),
             s(&format!(
@@ -641,7 +660,7 @@ impl StateBackend for DynamoState {
             }
         }
         item.insert("duration_ms".to_owned(), n(attempt.duration_ms));
-        item.insert("ttl".to_owned(), n(ttl));
+        item.insert(TTL_ATTRIBUTE.to_owned(), n(ttl));
         self.client
             .put_item()
             .table_name(&self.table)
@@ -753,8 +772,8 @@ impl StateBackend for DynamoState {
                     .iter()
                     .filter_map(|sk| {
                         DeleteRequest::builder()
-                            .key("pk", s(PK_HISTORY))
-                            .key("sk", s(sk))
+                            .key(PARTITION_KEY, s(PK_HISTORY))
+                            .key(SORT_KEY, s(sk))
                             .build()
                             .ok()
                             .map(|d| WriteRequest::builder().delete_request(d).build())
@@ -829,8 +848,8 @@ impl StateBackend for DynamoState {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(PK_LEASE))
-            .key("sk", s(&lease.job))
+            .key(PARTITION_KEY, s(PK_LEASE))
+            .key(SORT_KEY, s(&lease.job))
             .update_expression("SET #e = :zero")
             .condition_expression("#o = :me AND #f = :fence")
             .expression_attribute_names("#o", "owner")
@@ -890,10 +909,10 @@ impl StateBackend for DynamoState {
                 .map(|d| d.attribute_type().clone())
         };
         let ok = table.key_schema().len() == 2
-            && key_of(KeyType::Hash).as_deref() == Some("pk")
-            && key_of(KeyType::Range).as_deref() == Some("sk")
-            && type_of("pk") == Some(ScalarAttributeType::S)
-            && type_of("sk") == Some(ScalarAttributeType::S);
+            && key_of(KeyType::Hash).as_deref() == Some(PARTITION_KEY)
+            && key_of(KeyType::Range).as_deref() == Some(SORT_KEY)
+            && type_of(PARTITION_KEY) == Some(ScalarAttributeType::S)
+            && type_of(SORT_KEY) == Some(ScalarAttributeType::S);
         if !ok {
             let shown: Vec<String> = table
                 .key_schema()
@@ -1149,6 +1168,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_operation_names_only_granted_actions_and_every_action_is_used() {
+        let ops = [
+            OP_LOAD, OP_GET, OP_RECORD, OP_TOUCH, OP_APPEND, OP_HISTORY, OP_PRUNE, OP_ACQUIRE,
+            OP_RELEASE, OP_HEALTH,
+        ];
+        let named: std::collections::BTreeSet<&str> =
+            ops.iter().flat_map(|op| op.iam.split(" and ")).collect();
+        let granted: std::collections::BTreeSet<&str> = IAM_ACTIONS.iter().copied().collect();
+        assert_eq!(named, granted);
+    }
 
     #[test]
     fn table_names() {
