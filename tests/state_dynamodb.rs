@@ -287,6 +287,41 @@ async fn a_stale_fence_record_is_refused_and_the_new_holders_record_stands() {
 }
 
 #[tokio::test]
+async fn the_same_owners_older_lease_is_refused_by_its_fence_alone() {
+    let (db, _, _) = fresh().await;
+    let ttl = Duration::from_secs(5);
+    let a1 = db
+        .acquire_lease("job", "A", ttl, 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let b = db
+        .acquire_lease("job", "B", ttl, 1_010)
+        .await
+        .unwrap()
+        .unwrap();
+    let a3 = db
+        .acquire_lease("job", "A", ttl, 1_020)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((a1.fence, b.fence, a3.fence), (1, 2, 3));
+    // Same owner name, old fence: B may have recorded in between, so A's old run must not.
+    assert!(matches!(
+        db.record("key", st("c", "v-old", 1_021), Some(&a1)).await,
+        Err(StateError::LeaseLost { fence: 1, .. })
+    ));
+    assert_eq!(db.get("key").await.unwrap(), None);
+    db.record("key", st("c", "v-new", 1_021), Some(&a3))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.get("key").await.unwrap().unwrap().applied_version,
+        "v-new"
+    );
+}
+
+#[tokio::test]
 async fn a_stale_fence_touch_is_refused_and_a_current_one_writes() {
     let (db, client, table) = fresh().await;
     let ttl = Duration::from_secs(5);
