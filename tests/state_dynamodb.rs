@@ -196,11 +196,12 @@ async fn renew_by_the_holder_keeps_the_fence_and_moves_the_expiry() {
     let renewed = db.acquire_lease("j", "A", TTL, 120).await.unwrap().unwrap();
     assert_eq!(renewed.fence, first.fence);
     assert_eq!(renewed.expires_at, 150);
-    // Even past its expiry, nobody else took it: the holder renews with the same fence.
+    // The renewal counted: B just before the renewed expiry is refused.
+    assert_eq!(db.acquire_lease("j", "B", TTL, 150).await.unwrap(), None);
+    // Past its expiry the holder takes it anew: a new fence, so a run of its that outlived
+    // the old lease cannot record.
     let late = db.acquire_lease("j", "A", TTL, 500).await.unwrap().unwrap();
-    assert_eq!((late.fence, late.expires_at), (first.fence, 530));
-    // The renewal counted: B at 149 (before the renewed expiry) is refused.
-    assert_eq!(db.acquire_lease("j", "B", TTL, 529).await.unwrap(), None);
+    assert_eq!((late.fence, late.expires_at), (first.fence + 1, 530));
 }
 
 #[tokio::test]

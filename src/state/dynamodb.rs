@@ -23,10 +23,12 @@
 //!
 //! # Leases and fences
 //!
-//! - **acquire** (or renew): `UpdateItem` conditioned on `owner = :me` keeps the fence and
-//!   moves the expiry; otherwise `UpdateItem` conditioned on
-//!   `attribute_not_exists(pk) OR expires_at < :now` sets the owner and adds 1 to `fence`.
-//!   When both conditions fail another owner holds a live lease (`Ok(None)`).
+//! - **acquire**: `UpdateItem` conditioned on `attribute_not_exists(pk) OR expires_at < :now`
+//!   sets the owner and the expiry and adds 1 to `fence` (a lapsed lease taken again by its
+//!   own owner gets a new fence too, so a run of its that outlived the lease stays refused).
+//!   When the condition fails, DynamoDB returns the item (`ReturnValuesOnConditionCheckFailure`):
+//!   another owner's live lease is `Ok(None)` after this one call; this owner's live lease is
+//!   renewed by `UpdateItem` conditioned on `owner = :me AND fence = :fence` (same fence).
 //! - **record** / **touch** with a lease: one `TransactWriteItems` whose `ConditionCheck`
 //!   requires `owner = :me AND fence = :fence` on the lease item; a lease that moved on makes
 //!   the whole write fail with [`StateError::LeaseLost`].
@@ -59,9 +61,11 @@ use aws_sdk_dynamodb::{
     Client,
     config::{http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig},
     error::{ProvideErrorMetadata, SdkError},
+    operation::update_item::UpdateItemError,
     types::{
         AttributeValue, ConditionCheck, DeleteRequest, KeyType, Put, ReturnValue,
-        ScalarAttributeType, TableStatus, TransactWriteItem, Update, WriteRequest,
+        ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TransactWriteItem,
+        Update, WriteRequest,
     },
 };
 
@@ -358,55 +362,22 @@ impl DynamoState {
     async fn current_lease(&self, op: Op, job: &str) -> Result<Option<Lease>, StateError> {
         match self.get_item(op, PK_LEASE, job).await? {
             None => Ok(None),
-            Some(item) => parse_lease(job, &item).map(Some).map_err(|why| {
-                self.malformed(
-                    op,
-                    format!(
-                        "the lease item of job {} is malformed ({why}); nobody can take it over until it is fixed",
-                        text::quoted(job, SHOWN_CHARS)
-                    ),
-                )
-            }),
+            Some(item) => parse_lease(job, &item)
+                .map(Some)
+                .map_err(|why| self.malformed(op, malformed_lease(job, &why))),
         }
     }
 
-    /// The first half of `acquire_lease`: renews a lease this owner already holds.
-    async fn renew(
-        &self,
-        job: &str,
-        owner: &str,
-        expires_at: i64,
-    ) -> Result<Option<HashMap<String, AttributeValue>>, StateError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PARTITION_KEY, s(PK_LEASE))
-            .key(SORT_KEY, s(job))
-            .update_expression("SET #e = :exp")
-            .condition_expression("#o = :me")
-            .expression_attribute_names("#o", "owner")
-            .expression_attribute_names("#e", "expires_at")
-            .expression_attribute_values(":me", s(owner))
-            .expression_attribute_values(":exp", n(expires_at))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        match result {
-            Ok(out) => Ok(out.attributes),
-            Err(e) if is_condition_failed(&e) => Ok(None),
-            Err(e) => Err(self.err(OP_ACQUIRE, &e)),
-        }
-    }
-
-    /// The second half of `acquire_lease`: takes a free or lapsed lease, bumping the fence.
+    /// The first step of `acquire_lease`: takes a free or lapsed lease, adding 1 to the fence.
+    /// When the lease is held, the item as it was (DynamoDB returns it with the failed
+    /// condition; read again when an emulator does not).
     async fn take(
         &self,
         job: &str,
         owner: &str,
         now: i64,
         expires_at: i64,
-    ) -> Result<Option<HashMap<String, AttributeValue>>, StateError> {
+    ) -> Result<Taken, StateError> {
         let result = self
             .client
             .update_item()
@@ -423,12 +394,17 @@ impl DynamoState {
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":one", n(1))
             .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
-            Ok(out) => Ok(out.attributes),
-            Err(e) if is_condition_failed(&e) => Ok(None),
+            Ok(out) => Ok(Taken::Yes(out.attributes.unwrap_or_default())),
             Err(e) => {
+                if let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
+                    e.as_service_error()
+                {
+                    return Ok(Taken::Held(c.item.clone()));
+                }
                 // An item whose `fence` or `expires_at` is not a number fails the write
                 // (DynamoDB: ValidationException; moto: a 500): name the malformed field.
                 if e.as_service_error().is_some() {
@@ -436,6 +412,33 @@ impl DynamoState {
                 }
                 Err(self.err(OP_ACQUIRE, &e))
             }
+        }
+    }
+
+    /// The second step of `acquire_lease`: moves the expiry of a live lease this owner holds
+    /// (same fence). `None` when it changed hands meanwhile.
+    async fn renew(&self, held: &Lease, expires_at: i64) -> Result<Option<Item>, StateError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, s(PK_LEASE))
+            .key(SORT_KEY, s(&held.job))
+            .update_expression("SET #e = :exp")
+            .condition_expression("#o = :me AND #f = :fence")
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_names("#e", "expires_at")
+            .expression_attribute_names("#f", "fence")
+            .expression_attribute_values(":me", s(&held.owner))
+            .expression_attribute_values(":fence", n(held.fence))
+            .expression_attribute_values(":exp", n(expires_at))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(out.attributes),
+            Err(e) if is_condition_failed(&e) => Ok(None),
+            Err(e) => Err(self.err(OP_ACQUIRE, &e)),
         }
     }
 
@@ -825,22 +828,34 @@ impl StateBackend for DynamoState {
         self.open()?;
         let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX / 4);
         let expires_at = now.saturating_add(ttl_secs);
-        if let Some(item) = self.renew(job, owner, expires_at).await? {
-            return self.lease_from(job, owner, &item).map(Some);
+        // One call in the common cases: a free or lapsed lease is taken, a live one of another
+        // owner is refused (the failed condition returns the item, so no second read).
+        let old = match self.take(job, owner, now, expires_at).await? {
+            Taken::Yes(item) => {
+                let lease = self.lease_from(job, owner, &item)?;
+                tracing::debug!(
+                    job = %text::printable(job, SHOWN_CHARS),
+                    owner = %text::printable(owner, SHOWN_CHARS),
+                    fence = lease.fence,
+                    "took the lease"
+                );
+                return Ok(Some(lease));
+            }
+            Taken::Held(Some(item)) => Some(
+                parse_lease(job, &item)
+                    .map_err(|why| self.malformed(OP_ACQUIRE, malformed_lease(job, &why)))?,
+            ),
+            Taken::Held(None) => self.current_lease(OP_ACQUIRE, job).await?,
+        };
+        match old {
+            // Live and this owner's: renew it, same fence.
+            Some(held) if held.owner == owner => match self.renew(&held, expires_at).await? {
+                Some(item) => self.lease_from(job, owner, &item).map(Some),
+                None => Ok(None),
+            },
+            // Another owner's live lease, or gone between the two reads (next time).
+            _ => Ok(None),
         }
-        if let Some(item) = self.take(job, owner, now, expires_at).await? {
-            let lease = self.lease_from(job, owner, &item)?;
-            tracing::debug!(
-                job = %text::printable(job, SHOWN_CHARS),
-                owner = %text::printable(owner, SHOWN_CHARS),
-                fence = lease.fence,
-                "took the lease"
-            );
-            return Ok(Some(lease));
-        }
-        // Held by another owner, or an item nobody can take (reported, not waited on forever).
-        self.current_lease(OP_ACQUIRE, job).await?;
-        Ok(None)
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), StateError> {
@@ -1048,6 +1063,21 @@ fn parse_state(item: &Item) -> Result<JobState, String> {
             Some(_) => get_n(item, "checked_at")?,
         },
     })
+}
+
+fn malformed_lease(job: &str, why: &str) -> String {
+    format!(
+        "the lease item of job {} is malformed ({why}); nobody can take it over until it is fixed",
+        text::quoted(job, SHOWN_CHARS)
+    )
+}
+
+/// What the first step of `acquire_lease` found.
+enum Taken {
+    /// Taken: the item after the write.
+    Yes(Item),
+    /// Held by someone (maybe this owner): the item before, when DynamoDB returned it.
+    Held(Option<Item>),
 }
 
 fn parse_lease(job: &str, item: &Item) -> Result<Lease, String> {
