@@ -53,7 +53,10 @@ use std::{
     collections::{BTreeMap, HashMap},
     error::Error as StdError,
     fmt,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -167,6 +170,10 @@ pub struct DynamoState {
     table: String,
     history_retention: Duration,
     closed: AtomicBool,
+    /// Per state key, the last time this process saw its version current (the later of
+    /// `applied_at` and `checked_at`, from its own reads and writes): a touch within
+    /// [`CHECKED_AT_GRANULARITY_SECS`] of it sends nothing.
+    seen_current: Mutex<HashMap<String, i64>>,
 }
 
 impl fmt::Debug for DynamoState {
@@ -203,12 +210,28 @@ impl DynamoState {
             table: table.to_owned(),
             history_retention,
             closed: AtomicBool::new(false),
+            seen_current: Mutex::default(),
         }
     }
 
     /// The table's name.
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    fn seen(&self, key: &str) -> Option<i64> {
+        self.seen_current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .copied()
+    }
+
+    fn remember(&self, key: &str, at: i64) {
+        self.seen_current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.to_owned(), at);
     }
 
     fn open(&self) -> Result<(), StateError> {
@@ -515,7 +538,10 @@ impl StateBackend for DynamoState {
             return Ok(None);
         };
         match parse_state(&item) {
-            Ok(state) => Ok(Some(state)),
+            Ok(state) => {
+                self.remember(key, state.applied_at.max(state.checked_at));
+                Ok(Some(state))
+            }
             Err(why) => {
                 tracing::warn!(
                     table = %text::printable(&self.table, SHOWN_CHARS),
@@ -575,16 +601,16 @@ impl StateBackend for DynamoState {
                 self.transact_under_lease(OP_RECORD, lease, write).await?;
             }
         }
+        self.remember(key, state.applied_at.max(state.checked_at));
         Ok(())
     }
 
     async fn touch(&self, key: &str, now: i64, lease: Option<&Lease>) -> Result<(), StateError> {
         self.open()?;
         let threshold = now.saturating_sub(CHECKED_AT_GRANULARITY_SECS);
-        // Read first: most runs find a recent record and write nothing.
-        match self.get(key).await? {
-            Some(st) if st.applied_at.max(st.checked_at) <= threshold => {}
-            _ => return Ok(()),
+        // The runner has just read the key (`get`): most runs find it recent and send nothing.
+        if self.seen(key).is_some_and(|at| at > threshold) {
+            return Ok(());
         }
         let names = [("#a", "applied_at"), ("#c", "checked_at")];
         let condition = "attribute_exists(pk) AND #a <= :th AND #c <= :th";
@@ -605,10 +631,12 @@ impl StateBackend for DynamoState {
                     .send()
                     .await;
                 match result {
-                    Ok(_) => Ok(()),
-                    Err(e) if is_condition_failed(&e) => Ok(()),
-                    Err(e) => Err(self.err(OP_TOUCH, &e)),
+                    Ok(_) => self.remember(key, now),
+                    // Recent already (or gone): the next `get` tells.
+                    Err(e) if is_condition_failed(&e) => {}
+                    Err(e) => return Err(self.err(OP_TOUCH, &e)),
                 }
+                Ok(())
             }
             Some(lease) => {
                 let update = Update::builder()
@@ -626,7 +654,9 @@ impl StateBackend for DynamoState {
                         self.malformed(OP_TOUCH, format!("cannot build the request: {e}"))
                     })?;
                 let write = TransactWriteItem::builder().update(update).build();
-                self.transact_under_lease(OP_TOUCH, lease, write).await?;
+                if self.transact_under_lease(OP_TOUCH, lease, write).await? {
+                    self.remember(key, now);
+                }
                 Ok(())
             }
         }
