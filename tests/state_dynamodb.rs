@@ -190,6 +190,52 @@ async fn concurrent_acquires_grant_the_lease_to_exactly_one_owner() {
 }
 
 #[tokio::test]
+async fn a_refused_replica_asks_again_only_once_the_lease_could_have_lapsed() {
+    let (a_db, client, table) = fresh().await;
+    let b_db = DynamoState::from_client(client.clone(), &table, RETENTION);
+    let a = a_db
+        .acquire_lease("j", "A", TTL, 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        b_db.acquire_lease("j", "B", TTL, 1_001).await.unwrap(),
+        None
+    );
+    a_db.release_lease(&a).await.unwrap();
+    // Released early, but B remembers A's expiry (1_030) and sends nothing before it.
+    assert_eq!(
+        b_db.acquire_lease("j", "B", TTL, 1_002).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        b_db.acquire_lease("j", "B", TTL, 1_030).await.unwrap(),
+        None
+    );
+    // A replica that did not ask before takes it at once.
+    let c = DynamoState::from_client(client, &table, RETENTION);
+    assert_eq!(
+        c.acquire_lease("j", "C", TTL, 1_003)
+            .await
+            .unwrap()
+            .map(|l| l.fence),
+        Some(2)
+    );
+    // After A's expiry B asks again, finds C's live lease (until 1_033), remembers that.
+    assert_eq!(
+        b_db.acquire_lease("j", "B", TTL, 1_031).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        b_db.acquire_lease("j", "B", TTL, 1_034)
+            .await
+            .unwrap()
+            .map(|l| l.fence),
+        Some(3)
+    );
+}
+
+#[tokio::test]
 async fn renew_by_the_holder_keeps_the_fence_and_moves_the_expiry() {
     let (db, _, _) = fresh().await;
     let first = db.acquire_lease("j", "A", TTL, 100).await.unwrap().unwrap();

@@ -29,6 +29,8 @@
 //!   When the condition fails, DynamoDB returns the item (`ReturnValuesOnConditionCheckFailure`):
 //!   another owner's live lease is `Ok(None)` after this one call; this owner's live lease is
 //!   renewed by `UpdateItem` conditioned on `owner = :me AND fence = :fence` (same fence).
+//!   A replica refused a lease remembers until when it is held and does not ask again before
+//!   then (a lease released early is taken by the others only at its original expiry).
 //! - **record** / **touch** with a lease: one `TransactWriteItems` whose `ConditionCheck`
 //!   requires `owner = :me AND fence = :fence` on the lease item; a lease that moved on makes
 //!   the whole write fail with [`StateError::LeaseLost`].
@@ -64,7 +66,7 @@ use aws_sdk_dynamodb::{
     Client,
     config::{http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig},
     error::{ProvideErrorMetadata, SdkError},
-    operation::update_item::UpdateItemError,
+    operation::{transact_write_items::TransactWriteItemsError, update_item::UpdateItemError},
     types::{
         AttributeValue, ConditionCheck, DeleteRequest, KeyType, Put, ReturnValue,
         ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TransactWriteItem,
@@ -86,6 +88,9 @@ pub const OPERATION_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(6);
 /// Attempts per operation (the SDK's standard retry strategy).
 pub const MAX_ATTEMPTS: u32 = 3;
+
+/// Attempts of a transaction that DynamoDB cancels for a conflicting request.
+const TRANSACTION_ATTEMPTS: u32 = 4;
 
 /// The longest string accepted from an item (names, version ids, owner ids, labels).
 pub const MAX_FIELD_CHARS: usize = 1024;
@@ -142,28 +147,6 @@ pub fn is_table_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-/// A replica's owner id: host name, pid and a random suffix (unique per process start, so
-/// a restarted replica with the same pid is a new owner and bumps the fence).
-pub fn owner_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| {
-            h.trim()
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-                .take(64)
-                .collect::<String>()
-        })
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".to_owned());
-    format!(
-        "{host}/{}/{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
-}
-
 /// The DynamoDB state backend (see the module docs).
 pub struct DynamoState {
     client: Client,
@@ -174,6 +157,10 @@ pub struct DynamoState {
     /// `applied_at` and `checked_at`, from its own reads and writes): a touch within
     /// [`CHECKED_AT_GRANULARITY_SECS`] of it sends nothing.
     seen_current: Mutex<HashMap<String, i64>>,
+    /// Per job, until when another owner's lease was live when last seen: no request is sent
+    /// for it before then (it cannot be taken earlier), so N replicas cost one conditional
+    /// write per lease period for a job they do not run, not one per run.
+    held_elsewhere: Mutex<HashMap<String, (i64, String)>>,
 }
 
 impl fmt::Debug for DynamoState {
@@ -211,6 +198,7 @@ impl DynamoState {
             history_retention,
             closed: AtomicBool::new(false),
             seen_current: Mutex::default(),
+            held_elsewhere: Mutex::default(),
         }
     }
 
@@ -328,23 +316,40 @@ impl DynamoState {
             .expression_attribute_values(":fence", n(lease.fence))
             .build()
             .map_err(|e| self.malformed(op, format!("cannot build the request: {e}")))?;
-        let result = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().condition_check(check).build())
-            .transact_items(write)
-            .send()
-            .await;
-        let err = match result {
-            Ok(_) => return Ok(true),
-            Err(err) => err,
-        };
-        let canceled = err
-            .as_service_error()
-            .and_then(|e| match e {
-                aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => Some(c),
-                _ => None,
+        let check = TransactWriteItem::builder().condition_check(check).build();
+        let mut attempt = 0;
+        let err = loop {
+            attempt += 1;
+            let result = self
+                .client
+                .transact_write_items()
+                .transact_items(check.clone())
+                .transact_items(write.clone())
+                .send()
+                .await;
+            let err = match result {
+                Ok(_) => return Ok(true),
+                Err(err) => err,
+            };
+            // Another request on the same items at the same moment (a replica trying to take
+            // the lease): DynamoDB cancels with TransactionConflict; the write is tried again.
+            let conflict = err.as_service_error().is_some_and(|e| match e {
+                TransactWriteItemsError::TransactionCanceledException(c) => {
+                    let codes = || c.cancellation_reasons().iter().filter_map(|r| r.code());
+                    codes().any(|c| c == "TransactionConflict")
+                        && !codes().any(|c| c == "ConditionalCheckFailed")
+                }
+                _ => false,
             });
+            if !conflict || attempt >= TRANSACTION_ATTEMPTS {
+                break err;
+            }
+            tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+        };
+        let canceled = err.as_service_error().and_then(|e| match e {
+            TransactWriteItemsError::TransactionCanceledException(c) => Some(c),
+            _ => None,
+        });
         let Some(canceled) = canceled else {
             return Err(self.err(op, &err));
         };
@@ -856,6 +861,23 @@ impl StateBackend for DynamoState {
         now: i64,
     ) -> Result<Option<Lease>, StateError> {
         self.open()?;
+        let held_until = |until: Option<(i64, String)>| {
+            let mut map = self
+                .held_elsewhere
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match until {
+                Some(t) => map.insert(job.to_owned(), t),
+                None => map.remove(job),
+            }
+        };
+        if let Some((until, holder)) = held_until(None)
+            && now <= until
+            && holder != owner
+        {
+            held_until(Some((until, holder)));
+            return Ok(None);
+        }
         let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX / 4);
         let expires_at = now.saturating_add(ttl_secs);
         // One call in the common cases: a free or lapsed lease is taken, a live one of another
@@ -883,8 +905,13 @@ impl StateBackend for DynamoState {
                 Some(item) => self.lease_from(job, owner, &item).map(Some),
                 None => Ok(None),
             },
-            // Another owner's live lease, or gone between the two reads (next time).
-            _ => Ok(None),
+            // Another owner's live lease: not worth asking again before it lapses.
+            Some(other) => {
+                held_until(Some((other.expires_at, other.owner)));
+                Ok(None)
+            }
+            // Gone between the two reads: next time.
+            None => Ok(None),
         }
     }
 
@@ -1258,15 +1285,6 @@ mod tests {
         let c = history_sort_prefix(1_764_560_000_000);
         assert!(a < b && b < c, "{a} {b} {c}");
         assert_eq!(a.len(), c.len());
-    }
-
-    #[test]
-    fn owner_ids_differ_per_call_and_name_the_process() {
-        let a = owner_id();
-        let b = owner_id();
-        assert_ne!(a, b);
-        assert!(a.contains(&format!("/{}/", std::process::id())), "{a}");
-        assert!(!a.chars().any(text::is_unsafe));
     }
 
     #[test]
