@@ -44,7 +44,7 @@ use qlik_rotator::{
     connectors,
     daemon::{self, Running},
     secrets::SecretSource,
-    state::{JobState, StateStore},
+    state::{Attempt, JobState, SqliteBackend, StateBackend, StateStore},
 };
 use qlik_sim::{RecordedRequest, SeedConnection, SimConfig, Simulator};
 use serde_json::json;
@@ -70,7 +70,9 @@ struct Args {
     oneshot_before_bin: Option<PathBuf>,
 }
 
-const SECTIONS: [&str; 6] = ["budget", "latency", "calls", "rss", "oneshot", "metrics"];
+const SECTIONS: [&str; 7] = [
+    "budget", "latency", "calls", "rss", "oneshot", "metrics", "state",
+];
 
 impl Args {
     fn parse() -> Result<Args, String> {
@@ -119,7 +121,7 @@ impl Args {
                 "-h" | "--help" => {
                     return Err(
                         "usage: rotation [--connections N] [--baseline-sample K] [--rss-jobs N] \
-                         [--metrics-jobs N] [--only budget|latency|calls|rss|oneshot|metrics] \
+                         [--metrics-jobs N] [--only budget|latency|calls|rss|oneshot|metrics|state] \
                          [--oneshot-before-bin PATH]"
                             .to_owned(),
                     );
@@ -1546,6 +1548,9 @@ fn main() {
         if args.wants("metrics") {
             section_metrics(&args, &mut report);
         }
+        if args.wants("state") {
+            section_state(&mut report).await;
+        }
     });
     header("Summary");
     for (what, ok) in &report.targets {
@@ -1595,4 +1600,164 @@ fn record_runs(m: &std::sync::Arc<qlik_rotator::metrics::Metrics>, cfg: &config:
         });
         m.set_preflight(&job.name, true);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 7: state backend cost (issue 12)
+// ---------------------------------------------------------------------------------------------
+
+/// What one connection's outcome costs the SQLite backend, as the runner does it: one
+/// `record` (an upsert; WAL, `synchronous = FULL`: one fsync) and one `append_history` (an
+/// insert, `NORMAL`: no fsync), each its own committed transaction, with `n` applied rows and `n` attempts already in the
+/// database. Then the old JSON store's `record` at the same sizes (it rewrote the whole file).
+/// The target: ≤ 1 ms for the pair at 100,000 rows.
+async fn section_state(report: &mut Report) {
+    header("State backend: cost of recording one outcome");
+    let entry = |i: usize| JobState {
+        connection_id: format!("{:08x}-0000-4000-8000-{i:012}", i),
+        applied_version: format!("{:064x}", i * 7919),
+        applied_at: 1_760_000_000,
+        checked_at: 1_760_000_000,
+    };
+    let attempt = |i: usize| Attempt {
+        at_ms: 1_760_000_000_000 + i as i64,
+        job: job_name(i),
+        connection: format!("{:08x}-0000-4000-8000-{i:012}", i),
+        outcome: if i.is_multiple_of(10) {
+            "failed"
+        } else {
+            "rotated"
+        }
+        .into(),
+        stage: i.is_multiple_of(10).then(|| "apply".into()),
+        error_type: i.is_multiple_of(10).then(|| "server".into()),
+        secret_version: Some(format!("{:064x}", i * 7919)),
+        duration_ms: 420,
+    };
+    for n in [1_000usize, 10_000, 100_000] {
+        let Ok(dir) = tempfile::tempdir() else {
+            return;
+        };
+        seed_state_db(dir.path(), n, &entry, &attempt);
+        let Ok(db) = SqliteBackend::open(dir.path()) else {
+            println!("    (cannot open a state database in a temporary directory)");
+            return;
+        };
+        let reps = 500.min(n);
+        let t = Instant::now();
+        for i in 0..reps {
+            let _ = db.record(&job_name(i), entry(i + 1), None).await;
+            let _ = db.append_history(&attempt(n + i)).await;
+        }
+        let pair = t.elapsed() / reps as u32;
+        // An unchanged run writes only its attempt (no fsync; `touch` writes at most hourly).
+        let t = Instant::now();
+        for i in 0..reps {
+            let _ = db.append_history(&attempt(2 * n + i)).await;
+        }
+        let append = t.elapsed() / reps as u32;
+        let q = qlik_rotator::state::HistoryQuery {
+            job: Some(job_name(n / 2)),
+            limit: 100,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let _ = db.history(&q).await;
+        let hist = t.elapsed();
+        let size = ["state.db", "state.db-wal"]
+            .iter()
+            .map(|f| std::fs::metadata(dir.path().join(f)).map_or(0, |m| m.len()))
+            .sum::<u64>();
+        db.close().await;
+        println!(
+            "  sqlite, {n} applied rows + {n} attempts ({} KiB): record + append_history {:.3} ms \
+             (mean of {reps}; one fsync); append_history alone {:.3} ms; history --job J {:.2} ms",
+            size / 1024,
+            pair.as_secs_f64() * 1000.0,
+            append.as_secs_f64() * 1000.0,
+            hist.as_secs_f64() * 1000.0,
+        );
+        if n == 100_000 {
+            report.target(
+                format!(
+                    "sqlite record + append_history <= 1 ms at 100,000 rows ({:.3} ms)",
+                    pair.as_secs_f64() * 1000.0
+                ),
+                pair <= Duration::from_millis(1),
+            );
+        }
+        json_store_cost(n, &entry);
+    }
+}
+
+/// The old JSON store's `record` with `n` jobs: the file is written directly (seeding through
+/// `record` rewrites it `n` times), then `record` is timed (it rewrites and fsyncs it whole).
+fn json_store_cost(n: usize, entry: &dyn Fn(usize) -> JobState) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(dir) = tempfile::tempdir() else { return };
+    let jobs: serde_json::Map<String, serde_json::Value> = (0..n)
+        .map(|i| {
+            (
+                job_name(i),
+                serde_json::to_value(entry(i)).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let path = dir.path().join("state.json");
+    let body = serde_json::to_vec_pretty(&json!({"format": 1, "jobs": jobs})).unwrap_or_default();
+    if std::fs::write(&path, &body).is_err()
+        || std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).is_err()
+    {
+        return;
+    }
+    let Ok(store) = StateStore::open(dir.path()) else {
+        return;
+    };
+    let reps = if n >= 100_000 { 10 } else { 100 };
+    let t = Instant::now();
+    for i in 0..reps {
+        let _ = store.record(&job_name(i), entry(i + 1));
+    }
+    let record = t.elapsed() / reps as u32;
+    println!(
+        "  old JSON store, {n} jobs ({} KiB): StateStore::record {:.2} ms (mean of {reps})",
+        body.len() / 1024,
+        record.as_secs_f64() * 1000.0
+    );
+}
+
+/// Seeds `n` applied rows and `n` attempts in one transaction (the bench measures the steady
+/// state, not the seeding), with the backend's own schema (it migrates the file first).
+fn seed_state_db(
+    dir: &std::path::Path,
+    n: usize,
+    entry: &dyn Fn(usize) -> JobState,
+    attempt: &dyn Fn(usize) -> Attempt,
+) {
+    if let Ok(db) = SqliteBackend::open(dir) {
+        drop(db);
+    }
+    let Ok(mut c) = rusqlite::Connection::open(dir.join("state.db")) else {
+        return;
+    };
+    let Ok(tx) = c.transaction() else { return };
+    for i in 0..n {
+        let e = entry(i);
+        let a = attempt(i);
+        let _ = tx.execute(
+            "INSERT INTO applied VALUES (?1, ?2, ?3, ?4, ?5)",
+            rusqlite::params![
+                job_name(i),
+                e.connection_id,
+                e.applied_version,
+                e.applied_at,
+                e.checked_at
+            ],
+        );
+        let _ = tx.execute(
+            "INSERT INTO attempts (at_ms, job, connection, outcome, stage, error_type, secret_version, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            rusqlite::params![a.at_ms, a.job, a.connection, a.outcome, a.stage, a.error_type, a.secret_version, a.duration_ms as i64],
+        );
+    }
+    let _ = tx.commit();
 }

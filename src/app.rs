@@ -10,7 +10,7 @@ use crate::{
     qlik::{ClientSettings, Credentials, QlikClient, RetryPolicy},
     rotation::Rotator,
     secrets::{self, AnySource},
-    state::StateStore,
+    state::{SqliteBackend, StateBackend},
 };
 
 /// Why the build phase failed. Names the config key, never a secret.
@@ -28,7 +28,7 @@ pub enum BuildError {
     #[error("cannot create the HTTP client: {0}")]
     Client(String),
     /// The state directory cannot be used (in use by another process, unsafe permissions,
-    /// not writable, a symbolic link as state file).
+    /// not writable, a symbolic link as state file, a corrupt database).
     #[error("daemon.state_dir: {0}")]
     State(#[from] crate::state::StateError),
 }
@@ -39,8 +39,13 @@ pub enum BuildError {
 pub struct App {
     /// The rotator: Qlik client (with its shared write budget) and the secret sources.
     pub rotator: Arc<Rotator>,
-    /// The state store.
-    pub state: StateStore,
+    /// The state backend (`[state] backend`; its directory or table owned by this process or
+    /// shared through leases).
+    pub state: Arc<dyn StateBackend>,
+    /// This process's lease owner id (`host-pid-random`).
+    pub owner: String,
+    /// How long a job lease lasts without renewal.
+    pub lease_ttl: std::time::Duration,
     /// The metrics (served by `run`; kept but not served by one-shot commands).
     pub metrics: Arc<Metrics>,
 }
@@ -52,7 +57,7 @@ impl App {
     /// # Errors
     /// [`BuildError`], naming the config key.
     pub async fn build(cfg: &Config, input: &dyn ConfigInput) -> Result<App, BuildError> {
-        let state = StateStore::open(cfg.daemon.state_dir.clone())?;
+        let (state, lease_ttl) = state_backend(cfg).await?;
         let metrics = Arc::new(Metrics::with_per_job_histogram(
             cfg.metrics.per_job_duration_histogram,
         ));
@@ -65,9 +70,58 @@ impl App {
         Ok(App {
             rotator: Arc::new(rotator),
             state,
+            owner: owner_id(),
+            lease_ttl,
             metrics,
         })
     }
+}
+
+/// The lease of a local backend: granted at once and never contested, so its length only
+/// shows in logs.
+pub const LOCAL_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Opens the state backend `[state] backend` names, and its lease length.
+///
+/// # Errors
+/// [`BuildError::State`].
+pub async fn state_backend(
+    cfg: &Config,
+) -> Result<(Arc<dyn StateBackend>, std::time::Duration), BuildError> {
+    use crate::config::state::BackendConfig;
+    match &cfg.state.backend {
+        BackendConfig::Sqlite => Ok((
+            Arc::new(SqliteBackend::open(cfg.daemon.state_dir.clone())?),
+            LOCAL_LEASE_TTL,
+        )),
+        // Refused by config validation until the DynamoDB backend is built.
+        BackendConfig::DynamoDb(_) => Err(BuildError::State(crate::state::StateError::Backend {
+            backend: "dynamodb",
+            action: "open",
+            message: "not built yet in this version of qlik-rotator".into(),
+        })),
+    }
+}
+
+/// This process's lease owner id: `<host>-<pid>-<random>`, host cut to 64 safe characters.
+pub fn owner_id() -> String {
+    use rand::Rng;
+    let host: String = std::env::var("HOSTNAME")
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        .take(64)
+        .collect();
+    let host = if host.is_empty() {
+        "local".into()
+    } else {
+        host
+    };
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::rng().random::<u32>()
+    )
 }
 
 /// Builds the Qlik client from `[qlik]`.

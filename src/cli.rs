@@ -52,6 +52,9 @@ pub enum Command {
         #[arg(long)]
         job: Option<String>,
     },
+    /// The audit trail: past attempts from the state database, newest first. Reads it
+    /// read-only (works while the daemon runs); never sends anything.
+    History(HistoryArgs),
     /// Rotate now (one-shot): fetch → PATCH → verify, one line per job.
     Rotate {
         #[command(flatten)]
@@ -111,6 +114,49 @@ pub struct SimulateArgs {
 }
 
 /// `-c FILE`.
+/// Arguments of `history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only this job.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Only this connection (its id, or the configured reference when it was never resolved).
+    #[arg(long)]
+    pub connection: Option<String>,
+    /// Only attempts within this long ago ("30m", "12h", "7d").
+    #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+    pub since: Option<std::time::Duration>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub limit: u32,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: HistoryOutput,
+}
+
+/// `--output` of `history`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HistoryOutput {
+    /// Aligned columns, text escaped.
+    Table,
+    /// One JSON array.
+    Json,
+}
+
+/// `--since`: a duration such as "30m", "12h", "7d" (up to ten years).
+fn parse_since(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::walk::parse_duration(s)
+        .filter(|d| !d.is_zero() && d.as_secs() <= 3650 * 86_400)
+        .ok_or_else(|| {
+            format!(
+                "expected a duration such as \"30m\", \"12h\" or \"7d\" (up to 3650d), found {}",
+                crate::text::quoted(s, 40)
+            )
+        })
+}
+
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// Path of the TOML configuration file (see config/example.toml). Any key can be

@@ -9,7 +9,7 @@ use crate::{
     config::{self, Config, ConfigInput},
     daemon,
     rotation::{Outcome, RunOptions},
-    runner::{JobRuntime, RetryPolicy, Runner},
+    runner::{JobRuntime, RetryPolicy, Runner, Skipped},
     text::Escaped,
 };
 
@@ -242,7 +242,7 @@ pub async fn rotate(
         cfg.daemon.max_concurrent_rotations,
     )
     .await;
-    if let Err(e) = runner.close_state() {
+    if let Err(e) = runner.close_state().await {
         eprintln!(
             "warning: {} (the daemon will rotate the affected connections once more)",
             Escaped(&e.to_string())
@@ -280,14 +280,25 @@ async fn run_jobs(
     let mut tally = Tally::default();
     let mut runs = futures_util::stream::iter(jobs)
         .map(|job| async move {
-            let job = JobRuntime::ungated((*job).clone());
-            runner.run_job(&job, force, None).await
+            let rt = JobRuntime::ungated((*job).clone());
+            (job, runner.run_job(&rt, force, None).await)
         })
         .buffer_unordered(width.max(1));
-    while let Some(run) = runs.next().await {
-        // The runner's only skips (already running, stopping, pre-flight) cannot happen
-        // here: each job runs once, ungated, and nothing stops the runner.
-        for report in run.unwrap_or_default() {
+    while let Some((job, run)) = runs.next().await {
+        // Already running, stopping and pre-flight cannot happen here (each job runs once,
+        // ungated, and nothing stops the runner); a lease or state backend that refused the
+        // run is a failure of this job (the event logged why).
+        let run = match run {
+            Err(skip @ (Skipped::NoLease | Skipped::StateUnavailable)) => {
+                tally.total += 1;
+                tally
+                    .failed
+                    .push(format!("{}: skipped ({skip:?})", job.name));
+                Vec::new()
+            }
+            other => other.unwrap_or_default(),
+        };
+        for report in run {
             bar.suspend(|| crate::outln!("{}", report.line()));
             tally.add(&report);
         }

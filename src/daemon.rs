@@ -69,8 +69,7 @@ impl std::fmt::Debug for Daemon {
 
 impl Daemon {
     /// The jobs, with the last success of each carried over from the state file.
-    fn new(app: App, cfg: &Config) -> Self {
-        let known_state = app.state.load();
+    fn new(app: App, cfg: &Config, known_state: BTreeMap<String, crate::state::JobState>) -> Self {
         let now = chrono::Utc::now().timestamp();
         app.metrics.register_jobs(&cfg.jobs);
         let mut jobs = BTreeMap::new();
@@ -405,8 +404,18 @@ pub async fn spawn(
     cfg: &Config,
     admin_token: Option<SecretString>,
 ) -> Result<Running, StartError> {
-    let daemon = Arc::new(Daemon::new(app, cfg));
+    let known_state = app.state.load().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %crate::text::Escaped(&e.to_string()), "Cannot read the applied versions; last-success times start empty.");
+        BTreeMap::new()
+    });
+    let daemon = Arc::new(Daemon::new(app, cfg, known_state));
     daemon.tracker.spawn(daemon.runner.clone().state_flusher());
+    tokio::spawn(
+        daemon
+            .runner
+            .clone()
+            .history_pruner(cfg.state.history_retention),
+    );
     // The admin listener first, so /healthz and /metrics answer during pre-flight.
     let listen_error = |source| StartError::Listen {
         addr: cfg.metrics.listen,
@@ -480,7 +489,7 @@ impl Running {
         }
         // A last try for a write that failed, then the lock goes.
         // A failure is logged and counted by the StateWriteFailed event close_state emits.
-        let _ = d.runner.close_state();
+        let _ = d.runner.close_state().await;
         self.admin_stop.cancel();
         let _ = self.admin_task.await;
         finished

@@ -416,5 +416,98 @@ impl Event for StateWriteRecovered {
     }
 }
 
+/// Why a run (or its record) went ahead without this replica: the metric's `reason` label.
+#[derive(Debug)]
+pub enum LeaseSkipReason {
+    /// Another replica holds the job's lease (`held_elsewhere`).
+    HeldElsewhere,
+    /// The lease moved to another replica during the run; its result was not recorded here
+    /// (`lost`).
+    Lost,
+    /// The state backend could not grant the lease or read the applied versions
+    /// (`backend_error`); the message is escaped when logged.
+    BackendError(String),
+}
+
+impl LeaseSkipReason {
+    /// The `reason` label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            LeaseSkipReason::HeldElsewhere => "held_elsewhere",
+            LeaseSkipReason::Lost => "lost",
+            LeaseSkipReason::BackendError(_) => "backend_error",
+        }
+    }
+}
+
+/// A job's run skipped (or its record dropped) for want of its lease
+/// (`lease_skips_total{reason}`).
+#[derive(Debug)]
+pub struct LeaseSkipped<'a> {
+    /// The job.
+    pub job: &'a str,
+    /// Why.
+    pub reason: LeaseSkipReason,
+}
+
+impl Event for LeaseSkipped<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        let job = Escaped(self.job);
+        let reason = self.reason.label();
+        match &self.reason {
+            LeaseSkipReason::HeldElsewhere => tracing::info!(
+                job = %job,
+                reason,
+                "Another replica holds this job's lease; skipping this run here."
+            ),
+            LeaseSkipReason::Lost => tracing::warn!(
+                job = %job,
+                reason,
+                "The lease on this job moved to another replica during the run; the result is not recorded here."
+            ),
+            LeaseSkipReason::BackendError(e) => tracing::error!(
+                job = %job,
+                reason,
+                error = %Escaped(e),
+                "The state backend cannot grant this job's lease or read its applied versions; skipping this run (nothing is sent)."
+            ),
+        }
+        if let Some(m) = metrics {
+            m.lease_skipped(reason);
+        }
+    }
+}
+
+/// One pass of the history retention (log only).
+#[derive(Debug)]
+pub struct HistoryPruned {
+    /// `state.history_retention`.
+    pub retention: Duration,
+    /// How many attempts went, or why none could.
+    pub result: Result<u64, String>,
+}
+
+impl Event for HistoryPruned {
+    type Output = ();
+
+    fn emit(self, _metrics: Option<&Metrics>) {
+        let retention_days = self.retention.as_secs() / 86_400;
+        match self.result {
+            Ok(0) => tracing::debug!(retention_days, "No attempts older than the retention."),
+            Ok(deleted) => tracing::info!(
+                deleted,
+                retention_days,
+                "Pruned attempts older than the retention from the history."
+            ),
+            Err(e) => tracing::warn!(
+                error = %Escaped(&e),
+                "Could not prune the history; retried in an hour."
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -35,6 +35,7 @@ pub mod connectors;
 pub mod daemon;
 pub mod demo;
 pub mod events;
+pub mod history;
 pub mod metrics;
 pub mod qlik;
 pub mod rotation;

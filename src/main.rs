@@ -64,6 +64,7 @@ fn main() -> ExitCode {
                 all: _,
                 if_changed,
             } => commands::rotate(&config.config, job.as_deref(), if_changed, &env).await,
+            Command::History(args) => qlik_rotator::history::run(&args, &env).await,
             Command::Connectors { output } => commands::connectors(output),
             Command::DescribeConnector { datasource, config } => {
                 commands::describe_connector(&config.config, &datasource, &env).await

@@ -44,6 +44,9 @@ pub const OUTCOMES: [&str; 4] = ["rotated", "unchanged", "failed", "verify_faile
 /// The stage labels, pre-created in `rotation_retries_total`.
 pub const STAGES: [&str; 5] = ["fetch", "resolve", "build", "apply", "verify"];
 
+/// The reason labels of `lease_skips_total`, pre-created.
+pub const LEASE_SKIP_REASONS: [&str; 3] = ["held_elsewhere", "lost", "backend_error"];
+
 /// Upper bounds of `rotation_duration_seconds` (the `+Inf` bucket is implied).
 pub const DURATION_BUCKETS: [f64; 11] =
     [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
@@ -65,6 +68,7 @@ pub struct Metrics {
     in_flight: IntGauge,
     state_write_failures: IntCounter,
     state_writable: IntGauge,
+    lease_skips: IntCounterVec,
     spec_warnings: IntCounterVec,
     verify_warnings: IntCounterVec,
 }
@@ -178,6 +182,11 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            lease_skips: counter(
+                "lease_skips_total",
+                "Runs skipped (or results not recorded) for want of the job's lease, by reason (held_elsewhere, lost, backend_error).",
+                &["reason"],
+            ),
             spec_warnings: counter(
                 "spec_warnings_total",
                 "api-specs declarations a catalogue connector's writes do not match (type or enum of a file array or mode constant); rotated anyway.",
@@ -200,6 +209,9 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         m.rate_limited.reset();
+        for reason in LEASE_SKIP_REASONS {
+            m.lease_skips.with_label_values(&[reason]).reset();
+        }
         m
     }
 
@@ -244,6 +256,11 @@ impl Metrics {
     pub fn state_write_failed(&self) {
         self.state_write_failures.inc();
         self.state_writable.set(0);
+    }
+
+    /// Counts a run skipped for want of its lease (`lease_skips_total{reason}`).
+    pub fn lease_skipped(&self, reason: &str) {
+        self.lease_skips.with_label_values(&[reason]).inc();
     }
 
     /// Sets `state_writable`.

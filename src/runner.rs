@@ -1,10 +1,13 @@
 //! The job runner: one run of one job, the same for `rotate`, for the daemon's schedules and
 //! for the admin trigger.
 //!
-//! A run: take a rotation slot (the concurrency limit) → re-try pre-flight of the connections
-//! that failed it (daemon only) → read the applied versions (change detection) → rotate →
-//! settle each report (state write, error metric, forget a connection that may have changed)
-//! → retry the retriable failures through [`RetryPolicy`] → record the run's metrics once.
+//! A run: take a rotation slot (the concurrency limit) → take the job's lease from the state
+//! backend (no lease: the run is skipped, an event says why) → re-try pre-flight of the
+//! connections that failed it (daemon only) → read the applied versions (change detection) →
+//! rotate → settle each report (state write under the lease, error metric, forget a connection
+//! that may have changed) → retry the retriable failures through [`RetryPolicy`], renewing the
+//! lease before each retry → record the run's metrics and append one [`Attempt`] per
+//! connection to the history, in the same place → release the lease.
 //! The write budget is the Qlik client's shared write gate, so every run of one process
 //! shares it, whoever started the run.
 
@@ -17,11 +20,14 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     app::App,
     config::{ConnectionRef, JobConfig},
-    events::{StateWriteFailed, StateWriteRecovered, StateWriteWhen},
+    events::{
+        HistoryPruned, LeaseSkipReason, LeaseSkipped, StateWriteFailed, StateWriteRecovered,
+        StateWriteWhen,
+    },
     metrics::Metrics,
     qlik::{CachedConnection, DataConnection},
     rotation::{Outcome, Report, RotationError, Rotator, RunOptions},
-    state::{JobState, StateError, StateStore},
+    state::{Attempt, JobState, Lease, StateBackend, StateError},
 };
 
 /// Why a job's connection failed pre-flight.
@@ -225,13 +231,21 @@ pub enum Skipped {
     ShuttingDown,
     /// No connection of the job has passed pre-flight.
     NoConnection,
+    /// Another replica holds the job's lease, or the state backend could not grant it.
+    NoLease,
+    /// The state backend could not say which versions are applied (no change detection:
+    /// nothing is PATCHed rather than risk a repeat).
+    StateUnavailable,
 }
 
 /// Runs jobs: shared by every caller in one process.
 #[derive(Debug)]
 pub struct Runner {
     rotator: Arc<Rotator>,
-    state: StateStore,
+    state: Arc<dyn StateBackend>,
+    /// This process's lease owner id.
+    owner: String,
+    lease_ttl: Duration,
     metrics: Arc<Metrics>,
     limit: Arc<Semaphore>,
     cancel: CancellationToken,
@@ -250,6 +264,8 @@ impl Runner {
         Runner {
             rotator: app.rotator.clone(),
             state: app.state.clone(),
+            owner: app.owner.clone(),
+            lease_ttl: app.lease_ttl,
             metrics: app.metrics.clone(),
             limit: Arc::new(Semaphore::new(max_concurrent.max(1))),
             cancel: CancellationToken::new(),
@@ -263,8 +279,8 @@ impl Runner {
         &self.rotator
     }
 
-    /// The state store.
-    pub fn state(&self) -> &StateStore {
+    /// The state backend.
+    pub fn state(&self) -> &Arc<dyn StateBackend> {
         &self.state
     }
 
@@ -309,6 +325,37 @@ impl Runner {
         if self.cancel.is_cancelled() {
             return Err(Skipped::ShuttingDown);
         }
+        // The lease before anything is read from the vault or sent to Qlik.
+        let mut lease = self.lease(&job.cfg.name).await.ok_or(Skipped::NoLease)?;
+        let result = self.run_leased(job, force, &mut lease).await;
+        if let Err(e) = self.state.release_lease(&lease).await {
+            tracing::debug!(job = %job.cfg.name, error = %crate::text::Escaped(&e.to_string()), "Could not release the lease early; it lapses by itself.");
+        }
+        result
+    }
+
+    /// Takes (or renews) the lease on `job`; `None`, after an event, when it is not granted.
+    async fn lease(&self, job: &str) -> Option<Lease> {
+        let now = chrono::Utc::now().timestamp();
+        let reason = match (self.state)
+            .acquire_lease(job, &self.owner, self.lease_ttl, now)
+            .await
+        {
+            Ok(Some(lease)) => return Some(lease),
+            Ok(None) => LeaseSkipReason::HeldElsewhere,
+            Err(e) => LeaseSkipReason::BackendError(e.to_string()),
+        };
+        self.rotator.events().emit(LeaseSkipped { job, reason });
+        None
+    }
+
+    /// The body of [`Runner::run_job`], under `lease` (renewed before each retry).
+    async fn run_leased(
+        &self,
+        job: &JobRuntime,
+        force: bool,
+        lease: &mut Lease,
+    ) -> Result<Vec<Report>, Skipped> {
         self.recheck_preflight(job).await;
         let mut only: Vec<usize> = job.passing();
         if only.is_empty() {
@@ -319,12 +366,24 @@ impl Runner {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            if attempt > 1 {
+                match self.lease(&job.cfg.name).await {
+                    Some(renewed) => *lease = renewed,
+                    None => break,
+                }
+            }
+            let Some(reports) = self.attempt(job, force, &only).await else {
+                if attempt == 1 {
+                    return Err(Skipped::StateUnavailable);
+                }
+                break;
+            };
             let mut retry = Vec::new();
-            for report in self.attempt(job, force, &only).await {
+            for report in reports {
                 let index = job
                     .index_of(&report.connection_key)
                     .expect("a report names one of the job's connections");
-                if self.settle(job, index, &report) {
+                if self.settle(job, index, &report, lease).await {
                     retry.push(index);
                 }
                 finals[index] = Some(report);
@@ -344,9 +403,24 @@ impl Runner {
         }
         let reports: Vec<Report> = finals.into_iter().flatten().collect();
         // The outcome of each connection, once, after its last attempt (log line and metrics
-        // from the same event).
+        // from the same event), and the same outcomes into the history.
         self.rotator.finish_run(&job.cfg, &reports);
+        self.append_history(&reports).await;
         Ok(reports)
+    }
+
+    /// Appends one [`Attempt`] per connection outcome (a plan is not an attempt). A failed
+    /// write is kept by the backend and retried by the flusher.
+    async fn append_history(&self, reports: &[Report]) {
+        let at_ms = chrono::Utc::now().timestamp_millis();
+        for r in reports {
+            let Some(attempt) = attempt_of(r, at_ms) else {
+                continue;
+            };
+            if let Err(e) = self.state.append_history(&attempt).await {
+                self.state_write_failed(&r.job, &e);
+            }
+        }
     }
 
     /// Re-tries pre-flight of the connections that failed it, so a fixed permission recovers
@@ -372,21 +446,30 @@ impl Runner {
         self.metrics.set_preflight(name, job.preflight_ok());
     }
 
-    /// One attempt over the connections `only` (indexes).
-    async fn attempt(&self, job: &JobRuntime, force: bool, only: &[usize]) -> Vec<Report> {
+    /// One attempt over the connections `only` (indexes); `None`, after an event, when the
+    /// applied versions cannot be read.
+    async fn attempt(&self, job: &JobRuntime, force: bool, only: &[usize]) -> Option<Vec<Report>> {
         let conns = &job.cfg.connections;
-        // Change detection reads the store's memory, not the file: a version applied by this
-        // process counts even if its write to disk failed.
-        let last_applied = only
-            .iter()
-            .filter_map(|&i| {
-                let c = &conns[i];
-                self.state
-                    .get(&job.cfg.state_key(c))
-                    .filter(|s| s.applies_to(c))
-                    .map(|s| (c.key(), s.applied_version))
-            })
-            .collect();
+        // Change detection reads the backend's memory (SQLite), not the file: a version
+        // applied by this process counts even if its write to disk failed.
+        let mut last_applied = std::collections::HashMap::new();
+        for &i in only {
+            let c = &conns[i];
+            match self.state.get(&job.cfg.state_key(c)).await {
+                Ok(s) => {
+                    if let Some(s) = s.filter(|s| s.applies_to(c)) {
+                        last_applied.insert(c.key(), s.applied_version);
+                    }
+                }
+                Err(e) => {
+                    self.rotator.events().emit(LeaseSkipped {
+                        job: &job.cfg.name,
+                        reason: LeaseSkipReason::BackendError(e.to_string()),
+                    });
+                    return None;
+                }
+            }
+        }
         let known = {
             let slots = job.slots();
             only.iter()
@@ -400,12 +483,12 @@ impl Runner {
             known,
             only: Some(only.iter().map(|&i| conns[i].key()).collect()),
         };
-        self.rotator.run(&job.cfg, opts).await
+        Some(self.rotator.run(&job.cfg, opts).await)
     }
 
     /// Settles one report: the state write for a success, the error metric and a forgotten
     /// connection for a failure. Returns whether the connection is to be tried again.
-    fn settle(&self, job: &JobRuntime, index: usize, report: &Report) -> bool {
+    async fn settle(&self, job: &JobRuntime, index: usize, report: &Report, lease: &Lease) -> bool {
         let conn = &job.cfg.connections[index];
         let key = job.cfg.state_key(conn);
         let now = chrono::Utc::now().timestamp();
@@ -421,14 +504,16 @@ impl Runner {
                         applied_at: now,
                         checked_at: now,
                     };
-                    self.state_written(&job.cfg.name, self.state.record(&key, state));
+                    let written = self.state.record(&key, state, Some(lease)).await;
+                    self.state_written(&job.cfg.name, written);
                 }
                 false
             }
             Outcome::Unchanged | Outcome::Planned(_) => {
                 // The applied version is still current: remember when that was last seen, so
                 // a restart does not make the job look stale (written at most hourly).
-                self.state_written(&job.cfg.name, self.state.touch(&key, now));
+                let written = self.state.touch(&key, now, Some(lease)).await;
+                self.state_written(&job.cfg.name, written);
                 false
             }
             Outcome::Failed(e) | Outcome::VerifyFailed(e) => {
@@ -445,15 +530,52 @@ impl Runner {
         match written {
             // (A touch within the hour writes nothing: the gauge follows the store.)
             Ok(()) => self.metrics.set_state_writable(!self.state.is_dirty()),
-            Err(e) => {
-                self.rotator.events().emit(StateWriteFailed {
-                    job: Some(job),
-                    error: &e.to_string(),
-                    when: StateWriteWhen::AfterRun,
-                });
-                self.state_dirty.notify_one();
-            }
+            Err(e) => self.state_write_failed(job, &e),
         }
+    }
+
+    /// A failed write: a lost lease is an event (the new holder records); anything else is a
+    /// failed state write, which wakes the flusher.
+    fn state_write_failed(&self, job: &str, e: &StateError) {
+        if let StateError::LeaseLost { .. } = e {
+            self.rotator.events().emit(LeaseSkipped {
+                job,
+                reason: LeaseSkipReason::Lost,
+            });
+            return;
+        }
+        self.rotator.events().emit(StateWriteFailed {
+            job: Some(job),
+            error: &e.to_string(),
+            when: StateWriteWhen::AfterRun,
+        });
+        self.state_dirty.notify_one();
+    }
+
+    /// Prunes the history of attempts older than `retention`: once now, then hourly, until
+    /// the runner stops.
+    pub async fn history_pruner(self: Arc<Self>, retention: Duration) {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = self.cancel.cancelled() => return,
+            }
+            self.prune_history(retention).await;
+        }
+    }
+
+    /// One pruning pass (see [`Runner::history_pruner`]).
+    pub async fn prune_history(&self, retention: Duration) {
+        let cutoff = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let result = self.state.prune_history(cutoff).await;
+        self.rotator.events().emit(HistoryPruned {
+            retention,
+            result: result.map_err(|e| e.to_string()),
+        });
     }
 
     /// Retries a failed state write: after 1 s, then doubling up to [`FLUSH_BACKOFF_MAX`],
@@ -473,7 +595,7 @@ impl Runner {
                 () = tokio::time::sleep(delay) => {}
                 () = self.cancel.cancelled() => return,
             }
-            match self.state.flush() {
+            match self.state.flush().await {
                 Ok(()) => self.rotator.events().emit(StateWriteRecovered),
                 Err(e) => {
                     delay = (delay * 2).min(FLUSH_BACKOFF_MAX);
@@ -491,8 +613,8 @@ impl Runner {
     ///
     /// # Errors
     /// [`StateError`] when the file still cannot be written.
-    pub fn close_state(&self) -> Result<(), StateError> {
-        let flushed = self.state.flush();
+    pub async fn close_state(&self) -> Result<(), StateError> {
+        let flushed = self.state.flush().await;
         if let Err(e) = &flushed {
             self.rotator.events().emit(StateWriteFailed {
                 job: None,
@@ -500,9 +622,30 @@ impl Runner {
                 when: StateWriteWhen::Shutdown,
             });
         }
-        self.state.close();
+        self.state.close().await;
         flushed
     }
+}
+
+/// The history row of one connection outcome; `None` for a plan (nothing was attempted).
+pub fn attempt_of(r: &Report, at_ms: i64) -> Option<Attempt> {
+    if matches!(r.outcome, Outcome::Planned(_)) {
+        return None;
+    }
+    let error = r.outcome.error();
+    Some(Attempt {
+        at_ms,
+        job: r.job.clone(),
+        connection: r
+            .connection_id
+            .clone()
+            .unwrap_or_else(|| r.connection_key.clone()),
+        outcome: r.outcome.label().to_owned(),
+        stage: error.map(|e| e.stage().as_str().to_owned()),
+        error_type: error.map(|e| e.error_type().to_owned()),
+        secret_version: r.secret_version.clone(),
+        duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
+    })
 }
 
 #[cfg(test)]

@@ -93,8 +93,19 @@ impl World {
         self.dir.path().join("state")
     }
 
+    /// The JSON state file of earlier versions (imported once by the SQLite backend).
     fn state_file(&self) -> PathBuf {
         self.state_dir().join("state.json")
+    }
+
+    /// The state database.
+    fn db_file(&self) -> PathBuf {
+        self.state_dir().join("state.db")
+    }
+
+    /// What the state database holds (rows, and its raw bytes), for assertions.
+    fn state_text(&self) -> String {
+        common::statedb::dump(&self.state_dir())
     }
 
     /// Creates the state directory (0700) with `state.json` = `body` (0600).
@@ -370,13 +381,7 @@ async fn stale_lock_of_a_killed_daemon_does_not_block_the_next_start() {
     let w = World::with_job_extra("run_on_start = true").await;
     let mut d = w.daemon_ready().await;
     w.wait_patches(3).await;
-    assert!(
-        wait_until(WAIT, || read(&w.state_file())
-            .matches("applied_version")
-            .count()
-            == 3)
-        .await
-    );
+    assert!(wait_until(WAIT, || w.state_text().matches("applied \"").count() == 3).await);
     let old = d.child.id();
     assert!(
         Command::new("kill")
@@ -482,11 +487,12 @@ async fn state_dir_that_is_a_file_is_refused() {
 }
 
 #[tokio::test]
-async fn read_only_state_file_is_read_and_replaced_with_0600() {
+async fn read_only_state_db_is_refused_or_used_but_never_widened() {
     let w = World::new().await;
     let out = w.rotate(&[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    chmod(&w.state_file(), 0o400);
+    chmod(&w.db_file(), 0o400);
+    // (Root writes a 0400 file; anyone else is refused with the chmod that fixes it.)
     // Unchanged: the read-only file was read.
     let out = w.rotate(&["--if-changed"]).await;
     assert_eq!(out.stdout.matches("unchanged").count(), 3, "{}", out.stdout);
@@ -500,7 +506,12 @@ async fn read_only_state_file_is_read_and_replaced_with_0600() {
     let out = w.rotate(&["--if-changed"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(w.patches(), 4);
-    assert_eq!(mode(&w.state_file()), 0o600);
+    assert_eq!(
+        mode(&w.db_file()),
+        0o400,
+        "the mode is the operator's to widen"
+    );
+    assert!(w.state_text().contains("applied \"sales-s3\""));
     assert_clean(&out);
 }
 
@@ -537,7 +548,7 @@ async fn umask_000_still_creates_0700_directories_and_0600_files() {
     for dir in ["deep", "deep/er", "deep/er/state"] {
         assert_eq!(mode(&w.dir.path().join(dir)), 0o700, "{dir}");
     }
-    for file in ["state.json", "state.lock"] {
+    for file in ["state.db", "state.lock"] {
         assert_eq!(mode(&nested.join(file)), 0o600, "{file}");
     }
 }
@@ -657,71 +668,97 @@ async fn state_json_that_is_a_fifo_is_refused_without_blocking() {
 }
 
 #[tokio::test]
-async fn planted_temp_symlink_with_the_old_predictable_name_is_not_followed() {
+async fn planted_wal_symlink_is_refused_and_its_target_untouched() {
     let w = World::new().await;
-    let r = w.start_in_process().await.unwrap();
+    let out = w.rotate(&[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
     let victim = w.dir.path().join("victim");
     std::fs::write(&victim, "precious").unwrap();
-    // The name the old code used: .state.json.<pid>.tmp (this process runs the daemon).
-    let planted = w
-        .state_dir()
-        .join(format!(".state.json.{}.tmp", std::process::id()));
-    symlink(&victim, &planted).unwrap();
-    r.daemon.trigger("sales-s3", false);
-    w.wait_patches(1).await;
-    assert!(
-        wait_until(WAIT, || read(&w.state_file()).contains("sales-s3")).await,
-        "state written"
-    );
-    assert!(r.shutdown().await);
+    // SQLite would write its log through the link: refused before it opens the database.
+    for companion in ["state.db-wal", "state.db-shm", "state.db-journal"] {
+        let planted = w.state_dir().join(companion);
+        symlink(&victim, &planted).unwrap();
+        let out = w.rotate(&[]).await;
+        assert_eq!(out.code, 64, "{companion}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains(&format!("{companion} is a symbolic link")),
+            "{companion}: {}",
+            out.stderr
+        );
+        assert_clean(&out);
+        std::fs::remove_file(&planted).unwrap();
+    }
     assert_eq!(read(&victim), "precious", "the link's target was written");
-    assert!(
-        std::fs::symlink_metadata(w.state_file()).unwrap().is_file(),
-        "state.json must be a regular file"
-    );
-    assert!(std::fs::symlink_metadata(&planted).unwrap().is_symlink());
-    assert_eq!(mode(&w.state_file()), 0o600);
+    assert_eq!(w.patches(), 3, "nothing PATCHed by the refused runs");
 }
 
 #[tokio::test]
-async fn state_json_swapped_for_a_symlink_at_runtime_is_replaced_not_followed() {
+async fn state_db_swapped_for_a_symlink_at_runtime_is_not_followed_and_refused_next_start() {
     let w = World::new().await;
     let r = w.start_in_process().await.unwrap();
     let victim = w.dir.path().join("victim");
     std::fs::write(&victim, "precious").unwrap();
-    symlink(&victim, w.state_file()).unwrap();
+    let moved = w.state_dir().join("moved.db");
+    std::fs::rename(w.db_file(), &moved).unwrap();
+    symlink(&victim, w.db_file()).unwrap();
     r.daemon.trigger("sales-s3", false);
     w.wait_patches(1).await;
-    assert!(
-        wait_until(WAIT, || std::fs::symlink_metadata(w.state_file())
-            .is_ok_and(|m| m.is_file()))
-        .await,
-        "state.json replaced by a regular file"
-    );
+    wait_metric(
+        &r,
+        "qlik_rotator_rotations_total",
+        &[("rotation_job", "sales-s3"), ("outcome", "rotated")],
+        1.0,
+    )
+    .await;
     assert!(r.shutdown().await);
     assert_eq!(read(&victim), "precious");
-    assert!(read(&w.state_file()).contains("sales-s3"));
+    // The open database kept its file (SQLite notices it moved and leaves the record in its
+    // log rather than checkpoint): the record is there, not in the link's target.
+    let wal = String::from_utf8_lossy(
+        &std::fs::read(w.state_dir().join("state.db-wal")).unwrap_or_default(),
+    )
+    .into_owned();
+    assert!(
+        common::statedb::dump_file(&moved).contains("sales-s3") || wal.contains("sales-s3"),
+        "the record is in the moved database or its log"
+    );
+    let out = w.rotate(&[]).await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("state.db is a symbolic link"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(w.patches(), 1);
+    assert_eq!(read(&victim), "precious");
+    assert_clean(&out);
 }
 
 // === hostile contents ===
 
 #[tokio::test]
-async fn corrupt_state_json_is_a_fresh_start_and_is_replaced() {
+async fn corrupt_state_json_imports_nothing_says_so_and_is_set_aside() {
     let w = World::new().await;
     w.seed_state(b"{\"format\":1,\"jobs\":{\"sales-s3\":");
     let out = w.rotate(&["--if-changed"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stderr
-            .contains("The state file is corrupt; starting fresh"),
+            .contains("The JSON state file could not be read: nothing imported"),
         "{}",
         out.stderr
     );
     assert!(out.stderr.contains("line"), "{}", out.stderr);
     assert_eq!(w.patches(), 3, "a fresh start rotates each job once");
-    let parsed: serde_json::Value = serde_json::from_str(&read(&w.state_file())).unwrap();
-    assert_eq!(parsed["jobs"].as_object().unwrap().len(), 3);
+    assert_eq!(w.state_text().matches("applied \"").count(), 3);
+    assert!(!w.state_file().exists());
+    assert!(w.state_dir().join("state.json.corrupt").exists());
     assert_clean(&out);
+    // The second start does not try again.
+    let out = w.rotate(&["--if-changed"]).await;
+    assert!(!out.stderr.contains("JSON state file"), "{}", out.stderr);
+    assert_eq!(w.patches(), 3);
 }
 
 #[tokio::test]
@@ -755,7 +792,7 @@ async fn hostile_values_in_state_json_are_never_echoed() {
         let out = w.rotate(&["--if-changed"]).await;
         assert_eq!(out.code, 0, "{name}: {}", out.stderr);
         assert!(
-            out.stderr.contains("The state file is corrupt"),
+            out.stderr.contains("nothing imported"),
             "{name}: {}",
             out.stderr
         );
@@ -778,13 +815,16 @@ async fn huge_state_json_is_a_fresh_start_without_reading_it() {
     drop(f);
     let out = w.rotate(&["--if-changed"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("larger than the limit"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("larger than"), "{}", out.stderr);
+    assert!(out.stderr.contains("nothing imported"), "{}", out.stderr);
     assert_eq!(w.patches(), 3);
-    assert!(std::fs::metadata(w.state_file()).unwrap().len() < 10_000);
+    assert!(!w.state_file().exists());
+    // Set aside as it was (still sparse: never read).
+    let aside = w.state_dir().join("state.json.corrupt");
+    assert_eq!(
+        std::fs::metadata(aside).unwrap().len(),
+        qlik_rotator::state::MAX_STATE_BYTES + 1
+    );
     assert_clean(&out);
 }
 
@@ -801,10 +841,9 @@ async fn control_characters_in_job_names_are_kept_but_never_printed() {
     assert_eq!(w.patches(), 3);
     assert!(!out.stderr.contains("FORGED") && !out.stdout.contains("FORGED"));
     assert_clean(&out);
-    // The foreign entry survives the rewrite, JSON-escaped.
-    let parsed: serde_json::Value = serde_json::from_str(&read(&w.state_file())).unwrap();
-    assert!(parsed["jobs"].get(evil).is_some());
-    assert!(!read(&w.state_file()).contains('\u{1b}'));
+    // The foreign entry is imported as it was (it is data, never printed raw).
+    assert!(w.state_text().contains(&format!("applied \"{evil}\"")));
+    assert!(w.state_dir().join("state.json.imported").exists());
 }
 
 #[tokio::test]
@@ -836,12 +875,7 @@ async fn extreme_timestamps_do_not_panic_the_daemon() {
     let out = w.rotate(&[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     // Keep the applied versions; make every time i64::MIN.
-    let mut state: serde_json::Value = serde_json::from_str(&read(&w.state_file())).unwrap();
-    for (_, job) in state["jobs"].as_object_mut().unwrap() {
-        job["applied_at"] = i64::MIN.into();
-        job["checked_at"] = i64::MIN.into();
-    }
-    std::fs::write(w.state_file(), state.to_string()).unwrap();
+    common::statedb::set_times(&w.state_dir(), i64::MIN, i64::MIN);
     let r = w.start_in_process().await.unwrap();
     for job in ["sales-s3", "finance-sql", "warehouse-bq"] {
         r.daemon.trigger(job, false);
@@ -868,8 +902,7 @@ async fn extreme_timestamps_do_not_panic_the_daemon() {
     }
     assert!(r.shutdown().await);
     assert_eq!(w.patches(), 3, "unchanged: nothing re-applied");
-    let state: serde_json::Value = serde_json::from_str(&read(&w.state_file())).unwrap();
-    let checked = state["jobs"]["sales-s3"]["checked_at"].as_i64().unwrap();
+    let checked = common::statedb::checked_at(&w.state_dir(), "sales-s3");
     assert!(checked > 1_700_000_000, "checked_at refreshed: {checked}");
 }
 
@@ -942,8 +975,8 @@ async fn state_write_failing_mid_run_never_re_patches_and_recovers() {
         metric(&text, "qlik_rotator_state_write_failures_total", &[]),
         Some(0.0)
     );
-    // A non-empty directory where state.json is renamed to: every write fails (even as root).
-    std::fs::create_dir_all(w.state_file().join("blocker")).unwrap();
+    // Another program holds the database's write lock: every write fails (even as root).
+    let blocker = common::statedb::WriteBlocker::hold(&w.state_dir());
     r.daemon.trigger("sales-s3", false);
     wait_metric(
         &r,
@@ -969,9 +1002,18 @@ async fn state_write_failing_mid_run_never_re_patches_and_recovers() {
     assert!(!text.contains(CANARY));
 
     // Fixed: the flusher writes the remembered version, and the gauge recovers.
-    std::fs::remove_dir_all(w.state_file()).unwrap();
+    drop(blocker);
     wait_metric(&r, "qlik_rotator_state_writable", &[], 1.0).await;
-    assert!(read(&w.state_file()).contains("sales-s3"));
+    assert!(w.state_text().contains("applied \"sales-s3\""));
+    // The history holds the rotation and the five unchanged runs, written late.
+    assert_eq!(
+        common::statedb::attempts(&w.state_dir(), "sales-s3", "rotated"),
+        1
+    );
+    assert_eq!(
+        common::statedb::attempts(&w.state_dir(), "sales-s3", "unchanged"),
+        5
+    );
     assert!(r.shutdown().await);
 
     // A restart reads it: still unchanged, still one PATCH.
@@ -985,7 +1027,7 @@ async fn state_write_failing_mid_run_never_re_patches_and_recovers() {
 async fn state_write_failing_on_a_one_second_schedule_patches_once() {
     let w = World::with_job_extra("schedule = \"* * * * * *\"").await;
     let r = w.start_in_process().await.unwrap();
-    std::fs::create_dir_all(w.state_file().join("blocker")).unwrap();
+    let _blocker = common::statedb::WriteBlocker::hold(&w.state_dir());
     // The issue saw 5 PATCHes in 8 s; wait for three ticks per job after the first rotation.
     for job in ["sales-s3", "finance-sql", "warehouse-bq"] {
         wait_at_least(
@@ -1010,7 +1052,7 @@ async fn state_write_failing_on_a_one_second_schedule_patches_once() {
 async fn daemon_logs_a_failed_state_write_and_the_shutdown_flush_without_secrets() {
     let w = World::new().await;
     let d = w.daemon_ready().await;
-    std::fs::create_dir_all(w.state_file().join("blocker")).unwrap();
+    let _blocker = common::statedb::WriteBlocker::hold(&w.state_dir());
     let resp = reqwest::Client::new()
         .post(format!("http://{}/jobs/sales-s3/rotate", w.addr()))
         .bearer_auth("adversarial-admin-token")
@@ -1033,7 +1075,8 @@ async fn daemon_logs_a_failed_state_write_and_the_shutdown_flush_without_secrets
     for needle in [
         "Cannot write the state file; the applied version is kept in memory (no re-apply)",
         "Cannot write the state file at shutdown",
-        "state.json (cannot write)",
+        "state backend sqlite",
+        "database is locked",
     ] {
         assert!(
             out.stderr.contains(needle),
@@ -1043,4 +1086,279 @@ async fn daemon_logs_a_failed_state_write_and_the_shutdown_flush_without_secrets
     }
     assert_clean(&out);
     assert_eq!(w.patches(), 1);
+}
+
+// === the state database (issue 12) ===
+
+#[tokio::test]
+async fn symlinked_state_db_is_refused_and_its_target_untouched() {
+    let w = World::new().await;
+    std::fs::create_dir_all(w.state_dir()).unwrap();
+    chmod(&w.state_dir(), 0o700);
+    let victim = w.dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    symlink(&victim, w.db_file()).unwrap();
+    let out = w.rotate(&[]).await;
+    assert_refused(
+        &w,
+        &out,
+        64,
+        &[
+            "daemon.state_dir",
+            "state.db is a symbolic link",
+            "remove it",
+        ],
+    );
+    assert_eq!(read(&victim), "precious");
+    let out = w.run_expecting_exit().await;
+    assert_refused(&w, &out, 64, &["state.db is a symbolic link"]);
+}
+
+#[tokio::test]
+async fn group_writable_state_db_is_refused_with_the_chmod_fix() {
+    let w = World::new().await;
+    let out = w.rotate(&[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    chmod(&w.db_file(), 0o660);
+    let out = w.rotate(&[]).await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    for needle in [
+        "state.db is group- or world-writable (mode 0660)",
+        "chmod 600",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}: {}", out.stderr);
+    }
+    assert_eq!(w.patches(), 3, "nothing PATCHed by the refused run");
+    assert_clean(&out);
+    // `history` refuses it too: a forged audit trail is not shown as ours.
+    let out = run_cli(&["history", "-c", w.config()], &w.env()).await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    assert!(out.stderr.contains("chmod 600"), "{}", out.stderr);
+    assert_clean(&out);
+}
+
+#[tokio::test]
+async fn state_db_that_is_a_directory_is_refused() {
+    let w = World::new().await;
+    std::fs::create_dir_all(w.db_file().join("x")).unwrap();
+    chmod(&w.state_dir(), 0o700);
+    let out = w.rotate(&[]).await;
+    assert_refused(&w, &out, 64, &["state.db is not a regular file"]);
+}
+
+#[tokio::test]
+async fn state_db_locked_by_another_program_is_refused_before_any_patch() {
+    let w = World::new().await;
+    let out = w.rotate(&[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    std::fs::write(
+        w.dir.path().join("vault/qlik/sales-s3.json"),
+        r#"{"accessKey":"CANARY-ST-AKIA2","secretKey":"CANARY-ST-SECRET2"}"#,
+    )
+    .unwrap();
+    let blocker = common::statedb::WriteBlocker::hold(&w.state_dir());
+    let out = w.rotate(&["--if-changed"]).await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("state.db is locked by another program"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        w.patches(),
+        3,
+        "no PATCH while the change could not be recorded"
+    );
+    assert_clean(&out);
+    drop(blocker);
+    let out = w.rotate(&["--if-changed"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(w.patches(), 4);
+}
+
+#[tokio::test]
+async fn corrupt_state_db_is_refused_with_the_fix_and_left_alone() {
+    let w = World::new().await;
+    std::fs::create_dir_all(w.state_dir()).unwrap();
+    chmod(&w.state_dir(), 0o700);
+    let garbage = format!("SQLite format 3\0{CANARY}\u{1b}[2J FORGED: rotated\n").repeat(300);
+    std::fs::write(w.db_file(), &garbage).unwrap();
+    chmod(&w.db_file(), 0o600);
+    let out = w.rotate(&[]).await;
+    assert_refused(
+        &w,
+        &out,
+        64,
+        &[
+            "daemon.state_dir",
+            "state.db is not a usable state database",
+            "mv ",
+            ".corrupt",
+        ],
+    );
+    assert!(!out.stderr.contains("FORGED"), "{}", out.stderr);
+    assert_eq!(read(&w.db_file()), garbage, "never replaced silently");
+    let out = w.run_expecting_exit().await;
+    assert_refused(&w, &out, 64, &["is not a usable state database"]);
+    let out = run_cli(&["history", "-c", w.config()], &w.env()).await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    assert_clean(&out);
+}
+
+#[tokio::test]
+async fn hostile_job_names_in_history_are_escaped_and_capped() {
+    let w = World::new().await;
+    let evil = format!(
+        "evil\u{1b}]0;pwned\u{7}\u{202e}\nFORGED: rotated and verified\r{}",
+        "x".repeat(100_000)
+    );
+    let s = qlik_rotator::state::SqliteBackend::open(w.state_dir()).unwrap();
+    use qlik_rotator::state::StateBackend;
+    s.append_history(&qlik_rotator::state::Attempt {
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        job: evil.clone(),
+        connection: format!("{evil}-conn"),
+        outcome: "failed\u{1b}[31m".into(),
+        stage: Some("apply\n".into()),
+        error_type: Some("x\u{7}".into()),
+        secret_version: Some(format!("{CANARY}-is-a-version-not-a-value\u{1b}")),
+        duration_ms: u64::MAX,
+    })
+    .await
+    .unwrap();
+    s.close().await;
+    for output in ["table", "json"] {
+        let out = run_cli(&["history", "-c", w.config(), "--output", output], &w.env()).await;
+        assert_eq!(out.code, 0, "{output}: {}", out.stderr);
+        for (name, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            assert!(
+                !text
+                    .chars()
+                    .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+                "{output}: a raw control or bidi character in {name}"
+            );
+        }
+        assert!(
+            !out.stdout.lines().any(|l| l.starts_with("FORGED")),
+            "{output}: a forged line"
+        );
+        assert!(
+            out.stdout.len() < 4_000,
+            "{output}: capped ({} bytes)",
+            out.stdout.len()
+        );
+        assert!(out.stdout.contains("evil"), "{output}: {}", out.stdout);
+    }
+    assert_eq!(w.patches(), 0);
+}
+
+/// A backend that grants no lease (as DynamoDB does while another replica holds the job):
+/// the run is skipped before any vault read or Qlik call, with the event and the metric.
+#[derive(Debug)]
+struct NoLeases(std::sync::Arc<dyn qlik_rotator::state::StateBackend>);
+
+#[async_trait::async_trait]
+impl qlik_rotator::state::StateBackend for NoLeases {
+    fn kind(&self) -> &'static str {
+        "no-leases"
+    }
+    async fn load(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, qlik_rotator::state::JobState>, StateError2>
+    {
+        self.0.load().await
+    }
+    async fn get(&self, key: &str) -> Result<Option<qlik_rotator::state::JobState>, StateError2> {
+        self.0.get(key).await
+    }
+    async fn record(
+        &self,
+        key: &str,
+        state: qlik_rotator::state::JobState,
+        lease: Option<&qlik_rotator::state::Lease>,
+    ) -> Result<(), StateError2> {
+        self.0.record(key, state, lease).await
+    }
+    async fn touch(
+        &self,
+        key: &str,
+        now: i64,
+        lease: Option<&qlik_rotator::state::Lease>,
+    ) -> Result<(), StateError2> {
+        self.0.touch(key, now, lease).await
+    }
+    async fn append_history(&self, a: &qlik_rotator::state::Attempt) -> Result<(), StateError2> {
+        self.0.append_history(a).await
+    }
+    async fn history(
+        &self,
+        q: &qlik_rotator::state::HistoryQuery,
+    ) -> Result<Vec<qlik_rotator::state::Attempt>, StateError2> {
+        self.0.history(q).await
+    }
+    async fn prune_history(&self, before_ms: i64) -> Result<u64, StateError2> {
+        self.0.prune_history(before_ms).await
+    }
+    async fn acquire_lease(
+        &self,
+        _job: &str,
+        _owner: &str,
+        _ttl: Duration,
+        _now: i64,
+    ) -> Result<Option<qlik_rotator::state::Lease>, StateError2> {
+        Ok(None)
+    }
+    async fn release_lease(&self, l: &qlik_rotator::state::Lease) -> Result<(), StateError2> {
+        self.0.release_lease(l).await
+    }
+    async fn health(&self) -> Result<(), StateError2> {
+        self.0.health().await
+    }
+    async fn close(&self) {
+        self.0.close().await;
+    }
+}
+
+type StateError2 = qlik_rotator::state::StateError;
+
+#[tokio::test]
+async fn a_job_whose_lease_is_held_elsewhere_is_skipped_before_anything_is_read_or_sent() {
+    use qlik_rotator::runner::{JobRuntime, RetryPolicy, Runner, Skipped};
+    let w = World::new().await;
+    let text = std::fs::read_to_string(w.config()).unwrap();
+    let input: HashMap<String, String> = w.env().into_iter().collect();
+    let cfg = config::load_str(&text, w.dir.path(), &input).unwrap();
+    let mut app = qlik_rotator::app::App::build(&cfg, &input).await.unwrap();
+    app.state = std::sync::Arc::new(NoLeases(app.state.clone()));
+    let runner = Runner::new(&app, 4, RetryPolicy::new(1));
+    let before = w.sim.requests().len();
+    for job in &cfg.jobs {
+        let rt = JobRuntime::ungated(job.clone());
+        assert_eq!(
+            runner.run_job(&rt, true, None).await.unwrap_err(),
+            Skipped::NoLease
+        );
+    }
+    assert_eq!(w.sim.requests().len(), before, "no Qlik call at all");
+    assert_eq!(w.patches(), 0);
+    let text = app.metrics.render();
+    assert_eq!(
+        metric(
+            &text,
+            "qlik_rotator_lease_skips_total",
+            &[("reason", "held_elsewhere")]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert!(!text.contains(CANARY));
+    let q = qlik_rotator::state::HistoryQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(
+        app.state.history(&q).await.unwrap().is_empty(),
+        "no attempt"
+    );
+    runner.close_state().await.unwrap();
 }

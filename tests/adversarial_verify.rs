@@ -257,7 +257,7 @@ impl Tenant {
     }
 
     fn state(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("state/state.json")).unwrap_or_default()
+        common::statedb::dump(&self.dir.path().join("state"))
     }
 
     fn count(&self, method: &str) -> usize {

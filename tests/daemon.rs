@@ -315,12 +315,14 @@ async fn unchanged_secret_is_not_reapplied_across_a_restart() {
     assert!(r.shutdown().await);
     assert_eq!(with_method(&sim, "PATCH").len(), 3);
 
-    // A corrupt state file is a fresh start, not a crash.
+    // A state.json appearing after the first start is not imported (the database is the
+    // state): still unchanged, still no PATCH.
     std::fs::write(dir.path().join("state/state.json"), "{garbage").unwrap();
     let r = start(dir.path(), &text).await;
-    wait_outcome(&r, "sales-s3", "rotated").await;
+    wait_outcome(&r, "sales-s3", "unchanged").await;
     assert!(r.shutdown().await);
-    let state = std::fs::read_to_string(dir.path().join("state/state.json")).unwrap();
+    assert_eq!(with_method(&sim, "PATCH").len(), 3);
+    let state = common::statedb::dump(&dir.path().join("state"));
     assert!(state.contains("\"sales-s3\""));
 }
 
@@ -812,11 +814,7 @@ async fn sigterm_during_a_slow_patch_finishes_patch_and_verify_then_exits_0() {
             .iter()
             .any(|r| r.method == "GET" && r.path.ends_with(S3_ID))
     );
-    assert!(
-        std::fs::read_to_string(d.dir.path().join("state/state.json"))
-            .unwrap()
-            .contains("sales-s3")
-    );
+    assert!(common::statedb::dump(&d.dir.path().join("state")).contains("\"sales-s3\""));
     assert!(
         std::net::TcpStream::connect(addr).is_err(),
         "the listener is closed after exit"

@@ -753,6 +753,43 @@ fn kubernetes_mounts_agree_with_the_config() {
     );
 }
 
+/// The single-replica variant keeps its SQLite state on a PersistentVolumeClaim (issue 12): one
+/// replica, Recreate (the old pod lets go of the ReadWriteOnce volume before the new one
+/// mounts it), fsGroup (the volume is writable by the daemon's user), and the claim exists.
+#[test]
+fn kubernetes_state_volume_is_a_persistent_volume_claim_of_the_single_replica() {
+    let d = manifest("kubernetes/deployment.yaml", "Deployment");
+    assert_eq!(d["spec"]["replicas"].as_u64(), Some(1));
+    assert_eq!(d["spec"]["strategy"]["type"].as_str(), Some("Recreate"));
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["fsGroup"].as_u64(), Some(65532));
+    let (_, config) = configmap_config();
+    let s = settings(&config);
+    let (name, read_only) = mount_at(container(&d), s.state_dir.parent().unwrap());
+    assert!(!read_only);
+    let v = volume(&d, &name);
+    assert!(
+        v.get("emptyDir").is_none(),
+        "state on an emptyDir is lost at every restart"
+    );
+    let claim = ystr(
+        &v["persistentVolumeClaim"]["claimName"],
+        "state volume persistentVolumeClaim.claimName",
+    );
+    let pvc = manifest("kubernetes/pvc.yaml", "PersistentVolumeClaim");
+    assert_eq!(pvc["metadata"]["name"].as_str(), Some(claim));
+    assert_eq!(
+        pvc["spec"]["accessModes"],
+        serde_yaml_ng::from_str::<Yaml>("[ReadWriteOnce]").unwrap()
+    );
+    assert!(
+        pvc["spec"]["resources"]["requests"]["storage"]
+            .as_str()
+            .is_some(),
+        "a storage request"
+    );
+}
+
 #[test]
 fn kubernetes_deployment_is_single_replica_and_restricted() {
     let d = manifest("kubernetes/deployment.yaml", "Deployment");

@@ -167,7 +167,7 @@ async fn rotates_s3_sqlserver_and_bigquery_from_secrets_manager() {
     );
 
     // The state file records versions, never values.
-    let state = std::fs::read_to_string(w.dir.path().join("state/state.json")).unwrap();
+    let state = common::statedb::dump(&w.dir.path().join("state"));
     assert!(state.contains("\"sales-s3\""));
     assert!(!state.contains("AKIANEW2026") && !state.contains("N3w-P@ss"));
 }

@@ -6,6 +6,7 @@
 //! [`SecretLocator::read`].
 
 mod split;
+pub mod state;
 pub mod walk;
 
 use std::{
@@ -311,6 +312,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// `[state]`.
+    pub state: state::StateConfig,
 }
 
 impl JobConfig {
@@ -489,7 +492,7 @@ fn syntax_error(text: &str, e: &config::ConfigError) -> ConfigError {
 /// anything else (a pasted secret on a line of its own parses as a key) yields the table or
 /// nothing.
 fn toml_key_path(before: &str, line: &str) -> Option<String> {
-    const SECTIONS: &[&str] = &["qlik", "qlik.oauth", "daemon", "metrics"];
+    const SECTIONS: &[&str] = &["qlik", "qlik.oauth", "daemon", "metrics", "state"];
     let clean = |h: &str| -> String { h.chars().filter(|c| !c.is_whitespace()).collect() };
     let mut table: Option<String> = Some(String::new());
     let mut jobs = 0usize;
@@ -600,6 +603,12 @@ const KNOWN_KEYS: &[&str] = &[
     "listen",
     "admin_token_file",
     "per_job_duration_histogram",
+    "state",
+    "backend",
+    "table",
+    "lease_ttl",
+    "region",
+    "history_retention",
 ];
 
 /// `[A-Za-z0-9_-]{1,64}`: names of sources and the like.
@@ -723,15 +732,18 @@ fn validate_with<E>(
         .map(|t| daemon_section(t, base_dir, &mut errs));
     let metrics = Table::new("metrics", root.get("metrics").unwrap_or(&empty), &mut errs)
         .and_then(|t| metrics_section(t, base_dir, &mut errs));
+    let state = Table::new("state", root.get("state").unwrap_or(&empty), &mut errs)
+        .and_then(|t| state::state_section(t, &mut errs));
     root.finish(&mut errs);
 
-    Ok(match (qlik, daemon, metrics) {
-        (Some(qlik), Some(daemon), Some(metrics)) if errs.0.is_empty() => Ok(Config {
+    Ok(match (qlik, daemon, metrics, state) {
+        (Some(qlik), Some(daemon), Some(metrics), Some(state)) if errs.0.is_empty() => Ok(Config {
             qlik,
             sources,
             jobs,
             daemon,
             metrics,
+            state,
         }),
         _ => Err(ConfigErrors(errs.0)),
     })

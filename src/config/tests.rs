@@ -959,3 +959,59 @@ fn the_per_job_duration_histogram_is_off_unless_enabled() {
         1
     );
 }
+
+#[test]
+fn state_defaults_to_sqlite_with_90_days_of_history() {
+    let cfg = load_str(MINIMAL, Path::new("/etc/qr"), &env(&[])).unwrap();
+    assert_eq!(cfg.state, state::StateConfig::default());
+    assert_eq!(cfg.state.backend, state::BackendConfig::Sqlite);
+    assert_eq!(
+        cfg.state.history_retention,
+        Duration::from_secs(90 * 86_400)
+    );
+    let text = format!("{MINIMAL}\n[state]\nbackend = \"sqlite\"\nhistory_retention = \"7d\"\n");
+    let cfg = load_str(&text, Path::new("/etc/qr"), &env(&[])).unwrap();
+    assert_eq!(cfg.state.history_retention, Duration::from_secs(7 * 86_400));
+}
+
+#[test]
+fn state_errors_name_their_keys() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "backend = \"redis\"",
+            &["state.backend: expected \"sqlite\""],
+        ),
+        ("backend = 3", &["state.backend: expected a string"]),
+        (
+            "history_retention = \"1h\"",
+            &["state.history_retention: expected a duration from"],
+        ),
+        ("history_retention = \"soon\"", &["state.history_retention"]),
+        (
+            "table = \"t\"",
+            &["state.table: applies to backend = \"dynamodb\" only"],
+        ),
+        ("colour = \"blue\"", &["state.colour: unknown key"]),
+        // DynamoDB: every key checked, and the backend itself refused until it is built.
+        ("backend = \"dynamodb\"", &["state.table: is required"]),
+        (
+            "backend = \"dynamodb\"\ntable = \"x\"\nlease_ttl = \"1s\"\nregion = \"EU WEST\"",
+            &[
+                "state.table: expected a DynamoDB table name",
+                "state.lease_ttl: expected a duration from 5s",
+                "state.region: expected an AWS region",
+            ],
+        ),
+        (
+            "backend = \"dynamodb\"\ntable = \"qlik-rotator-state\"",
+            &["state.backend: \"dynamodb\" is not built yet"],
+        ),
+    ];
+    println!("{} [state] error cases", cases.len());
+    for (body, needles) in cases {
+        let errs = errors(&format!("{MINIMAL}\n[state]\n{body}\n")).join("\n");
+        for n in *needles {
+            assert!(errs.contains(n), "{body:?}: missing {n:?} in\n{errs}");
+        }
+    }
+}

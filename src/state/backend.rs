@@ -98,4 +98,13 @@ pub trait StateBackend: Send + Sync + std::fmt::Debug {
     async fn health(&self) -> Result<(), StateError>;
     /// Closes the backend: later writes fail with [`StateError::Closed`].
     async fn close(&self);
+    /// Whether memory holds records or attempts the backend does not (a write failed and is
+    /// waiting for [`StateBackend::flush`]). A backend that keeps nothing back says `false`.
+    fn is_dirty(&self) -> bool {
+        false
+    }
+    /// Retries the writes that failed (the runner's flusher calls it with backoff).
+    async fn flush(&self) -> Result<(), StateError> {
+        Ok(())
+    }
 }

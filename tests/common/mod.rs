@@ -5,3 +5,4 @@ pub mod dynamodb;
 pub mod harness;
 pub mod moto;
 pub mod simulate;
+pub mod statedb;

@@ -36,7 +36,9 @@ use serde::{Deserialize, Serialize};
 
 pub mod backend;
 pub mod dynamodb;
+pub mod sqlite;
 pub use backend::{Attempt, HistoryQuery, Lease, StateBackend};
+pub use sqlite::SqliteBackend;
 
 /// What is remembered about one job.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +152,17 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    /// The state database cannot be used as one: not SQLite, damaged, or written by a newer
+    /// qlik-rotator. Never replaced silently: it holds the audit trail.
+    #[error("{} {detail}: {fix}", path.display())]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong (escaped; never a stored value).
+        detail: String,
+        /// What to do about it.
+        fix: String,
+    },
     /// The store was closed (the daemon is shutting down).
     #[error("the state store is closed")]
     Closed,
@@ -183,7 +196,10 @@ impl StateError {
     }
 }
 
-fn io_err(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StateError {
+pub(crate) fn io_err(
+    path: &Path,
+    action: &'static str,
+) -> impl FnOnce(std::io::Error) -> StateError {
     let path = path.to_path_buf();
     move |source| StateError::Io {
         path,
@@ -225,50 +241,7 @@ impl StateStore {
     /// a directory that cannot be used safely.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StateError> {
         let dir = dir.into();
-        match fs::metadata(&dir) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(io_err(&dir, "cannot create the state directory"))?,
-            Err(e) => return Err(io_err(&dir, "cannot read the state directory")(e)),
-        }
-        // The directory itself may be a link (systemd's DynamicUser makes
-        // /var/lib/<name> a link to /var/lib/private/<name>); what it points to is checked.
-        let meta = fs::metadata(&dir).map_err(io_err(&dir, "cannot read the state directory"))?;
-        if !meta.is_dir() {
-            return Err(StateError::WrongType {
-                path: dir,
-                expected: "directory",
-            });
-        }
-        check_mode(&dir, &meta, "700")?;
-
-        let lock_path = dir.join(LOCK_FILE);
-        let mut lock = open_or_create(&lock_path)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(StateError::InUse {
-                    pid: read_pid(&mut lock),
-                    dir,
-                });
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(io_err(&lock_path, "cannot lock")(e));
-            }
-        }
-        lock.set_len(0)
-            .and_then(|()| lock.write_all(format!("{}\n", std::process::id()).as_bytes()))
-            .map_err(io_err(&lock_path, "cannot write the lock file"))?;
-
-        // Prove the directory takes new files now, not at the first rotation.
-        let (probe, probe_path) = create_temp(&dir, ".probe")
-            .map_err(io_err(&dir, "the state directory is not writable"))?;
-        drop(probe);
-        fs::remove_file(&probe_path).map_err(io_err(&probe_path, "cannot remove"))?;
-
+        let lock = lock_dir(&dir)?;
         let jobs = read_state(&dir.join(STATE_FILE))?;
         Ok(StateStore {
             dir,
@@ -392,8 +365,67 @@ impl StateStore {
     }
 }
 
+/// Takes a state directory for this process: creates it (mode 0700) when missing, refuses a
+/// group- or world-writable one, takes the `flock` on `state.lock` (writing this process's pid
+/// into it) and proves the directory writable with a probe file. Shared by every local store.
+///
+/// # Errors
+/// [`StateError::InUse`] when another process holds the lock, otherwise a directory that
+/// cannot be used safely.
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, StateError> {
+    let dir = dir.to_path_buf();
+    match fs::metadata(&dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err(&dir, "cannot create the state directory"))?,
+        Err(e) => return Err(io_err(&dir, "cannot read the state directory")(e)),
+    }
+    // The directory itself may be a link (systemd's DynamicUser makes
+    // /var/lib/<name> a link to /var/lib/private/<name>); what it points to is checked.
+    let meta = fs::metadata(&dir).map_err(io_err(&dir, "cannot read the state directory"))?;
+    if !meta.is_dir() {
+        return Err(StateError::WrongType {
+            path: dir,
+            expected: "directory",
+        });
+    }
+    check_mode(&dir, &meta, "700")?;
+
+    let lock_path = dir.join(LOCK_FILE);
+    let mut lock = open_or_create(&lock_path)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            return Err(StateError::InUse {
+                pid: read_pid(&mut lock),
+                dir,
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(io_err(&lock_path, "cannot lock")(e));
+        }
+    }
+    lock.set_len(0)
+        .and_then(|()| lock.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .map_err(io_err(&lock_path, "cannot write the lock file"))?;
+
+    // Prove the directory takes new files now, not at the first rotation.
+    let (probe, probe_path) =
+        create_temp(&dir, ".probe").map_err(io_err(&dir, "the state directory is not writable"))?;
+    drop(probe);
+    fs::remove_file(&probe_path).map_err(io_err(&probe_path, "cannot remove"))?;
+    Ok(lock)
+}
+
 /// Refuses group/world-writable modes.
-fn check_mode(path: &Path, meta: &fs::Metadata, fix: &'static str) -> Result<(), StateError> {
+pub(crate) fn check_mode(
+    path: &Path,
+    meta: &fs::Metadata,
+    fix: &'static str,
+) -> Result<(), StateError> {
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o022 != 0 {
         return Err(StateError::Permissions {
@@ -429,7 +461,7 @@ fn create_temp(dir: &Path, suffix: &str) -> std::io::Result<(File, PathBuf)> {
 
 /// Opens an existing regular file without following a symbolic link: the file's identity
 /// before and after the open must agree (so a link swapped in between is noticed).
-fn open_no_follow(path: &Path, write: bool) -> Result<Option<File>, StateError> {
+pub(crate) fn open_no_follow(path: &Path, write: bool) -> Result<Option<File>, StateError> {
     let before = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -498,23 +530,53 @@ fn read_pid(lock: &mut File) -> Option<u32> {
         .filter(|p| *p > 0)
 }
 
-/// Reads `state.json`; see [`StateStore::open`].
-fn read_state(path: &Path) -> Result<BTreeMap<String, JobState>, StateError> {
+/// Why a `state.json` that exists could not be used (its text is never quoted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonProblem {
+    /// Larger than [`MAX_STATE_BYTES`].
+    TooLarge,
+    /// Not the expected JSON: where, and what kind of error (serde's classification).
+    Corrupt {
+        /// Line (1-based).
+        line: usize,
+        /// Column (1-based).
+        column: usize,
+        /// `syntax`, `data`, `eof`, `io`.
+        kind: String,
+    },
+}
+
+impl std::fmt::Display for JsonProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JsonProblem::TooLarge => write!(f, "larger than {MAX_STATE_BYTES} bytes"),
+            JsonProblem::Corrupt { line, column, kind } => {
+                write!(
+                    f,
+                    "not valid ({kind} error at line {line}, column {column})"
+                )
+            }
+        }
+    }
+}
+
+/// Reads a `state.json` with every rule of the module docs: `Ok(None)` when there is none,
+/// `Ok(Some(Err(_)))` when it is too large or corrupt; an error for a link, a special file,
+/// unsafe permissions or an I/O failure.
+///
+/// # Errors
+/// [`StateError`].
+#[allow(clippy::type_complexity)]
+pub fn read_json(
+    path: &Path,
+) -> Result<Option<Result<BTreeMap<String, JobState>, JsonProblem>>, StateError> {
     let Some(file) = open_no_follow(path, false)? else {
-        return Ok(BTreeMap::new());
+        return Ok(None);
     };
     let meta = file.metadata().map_err(io_err(path, "cannot read"))?;
     check_mode(path, &meta, "600")?;
-    let too_large = || {
-        tracing::warn!(
-            path = %path.display(),
-            limit_bytes = MAX_STATE_BYTES,
-            "The state file is larger than the limit; starting fresh (every job will rotate once)."
-        );
-        Ok(BTreeMap::new())
-    };
     if meta.len() > MAX_STATE_BYTES {
-        return too_large();
+        return Ok(Some(Err(JsonProblem::TooLarge)));
     }
     let mut bytes = Vec::new();
     file.take(MAX_STATE_BYTES + 1)
@@ -522,17 +584,38 @@ fn read_state(path: &Path) -> Result<BTreeMap<String, JobState>, StateError> {
         .map_err(io_err(path, "cannot read"))?;
     if bytes.len() as u64 > MAX_STATE_BYTES {
         // (It grew after the size check.)
-        return too_large();
+        return Ok(Some(Err(JsonProblem::TooLarge)));
     }
-    match serde_json::from_slice::<StateFile>(&bytes) {
+    Ok(Some(match serde_json::from_slice::<StateFile>(&bytes) {
         Ok(s) => Ok(s.jobs),
-        Err(e) => {
-            // Only the position and the kind: serde's message can quote the file's text.
+        // Only the position and the kind: serde's message can quote the file's text.
+        Err(e) => Err(JsonProblem::Corrupt {
+            line: e.line(),
+            column: e.column(),
+            kind: format!("{:?}", e.classify()).to_lowercase(),
+        }),
+    }))
+}
+
+/// Reads `state.json`; see [`StateStore::open`].
+pub(crate) fn read_state(path: &Path) -> Result<BTreeMap<String, JobState>, StateError> {
+    match read_json(path)? {
+        None => Ok(BTreeMap::new()),
+        Some(Ok(jobs)) => Ok(jobs),
+        Some(Err(JsonProblem::TooLarge)) => {
             tracing::warn!(
                 path = %path.display(),
-                line = e.line(),
-                column = e.column(),
-                kind = ?e.classify(),
+                limit_bytes = MAX_STATE_BYTES,
+                "The state file is larger than the limit; starting fresh (every job will rotate once)."
+            );
+            Ok(BTreeMap::new())
+        }
+        Some(Err(JsonProblem::Corrupt { line, column, kind })) => {
+            tracing::warn!(
+                path = %path.display(),
+                line,
+                column,
+                kind,
                 "The state file is corrupt; starting fresh (every job will rotate once)."
             );
             Ok(BTreeMap::new())
