@@ -54,8 +54,28 @@ pub async fn check_config(path: &Path, online: bool, input: &dyn ConfigInput) ->
         Ok(x) => x,
         Err(code) => return code,
     };
-    crate::outln!("pre-flight against {}:", cfg.qlik.tenant_url);
     let mut failed = 0;
+    // The shared state table: exists, ACTIVE, the right keys, reachable with these credentials.
+    if let config::state::BackendConfig::DynamoDb(d) = &cfg.state.backend {
+        let db = crate::state::dynamodb::DynamoState::connect(
+            &d.table,
+            d.region.as_deref(),
+            cfg.state.history_retention,
+        )
+        .await;
+        match crate::state::StateBackend::health(&db).await {
+            Ok(()) => crate::outln!("state table {}: OK", Escaped(&d.table)),
+            Err(e) => {
+                failed += 1;
+                crate::outln!(
+                    "state table {}: FAILED: {}",
+                    Escaped(&d.table),
+                    Escaped(&e.to_string())
+                );
+            }
+        }
+    }
+    crate::outln!("pre-flight against {}:", cfg.qlik.tenant_url);
     for job in &cfg.jobs {
         for target in &job.connections {
             let label = if job.connections.len() > 1 {
