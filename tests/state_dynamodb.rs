@@ -990,3 +990,124 @@ async fn an_oversized_applied_version_is_refused_on_write() {
     assert_clean("error", &err);
     assert!(get_raw(&client, &table, "state", "k").await.is_empty());
 }
+
+// --- the binary: check-config --online and history on the table ---------------------------
+
+/// A config over the simulator's three jobs (file vault) with `[state]` on `table`, and the
+/// environment that points the AWS SDK at `endpoint` for DynamoDB.
+fn cli_config(
+    dir: &std::path::Path,
+    sim: &qlik_sim::Simulator,
+    table: &str,
+    endpoint: &str,
+) -> (std::path::PathBuf, Vec<(String, String)>) {
+    std::fs::create_dir_all(dir.join("vault")).unwrap();
+    let text = format!(
+        "{}\n[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\n[state]\nbackend = \"dynamodb\"\ntable = \"{table}\"\nregion = \"us-east-1\"\n{}",
+        common::harness::qlik_section(sim),
+        common::harness::three_jobs("vault")
+    );
+    let path = common::harness::write_config(dir, &text);
+    let env = common::harness::env(&[
+        ("QLIK_API_KEY", common::harness::API_KEY),
+        ("AWS_ENDPOINT_URL_DYNAMODB", endpoint),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", CANARY),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]);
+    (path, env)
+}
+
+fn assert_output_clean(out: &common::harness::CliOutput) {
+    for (what, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        assert!(!text.contains(CANARY), "{what} shows the canary: {text}");
+        assert!(
+            !text.contains(common::harness::API_KEY),
+            "{what} shows the API key"
+        );
+    }
+}
+
+#[tokio::test]
+async fn check_config_online_checks_the_state_table() {
+    let sim = common::harness::tenant(qlik_sim::SimConfig::default()).await;
+    let (_, _, table) = fresh().await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |table: &str, endpoint: &str| {
+        let (path, env) = cli_config(dir.path(), &sim, table, endpoint);
+        async move {
+            common::harness::run_cli(
+                &["check-config", "--online", "-c", path.to_str().unwrap()],
+                &env,
+            )
+            .await
+        }
+    };
+    let ok = run(&table, &moto().endpoint).await;
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(
+        ok.stdout.contains(&format!("state table {table}: OK")),
+        "{}",
+        ok.stdout
+    );
+    assert_output_clean(&ok);
+
+    let missing = run("no-such-state-table", &moto().endpoint).await;
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(
+        missing
+            .stdout
+            .contains("state table no-such-state-table: FAILED: ")
+            && missing.stdout.contains("not found"),
+        "{}",
+        missing.stdout
+    );
+    assert_output_clean(&missing);
+
+    let start = Instant::now();
+    let gone = run(&table, &format!("http://127.0.0.1:{}", free_port())).await;
+    assert_eq!(gone.code, 1, "{gone:?}");
+    assert!(gone.stdout.contains("could not connect"), "{}", gone.stdout);
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_output_clean(&gone);
+    // Checking sends nothing to Qlik but reads.
+    assert!(common::harness::with_method(&sim, "PATCH").is_empty());
+}
+
+#[tokio::test]
+async fn the_history_command_reads_the_table_and_escapes_what_it_prints() {
+    let sim = common::harness::tenant(qlik_sim::SimConfig::default()).await;
+    let (db, _, table) = fresh().await;
+    let now_ms = 1_000 * 1_700_000_000;
+    db.append_history(&attempt(now_ms, "sales-s3", "c-1", "rotated"))
+        .await
+        .unwrap();
+    db.append_history(&attempt(now_ms + 1, "evil\u{1b}[2Jjob", "c-2", "failed"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (path, env) = cli_config(dir.path(), &sim, &table, &moto().endpoint);
+    let config = path.to_str().unwrap();
+    let json_out =
+        common::harness::run_cli(&["history", "--output", "json", "-c", config], &env).await;
+    assert_eq!(json_out.code, 0, "{json_out:?}");
+    let text = json_out.stdout.trim();
+    assert!(
+        text.contains("sales-s3") && text.contains("ver-1700000000000"),
+        "{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "raw escape in {text:?}");
+    let one = common::harness::run_cli(&["history", "--job", "sales-s3", "-c", config], &env).await;
+    assert_eq!(one.code, 0, "{one:?}");
+    assert!(
+        one.stdout.contains("sales-s3") && !one.stdout.contains("evil"),
+        "{}",
+        one.stdout
+    );
+    assert_output_clean(&json_out);
+    assert_output_clean(&one);
+}
