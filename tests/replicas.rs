@@ -609,3 +609,116 @@ async fn three_replicas_share_fifty_jobs_exactly_once_and_survive_a_kill() {
     drop(sim);
     println!("replica test took {:?}", started.elapsed());
 }
+
+/// A run longer than the lease TTL keeps its lease (renewed every third of the TTL): another
+/// owner trying all along never gets it while the run goes on, the one PATCH is recorded, and
+/// once the run is over the lease is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_longer_than_the_lease_ttl_keeps_its_lease() {
+    use qlik_rotator::state::{StateBackend, dynamodb::DynamoState};
+    let moto = Moto::start();
+    let ddb = dynamo_client(&moto.endpoint);
+    create_state_table(&ddb, TABLE).await;
+    // Every Qlik request takes 4 s: the PATCH and the verify GET make a run of 8 s or more.
+    let sim = common::harness::tenant(qlik_sim::SimConfig {
+        latency: Duration::from_millis(4_000),
+        ..qlik_sim::SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("vault/qlik")).unwrap();
+    std::fs::write(
+        dir.path().join("vault/qlik/finance-sql.json"),
+        json!({"username": "long-run", "password": format!("{PASSWORD}-long")}).to_string(),
+    )
+    .unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}\n[sources.vault]\ntype = \"file\"\npath = \"{}\"\n[state]\nbackend = \"dynamodb\"\ntable = \"{TABLE}\"\nregion = \"us-east-1\"\nlease_ttl = \"{}s\"\n[daemon]\nstate_dir = \"{}\"\n[metrics]\nlisten = \"{listen}\"\n[[jobs]]\nname = \"finance-sql\"\nconnection = {{ id = \"{}\" }}\nconnector = \"mssql\"\nsource = \"vault\"\nsecret = \"qlik/finance-sql\"\nschedule = \"0 0 0 1 1 *\"\nrun_on_start = true\n",
+            common::harness::qlik_section(&sim),
+            dir.path().join("vault").display(),
+            LEASE_TTL.as_secs(),
+            dir.path().join("state").display(),
+            common::harness::SQL_ID,
+        ),
+    )
+    .unwrap();
+    let env: Vec<(String, String)> = [
+        ("QLIK_API_KEY", common::harness::API_KEY),
+        ("AWS_ENDPOINT_URL_DYNAMODB", moto.endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let daemon = Proc::spawn(
+        "daemon",
+        dir.path(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        &env,
+    );
+    let intruder = DynamoState::from_client(ddb.clone(), TABLE, Duration::from_secs(86_400));
+    // Wait until the run holds the lease.
+    wait_for(
+        "the run to take its lease",
+        Duration::from_secs(30),
+        async || {
+            lease_owners(&ddb, unix_now())
+                .await
+                .contains_key("finance-sql")
+        },
+    )
+    .await;
+    let held_from = Instant::now();
+    let mut tries = 0;
+    // Another owner tries (a fresh backend each time: no memory of the holder's expiry)
+    // until the run has recorded its result.
+    let recorded = loop {
+        tries += 1;
+        let fresh = DynamoState::from_client(ddb.clone(), TABLE, Duration::from_secs(86_400));
+        let state = fresh.get("finance-sql").await.unwrap();
+        if let Some(st) = state {
+            break st;
+        }
+        let got = fresh
+            .acquire_lease("finance-sql", "intruder", LEASE_TTL, unix_now())
+            .await
+            .unwrap();
+        assert!(
+            got.is_none(),
+            "another owner took the lease {:?} into the run: {got:?}\n{}",
+            held_from.elapsed(),
+            daemon.output()
+        );
+        assert!(
+            held_from.elapsed() < Duration::from_secs(40),
+            "the run never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let run_time = held_from.elapsed();
+    println!(
+        "the run held its lease for {run_time:?} (lease TTL {LEASE_TTL:?}; {tries} takeover attempts refused)"
+    );
+    assert!(
+        run_time > LEASE_TTL,
+        "the run was not longer than the TTL: {run_time:?}"
+    );
+    assert_eq!(common::harness::with_method(&sim, "PATCH").len(), 1);
+    assert_eq!(recorded.connection_id, common::harness::SQL_ID);
+    // The check could fail: once the run is over, the lease is free for the other owner.
+    wait_for("the lease to be free again", LEASE_TTL * 2, async || {
+        intruder
+            .acquire_lease("finance-sql", "intruder", LEASE_TTL, unix_now())
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert!(!daemon.output().contains(PASSWORD));
+}
