@@ -1736,6 +1736,12 @@ fn ha_deployment_is_replicated_rolling_spread_and_budgeted() {
 }
 
 #[test]
+fn ha_config_passes_check_config() {
+    let (text, _) = ha_config();
+    check_config(&text, "deploy/kubernetes/ha/configmap-patch.yaml");
+}
+
+#[test]
 fn ha_config_differs_from_the_base_only_by_a_dynamodb_state() {
     let (_, base) = configmap_config();
     let (_, mut ha_cfg) = ha_config();
