@@ -1659,6 +1659,7 @@ fn ha_overlay_builds_on_the_base_and_patches_its_objects() {
         let target = match ystr(&p["kind"], "kind") {
             "Deployment" => manifest("kubernetes/deployment.yaml", "Deployment"),
             "ConfigMap" => manifest("kubernetes/configmap.yaml", "ConfigMap"),
+            "PersistentVolumeClaim" => manifest("kubernetes/pvc.yaml", "PersistentVolumeClaim"),
             other => panic!("{file}: patches a {other}, which the base does not have"),
         };
         assert_eq!(p["metadata"]["name"], target["metadata"]["name"], "{file}");
@@ -1697,6 +1698,32 @@ fn ha_deployment_is_replicated_rolling_spread_and_budgeted() {
             .get("containers")
             .is_none()
     );
+    // The state volume: the base's ReadWriteOnce claim cannot be shared by the replicas, so
+    // each pod gets an emptyDir (DynamoDB holds the state) and the claim is deleted.
+    let base_state = volume(&base, "state");
+    let state = yseq(
+        &patch["spec"]["template"]["spec"]["volumes"],
+        "patch volumes",
+    )
+    .iter()
+    .find(|v| v["name"].as_str() == Some("state"))
+    .expect("the patch replaces the state volume");
+    if base_state.get("persistentVolumeClaim").is_some() {
+        assert!(
+            state
+                .get("persistentVolumeClaim")
+                .is_some_and(Yaml::is_null),
+            "the patch must remove the base's persistentVolumeClaim: {state:?}"
+        );
+        let claim = ystr(
+            &base_state["persistentVolumeClaim"]["claimName"],
+            "claimName",
+        );
+        let delete = ha("pvc-delete.yaml");
+        assert_eq!(delete["metadata"]["name"].as_str(), Some(claim));
+        assert_eq!(delete["$patch"].as_str(), Some("delete"));
+    }
+    assert!(state.get("emptyDir").is_some(), "{state:?}");
     let pod_labels = base["spec"]["template"]["metadata"]["labels"]
         .as_mapping()
         .expect("pod labels");
