@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Starts a moto server on 127.0.0.1:<port> with a fix for a moto 5.2.5 Secrets Manager bug.
+"""Starts a moto server on 127.0.0.1:<port> with fixes for two moto 5.2.5 bugs (see below).
 
 Usage: moto_server.py PORT [--exit-with-parent]
 
 With --exit-with-parent the server stops when the process that started it goes away (so a
 killed test run leaves no server behind).
 
-The bug: after UpdateSecretVersionStage moves AWSCURRENT to another version, GetSecretValue
+Secrets Manager: after UpdateSecretVersionStage moves AWSCURRENT to another version, GetSecretValue
 without a VersionStage (and BatchGetSecretValue) still returns the old version, because the
 secret's default_version_id is not updated. Real AWS follows the AWSCURRENT label.
+
+DynamoDB: concurrent requests can corrupt a transaction (see the lock below).
 """
 
 import os
@@ -34,6 +36,24 @@ def _update_secret_version_stage(
 
 
 SecretsManagerBackend.update_secret_version_stage = _update_secret_version_stage
+
+
+# moto 5.2.5's DynamoDB backend is not thread-safe, and the server answers each request on its
+# own thread: TransactWriteItems deep-copies the whole table (to roll back) while other threads
+# write to it, and fails with a 500 "dictionary changed size during iteration". Real DynamoDB
+# isolates each request; here DynamoDB requests are served one at a time.
+from moto.dynamodb.responses import DynamoHandler  # noqa: E402
+
+_dynamodb_lock = threading.Lock()
+_original_dynamodb_call_action = DynamoHandler.call_action
+
+
+def _dynamodb_call_action(self):
+    with _dynamodb_lock:
+        return _original_dynamodb_call_action(self)
+
+
+DynamoHandler.call_action = _dynamodb_call_action
 
 
 def _exit_with_parent() -> None:

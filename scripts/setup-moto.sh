@@ -27,7 +27,7 @@ PY
 }
 
 if [ "$(installed_version || true)" = "$moto_version" ] \
-    && "$venv/bin/python" -c 'import flask, flask_cors, moto.server' >/dev/null 2>&1; then
+    && "$venv/bin/python" -c 'import flask, flask_cors, moto.server, py_partiql_parser, docker' >/dev/null 2>&1; then
     echo "setup-moto: moto $moto_version already installed in $venv"
     exit 0
 fi

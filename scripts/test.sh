@@ -3,7 +3,8 @@
 # On a fresh machine it first installs what the tests need, each step idempotent:
 #   - promtool (Debian package `prometheus`) and Python's venv module (`python3-venv`), via
 #     apt-get when missing (as root, or through `sudo -n`); a clear message when it cannot;
-#   - the pinned moto test server (scripts/setup-moto.sh) and cfn-lint (scripts/setup-cfn-lint.sh).
+#   - the pinned moto test server (scripts/setup-moto.sh), OpenBao (scripts/setup-bao.sh) and
+#     cfn-lint, which checks the CloudFormation templates in deploy/aws (scripts/setup-deploy-tools.sh).
 # Then it runs every test suite, not stopping at the first failing one (--no-fail-fast): unit
 # tests, snapshot tests, and integration tests against the Qlik simulator and a real moto server,
 # for both workspace packages; then checks that the product compiles without the simulator.
@@ -49,7 +50,7 @@ fi
 bash scripts/setup-moto.sh
 bash scripts/setup-bao.sh
 bash scripts/setup-node.sh
-bash scripts/setup-cfn-lint.sh
+bash scripts/setup-deploy-tools.sh
 
 # --- every suite ---------------------------------------------------------------------------
 log="$(mktemp)"

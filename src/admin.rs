@@ -87,6 +87,8 @@ pub struct Handle {
     pub metrics: Arc<Metrics>,
     /// Read by `/readyz`.
     pub ready: Readiness,
+    /// Whether the state backend answers its health check (read by `/readyz`).
+    pub backend_ok: Readiness,
     /// `POST /jobs/{name}/rotate` sends here.
     pub trigger: mpsc::Sender<TriggerRequest>,
     /// `POST /secrets/{id}/rotate` sends here.
@@ -147,7 +149,13 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.handle.ready.get() {
+    if s.handle.ready.get() && !s.handle.backend_ok.get() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready (the state backend does not answer; no rotation runs)\n",
+        )
+            .into_response()
+    } else if s.handle.ready.get() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (

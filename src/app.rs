@@ -10,7 +10,7 @@ use crate::{
     qlik::{ClientSettings, Credentials, QlikClient, RetryPolicy},
     rotation::Rotator,
     secrets::{self, AnySource},
-    state::{SqliteBackend, StateBackend},
+    state::{SqliteBackend, StateBackend, dynamodb::DynamoState},
 };
 
 /// Why the build phase failed. Names the config key, never a secret.
@@ -99,12 +99,15 @@ pub async fn state_backend(
             Arc::new(SqliteBackend::open(cfg.daemon.state_dir.clone())?),
             LOCAL_LEASE_TTL,
         )),
-        // Refused by config validation until the DynamoDB backend is built.
-        BackendConfig::DynamoDb(_) => Err(BuildError::State(crate::state::StateError::Backend {
-            backend: "dynamodb",
-            action: "open",
-            message: "not built yet in this version of qlik-rotator".into(),
-        })),
+        // A client only: nothing is called until the first run (readiness and
+        // `check-config --online` call DescribeTable).
+        BackendConfig::DynamoDb(d) => Ok((
+            Arc::new(
+                DynamoState::connect(&d.table, d.region.as_deref(), cfg.state.history_retention)
+                    .await,
+            ),
+            d.lease_ttl,
+        )),
     }
 }
 

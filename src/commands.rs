@@ -185,11 +185,37 @@ pub async fn check_config(
             return build_exit(&e);
         }
     };
+    let mut checks = Vec::new();
+    let mut failures: Vec<&'static str> = Vec::new();
+    // The shared state table: exists, ACTIVE, the right keys, reachable with these credentials.
+    if let config::state::BackendConfig::DynamoDb(d) = &cfg.state.backend {
+        let db = crate::state::dynamodb::DynamoState::connect(
+            &d.table,
+            d.region.as_deref(),
+            cfg.state.history_retention,
+        )
+        .await;
+        let health = crate::state::StateBackend::health(&db).await;
+        let line = match &health {
+            Ok(()) => "OK".to_owned(),
+            Err(e) => format!("FAILED: {e}"),
+        };
+        if !json {
+            crate::outln!("state table {}: {}", Escaped(&d.table), Escaped(&line));
+        }
+        if health.is_err() {
+            failures.push("state_backend");
+        }
+        checks.push(json!({
+            "state_table": d.table,
+            "ok": health.is_ok(),
+            "error_type": health.is_err().then_some("state_backend"),
+            "message": crate::text::printable(&line, 4000),
+        }));
+    }
     if !json {
         crate::outln!("pre-flight against {}:", cfg.qlik.tenant_url);
     }
-    let mut checks = Vec::new();
-    let mut failures: Vec<&'static str> = Vec::new();
     for job in &cfg.jobs {
         // Pre-flight first; then, when a connection passes, the secret is read once (as a
         // plan run does) and its key names checked against the job's connector. Values are

@@ -155,6 +155,8 @@ pub struct Daemon<R: RunJobs = Runner> {
     ready: Readiness,
     /// Set once the start-up pre-flight has finished (or was cut short by shutdown).
     preflight_done: tokio::sync::SetOnce<()>,
+    /// Whether the state backend answers ([`Daemon::watch_backend`]).
+    backend_ok: Readiness,
 }
 
 impl<R: RunJobs> std::fmt::Debug for Daemon<R> {
@@ -181,6 +183,48 @@ fn carried_last_success(
 }
 
 impl Daemon<Runner> {
+    /// Checks the state backend once: sets `backend_ok` (read by `/readyz`) and the
+    /// state-writable gauge, and logs a change. `was` is the previous answer, if any.
+    async fn check_backend(&self, was: Option<bool>) -> bool {
+        let state = self.runner.state();
+        let ok = match state.health().await {
+            Ok(()) => {
+                if was == Some(false) {
+                    tracing::info!(
+                        backend = state.kind(),
+                        "The state backend answers again; ready."
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                if was != Some(false) {
+                    tracing::error!(backend = state.kind(), error = %crate::text::Escaped(&e.to_string()), "The state backend does not answer: not ready, and no job takes a lease (nothing is sent) until it does.");
+                }
+                false
+            }
+        };
+        self.backend_ok.set(ok);
+        if ok {
+            self.metrics().set_state_writable(!state.is_dirty());
+        } else {
+            self.metrics().set_state_writable(false);
+        }
+        ok
+    }
+
+    /// Checks the state backend every `every` until the daemon stops.
+    async fn watch_backend(self: Arc<Self>, every: Duration) {
+        let mut was = self.backend_ok.get();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = self.cancel().cancelled() => return,
+            }
+            was = self.check_backend(Some(was)).await;
+        }
+    }
+
     /// The jobs, with the last success of each carried over from the state file.
     fn new(app: App, cfg: &Config, known_state: BTreeMap<String, crate::state::JobState>) -> Self {
         let now = chrono::Utc::now().timestamp();
@@ -305,6 +349,7 @@ impl<R: RunJobs> Daemon<R> {
             tracker: TaskTracker::new(),
             ready: Readiness::default(),
             preflight_done: tokio::sync::SetOnce::new(),
+            backend_ok: Readiness::default(),
         }
     }
 
@@ -739,6 +784,7 @@ pub async fn spawn(
     let handle = admin::Handle {
         metrics: daemon.metrics().clone(),
         ready: daemon.ready.clone(),
+        backend_ok: daemon.backend_ok.clone(),
         trigger,
         secret_trigger,
     };
@@ -750,6 +796,18 @@ pub async fn spawn(
         admin_stop.clone(),
     ));
     tracing::info!(%addr, "Serving /metrics, /healthz, /readyz.");
+    let state = daemon.runner.state().clone();
+    tracing::info!(
+        backend = state.kind(),
+        owner = %crate::text::Escaped(daemon.runner.owner()),
+        "State backend; this replica's lease owner id."
+    );
+    daemon.check_backend(None).await;
+    tokio::spawn(
+        daemon
+            .clone()
+            .watch_backend(cfg.state.backend.health_interval()),
+    );
     let (scheduler, cron_entries) = daemon.schedule().await?;
     if let Some(crate::config::events::EventsConfig::Sqs(sqs)) = &cfg.events {
         let consumer = crate::triggers::sqs::SqsConsumer::build(sqs).await;

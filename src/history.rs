@@ -46,10 +46,21 @@ pub async fn run(args: &HistoryArgs, input: &dyn ConfigInput) -> ExitCode {
             }
             Err(e) => Err(e),
         },
-        // Refused by config validation until the DynamoDB backend is built.
-        BackendConfig::DynamoDb(_) => {
-            eprintln!("error: state.backend: \"dynamodb\" is not built yet");
-            return ExitCode::from(EXIT_USAGE);
+        // The shared table (one Query, newest first; the table's TTL and the daemons prune).
+        BackendConfig::DynamoDb(d) => {
+            let db = crate::state::dynamodb::DynamoState::connect(
+                &d.table,
+                d.region.as_deref(),
+                cfg.state.history_retention,
+            )
+            .await;
+            match crate::state::StateBackend::history(&db, &query).await {
+                Ok(rows) => Ok(rows),
+                Err(e) => {
+                    eprintln!("error: state.table: {}", Escaped(&e.to_string()));
+                    return ExitCode::from(commands::EXIT_FAILED);
+                }
+            }
         }
     };
     let rows = match rows {

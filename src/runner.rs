@@ -322,6 +322,11 @@ impl Runner {
         &self.rotator
     }
 
+    /// This process's lease owner id.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
     /// The state backend.
     pub fn state(&self) -> &Arc<dyn StateBackend> {
         &self.state
@@ -386,13 +391,70 @@ impl Runner {
         }
         // The lease before anything is read from the vault or sent to Qlik.
         let mut lease = self.lease(&job.cfg.name).await.ok_or(Skipped::NoLease)?;
+        let (fence, expires_at) = (lease.fence, lease.expires_at);
+        let body = self.run_leased(job, force, &mut lease, prefetched.take());
         let result = self
-            .run_leased(job, force, &mut lease, prefetched.take())
-            .await;
+            .renewing(&job.cfg.name, fence, expires_at, body)
+            .await
+            .unwrap_or(Err(Skipped::NoLease));
         if let Err(e) = self.state.release_lease(&lease).await {
             tracing::debug!(job = %job.cfg.name, error = %crate::text::Escaped(&e.to_string()), "Could not release the lease early; it lapses by itself.");
         }
         result
+    }
+
+    /// Runs `body` (a run under the lease `fence` on `job`) while renewing the lease every
+    /// third of its TTL, so a run longer than half the TTL keeps it. When the lease moved on,
+    /// or a renewal failed and the next one would come too late, `body` is dropped (it stops at
+    /// its next await, before any further request) and `None` is returned after an event.
+    async fn renewing<T>(
+        &self,
+        job: &str,
+        fence: u64,
+        mut expires_at: i64,
+        body: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let every = (self.lease_ttl / 3).max(Duration::from_millis(500));
+        // Stop this long before the lease lapses when it cannot be renewed.
+        let margin = i64::try_from((self.lease_ttl / 6).as_secs())
+            .unwrap_or(1)
+            .max(1);
+        let every_s = i64::try_from(every.as_secs())
+            .unwrap_or(i64::MAX / 4)
+            .max(1);
+        tokio::pin!(body);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                out = &mut body => return Some(out),
+                _ = tick.tick() => {}
+            }
+            let now = chrono::Utc::now().timestamp();
+            let reason = match (self.state)
+                .acquire_lease(job, &self.owner, self.lease_ttl, now)
+                .await
+            {
+                Ok(Some(l)) if l.fence == fence => {
+                    expires_at = l.expires_at;
+                    continue;
+                }
+                // Taken over (or lapsed and taken again): this run must not go on.
+                Ok(_) => LeaseSkipReason::Lost,
+                // Unreachable: still ours until it lapses; go on only if the next renewal
+                // comes in time.
+                Err(e) => {
+                    let now = chrono::Utc::now().timestamp();
+                    if now + every_s + margin < expires_at {
+                        tracing::warn!(job = %crate::text::Escaped(job), error = %crate::text::Escaped(&e.to_string()), "Could not renew the lease; the run goes on while it holds.");
+                        continue;
+                    }
+                    LeaseSkipReason::BackendError(e.to_string())
+                }
+            };
+            self.rotator.events().emit(LeaseSkipped { job, reason });
+            return None;
+        }
     }
 
     /// Takes (or renews) the lease on `job`; `None`, after an event, when it is not granted.

@@ -1245,10 +1245,26 @@ fn iam_policy_is_least_privilege() {
                 a == "secretsmanager:GetSecretValue"
                     || a == "secretsmanager:BatchGetSecretValue"
                     || a == "kms:Decrypt"
-                    || SSM_READS.contains(&a.as_str()),
+                    || SSM_READS.contains(&a.as_str())
+                    || qlik_rotator::state::dynamodb::IAM_ACTIONS.contains(&a.as_str()),
                 "action {a} is not needed"
             );
             actions.insert(a.clone());
+        }
+        if acts.iter().any(|a| a.starts_with("dynamodb:")) {
+            // The state table only: its ARN, no wildcard, no index, no other table.
+            assert!(acts.iter().all(|a| a.starts_with("dynamodb:")), "{st}");
+            assert_eq!(resources.len(), 1, "one table: {st}");
+            let parts: Vec<_> = resources[0].splitn(6, ':').collect();
+            assert!(
+                parts.len() == 6
+                    && parts[..3] == ["arn", "aws", "dynamodb"]
+                    && !resources[0].contains('*')
+                    && parts[5] == format!("table/{}", state_table_name()),
+                "dynamodb resource {} is not the state table's ARN",
+                resources[0]
+            );
+            regions.insert(parts[3].to_owned());
         }
         if !batch_only && acts.iter().any(|a| a.starts_with("secretsmanager:")) {
             for r in &resources {
@@ -1299,17 +1315,18 @@ fn iam_policy_is_least_privilege() {
             }
         }
     }
-    assert_eq!(
-        actions,
-        BTreeSet::from([
-            "kms:Decrypt".to_owned(),
-            "secretsmanager:BatchGetSecretValue".to_owned(),
-            "secretsmanager:GetSecretValue".to_owned()
-        ])
-        .into_iter()
-        .chain(SSM_READS.iter().map(|a| (*a).to_owned()))
-        .collect::<BTreeSet<_>>()
+    let mut expected = BTreeSet::from([
+        "kms:Decrypt".to_owned(),
+        "secretsmanager:BatchGetSecretValue".to_owned(),
+        "secretsmanager:GetSecretValue".to_owned(),
+    ]);
+    expected.extend(SSM_READS.iter().map(|a| (*a).to_owned()));
+    expected.extend(
+        qlik_rotator::state::dynamodb::IAM_ACTIONS
+            .iter()
+            .map(|a| (*a).to_owned()),
     );
+    assert_eq!(actions, expected);
     // The secrets, the KMS condition and the sample configs name one region.
     for (what, (_, config)) in [
         ("configmap", configmap_config()),
@@ -1534,18 +1551,18 @@ fn dashboard_uses_the_datasource_variable() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// deploy/aws/events.yaml: the [events] plumbing (EventBridge rule -> SQS + DLQ, IAM)
+// CloudFormation templates in deploy/aws: [events] plumbing (EventBridge rule -> SQS + DLQ,
+// IAM), the DynamoDB state table and its IAM statement, and the Kubernetes HA overlay
 // ---------------------------------------------------------------------------------------------
 
-/// `cfn-lint` from the venv `scripts/setup-cfn-lint.sh` makes (pinned).
+/// `cfn-lint` from the venv of scripts/setup-deploy-tools.sh.
 fn cfn_lint() -> PathBuf {
-    let venv = std::env::var_os("QLIK_ROTATOR_CFN_LINT_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv-cfn-lint"));
+    let venv = std::env::var_os("QLIK_ROTATOR_DEPLOY_VENV")
+        .map_or_else(|| root().join(".venv-deploy"), PathBuf::from);
     let bin = venv.join("bin").join("cfn-lint");
     assert!(
-        bin.exists(),
-        "cfn-lint not found at {}: run `bash scripts/setup-cfn-lint.sh`",
+        bin.is_file(),
+        "cfn-lint not found at {}: run `bash scripts/setup-deploy-tools.sh` (scripts/test.sh does)",
         bin.display()
     );
     bin
@@ -1600,4 +1617,290 @@ fn events_template_forwards_what_the_consumer_reads() {
             .map(str::to_owned)
         )
     );
+}
+fn state_table_template() -> Yaml {
+    yaml("aws/state-table.yaml")
+}
+
+/// The table name the template creates by default.
+fn state_table_name() -> String {
+    ystr(
+        &state_table_template()["Parameters"]["TableName"]["Default"],
+        "Parameters.TableName.Default",
+    )
+    .to_owned()
+}
+
+#[test]
+fn state_table_template_passes_cfn_lint_and_a_broken_copy_does_not() {
+    run_ok(Command::new(cfn_lint()).arg(deploy("aws/state-table.yaml")));
+    // The check can fail: the same template with a wrong billing mode and key type.
+    let broken = read(&deploy("aws/state-table.yaml"))
+        .replace("BillingMode: PAY_PER_REQUEST", "BillingMode: ON_DEMAND")
+        .replace("KeyType: RANGE", "KeyType: SORT");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, broken).unwrap();
+    let out = Command::new(cfn_lint()).arg(&path).output().unwrap();
+    let text = output_text(&out);
+    assert!(
+        !out.status.success(),
+        "cfn-lint accepted a broken template\n{text}"
+    );
+    assert!(
+        text.contains("ON_DEMAND") && text.contains("SORT"),
+        "{text}"
+    );
+}
+
+#[test]
+fn state_table_agrees_with_the_backend() {
+    use qlik_rotator::state::dynamodb::{PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE, is_table_name};
+    let t = state_table_template();
+    let table = &t["Resources"]["StateTable"];
+    assert_eq!(ystr(&table["Type"], "Type"), "AWS::DynamoDB::Table");
+    assert_eq!(table["DeletionPolicy"].as_str(), Some("Retain"));
+    assert_eq!(table["UpdateReplacePolicy"].as_str(), Some("Retain"));
+    let p = &table["Properties"];
+    assert_eq!(p["BillingMode"].as_str(), Some("PAY_PER_REQUEST"));
+    let keys: BTreeSet<(String, String)> = yseq(&p["KeySchema"], "KeySchema")
+        .iter()
+        .map(|k| {
+            (
+                ystr(&k["AttributeName"], "AttributeName").to_owned(),
+                ystr(&k["KeyType"], "KeyType").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from([
+            (PARTITION_KEY.to_owned(), "HASH".to_owned()),
+            (SORT_KEY.to_owned(), "RANGE".to_owned())
+        ])
+    );
+    let defs: BTreeSet<(String, String)> = yseq(&p["AttributeDefinitions"], "AttributeDefinitions")
+        .iter()
+        .map(|d| {
+            (
+                ystr(&d["AttributeName"], "AttributeName").to_owned(),
+                ystr(&d["AttributeType"], "AttributeType").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        defs,
+        BTreeSet::from([
+            (PARTITION_KEY.to_owned(), "S".to_owned()),
+            (SORT_KEY.to_owned(), "S".to_owned())
+        ])
+    );
+    assert_eq!(
+        p["TimeToLiveSpecification"]["AttributeName"].as_str(),
+        Some(TTL_ATTRIBUTE)
+    );
+    assert_eq!(
+        p["TimeToLiveSpecification"]["Enabled"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"].as_bool(),
+        Some(true)
+    );
+    assert!(is_table_name(&state_table_name()));
+}
+
+fn ha(rel: &str) -> Yaml {
+    yaml(&format!("kubernetes/ha/{rel}"))
+}
+
+/// The HA overlay's ConfigMap patch: its config.toml, as text and as a table.
+fn ha_config() -> (String, toml::Table) {
+    let cm = ha("configmap-patch.yaml");
+    let text = ystr(
+        &cm["data"]["config.toml"],
+        "ConfigMap patch data.config.toml",
+    )
+    .to_owned();
+    let table = toml_table(&text, "the HA ConfigMap's config.toml");
+    (text, table)
+}
+
+#[test]
+fn ha_overlay_builds_on_the_base_and_patches_its_objects() {
+    let k = ha("kustomization.yaml");
+    let base = yaml("kubernetes/kustomization.yaml");
+    assert_eq!(
+        k["namespace"], base["namespace"],
+        "same namespace as the base"
+    );
+    let resources: Vec<&str> = yseq(&k["resources"], "resources")
+        .iter()
+        .map(|r| ystr(r, "resource"))
+        .collect();
+    assert!(
+        resources.iter().any(|r| r.trim_end_matches('/') == ".."),
+        "the overlay's resources include the base (../): {resources:?}"
+    );
+    let mut files: BTreeSet<String> = resources
+        .iter()
+        .filter(|r| r.trim_end_matches('/') != "..")
+        .map(|r| (*r).to_owned())
+        .collect();
+    // Every patch names an object of the base by kind and name.
+    for patch in yseq(&k["patches"], "patches") {
+        let file = ystr(&patch["path"], "patch path");
+        files.insert(file.to_owned());
+        let p = ha(file);
+        let target = match ystr(&p["kind"], "kind") {
+            "Deployment" => manifest("kubernetes/deployment.yaml", "Deployment"),
+            "ConfigMap" => manifest("kubernetes/configmap.yaml", "ConfigMap"),
+            "PersistentVolumeClaim" => manifest("kubernetes/pvc.yaml", "PersistentVolumeClaim"),
+            other => panic!("{file}: patches a {other}, which the base does not have"),
+        };
+        assert_eq!(p["metadata"]["name"], target["metadata"]["name"], "{file}");
+        assert_eq!(p["apiVersion"], target["apiVersion"], "{file}");
+    }
+    // Every YAML file of the overlay is used.
+    let mut present = BTreeSet::new();
+    for entry in std::fs::read_dir(deploy("kubernetes/ha")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".yaml") && name != "kustomization.yaml" {
+            present.insert(name);
+        }
+    }
+    assert_eq!(
+        files, present,
+        "ha/kustomization.yaml resources and patches"
+    );
+}
+
+#[test]
+fn ha_deployment_is_replicated_rolling_spread_and_budgeted() {
+    let base = manifest("kubernetes/deployment.yaml", "Deployment");
+    let patch = ha("deployment-patch.yaml");
+    let replicas = patch["spec"]["replicas"].as_u64().expect("replicas");
+    assert!(replicas >= 2, "replicas {replicas}");
+    let strategy = &patch["spec"]["strategy"];
+    assert_eq!(strategy["type"].as_str(), Some("RollingUpdate"));
+    assert_eq!(
+        strategy["rollingUpdate"]["maxUnavailable"].as_u64(),
+        Some(0)
+    );
+    assert!(strategy["rollingUpdate"]["maxSurge"].as_u64() >= Some(1));
+    // The patch changes no container: image, probes and security stay the base's.
+    assert!(
+        patch["spec"]["template"]["spec"]
+            .get("containers")
+            .is_none()
+    );
+    // The state volume: the base's ReadWriteOnce claim cannot be shared by the replicas, so
+    // each pod gets an emptyDir (DynamoDB holds the state) and the claim is deleted.
+    let base_state = volume(&base, "state");
+    let state = yseq(
+        &patch["spec"]["template"]["spec"]["volumes"],
+        "patch volumes",
+    )
+    .iter()
+    .find(|v| v["name"].as_str() == Some("state"))
+    .expect("the patch replaces the state volume");
+    if base_state.get("persistentVolumeClaim").is_some() {
+        assert!(
+            state
+                .get("persistentVolumeClaim")
+                .is_some_and(Yaml::is_null),
+            "the patch must remove the base's persistentVolumeClaim: {state:?}"
+        );
+        let claim = ystr(
+            &base_state["persistentVolumeClaim"]["claimName"],
+            "claimName",
+        );
+        let delete = ha("pvc-delete.yaml");
+        assert_eq!(delete["metadata"]["name"].as_str(), Some(claim));
+        assert_eq!(delete["$patch"].as_str(), Some("delete"));
+    }
+    assert!(state.get("emptyDir").is_some(), "{state:?}");
+    let pod_labels = base["spec"]["template"]["metadata"]["labels"]
+        .as_mapping()
+        .expect("pod labels");
+    let matches_pods = |selector: &Yaml, what: &str| {
+        let m = selector["matchLabels"]
+            .as_mapping()
+            .unwrap_or_else(|| panic!("{what}"));
+        assert!(!m.is_empty(), "{what}: empty selector");
+        for (k, v) in m {
+            assert_eq!(pod_labels.get(k), Some(v), "{what} selects the pods");
+        }
+    };
+    let anti = yseq(
+        &patch["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"],
+        "podAntiAffinity",
+    );
+    let topologies: BTreeSet<&str> = anti
+        .iter()
+        .map(|t| {
+            matches_pods(&t["podAffinityTerm"]["labelSelector"], "podAntiAffinity");
+            ystr(&t["podAffinityTerm"]["topologyKey"], "topologyKey")
+        })
+        .collect();
+    assert!(
+        topologies.contains("kubernetes.io/hostname"),
+        "{topologies:?}"
+    );
+    let pdb = ha("poddisruptionbudget.yaml");
+    assert_eq!(ystr(&pdb["kind"], "kind"), "PodDisruptionBudget");
+    assert_eq!(ystr(&pdb["apiVersion"], "apiVersion"), "policy/v1");
+    matches_pods(&pdb["spec"]["selector"], "PodDisruptionBudget");
+    let min = pdb["spec"]["minAvailable"].as_u64().expect("minAvailable");
+    assert!(
+        min >= 1 && min < replicas,
+        "minAvailable {min} must keep one replica and still allow a drain ({replicas} replicas)"
+    );
+}
+
+#[test]
+fn ha_config_passes_check_config() {
+    let (text, _) = ha_config();
+    check_config(&text, "deploy/kubernetes/ha/configmap-patch.yaml");
+}
+
+#[test]
+fn ha_config_differs_from_the_base_only_by_a_dynamodb_state() {
+    let (_, base) = configmap_config();
+    let (_, mut ha_cfg) = ha_config();
+    let state = ha_cfg
+        .remove("state")
+        .expect("the HA config has a [state] table");
+    assert_eq!(ha_cfg, base, "everything but [state] is the base's config");
+    assert_eq!(
+        state.get("backend").and_then(|v| v.as_str()),
+        Some("dynamodb")
+    );
+    assert_eq!(
+        state.get("table").and_then(|v| v.as_str()),
+        Some(state_table_name().as_str()),
+        "the table deploy/aws/state-table.yaml creates"
+    );
+    assert!(
+        base.get("state")
+            .is_none_or(|s| s.get("backend").and_then(|v| v.as_str()) != Some("dynamodb"))
+    );
+    // Its region is the one of the IAM statement on the table.
+    let region = state
+        .get("region")
+        .and_then(|v| v.as_str())
+        .expect("[state] region");
+    let policy = json("aws/iam-policy.json");
+    let arn = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            strings(&s["Action"])
+                .iter()
+                .any(|a| a.starts_with("dynamodb:"))
+        })
+        .map(|s| strings(&s["Resource"]).remove(0))
+        .expect("a dynamodb statement");
+    assert_eq!(arn.split(':').nth(3), Some(region), "{arn}");
 }

@@ -49,6 +49,19 @@ pub enum BackendConfig {
     DynamoDb(DynamoDbConfig),
 }
 
+impl BackendConfig {
+    /// How often the daemon checks that the backend answers (readiness): a third of the lease
+    /// TTL (1 s to 10 s) for a shared table, every 30 s for the local database.
+    pub fn health_interval(&self) -> Duration {
+        match self {
+            BackendConfig::Sqlite => Duration::from_secs(30),
+            BackendConfig::DynamoDb(d) => {
+                (d.lease_ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(10))
+            }
+        }
+    }
+}
+
 /// The settings of `backend = "dynamodb"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DynamoDbConfig {
@@ -82,11 +95,7 @@ pub fn state_section(mut t: Table<'_>, errs: &mut Errors) -> Option<StateConfig>
         }
         Some("dynamodb") => {
             let table = t.req_str("table", errs).and_then(|name| {
-                // DynamoDB table names: 3-255 of [A-Za-z0-9_.-].
-                let ok = (3..=255).contains(&name.len())
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                let ok = crate::state::dynamodb::is_table_name(&name);
                 if !ok {
                     errs.push(
                         t.key_path("table"),
@@ -111,11 +120,6 @@ pub fn state_section(mut t: Table<'_>, errs: &mut Errors) -> Option<StateConfig>
                 ok.then_some(r)
             });
             let table = table?;
-            // Until the DynamoDB backend is merged, the choice is refused here (exit 64).
-            errs.push(
-                t.key_path("backend"),
-                "\"dynamodb\" is not built yet in this version of qlik-rotator; use \"sqlite\" (the default)",
-            );
             Some(BackendConfig::DynamoDb(DynamoDbConfig {
                 table,
                 lease_ttl,

@@ -982,6 +982,32 @@ fn state_defaults_to_sqlite_with_90_days_of_history() {
 }
 
 #[test]
+fn state_dynamodb_reads_every_key() {
+    let text = format!(
+        "{MINIMAL}\n[state]\nbackend = \"dynamodb\"\ntable = \"qlik-rotator-state\"\nregion = \"eu-west-1\"\nlease_ttl = \"15s\"\nhistory_retention = \"30d\"\n"
+    );
+    let cfg = load_str(&text, Path::new("/etc/qr"), &env(&[])).unwrap();
+    assert_eq!(
+        cfg.state.backend,
+        state::BackendConfig::DynamoDb(state::DynamoDbConfig {
+            table: "qlik-rotator-state".into(),
+            lease_ttl: Duration::from_secs(15),
+            region: Some("eu-west-1".into()),
+        })
+    );
+    assert_eq!(
+        cfg.state.history_retention,
+        Duration::from_secs(30 * 86_400)
+    );
+    // lease_ttl defaults to 30 s.
+    let text = format!("{MINIMAL}\n[state]\nbackend = \"dynamodb\"\ntable = \"t-1\"\n");
+    let cfg = load_str(&text, Path::new("/etc/qr"), &env(&[])).unwrap();
+    assert!(
+        matches!(&cfg.state.backend, state::BackendConfig::DynamoDb(d) if d.lease_ttl == Duration::from_secs(30) && d.region.is_none())
+    );
+}
+
+#[test]
 fn state_errors_name_their_keys() {
     let cases: &[(&str, &[&str])] = &[
         (
@@ -999,7 +1025,7 @@ fn state_errors_name_their_keys() {
             &["state.table: applies to backend = \"dynamodb\" only"],
         ),
         ("colour = \"blue\"", &["state.colour: unknown key"]),
-        // DynamoDB: every key checked, and the backend itself refused until it is built.
+        // DynamoDB: every key checked.
         ("backend = \"dynamodb\"", &["state.table: is required"]),
         (
             "backend = \"dynamodb\"\ntable = \"x\"\nlease_ttl = \"1s\"\nregion = \"EU WEST\"",
@@ -1008,10 +1034,6 @@ fn state_errors_name_their_keys() {
                 "state.lease_ttl: expected a duration from 5s",
                 "state.region: expected an AWS region",
             ],
-        ),
-        (
-            "backend = \"dynamodb\"\ntable = \"qlik-rotator-state\"",
-            &["state.backend: \"dynamodb\" is not built yet"],
         ),
     ];
     println!("{} [state] error cases", cases.len());

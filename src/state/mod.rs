@@ -35,6 +35,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub mod backend;
+pub mod dynamodb;
 pub mod sqlite;
 pub use backend::{Attempt, HistoryQuery, Lease, StateBackend};
 pub use sqlite::SqliteBackend;
