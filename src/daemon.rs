@@ -619,6 +619,9 @@ pub enum StartError {
     /// The scheduler failed.
     #[error("scheduler: {0}")]
     Scheduler(String),
+    /// The webhook client (`[[notify]]`) could not be built.
+    #[error("notify: {0}")]
+    Notify(String),
 }
 
 impl From<app::BuildError> for StartError {
@@ -688,6 +691,16 @@ pub async fn spawn(
     admin_token: Option<SecretString>,
 ) -> Result<Running, StartError> {
     let daemon = Arc::new(Daemon::new(app, cfg));
+    if !cfg.notify.is_empty() {
+        // Outcomes go to the webhooks through a bounded queue; rotations never wait on them.
+        let (notifier, _task) = crate::notify::Notifier::spawn(
+            cfg.notify.clone(),
+            Some(daemon.metrics().clone()),
+            crate::notify::QUEUE,
+        )
+        .map_err(|e| StartError::Notify(crate::text::printable(&e.to_string(), 200)))?;
+        daemon.runner.rotator().events().set_notifier(notifier);
+    }
     daemon.tracker.spawn(daemon.runner.clone().state_flusher());
     // The admin listener first, so /healthz and /metrics answer during pre-flight.
     let listen_error = |source| StartError::Listen {

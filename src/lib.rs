@@ -37,6 +37,7 @@ pub mod daemon;
 pub mod demo;
 pub mod events;
 pub mod metrics;
+pub mod notify;
 pub mod qlik;
 pub mod rotation;
 pub mod runner;

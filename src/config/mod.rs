@@ -6,6 +6,7 @@
 //! [`SecretLocator::read`].
 
 pub mod events;
+pub mod notify;
 mod split;
 pub mod walk;
 
@@ -324,6 +325,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[events]` (optional): the change-event source ([`events::EventsConfig`]).
     pub events: Option<events::EventsConfig>,
+    /// `[[notify]]` (optional): webhooks told about outcomes ([`notify::NotifyConfig`]).
+    pub notify: Vec<notify::NotifyConfig>,
 }
 
 impl JobConfig {
@@ -623,6 +626,14 @@ const KNOWN_KEYS: &[&str] = &[
     "endpoint_url",
     "wait_time",
     "max_messages",
+    "notify",
+    "url",
+    "url_file",
+    "format",
+    "on",
+    "timeout",
+    "retries",
+    "headers_from_file",
 ];
 
 /// `[A-Za-z0-9_-]{1,64}`: names of sources and the like.
@@ -750,6 +761,10 @@ fn validate_with<E>(
         .get("events")
         .and_then(|v| Table::new("events", v, &mut errs))
         .and_then(|t| events::events_section(t, &mut errs));
+    let notify_cfg = root
+        .get("notify")
+        .map(|v| notify::notify_section(v, base_dir, &mut errs))
+        .unwrap_or_default();
     root.finish(&mut errs);
 
     Ok(match (qlik, daemon, metrics) {
@@ -760,6 +775,7 @@ fn validate_with<E>(
             daemon,
             metrics,
             events: events_cfg,
+            notify: notify_cfg,
         }),
         _ => Err(ConfigErrors(errs.0)),
     })
