@@ -284,6 +284,11 @@ pub struct JobConfig {
     pub canary_timeout: Duration,
     /// `rollback`: when verify or the canary fails, re-apply the last verified version.
     pub rollback: bool,
+    /// `version_stage = "AWSPENDING"` (Secrets Manager only): the job takes part in the AWS
+    /// rotation protocol. Its scheduled runs read `AWSCURRENT` (`secret.version` holds that);
+    /// `POST /secrets/{id}/test?version=…` applies the pending version, verifies it and runs
+    /// the canary, so a rotation Lambda's testSecret step can wait on the proof.
+    pub pending_test: bool,
 }
 
 /// `[daemon]`.
@@ -1053,6 +1058,20 @@ fn job(
         .opt_duration("canary_timeout", RANGE_CANARY_TIMEOUT, errs)
         .unwrap_or(Duration::from_secs(600));
     let rollback = t.opt_bool("rollback", errs).unwrap_or(false);
+    let pending_test = matches!(&version, VersionSelector::Stage(s) if s == "AWSPENDING");
+    let version = if pending_test {
+        pending_checks(
+            &t,
+            source.as_deref(),
+            sources,
+            canary_app.is_some(),
+            rollback,
+            errs,
+        );
+        VersionSelector::Stage("AWSCURRENT".to_owned())
+    } else {
+        version
+    };
     t.finish(errs);
     let spec = spec?;
     Some(JobConfig {
@@ -1075,7 +1094,42 @@ fn job(
         canary_app,
         canary_timeout,
         rollback,
+        pending_test,
     })
+}
+
+/// `version_stage = "AWSPENDING"` needs a Secrets Manager source (the stage is its), a
+/// `canary_app` (the proof the test endpoint answers with) and `rollback = true` (a pending
+/// version that fails its test must not stay on the connection).
+fn pending_checks(
+    t: &Table<'_>,
+    source: Option<&str>,
+    sources: &BTreeMap<String, SourceConfig>,
+    canary: bool,
+    rollback: bool,
+    errs: &mut Errors,
+) {
+    const WHY: &str = "version_stage = \"AWSPENDING\" (the AWS rotation protocol)";
+    if let Some(src) = source.and_then(|s| sources.get(s))
+        && !matches!(src, SourceConfig::AwsSecretsManager(_))
+    {
+        errs.push(
+            t.key_path("version_stage"),
+            format!("{WHY} needs an aws_secrets_manager source"),
+        );
+    }
+    if !canary {
+        errs.push(
+            t.key_path("canary_app"),
+            format!("{WHY} needs canary_app: the test endpoint answers with the canary's proof"),
+        );
+    }
+    if !rollback {
+        errs.push(
+            t.key_path("rollback"),
+            format!("{WHY} needs rollback = true: a pending version that fails its test must not stay on the connection"),
+        );
+    }
 }
 
 /// `name`: 1 to 64 characters from `A-Za-z0-9-_.` (a metrics label and a CLI selector).
