@@ -113,6 +113,9 @@ fn slack_escape(s: &str) -> String {
 pub struct Notifier {
     tx: mpsc::Sender<Notification>,
     events: Events,
+    /// Outcomes some webhook listens for: only those are queued (a cycle of 10,000
+    /// `unchanged` runs must not fill the queue).
+    wanted: Arc<Vec<&'static str>>,
 }
 
 impl Notifier {
@@ -138,13 +141,27 @@ impl Notifier {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("qlik-rotator/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let mut wanted: Vec<&'static str> = targets.iter().flat_map(|t| t.on.clone()).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let task = tokio::spawn(drain(rx, client, targets, events.clone()));
-        Ok((Notifier { tx, events }, task))
+        Ok((
+            Notifier {
+                tx,
+                events,
+                wanted: Arc::new(wanted),
+            },
+            task,
+        ))
     }
 
-    /// Queues `n` for delivery; drops and counts it when the queue is full.
+    /// Queues `n` for delivery when some webhook listens for its outcome; drops and counts it
+    /// when the queue is full.
     pub fn notify(&self, n: Notification) {
+        if !self.wanted.contains(&n.outcome) {
+            return;
+        }
         if let Err(mpsc::error::TrySendError::Full(n)) = self.tx.try_send(n) {
             self.events.emit(NotificationDelivered {
                 target: "-",

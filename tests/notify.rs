@@ -321,6 +321,27 @@ async fn a_full_queue_drops_and_counts_instead_of_waiting() {
 }
 
 #[tokio::test]
+async fn outcomes_no_webhook_wants_do_not_take_queue_space() {
+    let (addr, got) = receiver(&[], Duration::from_millis(300)).await;
+    let m = Arc::new(Metrics::new());
+    let (n, _task) =
+        Notifier::spawn(vec![target(addr, NotifyFormat::Json)], Some(m.clone()), 1).unwrap();
+    // A failure in flight (its webhook takes 300 ms), then a cycle of unchanged runs: none of
+    // them is queued, so none is dropped, and the failure after them still goes out.
+    n.notify(failure());
+    assert!(wait_until(Duration::from_secs(2), || !got.lock().unwrap().is_empty()).await);
+    for _ in 0..100 {
+        let mut quiet = failure();
+        quiet.outcome = "unchanged";
+        n.notify(quiet);
+    }
+    n.notify(failure());
+    assert_eq!(count(&m, "dropped"), 0.0, "{}", m.render());
+    assert!(counted(&m, "sent", 2.0).await, "{}", m.render());
+    assert_eq!(got.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
 async fn on_filters_outcomes_and_rotated_is_opt_in() {
     let (addr, got) = receiver(&[], Duration::ZERO).await;
     let (addr2, got2) = receiver(&[], Duration::ZERO).await;
