@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `POST /jobs/{name}/rotate` and
-//! `POST /secrets/{id}/rotate`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `POST /jobs/{name}/rotate`,
+//! `POST /secrets/{id}/rotate` and `POST /secrets/{id}/test?version=…` (the AWS rotation
+//! protocol's testSecret step: waits for the proof, 200 when every job is proven, else 409).
 //!
 //! The rotate endpoints are disabled (404) unless `metrics.admin_token_file` is set; then they
 //! need `Authorization: Bearer <token>` (401 without it). Unknown job → 404; accepted → 202.
@@ -64,6 +65,36 @@ pub struct SecretTriggerRequest {
     pub reply: oneshot::Sender<Result<Vec<String>, bool>>,
 }
 
+/// What a pending-version test established for one connection.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PendingResult {
+    /// The job.
+    pub job: String,
+    /// The connection id (or its configured key).
+    pub connection: String,
+    /// The run's outcome label (`rotated`, `canary_failed`, `rolled_back`, `failed`, …, or
+    /// `skipped` when the run did not happen).
+    pub outcome: String,
+    /// The secret version the run applied (an id, not a value).
+    pub secret_version: Option<String>,
+    /// The pending version was applied, verified and proven by the canary.
+    pub proven: bool,
+}
+
+/// A request to test version `version` of `secret` on every job in the AWS rotation protocol
+/// (`version_stage = "AWSPENDING"`) that reads it, answered when all runs ended: `Ok` with
+/// one result per connection, `Err(true)` when no such job reads it, `Err(false)` when
+/// shutting down.
+#[derive(Debug)]
+pub struct SecretTestRequest {
+    /// The secret id (as sent by the client: unchecked).
+    pub secret: String,
+    /// The version id (checked: 1 to 64 of `A-Za-z0-9-_`).
+    pub version: String,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<Vec<PendingResult>, bool>>,
+}
+
 /// Whether the daemon is ready; set by the daemon, read by `/readyz`.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
@@ -93,6 +124,8 @@ pub struct Handle {
     pub trigger: mpsc::Sender<TriggerRequest>,
     /// `POST /secrets/{id}/rotate` sends here.
     pub secret_trigger: mpsc::Sender<SecretTriggerRequest>,
+    /// `POST /secrets/{id}/test` sends here.
+    pub secret_test: mpsc::Sender<SecretTestRequest>,
 }
 
 #[derive(Clone)]
@@ -119,6 +152,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/jobs/{name}/rotate", post(rotate))
         .route("/secrets/{id}/rotate", post(rotate_secret))
+        .route("/secrets/{id}/test", post(test_secret))
         .with_state(AdminState {
             handle,
             token: token.map(Arc::new),
@@ -235,6 +269,85 @@ async fn rotate_secret(
         Err(true) => error(
             StatusCode::NOT_FOUND,
             &format!("no job uses the secret {}", crate::text::quoted(&id, 256)),
+        ),
+        Err(false) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
+}
+
+#[derive(Deserialize)]
+struct TestQuery {
+    version: Option<String>,
+}
+
+/// A Secrets Manager version id as the API documents it (32–64 characters; we accept 1–64 of
+/// `A-Za-z0-9-_`).
+fn valid_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `POST /secrets/{id}/test?version={versionId}`: same auth as the triggers. Applies that
+/// version to every `version_stage = "AWSPENDING"` job reading the secret, verifies it, runs
+/// the canary, and answers when all are done: 200 when every connection is proven, else 409
+/// with the outcome per connection (a rotation Lambda's testSecret then fails, and the
+/// version is not promoted).
+async fn test_secret(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    Query(q): Query<TestQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = authorize(&s, &headers) {
+        return refused;
+    }
+    if !crate::triggers::valid_secret_id(&id) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "not a secret id (1 to 2048 characters, no control characters)",
+        );
+    }
+    let Some(version) = q.version.filter(|v| valid_version(v)) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "version is required: the version id to test (1 to 64 of A-Za-z0-9-_)",
+        );
+    };
+    let (reply, answer) = oneshot::channel();
+    let request = SecretTestRequest {
+        secret: id.clone(),
+        version: version.clone(),
+        reply,
+    };
+    let answer = match s.handle.secret_test.try_send(request) {
+        Ok(()) => answer.await.unwrap_or(Err(false)),
+        Err(_) => Err(false),
+    };
+    match answer {
+        Ok(jobs) => {
+            let proven = !jobs.is_empty() && jobs.iter().all(|j| j.proven);
+            (
+                if proven {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CONFLICT
+                },
+                Json(json!({
+                    "secret": crate::text::printable(&id, 256),
+                    "version": version,
+                    "status": if proven { "proven" } else { "not_proven" },
+                    "jobs": jobs,
+                })),
+            )
+                .into_response()
+        }
+        Err(true) => error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no job with version_stage = \"AWSPENDING\" uses the secret {}",
+                crate::text::quoted(&id, 256)
+            ),
         ),
         Err(false) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
     }

@@ -102,6 +102,26 @@ pub trait RunJobs: Send + Sync + 'static {
         async move { (0..n).map(|_| None).collect() }
     }
 
+    /// Applies `job`'s secret at version id `version` now (forced), verifies it and runs its
+    /// canary; one result per connection. The default proves nothing.
+    fn test_version(
+        &self,
+        job: &JobRuntime,
+        version: &str,
+    ) -> impl Future<Output = Vec<admin::PendingResult>> + Send {
+        let job = job.cfg().name.clone();
+        let _ = version;
+        async move {
+            vec![admin::PendingResult {
+                job,
+                connection: String::new(),
+                outcome: "skipped".to_owned(),
+                secret_version: None,
+                proven: false,
+            }]
+        }
+    }
+
     /// Cancelled when the daemon stops starting rotations.
     fn cancel_token(&self) -> &CancellationToken;
 
@@ -131,6 +151,47 @@ impl RunJobs for Runner {
 
     async fn prefetch(&self, jobs: &[&JobConfig]) -> Vec<Option<Prefetched>> {
         crate::triggers::prefetch(self.rotator(), jobs).await
+    }
+
+    async fn test_version(&self, job: &JobRuntime, version: &str) -> Vec<admin::PendingResult> {
+        use crate::secrets::{SecretRef, SecretSource as _, VersionSelector};
+        let cfg = job.cfg();
+        let skipped = |why: &str| {
+            vec![admin::PendingResult {
+                job: cfg.name.clone(),
+                connection: String::new(),
+                outcome: format!("skipped: {why}"),
+                secret_version: None,
+                proven: false,
+            }]
+        };
+        let Some(source) = self.rotator().source(&cfg.source) else {
+            return skipped("source not built");
+        };
+        let pending = SecretRef {
+            id: cfg.secret.id.clone(),
+            version: VersionSelector::Id(version.to_owned()),
+        };
+        let fetched = Arc::new(source.fetch(&pending).await);
+        match self.run_job_with(job, true, None, Some(fetched)).await {
+            // Proven: this very version rotated, verified and reloaded (a retry reads
+            // AWSCURRENT again, which proves nothing about the pending version).
+            Ok(reports) => (reports.iter())
+                .map(|r| admin::PendingResult {
+                    job: r.job.clone(),
+                    connection: r
+                        .connection_id
+                        .clone()
+                        .unwrap_or_else(|| r.connection_key.clone()),
+                    outcome: r.outcome.label().to_owned(),
+                    secret_version: r.secret_version.clone(),
+                    proven: matches!(r.outcome, crate::rotation::Outcome::Rotated)
+                        && r.canary.is_some()
+                        && r.secret_version.as_deref() == Some(version),
+                })
+                .collect(),
+            Err(e) => skipped(&format!("{e:?}")),
+        }
     }
 
     fn cancel_token(&self) -> &CancellationToken {
@@ -413,6 +474,45 @@ impl<R: RunJobs> Daemon<R> {
         SecretTriggered::Started(names)
     }
 
+    /// Tests version `version` of secret `id` on every job in the AWS rotation protocol
+    /// (`version_stage = "AWSPENDING"`) that reads it, all at once; waits for them.
+    /// `Err(true)`: no such job; `Err(false)`: shutting down.
+    pub async fn test_secret(
+        self: &Arc<Self>,
+        id: &str,
+        version: &str,
+    ) -> Result<Vec<admin::PendingResult>, bool> {
+        let jobs: Vec<usize> = (self.by_secret.jobs_for(id).into_iter())
+            .filter(|&i| self.by_index[i].cfg().pending_test)
+            .collect();
+        if jobs.is_empty() {
+            return Err(true);
+        }
+        if self.cancel().is_cancelled() {
+            return Err(false);
+        }
+        let runs = (jobs.iter()).map(|&i| self.runner.test_version(&self.by_index[i], version));
+        Ok(futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// Answers each pending-version test on a task of its own (a test waits for a canary).
+    async fn serve_secret_tests(
+        self: Arc<Self>,
+        mut requests: mpsc::Receiver<admin::SecretTestRequest>,
+    ) {
+        while let Some(r) = requests.recv().await {
+            let this = self.clone();
+            self.tracker.spawn(async move {
+                let answer = this.test_secret(&r.secret, &r.version).await;
+                let _ = r.reply.send(answer);
+            });
+        }
+    }
+
     /// Runs the jobs `jobs` (indexes) now, their secrets read ahead in one batch; whether each
     /// ended well.
     async fn run_now_forced(self: &Arc<Self>, jobs: &[usize], force: bool) -> Vec<bool> {
@@ -688,6 +788,9 @@ pub enum StartError {
     /// The scheduler failed.
     #[error("scheduler: {0}")]
     Scheduler(String),
+    /// The webhook client (`[[notify]]`) could not be built.
+    #[error("notify: {0}")]
+    Notify(String),
 }
 
 impl From<app::BuildError> for StartError {
@@ -761,6 +864,16 @@ pub async fn spawn(
         BTreeMap::new()
     });
     let daemon = Arc::new(Daemon::new(app, cfg, known_state));
+    if !cfg.notify.is_empty() {
+        // Outcomes go to the webhooks through a bounded queue; rotations never wait on them.
+        let (notifier, _task) = crate::notify::Notifier::spawn(
+            cfg.notify.clone(),
+            Some(daemon.metrics().clone()),
+            crate::notify::QUEUE,
+        )
+        .map_err(|e| StartError::Notify(crate::text::printable(&e.to_string(), 200)))?;
+        daemon.runner.rotator().events().set_notifier(notifier);
+    }
     daemon.tracker.spawn(daemon.runner.clone().state_flusher());
     tokio::spawn(
         daemon
@@ -781,12 +894,15 @@ pub async fn spawn(
     tokio::spawn(daemon.clone().serve_triggers(requests));
     let (secret_trigger, secret_requests) = mpsc::channel(64);
     tokio::spawn(daemon.clone().serve_secret_triggers(secret_requests));
+    let (secret_test, secret_tests) = mpsc::channel(16);
+    tokio::spawn(daemon.clone().serve_secret_tests(secret_tests));
     let handle = admin::Handle {
         metrics: daemon.metrics().clone(),
         ready: daemon.ready.clone(),
         backend_ok: daemon.backend_ok.clone(),
         trigger,
         secret_trigger,
+        secret_test,
     };
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(

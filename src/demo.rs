@@ -26,6 +26,9 @@ use crate::{
 
 /// The configuration the demo runs with.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+/// The configuration of the canary and rollback steps (its `vault` is swapped for an
+/// in-memory vault that keeps old versions).
+pub const DEMO_CANARY_CONFIG: &str = include_str!("../config/demo-canary.toml");
 
 #[cfg(feature = "sim")]
 const S3_ID: &str = "0b6a7c6e-3f0e-4d8e-9a1b-5c2d3e4f5a61";
@@ -35,6 +38,9 @@ const SQL_ID: &str = "d34cee8d-8e7b-4fee-ab40-1c1c428c0cf9";
 const GBQ_ID: &str = "7d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6";
 #[cfg(feature = "sim")]
 const API_KEY: &str = "sim-api-key";
+/// The demo tenant's data sources (crates/qlik-sim/sim-tenant.json `sources`).
+#[cfg(feature = "sim")]
+const SQL_SOURCE: &str = "sql.acme.internal";
 
 #[cfg(feature = "sim")]
 fn random(n: usize) -> String {
@@ -168,12 +174,22 @@ async fn run_cycle(demo: &Demo) -> ExitCode {
     let (verified, versions) = step_rotate(demo, &cfg, &rotator).await;
     let held = step_proof(demo, &cfg);
     step_again(demo, &cfg, &rotator, &versions).await;
+    let as_designed = match step_canary(demo).await {
+        Ok(n) => n,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let total = cfg.jobs.len();
     crate::outln!(
         "\nResult: {verified} of {total} connection(s) rotated and verified; {held} of {total} hold the new credentials."
     );
-    if verified == total && held == total {
+    crate::outln!(
+        "Canary and rollback: {as_designed} of {CANARY_CASES} outcome(s) as designed (rotated and proven, canary_failed, rolled_back)."
+    );
+    if verified == total && held == total && as_designed == CANARY_CASES {
         crate::outln!(
             "Next: copy config/example.toml, point it at your tenant and vault, and run `qlik-rotator plan -c <file>`."
         );
@@ -336,6 +352,149 @@ async fn step_again(
         "  requests sent to the tenant: {}",
         demo.sim.requests().len()
     );
+}
+
+/// The canary and rollback cases of step 5.
+#[cfg(feature = "sim")]
+const CANARY_CASES: usize = 3;
+
+/// The password the simulator's stored connection `id` holds.
+#[cfg(feature = "sim")]
+fn stored_password(demo: &Demo, id: &str) -> Option<String> {
+    let stored = demo.sim.stored(id)?;
+    stored["connectionProperties"]["password"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Step 5: canaries and rollback, with an in-memory vault that keeps versions. Returns how
+/// many of the three cases ended as designed: a credential the database accepts is rotated
+/// and proven by a reload; a credential the bucket does not accept is `canary_failed`
+/// (verify alone passes it: Qlik never returns secrets); a credential the database rejects
+/// is rolled back to the last verified version, verified and proven again.
+#[cfg(feature = "sim")]
+async fn step_canary(demo: &Demo) -> Result<usize, String> {
+    use crate::secrets::{AnySource, fixed::FixedSource};
+
+    crate::outln!(
+        "\n5. canary and rollback: a reload of an app that reads through the connection proves Qlik can use the credential"
+    );
+    let input: HashMap<String, String> = [
+        (
+            "QLIK_ROTATOR__QLIK__TENANT_URL".to_owned(),
+            demo.sim.base_url(),
+        ),
+        ("QLIK_ROTATOR_DEMO_API_KEY".to_owned(), API_KEY.to_owned()),
+    ]
+    .into();
+    let cfg = config::load_str(DEMO_CANARY_CONFIG, &demo.dir, &input)
+        .map_err(|e| format!("the embedded demo canary configuration is invalid: {e}"))?;
+    let client = Arc::new(app::qlik_client(&cfg, &input).map_err(|e| e.to_string())?);
+    let vault = Arc::new(AnySource::Fixed(FixedSource::new()));
+    let put = |id: &str, value: &Value| match &*vault {
+        AnySource::Fixed(f) => f.put(id, value.to_string()),
+        _ => unreachable!("the demo vault is in memory"),
+    };
+    let rotator =
+        crate::rotation::Rotator::new(client, HashMap::from([("vault".to_owned(), vault.clone())]));
+    let job = |name: &str| {
+        cfg.job(name)
+            .ok_or_else(|| format!("the demo canary configuration has no job {name}"))
+    };
+    let (sql, s3) = (job("finance-sqlserver")?, job("sales-s3")?);
+    let mut as_designed = 0;
+    // A simulated reload reaches its final status at the first poll (0.5 s after queueing).
+    demo.sim.set_reload_steps(Some(0));
+
+    // a. The DBA sets a new password on the database and writes it to the vault.
+    let user = format!("svc_finance_{}", random(4).to_lowercase());
+    let good = random(24);
+    let v1 = put(
+        "qlik/finance-sql",
+        &json!({"username": user, "password": good}),
+    );
+    let mut accepted = serde_json::Map::new();
+    accepted.insert("username".into(), json!(user));
+    accepted.insert("password".into(), json!(good));
+    demo.sim.set_source_accepts(SQL_SOURCE, vec![accepted]);
+    crate::outln!(
+        "  a. {SQL_SOURCE} now accepts a new password, written to the vault as version {v1}"
+    );
+    let reports = rotator.run(sql, RunOptions::default()).await;
+    rotator.finish_run(sql, &reports);
+    reports.iter().for_each(print_report);
+    let mut last_applied = HashMap::new();
+    if let [r] = reports.as_slice()
+        && matches!(r.outcome, Outcome::Rotated)
+        && r.canary.is_some()
+    {
+        as_designed += 1;
+        last_applied.insert(r.connection_key.clone(), v1.clone());
+        crate::outln!(
+            "     → as designed: rotated, and proven: Qlik reloaded Finance Reporting through the connection with the new credential"
+        );
+    } else {
+        crate::outln!("     → NOT as designed: expected rotated and proven by a canary reload");
+    }
+
+    // b. A vault secret the bucket does not accept (a mistyped key): verify passes, the
+    // reload fails.
+    let v = put(
+        "qlik/sales-s3",
+        &json!({
+            "aws_access_key_id": format!("AKIA{}", random(16).to_uppercase()),
+            "aws_secret_access_key": random(40),
+        }),
+    );
+    crate::outln!(
+        "  b. the vault holds an S3 key (version {v}) that the bucket s3://acme-sales does not accept"
+    );
+    let reports = rotator.run(s3, RunOptions::default()).await;
+    rotator.finish_run(s3, &reports);
+    reports.iter().for_each(print_report);
+    if let [r] = reports.as_slice()
+        && matches!(r.outcome, Outcome::CanaryFailed(_))
+    {
+        as_designed += 1;
+        crate::outln!(
+            "     → as designed: canary_failed. Verify alone would have called it rotated (Qlik never returns secrets); the reload of Sales Dashboard failed, so the rotator alerts instead"
+        );
+    } else {
+        crate::outln!("     → NOT as designed: expected canary_failed");
+    }
+
+    // c. A password the database rejects, with rollback = true and v1 the last verified.
+    let v2 = put(
+        "qlik/finance-sql",
+        &json!({"username": user, "password": format!("{good}-typo")}),
+    );
+    crate::outln!(
+        "  c. the vault's version {v2} holds a password {SQL_SOURCE} rejects; rollback = true, last verified version {v1}"
+    );
+    let opts = RunOptions {
+        last_applied,
+        ..RunOptions::default()
+    };
+    let reports = rotator.run(sql, opts).await;
+    rotator.finish_run(sql, &reports);
+    reports.iter().for_each(print_report);
+    let holds_v1 = stored_password(demo, SQL_ID).as_deref() == Some(good.as_str());
+    if let [r] = reports.as_slice()
+        && matches!(r.outcome, Outcome::RolledBack { .. })
+        && r.canary.is_some()
+        && holds_v1
+    {
+        as_designed += 1;
+        crate::outln!(
+            "     → as designed: rolled_back. Version {v2} failed its canary; version {v1} was put back, verified and proven by a reload; the tenant holds version {v1}: yes"
+        );
+    } else {
+        crate::outln!(
+            "     → NOT as designed: expected rolled_back to version {v1} (the tenant holds it: {})",
+            if holds_v1 { "yes" } else { "no" }
+        );
+    }
+    Ok(as_designed)
 }
 
 /// Without the simulator: says so and exits 64.

@@ -36,6 +36,8 @@ pub trait Event {
 #[derive(Debug, Clone, Default)]
 pub struct Events {
     metrics: Option<Arc<Metrics>>,
+    /// Where outcomes are also sent (`[[notify]]`): set once by the daemon; clones share it.
+    notifier: Arc<std::sync::OnceLock<crate::notify::Notifier>>,
 }
 
 // === impl Events ===
@@ -45,6 +47,25 @@ impl Events {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Events {
             metrics: Some(metrics),
+            notifier: Arc::default(),
+        }
+    }
+
+    /// Sends every outcome to `notifier` as well (once; a second call is ignored and returns
+    /// `false`).
+    pub fn set_notifier(&self, notifier: crate::notify::Notifier) -> bool {
+        self.notifier.set(notifier).is_ok()
+    }
+
+    /// Whether outcomes go to a notifier.
+    pub fn notifies(&self) -> bool {
+        self.notifier.get().is_some()
+    }
+
+    /// Queues an outcome for the webhooks (never waits; nothing without a notifier).
+    pub fn notify(&self, n: crate::notify::Notification) {
+        if let Some(notifier) = self.notifier.get() {
+            notifier.notify(n);
         }
     }
 
@@ -248,6 +269,54 @@ impl Event for RunFinished<'_> {
         );
         if let Some(m) = metrics {
             m.observe_run(self.job, self.connector, self.duration, self.success);
+        }
+    }
+}
+
+/// A webhook notification ended: `sent`, `failed` (after its retries, or refused) or
+/// `dropped` (the queue was full). `notifications_total{result}`.
+#[derive(Debug)]
+pub struct NotificationDelivered<'a> {
+    /// The webhook: scheme, host and port only (`-` when dropped before any).
+    pub target: &'a str,
+    /// The job the outcome is about.
+    pub job: &'a str,
+    /// The outcome notified.
+    pub outcome: &'static str,
+    /// `sent`, `failed` or `dropped`.
+    pub result: &'static str,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The stable error label (`timeout`, `transport`, `http_5xx`, `http_429`, `http_4xx`,
+    /// `redirect_refused`, `queue_full`, `bad_header`).
+    pub error_type: Option<&'static str>,
+}
+
+impl Event for NotificationDelivered<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        if self.result == "sent" {
+            tracing::info!(
+                target_url = %Escaped(self.target),
+                job = %self.job,
+                outcome = self.outcome,
+                attempts = self.attempts,
+                "Notification sent."
+            );
+        } else {
+            tracing::warn!(
+                target_url = %Escaped(self.target),
+                job = %self.job,
+                outcome = self.outcome,
+                result = self.result,
+                attempts = self.attempts,
+                error_type = self.error_type.unwrap_or(""),
+                "Notification not delivered."
+            );
+        }
+        if let Some(m) = metrics {
+            m.notification(self.result);
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod demo;
 pub mod events;
 pub mod history;
 pub mod metrics;
+pub mod notify;
 pub mod qlik;
 pub mod rotation;
 pub mod runner;

@@ -225,6 +225,17 @@ pub const EVENT_DECLARED: [Def; 4] = [
     ),
 ];
 
+/// The series of the `[[notify]]` webhooks, registered only when some are configured
+/// ([`Metrics::register_notify`]).
+pub const NOTIFY_DECLARED: [Def; 1] = [def(
+    "notifications_total",
+    "Webhook notifications ([[notify]]) by result: sent (answered 2xx), failed (after the retries, or refused: 3xx not followed, 4xx) or dropped (the notifier's queue was full).",
+    &["result"],
+)];
+
+/// The `result` labels of `notifications_total`, pre-created.
+pub const NOTIFY_RESULTS: [&str; 3] = ["sent", "failed", "dropped"];
+
 /// The daemon's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -251,6 +262,8 @@ pub struct Metrics {
     /// The `[events]` consumer's series: registered by [`Metrics::register_events`] only when
     /// the daemon consumes events.
     events: Arc<std::sync::OnceLock<EventMetrics>>,
+    /// `notifications_total`: registered by [`Metrics::register_notify`].
+    notifications: Arc<std::sync::OnceLock<IntCounterVec>>,
 }
 
 /// The series of the `[events]` consumer ([`crate::triggers::sqs`]).
@@ -333,6 +346,7 @@ impl Metrics {
             lease_skips: counter_vec(&r, &LEASE_SKIPS),
             registry: r,
             events: Arc::default(),
+            notifications: Arc::default(),
         };
         for stage in STAGES {
             m.retries.with_label_values(&[stage]).reset();
@@ -534,6 +548,25 @@ impl Metrics {
     pub fn set_event_dlq_messages(&self, n: i64) {
         if let Some(m) = self.events.get() {
             m.dlq_messages.set(n);
+        }
+    }
+
+    /// Registers `notifications_total{result}` (once), [`NOTIFY_RESULTS`] pre-created.
+    pub fn register_notify(&self) {
+        self.notifications.get_or_init(|| {
+            let c = counter_vec(&self.registry, &NOTIFY_DECLARED[0]);
+            for result in NOTIFY_RESULTS {
+                c.with_label_values(&[result]).reset();
+            }
+            c
+        });
+    }
+
+    /// Counts a notification (`result` one of [`NOTIFY_RESULTS`]). Nothing without
+    /// [`Metrics::register_notify`].
+    pub fn notification(&self, result: &str) {
+        if let Some(c) = self.notifications.get() {
+            c.with_label_values(&[result]).inc();
         }
     }
 
@@ -1075,9 +1108,12 @@ mod tests {
                 (name, labels)
             })
             .collect();
-        let mut declared: Vec<(String, String)> = (DECLARED.iter().chain(&EVENT_DECLARED))
-            .map(|d| (d.name.to_owned(), d.labels.join(", ")))
-            .collect();
+        let mut declared: Vec<(String, String)> = (DECLARED
+            .iter()
+            .chain(&EVENT_DECLARED)
+            .chain(&NOTIFY_DECLARED))
+        .map(|d| (d.name.to_owned(), d.labels.join(", ")))
+        .collect();
         table.sort();
         declared.sort();
         assert_eq!(table, declared);

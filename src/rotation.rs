@@ -303,8 +303,12 @@ impl Report {
         }
     }
 
-    /// Emits this connection's outcome: [`RotationFinished`] or [`RotationFailed`].
+    /// Emits this connection's outcome: [`RotationFinished`] or [`RotationFailed`], and hands
+    /// it to the webhooks when there are any (`[[notify]]`).
     pub fn emit(&self, events: &Events) {
+        if events.notifies() {
+            events.notify(self.notification());
+        }
         match &self.outcome {
             Outcome::Failed(e)
             | Outcome::VerifyFailed(e)
@@ -324,6 +328,27 @@ impl Report {
                 secret_version: self.secret_version.as_deref().unwrap_or(""),
                 duration: self.duration,
             }),
+        }
+    }
+
+    /// The outcome for the webhooks: ids, labels and version ids, no message, no value.
+    pub fn notification(&self) -> crate::notify::Notification {
+        let error = self.outcome.error();
+        crate::notify::Notification {
+            job: self.job.clone(),
+            connection: self
+                .connection_id
+                .clone()
+                .unwrap_or_else(|| self.connection_key.clone()),
+            outcome: self.outcome.label(),
+            stage: error.map(|e| e.stage().as_str()),
+            error_type: error.map(RotationError::error_type),
+            secret_version: self.secret_version.clone(),
+            restored_version: match &self.outcome {
+                Outcome::RolledBack { restored, .. } => Some(restored.clone()),
+                _ => None,
+            },
+            time: chrono::Utc::now(),
         }
     }
 

@@ -23,8 +23,12 @@ const CONN_ID: &str = "4a3b2c1d-0e9f-4a8b-9c7d-6e5f4a3b2c1d";
 const TWIN_ID: &str = "5b4c3d2e-1f0a-4b9c-8d7e-6f5a4b3c2d1e";
 const CRED_ID: &str = "6c5d4e3f-2a1b-4c0d-9e8f-7a6b5c4d3e2f";
 const PASSWORD: &str = "CANARY-contract-pass-8d";
+/// Reads through `CONN_ID`, whose source accepts its credentials: the reload succeeds.
+const GOOD_APP: &str = "8e7f6a5b-4c3d-4e2f-9a0b-1c2d3e4f5a6b";
+/// Reads through `TWIN_ID`, whose source accepts other credentials: the reload fails.
+const FAILING_APP: &str = "9f8a7b6c-5d4e-4f3a-8b1c-2d3e4f5a6b7c";
 
-const CHECKS: [&str; 10] = [
+const CHECKS: [&str; 14] = [
     "list",
     "get-by-id",
     "get-by-name",
@@ -35,6 +39,10 @@ const CHECKS: [&str; 10] = [
     "get-unknown-id-is-404",
     "api-specs",
     "data-credential",
+    "reload-succeeds",
+    "reload-unknown-app-is-a-declared-error",
+    "get-unknown-reload-is-404",
+    "reload-fails-with-code-and-message",
 ];
 
 fn root() -> PathBuf {
@@ -43,7 +51,8 @@ fn root() -> PathBuf {
 
 /// A MySQL connection (no api-specs for it, so nothing but the body format can refuse a
 /// PATCH), a namesake in another space (a lookup by name without `spaceId` is ambiguous),
-/// a data credential, and S3 api-specs in Qlik's documented shape.
+/// a data credential, S3 api-specs in Qlik's documented shape, a data source behind each
+/// connection (the first accepts its credentials, the second does not) and an app on each.
 fn tenant() -> Value {
     json!({
         "connections": [
@@ -62,6 +71,16 @@ fn tenant() -> Value {
         "dataCredentials": [
             {"qID": CRED_ID, "qName": "contract-cred", "datasourceID": "mysql",
              "qUsername": "u", "qPassword": PASSWORD}
+        ],
+        "sources": [
+            {"name": "mysql.internal", "matchProperty": "host", "matchValue": "mysql.internal",
+             "accepts": [{"username": "svc_shop", "password": PASSWORD}]},
+            {"name": "mysql.other", "matchProperty": "host", "matchValue": "mysql.other",
+             "accepts": [{"username": "svc_other", "password": "a-newer-password"}]}
+        ],
+        "apps": [
+            {"id": GOOD_APP, "name": "Shop Sales", "connectionIds": [CONN_ID]},
+            {"id": FAILING_APP, "name": "Other Sales", "connectionIds": [TWIN_ID]}
         ]
     })
 }
@@ -90,6 +109,11 @@ struct NodeRun {
 /// Runs `node contract.mjs` in tests/contract with `connection_id` (output kept in `tmp`);
 /// killed after 120 s.
 fn run_contract(url: &str, connection_id: &str, tmp: &Path) -> NodeRun {
+    run_contract_apps(url, connection_id, tmp, (GOOD_APP, FAILING_APP))
+}
+
+/// [`run_contract`] with the apps whose reloads must succeed and fail.
+fn run_contract_apps(url: &str, connection_id: &str, tmp: &Path, apps: (&str, &str)) -> NodeRun {
     let dir = root().join("tests/contract");
     let out_path = tmp.join("node.out");
     let err_path = tmp.join("node.err");
@@ -108,6 +132,8 @@ fn run_contract(url: &str, connection_id: &str, tmp: &Path) -> NodeRun {
             ("QLIK_CONTRACT_CREDENTIAL_ID", CRED_ID),
             ("QLIK_CONTRACT_PATCH_PROPERTY", "database"),
             ("QLIK_CONTRACT_AMBIGUOUS_NAME", "Contract MySQL"),
+            ("QLIK_CONTRACT_RELOAD_APP_ID", apps.0),
+            ("QLIK_CONTRACT_FAILING_APP_ID", apps.1),
         ])
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())
@@ -208,6 +234,15 @@ fn qlik_api_passes_every_check_against_simulate() {
         .filter_map(|v| v["status"].as_u64())
         .collect();
     assert_eq!(patches, [204, 400, 400], "{}", sim.stderr);
+    // And queued the reloads here: two accepted (201), the unknown app refused (400).
+    let queued: Vec<u64> = sim
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["method"] == "POST" && v["path"].as_str() == Some("\"/api/v1/reloads\""))
+        .filter_map(|v| v["status"].as_u64())
+        .collect();
+    assert_eq!(queued, [201, 400, 201], "{}", sim.stderr);
     for text in [&run.stdout, &run.stderr, &sim.stdout, &sim.stderr] {
         assert!(!text.contains(KEY), "API key printed");
         assert!(!text.contains(PASSWORD), "a password printed");
@@ -242,4 +277,34 @@ fn the_script_reports_failure_for_a_connection_that_does_not_exist() {
         run.stdout
     );
     assert_eq!(served.stop("TERM").code, 0);
+}
+
+/// The reload checks can fail: with the apps swapped, the reload expected to succeed ends
+/// FAILED and the one expected to fail succeeds, and the script says so.
+#[test]
+fn the_reload_checks_fail_when_the_outcome_is_not_the_expected_one() {
+    setup_node();
+    let dir = tempfile::tempdir().unwrap();
+    let served = start(dir.path());
+    let run = run_contract_apps(&served.url, CONN_ID, dir.path(), (FAILING_APP, GOOD_APP));
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let by_name: std::collections::HashMap<&str, (bool, &str)> = run
+        .checks
+        .iter()
+        .map(|(n, ok, d)| (n.as_str(), (*ok, d.as_str())))
+        .collect();
+    assert_eq!(
+        by_name["reload-succeeds"],
+        (false, "ended FAILED, not SUCCEEDED"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        by_name["reload-fails-with-code-and-message"],
+        (false, "ended SUCCEEDED, not FAILED"),
+        "{}",
+        run.stdout
+    );
+    assert!(by_name["patch"].0, "{}", run.stdout);
+    served.stop("TERM");
 }

@@ -531,6 +531,25 @@ async fn the_demo_rotates_and_verifies_everything() {
     );
     assert!(out.stdout.contains("unchanged (secret version"));
     assert!(out.stdout.contains("requests sent to the tenant: 0"));
+    // Step 5: a canary-proven rotation, a failing one and a rolled-back one, each said plainly.
+    for line in [
+        "finance-sqlserver: rotated and verified, proven by canary reload ",
+        "→ as designed: rotated, and proven: Qlik reloaded Finance Reporting",
+        "sales-s3: canary_failed at canary [canary_reload_failed]: ",
+        "the data source 's3://acme-sales' rejected the credentials",
+        "→ as designed: canary_failed.",
+        "finance-sqlserver: rolled_back to secret version v1 (verified, proven by canary reload ",
+        "after version v2 failed at canary [canary_reload_failed]",
+        "→ as designed: rolled_back. Version v2 failed its canary; version v1 was put back, verified and proven by a reload; the tenant holds version v1: yes",
+        "Canary and rollback: 3 of 3 outcome(s) as designed (rotated and proven, canary_failed, rolled_back).",
+    ] {
+        assert!(
+            out.stdout.contains(line),
+            "missing {line:?} in\n{}",
+            out.stdout
+        );
+    }
+    assert!(!out.stdout.contains("NOT as designed"), "{}", out.stdout);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 //! [`SecretLocator::read`].
 
 pub mod events;
+pub mod notify;
 mod split;
 pub mod state;
 pub mod walk;
@@ -284,6 +285,11 @@ pub struct JobConfig {
     pub canary_timeout: Duration,
     /// `rollback`: when verify or the canary fails, re-apply the last verified version.
     pub rollback: bool,
+    /// `version_stage = "AWSPENDING"` (Secrets Manager only): the job takes part in the AWS
+    /// rotation protocol. Its scheduled runs read `AWSCURRENT` (`secret.version` holds that);
+    /// `POST /secrets/{id}/test?version=…` applies the pending version, verifies it and runs
+    /// the canary, so a rotation Lambda's testSecret step can wait on the proof.
+    pub pending_test: bool,
 }
 
 /// `[daemon]`.
@@ -327,6 +333,8 @@ pub struct Config {
     pub state: state::StateConfig,
     /// `[events]` (optional): the change-event source ([`events::EventsConfig`]).
     pub events: Option<events::EventsConfig>,
+    /// `[[notify]]` (optional): webhooks told about outcomes ([`notify::NotifyConfig`]).
+    pub notify: Vec<notify::NotifyConfig>,
 }
 
 impl JobConfig {
@@ -631,6 +639,14 @@ const KNOWN_KEYS: &[&str] = &[
     "endpoint_url",
     "wait_time",
     "max_messages",
+    "notify",
+    "url",
+    "url_file",
+    "format",
+    "on",
+    "timeout",
+    "retries",
+    "headers_from_file",
 ];
 
 /// `[A-Za-z0-9_-]{1,64}`: names of sources and the like.
@@ -760,6 +776,10 @@ fn validate_with<E>(
         .get("events")
         .and_then(|v| Table::new("events", v, &mut errs))
         .and_then(|t| events::events_section(t, &mut errs));
+    let notify_cfg = root
+        .get("notify")
+        .map(|v| notify::notify_section(v, base_dir, &mut errs))
+        .unwrap_or_default();
     root.finish(&mut errs);
 
     Ok(match (qlik, daemon, metrics, state) {
@@ -771,6 +791,7 @@ fn validate_with<E>(
             metrics,
             state,
             events: events_cfg,
+            notify: notify_cfg,
         }),
         _ => Err(ConfigErrors(errs.0)),
     })
@@ -1048,6 +1069,20 @@ fn job(
         .opt_duration("canary_timeout", RANGE_CANARY_TIMEOUT, errs)
         .unwrap_or(Duration::from_secs(600));
     let rollback = t.opt_bool("rollback", errs).unwrap_or(false);
+    let pending_test = matches!(&version, VersionSelector::Stage(s) if s == "AWSPENDING");
+    let version = if pending_test {
+        pending_checks(
+            &t,
+            source.as_deref(),
+            sources,
+            canary_app.is_some(),
+            rollback,
+            errs,
+        );
+        VersionSelector::Stage("AWSCURRENT".to_owned())
+    } else {
+        version
+    };
     t.finish(errs);
     let spec = spec?;
     Some(JobConfig {
@@ -1070,7 +1105,42 @@ fn job(
         canary_app,
         canary_timeout,
         rollback,
+        pending_test,
     })
+}
+
+/// `version_stage = "AWSPENDING"` needs a Secrets Manager source (the stage is its), a
+/// `canary_app` (the proof the test endpoint answers with) and `rollback = true` (a pending
+/// version that fails its test must not stay on the connection).
+fn pending_checks(
+    t: &Table<'_>,
+    source: Option<&str>,
+    sources: &BTreeMap<String, SourceConfig>,
+    canary: bool,
+    rollback: bool,
+    errs: &mut Errors,
+) {
+    const WHY: &str = "version_stage = \"AWSPENDING\" (the AWS rotation protocol)";
+    if let Some(src) = source.and_then(|s| sources.get(s))
+        && !matches!(src, SourceConfig::AwsSecretsManager(_))
+    {
+        errs.push(
+            t.key_path("version_stage"),
+            format!("{WHY} needs an aws_secrets_manager source"),
+        );
+    }
+    if !canary {
+        errs.push(
+            t.key_path("canary_app"),
+            format!("{WHY} needs canary_app: the test endpoint answers with the canary's proof"),
+        );
+    }
+    if !rollback {
+        errs.push(
+            t.key_path("rollback"),
+            format!("{WHY} needs rollback = true: a pending version that fails its test must not stay on the connection"),
+        );
+    }
 }
 
 /// `name`: 1 to 64 characters from `A-Za-z0-9-_.` (a metrics label and a CLI selector).

@@ -1,6 +1,6 @@
 // Contract test: Qlik's official client, @qlik/api (pinned in package.json), against a tenant.
 // Every call and type used here comes from the installed .d.ts files (data-connections.d.ts,
-// data-sources.d.ts, data-credentials.d.ts of @qlik/api 2.19.0).
+// data-sources.d.ts, data-credentials.d.ts, reloads.d.ts of @qlik/api 2.19.0).
 //
 // Run from tests/contract (so the import resolves) with:
 //   QLIK_CONTRACT_URL            base URL, e.g. http://127.0.0.1:8080 (from `qlik-rotator simulate`)
@@ -12,12 +12,17 @@
 //   QLIK_CONTRACT_PATCH_PROPERTY a non-secret, non-address property of that connection to
 //                                replace (default "database")
 //   QLIK_CONTRACT_AMBIGUOUS_NAME optional: a qName used in several spaces
+//   QLIK_CONTRACT_RELOAD_APP_ID  optional: an app whose reload succeeds (the canary's calls:
+//                                reloads.queueReload, then reloads.getReload to a final status)
+//   QLIK_CONTRACT_FAILING_APP_ID optional: an app whose reload ends FAILED
+//   QLIK_CONTRACT_RELOAD_POLLS   optional: most getReload calls per reload (default 50)
 // Prints one JSON line per check ({"check", "ok", "detail"}); exits 1 if any check failed,
 // 2 when a variable is missing. Never prints the API key or a connection secret.
 import { auth } from "@qlik/api";
 import dataConnections from "@qlik/api/data-connections";
 import dataSources from "@qlik/api/data-sources";
 import dataCredentials from "@qlik/api/data-credentials";
+import reloads from "@qlik/api/reloads";
 
 const env = (name, fallback) => {
   const v = process.env[name] ?? fallback;
@@ -227,5 +232,91 @@ await check("data-credential", async () => {
   expect(c.qPassword === undefined && c.qUsername === undefined, "the credential GET returns secrets");
   return `qConnCount ${c.qConnCount}`;
 });
+
+// Reloads (the canary's calls). `Reload`, `Status` and `Type` in reloads.d.ts.
+const ACTIVE = ["QUEUED", "RELOADING", "CANCELING"];
+const FINAL = ["SUCCEEDED", "FAILED", "CANCELED", "EXCEEDED_LIMIT"];
+const TYPES = ["hub", "external", "chronos", "automations", "data-refresh", "choreographer"];
+const RESOURCE_TYPES = ["api", "reload-tasks", "tasks", "automate"];
+
+/** The required and typed fields of `Reload`, about `appId`. */
+function checkReload(r, appId, where) {
+  expect(r && typeof r === "object" && !Array.isArray(r), `${where}: not an object`);
+  for (const f of ["id", "appId", "creationTime", "tenantId", "userId"]) {
+    expect(isStr(r[f]), `${where}: ${f} is not a string`);
+  }
+  expect(r.appId === appId, `${where}: appId is not the app queued`);
+  expect(ACTIVE.includes(r.status) || FINAL.includes(r.status), `${where}: status is not a Status`);
+  expect(TYPES.includes(r.type), `${where}: type is not a Type`);
+  for (const f of ["endTime", "engineTime", "errorCode", "errorMessage", "log", "startTime", "resourceId"]) {
+    expect(optional(r[f], isStr), `${where}: ${f} is not a string`);
+  }
+  expect(optional(r.partial, (v) => typeof v === "boolean"), `${where}: partial is not a boolean`);
+  expect(optional(r.weight, (v) => typeof v === "number"), `${where}: weight is not a number`);
+  expect(optional(r.resourceType, (v) => RESOURCE_TYPES.includes(v)), `${where}: resourceType`);
+  expect(optional(r.links?.self?.href, isStr), `${where}: links.self.href is not a string`);
+  for (const f of ["creationTime", "startTime", "endTime"]) {
+    expect(r[f] === undefined || !Number.isNaN(Date.parse(r[f])), `${where}: ${f} is not a date-time`);
+  }
+}
+
+const maxPolls = Number(process.env.QLIK_CONTRACT_RELOAD_POLLS ?? "50");
+
+/** Queues a reload of `appId` (201, `Reload`), polls `getReload` to a final status. */
+async function reloadToEnd(appId) {
+  const q = await reloads.queueReload({ appId });
+  expect(q.status === 201, `queueReload status ${q.status}, not 201`);
+  checkReload(q.data, appId, "queued");
+  const reloadId = q.data.id;
+  let r = q.data;
+  const seen = [r.status];
+  for (let i = 0; !FINAL.includes(r.status); i += 1) {
+    expect(i < maxPolls, `no final status after ${maxPolls} getReload calls (${seen.join(" > ")})`);
+    await new Promise((ok) => setTimeout(ok, 100));
+    const g = await reloads.getReload(reloadId, noCache);
+    expect(g.status === 200, `getReload status ${g.status}, not 200`);
+    checkReload(g.data, appId, "polled");
+    expect(g.data.id === reloadId, "getReload answers about another reload");
+    r = g.data;
+    if (seen[seen.length - 1] !== r.status) seen.push(r.status);
+  }
+  expect(isStr(r.endTime), "a final reload has no endTime");
+  return { r, path: seen.join(" > ") };
+}
+
+const reloadApp = process.env.QLIK_CONTRACT_RELOAD_APP_ID;
+if (reloadApp) {
+  await check("reload-succeeds", async () => {
+    const { r, path } = await reloadToEnd(reloadApp);
+    expect(r.status === "SUCCEEDED", `ended ${r.status}, not SUCCEEDED`);
+    expect(r.errorCode === undefined, "a SUCCEEDED reload has an errorCode");
+    return path;
+  });
+  await check("reload-unknown-app-is-a-declared-error", async () => {
+    try {
+      const r = await reloads.queueReload({ appId: "00000000-0000-4000-8000-0000000000ff" });
+      throw new Mismatch(`expected an error, got HTTP ${r.status}`);
+    } catch (e) {
+      if (e instanceof Mismatch) throw e;
+      expect([400, 401, 403, 429, 500].includes(e?.status), `HTTP ${e?.status ?? e} is not a declared queueReload error`);
+      const errors = e.data?.errors;
+      expect(Array.isArray(errors) && errors.length > 0, "error body has no errors[] (Errors)");
+      return `HTTP ${e.status}`;
+    }
+  });
+  await check("get-unknown-reload-is-404", () =>
+    expectStatus(404, () => reloads.getReload("0123456789abcdef01234567", noCache)));
+}
+
+const failingApp = process.env.QLIK_CONTRACT_FAILING_APP_ID;
+if (failingApp) {
+  await check("reload-fails-with-code-and-message", async () => {
+    const { r, path } = await reloadToEnd(failingApp);
+    expect(r.status === "FAILED", `ended ${r.status}, not FAILED`);
+    expect(isStr(r.errorCode) && r.errorCode.length > 0, "a FAILED reload has no errorCode");
+    expect(isStr(r.errorMessage) && r.errorMessage.length > 0, "a FAILED reload has no errorMessage");
+    return `${path} [${r.errorCode}]`;
+  });
+}
 
 process.exit(failed === 0 ? 0 : 1);
