@@ -1002,7 +1002,19 @@ fn cli_config(
     table: &str,
     endpoint: &str,
 ) -> (std::path::PathBuf, Vec<(String, String)>) {
-    std::fs::create_dir_all(dir.join("vault")).unwrap();
+    // The three jobs' secrets (check-config --online reads each one once).
+    for (id, body) in [
+        ("qlik/sales-s3", r#"{"accessKey":"AKIA1","secretKey":"s1"}"#),
+        ("qlik/finance-sql", r#"{"username":"u1","password":"p1"}"#),
+        (
+            "qlik/bigquery",
+            r#"{"key_file":{"type":"service_account"}}"#,
+        ),
+    ] {
+        let path = dir.join("vault").join(format!("{id}.json"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
     let text = format!(
         "{}\n[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\n[state]\nbackend = \"dynamodb\"\ntable = \"{table}\"\nregion = \"us-east-1\"\n{}",
         common::harness::qlik_section(sim),
