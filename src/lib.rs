@@ -35,6 +35,7 @@ pub mod config;
 pub mod connectors;
 pub mod daemon;
 pub mod demo;
+pub mod discover;
 pub mod events;
 pub mod metrics;
 pub mod qlik;
