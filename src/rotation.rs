@@ -543,13 +543,59 @@ impl Rotator {
                 if let Some(id) = cached {
                     return self.client.get_connection(&id).await;
                 }
-                let found = self.client.find_connection(name, space.as_deref()).await?;
+                let found = match (
+                    self.client.find_connection(name, space.as_deref()).await,
+                    space,
+                ) {
+                    (Err(QlikError::NameNotFound { .. }), Some(wanted)) => {
+                        // Not found in a space of that id: `space` may be a space *name*.
+                        // Resolved through the spaces API, once (the id found is cached).
+                        let id = self.space_id(name, wanted).await?;
+                        self.client.find_connection(name, Some(&id)).await?
+                    }
+                    (other, _) => other?,
+                };
                 self.resolved
                     .lock()
                     .expect("resolved lock")
                     .insert(cache_key, found.id.clone());
                 Ok(found)
             }
+        }
+    }
+
+    /// The id of the space a job names by `wanted` (an id or a name), for a lookup of the
+    /// connection `name` that found nothing in a space of id `wanted`. An unknown or ambiguous
+    /// space is [`QlikError::Space`]; when `wanted` is a space id, the lookup's
+    /// [`QlikError::NameNotFound`] stands.
+    async fn space_id(&self, name: &str, wanted: &str) -> Result<String, QlikError> {
+        use crate::discover::{self, DiscoverError};
+        let not_found = || QlikError::NameNotFound {
+            name: name.to_owned(),
+            space: Some(wanted.to_owned()),
+        };
+        let spaces = match discover::all_spaces(&self.client, discover::Limits::default()).await {
+            Ok(s) => s,
+            Err(DiscoverError::Qlik(e)) => return Err(e),
+            Err(e) => {
+                return Err(QlikError::Decode {
+                    method: "GET",
+                    endpoint: "/api/v1/spaces",
+                    message: e.to_string(),
+                });
+            }
+        };
+        match discover::resolve_space(&spaces, wanted) {
+            Ok(id) if id == wanted => Err(not_found()),
+            Ok(id) => Ok(id),
+            Err(e @ DiscoverError::AmbiguousSpace { .. }) => Err(QlikError::Space {
+                message: format!("{e} (job connection {})", crate::text::quoted(name, 120)),
+                ambiguous: true,
+            }),
+            Err(e) => Err(QlikError::Space {
+                message: format!("{} not found: {e}", crate::text::quoted(name, 120)),
+                ambiguous: false,
+            }),
         }
     }
 

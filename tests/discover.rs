@@ -413,3 +413,120 @@ async fn coverage_reports_unmanaged_per_space_and_orphaned_jobs() {
     let over = cli(&sim, dir.path(), &["coverage", "--fail-under", "30"]).await;
     assert_eq!(over.code, 0, "{over:?}");
 }
+
+/// A config whose one job names its connection by name in the space `space`.
+fn by_name_config(sim: &Simulator, dir: &std::path::Path, space: &str) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            r#"{}
+[sources.v]
+type = "file"
+path = "vault"
+[daemon]
+state_dir = "state"
+
+[[jobs]]
+name = "finance-sql"
+connection = {{ name = "Finance SQL", space = "{space}" }}
+connector = "mssql"
+source = "v"
+secret = "qlik/finance-sql"
+"#,
+            qlik_section(sim)
+        ),
+    )
+}
+
+async fn online_check(sim: &Simulator, space: &str) -> CliOutput {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = by_name_config(sim, dir.path(), space);
+    let out = run_cli(
+        &["check-config", "-c", cfg.to_str().unwrap(), "--online"],
+        &env(&[("QLIK_API_KEY", CANARY_KEY)]),
+    )
+    .await;
+    assert!(
+        !out.stdout.contains(CANARY_KEY) && !out.stderr.contains(CANARY_KEY),
+        "the API key was printed: {out:?}"
+    );
+    assert!(with_method(sim, "PATCH").is_empty(), "a PATCH was sent");
+    out
+}
+
+fn space_gets(sim: &Simulator) -> usize {
+    with_method(sim, "GET")
+        .iter()
+        .filter(|r| r.path == "/api/v1/spaces")
+        .count()
+}
+
+#[tokio::test]
+async fn a_job_space_given_by_name_is_resolved_through_the_spaces_api() {
+    let (sim, _dir) = world().await;
+    let out = online_check(&sim, "Finance").await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(space_gets(&sim), 1, "resolved once");
+    let by_name: Vec<String> = with_method(&sim, "GET")
+        .into_iter()
+        .filter(|r| r.path.ends_with("/Finance%20SQL"))
+        .map(|r| r.query.unwrap_or_default())
+        .collect();
+    assert!(
+        by_name.last().unwrap().contains("spaceId=finance"),
+        "{by_name:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_space_given_by_id_needs_no_spaces_call() {
+    let (sim, _dir) = world().await;
+    let out = online_check(&sim, "finance").await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(space_gets(&sim), 0);
+}
+
+#[tokio::test]
+async fn an_unknown_job_space_is_a_clear_error() {
+    let (sim, _dir) = world().await;
+    let out = online_check(&sim, "Nope").await;
+    assert_ne!(out.code, 0, "{out:?}");
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains("\"Finance SQL\" not found: no space with the id or name \"Nope\""),
+        "{all}"
+    );
+}
+
+#[tokio::test]
+async fn an_ambiguous_job_space_name_is_a_clear_error() {
+    let (sim, _dir) = world().await;
+    sim.add_space(SeedSpace::new("finance-2", "Finance"));
+    // Neither space id is "Finance": the name is looked up and matches two spaces.
+    let out = online_check(&sim, "Finance").await;
+    assert_ne!(out.code, 0, "{out:?}");
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains("ambiguous") && all.contains("\"finance-2\""),
+        "{all}"
+    );
+    let by_name = with_method(&sim, "GET")
+        .into_iter()
+        .filter(|r| r.path.ends_with("/Finance%20SQL"))
+        .count();
+    assert_eq!(by_name, 1, "no lookup in a guessed space");
+}
+
+#[tokio::test]
+async fn a_hostile_space_name_in_the_tenant_is_escaped_in_errors() {
+    let (sim, _dir) = world().await;
+    sim.add_space(SeedSpace::new("evil\u{1b}[2J", "Finance"));
+    let out = online_check(&sim, "Finance").await;
+    assert_ne!(out.code, 0, "{out:?}");
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(!all.contains('\u{1b}'), "{all}");
+    assert!(
+        all.contains("ambiguous") && all.contains("\\u{1b}"),
+        "{all}"
+    );
+}

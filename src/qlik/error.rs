@@ -217,6 +217,15 @@ pub enum QlikError {
         /// The space it was looked up in.
         space: Option<String>,
     },
+    /// A job's `space` is neither a space id nor the name of exactly one space (resolved
+    /// through the spaces API when a lookup by name in it found nothing).
+    #[error("{message}")]
+    Space {
+        /// What is wrong, names escaped.
+        message: String,
+        /// Several spaces have that name (else: none has that id or name).
+        ambiguous: bool,
+    },
 }
 
 impl QlikError {
@@ -255,6 +264,10 @@ impl QlikError {
             QlikError::Redirect { .. } => "redirect",
             QlikError::TooLarge { .. } => "response_too_large",
             QlikError::NameNotFound { .. } => "not_found",
+            QlikError::Space {
+                ambiguous: true, ..
+            } => "ambiguous_space",
+            QlikError::Space { .. } => "unknown_space",
         }
     }
 

@@ -49,6 +49,7 @@ impl RetryPolicy {
             QlikError::Token(_)
             | QlikError::Decode { .. }
             | QlikError::NameNotFound { .. }
+            | QlikError::Space { .. }
             | QlikError::Redirect { .. }
             | QlikError::TooLarge { .. } => false,
         }
