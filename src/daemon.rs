@@ -736,12 +736,21 @@ pub async fn spawn(
     );
     let width = cfg.daemon.max_concurrent_rotations.max(8);
     let d = daemon.clone();
+    let scan_cfg = Arc::new(cfg.clone());
     daemon.tracker.spawn(async move {
         tokio::select! {
             () = d.preflight_all(width) => d.start_on_start(),
             () = d.cancel().cancelled() => {}
         }
         let _ = d.preflight_done.set(());
+        // After pre-flight, so its reads come first: the hourly coverage scan
+        // (`unmanaged_connections`). Not tracked: a scan only reads, and shutdown cuts it.
+        tokio::spawn(crate::discover::scan_loop(
+            d.runner.rotator().client().clone(),
+            scan_cfg,
+            d.metrics().clone(),
+            d.cancel().clone(),
+        ));
     });
     Ok(Running {
         daemon,

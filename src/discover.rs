@@ -597,6 +597,55 @@ pub fn coverage_text(cov: &Coverage) -> String {
     out
 }
 
+/// How often the daemon repeats its coverage scan.
+pub const SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The daemon's coverage scan: once now, then every [`SCAN_EVERY`] until `cancel`; each
+/// result (or failure) is a [`crate::events::CoverageScanned`] event (log line and the
+/// `unmanaged_connections` gauge). Reads only, through the client's read budget.
+pub async fn scan_loop(
+    client: std::sync::Arc<QlikClient>,
+    cfg: std::sync::Arc<Config>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    use crate::events::{CoverageScanned, Event as _};
+    loop {
+        let scan = async {
+            let spaces = all_spaces(&client, Limits::default()).await?;
+            let conns = all_connections(&client, None, Limits::default()).await?;
+            Ok::<_, DiscoverError>(coverage(&cfg, &conns, &spaces))
+        };
+        let result = tokio::select! {
+            r = scan => r,
+            () = cancel.cancelled() => return,
+        };
+        match result {
+            Ok(c) => CoverageScanned {
+                credential_bearing: c.credential_bearing,
+                unmanaged: c.credential_bearing - c.managed,
+                orphaned: c.orphaned.len(),
+                error: None,
+            }
+            .emit(Some(&metrics)),
+            Err(e) => {
+                let msg = text::printable(&e.to_string(), 500);
+                CoverageScanned {
+                    credential_bearing: 0,
+                    unmanaged: 0,
+                    orphaned: 0,
+                    error: Some(&msg),
+                }
+                .emit(Some(&metrics));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SCAN_EVERY) => {}
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -335,6 +335,49 @@ impl Event for PreflightChecked<'_> {
     }
 }
 
+/// The daemon's coverage scan (`connections`/`coverage` logic, [`crate::discover`]) ended.
+#[derive(Debug)]
+pub struct CoverageScanned<'a> {
+    /// Credential-bearing connections found.
+    pub credential_bearing: usize,
+    /// Of those, the ones no job manages.
+    pub unmanaged: usize,
+    /// Job references that match no connection.
+    pub orphaned: usize,
+    /// Why the scan failed (escaped text); the gauge keeps its last value.
+    pub error: Option<&'a str>,
+}
+
+impl Event for CoverageScanned<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        if let Some(error) = self.error {
+            tracing::warn!(
+                error = %error,
+                "Coverage scan failed; unmanaged_connections keeps its last value."
+            );
+            return;
+        }
+        if self.unmanaged > 0 || self.orphaned > 0 {
+            tracing::warn!(
+                credential_bearing = self.credential_bearing,
+                unmanaged = self.unmanaged,
+                orphaned = self.orphaned,
+                "Coverage scan: connections without a job, or jobs without a connection (run `qlik-rotator coverage`)."
+            );
+        } else {
+            tracing::info!(
+                credential_bearing = self.credential_bearing,
+                "Coverage scan: every credential-bearing connection has a job."
+            );
+        }
+        if let Some(m) = metrics {
+            m.set_unmanaged(i64::try_from(self.unmanaged).unwrap_or(i64::MAX));
+        }
+    }
+}
+
 /// The start-up pre-flight of every connection is done (the daemon was ready before it).
 #[derive(Debug)]
 pub struct PreflightFinished {

@@ -162,12 +162,17 @@ const PREFLIGHT_PENDING: Def = def(
     "Connections whose start-up pre-flight GET has not finished yet (0 once pre-flight is done); pre-flight runs after /readyz turns ready, under the read budget.",
     &[],
 );
+const UNMANAGED: Def = def(
+    "unmanaged_connections",
+    "Credential-bearing connections no job manages, from the daemon's last coverage scan (after pre-flight, then hourly; -1 until a scan succeeds).",
+    &[],
+);
 
 /// Upper bounds of `qlik_request_duration_seconds` (the `+Inf` bucket is implied).
 const REQUEST_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Every metric: the registry's, then the per-job table's ([`JOB_FAMILIES`]).
-pub const DECLARED: [Def; 22] = [
+pub const DECLARED: [Def; 23] = [
     ERRORS,
     RETRIES,
     ROTATION_DURATION,
@@ -185,6 +190,7 @@ pub const DECLARED: [Def; 22] = [
     PREFLIGHT_PENDING,
     SPEC_WARNINGS,
     VERIFY_WARNINGS,
+    UNMANAGED,
     JOB_FAMILIES[0].def,
     JOB_FAMILIES[1].def,
     JOB_FAMILIES[2].def,
@@ -237,6 +243,7 @@ pub struct Metrics {
     state_write_failures: IntCounter,
     state_writable: IntGauge,
     preflight_pending: IntGauge,
+    unmanaged: IntGauge,
     spec_warnings: IntCounterVec,
     verify_warnings: IntCounterVec,
     /// The `[events]` consumer's series: registered by [`Metrics::register_events`] only when
@@ -321,6 +328,7 @@ impl Metrics {
             spec_warnings: counter_vec(&r, &SPEC_WARNINGS),
             verify_warnings: counter_vec(&r, &VERIFY_WARNINGS),
             preflight_pending: gauge(&r, &PREFLIGHT_PENDING),
+            unmanaged: gauge(&r, &UNMANAGED),
             registry: r,
             events: Arc::default(),
         };
@@ -334,6 +342,7 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         m.start_time.set(chrono::Utc::now().timestamp());
+        m.unmanaged.set(-1);
         m
     }
 
@@ -368,6 +377,11 @@ impl Metrics {
         self.jobs
             .with_label_values(&["preflight_failed"])
             .set(preflight_failed as i64);
+    }
+
+    /// Sets `unmanaged_connections` (the last coverage scan's count).
+    pub fn set_unmanaged(&self, unmanaged: i64) {
+        self.unmanaged.set(unmanaged);
     }
 
     /// Sets `preflight_pending` (connections still waiting for their start-up pre-flight).

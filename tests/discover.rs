@@ -530,3 +530,75 @@ async fn a_hostile_space_name_in_the_tenant_is_escaped_in_errors() {
         "{all}"
     );
 }
+
+/// Starts the daemon (library) on `sim` with the two jobs of [`config`]; waits for pre-flight.
+async fn daemon(sim: &Simulator, dir: &std::path::Path) -> qlik_rotator::daemon::Running {
+    let text = std::fs::read_to_string(config(sim, dir))
+        .unwrap()
+        .replace("[daemon]", "[metrics]\nlisten = \"127.0.0.1:0\"\n[daemon]");
+    let input =
+        std::collections::HashMap::from([("QLIK_API_KEY".to_owned(), CANARY_KEY.to_owned())]);
+    let cfg = qlik_rotator::config::load_str(&text, dir, &input).expect("valid config");
+    let r = qlik_rotator::daemon::start(&cfg, &input)
+        .await
+        .expect("daemon starts");
+    r.daemon.preflight_finished().await;
+    r
+}
+
+async fn unmanaged_gauge(r: &qlik_rotator::daemon::Running, want: f64) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let text = http_get(r.addr, "/metrics").await.1;
+        if metric(&text, "qlik_rotator_unmanaged_connections", &[]) == Some(want) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "unmanaged_connections never became {want}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_daemon_exports_unmanaged_connections_after_its_scan() {
+    let (sim, dir) = world().await;
+    let r = daemon(&sim, dir.path()).await;
+    // Finance SQL and Warehouse BQ have no job; Sales S3 has one.
+    let text = unmanaged_gauge(&r, 2.0).await;
+    assert!(!text.contains(CANARY_KEY));
+    assert_eq!(space_gets(&sim), 1, "one scan");
+    assert!(with_method(&sim, "PATCH").is_empty());
+    assert!(r.shutdown().await);
+}
+
+#[tokio::test]
+async fn a_failed_scan_leaves_the_gauge_at_minus_one() {
+    let (sim, dir) = world().await;
+    sim.inject(Fault::Status {
+        method: Some("GET".into()),
+        path_prefix: Some("/api/v1/spaces".into()),
+        status: 403,
+        times: 1,
+    });
+    let r = daemon(&sim, dir.path()).await;
+    // The scan has run once the 403 was answered.
+    assert!(
+        wait_until(Duration::from_secs(20), || space_gets(&sim) == 1).await,
+        "no scan"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = http_get(r.addr, "/metrics").await.1;
+    assert_eq!(
+        metric(&text, "qlik_rotator_unmanaged_connections", &[]),
+        Some(-1.0),
+        "{text}"
+    );
+    assert_eq!(
+        list_gets(&sim),
+        0,
+        "no listing after the failed spaces read"
+    );
+    assert!(r.shutdown().await);
+}
