@@ -261,6 +261,8 @@ pub struct SecretFetched<'a> {
     pub source: &'static str,
     /// `None` when read, else the error label.
     pub error_type: Option<&'static str>,
+    /// When the version read was created (Unix seconds), if the source says.
+    pub created: Option<i64>,
 }
 
 impl Event for SecretFetched<'_> {
@@ -278,6 +280,9 @@ impl Event for SecretFetched<'_> {
         }
         if let Some(m) = metrics {
             m.secret_fetch(self.source, self.error_type.is_none());
+            if let Some(t) = self.created {
+                m.set_secret_created(self.job, t);
+            }
         }
     }
 }

@@ -172,7 +172,7 @@ const UNMANAGED: Def = def(
 const REQUEST_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Every metric: the registry's, then the per-job table's ([`JOB_FAMILIES`]).
-pub const DECLARED: [Def; 23] = [
+pub const DECLARED: [Def; 24] = [
     ERRORS,
     RETRIES,
     ROTATION_DURATION,
@@ -196,6 +196,7 @@ pub const DECLARED: [Def; 23] = [
     JOB_FAMILIES[2].def,
     JOB_FAMILIES[3].def,
     JOB_FAMILIES[4].def,
+    JOB_FAMILIES[5].def,
 ];
 
 /// The series of the `[events]` consumer, registered only when it runs
@@ -377,6 +378,11 @@ impl Metrics {
         self.jobs
             .with_label_values(&["preflight_failed"])
             .set(preflight_failed as i64);
+    }
+
+    /// Sets `secret_created_timestamp_seconds{rotation_job}`.
+    pub fn set_secret_created(&self, job: &str, unix: i64) {
+        self.jobs_table.with(job, |s| s.secret_created = Some(unix));
     }
 
     /// Sets `unmanaged_connections` (the last coverage scan's count).
@@ -581,7 +587,7 @@ struct JobFamily {
 
 /// The per-job families, in exposition order. Each has the one label `rotation_job` (and
 /// `rotations_total` also `outcome`).
-const JOB_FAMILIES: [JobFamily; 5] = [
+const JOB_FAMILIES: [JobFamily; 6] = [
     JobFamily {
         def: def(
             "job_max_age_seconds",
@@ -622,6 +628,14 @@ const JOB_FAMILIES: [JobFamily; 5] = [
         ),
         kind: "counter",
     },
+    JobFamily {
+        def: def(
+            "secret_created_timestamp_seconds",
+            "Unix time the secret version the job last read was created in its vault (Secrets Manager CreatedDate, SSM LastModifiedDate, Vault created_time, file mtime): the credential's own age; a series appears with the first read that reports it.",
+            &["rotation_job"],
+        ),
+        kind: "gauge",
+    },
 ];
 
 /// The index of the opt-in per-job histogram in [`JOB_FAMILIES`].
@@ -639,6 +653,7 @@ struct JobStats {
     count: u64,
     last_success: Option<i64>,
     preflight_ok: Option<bool>,
+    secret_created: Option<i64>,
 }
 
 impl JobStats {
@@ -697,6 +712,7 @@ impl JobSeries {
                     st.count
                 );
             }
+            5 => gauge(st.secret_created),
             _ => {
                 for (outcome, n) in OUTCOMES.iter().zip(st.outcomes).filter(|(_, n)| *n > 0) {
                     let _ = writeln!(

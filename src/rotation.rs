@@ -698,6 +698,7 @@ impl Rotator {
                     job: &job.name,
                     source: source.kind(),
                     error_type: held.as_ref().as_ref().err().map(SourceError::error_type),
+                    created: held.as_ref().as_ref().ok().and_then(|v| v.created),
                 });
                 match &*held {
                     Ok(value) => Ok(value),
