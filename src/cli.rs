@@ -41,7 +41,8 @@ pub enum Command {
         online: bool,
     },
     /// Run the daemon: rotate each job on its schedule when its secret version changes,
-    /// export Prometheus metrics, and shut down gracefully on SIGTERM/SIGINT.
+    /// export Prometheus metrics, reload the [[jobs]] on SIGHUP, and shut down gracefully on
+    /// SIGTERM/SIGINT.
     Run(ConfigArg),
     /// Show what `rotate` would send: reads each secret and connection, prints the PATCH
     /// document with every value masked. Sends nothing.

@@ -340,6 +340,55 @@ impl Event for PreflightChecked<'_> {
     }
 }
 
+/// A reload of the configuration on SIGHUP ended: `ok` (applied), `invalid` (the file has
+/// errors, each logged with its key; the running configuration stays) or `refused` (a
+/// section other than `[[jobs]]` changed: that needs a restart).
+#[derive(Debug)]
+pub struct ConfigReloaded<'a> {
+    /// `ok`, `invalid` or `refused`.
+    pub result: &'static str,
+    /// Why it was not applied: each error with its key (invalid), or the changed sections.
+    pub errors: &'a [String],
+    /// Jobs added, removed and changed (when applied).
+    pub added: &'a [String],
+    /// Jobs removed (their series dropped from /metrics).
+    pub removed: &'a [String],
+    /// Jobs whose settings changed.
+    pub changed: &'a [String],
+    /// The running configuration afterwards: its SHA-256 (16 hex digits) and load time.
+    pub running: (&'a str, i64),
+}
+
+impl Event for ConfigReloaded<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        match self.result {
+            "ok" => tracing::info!(
+                added = ?self.added,
+                removed = ?self.removed,
+                changed = ?self.changed,
+                sha256 = self.running.0,
+                "Configuration reloaded (SIGHUP)."
+            ),
+            result => {
+                for e in self.errors {
+                    tracing::error!(result, "Configuration not reloaded: {e}");
+                }
+                tracing::warn!(
+                    result,
+                    sha256 = self.running.0,
+                    "SIGHUP: the new configuration was not applied; the running one stays."
+                );
+            }
+        }
+        if let Some(m) = metrics {
+            m.count_reload(self.result);
+            m.set_config(self.running.0, self.running.1);
+        }
+    }
+}
+
 /// The daemon's coverage scan (`connections`/`coverage` logic, [`crate::discover`]) ended.
 #[derive(Debug)]
 pub struct CoverageScanned<'a> {

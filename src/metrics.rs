@@ -167,12 +167,30 @@ const UNMANAGED: Def = def(
     "Credential-bearing connections no job manages, from the daemon's last coverage scan (after pre-flight, then hourly; -1 until a scan succeeds).",
     &[],
 );
+const CONFIG_RELOADS: Def = def(
+    "config_reloads_total",
+    "Configuration reloads on SIGHUP by result: ok (applied), invalid (the file has errors; the running configuration stays), refused (a section other than [[jobs]] changed; needs a restart).",
+    &["result"],
+);
+const CONFIG_INFO: Def = def(
+    "config_info",
+    "Always 1; sha256 is the first 16 hex digits of the running configuration file's SHA-256.",
+    &["sha256"],
+);
+const CONFIG_LOADED: Def = def(
+    "config_loaded_timestamp_seconds",
+    "Unix time the running configuration was loaded (at start, or by the last successful reload).",
+    &[],
+);
+
+/// The `result` labels of `config_reloads_total`, pre-created.
+pub const RELOAD_RESULTS: [&str; 3] = ["ok", "invalid", "refused"];
 
 /// Upper bounds of `qlik_request_duration_seconds` (the `+Inf` bucket is implied).
 const REQUEST_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Every metric: the registry's, then the per-job table's ([`JOB_FAMILIES`]).
-pub const DECLARED: [Def; 24] = [
+pub const DECLARED: [Def; 27] = [
     ERRORS,
     RETRIES,
     ROTATION_DURATION,
@@ -191,6 +209,9 @@ pub const DECLARED: [Def; 24] = [
     SPEC_WARNINGS,
     VERIFY_WARNINGS,
     UNMANAGED,
+    CONFIG_RELOADS,
+    CONFIG_INFO,
+    CONFIG_LOADED,
     JOB_FAMILIES[0].def,
     JOB_FAMILIES[1].def,
     JOB_FAMILIES[2].def,
@@ -245,6 +266,9 @@ pub struct Metrics {
     state_writable: IntGauge,
     preflight_pending: IntGauge,
     unmanaged: IntGauge,
+    config_reloads: IntCounterVec,
+    config_info: IntGaugeVec,
+    config_loaded: IntGauge,
     spec_warnings: IntCounterVec,
     verify_warnings: IntCounterVec,
     /// The `[events]` consumer's series: registered by [`Metrics::register_events`] only when
@@ -330,6 +354,9 @@ impl Metrics {
             verify_warnings: counter_vec(&r, &VERIFY_WARNINGS),
             preflight_pending: gauge(&r, &PREFLIGHT_PENDING),
             unmanaged: gauge(&r, &UNMANAGED),
+            config_reloads: counter_vec(&r, &CONFIG_RELOADS),
+            config_info: gauge_vec(&r, &CONFIG_INFO),
+            config_loaded: gauge(&r, &CONFIG_LOADED),
             registry: r,
             events: Arc::default(),
         };
@@ -344,6 +371,12 @@ impl Metrics {
             .set(1);
         m.start_time.set(chrono::Utc::now().timestamp());
         m.unmanaged.set(-1);
+        for result in RELOAD_RESULTS {
+            m.config_reloads.with_label_values(&[result]).reset();
+        }
+        // `qlik-rotator run` sets the file's hash at once; until then (and for a daemon
+        // started as a library) the configuration is "unknown".
+        m.set_config("unknown", chrono::Utc::now().timestamp());
         m
     }
 
@@ -383,6 +416,42 @@ impl Metrics {
     /// Sets `secret_created_timestamp_seconds{rotation_job}`.
     pub fn set_secret_created(&self, job: &str, unix: i64) {
         self.jobs_table.with(job, |s| s.secret_created = Some(unix));
+    }
+
+    /// Counts a reload (`config_reloads_total{result}`).
+    pub fn count_reload(&self, result: &str) {
+        self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// The running configuration: `config_info{sha256}` (the one series) and
+    /// `config_loaded_timestamp_seconds`.
+    pub fn set_config(&self, sha256: &str, loaded_unix: i64) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[sha256]).set(1);
+        self.config_loaded.set(loaded_unix);
+    }
+
+    /// Drops every series of the jobs `names` (removed or replaced by a reload): the per-job
+    /// table's and `errors_total`'s.
+    pub fn unregister_jobs(&self, names: &[String]) {
+        self.jobs_table.unregister(names);
+        use prometheus::core::Collector as _;
+        for family in self.errors.collect() {
+            for m in family.get_metric() {
+                let labels: Vec<(&str, &str)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                let get = |k: &str| labels.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+                if let (Some(job), Some(stage), Some(error_type)) =
+                    (get("rotation_job"), get("stage"), get("error_type"))
+                    && names.iter().any(|n| n == job)
+                {
+                    let _ = self.errors.remove_label_values(&[job, stage, error_type]);
+                }
+            }
+        }
     }
 
     /// Sets `unmanaged_connections` (the last coverage scan's count).
@@ -745,6 +814,11 @@ impl JobTable {
         table.sort_by(|a, b| a.name.cmp(&b.name));
         table.dedup_by(|later, first| later.name == first.name);
         table.shrink_to_fit();
+    }
+
+    fn unregister(&self, names: &[String]) {
+        let mut table = self.jobs.write().expect("metrics table lock");
+        table.retain(|j| !names.iter().any(|n| **n == *j.name));
     }
 
     fn with(&self, job: &str, f: impl FnOnce(&mut JobStats)) {
