@@ -152,6 +152,8 @@ pub struct Daemon<R: RunJobs = Runner> {
     ready: Readiness,
     /// Set once the start-up pre-flight has finished (or was cut short by shutdown).
     preflight_done: tokio::sync::SetOnce<()>,
+    /// Wakes the coverage scan (`unmanaged_connections`) after a reload changed the jobs.
+    rescan: Arc<tokio::sync::Notify>,
 }
 
 /// The jobs of one configuration: by name, in config order, and by the secret they read
@@ -300,6 +302,7 @@ impl<R: RunJobs> Daemon<R> {
             runner,
             tracker: TaskTracker::new(),
             ready: Readiness::default(),
+            rescan: Arc::new(tokio::sync::Notify::new()),
             preflight_done: tokio::sync::SetOnce::new(),
         }
     }
@@ -778,7 +781,6 @@ pub async fn spawn(
     );
     let width = cfg.daemon.max_concurrent_rotations.max(8);
     let d = daemon.clone();
-    let scan_cfg = Arc::new(cfg.clone());
     daemon.tracker.spawn(async move {
         tokio::select! {
             () = d.preflight_all(width) => d.start_on_start(),
@@ -787,10 +789,12 @@ pub async fn spawn(
         let _ = d.preflight_done.set(());
         // After pre-flight, so its reads come first: the hourly coverage scan
         // (`unmanaged_connections`). Not tracked: a scan only reads, and shutdown cuts it.
+        let d2 = d.clone();
         tokio::spawn(crate::discover::scan_loop(
             d.runner.rotator().client().clone(),
-            scan_cfg,
+            move || d2.set().by_index.iter().map(|j| j.cfg().clone()).collect(),
             d.metrics().clone(),
+            d.rescan.clone(),
             d.cancel().clone(),
         ));
     });
@@ -915,6 +919,9 @@ impl Running {
         self.scheduler = scheduler;
         self.cron_entries = entries;
         d.update_job_gauges();
+        if !(summary.added.is_empty() && summary.removed.is_empty() && summary.changed.is_empty()) {
+            d.rescan.notify_one();
+        }
         if !fresh.is_empty() {
             let (d2, width) = (d.clone(), new.daemon.max_concurrent_rotations.max(8));
             d.tracker.spawn(async move {

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use reqwest::Url;
 use serde::Serialize;
 
-use crate::config::{Config, ConnectionRef};
+use crate::config::{Config, ConnectionRef, JobConfig};
 use crate::connectors::Connector;
 use crate::qlik::QlikError;
 use crate::qlik::client::QlikClient;
@@ -258,7 +258,7 @@ fn refers_to(r: &ConnectionRef, c: &DataConnection, space_name: &str) -> bool {
 }
 
 /// The rows of `connections`, in the order listed.
-pub fn rows(cfg: &Config, conns: &[DataConnection], spaces: &[Space]) -> Vec<Row> {
+pub fn rows(jobs: &[JobConfig], conns: &[DataConnection], spaces: &[Space]) -> Vec<Row> {
     let names: BTreeMap<&str, &str> = spaces
         .iter()
         .map(|s| (s.id.as_str(), s.name.as_str()))
@@ -269,8 +269,7 @@ pub fn rows(cfg: &Config, conns: &[DataConnection], spaces: &[Space]) -> Vec<Row
             let sid = c.space.as_deref().unwrap_or("");
             let sname = names.get(sid).copied().unwrap_or("");
             let rotatable = Connector::lookup(&c.datasource_id).is_some();
-            let jobs = cfg
-                .jobs
+            let jobs = jobs
                 .iter()
                 .filter(|j| j.connections.iter().any(|r| refers_to(r, c, sname)))
                 .map(|j| j.name.clone())
@@ -313,9 +312,9 @@ pub struct Orphan {
     pub connection: String,
 }
 
-/// Coverage of `rows` (all the tenant's connections) by the jobs of `cfg`.
-pub fn coverage(cfg: &Config, conns: &[DataConnection], spaces: &[Space]) -> Coverage {
-    let rows = rows(cfg, conns, spaces);
+/// Coverage of `conns` (all the tenant's connections) by `jobs`.
+pub fn coverage(jobs: &[JobConfig], conns: &[DataConnection], spaces: &[Space]) -> Coverage {
+    let rows = rows(jobs, conns, spaces);
     let names: BTreeMap<&str, &str> = spaces
         .iter()
         .map(|s| (s.id.as_str(), s.name.as_str()))
@@ -335,7 +334,7 @@ pub fn coverage(cfg: &Config, conns: &[DataConnection], spaces: &[Space]) -> Cov
             .push((*r).clone());
     }
     let mut orphaned = Vec::new();
-    for j in &cfg.jobs {
+    for j in jobs {
         for r in &j.connections {
             let found = conns.iter().any(|c| {
                 let sname = names
@@ -511,7 +510,7 @@ pub async fn connections_command(
         .into_iter()
         .filter(|c| connector.is_none_or(|k| c.datasource_id == k))
         .collect();
-    let rows = rows(&cfg, &conns, &spaces);
+    let rows = rows(&cfg.jobs, &conns, &spaces);
     match output {
         crate::cli::ListOutput::Table => print!("{}", table(&rows)),
         crate::cli::ListOutput::Json => match serde_json::to_string_pretty(&rows) {
@@ -547,7 +546,7 @@ pub async fn coverage_command(
         Ok(t) => t,
         Err(code) => return code,
     };
-    let cov = coverage(&cfg, &conns, &spaces);
+    let cov = coverage(&cfg.jobs, &conns, &spaces);
     match output {
         crate::cli::ConnectorsOutput::Json => match serde_json::to_string_pretty(&cov) {
             Ok(s) => println!("{s}"),
@@ -600,13 +599,15 @@ pub fn coverage_text(cov: &Coverage) -> String {
 /// How often the daemon repeats its coverage scan.
 pub const SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// The daemon's coverage scan: once now, then every [`SCAN_EVERY`] until `cancel`; each
-/// result (or failure) is a [`crate::events::CoverageScanned`] event (log line and the
-/// `unmanaged_connections` gauge). Reads only, through the client's read budget.
+/// The daemon's coverage scan: once now, then every [`SCAN_EVERY`] and whenever `rescan` is
+/// notified (a reload changed the jobs), until `cancel`; `jobs` gives the running jobs at each
+/// scan. Each result (or failure) is a [`crate::events::CoverageScanned`] event (log line and
+/// the `unmanaged_connections` gauge). Reads only, through the client's read budget.
 pub async fn scan_loop(
     client: std::sync::Arc<QlikClient>,
-    cfg: std::sync::Arc<Config>,
+    jobs: impl Fn() -> Vec<JobConfig>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    rescan: std::sync::Arc<tokio::sync::Notify>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     use crate::events::{CoverageScanned, Event as _};
@@ -614,7 +615,7 @@ pub async fn scan_loop(
         let scan = async {
             let spaces = all_spaces(&client, Limits::default()).await?;
             let conns = all_connections(&client, None, Limits::default()).await?;
-            Ok::<_, DiscoverError>(coverage(&cfg, &conns, &spaces))
+            Ok::<_, DiscoverError>(coverage(&jobs(), &conns, &spaces))
         };
         let result = tokio::select! {
             r = scan => r,
@@ -641,6 +642,7 @@ pub async fn scan_loop(
         }
         tokio::select! {
             () = tokio::time::sleep(SCAN_EVERY) => {}
+            () = rescan.notified() => {}
             () = cancel.cancelled() => return,
         }
     }

@@ -184,6 +184,10 @@ fn reloads(text: &str, result: &str) -> f64 {
     .unwrap_or(-1.0)
 }
 
+fn unmanaged(text: &str) -> f64 {
+    metric(text, "qlik_rotator_unmanaged_connections", &[]).unwrap_or(-2.0)
+}
+
 fn config_hash(text: &str) -> String {
     text.lines()
         .find_map(|l| l.strip_prefix("qlik_rotator_config_info{sha256=\""))
@@ -196,12 +200,19 @@ async fn a_job_added_by_sighup_runs_without_a_restart() {
     let w = world().await;
     let cfg = write(&w, "", SALES);
     let p = spawn(&cfg).await;
-    let before = wait_scrape(&p, "sales-s3 ran", |t| runs(t, "sales-s3") >= 1.0).await;
+    let before = wait_scrape(&p, "sales-s3 ran and the coverage scan ran", |t| {
+        runs(t, "sales-s3") >= 1.0 && unmanaged(t) == 2.0
+    })
+    .await;
     assert_eq!(reloads(&before, "ok"), 0.0);
     let hash = config_hash(&before);
     write(&w, "", &format!("{SALES}{FINANCE}"));
     hup(&p);
-    let after = wait_scrape(&p, "finance-sql ran", |t| runs(t, "finance-sql") >= 1.0).await;
+    // The reload wakes the coverage scan: Finance SQL is managed now.
+    let after = wait_scrape(&p, "finance-sql ran and the scan saw it", |t| {
+        runs(t, "finance-sql") >= 1.0 && unmanaged(t) == 1.0
+    })
+    .await;
     assert_eq!(reloads(&after, "ok"), 1.0, "{after}");
     assert_ne!(config_hash(&after), hash, "the new file's hash");
     assert_eq!(
