@@ -49,7 +49,8 @@ pub enum Command {
         output: OutputArg,
     },
     /// Run the daemon: rotate each job on its schedule when its secret version changes,
-    /// export Prometheus metrics, and shut down gracefully on SIGTERM/SIGINT.
+    /// export Prometheus metrics, reload the [[jobs]] on SIGHUP, and shut down gracefully on
+    /// SIGTERM/SIGINT.
     Run(ConfigArg),
     /// Show what `rotate` would send: reads each secret and connection, prints the PATCH
     /// document with every value masked. Sends nothing.
@@ -105,6 +106,33 @@ pub enum Command {
         config: ConfigArg,
         #[command(flatten)]
         output: OutputArg,
+    },
+    /// List the tenant's data connections: id, name, space, connector, whether the catalogue
+    /// can rotate it and which job manages it. Reads only (paged, under the read budget).
+    Connections {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this space (a space name or id).
+        #[arg(long, value_name = "NAME|ID")]
+        space: Option<String>,
+        /// Only this connector (datasourceID).
+        #[arg(long, value_name = "ID")]
+        connector: Option<String>,
+        /// `table`, `json` (an array of objects) or `csv` (formula-safe).
+        #[arg(long, value_enum, default_value = "table")]
+        output: ListOutput,
+    },
+    /// Credential-bearing connections without a job (per space) and jobs whose connection no
+    /// longer exists. Exit 1 when the share of managed connections is under --fail-under.
+    Coverage {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Fail (exit 1) when coverage is below this percentage.
+        #[arg(long, value_name = "PCT")]
+        fail_under: Option<f64>,
+        /// `text` or `json`.
+        #[arg(long, value_enum, default_value = "text")]
+        output: ConnectorsOutput,
     },
     /// Run a full rotation against a built-in simulated Qlik tenant and a local file vault.
     /// Needs no configuration, network or credentials.
@@ -225,4 +253,15 @@ impl OutputArg {
     pub fn json(self) -> bool {
         self.output == OutputFormat::Json
     }
+}
+
+/// Output format of `connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListOutput {
+    /// Aligned columns.
+    Table,
+    /// A JSON array.
+    Json,
+    /// CSV with a header row.
+    Csv,
 }

@@ -816,6 +816,8 @@ pub async fn run(path: &Path, input: &dyn ConfigInput) -> ExitCode {
     for w in cfg.warnings() {
         tracing::warn!(key = %w.path, "Risky configuration: {}", w.message);
     }
+    // SIGHUP is taken over before the daemon reports ready: it reloads, never ends the process.
+    let mut hup = hangup_stream();
     // Build, then spawn; each failure exits before anything is sent.
     let built = match App::build(&cfg, input).await {
         Ok(app) => daemon::admin_token(&cfg, input).map(|token| (app, token)),
@@ -851,10 +853,113 @@ pub async fn run(path: &Path, input: &dyn ConfigInput) -> ExitCode {
             };
         }
     };
-    drop(cfg);
-    daemon::shutdown_signal().await;
+    let mut running = running;
+    let mut cfg = cfg;
+    let mut current = (config_hash(path), chrono::Utc::now().timestamp());
+    running.daemon.metrics().set_config(&current.0, current.1);
+    // SIGHUP reloads the configuration (README, "Reloading the configuration"); SIGTERM and
+    // SIGINT stop. Without a SIGHUP stream (not unix), only the stop signals count.
+    let shutdown = daemon::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = next_hangup(&mut hup) => {
+                reload(path, input, &mut cfg, &mut running, &mut current).await;
+            }
+        }
+    }
     running.shutdown().await;
     ExitCode::SUCCESS
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+/// The SIGHUP stream (registered before anything else listens, so SIGHUP no longer ends the
+/// process); `None` where there is none.
+fn hangup_stream() -> Hangup {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The next SIGHUP; never resolves without a stream.
+async fn next_hangup(hup: &mut Hangup) -> Option<()> {
+    #[cfg(unix)]
+    if let Some(s) = hup {
+        return s.recv().await;
+    }
+    let _ = hup;
+    std::future::pending().await
+}
+
+/// The first 16 hex digits of the SHA-256 of the file at `path` (`unreadable` if it cannot
+/// be read).
+fn config_hash(path: &Path) -> String {
+    use sha2::Digest as _;
+    match std::fs::read(path) {
+        Ok(bytes) => hex::encode(sha2::Sha256::digest(&bytes))[..16].to_owned(),
+        Err(_) => "unreadable".to_owned(),
+    }
+}
+
+/// Emits the [`crate::events::ConfigReloaded`] event of a reload (or of the start, `ok`).
+fn reload_event(
+    running: &daemon::Running,
+    result: &'static str,
+    errors: &[String],
+    summary: &daemon::ReloadSummary,
+    current: &(String, i64),
+) {
+    crate::events::Event::emit(
+        crate::events::ConfigReloaded {
+            result,
+            errors,
+            added: &summary.added,
+            removed: &summary.removed,
+            changed: &summary.changed,
+            running: (&current.0, current.1),
+        },
+        Some(running.daemon.metrics()),
+    );
+}
+
+/// SIGHUP: loads and validates `path` again; applies it when valid (see
+/// [`daemon::Running::reload`]), else logs every error with its key and keeps `cfg` (and
+/// `current`, its hash and load time).
+async fn reload(
+    path: &Path,
+    input: &dyn ConfigInput,
+    cfg: &mut Config,
+    running: &mut daemon::Running,
+    current: &mut (String, i64),
+) {
+    tracing::info!(path = %path.display(), "SIGHUP: reloading the configuration.");
+    let none = daemon::ReloadSummary::default();
+    let new = match config::load(path, input) {
+        Ok(c) => c,
+        Err(errs) => {
+            let errors: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
+            reload_event(running, "invalid", &errors, &none, current);
+            return;
+        }
+    };
+    match running.reload(cfg, &new).await {
+        Ok(summary) => {
+            *cfg = new;
+            *current = (config_hash(path), chrono::Utc::now().timestamp());
+            reload_event(running, "ok", &[], &summary, current);
+        }
+        Err(errors) => reload_event(running, "refused", &errors, &none, current),
+    }
 }
 
 /// `connectors`: the catalogue, as text or (`--output json`) as [`connectors_json`].

@@ -205,12 +205,9 @@ impl RunJobs for Runner {
 
 /// The daemon's shared core: its jobs, the runner and the tasks it started.
 pub struct Daemon<R: RunJobs = Runner> {
-    jobs: BTreeMap<String, Arc<JobRuntime>>,
-    /// The jobs in config order, and by the secret they read (every job; and the jobs of
-    /// Secrets Manager sources, for the `[events]` consumer).
-    by_index: Vec<Arc<JobRuntime>>,
-    by_secret: crate::triggers::SecretIndex,
-    by_aws_secret: crate::triggers::SecretIndex,
+    /// The jobs of the running configuration; replaced whole by a reload (SIGHUP). A run
+    /// holds its own `Arc<JobRuntime>`, so runs in flight finish whatever the reload does.
+    set: std::sync::RwLock<Arc<JobSet>>,
     runner: Arc<R>,
     tracker: TaskTracker,
     ready: Readiness,
@@ -218,12 +215,37 @@ pub struct Daemon<R: RunJobs = Runner> {
     preflight_done: tokio::sync::SetOnce<()>,
     /// Whether the state backend answers ([`Daemon::watch_backend`]).
     backend_ok: Readiness,
+    /// Wakes the coverage scan (`unmanaged_connections`) after a reload changed the jobs.
+    rescan: Arc<tokio::sync::Notify>,
+}
+
+/// The jobs of one configuration: by name, in config order, and by the secret they read
+/// (every job; and the jobs of Secrets Manager sources, for the `[events]` consumer).
+struct JobSet {
+    jobs: BTreeMap<String, Arc<JobRuntime>>,
+    by_index: Vec<Arc<JobRuntime>>,
+    by_secret: crate::triggers::SecretIndex,
+    by_aws_secret: crate::triggers::SecretIndex,
+}
+
+impl JobSet {
+    fn new(by_index: Vec<Arc<JobRuntime>>, is_aws: impl FnMut(&JobConfig) -> bool) -> Self {
+        let cfgs = || by_index.iter().map(|j| j.cfg());
+        JobSet {
+            jobs: (by_index.iter())
+                .map(|j| (j.cfg().name.clone(), j.clone()))
+                .collect(),
+            by_secret: crate::triggers::SecretIndex::new(cfgs(), |_| true),
+            by_aws_secret: crate::triggers::SecretIndex::new(cfgs(), is_aws),
+            by_index,
+        }
+    }
 }
 
 impl<R: RunJobs> std::fmt::Debug for Daemon<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Daemon")
-            .field("jobs", &self.jobs.keys().collect::<Vec<_>>())
+            .field("jobs", &self.set().jobs.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -315,13 +337,19 @@ impl Daemon<Runner> {
     /// run. Each result is kept (compactly) as it arrives, so the parsed GETs never pile up.
     /// Progress is the `preflight_pending` gauge; one log line at the end.
     async fn preflight_all(&self, width: usize) {
+        let jobs: Vec<Arc<JobRuntime>> = self.set().jobs.values().cloned().collect();
+        self.preflight_of(jobs, width).await;
+    }
+
+    /// [`Daemon::preflight_all`] for `jobs` only (the jobs a reload added or changed).
+    async fn preflight_of(&self, jobs: Vec<Arc<JobRuntime>>, width: usize) {
         let started = tokio::time::Instant::now();
-        let total: usize = self.jobs.values().map(|j| j.cfg().connections.len()).sum();
+        let total: usize = jobs.iter().map(|j| j.cfg().connections.len()).sum();
         let events = self.runner.rotator().events();
         if let Some(m) = events.metrics() {
             m.set_preflight_pending(total);
         }
-        let targets: Vec<(Arc<JobRuntime>, usize)> = (self.jobs.values())
+        let targets: Vec<(Arc<JobRuntime>, usize)> = (jobs.iter())
             .flat_map(|j| (0..j.cfg().connections.len()).map(move |i| (j.clone(), i)))
             .collect();
         let rotator = self.runner.rotator();
@@ -376,7 +404,7 @@ impl Daemon<Runner> {
                 checked(&job, i, result);
             }
         }
-        for job in self.jobs.values() {
+        for job in &jobs {
             self.metrics()
                 .set_preflight(&job.cfg().name, job.preflight_ok());
         }
@@ -398,17 +426,12 @@ impl<R: RunJobs> Daemon<R> {
         is_aws: impl FnMut(&JobConfig) -> bool,
     ) -> Self {
         let by_index: Vec<Arc<JobRuntime>> = jobs.into_iter().map(Arc::new).collect();
-        let cfgs = || by_index.iter().map(|j| j.cfg());
         Daemon {
-            jobs: (by_index.iter())
-                .map(|j| (j.cfg().name.clone(), j.clone()))
-                .collect(),
-            by_secret: crate::triggers::SecretIndex::new(cfgs(), |_| true),
-            by_aws_secret: crate::triggers::SecretIndex::new(cfgs(), is_aws),
-            by_index,
+            set: std::sync::RwLock::new(Arc::new(JobSet::new(by_index, is_aws))),
             runner,
             tracker: TaskTracker::new(),
             ready: Readiness::default(),
+            rescan: Arc::new(tokio::sync::Notify::new()),
             preflight_done: tokio::sync::SetOnce::new(),
             backend_ok: Readiness::default(),
         }
@@ -426,6 +449,16 @@ impl<R: RunJobs> Daemon<R> {
         self.preflight_done.wait().await;
     }
 
+    /// The jobs of the running configuration (a snapshot: a reload replaces it).
+    fn set(&self) -> Arc<JobSet> {
+        self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The names of the running configuration's jobs.
+    pub fn job_names(&self) -> Vec<String> {
+        self.set().jobs.keys().cloned().collect()
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.runner.metrics()
@@ -437,7 +470,7 @@ impl<R: RunJobs> Daemon<R> {
 
     /// Starts a run of `name` now (on demand). Returns at once.
     pub fn trigger(self: &Arc<Self>, name: &str, force: bool) -> Triggered {
-        let Some(job) = self.jobs.get(name).cloned() else {
+        let Some(job) = self.set().jobs.get(name).cloned() else {
             return Triggered::UnknownJob;
         };
         if self.cancel().is_cancelled() {
@@ -449,15 +482,17 @@ impl<R: RunJobs> Daemon<R> {
 
     /// The names of the jobs whose secret is `id` (a name, ARN or partial ARN).
     pub fn jobs_using_secret(&self, id: &str) -> Vec<String> {
-        (self.by_secret.jobs_for(id).into_iter())
-            .map(|i| self.by_index[i].cfg().name.clone())
+        let set = self.set();
+        (set.by_secret.jobs_for(id).into_iter())
+            .map(|i| set.by_index[i].cfg().name.clone())
             .collect()
     }
 
     /// Starts a run of every job whose secret is `id` now, their secrets read in one batch.
     /// Returns at once.
     pub fn trigger_secret(self: &Arc<Self>, id: &str, force: bool) -> SecretTriggered {
-        let jobs = self.by_secret.jobs_for(id);
+        let set = self.set();
+        let jobs = set.by_secret.jobs_for(id);
         if jobs.is_empty() {
             return SecretTriggered::NoJob;
         }
@@ -465,7 +500,7 @@ impl<R: RunJobs> Daemon<R> {
             return SecretTriggered::ShuttingDown;
         }
         let names = (jobs.iter())
-            .map(|&i| self.by_index[i].cfg().name.clone())
+            .map(|&i| set.by_index[i].cfg().name.clone())
             .collect();
         let this = self.clone();
         self.tracker.spawn(async move {
@@ -482,8 +517,9 @@ impl<R: RunJobs> Daemon<R> {
         id: &str,
         version: &str,
     ) -> Result<Vec<admin::PendingResult>, bool> {
-        let jobs: Vec<usize> = (self.by_secret.jobs_for(id).into_iter())
-            .filter(|&i| self.by_index[i].cfg().pending_test)
+        let set = self.set();
+        let jobs: Vec<usize> = (set.by_secret.jobs_for(id).into_iter())
+            .filter(|&i| set.by_index[i].cfg().pending_test)
             .collect();
         if jobs.is_empty() {
             return Err(true);
@@ -491,7 +527,7 @@ impl<R: RunJobs> Daemon<R> {
         if self.cancel().is_cancelled() {
             return Err(false);
         }
-        let runs = (jobs.iter()).map(|&i| self.runner.test_version(&self.by_index[i], version));
+        let runs = (jobs.iter()).map(|&i| self.runner.test_version(&set.by_index[i], version));
         Ok(futures_util::future::join_all(runs)
             .await
             .into_iter()
@@ -516,10 +552,18 @@ impl<R: RunJobs> Daemon<R> {
     /// Runs the jobs `jobs` (indexes) now, their secrets read ahead in one batch; whether each
     /// ended well.
     async fn run_now_forced(self: &Arc<Self>, jobs: &[usize], force: bool) -> Vec<bool> {
-        let cfgs: Vec<&JobConfig> = jobs.iter().map(|&i| self.by_index[i].cfg()).collect();
+        // Indexes into this snapshot; one a reload made stale names no job and runs nothing.
+        let set = self.set();
+        let jobs: Vec<usize> = jobs
+            .iter()
+            .copied()
+            .filter(|&i| i < set.by_index.len())
+            .collect();
+        let cfgs: Vec<&JobConfig> = jobs.iter().map(|&i| set.by_index[i].cfg()).collect();
         let prefetched = self.runner.prefetch(&cfgs).await;
+        let set = &set;
         let runs = jobs.iter().zip(prefetched).map(|(&i, secret)| async move {
-            let job = &self.by_index[i];
+            let job = &set.by_index[i];
             let was_failing = !job.preflight_ok();
             let ok = self.runner.run(job, force, None, secret).await;
             if was_failing {
@@ -609,7 +653,8 @@ impl<R: RunJobs> Daemon<R> {
         /// (schedule, time zone name) → the zone and the jobs.
         type Groups<'a> = BTreeMap<(&'a str, &'a str), (chrono_tz::Tz, Vec<Arc<JobRuntime>>)>;
         let mut groups = Groups::new();
-        for job in self.jobs.values() {
+        let set = self.set();
+        for job in set.jobs.values() {
             if let Some(schedule) = &job.cfg().schedule {
                 groups
                     .entry((schedule.as_str(), job.cfg().timezone.name()))
@@ -649,7 +694,7 @@ impl<R: RunJobs> Daemon<R> {
 
     /// Starts every `run_on_start` job (without jitter).
     fn start_on_start(self: &Arc<Self>) {
-        let jobs: Vec<Arc<JobRuntime>> = (self.jobs.values())
+        let jobs: Vec<Arc<JobRuntime>> = (self.set().jobs.values())
             .filter(|j| j.cfg().run_on_start)
             .cloned()
             .collect();
@@ -682,8 +727,9 @@ impl<R: RunJobs> Daemon<R> {
     }
 
     fn update_job_gauges(&self) {
-        let failed = self.jobs.values().filter(|j| !j.preflight_ok()).count();
-        self.metrics().set_jobs(self.jobs.len() - failed, failed);
+        let set = self.set();
+        let failed = set.jobs.values().filter(|j| !j.preflight_ok()).count();
+        self.metrics().set_jobs(set.jobs.len() - failed, failed);
     }
 
     /// Stops starting rotations: not ready, ticks and triggers refused, dispatches stop.
@@ -729,7 +775,7 @@ pub enum SecretTriggered {
 #[async_trait::async_trait]
 impl crate::triggers::sqs::EventTarget for Arc<Daemon> {
     fn jobs_for_event(&self, secret_id: &str) -> Vec<usize> {
-        self.by_aws_secret.jobs_for(secret_id)
+        self.set().by_aws_secret.jobs_for(secret_id)
     }
 
     async fn run_now(&self, jobs: &[usize]) -> Vec<bool> {
@@ -939,7 +985,7 @@ pub async fn spawn(
     // before its connection's pre-flight checks that connection itself.
     daemon.ready.set(true);
     tracing::info!(
-        jobs = daemon.jobs.len(),
+        jobs = daemon.set().jobs.len(),
         "Daemon ready; pre-flight runs in the background."
     );
     let width = cfg.daemon.max_concurrent_rotations.max(8);
@@ -950,6 +996,16 @@ pub async fn spawn(
             () = d.cancel().cancelled() => {}
         }
         let _ = d.preflight_done.set(());
+        // After pre-flight, so its reads come first: the hourly coverage scan
+        // (`unmanaged_connections`). Not tracked: a scan only reads, and shutdown cuts it.
+        let d2 = d.clone();
+        tokio::spawn(crate::discover::scan_loop(
+            d.runner.rotator().client().clone(),
+            move || d2.set().by_index.iter().map(|j| j.cfg().clone()).collect(),
+            d.metrics().clone(),
+            d.rescan.clone(),
+            d.cancel().clone(),
+        ));
     });
     Ok(Running {
         daemon,
@@ -981,6 +1037,110 @@ impl Running {
         self.admin_stop.cancel();
         let _ = self.admin_task.await;
         finished
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Jobs that are new.
+    pub added: Vec<String>,
+    /// Jobs that are gone (their series dropped).
+    pub removed: Vec<String>,
+    /// Jobs whose settings changed (their series start again).
+    pub changed: Vec<String>,
+}
+
+/// The sections a reload cannot apply: any change there needs a restart. Compared through
+/// their `Debug` text, which names secret locations, never secret values.
+fn fixed_sections(cfg: &Config) -> [(&'static str, String); 5] {
+    [
+        ("[qlik]", format!("{:?}", cfg.qlik)),
+        ("[sources]", format!("{:?}", cfg.sources)),
+        ("[daemon]", format!("{:?}", cfg.daemon)),
+        ("[metrics]", format!("{:?}", cfg.metrics)),
+        ("[events]", format!("{:?}", cfg.events)),
+    ]
+}
+
+impl Running {
+    /// Applies `new`'s `[[jobs]]` in place of `old`'s: jobs added, removed or changed, the
+    /// schedule groups rebuilt, removed (and changed) jobs' series dropped, added and changed
+    /// jobs pre-flighted in the background. Runs in flight finish as they started.
+    ///
+    /// # Errors
+    /// The changed sections other than `[[jobs]]` (nothing applied), or a scheduler failure.
+    pub async fn reload(
+        &mut self,
+        old: &Config,
+        new: &Config,
+    ) -> Result<ReloadSummary, Vec<String>> {
+        let changed_sections: Vec<String> = fixed_sections(old)
+            .into_iter()
+            .zip(fixed_sections(new))
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| format!("{} changed: restart qlik-rotator to apply it", a.0))
+            .collect();
+        if !changed_sections.is_empty() {
+            return Err(changed_sections);
+        }
+        let d = &self.daemon;
+        let current = d.set();
+        let mut summary = ReloadSummary::default();
+        let mut fresh: Vec<Arc<JobRuntime>> = Vec::new();
+        let by_index: Vec<Arc<JobRuntime>> = new
+            .jobs
+            .iter()
+            .map(|j| match current.jobs.get(&j.name) {
+                Some(rt) if format!("{:?}", rt.cfg()) == format!("{j:?}") => rt.clone(),
+                found => {
+                    let list = if found.is_some() {
+                        &mut summary.changed
+                    } else {
+                        &mut summary.added
+                    };
+                    list.push(j.name.clone());
+                    let rt = Arc::new(JobRuntime::gated(j.clone()));
+                    fresh.push(rt.clone());
+                    rt
+                }
+            })
+            .collect();
+        summary.removed = (current.jobs.keys())
+            .filter(|n| new.job(n).is_none())
+            .cloned()
+            .collect();
+        let dropped: Vec<String> = summary
+            .removed
+            .iter()
+            .chain(&summary.changed)
+            .cloned()
+            .collect();
+        d.metrics().unregister_jobs(&dropped);
+        d.metrics().register_jobs(fresh.iter().map(|j| j.cfg()));
+        let is_aws = |j: &JobConfig| {
+            new.sources.get(&j.source).map(|s| s.kind()) == Some("aws_secrets_manager")
+        };
+        *d.set.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(JobSet::new(by_index, is_aws));
+        // The schedule groups of the new jobs: a fresh scheduler replaces the old one.
+        let _ = self.scheduler.shutdown().await;
+        let (scheduler, entries) = d.schedule().await.map_err(|e| vec![e.to_string()])?;
+        self.scheduler = scheduler;
+        self.cron_entries = entries;
+        d.update_job_gauges();
+        if !(summary.added.is_empty() && summary.removed.is_empty() && summary.changed.is_empty()) {
+            d.rescan.notify_one();
+        }
+        if !fresh.is_empty() {
+            let (d2, width) = (d.clone(), new.daemon.max_concurrent_rotations.max(8));
+            d.tracker.spawn(async move {
+                tokio::select! {
+                    () = d2.preflight_of(fresh, width) => {}
+                    () = d2.cancel().cancelled() => {}
+                }
+            });
+        }
+        Ok(summary)
     }
 }
 

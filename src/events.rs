@@ -330,6 +330,8 @@ pub struct SecretFetched<'a> {
     pub source: &'static str,
     /// `None` when read, else the error label.
     pub error_type: Option<&'static str>,
+    /// When the version read was created (Unix seconds), if the source says.
+    pub created: Option<i64>,
 }
 
 impl Event for SecretFetched<'_> {
@@ -347,6 +349,9 @@ impl Event for SecretFetched<'_> {
         }
         if let Some(m) = metrics {
             m.secret_fetch(self.source, self.error_type.is_none());
+            if let Some(t) = self.created {
+                m.set_secret_created(self.job, t);
+            }
         }
     }
 }
@@ -400,6 +405,98 @@ impl Event for PreflightChecked<'_> {
         }
         if let Some(m) = metrics {
             m.set_preflight_pending(self.pending);
+        }
+    }
+}
+
+/// A reload of the configuration on SIGHUP ended: `ok` (applied), `invalid` (the file has
+/// errors, each logged with its key; the running configuration stays) or `refused` (a
+/// section other than `[[jobs]]` changed: that needs a restart).
+#[derive(Debug)]
+pub struct ConfigReloaded<'a> {
+    /// `ok`, `invalid` or `refused`.
+    pub result: &'static str,
+    /// Why it was not applied: each error with its key (invalid), or the changed sections.
+    pub errors: &'a [String],
+    /// Jobs added, removed and changed (when applied).
+    pub added: &'a [String],
+    /// Jobs removed (their series dropped from /metrics).
+    pub removed: &'a [String],
+    /// Jobs whose settings changed.
+    pub changed: &'a [String],
+    /// The running configuration afterwards: its SHA-256 (16 hex digits) and load time.
+    pub running: (&'a str, i64),
+}
+
+impl Event for ConfigReloaded<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        match self.result {
+            "ok" => tracing::info!(
+                added = ?self.added,
+                removed = ?self.removed,
+                changed = ?self.changed,
+                sha256 = self.running.0,
+                "Configuration reloaded (SIGHUP)."
+            ),
+            result => {
+                for e in self.errors {
+                    tracing::error!(result, "Configuration not reloaded: {e}");
+                }
+                tracing::warn!(
+                    result,
+                    sha256 = self.running.0,
+                    "SIGHUP: the new configuration was not applied; the running one stays."
+                );
+            }
+        }
+        if let Some(m) = metrics {
+            m.count_reload(self.result);
+            m.set_config(self.running.0, self.running.1);
+        }
+    }
+}
+
+/// The daemon's coverage scan (`connections`/`coverage` logic, [`crate::discover`]) ended.
+#[derive(Debug)]
+pub struct CoverageScanned<'a> {
+    /// Credential-bearing connections found.
+    pub credential_bearing: usize,
+    /// Of those, the ones no job manages.
+    pub unmanaged: usize,
+    /// Job references that match no connection.
+    pub orphaned: usize,
+    /// Why the scan failed (escaped text); the gauge keeps its last value.
+    pub error: Option<&'a str>,
+}
+
+impl Event for CoverageScanned<'_> {
+    type Output = ();
+
+    fn emit(self, metrics: Option<&Metrics>) {
+        if let Some(error) = self.error {
+            tracing::warn!(
+                error = %error,
+                "Coverage scan failed; unmanaged_connections keeps its last value."
+            );
+            return;
+        }
+        if self.unmanaged > 0 || self.orphaned > 0 {
+            tracing::warn!(
+                credential_bearing = self.credential_bearing,
+                unmanaged = self.unmanaged,
+                orphaned = self.orphaned,
+                "Coverage scan: connections without a job, or jobs without a connection (run `qlik-rotator coverage`)."
+            );
+        } else {
+            tracing::info!(
+                credential_bearing = self.credential_bearing,
+                "Coverage scan: every credential-bearing connection has a job."
+            );
+        }
+        if let Some(m) = metrics {
+            m.set_unmanaged(i64::try_from(self.unmanaged).unwrap_or(i64::MAX));
         }
     }
 }

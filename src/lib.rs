@@ -36,6 +36,7 @@ pub mod config;
 pub mod connectors;
 pub mod daemon;
 pub mod demo;
+pub mod discover;
 pub mod events;
 pub mod history;
 pub mod metrics;

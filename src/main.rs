@@ -8,7 +8,7 @@ use qlik_rotator::{
     cli::{Cli, Command},
     commands,
     config::ProcessEnv,
-    demo, simulate, telemetry,
+    demo, discover, simulate, telemetry,
 };
 
 /// jemalloc, with the decay settings of `.cargo/config.toml`: freed memory goes back to the OS
@@ -122,6 +122,26 @@ fn main() -> ExitCode {
             } => {
                 commands::describe_connector(&config.config, &datasource, output.json(), &env).await
             }
+            Command::Connections {
+                config,
+                space,
+                connector,
+                output,
+            } => {
+                discover::connections_command(
+                    &config.config,
+                    space.as_deref(),
+                    connector.as_deref(),
+                    output,
+                    &env,
+                )
+                .await
+            }
+            Command::Coverage {
+                config,
+                fail_under,
+                output,
+            } => discover::coverage_command(&config.config, fail_under, output, &env).await,
             Command::Demo => demo::run().await,
             Command::Simulate(args) => simulate::run(&args, &env).await,
             Command::Completions { shell } => commands::completions(shell),

@@ -169,12 +169,35 @@ const PREFLIGHT_PENDING: Def = def(
     "Connections whose start-up pre-flight GET has not finished yet (0 once pre-flight is done); pre-flight runs after /readyz turns ready, under the read budget.",
     &[],
 );
+const UNMANAGED: Def = def(
+    "unmanaged_connections",
+    "Credential-bearing connections no job manages, from the daemon's last coverage scan (after pre-flight, then hourly; -1 until a scan succeeds).",
+    &[],
+);
+const CONFIG_RELOADS: Def = def(
+    "config_reloads_total",
+    "Configuration reloads on SIGHUP by result: ok (applied), invalid (the file has errors; the running configuration stays), refused (a section other than [[jobs]] changed; needs a restart).",
+    &["result"],
+);
+const CONFIG_INFO: Def = def(
+    "config_info",
+    "Always 1; sha256 is the first 16 hex digits of the running configuration file's SHA-256.",
+    &["sha256"],
+);
+const CONFIG_LOADED: Def = def(
+    "config_loaded_timestamp_seconds",
+    "Unix time the running configuration was loaded (at start, or by the last successful reload).",
+    &[],
+);
+
+/// The `result` labels of `config_reloads_total`, pre-created.
+pub const RELOAD_RESULTS: [&str; 3] = ["ok", "invalid", "refused"];
 
 /// Upper bounds of `qlik_request_duration_seconds` (the `+Inf` bucket is implied).
 const REQUEST_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Every metric: the registry's, then the per-job table's ([`JOB_FAMILIES`]).
-pub const DECLARED: [Def; 23] = [
+pub const DECLARED: [Def; 28] = [
     ERRORS,
     RETRIES,
     ROTATION_DURATION,
@@ -193,11 +216,16 @@ pub const DECLARED: [Def; 23] = [
     LEASE_SKIPS,
     SPEC_WARNINGS,
     VERIFY_WARNINGS,
+    UNMANAGED,
+    CONFIG_RELOADS,
+    CONFIG_INFO,
+    CONFIG_LOADED,
     JOB_FAMILIES[0].def,
     JOB_FAMILIES[1].def,
     JOB_FAMILIES[2].def,
     JOB_FAMILIES[3].def,
     JOB_FAMILIES[4].def,
+    JOB_FAMILIES[5].def,
 ];
 
 /// The series of the `[events]` consumer, registered only when it runs
@@ -257,6 +285,10 @@ pub struct Metrics {
     state_writable: IntGauge,
     preflight_pending: IntGauge,
     lease_skips: IntCounterVec,
+    unmanaged: IntGauge,
+    config_reloads: IntCounterVec,
+    config_info: IntGaugeVec,
+    config_loaded: IntGauge,
     spec_warnings: IntCounterVec,
     verify_warnings: IntCounterVec,
     /// The `[events]` consumer's series: registered by [`Metrics::register_events`] only when
@@ -344,6 +376,10 @@ impl Metrics {
             verify_warnings: counter_vec(&r, &VERIFY_WARNINGS),
             preflight_pending: gauge(&r, &PREFLIGHT_PENDING),
             lease_skips: counter_vec(&r, &LEASE_SKIPS),
+            unmanaged: gauge(&r, &UNMANAGED),
+            config_reloads: counter_vec(&r, &CONFIG_RELOADS),
+            config_info: gauge_vec(&r, &CONFIG_INFO),
+            config_loaded: gauge(&r, &CONFIG_LOADED),
             registry: r,
             events: Arc::default(),
             notifications: Arc::default(),
@@ -361,6 +397,13 @@ impl Metrics {
         for reason in LEASE_SKIP_REASONS {
             m.lease_skips.with_label_values(&[reason]).reset();
         }
+        m.unmanaged.set(-1);
+        for result in RELOAD_RESULTS {
+            m.config_reloads.with_label_values(&[result]).reset();
+        }
+        // `qlik-rotator run` sets the file's hash at once; until then (and for a daemon
+        // started as a library) the configuration is "unknown".
+        m.set_config("unknown", chrono::Utc::now().timestamp());
         m
     }
 
@@ -395,6 +438,52 @@ impl Metrics {
         self.jobs
             .with_label_values(&["preflight_failed"])
             .set(preflight_failed as i64);
+    }
+
+    /// Sets `secret_created_timestamp_seconds{rotation_job}`.
+    pub fn set_secret_created(&self, job: &str, unix: i64) {
+        self.jobs_table.with(job, |s| s.secret_created = Some(unix));
+    }
+
+    /// Counts a reload (`config_reloads_total{result}`).
+    pub fn count_reload(&self, result: &str) {
+        self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// The running configuration: `config_info{sha256}` (the one series) and
+    /// `config_loaded_timestamp_seconds`.
+    pub fn set_config(&self, sha256: &str, loaded_unix: i64) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[sha256]).set(1);
+        self.config_loaded.set(loaded_unix);
+    }
+
+    /// Drops every series of the jobs `names` (removed or replaced by a reload): the per-job
+    /// table's and `errors_total`'s.
+    pub fn unregister_jobs(&self, names: &[String]) {
+        self.jobs_table.unregister(names);
+        use prometheus::core::Collector as _;
+        for family in self.errors.collect() {
+            for m in family.get_metric() {
+                let labels: Vec<(&str, &str)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                let get = |k: &str| labels.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+                if let (Some(job), Some(stage), Some(error_type)) =
+                    (get("rotation_job"), get("stage"), get("error_type"))
+                    && names.iter().any(|n| n == job)
+                {
+                    let _ = self.errors.remove_label_values(&[job, stage, error_type]);
+                }
+            }
+        }
+    }
+
+    /// Sets `unmanaged_connections` (the last coverage scan's count).
+    pub fn set_unmanaged(&self, unmanaged: i64) {
+        self.unmanaged.set(unmanaged);
     }
 
     /// Sets `preflight_pending` (connections still waiting for their start-up pre-flight).
@@ -618,7 +707,7 @@ struct JobFamily {
 
 /// The per-job families, in exposition order. Each has the one label `rotation_job` (and
 /// `rotations_total` also `outcome`).
-const JOB_FAMILIES: [JobFamily; 5] = [
+const JOB_FAMILIES: [JobFamily; 6] = [
     JobFamily {
         def: def(
             "job_max_age_seconds",
@@ -659,6 +748,14 @@ const JOB_FAMILIES: [JobFamily; 5] = [
         ),
         kind: "counter",
     },
+    JobFamily {
+        def: def(
+            "secret_created_timestamp_seconds",
+            "Unix time the secret version the job last read was created in its vault (Secrets Manager CreatedDate, SSM LastModifiedDate, Vault created_time, file mtime): the credential's own age; a series appears with the first read that reports it.",
+            &["rotation_job"],
+        ),
+        kind: "gauge",
+    },
 ];
 
 /// The index of the opt-in per-job histogram in [`JOB_FAMILIES`].
@@ -676,6 +773,7 @@ struct JobStats {
     count: u64,
     last_success: Option<i64>,
     preflight_ok: Option<bool>,
+    secret_created: Option<i64>,
 }
 
 impl JobStats {
@@ -734,6 +832,7 @@ impl JobSeries {
                     st.count
                 );
             }
+            5 => gauge(st.secret_created),
             _ => {
                 for (outcome, n) in OUTCOMES.iter().zip(st.outcomes).filter(|(_, n)| *n > 0) {
                     let _ = writeln!(
@@ -766,6 +865,11 @@ impl JobTable {
         table.sort_by(|a, b| a.name.cmp(&b.name));
         table.dedup_by(|later, first| later.name == first.name);
         table.shrink_to_fit();
+    }
+
+    fn unregister(&self, names: &[String]) {
+        let mut table = self.jobs.write().expect("metrics table lock");
+        table.retain(|j| !names.iter().any(|n| **n == *j.name));
     }
 
     fn with(&self, job: &str, f: impl FnOnce(&mut JobStats)) {

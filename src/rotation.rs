@@ -467,6 +467,9 @@ pub struct Rotator {
     client: Arc<QlikClient>,
     sources: HashMap<String, Arc<AnySource>>,
     resolved: Mutex<HashMap<String, String>>,
+    /// Space names resolved to ids through the spaces API (a job's `space` given by name), so
+    /// the identity check compares the answer's space id with the id the name stands for.
+    resolved_spaces: Mutex<HashMap<String, String>>,
     api_specs: tokio::sync::Mutex<HashMap<String, Option<serde_json::Value>>>,
     events: Events,
 }
@@ -478,6 +481,7 @@ impl Rotator {
             client,
             sources,
             resolved: Mutex::new(HashMap::new()),
+            resolved_spaces: Mutex::new(HashMap::new()),
             api_specs: tokio::sync::Mutex::new(HashMap::new()),
             events: Events::log_only(),
         }
@@ -568,13 +572,65 @@ impl Rotator {
                 if let Some(id) = cached {
                     return self.client.get_connection(&id).await;
                 }
-                let found = self.client.find_connection(name, space.as_deref()).await?;
+                let found = match (
+                    self.client.find_connection(name, space.as_deref()).await,
+                    space,
+                ) {
+                    (Err(QlikError::NameNotFound { .. }), Some(wanted)) => {
+                        // Not found in a space of that id: `space` may be a space *name*.
+                        // Resolved through the spaces API, once (the id found is cached).
+                        let id = self.space_id(name, wanted).await?;
+                        self.client.find_connection(name, Some(&id)).await?
+                    }
+                    (other, _) => other?,
+                };
                 self.resolved
                     .lock()
                     .expect("resolved lock")
                     .insert(cache_key, found.id.clone());
                 Ok(found)
             }
+        }
+    }
+
+    /// The id of the space a job names by `wanted` (an id or a name), for a lookup of the
+    /// connection `name` that found nothing in a space of id `wanted`. An unknown or ambiguous
+    /// space is [`QlikError::Space`]; when `wanted` is a space id, the lookup's
+    /// [`QlikError::NameNotFound`] stands.
+    async fn space_id(&self, name: &str, wanted: &str) -> Result<String, QlikError> {
+        use crate::discover::{self, DiscoverError};
+        let not_found = || QlikError::NameNotFound {
+            name: name.to_owned(),
+            space: Some(wanted.to_owned()),
+        };
+        let spaces = match discover::all_spaces(&self.client, discover::Limits::default()).await {
+            Ok(s) => s,
+            Err(DiscoverError::Qlik(e)) => return Err(e),
+            Err(e) => {
+                return Err(QlikError::Decode {
+                    method: "GET",
+                    endpoint: "/api/v1/spaces",
+                    message: e.to_string(),
+                });
+            }
+        };
+        match discover::resolve_space(&spaces, wanted) {
+            Ok(id) if id == wanted => Err(not_found()),
+            Ok(id) => {
+                self.resolved_spaces
+                    .lock()
+                    .expect("resolved spaces lock")
+                    .insert(wanted.to_owned(), id.clone());
+                Ok(id)
+            }
+            Err(e @ DiscoverError::AmbiguousSpace { .. }) => Err(QlikError::Space {
+                message: format!("{e} (job connection {})", crate::text::quoted(name, 120)),
+                ambiguous: true,
+            }),
+            Err(e) => Err(QlikError::Space {
+                message: format!("{} not found: {e}", crate::text::quoted(name, 120)),
+                ambiguous: false,
+            }),
         }
     }
 
@@ -677,6 +733,7 @@ impl Rotator {
                     job: &job.name,
                     source: source.kind(),
                     error_type: held.as_ref().as_ref().err().map(SourceError::error_type),
+                    created: held.as_ref().as_ref().ok().and_then(|v| v.created),
                 });
                 match &*held {
                     Ok(value) => Ok(value),
@@ -982,7 +1039,20 @@ impl Rotator {
                 .await
                 .map_err(RotationError::Resolve)?,
         };
-        if let Err(message) = check_identity(conn, &before) {
+        // A space given by name is checked as the id it was resolved to.
+        let resolved_space = match conn {
+            ConnectionRef::Name {
+                name,
+                space: Some(space),
+            } => (self.resolved_spaces.lock().expect("resolved spaces lock"))
+                .get(space)
+                .map(|id| ConnectionRef::Name {
+                    name: name.clone(),
+                    space: Some(id.clone()),
+                }),
+            _ => None,
+        };
+        if let Err(message) = check_identity(resolved_space.as_ref().unwrap_or(conn), &before) {
             self.forget_resolved(job, conn);
             return Err(RotationError::WrongConnection {
                 stage: Stage::Resolve,

@@ -516,3 +516,34 @@ async fn fetch_many_on_an_unreachable_endpoint_reports_each_id() {
         assert_eq!(e.error_type(), "secret_source_unavailable", "{e}");
     }
 }
+
+// --- Credential age (issue 15 item 6) ------------------------------------------------------------
+
+/// Unix seconds now.
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn the_versions_creation_time_comes_from_get_secret_value_and_the_batch() {
+    let moto = Moto::start();
+    let before = now_secs() - 5;
+    moto.create_secret("age/one", r#"{"password":"p1"}"#).await;
+    let src = source(&moto).await;
+    let v1 = src.fetch(&SecretRef::current("age/one")).await.unwrap();
+    let c1 = v1.created.expect("GetSecretValue answers CreatedDate");
+    assert!((before..=now_secs() + 5).contains(&c1), "{c1}");
+    // Versions are stamped to the second: a new one a second later is newer.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    moto.put_secret_value("age/one", r#"{"password":"p2"}"#)
+        .await;
+    let v2 = src.fetch(&SecretRef::current("age/one")).await.unwrap();
+    assert!(v2.created.unwrap() > c1, "{:?} vs {c1}", v2.created);
+    let batch = src.fetch_many(&[SecretRef::current("age/one")]).await;
+    let b = batch[0].as_ref().unwrap();
+    assert_eq!(b.version, v2.version);
+    assert_eq!(b.created, v2.created, "BatchGetSecretValue's CreatedDate");
+}

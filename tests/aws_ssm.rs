@@ -359,3 +359,28 @@ async fn rotate_end_to_end_from_ssm() {
         assert!(!text.contains(CANARY), "secret leaked: {text}");
     }
 }
+
+// --- Credential age (issue 15 item 6) ------------------------------------------------------------
+
+#[tokio::test]
+async fn the_parameters_last_modified_date_is_the_versions_creation_time() {
+    let moto = Moto::start();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let before = now() - 5;
+    put(&moto, "/age/password", "p1").await;
+    let (src, _) = source(&moto);
+    let v = src
+        .fetch(&at(
+            "/age/password",
+            VersionSelector::Stage("AWSCURRENT".into()),
+        ))
+        .await
+        .unwrap();
+    let c = v.created.expect("GetParameter answers LastModifiedDate");
+    assert!((before..=now() + 5).contains(&c), "{c}");
+}

@@ -418,6 +418,7 @@ fn the_required_alerts_exist() {
         "QlikRotatorRotationFailed",
         "QlikRotatorVerifyFailed",
         "QlikRotatorCredentialsStale",
+        "QlikRotatorCredentialOld",
         "QlikRotatorRateLimited",
         "QlikRotatorDown",
         "QlikRotatorAbsent",

@@ -778,3 +778,24 @@ async fn rotate_end_to_end_from_openbao_with_approle() {
     assert!(out.stdout.contains("secret version 2;"), "{}", out.stdout);
     assert!(!out.stderr.contains(CANARY) && !out.stdout.contains(CANARY));
 }
+
+// --- Credential age (issue 15 item 6) ------------------------------------------------------------
+
+#[tokio::test]
+async fn the_versions_created_time_is_read_from_kv_metadata() {
+    let bao = Bao::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let before = now() - 5;
+    bao.kv_put("qlik/age", json!({"username": "svc", "password": "p1"}))
+        .await;
+    let (src, _) = token_source(&bao, dir.path()).await;
+    let v = src.fetch(&current("qlik/age")).await.unwrap();
+    let c = v.created.expect("KV v2 metadata carries created_time");
+    assert!((before..=now() + 5).contains(&c), "{c}");
+}

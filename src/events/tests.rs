@@ -355,6 +355,7 @@ fn secret_fetched_logs_and_counts_by_outcome() {
                 job: "sales",
                 source: "file",
                 error_type: None,
+                created: None,
             })
         },
         "DEBUG",
@@ -367,6 +368,7 @@ fn secret_fetched_logs_and_counts_by_outcome() {
                 job: "sales",
                 source: "file",
                 error_type: Some("not_found"),
+                created: None,
             })
         },
         "INFO",

@@ -19,7 +19,10 @@ use crate::text::{self, Redactor};
 use super::{
     error::{ApiProblem, MAX_ERROR_BODY, QlikError},
     gate::{Gates, Tier, WriteGate},
-    model::{CredentialUpdate, DataConnection, DataCredential, PatchDocument, Reload},
+    model::{
+        ConnectionList, CredentialUpdate, DataConnection, DataCredential, PatchDocument, Reload,
+        SpaceList,
+    },
     retry,
 };
 
@@ -127,6 +130,8 @@ impl std::fmt::Debug for QlikClient {
 const EP_CONNECTION: &str = "/api/v1/data-connections/{id}";
 const EP_CONNECTION_BY_NAME: &str = "/api/v1/data-connections/{name}?type=connectionname";
 const EP_TOKEN: &str = "/oauth/token";
+const EP_CONNECTIONS: &str = "/api/v1/data-connections";
+const EP_SPACES: &str = "/api/v1/spaces";
 const EP_API_SPECS: &str = "/api/v1/data-sources/{id}/api-specs";
 const EP_CREDENTIAL: &str = "/api/v1/data-credentials/{id}";
 const EP_RELOADS: &str = "/api/v1/reloads";
@@ -298,6 +303,89 @@ impl QlikClient {
             }),
             Err(e) => Err(e.for_name_lookup(name, space)),
         }
+    }
+
+    /// One page of `GET /api/v1/data-connections` (fact sheet §2.1): the first page
+    /// (`limit=100`, `spaceId` when given) when `next` is `None`, else the page at `next`, a
+    /// URL already checked by [`QlikClient::tenant_url`]. Through [`QlikClient::send`]: read
+    /// budget, retries, body cap.
+    ///
+    /// # Errors
+    /// [`QlikError`] after retries.
+    pub async fn list_connections_page(
+        &self,
+        next: Option<Url>,
+        space: Option<&str>,
+    ) -> Result<ConnectionList, QlikError> {
+        let url = match next {
+            Some(u) => u,
+            None => {
+                let mut u = self.url(&["api", "v1", "data-connections"]);
+                {
+                    let mut q = u.query_pairs_mut();
+                    q.append_pair("limit", "100");
+                    if let Some(s) = space {
+                        q.append_pair("spaceId", s);
+                    }
+                }
+                u
+            }
+        };
+        let resp = self
+            .send("GET", EP_CONNECTIONS, false, &Redactor::new(), |c| {
+                c.get(url.clone())
+            })
+            .await?;
+        self.decode("GET", EP_CONNECTIONS, resp).await
+    }
+
+    /// One page of `GET /api/v1/spaces` (the `@qlik/api` spaces typings: `getSpaces`, query
+    /// `limit`, `name`, `next`): the first page when `next` is `None` (`name` filters by
+    /// substring, case-insensitive), else the page at `next`, checked by
+    /// [`QlikClient::tenant_url`].
+    ///
+    /// # Errors
+    /// [`QlikError`] after retries.
+    pub async fn list_spaces_page(
+        &self,
+        next: Option<Url>,
+        name: Option<&str>,
+    ) -> Result<SpaceList, QlikError> {
+        let url = match next {
+            Some(u) => u,
+            None => {
+                let mut u = self.url(&["api", "v1", "spaces"]);
+                {
+                    let mut q = u.query_pairs_mut();
+                    q.append_pair("limit", "100");
+                    if let Some(n) = name {
+                        q.append_pair("name", n);
+                    }
+                }
+                u
+            }
+        };
+        let resp = self
+            .send("GET", EP_SPACES, false, &Redactor::new(), |c| {
+                c.get(url.clone())
+            })
+            .await?;
+        self.decode("GET", EP_SPACES, resp).await
+    }
+
+    /// `href` (a `links.next.href` from a list response) as a URL, if it is on this client's
+    /// tenant (same scheme, host and port) and names exactly the collection `segments`
+    /// (e.g. `["api", "v1", "spaces"]`) under the base path; `None` otherwise, so a hostile
+    /// page can never send the bearer token to another host or endpoint.
+    pub fn tenant_url(&self, href: &str, segments: &[&str]) -> Option<Url> {
+        let url = Url::parse(href).ok()?;
+        let expected = self.url(segments);
+        let same_origin = url.scheme() == expected.scheme()
+            && url.host_str() == expected.host_str()
+            && url.port_or_known_default() == expected.port_or_known_default();
+        let clean =
+            url.username().is_empty() && url.password().is_none() && url.fragment().is_none();
+        (same_origin && clean && url.path() == expected.path()).then_some(url)
     }
 
     /// `PATCH /api/v1/data-connections/{id}` with a bare RFC 6902 array; 204 is success.

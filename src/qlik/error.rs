@@ -272,6 +272,15 @@ pub enum QlikError {
         /// Qlik's error body (parsed, redacted, escaped).
         problem: Box<ApiProblem>,
     },
+    /// A job's `space` is neither a space id nor the name of exactly one space (resolved
+    /// through the spaces API when a lookup by name in it found nothing).
+    #[error("{message}")]
+    Space {
+        /// What is wrong, names escaped.
+        message: String,
+        /// Several spaces have that name (else: none has that id or name).
+        ambiguous: bool,
+    },
 }
 
 impl QlikError {
@@ -330,6 +339,10 @@ impl QlikError {
             QlikError::TooLarge { .. } => "response_too_large",
             QlikError::NameNotFound { .. } => "not_found",
             QlikError::NameAmbiguous { .. } => "ambiguous_name",
+            QlikError::Space {
+                ambiguous: true, ..
+            } => "ambiguous_space",
+            QlikError::Space { .. } => "unknown_space",
         }
     }
 

@@ -203,6 +203,30 @@ pub struct ConnectionList {
     pub links: Option<Links>,
 }
 
+/// One page of `GET /api/v1/spaces` (`@qlik/api` spaces typings, `Spaces`).
+#[derive(Debug, Deserialize)]
+pub struct SpaceList {
+    /// The spaces on this page.
+    #[serde(default)]
+    pub data: Vec<Space>,
+    /// Paging links.
+    #[serde(default)]
+    pub links: Option<Links>,
+}
+
+/// A space: only the fields the rotator uses (`@qlik/api` spaces typings, `Space`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Space {
+    /// The space id, as data connections carry it in `space`.
+    pub id: String,
+    /// The name (unique per tenant, says Qlik; personal spaces have none).
+    #[serde(default)]
+    pub name: String,
+    /// `shared`, `managed` or `data`.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+}
+
 /// Paging links of a list response.
 #[derive(Debug, Deserialize)]
 pub struct Links {

@@ -50,6 +50,7 @@ impl RetryPolicy {
             | QlikError::Decode { .. }
             | QlikError::NameNotFound { .. }
             | QlikError::NameAmbiguous { .. }
+            | QlikError::Space { .. }
             | QlikError::Redirect { .. }
             | QlikError::TooLarge { .. } => false,
         }

@@ -234,6 +234,7 @@ impl AwsSecretsManager {
                     .set_version_id(entry.version_id)
                     .set_secret_string(entry.secret_string)
                     .set_secret_binary(entry.secret_binary)
+                    .set_created_date(entry.created_date)
                     .build(),
             );
             // An unusable entry is read again alone, which reports it precisely.
@@ -319,8 +320,12 @@ fn value_from_output(
         version_id,
         secret_string,
         secret_binary,
+        created_date,
         ..
     } = output;
+    // GetSecretValue's `CreatedDate`: "The date and time that this version of the secret was
+    // created" (the API reference), i.e. the version's, not the secret's.
+    let created = created_date.map(|d| d.secs());
     let version = version_id
         .filter(|v| !v.is_empty())
         .ok_or_else(|| invalid("the response has no VersionId"))?;
@@ -336,7 +341,11 @@ fn value_from_output(
             ));
         }
     };
-    Ok(SecretValue { version, payload })
+    Ok(SecretValue {
+        version,
+        payload,
+        created,
+    })
 }
 
 /// What kind of failure an AWS error code stands for.

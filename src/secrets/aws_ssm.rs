@@ -239,6 +239,7 @@ impl AwsSsm {
         };
         let mut fields = serde_json::Map::new();
         let mut versions: Vec<(String, i64)> = Vec::new();
+        let mut newest: Option<i64> = None;
         let mut next: Option<String> = None;
         let prefix = if path == "/" {
             "/".to_owned()
@@ -275,6 +276,9 @@ impl AwsSsm {
                     )));
                 }
                 versions.push((field.to_owned(), p.version()));
+                if let Some(t) = p.last_modified_date().map(|d| d.secs()) {
+                    newest = Some(newest.map_or(t, |n| n.max(t)));
+                }
                 if fields.len() > MAX_PARAMETERS_PER_PATH {
                     return Err(invalid(format!(
                         "more than {MAX_PARAMETERS_PER_PATH} parameters below the path"
@@ -310,6 +314,8 @@ impl AwsSsm {
         Ok(SecretValue {
             version,
             payload: SecretPayload::Text(SecretString::from(json)),
+            // A path is many parameters: the newest change among them.
+            created: newest,
         })
     }
 
@@ -388,6 +394,8 @@ fn value_of(secret: &SecretRef, p: &Parameter) -> Result<SecretValue, SourceErro
     Ok(SecretValue {
         version: p.version().to_string(),
         payload: SecretPayload::Text(SecretString::from(value)),
+        // GetParameter(s): `LastModifiedDate`, when this version was written.
+        created: p.last_modified_date().map(|d| d.secs()),
     })
 }
 

@@ -158,7 +158,19 @@ impl SecretSource for FileSource {
             Err(e) => SecretPayload::Binary(SecretBox::new(Box::new(e.into_bytes()))),
         };
         tracing::debug!(secret_id = %secret.id, %version, "read secret from file");
-        Ok(SecretValue { version, payload })
+        // The file's mtime: when the current version was written. Read after the content;
+        // a file replaced in between shows the newer time, never an older one.
+        let created = tokio::fs::metadata(&path)
+            .await
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_secs()).ok());
+        Ok(SecretValue {
+            version,
+            payload,
+            created,
+        })
     }
 }
 

@@ -104,6 +104,10 @@ pub struct SecretValue {
     pub version: String,
     /// The payload.
     pub payload: SecretPayload,
+    /// When this version was created, in Unix seconds, if the source says (Secrets Manager
+    /// `CreatedDate`, SSM `LastModifiedDate`, Vault `created_time`, the file's mtime): the
+    /// credential's own age, exported as `secret_created_timestamp_seconds`.
+    pub created: Option<i64>,
 }
 
 impl SecretValue {
@@ -112,6 +116,7 @@ impl SecretValue {
         SecretValue {
             version: version.into(),
             payload: SecretPayload::Text(SecretString::from(text.into())),
+            created: None,
         }
     }
 

@@ -870,6 +870,11 @@ fn kv_parts(
     }
     match &data["data"] {
         Value::Object(map) if !map.is_empty() => Ok(Ok(SecretValue {
+            // KV v2 `data.metadata.created_time` (RFC 3339): when this version was written.
+            created: meta["created_time"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp()),
             version: version.to_string(),
             payload: SecretPayload::Text(SecretString::from(
                 serde_json::to_string(map).unwrap_or_default(),

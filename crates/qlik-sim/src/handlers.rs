@@ -354,6 +354,8 @@ fn route(
         }
         ("DELETE", ["data-connections", id]) => g.delete_connection(id, &q).map(|_| None),
         ("GET", ["data-sources"]) => Ok(Some(g.list_data_sources(&q))),
+        ("GET", ["spaces"]) => crate::spaces::list(&g.base_url, &g.spaces, &q).map(Some),
+        ("GET", ["spaces", id]) => crate::spaces::get(&g.base_url, &g.spaces, id).map(Some),
         ("GET", ["data-connections", id]) => g.get_connection(id, &q).map(Some),
         ("PATCH", ["data-connections", id]) => g.patch_connection(id, &q, body).map(|_| None),
         ("GET", ["data-credentials", id]) => g.get_credential(id, &q).map(Some),

@@ -114,6 +114,7 @@ pub mod patch;
 pub mod props;
 pub mod reloads;
 pub mod simulate;
+pub mod spaces;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -552,6 +553,13 @@ impl Simulator {
     /// The bound socket address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Adds a space (served by `GET /api/v1/spaces`), or replaces the one with its id.
+    pub fn add_space(&self, space: spaces::SeedSpace) {
+        let mut g = self.shared.lock();
+        g.spaces.retain(|s| s.id != space.id);
+        g.spaces.push(space);
     }
 
     /// Adds a connection; returns its qID.

@@ -171,6 +171,7 @@ impl Shared {
                 token_requests: 0,
                 last_ts: DateTime::<Utc>::MIN_UTC,
                 world: crate::reloads::World::default(),
+                spaces: Vec::new(),
             }),
         }
     }
@@ -199,6 +200,8 @@ pub(crate) struct Inner {
     last_ts: DateTime<Utc>,
     /// Data sources behind connections, apps and their reloads ([`crate::reloads`]).
     pub(crate) world: crate::reloads::World,
+    /// Spaces served by `GET /api/v1/spaces` ([`crate::spaces`]).
+    pub(crate) spaces: Vec<crate::spaces::SeedSpace>,
 }
 
 fn is_uuid(s: &str) -> bool {
