@@ -873,7 +873,10 @@ async fn an_ambiguous_or_unknown_connection_name_says_what_to_do() {
         "{}",
         out.stdout
     );
-    // A name that matches nothing.
+    // A name that matches nothing, in a space the tenant has (a lookup that finds nothing in a
+    // space id the spaces API does not know is read as a space *name*: see tests/discover.rs).
+    w.sim
+        .add_space(qlik_sim::spaces::SeedSpace::new("finance", "Finance"));
     let unknown = text.replace("name = \"Finance SQL\"", "name = \"Finance SQl\"");
     std::fs::write(&w.config, &unknown).unwrap();
     let out = run_cli(
