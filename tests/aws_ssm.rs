@@ -20,7 +20,8 @@ use aws_sdk_ssm::{
 use common::{harness::*, moto::Moto};
 use qlik_rotator::secrets::{
     SecretRef, SecretSource, SecretValue, VersionSelector,
-    aws_ssm::{AwsSsm, retry_config, timeout_config},
+    aws::{default_retry_config, default_timeout_config},
+    aws_ssm::AwsSsm,
 };
 use secrecy::ExposeSecret;
 
@@ -67,8 +68,8 @@ fn client(endpoint: &str, calls: Option<Calls>) -> Client {
         .endpoint_url(endpoint)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
-        .timeout_config(timeout_config())
-        .retry_config(retry_config());
+        .timeout_config(default_timeout_config())
+        .retry_config(default_retry_config());
     if let Some(c) = calls {
         b = b.interceptor(c);
     }

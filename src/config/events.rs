@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::walk::{Errors, Table, base_url};
+use super::walk::{Errors, Table, aws_region, base_url};
 
 /// The longest long poll SQS allows (`WaitTimeSeconds` ≤ 20, ReceiveMessage API reference).
 pub const MAX_WAIT_TIME: Duration = Duration::from_secs(20);
@@ -75,17 +75,7 @@ fn sqs(t: &mut Table<'_>, errs: &mut Errors) -> Option<SqsConfig> {
         }
         checked.ok().map(|()| raw)
     });
-    let region = t.opt_str("region", errs).and_then(|r| {
-        if is_region(&r) {
-            Some(r)
-        } else {
-            errs.push(
-                t.key_path("region"),
-                "expected an AWS region name such as \"eu-west-1\" (a-z, 0-9 and '-', at most 32 characters)",
-            );
-            None
-        }
-    });
+    let region = aws_region(t, "region", errs);
     let endpoint_url = base_url(t, "endpoint_url", errs).map(|(raw, _)| raw);
     let wait_time = t
         .opt_duration("wait_time", Duration::from_secs(1)..=MAX_WAIT_TIME, errs)
@@ -100,13 +90,6 @@ fn sqs(t: &mut Table<'_>, errs: &mut Errors) -> Option<SqsConfig> {
         wait_time,
         max_messages,
     })
-}
-
-/// `[a-z0-9-]{0,32}`.
-fn is_region(r: &str) -> bool {
-    r.len() <= 32
-        && r.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// An SQS queue URL: https (http for a loopback host only), a host, no credentials, query

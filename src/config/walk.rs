@@ -301,6 +301,23 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// The optional key `key` as an AWS region name (`a-z`, `0-9` and `-`, at most 32
+/// characters), for the tables of AWS-backed sources and the `[events]` queue.
+pub fn aws_region(t: &mut Table<'_>, key: &'static str, errs: &mut Errors) -> Option<String> {
+    t.opt_str(key, errs).and_then(|r| {
+        let ok = r.len() <= 32
+            && r.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !ok {
+            errs.push(
+                t.key_path(key),
+                "expected an AWS region name such as \"eu-west-1\" (a-z, 0-9 and '-', at most 32 characters)",
+            );
+        }
+        ok.then_some(r)
+    })
+}
+
 /// A base URL (`qlik.tenant_url`, `sources.*.endpoint_url`): https (http only for a loopback
 /// host), a host, no user name or password, no path beyond `/`, no query, no fragment. The
 /// client appends `/api/v1/…` itself, so a path would be doubled; credentials in the URL would

@@ -39,7 +39,7 @@ use super::{
     SecretPayload, SecretRef, SecretSource, SecretValue, SourceError, SourceFactory,
     VersionSelector,
 };
-use crate::config::walk::{Errors, Table, base_url};
+use crate::config::walk::{Errors, Table, aws_region, base_url};
 
 /// TCP connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,6 +68,23 @@ pub fn default_retry_config() -> RetryConfig {
     RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS)
 }
 
+/// The shared AWS configuration of `loader` with the optional `region` and `endpoint_url`
+/// overrides of a config table applied (every AWS client of the rotator: Secrets Manager,
+/// SSM, SQS, DynamoDB).
+pub async fn sdk_config(
+    mut loader: aws_config::ConfigLoader,
+    region: Option<&str>,
+    endpoint_url: Option<&str>,
+) -> aws_config::SdkConfig {
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
+    }
+    if let Some(endpoint) = endpoint_url {
+        loader = loader.endpoint_url(endpoint);
+    }
+    loader.load().await
+}
+
 /// `[sources.NAME] type = "aws_secrets_manager"`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AwsSecretsManagerConfig {
@@ -81,14 +98,9 @@ impl AwsSecretsManagerConfig {
     /// The factory on a given loader: `region` and `endpoint_url` are applied over it, then
     /// [`default_timeout_config`] and [`default_retry_config`]. Tests pass a loader with fixed
     /// credentials, so they never touch the process environment.
-    pub async fn build_with(&self, mut loader: aws_config::ConfigLoader) -> AwsSecretsManager {
-        if let Some(region) = &self.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &self.endpoint_url {
-            loader = loader.endpoint_url(endpoint.clone());
-        }
-        let sdk_config = loader.load().await;
+    pub async fn build_with(&self, loader: aws_config::ConfigLoader) -> AwsSecretsManager {
+        let sdk_config =
+            sdk_config(loader, self.region.as_deref(), self.endpoint_url.as_deref()).await;
         let config = aws_sdk_secretsmanager::config::Builder::from(&sdk_config)
             .timeout_config(default_timeout_config())
             .retry_config(default_retry_config())
@@ -105,17 +117,7 @@ impl SourceFactory for AwsSecretsManagerConfig {
     /// `region` (an AWS region name) and `endpoint_url` (a base URL, see
     /// [`base_url`]); both optional.
     fn from_table(t: &mut Table<'_>, _base_dir: &Path, errs: &mut Errors) -> Option<Self> {
-        let region = t.opt_str("region", errs).and_then(|r| {
-            if is_region(&r) {
-                Some(r)
-            } else {
-                errs.push(
-                    t.key_path("region"),
-                    "expected an AWS region name such as \"eu-west-1\" (a-z, 0-9 and '-', at most 32 characters)",
-                );
-                None
-            }
-        });
+        let region = aws_region(t, "region", errs);
         // Read even when absent, so an unknown key's message lists it (before, a table
         // without it was told "expected one of: region, type").
         let endpoint_url = base_url(t, "endpoint_url", errs).map(|(raw, _)| raw);
@@ -134,12 +136,6 @@ impl SourceFactory for AwsSecretsManagerConfig {
 }
 
 /// `[a-z0-9-]{0,32}` (an AWS region name such as `eu-west-1`).
-fn is_region(r: &str) -> bool {
-    r.len() <= 32
-        && r.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
 /// One id's answer from a batch: `None` when it must be read alone.
 type Slot = Option<Result<SecretValue, SourceError>>;
 

@@ -25,7 +25,7 @@ use std::{collections::HashMap, fmt, path::Path};
 
 use aws_sdk_ssm::{
     Client,
-    config::{http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig},
+    config::http::HttpResponse,
     error::{ProvideErrorMetadata, SdkError},
     types::Parameter,
 };
@@ -37,7 +37,7 @@ use super::{
     VersionSelector,
 };
 use crate::{
-    config::walk::{Errors, Table, base_url},
+    config::walk::{Errors, Table, aws_region, base_url},
     text,
 };
 
@@ -64,34 +64,16 @@ pub struct AwsSsmConfig {
 impl AwsSsmConfig {
     /// The factory on a given loader (tests pass one with fixed credentials): `region` and
     /// `endpoint_url` over it, then the Secrets Manager source's timeouts and retry policy.
-    pub async fn build_with(&self, mut loader: aws_config::ConfigLoader) -> AwsSsm {
-        if let Some(region) = &self.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &self.endpoint_url {
-            loader = loader.endpoint_url(endpoint.clone());
-        }
-        let sdk_config = loader.load().await;
+    pub async fn build_with(&self, loader: aws_config::ConfigLoader) -> AwsSsm {
+        let sdk_config =
+            super::aws::sdk_config(loader, self.region.as_deref(), self.endpoint_url.as_deref())
+                .await;
         let config = aws_sdk_ssm::config::Builder::from(&sdk_config)
-            .timeout_config(timeout_config())
-            .retry_config(retry_config())
+            .timeout_config(super::aws::default_timeout_config())
+            .retry_config(super::aws::default_retry_config())
             .build();
         AwsSsm::from_client(Client::from_conf(config))
     }
-}
-
-/// The timeouts of the Secrets Manager source ([`super::aws`]).
-pub fn timeout_config() -> TimeoutConfig {
-    TimeoutConfig::builder()
-        .connect_timeout(super::aws::CONNECT_TIMEOUT)
-        .operation_attempt_timeout(super::aws::OPERATION_ATTEMPT_TIMEOUT)
-        .operation_timeout(super::aws::OPERATION_TIMEOUT)
-        .build()
-}
-
-/// The retry policy of the Secrets Manager source: standard, 3 attempts.
-pub fn retry_config() -> RetryConfig {
-    RetryConfig::standard().with_max_attempts(super::aws::MAX_ATTEMPTS)
 }
 
 impl SourceFactory for AwsSsmConfig {
@@ -101,20 +83,7 @@ impl SourceFactory for AwsSsmConfig {
 
     /// `region` and `endpoint_url`, both optional (as for `aws_secrets_manager`).
     fn from_table(t: &mut Table<'_>, _base_dir: &Path, errs: &mut Errors) -> Option<Self> {
-        let region = t.opt_str("region", errs).and_then(|r| {
-            let ok = r.len() <= 32
-                && r.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-            if ok {
-                Some(r)
-            } else {
-                errs.push(
-                    t.key_path("region"),
-                    "expected an AWS region name such as \"eu-west-1\" (a-z, 0-9 and '-', at most 32 characters)",
-                );
-                None
-            }
-        });
+        let region = aws_region(t, "region", errs);
         let endpoint_url = base_url(t, "endpoint_url", errs).map(|(raw, _)| raw);
         Some(AwsSsmConfig {
             region,

@@ -178,11 +178,8 @@ impl DynamoState {
     /// `AWS_REGION` are honoured), `region` overriding the chain's region, with
     /// [`default_timeout_config`] and [`default_retry_config`].
     pub async fn connect(table: &str, region: Option<&str>, history_retention: Duration) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = region {
-            loader = loader.region(aws_config::Region::new(region.to_owned()));
-        }
-        let sdk_config = loader.load().await;
+        let loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        let sdk_config = crate::secrets::aws::sdk_config(loader, region, None).await;
         let config = aws_sdk_dynamodb::config::Builder::from(&sdk_config)
             .timeout_config(default_timeout_config())
             .retry_config(default_retry_config())

@@ -232,14 +232,13 @@ impl SqsConsumer {
     }
 
     /// [`Self::build`] on a given loader (tests pass fixed credentials).
-    pub async fn build_with(cfg: &SqsConfig, mut loader: aws_config::ConfigLoader) -> Self {
-        if let Some(region) = &cfg.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &cfg.endpoint_url {
-            loader = loader.endpoint_url(endpoint.clone());
-        }
-        let sdk = loader.load().await;
+    pub async fn build_with(cfg: &SqsConfig, loader: aws_config::ConfigLoader) -> Self {
+        let sdk = crate::secrets::aws::sdk_config(
+            loader,
+            cfg.region.as_deref(),
+            cfg.endpoint_url.as_deref(),
+        )
+        .await;
         let conf = aws_sdk_sqs::config::Builder::from(&sdk)
             .timeout_config(
                 TimeoutConfig::builder()
