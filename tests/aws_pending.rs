@@ -7,15 +7,12 @@
 
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::time::Duration;
 
 use common::{
+    daemon::Daemon,
     harness::{
-        API_KEY, CliOutput, S3_ID, aws_env, command, http_get, qlik_section, sigterm, stored_prop,
-        tenant, with_method, write_config,
+        API_KEY, S3_ID, aws_env, qlik_section, stored_prop, tenant, with_method, write_config,
     },
     moto::{Moto, free_port},
 };
@@ -41,48 +38,6 @@ fn accepts(sets: &[(&str, &str)]) -> Vec<Map<String, Value>> {
             .collect()
         })
         .collect()
-}
-
-struct Proc {
-    child: std::process::Child,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-async fn start(config: &Path, addr: std::net::SocketAddr, env: &[(String, String)]) -> Proc {
-    let out = config.with_extension("stdout");
-    let err = config.with_extension("stderr");
-    let child = command(&["run", "-c", config.to_str().unwrap()], env)
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
-    let mut ready = false;
-    for _ in 0..600 {
-        if http_get(addr, "/readyz").await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        ready,
-        "daemon not ready: {}",
-        std::fs::read_to_string(&err).unwrap_or_default()
-    );
-    Proc { child, out, err }
-}
-
-async fn stop(mut p: Proc) -> CliOutput {
-    sigterm(&p.child);
-    let status = tokio::task::spawn_blocking(move || p.child.wait().unwrap())
-        .await
-        .unwrap();
-    CliOutput {
-        code: status.code().unwrap_or(-1),
-        stdout: std::fs::read_to_string(&p.out).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&p.err).unwrap_or_default(),
-    }
 }
 
 /// The Lambda's testSecret step: POST and wait for the rotator's verdict.
@@ -170,8 +125,8 @@ async fn a_rejected_pending_credential_blocks_promotion_and_a_good_one_is_promot
     std::fs::write(dir.path().join("token"), ADMIN_TOKEN).unwrap();
     let mut env = aws_env(&moto);
     env.push(("QLIK_API_KEY".into(), API_KEY.into()));
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let p = start(&config, addr, &env).await;
+    let p = Daemon::run(&config, &env).await;
+    let addr = p.addr();
 
     // The scheduled path reads AWSCURRENT: run_on_start applies v1 and proves it.
     let mut applied = false;
@@ -243,7 +198,7 @@ async fn a_rejected_pending_credential_blocks_promotion_and_a_good_one_is_promot
         .unwrap();
     assert_eq!(unauth.status().as_u16(), 401);
 
-    let out = stop(p).await;
+    let out = p.stop().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(!out.stdout.contains(CANARY) && !out.stderr.contains(CANARY));
     // Every PATCH was answered by the simulator; none of them was sent after the refusals.

@@ -10,7 +10,11 @@ use std::{
     time::Duration,
 };
 
-use common::{harness::*, moto::Moto};
+use common::{
+    daemon::{Daemon, wait_metric as wait_proc_metric},
+    harness::*,
+    moto::Moto,
+};
 use qlik_rotator::{
     config,
     daemon::{self, Running},
@@ -650,80 +654,6 @@ async fn a_trigger_while_the_job_runs_is_skipped_by_the_runner() {
 
 // === the real binary ===
 
-struct Proc {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-/// Starts the binary; its output goes to files (a pipe nobody drains would block the daemon).
-async fn spawn_daemon(config: &Path, env: &[(String, String)]) -> Proc {
-    spawn_daemon_with(config, env, &[]).await
-}
-
-/// [`spawn_daemon`] with global options before `run` (e.g. `--log-format json`).
-async fn spawn_daemon_with(config: &Path, env: &[(String, String)], global: &[&str]) -> Proc {
-    let out = config.with_extension("stdout");
-    let err = config.with_extension("stderr");
-    let mut args = global.to_vec();
-    args.extend(["run", "-c", config.to_str().unwrap()]);
-    let child = command(&args, env)
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
-    let text = std::fs::read_to_string(config).unwrap();
-    let listen = text
-        .lines()
-        .find_map(|l| l.strip_prefix("listen = \""))
-        .unwrap()
-        .trim_end_matches('"');
-    let addr = listen.parse().unwrap();
-    assert!(
-        wait_until(WAIT, || std::net::TcpStream::connect(addr).is_ok()).await,
-        "daemon did not listen"
-    );
-    Proc {
-        child,
-        addr,
-        out,
-        err,
-    }
-}
-
-async fn stop(mut p: Proc) -> CliOutput {
-    sigterm(&p.child);
-    let status = tokio::task::spawn_blocking(move || p.child.wait().unwrap())
-        .await
-        .unwrap();
-    CliOutput {
-        code: status.code().unwrap_or(-1),
-        stdout: std::fs::read_to_string(&p.out).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&p.err).unwrap_or_default(),
-    }
-}
-
-async fn wait_proc_metric(
-    addr: std::net::SocketAddr,
-    name: &str,
-    labels: &[(&str, &str)],
-    at_least: f64,
-) -> String {
-    let start = std::time::Instant::now();
-    loop {
-        let text = http_get(addr, "/metrics").await.1;
-        if metric(&text, name, labels).unwrap_or(0.0) >= at_least {
-            return text;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "timed out waiting for {name}{labels:?}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn moto_config(dir: &Path, sim: &Simulator, schedule: &str) -> PathBuf {
     let port = common::moto::free_port();
     let text = format!(
@@ -797,10 +727,10 @@ async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tic
         "schedule = \"* * * * * *\"",
     )
     .await;
-    let p = spawn_daemon(&d.config, &d.env).await;
+    let p = Daemon::run(&d.config, &d.env).await;
     let rotated = [("rotation_job", "sales-s3"), ("outcome", "rotated")];
     let unchanged = [("rotation_job", "sales-s3"), ("outcome", "unchanged")];
-    wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &rotated, 1.0).await;
+    wait_proc_metric(p.addr(), "qlik_rotator_rotations_total", &rotated, 1.0).await;
     assert_eq!(stored_prop(&d.sim, S3_ID, "accessKey"), "AKIAV1");
 
     d.moto
@@ -809,12 +739,12 @@ async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tic
             r#"{"accessKey":"AKIAV2","secretKey":"v2-secret"}"#,
         )
         .await;
-    let text = wait_proc_metric(p.addr, "qlik_rotator_rotations_total", &rotated, 2.0).await;
+    let text = wait_proc_metric(p.addr(), "qlik_rotator_rotations_total", &rotated, 2.0).await;
     assert_eq!(stored_prop(&d.sim, S3_ID, "accessKey"), "AKIAV2");
     // The next tick finds the new version applied: unchanged, no write.
     let before = metric(&text, "qlik_rotator_rotations_total", &unchanged).unwrap_or(0.0);
     wait_proc_metric(
-        p.addr,
+        p.addr(),
         "qlik_rotator_rotations_total",
         &unchanged,
         before + 1.0,
@@ -825,7 +755,7 @@ async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tic
         2,
         "each version is applied exactly once"
     );
-    let out = stop(p).await;
+    let out = p.stop().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
@@ -843,10 +773,10 @@ async fn sigterm_during_a_slow_patch_finishes_patch_and_verify_then_exits_0() {
         times: 1,
     });
     d.env.push(("RUST_LOG".into(), "info".into()));
-    let p = spawn_daemon(&d.config, &d.env).await;
-    wait_proc_metric(p.addr, "qlik_rotator_rotations_in_flight", &[], 1.0).await;
-    let addr = p.addr;
-    let out = stop(p).await;
+    let p = Daemon::run(&d.config, &d.env).await;
+    wait_proc_metric(p.addr(), "qlik_rotator_rotations_in_flight", &[], 1.0).await;
+    let addr = p.addr();
+    let out = p.stop().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("Shutting down"), "{}", out.stderr);
     assert!(
@@ -880,9 +810,9 @@ async fn canary_secret_never_appears_in_metrics_or_daemon_logs() {
     )
     .await;
     d.env.push(("RUST_LOG".into(), "trace".into()));
-    let p = spawn_daemon(&d.config, &d.env).await;
-    let text = wait_first_rotation(p.addr).await;
-    let out = stop(p).await;
+    let p = Daemon::run(&d.config, &d.env).await;
+    let text = wait_first_rotation(p.addr()).await;
+    let out = p.stop().await;
     assert_eq!(stored_prop(&d.sim, S3_ID, "secretKey"), "CANARY-D-SECRET");
     assert!(!text.contains("CANARY"), "{text}");
     assert_no_canary_or_key(&out);
@@ -902,9 +832,9 @@ async fn rust_log_trace_never_shows_wire_level_lines() {
         "RUST_LOG".into(),
         "trace,hyper=trace,reqwest=trace,aws_smithy_runtime=trace,h2=trace".into(),
     ));
-    let p = spawn_daemon_with(&d.config, &d.env, &["--log-format", "json"]).await;
-    wait_first_rotation(p.addr).await;
-    let out = stop(p).await;
+    let p = Daemon::run_with(&d.config, &d.env, &["--log-format", "json"]).await;
+    wait_first_rotation(p.addr()).await;
+    let out = p.stop().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(stored_prop(&d.sim, S3_ID, "secretKey"), "CANARY-W-SECRET");
     let mut own_debug = 0;

@@ -10,18 +10,11 @@ use std::{
     time::Duration,
 };
 
-use common::harness::*;
+use common::{daemon::Daemon, harness::*};
 use qlik_sim::{SimConfig, Simulator};
 
 const WAIT: Duration = Duration::from_secs(30);
 const CANARY: &str = "canary-reload-7f3a9c";
-
-struct Proc {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    out: PathBuf,
-    err: PathBuf,
-}
 
 struct World {
     sim: Simulator,
@@ -84,37 +77,15 @@ fn write(w: &World, qlik_extra: &str, jobs: &str) -> PathBuf {
     write_config(w.dir.path(), &text)
 }
 
-async fn spawn(config: &Path) -> Proc {
-    let out = config.with_extension("stdout");
-    let err = config.with_extension("stderr");
-    let child = command(
-        &["run", "-c", config.to_str().unwrap()],
+async fn spawn(config: &Path) -> Daemon {
+    Daemon::run(
+        config,
         &env(&[("QLIK_API_KEY", API_KEY), ("RUST_LOG", "info")]),
     )
-    .stdout(std::fs::File::create(&out).unwrap())
-    .stderr(std::fs::File::create(&err).unwrap())
-    .spawn()
-    .unwrap();
-    let text = std::fs::read_to_string(config).unwrap();
-    let listen = text
-        .lines()
-        .find_map(|l| l.strip_prefix("listen = \""))
-        .unwrap()
-        .trim_end_matches('"');
-    let addr = listen.parse().unwrap();
-    assert!(
-        wait_until(WAIT, || std::net::TcpStream::connect(addr).is_ok()).await,
-        "daemon did not listen"
-    );
-    Proc {
-        child,
-        addr,
-        out,
-        err,
-    }
+    .await
 }
 
-fn hup(p: &Proc) {
+fn hup(p: &Daemon) {
     let status = std::process::Command::new("kill")
         .args(["-HUP", &p.child.id().to_string()])
         .status()
@@ -122,16 +93,9 @@ fn hup(p: &Proc) {
     assert!(status.success());
 }
 
-async fn stop(mut p: Proc) -> CliOutput {
-    sigterm(&p.child);
-    let status = tokio::task::spawn_blocking(move || p.child.wait().unwrap())
-        .await
-        .unwrap();
-    let out = CliOutput {
-        code: status.code().unwrap_or(-1),
-        stdout: std::fs::read_to_string(&p.out).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&p.err).unwrap_or_default(),
-    };
+/// Stops the daemon; its output shows no canary.
+async fn stop(p: Daemon) -> CliOutput {
+    let out = p.stop().await;
     assert!(
         !out.stdout.contains(CANARY) && !out.stderr.contains(CANARY),
         "canary printed: {out:?}"
@@ -139,14 +103,14 @@ async fn stop(mut p: Proc) -> CliOutput {
     out
 }
 
-async fn scrape(p: &Proc) -> String {
-    let text = http_get(p.addr, "/metrics").await.1;
+async fn scrape(p: &Daemon) -> String {
+    let text = http_get(p.addr(), "/metrics").await.1;
     assert!(!text.contains(CANARY), "{text}");
     text
 }
 
 /// Waits until `check` holds for a scrape; returns it.
-async fn wait_scrape(p: &Proc, what: &str, check: impl Fn(&str) -> bool) -> String {
+async fn wait_scrape(p: &Daemon, what: &str, check: impl Fn(&str) -> bool) -> String {
     let start = std::time::Instant::now();
     loop {
         let text = scrape(p).await;

@@ -14,15 +14,15 @@ use std::{
     collections::{BTreeMap, HashMap},
     io::{BufRead, BufReader},
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Child,
+    path::Path,
     time::{Duration, Instant},
 };
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::{
+    daemon::Daemon,
     dynamodb::{client_for as dynamo_client, create_state_table},
-    harness::{command, http_get, sigterm},
+    harness::{http_get, sigterm},
     moto::{Moto, free_port},
 };
 use serde_json::{Value, json};
@@ -141,59 +141,16 @@ impl Relay {
     }
 }
 
-/// A process whose output goes to files (read while it runs), killed on drop.
-struct Proc {
-    child: Child,
-    stderr: PathBuf,
-    stdout: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(String, String)]) -> Proc {
-        let stdout = dir.join(format!("{name}.out"));
-        let stderr = dir.join(format!("{name}.err"));
-        let child = command(args, env)
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Proc {
-            child,
-            stderr,
-            stdout,
-        }
-    }
-
-    fn output(&self) -> String {
-        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        format!("{}{}", read(&self.stdout), read(&self.stderr))
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.alive() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
 /// `qlik-rotator simulate` serving the tenant, with its request log (debug) in a file.
-fn start_simulate(dir: &Path) -> (Proc, String) {
+fn start_simulate(dir: &Path) -> (Daemon, String) {
     let tenant_file = dir.join("tenant.json");
     std::fs::write(&tenant_file, tenant().to_string()).unwrap();
     let env = [
         ("QLIK_SIM_API_KEY".to_owned(), KEY.to_owned()),
         ("RUST_LOG".to_owned(), "debug".to_owned()),
     ];
-    let sim = Proc::spawn(
-        "simulate",
-        dir,
+    let sim = Daemon::spawn(
+        &dir.join("simulate"),
         &[
             "simulate",
             "--listen",
@@ -205,7 +162,7 @@ fn start_simulate(dir: &Path) -> (Proc, String) {
     );
     let start = Instant::now();
     loop {
-        let out = std::fs::read_to_string(&sim.stdout).unwrap_or_default();
+        let out = sim.stdout();
         if let Some(line) = out.lines().next().filter(|_| out.contains('\n')) {
             return (sim, line.trim().to_owned());
         }
@@ -219,9 +176,9 @@ fn start_simulate(dir: &Path) -> (Proc, String) {
 }
 
 /// PATCHes the simulator answered 204, per connection id (from its debug request log).
-fn patches(sim: &Proc) -> BTreeMap<String, usize> {
+fn patches(sim: &Daemon) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
-    let file = std::fs::File::open(&sim.stderr).unwrap();
+    let file = std::fs::File::open(sim.stderr_path()).unwrap();
     for line in BufReader::new(file).lines().map_while(Result::ok) {
         if !(line.contains("Simulator answered")
             && line.contains("method=PATCH")
@@ -241,7 +198,7 @@ fn patches(sim: &Proc) -> BTreeMap<String, usize> {
 }
 
 struct Replica {
-    proc: Proc,
+    proc: Daemon,
     addr: SocketAddr,
     relay: Option<Relay>,
 }
@@ -267,7 +224,7 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
 
 /// Whether every connection in `expected` has exactly that many PATCHes so far (and no
 /// connection more).
-fn counts_are(sim: &Proc, expected: &BTreeMap<String, usize>) -> bool {
+fn counts_are(sim: &Daemon, expected: &BTreeMap<String, usize>) -> bool {
     let seen = patches(sim);
     expected
         .iter()
@@ -275,7 +232,7 @@ fn counts_are(sim: &Proc, expected: &BTreeMap<String, usize>) -> bool {
 }
 
 /// The connections whose PATCH count differs from `expected`: (id, expected, seen).
-fn count_diff(sim: &Proc, expected: &BTreeMap<String, usize>) -> Vec<(String, usize, usize)> {
+fn count_diff(sim: &Daemon, expected: &BTreeMap<String, usize>) -> Vec<(String, usize, usize)> {
     let seen = patches(sim);
     expected
         .iter()
@@ -291,7 +248,7 @@ fn count_diff(sim: &Proc, expected: &BTreeMap<String, usize>) -> Vec<(String, us
 async fn wait_counts(
     what: &str,
     timeout: Duration,
-    sim: &Proc,
+    sim: &Daemon,
     expected: &BTreeMap<String, usize>,
     replicas: &[Replica],
 ) -> Duration {
@@ -412,9 +369,8 @@ async fn three_replicas_share_fifty_jobs_exactly_once_and_survive_a_kill() {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-        let proc = Proc::spawn(
-            &format!("replica-{r}"),
-            dir.path(),
+        let proc = Daemon::spawn(
+            &dir.path().join(format!("replica-{r}")),
             &["run", "-c", cfg.to_str().unwrap()],
             &env,
         );
@@ -677,9 +633,8 @@ async fn a_run_longer_than_the_lease_ttl_keeps_its_lease() {
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
     .collect();
-    let daemon = Proc::spawn(
-        "daemon",
-        dir.path(),
+    let daemon = Daemon::spawn(
+        &dir.path().join("daemon"),
         &["run", "-c", cfg.to_str().unwrap()],
         &env,
     );

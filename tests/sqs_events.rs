@@ -3,23 +3,20 @@
 
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use common::{
+    daemon::{Daemon, wait_metric},
     harness::{
-        API_KEY, CliOutput, S3_ID, aws_env, command, http_get, metric, qlik_section, sigterm,
-        stored_prop, tenant, with_method, write_config,
+        API_KEY, S3_ID, aws_env, http_get, metric, qlik_section, stored_prop, tenant, with_method,
+        write_config,
     },
     moto::{Moto, free_port},
 };
 use qlik_sim::{SimConfig, Simulator};
 use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(30);
 const CANARY: &str = "CANARY-sqs-secret-8812";
 const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
@@ -178,83 +175,6 @@ async fn world(secret: &str, max_receives: u32) -> World {
     }
 }
 
-struct Proc {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-async fn start(config: &Path, env: &[(String, String)]) -> Proc {
-    let out = config.with_extension("stdout");
-    let err = config.with_extension("stderr");
-    let child = command(&["run", "-c", config.to_str().unwrap()], env)
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
-    let text = std::fs::read_to_string(config).unwrap();
-    let addr: std::net::SocketAddr = text
-        .lines()
-        .find_map(|l| l.strip_prefix("listen = \""))
-        .unwrap()
-        .trim_end_matches('"')
-        .parse()
-        .unwrap();
-    let mut ready = false;
-    for _ in 0..600 {
-        if http_get(addr, "/readyz").await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        ready,
-        "daemon not ready: {}",
-        std::fs::read_to_string(&err).unwrap_or_default()
-    );
-    Proc {
-        child,
-        addr,
-        out,
-        err,
-    }
-}
-
-async fn stop(mut p: Proc) -> CliOutput {
-    sigterm(&p.child);
-    let status = tokio::task::spawn_blocking(move || p.child.wait().unwrap())
-        .await
-        .unwrap();
-    CliOutput {
-        code: status.code().unwrap_or(-1),
-        stdout: std::fs::read_to_string(&p.out).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&p.err).unwrap_or_default(),
-    }
-}
-
-/// Waits until `name{labels}` ≥ `at_least`; returns the exposition.
-async fn wait_metric(
-    addr: std::net::SocketAddr,
-    name: &str,
-    labels: &[(&str, &str)],
-    at_least: f64,
-) -> String {
-    let start = std::time::Instant::now();
-    loop {
-        let text = http_get(addr, "/metrics").await.1;
-        if metric(&text, name, labels).unwrap_or(0.0) >= at_least {
-            return text;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "timed out waiting for {name}{labels:?}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn assert_no_canary(what: &str, text: &str) {
     assert!(!text.contains(CANARY), "{what} shows the secret:\n{text}");
 }
@@ -262,7 +182,7 @@ fn assert_no_canary(what: &str, text: &str) {
 #[tokio::test]
 async fn a_put_secret_value_event_rotates_the_connection_without_a_schedule() {
     let w = world(r#"{"accessKey":"AKIA1","secretKey":"first-secret"}"#, 3).await;
-    let d = start(&w.config, &w.env).await;
+    let d = Daemon::run(&w.config, &w.env).await;
     // Only events start the job: nothing ran at start.
     assert!(with_method(&w.sim, "PATCH").is_empty());
 
@@ -284,7 +204,7 @@ async fn a_put_secret_value_event_rotates_the_connection_without_a_schedule() {
     send(&w.sqs, &w.queue, &cloudtrail("PutSecretValue", &arn)).await;
 
     let metrics = wait_metric(
-        d.addr,
+        d.addr(),
         "qlik_rotator_event_messages_total",
         &[("result", "deleted")],
         1.0,
@@ -326,7 +246,7 @@ async fn a_put_secret_value_event_rotates_the_connection_without_a_schedule() {
     )
     .await;
     let metrics = wait_metric(
-        d.addr,
+        d.addr(),
         "qlik_rotator_event_messages_total",
         &[("result", "deleted")],
         2.0,
@@ -346,7 +266,7 @@ async fn a_put_secret_value_event_rotates_the_connection_without_a_schedule() {
         Some(1.0)
     );
     assert_no_canary("/metrics", &metrics);
-    let out = stop(d).await;
+    let out = d.stop().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_no_canary("daemon stderr", &out.stderr);
     assert_no_canary("daemon stdout", &out.stdout);
@@ -356,7 +276,7 @@ async fn a_put_secret_value_event_rotates_the_connection_without_a_schedule() {
 async fn a_failing_job_leaves_the_message_and_redrive_moves_it_to_the_dlq() {
     // The secret lacks `secretKey`: every run fails at build, nothing is PATCHed.
     let w = world(&format!(r#"{{"accessKey":"{CANARY}"}}"#), 2).await;
-    let d = start(&w.config, &w.env).await;
+    let d = Daemon::run(&w.config, &w.env).await;
     send(
         &w.sqs,
         &w.queue,
@@ -364,7 +284,7 @@ async fn a_failing_job_leaves_the_message_and_redrive_moves_it_to_the_dlq() {
     )
     .await;
     let metrics = wait_metric(
-        d.addr,
+        d.addr(),
         "qlik_rotator_event_messages_total",
         &[("result", "failed")],
         2.0,
@@ -393,7 +313,7 @@ async fn a_failing_job_leaves_the_message_and_redrive_moves_it_to_the_dlq() {
         "nothing is PATCHed"
     );
     assert_no_canary("/metrics", &metrics);
-    let out = stop(d).await;
+    let out = d.stop().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("left for redelivery"), "{}", out.stderr);
     assert_no_canary("daemon stderr", &out.stderr);
@@ -406,7 +326,7 @@ async fn hostile_messages_are_deleted_with_a_counted_reason_and_never_crash() {
         5,
     )
     .await;
-    let d = start(&w.config, &w.env).await;
+    let d = Daemon::run(&w.config, &w.env).await;
     let cases: Vec<(&str, String, &str)> = vec![
         ("not JSON", format!("not json {CANARY}"), "not_json"),
         ("huge", "x".repeat(200 * 1024), "not_json"),
@@ -443,7 +363,7 @@ async fn hostile_messages_are_deleted_with_a_counted_reason_and_never_crash() {
     )
     .await;
     let metrics = wait_metric(
-        d.addr,
+        d.addr(),
         "qlik_rotator_event_messages_total",
         &[("result", "rejected")],
         cases.len() as f64,
@@ -458,7 +378,7 @@ async fn hostile_messages_are_deleted_with_a_counted_reason_and_never_crash() {
         metrics
     } else {
         wait_metric(
-            d.addr,
+            d.addr(),
             "qlik_rotator_event_messages_total",
             &[("result", "unmatched")],
             1.0,
@@ -486,9 +406,9 @@ async fn hostile_messages_are_deleted_with_a_counted_reason_and_never_crash() {
         with_method(&w.sim, "PATCH").is_empty(),
         "nothing is PATCHed"
     );
-    assert_eq!(http_get(d.addr, "/healthz").await.0, 200, "still serving");
+    assert_eq!(http_get(d.addr(), "/healthz").await.0, 200, "still serving");
     assert_no_canary("/metrics", &metrics);
-    let out = stop(d).await;
+    let out = d.stop().await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_no_canary("daemon stderr", &out.stderr);
     assert!(
@@ -515,12 +435,12 @@ async fn the_admin_route_rotates_every_job_of_a_secret() {
         3,
     )
     .await;
-    let d = start(&w.config, &w.env).await;
+    let d = Daemon::run(&w.config, &w.env).await;
     let path = "/secrets/qlik%2Fsales-s3/rotate";
-    assert_eq!(post(d.addr, path, None).await.0, 401);
-    assert_eq!(post(d.addr, path, Some("wrong")).await.0, 401);
+    assert_eq!(post(d.addr(), path, None).await.0, 401);
+    assert_eq!(post(d.addr(), path, Some("wrong")).await.0, 401);
     let (status, body) = post(
-        d.addr,
+        d.addr(),
         "/secrets/nobody%2Fuses-this/rotate",
         Some(ADMIN_TOKEN),
     )
@@ -530,19 +450,19 @@ async fn the_admin_route_rotates_every_job_of_a_secret() {
         body.contains("no job uses the secret \\\"nobody/uses-this\\\""),
         "{body}"
     );
-    let (status, body) = post(d.addr, "/secrets/a%1Bb/rotate", Some(ADMIN_TOKEN)).await;
+    let (status, body) = post(d.addr(), "/secrets/a%1Bb/rotate", Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 400, "{body}");
     assert!(
         with_method(&w.sim, "PATCH").is_empty(),
         "refusals send nothing"
     );
 
-    let (status, body) = post(d.addr, path, Some(ADMIN_TOKEN)).await;
+    let (status, body) = post(d.addr(), path, Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 202, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["jobs"], json!(["sales-s3"]));
     wait_metric(
-        d.addr,
+        d.addr(),
         "qlik_rotator_rotations_total",
         &[("rotation_job", "sales-s3"), ("outcome", "rotated")],
         1.0,
@@ -552,17 +472,17 @@ async fn the_admin_route_rotates_every_job_of_a_secret() {
     // By ARN without its suffix (a partial ARN): the same job; unchanged now.
     let partial =
         "/secrets/arn:aws:secretsmanager:us-east-1:123456789012:secret:qlik%2Fsales-s3/rotate";
-    let (status, body) = post(d.addr, partial, Some(ADMIN_TOKEN)).await;
+    let (status, body) = post(d.addr(), partial, Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 202, "{body}");
     wait_metric(
-        d.addr,
+        d.addr(),
         "qlik_rotator_rotations_total",
         &[("rotation_job", "sales-s3"), ("outcome", "unchanged")],
         1.0,
     )
     .await;
     assert_eq!(with_method(&w.sim, "PATCH").len(), 1);
-    let out = stop(d).await;
+    let out = d.stop().await;
     assert_no_canary("daemon stderr", &out.stderr);
 }
 

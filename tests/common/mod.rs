@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod bao;
+pub mod daemon;
 pub mod dynamodb;
 pub mod harness;
 pub mod moto;
