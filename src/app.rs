@@ -132,12 +132,54 @@ pub fn owner_id() -> String {
     )
 }
 
+/// The load phase for a command: loads and validates; prints every error to stderr on failure.
+///
+/// # Errors
+/// The exit code to use.
+pub fn load(
+    path: &std::path::Path,
+    input: &dyn ConfigInput,
+) -> Result<Config, std::process::ExitCode> {
+    crate::config::load(path, input).map_err(|errs| {
+        crate::telemetry::fatal(
+            &format!(
+                "{} is not a valid configuration",
+                crate::text::Escaped(&path.display().to_string())
+            ),
+            &errs.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        );
+        std::process::ExitCode::from(crate::exit::EXIT_USAGE)
+    })
+}
+
+/// Where the rotator's Qlik credentials come from, for a hint: `$QLIK_API_KEY
+/// (qlik.api_key_env)`, `the file /run/secrets/qlik-api-key (qlik.api_key_file)` or `the OAuth
+/// client "id" (qlik.oauth)`.
+pub fn identity(cfg: &Config) -> String {
+    match &cfg.qlik.auth {
+        QlikAuth::ApiKey(SecretLocator::Env(n)) if crate::text::looks_like_variable(n) => {
+            format!("the API key in ${n} (qlik.api_key_env)")
+        }
+        QlikAuth::ApiKey(SecretLocator::Env(_)) => {
+            "the API key in the variable qlik.api_key_env names".to_owned()
+        }
+        QlikAuth::ApiKey(SecretLocator::File(p)) => format!(
+            "the API key in the file {} (qlik.api_key_file)",
+            crate::text::printable(&p.display().to_string(), 300)
+        ),
+        QlikAuth::OAuth { client_id, .. } => format!(
+            "the OAuth client {} (qlik.oauth)",
+            crate::text::quoted(client_id, 200)
+        ),
+    }
+}
+
 /// Builds the Qlik client from `[qlik]`.
 ///
 /// # Errors
 /// [`BuildError`] when the API key or client secret cannot be read.
 pub fn qlik_client(cfg: &Config, input: &dyn ConfigInput) -> Result<QlikClient, BuildError> {
-    crate::qlik::error::set_identity(crate::commands::identity(cfg));
+    crate::qlik::error::set_identity(identity(cfg));
     let credentials = match &cfg.qlik.auth {
         QlikAuth::ApiKey(loc) => {
             Credentials::ApiKey(loc.read(input).map_err(|message| BuildError::Credential {

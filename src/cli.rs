@@ -207,7 +207,7 @@ pub enum HistoryOutput {
 
 /// `--since`: a duration such as "30m", "12h", "7d" (up to ten years).
 fn parse_since(s: &str) -> Result<std::time::Duration, String> {
-    crate::config::walk::parse_duration(s)
+    crate::walk::parse_duration(s)
         .filter(|d| !d.is_zero() && d.as_secs() <= 3650 * 86_400)
         .ok_or_else(|| {
             format!(

@@ -13,52 +13,12 @@ use crate::{
     text::Escaped,
 };
 
-/// Exit code for an invalid configuration or usage (EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;
-/// Exit code when a job failed.
-pub const EXIT_FAILED: u8 = 1;
-/// Exit code when the state directory is in use by another process (EX_TEMPFAIL: retrying
-/// later can succeed, unlike a bad configuration or an unusable directory, which exit 64).
-pub const EXIT_IN_USE: u8 = 75;
-/// Exit code when a dependency is unavailable at start (EX_UNAVAILABLE): the listen port is
-/// in use, or every failure of a one-shot command was an unreachable vault or tenant.
-pub const EXIT_UNAVAILABLE: u8 = 69;
-/// Exit code when credentials are missing or refused at run time (EX_CONFIG): the Qlik API
-/// key or OAuth secret cannot be read or is answered with 401, or the AWS credential chain
-/// found none.
-pub const EXIT_NO_CREDENTIALS: u8 = 78;
-
-/// Error types that mean "the credentials are missing or refused" (exit 78).
-pub const CREDENTIAL_ERROR_TYPES: &[&str] = &["unauthorized", "auth", "secret_no_credentials"];
-/// Error types that mean "a dependency could not be reached" (exit 69 when all failures are).
-pub const UNAVAILABLE_ERROR_TYPES: &[&str] =
-    &["secret_source_unavailable", "connection", "timeout"];
-
-/// Error types that are configuration errors found at run time (exit 64).
-pub const CONFIG_ERROR_TYPES: &[&str] = &["secret_source_config", "config"];
-
-/// The exit code of a one-shot run from its failures' error types: 0 without failures, 64 if
-/// any was a configuration error (no AWS region), 78 if any was a credential problem, 69 if
-/// every one was an unreachable dependency, else 1.
-pub fn failure_exit(error_types: &[&str]) -> u8 {
-    if error_types.is_empty() {
-        0
-    } else if error_types.iter().any(|t| CONFIG_ERROR_TYPES.contains(t)) {
-        EXIT_USAGE
-    } else if error_types
-        .iter()
-        .any(|t| CREDENTIAL_ERROR_TYPES.contains(t))
-    {
-        EXIT_NO_CREDENTIALS
-    } else if error_types
-        .iter()
-        .all(|t| UNAVAILABLE_ERROR_TYPES.contains(t))
-    {
-        EXIT_UNAVAILABLE
-    } else {
-        EXIT_FAILED
-    }
-}
+/// The exit codes and the error types that choose them, in a module of their own
+/// ([`crate::exit`]) so that the modules below this one can name them.
+pub use crate::exit::{
+    CONFIG_ERROR_TYPES, CREDENTIAL_ERROR_TYPES, EXIT_FAILED, EXIT_IN_USE, EXIT_NO_CREDENTIALS,
+    EXIT_UNAVAILABLE, EXIT_USAGE, UNAVAILABLE_ERROR_TYPES, failure_exit,
+};
 
 /// Prints a fatal error (one JSON line under `--log-format json`).
 fn fatal(message: &str) {
@@ -74,22 +34,9 @@ fn state_exit(e: &crate::state::StateError) -> ExitCode {
     })
 }
 
-/// Loads and validates; prints every error to stderr on failure.
-///
-/// # Errors
-/// The exit code to use.
-pub fn load(path: &Path, input: &dyn ConfigInput) -> Result<Config, ExitCode> {
-    config::load(path, input).map_err(|errs| {
-        crate::telemetry::fatal(
-            &format!(
-                "{} is not a valid configuration",
-                Escaped(&path.display().to_string())
-            ),
-            &errs.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        );
-        ExitCode::from(EXIT_USAGE)
-    })
-}
+/// Loads and validates, printing every error (in [`crate::app`], the load phase's one helper,
+/// so that the commands below this module can use it).
+pub use crate::app::load;
 
 /// How far `check-config` goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,42 +307,12 @@ pub fn references(cfg: &Config, input: &dyn ConfigInput) -> Vec<config::ConfigEr
     errs
 }
 
-/// Whether an `*_env` value looks like a conventional variable name (`QLIK_API_KEY`), so it
-/// can be printed: upper case, digits and `_`, at most 64 characters. Anything else may be a
-/// secret pasted by mistake and is not shown.
-pub fn looks_like_variable(name: &str) -> bool {
-    name.len() <= 64
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-}
+/// Whether an `*_env` value can be printed (in [`crate::text`]).
+pub use crate::text::looks_like_variable;
 
-/// Where the rotator's Qlik credentials come from, for a hint: `$QLIK_API_KEY
-/// (qlik.api_key_env)`, `the file /run/secrets/qlik-api-key (qlik.api_key_file)` or `the OAuth
-/// client "id" (qlik.oauth)`.
-pub fn identity(cfg: &Config) -> String {
-    use config::{QlikAuth, SecretLocator};
-    match &cfg.qlik.auth {
-        QlikAuth::ApiKey(SecretLocator::Env(n)) if looks_like_variable(n) => {
-            format!("the API key in ${n} (qlik.api_key_env)")
-        }
-        QlikAuth::ApiKey(SecretLocator::Env(_)) => {
-            "the API key in the variable qlik.api_key_env names".to_owned()
-        }
-        QlikAuth::ApiKey(SecretLocator::File(p)) => format!(
-            "the API key in the file {} (qlik.api_key_file)",
-            crate::text::printable(&p.display().to_string(), 300)
-        ),
-        QlikAuth::OAuth { client_id, .. } => format!(
-            "the OAuth client {} (qlik.oauth)",
-            crate::text::quoted(client_id, 200)
-        ),
-    }
-}
+/// Where the rotator's Qlik credentials come from (in [`crate::app`], which names them in
+/// Qlik's 401 hints).
+pub use crate::app::identity;
 
 fn print_config_summary(path: &Path, cfg: &Config) {
     crate::outln!(

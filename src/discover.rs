@@ -3,222 +3,27 @@
 //! `coverage` reports credential-bearing connections without a job and jobs whose connection
 //! no longer exists.
 //!
-//! Both lists are paged as the fact sheet documents (§2.1: `links.next.href`, a complete URL;
-//! the spaces API the same way, `@qlik/api` spaces typings). Every page goes through the Qlik
-//! client (read budget, retries, body cap). A `next` link is followed only on the tenant and
-//! collection the first page came from, never twice (a loop), and at most [`Limits`] pages
-//! and items: each refusal is a clear [`DiscoverError`].
+//! Both lists are read with [`crate::qlik::listing`] (paged, capped by [`Limits`], each
+//! refusal a clear [`DiscoverError`]).
 
-use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 
-use reqwest::Url;
 use serde::Serialize;
 
 use crate::config::{Config, ConnectionRef, JobConfig};
 use crate::connectors::Connector;
-use crate::qlik::QlikError;
 use crate::qlik::client::QlikClient;
-use crate::qlik::model::{DataConnection, Links, Space};
+use crate::qlik::model::{DataConnection, Space};
 use crate::text;
 
 /// Longest name or id printed, in characters.
 const MAX_CELL: usize = 120;
 
-/// Caps on one paged listing.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Pages followed at most.
-    pub max_pages: usize,
-    /// Items kept at most.
-    pub max_items: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        // 100 pages of 100: ten thousand connections, far more than a tenant is expected to
-        // hold; more means a server that never stops paging.
-        Limits {
-            max_pages: 100,
-            max_items: 10_000,
-        }
-    }
-}
-
-/// Why a listing or a space name failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DiscoverError {
-    /// A Qlik request failed.
-    #[error(transparent)]
-    Qlik(#[from] QlikError),
-    /// A `links.next.href` pointed off the tenant or to another endpoint.
-    #[error(
-        "the {what} list's next page link {} is not on the tenant's {what} endpoint; not followed",
-        text::quoted(.href, MAX_CELL)
-    )]
-    OffTenant {
-        /// `connections` or `spaces`.
-        what: &'static str,
-        /// The link.
-        href: String,
-    },
-    /// A `links.next.href` named a page already read.
-    #[error(
-        "the {what} list pages in a loop (a next link repeats a page already read); stopped after {pages} pages"
-    )]
-    PageLoop {
-        /// `connections` or `spaces`.
-        what: &'static str,
-        /// Pages read.
-        pages: usize,
-    },
-    /// More pages or items than [`Limits`] allows.
-    #[error("the {what} list is longer than the cap ({pages} pages or {items} items); stopped")]
-    TooLong {
-        /// `connections` or `spaces`.
-        what: &'static str,
-        /// The page cap.
-        pages: usize,
-        /// The item cap.
-        items: usize,
-    },
-    /// No space has this id or name.
-    #[error("no space with the id or name {}", text::quoted(.0, MAX_CELL))]
-    UnknownSpace(String),
-    /// Several spaces have this name.
-    #[error("the space name {} is ambiguous: spaces {}; give the space id", text::quoted(.name, MAX_CELL), .ids.iter().map(|i| text::quoted(i, MAX_CELL)).collect::<Vec<_>>().join(", "))]
-    AmbiguousSpace {
-        /// The name.
-        name: String,
-        /// The ids of every space with that name.
-        ids: Vec<String>,
-    },
-}
-
-impl DiscoverError {
-    /// A stable, low-cardinality label.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            DiscoverError::Qlik(e) => e.error_type(),
-            DiscoverError::OffTenant { .. } => "off_tenant_link",
-            DiscoverError::PageLoop { .. } => "page_loop",
-            DiscoverError::TooLong { .. } => "list_too_long",
-            DiscoverError::UnknownSpace(_) => "unknown_space",
-            DiscoverError::AmbiguousSpace { .. } => "ambiguous_space",
-        }
-    }
-}
-
-/// Reads every page of a list: `fetch(None)` is the first page, `fetch(Some(url))` the page at
-/// a checked next link. Returns the items, or the first refusal.
-async fn all_pages<T, F, Fut>(
-    client: &QlikClient,
-    what: &'static str,
-    segments: &[&str],
-    limits: Limits,
-    fetch: F,
-) -> Result<Vec<T>, DiscoverError>
-where
-    F: Fn(Option<Url>) -> Fut,
-    Fut: Future<Output = Result<(Vec<T>, Option<Links>), QlikError>>,
-{
-    let mut items = Vec::new();
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut next: Option<Url> = None;
-    let mut pages = 0usize;
-    loop {
-        let (mut data, links) = fetch(next.take()).await?;
-        pages += 1;
-        items.append(&mut data);
-        if items.len() > limits.max_items {
-            return Err(DiscoverError::TooLong {
-                what,
-                pages: limits.max_pages,
-                items: limits.max_items,
-            });
-        }
-        let Some(href) = links.and_then(|l| l.next).map(|h| h.href) else {
-            return Ok(items);
-        };
-        let Some(url) = client.tenant_url(&href, segments) else {
-            return Err(DiscoverError::OffTenant { what, href });
-        };
-        if !seen.insert(url.as_str().to_owned()) {
-            return Err(DiscoverError::PageLoop { what, pages });
-        }
-        if pages >= limits.max_pages {
-            return Err(DiscoverError::TooLong {
-                what,
-                pages: limits.max_pages,
-                items: limits.max_items,
-            });
-        }
-        next = Some(url);
-    }
-}
-
-/// Every data connection (in `space`, a space id, when given).
-///
-/// # Errors
-/// [`DiscoverError`].
-pub async fn all_connections(
-    client: &QlikClient,
-    space: Option<&str>,
-    limits: Limits,
-) -> Result<Vec<DataConnection>, DiscoverError> {
-    all_pages(
-        client,
-        "connections",
-        &["api", "v1", "data-connections"],
-        limits,
-        |next| async move {
-            let page = client.list_connections_page(next, space).await?;
-            Ok((page.data, page.links))
-        },
-    )
-    .await
-}
-
-/// Every space the caller can see.
-///
-/// # Errors
-/// [`DiscoverError`].
-pub async fn all_spaces(client: &QlikClient, limits: Limits) -> Result<Vec<Space>, DiscoverError> {
-    all_pages(
-        client,
-        "spaces",
-        &["api", "v1", "spaces"],
-        limits,
-        |next| async move {
-            let page = client.list_spaces_page(next, None).await?;
-            Ok((page.data, page.links))
-        },
-    )
-    .await
-}
-
-/// The id of the space `wanted` names: a space whose id is `wanted`, else the one space whose
-/// name is exactly `wanted` (Qlik says names are unique; a tenant where they are not gets
-/// [`DiscoverError::AmbiguousSpace`]).
-///
-/// # Errors
-/// [`DiscoverError::UnknownSpace`], [`DiscoverError::AmbiguousSpace`].
-pub fn resolve_space(spaces: &[Space], wanted: &str) -> Result<String, DiscoverError> {
-    if let Some(s) = spaces.iter().find(|s| s.id == wanted) {
-        return Ok(s.id.clone());
-    }
-    let named: Vec<&Space> = spaces.iter().filter(|s| s.name == wanted).collect();
-    match named.as_slice() {
-        [one] => Ok(one.id.clone()),
-        [] => Err(DiscoverError::UnknownSpace(wanted.to_owned())),
-        many => Err(DiscoverError::AmbiguousSpace {
-            name: wanted.to_owned(),
-            ids: many.iter().map(|s| s.id.clone()).collect(),
-        }),
-    }
-}
+/// The paged listings (Qlik API only), in [`crate::qlik::listing`] so that
+/// [`crate::rotation`] can resolve a space name without importing this module.
+pub use crate::qlik::listing::{DiscoverError, Limits, all_connections, all_spaces, resolve_space};
 
 /// One connection as `connections` shows it. Every string is outside text made printable
 /// ([`text::printable`]).
@@ -466,15 +271,15 @@ async fn read_tenant(
 ) -> Result<(Vec<DataConnection>, Vec<Space>), ExitCode> {
     let client = crate::app::qlik_client(cfg, input).map_err(|e| {
         eprintln!("error: {}", text::Escaped(&e.to_string()));
-        ExitCode::from(crate::commands::EXIT_USAGE)
+        ExitCode::from(crate::exit::EXIT_USAGE)
     })?;
     let fail = |e: DiscoverError| {
         eprintln!("error: {}", text::Escaped(&e.to_string()));
         let code = match e {
             DiscoverError::UnknownSpace(_) | DiscoverError::AmbiguousSpace { .. } => {
-                crate::commands::EXIT_USAGE
+                crate::exit::EXIT_USAGE
             }
-            _ => crate::commands::EXIT_FAILED,
+            _ => crate::exit::EXIT_FAILED,
         };
         ExitCode::from(code)
     };
@@ -498,7 +303,7 @@ pub async fn connections_command(
     output: crate::cli::ListOutput,
     input: &dyn crate::config::ConfigInput,
 ) -> ExitCode {
-    let cfg = match crate::commands::load(path, input) {
+    let cfg = match crate::app::load(path, input) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -517,13 +322,13 @@ pub async fn connections_command(
             Ok(s) => println!("{s}"),
             Err(e) => {
                 eprintln!("error: {e}");
-                return ExitCode::from(crate::commands::EXIT_FAILED);
+                return ExitCode::from(crate::exit::EXIT_FAILED);
             }
         },
         crate::cli::ListOutput::Csv => {
             if let Err(e) = write_csv(&rows, std::io::stdout().lock()) {
                 eprintln!("error: cannot write CSV: {e}");
-                return ExitCode::from(crate::commands::EXIT_FAILED);
+                return ExitCode::from(crate::exit::EXIT_FAILED);
             }
         }
     }
@@ -538,7 +343,7 @@ pub async fn coverage_command(
     output: crate::cli::ConnectorsOutput,
     input: &dyn crate::config::ConfigInput,
 ) -> ExitCode {
-    let cfg = match crate::commands::load(path, input) {
+    let cfg = match crate::app::load(path, input) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -552,7 +357,7 @@ pub async fn coverage_command(
             Ok(s) => println!("{s}"),
             Err(e) => {
                 eprintln!("error: {e}");
-                return ExitCode::from(crate::commands::EXIT_FAILED);
+                return ExitCode::from(crate::exit::EXIT_FAILED);
             }
         },
         crate::cli::ConnectorsOutput::Text => print!("{}", coverage_text(&cov)),
@@ -563,7 +368,7 @@ pub async fn coverage_command(
                 "error: coverage {:.1}% is under --fail-under {min}%",
                 cov.percent
             );
-            ExitCode::from(crate::commands::EXIT_FAILED)
+            ExitCode::from(crate::exit::EXIT_FAILED)
         }
         _ => ExitCode::SUCCESS,
     }

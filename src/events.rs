@@ -32,12 +32,42 @@ pub trait Event {
     fn emit(self, metrics: Option<&Metrics>) -> Self::Output;
 }
 
+/// Where [`Events::notify`] hands outcomes: the webhook queue ([`crate::notify::Notifier`]).
+/// A trait, so that this module need not import `notify` (which emits events).
+pub trait NotificationSink: std::fmt::Debug + Send + Sync {
+    /// Queues `n` (never waits).
+    fn notify(&self, n: Notification);
+}
+
+/// One outcome to tell the webhooks about (`[[notify]]`): plain values, no secret. The
+/// payloads it becomes are built in [`crate::notify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// The job's name.
+    pub job: String,
+    /// The connection's id (or its configured key when it was never resolved).
+    pub connection: String,
+    /// The outcome label (`failed`, `verify_failed`, `canary_failed`, `rolled_back`,
+    /// `rotated`).
+    pub outcome: &'static str,
+    /// The stage that failed.
+    pub stage: Option<&'static str>,
+    /// The stable error label.
+    pub error_type: Option<&'static str>,
+    /// The secret version id read from the vault (an id, not a value).
+    pub secret_version: Option<String>,
+    /// For `rolled_back`: the version put back.
+    pub restored_version: Option<String>,
+    /// When the outcome was reached.
+    pub time: chrono::DateTime<chrono::Utc>,
+}
+
 /// Where events go: the log always, the metrics when the process serves `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct Events {
     metrics: Option<Arc<Metrics>>,
     /// Where outcomes are also sent (`[[notify]]`): set once by the daemon; clones share it.
-    notifier: Arc<std::sync::OnceLock<crate::notify::Notifier>>,
+    notifier: Arc<std::sync::OnceLock<Box<dyn NotificationSink>>>,
 }
 
 // === impl Events ===
@@ -53,8 +83,8 @@ impl Events {
 
     /// Sends every outcome to `notifier` as well (once; a second call is ignored and returns
     /// `false`).
-    pub fn set_notifier(&self, notifier: crate::notify::Notifier) -> bool {
-        self.notifier.set(notifier).is_ok()
+    pub fn set_notifier(&self, notifier: impl NotificationSink + 'static) -> bool {
+        self.notifier.set(Box::new(notifier)).is_ok()
     }
 
     /// Whether outcomes go to a notifier.
@@ -63,7 +93,7 @@ impl Events {
     }
 
     /// Queues an outcome for the webhooks (never waits; nothing without a notifier).
-    pub fn notify(&self, n: crate::notify::Notification) {
+    pub fn notify(&self, n: Notification) {
         if let Some(notifier) = self.notifier.get() {
             notifier.notify(n);
         }

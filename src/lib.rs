@@ -25,6 +25,27 @@
 //!   `telemetry::print_document`.
 //! - **Qlik calls**: [`qlik`] (client, model, errors); text from outside is escaped with
 //!   [`text`] before it is printed.
+//!
+//! Layering: a module imports only modules below it, so there is no import cycle between the
+//! top-level modules (`tests/layout.rs` runs `scripts/import-cycles.py --check`, with and
+//! without test code). Low → high, one line per level (a module may import any line above):
+//! - [`text`], [`telemetry`], [`exit`] (exit codes): leaves;
+//! - [`walk`] (config primitives: table walking, durations, key errors), [`qlik`];
+//! - [`canary`], [`secrets`], [`cli`];
+//! - [`connectors`], [`state`];
+//! - [`config`];
+//! - [`metrics`] → [`events`] → [`notify`] (events hand outcomes to the webhook queue through
+//!   [`events::NotificationSink`]);
+//! - [`rotation`];
+//! - [`triggers`], [`app`];
+//! - [`runner`], [`admin`], [`discover`];
+//! - [`daemon`];
+//! - [`commands`], then [`history`], [`simulate`], then [`demo`].
+//!
+//! An item a lower module needs lives in that lower module (or a small leaf such as [`walk`]
+//! or [`exit`]); the higher module re-exports it under its old path (`config::walk`,
+//! `config::ConnectionRef`, `commands::EXIT_USAGE`, `discover::all_spaces`,
+//! `triggers::Prefetched`, `notify::Notification`), which is a downward edge.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -38,6 +59,7 @@ pub mod daemon;
 pub mod demo;
 pub mod discover;
 pub mod events;
+pub mod exit;
 pub mod history;
 pub mod metrics;
 pub mod notify;
@@ -50,3 +72,4 @@ pub mod state;
 pub mod telemetry;
 pub mod text;
 pub mod triggers;
+pub mod walk;

@@ -17,7 +17,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::SecondsFormat;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -33,28 +33,12 @@ pub const QUEUE: usize = 1024;
 /// Longest id or name put in a payload (characters).
 const MAX_FIELD: usize = 200;
 
-/// One outcome to tell the webhooks about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notification {
-    /// The job's name.
-    pub job: String,
-    /// The connection's id (or its configured key when it was never resolved).
-    pub connection: String,
-    /// The outcome label (`failed`, `verify_failed`, `canary_failed`, `rolled_back`,
-    /// `rotated`).
-    pub outcome: &'static str,
-    /// The stage that failed.
-    pub stage: Option<&'static str>,
-    /// The stable error label.
-    pub error_type: Option<&'static str>,
-    /// The secret version id read from the vault (an id, not a value).
-    pub secret_version: Option<String>,
-    /// For `rolled_back`: the version put back.
-    pub restored_version: Option<String>,
-    /// When the outcome was reached.
-    pub time: DateTime<Utc>,
-}
+/// One outcome to tell the webhooks about: a plain value declared with the events (which
+/// queue it, [`Events::notify`]); its payloads are built here.
+pub use crate::events::Notification;
 
+/// The payloads (an inherent impl may live in any module of the crate: the type is declared in
+/// [`crate::events`], below this module, so that `events` need not import `notify`).
 impl Notification {
     /// The generic JSON body.
     pub fn json(&self) -> Value {
@@ -172,6 +156,12 @@ impl Notifier {
                 error_type: Some("queue_full"),
             });
         }
+    }
+}
+
+impl crate::events::NotificationSink for Notifier {
+    fn notify(&self, n: Notification) {
+        Notifier::notify(self, n);
     }
 }
 

@@ -25,10 +25,10 @@ use crate::{
         model::{CredentialUpdate, DataCredential},
     },
     secrets::{
-        AnySource, SecretFields, SecretRef, SecretSource, SecretValue, SourceError, VersionSelector,
+        AnySource, Prefetched, SecretFields, SecretRef, SecretSource, SecretValue, SourceError,
+        VersionSelector,
     },
     text::Redactor,
-    triggers::Prefetched,
 };
 
 /// Where in a rotation something went wrong.
@@ -455,7 +455,7 @@ pub struct RunOptions {
     pub only: Option<Vec<String>>,
     /// The job's secret, read ahead with the other jobs due at the same time
     /// ([`crate::triggers::prefetch`]); `None` reads it now.
-    pub secret: Option<crate::triggers::Prefetched>,
+    pub secret: Option<Prefetched>,
     /// Per connection key: a secret version that failed verification or its canary before
     /// (state's `failed_version`); equal to the vault's version → not applied again.
     pub failed_versions: HashMap<String, String>,
@@ -598,12 +598,12 @@ impl Rotator {
     /// space is [`QlikError::Space`]; when `wanted` is a space id, the lookup's
     /// [`QlikError::NameNotFound`] stands.
     async fn space_id(&self, name: &str, wanted: &str) -> Result<String, QlikError> {
-        use crate::discover::{self, DiscoverError};
+        use crate::qlik::listing::{self, DiscoverError};
         let not_found = || QlikError::NameNotFound {
             name: name.to_owned(),
             space: Some(wanted.to_owned()),
         };
-        let spaces = match discover::all_spaces(&self.client, discover::Limits::default()).await {
+        let spaces = match listing::all_spaces(&self.client, listing::Limits::default()).await {
             Ok(s) => s,
             Err(DiscoverError::Qlik(e)) => return Err(e),
             Err(e) => {
@@ -614,7 +614,7 @@ impl Rotator {
                 });
             }
         };
-        match discover::resolve_space(&spaces, wanted) {
+        match listing::resolve_space(&spaces, wanted) {
             Ok(id) if id == wanted => Err(not_found()),
             Ok(id) => {
                 self.resolved_spaces

@@ -353,6 +353,20 @@ fn base64_forms(bytes: &[u8]) -> Vec<String> {
     out
 }
 
+/// Whether an `*_env` value looks like a conventional variable name (`QLIK_API_KEY`), so it
+/// can be printed: upper case, digits and `_`, at most 64 characters. Anything else may be a
+/// secret pasted by mistake and is not shown.
+pub fn looks_like_variable(name: &str) -> bool {
+    name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -9,7 +9,9 @@ pub mod events;
 pub mod notify;
 mod split;
 pub mod state;
-pub mod walk;
+/// The config primitives, a module of their own (`crate::walk`) so that the modules below
+/// `config` (the secret sources, `cli`) can use them; the old path keeps working.
+pub use crate::walk;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -195,57 +197,9 @@ pub struct QlikConfig {
     pub max_response_bytes: u64,
 }
 
-/// How a job names its connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectionRef {
-    /// By `qID`.
-    Id(String),
-    /// By name, optionally within a space; resolved once to the id.
-    Name {
-        /// `qName`.
-        name: String,
-        /// Space id.
-        space: Option<String>,
-    },
-}
-
-impl ConnectionRef {
-    /// A stable key for state and reports: the id, or `space/name`.
-    pub fn key(&self) -> String {
-        match self {
-            ConnectionRef::Id(id) => id.clone(),
-            ConnectionRef::Name { name, space } => {
-                format!("{}/{name}", space.as_deref().unwrap_or(""))
-            }
-        }
-    }
-}
-
-impl ConnectionRef {
-    /// What makes two references the same connection for duplicate checks: the id in lower
-    /// case (UUIDs are case-insensitive), or the space and name as written.
-    pub fn identity(&self) -> (Option<&str>, String) {
-        match self {
-            ConnectionRef::Id(id) => (None, id.to_ascii_lowercase()),
-            ConnectionRef::Name { name, space } => {
-                (Some(space.as_deref().unwrap_or("")), name.clone())
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for ConnectionRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnectionRef::Id(id) => write!(f, "id {id}"),
-            ConnectionRef::Name { name, space: None } => write!(f, "name {name:?}"),
-            ConnectionRef::Name {
-                name,
-                space: Some(s),
-            } => write!(f, "name {name:?} in space {s}"),
-        }
-    }
-}
+/// How a job names its connection (in [`crate::qlik::model`], so that [`crate::state`], below
+/// `config`, can use it).
+pub use crate::qlik::model::ConnectionRef;
 
 /// `[[jobs]]`.
 #[derive(Debug, Clone)]

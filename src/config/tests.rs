@@ -244,6 +244,40 @@ fn loopback_http_is_allowed() {
     }
 }
 
+// A connector's schemes are checked here, at load (the catalogue lists them).
+#[test]
+fn an_unknown_scheme_is_a_config_error_listing_the_schemes() {
+    let text = r#"
+[qlik]
+tenant_url = "https://acme.eu.qlikcloud.com"
+api_key_env = "QLIK_API_KEY"
+[sources.local]
+type = "file"
+path = "vault"
+[[jobs]]
+name = "sf"
+connection = { id = "00000001-0000-4000-8000-000000000001" }
+connector = "snowflake"
+scheme = "oauth"
+source = "local"
+secret = "sf"
+[[jobs]]
+name = "api"
+connection = { id = "00000002-0000-4000-8000-000000000002" }
+connector = "rest"
+scheme = "header"
+source = "local"
+secret = "api"
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "jobs[0].scheme: connector \"snowflake\" has no such scheme (expected one of: password, key_pair)",
+            "jobs[1].header: is required by scheme \"header\": the name of the queryHeaders entry holding the token (e.g. \"Authorization\")",
+        ]
+    );
+}
+
 #[test]
 fn jobs_with_equal_specs_share_one() {
     let text = format!(

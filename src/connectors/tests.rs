@@ -606,46 +606,6 @@ fn schemes_are_chosen_by_name_and_default_to_the_first() {
 }
 
 #[test]
-fn an_unknown_scheme_is_a_config_error_listing_the_schemes() {
-    let text = r#"
-[qlik]
-tenant_url = "https://acme.eu.qlikcloud.com"
-api_key_env = "QLIK_API_KEY"
-[sources.local]
-type = "file"
-path = "vault"
-[[jobs]]
-name = "sf"
-connection = { id = "00000001-0000-4000-8000-000000000001" }
-connector = "snowflake"
-scheme = "oauth"
-source = "local"
-secret = "sf"
-[[jobs]]
-name = "api"
-connection = { id = "00000002-0000-4000-8000-000000000002" }
-connector = "rest"
-scheme = "header"
-source = "local"
-secret = "api"
-"#;
-    let input: std::collections::HashMap<String, String> = Default::default();
-    let errs: Vec<String> = crate::config::load_str(text, std::path::Path::new("/etc/qr"), &input)
-        .unwrap_err()
-        .0
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    assert_eq!(
-        errs,
-        [
-            "jobs[0].scheme: connector \"snowflake\" has no such scheme (expected one of: password, key_pair)",
-            "jobs[1].header: is required by scheme \"header\": the name of the queryHeaders entry holding the token (e.g. \"Authorization\")",
-        ]
-    );
-}
-
-#[test]
 fn a_secret_lacking_what_the_scheme_needs_names_the_key() {
     let cases: &[(&str, &str, &str, &str, &str)] = &[
         // (id, scheme, secret, property, key)

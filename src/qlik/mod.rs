@@ -5,11 +5,13 @@
 //!   place where secret values are serialised).
 //! - [`error`]: `QlikError`, classified for retry and metrics.
 //! - [`gate`]: the write budget shared by every job.
+//! - [`listing`]: every connection, every space (paged, capped), a space's id from its name.
 //! - [`retry`]: the per-request retry policy (classifier, delays, the one retry loop).
 
 pub mod client;
 pub mod error;
 pub mod gate;
+pub mod listing;
 pub mod model;
 pub mod retry;
 

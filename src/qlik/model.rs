@@ -385,6 +385,58 @@ impl PatchDocument {
     }
 }
 
+/// How a job names its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionRef {
+    /// By `qID`.
+    Id(String),
+    /// By name, optionally within a space; resolved once to the id.
+    Name {
+        /// `qName`.
+        name: String,
+        /// Space id.
+        space: Option<String>,
+    },
+}
+
+impl ConnectionRef {
+    /// A stable key for state and reports: the id, or `space/name`.
+    pub fn key(&self) -> String {
+        match self {
+            ConnectionRef::Id(id) => id.clone(),
+            ConnectionRef::Name { name, space } => {
+                format!("{}/{name}", space.as_deref().unwrap_or(""))
+            }
+        }
+    }
+}
+
+impl ConnectionRef {
+    /// What makes two references the same connection for duplicate checks: the id in lower
+    /// case (UUIDs are case-insensitive), or the space and name as written.
+    pub fn identity(&self) -> (Option<&str>, String) {
+        match self {
+            ConnectionRef::Id(id) => (None, id.to_ascii_lowercase()),
+            ConnectionRef::Name { name, space } => {
+                (Some(space.as_deref().unwrap_or("")), name.clone())
+            }
+        }
+    }
+}
+
+impl fmt::Display for ConnectionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectionRef::Id(id) => write!(f, "id {id}"),
+            ConnectionRef::Name { name, space: None } => write!(f, "name {name:?}"),
+            ConnectionRef::Name {
+                name,
+                space: Some(s),
+            } => write!(f, "name {name:?} in space {s}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

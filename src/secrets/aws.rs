@@ -13,7 +13,7 @@
 //! ref with another stage or a version id is read with `GetSecretValue`; so is every id the
 //! batch did not answer: an entry in `Errors`, an id missing from the answer, an entry that
 //! does not say it is `AWSCURRENT`, or a failed call. An answer is matched to the id asked for
-//! by name or ARN ([`crate::triggers::same_secret`]); anything else in it is ignored.
+//! by name or ARN ([`same_secret`]); anything else in it is ignored.
 //! [`AwsSecretsManager::api_calls`] counts the requests sent (each batch is one).
 
 use std::{
@@ -39,7 +39,51 @@ use super::{
     SecretPayload, SecretRef, SecretSource, SecretValue, SourceError, SourceFactory,
     VersionSelector,
 };
-use crate::config::walk::{Errors, Table, aws_region, base_url};
+use crate::walk::{Errors, Table, aws_region, base_url};
+
+/// `arn:aws:secretsmanager:<region>:<account>:secret:` and the name after it, for an ARN;
+/// `(None, id)` for a name.
+pub(crate) fn split_arn(id: &str) -> (Option<&str>, &str) {
+    if id.starts_with("arn:")
+        && let Some(at) = id.find(":secret:")
+    {
+        let (prefix, rest) = id.split_at(at + ":secret:".len());
+        return (Some(prefix), rest);
+    }
+    (None, id)
+}
+
+/// The name without the `-XXXXXX` suffix Secrets Manager adds in ARNs (6 alphanumerics).
+pub(crate) fn strip_suffix(name: &str) -> &str {
+    match name.len().checked_sub(7) {
+        Some(cut)
+            if name.is_char_boundary(cut)
+                && name.as_bytes()[cut] == b'-'
+                && name.as_bytes()[cut + 1..]
+                    .iter()
+                    .all(u8::is_ascii_alphanumeric) =>
+        {
+            &name[..cut]
+        }
+        _ => name,
+    }
+}
+
+/// Whether two Secrets Manager ids name the same secret: equal; or the same name, one of them
+/// an ARN whose 6-character suffix is left out by the other (a name or a partial ARN). Two ARNs
+/// must agree on partition, region and account.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    let ((pa, na), (pb, nb)) = (split_arn(a), split_arn(b));
+    if let (Some(pa), Some(pb)) = (pa, pb)
+        && pa != pb
+    {
+        return false;
+    }
+    na == nb || (pa.is_some() && strip_suffix(na) == nb) || (pb.is_some() && strip_suffix(nb) == na)
+}
 
 /// TCP connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -219,7 +263,7 @@ impl AwsSecretsManager {
                 [entry.name.as_deref(), entry.arn.as_deref()]
                     .into_iter()
                     .flatten()
-                    .any(|answered| crate::triggers::same_secret(&r.id, answered))
+                    .any(|answered| same_secret(&r.id, answered))
             });
             let Some(slot) = slot.filter(|&i| out[i].is_none() && current) else {
                 continue;
@@ -575,6 +619,45 @@ mod tests {
     use aws_smithy_types::body::SdkBody;
 
     use super::*;
+
+    #[test]
+    fn ids_match_by_arn_name_and_suffixless_arn() {
+        const ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-AbC123";
+        let partial = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db";
+        for (a, b, same) in [
+            (ARN, ARN, true),
+            (ARN, "app/db", true),
+            ("app/db", ARN, true),
+            (ARN, partial, true),
+            (partial, "app/db", true),
+            ("app/db", "app/db", true),
+            ("app/db", "app/dbx", false),
+            ("app/db", "app/db-AbC123", false),
+            (
+                ARN,
+                "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-XyZ789",
+                false,
+            ),
+            (
+                ARN,
+                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-AbC123",
+                false,
+            ),
+            (
+                ARN,
+                "arn:aws:secretsmanager:us-east-1:999999999999:secret:app/db",
+                false,
+            ),
+            (ARN, "app", false),
+            ("", "app/db", false),
+        ] {
+            assert_eq!(same_secret(a, b), same, "{a} ~ {b}");
+            assert_eq!(same_secret(b, a), same, "{b} ~ {a}");
+        }
+        assert_eq!(strip_suffix("é-AbC123"), "é");
+        assert_eq!(strip_suffix("ééé"), "ééé");
+        assert_eq!(strip_suffix("-AbC12"), "-AbC12");
+    }
 
     fn service_error(
         code: Option<&str>,

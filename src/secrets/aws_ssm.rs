@@ -37,8 +37,8 @@ use super::{
     VersionSelector,
 };
 use crate::{
-    config::walk::{Errors, Table, aws_region, base_url},
     text,
+    walk::{Errors, Table, aws_region, base_url},
 };
 
 /// Names per `GetParameters` call (the API's limit).

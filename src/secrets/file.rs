@@ -16,7 +16,7 @@ use super::{
     SecretPayload, SecretRef, SecretSource, SecretValue, SourceError, SourceFactory,
     VersionSelector,
 };
-use crate::config::walk::{Errors, Table, resolve};
+use crate::walk::{Errors, Table, resolve};
 
 /// `[sources.NAME] type = "file"`.
 #[derive(Debug, Clone, PartialEq, Eq)]

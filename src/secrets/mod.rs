@@ -44,7 +44,7 @@ use std::{
 
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 
-use crate::config::walk::{Errors, Table};
+use crate::walk::{Errors, Table};
 
 /// Which version of a secret to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -549,6 +549,10 @@ fn one_of(names: &[&str]) -> String {
     }
 }
 
+/// A secret read ahead of its run (or why it could not be read): handed to one run only
+/// ([`crate::triggers::prefetch`] reads them; [`crate::rotation`] uses them).
+pub type Prefetched = Arc<Result<SecretValue, SourceError>>;
+
 /// The build-phase checks of every configured source ([`SourceFactory::check`]): each error
 /// with its full key path (`sources.NAME.key`). Run before [`build_all`]; a failure is a
 /// configuration error (exit 64) and nothing is sent.
@@ -557,7 +561,7 @@ fn one_of(names: &[&str]) -> String {
 /// Every failed check.
 pub fn check_all(
     sources: &BTreeMap<String, SourceConfig>,
-) -> Result<(), Vec<crate::config::ConfigError>> {
+) -> Result<(), Vec<crate::walk::ConfigError>> {
     let mut errs = Errors::default();
     for (name, config) in sources {
         for (key, message) in config.check() {

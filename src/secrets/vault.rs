@@ -49,8 +49,8 @@ use super::{
     VersionSelector,
 };
 use crate::{
-    config::walk::{Errors, Table, base_url, resolve},
     text::{self, Redactor},
+    walk::{Errors, Table, base_url, resolve},
 };
 
 /// Timeout of one HTTP request (connect, headers and body) unless `timeout` says otherwise.
@@ -883,7 +883,7 @@ fn kv_parts(
         Value::Object(_) => Err("data.data is an empty object".to_owned()),
         other => Err(format!(
             "data.data is {}, not an object",
-            crate::config::walk::kind(other)
+            crate::walk::kind(other)
         )),
     }
 }

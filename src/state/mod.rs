@@ -62,10 +62,10 @@ pub struct JobState {
 impl JobState {
     /// Whether this record is about `conn` (a job re-pointed at another connection id starts
     /// fresh; a name-based job keeps its record).
-    pub fn applies_to(&self, conn: &crate::config::ConnectionRef) -> bool {
+    pub fn applies_to(&self, conn: &crate::qlik::model::ConnectionRef) -> bool {
         match conn {
-            crate::config::ConnectionRef::Id(id) => *id == self.connection_id,
-            crate::config::ConnectionRef::Name { .. } => true,
+            crate::qlik::model::ConnectionRef::Id(id) => *id == self.connection_id,
+            crate::qlik::model::ConnectionRef::Name { .. } => true,
         }
     }
 

@@ -20,59 +20,15 @@ use std::{collections::HashMap, sync::Arc};
 use crate::{
     config::JobConfig,
     rotation::Rotator,
-    secrets::{SecretRef, SecretSource, SecretValue, SourceError},
+    secrets::{SecretRef, SecretSource},
 };
 
-/// A secret read ahead of its run (or why it could not be read): handed to one run only.
-pub type Prefetched = Arc<Result<SecretValue, SourceError>>;
+use crate::secrets::aws::{split_arn, strip_suffix};
+pub use crate::secrets::{Prefetched, aws::same_secret};
 
 /// The longest secret id accepted from outside (a Secrets Manager ARN is at most ~2,048
 /// characters; a name at most 512).
 pub const MAX_SECRET_ID: usize = 2048;
-
-/// `arn:aws:secretsmanager:<region>:<account>:secret:` and the name after it, for an ARN;
-/// `(None, id)` for a name.
-fn split_arn(id: &str) -> (Option<&str>, &str) {
-    if id.starts_with("arn:")
-        && let Some(at) = id.find(":secret:")
-    {
-        let (prefix, rest) = id.split_at(at + ":secret:".len());
-        return (Some(prefix), rest);
-    }
-    (None, id)
-}
-
-/// The name without the `-XXXXXX` suffix Secrets Manager adds in ARNs (6 alphanumerics).
-fn strip_suffix(name: &str) -> &str {
-    match name.len().checked_sub(7) {
-        Some(cut)
-            if name.is_char_boundary(cut)
-                && name.as_bytes()[cut] == b'-'
-                && name.as_bytes()[cut + 1..]
-                    .iter()
-                    .all(u8::is_ascii_alphanumeric) =>
-        {
-            &name[..cut]
-        }
-        _ => name,
-    }
-}
-
-/// Whether two Secrets Manager ids name the same secret: equal; or the same name, one of them
-/// an ARN whose 6-character suffix is left out by the other (a name or a partial ARN). Two ARNs
-/// must agree on partition, region and account.
-pub fn same_secret(a: &str, b: &str) -> bool {
-    if a == b {
-        return true;
-    }
-    let ((pa, na), (pb, nb)) = (split_arn(a), split_arn(b));
-    if let (Some(pa), Some(pb)) = (pa, pb)
-        && pa != pb
-    {
-        return false;
-    }
-    na == nb || (pa.is_some() && strip_suffix(na) == nb) || (pb.is_some() && strip_suffix(nb) == na)
-}
 
 /// Whether `id` may be a secret id at all: 1 to [`MAX_SECRET_ID`] bytes, no control
 /// characters (it came from outside and is printed).
@@ -180,44 +136,6 @@ mod tests {
     use super::*;
 
     const ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-AbC123";
-
-    #[test]
-    fn ids_match_by_arn_name_and_suffixless_arn() {
-        let partial = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db";
-        for (a, b, same) in [
-            (ARN, ARN, true),
-            (ARN, "app/db", true),
-            ("app/db", ARN, true),
-            (ARN, partial, true),
-            (partial, "app/db", true),
-            ("app/db", "app/db", true),
-            ("app/db", "app/dbx", false),
-            ("app/db", "app/db-AbC123", false),
-            (
-                ARN,
-                "arn:aws:secretsmanager:us-east-1:123456789012:secret:app/db-XyZ789",
-                false,
-            ),
-            (
-                ARN,
-                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app/db-AbC123",
-                false,
-            ),
-            (
-                ARN,
-                "arn:aws:secretsmanager:us-east-1:999999999999:secret:app/db",
-                false,
-            ),
-            (ARN, "app", false),
-            ("", "app/db", false),
-        ] {
-            assert_eq!(same_secret(a, b), same, "{a} ~ {b}");
-            assert_eq!(same_secret(b, a), same, "{b} ~ {a}");
-        }
-        assert_eq!(strip_suffix("é-AbC123"), "é");
-        assert_eq!(strip_suffix("ééé"), "ééé");
-        assert_eq!(strip_suffix("-AbC12"), "-AbC12");
-    }
 
     #[test]
     fn the_index_finds_the_jobs_of_a_secret_and_filters_by_source() {

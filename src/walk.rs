@@ -1,4 +1,9 @@
-//! A small helper to walk an untyped config tree while collecting every error with its path.
+//! Config primitives: walking an untyped config tree while collecting every error with its
+//! path ([`ConfigError`], [`Errors`], [`Table`]), durations, URLs and the AWS region.
+//!
+//! Its own module, low in the layering (it needs only [`crate::text`]), so that the modules
+//! below [`crate::config`] (each secret source reads its `[sources.NAME]` table with it, `cli`
+//! parses durations) need not import `config`. `config::walk` is the same module.
 
 use std::{
     path::{Path, PathBuf},
