@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use super::{
     SecretPayload, SecretRef, SecretSource, SecretValue, SourceError, SourceFactory,
     VersionSelector,
+    aws::{AwsService, Class},
 };
 use crate::{
     config::walk::{Errors, Table, aws_region, base_url},
@@ -49,8 +50,6 @@ pub const MAX_PARAMETERS_PER_PATH: usize = 50;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// The longest `name=version` list kept as a path's version before it is hashed.
 const MAX_VERSION_LIST: usize = 256;
-/// The most characters of an AWS error message kept.
-const MAX_AWS_MESSAGE: usize = 300;
 
 /// `[sources.NAME] type = "aws_ssm"`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -440,110 +439,40 @@ impl SecretSource for AwsSsm {
     }
 }
 
-/// What kind of failure an SSM error code stands for.
-fn class_of_code(code: &str) -> Option<&'static str> {
+/// SSM, for [`super::aws::classify_sdk_error`].
+const SSM: AwsService = AwsService {
+    name: "SSM",
+    class_of_code,
+};
+
+/// SSM's own error codes (the ones every AWS service shares are classified in `aws`).
+fn class_of_code(code: &str) -> Option<Class> {
     Some(match code {
         "ParameterNotFound" | "ParameterVersionNotFound" | "ParameterVersionLabelNotFound" => {
-            "not_found"
+            Class::NotFound
         }
-        "AccessDeniedException"
-        | "AccessDenied"
-        | "InvalidKeyId"
-        | "KMSAccessDeniedException"
-        | "UnrecognizedClientException"
-        | "InvalidClientTokenId"
-        | "InvalidSignatureException"
-        | "SignatureDoesNotMatch"
-        | "IncompleteSignature"
-        | "MissingAuthenticationToken"
-        | "ExpiredToken"
-        | "ExpiredTokenException"
-        | "RequestExpired" => "denied",
-        "ValidationException"
-        | "InvalidFilterKey"
-        | "InvalidNextToken"
-        | "InvalidParameter"
-        | "InvalidParameters" => "invalid",
-        "InternalServerError"
-        | "InternalFailure"
-        | "ServiceUnavailable"
-        | "ThrottlingException"
-        | "Throttling"
-        | "TooManyUpdates"
-        | "RequestTimeout"
-        | "RequestLimitExceeded" => "unavailable",
+        "InvalidKeyId" | "KMSAccessDeniedException" => Class::AccessDenied,
+        "InvalidFilterKey" | "InvalidNextToken" | "InvalidParameter" | "InvalidParameters" => {
+            Class::Invalid
+        }
+        "TooManyUpdates" => Class::Unavailable,
         _ => return None,
     })
 }
 
-/// Maps an SDK error to a [`SourceError`] from its code, AWS message (escaped, capped) or
-/// status; never a response body.
+/// Maps an SDK error to a [`SourceError`] (see [`super::aws::classify_sdk_error`]); a
+/// parameter not found names the version or label asked for.
 fn classify<E>(secret: &SecretRef, err: &SdkError<E, HttpResponse>) -> SourceError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let status = err.raw_response().map(|r| r.status().as_u16());
-    if matches!(
-        err,
-        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_)
-    ) && let Some(problem) = super::aws::setup_problem(secret, err, "SSM")
-    {
-        return problem;
-    }
-    let (class, message) = match err {
-        SdkError::ServiceError(ctx) => {
-            let e = ctx.err();
-            let code = e.code();
-            let class = code.and_then(class_of_code).unwrap_or(match status {
-                Some(401 | 403) => "denied",
-                Some(404) => "not_found",
-                Some(408 | 429) | None => "unavailable",
-                Some(400..=499) => "invalid",
-                Some(_) => "unavailable",
-            });
-            let mut message = match (code, status) {
-                (Some(code), _) => code.to_owned(),
-                (None, Some(s)) => format!("HTTP {s} without an AWS error code"),
-                (None, None) => "error without an AWS error code".to_owned(),
-            };
-            if let Some(m) = e.message() {
-                let m = m.split_whitespace().collect::<Vec<_>>().join(" ");
-                if !m.is_empty() {
-                    message.push_str(": ");
-                    message.push_str(&text::printable(&m, MAX_AWS_MESSAGE));
-                }
-            }
-            (class, message)
-        }
-        SdkError::TimeoutError(_) => ("unavailable", "request to SSM timed out".to_owned()),
-        SdkError::DispatchFailure(f) => (
-            "unavailable",
-            format!(
-                "request to SSM {}",
-                if f.is_timeout() {
-                    "timed out"
-                } else if f.is_io() {
-                    "connection failed"
-                } else {
-                    "failed"
-                }
-            ),
-        ),
-        SdkError::ResponseError(_) => (
-            "unavailable",
-            format!(
-                "unreadable response from SSM{}",
-                status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
-            ),
-        ),
-        SdkError::ConstructionFailure(_) => {
-            ("invalid", "could not build the SSM request".to_owned())
-        }
-        _ => ("unavailable", "SSM request failed".to_owned()),
+    let (class, message) = match super::aws::classify_sdk_error(secret, err, &SSM) {
+        Ok(classified) => classified,
+        Err(problem) => return problem,
     };
     let id = secret.id.clone();
     match class {
-        "not_found" => SourceError::NotFound {
+        Class::NotFound => SourceError::NotFound {
             id,
             detail: format!(
                 "{}: {message}",
@@ -555,9 +484,9 @@ where
                 }
             ),
         },
-        "denied" => SourceError::AccessDenied { id, message },
-        "invalid" => SourceError::Invalid { id, message },
-        _ => SourceError::Unavailable {
+        Class::AccessDenied => SourceError::AccessDenied { id, message },
+        Class::Invalid => SourceError::Invalid { id, message },
+        Class::Unavailable => SourceError::Unavailable {
             id,
             message: text::cap(&message, 600).into_owned(),
         },
