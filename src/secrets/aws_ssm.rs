@@ -201,19 +201,8 @@ impl AwsSsm {
     }
 
     async fn get_path(&self, secret: &SecretRef, path: &str) -> Result<SecretValue, SourceError> {
-        let invalid = |message: String| SourceError::Invalid {
-            id: secret.id.clone(),
-            message,
-        };
-        let mut fields = serde_json::Map::new();
-        let mut versions: Vec<(String, i64)> = Vec::new();
-        let mut newest: Option<i64> = None;
+        let mut below = PathFields::new(path);
         let mut next: Option<String> = None;
-        let prefix = if path == "/" {
-            "/".to_owned()
-        } else {
-            format!("{path}/")
-        };
         loop {
             let out = self
                 .client
@@ -227,64 +216,14 @@ impl AwsSsm {
                 .await
                 .map_err(|e| classify(secret, &e))?;
             for p in out.parameters() {
-                let name = p.name().unwrap_or_default();
-                let Some(field) = name.strip_prefix(&prefix).filter(|f| {
-                    !f.is_empty() && !f.contains('/') && !f.chars().any(text::is_unsafe)
-                }) else {
-                    return Err(invalid(format!(
-                        "GetParametersByPath answered with parameter {} outside the path",
-                        text::quoted(name, 200)
-                    )));
-                };
-                let value = checked_value(secret, p)?;
-                if fields.insert(field.to_owned(), value.into()).is_some() {
-                    return Err(invalid(format!(
-                        "parameter {} was answered twice",
-                        text::quoted(field, 200)
-                    )));
-                }
-                versions.push((field.to_owned(), p.version()));
-                if let Some(t) = p.last_modified_date().map(|d| d.secs()) {
-                    newest = Some(newest.map_or(t, |n| n.max(t)));
-                }
-                if fields.len() > MAX_PARAMETERS_PER_PATH {
-                    return Err(invalid(format!(
-                        "more than {MAX_PARAMETERS_PER_PATH} parameters below the path"
-                    )));
-                }
+                below.add(secret, p)?;
             }
             match out.next_token() {
                 Some(t) if !t.is_empty() => next = Some(t.to_owned()),
                 _ => break,
             }
         }
-        if fields.is_empty() {
-            return Err(SourceError::NotFound {
-                id: secret.id.clone(),
-                detail: ": no parameter directly below this path".to_owned(),
-            });
-        }
-        versions.sort();
-        let list = versions
-            .iter()
-            .map(|(f, v)| format!("{f}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let version = if list.len() <= MAX_VERSION_LIST {
-            list
-        } else {
-            format!(
-                "sha256:{}",
-                &hex::encode(Sha256::digest(list.as_bytes()))[..16]
-            )
-        };
-        let json = serde_json::Value::Object(fields).to_string();
-        Ok(SecretValue {
-            version,
-            payload: SecretPayload::Text(SecretString::from(json)),
-            // A path is many parameters: the newest change among them.
-            created: newest,
-        })
+        below.into_value(secret)
     }
 
     /// One `GetParameters` call for up to [`BATCH_SIZE`] names: per name, its answer, or
@@ -436,6 +375,100 @@ impl SecretSource for AwsSsm {
             });
         }
         results
+    }
+}
+
+/// The parameters directly below a path, gathered page by page into one JSON object.
+struct PathFields {
+    /// The path with its trailing `/`.
+    prefix: String,
+    fields: serde_json::Map<String, serde_json::Value>,
+    /// `(field, version)` of each parameter.
+    versions: Vec<(String, i64)>,
+    /// The newest `LastModifiedDate` (seconds).
+    newest: Option<i64>,
+}
+
+impl PathFields {
+    fn new(path: &str) -> Self {
+        let prefix = if path == "/" {
+            "/".to_owned()
+        } else {
+            format!("{path}/")
+        };
+        PathFields {
+            prefix,
+            fields: serde_json::Map::new(),
+            versions: Vec::new(),
+            newest: None,
+        }
+    }
+
+    /// Adds one answered parameter: it must be directly below the path, answered once, and
+    /// at most [`MAX_PARAMETERS_PER_PATH`] of them.
+    fn add(&mut self, secret: &SecretRef, p: &Parameter) -> Result<(), SourceError> {
+        let invalid = |message: String| SourceError::Invalid {
+            id: secret.id.clone(),
+            message,
+        };
+        let name = p.name().unwrap_or_default();
+        let Some(field) = name
+            .strip_prefix(&self.prefix)
+            .filter(|f| !f.is_empty() && !f.contains('/') && !f.chars().any(text::is_unsafe))
+        else {
+            return Err(invalid(format!(
+                "GetParametersByPath answered with parameter {} outside the path",
+                text::quoted(name, 200)
+            )));
+        };
+        let value = checked_value(secret, p)?;
+        if self.fields.insert(field.to_owned(), value.into()).is_some() {
+            return Err(invalid(format!(
+                "parameter {} was answered twice",
+                text::quoted(field, 200)
+            )));
+        }
+        self.versions.push((field.to_owned(), p.version()));
+        if let Some(t) = p.last_modified_date().map(|d| d.secs()) {
+            self.newest = Some(self.newest.map_or(t, |n| n.max(t)));
+        }
+        if self.fields.len() > MAX_PARAMETERS_PER_PATH {
+            return Err(invalid(format!(
+                "more than {MAX_PARAMETERS_PER_PATH} parameters below the path"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The secret: the fields as a JSON object, its version the sorted `field=version` list
+    /// (hashed when long). Not found when no parameter is directly below the path.
+    fn into_value(mut self, secret: &SecretRef) -> Result<SecretValue, SourceError> {
+        if self.fields.is_empty() {
+            return Err(SourceError::NotFound {
+                id: secret.id.clone(),
+                detail: ": no parameter directly below this path".to_owned(),
+            });
+        }
+        self.versions.sort();
+        let list = (self.versions.iter())
+            .map(|(f, v)| format!("{f}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let version = if list.len() <= MAX_VERSION_LIST {
+            list
+        } else {
+            format!(
+                "sha256:{}",
+                &hex::encode(Sha256::digest(list.as_bytes()))[..16]
+            )
+        };
+        let json = serde_json::Value::Object(self.fields).to_string();
+        Ok(SecretValue {
+            version,
+            payload: SecretPayload::Text(SecretString::from(json)),
+            // A path is many parameters: the newest change among them.
+            created: self.newest,
+        })
     }
 }
 
