@@ -367,6 +367,66 @@ fn stored_password(demo: &Demo, id: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The world of step 5: the canary configuration, its rotator and the in-memory vault.
+#[cfg(feature = "sim")]
+struct CanaryWorld {
+    cfg: config::Config,
+    rotator: crate::rotation::Rotator,
+    vault: Arc<crate::secrets::AnySource>,
+}
+
+#[cfg(feature = "sim")]
+impl CanaryWorld {
+    /// Loads the embedded canary configuration against the demo tenant, with a vault in memory.
+    fn new(demo: &Demo) -> Result<Self, String> {
+        use crate::secrets::{AnySource, fixed::FixedSource};
+        let input: HashMap<String, String> = [
+            (
+                "QLIK_ROTATOR__QLIK__TENANT_URL".to_owned(),
+                demo.sim.base_url(),
+            ),
+            ("QLIK_ROTATOR_DEMO_API_KEY".to_owned(), API_KEY.to_owned()),
+        ]
+        .into();
+        let cfg = config::load_str(DEMO_CANARY_CONFIG, &demo.dir, &input)
+            .map_err(|e| format!("the embedded demo canary configuration is invalid: {e}"))?;
+        let client = Arc::new(app::qlik_client(&cfg, &input).map_err(|e| e.to_string())?);
+        let vault = Arc::new(AnySource::Fixed(FixedSource::new()));
+        let rotator = crate::rotation::Rotator::new(
+            client,
+            HashMap::from([("vault".to_owned(), vault.clone())]),
+        );
+        Ok(Self {
+            cfg,
+            rotator,
+            vault,
+        })
+    }
+
+    /// Writes a new version of secret `id` to the vault; returns the version.
+    fn put(&self, id: &str, value: &Value) -> String {
+        match &*self.vault {
+            crate::secrets::AnySource::Fixed(f) => f.put(id, value.to_string()),
+            _ => unreachable!("the demo vault is in memory"),
+        }
+    }
+
+    /// The job `name` of the canary configuration.
+    fn job(&self, name: &str) -> Result<&config::JobConfig, String> {
+        self.cfg
+            .job(name)
+            .ok_or_else(|| format!("the demo canary configuration has no job {name}"))
+    }
+
+    /// Runs `job` once, records the run and prints its reports.
+    async fn run(&self, job: &config::JobConfig, opts: RunOptions) -> Vec<Report> {
+        let reports = self.rotator.run(job, opts).await;
+        self.rotator.finish_run(job, &reports);
+        reports.iter().for_each(print_report);
+        reports
+    }
+}
+
 /// Step 5: canaries and rollback, with an in-memory vault that keeps versions. Returns how
 /// many of the three cases ended as designed: a credential the database accepts is rotated
 /// and proven by a reload; a credential the bucket does not accept is `canary_failed`
@@ -374,42 +434,32 @@ fn stored_password(demo: &Demo, id: &str) -> Option<String> {
 /// is rolled back to the last verified version, verified and proven again.
 #[cfg(feature = "sim")]
 async fn step_canary(demo: &Demo) -> Result<usize, String> {
-    use crate::secrets::{AnySource, fixed::FixedSource};
-
     crate::outln!(
         "\n5. canary and rollback: a reload of an app that reads through the connection proves Qlik can use the credential"
     );
-    let input: HashMap<String, String> = [
-        (
-            "QLIK_ROTATOR__QLIK__TENANT_URL".to_owned(),
-            demo.sim.base_url(),
-        ),
-        ("QLIK_ROTATOR_DEMO_API_KEY".to_owned(), API_KEY.to_owned()),
-    ]
-    .into();
-    let cfg = config::load_str(DEMO_CANARY_CONFIG, &demo.dir, &input)
-        .map_err(|e| format!("the embedded demo canary configuration is invalid: {e}"))?;
-    let client = Arc::new(app::qlik_client(&cfg, &input).map_err(|e| e.to_string())?);
-    let vault = Arc::new(AnySource::Fixed(FixedSource::new()));
-    let put = |id: &str, value: &Value| match &*vault {
-        AnySource::Fixed(f) => f.put(id, value.to_string()),
-        _ => unreachable!("the demo vault is in memory"),
-    };
-    let rotator =
-        crate::rotation::Rotator::new(client, HashMap::from([("vault".to_owned(), vault.clone())]));
-    let job = |name: &str| {
-        cfg.job(name)
-            .ok_or_else(|| format!("the demo canary configuration has no job {name}"))
-    };
-    let (sql, s3) = (job("finance-sqlserver")?, job("sales-s3")?);
-    let mut as_designed = 0;
+    let world = CanaryWorld::new(demo)?;
+    let (sql, s3) = (world.job("finance-sqlserver")?, world.job("sales-s3")?);
     // A simulated reload reaches its final status at the first poll (0.5 s after queueing).
     demo.sim.set_reload_steps(Some(0));
-
-    // a. The DBA sets a new password on the database and writes it to the vault.
     let user = format!("svc_finance_{}", random(4).to_lowercase());
     let good = random(24);
-    let v1 = put(
+    let (a, v1, last_applied) = canary_accepted(demo, &world, sql, &user, &good).await;
+    let b = canary_rejected_by_the_bucket(&world, s3).await;
+    let c = canary_rolled_back(demo, &world, sql, (&user, &good), &v1, last_applied).await;
+    Ok([a, b, c].into_iter().filter(|ok| *ok).count())
+}
+
+/// Step 5a: the DBA sets a new password on the database and writes it to the vault. Returns
+/// whether it ended as designed, the version written and the versions now last applied.
+#[cfg(feature = "sim")]
+async fn canary_accepted(
+    demo: &Demo,
+    world: &CanaryWorld,
+    sql: &config::JobConfig,
+    user: &str,
+    good: &str,
+) -> (bool, String, HashMap<String, String>) {
+    let v1 = world.put(
         "qlik/finance-sql",
         &json!({"username": user, "password": good}),
     );
@@ -420,26 +470,27 @@ async fn step_canary(demo: &Demo) -> Result<usize, String> {
     crate::outln!(
         "  a. {SQL_SOURCE} now accepts a new password, written to the vault as version {v1}"
     );
-    let reports = rotator.run(sql, RunOptions::default()).await;
-    rotator.finish_run(sql, &reports);
-    reports.iter().for_each(print_report);
+    let reports = world.run(sql, RunOptions::default()).await;
     let mut last_applied = HashMap::new();
     if let [r] = reports.as_slice()
         && matches!(r.outcome, Outcome::Rotated)
         && r.canary.is_some()
     {
-        as_designed += 1;
         last_applied.insert(r.connection_key.clone(), v1.clone());
         crate::outln!(
             "     → as designed: rotated, and proven: Qlik reloaded Finance Reporting through the connection with the new credential"
         );
-    } else {
-        crate::outln!("     → NOT as designed: expected rotated and proven by a canary reload");
+        return (true, v1, last_applied);
     }
+    crate::outln!("     → NOT as designed: expected rotated and proven by a canary reload");
+    (false, v1, last_applied)
+}
 
-    // b. A vault secret the bucket does not accept (a mistyped key): verify passes, the
-    // reload fails.
-    let v = put(
+/// Step 5b: a vault secret the bucket does not accept (a mistyped key): verify passes, the
+/// reload fails. Returns whether it ended as designed.
+#[cfg(feature = "sim")]
+async fn canary_rejected_by_the_bucket(world: &CanaryWorld, s3: &config::JobConfig) -> bool {
+    let v = world.put(
         "qlik/sales-s3",
         &json!({
             "aws_access_key_id": format!("AKIA{}", random(16).to_uppercase()),
@@ -449,22 +500,31 @@ async fn step_canary(demo: &Demo) -> Result<usize, String> {
     crate::outln!(
         "  b. the vault holds an S3 key (version {v}) that the bucket s3://acme-sales does not accept"
     );
-    let reports = rotator.run(s3, RunOptions::default()).await;
-    rotator.finish_run(s3, &reports);
-    reports.iter().for_each(print_report);
+    let reports = world.run(s3, RunOptions::default()).await;
     if let [r] = reports.as_slice()
         && matches!(r.outcome, Outcome::CanaryFailed(_))
     {
-        as_designed += 1;
         crate::outln!(
             "     → as designed: canary_failed. Verify alone would have called it rotated (Qlik never returns secrets); the reload of Sales Dashboard failed, so the rotator alerts instead"
         );
-    } else {
-        crate::outln!("     → NOT as designed: expected canary_failed");
+        return true;
     }
+    crate::outln!("     → NOT as designed: expected canary_failed");
+    false
+}
 
-    // c. A password the database rejects, with rollback = true and v1 the last verified.
-    let v2 = put(
+/// Step 5c: a password the database rejects, with rollback = true and `v1` the last verified.
+/// Returns whether it ended as designed.
+#[cfg(feature = "sim")]
+async fn canary_rolled_back(
+    demo: &Demo,
+    world: &CanaryWorld,
+    sql: &config::JobConfig,
+    (user, good): (&str, &str),
+    v1: &str,
+    last_applied: HashMap<String, String>,
+) -> bool {
+    let v2 = world.put(
         "qlik/finance-sql",
         &json!({"username": user, "password": format!("{good}-typo")}),
     );
@@ -475,26 +535,23 @@ async fn step_canary(demo: &Demo) -> Result<usize, String> {
         last_applied,
         ..RunOptions::default()
     };
-    let reports = rotator.run(sql, opts).await;
-    rotator.finish_run(sql, &reports);
-    reports.iter().for_each(print_report);
-    let holds_v1 = stored_password(demo, SQL_ID).as_deref() == Some(good.as_str());
+    let reports = world.run(sql, opts).await;
+    let holds_v1 = stored_password(demo, SQL_ID).as_deref() == Some(good);
     if let [r] = reports.as_slice()
         && matches!(r.outcome, Outcome::RolledBack { .. })
         && r.canary.is_some()
         && holds_v1
     {
-        as_designed += 1;
         crate::outln!(
             "     → as designed: rolled_back. Version {v2} failed its canary; version {v1} was put back, verified and proven by a reload; the tenant holds version {v1}: yes"
         );
-    } else {
-        crate::outln!(
-            "     → NOT as designed: expected rolled_back to version {v1} (the tenant holds it: {})",
-            if holds_v1 { "yes" } else { "no" }
-        );
+        return true;
     }
-    Ok(as_designed)
+    crate::outln!(
+        "     → NOT as designed: expected rolled_back to version {v1} (the tenant holds it: {})",
+        if holds_v1 { "yes" } else { "no" }
+    );
+    false
 }
 
 /// Without the simulator: says so and exits 64.

@@ -20,29 +20,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let usage = e.use_stderr();
-            if usage && json_logs_requested() {
-                // `--log-format json` was given: the usage error is one JSON line too.
-                let text = e.render().to_string();
-                let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-                let first = lines.next().unwrap_or("invalid usage");
-                let first = first.strip_prefix("error: ").unwrap_or(first);
-                let rest: Vec<String> = lines.map(|l| l.trim().to_owned()).collect();
-                eprint!(
-                    "{}",
-                    telemetry::fatal_text(telemetry::LogFormat::Json, first, &rest)
-                );
-                return ExitCode::from(commands::EXIT_USAGE);
-            }
-            let _ = e.print();
-            // Help and --version are not errors; bad usage exits 64 (EX_USAGE) like bad config.
-            return if usage {
-                ExitCode::from(commands::EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(e) => return usage_error(&e),
     };
     let default_level = match cli.command {
         Command::Demo => "warn",
@@ -61,49 +39,67 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    runtime.block_on(dispatch(cli.command))
+}
+
+/// Prints a command line that could not be parsed and picks the exit code: help and
+/// `--version` are not errors; bad usage exits 64 (EX_USAGE) like bad config.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let usage = e.use_stderr();
+    if usage && json_logs_requested() {
+        // `--log-format json` was given: the usage error is one JSON line too.
+        let text = e.render().to_string();
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        let first = lines.next().unwrap_or("invalid usage");
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        let rest: Vec<String> = lines.map(|l| l.trim().to_owned()).collect();
+        eprint!(
+            "{}",
+            telemetry::fatal_text(telemetry::LogFormat::Json, first, &rest)
+        );
+        return ExitCode::from(commands::EXIT_USAGE);
+    }
+    let _ = e.print();
+    // Help and --version are not errors; bad usage exits 64 (EX_USAGE) like bad config.
+    if usage {
+        ExitCode::from(commands::EXIT_USAGE)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Runs one command to its exit code.
+async fn dispatch(command: Command) -> ExitCode {
     let env = ProcessEnv;
-    runtime.block_on(async move {
-        match cli.command {
-            Command::CheckConfig {
-                config,
-                online,
-                syntax_only,
-                output,
-            } => {
-                let mode = if syntax_only {
-                    commands::CheckMode::Syntax
-                } else if online {
-                    commands::CheckMode::Online
-                } else {
-                    commands::CheckMode::Local
-                };
-                commands::check_config(&config.config, mode, output.json(), &env).await
-            }
-            Command::Run(c) => commands::run(&c.config, &env).await,
-            Command::Plan {
-                config,
-                job,
-                output,
-            } => commands::plan(&config.config, job.as_deref(), output.json(), &env).await,
-            Command::Rotate {
-                config,
-                job,
-                all: _,
-                secret: Some(secret),
-                if_changed,
-                output,
-            } if job.is_none() => {
+    match command {
+        Command::CheckConfig {
+            config,
+            online,
+            syntax_only,
+            output,
+        } => {
+            let mode = check_mode(syntax_only, online);
+            commands::check_config(&config.config, mode, output.json(), &env).await
+        }
+        Command::Run(c) => commands::run(&c.config, &env).await,
+        Command::Plan {
+            config,
+            job,
+            output,
+        } => commands::plan(&config.config, job.as_deref(), output.json(), &env).await,
+        Command::Rotate {
+            config,
+            job,
+            secret,
+            if_changed,
+            output,
+            all: _,
+        } => match (job, secret) {
+            (None, Some(secret)) => {
                 commands::rotate_secret(&config.config, &secret, if_changed, output.json(), &env)
                     .await
             }
-            Command::Rotate {
-                config,
-                job,
-                all: _,
-                secret: _,
-                if_changed,
-                output,
-            } => {
+            (job, _) => {
                 commands::rotate(
                     &config.config,
                     job.as_deref(),
@@ -113,41 +109,50 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::History(args) => qlik_rotator::history::run(&args, &env).await,
-            Command::Connectors { output } => commands::connectors(output),
-            Command::DescribeConnector {
-                datasource,
-                config,
+        },
+        Command::History(args) => qlik_rotator::history::run(&args, &env).await,
+        Command::Connectors { output } => commands::connectors(output),
+        Command::DescribeConnector {
+            datasource,
+            config,
+            output,
+        } => commands::describe_connector(&config.config, &datasource, output.json(), &env).await,
+        Command::Connections {
+            config,
+            space,
+            connector,
+            output,
+        } => {
+            discover::connections_command(
+                &config.config,
+                space.as_deref(),
+                connector.as_deref(),
                 output,
-            } => {
-                commands::describe_connector(&config.config, &datasource, output.json(), &env).await
-            }
-            Command::Connections {
-                config,
-                space,
-                connector,
-                output,
-            } => {
-                discover::connections_command(
-                    &config.config,
-                    space.as_deref(),
-                    connector.as_deref(),
-                    output,
-                    &env,
-                )
-                .await
-            }
-            Command::Coverage {
-                config,
-                fail_under,
-                output,
-            } => discover::coverage_command(&config.config, fail_under, output, &env).await,
-            Command::Demo => demo::run().await,
-            Command::Simulate(args) => simulate::run(&args, &env).await,
-            Command::Completions { shell } => commands::completions(shell),
-            Command::Man { dir } => commands::man(dir.as_deref()),
+                &env,
+            )
+            .await
         }
-    })
+        Command::Coverage {
+            config,
+            fail_under,
+            output,
+        } => discover::coverage_command(&config.config, fail_under, output, &env).await,
+        Command::Demo => demo::run().await,
+        Command::Simulate(args) => simulate::run(&args, &env).await,
+        Command::Completions { shell } => commands::completions(shell),
+        Command::Man { dir } => commands::man(dir.as_deref()),
+    }
+}
+
+/// The depth of `check-config`: `--syntax-only` wins over `--online`.
+fn check_mode(syntax_only: bool, online: bool) -> commands::CheckMode {
+    if syntax_only {
+        commands::CheckMode::Syntax
+    } else if online {
+        commands::CheckMode::Online
+    } else {
+        commands::CheckMode::Local
+    }
 }
 
 /// Whether the command line asks for `--log-format json` (looked at only when it could not be

@@ -717,81 +717,84 @@ impl Rotator {
             job: &job.name,
             connections: selected.len(),
         });
-        let new_report = |conn: &ConnectionRef| fresh_report(job, conn, fanout);
 
         // 1. The secret, once: an unchanged version costs no Qlik call at all. A value read
         // ahead for this run (with the other jobs due at the same time) is used as is.
-        let held: Prefetched;
-        let secret: Result<&SecretValue, RotationError> = match self.sources.get(&job.source) {
-            None => Err(RotationError::UnknownSource(job.source.clone())),
-            Some(source) => {
-                held = match opts.secret.take() {
-                    Some(prefetched) => prefetched,
-                    None => Arc::new(source.fetch(&job.secret).await),
-                };
-                self.events.emit(SecretFetched {
-                    job: &job.name,
-                    source: source.kind(),
-                    error_type: held.as_ref().as_ref().err().map(SourceError::error_type),
-                    created: held.as_ref().as_ref().ok().and_then(|v| v.created),
-                });
-                match &*held {
-                    Ok(value) => Ok(value),
-                    Err(e) => Err(RotationError::Fetched {
-                        message: e.to_string(),
-                        error_type: e.error_type(),
-                        retriable: e.is_retriable(),
-                    }),
-                }
+        let held = self.fetch_once(job, opts.secret.take()).await;
+        let mut reports = match held.as_ref().map(|h| secret_of(h)) {
+            Err(e) => failed_reports(job, &selected, fanout, e),
+            Ok(Err(e)) => failed_reports(job, &selected, fanout, &e),
+            Ok(Ok(secret)) => {
+                self.rotate_selected(job, &selected, fanout, secret, &mut opts)
+                    .await
             }
         };
-        let mut reports = Vec::new();
-        match secret {
-            Err(e) => {
-                let msg = e.to_string();
-                let (error_type, retriable) = (e.error_type(), e.is_retriable());
-                for conn in &selected {
-                    let mut r = new_report(conn);
-                    r.outcome = Outcome::Failed(RotationError::Fetched {
-                        message: msg.clone(),
-                        error_type,
-                        retriable,
-                    });
-                    reports.push(r);
-                }
-            }
-            Ok(secret) => {
-                for conn in &selected {
-                    let mut r = new_report(conn);
-                    r.secret_version = Some(secret.version.clone());
-                    let key = conn.key();
-                    let unchanged = opts.last_applied.get(&key) == Some(&secret.version);
-                    let known_bad = opts.failed_versions.get(&key) == Some(&secret.version);
-                    r.outcome = if unchanged && !(opts.plan_only || opts.force || job.force) {
-                        Outcome::Unchanged
-                    } else if known_bad && !(opts.plan_only || opts.force) {
-                        Outcome::Failed(RotationError::KnownBad(crate::text::printable(
-                            &secret.version,
-                            80,
-                        )))
-                    } else {
-                        let known = opts.known.remove(&key);
-                        self.rotate_connection(job, conn, secret, known, opts.plan_only, &mut r)
-                            .await
-                    };
-                    reports.push(r);
-                }
-                if !opts.plan_only {
-                    self.prove(job, &mut reports).await;
-                    self.roll_back(job, &selected, &secret.version, &opts, &mut reports)
-                        .await;
-                }
-            }
-        }
         drop(in_flight);
         let elapsed = started.elapsed();
         for r in &mut reports {
             r.duration = elapsed;
+        }
+        reports
+    }
+
+    /// The job's secret, read once (or the value read ahead for this run), and the
+    /// `SecretFetched` event. An error only when the job's source is not configured.
+    async fn fetch_once(
+        &self,
+        job: &JobConfig,
+        prefetched: Option<Prefetched>,
+    ) -> Result<Prefetched, RotationError> {
+        let Some(source) = self.sources.get(&job.source) else {
+            return Err(RotationError::UnknownSource(job.source.clone()));
+        };
+        let held = match prefetched {
+            Some(prefetched) => prefetched,
+            None => Arc::new(source.fetch(&job.secret).await),
+        };
+        self.events.emit(SecretFetched {
+            job: &job.name,
+            source: source.kind(),
+            error_type: held.as_ref().as_ref().err().map(SourceError::error_type),
+            created: held.as_ref().as_ref().ok().and_then(|v| v.created),
+        });
+        Ok(held)
+    }
+
+    /// Rotates each selected connection to `secret` (unless unchanged or known bad), then
+    /// proves the rotated ones by the canary and rolls back the failed ones.
+    async fn rotate_selected(
+        &self,
+        job: &JobConfig,
+        selected: &[&ConnectionRef],
+        fanout: bool,
+        secret: &SecretValue,
+        opts: &mut RunOptions,
+    ) -> Vec<Report> {
+        let mut reports = Vec::new();
+        for conn in selected {
+            let mut r = fresh_report(job, conn, fanout);
+            r.secret_version = Some(secret.version.clone());
+            let key = conn.key();
+            let unchanged = opts.last_applied.get(&key) == Some(&secret.version);
+            let known_bad = opts.failed_versions.get(&key) == Some(&secret.version);
+            r.outcome = if unchanged && !(opts.plan_only || opts.force || job.force) {
+                Outcome::Unchanged
+            } else if known_bad && !(opts.plan_only || opts.force) {
+                Outcome::Failed(RotationError::KnownBad(crate::text::printable(
+                    &secret.version,
+                    80,
+                )))
+            } else {
+                let known = opts.known.remove(&key);
+                self.rotate_connection(job, conn, secret, known, opts.plan_only, &mut r)
+                    .await
+            };
+            reports.push(r);
+        }
+        if !opts.plan_only {
+            self.prove(job, &mut reports).await;
+            self.roll_back(job, selected, &secret.version, opts, &mut reports)
+                .await;
         }
         reports
     }
@@ -847,89 +850,77 @@ impl Rotator {
         if !job.rollback {
             return;
         }
-        let mut tries: Vec<(usize, Report, String)> = Vec::new();
+        let mut agains: Vec<Report> = Vec::new();
+        let mut meta = Vec::new();
         for (i, r) in reports.iter_mut().enumerate() {
-            if !matches!(
-                r.outcome,
-                Outcome::VerifyFailed(_) | Outcome::CanaryFailed(_)
-            ) {
-                continue;
+            if let Some((again, last)) = self
+                .roll_back_one(job, selected, failed_version, opts, r)
+                .await
+            {
+                agains.push(again);
+                meta.push((i, last));
             }
-            let last = opts
-                .last_applied
-                .get(&r.connection_key)
-                .filter(|v| !v.is_empty());
-            let Some(last) = last else {
-                r.warnings.push(
-                    "rollback = true, but no verified version is recorded for this connection: nothing to roll back to".to_owned(),
-                );
-                continue;
-            };
-            if last == failed_version {
-                r.warnings.push(format!(
-                    "rollback = true, but the failed version {} is the last verified one: never rolling back past it",
-                    crate::text::printable(last, 80)
-                ));
-                continue;
-            }
-            let Some(conn) = selected.iter().find(|c| c.key() == r.connection_key) else {
-                continue;
-            };
-            let old = match self.fetch_version(job, last).await {
-                Ok(v) => v,
-                Err(message) => {
-                    r.warnings.push(format!(
-                        "rollback to secret version {} failed: {message}",
-                        crate::text::printable(last, 80)
-                    ));
-                    continue;
-                }
-            };
-            let mut again = fresh_report(job, conn, r.fanout);
-            again.secret_version = Some(old.version.clone());
-            again.outcome = self
-                .rotate_connection(job, conn, &old, None, false, &mut again)
-                .await;
-            tries.push((i, again, last.clone()));
         }
-        if tries.is_empty() {
+        if agains.is_empty() {
             return;
-        }
-        let mut agains: Vec<Report> = Vec::with_capacity(tries.len());
-        let mut meta = Vec::with_capacity(tries.len());
-        for (i, again, last) in tries {
-            agains.push(again);
-            meta.push((i, last));
         }
         self.prove(job, &mut agains).await;
         for (again, (i, last)) in agains.into_iter().zip(meta) {
-            let r = &mut reports[i];
-            if matches!(again.outcome, Outcome::Rotated) {
-                let cause = match std::mem::replace(&mut r.outcome, Outcome::Unchanged) {
-                    Outcome::VerifyFailed(e) | Outcome::CanaryFailed(e) => e,
-                    other => {
-                        r.outcome = other;
-                        continue;
-                    }
-                };
-                r.outcome = Outcome::RolledBack {
-                    cause,
-                    restored: crate::text::printable(&last, 80),
-                };
-                r.canary = again.canary;
-                r.after = again.after;
-                r.verified = again.verified;
-            } else {
-                r.warnings.push(format!(
-                    "rollback to secret version {} failed: {}",
-                    crate::text::printable(&last, 80),
-                    again
-                        .outcome
-                        .error()
-                        .map_or_else(|| again.outcome.label().to_owned(), ToString::to_string)
-                ));
-            }
+            settle_rollback(&mut reports[i], again, &last);
         }
+    }
+
+    /// Rolls `r`'s connection back when its verify or canary failed and a verified version
+    /// other than `failed_version` is recorded: returns the new attempt's report (not yet
+    /// proven) and the version it restored. Anything that prevents it is a warning on `r`.
+    async fn roll_back_one(
+        &self,
+        job: &JobConfig,
+        selected: &[&ConnectionRef],
+        failed_version: &str,
+        opts: &RunOptions,
+        r: &mut Report,
+    ) -> Option<(Report, String)> {
+        if !matches!(
+            r.outcome,
+            Outcome::VerifyFailed(_) | Outcome::CanaryFailed(_)
+        ) {
+            return None;
+        }
+        let last = opts
+            .last_applied
+            .get(&r.connection_key)
+            .filter(|v| !v.is_empty());
+        let Some(last) = last else {
+            r.warnings.push(
+                "rollback = true, but no verified version is recorded for this connection: nothing to roll back to".to_owned(),
+            );
+            return None;
+        };
+        if last == failed_version {
+            r.warnings.push(format!(
+                "rollback = true, but the failed version {} is the last verified one: never rolling back past it",
+                crate::text::printable(last, 80)
+            ));
+            return None;
+        }
+        let conn = selected.iter().find(|c| c.key() == r.connection_key)?;
+        let old = match self.fetch_version(job, last).await {
+            Ok(v) => v,
+            Err(message) => {
+                r.warnings.push(format!(
+                    "rollback to secret version {} failed: {message}",
+                    crate::text::printable(last, 80)
+                ));
+                return None;
+            }
+        };
+        let mut again = fresh_report(job, conn, r.fanout);
+        again.secret_version = Some(old.version.clone());
+        again.outcome = self
+            .rotate_connection(job, conn, &old, None, false, &mut again)
+            .await;
+        Some((again, last.clone()))
     }
 
     /// The job's secret at exactly `version` (by version id; for Secrets Manager, also the
@@ -1231,6 +1222,71 @@ impl Rotator {
         } else {
             Outcome::VerifyFailed(RotationError::Verify(mismatches))
         }
+    }
+}
+
+/// The value of a fetched secret, or the fetch error as the run reports it.
+fn secret_of(held: &Prefetched) -> Result<&SecretValue, RotationError> {
+    match &**held {
+        Ok(value) => Ok(value),
+        Err(e) => Err(RotationError::Fetched {
+            message: e.to_string(),
+            error_type: e.error_type(),
+            retriable: e.is_retriable(),
+        }),
+    }
+}
+
+/// One `failed` report per selected connection when the secret could not be read.
+fn failed_reports(
+    job: &JobConfig,
+    selected: &[&ConnectionRef],
+    fanout: bool,
+    e: &RotationError,
+) -> Vec<Report> {
+    let msg = e.to_string();
+    let (error_type, retriable) = (e.error_type(), e.is_retriable());
+    selected
+        .iter()
+        .map(|conn| {
+            let mut r = fresh_report(job, conn, fanout);
+            r.outcome = Outcome::Failed(RotationError::Fetched {
+                message: msg.clone(),
+                error_type,
+                retriable,
+            });
+            r
+        })
+        .collect()
+}
+
+/// The end of a rollback of `r` to version `last`: `rolled_back` when the attempt `again`
+/// was rotated (and proven), otherwise a warning saying why it failed.
+fn settle_rollback(r: &mut Report, again: Report, last: &str) {
+    if matches!(again.outcome, Outcome::Rotated) {
+        let cause = match std::mem::replace(&mut r.outcome, Outcome::Unchanged) {
+            Outcome::VerifyFailed(e) | Outcome::CanaryFailed(e) => e,
+            other => {
+                r.outcome = other;
+                return;
+            }
+        };
+        r.outcome = Outcome::RolledBack {
+            cause,
+            restored: crate::text::printable(last, 80),
+        };
+        r.canary = again.canary;
+        r.after = again.after;
+        r.verified = again.verified;
+    } else {
+        r.warnings.push(format!(
+            "rollback to secret version {} failed: {}",
+            crate::text::printable(last, 80),
+            again
+                .outcome
+                .error()
+                .map_or_else(|| again.outcome.label().to_owned(), ToString::to_string)
+        ));
     }
 }
 

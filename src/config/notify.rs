@@ -128,40 +128,7 @@ pub fn notify_section(value: &Value, base_dir: &Path, errs: &mut Errors) -> Vec<
 }
 
 fn one(mut t: Table<'_>, base_dir: &Path, errs: &mut Errors) -> Option<NotifyConfig> {
-    // `url`, or `url_file` for a URL that is itself a secret (a Slack webhook's path is its
-    // token).
-    let inline = t.opt_str("url", errs);
-    let from_file = t.opt_str("url_file", errs);
-    let (key, raw) = match (inline, from_file) {
-        (Some(u), None) => ("url", Some(u)),
-        (None, Some(p)) => match read_url_file(&resolve(base_dir, &p)) {
-            Ok(u) => ("url_file", Some(u)),
-            Err(why) => {
-                errs.push(t.key_path("url_file"), why);
-                ("url_file", None)
-            }
-        },
-        (Some(_), Some(_)) => {
-            errs.push(t.key_path("url_file"), "give url or url_file, not both");
-            ("url", None)
-        }
-        (None, None) => {
-            if !t.has("url") && !t.has("url_file") {
-                errs.push(
-                    t.key_path("url"),
-                    "is required (or url_file: a file holding the URL)",
-                );
-            }
-            ("url", None)
-        }
-    };
-    let url = raw.and_then(|raw| match check_url(&raw) {
-        Ok(u) => Some(u),
-        Err(why) => {
-            errs.push(t.key_path(key), why);
-            None
-        }
-    });
+    let url = notify_url(&mut t, base_dir, errs);
     let format = match t.opt_str("format", errs).as_deref() {
         None | Some("json") => Some(NotifyFormat::Json),
         Some("slack") => Some(NotifyFormat::Slack),
@@ -206,6 +173,44 @@ fn one(mut t: Table<'_>, base_dir: &Path, errs: &mut Errors) -> Option<NotifyCon
         retries,
         retry_delay: Duration::from_secs(1),
         headers: headers?,
+    })
+}
+
+/// The webhook URL of one `[[notify]]` table, from `url` or `url_file`, checked.
+fn notify_url(t: &mut Table<'_>, base_dir: &Path, errs: &mut Errors) -> Option<reqwest::Url> {
+    // `url`, or `url_file` for a URL that is itself a secret (a Slack webhook's path is its
+    // token).
+    let inline = t.opt_str("url", errs);
+    let from_file = t.opt_str("url_file", errs);
+    let (key, raw) = match (inline, from_file) {
+        (Some(u), None) => ("url", Some(u)),
+        (None, Some(p)) => match read_url_file(&resolve(base_dir, &p)) {
+            Ok(u) => ("url_file", Some(u)),
+            Err(why) => {
+                errs.push(t.key_path("url_file"), why);
+                ("url_file", None)
+            }
+        },
+        (Some(_), Some(_)) => {
+            errs.push(t.key_path("url_file"), "give url or url_file, not both");
+            ("url", None)
+        }
+        (None, None) => {
+            if !t.has("url") && !t.has("url_file") {
+                errs.push(
+                    t.key_path("url"),
+                    "is required (or url_file: a file holding the URL)",
+                );
+            }
+            ("url", None)
+        }
+    };
+    raw.and_then(|raw| match check_url(&raw) {
+        Ok(u) => Some(u),
+        Err(why) => {
+            errs.push(t.key_path(key), why);
+            None
+        }
     })
 }
 

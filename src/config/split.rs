@@ -189,10 +189,10 @@ mod tests {
         show(&split_way)
     }
 
-    #[test]
-    fn a_split_load_equals_a_whole_load() {
+    /// (name, configuration, part of what both loads say) of `a_split_load_equals_a_whole_load`.
+    fn split_cases() -> Vec<(&'static str, String, &'static str)> {
         let jobs: String = (0..50).map(job).collect();
-        let cases: Vec<(&str, String, &str)> = vec![
+        vec![
             ("valid", format!("{HEAD}{jobs}"), "state_dir: \"/st\""),
             (
                 "sections after and between jobs",
@@ -260,7 +260,12 @@ mod tests {
                 format!("{HEAD}{}[qlik]\n", job(1)),
                 "line",
             ),
-        ];
+        ]
+    }
+
+    #[test]
+    fn a_split_load_equals_a_whole_load() {
+        let cases = split_cases();
         println!("{} cases", cases.len());
         for (name, text, expect) in &cases {
             let out = same_as_whole(text);

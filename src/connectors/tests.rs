@@ -605,96 +605,98 @@ fn schemes_are_chosen_by_name_and_default_to_the_first() {
     }
 }
 
+/// A secret lacking what its scheme needs: (connector id, scheme, secret, the property that
+/// cannot be written, the secret key it needs).
+const MISSING_FIELD_CASES: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "snowflake",
+        "key_pair",
+        r#"{"username":"u","password":"p"}"#,
+        "PRIV_KEY_FILE",
+        "private_key",
+    ),
+    (
+        "rest",
+        "mtls",
+        r#"{"pfx":"cGZ4"}"#,
+        "mutualPfxCertificateKey",
+        "pfx_password",
+    ),
+    (
+        "rest",
+        "header",
+        r#"{"username":"u"}"#,
+        "queryHeaders",
+        "token",
+    ),
+    (
+        "File_FileTransferConnector",
+        "private_key",
+        r#"{"username":"u","password":"p"}"#,
+        "privateKey",
+        "private_key",
+    ),
+    (
+        "reptgt_qdiadls",
+        "client_secret",
+        r#"{"client_id":"i","tenant_id":"t"}"#,
+        "adlsclientappkey",
+        "client_secret",
+    ),
+    (
+        "reptgt_qdis3",
+        "access_key",
+        r#"{"accessKey":"a"}"#,
+        "s3SecretKey",
+        "secretKey",
+    ),
+    (
+        "reptgt_qdidatabricks",
+        "token",
+        r#"{"password":"p"}"#,
+        "password",
+        "token",
+    ),
+    (
+        "reptgt_qdibigquery",
+        "service_account",
+        r#"{"client_email":"x"}"#,
+        "jsonCredentials",
+        "key_file",
+    ),
+    (
+        "athena",
+        "iam_credentials",
+        r#"{"password":"p"}"#,
+        "username",
+        "username",
+    ),
+    (
+        "sfdc",
+        "password",
+        r#"{"username":"u@acme.example","password":"p"}"#,
+        "sftoken",
+        "security_token",
+    ),
+    (
+        "sfdc",
+        "password",
+        r#"{"password":"p","security_token":"t"}"#,
+        "UserId",
+        "username",
+    ),
+    (
+        "reptgt_qdisnowflake",
+        "password",
+        r#"{"username":"SVC_LOAD"}"#,
+        "password",
+        "password",
+    ),
+];
+
 #[test]
 fn a_secret_lacking_what_the_scheme_needs_names_the_key() {
-    let cases: &[(&str, &str, &str, &str, &str)] = &[
-        // (id, scheme, secret, property, key)
-        (
-            "snowflake",
-            "key_pair",
-            r#"{"username":"u","password":"p"}"#,
-            "PRIV_KEY_FILE",
-            "private_key",
-        ),
-        (
-            "rest",
-            "mtls",
-            r#"{"pfx":"cGZ4"}"#,
-            "mutualPfxCertificateKey",
-            "pfx_password",
-        ),
-        (
-            "rest",
-            "header",
-            r#"{"username":"u"}"#,
-            "queryHeaders",
-            "token",
-        ),
-        (
-            "File_FileTransferConnector",
-            "private_key",
-            r#"{"username":"u","password":"p"}"#,
-            "privateKey",
-            "private_key",
-        ),
-        (
-            "reptgt_qdiadls",
-            "client_secret",
-            r#"{"client_id":"i","tenant_id":"t"}"#,
-            "adlsclientappkey",
-            "client_secret",
-        ),
-        (
-            "reptgt_qdis3",
-            "access_key",
-            r#"{"accessKey":"a"}"#,
-            "s3SecretKey",
-            "secretKey",
-        ),
-        (
-            "reptgt_qdidatabricks",
-            "token",
-            r#"{"password":"p"}"#,
-            "password",
-            "token",
-        ),
-        (
-            "reptgt_qdibigquery",
-            "service_account",
-            r#"{"client_email":"x"}"#,
-            "jsonCredentials",
-            "key_file",
-        ),
-        (
-            "athena",
-            "iam_credentials",
-            r#"{"password":"p"}"#,
-            "username",
-            "username",
-        ),
-        (
-            "sfdc",
-            "password",
-            r#"{"username":"u@acme.example","password":"p"}"#,
-            "sftoken",
-            "security_token",
-        ),
-        (
-            "sfdc",
-            "password",
-            r#"{"password":"p","security_token":"t"}"#,
-            "UserId",
-            "username",
-        ),
-        (
-            "reptgt_qdisnowflake",
-            "password",
-            r#"{"username":"SVC_LOAD"}"#,
-            "password",
-            "password",
-        ),
-    ];
-    for (id, scheme_name, secret, property, key) in cases {
+    for (id, scheme_name, secret, property, key) in MISSING_FIELD_CASES {
         let connector = Connector::lookup(id).unwrap();
         let scheme = connector.scheme(Some(scheme_name)).unwrap();
         let mut s = BuildSpec::from_catalogue(&connector, scheme, &BTreeMap::new());

@@ -388,50 +388,73 @@ fn value_from_output(
     })
 }
 
-/// What kind of failure an AWS error code stands for.
+/// What kind of failure an AWS error stands for; each source words it with its own hints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
+pub(crate) enum Class {
     NotFound,
     AccessDenied,
     Invalid,
     Unavailable,
 }
 
-fn class_of_code(code: &str) -> Option<Class> {
+/// An AWS service whose errors [`classify_sdk_error`] classifies: its name in messages and
+/// the error codes of its own (the codes every AWS service shares are in `common_class_of_code`).
+pub(crate) struct AwsService {
+    /// How messages name the service: "Secrets Manager", "SSM".
+    pub name: &'static str,
+    /// The class of one of the service's own error codes.
+    pub class_of_code: fn(&str) -> Option<Class>,
+}
+
+/// Secrets Manager, for [`classify_sdk_error`].
+const SECRETS_MANAGER: AwsService = AwsService {
+    name: "Secrets Manager",
+    class_of_code,
+};
+
+/// The error codes of authentication, validation, throttling and server failures that every
+/// AWS (JSON protocol) service answers with.
+fn common_class_of_code(code: &str) -> Option<Class> {
     Some(match code {
-        "ResourceNotFoundException" => Class::NotFound,
         "AccessDeniedException"
         | "AccessDenied"
-        | "DecryptionFailure"
         | "UnrecognizedClientException"
         | "InvalidClientTokenId"
         | "InvalidSignatureException"
         | "SignatureDoesNotMatch"
         | "IncompleteSignature"
         | "MissingAuthenticationToken"
-        | "InvalidToken"
         | "ExpiredToken"
         | "ExpiredTokenException"
         | "RequestExpired" => Class::AccessDenied,
-        "InvalidRequestException" | "InvalidParameterException" | "ValidationException" => {
-            Class::Invalid
-        }
-        "InternalServiceError"
-        | "InternalFailure"
+        "ValidationException" => Class::Invalid,
+        "InternalFailure"
         | "InternalServerError"
         | "ServiceUnavailable"
-        | "ServiceUnavailableException"
         | "ThrottlingException"
         | "Throttling"
-        | "TooManyRequestsException"
         | "RequestLimitExceeded"
+        | "RequestTimeout" => Class::Unavailable,
+        _ => return None,
+    })
+}
+
+/// Secrets Manager's own error codes.
+fn class_of_code(code: &str) -> Option<Class> {
+    Some(match code {
+        "ResourceNotFoundException" => Class::NotFound,
+        "DecryptionFailure" | "InvalidToken" => Class::AccessDenied,
+        "InvalidRequestException" | "InvalidParameterException" => Class::Invalid,
+        "InternalServiceError"
+        | "ServiceUnavailableException"
+        | "TooManyRequestsException"
         | "LimitExceededException"
-        | "RequestTimeout"
         | "RequestTimeoutException" => Class::Unavailable,
         _ => return None,
     })
 }
 
+/// The class of an answer without a known error code.
 fn class_of_status(status: u16) -> Class {
     match status {
         401 | 403 => Class::AccessDenied,
@@ -440,6 +463,100 @@ fn class_of_status(status: u16) -> Class {
         400..=499 => Class::Invalid,
         _ => Class::Unavailable,
     }
+}
+
+/// Classifies an SDK error of `service` from its error code (the service's own, then the
+/// common ones), its HTTP status, or its transport failure; the message holds the code and the
+/// AWS message (escaped, capped), never a response body. A setup problem (no credentials, no
+/// region) is returned as the final [`SourceError`] at once.
+pub(crate) fn classify_sdk_error<E>(
+    secret: &SecretRef,
+    err: &SdkError<E, HttpResponse>,
+    service: &AwsService,
+) -> Result<(Class, String), SourceError>
+where
+    E: ProvideErrorMetadata + StdError + 'static,
+{
+    if matches!(
+        err,
+        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_)
+    ) && let Some(problem) = setup_problem(secret, err, service.name)
+    {
+        return Err(problem);
+    }
+    let name = service.name;
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let cause = |e: &(dyn StdError + 'static)| crate::text::printable(&error_chain(e), MAX_CAUSE);
+    Ok(match err {
+        SdkError::ServiceError(ctx) => service_error(ctx.err(), status, service),
+        SdkError::TimeoutError(_) => (Class::Unavailable, format!("request to {name} timed out")),
+        SdkError::DispatchFailure(failure) => {
+            let kind = if failure.is_timeout() {
+                "timed out"
+            } else if failure.is_io() {
+                "connection failed"
+            } else {
+                "failed"
+            };
+            let chain = (failure.as_connector_error())
+                .map(|e| cause(e))
+                .unwrap_or_default();
+            let message = with_cause(format!("request to {name} {kind}"), &chain);
+            (Class::Unavailable, message)
+        }
+        SdkError::ResponseError(_) => (
+            Class::Unavailable,
+            format!(
+                "unreadable response from {name}{}",
+                status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+            ),
+        ),
+        SdkError::ConstructionFailure(_) => (
+            Class::Invalid,
+            with_cause(format!("could not build the {name} request"), &cause(err)),
+        ),
+        _ => (
+            Class::Unavailable,
+            with_cause(format!("{name} request failed"), &cause(err)),
+        ),
+    })
+}
+
+/// `message: cause`, or `message` alone when there is no cause.
+fn with_cause(message: String, cause: &str) -> String {
+    if cause.is_empty() {
+        message
+    } else {
+        format!("{message}: {cause}")
+    }
+}
+
+/// The class and message of an error the service answered: its code (else the HTTP status)
+/// and its AWS message on one escaped, capped line.
+fn service_error<E: ProvideErrorMetadata>(
+    e: &E,
+    status: Option<u16>,
+    service: &AwsService,
+) -> (Class, String) {
+    let code = e.code();
+    let class = code
+        .and_then(|c| (service.class_of_code)(c).or_else(|| common_class_of_code(c)))
+        .or(status.map(class_of_status))
+        .unwrap_or(Class::Unavailable);
+    let mut message = match (code, status) {
+        (Some(code), _) => code.to_owned(),
+        (None, Some(status)) => format!("HTTP {status} without an AWS error code"),
+        (None, None) => "error without an AWS error code".to_owned(),
+    };
+    if let Some(m) = e.message() {
+        // AWS (and moto) messages sometimes carry runs of spaces and newlines.
+        let m = m.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !m.is_empty() {
+            message.push_str(": ");
+            message.push_str(&crate::text::printable(&m, MAX_CAUSE));
+        }
+    }
+    (class, message)
 }
 
 fn selector_detail(selector: &VersionSelector) -> String {
@@ -472,7 +589,7 @@ pub const CREDENTIAL_CHAIN_HINT: &str = "tried, in order: environment (set AWS_A
      account with eks.amazonaws.com/role-arn), container credentials (ECS task role) and the \
      EC2 instance role (instance metadata); set one of them";
 
-/// Longest cause shown after a setup problem's hint (characters).
+/// Longest cause or AWS message shown in an error (characters).
 const MAX_CAUSE: usize = 300;
 
 /// A problem of the AWS client's setup rather than of the request: no credentials from the
@@ -518,75 +635,12 @@ pub(crate) fn setup_problem(
     None
 }
 
-/// Maps an SDK error to a [`SourceError`]. Uses only error codes, AWS messages, status codes
-/// and transport errors: never a response body.
+/// Maps an SDK error to a [`SourceError`] (see [`classify_sdk_error`]), with what to check
+/// when the secret is not found or access is denied.
 fn classify(secret: &SecretRef, err: &SdkError<GetSecretValueError, HttpResponse>) -> SourceError {
-    if matches!(
-        err,
-        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_)
-    ) && let Some(problem) = setup_problem(secret, err, "Secrets Manager")
-    {
-        return problem;
-    }
-    let (class, message) = match err {
-        SdkError::ServiceError(ctx) => {
-            let service = ctx.err();
-            let code = service.code();
-            let status = ctx_status(err);
-            let class = code
-                .and_then(class_of_code)
-                .or(status.map(class_of_status))
-                .unwrap_or(Class::Unavailable);
-            let mut message = match (code, status) {
-                (Some(code), _) => code.to_owned(),
-                (None, Some(status)) => format!("HTTP {status} without an AWS error code"),
-                (None, None) => "error without an AWS error code".to_owned(),
-            };
-            if let Some(m) = service.message() {
-                // AWS (and moto) messages sometimes carry runs of spaces and newlines.
-                let m = m.split_whitespace().collect::<Vec<_>>().join(" ");
-                if !m.is_empty() {
-                    message.push_str(": ");
-                    message.push_str(&m);
-                }
-            }
-            (class, message)
-        }
-        SdkError::TimeoutError(_) => (
-            Class::Unavailable,
-            "request to Secrets Manager timed out".to_owned(),
-        ),
-        SdkError::DispatchFailure(failure) => {
-            let kind = if failure.is_timeout() {
-                "timed out"
-            } else if failure.is_io() {
-                "connection failed"
-            } else {
-                "request failed"
-            };
-            let chain = failure
-                .as_connector_error()
-                .map(|e| error_chain(e))
-                .unwrap_or_default();
-            (
-                Class::Unavailable,
-                format!("request to Secrets Manager {kind}: {chain}"),
-            )
-        }
-        SdkError::ResponseError(_) => (
-            Class::Unavailable,
-            format!(
-                "unreadable response from Secrets Manager{}",
-                ctx_status(err)
-                    .map(|s| format!(" (HTTP {s})"))
-                    .unwrap_or_default()
-            ),
-        ),
-        SdkError::ConstructionFailure(_) => (
-            Class::Invalid,
-            format!("could not build the request: {}", error_chain(err)),
-        ),
-        _ => (Class::Unavailable, error_chain(err)),
+    let (class, message) = match classify_sdk_error(secret, err, &SECRETS_MANAGER) {
+        Ok(classified) => classified,
+        Err(problem) => return problem,
     };
     let id = secret.id.clone();
     match class {
@@ -606,11 +660,6 @@ fn classify(secret: &SecretRef, err: &SdkError<GetSecretValueError, HttpResponse
         Class::Invalid => SourceError::Invalid { id, message },
         Class::Unavailable => SourceError::Unavailable { id, message },
     }
-}
-
-/// The HTTP status of the raw response, when the error has one.
-fn ctx_status(err: &SdkError<GetSecretValueError, HttpResponse>) -> Option<u16> {
-    err.raw_response().map(|r| r.status().as_u16())
 }
 
 #[cfg(test)]
@@ -806,6 +855,58 @@ mod tests {
                 .contains("check the job's `secret` (name or ARN)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn hostile_aws_messages_and_causes_are_escaped_and_capped() {
+        let hostile = format!("evil\u{1b}[31m\r\nline {}", "x".repeat(5000));
+        let meta = ErrorMetadata::builder()
+            .code("ThrottlingException")
+            .message(&hostile)
+            .build();
+        let err = SdkError::service_error(
+            GetSecretValueError::generic(meta),
+            HttpResponse::new(400.try_into().unwrap(), SdkBody::empty()),
+        );
+        let dispatched = dispatch(hostile.clone().into());
+        for err in [
+            classify(&current(), &err),
+            classify(&current(), &dispatched),
+        ] {
+            assert_eq!(err.error_type(), "secret_source_unavailable", "{err}");
+            let text = err.to_string();
+            assert!(text.contains("evil"), "{text}");
+            assert!(!text.chars().any(char::is_control), "escaped: {text:?}");
+            assert!(text.chars().count() < 1000, "capped: {}", text.len());
+        }
+        assert!(
+            classify(&current(), &dispatched)
+                .to_string()
+                .contains("request to Secrets Manager failed: "),
+            "the transport cause is kept"
+        );
+    }
+
+    #[test]
+    fn codes_every_aws_service_shares_are_classified_for_each_service() {
+        let ssm = AwsService {
+            name: "SSM",
+            class_of_code: |_| None,
+        };
+        for (code, class) in [
+            ("ExpiredTokenException", Class::AccessDenied),
+            ("ValidationException", Class::Invalid),
+            ("RequestLimitExceeded", Class::Unavailable),
+            // Secrets Manager's own codes mean nothing to another service: its status decides.
+            ("ResourceNotFoundException", Class::Invalid),
+            ("DecryptionFailure", Class::Invalid),
+        ] {
+            let got = classify_sdk_error(&current(), &service_error(Some(code), 400), &ssm);
+            assert_eq!(got.map(|(c, _)| c).ok(), Some(class), "{code}");
+        }
+        let slow: SdkError<GetSecretValueError, HttpResponse> = SdkError::timeout_error("slow");
+        let got = classify_sdk_error(&current(), &slow, &ssm);
+        assert_eq!(got.unwrap().1, "request to SSM timed out");
     }
 
     #[test]

@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use super::{
     SecretPayload, SecretRef, SecretSource, SecretValue, SourceError, SourceFactory,
     VersionSelector,
+    aws::{AwsService, Class},
 };
 use crate::{
     text,
@@ -49,8 +50,6 @@ pub const MAX_PARAMETERS_PER_PATH: usize = 50;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// The longest `name=version` list kept as a path's version before it is hashed.
 const MAX_VERSION_LIST: usize = 256;
-/// The most characters of an AWS error message kept.
-const MAX_AWS_MESSAGE: usize = 300;
 
 /// `[sources.NAME] type = "aws_ssm"`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -202,19 +201,8 @@ impl AwsSsm {
     }
 
     async fn get_path(&self, secret: &SecretRef, path: &str) -> Result<SecretValue, SourceError> {
-        let invalid = |message: String| SourceError::Invalid {
-            id: secret.id.clone(),
-            message,
-        };
-        let mut fields = serde_json::Map::new();
-        let mut versions: Vec<(String, i64)> = Vec::new();
-        let mut newest: Option<i64> = None;
+        let mut below = PathFields::new(path);
         let mut next: Option<String> = None;
-        let prefix = if path == "/" {
-            "/".to_owned()
-        } else {
-            format!("{path}/")
-        };
         loop {
             let out = self
                 .client
@@ -228,64 +216,14 @@ impl AwsSsm {
                 .await
                 .map_err(|e| classify(secret, &e))?;
             for p in out.parameters() {
-                let name = p.name().unwrap_or_default();
-                let Some(field) = name.strip_prefix(&prefix).filter(|f| {
-                    !f.is_empty() && !f.contains('/') && !f.chars().any(text::is_unsafe)
-                }) else {
-                    return Err(invalid(format!(
-                        "GetParametersByPath answered with parameter {} outside the path",
-                        text::quoted(name, 200)
-                    )));
-                };
-                let value = checked_value(secret, p)?;
-                if fields.insert(field.to_owned(), value.into()).is_some() {
-                    return Err(invalid(format!(
-                        "parameter {} was answered twice",
-                        text::quoted(field, 200)
-                    )));
-                }
-                versions.push((field.to_owned(), p.version()));
-                if let Some(t) = p.last_modified_date().map(|d| d.secs()) {
-                    newest = Some(newest.map_or(t, |n| n.max(t)));
-                }
-                if fields.len() > MAX_PARAMETERS_PER_PATH {
-                    return Err(invalid(format!(
-                        "more than {MAX_PARAMETERS_PER_PATH} parameters below the path"
-                    )));
-                }
+                below.add(secret, p)?;
             }
             match out.next_token() {
                 Some(t) if !t.is_empty() => next = Some(t.to_owned()),
                 _ => break,
             }
         }
-        if fields.is_empty() {
-            return Err(SourceError::NotFound {
-                id: secret.id.clone(),
-                detail: ": no parameter directly below this path".to_owned(),
-            });
-        }
-        versions.sort();
-        let list = versions
-            .iter()
-            .map(|(f, v)| format!("{f}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let version = if list.len() <= MAX_VERSION_LIST {
-            list
-        } else {
-            format!(
-                "sha256:{}",
-                &hex::encode(Sha256::digest(list.as_bytes()))[..16]
-            )
-        };
-        let json = serde_json::Value::Object(fields).to_string();
-        Ok(SecretValue {
-            version,
-            payload: SecretPayload::Text(SecretString::from(json)),
-            // A path is many parameters: the newest change among them.
-            created: newest,
-        })
+        below.into_value(secret)
     }
 
     /// One `GetParameters` call for up to [`BATCH_SIZE`] names: per name, its answer, or
@@ -440,110 +378,134 @@ impl SecretSource for AwsSsm {
     }
 }
 
-/// What kind of failure an SSM error code stands for.
-fn class_of_code(code: &str) -> Option<&'static str> {
+/// The parameters directly below a path, gathered page by page into one JSON object.
+struct PathFields {
+    /// The path with its trailing `/`.
+    prefix: String,
+    fields: serde_json::Map<String, serde_json::Value>,
+    /// `(field, version)` of each parameter.
+    versions: Vec<(String, i64)>,
+    /// The newest `LastModifiedDate` (seconds).
+    newest: Option<i64>,
+}
+
+impl PathFields {
+    fn new(path: &str) -> Self {
+        let prefix = if path == "/" {
+            "/".to_owned()
+        } else {
+            format!("{path}/")
+        };
+        PathFields {
+            prefix,
+            fields: serde_json::Map::new(),
+            versions: Vec::new(),
+            newest: None,
+        }
+    }
+
+    /// Adds one answered parameter: it must be directly below the path, answered once, and
+    /// at most [`MAX_PARAMETERS_PER_PATH`] of them.
+    fn add(&mut self, secret: &SecretRef, p: &Parameter) -> Result<(), SourceError> {
+        let invalid = |message: String| SourceError::Invalid {
+            id: secret.id.clone(),
+            message,
+        };
+        let name = p.name().unwrap_or_default();
+        let Some(field) = name
+            .strip_prefix(&self.prefix)
+            .filter(|f| !f.is_empty() && !f.contains('/') && !f.chars().any(text::is_unsafe))
+        else {
+            return Err(invalid(format!(
+                "GetParametersByPath answered with parameter {} outside the path",
+                text::quoted(name, 200)
+            )));
+        };
+        let value = checked_value(secret, p)?;
+        if self.fields.insert(field.to_owned(), value.into()).is_some() {
+            return Err(invalid(format!(
+                "parameter {} was answered twice",
+                text::quoted(field, 200)
+            )));
+        }
+        self.versions.push((field.to_owned(), p.version()));
+        if let Some(t) = p.last_modified_date().map(|d| d.secs()) {
+            self.newest = Some(self.newest.map_or(t, |n| n.max(t)));
+        }
+        if self.fields.len() > MAX_PARAMETERS_PER_PATH {
+            return Err(invalid(format!(
+                "more than {MAX_PARAMETERS_PER_PATH} parameters below the path"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The secret: the fields as a JSON object, its version the sorted `field=version` list
+    /// (hashed when long). Not found when no parameter is directly below the path.
+    fn into_value(mut self, secret: &SecretRef) -> Result<SecretValue, SourceError> {
+        if self.fields.is_empty() {
+            return Err(SourceError::NotFound {
+                id: secret.id.clone(),
+                detail: ": no parameter directly below this path".to_owned(),
+            });
+        }
+        self.versions.sort();
+        let list = (self.versions.iter())
+            .map(|(f, v)| format!("{f}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let version = if list.len() <= MAX_VERSION_LIST {
+            list
+        } else {
+            format!(
+                "sha256:{}",
+                &hex::encode(Sha256::digest(list.as_bytes()))[..16]
+            )
+        };
+        let json = serde_json::Value::Object(self.fields).to_string();
+        Ok(SecretValue {
+            version,
+            payload: SecretPayload::Text(SecretString::from(json)),
+            // A path is many parameters: the newest change among them.
+            created: self.newest,
+        })
+    }
+}
+
+/// SSM, for [`super::aws::classify_sdk_error`].
+const SSM: AwsService = AwsService {
+    name: "SSM",
+    class_of_code,
+};
+
+/// SSM's own error codes (the ones every AWS service shares are classified in `aws`).
+fn class_of_code(code: &str) -> Option<Class> {
     Some(match code {
         "ParameterNotFound" | "ParameterVersionNotFound" | "ParameterVersionLabelNotFound" => {
-            "not_found"
+            Class::NotFound
         }
-        "AccessDeniedException"
-        | "AccessDenied"
-        | "InvalidKeyId"
-        | "KMSAccessDeniedException"
-        | "UnrecognizedClientException"
-        | "InvalidClientTokenId"
-        | "InvalidSignatureException"
-        | "SignatureDoesNotMatch"
-        | "IncompleteSignature"
-        | "MissingAuthenticationToken"
-        | "ExpiredToken"
-        | "ExpiredTokenException"
-        | "RequestExpired" => "denied",
-        "ValidationException"
-        | "InvalidFilterKey"
-        | "InvalidNextToken"
-        | "InvalidParameter"
-        | "InvalidParameters" => "invalid",
-        "InternalServerError"
-        | "InternalFailure"
-        | "ServiceUnavailable"
-        | "ThrottlingException"
-        | "Throttling"
-        | "TooManyUpdates"
-        | "RequestTimeout"
-        | "RequestLimitExceeded" => "unavailable",
+        "InvalidKeyId" | "KMSAccessDeniedException" => Class::AccessDenied,
+        "InvalidFilterKey" | "InvalidNextToken" | "InvalidParameter" | "InvalidParameters" => {
+            Class::Invalid
+        }
+        "TooManyUpdates" => Class::Unavailable,
         _ => return None,
     })
 }
 
-/// Maps an SDK error to a [`SourceError`] from its code, AWS message (escaped, capped) or
-/// status; never a response body.
+/// Maps an SDK error to a [`SourceError`] (see [`super::aws::classify_sdk_error`]); a
+/// parameter not found names the version or label asked for.
 fn classify<E>(secret: &SecretRef, err: &SdkError<E, HttpResponse>) -> SourceError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let status = err.raw_response().map(|r| r.status().as_u16());
-    if matches!(
-        err,
-        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_)
-    ) && let Some(problem) = super::aws::setup_problem(secret, err, "SSM")
-    {
-        return problem;
-    }
-    let (class, message) = match err {
-        SdkError::ServiceError(ctx) => {
-            let e = ctx.err();
-            let code = e.code();
-            let class = code.and_then(class_of_code).unwrap_or(match status {
-                Some(401 | 403) => "denied",
-                Some(404) => "not_found",
-                Some(408 | 429) | None => "unavailable",
-                Some(400..=499) => "invalid",
-                Some(_) => "unavailable",
-            });
-            let mut message = match (code, status) {
-                (Some(code), _) => code.to_owned(),
-                (None, Some(s)) => format!("HTTP {s} without an AWS error code"),
-                (None, None) => "error without an AWS error code".to_owned(),
-            };
-            if let Some(m) = e.message() {
-                let m = m.split_whitespace().collect::<Vec<_>>().join(" ");
-                if !m.is_empty() {
-                    message.push_str(": ");
-                    message.push_str(&text::printable(&m, MAX_AWS_MESSAGE));
-                }
-            }
-            (class, message)
-        }
-        SdkError::TimeoutError(_) => ("unavailable", "request to SSM timed out".to_owned()),
-        SdkError::DispatchFailure(f) => (
-            "unavailable",
-            format!(
-                "request to SSM {}",
-                if f.is_timeout() {
-                    "timed out"
-                } else if f.is_io() {
-                    "connection failed"
-                } else {
-                    "failed"
-                }
-            ),
-        ),
-        SdkError::ResponseError(_) => (
-            "unavailable",
-            format!(
-                "unreadable response from SSM{}",
-                status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
-            ),
-        ),
-        SdkError::ConstructionFailure(_) => {
-            ("invalid", "could not build the SSM request".to_owned())
-        }
-        _ => ("unavailable", "SSM request failed".to_owned()),
+    let (class, message) = match super::aws::classify_sdk_error(secret, err, &SSM) {
+        Ok(classified) => classified,
+        Err(problem) => return problem,
     };
     let id = secret.id.clone();
     match class {
-        "not_found" => SourceError::NotFound {
+        Class::NotFound => SourceError::NotFound {
             id,
             detail: format!(
                 "{}: {message}",
@@ -555,9 +517,9 @@ where
                 }
             ),
         },
-        "denied" => SourceError::AccessDenied { id, message },
-        "invalid" => SourceError::Invalid { id, message },
-        _ => SourceError::Unavailable {
+        Class::AccessDenied => SourceError::AccessDenied { id, message },
+        Class::Invalid => SourceError::Invalid { id, message },
+        Class::Unavailable => SourceError::Unavailable {
             id,
             message: text::cap(&message, 600).into_owned(),
         },

@@ -129,6 +129,120 @@ pub struct VaultConfig {
 /// The `auth` methods, in the order messages list them.
 const AUTH_METHODS: &[&str] = &["token", "approle", "kubernetes"];
 
+/// The `auth` key of a `vault` source and the keys of its methods, as written.
+struct AuthKeys {
+    method: Option<String>,
+    token_file: Option<String>,
+    role_id: Option<String>,
+    secret_id_file: Option<String>,
+    role: Option<String>,
+    jwt_file: Option<String>,
+    auth_mount: Option<String>,
+}
+
+impl AuthKeys {
+    fn read(t: &mut Table<'_>, errs: &mut Errors) -> Self {
+        AuthKeys {
+            method: t.req_str("auth", errs),
+            token_file: t.opt_str("token_file", errs),
+            role_id: t.opt_str("role_id", errs),
+            secret_id_file: t.opt_str("secret_id_file", errs),
+            role: t.opt_str("role", errs),
+            jwt_file: t.opt_str("jwt_file", errs),
+            auth_mount: vault_path(t, "auth_mount", errs),
+        }
+    }
+
+    /// The login the keys describe; each key its method needs and lacks is an error.
+    fn auth(&self, t: &Table<'_>, base_dir: &Path, errs: &mut Errors) -> Option<VaultAuth> {
+        let mut required = |key: &'static str, value: &Option<String>, method: &str| {
+            value.clone().or_else(|| {
+                errs.push(
+                    t.key_path(key),
+                    format!("is required with auth = \"{method}\""),
+                );
+                None
+            })
+        };
+        match self.method.as_deref() {
+            None => None,
+            Some("token") => {
+                let f = required("token_file", &self.token_file, "token");
+                f.map(|f| VaultAuth::Token {
+                    token_file: resolve(base_dir, &f),
+                })
+            }
+            Some("approle") => {
+                let r = required("role_id", &self.role_id, "approle");
+                let s = required("secret_id_file", &self.secret_id_file, "approle");
+                match (r, s) {
+                    (Some(role_id), Some(s)) => Some(VaultAuth::AppRole {
+                        mount: self
+                            .auth_mount
+                            .clone()
+                            .unwrap_or_else(|| "approle".to_owned()),
+                        role_id,
+                        secret_id_file: resolve(base_dir, &s),
+                    }),
+                    _ => None,
+                }
+            }
+            Some("kubernetes") => {
+                let r = required("role", &self.role, "kubernetes");
+                r.map(|role| VaultAuth::Kubernetes {
+                    mount: self
+                        .auth_mount
+                        .clone()
+                        .unwrap_or_else(|| "kubernetes".to_owned()),
+                    role,
+                    jwt_file: resolve(
+                        base_dir,
+                        self.jwt_file.as_deref().unwrap_or(DEFAULT_JWT_FILE),
+                    ),
+                })
+            }
+            Some(_) => {
+                errs.push(
+                    t.key_path("auth"),
+                    format!(
+                        "unknown auth method (expected {})",
+                        super::one_of(AUTH_METHODS)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Keys of one method only; each given with another (known) method is an error.
+    fn check_owners(&self, t: &Table<'_>, errs: &mut Errors) {
+        let Some(m) = self.method.as_deref().filter(|m| AUTH_METHODS.contains(m)) else {
+            return;
+        };
+        let owners: [(&'static str, bool, &str); 6] = [
+            ("token_file", self.token_file.is_some(), "token"),
+            ("role_id", self.role_id.is_some(), "approle"),
+            ("secret_id_file", self.secret_id_file.is_some(), "approle"),
+            ("role", self.role.is_some(), "kubernetes"),
+            ("jwt_file", self.jwt_file.is_some(), "kubernetes"),
+            (
+                "auth_mount",
+                self.auth_mount.is_some(),
+                "approle\" or auth = \"kubernetes",
+            ),
+        ];
+        for (key, present, owner) in owners {
+            let belongs = owner.split("\" or auth = \"").any(|o| o == m);
+            if present && !belongs {
+                errs.push(
+                    t.key_path(key),
+                    format!("is only used with auth = \"{owner}\""),
+                );
+            }
+        }
+    }
+}
+
 impl SourceFactory for VaultConfig {
     const TYPE: &'static str = "vault";
     const KEYS: &'static [&'static str] = &[
@@ -159,91 +273,12 @@ impl SourceFactory for VaultConfig {
         let mount = vault_path(t, "mount", errs).unwrap_or_else(|| "secret".to_owned());
         let namespace = vault_path(t, "namespace", errs);
         let ca_file = t.opt_str("ca_file", errs).map(|p| resolve(base_dir, &p));
-        let method = t.req_str("auth", errs);
-        let token_file = t.opt_str("token_file", errs);
-        let role_id = t.opt_str("role_id", errs);
-        let secret_id_file = t.opt_str("secret_id_file", errs);
-        let role = t.opt_str("role", errs);
-        let jwt_file = t.opt_str("jwt_file", errs);
-        let auth_mount = vault_path(t, "auth_mount", errs);
+        let keys = AuthKeys::read(t, errs);
         let timeout = t
             .opt_duration("timeout", RANGE_TIMEOUT, errs)
             .unwrap_or(DEFAULT_TIMEOUT);
-
-        // Keys of one method only; each given with another method is an error.
-        let owners: [(&'static str, bool, &str); 6] = [
-            ("token_file", token_file.is_some(), "token"),
-            ("role_id", role_id.is_some(), "approle"),
-            ("secret_id_file", secret_id_file.is_some(), "approle"),
-            ("role", role.is_some(), "kubernetes"),
-            ("jwt_file", jwt_file.is_some(), "kubernetes"),
-            (
-                "auth_mount",
-                auth_mount.is_some(),
-                "approle\" or auth = \"kubernetes",
-            ),
-        ];
-        let mut required = |key: &'static str, value: Option<String>, method: &str| {
-            value.or_else(|| {
-                errs.push(
-                    t.key_path(key),
-                    format!("is required with auth = \"{method}\""),
-                );
-                None
-            })
-        };
-        let auth = match method.as_deref() {
-            None => None,
-            Some("token") => {
-                let f = required("token_file", token_file, "token");
-                f.map(|f| VaultAuth::Token {
-                    token_file: resolve(base_dir, &f),
-                })
-            }
-            Some("approle") => {
-                let r = required("role_id", role_id, "approle");
-                let s = required("secret_id_file", secret_id_file, "approle");
-                match (r, s) {
-                    (Some(role_id), Some(s)) => Some(VaultAuth::AppRole {
-                        mount: auth_mount.clone().unwrap_or_else(|| "approle".to_owned()),
-                        role_id,
-                        secret_id_file: resolve(base_dir, &s),
-                    }),
-                    _ => None,
-                }
-            }
-            Some("kubernetes") => {
-                let r = required("role", role, "kubernetes");
-                r.map(|role| VaultAuth::Kubernetes {
-                    mount: auth_mount
-                        .clone()
-                        .unwrap_or_else(|| "kubernetes".to_owned()),
-                    role,
-                    jwt_file: resolve(base_dir, jwt_file.as_deref().unwrap_or(DEFAULT_JWT_FILE)),
-                })
-            }
-            Some(_) => {
-                errs.push(
-                    t.key_path("auth"),
-                    format!(
-                        "unknown auth method (expected {})",
-                        super::one_of(AUTH_METHODS)
-                    ),
-                );
-                None
-            }
-        };
-        if let Some(m) = method.as_deref().filter(|m| AUTH_METHODS.contains(m)) {
-            for (key, present, owner) in owners {
-                let belongs = owner.split("\" or auth = \"").any(|o| o == m);
-                if present && !belongs {
-                    errs.push(
-                        t.key_path(key),
-                        format!("is only used with auth = \"{owner}\""),
-                    );
-                }
-            }
-        }
+        let auth = keys.auth(t, base_dir, errs);
+        keys.check_owners(t, errs);
         Some(VaultConfig {
             address: address?,
             mount,
@@ -475,22 +510,9 @@ impl VaultSource {
         url
     }
 
-    /// Sends one request and classifies the answer (never follows a redirect; caps the
-    /// body). `redactor` holds the secrets in play, removed from any error text.
-    async fn call(
-        &self,
-        id: &str,
-        method: Method,
-        url: Url,
-        token: Option<&SecretString>,
-        body: Option<Zeroizing<Vec<u8>>>,
-        redactor: &Redactor,
-    ) -> Result<Reply, SourceError> {
-        let unavailable = |message: String| SourceError::Unavailable {
-            id: id.to_owned(),
-            message,
-        };
-        let http = self.http.as_ref().map_err(|m| unavailable(m.clone()))?;
+    /// The headers of every request: `X-Vault-Request`, the namespace, the token (marked
+    /// sensitive, so it is never logged).
+    fn headers(&self, id: &str, token: Option<&SecretString>) -> Result<HeaderMap, SourceError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             HeaderName::from_static("x-vault-request"),
@@ -512,6 +534,26 @@ impl VaultSource {
             v.set_sensitive(true);
             headers.insert(HeaderName::from_static("x-vault-token"), v);
         }
+        Ok(headers)
+    }
+
+    /// Sends one request and classifies the answer (never follows a redirect; caps the
+    /// body). `redactor` holds the secrets in play, removed from any error text.
+    async fn call(
+        &self,
+        id: &str,
+        method: Method,
+        url: Url,
+        token: Option<&SecretString>,
+        body: Option<Zeroizing<Vec<u8>>>,
+        redactor: &Redactor,
+    ) -> Result<Reply, SourceError> {
+        let unavailable = |message: String| SourceError::Unavailable {
+            id: id.to_owned(),
+            message,
+        };
+        let http = self.http.as_ref().map_err(|m| unavailable(m.clone()))?;
+        let headers = self.headers(id, token)?;
         let mut request = http.request(method, url).headers(headers);
         if let Some(body) = body {
             request = request
@@ -553,33 +595,7 @@ impl VaultSource {
                 ),
             });
         }
-        let errors = || vault_errors(&body, redactor);
-        match status {
-            s if s.is_success() => Ok(Reply::Ok(body)),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(Reply::Denied(format!(
-                "HTTP {}{}",
-                status.as_u16(),
-                errors()
-            ))),
-            StatusCode::NOT_FOUND => {
-                let e = errors();
-                Ok(Reply::NotFound(body, e))
-            }
-            StatusCode::TOO_MANY_REQUESTS
-            | StatusCode::REQUEST_TIMEOUT
-            | StatusCode::INTERNAL_SERVER_ERROR
-            | StatusCode::BAD_GATEWAY
-            | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT => Err(unavailable(format!(
-                "Vault answered HTTP {}{}",
-                status.as_u16(),
-                errors()
-            ))),
-            _ => Err(SourceError::Invalid {
-                id: id.to_owned(),
-                message: format!("Vault answered HTTP {}{}", status.as_u16(), errors()),
-            }),
-        }
+        reply(id, status, body, redactor)
     }
 
     /// A usable token: the current one (renewed when half its TTL is gone), or a fresh login.
@@ -942,6 +958,48 @@ fn vault_errors(body: &[u8], redactor: &Redactor) -> String {
         String::new()
     } else {
         format!(": {}", text::sanitize(&joined, redactor))
+    }
+}
+
+/// Classifies Vault's answer `status` with its `body`: 2xx is the body, 401/403 and 404 are
+/// replies the caller interprets, throttling and server errors are `secret_source_unavailable`,
+/// anything else is `invalid`. `redactor` cleans the error text quoted from the body.
+fn reply(
+    id: &str,
+    status: StatusCode,
+    body: Zeroizing<Vec<u8>>,
+    redactor: &Redactor,
+) -> Result<Reply, SourceError> {
+    let unavailable = |message: String| SourceError::Unavailable {
+        id: id.to_owned(),
+        message,
+    };
+    let errors = || vault_errors(&body, redactor);
+    match status {
+        s if s.is_success() => Ok(Reply::Ok(body)),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(Reply::Denied(format!(
+            "HTTP {}{}",
+            status.as_u16(),
+            errors()
+        ))),
+        StatusCode::NOT_FOUND => {
+            let e = errors();
+            Ok(Reply::NotFound(body, e))
+        }
+        StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::REQUEST_TIMEOUT
+        | StatusCode::INTERNAL_SERVER_ERROR
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => Err(unavailable(format!(
+            "Vault answered HTTP {}{}",
+            status.as_u16(),
+            errors()
+        ))),
+        _ => Err(SourceError::Invalid {
+            id: id.to_owned(),
+            message: format!("Vault answered HTTP {}{}", status.as_u16(), errors()),
+        }),
     }
 }
 

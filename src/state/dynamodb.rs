@@ -302,18 +302,7 @@ impl DynamoState {
         lease: &Lease,
         write: TransactWriteItem,
     ) -> Result<bool, StateError> {
-        let check = ConditionCheck::builder()
-            .table_name(&self.table)
-            .key(PARTITION_KEY, s(PK_LEASE))
-            .key(SORT_KEY, s(&lease.job))
-            .condition_expression("#o = :me AND #f = :fence")
-            .expression_attribute_names("#o", "owner")
-            .expression_attribute_names("#f", "fence")
-            .expression_attribute_values(":me", s(&lease.owner))
-            .expression_attribute_values(":fence", n(lease.fence))
-            .build()
-            .map_err(|e| self.malformed(op, format!("cannot build the request: {e}")))?;
-        let check = TransactWriteItem::builder().condition_check(check).build();
+        let check = self.lease_check(op, lease)?;
         let mut attempt = 0;
         let err = loop {
             attempt += 1;
@@ -330,25 +319,44 @@ impl DynamoState {
             };
             // Another request on the same items at the same moment (a replica trying to take
             // the lease): DynamoDB cancels with TransactionConflict; the write is tried again.
-            let conflict = err.as_service_error().is_some_and(|e| match e {
-                TransactWriteItemsError::TransactionCanceledException(c) => {
-                    let codes = || c.cancellation_reasons().iter().filter_map(|r| r.code());
-                    codes().any(|c| c == "TransactionConflict")
-                        && !codes().any(|c| c == "ConditionalCheckFailed")
-                }
-                _ => false,
-            });
-            if !conflict || attempt >= TRANSACTION_ATTEMPTS {
+            if !is_transaction_conflict(&err) || attempt >= TRANSACTION_ATTEMPTS {
                 break err;
             }
             tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
         };
+        self.canceled_under_lease(op, lease, &err).await
+    }
+
+    /// The `ConditionCheck` that `lease` is still held: its owner and fence are the item's.
+    fn lease_check(&self, op: Op, lease: &Lease) -> Result<TransactWriteItem, StateError> {
+        let check = ConditionCheck::builder()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, s(PK_LEASE))
+            .key(SORT_KEY, s(&lease.job))
+            .condition_expression("#o = :me AND #f = :fence")
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_names("#f", "fence")
+            .expression_attribute_values(":me", s(&lease.owner))
+            .expression_attribute_values(":fence", n(lease.fence))
+            .build()
+            .map_err(|e| self.malformed(op, format!("cannot build the request: {e}")))?;
+        Ok(TransactWriteItem::builder().condition_check(check).build())
+    }
+
+    /// What a failed transaction under `lease` means: the lease lost (its check failed),
+    /// `Ok(false)` (only the write's own condition failed), or the error itself.
+    async fn canceled_under_lease(
+        &self,
+        op: Op,
+        lease: &Lease,
+        err: &SdkError<TransactWriteItemsError, HttpResponse>,
+    ) -> Result<bool, StateError> {
         let canceled = err.as_service_error().and_then(|e| match e {
             TransactWriteItemsError::TransactionCanceledException(c) => Some(c),
             _ => None,
         });
         let Some(canceled) = canceled else {
-            return Err(self.err(op, &err));
+            return Err(self.err(op, err));
         };
         let failed = |i: usize| {
             canceled
@@ -380,7 +388,7 @@ impl DynamoState {
             }
             return Ok(false);
         }
-        Err(self.err(op, &err))
+        Err(self.err(op, err))
     }
 
     /// The lease item of `job` as it is now (strongly consistent); an error when malformed.
@@ -1255,6 +1263,19 @@ where
         action: op.action,
         message,
     }
+}
+
+/// A transaction canceled only because another one touched the same items at that moment
+/// (`TransactionConflict`, no failed condition): worth trying again.
+fn is_transaction_conflict(err: &SdkError<TransactWriteItemsError, HttpResponse>) -> bool {
+    err.as_service_error().is_some_and(|e| match e {
+        TransactWriteItemsError::TransactionCanceledException(c) => {
+            let codes = || c.cancellation_reasons().iter().filter_map(|r| r.code());
+            codes().any(|c| c == "TransactionConflict")
+                && !codes().any(|c| c == "ConditionalCheckFailed")
+        }
+        _ => false,
+    })
 }
 
 #[cfg(test)]

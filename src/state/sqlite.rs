@@ -172,6 +172,84 @@ fn flags(read_only: bool) -> OpenFlags {
     }
 }
 
+/// Opens the database file at `path` (created 0600 when missing) after the file checks, in
+/// WAL mode with full sync; refused when this process may not write it.
+fn open_connection(path: &Path) -> Result<Connection, StateError> {
+    if !check_db_file(path)? {
+        // Created here, 0600 whatever the umask, never through a link.
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_err(path, "cannot create the state database"))?;
+    }
+    check_companions(path)?;
+    let mut conn = Connection::open_with_flags(path, flags(false)).map_err(|e| {
+        if is_corruption(&e) {
+            corrupt(path, &e)
+        } else {
+            db_err("open")(e)
+        }
+    })?;
+    let setup = |conn: &mut Connection| -> Result<(), rusqlite::Error> {
+        // Only this process writes (the lock): a busy database means another program
+        // holds it, and a write fails soon rather than stalling the runner.
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(rusqlite::Error::InvalidQuery);
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(())
+    };
+    setup(&mut conn).map_err(|e| {
+        if is_corruption(&e) {
+            corrupt(path, &e)
+        } else {
+            db_err("setup")(e)
+        }
+    })?;
+    // A file the process may not write (mode 0400 for a non-root user) opens read-only
+    // without a word from SQLite: refused here, before anything is sent.
+    if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+        return Err(StateError::Database {
+            path: path.to_owned(),
+            detail: "is read-only for this process".into(),
+            fix: format!(
+                "make it writable by the rotator's user: chmod 600 {}",
+                path.display()
+            ),
+        });
+    }
+    Ok(conn)
+}
+
+/// `quick_check`, then proof that the database takes writes now, not at the first rotation.
+fn check_usable(conn: &Connection, path: &Path) -> Result<(), StateError> {
+    let check: String = conn
+        .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+        .map_err(|e| corrupt(path, &e))?;
+    if check != "ok" {
+        return Err(corrupt(path, "quick_check failed"));
+    }
+    // Prove the database takes writes now, not at the first rotation: another program
+    // holding a write transaction (an sqlite3 shell, a backup tool) is reported here.
+    conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StateError::Database {
+                    path: path.to_owned(),
+                    detail: "is locked by another program (it holds a write transaction)".into(),
+                    fix: "end that program's transaction (an sqlite3 shell, a backup tool), then start again; readers such as `qlik-rotator history` never lock it".into(),
+                }
+            }
+            _ if is_corruption(&e) => corrupt(path, &e),
+            _ => db_err("prove writable")(e),
+        })?;
+    Ok(())
+}
+
 impl SqliteBackend {
     /// Opens (creating when missing) `<dir>/state.db` for exclusive use: the directory rules
     /// and lock of the module docs, then the file checks, WAL, migrations, `quick_check`, the
@@ -185,74 +263,9 @@ impl SqliteBackend {
         let dir = dir.into();
         let lock = lock_dir(&dir)?;
         let path = dir.join(DB_FILE);
-        if !check_db_file(&path)? {
-            // Created here, 0600 whatever the umask, never through a link.
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io_err(&path, "cannot create the state database"))?;
-        }
-        check_companions(&path)?;
-        let mut conn = Connection::open_with_flags(&path, flags(false)).map_err(|e| {
-            if is_corruption(&e) {
-                corrupt(&path, &e)
-            } else {
-                db_err("open")(e)
-            }
-        })?;
-        let setup = |conn: &mut Connection| -> Result<(), rusqlite::Error> {
-            // Only this process writes (the lock): a busy database means another program
-            // holds it, and a write fails soon rather than stalling the runner.
-            conn.busy_timeout(BUSY_TIMEOUT)?;
-            let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-            if !mode.eq_ignore_ascii_case("wal") {
-                return Err(rusqlite::Error::InvalidQuery);
-            }
-            conn.pragma_update(None, "synchronous", "FULL")?;
-            Ok(())
-        };
-        setup(&mut conn).map_err(|e| {
-            if is_corruption(&e) {
-                corrupt(&path, &e)
-            } else {
-                db_err("setup")(e)
-            }
-        })?;
-        // A file the process may not write (mode 0400 for a non-root user) opens read-only
-        // without a word from SQLite: refused here, before anything is sent.
-        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
-            return Err(StateError::Database {
-                path: path.clone(),
-                detail: "is read-only for this process".into(),
-                fix: format!(
-                    "make it writable by the rotator's user: chmod 600 {}",
-                    path.display()
-                ),
-            });
-        }
+        let mut conn = open_connection(&path)?;
         migrate(&mut conn, &path)?;
-        let check: String = conn
-            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
-            .map_err(|e| corrupt(&path, &e))?;
-        if check != "ok" {
-            return Err(corrupt(&path, "quick_check failed"));
-        }
-        // Prove the database takes writes now, not at the first rotation: another program
-        // holding a write transaction (an sqlite3 shell, a backup tool) is reported here.
-        conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")
-            .map_err(|e| match e.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                    StateError::Database {
-                        path: path.clone(),
-                        detail: "is locked by another program (it holds a write transaction)".into(),
-                        fix: "end that program's transaction (an sqlite3 shell, a backup tool), then start again; readers such as `qlik-rotator history` never lock it".into(),
-                    }
-                }
-                _ if is_corruption(&e) => corrupt(&path, &e),
-                _ => db_err("prove writable")(e),
-            })?;
+        check_usable(&conn, &path)?;
         import_json(&mut conn, &dir)?;
         let jobs = load_applied(&conn, &path)?;
         Ok(SqliteBackend {

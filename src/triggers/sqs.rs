@@ -220,6 +220,14 @@ pub struct SqsConsumer {
     cfg: SqsConfig,
 }
 
+/// A message of a batch that names jobs: deleted once they all succeed.
+struct Pending {
+    receipt: String,
+    event: String,
+    secret: String,
+    jobs: Vec<usize>,
+}
+
 impl SqsConsumer {
     /// The client from the AWS default chain (`AWS_ENDPOINT_URL_SQS`, `AWS_REGION`, …) with
     /// the table's `region` and `endpoint_url` over it; timeouts fit the long poll.
@@ -315,62 +323,72 @@ impl SqsConsumer {
 
     /// Handles one received batch (see the module docs).
     pub async fn handle(&self, messages: Vec<Message>, target: &dyn EventTarget, events: &Events) {
-        struct Pending {
-            receipt: String,
-            event: String,
-            secret: String,
-            jobs: Vec<usize>,
-        }
         let mut pending = Vec::new();
         for m in messages {
-            events.emit(EventReceived);
-            let Some(receipt) = m.receipt_handle else {
-                // Cannot be deleted; SQS always sends one.
-                continue;
-            };
-            let parsed = match m.body.as_deref() {
-                None => Err((Reject::TooLarge, String::new())),
-                Some(body) => parse_message(body),
-            };
-            let event = match parsed {
-                Ok(e) => e,
-                Err((reason, name)) => {
-                    self.delete(&receipt, events).await;
-                    events.emit(EventMessage {
-                        result: "rejected",
-                        reason: Some(reason.label()),
-                        event: &text::printable(&name, MAX_SHOWN),
-                        secret: "",
-                        jobs: 0,
-                        failed: 0,
-                    });
-                    continue;
-                }
-            };
-            let secret = text::printable(&event.secret_id, 256);
-            let jobs = target.jobs_for_event(&event.secret_id);
-            if jobs.is_empty() {
+            if let Some(p) = self.triage(m, target, events).await {
+                pending.push(p);
+            }
+        }
+        if !pending.is_empty() {
+            self.run_pending(pending, target, events).await;
+        }
+    }
+
+    /// One received message: rejected or unmatched ones are deleted and counted here; one
+    /// that names jobs is returned, to be run with the rest of its batch.
+    async fn triage(
+        &self,
+        m: Message,
+        target: &dyn EventTarget,
+        events: &Events,
+    ) -> Option<Pending> {
+        events.emit(EventReceived);
+        // Cannot be deleted without one; SQS always sends one.
+        let receipt = m.receipt_handle?;
+        let parsed = match m.body.as_deref() {
+            None => Err((Reject::TooLarge, String::new())),
+            Some(body) => parse_message(body),
+        };
+        let event = match parsed {
+            Ok(e) => e,
+            Err((reason, name)) => {
                 self.delete(&receipt, events).await;
                 events.emit(EventMessage {
-                    result: "unmatched",
-                    reason: None,
-                    event: &event.name,
-                    secret: &secret,
+                    result: "rejected",
+                    reason: Some(reason.label()),
+                    event: &text::printable(&name, MAX_SHOWN),
+                    secret: "",
                     jobs: 0,
                     failed: 0,
                 });
-                continue;
+                return None;
             }
-            pending.push(Pending {
-                receipt,
-                event: event.name,
-                secret,
-                jobs,
+        };
+        let secret = text::printable(&event.secret_id, 256);
+        let jobs = target.jobs_for_event(&event.secret_id);
+        if jobs.is_empty() {
+            self.delete(&receipt, events).await;
+            events.emit(EventMessage {
+                result: "unmatched",
+                reason: None,
+                event: &event.name,
+                secret: &secret,
+                jobs: 0,
+                failed: 0,
             });
+            return None;
         }
-        if pending.is_empty() {
-            return;
-        }
+        Some(Pending {
+            receipt,
+            event: event.name,
+            secret,
+            jobs,
+        })
+    }
+
+    /// Runs the jobs of a batch's messages once (each job once however many messages name
+    /// it), then deletes each message whose jobs all succeeded.
+    async fn run_pending(&self, pending: Vec<Pending>, target: &dyn EventTarget, events: &Events) {
         let all: Vec<usize> = pending
             .iter()
             .flat_map(|p| p.jobs.iter().copied())
@@ -543,10 +561,9 @@ mod tests {
         assert!(e.secret_id.ends_with(":secret:res-AbC123"));
     }
 
-    #[test]
-    fn hostile_messages_are_rejected_with_a_reason() {
-        let canary = "CANARY-sqs-body-5521";
-        let cases: Vec<(String, Reject)> = vec![
+    /// Hostile message bodies (some holding `canary`) and the reason each is rejected for.
+    fn hostile_cases(canary: &str) -> Vec<(String, Reject)> {
+        vec![
             ("x".repeat(MAX_BODY + 1), Reject::TooLarge),
             (format!("not json {canary}"), Reject::NotJson),
             ("[".repeat(10_000), Reject::NotJson),
@@ -622,7 +639,13 @@ mod tests {
                 ),
                 Reject::BadSecretId,
             ),
-        ];
+        ]
+    }
+
+    #[test]
+    fn hostile_messages_are_rejected_with_a_reason() {
+        let canary = "CANARY-sqs-body-5521";
+        let cases = hostile_cases(canary);
         println!("{} cases", cases.len());
         for (body, want) in cases {
             let (got, shown) = parse_message(&body).unwrap_err();
