@@ -114,6 +114,7 @@ fn main() -> ExitCode {
                 .await
             }
             Command::History(args) => qlik_rotator::history::run(&args, &env).await,
+            Command::Status(args) => qlik_rotator::history::status(&args, &env).await,
             Command::Connectors { output } => commands::connectors(output),
             Command::DescribeConnector {
                 datasource,
