@@ -7,8 +7,17 @@
 //! By secret: `{id}` is a secret name or ARN, percent-encoded (`app%2Fdb`); every job whose
 //! secret it is runs (202 listing them), 404 with a clear body when no job uses it.
 //!
+//! Read-only: `GET /jobs` and `GET /jobs/{name}` (each job's state, as `qlik-rotator status`
+//! shows it) and `GET /runs/{id}` (a triggered run: queued, running, finished, and then the
+//! outcome per job and connection). They need the bearer token of `metrics.read_token_file`
+//! or of `metrics.admin_token_file`; disabled (404 saying how to enable them) when neither is
+//! set. The rotate triggers answer 202 with a run id and `Location: /runs/{id}` ([`runs`]).
+//!
 //! The listener knows the daemon only through a narrow [`Handle`]: the metrics to render, a
-//! readiness flag and a trigger sender. It imports nothing from the daemon.
+//! readiness flag, the trigger senders, a status sender and the table of runs. It imports
+//! nothing from the daemon.
+
+pub mod runs;
 
 use std::sync::{
     Arc,
@@ -49,8 +58,20 @@ pub struct TriggerRequest {
     pub job: String,
     /// Rotate even when the applied version is current.
     pub force: bool,
+    /// The run to report to (`GET /runs/{id}`).
+    pub run: Option<runs::RunTicket>,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Triggered>,
+}
+
+/// A request for the status of every job (`job: None`) or of one, answered on `reply` with
+/// one JSON object per job ([`crate::status::JobStatus`]); `None` when there is no such job.
+#[derive(Debug)]
+pub struct StatusRequest {
+    /// The job (as sent by the client: unchecked).
+    pub job: Option<String>,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Option<Vec<serde_json::Value>>>,
 }
 
 /// A request to run every job that uses a secret, answered on `reply` with the jobs started
@@ -61,6 +82,8 @@ pub struct SecretTriggerRequest {
     pub secret: String,
     /// Rotate even when the applied version is current.
     pub force: bool,
+    /// The run to report to (`GET /runs/{id}`).
+    pub run: Option<runs::RunTicket>,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Result<Vec<String>, bool>>,
 }
@@ -126,6 +149,12 @@ pub struct Handle {
     pub secret_trigger: mpsc::Sender<SecretTriggerRequest>,
     /// `POST /secrets/{id}/test` sends here.
     pub secret_test: mpsc::Sender<SecretTestRequest>,
+    /// `GET /jobs` and `GET /jobs/{name}` send here.
+    pub status: mpsc::Sender<StatusRequest>,
+    /// The runs the triggers started (`GET /runs/{id}`).
+    pub runs: Arc<runs::Runs>,
+    /// `metrics.read_token_file`: a bearer token for the read-only endpoints only.
+    pub read_token: Option<SecretString>,
 }
 
 #[derive(Clone)]
@@ -150,6 +179,9 @@ pub async fn serve(
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/jobs", get(jobs))
+        .route("/jobs/{name}", get(job))
+        .route("/runs/{id}", get(run))
         .route("/jobs/{name}/rotate", post(rotate))
         .route("/secrets/{id}/rotate", post(rotate_secret))
         .route("/secrets/{id}/test", post(test_secret))
@@ -223,14 +255,20 @@ async fn rotate(
     if let Some(refused) = authorize(&s, &headers) {
         return refused;
     }
-    match trigger(&s.handle, name.clone(), q.force).await {
-        Triggered::Started => (
-            StatusCode::ACCEPTED,
-            Json(json!({"job": name, "status": "started", "force": q.force})),
-        )
-            .into_response(),
-        Triggered::UnknownJob => error(StatusCode::NOT_FOUND, "no such job"),
-        Triggered::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    let ticket = s.handle.runs.create("job", &name, q.force);
+    match trigger(&s.handle, name.clone(), q.force, Some(ticket.clone())).await {
+        Triggered::Started => accepted(
+            ticket.id(),
+            json!({"job": crate::text::printable(&name, 256), "status": "started", "force": q.force, "run": ticket.id()}),
+        ),
+        Triggered::UnknownJob => {
+            ticket.discard();
+            error(StatusCode::NOT_FOUND, "no such job")
+        }
+        Triggered::ShuttingDown => {
+            ticket.discard();
+            error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+        }
     }
 }
 
@@ -250,22 +288,26 @@ async fn rotate_secret(
             "not a secret id (1 to 2048 characters, no control characters)",
         );
     }
+    let ticket = s.handle.runs.create("secret", &id, q.force);
     let (reply, answer) = oneshot::channel();
     let request = SecretTriggerRequest {
         secret: id.clone(),
         force: q.force,
+        run: Some(ticket.clone()),
         reply,
     };
     let answer = match s.handle.secret_trigger.try_send(request) {
         Ok(()) => answer.await.unwrap_or(Err(false)),
         Err(_) => Err(false),
     };
+    if answer.is_err() {
+        ticket.discard();
+    }
     match answer {
-        Ok(jobs) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"secret": id, "status": "started", "force": q.force, "jobs": jobs})),
-        )
-            .into_response(),
+        Ok(jobs) => accepted(
+            ticket.id(),
+            json!({"secret": crate::text::printable(&id, 256), "status": "started", "force": q.force, "jobs": jobs, "run": ticket.id()}),
+        ),
         Err(true) => error(
             StatusCode::NOT_FOUND,
             &format!("no job uses the secret {}", crate::text::quoted(&id, 256)),
@@ -385,11 +427,156 @@ fn authorize(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
 
 /// Hands the request to the daemon and waits for its answer. A daemon that no longer takes
 /// requests (its receiver gone or full) is shutting down or overloaded: 503.
-async fn trigger(handle: &Handle, job: String, force: bool) -> Triggered {
+async fn trigger(
+    handle: &Handle,
+    job: String,
+    force: bool,
+    run: Option<runs::RunTicket>,
+) -> Triggered {
     let (reply, answer) = oneshot::channel();
-    let request = TriggerRequest { job, force, reply };
+    let request = TriggerRequest {
+        job,
+        force,
+        run,
+        reply,
+    };
     if handle.trigger.try_send(request).is_err() {
         return Triggered::ShuttingDown;
     }
     answer.await.unwrap_or(Triggered::ShuttingDown)
+}
+
+/// 202 with the run's id in the body and `Location: /runs/{id}`.
+fn accepted(id: &str, body: serde_json::Value) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/runs/{id}"))],
+        Json(body),
+    )
+        .into_response()
+}
+
+/// `None` when the request may read (the read token or the admin token); else the refusal
+/// (404 when neither token is configured, 401 without a valid bearer token).
+fn authorize_read(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
+    let read = s.handle.read_token.as_ref();
+    if s.token.is_none() && read.is_none() {
+        return Some(error(
+            StatusCode::NOT_FOUND,
+            "the read API (GET /jobs, /runs) is disabled; set metrics.read_token_file (or metrics.admin_token_file) to enable it",
+        ));
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let digest = |t: &SecretString| Sha256::digest(t.expose_secret().as_bytes());
+    let ok = presented.is_some_and(|p| {
+        let p = Sha256::digest(p.as_bytes());
+        // Both compared, whatever the first says (same time either way).
+        let by_read = read.is_some_and(|t| digest(t) == p);
+        let by_admin = s.token.as_deref().is_some_and(|t| digest(t) == p);
+        by_read | by_admin
+    });
+    (!ok).then(unauthorized)
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({"errors": [{"status": 401, "title": "Unauthorized", "detail": "a valid bearer token is required"}]})),
+    )
+        .into_response()
+}
+
+/// The longest job name looked up (a config's names are far shorter; a longer one is unknown).
+const MAX_JOB_NAME: usize = 1024;
+
+async fn statuses(
+    handle: &Handle,
+    job: Option<String>,
+) -> Result<Option<Vec<serde_json::Value>>, Response> {
+    let (reply, answer) = oneshot::channel();
+    if handle
+        .status
+        .try_send(StatusRequest { job, reply })
+        .is_err()
+    {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down or busy; try again",
+        ));
+    }
+    answer.await.map_err(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the state could not be read",
+        )
+    })
+}
+
+/// `GET /jobs`: every job's status.
+async fn jobs(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = authorize_read(&s, &headers) {
+        return refused;
+    }
+    match statuses(&s.handle, None).await {
+        Ok(Some(jobs)) => Json(json!({
+            "schema": crate::telemetry::schema("jobs"),
+            "jobs": jobs,
+        }))
+        .into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such job"),
+        Err(r) => r,
+    }
+}
+
+/// `GET /jobs/{name}`: one job's status; 404 for an unknown job.
+async fn job(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = authorize_read(&s, &headers) {
+        return refused;
+    }
+    let unknown = || {
+        error(
+            StatusCode::NOT_FOUND,
+            &format!("no job named {}", crate::text::quoted(&name, 128)),
+        )
+    };
+    if name.len() > MAX_JOB_NAME {
+        return unknown();
+    }
+    match statuses(&s.handle, Some(name.clone())).await {
+        Ok(Some(mut jobs)) if jobs.len() == 1 => {
+            let mut body = jobs.remove(0);
+            if let Some(map) = body.as_object_mut() {
+                map.insert("schema".into(), crate::telemetry::schema("job").into());
+            }
+            Json(body).into_response()
+        }
+        Ok(_) => unknown(),
+        Err(r) => r,
+    }
+}
+
+/// `GET /runs/{id}`: a run the triggers started; 404 when unknown or evicted.
+async fn run(State(s): State<AdminState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    if let Some(refused) = authorize_read(&s, &headers) {
+        return refused;
+    }
+    match s.handle.runs.get(&id).filter(|_| runs::valid_id(&id)) {
+        Some(run) => Json(run).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no run {} (unknown, or evicted: the last {} runs are kept)",
+                crate::text::quoted(&id, 64),
+                runs::MAX_RUNS
+            ),
+        ),
+    }
 }

@@ -66,6 +66,10 @@ pub enum Command {
     /// The audit trail: past attempts from the state database, newest first. Reads it
     /// read-only (works while the daemon runs); never sends anything.
     History(HistoryArgs),
+    /// The state of each job and connection: last attempt, last success, last error (stage,
+    /// type), the secret version applied, the credential's age and the next due time. Reads
+    /// the state store read-only (works while the daemon runs); never sends anything.
+    Status(StatusArgs),
     /// Rotate now (one-shot): fetch → PATCH → verify, one line per job.
     Rotate {
         #[command(flatten)]
@@ -196,12 +200,25 @@ pub struct HistoryArgs {
     pub output: HistoryOutput,
 }
 
-/// `--output` of `history`.
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only this job.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: HistoryOutput,
+}
+
+/// `--output` of `history` and `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum HistoryOutput {
     /// Aligned columns, text escaped.
     Table,
-    /// One JSON array.
+    /// One JSON document (`schema` first).
     Json,
 }
 

@@ -301,6 +301,13 @@ pub fn references(cfg: &Config, input: &dyn ConfigInput) -> Vec<config::ConfigEr
             "nothing (remove the key to disable the admin API)",
         );
     }
+    if let Some(file) = &cfg.metrics.read_token_file {
+        check(
+            "metrics.read_token_file",
+            &SecretLocator::File(file.clone()),
+            "nothing (remove the key to disable the read-only admin API)",
+        );
+    }
     if let Err(source_errs) = crate::secrets::check_all(&cfg.sources) {
         errs.extend(source_errs);
     }

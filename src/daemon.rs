@@ -35,7 +35,10 @@ pub use crate::{
     runner::{FLUSH_BACKOFF_MAX, PreflightError, preflight},
 };
 use crate::{
-    admin::{self, Readiness, TriggerRequest},
+    admin::{
+        self, Readiness, TriggerRequest,
+        runs::{RunResult, RunTicket},
+    },
     app::{self, App},
     config::{Config, ConfigInput, ConnectionRef, JobConfig},
     events::{PreflightChecked, PreflightFinished},
@@ -92,6 +95,27 @@ pub trait RunJobs: Send + Sync + 'static {
         secret: Option<Prefetched>,
     ) -> impl Future<Output = bool> + Send;
 
+    /// [`RunJobs::run`], with the outcome of each connection for `GET /runs/{id}`. The
+    /// default reports one result for the whole job.
+    fn run_reported(
+        &self,
+        job: &JobRuntime,
+        force: bool,
+        permit: Option<Self::Permit>,
+        secret: Option<Prefetched>,
+    ) -> impl Future<Output = Vec<RunResult>> + Send {
+        async move {
+            let ok = self.run(job, force, permit, secret).await;
+            vec![RunResult {
+                connection: String::new(),
+                outcome: if ok { "rotated" } else { "failed" }.to_owned(),
+                stage: None,
+                error_type: None,
+                secret_version: None,
+            }]
+        }
+    }
+
     /// Reads the secrets of `jobs` ahead, in one batch per source (one entry per job; `None`
     /// where nothing was read ahead). The default reads nothing ahead.
     fn prefetch(
@@ -147,6 +171,34 @@ impl RunJobs for Runner {
         self.run_job_with(job, force, permit, secret)
             .await
             .is_ok_and(|reports| reports.iter().all(|r| r.outcome.is_success()))
+    }
+
+    async fn run_reported(
+        &self,
+        job: &JobRuntime,
+        force: bool,
+        permit: Option<OwnedSemaphorePermit>,
+        secret: Option<Prefetched>,
+    ) -> Vec<RunResult> {
+        match self.run_job_with(job, force, permit, secret).await {
+            Ok(reports) => (reports.iter())
+                .filter_map(|r| crate::runner::attempt_of(r, 0))
+                .map(|a| RunResult {
+                    connection: a.connection,
+                    outcome: a.outcome,
+                    stage: a.stage,
+                    error_type: a.error_type,
+                    secret_version: a.secret_version,
+                })
+                .collect(),
+            Err(skipped) => vec![RunResult {
+                connection: String::new(),
+                outcome: "skipped".to_owned(),
+                stage: None,
+                error_type: Some(skipped.error_type().to_owned()),
+                secret_version: None,
+            }],
+        }
     }
 
     async fn prefetch(&self, jobs: &[&JobConfig]) -> Vec<Option<Prefetched>> {
@@ -305,6 +357,92 @@ impl Daemon<Runner> {
                 () = self.cancel().cancelled() => return,
             }
             was = self.check_backend(Some(was)).await;
+        }
+    }
+
+    /// The status of every job (`name: None`, in config order) or of the job `name`, from
+    /// the state backend and what the daemon holds in memory (the secret's creation time,
+    /// whether a run is in progress, pre-flight). `None` when there is no such job.
+    ///
+    /// # Errors
+    /// [`crate::state::StateError`] when the state backend cannot be read.
+    pub async fn job_statuses(
+        &self,
+        name: Option<&str>,
+        events: bool,
+    ) -> Result<Option<Vec<crate::status::JobStatus>>, crate::state::StateError> {
+        use crate::status::{self, ATTEMPTS_PER_JOB, Known};
+        let set = self.set();
+        let picked: Vec<(usize, &Arc<JobRuntime>)> = match name {
+            None => set.by_index.iter().enumerate().collect(),
+            Some(n) => match set.by_index.iter().position(|j| j.cfg().name == n) {
+                Some(i) => vec![(i, &set.by_index[i])],
+                None => return Ok(None),
+            },
+        };
+        let state = self.runner.state();
+        let applied = state.load().await?;
+        let now = chrono::Utc::now();
+        let queries: Vec<crate::state::HistoryQuery> = (picked.iter())
+            .map(|(_, job)| crate::state::HistoryQuery {
+                job: Some(job.cfg().name.clone()),
+                limit: ATTEMPTS_PER_JOB,
+                ..Default::default()
+            })
+            .collect();
+        type Read<'a> = std::pin::Pin<
+            Box<
+                dyn Future<Output = Result<Vec<crate::state::Attempt>, crate::state::StateError>>
+                    + Send
+                    + 'a,
+            >,
+        >;
+        let reads: Vec<Read<'_>> = queries.iter().map(|q| state.history(q)).collect();
+        // A few reads at a time: with DynamoDB each is a Query.
+        let attempts: Vec<_> = futures_util::stream::iter(reads)
+            .buffered(8)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(picked.len());
+        for ((i, job), attempts) in picked.iter().zip(attempts) {
+            let cfg = job.cfg();
+            let known = Known {
+                state: &applied,
+                attempts: &attempts?,
+                event_driven: events && set.by_aws_secret.jobs_for(&cfg.secret.id).contains(i),
+                secret_created: self.metrics().secret_created(&cfg.name),
+                now,
+            };
+            let mut st = status::job_status(cfg, known);
+            st.running = Some(job.is_running());
+            st.preflight_ok = Some(job.preflight_ok());
+            out.push(st);
+        }
+        Ok(Some(out))
+    }
+
+    /// Answers the admin listener's status requests (`GET /jobs`, `GET /jobs/{name}`), one
+    /// at a time; `events`: `[events]` is configured.
+    async fn serve_status(
+        self: Arc<Self>,
+        mut requests: mpsc::Receiver<admin::StatusRequest>,
+        events: bool,
+    ) {
+        while let Some(r) = requests.recv().await {
+            match self.job_statuses(r.job.as_deref(), events).await {
+                Ok(found) => {
+                    let json = found.map(|jobs| {
+                        (jobs.iter())
+                            .map(|j| serde_json::to_value(j).unwrap_or_default())
+                            .collect()
+                    });
+                    let _ = r.reply.send(json);
+                }
+                // The reply is dropped: the listener answers 503.
+                Err(e) => {
+                    tracing::warn!(error = %crate::text::Escaped(&e.to_string()), "Cannot read the state for GET /jobs.");
+                }
+            }
         }
     }
 
@@ -470,14 +608,62 @@ impl<R: RunJobs> Daemon<R> {
 
     /// Starts a run of `name` now (on demand). Returns at once.
     pub fn trigger(self: &Arc<Self>, name: &str, force: bool) -> Triggered {
+        self.trigger_run(name, force, None)
+    }
+
+    /// [`Daemon::trigger`], reporting to `run` (`GET /runs/{id}`) when given.
+    pub fn trigger_run(
+        self: &Arc<Self>,
+        name: &str,
+        force: bool,
+        run: Option<RunTicket>,
+    ) -> Triggered {
         let Some(job) = self.set().jobs.get(name).cloned() else {
             return Triggered::UnknownJob;
         };
         if self.cancel().is_cancelled() {
             return Triggered::ShuttingDown;
         }
-        self.spawn_run(job, force, None, None);
+        match run {
+            Some(ticket) => {
+                ticket.queued(&job.cfg().name);
+                let this = self.clone();
+                self.tracker.spawn(async move {
+                    this.run_tracked(&job, force, None, &ticket).await;
+                });
+            }
+            None => self.spawn_run(job, force, None, None),
+        }
         Triggered::Started
+    }
+
+    /// Runs `job` once a rotation slot is free, telling `ticket` when it starts and how each
+    /// connection ended (the job must be queued on it already). Returns whether every
+    /// connection ended well.
+    async fn run_tracked(
+        self: &Arc<Self>,
+        job: &JobRuntime,
+        force: bool,
+        secret: Option<Prefetched>,
+        ticket: &RunTicket,
+    ) -> bool {
+        let name = &job.cfg().name;
+        let Some(permit) = self.runner.slot().await else {
+            ticket.finished(name, vec![skipped_result("shutting_down")]);
+            return false;
+        };
+        ticket.running(name);
+        let was_failing = !job.preflight_ok();
+        let results = self
+            .runner
+            .run_reported(job, force, Some(permit), secret)
+            .await;
+        if was_failing {
+            self.update_job_gauges();
+        }
+        let ok = !results.is_empty() && results.iter().all(RunResult::ok);
+        ticket.finished(name, results);
+        ok
     }
 
     /// The names of the jobs whose secret is `id` (a name, ARN or partial ARN).
@@ -491,6 +677,16 @@ impl<R: RunJobs> Daemon<R> {
     /// Starts a run of every job whose secret is `id` now, their secrets read in one batch.
     /// Returns at once.
     pub fn trigger_secret(self: &Arc<Self>, id: &str, force: bool) -> SecretTriggered {
+        self.trigger_secret_run(id, force, None)
+    }
+
+    /// [`Daemon::trigger_secret`], reporting to `run` (`GET /runs/{id}`) when given.
+    pub fn trigger_secret_run(
+        self: &Arc<Self>,
+        id: &str,
+        force: bool,
+        run: Option<RunTicket>,
+    ) -> SecretTriggered {
         let set = self.set();
         let jobs = set.by_secret.jobs_for(id);
         if jobs.is_empty() {
@@ -499,12 +695,15 @@ impl<R: RunJobs> Daemon<R> {
         if self.cancel().is_cancelled() {
             return SecretTriggered::ShuttingDown;
         }
-        let names = (jobs.iter())
+        let names: Vec<String> = (jobs.iter())
             .map(|&i| set.by_index[i].cfg().name.clone())
             .collect();
+        if let Some(ticket) = &run {
+            names.iter().for_each(|n| ticket.queued(n));
+        }
         let this = self.clone();
         self.tracker.spawn(async move {
-            this.run_now_forced(&jobs, force).await;
+            this.run_now_tracked(&jobs, force, run.as_ref()).await;
         });
         SecretTriggered::Started(names)
     }
@@ -552,6 +751,16 @@ impl<R: RunJobs> Daemon<R> {
     /// Runs the jobs `jobs` (indexes) now, their secrets read ahead in one batch; whether each
     /// ended well.
     async fn run_now_forced(self: &Arc<Self>, jobs: &[usize], force: bool) -> Vec<bool> {
+        self.run_now_tracked(jobs, force, None).await
+    }
+
+    /// [`Daemon::run_now_forced`], reporting to `ticket` when given (its jobs queued on it).
+    async fn run_now_tracked(
+        self: &Arc<Self>,
+        jobs: &[usize],
+        force: bool,
+        ticket: Option<&RunTicket>,
+    ) -> Vec<bool> {
         // Indexes into this snapshot; one a reload made stale names no job and runs nothing.
         let set = self.set();
         let jobs: Vec<usize> = jobs
@@ -564,6 +773,9 @@ impl<R: RunJobs> Daemon<R> {
         let set = &set;
         let runs = jobs.iter().zip(prefetched).map(|(&i, secret)| async move {
             let job = &set.by_index[i];
+            if let Some(ticket) = ticket {
+                return self.run_tracked(job, force, secret, ticket).await;
+            }
             let was_failing = !job.preflight_ok();
             let ok = self.runner.run(job, force, None, secret).await;
             if was_failing {
@@ -708,7 +920,7 @@ impl<R: RunJobs> Daemon<R> {
     /// Answers the admin listener's trigger requests until it stops sending.
     async fn serve_triggers(self: Arc<Self>, mut requests: mpsc::Receiver<TriggerRequest>) {
         while let Some(r) = requests.recv().await {
-            let _ = r.reply.send(self.trigger(&r.job, r.force));
+            let _ = r.reply.send(self.trigger_run(&r.job, r.force, r.run));
         }
     }
 
@@ -718,11 +930,13 @@ impl<R: RunJobs> Daemon<R> {
         mut requests: mpsc::Receiver<admin::SecretTriggerRequest>,
     ) {
         while let Some(r) = requests.recv().await {
-            let _ = r.reply.send(match self.trigger_secret(&r.secret, r.force) {
-                SecretTriggered::Started(jobs) => Ok(jobs),
-                SecretTriggered::NoJob => Err(true),
-                SecretTriggered::ShuttingDown => Err(false),
-            });
+            let _ = r
+                .reply
+                .send(match self.trigger_secret_run(&r.secret, r.force, r.run) {
+                    SecretTriggered::Started(jobs) => Ok(jobs),
+                    SecretTriggered::NoJob => Err(true),
+                    SecretTriggered::ShuttingDown => Err(false),
+                });
         }
     }
 
@@ -783,6 +997,17 @@ impl crate::triggers::sqs::EventTarget for Arc<Daemon> {
     }
 }
 
+/// The result of a job that did not run (`why`: a `Skipped` label).
+fn skipped_result(why: &str) -> RunResult {
+    RunResult {
+        connection: String::new(),
+        outcome: "skipped".to_owned(),
+        stage: None,
+        error_type: Some(why.to_owned()),
+        secret_version: None,
+    }
+}
+
 /// Starts job `i` of `delays` once `delays[i]` has passed (counted from the call) and `slot`
 /// gives a permit, in order of delay; stops when `cancel` fires. The scheduling core of
 /// [`Daemon::dispatch`], apart so it can be tested on paused time.
@@ -831,6 +1056,9 @@ pub enum StartError {
     /// The admin token file could not be read.
     #[error("metrics.admin_token_file: {0}")]
     AdminToken(String),
+    /// The read token file could not be read.
+    #[error("metrics.read_token_file: {0}")]
+    ReadToken(String),
     /// The scheduler failed.
     #[error("scheduler: {0}")]
     Scheduler(String),
@@ -895,6 +1123,23 @@ pub fn admin_token(
         .map_err(StartError::AdminToken)
 }
 
+/// Reads `metrics.read_token_file` (the read-only admin endpoints' token).
+///
+/// # Errors
+/// [`StartError::ReadToken`].
+pub fn read_token(cfg: &Config) -> Result<Option<SecretString>, StartError> {
+    cfg.metrics
+        .read_token_file
+        .as_ref()
+        .map(|path| {
+            // A file locator reads no variable: an empty input serves.
+            let input: std::collections::HashMap<String, String> = Default::default();
+            crate::config::SecretLocator::File(path.clone()).read(&input)
+        })
+        .transpose()
+        .map_err(StartError::ReadToken)
+}
+
 /// The spawn phase: admin listener, scheduler; then ready, and pre-flight followed by the
 /// `run_on_start` jobs in the background.
 ///
@@ -942,6 +1187,12 @@ pub async fn spawn(
     tokio::spawn(daemon.clone().serve_secret_triggers(secret_requests));
     let (secret_test, secret_tests) = mpsc::channel(16);
     tokio::spawn(daemon.clone().serve_secret_tests(secret_tests));
+    let (status, status_requests) = mpsc::channel(16);
+    tokio::spawn(
+        daemon
+            .clone()
+            .serve_status(status_requests, cfg.events.is_some()),
+    );
     let handle = admin::Handle {
         metrics: daemon.metrics().clone(),
         ready: daemon.ready.clone(),
@@ -949,6 +1200,9 @@ pub async fn spawn(
         trigger,
         secret_trigger,
         secret_test,
+        status,
+        runs: Arc::new(admin::runs::Runs::default()),
+        read_token: read_token(cfg)?,
     };
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(

@@ -1,4 +1,5 @@
-//! `qlik-rotator history`: the audit trail of attempts, newest first, from the state backend.
+//! `qlik-rotator history`: the audit trail of attempts, newest first, from the state backend;
+//! and `qlik-rotator status`, each job's state from the same store ([`crate::status`]).
 //!
 //! With SQLite it opens `<state_dir>/state.db` read-only and without the directory lock (a WAL
 //! reader neither waits for nor blocks the daemon), so it works while the daemon runs. Every
@@ -7,11 +8,16 @@
 
 use std::process::ExitCode;
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
 use crate::{
-    cli::{HistoryArgs, HistoryOutput},
+    cli::{HistoryArgs, HistoryOutput, StatusArgs},
     commands::{self, EXIT_USAGE},
-    config::{ConfigInput, state::BackendConfig},
-    state::{Attempt, HistoryQuery, sqlite::HistoryReader},
+    config::{Config, ConfigInput, JobConfig, state::BackendConfig},
+    state::{Attempt, HistoryQuery, JobState, StateBackend, StateError, sqlite::HistoryReader},
+    status,
     text::{self, Escaped},
 };
 
@@ -169,4 +175,113 @@ pub fn table(rows: &[Attempt]) -> Vec<String> {
             line
         })
         .collect()
+}
+
+/// Runs `status` (the data: [`crate::status`]).
+pub async fn status(args: &StatusArgs, input: &dyn ConfigInput) -> ExitCode {
+    let cfg = match commands::load(&args.config.config, input) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let jobs: Vec<&JobConfig> = match &args.job {
+        None => cfg.jobs.iter().collect(),
+        Some(name) => match cfg.job(name) {
+            Some(j) => vec![j],
+            None => {
+                crate::telemetry::fatal(
+                    &format!(
+                        "--job: no job named {} in the configuration",
+                        text::quoted(name, 128)
+                    ),
+                    &[],
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
+    let now = Utc::now();
+    let statuses = match read_statuses(&cfg, &jobs, now).await {
+        Ok(s) => s,
+        Err((key, e, code)) => {
+            crate::telemetry::fatal(&format!("{key}: {}", Escaped(&e.to_string())), &[]);
+            return ExitCode::from(code);
+        }
+    };
+    match args.output {
+        HistoryOutput::Json => {
+            crate::telemetry::print_document("status", status::to_json(&statuses, now))
+        }
+        HistoryOutput::Table => {
+            for line in status::table(&statuses) {
+                crate::outln!("{line}");
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+type ReadError = (&'static str, StateError, u8);
+
+/// The statuses of `jobs` from the state store, read without its lock.
+async fn read_statuses(
+    cfg: &Config,
+    jobs: &[&JobConfig],
+    now: DateTime<Utc>,
+) -> Result<Vec<status::JobStatus>, ReadError> {
+    let query = |job: &JobConfig| HistoryQuery {
+        job: Some(job.name.clone()),
+        limit: status::ATTEMPTS_PER_JOB,
+        ..HistoryQuery::default()
+    };
+    let build = |job: &JobConfig, state: &BTreeMap<String, JobState>, attempts: &[Attempt]| {
+        status::job_status(
+            job,
+            status::Known {
+                state,
+                attempts,
+                event_driven: status::event_driven(cfg, job),
+                // The state store does not record it: the daemon knows it (`GET /jobs`).
+                secret_created: None,
+                now,
+            },
+        )
+    };
+    match &cfg.state.backend {
+        BackendConfig::Sqlite => {
+            let dir_err = |e| ("daemon.state_dir", e, EXIT_USAGE);
+            let Some(reader) = HistoryReader::open(&cfg.daemon.state_dir).map_err(dir_err)? else {
+                eprintln!(
+                    "no state database in {} yet: nothing has been recorded",
+                    Escaped(&cfg.daemon.state_dir.display().to_string())
+                );
+                return Ok(jobs
+                    .iter()
+                    .map(|j| build(j, &BTreeMap::new(), &[]))
+                    .collect());
+            };
+            let state = reader.applied().map_err(dir_err)?;
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let attempts = reader.history(&query(job)).map_err(dir_err)?;
+                out.push(build(job, &state, &attempts));
+            }
+            Ok(out)
+        }
+        BackendConfig::DynamoDb(d) => {
+            let table_err = |e| ("state.table", e, commands::EXIT_FAILED);
+            let db = crate::state::dynamodb::DynamoState::connect(
+                &d.table,
+                d.region.as_deref(),
+                cfg.state.history_retention,
+            )
+            .await;
+            let state = db.load().await.map_err(table_err)?;
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let attempts = db.history(&query(job)).await.map_err(table_err)?;
+                out.push(build(job, &state, &attempts));
+            }
+            Ok(out)
+        }
+    }
 }

@@ -69,6 +69,7 @@ pub mod runner;
 pub mod secrets;
 pub mod simulate;
 pub mod state;
+pub mod status;
 pub mod telemetry;
 pub mod text;
 pub mod triggers;

@@ -111,6 +111,7 @@ async fn dispatch(command: Command) -> ExitCode {
             }
         },
         Command::History(args) => qlik_rotator::history::run(&args, &env).await,
+        Command::Status(args) => qlik_rotator::history::status(&args, &env).await,
         Command::Connectors { output } => commands::connectors(output),
         Command::DescribeConnector {
             datasource,

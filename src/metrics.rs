@@ -440,6 +440,13 @@ impl Metrics {
             .set(preflight_failed as i64);
     }
 
+    /// The `secret_created_timestamp_seconds` of `job`, when a read reported it.
+    pub fn secret_created(&self, job: &str) -> Option<i64> {
+        let mut out = None;
+        self.jobs_table.with(job, |s| out = s.secret_created);
+        out
+    }
+
     /// Sets `secret_created_timestamp_seconds{rotation_job}`.
     pub fn set_secret_created(&self, job: &str, unix: i64) {
         self.jobs_table.with(job, |s| s.secret_created = Some(unix));

@@ -582,6 +582,22 @@ impl Rotator {
                         let id = self.space_id(name, wanted).await?;
                         self.client.find_connection(name, Some(&id)).await?
                     }
+                    (
+                        Err(QlikError::NameAmbiguous {
+                            name: n,
+                            status,
+                            problem,
+                            ..
+                        }),
+                        None,
+                    ) => {
+                        return Err(QlikError::NameAmbiguous {
+                            candidates: self.candidate_spaces(&n).await,
+                            name: n,
+                            status,
+                            problem,
+                        });
+                    }
                     (other, _) => other?,
                 };
                 self.resolved
@@ -591,6 +607,41 @@ impl Rotator {
                 Ok(found)
             }
         }
+    }
+
+    /// The spaces holding a connection named `name` (for an ambiguous name), each
+    /// `"space name" (id "…")`, escaped, at most [`crate::qlik::error::MAX_CANDIDATES`] plus
+    /// "and N more". Best effort: empty when the listing fails (the error stays ambiguous).
+    async fn candidate_spaces(&self, name: &str) -> Vec<String> {
+        use crate::{qlik::error::MAX_CANDIDATES, qlik::listing, text::quoted};
+        let limits = listing::Limits::default();
+        let Ok(conns) = listing::all_connections(&self.client, None, limits).await else {
+            return Vec::new();
+        };
+        let mut ids: Vec<Option<String>> = (conns.into_iter())
+            .filter(|c| c.name == name)
+            .map(|c| c.space)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let spaces = listing::all_spaces(&self.client, limits)
+            .await
+            .unwrap_or_default();
+        let mut out: Vec<String> = (ids.iter().take(MAX_CANDIDATES))
+            .map(|id| match id {
+                None => "(a personal space)".to_owned(),
+                Some(id) => match spaces.iter().find(|s| &s.id == id) {
+                    Some(s) if !s.name.is_empty() => {
+                        format!("{} (id {})", quoted(&s.name, 120), quoted(id, 120))
+                    }
+                    _ => format!("id {}", quoted(id, 120)),
+                },
+            })
+            .collect();
+        if ids.len() > MAX_CANDIDATES {
+            out.push(format!("and {} more", ids.len() - MAX_CANDIDATES));
+        }
+        out
     }
 
     /// The id of the space a job names by `wanted` (an id or a name), for a lookup of the

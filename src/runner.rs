@@ -182,6 +182,11 @@ impl JobRuntime {
         self.conns.lock().expect("connection slots lock")
     }
 
+    /// Whether a run of the job is in progress.
+    pub fn is_running(&self) -> bool {
+        self.running.try_lock().is_err()
+    }
+
     /// Whether every connection passed pre-flight.
     pub fn preflight_ok(&self) -> bool {
         self.slots().iter().all(|s| s.preflight_ok)

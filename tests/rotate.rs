@@ -855,6 +855,21 @@ async fn an_ambiguous_or_unknown_connection_name_says_what_to_do() {
         )
         .in_space("finance-test"),
     );
+    // A hostile space name, and more namesakes than the message lists.
+    w.sim.add_space(qlik_sim::spaces::SeedSpace::new(
+        "finance-test",
+        "Finance \u{1b}[2JTest",
+    ));
+    for i in 0..10 {
+        w.sim.add_connection(
+            qlik_sim::SeedConnection::new(
+                "Finance SQL",
+                "mssql",
+                serde_json::json!({"host": "h", "port": 1433, "database": "d", "username": "u", "password": "CANARY-more"}),
+            )
+            .in_space(format!("zz-space-{i}")),
+        );
+    }
     let text = std::fs::read_to_string(&w.config).unwrap();
     let ambiguous = text.replace(
         "connection = { name = \"Finance SQL\", space = \"finance\" }",
@@ -873,6 +888,14 @@ async fn an_ambiguous_or_unknown_connection_name_says_what_to_do() {
         out.stdout.starts_with("finance-sql: failed at resolve [ambiguous_name]: the data connection name \"Finance SQL\" is ambiguous")
             && out.stdout.contains("add the space's id to the job")
             && out.stdout.contains("space = \"<space id>\""),
+        "{}",
+        out.stdout
+    );
+    // The candidate spaces: names and ids, escaped, ten at most (twelve spaces have one).
+    assert!(
+        out.stdout.contains("it is in the spaces id \"finance\", \"Finance \\u{1b}[2JTest\" (id \"finance-test\"), id \"zz-space-0\"")
+            && out.stdout.contains("id \"zz-space-7\", and 2 more;")
+            && !out.stdout.contains("zz-space-8"),
         "{}",
         out.stdout
     );

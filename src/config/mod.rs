@@ -266,6 +266,9 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
     /// Bearer token file enabling `POST /jobs/{name}/rotate`.
     pub admin_token_file: Option<PathBuf>,
+    /// Bearer token file enabling the read-only `GET /jobs`, `GET /jobs/{name}` and
+    /// `GET /runs/{id}` (the admin token reads too).
+    pub read_token_file: Option<PathBuf>,
     /// Adds the per-job duration histogram (14 series per job; off by default).
     pub per_job_duration_histogram: bool,
 }
@@ -581,6 +584,7 @@ const KNOWN_KEYS: &[&str] = &[
     "metrics",
     "listen",
     "admin_token_file",
+    "read_token_file",
     "per_job_duration_histogram",
     "state",
     "backend",
@@ -1674,6 +1678,9 @@ fn metrics_section(mut t: Table<'_>, base: &Path, errs: &mut Errors) -> Option<M
     let admin_token_file = t
         .opt_str("admin_token_file", errs)
         .map(|p| resolve(base, &p));
+    let read_token_file = t
+        .opt_str("read_token_file", errs)
+        .map(|p| resolve(base, &p));
     let per_job_duration_histogram = t
         .opt_bool("per_job_duration_histogram", errs)
         .unwrap_or(false);
@@ -1681,6 +1688,7 @@ fn metrics_section(mut t: Table<'_>, base: &Path, errs: &mut Errors) -> Option<M
     Some(MetricsConfig {
         listen: listen?,
         admin_token_file,
+        read_token_file,
         per_job_duration_histogram,
     })
 }

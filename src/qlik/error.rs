@@ -260,9 +260,10 @@ pub enum QlikError {
     /// simulator answers 400 on GET (the client treats 400 and 409 to a lookup without a
     /// space as this).
     #[error(
-        "the data connection name {} is ambiguous: several connections have it (Qlik: HTTP {status}: {}); add the space's id to the job: connection = {{ name = …, space = \"<space id>\" }}",
+        "the data connection name {} is ambiguous: several connections have it (Qlik: HTTP {status}: {}){}; add the space's id to the job: connection = {{ name = …, space = \"<space id>\" }}",
         text::quoted(name, 200),
-        problem.describe()
+        problem.describe(),
+        if candidates.is_empty() { String::new() } else { format!("; it is in the spaces {}", candidates.join(", ")) }
     )]
     NameAmbiguous {
         /// The name looked up.
@@ -271,6 +272,9 @@ pub enum QlikError {
         status: u16,
         /// Qlik's error body (parsed, redacted, escaped).
         problem: Box<ApiProblem>,
+        /// The spaces holding a connection of that name, each `"name" (id "…")`, escaped and
+        /// capped (at most [`MAX_CANDIDATES`] and "and N more"); empty when unknown.
+        candidates: Vec<String>,
     },
     /// A job's `space` is neither a space id nor the name of exactly one space (resolved
     /// through the spaces API when a lookup by name in it found nothing).
@@ -282,6 +286,9 @@ pub enum QlikError {
         ambiguous: bool,
     },
 }
+
+/// The most candidate spaces an ambiguous name lists.
+pub const MAX_CANDIDATES: usize = 10;
 
 impl QlikError {
     /// For a lookup by `name` without a space: a 400 or 409 becomes
@@ -296,6 +303,7 @@ impl QlikError {
                 name: name.to_owned(),
                 status,
                 problem,
+                candidates: Vec::new(),
             },
             other => other,
         }

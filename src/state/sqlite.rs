@@ -689,6 +689,7 @@ fn query_history(conn: &Connection, q: &HistoryQuery) -> Result<Vec<Attempt>, ru
 #[derive(Debug)]
 pub struct HistoryReader {
     conn: Connection,
+    path: PathBuf,
 }
 
 impl HistoryReader {
@@ -744,7 +745,16 @@ impl HistoryReader {
                 fix: "run the qlik-rotator version that wrote it".into(),
             });
         }
-        Ok(Some(HistoryReader { conn }))
+        Ok(Some(HistoryReader { conn, path }))
+    }
+
+    /// The applied versions (every state key), as the daemon last wrote them; rows with
+    /// over-long text are skipped, as at load.
+    ///
+    /// # Errors
+    /// [`StateError::Database`] when the file is not a sound database.
+    pub fn applied(&self) -> Result<BTreeMap<String, JobState>, StateError> {
+        load_applied(&self.conn, &self.path)
     }
 
     /// Lists attempts, newest first.
