@@ -314,6 +314,9 @@ pub struct MetricsConfig {
     pub admin_token_file: Option<PathBuf>,
     /// Adds the per-job duration histogram (14 series per job; off by default).
     pub per_job_duration_histogram: bool,
+    /// Counts `unchanged` per job in `rotations_total` too (one series per job; off by
+    /// default: it is counted per connector).
+    pub per_job_unchanged: bool,
 }
 
 /// A validated configuration: what the rest of the crate sees.
@@ -628,6 +631,7 @@ const KNOWN_KEYS: &[&str] = &[
     "listen",
     "admin_token_file",
     "per_job_duration_histogram",
+    "per_job_unchanged",
     "state",
     "backend",
     "table",
@@ -1723,11 +1727,13 @@ fn metrics_section(mut t: Table<'_>, base: &Path, errs: &mut Errors) -> Option<M
     let per_job_duration_histogram = t
         .opt_bool("per_job_duration_histogram", errs)
         .unwrap_or(false);
+    let per_job_unchanged = t.opt_bool("per_job_unchanged", errs).unwrap_or(false);
     t.finish(errs);
     Some(MetricsConfig {
         listen: listen?,
         admin_token_file,
         per_job_duration_histogram,
+        per_job_unchanged,
     })
 }
 
