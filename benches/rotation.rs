@@ -25,8 +25,8 @@
 //! 5. `oneshot`: `qlik-rotator rotate --all` (the real binary) on N connections at 100 ms
 //!    latency, concurrent through the job runner, against a sequential run of the same
 //!    command on `--baseline-sample` connections (extrapolated).
-//! 6. `metrics`: size of one `/metrics` exposition with 10,000 jobs that have each run once
-//!    (the target), and after a second, `unchanged` run of each.
+//! 6. `metrics`: size of one `/metrics` exposition with 10,000 jobs that have each run once,
+//!    and in steady state, after a second, `unchanged` run of each (the target).
 //! 7. `vault`: Secrets Manager calls per cycle for N due jobs (moto over HTTP), read one by one
 //!    (before) and in `BatchGetSecretValue` batches (`triggers::prefetch`, after); counted at our
 //!    side (`AwsSecretsManager::api_calls`).
@@ -317,13 +317,24 @@ fn sum_metric(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
         .sum()
 }
 
+/// Runs that ended with `outcome`, over every job: `unchanged` is counted per connector
+/// (`rotations_unchanged_total`), the others per job.
+fn outcome_total(text: &str, outcome: &str) -> f64 {
+    if outcome == "unchanged" {
+        sum_metric(text, "qlik_rotator_rotations_unchanged_total", None)
+    } else {
+        sum_metric(
+            text,
+            "qlik_rotator_rotations_total",
+            Some(("outcome", outcome)),
+        )
+    }
+}
+
 fn outcomes(text: &str) -> String {
     ["rotated", "unchanged", "failed", "verify_failed"]
         .iter()
-        .map(|o| {
-            let v = sum_metric(text, "qlik_rotator_rotations_total", Some(("outcome", o)));
-            format!("{o}={v}")
-        })
+        .map(|o| format!("{o}={}", outcome_total(text, o)))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -341,17 +352,13 @@ async fn wait_outcome(
     loop {
         let (_, text) = get(http, addr, "/metrics").await;
         let seen = since.elapsed();
-        let count = sum_metric(
-            &text,
-            "qlik_rotator_rotations_total",
-            Some(("outcome", outcome)),
-        );
+        let count = outcome_total(&text, outcome);
         if count >= n as f64 {
             return Ok((seen, text));
         }
         let finished_otherwise = ["failed", "verify_failed"]
             .iter()
-            .map(|o| sum_metric(&text, "qlik_rotator_rotations_total", Some(("outcome", o))))
+            .map(|o| outcome_total(&text, o))
             .sum::<f64>();
         if finished_otherwise > 0.0 && count + finished_otherwise >= n as f64 {
             return Err(format!("runs ended without {outcome}: {}", outcomes(&text)));
@@ -1434,7 +1441,8 @@ async fn section_rss(args: &Args, report: &mut Report) {
 /// The connectors the `metrics` case spreads its jobs over (round robin).
 const METRICS_CONNECTORS: [&str; 4] = ["mssql", "mysql", "snowflake", "teradata"];
 
-/// The `/metrics` target: one scrape of a daemon with 10,000 jobs at most this large.
+/// The `/metrics` target: one scrape of a daemon with 10,000 jobs in steady state at most this
+/// large.
 const METRICS_TARGET_BYTES: usize = 3_000_000;
 
 /// The config of the `metrics` case: `n` jobs over [`METRICS_CONNECTORS`].
@@ -1478,12 +1486,12 @@ fn sizes(text: &str) -> (usize, Option<usize>) {
 }
 
 /// Every job registered and through pre-flight (idle, as in section 4), then run once (one in
-/// ten failed at apply): the worst steady state, as every per-job family then has a sample
-/// for every job.
+/// ten failed at apply), then run again with every secret unchanged: the steady state, in
+/// which every per-job family has a sample for every job and later runs add no series.
 fn section_metrics(args: &Args, report: &mut Report) {
     let n = args.metrics_jobs;
     header(&format!(
-        "5. /metrics size with {n} jobs over {} connectors: idle, then each run once (1 in 10 failed)",
+        "5. /metrics size with {n} jobs over {} connectors: idle, each run once (1 in 10 failed), then again (unchanged)",
         METRICS_CONNECTORS.len()
     ));
     let cfg = metrics_config(n);
@@ -1497,11 +1505,39 @@ fn section_metrics(args: &Args, report: &mut Report) {
     let started = Instant::now();
     let text = m.render();
     let render = started.elapsed();
-    // Later runs find most secrets unchanged: each job then has two outcome series.
+    // Later runs find most secrets unchanged (counted per connector unless
+    // `metrics.per_job_unchanged`): the steady state, which the target is about.
     record_runs(&m, &cfg, true);
     let steady = m.render();
+    // The same with `per_job_unchanged = true`: one more series per job.
+    let opted_in = std::sync::Arc::new(qlik_rotator::metrics::Metrics::with_per_job(
+        qlik_rotator::metrics::PerJob {
+            unchanged: true,
+            ..Default::default()
+        },
+    ));
+    opted_in.register_jobs(&cfg.jobs);
+    record_runs(&opted_in, &cfg, false);
+    record_runs(&opted_in, &cfg, true);
+    let opted_in = opted_in.render();
+    // Sources that report a version's creation time (all of today's: Secrets Manager, SSM,
+    // Vault, file mtime) add `secret_created_timestamp_seconds` to every job: not in the
+    // target's run above (the runs here read no secret), shown for planning.
+    let created = {
+        use qlik_rotator::events::{Events, SecretFetched};
+        let events = Events::new(m.clone());
+        for job in &cfg.jobs {
+            events.emit(SecretFetched {
+                job: &job.name,
+                source: "file",
+                error_type: None,
+                created: Some(1_760_000_000),
+            });
+        }
+        m.render()
+    };
     let mut families: Vec<(String, usize)> = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
+    for line in steady.lines().filter(|l| !l.starts_with('#')) {
         let family = line.split(['{', ' ']).next().unwrap_or_default();
         let family = ["_bucket", "_sum", "_count"]
             .iter()
@@ -1517,7 +1553,9 @@ fn section_metrics(args: &Args, report: &mut Report) {
     for (what, body) in [
         ("idle", &idle),
         ("after one run", &text),
-        ("after a second run, unchanged", &steady),
+        ("steady (2nd run unchanged)", &steady),
+        ("steady, per_job_unchanged", &opted_in),
+        ("steady, + secret_created", &created),
     ] {
         let (plain, gz) = sizes(body);
         println!(
@@ -1531,21 +1569,23 @@ fn section_metrics(args: &Args, report: &mut Report) {
         );
     }
     println!(
-        "  render {:.1} ms; largest families after one run:",
+        "  render {:.1} ms (after one run); largest families in steady state:",
         render.as_secs_f64() * 1e3
     );
     for (family, bytes) in families.iter().take(6) {
         println!("    {family:<48} {:>8.2} MB", mb(*bytes));
     }
-    let per_job = text.len() / n.max(1);
-    println!("  {per_job} bytes per job");
+    let per_job = steady.len() / n.max(1);
+    println!("  {per_job} bytes per job in steady state");
     report.target(
         format!(
-            "/metrics at {n} jobs ≤ {:.0} MB (after one run, uncompressed): {:.2} MB",
+            "/metrics at {n} jobs ≤ {:.0} MB (steady state, uncompressed): {:.2} MB \
+             (after one run {:.2} MB)",
             mb(METRICS_TARGET_BYTES),
+            mb(steady.len()),
             mb(text.len())
         ),
-        text.len() <= METRICS_TARGET_BYTES,
+        steady.len() <= METRICS_TARGET_BYTES,
     );
 }
 

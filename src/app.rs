@@ -63,9 +63,10 @@ impl App {
     pub async fn build(cfg: &Config, input: &dyn ConfigInput) -> Result<App, BuildError> {
         let (state, lease_ttl) = state_backend(cfg).await?;
         secrets::check_all(&cfg.sources).map_err(BuildError::Source)?;
-        let metrics = Arc::new(Metrics::with_per_job_histogram(
-            cfg.metrics.per_job_duration_histogram,
-        ));
+        let metrics = Arc::new(Metrics::with_per_job(crate::metrics::PerJob {
+            duration_histogram: cfg.metrics.per_job_duration_histogram,
+            unchanged: cfg.metrics.per_job_unchanged,
+        }));
         metrics.set_state_writable(true);
         let client = Arc::new(
             qlik_client(cfg, input)?

@@ -4,8 +4,10 @@
 //!
 //! Counting rules, one line per event:
 //! - [`RotationFinished`] / [`RotationFailed`]: once per connection and run, after the run's
-//!   last attempt. `rotations_total{outcome}` moves with each, and `errors_total` with each
-//!   failure, so `sum(errors_total{rotation_job})` equals that job's `failed` + `verify_failed`.
+//!   last attempt. `rotations_total{outcome}` moves with each (`unchanged`:
+//!   `rotations_unchanged_total{connector}` of the job's connector instead, and per job too
+//!   with `metrics.per_job_unchanged`), and `errors_total` with each failure, so
+//!   `sum(errors_total{rotation_job})` equals that job's `failed` + `verify_failed`.
 //! - [`RotationRetried`]: a failed attempt that is tried again within the same run
 //!   (`rotation_retries_total{stage}`); it is not an outcome.
 //! - [`RunFinished`]: once per run of a job (the duration histogram and the timestamps).
@@ -168,7 +170,7 @@ pub struct RotationFinished<'a> {
     pub job: &'a str,
     /// The connection id (from Qlik or the config; escaped when logged).
     pub connection: &'a str,
-    /// `rotated`, `unchanged` or `planned` (not counted).
+    /// `rotated`, `unchanged` (counted per connector) or `planned` (not counted).
     pub outcome: &'static str,
     /// The secret version read (not secret; escaped when logged).
     pub secret_version: &'a str,

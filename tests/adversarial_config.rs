@@ -801,6 +801,20 @@ refused!(
     |t, _| add_to(&t, "[metrics]", "per_job_duration_histogram = 1")
 );
 refused!(
+    per_job_unchanged_not_a_boolean,
+    "metrics.per_job_unchanged",
+    |t, _| add_to(
+        &t,
+        "[metrics]",
+        &format!("per_job_unchanged = \"{CANARY}\"")
+    )
+);
+refused!(
+    per_job_unchanged_misspelt,
+    "metrics.per_job_unchanged_total",
+    |t, _| add_to(&t, "[metrics]", "per_job_unchanged_total = true")
+);
+refused!(
     per_job_histogram_misspelt,
     "metrics.per_job_histogram",
     |t, _| add_to(&t, "[metrics]", "per_job_histogram = true")

@@ -883,13 +883,14 @@ async fn extreme_timestamps_do_not_panic_the_daemon() {
     let start = Instant::now();
     loop {
         let text = http_get(r.addr, "/metrics").await.1;
-        let unchanged: f64 = ["sales-s3", "finance-sql", "warehouse-bq"]
+        // `unchanged` is counted per connector; each of the three jobs has its own.
+        let unchanged: f64 = CONNECTORS
             .iter()
-            .map(|j| {
+            .map(|(_, c)| {
                 metric(
                     &text,
-                    "qlik_rotator_rotations_total",
-                    &[("rotation_job", j), ("outcome", "unchanged")],
+                    "qlik_rotator_rotations_unchanged_total",
+                    &[("connector", c)],
                 )
                 .unwrap_or(0.0)
             })
@@ -910,18 +911,31 @@ async fn extreme_timestamps_do_not_panic_the_daemon() {
 
 /// Triggers `job` until its `outcome` count reaches `want` (a trigger that lands while the
 /// previous run is still finishing is skipped by design, so it is repeated).
-async fn trigger_until(r: &Running, job: &str, outcome: &str, want: f64) {
+/// The connector of each of the three standard jobs (`unchanged` is counted per connector).
+const CONNECTORS: [(&str, &str); 3] = [
+    ("sales-s3", "File_AmazonS3ConnectorV2"),
+    ("finance-sql", "mssql"),
+    ("warehouse-bq", "gbq"),
+];
+
+fn connector_of(job: &str) -> &'static str {
+    CONNECTORS
+        .iter()
+        .find(|(j, _)| *j == job)
+        .map(|(_, c)| *c)
+        .expect("one of the three standard jobs")
+}
+
+/// Triggers `job` until its connector's `rotations_unchanged_total` reaches `want`.
+async fn trigger_until_unchanged(r: &Running, job: &str, want: f64) {
     let start = Instant::now();
+    let connector = [("connector", connector_of(job))];
     loop {
         r.daemon.trigger(job, false);
         let until = Instant::now() + Duration::from_secs(1);
         while Instant::now() < until {
             let text = http_get(r.addr, "/metrics").await.1;
-            let seen = metric(
-                &text,
-                "qlik_rotator_rotations_total",
-                &[("rotation_job", job), ("outcome", outcome)],
-            );
+            let seen = metric(&text, "qlik_rotator_rotations_unchanged_total", &connector);
             if seen.is_some_and(|v| v >= want) {
                 return;
             }
@@ -929,7 +943,7 @@ async fn trigger_until(r: &Running, job: &str, outcome: &str, want: f64) {
         }
         assert!(
             start.elapsed() < WAIT,
-            "{job} never reached {outcome} = {want}"
+            "{job} never reached unchanged = {want}"
         );
     }
 }
@@ -988,7 +1002,7 @@ async fn state_write_failing_mid_run_never_re_patches_and_recovers() {
     wait_metric(&r, "qlik_rotator_state_writable", &[], 0.0).await;
     // Five more runs while the file cannot be written: each finds the version applied.
     for n in 1..=5 {
-        trigger_until(&r, "sales-s3", "unchanged", f64::from(n)).await;
+        trigger_until_unchanged(&r, "sales-s3", f64::from(n)).await;
     }
     assert_eq!(w.patches(), 1, "the unchanged secret was re-PATCHed");
     assert_eq!(http_get(r.addr, "/readyz").await.0, 200);
@@ -1018,7 +1032,7 @@ async fn state_write_failing_mid_run_never_re_patches_and_recovers() {
 
     // A restart reads it: still unchanged, still one PATCH.
     let r = w.start_in_process().await.unwrap();
-    trigger_until(&r, "sales-s3", "unchanged", 1.0).await;
+    trigger_until_unchanged(&r, "sales-s3", 1.0).await;
     assert!(r.shutdown().await);
     assert_eq!(w.patches(), 1);
 }
@@ -1029,11 +1043,11 @@ async fn state_write_failing_on_a_one_second_schedule_patches_once() {
     let r = w.start_in_process().await.unwrap();
     let _blocker = common::statedb::WriteBlocker::hold(&w.state_dir());
     // The issue saw 5 PATCHes in 8 s; wait for three ticks per job after the first rotation.
-    for job in ["sales-s3", "finance-sql", "warehouse-bq"] {
+    for (_, connector) in CONNECTORS {
         wait_at_least(
             &r,
-            "qlik_rotator_rotations_total",
-            &[("rotation_job", job), ("outcome", "unchanged")],
+            "qlik_rotator_rotations_unchanged_total",
+            &[("connector", connector)],
             3.0,
         )
         .await;

@@ -91,6 +91,18 @@ async fn wait_outcome(r: &Running, job: &str, outcome: &str) -> String {
     .await
 }
 
+/// Waits until the connector's `rotations_unchanged_total` reaches `at_least` (`unchanged` is
+/// counted per connector unless `metrics.per_job_unchanged`).
+async fn wait_unchanged(r: &Running, connector: &str, at_least: f64) -> String {
+    wait_metric(
+        r,
+        "qlik_rotator_rotations_unchanged_total",
+        &[("connector", connector)],
+        at_least,
+    )
+    .await
+}
+
 /// Waits until each job has been rotated at least once.
 async fn wait_rotated(r: &Running, jobs: &[&str]) {
     for job in jobs {
@@ -198,9 +210,19 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
         ),
         Some(1.0)
     );
-    // unchanged
+    // unchanged: counted under the job's connector, with no per-job series
     r.daemon.trigger("sales-s3", false);
-    wait_outcome(&r, "sales-s3", "unchanged").await;
+    let text = wait_unchanged(&r, "File_AmazonS3ConnectorV2", 1.0).await;
+    let unchanged = [("rotation_job", "sales-s3"), ("outcome", "unchanged")];
+    assert_eq!(
+        metric(&text, "qlik_rotator_rotations_total", &unchanged),
+        None
+    );
+    for other in ["mssql", "gbq"] {
+        let labels = [("connector", other)];
+        let n = metric(&text, "qlik_rotator_rotations_unchanged_total", &labels);
+        assert_eq!(n, Some(0.0), "{other}");
+    }
     // failed (build)
     r.daemon.trigger("warehouse-bq", false);
     let text = wait_outcome(&r, "warehouse-bq", "failed").await;
@@ -338,19 +360,27 @@ async fn unchanged_secret_is_not_reapplied_across_a_restart() {
     assert!(r.shutdown().await);
     assert_eq!(with_method(&sim, "PATCH").len(), 3);
 
-    // Restart: same secrets → unchanged, zero writes.
+    // Restart: same secrets → unchanged (one per connector: each job has its own), zero
+    // writes.
     let r = start(dir.path(), &text).await;
-    for job in ["sales-s3", "finance-sql", "warehouse-bq"] {
-        wait_outcome(&r, job, "unchanged").await;
+    for connector in ["File_AmazonS3ConnectorV2", "mssql", "gbq"] {
+        wait_unchanged(&r, connector, 1.0).await;
     }
     assert!(r.shutdown().await);
     assert_eq!(with_method(&sim, "PATCH").len(), 3);
 
     // A state.json appearing after the first start is not imported (the database is the
-    // state): still unchanged, still no PATCH.
+    // state): still unchanged, still no PATCH. With `per_job_unchanged` the job's own
+    // series counts it too.
     std::fs::write(dir.path().join("state/state.json"), "{garbage").unwrap();
-    let r = start(dir.path(), &text).await;
+    let per_job = no_budget(&local_config(
+        &sim,
+        "run_on_start = true",
+        "per_job_unchanged = true",
+    ));
+    let r = start(dir.path(), &per_job).await;
     wait_outcome(&r, "sales-s3", "unchanged").await;
+    wait_unchanged(&r, "File_AmazonS3ConnectorV2", 1.0).await;
     assert!(r.shutdown().await);
     assert_eq!(with_method(&sim, "PATCH").len(), 3);
     let state = common::statedb::dump(&dir.path().join("state"));
@@ -664,6 +694,11 @@ async fn a_trigger_while_the_job_runs_is_skipped_by_the_runner() {
         let labels = [("rotation_job", "sales-s3"), ("outcome", outcome)];
         assert_eq!(metric(&text, "qlik_rotator_rotations_total", &labels), None);
     }
+    let s3 = [("connector", "File_AmazonS3ConnectorV2")];
+    assert_eq!(
+        metric(&text, "qlik_rotator_rotations_unchanged_total", &s3),
+        Some(0.0)
+    );
 }
 
 // === the real binary ===
@@ -743,7 +778,8 @@ async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tic
     .await;
     let p = Daemon::run(&d.config, &d.env).await;
     let rotated = [("rotation_job", "sales-s3"), ("outcome", "rotated")];
-    let unchanged = [("rotation_job", "sales-s3"), ("outcome", "unchanged")];
+    // `unchanged` is counted per connector (the job's is the only one here).
+    let unchanged = [("connector", "File_AmazonS3ConnectorV2")];
     wait_proc_metric(p.addr(), "qlik_rotator_rotations_total", &rotated, 1.0).await;
     assert_eq!(stored_prop(&d.sim, S3_ID, "accessKey"), "AKIAV1");
 
@@ -756,10 +792,11 @@ async fn a_new_secret_version_in_secrets_manager_is_applied_once_on_the_next_tic
     let text = wait_proc_metric(p.addr(), "qlik_rotator_rotations_total", &rotated, 2.0).await;
     assert_eq!(stored_prop(&d.sim, S3_ID, "accessKey"), "AKIAV2");
     // The next tick finds the new version applied: unchanged, no write.
-    let before = metric(&text, "qlik_rotator_rotations_total", &unchanged).unwrap_or(0.0);
+    let before = metric(&text, "qlik_rotator_rotations_unchanged_total", &unchanged)
+        .expect("pre-created for the job's connector");
     wait_proc_metric(
         p.addr(),
-        "qlik_rotator_rotations_total",
+        "qlik_rotator_rotations_unchanged_total",
         &unchanged,
         before + 1.0,
     )

@@ -125,18 +125,25 @@ async fn wait_scrape(p: &Daemon, what: &str, check: impl Fn(&str) -> bool) -> St
     }
 }
 
+/// Runs of `job` that ended well: its `rotated`, plus the `unchanged` of its connector
+/// (counted per connector; each job here has its own).
 fn runs(text: &str, job: &str) -> f64 {
-    ["rotated", "unchanged"]
-        .iter()
-        .map(|o| {
-            metric(
-                text,
-                "qlik_rotator_rotations_total",
-                &[("rotation_job", job), ("outcome", o)],
-            )
-            .unwrap_or(0.0)
-        })
-        .sum()
+    let connector = match job {
+        "sales-s3" => "File_AmazonS3ConnectorV2",
+        "finance-sql" => "mssql",
+        other => panic!("no connector known for {other}"),
+    };
+    let rotated = metric(
+        text,
+        "qlik_rotator_rotations_total",
+        &[("rotation_job", job), ("outcome", "rotated")],
+    );
+    let unchanged = metric(
+        text,
+        "qlik_rotator_rotations_unchanged_total",
+        &[("connector", connector)],
+    );
+    rotated.unwrap_or(0.0) + unchanged.unwrap_or(0.0)
 }
 
 fn reloads(text: &str, result: &str) -> f64 {

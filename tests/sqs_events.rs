@@ -257,11 +257,12 @@ async fn a_put_secret_value_event_rotates_the_connection_without_a_schedule() {
         1,
         "a replay sends nothing"
     );
+    // `unchanged` is counted under the job's connector (the only job here).
     assert_eq!(
         metric(
             &metrics,
-            "qlik_rotator_rotations_total",
-            &[("rotation_job", "sales-s3"), ("outcome", "unchanged")]
+            "qlik_rotator_rotations_unchanged_total",
+            &[("connector", "File_AmazonS3ConnectorV2")]
         ),
         Some(1.0)
     );
@@ -476,8 +477,8 @@ async fn the_admin_route_rotates_every_job_of_a_secret() {
     assert_eq!(status, 202, "{body}");
     wait_metric(
         d.addr(),
-        "qlik_rotator_rotations_total",
-        &[("rotation_job", "sales-s3"), ("outcome", "unchanged")],
+        "qlik_rotator_rotations_unchanged_total",
+        &[("connector", "File_AmazonS3ConnectorV2")],
         1.0,
     )
     .await;

@@ -271,6 +271,9 @@ pub struct MetricsConfig {
     pub read_token_file: Option<PathBuf>,
     /// Adds the per-job duration histogram (14 series per job; off by default).
     pub per_job_duration_histogram: bool,
+    /// Counts `unchanged` per job in `rotations_total` too (one series per job; off by
+    /// default: it is counted per connector).
+    pub per_job_unchanged: bool,
 }
 
 /// A validated configuration: what the rest of the crate sees.
@@ -586,6 +589,7 @@ const KNOWN_KEYS: &[&str] = &[
     "admin_token_file",
     "read_token_file",
     "per_job_duration_histogram",
+    "per_job_unchanged",
     "state",
     "backend",
     "table",
@@ -1684,12 +1688,14 @@ fn metrics_section(mut t: Table<'_>, base: &Path, errs: &mut Errors) -> Option<M
     let per_job_duration_histogram = t
         .opt_bool("per_job_duration_histogram", errs)
         .unwrap_or(false);
+    let per_job_unchanged = t.opt_bool("per_job_unchanged", errs).unwrap_or(false);
     t.finish(errs);
     Some(MetricsConfig {
         listen: listen?,
         admin_token_file,
         read_token_file,
         per_job_duration_histogram,
+        per_job_unchanged,
     })
 }
 

@@ -887,6 +887,28 @@ fn key_names_from_the_file_are_printed_escaped() {
 }
 
 #[test]
+fn per_job_unchanged_is_off_unless_enabled() {
+    let load = |extra: &str| {
+        load_str(
+            &format!("{MINIMAL}[metrics]\n{extra}"),
+            Path::new("/"),
+            &env(&[]),
+        )
+        .unwrap()
+        .metrics
+    };
+    assert!(!load("").per_job_unchanged);
+    assert!(!load("per_job_unchanged = false\n").per_job_unchanged);
+    let both = load("per_job_unchanged = true\n");
+    assert!(both.per_job_unchanged && !both.per_job_duration_histogram);
+    for bad in ["\"yes\"", "1", "[true]"] {
+        let errs = errors(&format!("{MINIMAL}[metrics]\nper_job_unchanged = {bad}\n"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("metrics.per_job_unchanged"), "{errs:?}");
+    }
+}
+
+#[test]
 fn the_per_job_duration_histogram_is_off_unless_enabled() {
     let load = |extra: &str| {
         load_str(

@@ -189,10 +189,18 @@ fn rotation_finished_logs_and_counts_its_outcome() {
     assert_eq!(field(&lines[0], "duration_ms"), 120);
     // Text from outside cannot forge a line.
     assert_eq!(field(&lines[0], "connection"), "c-1\\nforged");
-    // Nothing else moved: no error, no other outcome.
+    // Nothing else moved: no error, no other outcome; `unchanged` is counted under the job's
+    // connector, not per job.
     let (e, m) = events();
     e.emit(finished("unchanged"));
-    assert_totals(&m, 1.0, 0.0);
+    assert_totals(&m, 0.0, 0.0);
+    assert_eq!(
+        sample(
+            &m,
+            "qlik_rotator_rotations_unchanged_total{connector=\"mssql\"}"
+        ),
+        1.0
+    );
 }
 
 #[test]
