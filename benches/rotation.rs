@@ -642,7 +642,7 @@ async fn baseline(n: usize, sample: usize) -> Result<Baseline, String> {
                 .fetch(&job.secret)
                 .await
                 .map_err(|e| e.to_string())?;
-            let ConnectionRef::Name { name, space } = &job.connections[0] else {
+            let ConnectionRef::Name { name, space } = &job.connections[0].conn else {
                 return Err("expected a name-based job".to_owned());
             };
             let before = client

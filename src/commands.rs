@@ -214,7 +214,13 @@ pub async fn check_config(
         }));
     }
     if !json {
-        crate::outln!("pre-flight against {}:", cfg.qlik.tenant_url);
+        let urls: Vec<String> = (cfg.tenants.iter())
+            .map(|t| match cfg.multi_tenant {
+                true => format!("{} ({})", t.tenant_url, t.name),
+                false => t.tenant_url.to_string(),
+            })
+            .collect();
+        crate::outln!("pre-flight against {}:", urls.join(", "));
     }
     for job in &cfg.jobs {
         // Pre-flight first; then, when a connection passes, the secret is read once (as a
@@ -329,23 +335,26 @@ pub fn references(cfg: &Config, input: &dyn ConfigInput) -> Vec<config::ConfigEr
             });
         }
     };
-    match &cfg.qlik.auth {
-        QlikAuth::ApiKey(loc @ SecretLocator::Env(_)) => {
-            check("qlik.api_key_env", loc, "qlik.api_key_file");
+    for t in &cfg.tenants {
+        let key = |k: &str| format!("{}.{k}", t.table);
+        match &t.auth {
+            QlikAuth::ApiKey(loc @ SecretLocator::Env(_)) => {
+                check(&key("api_key_env"), loc, &key("api_key_file"));
+            }
+            QlikAuth::ApiKey(loc) => check(&key("api_key_file"), loc, &key("api_key_env")),
+            QlikAuth::OAuth { client_secret, .. } => match client_secret {
+                SecretLocator::Env(_) => check(
+                    &key("oauth.client_secret_env"),
+                    client_secret,
+                    &key("oauth.client_secret_file"),
+                ),
+                SecretLocator::File(_) => check(
+                    &key("oauth.client_secret_file"),
+                    client_secret,
+                    &key("oauth.client_secret_env"),
+                ),
+            },
         }
-        QlikAuth::ApiKey(loc) => check("qlik.api_key_file", loc, "qlik.api_key_env"),
-        QlikAuth::OAuth { client_secret, .. } => match client_secret {
-            SecretLocator::Env(_) => check(
-                "qlik.oauth.client_secret_env",
-                client_secret,
-                "qlik.oauth.client_secret_file",
-            ),
-            SecretLocator::File(_) => check(
-                "qlik.oauth.client_secret_file",
-                client_secret,
-                "qlik.oauth.client_secret_env",
-            ),
-        },
     }
     if let Some(file) = &cfg.metrics.admin_token_file {
         check(
@@ -376,22 +385,28 @@ pub fn looks_like_variable(name: &str) -> bool {
 
 /// Where the rotator's Qlik credentials come from, for a hint: `$QLIK_API_KEY
 /// (qlik.api_key_env)`, `the file /run/secrets/qlik-api-key (qlik.api_key_file)` or `the OAuth
-/// client "id" (qlik.oauth)`.
+/// client "id" (qlik.oauth)`; of the first tenant (the only one with `[qlik]`).
 pub fn identity(cfg: &Config) -> String {
+    tenant_identity(&cfg.tenants[0])
+}
+
+/// [`identity`] of one tenant, its keys under its table (`tenants.prod.api_key_env`).
+pub fn tenant_identity(t: &config::QlikConfig) -> String {
     use config::{QlikAuth, SecretLocator};
-    match &cfg.qlik.auth {
+    let table = &t.table;
+    match &t.auth {
         QlikAuth::ApiKey(SecretLocator::Env(n)) if looks_like_variable(n) => {
-            format!("the API key in ${n} (qlik.api_key_env)")
+            format!("the API key in ${n} ({table}.api_key_env)")
         }
         QlikAuth::ApiKey(SecretLocator::Env(_)) => {
-            "the API key in the variable qlik.api_key_env names".to_owned()
+            format!("the API key in the variable {table}.api_key_env names")
         }
         QlikAuth::ApiKey(SecretLocator::File(p)) => format!(
-            "the API key in the file {} (qlik.api_key_file)",
+            "the API key in the file {} ({table}.api_key_file)",
             crate::text::printable(&p.display().to_string(), 300)
         ),
         QlikAuth::OAuth { client_id, .. } => format!(
-            "the OAuth client {} (qlik.oauth)",
+            "the OAuth client {} ({table}.oauth)",
             crate::text::quoted(client_id, 200)
         ),
     }
