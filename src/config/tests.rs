@@ -1278,3 +1278,15 @@ canary_app = "{UUID1}"
         "{errs:?}"
     );
 }
+
+#[test]
+fn the_tenants_example_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example-tenants.toml");
+    let cfg = load(&path, &env(&[])).unwrap();
+    assert!(cfg.multi_tenant);
+    assert_eq!(cfg.tenants.len(), 2);
+    let warehouse = cfg.job("warehouse").unwrap();
+    assert_eq!(&*warehouse.connections[1].tenant, "test");
+    assert!(warehouse.connections[1].foreign);
+    assert_eq!(&*cfg.job("sales-s3-prod").unwrap().tenant, "prod");
+}
