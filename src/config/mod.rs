@@ -1013,6 +1013,13 @@ fn assign_tenants(
         };
         let Some(tenant) = tenant else { continue };
         job.tenant = tenant.clone();
+        // As written (a duplicate there is already reported by `connection_list`).
+        let raw: Vec<(String, (Option<String>, String))> = (job.connections.iter())
+            .map(|t| {
+                let (space, rest) = t.conn.identity();
+                (t.tenant.to_string(), (space.map(str::to_owned), rest))
+            })
+            .collect();
         let many = job.connections.len() > 1;
         for (c, target) in job.connections.iter_mut().enumerate() {
             let path = if many {
@@ -1035,9 +1042,11 @@ fn assign_tenants(
                  canary_app keeps every connection in the job's tenant",
             );
         }
-        let mut keys = std::collections::BTreeSet::new();
+        let mut keys = std::collections::BTreeMap::new();
         for (c, target) in job.connections.iter().enumerate() {
-            if !keys.insert(target.key()) {
+            if let Some(first) = keys.insert(target.key(), c)
+                && raw[first] != raw[c]
+            {
                 errs.push(
                     format!("{at}.connections[{c}]"),
                     "duplicate connection (its key, tenant:id or tenant:space/name, is another's)",
