@@ -8,7 +8,7 @@
 //!                       extrapolated linearly (default 100; K = N runs it in full, ~5 min)
 //! --rss-jobs N          jobs of the idle-RSS daemon (default 10000)
 //! --metrics-jobs N      jobs of the /metrics size case (default 10000)
-//! --only SECTION        budget | latency | calls | rss | oneshot | metrics | vault | propagation
+//! --only SECTION        budget | tenants | latency | calls | rss | oneshot | metrics | vault | propagation
 //!                       | reads (repeatable or comma-separated)
 //! --start-jobs N        jobs of the read-budget start (default 10000)
 //! --oneshot-before-bin P  section 5's "before": this binary (e.g. a build of an older main)
@@ -85,8 +85,9 @@ struct Args {
     oneshot_before_bin: Option<PathBuf>,
 }
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "budget",
+    "tenants",
     "latency",
     "calls",
     "rss",
@@ -649,7 +650,7 @@ async fn baseline(n: usize, sample: usize) -> Result<Baseline, String> {
                 .fetch(&job.secret)
                 .await
                 .map_err(|e| e.to_string())?;
-            let ConnectionRef::Name { name, space } = &job.connections[0] else {
+            let ConnectionRef::Name { name, space } = &job.connections[0].conn else {
                 return Err("expected a name-based job".to_owned());
             };
             let before = client
@@ -1647,6 +1648,9 @@ fn main() {
         if args.wants("reads") {
             section_reads(&args, &mut report).await;
         }
+        if args.wants("tenants") {
+            section_tenants(&mut report).await;
+        }
     });
     header("Summary");
     for (what, ok) in &report.targets {
@@ -2349,4 +2353,157 @@ async fn reads_run(
     running.shutdown().await;
     sim.shutdown().await;
     Ok(run)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section tenants: two tenants, each at its own write limit
+// ---------------------------------------------------------------------------------------------
+
+/// Writes per window of each simulated tenant, and the window (scaled from Qlik's minute to
+/// 10 s: long enough that timer jitter on a loaded host stays small against it).
+const TENANT_LIMIT: u32 = 50;
+const TENANT_WINDOW: Duration = Duration::from_secs(10);
+/// Connections per tenant: three windows' worth of writes each.
+const TENANT_CONNS: usize = 150;
+
+/// The config of two tenants `a` and `b`, each with `write_budget_per_min` at its limit (50
+/// per 10 s = 300 per minute) and one job per connection; both tenants' jobs `i` read one
+/// secret.
+fn tenants_config(sims: [(&Simulator, &[String]); 2]) -> String {
+    let per_min = u64::from(TENANT_LIMIT) * 60 / TENANT_WINDOW.as_secs();
+    let mut s = String::new();
+    for (t, (sim, _)) in ["a", "b"].iter().zip(sims) {
+        let _ = write!(
+            s,
+            "[tenants.{t}]\ntenant_url = \"{}\"\napi_key_env = \"{API_KEY_ENV}\"\n\
+             write_budget_per_min = {per_min}\nread_budget_per_min = 0\n",
+            sim.base_url()
+        );
+    }
+    s.push_str(
+        "[sources.v]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\n\
+         max_concurrent_rotations = 64\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    for (t, (_, ids)) in ["a", "b"].iter().zip(sims) {
+        for (i, id) in ids.iter().enumerate() {
+            let _ = write!(
+                s,
+                "\n[[jobs]]\nname = \"{t}-{job}\"\ntenant = \"{t}\"\nconnection = {{ id = \"{id}\" }}\n\
+                 connector = \"mssql\"\nsource = \"v\"\nsecret = \"bench/{job}\"\n",
+                job = job_name(i)
+            );
+        }
+    }
+    s
+}
+
+/// Both tenants rotate all their connections at once; returns every request of each.
+async fn tenants_run() -> Result<(Duration, [Vec<RecordedRequest>; 2], [u32; 2]), String> {
+    let cfg = SimConfig {
+        write_limit_per_min: Some(TENANT_LIMIT),
+        rate_window: TENANT_WINDOW,
+        ..SimConfig::default()
+    };
+    let a = Simulator::start(cfg.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let b = Simulator::start(cfg).await.map_err(|e| e.to_string())?;
+    let (ids_a, ids_b) = (
+        seed_connections(&a, TENANT_CONNS),
+        seed_connections(&b, TENANT_CONNS),
+    );
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    write_vault(dir.path(), TENANT_CONNS, 1);
+    let text = tenants_config([(&a, &ids_a), (&b, &ids_b)]);
+    let cfg =
+        config::load_str(&text, dir.path(), &input()).map_err(|e| format!("config: {:?}", e.0))?;
+    let running = daemon::start(&cfg, &input())
+        .await
+        .map_err(|e| format!("daemon start: {e}"))?;
+    running.daemon.preflight_finished().await;
+    a.clear_requests();
+    b.clear_requests();
+    let t0 = Instant::now();
+    for job in &cfg.jobs {
+        running.daemon.trigger(&job.name, false);
+    }
+    let http = http();
+    let timeout = Duration::from_secs(180);
+    let waited = wait_outcome(
+        &http,
+        running.addr,
+        "rotated",
+        2 * TENANT_CONNS,
+        t0,
+        timeout,
+    )
+    .await;
+    let out = [a.requests(), b.requests()];
+    let windows = [a.writes_in_window_max(), b.writes_in_window_max()];
+    running.shutdown().await;
+    Ok((waited?.0, out, windows))
+}
+
+async fn section_tenants(report: &mut Report) {
+    let l = f64::from(TENANT_LIMIT) * 60.0 / TENANT_WINDOW.as_secs_f64();
+    header(&format!(
+        "tenants. Two tenants, each limited to L = {TENANT_LIMIT} writes / {} s ({l:.0}/min) \
+         with write_budget_per_min = {l:.0}; {TENANT_CONNS} connections each, all triggered at once",
+        TENANT_WINDOW.as_secs()
+    ));
+    let (took, reqs, windows) = match tenants_run().await {
+        Ok(r) => r,
+        Err(e) => {
+            println!("  error: {e}");
+            report.target("tenants section completed", false);
+            return;
+        }
+    };
+    let all: Vec<&RecordedRequest> = reqs.iter().flatten().collect();
+    let mut patches: Vec<&&RecordedRequest> = (all.iter())
+        .filter(|r| r.method == "PATCH" && r.status == 204)
+        .collect();
+    patches.sort_by_key(|r| r.at);
+    let rejected = all.iter().filter(|r| r.status == 429).count();
+    let rate = |p: &[&&RecordedRequest]| match (p.first(), p.last()) {
+        (Some(x), Some(y)) if p.len() > 1 => {
+            (p.len() - 1) as f64 * 60.0 / y.at.duration_since(x.at).as_secs_f64()
+        }
+        _ => 0.0,
+    };
+    let aggregate = rate(&patches);
+    println!("  trigger-all → all rotated:         {}", secs(took));
+    for (t, r) in ["a", "b"].iter().zip(&reqs) {
+        let own: Vec<&RecordedRequest> = r
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.status == 204)
+            .collect();
+        let own: Vec<&&RecordedRequest> = own.iter().collect();
+        println!(
+            "  tenant {t}: {} PATCHes at {:.1}/min = {:.3} x L; {}",
+            own.len(),
+            rate(&own),
+            rate(&own) / l,
+            by_method(r)
+        );
+    }
+    println!(
+        "  aggregate: {} PATCHes at {aggregate:.1}/min = {:.3} x L",
+        patches.len(),
+        aggregate / l
+    );
+    println!(
+        "  429 answers: {rejected}; writes_in_window_max a/b: {windows:?} (L = {TENANT_LIMIT})"
+    );
+    report.target(
+        format!(
+            "two tenants reach {:.2} x L >= 1.9 x L in aggregate",
+            aggregate / l
+        ),
+        aggregate >= 1.9 * l && patches.len() == 2 * TENANT_CONNS,
+    );
+    report.target(
+        format!("tenants: zero 429s (saw {rejected})"),
+        rejected == 0,
+    );
 }

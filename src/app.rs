@@ -2,12 +2,15 @@
 //! sources, the state store, the metrics). May do I/O (reading the API key file, loading the
 //! AWS configuration, locking the state directory); sends nothing to Qlik.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use crate::{
-    config::{Config, ConfigInput, QlikAuth, SecretLocator},
+    config::{Config, ConfigInput, QlikAuth, QlikConfig, SecretLocator},
     metrics::Metrics,
-    qlik::{ClientSettings, Credentials, QlikClient, RetryPolicy},
+    qlik::{ClientSettings, Credentials, Origin, QlikClient, RetryPolicy},
     rotation::Rotator,
     secrets::{self, AnySource},
     state::{SqliteBackend, StateBackend, dynamodb::DynamoState},
@@ -19,8 +22,8 @@ pub enum BuildError {
     /// A credential the rotator itself needs could not be read.
     #[error("{key}: {message}")]
     Credential {
-        /// The config key that points to it.
-        key: &'static str,
+        /// The config key that points to it (`qlik.api_key_env`, `tenants.prod.api_key_env`).
+        key: String,
         /// What went wrong.
         message: String,
     },
@@ -63,16 +66,17 @@ impl App {
     pub async fn build(cfg: &Config, input: &dyn ConfigInput) -> Result<App, BuildError> {
         let (state, lease_ttl) = state_backend(cfg).await?;
         secrets::check_all(&cfg.sources).map_err(BuildError::Source)?;
-        let metrics = Arc::new(Metrics::with_per_job(crate::metrics::PerJob {
-            duration_histogram: cfg.metrics.per_job_duration_histogram,
-            unchanged: cfg.metrics.per_job_unchanged,
-        }));
+        let metrics = Arc::new(Metrics::with_options(
+            crate::metrics::PerJob {
+                duration_histogram: cfg.metrics.per_job_duration_histogram,
+                unchanged: cfg.metrics.per_job_unchanged,
+            },
+            cfg.multi_tenant,
+        ));
         metrics.set_state_writable(true);
-        let client = Arc::new(
-            qlik_client(cfg, input)?
-                .with_observer(Arc::new(crate::events::Events::new(metrics.clone()))),
-        );
-        let rotator = Rotator::new(client, sources(cfg).await).with_metrics(metrics.clone());
+        let clients = tenant_clients(cfg, input, Some(&metrics))?;
+        let rotator = Rotator::with_clients(clients, cfg.multi_tenant, sources(cfg).await)
+            .with_metrics(metrics.clone());
         Ok(App {
             rotator: Arc::new(rotator),
             state,
@@ -155,38 +159,54 @@ pub fn load(
 
 /// Where the rotator's Qlik credentials come from, for a hint: `$QLIK_API_KEY
 /// (qlik.api_key_env)`, `the file /run/secrets/qlik-api-key (qlik.api_key_file)` or `the OAuth
-/// client "id" (qlik.oauth)`.
+/// client "id" (qlik.oauth)`; of the first tenant (the only one with `[qlik]`).
 pub fn identity(cfg: &Config) -> String {
-    match &cfg.qlik.auth {
+    tenant_identity(&cfg.tenants[0])
+}
+
+/// [`identity`] of one tenant, its keys under its table (`tenants.prod.api_key_env`).
+pub fn tenant_identity(t: &QlikConfig) -> String {
+    let table = &t.table;
+    match &t.auth {
         QlikAuth::ApiKey(SecretLocator::Env(n)) if crate::text::looks_like_variable(n) => {
-            format!("the API key in ${n} (qlik.api_key_env)")
+            format!("the API key in ${n} ({table}.api_key_env)")
         }
         QlikAuth::ApiKey(SecretLocator::Env(_)) => {
-            "the API key in the variable qlik.api_key_env names".to_owned()
+            format!("the API key in the variable {table}.api_key_env names")
         }
         QlikAuth::ApiKey(SecretLocator::File(p)) => format!(
-            "the API key in the file {} (qlik.api_key_file)",
+            "the API key in the file {} ({table}.api_key_file)",
             crate::text::printable(&p.display().to_string(), 300)
         ),
         QlikAuth::OAuth { client_id, .. } => format!(
-            "the OAuth client {} (qlik.oauth)",
+            "the OAuth client {} ({table}.oauth)",
             crate::text::quoted(client_id, 200)
         ),
     }
 }
 
-/// Builds the Qlik client from `[qlik]`.
+/// Builds the Qlik client of the first tenant (the only one with `[qlik]`); see
+/// [`tenant_client`].
 ///
 /// # Errors
 /// [`BuildError`] when the API key or client secret cannot be read.
 pub fn qlik_client(cfg: &Config, input: &dyn ConfigInput) -> Result<QlikClient, BuildError> {
-    crate::qlik::error::set_identity(identity(cfg));
-    let credentials = match &cfg.qlik.auth {
+    tenant_client(&cfg.tenants[0], input)
+}
+
+/// Builds the Qlik client of one tenant: its own credentials, token cache, read and write
+/// budgets and 429 pause, and its own identity in the hints of its errors.
+///
+/// # Errors
+/// [`BuildError`] when the API key or client secret cannot be read (naming the tenant's key).
+pub fn tenant_client(t: &QlikConfig, input: &dyn ConfigInput) -> Result<QlikClient, BuildError> {
+    let key = |k: &str| format!("{}.{k}", t.table);
+    let credentials = match &t.auth {
         QlikAuth::ApiKey(loc) => {
             Credentials::ApiKey(loc.read(input).map_err(|message| BuildError::Credential {
                 key: match loc {
-                    SecretLocator::Env(_) => "qlik.api_key_env",
-                    SecretLocator::File(_) => "qlik.api_key_file",
+                    SecretLocator::Env(_) => key("api_key_env"),
+                    SecretLocator::File(_) => key("api_key_file"),
                 },
                 message,
             })?)
@@ -201,27 +221,55 @@ pub fn qlik_client(cfg: &Config, input: &dyn ConfigInput) -> Result<QlikClient, 
                 .read(input)
                 .map_err(|message| BuildError::Credential {
                     key: match client_secret {
-                        SecretLocator::Env(_) => "qlik.oauth.client_secret_env",
-                        SecretLocator::File(_) => "qlik.oauth.client_secret_file",
+                        SecretLocator::Env(_) => key("oauth.client_secret_env"),
+                        SecretLocator::File(_) => key("oauth.client_secret_file"),
                     },
                     message,
                 })?,
             scope: scope.clone(),
         },
     };
-    QlikClient::new(ClientSettings {
-        tenant_url: cfg.qlik.tenant_url.clone(),
+    Ok(QlikClient::new(ClientSettings {
+        tenant_url: t.tenant_url.clone(),
         credentials,
-        request_timeout: cfg.qlik.request_timeout,
+        request_timeout: t.request_timeout,
         retry: RetryPolicy {
-            max_attempts: cfg.qlik.max_attempts,
+            max_attempts: t.max_attempts,
             ..RetryPolicy::default()
         },
-        write_budget_per_min: cfg.qlik.write_budget_per_min,
-        read_budget_per_min: cfg.qlik.read_budget_per_min,
-        max_response_bytes: cfg.qlik.max_response_bytes,
+        write_budget_per_min: t.write_budget_per_min,
+        read_budget_per_min: t.read_budget_per_min,
+        max_response_bytes: t.max_response_bytes,
     })
-    .map_err(|e| BuildError::Client(e.to_string()))
+    .map_err(|e| BuildError::Client(e.to_string()))?
+    .with_origin(Origin {
+        identity: tenant_identity(t),
+        table: t.table.clone(),
+    }))
+}
+
+/// One client per tenant ([`tenant_client`]), each reporting its requests to `metrics` (with
+/// a `tenant` label when the configuration declares `[tenants.NAME]`).
+///
+/// # Errors
+/// [`BuildError`] for the first tenant whose credential cannot be read.
+pub fn tenant_clients(
+    cfg: &Config,
+    input: &dyn ConfigInput,
+    metrics: Option<&Arc<Metrics>>,
+) -> Result<BTreeMap<Arc<str>, Arc<QlikClient>>, BuildError> {
+    let mut clients = BTreeMap::new();
+    for t in &cfg.tenants {
+        let mut client = tenant_client(t, input)?;
+        if let Some(m) = metrics {
+            let tenant = cfg.multi_tenant.then(|| t.name.clone());
+            client = client.with_observer(Arc::new(
+                crate::events::Events::new(m.clone()).for_tenant(tenant),
+            ));
+        }
+        clients.insert(t.name.clone(), Arc::new(client));
+    }
+    Ok(clients)
 }
 
 /// Builds every configured secret source (each source's factory lives in its file in
@@ -235,7 +283,11 @@ pub async fn sources(cfg: &Config) -> HashMap<String, Arc<AnySource>> {
 /// # Errors
 /// [`BuildError`] when a credential cannot be read.
 pub async fn rotator(cfg: &Config, input: &dyn ConfigInput) -> Result<Rotator, BuildError> {
-    let client = Arc::new(qlik_client(cfg, input)?);
+    let clients = tenant_clients(cfg, input, None)?;
     secrets::check_all(&cfg.sources).map_err(BuildError::Source)?;
-    Ok(Rotator::new(client, sources(cfg).await))
+    Ok(Rotator::with_clients(
+        clients,
+        cfg.multi_tenant,
+        sources(cfg).await,
+    ))
 }

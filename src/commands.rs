@@ -161,7 +161,13 @@ pub async fn check_config(
         }));
     }
     if !json {
-        crate::outln!("pre-flight against {}:", cfg.qlik.tenant_url);
+        let urls: Vec<String> = (cfg.tenants.iter())
+            .map(|t| match cfg.multi_tenant {
+                true => format!("{} ({})", t.tenant_url, t.name),
+                false => t.tenant_url.to_string(),
+            })
+            .collect();
+        crate::outln!("pre-flight against {}:", urls.join(", "));
     }
     for job in &cfg.jobs {
         // Pre-flight first; then, when a connection passes, the secret is read once (as a
@@ -276,23 +282,26 @@ pub fn references(cfg: &Config, input: &dyn ConfigInput) -> Vec<config::ConfigEr
             });
         }
     };
-    match &cfg.qlik.auth {
-        QlikAuth::ApiKey(loc @ SecretLocator::Env(_)) => {
-            check("qlik.api_key_env", loc, "qlik.api_key_file");
+    for t in &cfg.tenants {
+        let key = |k: &str| format!("{}.{k}", t.table);
+        match &t.auth {
+            QlikAuth::ApiKey(loc @ SecretLocator::Env(_)) => {
+                check(&key("api_key_env"), loc, &key("api_key_file"));
+            }
+            QlikAuth::ApiKey(loc) => check(&key("api_key_file"), loc, &key("api_key_env")),
+            QlikAuth::OAuth { client_secret, .. } => match client_secret {
+                SecretLocator::Env(_) => check(
+                    &key("oauth.client_secret_env"),
+                    client_secret,
+                    &key("oauth.client_secret_file"),
+                ),
+                SecretLocator::File(_) => check(
+                    &key("oauth.client_secret_file"),
+                    client_secret,
+                    &key("oauth.client_secret_env"),
+                ),
+            },
         }
-        QlikAuth::ApiKey(loc) => check("qlik.api_key_file", loc, "qlik.api_key_env"),
-        QlikAuth::OAuth { client_secret, .. } => match client_secret {
-            SecretLocator::Env(_) => check(
-                "qlik.oauth.client_secret_env",
-                client_secret,
-                "qlik.oauth.client_secret_file",
-            ),
-            SecretLocator::File(_) => check(
-                "qlik.oauth.client_secret_file",
-                client_secret,
-                "qlik.oauth.client_secret_env",
-            ),
-        },
     }
     if let Some(file) = &cfg.metrics.admin_token_file {
         check(
@@ -318,8 +327,8 @@ pub fn references(cfg: &Config, input: &dyn ConfigInput) -> Vec<config::ConfigEr
 pub use crate::text::looks_like_variable;
 
 /// Where the rotator's Qlik credentials come from (in [`crate::app`], which names them in
-/// Qlik's 401 hints).
-pub use crate::app::identity;
+/// Qlik's 401 hints), for the first tenant or one tenant.
+pub use crate::app::{identity, tenant_identity};
 
 fn print_config_summary(path: &Path, cfg: &Config) {
     crate::outln!(

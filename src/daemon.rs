@@ -40,7 +40,7 @@ use crate::{
         runs::{RunResult, RunTicket},
     },
     app::{self, App},
-    config::{Config, ConfigInput, ConnectionRef, JobConfig},
+    config::{Config, ConfigInput, JobConfig, Target},
     events::{PreflightChecked, PreflightFinished},
     metrics::Metrics,
     runner::{JobRuntime, RetryPolicy, Runner},
@@ -305,10 +305,7 @@ impl<R: RunJobs> std::fmt::Debug for Daemon<R> {
 /// A job's last success carried over from the state file, so staleness alerts stay truthful
 /// across restarts: the oldest of its connections' last-known-current times, and none unless
 /// every connection has one (`known` gives it per connection).
-fn carried_last_success(
-    job: &JobConfig,
-    known: impl Fn(&ConnectionRef) -> Option<i64>,
-) -> Option<i64> {
+fn carried_last_success(job: &JobConfig, known: impl Fn(&Target) -> Option<i64>) -> Option<i64> {
     let times: Vec<i64> = job.connections.iter().filter_map(known).collect();
     if times.len() == job.connections.len() {
         times.into_iter().min()
@@ -451,7 +448,7 @@ impl Daemon<Runner> {
         let now = chrono::Utc::now().timestamp();
         app.metrics.register_jobs(&cfg.jobs);
         for j in &cfg.jobs {
-            let known = |c: &ConnectionRef| {
+            let known = |c: &Target| {
                 (known_state.get(&j.state_key(c)))
                     .filter(|s| s.applies_to(c))
                     .and_then(|s| s.last_known_current(now))
@@ -1309,7 +1306,14 @@ pub struct ReloadSummary {
 /// their `Debug` text, which names secret locations, never secret values.
 fn fixed_sections(cfg: &Config) -> [(&'static str, String); 5] {
     [
-        ("[qlik]", format!("{:?}", cfg.qlik)),
+        (
+            if cfg.multi_tenant {
+                "[tenants]"
+            } else {
+                "[qlik]"
+            },
+            format!("{:?}", (cfg.multi_tenant, &cfg.tenants)),
+        ),
         ("[sources]", format!("{:?}", cfg.sources)),
         ("[daemon]", format!("{:?}", cfg.daemon)),
         ("[metrics]", format!("{:?}", cfg.metrics)),

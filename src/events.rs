@@ -70,6 +70,9 @@ pub struct Events {
     metrics: Option<Arc<Metrics>>,
     /// Where outcomes are also sent (`[[notify]]`): set once by the daemon; clones share it.
     notifier: Arc<std::sync::OnceLock<Box<dyn NotificationSink>>>,
+    /// The tenant of the Qlik client these events observe (the `tenant` label of its
+    /// requests, with `[tenants.NAME]`).
+    tenant: Option<Arc<str>>,
 }
 
 // === impl Events ===
@@ -80,7 +83,14 @@ impl Events {
         Events {
             metrics: Some(metrics),
             notifier: Arc::default(),
+            tenant: None,
         }
+    }
+
+    /// These events, observing a Qlik client of `tenant` (`None`: no `tenant` label).
+    pub fn for_tenant(mut self, tenant: Option<Arc<str>>) -> Self {
+        self.tenant = tenant;
+        self
     }
 
     /// Sends every outcome to `notifier` as well (once; a second call is ignored and returns
@@ -128,12 +138,14 @@ impl RequestObserver for Events {
         elapsed: Duration,
     ) {
         if let Some(m) = &self.metrics {
-            m.qlik_request(method, endpoint, status, elapsed);
+            m.tenant_request(self.tenant.as_deref(), method, endpoint, status, elapsed);
         }
     }
 
     fn rate_limited(&self) {
-        self.emit(RateLimited);
+        self.emit(RateLimited {
+            tenant: self.tenant.as_deref(),
+        });
     }
 }
 
@@ -389,16 +401,29 @@ impl Event for SecretFetched<'_> {
 }
 
 /// Qlik answered HTTP 429 (the client waits and retries).
-#[derive(Debug)]
-pub struct RateLimited;
+#[derive(Debug, Default)]
+pub struct RateLimited<'a> {
+    /// The client's tenant, with `[tenants.NAME]` (logged, and the metric's label).
+    pub tenant: Option<&'a str>,
+}
 
-impl Event for RateLimited {
+impl Event for RateLimited<'_> {
     type Output = ();
 
     fn emit(self, metrics: Option<&Metrics>) {
-        tracing::warn!("Qlik answered 429 (rate limited); waiting before the next request.");
+        match self.tenant {
+            Some(tenant) => tracing::warn!(
+                tenant,
+                "Qlik answered 429 (rate limited); waiting before the tenant's next request."
+            ),
+            None => {
+                tracing::warn!(
+                    "Qlik answered 429 (rate limited); waiting before the next request."
+                );
+            }
+        }
         if let Some(m) = metrics {
-            m.rate_limited();
+            m.tenant_rate_limited(self.tenant);
         }
     }
 }

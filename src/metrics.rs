@@ -220,6 +220,24 @@ pub const RELOAD_RESULTS: [&str; 3] = ["ok", "invalid", "refused"];
 /// Upper bounds of `qlik_request_duration_seconds` (the `+Inf` bucket is implied).
 const REQUEST_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
+/// The label names of the series that also carry `tenant` when the configuration declares
+/// `[tenants.NAME]` ([`Metrics::with_options`]); the per-job table's families add it too.
+const TENANT_LABELS: [(&str, &[&str]); 4] = [
+    (
+        "errors_total",
+        &["rotation_job", "stage", "error_type", "tenant"],
+    ),
+    (
+        "qlik_requests_total",
+        &["method", "endpoint", "status", "tenant"],
+    ),
+    (
+        "qlik_request_duration_seconds",
+        &["method", "endpoint", "tenant"],
+    ),
+    ("rate_limited_total", &["tenant"]),
+];
+
 /// Every metric: the registry's, then the per-job table's ([`JOB_FAMILIES`]).
 pub const DECLARED: [Def; 29] = [
     ERRORS,
@@ -293,6 +311,9 @@ pub const NOTIFY_RESULTS: [&str; 3] = ["sent", "failed", "dropped"];
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Whether per-job and per-request series carry a `tenant` label (the configuration
+    /// declares `[tenants.NAME]`); without, the exposition is as before tenants.
+    tenant_label: bool,
     jobs_table: Arc<JobTable>,
     errors: IntCounterVec,
     retries: IntCounterVec,
@@ -302,7 +323,7 @@ pub struct Metrics {
     qlik_requests: IntCounterVec,
     qlik_request_duration: HistogramVec,
     secret_fetches: IntCounterVec,
-    rate_limited: IntCounter,
+    rate_limited: IntCounterVec,
     jobs: IntGaugeVec,
     build_info: IntGaugeVec,
     start_time: IntGauge,
@@ -385,22 +406,43 @@ impl Metrics {
 
     /// As [`Metrics::new`], with the opt-in per-job series `opt_in` asks for.
     pub fn with_per_job(opt_in: PerJob) -> Self {
+        Self::with_options(opt_in, false)
+    }
+
+    /// As [`Metrics::with_per_job`]; with `tenant_label` (a configuration with
+    /// `[tenants.NAME]`), the per-job series (`rotations_total`, `errors_total`, the job
+    /// gauges) and the per-request ones (`qlik_requests_total`,
+    /// `qlik_request_duration_seconds`, `rate_limited_total`) carry a `tenant` label: the
+    /// job's tenant, the requesting client's. Its values are tenant names from the
+    /// configuration, so it stays bounded.
+    pub fn with_options(opt_in: PerJob, tenant_label: bool) -> Self {
         let r = Registry::new_custom(Some("qlik_rotator".into()), None)
             .expect("the prefix is a valid metric name");
+        let with_tenant = |d: &Def| -> Def {
+            match TENANT_LABELS.iter().find(|(name, _)| *name == d.name) {
+                Some((_, labels)) if tenant_label => Def { labels, ..*d },
+                _ => *d,
+            }
+        };
         let m = Metrics {
+            tenant_label,
             jobs_table: Arc::new(JobTable {
                 opt_in,
                 ..JobTable::default()
             }),
-            errors: counter_vec(&r, &ERRORS),
+            errors: counter_vec(&r, &with_tenant(&ERRORS)),
             retries: counter_vec(&r, &RETRIES),
             rotation_duration: histogram_vec(&r, &ROTATION_DURATION, &DURATION_BUCKETS),
             unchanged: counter_vec(&r, &UNCHANGED),
             last_attempt: gauge_vec(&r, &LAST_ATTEMPT),
-            qlik_requests: counter_vec(&r, &QLIK_REQUESTS),
-            qlik_request_duration: histogram_vec(&r, &QLIK_REQUEST_DURATION, &REQUEST_BUCKETS),
+            qlik_requests: counter_vec(&r, &with_tenant(&QLIK_REQUESTS)),
+            qlik_request_duration: histogram_vec(
+                &r,
+                &with_tenant(&QLIK_REQUEST_DURATION),
+                &REQUEST_BUCKETS,
+            ),
             secret_fetches: counter_vec(&r, &SECRET_FETCHES),
-            rate_limited: counter(&r, &RATE_LIMITED),
+            rate_limited: counter_vec(&r, &with_tenant(&RATE_LIMITED)),
             jobs: gauge_vec(&r, &JOBS),
             build_info: gauge_vec(&r, &BUILD_INFO),
             start_time: gauge(&r, &START_TIME),
@@ -424,6 +466,10 @@ impl Metrics {
         }
         for rule in crate::connectors::VERIFY_WARNING_RULES {
             m.verify_warnings.with_label_values(&[rule]).reset();
+        }
+        if !tenant_label {
+            // The one series, 0 until the first 429 (as an unlabelled counter shows).
+            m.rate_limited.with_label_values(&[] as &[&str]).reset();
         }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -450,6 +496,14 @@ impl Metrics {
     /// jobs that can warn).
     pub fn register_jobs<'a>(&self, jobs: impl IntoIterator<Item = &'a JobConfig>) {
         let jobs: Vec<&JobConfig> = jobs.into_iter().collect();
+        if self.tenant_label {
+            let mut tenants: Vec<&str> = jobs.iter().map(|j| &*j.tenant).collect();
+            tenants.sort_unstable();
+            tenants.dedup();
+            for t in tenants {
+                self.rate_limited.with_label_values(&[t]).reset();
+            }
+        }
         for job in &jobs {
             self.rotation_duration.with_label_values(&[&job.connector]);
             if !job.spec.is_generic() {
@@ -457,9 +511,19 @@ impl Metrics {
                     .with_label_values(&[spec_warning_label(&job.spec.datasource)]);
             }
         }
-        self.jobs_table.register(jobs, |connector| {
-            self.unchanged.with_label_values(&[connector])
-        });
+        self.jobs_table
+            .register(jobs, self.tenant_label, |connector| {
+                self.unchanged.with_label_values(&[connector])
+            });
+    }
+
+    /// The `tenant` label value of `job`'s series (`None` without the label, or for a job
+    /// never registered).
+    fn job_tenant(&self, job: &str) -> Option<Arc<str>> {
+        if !self.tenant_label {
+            return None;
+        }
+        self.jobs_table.tenant(job)
     }
 
     /// Sets a job's pre-flight result (`job_preflight_ok`).
@@ -519,7 +583,12 @@ impl Metrics {
                     (get("rotation_job"), get("stage"), get("error_type"))
                     && names.iter().any(|n| n == job)
                 {
-                    let _ = self.errors.remove_label_values(&[job, stage, error_type]);
+                    let _ = match get("tenant") {
+                        Some(t) => self
+                            .errors
+                            .remove_label_values(&[job, stage, error_type, t]),
+                        None => self.errors.remove_label_values(&[job, stage, error_type]),
+                    };
                 }
             }
         }
@@ -616,9 +685,12 @@ impl Metrics {
     /// Counts one failed run in `errors_total` (once per run and connection, after the last
     /// attempt: the sum over a job equals its `failed` + `verify_failed` outcomes).
     pub fn count_error(&self, job: &str, stage: &str, error_type: &str) {
-        self.errors
-            .with_label_values(&[job, stage, error_type])
-            .inc();
+        match self.job_tenant(job) {
+            Some(t) => self.errors.with_label_values(&[job, stage, error_type, &t]),
+            None if self.tenant_label => return,
+            None => self.errors.with_label_values(&[job, stage, error_type]),
+        }
+        .inc();
     }
 
     /// Counts one failed attempt that is retried within its run (`stage` is one of
@@ -629,11 +701,28 @@ impl Metrics {
 
     /// Counts one HTTP exchange with Qlik (`status` is the HTTP status or `error`).
     pub fn qlik_request(&self, method: &str, endpoint: &str, status: &str, elapsed: Duration) {
-        self.qlik_requests
-            .with_label_values(&[method, endpoint, status])
-            .inc();
+        self.tenant_request(None, method, endpoint, status, elapsed);
+    }
+
+    /// [`Metrics::qlik_request`] of a client of `tenant` (the label is set only when the
+    /// metrics carry one; a request without a tenant is then counted under `tenant=""`).
+    pub fn tenant_request(
+        &self,
+        tenant: Option<&str>,
+        method: &str,
+        endpoint: &str,
+        status: &str,
+        elapsed: Duration,
+    ) {
+        let t = tenant.unwrap_or("");
+        let (counted, timed): (&[&str], &[&str]) = if self.tenant_label {
+            (&[method, endpoint, status, t], &[method, endpoint, t])
+        } else {
+            (&[method, endpoint, status], &[method, endpoint])
+        };
+        self.qlik_requests.with_label_values(counted).inc();
         self.qlik_request_duration
-            .with_label_values(&[method, endpoint])
+            .with_label_values(timed)
             .observe(elapsed.as_secs_f64());
     }
 
@@ -707,7 +796,19 @@ impl Metrics {
 
     /// Counts one HTTP 429 from Qlik.
     pub fn rate_limited(&self) {
-        self.rate_limited.inc();
+        self.tenant_rate_limited(None);
+    }
+
+    /// Counts one HTTP 429 from Qlik to a client of `tenant` (see
+    /// [`Metrics::tenant_request`]).
+    pub fn tenant_rate_limited(&self, tenant: Option<&str>) {
+        if self.tenant_label {
+            (self.rate_limited)
+                .with_label_values(&[tenant.unwrap_or("")])
+                .inc();
+        } else {
+            self.rate_limited.with_label_values(&[] as &[&str]).inc();
+        }
     }
 
     /// The whole text exposition (Prometheus format 0.0.4) in one string.
@@ -835,6 +936,8 @@ impl JobStats {
 #[derive(Debug)]
 struct JobSeries {
     name: Box<str>,
+    /// The job's tenant when the series carry a `tenant` label.
+    tenant: Option<Arc<str>>,
     max_age: u64,
     /// The job's connector's `rotations_unchanged_total` series.
     unchanged: IntCounter,
@@ -845,7 +948,13 @@ impl JobSeries {
     /// The labels every per-job series carries, rendered (the one place a per-job label is
     /// written).
     fn labels(&self) -> String {
-        format!("rotation_job=\"{}\"", escape(&self.name, true))
+        let job = escape(&self.name, true);
+        // `,tenant="…"` after the job (labels in name order, as the registry's); tenant
+        // names are plain identifiers, nothing to escape.
+        match &self.tenant {
+            Some(t) => format!("rotation_job=\"{job}\",tenant=\"{t}\""),
+            None => format!("rotation_job=\"{job}\""),
+        }
     }
 
     /// Appends this job's samples of `family` to `out` (nothing for a value never set and for
@@ -897,15 +1006,18 @@ pub struct JobTable {
 }
 
 impl JobTable {
-    /// Adds `jobs`; `unchanged` gives a connector's `rotations_unchanged_total` series.
+    /// Adds `jobs` (with their tenant when `tenant_label`); `unchanged` gives a connector's
+    /// `rotations_unchanged_total` series.
     fn register<'a>(
         &self,
         jobs: impl IntoIterator<Item = &'a JobConfig>,
+        tenant_label: bool,
         unchanged: impl Fn(&str) -> IntCounter,
     ) {
         let mut table = self.jobs.write().expect("metrics table lock");
         table.extend(jobs.into_iter().map(|job| JobSeries {
             name: job.name.as_str().into(),
+            tenant: tenant_label.then(|| job.tenant.clone()),
             max_age: job.max_age.as_secs(),
             unchanged: unchanged(&job.connector),
             stats: Mutex::new(JobStats::default()),
@@ -919,6 +1031,12 @@ impl JobTable {
     fn unregister(&self, names: &[String]) {
         let mut table = self.jobs.write().expect("metrics table lock");
         table.retain(|j| !names.iter().any(|n| **n == *j.name));
+    }
+
+    fn tenant(&self, job: &str) -> Option<Arc<str>> {
+        let table = self.jobs.read().expect("metrics table lock");
+        let i = table.binary_search_by(|j| (*j.name).cmp(job)).ok()?;
+        table[i].tenant.clone()
     }
 
     fn with(&self, job: &str, f: impl FnOnce(&mut JobStats)) {

@@ -2,7 +2,7 @@
 //! patch → PATCH → verify with a follow-up GET. Returns a [`Report`]; never panics on bad input.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -10,7 +10,7 @@ use std::{
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
-    config::{ConnectionRef, JobConfig},
+    config::{ConnectionRef, JobConfig, Target},
     connectors::{
         self, BuildError, Mismatch, SeparateMode,
         specs::{printable, quoted},
@@ -261,6 +261,9 @@ pub struct Report {
     pub connection_key: String,
     /// Whether the job feeds several connections (lines then name the connection).
     pub fanout: bool,
+    /// The connection's tenant, when the configuration declares `[tenants.NAME]` tables
+    /// (lines, log events and notifications then name it); `None` with `[qlik]`.
+    pub tenant: Option<Arc<str>>,
     /// The connection id, once resolved.
     pub connection_id: Option<String>,
     /// The secret version read (not secret).
@@ -294,12 +297,17 @@ pub struct Verified {
 }
 
 impl Report {
-    /// `job`, or `job[connection]` for a job feeding several connections.
+    /// `job`, or `job[connection]` for a job feeding several connections; with tenants,
+    /// followed by ` (tenant NAME)`.
     pub fn label(&self) -> String {
-        if self.fanout {
+        let label = if self.fanout {
             format!("{}[{}]", self.job, self.connection_key)
         } else {
             self.job.clone()
+        };
+        match &self.tenant {
+            Some(t) => format!("{label} (tenant {t})"),
+            None => label,
         }
     }
 
@@ -464,7 +472,10 @@ pub struct RunOptions {
 /// Runs rotations. Shared by the CLI and the daemon.
 #[derive(Debug)]
 pub struct Rotator {
-    client: Arc<QlikClient>,
+    /// One client per tenant (its own token cache, budgets and 429 pause).
+    clients: BTreeMap<Arc<str>, Arc<QlikClient>>,
+    /// Whether the configuration declares `[tenants.NAME]` (reports then name the tenant).
+    multi_tenant: bool,
     sources: HashMap<String, Arc<AnySource>>,
     resolved: Mutex<HashMap<String, String>>,
     /// Space names resolved to ids through the spaces API (a job's `space` given by name), so
@@ -475,10 +486,26 @@ pub struct Rotator {
 }
 
 impl Rotator {
-    /// A rotator over a Qlik client and the configured sources.
+    /// A rotator over one Qlik client (the `[qlik]` tenant) and the configured sources.
     pub fn new(client: Arc<QlikClient>, sources: HashMap<String, Arc<AnySource>>) -> Self {
+        let clients = BTreeMap::from([(Arc::from(crate::config::DEFAULT_TENANT), client)]);
+        Self::with_clients(clients, false, sources)
+    }
+
+    /// A rotator over one Qlik client per tenant; `multi_tenant` when they come from
+    /// `[tenants.NAME]` tables (reports then name the tenant).
+    ///
+    /// # Panics
+    /// When `clients` is empty.
+    pub fn with_clients(
+        clients: BTreeMap<Arc<str>, Arc<QlikClient>>,
+        multi_tenant: bool,
+        sources: HashMap<String, Arc<AnySource>>,
+    ) -> Self {
+        assert!(!clients.is_empty(), "a rotator needs a Qlik client");
         Rotator {
-            client,
+            clients,
+            multi_tenant,
             sources,
             resolved: Mutex::new(HashMap::new()),
             resolved_spaces: Mutex::new(HashMap::new()),
@@ -544,9 +571,36 @@ impl Rotator {
         self.sources.get(name)
     }
 
-    /// The Qlik client.
+    /// The Qlik client of the first tenant (the only one with `[qlik]`).
     pub fn client(&self) -> &Arc<QlikClient> {
-        &self.client
+        self.clients
+            .values()
+            .next()
+            .expect("a rotator has a client")
+    }
+
+    /// The Qlik client of `tenant`. A rotator over a single client serves every tenant with
+    /// it (tests, the demo).
+    ///
+    /// # Panics
+    /// When several clients were built and none is `tenant`'s: a validated configuration
+    /// names only tenants it declares, and the build phase builds each of them.
+    pub fn client_for(&self, tenant: &str) -> &Arc<QlikClient> {
+        match self.clients.get(tenant) {
+            Some(c) => c,
+            None if self.clients.len() == 1 => self.client(),
+            None => panic!("no Qlik client for tenant {tenant:?}"),
+        }
+    }
+
+    /// Every tenant's client, by tenant name.
+    pub fn clients(&self) -> &BTreeMap<Arc<str>, Arc<QlikClient>> {
+        &self.clients
+    }
+
+    /// Whether the configuration declares `[tenants.NAME]` tables.
+    pub fn multi_tenant(&self) -> bool {
+        self.multi_tenant
     }
 
     /// Finds and reads one of the job's connections. A name is resolved once to the id,
@@ -557,10 +611,11 @@ impl Rotator {
     pub async fn read_connection(
         &self,
         job: &JobConfig,
-        conn: &ConnectionRef,
+        conn: &Target,
     ) -> Result<DataConnection, QlikError> {
-        match conn {
-            ConnectionRef::Id(id) => self.client.get_connection(id).await,
+        let client = self.client_for(&conn.tenant);
+        match &conn.conn {
+            ConnectionRef::Id(id) => client.get_connection(id).await,
             ConnectionRef::Name { name, space } => {
                 let cache_key = format!("{}\u{0}{}", job.name, conn.key());
                 let cached = self
@@ -570,17 +625,14 @@ impl Rotator {
                     .get(&cache_key)
                     .cloned();
                 if let Some(id) = cached {
-                    return self.client.get_connection(&id).await;
+                    return client.get_connection(&id).await;
                 }
-                let found = match (
-                    self.client.find_connection(name, space.as_deref()).await,
-                    space,
-                ) {
+                let found = match (client.find_connection(name, space.as_deref()).await, space) {
                     (Err(QlikError::NameNotFound { .. }), Some(wanted)) => {
                         // Not found in a space of that id: `space` may be a space *name*.
                         // Resolved through the spaces API, once (the id found is cached).
-                        let id = self.space_id(name, wanted).await?;
-                        self.client.find_connection(name, Some(&id)).await?
+                        let id = self.space_id(&conn.tenant, name, wanted).await?;
+                        client.find_connection(name, Some(&id)).await?
                     }
                     (
                         Err(QlikError::NameAmbiguous {
@@ -592,7 +644,7 @@ impl Rotator {
                         None,
                     ) => {
                         return Err(QlikError::NameAmbiguous {
-                            candidates: self.candidate_spaces(&n).await,
+                            candidates: self.candidate_spaces(&conn.tenant, &n).await,
                             name: n,
                             status,
                             problem,
@@ -612,10 +664,11 @@ impl Rotator {
     /// The spaces holding a connection named `name` (for an ambiguous name), each
     /// `"space name" (id "…")`, escaped, at most [`crate::qlik::error::MAX_CANDIDATES`] plus
     /// "and N more". Best effort: empty when the listing fails (the error stays ambiguous).
-    async fn candidate_spaces(&self, name: &str) -> Vec<String> {
+    async fn candidate_spaces(&self, tenant: &str, name: &str) -> Vec<String> {
+        let client = self.client_for(tenant);
         use crate::{qlik::error::MAX_CANDIDATES, qlik::listing, text::quoted};
         let limits = listing::Limits::default();
-        let Ok(conns) = listing::all_connections(&self.client, None, limits).await else {
+        let Ok(conns) = listing::all_connections(client, None, limits).await else {
             return Vec::new();
         };
         let mut ids: Vec<Option<String>> = (conns.into_iter())
@@ -624,7 +677,7 @@ impl Rotator {
             .collect();
         ids.sort();
         ids.dedup();
-        let spaces = listing::all_spaces(&self.client, limits)
+        let spaces = listing::all_spaces(client, limits)
             .await
             .unwrap_or_default();
         let mut out: Vec<String> = (ids.iter().take(MAX_CANDIDATES))
@@ -648,13 +701,14 @@ impl Rotator {
     /// connection `name` that found nothing in a space of id `wanted`. An unknown or ambiguous
     /// space is [`QlikError::Space`]; when `wanted` is a space id, the lookup's
     /// [`QlikError::NameNotFound`] stands.
-    async fn space_id(&self, name: &str, wanted: &str) -> Result<String, QlikError> {
+    async fn space_id(&self, tenant: &str, name: &str, wanted: &str) -> Result<String, QlikError> {
         use crate::qlik::listing::{self, DiscoverError};
         let not_found = || QlikError::NameNotFound {
             name: name.to_owned(),
             space: Some(wanted.to_owned()),
         };
-        let spaces = match listing::all_spaces(&self.client, listing::Limits::default()).await {
+        let client = self.client_for(tenant);
+        let spaces = match listing::all_spaces(client, listing::Limits::default()).await {
             Ok(s) => s,
             Err(DiscoverError::Qlik(e)) => return Err(e),
             Err(e) => {
@@ -671,7 +725,7 @@ impl Rotator {
                 self.resolved_spaces
                     .lock()
                     .expect("resolved spaces lock")
-                    .insert(wanted.to_owned(), id.clone());
+                    .insert(format!("{tenant}\u{0}{wanted}"), id.clone());
                 Ok(id)
             }
             Err(e @ DiscoverError::AmbiguousSpace { .. }) => Err(QlikError::Space {
@@ -685,21 +739,23 @@ impl Rotator {
         }
     }
 
-    /// The connector's api-specs, fetched once per `datasourceID` and cached (`None` when the
-    /// tenant has none).
+    /// The connector's api-specs in `tenant`, fetched once per tenant and `datasourceID` and
+    /// cached (`None` when the tenant has none).
     ///
     /// # Errors
     /// [`QlikError`] when they cannot be read (not cached, so a later run tries again).
     pub async fn api_specs(
         &self,
+        tenant: &str,
         datasource: &str,
     ) -> Result<Option<serde_json::Value>, QlikError> {
+        let key = format!("{tenant}\u{0}{datasource}");
         let mut cache = self.api_specs.lock().await;
-        if let Some(v) = cache.get(datasource) {
+        if let Some(v) = cache.get(&key) {
             return Ok(v.clone());
         }
-        let v = self.client.get_api_specs(datasource).await?;
-        cache.insert(datasource.to_owned(), v.clone());
+        let v = self.client_for(tenant).get_api_specs(datasource).await?;
+        cache.insert(key, v.clone());
         Ok(v)
     }
 
@@ -709,9 +765,13 @@ impl Rotator {
     ///
     /// # Errors
     /// [`RotationError`] naming every mismatch; nothing is sent.
-    pub async fn check_specs(&self, job: &JobConfig) -> Result<Vec<String>, RotationError> {
+    pub async fn check_specs(
+        &self,
+        job: &JobConfig,
+        tenant: &str,
+    ) -> Result<Vec<String>, RotationError> {
         let specs = self
-            .api_specs(&job.spec.datasource)
+            .api_specs(tenant, &job.spec.datasource)
             .await
             .map_err(RotationError::Resolve)?;
         let warnings = match specs {
@@ -745,7 +805,7 @@ impl Rotator {
     }
 
     /// Forgets a name → id resolution (after a GET by that id answered with another name).
-    fn forget_resolved(&self, job: &JobConfig, conn: &ConnectionRef) {
+    fn forget_resolved(&self, job: &JobConfig, conn: &Target) {
         let cache_key = format!("{}\u{0}{}", job.name, conn.key());
         self.resolved
             .lock()
@@ -759,7 +819,7 @@ impl Rotator {
     pub async fn run(&self, job: &JobConfig, mut opts: RunOptions) -> Vec<Report> {
         let started = Instant::now();
         let fanout = job.connections.len() > 1;
-        let selected: Vec<&ConnectionRef> = job
+        let selected: Vec<&Target> = job
             .connections
             .iter()
             .filter(|c| opts.only.as_ref().is_none_or(|o| o.contains(&c.key())))
@@ -773,8 +833,8 @@ impl Rotator {
         // ahead for this run (with the other jobs due at the same time) is used as is.
         let held = self.fetch_once(job, opts.secret.take()).await;
         let mut reports = match held.as_ref().map(|h| secret_of(h)) {
-            Err(e) => failed_reports(job, &selected, fanout, e),
-            Ok(Err(e)) => failed_reports(job, &selected, fanout, &e),
+            Err(e) => failed_reports(job, &selected, fanout, self.multi_tenant, e),
+            Ok(Err(e)) => failed_reports(job, &selected, fanout, self.multi_tenant, &e),
             Ok(Ok(secret)) => {
                 self.rotate_selected(job, &selected, fanout, secret, &mut opts)
                     .await
@@ -816,14 +876,14 @@ impl Rotator {
     async fn rotate_selected(
         &self,
         job: &JobConfig,
-        selected: &[&ConnectionRef],
+        selected: &[&Target],
         fanout: bool,
         secret: &SecretValue,
         opts: &mut RunOptions,
     ) -> Vec<Report> {
         let mut reports = Vec::new();
         for conn in selected {
-            let mut r = fresh_report(job, conn, fanout);
+            let mut r = fresh_report(job, conn, fanout, self.multi_tenant);
             r.secret_version = Some(secret.version.clone());
             let key = conn.key();
             let unchanged = opts.last_applied.get(&key) == Some(&secret.version);
@@ -868,7 +928,8 @@ impl Rotator {
                 written = written.merged(w);
             }
         }
-        match crate::canary::run(&self.client, app, job.canary_timeout, &written).await {
+        let client = self.client_for(&job.tenant);
+        match crate::canary::run(client, app, job.canary_timeout, &written).await {
             Ok(proof) => {
                 for &i in &rotated {
                     reports[i].canary = Some(proof.clone());
@@ -893,7 +954,7 @@ impl Rotator {
     async fn roll_back(
         &self,
         job: &JobConfig,
-        selected: &[&ConnectionRef],
+        selected: &[&Target],
         failed_version: &str,
         opts: &RunOptions,
         reports: &mut [Report],
@@ -927,7 +988,7 @@ impl Rotator {
     async fn roll_back_one(
         &self,
         job: &JobConfig,
-        selected: &[&ConnectionRef],
+        selected: &[&Target],
         failed_version: &str,
         opts: &RunOptions,
         r: &mut Report,
@@ -966,7 +1027,7 @@ impl Rotator {
                 return None;
             }
         };
-        let mut again = fresh_report(job, conn, r.fanout);
+        let mut again = fresh_report(job, conn, r.fanout, self.multi_tenant);
         again.secret_version = Some(old.version.clone());
         again.outcome = self
             .rotate_connection(job, conn, &old, None, false, &mut again)
@@ -1008,7 +1069,7 @@ impl Rotator {
     async fn rotate_connection(
         &self,
         job: &JobConfig,
-        conn: &ConnectionRef,
+        conn: &Target,
         secret: &SecretValue,
         known: Option<DataConnection>,
         plan_only: bool,
@@ -1020,9 +1081,10 @@ impl Rotator {
             Err(e) => return Outcome::Failed(e),
         };
         report.connection_id = Some(before.id.clone());
+        let client = self.client_for(&conn.tenant);
         if before.separate_credentials && job.spec.separate == Some(SeparateMode::DataCredentials) {
             return self
-                .rotate_data_credential(job, &before, secret, plan_only, report)
+                .rotate_data_credential(client, job, &before, secret, plan_only, report)
                 .await;
         }
 
@@ -1041,7 +1103,7 @@ impl Rotator {
                 return Outcome::Failed(e.into());
             }
         };
-        match self.check_specs(job).await {
+        match self.check_specs(job, &conn.tenant).await {
             Ok(warnings) => report.warnings.extend(warnings),
             Err(e) => return Outcome::Failed(e),
         }
@@ -1053,7 +1115,7 @@ impl Rotator {
         }
 
         // 4. Apply.
-        if let Err(e) = self.client.patch_connection(&before.id, &plan.doc).await {
+        if let Err(e) = client.patch_connection(&before.id, &plan.doc).await {
             return Outcome::Failed(RotationError::Apply(e));
         }
         // The values just written stay in play for the verify GET's error text.
@@ -1062,7 +1124,7 @@ impl Rotator {
         report.written = Some(written.clone());
 
         // 5. Verify: the same connection, `updated` advanced, nothing else changed.
-        self.verify_connection(job, &before, &plan.expect, &written, report)
+        self.verify_connection(client, job, &before, &plan.expect, &written, report)
             .await
     }
 
@@ -1071,7 +1133,7 @@ impl Rotator {
     async fn resolve_connection(
         &self,
         job: &JobConfig,
-        conn: &ConnectionRef,
+        conn: &Target,
         known: Option<DataConnection>,
     ) -> Result<DataConnection, RotationError> {
         let before = match known {
@@ -1082,12 +1144,12 @@ impl Rotator {
                 .map_err(RotationError::Resolve)?,
         };
         // A space given by name is checked as the id it was resolved to.
-        let resolved_space = match conn {
+        let resolved_space = match &conn.conn {
             ConnectionRef::Name {
                 name,
                 space: Some(space),
             } => (self.resolved_spaces.lock().expect("resolved spaces lock"))
-                .get(space)
+                .get(&format!("{}\u{0}{space}", conn.tenant))
                 .map(|id| ConnectionRef::Name {
                     name: name.clone(),
                     space: Some(id.clone()),
@@ -1108,17 +1170,14 @@ impl Rotator {
     /// shows the same connection, `updated` advanced and nothing else changed.
     async fn verify_connection(
         &self,
+        client: &QlikClient,
         job: &JobConfig,
         before: &DataConnection,
         expect: &connectors::Expectation,
         written: &Redactor,
         report: &mut Report,
     ) -> Outcome {
-        let after = match self
-            .client
-            .get_connection_redacting(&before.id, written)
-            .await
-        {
+        let after = match client.get_connection_redacting(&before.id, written).await {
             Ok(c) => c,
             Err(e) => return Outcome::VerifyFailed(RotationError::VerifyGet(e)),
         };
@@ -1147,6 +1206,7 @@ impl Rotator {
     /// data-credentials GET: the same credential, metadata unchanged, `updated` advanced.
     async fn rotate_data_credential(
         &self,
+        client: &QlikClient,
         job: &JobConfig,
         conn: &DataConnection,
         secret: &SecretValue,
@@ -1157,7 +1217,7 @@ impl Rotator {
             Ok(login) => login,
             Err(e) => return Outcome::Failed(e),
         };
-        let before = match self.resolve_credential(job, conn).await {
+        let before = match self.resolve_credential(client, job, conn).await {
             Ok(c) => c,
             Err(e) => return Outcome::Failed(e),
         };
@@ -1181,19 +1241,21 @@ impl Rotator {
                 id: printable(&before.id, 80),
             });
         }
-        if let Err(e) = self.client.put_credential(&update).await {
+        if let Err(e) = client.put_credential(&update).await {
             return Outcome::Failed(RotationError::Apply(e));
         }
         let written = update.redactor();
         drop(update);
         report.written = Some(written.clone());
-        self.verify_credential(&before, &written, report).await
+        self.verify_credential(client, &before, &written, report)
+            .await
     }
 
     /// The data credential to rotate: by the job's credential name, else by the connection's
     /// `credentialsId`; proven to be the one asked for.
     async fn resolve_credential(
         &self,
+        client: &QlikClient,
         job: &JobConfig,
         conn: &DataConnection,
     ) -> Result<DataCredential, RotationError> {
@@ -1204,8 +1266,7 @@ impl Rotator {
                 return Err(RotationError::NoCredential(conn.id.clone()));
             }
         };
-        let before = self
-            .client
+        let before = client
             .get_credential(&lookup, by_name)
             .await
             .map_err(RotationError::Resolve)?;
@@ -1233,12 +1294,12 @@ impl Rotator {
     /// same credential, name, type and data source unchanged, `updated` advanced.
     async fn verify_credential(
         &self,
+        client: &QlikClient,
         before: &DataCredential,
         written: &Redactor,
         report: &mut Report,
     ) -> Outcome {
-        let after = match self
-            .client
+        let after = match client
             .get_credential_redacting(&before.id, false, written)
             .await
         {
@@ -1291,8 +1352,9 @@ fn secret_of(held: &Prefetched) -> Result<&SecretValue, RotationError> {
 /// One `failed` report per selected connection when the secret could not be read.
 fn failed_reports(
     job: &JobConfig,
-    selected: &[&ConnectionRef],
+    selected: &[&Target],
     fanout: bool,
+    multi_tenant: bool,
     e: &RotationError,
 ) -> Vec<Report> {
     let msg = e.to_string();
@@ -1300,7 +1362,7 @@ fn failed_reports(
     selected
         .iter()
         .map(|conn| {
-            let mut r = fresh_report(job, conn, fanout);
+            let mut r = fresh_report(job, conn, fanout, multi_tenant);
             r.outcome = Outcome::Failed(RotationError::Fetched {
                 message: msg.clone(),
                 error_type,
@@ -1342,12 +1404,13 @@ fn settle_rollback(r: &mut Report, again: Report, last: &str) {
 }
 
 /// An empty report for one connection of `job`.
-fn fresh_report(job: &JobConfig, conn: &ConnectionRef, fanout: bool) -> Report {
+fn fresh_report(job: &JobConfig, conn: &Target, fanout: bool, multi_tenant: bool) -> Report {
     Report {
         job: job.name.clone(),
         connection_key: conn.key(),
         fanout,
-        connection_id: match conn {
+        tenant: multi_tenant.then(|| conn.tenant.clone()),
+        connection_id: match &conn.conn {
             ConnectionRef::Id(id) => Some(id.clone()),
             ConnectionRef::Name { .. } => None,
         },

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::App,
-    config::{ConnectionRef, JobConfig},
+    config::{JobConfig, Target},
     events::{
         HistoryPruned, LeaseSkipReason, LeaseSkipped, StateWriteFailed, StateWriteRecovered,
         StateWriteWhen,
@@ -61,7 +61,7 @@ pub enum PreflightError {
 pub async fn preflight(
     rotator: &Rotator,
     job: &JobConfig,
-    target: &ConnectionRef,
+    target: &Target,
 ) -> Result<DataConnection, PreflightError> {
     let conn = rotator
         .read_connection(job, target)
@@ -78,7 +78,7 @@ pub async fn preflight(
         });
     }
     rotator
-        .check_specs(job)
+        .check_specs(job, &target.tenant)
         .await
         .map_err(PreflightError::Specs)?;
     Ok(conn)
@@ -241,8 +241,9 @@ pub enum Skipped {
     /// The state backend could not say which versions are applied (no change detection:
     /// nothing is PATCHed rather than risk a repeat).
     StateUnavailable,
-    /// Qlik refused this process's credentials (HTTP 401) to another job less than
-    /// [`AUTH_HOLD`] ago: one clear error instead of the same 401 for every job.
+    /// Qlik refused this process's credentials for the job's tenant (HTTP 401) to another job
+    /// less than [`AUTH_HOLD`] ago: one clear error instead of the same 401 for every job.
+    /// Other tenants' jobs run on.
     CredentialsRefused,
 }
 
@@ -297,8 +298,9 @@ pub struct Runner {
     retry: RetryPolicy,
     /// Signalled when a state write fails, so [`Runner::state_flusher`] retries it.
     state_dirty: tokio::sync::Notify,
-    /// When Qlik last refused the credentials (HTTP 401), until a run succeeds again.
-    auth_refused: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Per tenant: when Qlik last refused its credentials (HTTP 401), until a run in that
+    /// tenant succeeds again. A refusal in one tenant never stops another's jobs.
+    auth_refused: std::sync::Mutex<std::collections::HashMap<Arc<str>, tokio::time::Instant>>,
 }
 
 /// The longest wait between retries of a failed state write.
@@ -318,7 +320,7 @@ impl Runner {
             cancel: CancellationToken::new(),
             retry,
             state_dirty: tokio::sync::Notify::new(),
-            auth_refused: std::sync::Mutex::new(None),
+            auth_refused: std::sync::Mutex::default(),
         }
     }
 
@@ -485,16 +487,21 @@ impl Runner {
         lease: &mut Lease,
         mut prefetched: Option<crate::triggers::Prefetched>,
     ) -> Result<Vec<Report>, Skipped> {
-        if self.credentials_refused() {
-            tracing::warn!(job = %job.cfg.name, "Skipping this job: Qlik refused the credentials (HTTP 401) to another job just before.");
+        let conns = &job.cfg.connections;
+        if conns.iter().all(|c| self.credentials_refused(&c.tenant)) {
+            tracing::warn!(job = %job.cfg.name, tenant = %job.cfg.tenant, "Skipping this job: Qlik refused the tenant's credentials (HTTP 401) to another job just before.");
             return Err(Skipped::CredentialsRefused);
         }
-        if self.recheck_preflight(job).await {
-            // Qlik refused the credentials to this job's pre-flight: the other jobs of this
-            // tick are skipped (see `credentials_refused`).
-            self.refuse_credentials();
-        }
-        let mut only: Vec<usize> = job.passing();
+        // (A fan-out job across tenants goes on in the tenants whose credentials stand; a 401
+        // to this job's own pre-flight stops the next jobs of that tenant, not this run.)
+        let refused: Vec<bool> = conns
+            .iter()
+            .map(|c| self.credentials_refused(&c.tenant))
+            .collect();
+        self.recheck_preflight(job).await;
+        let mut only: Vec<usize> = (job.passing().into_iter())
+            .filter(|&i| !refused[i])
+            .collect();
         if only.is_empty() {
             return Err(Skipped::NoConnection);
         }
@@ -539,7 +546,7 @@ impl Runner {
             only = retry;
         }
         let reports: Vec<Report> = finals.into_iter().flatten().collect();
-        self.note_credentials(&reports);
+        self.note_credentials(job, &reports);
         // The outcome of each connection, once, after its last attempt (log line and metrics
         // from the same event), and the same outcomes into the history.
         self.rotator.finish_run(&job.cfg, &reports);
@@ -561,53 +568,67 @@ impl Runner {
         }
     }
 
-    /// Whether a 401 within [`AUTH_HOLD`] stops new runs.
-    fn credentials_refused(&self) -> bool {
-        let at = *self
+    /// Whether a 401 within [`AUTH_HOLD`] in `tenant` stops new runs there.
+    fn credentials_refused(&self, tenant: &str) -> bool {
+        let refused = self
             .auth_refused
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        at.is_some_and(|t| t.elapsed() < AUTH_HOLD)
+        refused.get(tenant).is_some_and(|t| t.elapsed() < AUTH_HOLD)
     }
 
-    /// Records that Qlik refused the credentials now.
-    fn refuse_credentials(&self) {
-        *self
-            .auth_refused
+    /// Records that Qlik refused the credentials of `tenant` now.
+    fn refuse_credentials(&self, tenant: &Arc<str>) {
+        self.auth_refused
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(tenant.clone(), tokio::time::Instant::now());
     }
 
-    /// Records a 401 (or OAuth refusal) of a run; any success clears it.
-    fn note_credentials(&self, reports: &[Report]) {
-        let refused = reports.iter().any(|r| {
-            r.outcome
-                .error()
-                .is_some_and(|e| matches!(e.error_type(), "unauthorized" | "auth"))
-        });
+    /// Records a 401 (or OAuth refusal) of a run in the tenant of its connection; any success
+    /// in a tenant clears that tenant's.
+    fn note_credentials(&self, job: &JobRuntime, reports: &[Report]) {
         let mut at = self
             .auth_refused
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if refused {
-            *at = Some(tokio::time::Instant::now());
-        } else if reports.iter().any(|r| r.outcome.is_success()) {
-            *at = None;
+        let tenant_of = |r: &Report| {
+            let i = job.index_of(&r.connection_key)?;
+            Some(job.cfg.connections[i].tenant.clone())
+        };
+        let refused = |r: &Report| {
+            (r.outcome.error()).is_some_and(|e| matches!(e.error_type(), "unauthorized" | "auth"))
+        };
+        for r in reports.iter().filter(|r| refused(r)) {
+            if let Some(t) = tenant_of(r) {
+                at.insert(t, tokio::time::Instant::now());
+            }
+        }
+        for r in reports.iter().filter(|r| r.outcome.is_success()) {
+            if let Some(t) = tenant_of(r)
+                && !reports
+                    .iter()
+                    .any(|o| refused(o) && tenant_of(o).as_ref() == Some(&t))
+            {
+                at.remove(&t);
+            }
         }
     }
 
     /// Re-tries pre-flight of the connections that failed it, so a fixed permission recovers
-    /// by itself. Returns whether Qlik refused the credentials (401), which stops at the first
-    /// such connection.
-    async fn recheck_preflight(&self, job: &JobRuntime) -> bool {
+    /// by itself. A 401 (the tenant's credentials refused) marks the tenant refused and skips
+    /// its other connections.
+    async fn recheck_preflight(&self, job: &JobRuntime) {
         let failing = job.failing();
         if failing.is_empty() {
-            return false;
+            return;
         }
-        let mut refused = false;
         let name = job.cfg.name.as_str();
         for i in failing {
             let conn = &job.cfg.connections[i];
+            if self.credentials_refused(&conn.tenant) {
+                continue;
+            }
             match preflight(&self.rotator, &job.cfg, conn).await {
                 Ok(c) => {
                     tracing::info!(job = name, connection = %conn, "Pre-flight now passes.");
@@ -617,14 +638,14 @@ impl Runner {
                     tracing::warn!(job = name, connection = %conn, error = %e, "Pre-flight still failing; skipping this connection.");
                     if matches!(&e, PreflightError::Read(q) if matches!(q.error_type(), "unauthorized" | "auth"))
                     {
-                        refused = true;
-                        break;
+                        // Qlik refused the tenant's credentials: the other jobs of this tick
+                        // in that tenant are skipped (see `credentials_refused`).
+                        self.refuse_credentials(&conn.tenant);
                     }
                 }
             }
         }
         self.metrics.set_preflight(name, job.preflight_ok());
-        refused
     }
 
     /// One attempt over the connections `only` (indexes); `None`, after an event, when the

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::{
-    config::{Config, ConnectionRef, JobConfig},
+    config::{Config, ConnectionRef, JobConfig, Target},
     state::{Attempt, JobState},
     text,
 };
@@ -99,8 +99,11 @@ pub struct LastSuccess {
 /// One connection of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConnectionStatus {
-    /// The connection as configured (its id, or `space/name`).
+    /// The connection as configured (its id, or `space/name`; `tenant:…` for a connection in
+    /// another tenant than its job's).
     pub connection: String,
+    /// Its tenant (`default` for the one `[qlik]` table).
+    pub tenant: String,
     /// Its id, when a run resolved it.
     pub connection_id: Option<String>,
     /// The newest attempt.
@@ -202,7 +205,7 @@ pub fn job_status(job: &JobConfig, k: Known<'_>) -> JobStatus {
     }
 }
 
-fn connection_status(job: &JobConfig, conn: &ConnectionRef, k: &Known<'_>) -> ConnectionStatus {
+fn connection_status(job: &JobConfig, conn: &Target, k: &Known<'_>) -> ConnectionStatus {
     let state = (k.state.get(&job.state_key(conn))).filter(|s| s.applies_to(conn));
     let key = conn.key();
     let ours = |a: &&Attempt| {
@@ -252,11 +255,12 @@ fn connection_status(job: &JobConfig, conn: &ConnectionRef, k: &Known<'_>) -> Co
     };
     let connection_id = state
         .map(|s| s.connection_id.clone())
-        .or_else(|| matches!(conn, ConnectionRef::Id(_)).then(|| key.clone()))
+        .or_else(|| matches!(conn.conn, ConnectionRef::Id(_)).then(|| key.clone()))
         .or_else(|| mine.first().map(|a| a.connection.clone()))
         .filter(|id| !id.is_empty());
     ConnectionStatus {
         connection: field(&key),
+        tenant: conn.tenant.to_string(),
         connection_id: connection_id.as_deref().map(field),
         last_attempt,
         last_success,

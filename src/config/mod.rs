@@ -175,9 +175,14 @@ pub enum QlikAuth {
     },
 }
 
-/// `[qlik]`.
+/// One Qlik tenant: `[qlik]` (the tenant named [`DEFAULT_TENANT`]) or a `[tenants.NAME]`.
 #[derive(Debug, Clone)]
 pub struct QlikConfig {
+    /// The tenant's name: the `NAME` of `[tenants.NAME]`, or [`DEFAULT_TENANT`] for `[qlik]`.
+    pub name: Arc<str>,
+    /// The table it was read from (`qlik` or `tenants.NAME`), the prefix of its keys in
+    /// messages (`tenants.prod.api_key_env`).
+    pub table: String,
     /// Tenant base URL.
     pub tenant_url: reqwest::Url,
     /// Auth.
@@ -201,13 +206,100 @@ pub struct QlikConfig {
 /// `config`, can use it).
 pub use crate::qlik::model::ConnectionRef;
 
+/// The name of the one tenant a `[qlik]` table configures.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Longest tenant name (a metrics label value and a key prefix).
+pub const MAX_TENANT_NAME: usize = 32;
+
+/// What a tenant name must look like.
+pub const TENANT_NAME_RULE: &str = "a tenant name is 1 to 32 characters from a-z, 0-9, '-' and '_', starting with a letter or digit";
+
+/// `[a-z0-9][a-z0-9_-]{0,31}`: the `NAME` of `[tenants.NAME]` (a label value, a key prefix and
+/// part of state keys, so bounded and plain).
+pub fn is_tenant_name(s: &str) -> bool {
+    s.len() <= MAX_TENANT_NAME
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'))
+}
+
+/// One connection of a job, in its tenant. Dereferences to its [`ConnectionRef`]; its
+/// [`Target::key`] carries the tenant when that is not the job's own, so the keys of one job
+/// (state, reports, retries) stay distinct across tenants (connection ids and names are only
+/// unique within a tenant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The connection.
+    pub conn: ConnectionRef,
+    /// Its tenant (the connection's `tenant`, else the job's).
+    pub tenant: Arc<str>,
+    /// Whether the tenant is not the job's own (set by validation).
+    pub foreign: bool,
+}
+
+impl Target {
+    /// A connection in the job's own tenant.
+    pub fn new(conn: ConnectionRef, tenant: Arc<str>) -> Self {
+        Target {
+            conn,
+            tenant,
+            foreign: false,
+        }
+    }
+
+    /// The key for state and reports: [`ConnectionRef::key`], prefixed with `tenant:` for a
+    /// connection outside the job's tenant.
+    pub fn key(&self) -> String {
+        if self.foreign {
+            format!("{}:{}", self.tenant, self.conn.key())
+        } else {
+            self.conn.key()
+        }
+    }
+
+    /// What makes two targets the same connection: the tenant and [`ConnectionRef::identity`].
+    pub fn identity(&self) -> (&str, Option<&str>, String) {
+        let (space, rest) = self.conn.identity();
+        (&self.tenant, space, rest)
+    }
+}
+
+/// A target equals a reference to its connection (whatever the tenant).
+impl PartialEq<ConnectionRef> for Target {
+    fn eq(&self, other: &ConnectionRef) -> bool {
+        self.conn == *other
+    }
+}
+
+impl std::ops::Deref for Target {
+    type Target = ConnectionRef;
+    fn deref(&self) -> &ConnectionRef {
+        &self.conn
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.foreign {
+            write!(f, "{} in tenant {}", self.conn, self.tenant)
+        } else {
+            self.conn.fmt(f)
+        }
+    }
+}
+
 /// `[[jobs]]`.
 #[derive(Debug, Clone)]
 pub struct JobConfig {
     /// Unique job name (metrics label, CLI selector).
     pub name: String,
-    /// The connections (one, or several fed by the same secret).
-    pub connections: Vec<ConnectionRef>,
+    /// The job's tenant (`tenant`; with `[qlik]`, or a single `[tenants.NAME]`, that one).
+    pub tenant: Arc<str>,
+    /// The connections (one, or several fed by the same secret), each in its tenant.
+    pub connections: Vec<Target>,
     /// The connector (`datasourceID`), for labels and messages.
     pub connector: String,
     /// What to write: properties, keys, encodings, scheme (resolved from the catalogue or a
@@ -279,8 +371,12 @@ pub struct MetricsConfig {
 /// A validated configuration: what the rest of the crate sees.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `[qlik]`.
-    pub qlik: QlikConfig,
+    /// The tenants, by name: the one `[qlik]` (named [`DEFAULT_TENANT`]) or the
+    /// `[tenants.NAME]` tables.
+    pub tenants: Vec<QlikConfig>,
+    /// Whether the file declares `[tenants.NAME]` tables (then series carry a `tenant` label
+    /// and reports name the tenant); `false` for `[qlik]`, whose output is as before tenants.
+    pub multi_tenant: bool,
     /// `[sources.*]`.
     pub sources: BTreeMap<String, SourceConfig>,
     /// `[[jobs]]`.
@@ -299,8 +395,9 @@ pub struct Config {
 
 impl JobConfig {
     /// The state-file key of one of the job's connections: the job name for a single
-    /// connection, `job@connection` for a job feeding several.
-    pub fn state_key(&self, conn: &ConnectionRef) -> String {
+    /// connection, `job@connection` for a job feeding several (the connection's
+    /// [`Target::key`], with its tenant when that is not the job's).
+    pub fn state_key(&self, conn: &Target) -> String {
         if self.connections.len() == 1 {
             self.name.clone()
         } else {
@@ -310,6 +407,11 @@ impl JobConfig {
 }
 
 impl Config {
+    /// The tenant named `name`.
+    pub fn tenant(&self, name: &str) -> Option<&QlikConfig> {
+        self.tenants.iter().find(|t| &*t.name == name)
+    }
+
     /// The job named `name`.
     pub fn job(&self, name: &str) -> Option<&JobConfig> {
         self.jobs.iter().find(|j| j.name == name)
@@ -495,6 +597,10 @@ fn toml_key_path(before: &str, line: &str) -> Option<String> {
                 && is_identifier(name)
             {
                 Some(format!("sources.{name}"))
+            } else if let Some(name) = inner.strip_prefix("tenants.")
+                && is_tenant_name(name.strip_suffix(".oauth").unwrap_or(name))
+            {
+                Some(format!("tenants.{name}"))
             } else {
                 None
             };
@@ -530,6 +636,8 @@ fn toml_key_path(before: &str, line: &str) -> Option<String> {
 /// keys of `[sources.NAME]` tables come from [`SourceConfig::keys`].
 const KNOWN_KEYS: &[&str] = &[
     "qlik",
+    "tenants",
+    "tenant",
     "tenant_url",
     "api_key",
     "api_key_env",
@@ -708,23 +816,18 @@ fn validate_with<E>(
         Some(root) => root,
         None => return Ok(Err(ConfigErrors(errs.0))),
     };
-    let qlik = match root.get("qlik") {
-        Some(v) => Table::new("qlik", v, &mut errs).and_then(|t| qlik_section(t, &mut errs)),
-        None => {
-            errs.push(
-                "qlik",
-                "is required (the [qlik] table with tenant_url and credentials)",
-            );
-            None
-        }
-    };
+    let tenants = tenants_section(&mut root, &mut errs);
 
     let sources = sources_section(root.get("sources"), base_dir, &mut errs);
     let Jobs {
-        jobs,
+        mut jobs,
         index: job_index,
         ..
     } = entries(&mut root, &sources, &mut errs)?;
+    if let Some((tenants, multi)) = &tenants {
+        let names: Vec<&str> = tenants.iter().map(|t| &*t.name).collect();
+        assign_tenants(&mut jobs, &job_index, &names, *multi, &mut errs);
+    }
     duplicate_job_names(&jobs, &job_index, &mut errs);
     shared_connections(&jobs, &job_index, &mut errs);
 
@@ -744,19 +847,175 @@ fn validate_with<E>(
         .unwrap_or_default();
     root.finish(&mut errs);
 
-    Ok(match (qlik, daemon, metrics, state) {
-        (Some(qlik), Some(daemon), Some(metrics), Some(state)) if errs.0.is_empty() => Ok(Config {
-            qlik,
-            sources,
-            jobs,
-            daemon,
-            metrics,
-            state,
-            events: events_cfg,
-            notify: notify_cfg,
-        }),
+    Ok(match (tenants, daemon, metrics, state) {
+        (Some((tenants, multi_tenant)), Some(daemon), Some(metrics), Some(state))
+            if errs.0.is_empty() =>
+        {
+            Ok(Config {
+                tenants,
+                multi_tenant,
+                sources,
+                jobs,
+                daemon,
+                metrics,
+                state,
+                events: events_cfg,
+                notify: notify_cfg,
+            })
+        }
         _ => Err(ConfigErrors(errs.0)),
     })
+}
+
+/// `[qlik]` (one tenant, named [`DEFAULT_TENANT`]) or `[tenants.NAME]` tables (several), not
+/// both: the tenants sorted by name, and whether they came from `[tenants.NAME]`.
+fn tenants_section(root: &mut Table<'_>, errs: &mut Errors) -> Option<(Vec<QlikConfig>, bool)> {
+    match (root.get("qlik"), root.get("tenants")) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                "tenants",
+                "set either [qlik] (one tenant) or [tenants.<name>] tables (several), not both; \
+                 move [qlik] into a [tenants.<name>] table",
+            );
+            None
+        }
+        (Some(v), None) => Table::new("qlik", v, errs)
+            .and_then(|t| qlik_section(t, DEFAULT_TENANT, errs))
+            .map(|q| (vec![q], false)),
+        (None, Some(v)) => {
+            Table::new("tenants", v, errs)?;
+            let mut out = Vec::new();
+            let mut ok = true;
+            for (name, value) in sorted(v) {
+                let path = format!("tenants.{name}");
+                if !is_tenant_name(name) {
+                    errs.push(
+                        walk::printable(&path, 80),
+                        format!("bad tenant name: {TENANT_NAME_RULE}"),
+                    );
+                    ok = false;
+                    continue;
+                }
+                match Table::new(path, value, errs).and_then(|t| qlik_section(t, name, errs)) {
+                    Some(q) => out.push(q),
+                    None => ok = false,
+                }
+            }
+            if out.is_empty() && ok {
+                errs.push(
+                    "tenants",
+                    "declares no tenant: add a [tenants.<name>] table with tenant_url and credentials",
+                );
+            }
+            (ok && !out.is_empty()).then_some((out, true))
+        }
+        (None, None) => {
+            errs.push(
+                "qlik",
+                "is required (the [qlik] table with tenant_url and credentials)",
+            );
+            None
+        }
+    }
+}
+
+/// Gives each job and connection its tenant: the job's `tenant` (required when there are
+/// several tenants), a connection's own `tenant` otherwise the job's. Names an unknown tenant
+/// with the known ones; refuses a `canary_app` on a job reaching into another tenant (the app
+/// lives in one tenant and cannot read another's connections) and two connections of a job
+/// with one key.
+fn assign_tenants(
+    jobs: &mut [JobConfig],
+    index: &[usize],
+    names: &[&str],
+    multi: bool,
+    errs: &mut Errors,
+) {
+    let known = || {
+        if multi {
+            format!("(defined: {})", names.join(", "))
+        } else {
+            format!(
+                "(this file has one tenant, [qlik], named {DEFAULT_TENANT:?}; declare [tenants.<name>] tables for several)"
+            )
+        }
+    };
+    let check = |raw: &str, path: String, errs: &mut Errors| -> Option<Arc<str>> {
+        if names.contains(&raw) {
+            return Some(Arc::from(raw));
+        }
+        errs.push(
+            path,
+            format!(
+                "names no tenant{} {}",
+                crate::text::did_you_mean(raw, names.iter().copied()),
+                known()
+            ),
+        );
+        None
+    };
+    for (n, job) in jobs.iter_mut().enumerate() {
+        let at = format!("jobs[{}]", index[n]);
+        let tenant = if job.tenant.is_empty() {
+            match names {
+                [only] => Some(Arc::from(*only)),
+                _ => {
+                    errs.push(
+                        format!("{at}.tenant"),
+                        format!(
+                            "is required: this file declares several tenants {}",
+                            known()
+                        ),
+                    );
+                    None
+                }
+            }
+        } else {
+            check(&job.tenant, format!("{at}.tenant"), errs)
+        };
+        let Some(tenant) = tenant else { continue };
+        job.tenant = tenant.clone();
+        // As written (a duplicate there is already reported by `connection_list`).
+        let raw: Vec<(String, (Option<String>, String))> = (job.connections.iter())
+            .map(|t| {
+                let (space, rest) = t.conn.identity();
+                (t.tenant.to_string(), (space.map(str::to_owned), rest))
+            })
+            .collect();
+        let many = job.connections.len() > 1;
+        for (c, target) in job.connections.iter_mut().enumerate() {
+            let path = if many {
+                format!("{at}.connections[{c}].tenant")
+            } else {
+                format!("{at}.connection.tenant")
+            };
+            if target.tenant.is_empty() {
+                target.tenant = tenant.clone();
+            } else if let Some(t) = check(&target.tenant, path, errs) {
+                target.foreign = t != tenant;
+                target.tenant = t;
+            }
+        }
+        let foreign = job.connections.iter().any(|t| t.foreign);
+        if foreign && job.canary_app.is_some() {
+            errs.push(
+                format!("{at}.canary_app"),
+                "a canary app lives in one tenant and reads only its connections: a job with \
+                 canary_app keeps every connection in the job's tenant",
+            );
+        }
+        let mut keys = std::collections::BTreeMap::new();
+        for (c, target) in job.connections.iter().enumerate() {
+            if let Some(first) = keys.insert(target.key(), c)
+                && raw[first] != raw[c]
+            {
+                errs.push(
+                    format!("{at}.connections[{c}]"),
+                    "duplicate connection (its key, tenant:id or tenant:space/name, is another's)",
+                );
+            }
+        }
+    }
 }
 
 /// `[sources.NAME]` tables, each read by its source's file (see [`SourceConfig::from_table`]).
@@ -799,7 +1058,7 @@ fn duplicate_job_names(jobs: &[JobConfig], index: &[usize], errs: &mut Errors) {
 /// (The same connection twice within one job is refused in [`job`].) A name and an id that
 /// resolve to the same connection cannot be seen here, without the network.
 fn shared_connections(jobs: &[JobConfig], index: &[usize], errs: &mut Errors) {
-    let mut first: HashMap<(Option<&str>, String), usize> = HashMap::new();
+    let mut first: HashMap<(&str, Option<&str>, String), usize> = HashMap::new();
     for (n, job) in jobs.iter().enumerate() {
         for (c, conn) in job.connections.iter().enumerate() {
             let Some(&m) = first.get(&conn.identity()) else {
@@ -896,7 +1155,8 @@ fn located(
     }
 }
 
-fn qlik_section(mut t: Table<'_>, errs: &mut Errors) -> Option<QlikConfig> {
+fn qlik_section(mut t: Table<'_>, name: &str, errs: &mut Errors) -> Option<QlikConfig> {
+    let table = t.path.clone();
     let url = if t.has("tenant_url") {
         base_url(&mut t, "tenant_url", errs).map(|(_, u)| u)
     } else {
@@ -909,11 +1169,14 @@ fn qlik_section(mut t: Table<'_>, errs: &mut Errors) -> Option<QlikConfig> {
             if has_key {
                 errs.push(
                     t.key_path("oauth"),
-                    "set either an API key (api_key_env/api_key_file) or [qlik.oauth], not both",
+                    format!(
+                        "set either an API key (api_key_env/api_key_file) or [{}], not both",
+                        t.key_path("oauth")
+                    ),
                 );
             }
             t.allow(&["api_key_env", "api_key_file", "api_key"]);
-            Table::new("qlik.oauth", v, errs).and_then(|mut o| {
+            Table::new(t.key_path("oauth"), v, errs).and_then(|mut o| {
                 let client_id = o.req_str("client_id", errs);
                 let secret = locator(
                     &mut o,
@@ -959,6 +1222,8 @@ fn qlik_section(mut t: Table<'_>, errs: &mut Errors) -> Option<QlikConfig> {
         .unwrap_or(crate::qlik::client::DEFAULT_MAX_RESPONSE_BYTES);
     t.finish(errs);
     Some(QlikConfig {
+        name: Arc::from(name),
+        table,
         tenant_url: url?,
         auth: auth?,
         request_timeout,
@@ -1000,6 +1265,7 @@ fn job(
     errs: &mut Errors,
 ) -> Option<JobConfig> {
     let name = job_name(&mut t, errs);
+    let tenant = t.opt_str("tenant", errs).unwrap_or_default();
     let connections = job_connections(&mut t, errs);
     let spec = job_spec(&mut t, errs);
     let source = job_source(&mut t, sources, errs);
@@ -1049,6 +1315,7 @@ fn job(
     let spec = spec?;
     Some(JobConfig {
         name: name?,
+        tenant: Arc::from(tenant),
         connections: connections?,
         connector: spec.datasource.clone(),
         spec: Arc::new(spec),
@@ -1124,7 +1391,7 @@ fn job_name(t: &mut Table<'_>, errs: &mut Errors) -> Option<String> {
 }
 
 /// `connection = { … }` or `connections = [ … ]` (non-empty, no duplicates), not both.
-fn job_connections(t: &mut Table<'_>, errs: &mut Errors) -> Option<Vec<ConnectionRef>> {
+fn job_connections(t: &mut Table<'_>, errs: &mut Errors) -> Option<Vec<Target>> {
     match (t.get("connection"), t.get("connections")) {
         (Some(_), Some(_)) => {
             errs.push(
@@ -1155,7 +1422,7 @@ fn job_connections(t: &mut Table<'_>, errs: &mut Errors) -> Option<Vec<Connectio
 }
 
 /// The items of `connections` at `path`: each a valid reference, none twice.
-fn connection_list(path: &str, items: &[Value], errs: &mut Errors) -> Option<Vec<ConnectionRef>> {
+fn connection_list(path: &str, items: &[Value], errs: &mut Errors) -> Option<Vec<Target>> {
     let refs: Vec<_> = items
         .iter()
         .enumerate()
@@ -1261,8 +1528,11 @@ fn job_timezone(t: &mut Table<'_>, errs: &mut Errors) -> chrono_tz::Tz {
         .unwrap_or(chrono_tz::UTC)
 }
 
-fn connection_ref(path: String, v: &Value, errs: &mut Errors) -> Option<ConnectionRef> {
+/// One `connection` / `connections[i]` table: the reference and its `tenant` as written
+/// (empty when absent; checked against the tenants by [`assign_tenants`]).
+fn connection_ref(path: String, v: &Value, errs: &mut Errors) -> Option<Target> {
     let mut c = Table::new(path, v, errs)?;
+    let tenant = c.opt_str("tenant", errs).unwrap_or_default();
     let id = c.opt_str("id", errs);
     let name = c.opt_str("name", errs);
     let space = c.opt_str("space", errs);
@@ -1312,7 +1582,7 @@ fn connection_ref(path: String, v: &Value, errs: &mut Errors) -> Option<Connecti
         }
     };
     c.finish(errs);
-    r
+    r.map(|conn| Target::new(conn, Arc::from(tenant)))
 }
 
 /// What a connection id must look like.

@@ -38,7 +38,7 @@ fn the_example_config_loads() {
     let cfg = load(&path, &env(&[])).unwrap();
     assert_eq!(cfg.jobs.len(), 3);
     assert_eq!(
-        cfg.qlik.auth,
+        cfg.tenants[0].auth,
         QlikAuth::ApiKey(SecretLocator::Env("QLIK_API_KEY".into()))
     );
     let s3 = cfg.job("sales-s3").unwrap();
@@ -67,10 +67,10 @@ fn the_example_config_loads() {
 #[test]
 fn defaults() {
     let cfg = load_str(MINIMAL, Path::new("/etc/qr"), &env(&[])).unwrap();
-    assert_eq!(cfg.qlik.request_timeout, Duration::from_secs(30));
-    assert_eq!(cfg.qlik.max_attempts, 5);
-    assert_eq!(cfg.qlik.write_budget_per_min, 100);
-    assert_eq!(cfg.qlik.read_budget_per_min, 1_000);
+    assert_eq!(cfg.tenants[0].request_timeout, Duration::from_secs(30));
+    assert_eq!(cfg.tenants[0].max_attempts, 5);
+    assert_eq!(cfg.tenants[0].write_budget_per_min, 100);
+    assert_eq!(cfg.tenants[0].read_budget_per_min, 1_000);
     assert_eq!(
         cfg.jobs[0].secret.version,
         VersionSelector::Stage("AWSCURRENT".into())
@@ -94,8 +94,8 @@ fn environment_overrides_any_key() {
         ]),
     )
     .unwrap();
-    assert_eq!(cfg.qlik.tenant_url.as_str(), "http://127.0.0.1:8080/");
-    assert_eq!(cfg.qlik.max_attempts, 2);
+    assert_eq!(cfg.tenants[0].tenant_url.as_str(), "http://127.0.0.1:8080/");
+    assert_eq!(cfg.tenants[0].max_attempts, 2);
     assert_eq!(cfg.daemon.state_dir, Path::new("/tmp/st"));
 }
 
@@ -196,7 +196,7 @@ fn oauth_and_secret_locators() {
     );
     let cfg = load_str(&text, Path::new("/"), &env(&[])).unwrap();
     assert_eq!(
-        cfg.qlik.auth,
+        cfg.tenants[0].auth,
         QlikAuth::OAuth {
             client_id: "cid".into(),
             client_secret: SecretLocator::File("/run/secrets/cs".into()),
@@ -313,7 +313,7 @@ password = \"pw\"
 #[test]
 fn max_response_bytes_has_a_default_and_a_documented_range() {
     let cfg = load_str(MINIMAL, Path::new("/etc/qr"), &env(&[])).unwrap();
-    assert_eq!(cfg.qlik.max_response_bytes, 4 * 1024 * 1024);
+    assert_eq!(cfg.tenants[0].max_response_bytes, 4 * 1024 * 1024);
     let with = |v: &str| {
         MINIMAL.replace(
             "api_key_env = \"QLIK_API_KEY\"",
@@ -321,7 +321,7 @@ fn max_response_bytes_has_a_default_and_a_documented_range() {
         )
     };
     let cfg = load_str(&with("65536"), Path::new("/etc/qr"), &env(&[])).unwrap();
-    assert_eq!(cfg.qlik.max_response_bytes, 65_536);
+    assert_eq!(cfg.tenants[0].max_response_bytes, 65_536);
     for bad in ["0", "65535", "268435457", "\"4MiB\"", "-1"] {
         let errs = errors(&with(bad));
         assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
@@ -1008,4 +1008,250 @@ fn state_errors_name_their_keys() {
             assert!(errs.contains(n), "{body:?}: missing {n:?} in\n{errs}");
         }
     }
+}
+
+/// Two tenants, `prod` (API key) and `test` (OAuth), and `jobs`.
+fn tenants(jobs: &str) -> String {
+    format!(
+        r#"
+[tenants.prod]
+tenant_url = "https://prod.eu.qlikcloud.com"
+api_key_env = "PROD_KEY"
+write_budget_per_min = 50
+[tenants.test]
+tenant_url = "https://test.eu.qlikcloud.com"
+[tenants.test.oauth]
+client_id = "rotator"
+client_secret_env = "TEST_SECRET"
+[sources.aws]
+type = "aws_secrets_manager"
+{jobs}"#
+    )
+}
+
+const UUID1: &str = "00000001-0000-4000-8000-000000000001";
+
+#[test]
+fn tenants_load_with_their_own_auth_budgets_and_jobs() {
+    let text = tenants(&format!(
+        r#"
+[[jobs]]
+name = "dwh"
+tenant = "prod"
+connections = [{{ id = "{UUID1}" }}, {{ id = "{UUID1}", tenant = "test" }}]
+connector = "mssql"
+source = "aws"
+secret = "dwh"
+"#
+    ));
+    let cfg = load_str(&text, Path::new("/"), &env(&[])).unwrap();
+    assert!(cfg.multi_tenant);
+    let names: Vec<&str> = cfg.tenants.iter().map(|t| &*t.name).collect();
+    assert_eq!(names, ["prod", "test"]);
+    let prod = cfg.tenant("prod").unwrap();
+    assert_eq!(prod.table, "tenants.prod");
+    assert_eq!(prod.write_budget_per_min, 50);
+    assert_eq!(cfg.tenant("test").unwrap().write_budget_per_min, 100);
+    assert!(matches!(
+        cfg.tenant("test").unwrap().auth,
+        QlikAuth::OAuth { .. }
+    ));
+    let job = cfg.job("dwh").unwrap();
+    assert_eq!(&*job.tenant, "prod");
+    // The same id in two tenants is two connections, with two keys.
+    let keys: Vec<String> = job.connections.iter().map(Target::key).collect();
+    assert_eq!(keys, [UUID1.to_owned(), format!("test:{UUID1}")]);
+    assert_eq!(
+        job.state_key(&job.connections[1]),
+        format!("dwh@test:{UUID1}")
+    );
+    assert_eq!(
+        job.connections[1].to_string(),
+        format!("id {UUID1} in tenant test")
+    );
+}
+
+#[test]
+fn a_single_qlik_table_is_the_default_tenant_and_keeps_its_keys() {
+    let cfg = load_str(MINIMAL, Path::new("/"), &env(&[])).unwrap();
+    assert!(!cfg.multi_tenant);
+    assert_eq!(&*cfg.tenants[0].name, DEFAULT_TENANT);
+    assert_eq!(cfg.tenants[0].table, "qlik");
+    let job = &cfg.jobs[0];
+    assert_eq!(&*job.tenant, DEFAULT_TENANT);
+    assert_eq!(job.connections[0].key(), UUID1);
+    assert_eq!(job.connections[0].to_string(), format!("id {UUID1}"));
+    // `tenant = "default"` is accepted; another name is not.
+    let named = MINIMAL.replace("name = \"a\"", "name = \"a\"\ntenant = \"default\"");
+    assert!(load_str(&named, Path::new("/"), &env(&[])).is_ok());
+    let other = MINIMAL.replace("name = \"a\"", "name = \"a\"\ntenant = \"prod\"");
+    let errs = errors(&other);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("jobs[0].tenant: names no tenant"),
+        "{errs:?}"
+    );
+    assert!(errs[0].contains("[qlik], named \"default\""), "{errs:?}");
+}
+
+#[test]
+fn one_tenant_table_is_every_job_s_tenant() {
+    let one = MINIMAL.replace("[qlik]", "[tenants.prod]");
+    let cfg = load_str(&one, Path::new("/"), &env(&[])).unwrap();
+    assert!(cfg.multi_tenant);
+    assert_eq!(&*cfg.jobs[0].tenant, "prod");
+    assert_eq!(cfg.tenants[0].table, "tenants.prod");
+}
+
+#[test]
+fn tenant_errors_name_the_key_and_the_tenants() {
+    let job = |extra: &str, conn: &str| {
+        format!(
+            "[[jobs]]\nname = \"j\"\n{extra}\nconnection = {conn}\nconnector = \"mssql\"\nsource = \"aws\"\nsecret = \"s\"\n"
+        )
+    };
+    let id = format!("{{ id = \"{UUID1}\" }}");
+    // Several tenants and no `tenant`.
+    let errs = errors(&tenants(&job("", &id)));
+    assert_eq!(
+        errs,
+        ["jobs[0].tenant: is required: this file declares several tenants (defined: prod, test)"]
+    );
+    // An unknown tenant, with a suggestion.
+    let errs = errors(&tenants(&job("tenant = \"prd\"", &id)));
+    assert_eq!(
+        errs,
+        ["jobs[0].tenant: names no tenant; did you mean \"prod\"? (defined: prod, test)"]
+    );
+    // An unknown tenant on a connection.
+    let conn = format!("{{ id = \"{UUID1}\", tenant = \"qa\" }}");
+    let errs = errors(&tenants(&job("tenant = \"prod\"", &conn)));
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0].starts_with("jobs[0].connection.tenant: names no tenant"),
+        "{errs:?}"
+    );
+    // [qlik] and [tenants] together.
+    let both = format!(
+        "{MINIMAL}\n[tenants.prod]\ntenant_url = \"https://p.eu.qlikcloud.com\"\napi_key_env = \"K\"\n"
+    );
+    let errs = errors(&both);
+    assert!(
+        errs.iter()
+            .any(|e| e
+                .starts_with("tenants: set either [qlik] (one tenant) or [tenants.<name>] tables")),
+        "{errs:?}"
+    );
+    // A bad name (upper case, too long, a dot is a nested table), escaped.
+    for bad in [
+        "Prod",
+        "a-very-long-tenant-name-of-33-char",
+        "_x",
+        "t\\u001bx",
+    ] {
+        let text = tenants(&job("tenant = \"prod\"", &id))
+            .replace("[tenants.test]", &format!("[tenants.\"{bad}\"]"))
+            .replace(
+                "[tenants.test.oauth]",
+                &format!("[tenants.\"{bad}\".oauth]"),
+            );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        assert!(
+            errs[0].contains(": bad tenant name: a tenant name is 1 to 32"),
+            "{errs:?}"
+        );
+        assert!(!errs[0].contains('\u{1b}'), "{errs:?}");
+    }
+    // A tenant's own keys are checked under its table.
+    let text = tenants(&job("tenant = \"prod\"", &id)).replace(
+        "write_budget_per_min = 50",
+        "write_budget_per_min = -1\napi_key = \"x\"",
+    );
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("tenants.prod.write_budget_per_min:")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e
+                .starts_with("tenants.prod.api_key: the Qlik API key is never accepted inline")),
+        "{errs:?}"
+    );
+    // No tenant at all.
+    let errs = errors(&job("", &id).replace(
+        "[[jobs]]",
+        "[tenants]\n[sources.aws]\ntype = \"aws_secrets_manager\"\n[[jobs]]",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("tenants: declares no tenant")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn a_cross_tenant_job_takes_no_canary_and_no_duplicate_keys() {
+    let text = tenants(&format!(
+        r#"
+[[jobs]]
+name = "dwh"
+tenant = "prod"
+connections = [{{ id = "{UUID1}" }}, {{ id = "{UUID1}", tenant = "prod" }}]
+connector = "mssql"
+source = "aws"
+secret = "dwh"
+"#
+    ));
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("jobs[0].connections[1]: duplicate connection")),
+        "{errs:?}"
+    );
+    let text = tenants(&format!(
+        r#"
+[[jobs]]
+name = "dwh"
+tenant = "prod"
+connections = [{{ id = "{UUID1}" }}, {{ id = "{UUID1}", tenant = "test" }}]
+connector = "mssql"
+source = "aws"
+secret = "dwh"
+canary_app = "{UUID1}"
+"#
+    ));
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("jobs[0].canary_app: a canary app lives in one tenant"),
+        "{errs:?}"
+    );
+    // Two jobs on one id in two tenants are two connections; in one tenant, shared.
+    let two = |t2: &str| {
+        tenants(&format!(
+            "[[jobs]]\nname = \"a\"\ntenant = \"prod\"\nconnection = {{ id = \"{UUID1}\" }}\nconnector = \"mssql\"\nsource = \"aws\"\nsecret = \"a\"\n\
+             [[jobs]]\nname = \"b\"\ntenant = \"{t2}\"\nconnection = {{ id = \"{UUID1}\" }}\nconnector = \"mssql\"\nsource = \"aws\"\nsecret = \"b\"\n"
+        ))
+    };
+    assert!(load_str(&two("test"), Path::new("/"), &env(&[])).is_ok());
+    let errs = errors(&two("prod"));
+    assert!(
+        errs[0].contains("patches the same connection as job \"a\""),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn the_tenants_example_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example-tenants.toml");
+    let cfg = load(&path, &env(&[])).unwrap();
+    assert!(cfg.multi_tenant);
+    assert_eq!(cfg.tenants.len(), 2);
+    let warehouse = cfg.job("warehouse").unwrap();
+    assert_eq!(&*warehouse.connections[1].tenant, "test");
+    assert!(warehouse.connections[1].foreign);
+    assert_eq!(&*cfg.job("sales-s3-prod").unwrap().tenant, "prod");
 }

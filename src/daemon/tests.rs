@@ -7,6 +7,7 @@ use std::{collections::HashMap, path::Path, sync::Mutex};
 use tokio::{sync::Semaphore, time::Instant};
 
 use super::*;
+use crate::config::ConnectionRef;
 
 /// One run the fake runner was asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,16 +318,19 @@ async fn drain_waits_for_runs_in_flight_up_to_the_grace_period() {
 fn the_last_success_carried_over_is_the_oldest_and_needs_every_connection() {
     let job = job_configs(&[("a", "")]).remove(0);
     let mut two = job.clone();
-    two.connections.push(ConnectionRef::Name {
-        name: "second".into(),
-        space: None,
-    });
-    let one_known = |c: &ConnectionRef| matches!(c, ConnectionRef::Id(_)).then_some(1_000);
+    two.connections.push(Target::new(
+        ConnectionRef::Name {
+            name: "second".into(),
+            space: None,
+        },
+        job.tenant.clone(),
+    ));
+    let one_known = |c: &Target| matches!(c.conn, ConnectionRef::Id(_)).then_some(1_000);
     assert_eq!(carried_last_success(&job, one_known), Some(1_000));
     // A connection never applied: no last success (the job is stale until it runs).
     assert_eq!(carried_last_success(&two, one_known), None);
-    let both = |c: &ConnectionRef| {
-        Some(if matches!(c, ConnectionRef::Id(_)) {
+    let both = |c: &Target| {
+        Some(if matches!(c.conn, ConnectionRef::Id(_)) {
             1_000
         } else {
             500

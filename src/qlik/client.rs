@@ -17,7 +17,7 @@ use tokio::{sync::Mutex, time::Instant};
 use crate::text::{self, Redactor};
 
 use super::{
-    error::{ApiProblem, MAX_ERROR_BODY, QlikError},
+    error::{ApiProblem, MAX_ERROR_BODY, Origin, QlikError, token_hint},
     gate::{Gates, Tier, WriteGate},
     model::{
         ConnectionList, CredentialUpdate, DataConnection, DataCredential, PatchDocument, Reload,
@@ -116,6 +116,8 @@ pub struct QlikClient {
     max_response_bytes: u64,
     /// The client's own secrets (API key or OAuth client secret), in every echoed form.
     own_secrets: Redactor,
+    /// Who the client speaks for (its tenant's credential and keys), named in error hints.
+    origin: Option<Arc<Origin>>,
 }
 
 impl std::fmt::Debug for QlikClient {
@@ -184,7 +186,15 @@ impl QlikClient {
             retry: settings.retry,
             gates: Gates::new(settings.read_budget_per_min, settings.write_budget_per_min),
             observer: None,
+            origin: None,
         })
+    }
+
+    /// Names who the client speaks for in the hints of its errors (a 401 names the refused
+    /// credential, a 429 the tenant's budget key).
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = Some(Arc::new(origin));
+        self
     }
 
     /// Attaches a metrics observer.
@@ -604,7 +614,7 @@ impl QlikClient {
             Ok(resp) => {
                 self.observe(method, endpoint, resp.status().as_str(), started);
                 let redactor = self.redactor(Some(&token), extra);
-                Err(status_error(method, endpoint, resp, &redactor).await)
+                Err(status_error(method, endpoint, resp, &redactor, self.origin.clone()).await)
             }
             Err(e) => {
                 self.observe(method, endpoint, "error", started);
@@ -729,22 +739,23 @@ impl QlikClient {
             gate: Some(&self.gates.write),
             observer: self.observer.as_deref(),
         };
+        let hint = token_hint(self.origin.as_deref().unwrap_or(&Origin::default_oauth()));
+        let token_err = |m: String| QlikError::Token(format!("{m}{hint}"));
         let resp = retry::run(&self.retry, &request, || self.token_once(&url, &body))
             .await
             .map_err(|e| match e {
                 QlikError::Status {
                     status, problem, ..
-                } => QlikError::Token(format!("HTTP {status}: {}", problem.describe())),
-                QlikError::Transport { message, .. } => QlikError::Token(message),
+                } => token_err(format!("HTTP {status}: {}", problem.describe())),
+                QlikError::Transport { message, .. } => token_err(message),
                 other => other,
             })?;
         let bytes = self.read_body("POST", EP_TOKEN, resp).await?;
-        let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| {
-            QlikError::Token("the token response is not the documented JSON".into())
-        })?;
+        let parsed: TokenResponse = serde_json::from_slice(&bytes)
+            .map_err(|_| token_err("the token response is not the documented JSON".into()))?;
         drop(bytes);
         if !usable_bearer(&parsed.access_token) {
-            return Err(QlikError::Token(
+            return Err(token_err(
                 "the token response's access_token is not a usable bearer token (empty, longer than 4096 characters, or with characters a header cannot carry)".into(),
             ));
         }
@@ -780,7 +791,14 @@ impl QlikClient {
             }
             Ok(resp) => {
                 self.observe("POST", EP_TOKEN, resp.status().as_str(), started);
-                Err(status_error("POST", EP_TOKEN, resp, &self.own_secrets).await)
+                Err(status_error(
+                    "POST",
+                    EP_TOKEN,
+                    resp,
+                    &self.own_secrets,
+                    self.origin.clone(),
+                )
+                .await)
             }
             Err(e) => {
                 self.observe("POST", EP_TOKEN, "error", started);
@@ -886,10 +904,12 @@ async fn status_error(
     endpoint: &'static str,
     resp: Response,
     redactor: &Redactor,
+    origin: Option<Arc<Origin>>,
 ) -> QlikError {
     let status = resp.status().as_u16();
     let retry_after = parse_retry_after(resp.headers());
-    let problem = read_problem(resp, redactor).await;
+    let mut problem = read_problem(resp, redactor).await;
+    problem.origin = origin;
     QlikError::Status {
         method,
         endpoint,

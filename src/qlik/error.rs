@@ -1,6 +1,6 @@
 //! Errors from the Qlik API, parsed leniently and classified for retry and metrics.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -57,6 +57,29 @@ pub struct ApiProblem {
     pub trace_id: Option<String>,
     /// What the body was.
     pub shape: BodyShape,
+    /// Who the refused request spoke for (set by the client that made it): named in the
+    /// hints, so an error of one tenant names that tenant's credential and keys.
+    pub origin: Option<Arc<Origin>>,
+}
+
+/// Who a [`crate::qlik::QlikClient`] speaks for, for the hints of its errors. Never a secret:
+/// a variable name, a file path or a client id, and config key names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The credential, e.g. `the API key in $QLIK_API_KEY (qlik.api_key_env)`.
+    pub identity: String,
+    /// The config table of the tenant (`qlik`, or `tenants.NAME`), for key names in hints.
+    pub table: String,
+}
+
+impl Origin {
+    /// The origin of a client built without one: the generic words of the single `[qlik]`.
+    pub fn default_oauth() -> Origin {
+        Origin {
+            identity: "the Qlik API key or OAuth client (qlik.api_key_env, qlik.api_key_file or [qlik.oauth])".to_owned(),
+            table: "qlik".to_owned(),
+        }
+    }
 }
 
 fn field(v: Option<&Value>, redactor: &Redactor, max: usize) -> Option<String> {
@@ -99,6 +122,7 @@ impl ApiProblem {
             detail: field(first.get("detail"), redactor, text::MAX_REMOTE_TEXT),
             trace_id: field(parsed.trace_id.as_ref(), redactor, MAX_SHORT_FIELD),
             shape: BodyShape::Json,
+            origin: None,
         }
     }
 
@@ -138,45 +162,38 @@ impl ApiProblem {
     }
 }
 
-/// Who this process is to Qlik, for the 401 hint (set by the build phase from `[qlik]`; a
-/// process has one identity). Never a secret: a variable name, a file path or a client id.
-static IDENTITY: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
-
-/// Sets the identity named in 401 hints, e.g. `the API key in $QLIK_API_KEY (qlik.api_key_env)`.
-pub fn set_identity(identity: String) {
-    *IDENTITY
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(identity);
-}
-
-fn identity() -> String {
-    IDENTITY
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
-        .unwrap_or_else(|| {
-            "the Qlik API key or OAuth client (qlik.api_key_env, qlik.api_key_file or [qlik.oauth])"
-                .to_owned()
-        })
-}
-
-/// What to do about a status, appended to its message: for 401, which credential was refused.
-fn status_hint(status: u16) -> String {
+/// What to do about a status, appended to its message: for 401, which credential was refused;
+/// the keys named are the tenant's (`origin`).
+fn status_hint(status: u16, origin: Option<&Origin>) -> String {
+    let fallback;
+    let o = match origin {
+        Some(o) => o,
+        None => {
+            fallback = Origin::default_oauth();
+            &fallback
+        }
+    };
+    let t = &o.table;
     match status {
-        401 => format!(" (Qlik refused {}: expired or revoked?)", identity()),
+        401 => format!(" (Qlik refused {}: expired or revoked?)", o.identity),
         403 => " (the identity lacks a permission for this call: give it `update` on the connection or its space, or use the M2M bot)".to_owned(),
         404 => " (not found: check the job's connection id, or its name and space)".to_owned(),
-        429 => " (rate limited after retries: lower qlik.write_budget_per_min or daemon.max_concurrent_rotations)".to_owned(),
-        500..=599 => " (Qlik is unavailable; retried within qlik.max_attempts and daemon.max_attempts_per_run)".to_owned(),
+        429 => format!(" (rate limited after retries: lower {t}.write_budget_per_min or daemon.max_concurrent_rotations)"),
+        500..=599 => format!(" (Qlik is unavailable; retried within {t}.max_attempts and daemon.max_attempts_per_run)"),
         _ => String::new(),
     }
+}
+
+/// The hint of a token request that failed: which OAuth client to check.
+pub fn token_hint(origin: &Origin) -> String {
+    format!(" (check {}: wrong, expired or revoked?)", origin.identity)
 }
 
 /// An error talking to Qlik.
 #[derive(Debug, thiserror::Error)]
 pub enum QlikError {
     /// Qlik answered with a non-success status.
-    #[error("{method} {endpoint} returned HTTP {status}: {}{}", problem.describe(), status_hint(*status))]
+    #[error("{method} {endpoint} returned HTTP {status}: {}{}", problem.describe(), status_hint(*status, problem.origin.as_deref()))]
     Status {
         /// HTTP method.
         method: &'static str,
@@ -241,7 +258,8 @@ pub enum QlikError {
         limit: u64,
     },
     /// Getting an OAuth token failed.
-    #[error("OAuth token request failed: {0} (check {id}: wrong, expired or revoked?)", id = identity())]
+    /// (The client appends [`token_hint`]: which OAuth client to check.)
+    #[error("OAuth token request failed: {0}")]
     Token(String),
     /// A lookup by name matched nothing.
     #[error(

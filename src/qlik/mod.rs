@@ -16,5 +16,5 @@ pub mod model;
 pub mod retry;
 
 pub use client::{ClientSettings, Credentials, QlikClient, RetryPolicy};
-pub use error::QlikError;
+pub use error::{Origin, QlikError};
 pub use model::{CachedConnection, DataConnection, PatchDocument};

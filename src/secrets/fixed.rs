@@ -1,7 +1,13 @@
 //! In-memory secrets (`type = "fixed"` is not exposed in config; used by tests, the bench and
 //! the demo's internals). Each `put` creates a new version, like a vault would.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -11,6 +17,8 @@ use super::{SecretRef, SecretSource, SecretValue, SourceError, VersionSelector};
 #[derive(Debug, Default)]
 pub struct FixedSource {
     secrets: Mutex<HashMap<String, Vec<(String, SecretString)>>>,
+    /// Secret reads so far (one per `fetch`), so tests can count them.
+    reads: AtomicUsize,
 }
 
 impl FixedSource {
@@ -27,6 +35,11 @@ impl FixedSource {
         versions.push((version.clone(), SecretString::from(text.into())));
         version
     }
+
+    /// How many secrets were read (one per fetch, batch reads included).
+    pub fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
 }
 
 impl SecretSource for FixedSource {
@@ -35,6 +48,7 @@ impl SecretSource for FixedSource {
     }
 
     async fn fetch(&self, secret: &SecretRef) -> Result<SecretValue, SourceError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         let map = self.secrets.lock().expect("fixed source lock");
         let not_found = |detail: String| SourceError::NotFound {
             id: secret.id.clone(),
