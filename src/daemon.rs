@@ -1152,8 +1152,55 @@ pub async fn spawn(
         BTreeMap::new()
     });
     let daemon = Arc::new(Daemon::new(app, cfg, known_state));
+    start_housekeeping(&daemon, cfg)?;
+    // The admin listener first, so /healthz and /metrics answer during pre-flight.
+    let (addr, admin_stop, admin_task) = serve_admin(&daemon, cfg, admin_token).await?;
+    let state = daemon.runner.state().clone();
+    tracing::info!(
+        backend = state.kind(),
+        owner = %crate::text::Escaped(daemon.runner.owner()),
+        "State backend; this replica's lease owner id."
+    );
+    daemon.check_backend(None).await;
+    tokio::spawn(
+        daemon
+            .clone()
+            .watch_backend(cfg.state.backend.health_interval()),
+    );
+    let (scheduler, cron_entries) = daemon.schedule().await?;
+    if let Some(crate::config::events::EventsConfig::Sqs(sqs)) = &cfg.events {
+        let consumer = crate::triggers::sqs::SqsConsumer::build(sqs).await;
+        let target: Arc<dyn crate::triggers::sqs::EventTarget> = Arc::new(daemon.clone());
+        daemon.tracker.spawn(consumer.run(
+            target,
+            daemon.runner.rotator().events().clone(),
+            daemon.cancel().clone(),
+        ));
+    }
+    // Ready = config loaded, listener up, scheduler armed. Pre-flight (one GET per connection,
+    // 10 minutes for 10,000 of them at Qlik's 1,000 reads a minute) runs behind it; a job due
+    // before its connection's pre-flight checks that connection itself.
+    daemon.ready.set(true);
+    tracing::info!(
+        jobs = daemon.set().jobs.len(),
+        "Daemon ready; pre-flight runs in the background."
+    );
+    start_preflight(&daemon, cfg.daemon.max_concurrent_rotations.max(8));
+    Ok(Running {
+        daemon,
+        addr,
+        scheduler,
+        cron_entries,
+        admin_stop,
+        admin_task,
+        grace: cfg.daemon.shutdown_grace_period,
+    })
+}
+
+/// The daemon's housekeeping tasks: the webhook notifier (outcomes go through a bounded
+/// queue; rotations never wait on them), the state flusher and the history pruner.
+fn start_housekeeping(daemon: &Arc<Daemon>, cfg: &Config) -> Result<(), StartError> {
     if !cfg.notify.is_empty() {
-        // Outcomes go to the webhooks through a bounded queue; rotations never wait on them.
         let (notifier, _task) = crate::notify::Notifier::spawn(
             cfg.notify.clone(),
             Some(daemon.metrics().clone()),
@@ -1169,7 +1216,24 @@ pub async fn spawn(
             .clone()
             .history_pruner(cfg.state.history_retention),
     );
-    // The admin listener first, so /healthz and /metrics answer during pre-flight.
+    Ok(())
+}
+
+/// Binds `metrics.listen` and serves the admin API on it through a narrow [`admin::Handle`]
+/// (the metrics, readiness and the request channels this function connects to `daemon`).
+/// Returns the bound address, the listener's stop token and its task.
+async fn serve_admin(
+    daemon: &Arc<Daemon>,
+    cfg: &Config,
+    admin_token: Option<SecretString>,
+) -> Result<
+    (
+        std::net::SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ),
+    StartError,
+> {
     let listen_error = |source| StartError::Listen {
         addr: cfg.metrics.listen,
         source,
@@ -1209,37 +1273,14 @@ pub async fn spawn(
         admin_stop.clone(),
     ));
     tracing::info!(%addr, "Serving /metrics, /healthz, /readyz.");
-    let state = daemon.runner.state().clone();
-    tracing::info!(
-        backend = state.kind(),
-        owner = %crate::text::Escaped(daemon.runner.owner()),
-        "State backend; this replica's lease owner id."
-    );
-    daemon.check_backend(None).await;
-    tokio::spawn(
-        daemon
-            .clone()
-            .watch_backend(cfg.state.backend.health_interval()),
-    );
-    let (scheduler, cron_entries) = daemon.schedule().await?;
-    if let Some(crate::config::events::EventsConfig::Sqs(sqs)) = &cfg.events {
-        let consumer = crate::triggers::sqs::SqsConsumer::build(sqs).await;
-        let target: Arc<dyn crate::triggers::sqs::EventTarget> = Arc::new(daemon.clone());
-        daemon.tracker.spawn(consumer.run(
-            target,
-            daemon.runner.rotator().events().clone(),
-            daemon.cancel().clone(),
-        ));
-    }
-    // Ready = config loaded, listener up, scheduler armed. Pre-flight (one GET per connection,
-    // 10 minutes for 10,000 of them at Qlik's 1,000 reads a minute) runs behind it; a job due
-    // before its connection's pre-flight checks that connection itself.
-    daemon.ready.set(true);
-    tracing::info!(
-        jobs = daemon.set().jobs.len(),
-        "Daemon ready; pre-flight runs in the background."
-    );
-    let width = cfg.daemon.max_concurrent_rotations.max(8);
+    Ok((addr, admin_stop, admin_task))
+}
+
+/// Pre-flight of every connection (`width` at a time, under the read budget), then the
+/// `run_on_start` jobs, then the hourly coverage scan (`unmanaged_connections`), all in the
+/// background. The scan comes after pre-flight, so that its reads come first; it is not
+/// tracked: a scan only reads, and shutdown cuts it.
+fn start_preflight(daemon: &Arc<Daemon>, width: usize) {
     let d = daemon.clone();
     daemon.tracker.spawn(async move {
         tokio::select! {
@@ -1247,8 +1288,6 @@ pub async fn spawn(
             () = d.cancel().cancelled() => {}
         }
         let _ = d.preflight_done.set(());
-        // After pre-flight, so its reads come first: the hourly coverage scan
-        // (`unmanaged_connections`). Not tracked: a scan only reads, and shutdown cuts it.
         let d2 = d.clone();
         tokio::spawn(crate::discover::scan_loop(
             d.runner.rotator().client().clone(),
@@ -1258,15 +1297,6 @@ pub async fn spawn(
             d.cancel().clone(),
         ));
     });
-    Ok(Running {
-        daemon,
-        addr,
-        scheduler,
-        cron_entries,
-        admin_stop,
-        admin_task,
-        grace: cfg.daemon.shutdown_grace_period,
-    })
 }
 
 impl Running {
