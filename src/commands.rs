@@ -57,23 +57,9 @@ pub async fn check_config(
     input: &dyn ConfigInput,
 ) -> ExitCode {
     use serde_json::json;
-    let cfg = match config::load(path, input) {
+    let cfg = match load_for_check(path, json, input) {
         Ok(cfg) => cfg,
-        Err(errs) => {
-            if json {
-                crate::telemetry::print_document(
-                    "check-config",
-                    json!({
-                        "ok": false,
-                        "config": path.display().to_string(),
-                        "errors": errs.0.iter().map(|e| json!({"key": e.path, "message": e.message})).collect::<Vec<_>>(),
-                    }),
-                );
-            }
-            return load(path, input)
-                .err()
-                .unwrap_or(ExitCode::from(EXIT_USAGE));
-        }
+        Err(code) => return code,
     };
     let warnings: Vec<String> = cfg.warnings().iter().map(ToString::to_string).collect();
     for w in &warnings {
@@ -85,7 +71,98 @@ pub async fn check_config(
     } else {
         references(&cfg, input)
     };
-    let mut doc = json!({
+    let doc = check_document(path, &cfg, &warnings, &missing);
+    if !missing.is_empty() {
+        crate::telemetry::fatal(
+            &format!(
+                "{} refers to environment variables or files that are missing",
+                Escaped(&path.display().to_string())
+            ),
+            &missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        );
+        print_verdict(json, doc, false);
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if !json {
+        print_config_summary(path, &cfg);
+    }
+    if mode != CheckMode::Online {
+        print_verdict(json, doc, true);
+        return ExitCode::SUCCESS;
+    }
+    let rotator = match app::rotator(&cfg, input).await {
+        Ok(r) => r,
+        Err(e) => {
+            fatal(&Escaped(&e.to_string()).to_string());
+            return build_exit(&e);
+        }
+    };
+    let mut checks = Vec::new();
+    let mut failures: Vec<&'static str> = Vec::new();
+    if let Some(check) = check_state_table(&cfg, json).await {
+        if check["ok"] != json!(true) {
+            failures.push("state_backend");
+        }
+        checks.push(check);
+    }
+    if !json {
+        let urls: Vec<String> = (cfg.tenants.iter())
+            .map(|t| match cfg.multi_tenant {
+                true => format!("{} ({})", t.tenant_url, t.name),
+                false => t.tenant_url.to_string(),
+            })
+            .collect();
+        crate::outln!("pre-flight against {}:", urls.join(", "));
+    }
+    for job in &cfg.jobs {
+        check_job_online(&rotator, job, json, &mut checks, &mut failures).await;
+    }
+    let code = failure_exit(&failures);
+    let mut doc = doc;
+    doc["preflight"] = json!(checks);
+    print_verdict(json, doc, code == 0);
+    ExitCode::from(code)
+}
+
+/// The load phase of `check-config`: on errors, the JSON document (with `--output json`) and
+/// the messages on stderr; the exit code to use.
+/// With `--output json`, prints `check-config`'s document with its verdict `ok`.
+fn print_verdict(json: bool, mut doc: serde_json::Value, ok: bool) {
+    if json {
+        doc["ok"] = serde_json::json!(ok);
+        crate::telemetry::print_document("check-config", doc);
+    }
+}
+
+fn load_for_check(path: &Path, json: bool, input: &dyn ConfigInput) -> Result<Config, ExitCode> {
+    use serde_json::json;
+    config::load(path, input).map_err(|errs| {
+        if json {
+            crate::telemetry::print_document(
+                "check-config",
+                json!({
+                    "ok": false,
+                    "config": path.display().to_string(),
+                    "errors": errs.0.iter().map(|e| json!({"key": e.path, "message": e.message})).collect::<Vec<_>>(),
+                }),
+            );
+        }
+        load(path, input)
+            .err()
+            .unwrap_or(ExitCode::from(EXIT_USAGE))
+    })
+}
+
+/// `check-config`'s JSON document before its verdict: the jobs, the number of sources, the
+/// warnings and the missing references.
+fn check_document(
+    path: &Path,
+    cfg: &Config,
+    warnings: &[String],
+    missing: &[config::ConfigError],
+) -> serde_json::Value {
+    use serde_json::json;
+    json!({
         "config": path.display().to_string(),
         "jobs": cfg.jobs.iter().map(|job| json!({
             "name": job.name,
@@ -100,155 +177,120 @@ pub async fn check_config(
         "sources": cfg.sources.len(),
         "warnings": warnings,
         "errors": missing.iter().map(|e| json!({"key": e.path, "message": e.message})).collect::<Vec<_>>(),
-    });
-    if !missing.is_empty() {
-        crate::telemetry::fatal(
-            &format!(
-                "{} refers to environment variables or files that are missing",
-                Escaped(&path.display().to_string())
-            ),
-            &missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        );
-        if json {
-            doc["ok"] = json!(false);
-            crate::telemetry::print_document("check-config", doc);
-        }
-        return ExitCode::from(EXIT_USAGE);
-    }
-    if !json {
-        print_config_summary(path, &cfg);
-    }
-    if mode != CheckMode::Online {
-        if json {
-            doc["ok"] = json!(true);
-            crate::telemetry::print_document("check-config", doc);
-        }
-        return ExitCode::SUCCESS;
-    }
-    let rotator = match app::rotator(&cfg, input).await {
-        Ok(r) => r,
-        Err(e) => {
-            fatal(&Escaped(&e.to_string()).to_string());
-            return build_exit(&e);
-        }
+    })
+}
+
+/// The shared state table (`backend = "dynamodb"`): exists, ACTIVE, the right keys, reachable
+/// with these credentials. `None` for the SQLite backend. Prints its line unless `json`.
+async fn check_state_table(cfg: &Config, json: bool) -> Option<serde_json::Value> {
+    let config::state::BackendConfig::DynamoDb(d) = &cfg.state.backend else {
+        return None;
     };
-    let mut checks = Vec::new();
-    let mut failures: Vec<&'static str> = Vec::new();
-    // The shared state table: exists, ACTIVE, the right keys, reachable with these credentials.
-    if let config::state::BackendConfig::DynamoDb(d) = &cfg.state.backend {
-        let db = crate::state::dynamodb::DynamoState::connect(
-            &d.table,
-            d.region.as_deref(),
-            cfg.state.history_retention,
-        )
-        .await;
-        let health = crate::state::StateBackend::health(&db).await;
-        let line = match &health {
-            Ok(()) => "OK".to_owned(),
-            Err(e) => format!("FAILED: {e}"),
+    let db = crate::state::dynamodb::DynamoState::connect(
+        &d.table,
+        d.region.as_deref(),
+        cfg.state.history_retention,
+    )
+    .await;
+    let health = crate::state::StateBackend::health(&db).await;
+    let line = match &health {
+        Ok(()) => "OK".to_owned(),
+        Err(e) => format!("FAILED: {e}"),
+    };
+    if !json {
+        crate::outln!("state table {}: {}", Escaped(&d.table), Escaped(&line));
+    }
+    Some(serde_json::json!({
+        "state_table": d.table,
+        "ok": health.is_ok(),
+        "error_type": health.is_err().then_some("state_backend"),
+        "message": crate::text::printable(&line, 4000),
+    }))
+}
+
+/// `check-config --online` for one job: pre-flight first; then, when a connection passes, the
+/// secret is read once (as a plan run does) and its key names checked against the job's
+/// connector. Values are never shown. One check per connection goes to `checks`, the error
+/// type of each failure to `failures`.
+async fn check_job_online(
+    rotator: &crate::rotation::Rotator,
+    job: &config::JobConfig,
+    json: bool,
+    checks: &mut Vec<serde_json::Value>,
+    failures: &mut Vec<&'static str>,
+) {
+    let mut pre = Vec::new();
+    for target in &job.connections {
+        pre.push(crate::runner::preflight(rotator, job, target).await);
+    }
+    let plan = if pre.iter().any(Result::is_ok) {
+        let opts = RunOptions {
+            plan_only: true,
+            ..RunOptions::default()
         };
+        rotator.run(job, opts).await
+    } else {
+        Vec::new()
+    };
+    for (target, preflight) in job.connections.iter().zip(pre) {
+        let label = if job.connections.len() > 1 {
+            format!("{}[{}]", job.name, target.key())
+        } else {
+            job.name.clone()
+        };
+        let secret = plan
+            .iter()
+            .find(|r| r.connection_key == target.key())
+            .and_then(|r| r.outcome.error());
+        let (ok, line, error_type) = preflight_line(preflight, secret);
+        if let Some(t) = error_type {
+            failures.push(t);
+        }
         if !json {
-            crate::outln!("state table {}: {}", Escaped(&d.table), Escaped(&line));
+            crate::outln!("  {label}: {}", Escaped(&line));
         }
-        if health.is_err() {
-            failures.push("state_backend");
-        }
-        checks.push(json!({
-            "state_table": d.table,
-            "ok": health.is_ok(),
-            "error_type": health.is_err().then_some("state_backend"),
+        checks.push(serde_json::json!({
+            "job": job.name,
+            "connection": target.key(),
+            "ok": ok,
+            "error_type": error_type,
             "message": crate::text::printable(&line, 4000),
         }));
     }
-    if !json {
-        let urls: Vec<String> = (cfg.tenants.iter())
-            .map(|t| match cfg.multi_tenant {
-                true => format!("{} ({})", t.tenant_url, t.name),
-                false => t.tenant_url.to_string(),
-            })
-            .collect();
-        crate::outln!("pre-flight against {}:", urls.join(", "));
-    }
-    for job in &cfg.jobs {
-        // Pre-flight first; then, when a connection passes, the secret is read once (as a
-        // plan run does) and its key names checked against the job's connector. Values are
-        // never shown.
-        let mut pre = Vec::new();
-        for target in &job.connections {
-            pre.push(crate::runner::preflight(&rotator, job, target).await);
+}
+
+/// One connection's `check-config --online` verdict: ok, the line to print and the error type.
+fn preflight_line(
+    preflight: Result<crate::qlik::model::DataConnection, crate::runner::PreflightError>,
+    secret: Option<&crate::rotation::RotationError>,
+) -> (bool, String, Option<&'static str>) {
+    match preflight {
+        Ok(_) if secret.is_some() => {
+            let e = secret.expect("checked");
+            (
+                false,
+                format!("FAILED: the secret does not fit the job: {e}"),
+                Some(e.error_type()),
+            )
         }
-        let plan = if pre.iter().any(Result::is_ok) {
-            rotator
-                .run(
-                    job,
-                    RunOptions {
-                        plan_only: true,
-                        ..RunOptions::default()
-                    },
-                )
-                .await
-        } else {
-            Vec::new()
-        };
-        for (target, preflight) in job.connections.iter().zip(pre) {
-            let label = if job.connections.len() > 1 {
-                format!("{}[{}]", job.name, target.key())
-            } else {
-                job.name.clone()
+        Ok(conn) => (
+            true,
+            format!(
+                "OK (connection {}, {}; secret fields match)",
+                conn.id, conn.datasource_id
+            ),
+            None,
+        ),
+        Err(e) => {
+            let t = match &e {
+                crate::runner::PreflightError::Read(q) => q.error_type(),
+                crate::runner::PreflightError::NoUpdate(_) => "no_update_privilege",
+                crate::runner::PreflightError::Specs(r) => r.error_type(),
+                crate::runner::PreflightError::WrongConnector { .. } => "wrong_connector",
             };
-            let secret = plan
-                .iter()
-                .find(|r| r.connection_key == target.key())
-                .and_then(|r| r.outcome.error());
-            let (ok, line, error_type) = match preflight {
-                Ok(_) if secret.is_some() => {
-                    let e = secret.expect("checked");
-                    (
-                        false,
-                        format!("FAILED: the secret does not fit the job: {e}"),
-                        Some(e.error_type()),
-                    )
-                }
-                Ok(conn) => (
-                    true,
-                    format!(
-                        "OK (connection {}, {}; secret fields match)",
-                        conn.id, conn.datasource_id
-                    ),
-                    None,
-                ),
-                Err(e) => {
-                    let t = match &e {
-                        crate::runner::PreflightError::Read(q) => q.error_type(),
-                        crate::runner::PreflightError::NoUpdate(_) => "no_update_privilege",
-                        crate::runner::PreflightError::Specs(r) => r.error_type(),
-                        crate::runner::PreflightError::WrongConnector { .. } => "wrong_connector",
-                    };
-                    (false, format!("FAILED: {e}"), Some(t))
-                }
-            };
-            if let Some(t) = error_type {
-                failures.push(t);
-            }
-            if !json {
-                crate::outln!("  {label}: {}", Escaped(&line));
-            }
-            checks.push(json!({
-                "job": job.name,
-                "connection": target.key(),
-                "ok": ok,
-                "error_type": error_type,
-                "message": crate::text::printable(&line, 4000),
-            }));
+            (false, format!("FAILED: {e}"), Some(t))
         }
     }
-    let code = failure_exit(&failures);
-    if json {
-        doc["ok"] = json!(code == 0);
-        doc["preflight"] = json!(checks);
-        crate::telemetry::print_document("check-config", doc);
-    }
-    ExitCode::from(code)
 }
 
 /// Every environment variable and file the configuration refers to that does not exist (or,

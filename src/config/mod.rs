@@ -931,29 +931,7 @@ fn assign_tenants(
     multi: bool,
     errs: &mut Errors,
 ) {
-    let known = || {
-        if multi {
-            format!("(defined: {})", names.join(", "))
-        } else {
-            format!(
-                "(this file has one tenant, [qlik], named {DEFAULT_TENANT:?}; declare [tenants.<name>] tables for several)"
-            )
-        }
-    };
-    let check = |raw: &str, path: String, errs: &mut Errors| -> Option<Arc<str>> {
-        if names.contains(&raw) {
-            return Some(Arc::from(raw));
-        }
-        errs.push(
-            path,
-            format!(
-                "names no tenant{} {}",
-                crate::text::did_you_mean(raw, names.iter().copied()),
-                known()
-            ),
-        );
-        None
-    };
+    let tenants = TenantNames { names, multi };
     for (n, job) in jobs.iter_mut().enumerate() {
         let at = format!("jobs[{}]", index[n]);
         let tenant = if job.tenant.is_empty() {
@@ -964,56 +942,104 @@ fn assign_tenants(
                         format!("{at}.tenant"),
                         format!(
                             "is required: this file declares several tenants {}",
-                            known()
+                            tenants.known()
                         ),
                     );
                     None
                 }
             }
         } else {
-            check(&job.tenant, format!("{at}.tenant"), errs)
+            tenants.check(&job.tenant, format!("{at}.tenant"), errs)
         };
         let Some(tenant) = tenant else { continue };
         job.tenant = tenant.clone();
-        // As written (a duplicate there is already reported by `connection_list`).
-        let raw: Vec<(String, (Option<String>, String))> = (job.connections.iter())
-            .map(|t| {
-                let (space, rest) = t.conn.identity();
-                (t.tenant.to_string(), (space.map(str::to_owned), rest))
-            })
-            .collect();
-        let many = job.connections.len() > 1;
-        for (c, target) in job.connections.iter_mut().enumerate() {
-            let path = if many {
-                format!("{at}.connections[{c}].tenant")
-            } else {
-                format!("{at}.connection.tenant")
-            };
-            if target.tenant.is_empty() {
-                target.tenant = tenant.clone();
-            } else if let Some(t) = check(&target.tenant, path, errs) {
-                target.foreign = t != tenant;
-                target.tenant = t;
-            }
+        assign_connection_tenants(job, &at, &tenant, &tenants, errs);
+    }
+}
+
+/// The tenant names a file declares, to check a `tenant` key against.
+struct TenantNames<'a> {
+    names: &'a [&'a str],
+    multi: bool,
+}
+
+impl TenantNames<'_> {
+    /// The known tenants, for an error message.
+    fn known(&self) -> String {
+        if self.multi {
+            format!("(defined: {})", self.names.join(", "))
+        } else {
+            format!(
+                "(this file has one tenant, [qlik], named {DEFAULT_TENANT:?}; declare [tenants.<name>] tables for several)"
+            )
         }
-        let foreign = job.connections.iter().any(|t| t.foreign);
-        if foreign && job.canary_app.is_some() {
+    }
+
+    /// `raw` when it names a declared tenant; else an error at `path` (with "did you mean").
+    fn check(&self, raw: &str, path: String, errs: &mut Errors) -> Option<Arc<str>> {
+        if self.names.contains(&raw) {
+            return Some(Arc::from(raw));
+        }
+        errs.push(
+            path,
+            format!(
+                "names no tenant{} {}",
+                crate::text::did_you_mean(raw, self.names.iter().copied()),
+                self.known()
+            ),
+        );
+        None
+    }
+}
+
+/// Gives each connection of `job` (at `at`, in `tenant`) its tenant: its own `tenant`, else
+/// the job's; then refuses a `canary_app` on a job reaching into another tenant and two
+/// connections with one key.
+fn assign_connection_tenants(
+    job: &mut JobConfig,
+    at: &str,
+    tenant: &Arc<str>,
+    tenants: &TenantNames<'_>,
+    errs: &mut Errors,
+) {
+    // As written (a duplicate there is already reported by `connection_list`).
+    let raw: Vec<(String, (Option<String>, String))> = (job.connections.iter())
+        .map(|t| {
+            let (space, rest) = t.conn.identity();
+            (t.tenant.to_string(), (space.map(str::to_owned), rest))
+        })
+        .collect();
+    let many = job.connections.len() > 1;
+    for (c, target) in job.connections.iter_mut().enumerate() {
+        let path = if many {
+            format!("{at}.connections[{c}].tenant")
+        } else {
+            format!("{at}.connection.tenant")
+        };
+        if target.tenant.is_empty() {
+            target.tenant = tenant.clone();
+        } else if let Some(t) = tenants.check(&target.tenant, path, errs) {
+            target.foreign = t != *tenant;
+            target.tenant = t;
+        }
+    }
+    let foreign = job.connections.iter().any(|t| t.foreign);
+    if foreign && job.canary_app.is_some() {
+        errs.push(
+            format!("{at}.canary_app"),
+            "a canary app lives in one tenant and reads only its connections: a job with \
+             canary_app keeps every connection in the job's tenant",
+        );
+    }
+    let mut keys = std::collections::BTreeMap::new();
+    for (c, target) in job.connections.iter().enumerate() {
+        if let Some(first) = keys.insert(target.key(), c)
+            && raw[first] != raw[c]
+        {
             errs.push(
-                format!("{at}.canary_app"),
-                "a canary app lives in one tenant and reads only its connections: a job with \
-                 canary_app keeps every connection in the job's tenant",
+                format!("{at}.connections[{c}]"),
+                "duplicate connection (its key, tenant:id or tenant:space/name, is another's)",
             );
-        }
-        let mut keys = std::collections::BTreeMap::new();
-        for (c, target) in job.connections.iter().enumerate() {
-            if let Some(first) = keys.insert(target.key(), c)
-                && raw[first] != raw[c]
-            {
-                errs.push(
-                    format!("{at}.connections[{c}]"),
-                    "duplicate connection (its key, tenant:id or tenant:space/name, is another's)",
-                );
-            }
         }
     }
 }

@@ -1142,6 +1142,16 @@ fn tenant_errors_name_the_key_and_the_tenants() {
                 .starts_with("tenants: set either [qlik] (one tenant) or [tenants.<name>] tables")),
         "{errs:?}"
     );
+}
+
+#[test]
+fn tenant_names_and_tenant_tables_are_checked() {
+    let job = |extra: &str, conn: &str| {
+        format!(
+            "[[jobs]]\nname = \"j\"\n{extra}\nconnection = {conn}\nconnector = \"mssql\"\nsource = \"aws\"\nsecret = \"s\"\n"
+        )
+    };
+    let id = format!("{{ id = \"{UUID1}\" }}");
     // A bad name (upper case, too long, a dot is a nested table), escaped.
     for bad in [
         "Prod",
