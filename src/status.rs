@@ -399,9 +399,13 @@ pub fn table(jobs: &[JobStatus]) -> Vec<String> {
                 Some(m) => format!("{} (missed {})", j.due, m.at),
                 None => j.due.clone(),
             };
+            let connection = match c.tenant.as_str() {
+                crate::config::DEFAULT_TENANT => c.connection.clone(),
+                t => format!("{} (tenant {t})", c.connection),
+            };
             cells.push([
                 j.job.clone(),
-                c.connection.clone(),
+                connection,
                 or_dash(
                     c.last_attempt
                         .as_ref()

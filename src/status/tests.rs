@@ -259,3 +259,31 @@ fn hostile_text_is_escaped_and_capped_and_implausible_times_give_no_age() {
     assert_eq!(s.credential_age_seconds, Some(3 * 86_400));
     assert!(table(&[s])[1].contains("  3d  "));
 }
+
+#[test]
+fn each_connection_names_its_tenant_and_the_table_shows_a_named_one() {
+    let now = at("2026-12-01T10:00:00Z");
+    let single = status(&one(""), &BTreeMap::new(), &[], now);
+    assert_eq!(single.connections[0].tenant, "default");
+    assert!(!table(&[single])[1].contains("(tenant "));
+    let text = format!(
+        "[tenants.prod]\ntenant_url = \"https://p.eu.qlikcloud.com\"\napi_key_env = \"K\"\n\
+         [tenants.test]\ntenant_url = \"https://t.eu.qlikcloud.com\"\napi_key_env = \"K\"\n\
+         [sources.f]\ntype = \"file\"\npath = \"/v\"\n\
+         [[jobs]]\nname = \"j\"\ntenant = \"prod\"\nconnector = \"mssql\"\nsource = \"f\"\nsecret = \"s\"\n\
+         connections = [{{ id = \"{C1}\" }}, {{ id = \"{C2}\", tenant = \"test\" }}]\n"
+    );
+    let job = crate::config::load_str(&text, Path::new("/"), &HashMap::new())
+        .expect("valid config")
+        .jobs
+        .remove(0);
+    let s = status(&job, &BTreeMap::new(), &[], now);
+    let tenants: Vec<&str> = s.connections.iter().map(|c| c.tenant.as_str()).collect();
+    assert_eq!(tenants, ["prod", "test"]);
+    let lines = table(&[s]);
+    assert!(
+        lines[1].contains(&format!("{C1} (tenant prod)")),
+        "{lines:?}"
+    );
+    assert!(lines[2].contains("(tenant test)"), "{lines:?}");
+}
