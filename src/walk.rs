@@ -379,7 +379,8 @@ pub fn base_url(
     }
 }
 
-fn is_loopback(url: &reqwest::Url) -> bool {
+/// Whether `url` names this host (`localhost` or a loopback address).
+pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
     match url.host_str() {
         Some("localhost") => true,
         Some(h) => h

@@ -251,15 +251,7 @@ fn check_url(raw: &str) -> Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(raw).map_err(|e| {
         format!("not a valid URL ({e}); expected e.g. https://hooks.example.com/qlik-rotator")
     })?;
-    let loopback = match url.host_str() {
-        Some("localhost") => true,
-        Some(h) => h
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    };
+    let loopback = crate::walk::is_loopback(&url);
     match url.scheme() {
         "https" => {}
         "http" if loopback => {}
