@@ -80,8 +80,9 @@ pub trait RunJobs: Send + Sync + 'static {
     /// A rotation slot, held for the length of a run.
     type Permit: Send + 'static;
 
-    /// Waits for a free rotation slot; `None` once the daemon stops.
-    fn slot(&self) -> impl Future<Output = Option<Self::Permit>> + Send;
+    /// Waits for a free rotation slot for `job` (in its tenant: each tenant has its own
+    /// `max_concurrent_rotations` slots); `None` once the daemon stops.
+    fn slot(&self, job: &JobRuntime) -> impl Future<Output = Option<Self::Permit>> + Send;
 
     /// Runs `job` once, retries included; `permit` when the caller already holds a slot.
     /// `force` rotates even when the applied version is current; `secret` is its secret read
@@ -156,8 +157,8 @@ pub trait RunJobs: Send + Sync + 'static {
 impl RunJobs for Runner {
     type Permit = OwnedSemaphorePermit;
 
-    fn slot(&self) -> impl Future<Output = Option<OwnedSemaphorePermit>> + Send {
-        Runner::slot(self)
+    fn slot(&self, job: &JobRuntime) -> impl Future<Output = Option<OwnedSemaphorePermit>> + Send {
+        Runner::slot(self, &job.cfg().tenant)
     }
 
     async fn run(
@@ -645,7 +646,7 @@ impl<R: RunJobs> Daemon<R> {
         ticket: &RunTicket,
     ) -> bool {
         let name = &job.cfg().name;
-        let Some(permit) = self.runner.slot().await else {
+        let Some(permit) = self.runner.slot(job).await else {
             ticket.finished(name, vec![skipped_result("shutting_down")]);
             return false;
         };
@@ -843,17 +844,42 @@ impl<R: RunJobs> Daemon<R> {
         for (i, p) in ready.iter().zip(self.runner.prefetch(&cfgs).await) {
             secrets[*i] = p;
         }
-        stagger(
-            delays,
-            self.cancel(),
-            || self.runner.slot(),
-            |i, permit| {
-                let secret = secrets[i].take();
-                self.spawn_run(group.jobs[i].clone(), false, Some(permit), secret);
-            },
-        )
-        .await;
+        self.stagger_by_tenant(&group, delays, secrets).await;
         group.dispatching.store(false, Ordering::SeqCst);
+    }
+
+    /// Starts the jobs of `group` as [`stagger`] does, one stagger per tenant side by side,
+    /// so a tenant whose slots are all taken (its runs waiting for its write budget or its
+    /// 429 pause) never holds back another tenant's starts. One tenant: one stagger, as before.
+    async fn stagger_by_tenant(
+        self: &Arc<Self>,
+        group: &ScheduleGroup,
+        delays: Vec<Duration>,
+        mut secrets: Vec<Option<Prefetched>>,
+    ) {
+        let mut by_tenant: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, job) in group.jobs.iter().enumerate() {
+            by_tenant.entry(&job.cfg().tenant).or_default().push(i);
+        }
+        let staggers = by_tenant.into_values().map(|idx| {
+            let delays: Vec<Duration> = idx.iter().map(|&i| delays[i]).collect();
+            let mut secrets: Vec<Option<Prefetched>> =
+                idx.iter().map(|&i| secrets[i].take()).collect();
+            let first = &group.jobs[idx[0]];
+            async move {
+                stagger(
+                    delays,
+                    self.cancel(),
+                    || self.runner.slot(first),
+                    |k, permit| {
+                        let job = group.jobs[idx[k]].clone();
+                        self.spawn_run(job, false, Some(permit), secrets[k].take());
+                    },
+                )
+                .await;
+            }
+        });
+        futures_util::future::join_all(staggers).await;
     }
 
     /// One group per distinct (schedule, time zone), in a stable order: a cron entry costs

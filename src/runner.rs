@@ -293,7 +293,11 @@ pub struct Runner {
     owner: String,
     lease_ttl: Duration,
     metrics: Arc<Metrics>,
-    limit: Arc<Semaphore>,
+    /// Rotation slots per tenant, `max_concurrent` each (made on a tenant's first run; tenant
+    /// names come from the config, so the map is bounded): a tenant whose runs wait for its
+    /// write budget or its 429 pause never holds a slot another tenant needs.
+    limits: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<Semaphore>>>,
+    max_concurrent: usize,
     cancel: CancellationToken,
     retry: RetryPolicy,
     /// Signalled when a state write fails, so [`Runner::state_flusher`] retries it.
@@ -308,7 +312,7 @@ pub const FLUSH_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 impl Runner {
     /// A runner over the app's rotator, state and metrics, with at most `max_concurrent`
-    /// runs at once.
+    /// runs at once in each tenant.
     pub fn new(app: &App, max_concurrent: usize, retry: RetryPolicy) -> Self {
         Runner {
             rotator: app.rotator.clone(),
@@ -316,7 +320,8 @@ impl Runner {
             owner: app.owner.clone(),
             lease_ttl: app.lease_ttl,
             metrics: app.metrics.clone(),
-            limit: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            limits: std::sync::Mutex::default(),
+            max_concurrent: max_concurrent.max(1),
             cancel: CancellationToken::new(),
             retry,
             state_dirty: tokio::sync::Notify::new(),
@@ -349,12 +354,25 @@ impl Runner {
         &self.cancel
     }
 
-    /// Waits for a rotation slot; `None` once the runner stops.
-    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+    /// Waits for a rotation slot in `tenant` (a job's `cfg.tenant`: a fan-out job across
+    /// tenants takes the slot of its own); `None` once the runner stops.
+    pub async fn slot(&self, tenant: &str) -> Option<OwnedSemaphorePermit> {
+        let limit = self.limit_of(tenant);
         tokio::select! {
-            p = self.limit.clone().acquire_owned() => p.ok(),
+            p = limit.acquire_owned() => p.ok(),
             () = self.cancel.cancelled() => None,
         }
+    }
+
+    /// The semaphore of `tenant`'s rotation slots.
+    fn limit_of(&self, tenant: &str) -> Arc<Semaphore> {
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = limits.get(tenant) {
+            return l.clone();
+        }
+        let l = Arc::new(Semaphore::new(self.max_concurrent));
+        limits.insert(Arc::from(tenant), l.clone());
+        l
     }
 
     /// Runs `job` once (with retries), in a slot: `permit` when the caller already holds one.
@@ -391,7 +409,7 @@ impl Runner {
         };
         let _permit = match permit {
             Some(p) => p,
-            None => self.slot().await.ok_or(Skipped::ShuttingDown)?,
+            None => (self.slot(&job.cfg.tenant).await).ok_or(Skipped::ShuttingDown)?,
         };
         if self.cancel.is_cancelled() {
             return Err(Skipped::ShuttingDown);

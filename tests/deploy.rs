@@ -1502,7 +1502,8 @@ fn dashboard_queries_are_valid_promql() {
             let expr = expr
                 .replace("$__rate_interval", "5m")
                 .replace("$instance", ".*")
-                .replace("$rotation_job", ".*");
+                .replace("$rotation_job", ".*")
+                .replace("$tenant", ".*");
             assert!(!expr.contains('$'), "unknown variable in {expr}");
             let mut m = serde_yaml_ng::Mapping::new();
             m.insert("record".into(), format!("dashboard:query_{i}").into());

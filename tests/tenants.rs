@@ -210,6 +210,53 @@ async fn a_429_in_one_tenant_pauses_only_that_tenant() {
     assert!(!text.contains(CANARY_PASSWORD) && !text.contains(API_KEY));
 }
 
+/// Rotation slots are per tenant: with `max_concurrent_rotations = 1`, tenant a's first run
+/// hangs in its PATCH (a 5-minute delay, within a's `request_timeout`) and its second run
+/// waits for a's slot, yet both of b's runs start and finish. With one global slot (or one
+/// stagger for every tenant's starts) b would wait the five minutes and this would time out.
+#[tokio::test]
+async fn a_tenant_with_every_slot_busy_holds_no_slot_another_tenant_needs() {
+    let (a, b) = (
+        tenant(SimConfig::default()).await,
+        tenant(SimConfig::default()).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    secrets(dir.path());
+    a.inject(Fault::Delay {
+        method: Some("PATCH".into()),
+        path_prefix: None,
+        delay: Duration::from_secs(300),
+        times: 2,
+    });
+    let jobs = [
+        s3("a-s3", "a"),
+        sql("a-sql", "a"),
+        s3("b-s3", "b"),
+        sql("b-sql", "b"),
+    ];
+    let text = two_tenants(&a, &b, "request_timeout = \"10m\"", "", &jobs.concat()).replace(
+        "[daemon]\n",
+        "[daemon]\nmax_concurrent_rotations = 1\nshutdown_grace_period = \"1s\"\n",
+    );
+    let r = start(dir.path(), &text, API_KEY).await;
+    for job in ["b-s3", "b-sql"] {
+        wait_metric(&r, "qlik_rotator_rotations_total", &rotated(job, "b")).await;
+    }
+    let text = http_get(r.addr, "/metrics").await.1;
+    // Tenant a: nothing finished, its first run still in flight at shutdown.
+    for job in ["a-s3", "a-sql"] {
+        let done = metric(&text, "qlik_rotator_rotations_total", &rotated(job, "a"));
+        assert!(done.unwrap_or(0.0) == 0.0, "{job} finished:\n{text}");
+    }
+    assert!(
+        !r.shutdown().await,
+        "tenant a's hung PATCH was not in flight"
+    );
+    assert_eq!(stored_prop(&b, S3_ID, "accessKey"), "AKIANEW");
+    assert_ne!(stored_prop(&a, S3_ID, "accessKey"), "AKIANEW");
+    assert!(!text.contains(CANARY_PASSWORD) && !text.contains(API_KEY));
+}
+
 #[tokio::test]
 async fn a_401_in_one_tenant_stops_only_that_tenant() {
     let (a, b) = (

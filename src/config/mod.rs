@@ -343,7 +343,7 @@ pub struct JobConfig {
 pub struct DaemonConfig {
     /// Where state (last applied versions) is kept.
     pub state_dir: PathBuf,
-    /// How many rotations may run at once.
+    /// How many rotations may run at once in each tenant (one tenant with `[qlik]`).
     pub max_concurrent_rotations: usize,
     /// How long in-flight rotations may take to finish on shutdown.
     pub shutdown_grace_period: Duration,

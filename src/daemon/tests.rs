@@ -57,7 +57,7 @@ impl Fake {
 impl RunJobs for Fake {
     type Permit = tokio::sync::OwnedSemaphorePermit;
 
-    fn slot(&self) -> impl Future<Output = Option<Self::Permit>> + Send {
+    fn slot(&self, _job: &JobRuntime) -> impl Future<Output = Option<Self::Permit>> + Send {
         let (limit, cancel) = (self.limit.clone(), self.cancel.clone());
         async move {
             tokio::select! {
@@ -75,11 +75,12 @@ impl RunJobs for Fake {
         _secret: Option<crate::triggers::Prefetched>,
     ) -> impl Future<Output = bool> + Send {
         let with_permit = permit.is_some();
+        let slot = self.slot(job);
         let job = job.cfg().name.clone();
         async move {
             let Some(_slot) = (match permit {
                 Some(p) => Some(p),
-                None => self.slot().await,
+                None => slot.await,
             }) else {
                 return false;
             };
