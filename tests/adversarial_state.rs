@@ -51,24 +51,7 @@ impl World {
     async fn with_job_extra(extra: &str) -> World {
         let sim = tenant(SimConfig::default()).await;
         let dir = tempfile::tempdir().unwrap();
-        let vault = dir.path().join("vault/qlik");
-        std::fs::create_dir_all(&vault).unwrap();
-        for (name, body) in [
-            (
-                "sales-s3",
-                r#"{"accessKey":"CANARY-ST-AKIA","secretKey":"CANARY-ST-SECRET"}"#,
-            ),
-            (
-                "finance-sql",
-                r#"{"username":"CANARY-ST-USER","password":"CANARY-ST-PASS"}"#,
-            ),
-            (
-                "bigquery",
-                r#"{"key_file":{"type":"service_account","private_key":"CANARY-ST-KEY"}}"#,
-            ),
-        ] {
-            std::fs::write(vault.join(format!("{name}.json")), body).unwrap();
-        }
+        common::write_demo_vault(dir.path(), "CANARY-ST");
         let port = free_port();
         let jobs = three_jobs("vault").replace("secret = \"", &format!("{extra}\nsecret = \""));
         std::fs::write(dir.path().join("admin-token"), "adversarial-admin-token\n").unwrap();

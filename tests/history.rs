@@ -27,24 +27,7 @@ struct World {
 async fn world() -> World {
     let sim = tenant(SimConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let vault = dir.path().join("vault/qlik");
-    std::fs::create_dir_all(&vault).unwrap();
-    for (name, body) in [
-        (
-            "sales-s3",
-            r#"{"accessKey":"CANARY-HIST-AKIA","secretKey":"CANARY-HIST-SECRET"}"#,
-        ),
-        (
-            "finance-sql",
-            r#"{"username":"CANARY-HIST-USER","password":"CANARY-HIST-PASS"}"#,
-        ),
-        (
-            "bigquery",
-            r#"{"key_file":{"type":"service_account","private_key":"CANARY-HIST-KEY"}}"#,
-        ),
-    ] {
-        std::fs::write(vault.join(format!("{name}.json")), body).unwrap();
-    }
+    common::write_demo_vault(dir.path(), "CANARY-HIST");
     let text = format!(
         "{}\n[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
         qlik_section(&sim),

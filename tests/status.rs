@@ -30,24 +30,7 @@ struct World {
 async fn world(metrics_extra: &str) -> World {
     let sim = tenant(SimConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let vault = dir.path().join("vault/qlik");
-    std::fs::create_dir_all(&vault).unwrap();
-    for (name, body) in [
-        (
-            "sales-s3",
-            r#"{"accessKey":"CANARY-STAT-AKIA","secretKey":"CANARY-STAT-SECRET"}"#,
-        ),
-        (
-            "finance-sql",
-            r#"{"username":"CANARY-STAT-USER","password":"CANARY-STAT-PASS"}"#,
-        ),
-        (
-            "bigquery",
-            r#"{"key_file":{"type":"service_account","private_key":"CANARY-STAT-KEY"}}"#,
-        ),
-    ] {
-        std::fs::write(vault.join(format!("{name}.json")), body).unwrap();
-    }
+    common::write_demo_vault(dir.path(), "CANARY-STAT");
     std::fs::write(dir.path().join("admin-token"), ADMIN).unwrap();
     std::fs::write(dir.path().join("read-token"), READER).unwrap();
     // sales-s3 on an hourly schedule; finance-sql at start; warehouse-bq on demand.
