@@ -330,11 +330,13 @@ fn sum_metric(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
         .sum()
 }
 
-/// Runs that ended with `outcome`, over every job: `unchanged` is counted per connector
-/// (`rotations_unchanged_total`), the others per job.
+/// Runs that ended with `outcome`, over every job: `rotated` and `unchanged` are counted per
+/// connector (`rotations_rotated_total`, `rotations_unchanged_total`), failures per job.
 fn outcome_total(text: &str, outcome: &str) -> f64 {
     if outcome == "unchanged" {
         sum_metric(text, "qlik_rotator_rotations_unchanged_total", None)
+    } else if outcome == "rotated" {
+        sum_metric(text, "qlik_rotator_rotations_rotated_total", None)
     } else {
         sum_metric(
             text,
@@ -437,7 +439,7 @@ async fn daemon_run(setup: DaemonSetup) -> Result<DaemonRun, String> {
         return Err(format!("/readyz answered {ready} after start"));
     }
     let text = get(&http, running.addr, "/metrics").await.1;
-    let ok = sum_metric(&text, "qlik_rotator_job_preflight_ok", None);
+    let ok = sum_metric(&text, "qlik_rotator_jobs", Some(("state", "scheduled")));
     if ok < n as f64 {
         return Err(format!("only {ok} of {n} jobs passed pre-flight"));
     }
@@ -1499,8 +1501,9 @@ fn sizes(text: &str) -> (usize, Option<usize>) {
 }
 
 /// Every job registered and through pre-flight (idle, as in section 4), then run once (one in
-/// ten failed at apply), then run again with every secret unchanged: the steady state, in
-/// which every per-job family has a sample for every job and later runs add no series.
+/// ten failed at apply), then run again with every secret unchanged and every secret's
+/// creation time known: the steady state, in which every per-job family a real daemon fills
+/// has its samples and later runs add no series.
 fn section_metrics(args: &Args, report: &mut Report) {
     let n = args.metrics_jobs;
     header(&format!(
@@ -1518,37 +1521,28 @@ fn section_metrics(args: &Args, report: &mut Report) {
     let started = Instant::now();
     let text = m.render();
     let render = started.elapsed();
-    // Later runs find most secrets unchanged (counted per connector unless
-    // `metrics.per_job_unchanged`): the steady state, which the target is about.
+    // Later runs find most secrets unchanged (successes are counted per connector unless
+    // `metrics.per_job_rotated` / `per_job_unchanged`).
     record_runs(&m, &cfg, true);
+    let no_created = m.render();
+    // Every source reports the version's creation time (Secrets Manager, SSM, Vault, file
+    // mtime), so a real daemon's jobs all have `secret_created_timestamp_seconds`: the steady
+    // state the target is about.
+    secrets_created(&m, &cfg);
     let steady = m.render();
-    // The same with `per_job_unchanged = true`: one more series per job.
+    // The same with both per-job success counts opted in: up to two more series per job.
     let opted_in = std::sync::Arc::new(qlik_rotator::metrics::Metrics::with_per_job(
         qlik_rotator::metrics::PerJob {
             unchanged: true,
+            rotated: true,
             ..Default::default()
         },
     ));
     opted_in.register_jobs(&cfg.jobs);
     record_runs(&opted_in, &cfg, false);
     record_runs(&opted_in, &cfg, true);
+    secrets_created(&opted_in, &cfg);
     let opted_in = opted_in.render();
-    // Sources that report a version's creation time (all of today's: Secrets Manager, SSM,
-    // Vault, file mtime) add `secret_created_timestamp_seconds` to every job: not in the
-    // target's run above (the runs here read no secret), shown for planning.
-    let created = {
-        use qlik_rotator::events::{Events, SecretFetched};
-        let events = Events::new(m.clone());
-        for job in &cfg.jobs {
-            events.emit(SecretFetched {
-                job: &job.name,
-                source: "file",
-                error_type: None,
-                created: Some(1_760_000_000),
-            });
-        }
-        m.render()
-    };
     let mut families: Vec<(String, usize)> = Vec::new();
     for line in steady.lines().filter(|l| !l.starts_with('#')) {
         let family = line.split(['{', ' ']).next().unwrap_or_default();
@@ -1566,9 +1560,9 @@ fn section_metrics(args: &Args, report: &mut Report) {
     for (what, body) in [
         ("idle", &idle),
         ("after one run", &text),
-        ("steady (2nd run unchanged)", &steady),
-        ("steady, per_job_unchanged", &opted_in),
-        ("steady, + secret_created", &created),
+        ("2nd run unchanged, no created", &no_created),
+        ("steady (+ secret_created)", &steady),
+        ("steady, per_job_rotated+unch.", &opted_in),
     ] {
         let (plain, gz) = sizes(body);
         println!(
@@ -1592,8 +1586,8 @@ fn section_metrics(args: &Args, report: &mut Report) {
     println!("  {per_job} bytes per job in steady state");
     report.target(
         format!(
-            "/metrics at {n} jobs ≤ {:.0} MB (steady state, uncompressed): {:.2} MB \
-             (after one run {:.2} MB)",
+            "/metrics at {n} jobs ≤ {:.0} MB (steady state with secret_created, uncompressed): \
+             {:.2} MB (after one run {:.2} MB)",
             mb(METRICS_TARGET_BYTES),
             mb(steady.len()),
             mb(text.len())
@@ -1679,6 +1673,20 @@ fn main() {
 
 /// One run of every job, through the same events the daemon emits: rotated, or (one in ten)
 /// failed at apply; with `unchanged`, every job's secret is found unchanged instead.
+/// Every job's source reported its version's creation time (as every real source does).
+fn secrets_created(m: &std::sync::Arc<qlik_rotator::metrics::Metrics>, cfg: &config::Config) {
+    use qlik_rotator::events::{Events, SecretFetched};
+    let events = Events::new(m.clone());
+    for job in &cfg.jobs {
+        events.emit(SecretFetched {
+            job: &job.name,
+            source: "file",
+            error_type: None,
+            created: Some(1_760_000_000),
+        });
+    }
+}
+
 fn record_runs(
     m: &std::sync::Arc<qlik_rotator::metrics::Metrics>,
     cfg: &config::Config,
@@ -2400,18 +2408,14 @@ async fn reads_run(
     let preflight = started.elapsed();
     let reads_at_preflight = sim.reads_total();
     let text = get(&http, running.addr, "/metrics").await.1;
-    let ok = sum_metric(&text, "qlik_rotator_job_preflight_ok", None);
+    let ok = sum_metric(&text, "qlik_rotator_jobs", Some(("state", "scheduled")));
     if ok < n as f64 {
         return Err(format!("only {ok} of {n} jobs passed pre-flight"));
     }
     let deadline = Instant::now() + Duration::from_secs(600);
     let rotated = loop {
         let text = get(&http, running.addr, "/metrics").await.1;
-        let rotated = sum_metric(
-            &text,
-            "qlik_rotator_rotations_total",
-            Some(("outcome", "rotated")),
-        );
+        let rotated = outcome_total(&text, "rotated");
         let failed = sum_metric(
             &text,
             "qlik_rotator_rotations_total",

@@ -70,6 +70,7 @@ impl App {
             crate::metrics::PerJob {
                 duration_histogram: cfg.metrics.per_job_duration_histogram,
                 unchanged: cfg.metrics.per_job_unchanged,
+                rotated: cfg.metrics.per_job_rotated,
             },
             cfg.multi_tenant,
         ));

@@ -4,9 +4,10 @@
 //!
 //! Counting rules, one line per event:
 //! - [`RotationFinished`] / [`RotationFailed`]: once per connection and run, after the run's
-//!   last attempt. `rotations_total{outcome}` moves with each (`unchanged`:
-//!   `rotations_unchanged_total{connector}` of the job's connector instead, and per job too
-//!   with `metrics.per_job_unchanged`), and `errors_total` with each failure, so
+//!   last attempt. `rotations_total{outcome}` moves with each failure (`rotated` and
+//!   `unchanged`: `rotations_rotated_total` / `rotations_unchanged_total{connector}` of the
+//!   job's connector instead, and per job too with `metrics.per_job_rotated` /
+//!   `per_job_unchanged`), and `errors_total` with each failure, so
 //!   `sum(errors_total{rotation_job})` equals that job's `failed` + `verify_failed`.
 //! - [`RotationRetried`]: a failed attempt that is tried again within the same run
 //!   (`rotation_retries_total{stage}`); it is not an outcome.

@@ -15,8 +15,8 @@
 //!   the duration histogram, the last attempt, build info) and the sparse `errors_total` live
 //!   in a `prometheus` [`Registry`];
 //! - the per-job series live in a compact table, [`JobTable`]: the gauges the alerts need
-//!   (`job_max_age_seconds`, `job_preflight_ok`, `last_success_timestamp_seconds`),
-//!   `rotations_total{rotation_job, outcome}` and the opt-in per-job duration histogram;
+//!   (`job_max_age_seconds`, `job_preflight_ok`, `last_success_timestamp_seconds`,
+//!   `secret_created_timestamp_seconds`), `rotations_total{rotation_job, outcome}` and the opt-in per-job duration histogram;
 //!   about 200 bytes per job instead of the ~3.6 KB that `prometheus` children cost. A
 //!   daemon with 10,000 jobs keeps them in ~2 MB, and `/metrics` streams them out in chunks
 //!   ([`Metrics::render_chunks`]) rather than building the whole exposition in memory.
@@ -29,11 +29,16 @@
 //!   carry no `connector` label (a job has one connector; `rotation_duration_seconds` is the
 //!   per-connector view). The alerts on it count a series that appears within their window
 //!   (deploy/prometheus/rules.yml).
-//! - `unchanged`, the outcome of nearly every run once a job is current, is counted per
-//!   connector (`rotations_unchanged_total{connector}`): per job it added a series to every job
-//!   in steady state (3.71 instead of 2.93 MB at 10,000 jobs) and alerted on nothing;
-//!   `last_success_timestamp_seconds{rotation_job}` says when each job was last found current.
-//!   Setting `metrics.per_job_unchanged = true` counts it in `rotations_total` per job as well.
+//! - successes are counted per connector: `rotated` in `rotations_rotated_total{connector}`,
+//!   `unchanged` (the outcome of nearly every run once a job is current) in
+//!   `rotations_unchanged_total{connector}`. Per job each added a series to every job (0.78 MB
+//!   each at 10,000 jobs) and alerted on nothing; `last_success_timestamp_seconds` and
+//!   `secret_created_timestamp_seconds` say per job when it was last found current and which
+//!   version it holds. Failures stay per job (the alerts need them). Setting
+//!   `metrics.per_job_rotated` / `metrics.per_job_unchanged = true` counts them in
+//!   `rotations_total` per job as well.
+//! - `job_preflight_ok` is exported only while a job fails pre-flight (value 0): the passing
+//!   state of every job was 0.59 MB and alerted on nothing; `jobs{state}` counts both.
 //! - the duration histogram is per connector (`rotation_duration_seconds{connector}`): per job,
 //!   its 14 lines were 10.3 of the 16.4 MB that one scrape weighed. Setting
 //!   `metrics.per_job_duration_histogram = true` adds the per-job one back as
@@ -63,10 +68,13 @@ pub struct PerJob {
     /// `rotations_total{rotation_job, outcome="unchanged"}` (`per_job_unchanged`; one line per
     /// job once it has been found current).
     pub unchanged: bool,
+    /// `rotations_total{rotation_job, outcome="rotated"}` (`per_job_rotated`; one line per job
+    /// once it has rotated).
+    pub rotated: bool,
 }
 
 /// The outcome labels of `rotations_total` (a job's series of an outcome appears with its first
-/// count; `unchanged` only with [`PerJob::unchanged`]).
+/// count; `rotated` only with [`PerJob::rotated`], `unchanged` only with [`PerJob::unchanged`]).
 pub const OUTCOMES: [&str; 6] = [
     "rotated",
     "unchanged",
@@ -76,6 +84,8 @@ pub const OUTCOMES: [&str; 6] = [
     "rolled_back",
 ];
 
+/// The index of `rotated` in [`OUTCOMES`].
+const ROTATED_OUTCOME: usize = 0;
 /// The index of `unchanged` in [`OUTCOMES`].
 const UNCHANGED_OUTCOME: usize = 1;
 
@@ -121,6 +131,11 @@ const ROTATION_DURATION: Def = def(
 const UNCHANGED: Def = def(
     "rotations_unchanged_total",
     "Runs of a connection that found it already current (outcome unchanged), by connector; counted per job as well only with metrics.per_job_unchanged.",
+    &["connector"],
+);
+const ROTATED: Def = def(
+    "rotations_rotated_total",
+    "Runs of a connection that applied a new secret version and verified it (outcome rotated), by connector; counted per job as well only with metrics.per_job_rotated.",
     &["connector"],
 );
 const LAST_ATTEMPT: Def = def(
@@ -239,11 +254,12 @@ const TENANT_LABELS: [(&str, &[&str]); 4] = [
 ];
 
 /// Every metric: the registry's, then the per-job table's ([`JOB_FAMILIES`]).
-pub const DECLARED: [Def; 29] = [
+pub const DECLARED: [Def; 30] = [
     ERRORS,
     RETRIES,
     ROTATION_DURATION,
     UNCHANGED,
+    ROTATED,
     LAST_ATTEMPT,
     QLIK_REQUESTS,
     QLIK_REQUEST_DURATION,
@@ -319,6 +335,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     rotation_duration: HistogramVec,
     unchanged: IntCounterVec,
+    rotated: IntCounterVec,
     last_attempt: IntGaugeVec,
     qlik_requests: IntCounterVec,
     qlik_request_duration: HistogramVec,
@@ -434,6 +451,7 @@ impl Metrics {
             retries: counter_vec(&r, &RETRIES),
             rotation_duration: histogram_vec(&r, &ROTATION_DURATION, &DURATION_BUCKETS),
             unchanged: counter_vec(&r, &UNCHANGED),
+            rotated: counter_vec(&r, &ROTATED),
             last_attempt: gauge_vec(&r, &LAST_ATTEMPT),
             qlik_requests: counter_vec(&r, &with_tenant(&QLIK_REQUESTS)),
             qlik_request_duration: histogram_vec(
@@ -490,7 +508,7 @@ impl Metrics {
 
     /// Adds the jobs to the per-job table (their gauges are exported from now on; counters
     /// appear with their first count) and pre-creates the per-connector duration histogram
-    /// and `rotations_unchanged_total`. Call once with all jobs (a later call adds to the
+    /// `rotations_rotated_total` and `rotations_unchanged_total`. Call once with all jobs (a later call adds to the
     /// table; a job name seen twice keeps its first entry).
     /// `spec_warnings_total` is pre-created for the connector of every catalogue job (the only
     /// jobs that can warn).
@@ -512,8 +530,9 @@ impl Metrics {
             }
         }
         self.jobs_table
-            .register(jobs, self.tenant_label, |connector| {
-                self.unchanged.with_label_values(&[connector])
+            .register(jobs, self.tenant_label, |connector| ConnectorCounters {
+                rotated: self.rotated.with_label_values(&[connector]),
+                unchanged: self.unchanged.with_label_values(&[connector]),
             });
     }
 
@@ -526,7 +545,7 @@ impl Metrics {
         self.jobs_table.tenant(job)
     }
 
-    /// Sets a job's pre-flight result (`job_preflight_ok`).
+    /// Sets a job's pre-flight result (`job_preflight_ok`, exported only while it fails).
     pub fn set_preflight(&self, job: &str, ok: bool) {
         self.jobs_table.with(job, |s| s.preflight_ok = Some(ok));
     }
@@ -641,9 +660,9 @@ impl Metrics {
 
     /// Counts one connection's outcome of a run in `rotations_total` (`outcome` is one of
     /// [`OUTCOMES`]; anything else, and a job never registered, is not counted). A job's
-    /// series of an outcome appears with its first count. `unchanged` is counted in
-    /// `rotations_unchanged_total` under the job's configured connector, and per job only
-    /// with [`PerJob::unchanged`].
+    /// series of an outcome appears with its first count. `rotated` and `unchanged` are
+    /// counted in `rotations_rotated_total` / `rotations_unchanged_total` under the job's
+    /// configured connector, and per job only with [`PerJob::rotated`] / [`PerJob::unchanged`].
     pub fn count_outcome(&self, job: &str, outcome: &str) {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
             self.jobs_table.count_outcome(job, i);
@@ -866,7 +885,7 @@ const JOB_FAMILIES: [JobFamily; 6] = [
     JobFamily {
         def: def(
             "job_preflight_ok",
-            "1 when the job's connection passed pre-flight (found, update privilege, connector matches), else 0.",
+            "0 while the job's connection fails pre-flight (not found, no update privilege, connector mismatch); a job that passed has no series (jobs{state} counts both).",
             &["rotation_job"],
         ),
         kind: "gauge",
@@ -890,7 +909,7 @@ const JOB_FAMILIES: [JobFamily; 6] = [
     JobFamily {
         def: def(
             "rotations_total",
-            "Rotation outcomes by rotation job and outcome (rotated, failed, verify_failed, canary_failed, rolled_back; unchanged only with metrics.per_job_unchanged, else in rotations_unchanged_total), one per connection and run; a series appears with its first count.",
+            "Rotation outcomes by rotation job and outcome (failed, verify_failed, canary_failed, rolled_back; rotated only with metrics.per_job_rotated, else in rotations_rotated_total; unchanged only with metrics.per_job_unchanged, else in rotations_unchanged_total), one per connection and run; a series appears with its first count.",
             &["rotation_job", "outcome"],
         ),
         kind: "counter",
@@ -933,14 +952,21 @@ impl JobStats {
     }
 }
 
+/// A connector's success counters, shared by its jobs' [`JobSeries`].
+#[derive(Debug)]
+struct ConnectorCounters {
+    rotated: IntCounter,
+    unchanged: IntCounter,
+}
+
 #[derive(Debug)]
 struct JobSeries {
     name: Box<str>,
     /// The job's tenant when the series carry a `tenant` label.
     tenant: Option<Arc<str>>,
     max_age: u64,
-    /// The job's connector's `rotations_unchanged_total` series.
-    unchanged: IntCounter,
+    /// The job's connector's `rotations_rotated_total` and `rotations_unchanged_total`.
+    connector: ConnectorCounters,
     stats: Mutex<JobStats>,
 }
 
@@ -969,7 +995,9 @@ impl JobSeries {
         };
         match family {
             0 => gauge(Some(self.max_age as i64)),
-            1 => gauge(st.preflight_ok.map(i64::from)),
+            // Only a failing pre-flight: the passing state of every job was 0.59 MB of a
+            // 10,000-job scrape and alerted on nothing (`jobs{state}` counts both).
+            1 => gauge(st.preflight_ok.filter(|ok| !ok).map(|_| 0)),
             2 => gauge(st.last_success),
             HISTOGRAM_FAMILY => {
                 let mut cumulative = 0;
@@ -1006,20 +1034,20 @@ pub struct JobTable {
 }
 
 impl JobTable {
-    /// Adds `jobs` (with their tenant when `tenant_label`); `unchanged` gives a connector's
-    /// `rotations_unchanged_total` series.
+    /// Adds `jobs` (with their tenant when `tenant_label`); `counters` gives a connector's
+    /// success counters.
     fn register<'a>(
         &self,
         jobs: impl IntoIterator<Item = &'a JobConfig>,
         tenant_label: bool,
-        unchanged: impl Fn(&str) -> IntCounter,
+        counters: impl Fn(&str) -> ConnectorCounters,
     ) {
         let mut table = self.jobs.write().expect("metrics table lock");
         table.extend(jobs.into_iter().map(|job| JobSeries {
             name: job.name.as_str().into(),
             tenant: tenant_label.then(|| job.tenant.clone()),
             max_age: job.max_age.as_secs(),
-            unchanged: unchanged(&job.connector),
+            connector: counters(&job.connector),
             stats: Mutex::new(JobStats::default()),
         }));
         // Stable: of two entries with one name, the first registered stays.
@@ -1050,13 +1078,19 @@ impl JobTable {
         }
     }
 
-    /// Counts outcome `i` of [`OUTCOMES`] for `job`: `unchanged` per connector, and per job
-    /// only when opted in; every other outcome per job.
+    /// Counts outcome `i` of [`OUTCOMES`] for `job`: `rotated` and `unchanged` per connector,
+    /// and per job only when opted in; every other outcome (a failure) per job.
     fn count_outcome(&self, job: &str, i: usize) {
-        let per_job = i != UNCHANGED_OUTCOME || self.opt_in.unchanged;
+        let per_job = match i {
+            ROTATED_OUTCOME => self.opt_in.rotated,
+            UNCHANGED_OUTCOME => self.opt_in.unchanged,
+            _ => true,
+        };
         self.with_series(job, |s| {
-            if i == UNCHANGED_OUTCOME {
-                s.unchanged.inc();
+            match i {
+                ROTATED_OUTCOME => s.connector.rotated.inc(),
+                UNCHANGED_OUTCOME => s.connector.unchanged.inc(),
+                _ => {}
             }
             if per_job {
                 s.stats.lock().expect("job stats lock").outcomes[i] += 1;
@@ -1231,7 +1265,11 @@ mod tests {
 
     #[test]
     fn outcomes_and_runs_fill_counters_histograms_and_timestamps() {
-        let m = Metrics::with_per_job_histogram(true);
+        let m = Metrics::with_per_job(PerJob {
+            duration_histogram: true,
+            rotated: true,
+            ..PerJob::default()
+        });
         m.register_jobs(&jobs(2));
         for (outcome, ms) in [("rotated", 300), ("unchanged", 40), ("rotated", 200_000)] {
             m.count_outcome("job-0001", outcome);
@@ -1249,6 +1287,10 @@ mod tests {
             )
         };
         assert_eq!(rot("rotated"), Some(2.0));
+        assert_eq!(
+            s("qlik_rotator_rotations_rotated_total{connector=\"mssql\"}"),
+            2.0
+        );
         // `unchanged` is counted per connector only (not opted in per job).
         assert_eq!(rot("unchanged"), None);
         assert_eq!(
@@ -1312,6 +1354,7 @@ mod tests {
         let m = Metrics::with_per_job(PerJob {
             duration_histogram: true,
             unchanged: true,
+            rotated: true,
         });
         m.register_jobs(&jobs(1));
         m.set_preflight("nope", true);
@@ -1320,39 +1363,49 @@ mod tests {
         m.observe_run("nope", "mssql", Duration::ZERO, true);
         let text = m.render();
         assert!(!text.contains("nope"), "{text}");
-        assert_eq!(
-            sample(
-                &text,
-                "qlik_rotator_rotations_unchanged_total{connector=\"mssql\"}"
-            ),
-            Some(0.0)
-        );
+        for family in ["unchanged", "rotated"] {
+            let series = format!("qlik_rotator_rotations_{family}_total{{connector=\"mssql\"}}");
+            assert_eq!(sample(&text, &series), Some(0.0), "{text}");
+        }
     }
 
-    /// `unchanged` goes to the job's own connector's series; per job only when opted in.
+    /// `rotated` and `unchanged` go to the job's own connector's series; per job only when
+    /// opted in (each by its own key); failures always per job.
     #[test]
-    fn unchanged_is_counted_per_connector_and_per_job_when_opted_in() {
+    fn successes_are_counted_per_connector_and_per_job_when_opted_in() {
         let mut cfg = jobs(3);
         cfg[2].connector = "snowflake".into();
-        for per_job in [false, true] {
+        for (outcome, per_job) in [
+            ("unchanged", false),
+            ("unchanged", true),
+            ("rotated", false),
+            ("rotated", true),
+        ] {
             let m = Metrics::with_per_job(PerJob {
-                unchanged: per_job,
+                unchanged: per_job && outcome == "unchanged",
+                rotated: per_job && outcome == "rotated",
                 ..PerJob::default()
             });
             m.register_jobs(&cfg);
             for job in ["job-0000", "job-0001", "job-0001", "job-0002"] {
-                m.count_outcome(job, "unchanged");
+                m.count_outcome(job, outcome);
             }
             m.count_outcome("job-0002", "failed");
             let text = m.render();
-            let conn = |c: &str| {
+            let conn = |family: &str, c: &str| {
                 sample(
                     &text,
-                    &format!("qlik_rotator_rotations_unchanged_total{{connector=\"{c}\"}}"),
+                    &format!("qlik_rotator_rotations_{family}_total{{connector=\"{c}\"}}"),
                 )
             };
-            assert_eq!(conn("mssql"), Some(3.0), "{text}");
-            assert_eq!(conn("snowflake"), Some(1.0), "{text}");
+            let other = if outcome == "rotated" {
+                "unchanged"
+            } else {
+                "rotated"
+            };
+            assert_eq!(conn(outcome, "mssql"), Some(3.0), "{text}");
+            assert_eq!(conn(outcome, "snowflake"), Some(1.0), "{text}");
+            assert_eq!(conn(other, "mssql"), Some(0.0), "{text}");
             let job = |j: &str, o: &str| {
                 sample(
                     &text,
@@ -1363,9 +1416,9 @@ mod tests {
             };
             assert_eq!(job("job-0002", "failed"), Some(1.0));
             let expected = |n: f64| per_job.then_some(n);
-            assert_eq!(job("job-0000", "unchanged"), expected(1.0), "{text}");
-            assert_eq!(job("job-0001", "unchanged"), expected(2.0), "{text}");
-            assert_eq!(job("job-0002", "unchanged"), expected(1.0), "{text}");
+            assert_eq!(job("job-0000", outcome), expected(1.0), "{text}");
+            assert_eq!(job("job-0001", outcome), expected(2.0), "{text}");
+            assert_eq!(job("job-0002", outcome), expected(1.0), "{text}");
             let lines = text.matches("qlik_rotator_rotations_total{").count();
             assert_eq!(lines, if per_job { 4 } else { 1 }, "{text}");
         }
@@ -1376,13 +1429,15 @@ mod tests {
         let n = CHUNK_JOBS * 3 + 5;
         let m = Metrics::new();
         m.register_jobs(&jobs(n));
-        for j in &jobs(n) {
-            m.set_preflight(&j.name, true);
+        // Every job but the first passes pre-flight: only the failing one has a series.
+        for (i, j) in jobs(n).iter().enumerate() {
+            m.set_preflight(&j.name, i > 0);
         }
         let chunks: Vec<String> = m.render_chunks().collect();
-        // The registry's part, then 4 chunks for each of the 2 families with samples (no
-        // last success and no outcome yet, the per-job histogram is off: nothing).
-        assert_eq!(chunks.len(), 1 + 4 * 2);
+        // The registry's part, then 4 chunks of max_age and 1 of pre-flight (the only failing
+        // job is in the first chunk; no last success and no outcome yet, the per-job
+        // histogram is off: nothing).
+        assert_eq!(chunks.len(), 1 + 4 + 1);
         assert!(chunks.iter().all(|c| !c.is_empty()));
         let text = chunks.concat();
         assert_eq!(text, m.render());
@@ -1408,8 +1463,12 @@ mod tests {
         }
         assert_eq!(
             text.matches("qlik_rotator_job_preflight_ok{").count(),
-            n,
-            "one pre-flight sample per job"
+            1,
+            "a pre-flight sample only for the failing job"
+        );
+        assert!(
+            text.contains("qlik_rotator_job_preflight_ok{rotation_job=\"job-0000\"} 0"),
+            "{text}"
         );
         // Sorted by job name.
         let names: Vec<&str> = text

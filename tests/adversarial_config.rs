@@ -815,6 +815,16 @@ refused!(
     |t, _| add_to(&t, "[metrics]", "per_job_unchanged_total = true")
 );
 refused!(
+    per_job_rotated_not_a_boolean,
+    "metrics.per_job_rotated",
+    |t, _| add_to(&t, "[metrics]", &format!("per_job_rotated = \"{CANARY}\""))
+);
+refused!(
+    per_job_rotated_misspelt,
+    "metrics.per_job_rotation",
+    |t, _| add_to(&t, "[metrics]", "per_job_rotation = true")
+);
+refused!(
     per_job_histogram_misspelt,
     "metrics.per_job_histogram",
     |t, _| add_to(&t, "[metrics]", "per_job_histogram = true")

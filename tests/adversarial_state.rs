@@ -56,7 +56,7 @@ impl World {
         let jobs = three_jobs("vault").replace("secret = \"", &format!("{extra}\nsecret = \""));
         std::fs::write(dir.path().join("admin-token"), "adversarial-admin-token\n").unwrap();
         let text = format!(
-            "{}\n[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\nshutdown_grace_period = \"10s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nadmin_token_file = \"admin-token\"\n{jobs}",
+            "{}\n[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\nshutdown_grace_period = \"10s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nper_job_rotated = true\nadmin_token_file = \"admin-token\"\n{jobs}",
             qlik_section(&sim)
         );
         let config = write_config(dir.path(), &text).to_str().unwrap().to_owned();

@@ -55,7 +55,7 @@ fn input() -> HashMap<String, String> {
 fn local_config(sim: &Simulator, job_extra: &str, tail: &str) -> String {
     let jobs = three_jobs("vault").replace("secret = \"", &format!("{job_extra}\nsecret = \""));
     format!(
-        "{}\n[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n{tail}\n{jobs}",
+        "{}\n[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\n[metrics]\nlisten = \"127.0.0.1:0\"\nper_job_rotated = true\n{tail}\n{jobs}",
         qlik_section(sim)
     )
 }
@@ -138,7 +138,9 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
     standard_secrets(dir.path());
     // BigQuery's secret lacks the key file: a build failure.
     write_secret(dir.path(), "qlik/bigquery", r#"{"nothing":"here"}"#);
-    let r = start(dir.path(), &no_budget(&local_config(&sim, "", ""))).await;
+    // The default metrics (the other tests here opt in to per-job `rotated` counts).
+    let text = local_config(&sim, "", "").replace("per_job_rotated = true\n", "");
+    let r = start(dir.path(), &no_budget(&text)).await;
     assert_eq!(http_get(r.addr, "/healthz").await.0, 200);
     assert_eq!(http_get(r.addr, "/readyz").await.0, 200);
 
@@ -153,14 +155,8 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
         None
     );
     assert!(!text.contains("qlik_rotator_rotations_total{"), "{text}");
-    assert_eq!(
-        metric(
-            &text,
-            "qlik_rotator_job_preflight_ok",
-            &[("rotation_job", "sales-s3")]
-        ),
-        Some(1.0)
-    );
+    // Pre-flight passed: no per-job series (only a failing job has one), counted in `jobs`.
+    assert!(!text.contains("qlik_rotator_job_preflight_ok{"), "{text}");
     assert_eq!(
         metric(&text, "qlik_rotator_jobs", &[("state", "scheduled")]),
         Some(3.0)
@@ -174,9 +170,23 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
         Some(90000.0)
     );
 
-    // rotated
+    // rotated: counted under the job's connector, with no per-job series
     r.daemon.trigger("sales-s3", false);
-    let text = wait_outcome(&r, "sales-s3", "rotated").await;
+    let rotated = [("connector", "File_AmazonS3ConnectorV2")];
+    let text = wait_metric(&r, "qlik_rotator_rotations_rotated_total", &rotated, 1.0).await;
+    assert_eq!(
+        metric(
+            &text,
+            "qlik_rotator_rotations_total",
+            &[("rotation_job", "sales-s3"), ("outcome", "rotated")]
+        ),
+        None
+    );
+    for other in ["mssql", "gbq"] {
+        let labels = [("connector", other)];
+        let n = metric(&text, "qlik_rotator_rotations_rotated_total", &labels);
+        assert_eq!(n, Some(0.0), "{other}");
+    }
     assert!(
         metric(
             &text,
@@ -270,10 +280,10 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
     assert_eq!(
         metric(
             &text,
-            "qlik_rotator_rotations_total",
-            &[("rotation_job", "finance-sql"), ("outcome", "rotated")]
+            "qlik_rotator_rotations_rotated_total",
+            &[("connector", "mssql")]
         ),
-        None
+        Some(0.0)
     );
 
     let (ok, report) = promtool_check_metrics(&text);
@@ -406,6 +416,12 @@ async fn preflight_skips_a_job_without_update_privilege_and_runs_the_others() {
             &[("rotation_job", "sales-s3")]
         ),
         Some(0.0)
+    );
+    // Only the failing job has a pre-flight series.
+    assert_eq!(
+        text.matches("qlik_rotator_job_preflight_ok{").count(),
+        1,
+        "{text}"
     );
     assert_eq!(
         metric(&text, "qlik_rotator_jobs", &[("state", "preflight_failed")]),
@@ -551,7 +567,7 @@ async fn budget_run(budget_per_min: u32) -> Simulator {
         jobs.push_str(&sql_job(&sim, dir.path(), i, "run_on_start = true").1);
     }
     let text = format!(
-        "{}write_budget_per_min = {budget_per_min}\n[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\nmax_concurrent_rotations = 12\n[metrics]\nlisten = \"127.0.0.1:0\"\n{jobs}",
+        "{}write_budget_per_min = {budget_per_min}\n[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\nmax_concurrent_rotations = 12\n[metrics]\nlisten = \"127.0.0.1:0\"\nper_job_rotated = true\n{jobs}",
         qlik_section(&sim)
     );
     let r = start(dir.path(), &text).await;
@@ -632,7 +648,7 @@ async fn jobs_sharing_a_schedule_share_one_cron_entry_and_respect_the_concurrenc
     }
     // No write budget: its spacing (0.6 s) would keep the PATCHes apart by itself.
     let text = format!(
-        "{}[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\nmax_concurrent_rotations = 2\n[metrics]\nlisten = \"127.0.0.1:0\"\n{jobs}",
+        "{}[sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\nmax_concurrent_rotations = 2\n[metrics]\nlisten = \"127.0.0.1:0\"\nper_job_rotated = true\n{jobs}",
         no_budget(&qlik_section(&sim))
     );
     let r = start(dir.path(), &text).await;
@@ -706,7 +722,7 @@ async fn a_trigger_while_the_job_runs_is_skipped_by_the_runner() {
 fn moto_config(dir: &Path, sim: &Simulator, schedule: &str) -> PathBuf {
     let port = common::moto::free_port();
     let text = format!(
-        "{}\n[sources.aws]\ntype = \"aws_secrets_manager\"\n[daemon]\nstate_dir = \"state\"\nshutdown_grace_period = \"20s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[[jobs]]\nname = \"sales-s3\"\nconnection = {{ id = \"{S3_ID}\" }}\nconnector = \"File_AmazonS3ConnectorV2\"\nsource = \"aws\"\nsecret = \"qlik/sales-s3\"\n{schedule}\n",
+        "{}\n[sources.aws]\ntype = \"aws_secrets_manager\"\n[daemon]\nstate_dir = \"state\"\nshutdown_grace_period = \"20s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nper_job_rotated = true\n\n[[jobs]]\nname = \"sales-s3\"\nconnection = {{ id = \"{S3_ID}\" }}\nconnector = \"File_AmazonS3ConnectorV2\"\nsource = \"aws\"\nsecret = \"qlik/sales-s3\"\n{schedule}\n",
         qlik_section(sim)
     );
     write_config(dir, &text)

@@ -50,6 +50,12 @@ fn exported_metrics() -> BTreeMap<String, MetricType> {
             job("ok", "ok"),
             job("bad", "bad")
         );
+        // A job whose connection does not exist fails pre-flight: `job_preflight_ok` is
+        // exported only for such a job.
+        let text = format!(
+            "{text}{}",
+            job("gone", "ok").replace(id.as_str(), "00000000-0000-4000-8000-00000000dead")
+        );
         let input = std::collections::HashMap::from([("K".to_owned(), "sim-api-key".to_owned())]);
         let cfg = qlik_rotator::config::load_str(&text, dir.path(), &input).expect("config");
         let running = qlik_rotator::daemon::start(&cfg, &input).await.expect("daemon");
@@ -57,7 +63,10 @@ fn exported_metrics() -> BTreeMap<String, MetricType> {
         let mut text = String::new();
         for _ in 0..400 {
             text = reqwest::get(&url).await.unwrap().text().await.unwrap();
-            if text.contains("outcome=\"rotated\"} 1") && text.contains("qlik_rotator_errors_total{") {
+            if text.contains("qlik_rotator_rotations_rotated_total{connector=\"mssql\"} 1")
+                && text.contains("qlik_rotator_errors_total{")
+                && text.contains("qlik_rotator_job_preflight_ok{rotation_job=\"gone\"} 0")
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -99,7 +108,7 @@ fn exported_metrics() -> BTreeMap<String, MetricType> {
     assert!(
         samples
             .iter()
-            .any(|l| l.contains("rotation_job=\"ok\"") && l.contains("outcome=\"rotated\"")),
+            .any(|l| l.contains("rotation_job=\"bad\"") && l.contains("outcome=\"failed\"")),
         "per-job series carry rotation_job:\n{text}"
     );
     out

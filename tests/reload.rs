@@ -70,7 +70,7 @@ schedule = "* * * * * *"
 fn write(w: &World, qlik_extra: &str, jobs: &str) -> PathBuf {
     let text = format!(
         "{}write_budget_per_min = 0\n{qlik_extra}\n[sources.vault]\ntype = \"file\"\npath = \"vault\"\n\
-         [daemon]\nstate_dir = \"state\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\n{jobs}",
+         [daemon]\nstate_dir = \"state\"\n[metrics]\nlisten = \"127.0.0.1:{}\"\nper_job_rotated = true\n{jobs}",
         qlik_section(&w.sim),
         w.port
     );

@@ -154,7 +154,7 @@ async fn world(secret: &str, max_receives: u32) -> World {
     let text = format!(
         "{}\n[sources.aws]\ntype = \"aws_secrets_manager\"\nendpoint_url = \"{ep}\"\n\
          [events]\ntype = \"sqs\"\nqueue_url = \"{queue}\"\nendpoint_url = \"{ep}\"\nregion = \"us-east-1\"\nwait_time = \"1s\"\n\
-         [daemon]\nstate_dir = \"state\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nadmin_token_file = \"token\"\n\n\
+         [daemon]\nstate_dir = \"state\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nper_job_rotated = true\nadmin_token_file = \"token\"\n\n\
          [[jobs]]\nname = \"sales-s3\"\nconnection = {{ id = \"{S3_ID}\" }}\nconnector = \"File_AmazonS3ConnectorV2\"\nsource = \"aws\"\nsecret = \"qlik/sales-s3\"\n",
         qlik_section(&sim),
         ep = moto.endpoint,

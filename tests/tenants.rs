@@ -45,7 +45,7 @@ fn two_tenants(a: &Simulator, b: &Simulator, a_extra: &str, b_extra: &str, jobs:
         "[tenants.a]\ntenant_url = \"{}\"\napi_key_env = \"A_KEY\"\n{a_extra}\n\
          [tenants.b]\ntenant_url = \"{}\"\napi_key_env = \"B_KEY\"\n{b_extra}\n\
          [sources.vault]\ntype = \"file\"\npath = \"vault\"\n[daemon]\nstate_dir = \"state\"\n\
-         max_attempts_per_run = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\n{jobs}",
+         max_attempts_per_run = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\nper_job_rotated = true\n{jobs}",
         a.base_url(),
         b.base_url()
     )

@@ -366,6 +366,9 @@ pub struct MetricsConfig {
     /// Counts `unchanged` per job in `rotations_total` too (one series per job; off by
     /// default: it is counted per connector).
     pub per_job_unchanged: bool,
+    /// Counts `rotated` per job in `rotations_total` too (one series per job; off by default:
+    /// it is counted per connector).
+    pub per_job_rotated: bool,
 }
 
 /// A validated configuration: what the rest of the crate sees.
@@ -698,6 +701,7 @@ const KNOWN_KEYS: &[&str] = &[
     "read_token_file",
     "per_job_duration_histogram",
     "per_job_unchanged",
+    "per_job_rotated",
     "state",
     "backend",
     "table",
@@ -1985,6 +1989,7 @@ fn metrics_section(mut t: Table<'_>, base: &Path, errs: &mut Errors) -> Option<M
         .opt_bool("per_job_duration_histogram", errs)
         .unwrap_or(false);
     let per_job_unchanged = t.opt_bool("per_job_unchanged", errs).unwrap_or(false);
+    let per_job_rotated = t.opt_bool("per_job_rotated", errs).unwrap_or(false);
     t.finish(errs);
     Some(MetricsConfig {
         listen: listen?,
@@ -1992,6 +1997,7 @@ fn metrics_section(mut t: Table<'_>, base: &Path, errs: &mut Errors) -> Option<M
         read_token_file,
         per_job_duration_histogram,
         per_job_unchanged,
+        per_job_rotated,
     })
 }
 

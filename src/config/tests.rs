@@ -887,7 +887,7 @@ fn key_names_from_the_file_are_printed_escaped() {
 }
 
 #[test]
-fn per_job_unchanged_is_off_unless_enabled() {
+fn per_job_success_counts_are_off_unless_enabled() {
     let load = |extra: &str| {
         load_str(
             &format!("{MINIMAL}[metrics]\n{extra}"),
@@ -897,14 +897,19 @@ fn per_job_unchanged_is_off_unless_enabled() {
         .unwrap()
         .metrics
     };
-    assert!(!load("").per_job_unchanged);
+    let none = load("");
+    assert!(!none.per_job_unchanged && !none.per_job_rotated);
     assert!(!load("per_job_unchanged = false\n").per_job_unchanged);
     let both = load("per_job_unchanged = true\n");
-    assert!(both.per_job_unchanged && !both.per_job_duration_histogram);
-    for bad in ["\"yes\"", "1", "[true]"] {
-        let errs = errors(&format!("{MINIMAL}[metrics]\nper_job_unchanged = {bad}\n"));
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].contains("metrics.per_job_unchanged"), "{errs:?}");
+    assert!(both.per_job_unchanged && !both.per_job_duration_histogram && !both.per_job_rotated);
+    let rotated = load("per_job_rotated = true\n");
+    assert!(rotated.per_job_rotated && !rotated.per_job_unchanged);
+    for key in ["per_job_unchanged", "per_job_rotated"] {
+        for bad in ["\"yes\"", "1", "[true]"] {
+            let errs = errors(&format!("{MINIMAL}[metrics]\n{key} = {bad}\n"));
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].contains(&format!("metrics.{key}")), "{errs:?}");
+        }
     }
 }
 

@@ -183,24 +183,22 @@ fn rotation_finished_logs_and_counts_its_outcome() {
         },
         "INFO",
         "Rotation finished.",
-        &["qlik_rotator_rotations_total{outcome=\"rotated\",rotation_job=\"sales\"}"],
+        &["qlik_rotator_rotations_rotated_total{connector=\"mssql\"}"],
     );
     assert_eq!(field(&lines[0], "outcome"), "rotated");
     assert_eq!(field(&lines[0], "duration_ms"), 120);
     // Text from outside cannot forge a line.
     assert_eq!(field(&lines[0], "connection"), "c-1\\nforged");
-    // Nothing else moved: no error, no other outcome; `unchanged` is counted under the job's
-    // connector, not per job.
+    // Nothing else moved: no error, no per-job outcome; `rotated` and `unchanged` are counted
+    // under the job's connector, not per job.
     let (e, m) = events();
+    e.emit(finished("rotated"));
     e.emit(finished("unchanged"));
     assert_totals(&m, 0.0, 0.0);
-    assert_eq!(
-        sample(
-            &m,
-            "qlik_rotator_rotations_unchanged_total{connector=\"mssql\"}"
-        ),
-        1.0
-    );
+    for family in ["rotated", "unchanged"] {
+        let series = format!("qlik_rotator_rotations_{family}_total{{connector=\"mssql\"}}");
+        assert_eq!(sample(&m, &series), 1.0, "{series}");
+    }
 }
 
 #[test]
