@@ -222,7 +222,7 @@ const REQUEST_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 
 /// The label names of the series that also carry `tenant` when the configuration declares
 /// `[tenants.NAME]` ([`Metrics::with_options`]); the per-job table's families add it too.
-const TENANT_LABELS: [(&str, &[&str]); 4] = [
+const TENANT_LABELS: [(&str, &[&str]); 5] = [
     (
         "errors_total",
         &["rotation_job", "stage", "error_type", "tenant"],
@@ -236,6 +236,7 @@ const TENANT_LABELS: [(&str, &[&str]); 4] = [
         &["method", "endpoint", "tenant"],
     ),
     ("rate_limited_total", &["tenant"]),
+    ("unmanaged_connections", &["tenant"]),
 ];
 
 /// Every metric: the registry's, then the per-job table's ([`JOB_FAMILIES`]).
@@ -332,7 +333,7 @@ pub struct Metrics {
     state_writable: IntGauge,
     preflight_pending: IntGauge,
     lease_skips: IntCounterVec,
-    unmanaged: IntGauge,
+    unmanaged: IntGaugeVec,
     config_reloads: IntCounterVec,
     config_info: IntGaugeVec,
     config_loaded: IntGauge,
@@ -453,7 +454,7 @@ impl Metrics {
             verify_warnings: counter_vec(&r, &VERIFY_WARNINGS),
             preflight_pending: gauge(&r, &PREFLIGHT_PENDING),
             lease_skips: counter_vec(&r, &LEASE_SKIPS),
-            unmanaged: gauge(&r, &UNMANAGED),
+            unmanaged: gauge_vec(&r, &with_tenant(&UNMANAGED)),
             config_reloads: counter_vec(&r, &CONFIG_RELOADS),
             config_info: gauge_vec(&r, &CONFIG_INFO),
             config_loaded: gauge(&r, &CONFIG_LOADED),
@@ -478,7 +479,9 @@ impl Metrics {
         for reason in LEASE_SKIP_REASONS {
             m.lease_skips.with_label_values(&[reason]).reset();
         }
-        m.unmanaged.set(-1);
+        if !tenant_label {
+            m.unmanaged.with_label_values(&[] as &[&str]).set(-1);
+        }
         for result in RELOAD_RESULTS {
             m.config_reloads.with_label_values(&[result]).reset();
         }
@@ -594,9 +597,29 @@ impl Metrics {
         }
     }
 
-    /// Sets `unmanaged_connections` (the last coverage scan's count).
-    pub fn set_unmanaged(&self, unmanaged: i64) {
-        self.unmanaged.set(unmanaged);
+    /// Pre-creates the per-tenant series of a configuration with `[tenants.NAME]`:
+    /// `unmanaged_connections{tenant}` at -1 (no scan yet) for each of `tenants`. Nothing
+    /// without the `tenant` label.
+    pub fn register_tenants<'a>(&self, tenants: impl IntoIterator<Item = &'a str>) {
+        if self.tenant_label {
+            for t in tenants {
+                self.unmanaged.with_label_values(&[t]).set(-1);
+            }
+        }
+    }
+
+    /// Sets `unmanaged_connections` (the last coverage scan's count), of `tenant` when the
+    /// series carry the `tenant` label.
+    pub fn set_unmanaged(&self, tenant: Option<&str>, unmanaged: i64) {
+        if self.tenant_label {
+            self.unmanaged
+                .with_label_values(&[tenant.unwrap_or_default()])
+                .set(unmanaged);
+        } else {
+            self.unmanaged
+                .with_label_values(&[] as &[&str])
+                .set(unmanaged);
+        }
     }
 
     /// Sets `preflight_pending` (connections still waiting for their start-up pre-flight).
