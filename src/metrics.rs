@@ -707,6 +707,10 @@ impl Metrics {
 
     /// Counts one failed run in `errors_total` (once per run and connection, after the last
     /// attempt: the sum over a job equals its `failed` + `verify_failed` outcomes).
+    /// Its `tenant` is the job's, also for a fan-out connection in another tenant, on purpose:
+    /// a job's series all carry one tenant, as `rotations_total` (which the alerts sum `by
+    /// (rotation_job, tenant)`) does, so the two agree per job and tenant and route to the
+    /// job's owner; the tenant that answered is on `qlik_requests_total{tenant}`.
     pub fn count_error(&self, job: &str, stage: &str, error_type: &str) {
         match self.job_tenant(job) {
             Some(t) => self.errors.with_label_values(&[job, stage, error_type, &t]),
