@@ -560,3 +560,56 @@ async fn a_failed_scan_of_one_tenant_leaves_its_series_and_not_the_others() {
     );
     assert!(r.shutdown().await);
 }
+
+#[tokio::test]
+async fn a_space_is_looked_up_in_each_tenant() {
+    let (a, b) = tenants().await;
+    b.add_space(SeedSpace::new("ops", "Ops"));
+    b.add_connection(
+        SeedConnection::new("Ops REST", "rest", json!({"url": "http://x"})).in_space("ops"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["connections", "--space", "Ops", "--output", "json"];
+    let out = cli(&a, &b, dir.path(), API_KEY, &args).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let rows = json_rows(&out);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0]["tenant"].as_str(), rows[0]["name"].as_str()),
+        (Some("b"), Some("Ops REST"))
+    );
+    let lists = |sim: &Simulator| {
+        (with_method(sim, "GET").iter())
+            .filter(|r| r.path == "/api/v1/data-connections")
+            .count()
+    };
+    assert_eq!(
+        lists(&a),
+        0,
+        "tenant a has no space Ops: nothing listed there"
+    );
+    // A space no tenant has: exit 64 naming each tenant, before any listing.
+    let out = cli(
+        &a,
+        &b,
+        dir.path(),
+        API_KEY,
+        &["connections", "--space", "Nope"],
+    )
+    .await;
+    assert_eq!(out.code, 64, "{out:?}");
+    for t in ["a", "b"] {
+        assert!(
+            out.stderr.contains(&format!(
+                "error: tenant {t}: no space with the id or name \"Nope\""
+            )),
+            "{}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        lists(&a) + lists(&b),
+        1,
+        "only the first run's listing of b"
+    );
+}
