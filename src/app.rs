@@ -75,6 +75,7 @@ impl App {
             cfg.multi_tenant,
         ));
         metrics.set_state_writable(true);
+        metrics.register_tenants(cfg.tenants.iter().map(|t| &*t.name));
         let clients = tenant_clients(cfg, input, Some(&metrics))?;
         let rotator = Rotator::with_clients(clients, cfg.multi_tenant, sources(cfg).await)
             .with_metrics(metrics.clone());

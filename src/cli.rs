@@ -116,6 +116,10 @@ pub enum Command {
     Connections {
         #[command(flatten)]
         config: ConfigArg,
+        /// Only this tenant (a `[tenants.NAME]` name; `default` with `[qlik]`). Default: every
+        /// tenant, in name order.
+        #[arg(long, value_name = "NAME")]
+        tenant: Option<String>,
         /// Only this space (a space name or id).
         #[arg(long, value_name = "NAME|ID")]
         space: Option<String>,
@@ -131,7 +135,11 @@ pub enum Command {
     Coverage {
         #[command(flatten)]
         config: ConfigArg,
-        /// Fail (exit 1) when coverage is below this percentage.
+        /// Only this tenant (a `[tenants.NAME]` name; `default` with `[qlik]`). Default: every
+        /// tenant, in name order.
+        #[arg(long, value_name = "NAME")]
+        tenant: Option<String>,
+        /// Fail (exit 1) when coverage is below this percentage (in any tenant).
         #[arg(long, value_name = "PCT")]
         fail_under: Option<f64>,
         /// `text` or `json`.

@@ -1316,7 +1316,8 @@ fn start_preflight(daemon: &Arc<Daemon>, width: usize) {
         let _ = d.preflight_done.set(());
         let d2 = d.clone();
         tokio::spawn(crate::discover::scan_loop(
-            d.runner.rotator().client().clone(),
+            d.runner.rotator().clients().clone(),
+            d.runner.rotator().multi_tenant(),
             move || d2.set().by_index.iter().map(|j| j.cfg().clone()).collect(),
             d.metrics().clone(),
             d.rescan.clone(),

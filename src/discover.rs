@@ -1,7 +1,9 @@
-//! Discovery and coverage: `connections` lists the tenant's data connections with their space
+//! Discovery and coverage: `connections` lists the tenants' data connections with their space
 //! name, connector, whether the catalogue can rotate them and which job manages them;
 //! `coverage` reports credential-bearing connections without a job and jobs whose connection
-//! no longer exists.
+//! no longer exists. Both read every tenant (in name order) or the one `--tenant` names; a
+//! job manages a connection only in its target's tenant (ids and names are unique only
+//! within a tenant).
 //!
 //! Both lists are read with [`crate::qlik::listing`] (paged, capped by [`Limits`], each
 //! refusal a clear [`DiscoverError`]).
@@ -9,11 +11,13 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::{Config, ConnectionRef, JobConfig};
+use crate::config::{Config, ConnectionRef, JobConfig, QlikConfig};
 use crate::connectors::Connector;
+use crate::exit::{EXIT_FAILED, EXIT_USAGE};
 use crate::qlik::client::QlikClient;
 use crate::qlik::model::{DataConnection, Space};
 use crate::text;
@@ -29,6 +33,10 @@ pub use crate::qlik::listing::{DiscoverError, Limits, all_connections, all_space
 /// ([`text::printable`]).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Row {
+    /// Its tenant; only when the configuration declares `[tenants.NAME]` (without, the
+    /// output is as before tenants).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// `qID`.
     pub id: String,
     /// `qName`.
@@ -44,8 +52,37 @@ pub struct Row {
     /// Carries a credential: the catalogue knows the connector, or it uses separate
     /// credentials.
     pub credential_bearing: bool,
-    /// The jobs whose `connection`/`connections` name it.
+    /// The jobs whose `connection`/`connections` name it (in its tenant).
     pub jobs: Vec<String>,
+}
+
+/// One tenant's connections and spaces, as read.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// The tenant's name.
+    pub tenant: Arc<str>,
+    /// Whether rows and orphans name the tenant (the file declares `[tenants.NAME]`).
+    pub labelled: bool,
+    /// Its connections.
+    pub conns: Vec<DataConnection>,
+    /// Its spaces.
+    pub spaces: Vec<Space>,
+}
+
+impl Listing {
+    /// The name of the space `c` sits in (`""` when personal or unknown).
+    fn space_name(&self, c: &DataConnection) -> &str {
+        let sid = c.space.as_deref().unwrap_or("");
+        (self.spaces.iter())
+            .find(|s| s.id == sid)
+            .map_or("", |s| s.name.as_str())
+    }
+
+    /// The tenant as a row shows it.
+    fn label(&self) -> Option<String> {
+        self.labelled
+            .then(|| text::printable(&self.tenant, MAX_CELL))
+    }
 }
 
 /// Whether `r` (a job's reference) names `c`, whose space is named `space_name`.
@@ -62,24 +99,26 @@ fn refers_to(r: &ConnectionRef, c: &DataConnection, space_name: &str) -> bool {
     }
 }
 
-/// The rows of `connections`, in the order listed.
-pub fn rows(jobs: &[JobConfig], conns: &[DataConnection], spaces: &[Space]) -> Vec<Row> {
-    let names: BTreeMap<&str, &str> = spaces
-        .iter()
-        .map(|s| (s.id.as_str(), s.name.as_str()))
-        .collect();
-    conns
-        .iter()
+/// Whether `job` manages `c` of `listing`'s tenant: one of its targets sits in that tenant
+/// and names it.
+fn manages(job: &JobConfig, listing: &Listing, c: &DataConnection, space_name: &str) -> bool {
+    (job.connections.iter()).any(|t| t.tenant == listing.tenant && refers_to(t, c, space_name))
+}
+
+/// The rows of `connections` for one tenant, in the order listed.
+pub fn rows(jobs: &[JobConfig], listing: &Listing) -> Vec<Row> {
+    (listing.conns.iter())
         .map(|c| {
             let sid = c.space.as_deref().unwrap_or("");
-            let sname = names.get(sid).copied().unwrap_or("");
+            let sname = listing.space_name(c);
             let rotatable = Connector::lookup(&c.datasource_id).is_some();
             let jobs = jobs
                 .iter()
-                .filter(|j| j.connections.iter().any(|r| refers_to(r, c, sname)))
+                .filter(|j| manages(j, listing, c, sname))
                 .map(|j| j.name.clone())
                 .collect();
             Row {
+                tenant: listing.label(),
                 id: text::printable(&c.id, MAX_CELL),
                 name: text::printable(&c.name, MAX_CELL),
                 space_id: text::printable(sid, MAX_CELL),
@@ -93,7 +132,7 @@ pub fn rows(jobs: &[JobConfig], conns: &[DataConnection], spaces: &[Space]) -> V
         .collect()
 }
 
-/// What `coverage` reports.
+/// What `coverage` reports (for one tenant).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Coverage {
     /// Credential-bearing connections.
@@ -111,19 +150,19 @@ pub struct Coverage {
 /// A job's reference that names no existing connection.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Orphan {
+    /// The reference's tenant; only with `[tenants.NAME]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// The job.
     pub job: String,
     /// The reference as configured (`id …` or `name "…" in space …`).
     pub connection: String,
 }
 
-/// Coverage of `conns` (all the tenant's connections) by `jobs`.
-pub fn coverage(jobs: &[JobConfig], conns: &[DataConnection], spaces: &[Space]) -> Coverage {
-    let rows = rows(jobs, conns, spaces);
-    let names: BTreeMap<&str, &str> = spaces
-        .iter()
-        .map(|s| (s.id.as_str(), s.name.as_str()))
-        .collect();
+/// Coverage of `listing` (all of one tenant's connections) by `jobs`: only the job targets
+/// in that tenant count.
+pub fn coverage(jobs: &[JobConfig], listing: &Listing) -> Coverage {
+    let rows = rows(jobs, listing);
     let bearing: Vec<&Row> = rows.iter().filter(|r| r.credential_bearing).collect();
     let managed = bearing.iter().filter(|r| !r.jobs.is_empty()).count();
     let mut unmanaged_by_space: BTreeMap<String, Vec<Row>> = BTreeMap::new();
@@ -140,18 +179,13 @@ pub fn coverage(jobs: &[JobConfig], conns: &[DataConnection], spaces: &[Space]) 
     }
     let mut orphaned = Vec::new();
     for j in jobs {
-        for r in &j.connections {
-            let found = conns.iter().any(|c| {
-                let sname = names
-                    .get(c.space.as_deref().unwrap_or(""))
-                    .copied()
-                    .unwrap_or("");
-                refers_to(r, c, sname)
-            });
+        for t in j.connections.iter().filter(|t| t.tenant == listing.tenant) {
+            let found = (listing.conns.iter()).any(|c| refers_to(t, c, listing.space_name(c)));
             if !found {
                 orphaned.push(Orphan {
+                    tenant: listing.label(),
                     job: j.name.clone(),
-                    connection: text::printable(&r.to_string(), MAX_CELL),
+                    connection: text::printable(&t.conn.to_string(), MAX_CELL),
                 });
             }
         }
@@ -180,13 +214,32 @@ pub fn csv_cell(s: &str) -> String {
     }
 }
 
-/// `rows` as CSV (header first).
+/// The cells of a row, its tenant first when `labelled`.
+fn cells(r: &Row, labelled: bool) -> Vec<String> {
+    let mut out = Vec::with_capacity(9);
+    if labelled {
+        out.push(r.tenant.clone().unwrap_or_default());
+    }
+    out.extend([
+        r.id.clone(),
+        r.name.clone(),
+        r.space_id.clone(),
+        r.space.clone(),
+        r.connector.clone(),
+        r.rotatable.to_string(),
+        r.credential_bearing.to_string(),
+        r.jobs.join(" "),
+    ]);
+    out
+}
+
+/// `rows` as CSV (header first), with a `tenant` column first when `labelled`.
 ///
 /// # Errors
 /// An I/O error of `out`.
-pub fn write_csv(rows: &[Row], out: impl Write) -> std::io::Result<()> {
+pub fn write_csv(rows: &[Row], labelled: bool, out: impl Write) -> std::io::Result<()> {
     let mut w = csv::Writer::from_writer(out);
-    w.write_record([
+    let header = [
         "id",
         "name",
         "space_id",
@@ -195,29 +248,25 @@ pub fn write_csv(rows: &[Row], out: impl Write) -> std::io::Result<()> {
         "rotatable",
         "credential_bearing",
         "jobs",
-    ])?;
+    ];
+    let tenant = labelled.then_some("tenant");
+    w.write_record(tenant.into_iter().chain(header))?;
     for r in rows {
-        w.write_record([
-            csv_cell(&r.id),
-            csv_cell(&r.name),
-            csv_cell(&r.space_id),
-            csv_cell(&r.space),
-            csv_cell(&r.connector),
-            r.rotatable.to_string(),
-            r.credential_bearing.to_string(),
-            csv_cell(&r.jobs.join(" ")),
-        ])?;
+        w.write_record(cells(r, labelled).iter().map(|c| csv_cell(c)))?;
     }
     w.flush()
 }
 
-/// `rows` as an aligned table (header first).
-pub fn table(rows: &[Row]) -> String {
-    let header = ["ID", "NAME", "SPACE", "CONNECTOR", "ROTATABLE", "JOB"];
-    let cells: Vec<[String; 6]> = rows
+/// `rows` as an aligned table (header first), with a `TENANT` column first when `labelled`.
+pub fn table(rows: &[Row], labelled: bool) -> String {
+    let mut header = vec!["ID", "NAME", "SPACE", "CONNECTOR", "ROTATABLE", "JOB"];
+    if labelled {
+        header.insert(0, "TENANT");
+    }
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            let mut row = vec![
                 r.id.clone(),
                 r.name.clone(),
                 if r.space.is_empty() {
@@ -232,10 +281,14 @@ pub fn table(rows: &[Row]) -> String {
                 } else {
                     r.jobs.join(",")
                 },
-            ]
+            ];
+            if labelled {
+                row.insert(0, r.tenant.clone().unwrap_or_default());
+            }
+            row
         })
         .collect();
-    let mut width = header.map(str::len);
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &cells {
         for (w, c) in width.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
@@ -243,17 +296,16 @@ pub fn table(rows: &[Row]) -> String {
     }
     let line = |row: &[String]| {
         let mut s = String::new();
-        for (i, (c, w)) in row.iter().zip(width).enumerate() {
-            if i + 1 == row.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(c);
+        for (i, (c, w)) in row.iter().zip(&width).enumerate() {
+            s.push_str(c);
+            if i + 1 < row.len() {
                 s.push_str(&" ".repeat(w - c.chars().count() + 2));
             }
         }
         s.trim_end().to_owned()
     };
-    let mut out = line(&header.map(str::to_owned));
+    let header: Vec<String> = header.into_iter().map(str::to_owned).collect();
+    let mut out = line(&header);
     out.push('\n');
     for row in &cells {
         out.push_str(&line(row));
@@ -262,44 +314,176 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-/// Builds the client and reads spaces and connections; prints why not (exit 64 for a
-/// credential or space problem, 1 for the tenant).
-async fn read_tenant(
-    cfg: &Config,
-    input: &dyn crate::config::ConfigInput,
-    space: Option<&str>,
-) -> Result<(Vec<DataConnection>, Vec<Space>), ExitCode> {
-    let client = crate::app::qlik_client(cfg, input).map_err(|e| {
-        eprintln!("error: {}", text::Escaped(&e.to_string()));
-        ExitCode::from(crate::exit::EXIT_USAGE)
-    })?;
-    let fail = |e: DiscoverError| {
-        eprintln!("error: {}", text::Escaped(&e.to_string()));
-        let code = match e {
-            DiscoverError::UnknownSpace(_) | DiscoverError::AmbiguousSpace { .. } => {
-                crate::exit::EXIT_USAGE
-            }
-            _ => crate::exit::EXIT_FAILED,
-        };
-        ExitCode::from(code)
-    };
-    let limits = Limits::default();
-    let spaces = all_spaces(&client, limits).await.map_err(fail)?;
-    let space_id = match space {
-        Some(s) => Some(resolve_space(&spaces, s).map_err(fail)?),
-        None => None,
-    };
-    let conns = all_connections(&client, space_id.as_deref(), limits)
-        .await
-        .map_err(fail)?;
-    Ok((conns, spaces))
+/// Which connections `connections` lists.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Filter<'a> {
+    /// `--tenant`: only this tenant (else every tenant, in name order).
+    pub tenant: Option<&'a str>,
+    /// `--space`: only this space (a space id or name).
+    pub space: Option<&'a str>,
+    /// `--connector`: only this `datasourceID`.
+    pub connector: Option<&'a str>,
 }
 
-/// `connections [--space NAME|ID] [--connector ID] [--output table|json|csv]`.
+/// The tenants `--tenant` selects: the one it names, or every tenant in name order. An
+/// unknown name is an error naming the flag, with "did you mean" and the known tenants.
+///
+/// # Errors
+/// The message, to print with exit 64.
+pub fn select_tenants<'a>(
+    cfg: &'a Config,
+    tenant: Option<&str>,
+) -> Result<Vec<&'a QlikConfig>, String> {
+    match tenant {
+        None => Ok(cfg.tenants.iter().collect()),
+        Some(name) => match cfg.tenant(name) {
+            Some(t) => Ok(vec![t]),
+            None => Err(format!("--tenant: {}", cfg.unknown_tenant(name))),
+        },
+    }
+}
+
+/// What reading the selected tenants gave: each tenant read in full, and each that failed
+/// (its name and the escaped error, already printed on stderr).
+#[derive(Debug, Default)]
+struct Read {
+    listings: Vec<Listing>,
+    failed: Vec<(Arc<str>, String)>,
+}
+
+impl Read {
+    /// Records (and prints) that `tenant`'s read failed.
+    fn fail(&mut self, cfg: &Config, tenant: &Arc<str>, e: &DiscoverError) {
+        let msg = text::escape(&e.to_string()).into_owned();
+        eprintln!("error: {}{msg}", prefix(cfg, tenant));
+        self.failed.push((tenant.clone(), msg));
+    }
+
+    /// The exit code of a command that printed what was read.
+    fn code(&self) -> ExitCode {
+        if self.failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// `tenant NAME: ` before a message, with `[tenants.NAME]`; nothing with `[qlik]`.
+fn prefix(cfg: &Config, tenant: &str) -> String {
+    if cfg.multi_tenant {
+        format!("tenant {tenant}: ")
+    } else {
+        String::new()
+    }
+}
+
+/// Selects the tenants and builds their clients before anything is sent: an unknown
+/// `--tenant` or an unreadable credential exits 64.
+fn clients(
+    cfg: &Config,
+    input: &dyn crate::config::ConfigInput,
+    tenant: Option<&str>,
+) -> Result<Vec<(Arc<str>, QlikClient)>, ExitCode> {
+    let usage = |msg: &str| {
+        eprintln!("error: {}", text::Escaped(msg));
+        ExitCode::from(EXIT_USAGE)
+    };
+    let selected = select_tenants(cfg, tenant).map_err(|m| usage(&m))?;
+    (selected.into_iter())
+        .map(|t| {
+            crate::app::tenant_client(t, input)
+                .map(|c| (t.name.clone(), c))
+                .map_err(|e| usage(&e.to_string()))
+        })
+        .collect()
+}
+
+/// Reads spaces and connections of each selected tenant, in name order; a tenant whose read
+/// fails is printed and recorded, and the others are still read. `--space` is resolved in
+/// each tenant: an ambiguous name, or a name no tenant has, exits 64 before any connection
+/// is listed; with several tenants, one without the space lists nothing.
+async fn read_tenants(
+    cfg: &Config,
+    input: &dyn crate::config::ConfigInput,
+    tenant: Option<&str>,
+    space: Option<&str>,
+) -> Result<Read, ExitCode> {
+    let clients = clients(cfg, input, tenant)?;
+    let limits = Limits::default();
+    let mut read = Read::default();
+    let mut found = Vec::new();
+    let mut unknown = Vec::new();
+    for (name, client) in &clients {
+        let spaces = match all_spaces(client, limits).await {
+            Ok(s) => s,
+            Err(e) => {
+                read.fail(cfg, name, &e);
+                continue;
+            }
+        };
+        match space.map(|s| resolve_space(&spaces, s)).transpose() {
+            Ok(id) => found.push((name, client, spaces, id)),
+            Err(e @ DiscoverError::UnknownSpace(_)) => unknown.push((name, e)),
+            Err(e) => {
+                eprintln!(
+                    "error: {}{}",
+                    prefix(cfg, name),
+                    text::Escaped(&e.to_string())
+                );
+                return Err(ExitCode::from(EXIT_USAGE));
+            }
+        }
+    }
+    if found.is_empty() && !unknown.is_empty() {
+        for (name, e) in &unknown {
+            eprintln!(
+                "error: {}{}",
+                prefix(cfg, name),
+                text::Escaped(&e.to_string())
+            );
+        }
+        let code = if read.failed.is_empty() {
+            EXIT_USAGE
+        } else {
+            EXIT_FAILED
+        };
+        return Err(ExitCode::from(code));
+    }
+    for (name, client, spaces, space_id) in found {
+        match all_connections(client, space_id.as_deref(), limits).await {
+            Ok(conns) => read.listings.push(Listing {
+                tenant: name.clone(),
+                labelled: cfg.multi_tenant,
+                conns,
+                spaces,
+            }),
+            Err(e) => read.fail(cfg, name, &e),
+        }
+    }
+    Ok(read)
+}
+
+/// Prints `doc` as pretty JSON on stdout.
+fn print_json(doc: &impl Serialize) -> Result<(), ExitCode> {
+    match serde_json::to_string_pretty(doc) {
+        Ok(s) => {
+            println!("{s}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(EXIT_FAILED))
+        }
+    }
+}
+
+/// `connections [--tenant NAME] [--space NAME|ID] [--connector ID] [--output table|json|csv]`.
+/// Lists every tenant read; a tenant whose read failed is an error on stderr and exit 1
+/// (nothing on stdout when no tenant could be read).
 pub async fn connections_command(
     path: &std::path::Path,
-    space: Option<&str>,
-    connector: Option<&str>,
+    filter: &Filter<'_>,
     output: crate::cli::ListOutput,
     input: &dyn crate::config::ConfigInput,
 ) -> ExitCode {
@@ -307,38 +491,53 @@ pub async fn connections_command(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let (conns, spaces) = match read_tenant(&cfg, input, space).await {
-        Ok(t) => t,
+    let mut read = match read_tenants(&cfg, input, filter.tenant, filter.space).await {
+        Ok(r) => r,
         Err(code) => return code,
     };
-    let conns: Vec<DataConnection> = conns
-        .into_iter()
-        .filter(|c| connector.is_none_or(|k| c.datasource_id == k))
-        .collect();
-    let rows = rows(&cfg.jobs, &conns, &spaces);
+    if read.listings.is_empty() {
+        return read.code();
+    }
+    let mut all = Vec::new();
+    for l in &mut read.listings {
+        l.conns
+            .retain(|c| filter.connector.is_none_or(|k| c.datasource_id == k));
+        all.extend(rows(&cfg.jobs, l));
+    }
+    let labelled = cfg.multi_tenant;
     match output {
-        crate::cli::ListOutput::Table => print!("{}", table(&rows)),
-        crate::cli::ListOutput::Json => match serde_json::to_string_pretty(&rows) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(crate::exit::EXIT_FAILED);
+        crate::cli::ListOutput::Table => print!("{}", table(&all, labelled)),
+        crate::cli::ListOutput::Json => {
+            if let Err(code) = print_json(&all) {
+                return code;
             }
-        },
+        }
         crate::cli::ListOutput::Csv => {
-            if let Err(e) = write_csv(&rows, std::io::stdout().lock()) {
+            if let Err(e) = write_csv(&all, labelled, std::io::stdout().lock()) {
                 eprintln!("error: cannot write CSV: {e}");
-                return ExitCode::from(crate::exit::EXIT_FAILED);
+                return ExitCode::from(EXIT_FAILED);
             }
         }
     }
-    ExitCode::SUCCESS
+    read.code()
 }
 
-/// `coverage [--fail-under PCT] [--output text|json]`: exit 1 when the coverage is below
-/// `fail_under`.
+/// One tenant in the `coverage --output json` document of a file with `[tenants.NAME]`:
+/// its coverage, or why it could not be read.
+#[derive(Debug, Serialize)]
+struct TenantCoverage<'a> {
+    tenant: &'a str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    coverage: Option<&'a Coverage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+/// `coverage [--tenant NAME] [--fail-under PCT] [--output text|json]`: exit 1 when a
+/// tenant's coverage is below `fail_under`, or a tenant could not be read.
 pub async fn coverage_command(
     path: &std::path::Path,
+    tenant: Option<&str>,
     fail_under: Option<f64>,
     output: crate::cli::ConnectorsOutput,
     input: &dyn crate::config::ConfigInput,
@@ -347,30 +546,77 @@ pub async fn coverage_command(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let (conns, spaces) = match read_tenant(&cfg, input, None).await {
-        Ok(t) => t,
+    let read = match read_tenants(&cfg, input, tenant, None).await {
+        Ok(r) => r,
         Err(code) => return code,
     };
-    let cov = coverage(&cfg.jobs, &conns, &spaces);
-    match output {
-        crate::cli::ConnectorsOutput::Json => match serde_json::to_string_pretty(&cov) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(crate::exit::EXIT_FAILED);
-            }
-        },
-        crate::cli::ConnectorsOutput::Text => print!("{}", coverage_text(&cov)),
+    if read.listings.is_empty() {
+        return read.code();
     }
-    match fail_under {
-        Some(min) if cov.percent < min => {
+    let covs: Vec<(&Arc<str>, Coverage)> = (read.listings.iter())
+        .map(|l| (&l.tenant, coverage(&cfg.jobs, l)))
+        .collect();
+    if let Err(code) = print_coverage(&cfg, &read, &covs, output) {
+        return code;
+    }
+    let mut under = false;
+    for (name, cov) in &covs {
+        if let Some(min) = fail_under.filter(|min| cov.percent < *min) {
             eprintln!(
-                "error: coverage {:.1}% is under --fail-under {min}%",
+                "error: {}coverage {:.1}% is under --fail-under {min}%",
+                prefix(&cfg, name),
                 cov.percent
             );
-            ExitCode::from(crate::exit::EXIT_FAILED)
+            under = true;
         }
-        _ => ExitCode::SUCCESS,
+    }
+    if under {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        read.code()
+    }
+}
+
+/// Prints the coverage of each tenant read: as before tenants with `[qlik]`; with
+/// `[tenants.NAME]`, JSON `{"tenants": [{tenant, …coverage | error}]}` in name order, text
+/// lines each starting `tenant NAME: `.
+fn print_coverage(
+    cfg: &Config,
+    read: &Read,
+    covs: &[(&Arc<str>, Coverage)],
+    output: crate::cli::ConnectorsOutput,
+) -> Result<(), ExitCode> {
+    use crate::cli::ConnectorsOutput;
+    match (output, cfg.multi_tenant) {
+        (ConnectorsOutput::Json, false) => print_json(&covs[0].1),
+        (ConnectorsOutput::Text, false) => {
+            print!("{}", coverage_text(&covs[0].1));
+            Ok(())
+        }
+        (ConnectorsOutput::Json, true) => {
+            let mut tenants: Vec<TenantCoverage<'_>> = (covs.iter())
+                .map(|(t, c)| TenantCoverage {
+                    tenant: t,
+                    coverage: Some(c),
+                    error: None,
+                })
+                .chain(read.failed.iter().map(|(t, e)| TenantCoverage {
+                    tenant: t,
+                    coverage: None,
+                    error: Some(e),
+                }))
+                .collect();
+            tenants.sort_by_key(|t| t.tenant);
+            print_json(&serde_json::json!({ "tenants": tenants }))
+        }
+        (ConnectorsOutput::Text, true) => {
+            for (t, c) in covs {
+                for line in coverage_text(c).lines() {
+                    println!("tenant {t}: {line}");
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -406,49 +652,74 @@ pub const SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(3600)
 
 /// The daemon's coverage scan: once now, then every [`SCAN_EVERY`] and whenever `rescan` is
 /// notified (a reload changed the jobs), until `cancel`; `jobs` gives the running jobs at each
-/// scan. Each result (or failure) is a [`crate::events::CoverageScanned`] event (log line and
-/// the `unmanaged_connections` gauge). Reads only, through the client's read budget.
+/// scan. Every tenant of `clients` is scanned at once, each through its own client (its read
+/// budget), and its jobs' targets in that tenant only; each tenant's result (or failure) is a
+/// [`crate::events::CoverageScanned`] event (log line and its `unmanaged_connections`
+/// series, labelled with the tenant when `multi_tenant`). A failed tenant keeps its last
+/// value and does not hold up the others.
 pub async fn scan_loop(
-    client: std::sync::Arc<QlikClient>,
+    clients: BTreeMap<Arc<str>, Arc<QlikClient>>,
+    multi_tenant: bool,
     jobs: impl Fn() -> Vec<JobConfig>,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-    rescan: std::sync::Arc<tokio::sync::Notify>,
+    metrics: Arc<crate::metrics::Metrics>,
+    rescan: Arc<tokio::sync::Notify>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
-    use crate::events::{CoverageScanned, Event as _};
     loop {
-        let scan = async {
-            let spaces = all_spaces(&client, Limits::default()).await?;
-            let conns = all_connections(&client, None, Limits::default()).await?;
-            Ok::<_, DiscoverError>(coverage(&jobs(), &conns, &spaces))
-        };
-        let result = tokio::select! {
-            r = scan => r,
+        let scans = (clients.iter())
+            .map(|(tenant, client)| scan_tenant(tenant, client, multi_tenant, &jobs, &metrics));
+        tokio::select! {
+            _ = futures_util::future::join_all(scans) => {}
             () = cancel.cancelled() => return,
-        };
-        match result {
-            Ok(c) => CoverageScanned {
-                credential_bearing: c.credential_bearing,
-                unmanaged: c.credential_bearing - c.managed,
-                orphaned: c.orphaned.len(),
-                error: None,
-            }
-            .emit(Some(&metrics)),
-            Err(e) => {
-                let msg = text::printable(&e.to_string(), 500);
-                CoverageScanned {
-                    credential_bearing: 0,
-                    unmanaged: 0,
-                    orphaned: 0,
-                    error: Some(&msg),
-                }
-                .emit(Some(&metrics));
-            }
         }
         tokio::select! {
             () = tokio::time::sleep(SCAN_EVERY) => {}
             () = rescan.notified() => {}
             () = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// One tenant's coverage scan, reported as a [`crate::events::CoverageScanned`] event.
+async fn scan_tenant(
+    tenant: &Arc<str>,
+    client: &QlikClient,
+    multi_tenant: bool,
+    jobs: &impl Fn() -> Vec<JobConfig>,
+    metrics: &crate::metrics::Metrics,
+) {
+    use crate::events::{CoverageScanned, Event as _};
+    let scan = async {
+        let spaces = all_spaces(client, Limits::default()).await?;
+        let conns = all_connections(client, None, Limits::default()).await?;
+        let listing = Listing {
+            tenant: tenant.clone(),
+            labelled: false,
+            conns,
+            spaces,
+        };
+        Ok::<_, DiscoverError>(coverage(&jobs(), &listing))
+    };
+    let label = multi_tenant.then_some(&**tenant);
+    match scan.await {
+        Ok(c) => CoverageScanned {
+            tenant: label,
+            credential_bearing: c.credential_bearing,
+            unmanaged: c.credential_bearing - c.managed,
+            orphaned: c.orphaned.len(),
+            error: None,
+        }
+        .emit(Some(metrics)),
+        Err(e) => {
+            let msg = text::printable(&e.to_string(), 500);
+            CoverageScanned {
+                tenant: label,
+                credential_bearing: 0,
+                unmanaged: 0,
+                orphaned: 0,
+                error: Some(&msg),
+            }
+            .emit(Some(metrics));
         }
     }
 }
@@ -464,6 +735,7 @@ mod tests {
         }
         assert_eq!(csv_cell("plain"), "plain");
         let rows = vec![Row {
+            tenant: None,
             id: "id,1".into(),
             name: "=HYPERLINK(\"x\")".into(),
             space_id: String::new(),
@@ -474,7 +746,7 @@ mod tests {
             jobs: vec![],
         }];
         let mut buf = Vec::new();
-        write_csv(&rows, &mut buf).unwrap();
+        write_csv(&rows, false, &mut buf).unwrap();
         let text = String::from_utf8(buf).unwrap();
         assert!(text.contains("\"id,1\""), "{text}");
         assert!(text.contains("\"'=HYPERLINK(\"\"x\"\")\""), "{text}");

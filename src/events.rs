@@ -519,6 +519,8 @@ impl Event for ConfigReloaded<'_> {
 /// The daemon's coverage scan (`connections`/`coverage` logic, [`crate::discover`]) ended.
 #[derive(Debug)]
 pub struct CoverageScanned<'a> {
+    /// The tenant scanned; only with `[tenants.NAME]` (the log field and the gauge's label).
+    pub tenant: Option<&'a str>,
     /// Credential-bearing connections found.
     pub credential_bearing: usize,
     /// Of those, the ones no job manages.
@@ -535,6 +537,7 @@ impl Event for CoverageScanned<'_> {
     fn emit(self, metrics: Option<&Metrics>) {
         if let Some(error) = self.error {
             tracing::warn!(
+                tenant = self.tenant,
                 error = %error,
                 "Coverage scan failed; unmanaged_connections keeps its last value."
             );
@@ -542,6 +545,7 @@ impl Event for CoverageScanned<'_> {
         }
         if self.unmanaged > 0 || self.orphaned > 0 {
             tracing::warn!(
+                tenant = self.tenant,
                 credential_bearing = self.credential_bearing,
                 unmanaged = self.unmanaged,
                 orphaned = self.orphaned,
@@ -549,12 +553,16 @@ impl Event for CoverageScanned<'_> {
             );
         } else {
             tracing::info!(
+                tenant = self.tenant,
                 credential_bearing = self.credential_bearing,
                 "Coverage scan: every credential-bearing connection has a job."
             );
         }
         if let Some(m) = metrics {
-            m.set_unmanaged(i64::try_from(self.unmanaged).unwrap_or(i64::MAX));
+            m.set_unmanaged(
+                self.tenant,
+                i64::try_from(self.unmanaged).unwrap_or(i64::MAX),
+            );
         }
     }
 }

@@ -120,24 +120,27 @@ async fn dispatch(command: Command) -> ExitCode {
         } => commands::describe_connector(&config.config, &datasource, output.json(), &env).await,
         Command::Connections {
             config,
+            tenant,
             space,
             connector,
             output,
         } => {
-            discover::connections_command(
-                &config.config,
-                space.as_deref(),
-                connector.as_deref(),
-                output,
-                &env,
-            )
-            .await
+            let filter = discover::Filter {
+                tenant: tenant.as_deref(),
+                space: space.as_deref(),
+                connector: connector.as_deref(),
+            };
+            discover::connections_command(&config.config, &filter, output, &env).await
         }
         Command::Coverage {
             config,
+            tenant,
             fail_under,
             output,
-        } => discover::coverage_command(&config.config, fail_under, output, &env).await,
+        } => {
+            discover::coverage_command(&config.config, tenant.as_deref(), fail_under, output, &env)
+                .await
+        }
         Command::Demo => demo::run().await,
         Command::Simulate(args) => simulate::run(&args, &env).await,
         Command::Completions { shell } => commands::completions(shell),

@@ -237,7 +237,7 @@ const REQUEST_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 
 /// The label names of the series that also carry `tenant` when the configuration declares
 /// `[tenants.NAME]` ([`Metrics::with_options`]); the per-job table's families add it too.
-const TENANT_LABELS: [(&str, &[&str]); 4] = [
+const TENANT_LABELS: [(&str, &[&str]); 5] = [
     (
         "errors_total",
         &["rotation_job", "stage", "error_type", "tenant"],
@@ -251,6 +251,7 @@ const TENANT_LABELS: [(&str, &[&str]); 4] = [
         &["method", "endpoint", "tenant"],
     ),
     ("rate_limited_total", &["tenant"]),
+    ("unmanaged_connections", &["tenant"]),
 ];
 
 /// Every metric: the registry's, then the per-job table's ([`JOB_FAMILIES`]).
@@ -349,7 +350,7 @@ pub struct Metrics {
     state_writable: IntGauge,
     preflight_pending: IntGauge,
     lease_skips: IntCounterVec,
-    unmanaged: IntGauge,
+    unmanaged: IntGaugeVec,
     config_reloads: IntCounterVec,
     config_info: IntGaugeVec,
     config_loaded: IntGauge,
@@ -471,7 +472,7 @@ impl Metrics {
             verify_warnings: counter_vec(&r, &VERIFY_WARNINGS),
             preflight_pending: gauge(&r, &PREFLIGHT_PENDING),
             lease_skips: counter_vec(&r, &LEASE_SKIPS),
-            unmanaged: gauge(&r, &UNMANAGED),
+            unmanaged: gauge_vec(&r, &with_tenant(&UNMANAGED)),
             config_reloads: counter_vec(&r, &CONFIG_RELOADS),
             config_info: gauge_vec(&r, &CONFIG_INFO),
             config_loaded: gauge(&r, &CONFIG_LOADED),
@@ -496,7 +497,9 @@ impl Metrics {
         for reason in LEASE_SKIP_REASONS {
             m.lease_skips.with_label_values(&[reason]).reset();
         }
-        m.unmanaged.set(-1);
+        if !tenant_label {
+            m.unmanaged.with_label_values(&[] as &[&str]).set(-1);
+        }
         for result in RELOAD_RESULTS {
             m.config_reloads.with_label_values(&[result]).reset();
         }
@@ -613,9 +616,29 @@ impl Metrics {
         }
     }
 
-    /// Sets `unmanaged_connections` (the last coverage scan's count).
-    pub fn set_unmanaged(&self, unmanaged: i64) {
-        self.unmanaged.set(unmanaged);
+    /// Pre-creates the per-tenant series of a configuration with `[tenants.NAME]`:
+    /// `unmanaged_connections{tenant}` at -1 (no scan yet) for each of `tenants`. Nothing
+    /// without the `tenant` label.
+    pub fn register_tenants<'a>(&self, tenants: impl IntoIterator<Item = &'a str>) {
+        if self.tenant_label {
+            for t in tenants {
+                self.unmanaged.with_label_values(&[t]).set(-1);
+            }
+        }
+    }
+
+    /// Sets `unmanaged_connections` (the last coverage scan's count), of `tenant` when the
+    /// series carry the `tenant` label.
+    pub fn set_unmanaged(&self, tenant: Option<&str>, unmanaged: i64) {
+        if self.tenant_label {
+            self.unmanaged
+                .with_label_values(&[tenant.unwrap_or_default()])
+                .set(unmanaged);
+        } else {
+            self.unmanaged
+                .with_label_values(&[] as &[&str])
+                .set(unmanaged);
+        }
     }
 
     /// Sets `preflight_pending` (connections still waiting for their start-up pre-flight).
@@ -703,6 +726,10 @@ impl Metrics {
 
     /// Counts one failed run in `errors_total` (once per run and connection, after the last
     /// attempt: the sum over a job equals its `failed` + `verify_failed` outcomes).
+    /// Its `tenant` is the job's, also for a fan-out connection in another tenant, on purpose:
+    /// a job's series all carry one tenant, as `rotations_total` (which the alerts sum `by
+    /// (rotation_job, tenant)`) does, so the two agree per job and tenant and route to the
+    /// job's owner; the tenant that answered is on `qlik_requests_total{tenant}`.
     pub fn count_error(&self, job: &str, stage: &str, error_type: &str) {
         match self.job_tenant(job) {
             Some(t) => self.errors.with_label_values(&[job, stage, error_type, &t]),

@@ -571,6 +571,11 @@ async fn the_daemon_exports_unmanaged_connections_after_its_scan() {
     let r = daemon(&sim, dir.path()).await;
     // Finance SQL and Warehouse BQ have no job; Sales S3 has one.
     let text = unmanaged_gauge(&r, 2.0).await;
+    // With [qlik], one unlabelled series, as before tenants.
+    let series: Vec<&str> = (text.lines())
+        .filter(|l| l.starts_with("qlik_rotator_unmanaged_connections"))
+        .collect();
+    assert_eq!(series, ["qlik_rotator_unmanaged_connections 2"]);
     assert!(!text.contains(CANARY_KEY));
     assert_eq!(space_gets(&sim), 1, "one scan");
     assert!(with_method(&sim, "PATCH").is_empty());

@@ -415,6 +415,17 @@ impl Config {
         self.tenants.iter().find(|t| &*t.name == name)
     }
 
+    /// Why `raw` names no tenant of this file, for an error at a key or flag: `names no
+    /// tenant; did you mean "prod"? (defined: prod, test)` (the wording of the `tenant` keys).
+    pub fn unknown_tenant(&self, raw: &str) -> String {
+        let names: Vec<&str> = self.tenants.iter().map(|t| &*t.name).collect();
+        let tenants = TenantNames {
+            names: &names,
+            multi: self.multi_tenant,
+        };
+        tenants.unknown(raw)
+    }
+
     /// The job named `name`.
     pub fn job(&self, name: &str) -> Option<&JobConfig> {
         self.jobs.iter().find(|j| j.name == name)
@@ -984,15 +995,17 @@ impl TenantNames<'_> {
         if self.names.contains(&raw) {
             return Some(Arc::from(raw));
         }
-        errs.push(
-            path,
-            format!(
-                "names no tenant{} {}",
-                crate::text::did_you_mean(raw, self.names.iter().copied()),
-                self.known()
-            ),
-        );
+        errs.push(path, self.unknown(raw));
         None
+    }
+
+    /// Why `raw` names no tenant, with "did you mean" and the known tenants.
+    fn unknown(&self, raw: &str) -> String {
+        format!(
+            "names no tenant{} {}",
+            crate::text::did_you_mean(raw, self.names.iter().copied()),
+            self.known()
+        )
     }
 }
 
