@@ -108,6 +108,10 @@ pub enum Command {
         datasource: String,
         #[command(flatten)]
         config: ConfigArg,
+        /// The tenant to read it from (a `[tenants.NAME]` name; `default` with `[qlik]`).
+        /// Required when the file declares several tenants.
+        #[arg(long, value_name = "NAME")]
+        tenant: Option<String>,
         #[command(flatten)]
         output: OutputArg,
     },

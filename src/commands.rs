@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 
 use crate::{
     app::{self, App},
-    config::{self, Config, ConfigInput},
+    config::{self, Config, ConfigInput, QlikConfig},
     daemon,
     rotation::{Outcome, RunOptions},
     runner::{JobRuntime, RetryPolicy, Runner},
@@ -1052,18 +1052,40 @@ fn looks_like_credential(name: &str) -> bool {
         && !["keyspace", "keepalive"].iter().any(|w| n.contains(w))
 }
 
+/// What `describe-connector` is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Describe<'a> {
+    /// The datasourceID.
+    pub datasource: &'a str,
+    /// `--tenant`: required with several tenants.
+    pub tenant: Option<&'a str>,
+    /// `--output json`.
+    pub json: bool,
+}
+
 /// `describe-connector`: a connector's api-specs and a ready-to-paste job.
 pub async fn describe_connector(
     path: &Path,
-    datasource: &str,
-    json: bool,
+    what: &Describe<'_>,
     input: &dyn ConfigInput,
 ) -> ExitCode {
+    let Describe {
+        datasource,
+        tenant,
+        json,
+    } = *what;
     let cfg = match load(path, input) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let specs = match read_api_specs(&cfg, datasource, input).await {
+    let tenant = match describe_tenant(&cfg, tenant) {
+        Ok(t) => t,
+        Err(message) => {
+            fatal(&message);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let specs = match read_api_specs(tenant, datasource, input).await {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -1074,9 +1096,31 @@ pub async fn describe_connector(
     print_api_specs(datasource, &specs);
     match crate::connectors::Connector::lookup(datasource) {
         Some(c) => print_catalogue_check(datasource, &specs, &c),
-        None => print_generic_job(datasource, &specs, &cfg),
+        None => print_generic_job(datasource, &specs, &cfg, tenant),
     }
     ExitCode::SUCCESS
+}
+
+/// The tenant `describe-connector` reads: the one `--tenant` names, or the only one. With
+/// several tenants and no `--tenant` it is an error (tenants may differ in what they offer;
+/// picking one silently would describe another tenant's connector).
+fn describe_tenant<'a>(cfg: &'a Config, tenant: Option<&str>) -> Result<&'a QlikConfig, String> {
+    match tenant {
+        Some(name) => cfg
+            .tenant(name)
+            .ok_or_else(|| format!("--tenant: {}", cfg.unknown_tenant(name))),
+        None if cfg.tenants.len() > 1 => {
+            let names: Vec<&str> = cfg.tenants.iter().map(|t| &*t.name).collect();
+            Err(format!(
+                "--tenant: the configuration declares {} tenants ({}); name the one to read the \
+                 api-specs from, e.g. --tenant {}",
+                names.len(),
+                names.join(", "),
+                names[0]
+            ))
+        }
+        None => Ok(&cfg.tenants[0]),
+    }
 }
 
 /// `describe-connector --output json`: the api-specs' properties (name, declared types,
@@ -1178,11 +1222,11 @@ pub fn man(dir: Option<&Path>) -> ExitCode {
 
 /// Reads and parses a connector's api-specs from the tenant; prints why not.
 async fn read_api_specs(
-    cfg: &Config,
+    tenant: &QlikConfig,
     datasource: &str,
     input: &dyn ConfigInput,
 ) -> Result<crate::connectors::specs::ApiSpecs, ExitCode> {
-    let client = app::qlik_client(cfg, input).map_err(|e| {
+    let client = app::tenant_client(tenant, input).map_err(|e| {
         fatal(&Escaped(&e.to_string()).to_string());
         build_exit(&e)
     })?;
@@ -1294,7 +1338,12 @@ fn print_catalogue_check(
 }
 
 /// For a connector the catalogue does not know: a `generic` job snippet.
-fn print_generic_job(datasource: &str, specs: &crate::connectors::specs::ApiSpecs, cfg: &Config) {
+fn print_generic_job(
+    datasource: &str,
+    specs: &crate::connectors::specs::ApiSpecs,
+    cfg: &Config,
+    tenant: &QlikConfig,
+) {
     let pick = |t: &str| -> Vec<String> {
         specs
             .properties
@@ -1316,6 +1365,9 @@ fn print_generic_job(datasource: &str, specs: &crate::connectors::specs::ApiSpec
             .to_ascii_lowercase()
             .replace(|c: char| !c.is_ascii_alphanumeric(), "-")
     );
+    if cfg.multi_tenant {
+        crate::outln!("tenant = \"{}\"", tenant.name);
+    }
     crate::outln!("connection = {{ id = \"<connection id>\" }}");
     crate::outln!("connector = \"generic\"");
     crate::outln!("datasource = \"{datasource}\"");

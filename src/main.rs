@@ -94,30 +94,32 @@ async fn dispatch(command: Command) -> ExitCode {
             if_changed,
             output,
             all: _,
-        } => match (job, secret) {
-            (None, Some(secret)) => {
-                commands::rotate_secret(&config.config, &secret, if_changed, output.json(), &env)
-                    .await
-            }
-            (job, _) => {
-                commands::rotate(
-                    &config.config,
-                    job.as_deref(),
-                    if_changed,
-                    output.json(),
-                    &env,
-                )
-                .await
-            }
-        },
+        } => {
+            rotate(
+                &config.config,
+                (job, secret),
+                if_changed,
+                output.json(),
+                &env,
+            )
+            .await
+        }
         Command::History(args) => qlik_rotator::history::run(&args, &env).await,
         Command::Status(args) => qlik_rotator::history::status(&args, &env).await,
         Command::Connectors { output } => commands::connectors(output),
         Command::DescribeConnector {
             datasource,
             config,
+            tenant,
             output,
-        } => commands::describe_connector(&config.config, &datasource, output.json(), &env).await,
+        } => {
+            let what = commands::Describe {
+                datasource: &datasource,
+                tenant: tenant.as_deref(),
+                json: output.json(),
+            };
+            commands::describe_connector(&config.config, &what, &env).await
+        }
         Command::Connections {
             config,
             tenant,
@@ -145,6 +147,22 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Simulate(args) => simulate::run(&args, &env).await,
         Command::Completions { shell } => commands::completions(shell),
         Command::Man { dir } => commands::man(dir.as_deref()),
+    }
+}
+
+/// `rotate`: the jobs of `--secret`, or `--job` (or `--all`).
+async fn rotate(
+    config: &std::path::Path,
+    (job, secret): (Option<String>, Option<String>),
+    if_changed: bool,
+    json: bool,
+    env: &ProcessEnv,
+) -> ExitCode {
+    match (job, secret) {
+        (None, Some(secret)) => {
+            commands::rotate_secret(config, &secret, if_changed, json, env).await
+        }
+        (job, _) => commands::rotate(config, job.as_deref(), if_changed, json, env).await,
     }
 }
 

@@ -1314,10 +1314,6 @@ mod tests {
             )
         };
         assert_eq!(rot("rotated"), Some(2.0));
-        assert_eq!(
-            s("qlik_rotator_rotations_rotated_total{connector=\"mssql\"}"),
-            2.0
-        );
         // `unchanged` is counted per connector only (not opted in per job).
         assert_eq!(rot("unchanged"), None);
         assert_eq!(

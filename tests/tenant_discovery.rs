@@ -613,3 +613,80 @@ async fn a_space_is_looked_up_in_each_tenant() {
         "only the first run's listing of b"
     );
 }
+
+/// `describe-connector` reads the api-specs of the tenant `--tenant` names, and only that
+/// tenant; with several tenants `--tenant` is required (exit 64, nothing sent), an unknown
+/// name gets "did you mean", and the job it prints names its tenant.
+#[tokio::test]
+async fn describe_connector_reads_the_named_tenant_only() {
+    let (a, b) = tenants().await;
+    b.add_data_source_spec(
+        "postgres",
+        qlik_sim::api_specs(
+            "QvOdbcConnectorPackage.exe",
+            "1.0",
+            json!({"host": {"type": "string"}, "userPassword": {"type": "string"}}),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sent = |sim: &Simulator| sim.requests().len();
+    let out = cli(
+        &a,
+        &b,
+        dir.path(),
+        API_KEY,
+        &["describe-connector", "postgres"],
+    )
+    .await;
+    assert_eq!(out.code, 64, "{out:?}");
+    assert!(
+        out.stderr.contains("--tenant") && out.stderr.contains("2 tenants (a, b)"),
+        "{out:?}"
+    );
+    let out = cli(
+        &a,
+        &b,
+        dir.path(),
+        API_KEY,
+        &["describe-connector", "postgres", "--tenant", "bb"],
+    )
+    .await;
+    assert_eq!(out.code, 64, "{out:?}");
+    assert!(
+        out.stderr.contains("--tenant") && out.stderr.contains("did you mean \"b\""),
+        "{out:?}"
+    );
+    assert_eq!(
+        (sent(&a), sent(&b)),
+        (0, 0),
+        "nothing is sent on a usage error"
+    );
+    let out = cli(
+        &a,
+        &b,
+        dir.path(),
+        API_KEY,
+        &["describe-connector", "postgres", "--tenant", "b"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("userPassword"), "{out:?}");
+    assert!(out.stdout.contains("tenant = \"b\"\n"), "{out:?}");
+    assert_eq!(sent(&a), 0, "tenant a was not asked");
+    assert!(
+        b.requests().iter().any(|r| r.path.contains("api-specs")),
+        "tenant b was asked: {:?}",
+        b.requests()
+    );
+    // Tenant a has no such api-specs: asking it is a clear failure, not b's answer.
+    let out = cli(
+        &a,
+        &b,
+        dir.path(),
+        API_KEY,
+        &["describe-connector", "postgres", "--tenant", "a"],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("no api-specs"), "{out:?}");
+}
