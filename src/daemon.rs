@@ -18,7 +18,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -485,20 +485,26 @@ impl Daemon<Runner> {
         if let Some(m) = events.metrics() {
             m.set_preflight_pending(total);
         }
-        let targets: Vec<(Arc<JobRuntime>, usize)> = (jobs.iter())
-            .flat_map(|j| (0..j.cfg().connections.len()).map(move |i| (j.clone(), i)))
-            .collect();
+        let mut by_tenant: BTreeMap<Arc<str>, Vec<(Arc<JobRuntime>, usize)>> = BTreeMap::new();
+        for job in &jobs {
+            for (i, target) in job.cfg().connections.iter().enumerate() {
+                let tenant = by_tenant.entry(target.tenant.clone()).or_default();
+                tenant.push((job.clone(), i));
+            }
+        }
         let rotator = self.runner.rotator();
-        let (mut pending, mut failed) = (total, 0usize);
-        let mut checked = |job: &JobRuntime, i: usize, result: Result<_, PreflightError>| {
-            pending -= 1;
+        // Counters shared by the closure below and the skipped tenants (atomics: this future is
+        // sent to a task).
+        let (pending, failed) = (AtomicUsize::new(total), AtomicUsize::new(0));
+        let checked = |job: &JobRuntime, i: usize, result: Result<_, PreflightError>| {
+            let left = pending.fetch_sub(1, Ordering::Relaxed) - 1;
             let error = match result {
                 Ok(c) => {
                     job.remember(i, &c);
                     None
                 }
                 Err(e) => {
-                    failed += 1;
+                    failed.fetch_add(1, Ordering::Relaxed);
                     Some(e.to_string())
                 }
             };
@@ -506,39 +512,39 @@ impl Daemon<Runner> {
                 job: &job.cfg().name,
                 connection: &job.cfg().connections[i].to_string(),
                 error: error.as_deref(),
-                pending,
+                pending: left,
             });
         };
-        // The first connection alone: when Qlik refuses the credentials (401), the others
-        // are not tried (one clear error instead of the same 401 for every job); pre-flight
+        // The first connection of each tenant alone (the tenants at once): when Qlik refuses
+        // a tenant's credentials (401), its other connections are not tried (one clear error
+        // instead of the same 401 for every job), while the other tenants go on; pre-flight
         // is retried on every schedule tick, so they are checked once the key is fixed.
-        let mut targets = targets.into_iter();
-        let mut refused = false;
-        if let Some((job, i)) = targets.next() {
-            let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
-            refused = matches!(&result, Err(PreflightError::Read(e)) if matches!(e.error_type(), "unauthorized" | "auth"));
+        let probes = futures_util::future::join_all(by_tenant.values_mut().map(|targets| {
+            let (job, i) = targets.remove(0);
+            async move {
+                let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
+                (job, i, result)
+            }
+        }))
+        .await;
+        let mut rest = Vec::new();
+        for ((tenant, others), (job, i, result)) in by_tenant.into_iter().zip(probes) {
+            let refused = matches!(&result, Err(PreflightError::Read(e)) if matches!(e.error_type(), "unauthorized" | "auth"));
             checked(&job, i, result);
+            if refused && !others.is_empty() {
+                self.skip_refused(&tenant, others.len(), &pending, &failed);
+            } else {
+                rest.extend(others);
+            }
         }
-        if refused {
-            let skipped = targets.len();
-            tracing::error!(
-                skipped,
-                "Pre-flight of the other connections not tried: Qlik refused the rotator's credentials (HTTP 401; see the error above). Pre-flight is retried on every schedule tick."
-            );
-            failed += skipped;
-            if let Some(m) = events.metrics() {
-                m.set_preflight_pending(0);
-            }
-        } else {
-            let mut results = futures_util::stream::iter(targets)
-                .map(|(job, i)| async move {
-                    let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
-                    (job, i, result)
-                })
-                .buffer_unordered(width);
-            while let Some((job, i, result)) = results.next().await {
-                checked(&job, i, result);
-            }
+        let mut results = futures_util::stream::iter(rest)
+            .map(|(job, i)| async move {
+                let result = preflight(rotator, job.cfg(), &job.cfg().connections[i]).await;
+                (job, i, result)
+            })
+            .buffer_unordered(width);
+        while let Some((job, i, result)) = results.next().await {
+            checked(&job, i, result);
         }
         for job in &jobs {
             self.metrics()
@@ -547,9 +553,28 @@ impl Daemon<Runner> {
         self.update_job_gauges();
         events.emit(PreflightFinished {
             connections: total,
-            failed,
+            failed: failed.into_inner(),
             elapsed: started.elapsed(),
         });
+    }
+
+    /// Counts `skipped` connections of `tenant` as failed pre-flight, not tried: Qlik refused
+    /// the tenant's credentials to its first connection.
+    fn skip_refused(
+        &self,
+        tenant: &str,
+        skipped: usize,
+        pending: &AtomicUsize,
+        failed: &AtomicUsize,
+    ) {
+        tracing::error!(
+            tenant,
+            skipped,
+            "Pre-flight of the tenant's other connections not tried: Qlik refused the tenant's credentials (HTTP 401; see the error above). Pre-flight is retried on every schedule tick."
+        );
+        failed.fetch_add(skipped, Ordering::Relaxed);
+        let left = pending.fetch_sub(skipped, Ordering::Relaxed) - skipped;
+        self.metrics().set_preflight_pending(left);
     }
 }
 

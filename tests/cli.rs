@@ -869,7 +869,8 @@ async fn the_daemon_stops_preflight_at_the_first_401_and_keeps_running() {
     .unwrap();
     let stopped = wait_until(std::time::Duration::from_secs(20), || {
         std::fs::read_to_string(&err_path).is_ok_and(|s| {
-            s.contains("Pre-flight of the other connections not tried") && s.contains("Serving")
+            s.contains("Pre-flight of the tenant's other connections not tried")
+                && s.contains("Serving")
         })
     })
     .await;

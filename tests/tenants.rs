@@ -318,6 +318,63 @@ async fn a_401_in_one_tenant_stops_only_that_tenant() {
     }
 }
 
+/// The daemon's start-up pre-flight stops at a 401 per tenant: tenant a's key is refused, so
+/// a's second connection is not tried, while b's connections are all checked and pass. (With
+/// one probe for every tenant, b's jobs were counted as failing pre-flight until their next
+/// tick: `QlikRotatorPreflightFailed` for a tenant whose credentials are fine.)
+#[tokio::test]
+async fn a_401_at_preflight_skips_only_that_tenants_connections() {
+    let (a, b) = (
+        tenant(SimConfig::default()).await,
+        tenant(SimConfig::default()).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    secrets(dir.path());
+    // No job runs at start: every request is pre-flight's (or the coverage scan's).
+    let jobs = [
+        s3("a-s3", "a"),
+        sql("a-sql", "a"),
+        s3("b-s3", "b"),
+        sql("b-sql", "b"),
+    ]
+    .concat()
+    .replace("run_on_start = true\n", "");
+    let text = two_tenants(&a, &b, "", "", &jobs);
+    let r = start(dir.path(), &text, WRONG_KEY).await;
+    let text = http_get(r.addr, "/metrics").await.1;
+    let state = |s: &str| metric(&text, "qlik_rotator_jobs", &[("state", s)]);
+    assert_eq!(state("preflight_failed"), Some(2.0), "{text}");
+    assert_eq!(state("scheduled"), Some(2.0), "{text}");
+    for (job, tenant, want) in [
+        ("a-s3", "a", Some(0.0)),
+        ("a-sql", "a", Some(0.0)),
+        ("b-s3", "b", None),
+        ("b-sql", "b", None),
+    ] {
+        let labels = [("rotation_job", job), ("tenant", tenant)];
+        let got = metric(&text, "qlik_rotator_job_preflight_ok", &labels);
+        assert_eq!(got, want, "{job}: {text}");
+    }
+    assert_eq!(
+        metric(&text, "qlik_rotator_preflight_pending", &[]),
+        Some(0.0)
+    );
+    // Tenant a got its one probe (refused), no second connection read; b both reads.
+    let reads = |sim: &Simulator| {
+        let all = sim.requests();
+        all.iter()
+            .filter(|r| r.path.contains("/data-connections"))
+            .count()
+    };
+    assert_eq!((reads(&a), reads(&b)), (1, 2));
+    assert!(a.requests().iter().all(|r| r.status == 401));
+    // b's jobs rotate when asked; a's stay held.
+    r.daemon.trigger("b-sql", false);
+    wait_metric(&r, "qlik_rotator_rotations_total", &rotated("b-sql", "b")).await;
+    assert!(with_method(&a, "PATCH").is_empty());
+    assert!(r.shutdown().await);
+}
+
 /// The library's runner over both tenants, with a counting in-memory vault.
 struct World {
     a: Simulator,
