@@ -71,7 +71,13 @@ pub async fn check_config(
     } else {
         references(&cfg, input)
     };
-    let doc = check_document(path, &cfg, &warnings, &missing);
+    // Only `--output json` prints the document (at 10,000 jobs it was 15 MiB of `check-config`'s
+    // 37 MiB peak in text mode).
+    let doc = if json {
+        check_document(path, &cfg, &warnings, &missing)
+    } else {
+        serde_json::Value::Null
+    };
     if !missing.is_empty() {
         crate::telemetry::fatal(
             &format!(

@@ -8,7 +8,8 @@
 //! Both lists are read with [`crate::qlik::listing`] (paged, capped by [`Limits`], each
 //! refusal a clear [`DiscoverError`]).
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,7 +28,9 @@ const MAX_CELL: usize = 120;
 
 /// The paged listings (Qlik API only), in [`crate::qlik::listing`] so that
 /// [`crate::rotation`] can resolve a space name without importing this module.
-pub use crate::qlik::listing::{DiscoverError, Limits, all_connections, all_spaces, resolve_space};
+pub use crate::qlik::listing::{
+    DiscoverError, Limits, all_connections, all_connections_brief, all_spaces, resolve_space,
+};
 
 /// One connection as `connections` shows it. Every string is outside text made printable
 /// ([`text::printable`]).
@@ -70,14 +73,6 @@ pub struct Listing {
 }
 
 impl Listing {
-    /// The name of the space `c` sits in (`""` when personal or unknown).
-    fn space_name(&self, c: &DataConnection) -> &str {
-        let sid = c.space.as_deref().unwrap_or("");
-        (self.spaces.iter())
-            .find(|s| s.id == sid)
-            .map_or("", |s| s.name.as_str())
-    }
-
     /// The tenant as a row shows it.
     fn label(&self) -> Option<String> {
         self.labelled
@@ -99,23 +94,89 @@ fn refers_to(r: &ConnectionRef, c: &DataConnection, space_name: &str) -> bool {
     }
 }
 
-/// Whether `job` manages `c` of `listing`'s tenant: one of its targets sits in that tenant
-/// and names it.
-fn manages(job: &JobConfig, listing: &Listing, c: &DataConnection, space_name: &str) -> bool {
-    (job.connections.iter()).any(|t| t.tenant == listing.tenant && refers_to(t, c, space_name))
+/// The space names of a listing by space id (the first space of an id wins).
+fn space_names(listing: &Listing) -> HashMap<&str, &str> {
+    let mut out = HashMap::with_capacity(listing.spaces.len());
+    for s in &listing.spaces {
+        out.entry(s.id.as_str()).or_insert(s.name.as_str());
+    }
+    out
+}
+
+/// The name of the space `c` sits in (`""` when personal or unknown), from [`space_names`].
+fn space_of<'a>(names: &HashMap<&str, &'a str>, c: &DataConnection) -> &'a str {
+    names
+        .get(c.space.as_deref().unwrap_or(""))
+        .copied()
+        .unwrap_or("")
+}
+
+/// The jobs' references into one tenant, indexed by id (lower-cased) and by name, so that
+/// matching a tenant's connections against every job is O(connections + references), not
+/// their product (10,000 of each took seconds of CPU per coverage scan).
+struct RefIndex<'a> {
+    by_id: HashMap<String, Vec<usize>>,
+    by_name: HashMap<&'a str, Vec<(usize, &'a ConnectionRef)>>,
+}
+
+impl<'a> RefIndex<'a> {
+    fn new<J: Borrow<JobConfig>>(jobs: &'a [J], tenant: &str) -> Self {
+        let mut index = RefIndex {
+            by_id: HashMap::new(),
+            by_name: HashMap::new(),
+        };
+        for (i, job) in jobs.iter().enumerate() {
+            let targets = job.borrow().connections.iter();
+            for t in targets.filter(|t| &*t.tenant == tenant) {
+                match &t.conn {
+                    ConnectionRef::Id(id) => {
+                        index
+                            .by_id
+                            .entry(id.to_ascii_lowercase())
+                            .or_default()
+                            .push(i);
+                    }
+                    ConnectionRef::Name { name, .. } => {
+                        index
+                            .by_name
+                            .entry(name.as_str())
+                            .or_default()
+                            .push((i, &t.conn));
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    /// The indexes of the jobs that name `c` (in `space_name`), in configuration order.
+    fn jobs_of(&self, c: &DataConnection, space_name: &str) -> Vec<usize> {
+        let mut out: Vec<usize> = (self.by_id.get(&c.id.to_ascii_lowercase()))
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        if let Some(named) = self.by_name.get(c.name.as_str()) {
+            let hits = named.iter().filter(|(_, r)| refers_to(r, c, space_name));
+            out.extend(hits.map(|(i, _)| *i));
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
 }
 
 /// The rows of `connections` for one tenant, in the order listed.
-pub fn rows(jobs: &[JobConfig], listing: &Listing) -> Vec<Row> {
+pub fn rows<J: Borrow<JobConfig>>(jobs: &[J], listing: &Listing) -> Vec<Row> {
+    let index = RefIndex::new(jobs, &listing.tenant);
+    let names = space_names(listing);
     (listing.conns.iter())
         .map(|c| {
             let sid = c.space.as_deref().unwrap_or("");
-            let sname = listing.space_name(c);
+            let sname = space_of(&names, c);
             let rotatable = Connector::lookup(&c.datasource_id).is_some();
-            let jobs = jobs
-                .iter()
-                .filter(|j| manages(j, listing, c, sname))
-                .map(|j| j.name.clone())
+            let jobs = (index.jobs_of(c, sname).into_iter())
+                .map(|i| jobs[i].borrow().name.clone())
                 .collect();
             Row {
                 tenant: listing.label(),
@@ -161,7 +222,7 @@ pub struct Orphan {
 
 /// Coverage of `listing` (all of one tenant's connections) by `jobs`: only the job targets
 /// in that tenant count.
-pub fn coverage(jobs: &[JobConfig], listing: &Listing) -> Coverage {
+pub fn coverage<J: Borrow<JobConfig>>(jobs: &[J], listing: &Listing) -> Coverage {
     let rows = rows(jobs, listing);
     let bearing: Vec<&Row> = rows.iter().filter(|r| r.credential_bearing).collect();
     let managed = bearing.iter().filter(|r| !r.jobs.is_empty()).count();
@@ -177,19 +238,7 @@ pub fn coverage(jobs: &[JobConfig], listing: &Listing) -> Coverage {
             .or_default()
             .push((*r).clone());
     }
-    let mut orphaned = Vec::new();
-    for j in jobs {
-        for t in j.connections.iter().filter(|t| t.tenant == listing.tenant) {
-            let found = (listing.conns.iter()).any(|c| refers_to(t, c, listing.space_name(c)));
-            if !found {
-                orphaned.push(Orphan {
-                    tenant: listing.label(),
-                    job: j.name.clone(),
-                    connection: text::printable(&t.conn.to_string(), MAX_CELL),
-                });
-            }
-        }
-    }
+    let orphaned = orphans(jobs, listing);
     let percent = if bearing.is_empty() {
         100.0
     } else {
@@ -202,6 +251,38 @@ pub fn coverage(jobs: &[JobConfig], listing: &Listing) -> Coverage {
         unmanaged_by_space,
         orphaned,
     }
+}
+
+/// The references of `jobs` into `listing`'s tenant that name no listed connection (ids
+/// and names looked up in an index of the connections, not by a scan per reference).
+fn orphans<J: Borrow<JobConfig>>(jobs: &[J], listing: &Listing) -> Vec<Orphan> {
+    let ids: HashSet<String> = (listing.conns.iter())
+        .map(|c| c.id.to_ascii_lowercase())
+        .collect();
+    let mut by_name: HashMap<&str, Vec<&DataConnection>> = HashMap::new();
+    for c in &listing.conns {
+        by_name.entry(c.name.as_str()).or_default().push(c);
+    }
+    let names = space_names(listing);
+    let mut out = Vec::new();
+    for j in jobs.iter().map(Borrow::borrow) {
+        for t in j.connections.iter().filter(|t| t.tenant == listing.tenant) {
+            let found = match &t.conn {
+                ConnectionRef::Id(id) => ids.contains(&id.to_ascii_lowercase()),
+                ConnectionRef::Name { name, .. } => (by_name.get(name.as_str()).into_iter())
+                    .flatten()
+                    .any(|c| refers_to(t, c, space_of(&names, c))),
+            };
+            if !found {
+                out.push(Orphan {
+                    tenant: listing.label(),
+                    job: j.name.clone(),
+                    connection: text::printable(&t.conn.to_string(), MAX_CELL),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// A CSV cell safe to open in a spreadsheet: a cell starting with `=`, `+`, `-` or `@` (a
@@ -651,8 +732,8 @@ pub fn coverage_text(cov: &Coverage) -> String {
 pub const SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The daemon's coverage scan: once now, then every [`SCAN_EVERY`] and whenever `rescan` is
-/// notified (a reload changed the jobs), until `cancel`; `jobs` gives the running jobs at each
-/// scan. Every tenant of `clients` is scanned at once, each through its own client (its read
+/// notified (a reload changed the jobs), until `cancel`; `jobs` calls its argument with the
+/// running jobs at each scan (by reference). Every tenant of `clients` is scanned at once, each through its own client (its read
 /// budget), and its jobs' targets in that tenant only; each tenant's result (or failure) is a
 /// [`crate::events::CoverageScanned`] event (log line and its `unmanaged_connections`
 /// series, labelled with the tenant when `multi_tenant`). A failed tenant keeps its last
@@ -660,7 +741,7 @@ pub const SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(3600)
 pub async fn scan_loop(
     clients: BTreeMap<Arc<str>, Arc<QlikClient>>,
     multi_tenant: bool,
-    jobs: impl Fn() -> Vec<JobConfig>,
+    jobs: impl Fn(&mut dyn FnMut(&[&JobConfig])),
     metrics: Arc<crate::metrics::Metrics>,
     rescan: Arc<tokio::sync::Notify>,
     cancel: tokio_util::sync::CancellationToken,
@@ -685,20 +766,22 @@ async fn scan_tenant(
     tenant: &Arc<str>,
     client: &QlikClient,
     multi_tenant: bool,
-    jobs: &impl Fn() -> Vec<JobConfig>,
+    jobs: &impl Fn(&mut dyn FnMut(&[&JobConfig])),
     metrics: &crate::metrics::Metrics,
 ) {
     use crate::events::{CoverageScanned, Event as _};
     let scan = async {
         let spaces = all_spaces(client, Limits::default()).await?;
-        let conns = all_connections(client, None, Limits::default()).await?;
+        let conns = all_connections_brief(client, Limits::default()).await?;
         let listing = Listing {
             tenant: tenant.clone(),
             labelled: false,
             conns,
             spaces,
         };
-        Ok::<_, DiscoverError>(coverage(&jobs(), &listing))
+        let mut cov = None;
+        jobs(&mut |jobs| cov = Some(coverage(jobs, &listing)));
+        Ok::<_, DiscoverError>(cov.expect("the jobs callback runs its argument"))
     };
     let label = multi_tenant.then_some(&**tenant);
     match scan.await {
@@ -727,6 +810,76 @@ async fn scan_tenant(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The indexed matching of [`rows`] and [`coverage`] gives what a scan of every job per
+    /// connection gave: ids case-insensitively, names with a space id, a space name or no
+    /// space, one job naming two connections, nothing across tenants.
+    #[test]
+    fn jobs_match_connections_by_id_and_by_name_in_a_space() {
+        let job = |name: &str, conn: &str| {
+            format!(
+                "[[jobs]]\nname = \"{name}\"\nconnection = {conn}\nconnector = \"mssql\"\n\
+                 source = \"f\"\nsecret = \"s\"\nallow_shared_connection = true\n"
+            )
+        };
+        let text = format!(
+            "[qlik]\ntenant_url = \"https://t.eu.qlikcloud.com\"\napi_key_env = \"K\"\n\
+             [sources.f]\ntype = \"file\"\npath = \"/v\"\n{}{}{}{}{}",
+            job("by-id", "{ id = \"AAAAAAAA-0000-4000-8000-000000000001\" }"),
+            job("by-space-id", "{ name = \"DB\", space = \"s1\" }"),
+            job("by-space-name", "{ name = \"DB\", space = \"Sales\" }"),
+            job("by-name", "{ name = \"Other\" }"),
+            job("gone", "{ name = \"DB\", space = \"nowhere\" }"),
+        );
+        let cfg = crate::config::load_str(&text, std::path::Path::new("/"), &HashMap::new())
+            .expect("valid config");
+        let conn = |id: &str, name: &str, space: &str| -> DataConnection {
+            serde_json::from_value(serde_json::json!({
+                "qID": id, "qName": name, "datasourceID": "mssql", "space": space
+            }))
+            .unwrap()
+        };
+        let listing = |tenant: &str| Listing {
+            tenant: tenant.into(),
+            labelled: false,
+            conns: vec![
+                conn("aaaaaaaa-0000-4000-8000-000000000001", "DB", "s1"),
+                conn("aaaaaaaa-0000-4000-8000-000000000002", "DB", "s2"),
+                conn("aaaaaaaa-0000-4000-8000-000000000003", "Other", "s2"),
+            ],
+            spaces: vec![
+                Space {
+                    id: "s1".into(),
+                    name: "Finance".into(),
+                    kind: None,
+                },
+                Space {
+                    id: "s2".into(),
+                    name: "Sales".into(),
+                    kind: None,
+                },
+            ],
+        };
+        let got: Vec<Vec<String>> = rows(&cfg.jobs, &listing("default"))
+            .into_iter()
+            .map(|r| r.jobs)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                vec!["by-id".to_owned(), "by-space-id".to_owned()],
+                vec!["by-space-name".to_owned()],
+                vec!["by-name".to_owned()],
+            ]
+        );
+        let cov = coverage(&cfg.jobs.iter().collect::<Vec<_>>(), &listing("default"));
+        let orphans: Vec<&str> = cov.orphaned.iter().map(|o| o.job.as_str()).collect();
+        assert_eq!(orphans, ["gone"]);
+        assert_eq!((cov.credential_bearing, cov.managed), (3, 3));
+        // Another tenant's listing: no job of `default` manages it, none is orphaned there.
+        let other = coverage(&cfg.jobs, &listing("b"));
+        assert_eq!((other.managed, other.orphaned.len()), (0, 0));
+    }
 
     #[test]
     fn csv_cells_starting_a_formula_are_prefixed() {

@@ -70,6 +70,28 @@ impl fmt::Debug for DataConnection {
 }
 
 impl DataConnection {
+    /// The connection with only its id, name, connector, space and `qSeparateCredentials`
+    /// (what coverage reads); properties, privileges and the rest are dropped.
+    pub fn brief(self) -> Self {
+        let shrink = |mut s: String| {
+            s.shrink_to_fit();
+            s
+        };
+        DataConnection {
+            id: shrink(self.id),
+            id_field: None,
+            name: shrink(self.name),
+            q_type: String::new(),
+            datasource_id: shrink(self.datasource_id),
+            space: self.space.map(shrink),
+            separate_credentials: self.separate_credentials,
+            credentials_id: None,
+            properties: Map::new(),
+            privileges: Vec::new(),
+            updated: None,
+        }
+    }
+
     /// Whether the caller holds `privilege` (e.g. `update`) on this connection.
     pub fn has_privilege(&self, privilege: &str) -> bool {
         self.privileges.iter().any(|p| p == privilege)
