@@ -444,11 +444,17 @@ impl Daemon<Runner> {
         }
     }
 
-    /// The jobs, with the last success of each carried over from the state file.
-    fn new(app: App, cfg: &Config, known_state: BTreeMap<String, crate::state::JobState>) -> Self {
+    /// `jobs` (`cfg`'s, taken over), with the last success of each carried over from the
+    /// state file.
+    fn new(
+        app: App,
+        cfg: &Config,
+        jobs: Vec<JobConfig>,
+        known_state: BTreeMap<String, crate::state::JobState>,
+    ) -> Self {
         let now = chrono::Utc::now().timestamp();
-        app.metrics.register_jobs(&cfg.jobs);
-        for j in &cfg.jobs {
+        app.metrics.register_jobs(&jobs);
+        for j in &jobs {
             let known = |c: &Target| {
                 (known_state.get(&j.state_key(c)))
                     .filter(|s| s.applies_to(c))
@@ -460,7 +466,7 @@ impl Daemon<Runner> {
         }
         let retry = RetryPolicy::new(cfg.daemon.max_attempts_per_run);
         let runner = Runner::new(&app, cfg.daemon.max_concurrent_rotations, retry);
-        let jobs = cfg.jobs.iter().map(|j| JobRuntime::gated(j.clone()));
+        let jobs = jobs.into_iter().map(JobRuntime::gated);
         let is_aws = |j: &JobConfig| {
             cfg.sources.get(&j.source).map(|s| s.kind()) == Some("aws_secrets_manager")
         };
@@ -1198,11 +1204,25 @@ pub async fn spawn(
     cfg: &Config,
     admin_token: Option<SecretString>,
 ) -> Result<Running, StartError> {
+    spawn_owned(app, cfg, cfg.jobs.clone(), admin_token).await
+}
+
+/// [`spawn`] with `cfg`'s jobs given by value (`qlik-rotator run` moves them in rather than
+/// holding two copies: 4.4 MiB at 10,000 jobs); `cfg.jobs` itself is not read.
+///
+/// # Errors
+/// As [`spawn`].
+pub async fn spawn_owned(
+    app: App,
+    cfg: &Config,
+    jobs: Vec<JobConfig>,
+    admin_token: Option<SecretString>,
+) -> Result<Running, StartError> {
     let known_state = app.state.load().await.unwrap_or_else(|e| {
         tracing::warn!(error = %crate::text::Escaped(&e.to_string()), "Cannot read the applied versions; last-success times start empty.");
         BTreeMap::new()
     });
-    let daemon = Arc::new(Daemon::new(app, cfg, known_state));
+    let daemon = Arc::new(Daemon::new(app, cfg, jobs, known_state));
     start_housekeeping(&daemon, cfg)?;
     // The admin listener first, so /healthz and /metrics answer during pre-flight.
     let (addr, admin_stop, admin_task) = serve_admin(&daemon, cfg, admin_token).await?;
