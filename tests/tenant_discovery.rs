@@ -86,6 +86,11 @@ async fn cli(a: &Simulator, b: &Simulator, dir: &Path, a_key: &str, args: &[&str
     out
 }
 
+/// [`cli`] with tenant a's right key.
+async fn keyed(a: &Simulator, b: &Simulator, dir: &Path, args: &[&str]) -> CliOutput {
+    cli(a, b, dir, API_KEY, args).await
+}
+
 fn json_rows(out: &CliOutput) -> Vec<Value> {
     let rows: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
     rows.as_array().expect("an array").clone()
@@ -102,14 +107,7 @@ fn row<'a>(rows: &'a [Value], tenant: &str, id: &str) -> &'a Value {
 async fn connections_lists_every_tenant_with_its_column_and_jobs_per_tenant() {
     let (a, b) = tenants().await;
     let dir = tempfile::tempdir().unwrap();
-    let out = cli(
-        &a,
-        &b,
-        dir.path(),
-        API_KEY,
-        &["connections", "--output", "json"],
-    )
-    .await;
+    let out = keyed(&a, &b, dir.path(), &["connections", "--output", "json"]).await;
     assert_eq!(out.code, 0, "{out:?}");
     let rows = json_rows(&out);
     assert_eq!(rows.len(), 3 + 4, "{rows:?}");
@@ -129,7 +127,7 @@ async fn connections_lists_every_tenant_with_its_column_and_jobs_per_tenant() {
     assert_eq!(row(&rows, "a", SQL_ID)["jobs"], json!([]));
     assert_eq!(row(&rows, "b", SQL_ID)["space"], "Finance");
 
-    let table = cli(&a, &b, dir.path(), API_KEY, &["connections"]).await;
+    let table = keyed(&a, &b, dir.path(), &["connections"]).await;
     assert_eq!(table.code, 0, "{table:?}");
     let lines: Vec<&str> = table.stdout.lines().collect();
     assert!(lines[0].starts_with("TENANT  ID  "), "{}", table.stdout);
@@ -145,14 +143,7 @@ async fn connections_lists_every_tenant_with_its_column_and_jobs_per_tenant() {
     assert!(line("b", S3_ID).ends_with(" -"), "{}", table.stdout);
     assert!(line("b", SQL_ID).ends_with("b-sql"), "{}", table.stdout);
 
-    let csv = cli(
-        &a,
-        &b,
-        dir.path(),
-        API_KEY,
-        &["connections", "--output", "csv"],
-    )
-    .await;
+    let csv = keyed(&a, &b, dir.path(), &["connections", "--output", "csv"]).await;
     assert_eq!(csv.code, 0, "{csv:?}");
     assert!(
         csv.stdout.starts_with("tenant,id,name,space_id,space,"),
@@ -180,7 +171,7 @@ async fn tenant_b_alone_is_listed_and_tenant_a_is_not_asked() {
     assert!(a.requests().is_empty(), "tenant a was asked");
     assert!(!b.requests().is_empty());
 
-    let cov = cli(&a, &b, dir.path(), API_KEY, &["coverage", "--tenant", "b"]).await;
+    let cov = keyed(&a, &b, dir.path(), &["coverage", "--tenant", "b"]).await;
     assert_eq!(cov.code, 0, "{cov:?}");
     assert!(
         cov.stdout
@@ -197,7 +188,7 @@ async fn an_unknown_tenant_exits_64_with_did_you_mean_and_sends_nothing() {
     let (a, b) = tenants().await;
     let dir = tempfile::tempdir().unwrap();
     for cmd in ["connections", "coverage"] {
-        let out = cli(&a, &b, dir.path(), API_KEY, &[cmd, "--tenant", "bb"]).await;
+        let out = keyed(&a, &b, dir.path(), &[cmd, "--tenant", "bb"]).await;
         assert_eq!(out.code, 64, "{out:?}");
         assert!(
             out.stderr
@@ -208,11 +199,10 @@ async fn an_unknown_tenant_exits_64_with_did_you_mean_and_sends_nothing() {
         assert!(out.stdout.is_empty(), "{}", out.stdout);
     }
     // A hostile name is escaped in the error.
-    let out = cli(
+    let out = keyed(
         &a,
         &b,
         dir.path(),
-        API_KEY,
         &["connections", "--tenant", "x\u{1b}[2J"],
     )
     .await;
@@ -268,14 +258,7 @@ async fn a_single_qlik_table_accepts_tenant_default_only() {
 async fn coverage_counts_each_tenant_on_its_own() {
     let (a, b) = tenants().await;
     let dir = tempfile::tempdir().unwrap();
-    let out = cli(
-        &a,
-        &b,
-        dir.path(),
-        API_KEY,
-        &["coverage", "--output", "json"],
-    )
-    .await;
+    let out = keyed(&a, &b, dir.path(), &["coverage", "--output", "json"]).await;
     assert_eq!(out.code, 0, "{out:?}");
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     let t = doc["tenants"].as_array().expect("tenants");
@@ -301,7 +284,7 @@ async fn coverage_counts_each_tenant_on_its_own() {
     assert_eq!(b_sales[0]["tenant"], "b", "{doc}");
     assert!(t[0]["unmanaged_by_space"].get("Sales").is_none(), "{doc}");
 
-    let text = cli(&a, &b, dir.path(), API_KEY, &["coverage"]).await;
+    let text = keyed(&a, &b, dir.path(), &["coverage"]).await;
     assert_eq!(text.code, 0, "{text:?}");
     let lines: Vec<&str> = text.stdout.lines().collect();
     assert!(
@@ -326,14 +309,7 @@ async fn coverage_counts_each_tenant_on_its_own() {
         text.stdout
     );
     // --fail-under applies to each tenant and names the one under it.
-    let under = cli(
-        &a,
-        &b,
-        dir.path(),
-        API_KEY,
-        &["coverage", "--fail-under", "30"],
-    )
-    .await;
+    let under = keyed(&a, &b, dir.path(), &["coverage", "--fail-under", "30"]).await;
     assert_eq!(under.code, 1, "{under:?}");
     assert!(
         under
@@ -405,14 +381,7 @@ async fn hostile_names_are_escaped_next_to_the_tenant_column() {
     );
     let dir = tempfile::tempdir().unwrap();
     for output in ["table", "csv", "json"] {
-        let out = cli(
-            &a,
-            &b,
-            dir.path(),
-            API_KEY,
-            &["connections", "--output", output],
-        )
-        .await;
+        let out = keyed(&a, &b, dir.path(), &["connections", "--output", output]).await;
         assert_eq!(out.code, 0, "{out:?}");
         for raw in ['\u{1b}', '\u{7}', '\u{202e}', '\r'] {
             assert!(
@@ -438,7 +407,7 @@ async fn hostile_names_are_escaped_next_to_the_tenant_column() {
             assert!(evil[0].get(2).unwrap().starts_with("'="), "{:?}", evil[0]);
         }
     }
-    let cov = cli(&a, &b, dir.path(), API_KEY, &["coverage"]).await;
+    let cov = keyed(&a, &b, dir.path(), &["coverage"]).await;
     for raw in ['\u{1b}', '\u{7}', '\u{202e}', '\r'] {
         assert!(!cov.stdout.contains(raw), "raw {raw:?}: {}", cov.stdout);
     }
@@ -589,14 +558,7 @@ async fn a_space_is_looked_up_in_each_tenant() {
         "tenant a has no space Ops: nothing listed there"
     );
     // A space no tenant has: exit 64 naming each tenant, before any listing.
-    let out = cli(
-        &a,
-        &b,
-        dir.path(),
-        API_KEY,
-        &["connections", "--space", "Nope"],
-    )
-    .await;
+    let out = keyed(&a, &b, dir.path(), &["connections", "--space", "Nope"]).await;
     assert_eq!(out.code, 64, "{out:?}");
     for t in ["a", "b"] {
         assert!(
@@ -630,24 +592,16 @@ async fn describe_connector_reads_the_named_tenant_only() {
     );
     let dir = tempfile::tempdir().unwrap();
     let sent = |sim: &Simulator| sim.requests().len();
-    let out = cli(
-        &a,
-        &b,
-        dir.path(),
-        API_KEY,
-        &["describe-connector", "postgres"],
-    )
-    .await;
+    let out = keyed(&a, &b, dir.path(), &["describe-connector", "postgres"]).await;
     assert_eq!(out.code, 64, "{out:?}");
     assert!(
         out.stderr.contains("--tenant") && out.stderr.contains("2 tenants (a, b)"),
         "{out:?}"
     );
-    let out = cli(
+    let out = keyed(
         &a,
         &b,
         dir.path(),
-        API_KEY,
         &["describe-connector", "postgres", "--tenant", "bb"],
     )
     .await;
@@ -661,11 +615,10 @@ async fn describe_connector_reads_the_named_tenant_only() {
         (0, 0),
         "nothing is sent on a usage error"
     );
-    let out = cli(
+    let out = keyed(
         &a,
         &b,
         dir.path(),
-        API_KEY,
         &["describe-connector", "postgres", "--tenant", "b"],
     )
     .await;
@@ -679,11 +632,10 @@ async fn describe_connector_reads_the_named_tenant_only() {
         b.requests()
     );
     // Tenant a has no such api-specs: asking it is a clear failure, not b's answer.
-    let out = cli(
+    let out = keyed(
         &a,
         &b,
         dir.path(),
-        API_KEY,
         &["describe-connector", "postgres", "--tenant", "a"],
     )
     .await;

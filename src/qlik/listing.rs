@@ -163,6 +163,16 @@ pub async fn all_connections(
     space: Option<&str>,
     limits: Limits,
 ) -> Result<Vec<DataConnection>, DiscoverError> {
+    connections_mapped(client, space, limits, |c| c).await
+}
+
+/// Every connection (of `space`, or all), each passed through `map` as its page arrives.
+async fn connections_mapped(
+    client: &QlikClient,
+    space: Option<&str>,
+    limits: Limits,
+    map: fn(DataConnection) -> DataConnection,
+) -> Result<Vec<DataConnection>, DiscoverError> {
     all_pages(
         client,
         "connections",
@@ -170,7 +180,7 @@ pub async fn all_connections(
         limits,
         |next| async move {
             let page = client.list_connections_page(next, space).await?;
-            Ok((page.data, page.links))
+            Ok((page.data.into_iter().map(map).collect(), page.links))
         },
     )
     .await
@@ -187,18 +197,7 @@ pub async fn all_connections_brief(
     client: &QlikClient,
     limits: Limits,
 ) -> Result<Vec<DataConnection>, DiscoverError> {
-    all_pages(
-        client,
-        "connections",
-        &["api", "v1", "data-connections"],
-        limits,
-        |next| async move {
-            let page = client.list_connections_page(next, None).await?;
-            let brief = page.data.into_iter().map(DataConnection::brief).collect();
-            Ok((brief, page.links))
-        },
-    )
-    .await
+    connections_mapped(client, None, limits, DataConnection::brief).await
 }
 
 /// Every space the caller can see.
