@@ -257,8 +257,9 @@ async fn a_tenant_with_every_slot_busy_holds_no_slot_another_tenant_needs() {
     assert!(!text.contains(CANARY_PASSWORD) && !text.contains(API_KEY));
 }
 
-#[tokio::test]
-async fn a_401_in_one_tenant_stops_only_that_tenant() {
+/// Two fresh tenants, the vault, and two jobs in each (S3 and SQL, run at start), in the
+/// order a-s3, a-sql, b-s3, b-sql.
+async fn two_by_two() -> (Simulator, Simulator, tempfile::TempDir, String) {
     let (a, b) = (
         tenant(SimConfig::default()).await,
         tenant(SimConfig::default()).await,
@@ -270,9 +271,16 @@ async fn a_401_in_one_tenant_stops_only_that_tenant() {
         sql("a-sql", "a"),
         s3("b-s3", "b"),
         sql("b-sql", "b"),
-    ];
+    ]
+    .concat();
+    (a, b, dir, jobs)
+}
+
+#[tokio::test]
+async fn a_401_in_one_tenant_stops_only_that_tenant() {
+    let (a, b, dir, jobs) = two_by_two().await;
     // One job at a time, so the order is deterministic: a-s3's 401 comes before a-sql.
-    let text = two_tenants(&a, &b, "", "", &jobs.concat())
+    let text = two_tenants(&a, &b, "", "", &jobs)
         .replace("[daemon]\n", "[daemon]\nmax_concurrent_rotations = 1\n");
     let path = write_config(dir.path(), &text);
     let mut env = env(&[("A_KEY", WRONG_KEY), ("B_KEY", API_KEY)]);
@@ -324,21 +332,9 @@ async fn a_401_in_one_tenant_stops_only_that_tenant() {
 /// tick: `QlikRotatorPreflightFailed` for a tenant whose credentials are fine.)
 #[tokio::test]
 async fn a_401_at_preflight_skips_only_that_tenants_connections() {
-    let (a, b) = (
-        tenant(SimConfig::default()).await,
-        tenant(SimConfig::default()).await,
-    );
-    let dir = tempfile::tempdir().unwrap();
-    secrets(dir.path());
+    let (a, b, dir, jobs) = two_by_two().await;
     // No job runs at start: every request is pre-flight's (or the coverage scan's).
-    let jobs = [
-        s3("a-s3", "a"),
-        sql("a-sql", "a"),
-        s3("b-s3", "b"),
-        sql("b-sql", "b"),
-    ]
-    .concat()
-    .replace("run_on_start = true\n", "");
+    let jobs = jobs.replace("run_on_start = true\n", "");
     let text = two_tenants(&a, &b, "", "", &jobs);
     let r = start(dir.path(), &text, WRONG_KEY).await;
     let text = http_get(r.addr, "/metrics").await.1;
