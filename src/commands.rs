@@ -1111,16 +1111,15 @@ pub async fn describe_connector(
     ExitCode::SUCCESS
 }
 
-/// The tenant `describe-connector` reads: the one `--tenant` names, or the only one. With
-/// several tenants and no `--tenant` it is an error (tenants may differ in what they offer;
-/// picking one silently would describe another tenant's connector).
+/// The tenant `describe-connector` reads: the one `--tenant` names (as `connections` selects
+/// it), or the only one. With several tenants and no `--tenant` it is an error (tenants may
+/// differ in what they offer; picking one silently would describe another tenant's
+/// connector).
 fn describe_tenant<'a>(cfg: &'a Config, tenant: Option<&str>) -> Result<&'a QlikConfig, String> {
-    match tenant {
-        Some(name) => cfg
-            .tenant(name)
-            .ok_or_else(|| format!("--tenant: {}", cfg.unknown_tenant(name))),
-        None if cfg.tenants.len() > 1 => {
-            let names: Vec<&str> = cfg.tenants.iter().map(|t| &*t.name).collect();
+    match crate::discover::select_tenants(cfg, tenant)?.as_slice() {
+        [one] => Ok(one),
+        many => {
+            let names: Vec<&str> = many.iter().map(|t| &*t.name).collect();
             Err(format!(
                 "--tenant: the configuration declares {} tenants ({}); name the one to read the \
                  api-specs from, e.g. --tenant {}",
@@ -1129,7 +1128,6 @@ fn describe_tenant<'a>(cfg: &'a Config, tenant: Option<&str>) -> Result<&'a Qlik
                 names[0]
             ))
         }
-        None => Ok(&cfg.tenants[0]),
     }
 }
 

@@ -144,16 +144,18 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
     assert_eq!(http_get(r.addr, "/healthz").await.0, 200);
     assert_eq!(http_get(r.addr, "/readyz").await.0, 200);
 
+    // A job's per-job `rotations_total{outcome}` sample, and a success family's samples of
+    // the connectors other than S3's.
+    let per_job = |text: &str, job: &str, outcome: &str| {
+        let labels = [("rotation_job", job), ("outcome", outcome)];
+        metric(text, "qlik_rotator_rotations_total", &labels)
+    };
+    let others = |text: &str, family: &str| {
+        ["mssql", "gbq"].map(|c| metric(text, family, &[("connector", c)]))
+    };
     let text = scrape(&r).await;
     // Outcome series appear with their first count: none before any run.
-    assert_eq!(
-        metric(
-            &text,
-            "qlik_rotator_rotations_total",
-            &[("rotation_job", "sales-s3"), ("outcome", "rotated")]
-        ),
-        None
-    );
+    assert_eq!(per_job(&text, "sales-s3", "rotated"), None);
     assert!(!text.contains("qlik_rotator_rotations_total{"), "{text}");
     // Pre-flight passed: no per-job series (only a failing job has one), counted in `jobs`.
     assert!(!text.contains("qlik_rotator_job_preflight_ok{"), "{text}");
@@ -174,19 +176,9 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
     r.daemon.trigger("sales-s3", false);
     let rotated = [("connector", "File_AmazonS3ConnectorV2")];
     let text = wait_metric(&r, "qlik_rotator_rotations_rotated_total", &rotated, 1.0).await;
-    assert_eq!(
-        metric(
-            &text,
-            "qlik_rotator_rotations_total",
-            &[("rotation_job", "sales-s3"), ("outcome", "rotated")]
-        ),
-        None
-    );
-    for other in ["mssql", "gbq"] {
-        let labels = [("connector", other)];
-        let n = metric(&text, "qlik_rotator_rotations_rotated_total", &labels);
-        assert_eq!(n, Some(0.0), "{other}");
-    }
+    assert_eq!(per_job(&text, "sales-s3", "rotated"), None);
+    let family = "qlik_rotator_rotations_rotated_total";
+    assert_eq!(others(&text, family), [Some(0.0); 2], "{text}");
     assert!(
         metric(
             &text,
@@ -223,16 +215,9 @@ async fn metrics_after_each_outcome_are_right_and_pass_promtool() {
     // unchanged: counted under the job's connector, with no per-job series
     r.daemon.trigger("sales-s3", false);
     let text = wait_unchanged(&r, "File_AmazonS3ConnectorV2", 1.0).await;
-    let unchanged = [("rotation_job", "sales-s3"), ("outcome", "unchanged")];
-    assert_eq!(
-        metric(&text, "qlik_rotator_rotations_total", &unchanged),
-        None
-    );
-    for other in ["mssql", "gbq"] {
-        let labels = [("connector", other)];
-        let n = metric(&text, "qlik_rotator_rotations_unchanged_total", &labels);
-        assert_eq!(n, Some(0.0), "{other}");
-    }
+    assert_eq!(per_job(&text, "sales-s3", "unchanged"), None);
+    let family = "qlik_rotator_rotations_unchanged_total";
+    assert_eq!(others(&text, family), [Some(0.0); 2], "{text}");
     // failed (build)
     r.daemon.trigger("warehouse-bq", false);
     let text = wait_outcome(&r, "warehouse-bq", "failed").await;

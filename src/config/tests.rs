@@ -886,17 +886,20 @@ fn key_names_from_the_file_are_printed_escaped() {
     );
 }
 
+/// The `[metrics]` of [`MINIMAL`] with `extra` in that table.
+fn metrics_with(extra: &str) -> MetricsConfig {
+    load_str(
+        &format!("{MINIMAL}[metrics]\n{extra}"),
+        Path::new("/"),
+        &env(&[]),
+    )
+    .unwrap()
+    .metrics
+}
+
 #[test]
 fn per_job_success_counts_are_off_unless_enabled() {
-    let load = |extra: &str| {
-        load_str(
-            &format!("{MINIMAL}[metrics]\n{extra}"),
-            Path::new("/"),
-            &env(&[]),
-        )
-        .unwrap()
-        .metrics
-    };
+    let load = metrics_with;
     let none = load("");
     assert!(!none.per_job_unchanged && !none.per_job_rotated);
     assert!(!load("per_job_unchanged = false\n").per_job_unchanged);
@@ -915,16 +918,7 @@ fn per_job_success_counts_are_off_unless_enabled() {
 
 #[test]
 fn the_per_job_duration_histogram_is_off_unless_enabled() {
-    let load = |extra: &str| {
-        load_str(
-            &format!("{MINIMAL}[metrics]\n{extra}"),
-            Path::new("/"),
-            &env(&[]),
-        )
-        .unwrap()
-        .metrics
-        .per_job_duration_histogram
-    };
+    let load = |extra: &str| metrics_with(extra).per_job_duration_histogram;
     assert!(!load(""));
     assert!(!load("per_job_duration_histogram = false\n"));
     assert!(load("per_job_duration_histogram = true\n"));
