@@ -568,9 +568,11 @@ pub async fn rotate_secret(
         Err(code) => return code,
     };
     let index = crate::triggers::SecretIndex::new(&cfg.jobs, |_| true);
-    let jobs: Vec<&config::JobConfig> = (index.jobs_for(secret).into_iter())
-        .map(|i| &cfg.jobs[i])
-        .collect();
+    let jobs: Vec<&config::JobConfig> = (index
+        .jobs_for(secret, |i| &cfg.jobs[i].secret.id)
+        .into_iter())
+    .map(|i| &cfg.jobs[i])
+    .collect();
     if jobs.is_empty() {
         fatal(&format!(
             "no job uses the secret {} (--secret takes a secret name or ARN as the jobs' `secret` gives it)",

@@ -9,7 +9,7 @@
 //! refusal a clear [`DiscoverError`]).
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ const MAX_CELL: usize = 120;
 /// The paged listings (Qlik API only), in [`crate::qlik::listing`] so that
 /// [`crate::rotation`] can resolve a space name without importing this module.
 pub use crate::qlik::listing::{
-    DiscoverError, Limits, all_connections, all_connections_brief, all_spaces, resolve_space,
+    DiscoverError, Limits, all_connections, all_spaces, each_connection, resolve_space,
 };
 
 /// One connection as `connections` shows it. Every string is outside text made printable
@@ -80,24 +80,19 @@ impl Listing {
     }
 }
 
-/// Whether `r` (a job's reference) names `c`, whose space is named `space_name`.
-fn refers_to(r: &ConnectionRef, c: &DataConnection, space_name: &str) -> bool {
-    match r {
-        ConnectionRef::Id(id) => id.eq_ignore_ascii_case(&c.id),
-        ConnectionRef::Name { name, space } => {
-            *name == c.name
-                && space.as_deref().is_none_or(|s| {
-                    let sid = c.space.as_deref().unwrap_or("");
-                    s == sid || (!space_name.is_empty() && s == space_name)
-                })
-        }
-    }
+/// Whether a reference by name with `space` (as written: an id or a name; `None`: any
+/// space) names `c`, whose space is named `space_name`. The names are compared by the caller.
+fn in_space(space: Option<&str>, c: &DataConnection, space_name: &str) -> bool {
+    space.is_none_or(|s| {
+        let sid = c.space.as_deref().unwrap_or("");
+        s == sid || (!space_name.is_empty() && s == space_name)
+    })
 }
 
-/// The space names of a listing by space id (the first space of an id wins).
-fn space_names(listing: &Listing) -> HashMap<&str, &str> {
-    let mut out = HashMap::with_capacity(listing.spaces.len());
-    for s in &listing.spaces {
+/// The space names by space id (the first space of an id wins).
+fn space_names(spaces: &[Space]) -> HashMap<&str, &str> {
+    let mut out = HashMap::with_capacity(spaces.len());
+    for s in spaces {
         out.entry(s.id.as_str()).or_insert(s.name.as_str());
     }
     out
@@ -113,35 +108,37 @@ fn space_of<'a>(names: &HashMap<&str, &'a str>, c: &DataConnection) -> &'a str {
 
 /// The jobs' references into one tenant, indexed by id (lower-cased) and by name, so that
 /// matching a tenant's connections against every job is O(connections + references), not
-/// their product (10,000 of each took seconds of CPU per coverage scan).
-struct RefIndex<'a> {
-    by_id: HashMap<String, Vec<usize>>,
-    by_name: HashMap<&'a str, Vec<(usize, &'a ConnectionRef)>>,
+/// their product (10,000 of each took seconds of CPU per coverage scan). It owns what it
+/// holds, so the daemon's scan can keep it while pages arrive.
+struct RefIndex {
+    /// Lower-cased id → `(job, reference)` pairs.
+    by_id: HashMap<String, Vec<(usize, usize)>>,
+    /// Name → `(job, reference, space as written)`.
+    by_name: HashMap<String, Vec<(usize, usize, Option<String>)>>,
+    /// Every reference into the tenant, in configuration order: `(job, target index)`.
+    refs: Vec<(usize, usize)>,
 }
 
-impl<'a> RefIndex<'a> {
-    fn new<J: Borrow<JobConfig>>(jobs: &'a [J], tenant: &str) -> Self {
+impl RefIndex {
+    fn new<J: Borrow<JobConfig>>(jobs: &[J], tenant: &str) -> Self {
         let mut index = RefIndex {
             by_id: HashMap::new(),
             by_name: HashMap::new(),
+            refs: Vec::new(),
         };
         for (i, job) in jobs.iter().enumerate() {
-            let targets = job.borrow().connections.iter();
-            for t in targets.filter(|t| &*t.tenant == tenant) {
+            let targets = job.borrow().connections.iter().enumerate();
+            for (k, t) in targets.filter(|(_, t)| &*t.tenant == tenant) {
+                let r = index.refs.len();
+                index.refs.push((i, k));
                 match &t.conn {
                     ConnectionRef::Id(id) => {
-                        index
-                            .by_id
-                            .entry(id.to_ascii_lowercase())
-                            .or_default()
-                            .push(i);
+                        let key = id.to_ascii_lowercase();
+                        index.by_id.entry(key).or_default().push((i, r));
                     }
-                    ConnectionRef::Name { name, .. } => {
-                        index
-                            .by_name
-                            .entry(name.as_str())
-                            .or_default()
-                            .push((i, &t.conn));
+                    ConnectionRef::Name { name, space } => {
+                        let entry = index.by_name.entry(name.clone()).or_default();
+                        entry.push((i, r, space.clone()));
                     }
                 }
             }
@@ -149,27 +146,98 @@ impl<'a> RefIndex<'a> {
         index
     }
 
+    /// The `(job, reference)` pairs that name `c` (in `space_name`).
+    fn matches<'s>(
+        &'s self,
+        c: &'s DataConnection,
+        space_name: &'s str,
+    ) -> impl Iterator<Item = (usize, usize)> + 's {
+        let by_id = self.by_id.get(&c.id.to_ascii_lowercase());
+        let by_name = (self.by_name.get(c.name.as_str()).into_iter().flatten())
+            .filter(move |(_, _, space)| in_space(space.as_deref(), c, space_name))
+            .map(|&(i, r, _)| (i, r));
+        by_id.into_iter().flatten().copied().chain(by_name)
+    }
+
     /// The indexes of the jobs that name `c` (in `space_name`), in configuration order.
     fn jobs_of(&self, c: &DataConnection, space_name: &str) -> Vec<usize> {
-        let mut out: Vec<usize> = (self.by_id.get(&c.id.to_ascii_lowercase()))
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect();
-        if let Some(named) = self.by_name.get(c.name.as_str()) {
-            let hits = named.iter().filter(|(_, r)| refers_to(r, c, space_name));
-            out.extend(hits.map(|(i, _)| *i));
-        }
+        let mut out: Vec<usize> = self.matches(c, space_name).map(|(i, _)| i).collect();
         out.sort_unstable();
         out.dedup();
         out
     }
 }
 
+/// [`coverage`]'s counts over connections that arrive one at a time: the daemon's scan
+/// keeps no connection and builds no row (10,000 connections held with their rows were
+/// ~7 MiB of its start-up peak).
+struct Tally<'s> {
+    index: RefIndex,
+    names: HashMap<&'s str, &'s str>,
+    /// Per reference of `index`: whether a connection it names was seen.
+    found: Vec<bool>,
+    credential_bearing: usize,
+    managed: usize,
+}
+
+/// What a [`Tally`] counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    /// Credential-bearing connections.
+    pub credential_bearing: usize,
+    /// Of those, the ones some job manages.
+    pub managed: usize,
+    /// Job references that match no connection.
+    pub orphaned: usize,
+}
+
+impl<'s> Tally<'s> {
+    /// A tally of `jobs`' references into `tenant`, whose spaces are `spaces`.
+    pub fn new<J: Borrow<JobConfig>>(jobs: &[J], tenant: &str, spaces: &'s [Space]) -> Self {
+        let index = RefIndex::new(jobs, tenant);
+        Tally {
+            found: vec![false; index.refs.len()],
+            index,
+            names: space_names(spaces),
+            credential_bearing: 0,
+            managed: 0,
+        }
+    }
+
+    /// Counts `c`.
+    pub fn add(&mut self, c: &DataConnection) {
+        let mut managed = false;
+        for (_, r) in self.index.matches(c, space_of(&self.names, c)) {
+            self.found[r] = true;
+            managed = true;
+        }
+        if Connector::lookup(&c.datasource_id).is_some() || c.separate_credentials {
+            self.credential_bearing += 1;
+            self.managed += usize::from(managed);
+        }
+    }
+
+    /// The references that named no connection seen: `(job, target index)`.
+    fn orphans(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (self.index.refs.iter().zip(&self.found))
+            .filter(|(_, found)| !**found)
+            .map(|(r, _)| *r)
+    }
+
+    /// The counts.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            credential_bearing: self.credential_bearing,
+            managed: self.managed,
+            orphaned: self.orphans().count(),
+        }
+    }
+}
+
 /// The rows of `connections` for one tenant, in the order listed.
 pub fn rows<J: Borrow<JobConfig>>(jobs: &[J], listing: &Listing) -> Vec<Row> {
     let index = RefIndex::new(jobs, &listing.tenant);
-    let names = space_names(listing);
+    let names = space_names(&listing.spaces);
     (listing.conns.iter())
         .map(|c| {
             let sid = c.space.as_deref().unwrap_or("");
@@ -253,36 +321,21 @@ pub fn coverage<J: Borrow<JobConfig>>(jobs: &[J], listing: &Listing) -> Coverage
     }
 }
 
-/// The references of `jobs` into `listing`'s tenant that name no listed connection (ids
-/// and names looked up in an index of the connections, not by a scan per reference).
+/// The references of `jobs` into `listing`'s tenant that name no listed connection (through
+/// the same index as the daemon's [`Tally`], so the command and the gauge agree).
 fn orphans<J: Borrow<JobConfig>>(jobs: &[J], listing: &Listing) -> Vec<Orphan> {
-    let ids: HashSet<String> = (listing.conns.iter())
-        .map(|c| c.id.to_ascii_lowercase())
-        .collect();
-    let mut by_name: HashMap<&str, Vec<&DataConnection>> = HashMap::new();
-    for c in &listing.conns {
-        by_name.entry(c.name.as_str()).or_default().push(c);
-    }
-    let names = space_names(listing);
-    let mut out = Vec::new();
-    for j in jobs.iter().map(Borrow::borrow) {
-        for t in j.connections.iter().filter(|t| t.tenant == listing.tenant) {
-            let found = match &t.conn {
-                ConnectionRef::Id(id) => ids.contains(&id.to_ascii_lowercase()),
-                ConnectionRef::Name { name, .. } => (by_name.get(name.as_str()).into_iter())
-                    .flatten()
-                    .any(|c| refers_to(t, c, space_of(&names, c))),
-            };
-            if !found {
-                out.push(Orphan {
-                    tenant: listing.label(),
-                    job: j.name.clone(),
-                    connection: text::printable(&t.conn.to_string(), MAX_CELL),
-                });
+    let mut tally = Tally::new(jobs, &listing.tenant, &listing.spaces);
+    listing.conns.iter().for_each(|c| tally.add(c));
+    (tally.orphans())
+        .map(|(i, k)| {
+            let job = jobs[i].borrow();
+            Orphan {
+                tenant: listing.label(),
+                job: job.name.clone(),
+                connection: text::printable(&job.connections[k].conn.to_string(), MAX_CELL),
             }
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 /// A CSV cell safe to open in a spreadsheet: a cell starting with `=`, `+`, `-` or `@` (a
@@ -772,16 +825,12 @@ async fn scan_tenant(
     use crate::events::{CoverageScanned, Event as _};
     let scan = async {
         let spaces = all_spaces(client, Limits::default()).await?;
-        let conns = all_connections_brief(client, Limits::default()).await?;
-        let listing = Listing {
-            tenant: tenant.clone(),
-            labelled: false,
-            conns,
-            spaces,
-        };
-        let mut cov = None;
-        jobs(&mut |jobs| cov = Some(coverage(jobs, &listing)));
-        Ok::<_, DiscoverError>(cov.expect("the jobs callback runs its argument"))
+        // The jobs are lent for the call only: the tally keeps an index of its own.
+        let mut tally = None;
+        jobs(&mut |jobs| tally = Some(Tally::new(jobs, tenant, &spaces)));
+        let mut tally = tally.expect("the jobs callback runs its argument");
+        each_connection(client, Limits::default(), |c| tally.add(c)).await?;
+        Ok::<_, DiscoverError>(tally.counts())
     };
     let label = multi_tenant.then_some(&**tenant);
     match scan.await {
@@ -789,7 +838,7 @@ async fn scan_tenant(
             tenant: label,
             credential_bearing: c.credential_bearing,
             unmanaged: c.credential_bearing - c.managed,
-            orphaned: c.orphaned.len(),
+            orphaned: c.orphaned,
             error: None,
         }
         .emit(Some(metrics)),
@@ -811,11 +860,9 @@ async fn scan_tenant(
 mod tests {
     use super::*;
 
-    /// The indexed matching of [`rows`] and [`coverage`] gives what a scan of every job per
-    /// connection gave: ids case-insensitively, names with a space id, a space name or no
-    /// space, one job naming two connections, nothing across tenants.
-    #[test]
-    fn jobs_match_connections_by_id_and_by_name_in_a_space() {
+    /// Five jobs (by id, by name in a space id, in a space name, with no space, and one whose
+    /// space does not exist) and the listing of `tenant`: three connections in two spaces.
+    fn match_fixture() -> (crate::config::Config, impl Fn(&str) -> Listing) {
         let job = |name: &str, conn: &str| {
             format!(
                 "[[jobs]]\nname = \"{name}\"\nconnection = {conn}\nconnector = \"mssql\"\n\
@@ -833,13 +880,13 @@ mod tests {
         );
         let cfg = crate::config::load_str(&text, std::path::Path::new("/"), &HashMap::new())
             .expect("valid config");
-        let conn = |id: &str, name: &str, space: &str| -> DataConnection {
+        let conn = move |id: &str, name: &str, space: &str| -> DataConnection {
             serde_json::from_value(serde_json::json!({
                 "qID": id, "qName": name, "datasourceID": "mssql", "space": space
             }))
             .unwrap()
         };
-        let listing = |tenant: &str| Listing {
+        let listing = move |tenant: &str| Listing {
             tenant: tenant.into(),
             labelled: false,
             conns: vec![
@@ -860,6 +907,15 @@ mod tests {
                 },
             ],
         };
+        (cfg, listing)
+    }
+
+    /// The indexed matching of [`rows`] and [`coverage`] gives what a scan of every job per
+    /// connection gave: ids case-insensitively, names with a space id, a space name or no
+    /// space, one job naming two connections, nothing across tenants.
+    #[test]
+    fn jobs_match_connections_by_id_and_by_name_in_a_space() {
+        let (cfg, listing) = match_fixture();
         let got: Vec<Vec<String>> = rows(&cfg.jobs, &listing("default"))
             .into_iter()
             .map(|r| r.jobs)
@@ -879,6 +935,39 @@ mod tests {
         // Another tenant's listing: no job of `default` manages it, none is orphaned there.
         let other = coverage(&cfg.jobs, &listing("b"));
         assert_eq!((other.managed, other.orphaned.len()), (0, 0));
+    }
+
+    /// The daemon's tally, fed one connection at a time, counts what `coverage` reports
+    /// (managed, orphaned, and after a connection is gone, unmanaged and orphaned).
+    #[test]
+    fn the_daemons_tally_counts_what_coverage_reports() {
+        let (cfg, listing) = match_fixture();
+        for tenant in ["default", "b"] {
+            let l = listing(tenant);
+            let cov = coverage(&cfg.jobs, &l);
+            let mut tally = Tally::new(&cfg.jobs, tenant, &l.spaces);
+            l.conns.iter().for_each(|c| tally.add(c));
+            let want = Counts {
+                credential_bearing: cov.credential_bearing,
+                managed: cov.managed,
+                orphaned: cov.orphaned.len(),
+            };
+            assert_eq!(tally.counts(), want, "{tenant}");
+        }
+        // Drop the connection `by-id` and `by-space-id` name.
+        let mut l = listing("default");
+        l.conns.remove(0);
+        let mut tally = Tally::new(&cfg.jobs, "default", &l.spaces);
+        l.conns.iter().for_each(|c| tally.add(c));
+        let cov = coverage(&cfg.jobs, &l);
+        let want = Counts {
+            credential_bearing: 2,
+            managed: 2,
+            orphaned: 3,
+        };
+        assert_eq!(tally.counts(), want);
+        assert_eq!(cov.orphaned.len(), 3);
+        assert_eq!((cov.credential_bearing, cov.managed), (2, 2));
     }
 
     #[test]

@@ -120,20 +120,44 @@ where
     Fut: Future<Output = Result<(Vec<T>, Option<Links>), QlikError>>,
 {
     let mut items = Vec::new();
+    each_page(client, what, segments, limits, fetch, |mut page| {
+        items.append(&mut page);
+    })
+    .await?;
+    Ok(items)
+}
+
+/// [`all_pages`], handing each page's items to `sink` as the page arrives instead of keeping
+/// them. Returns how many items there were, or the first refusal (after which `sink` is not
+/// called again).
+async fn each_page<T, F, Fut>(
+    client: &QlikClient,
+    what: &'static str,
+    segments: &[&str],
+    limits: Limits,
+    fetch: F,
+    mut sink: impl FnMut(Vec<T>),
+) -> Result<usize, DiscoverError>
+where
+    F: Fn(Option<Url>) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, Option<Links>), QlikError>>,
+{
+    let mut items = 0usize;
     let mut seen: HashSet<String> = HashSet::new();
     let mut next: Option<Url> = None;
     let mut pages = 0usize;
     loop {
-        let (mut data, links) = fetch(next.take()).await?;
+        let (data, links) = fetch(next.take()).await?;
         pages += 1;
-        items.append(&mut data);
-        if items.len() > limits.max_items {
+        items += data.len();
+        if items > limits.max_items {
             return Err(DiscoverError::TooLong {
                 what,
                 pages: limits.max_pages,
                 items: limits.max_items,
             });
         }
+        sink(data);
         let Some(href) = links.and_then(|l| l.next).map(|h| h.href) else {
             return Ok(items);
         };
@@ -163,16 +187,6 @@ pub async fn all_connections(
     space: Option<&str>,
     limits: Limits,
 ) -> Result<Vec<DataConnection>, DiscoverError> {
-    connections_mapped(client, space, limits, |c| c).await
-}
-
-/// Every connection (of `space`, or all), each passed through `map` as its page arrives.
-async fn connections_mapped(
-    client: &QlikClient,
-    space: Option<&str>,
-    limits: Limits,
-    map: fn(DataConnection) -> DataConnection,
-) -> Result<Vec<DataConnection>, DiscoverError> {
     all_pages(
         client,
         "connections",
@@ -180,24 +194,36 @@ async fn connections_mapped(
         limits,
         |next| async move {
             let page = client.list_connections_page(next, space).await?;
-            Ok((page.data.into_iter().map(map).collect(), page.links))
+            Ok((page.data, page.links))
         },
     )
     .await
 }
 
-/// [`all_connections`] of the whole tenant, each connection reduced to what coverage reads
-/// ([`DataConnection::brief`]) as its page arrives: the daemon's hourly coverage scan holds
-/// every connection at once, and a parsed connection costs ~2 KB of small allocations
-/// (10,000 connections were ~20 MiB of the daemon's start-up peak).
+/// Every data connection of the tenant, each handed to `f` as its page arrives and none kept:
+/// the daemon's hourly coverage scan only counts them, and a parsed connection costs ~2 KB
+/// of small allocations (10,000 held at once were most of the daemon's start-up peak).
+/// Returns how many there were.
 ///
 /// # Errors
-/// [`DiscoverError`].
-pub async fn all_connections_brief(
+/// [`DiscoverError`]; the connections of the pages before the refusal were handed to `f`.
+pub async fn each_connection(
     client: &QlikClient,
     limits: Limits,
-) -> Result<Vec<DataConnection>, DiscoverError> {
-    connections_mapped(client, None, limits, DataConnection::brief).await
+    mut f: impl FnMut(&DataConnection),
+) -> Result<usize, DiscoverError> {
+    each_page(
+        client,
+        "connections",
+        &["api", "v1", "data-connections"],
+        limits,
+        |next| async move {
+            let page = client.list_connections_page(next, None).await?;
+            Ok((page.data, page.links))
+        },
+        |page| page.iter().for_each(&mut f),
+    )
+    .await
 }
 
 /// Every space the caller can see.

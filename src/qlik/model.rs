@@ -70,28 +70,6 @@ impl fmt::Debug for DataConnection {
 }
 
 impl DataConnection {
-    /// The connection with only its id, name, connector, space and `qSeparateCredentials`
-    /// (what coverage reads); properties, privileges and the rest are dropped.
-    pub fn brief(self) -> Self {
-        let shrink = |mut s: String| {
-            s.shrink_to_fit();
-            s
-        };
-        DataConnection {
-            id: shrink(self.id),
-            id_field: None,
-            name: shrink(self.name),
-            q_type: String::new(),
-            datasource_id: shrink(self.datasource_id),
-            space: self.space.map(shrink),
-            separate_credentials: self.separate_credentials,
-            credentials_id: None,
-            properties: Map::new(),
-            privileges: Vec::new(),
-            updated: None,
-        }
-    }
-
     /// Whether the caller holds `privilege` (e.g. `update`) on this connection.
     pub fn has_privilege(&self, privilege: &str) -> bool {
         self.privileges.iter().any(|p| p == privilege)
@@ -100,21 +78,77 @@ impl DataConnection {
 
 /// A [`DataConnection`] kept between runs (the daemon's pre-flight or verify GET), stored as
 /// compact JSON: a parsed connection costs ~2 KB of small allocations, its JSON a third of
-/// that in one. Only the fields [`DataConnection`] reads are kept, and a GET never carries a
-/// secret, so nothing here is sensitive.
+/// that in one. The JSON is an array of [`DataConnection`]'s fields in declaration order,
+/// without their names (a third smaller than the object: ~0.9 MiB less at 10,000 jobs).
+/// Only the fields [`DataConnection`] reads are kept, and a GET never carries a secret, so
+/// nothing here is sensitive.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CachedConnection(Box<[u8]>);
+
+/// [`DataConnection`]'s fields, in declaration order, as [`CachedConnection`] stores them.
+type Stored = (
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    Option<String>,
+    bool,
+    Option<String>,
+    Map<String, Value>,
+    Vec<String>,
+    Option<String>,
+);
 
 impl CachedConnection {
     /// Stores `conn`.
     pub fn new(conn: &DataConnection) -> Self {
-        let bytes = serde_json::to_vec(conn).expect("a DataConnection always serialises");
+        let c = conn;
+        let fields = (
+            &c.id,
+            &c.id_field,
+            &c.name,
+            &c.q_type,
+            &c.datasource_id,
+            &c.space,
+            c.separate_credentials,
+            &c.credentials_id,
+            &c.properties,
+            &c.privileges,
+            &c.updated,
+        );
+        let bytes = serde_json::to_vec(&fields).expect("a DataConnection always serialises");
         CachedConnection(bytes.into_boxed_slice())
     }
 
     /// The stored connection.
     pub fn get(&self) -> DataConnection {
-        serde_json::from_slice(&self.0).expect("written by CachedConnection::new")
+        let (
+            id,
+            id_field,
+            name,
+            q_type,
+            datasource_id,
+            space,
+            separate_credentials,
+            credentials_id,
+            properties,
+            privileges,
+            updated,
+        ): Stored = serde_json::from_slice(&self.0).expect("written by CachedConnection::new");
+        DataConnection {
+            id,
+            id_field,
+            name,
+            q_type,
+            datasource_id,
+            space,
+            separate_credentials,
+            credentials_id,
+            properties,
+            privileges,
+            updated,
+        }
     }
 
     /// Bytes held.
@@ -505,6 +539,16 @@ mod tests {
         assert_eq!(back.space.as_deref(), Some("sp1"));
         // Fields the rotator never reads are not kept.
         assert!(!String::from_utf8_lossy(&cached.0).contains("qConnectStatement"));
+        // Every field comes back (the comparison above covers the serialised ones; `id`
+        // is skipped there when absent), and field names are not stored.
+        let mut with_id = conn.clone();
+        with_id.id_field = Some("c1".into());
+        assert_eq!(
+            CachedConnection::new(&with_id).get().id_field.as_deref(),
+            Some("c1")
+        );
+        assert!(!String::from_utf8_lossy(&cached.0).contains("qName"));
+        assert!(cached.len() < serde_json::to_vec(&conn).unwrap().len() * 3 / 4);
         assert!(format!("{cached:?}").starts_with("CachedConnection("));
     }
 
