@@ -275,7 +275,8 @@ pub struct Daemon<R: RunJobs = Runner> {
 /// The jobs of one configuration: by name, in config order, and by the secret they read
 /// (every job; and the jobs of Secrets Manager sources, for the `[events]` consumer).
 struct JobSet {
-    jobs: BTreeMap<String, Arc<JobRuntime>>,
+    /// Indexes into `by_index`, in name order (names are unique; no copy of them is kept).
+    by_name: Box<[u32]>,
     by_index: Vec<Arc<JobRuntime>>,
     by_secret: crate::triggers::SecretIndex,
     by_aws_secret: crate::triggers::SecretIndex,
@@ -284,14 +285,34 @@ struct JobSet {
 impl JobSet {
     fn new(by_index: Vec<Arc<JobRuntime>>, is_aws: impl FnMut(&JobConfig) -> bool) -> Self {
         let cfgs = || by_index.iter().map(|j| j.cfg());
+        let mut by_name: Vec<u32> = (0..by_index.len())
+            .map(|i| u32::try_from(i).expect("fewer than 2^32 jobs"))
+            .collect();
+        by_name.sort_by(|&a, &b| {
+            by_index[a as usize]
+                .cfg()
+                .name
+                .cmp(&by_index[b as usize].cfg().name)
+        });
         JobSet {
-            jobs: (by_index.iter())
-                .map(|j| (j.cfg().name.clone(), j.clone()))
-                .collect(),
+            by_name: by_name.into_boxed_slice(),
             by_secret: crate::triggers::SecretIndex::new(cfgs(), |_| true),
             by_aws_secret: crate::triggers::SecretIndex::new(cfgs(), is_aws),
             by_index,
         }
+    }
+
+    /// The job named `name`.
+    fn get(&self, name: &str) -> Option<&Arc<JobRuntime>> {
+        let i = (self.by_name)
+            .binary_search_by(|&i| self.by_index[i as usize].cfg().name.as_str().cmp(name))
+            .ok()?;
+        Some(&self.by_index[self.by_name[i] as usize])
+    }
+
+    /// The jobs in name order.
+    fn in_name_order(&self) -> impl Iterator<Item = &Arc<JobRuntime>> {
+        self.by_name.iter().map(|&i| &self.by_index[i as usize])
     }
 
     /// The indexes of the jobs whose secret is `id` (a name, ARN or partial ARN).
@@ -308,7 +329,7 @@ impl JobSet {
 impl<R: RunJobs> std::fmt::Debug for Daemon<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Daemon")
-            .field("jobs", &self.set().jobs.keys().collect::<Vec<_>>())
+            .field("jobs", &self.job_names())
             .finish_non_exhaustive()
     }
 }
@@ -489,7 +510,7 @@ impl Daemon<Runner> {
     /// run. Each result is kept (compactly) as it arrives, so the parsed GETs never pile up.
     /// Progress is the `preflight_pending` gauge; one log line at the end.
     async fn preflight_all(&self, width: usize) {
-        let jobs: Vec<Arc<JobRuntime>> = self.set().jobs.values().cloned().collect();
+        let jobs: Vec<Arc<JobRuntime>> = self.set().in_name_order().cloned().collect();
         self.preflight_of(jobs, width).await;
     }
 
@@ -638,7 +659,9 @@ impl<R: RunJobs> Daemon<R> {
 
     /// The names of the running configuration's jobs.
     pub fn job_names(&self) -> Vec<String> {
-        self.set().jobs.keys().cloned().collect()
+        (self.set().in_name_order())
+            .map(|j| j.cfg().name.clone())
+            .collect()
     }
 
     /// The metrics.
@@ -662,7 +685,7 @@ impl<R: RunJobs> Daemon<R> {
         force: bool,
         run: Option<RunTicket>,
     ) -> Triggered {
-        let Some(job) = self.set().jobs.get(name).cloned() else {
+        let Some(job) = self.set().get(name).cloned() else {
             return Triggered::UnknownJob;
         };
         if self.cancel().is_cancelled() {
@@ -935,7 +958,7 @@ impl<R: RunJobs> Daemon<R> {
         type Groups<'a> = BTreeMap<(&'a str, &'a str), (chrono_tz::Tz, Vec<Arc<JobRuntime>>)>;
         let mut groups = Groups::new();
         let set = self.set();
-        for job in set.jobs.values() {
+        for job in set.in_name_order() {
             if let Some(schedule) = &job.cfg().schedule {
                 groups
                     .entry((schedule.as_str(), job.cfg().timezone.name()))
@@ -975,7 +998,7 @@ impl<R: RunJobs> Daemon<R> {
 
     /// Starts every `run_on_start` job (without jitter).
     fn start_on_start(self: &Arc<Self>) {
-        let jobs: Vec<Arc<JobRuntime>> = (self.set().jobs.values())
+        let jobs: Vec<Arc<JobRuntime>> = (self.set().in_name_order())
             .filter(|j| j.cfg().run_on_start)
             .cloned()
             .collect();
@@ -1011,8 +1034,8 @@ impl<R: RunJobs> Daemon<R> {
 
     fn update_job_gauges(&self) {
         let set = self.set();
-        let failed = set.jobs.values().filter(|j| !j.preflight_ok()).count();
-        self.metrics().set_jobs(set.jobs.len() - failed, failed);
+        let failed = set.in_name_order().filter(|j| !j.preflight_ok()).count();
+        self.metrics().set_jobs(set.by_index.len() - failed, failed);
     }
 
     /// Stops starting rotations: not ready, ticks and triggers refused, dispatches stop.
@@ -1268,7 +1291,7 @@ pub async fn spawn_owned(
     // before its connection's pre-flight checks that connection itself.
     daemon.ready.set(true);
     tracing::info!(
-        jobs = daemon.set().jobs.len(),
+        jobs = daemon.set().by_index.len(),
         "Daemon ready; pre-flight runs in the background."
     );
     start_preflight(&daemon, cfg.daemon.max_concurrent_rotations.max(8));
@@ -1471,7 +1494,7 @@ impl Running {
         let by_index: Vec<Arc<JobRuntime>> = new
             .jobs
             .iter()
-            .map(|j| match current.jobs.get(&j.name) {
+            .map(|j| match current.get(&j.name) {
                 Some(rt) if format!("{:?}", rt.cfg()) == format!("{j:?}") => rt.clone(),
                 found => {
                     let list = if found.is_some() {
@@ -1486,7 +1509,8 @@ impl Running {
                 }
             })
             .collect();
-        summary.removed = (current.jobs.keys())
+        summary.removed = (current.in_name_order())
+            .map(|j| &j.cfg().name)
             .filter(|n| new.job(n).is_none())
             .cloned()
             .collect();
