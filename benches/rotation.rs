@@ -967,6 +967,9 @@ struct Idle {
     case: IdleCase,
     ready_after: Duration,
     rss_kib: u64,
+    /// Of `rss_kib`: anonymous memory (heap, stacks) and file pages (the binary, libc).
+    anon_kib: u64,
+    file_kib: u64,
     /// VmRSS once one `/metrics` scrape has been read in full.
     scraped_rss_kib: u64,
     /// Size of that scrape.
@@ -1285,6 +1288,8 @@ async fn idle_daemon(case: IdleCase) -> Result<Idle, String> {
         case,
         ready_after,
         rss_kib: st.get("VmRSS").copied().unwrap_or(0),
+        anon_kib: st.get("RssAnon").copied().unwrap_or(0),
+        file_kib: st.get("RssFile").copied().unwrap_or(0),
         scraped_rss_kib: scraped.get("VmRSS").copied().unwrap_or(0),
         scrape_bytes,
         hwm_kib: st.get("VmHWM").copied().unwrap_or(0),
@@ -1371,10 +1376,11 @@ async fn section_rss(args: &Args, report: &mut Report) {
         results.push(idle_daemon(case).await);
     }
     println!(
-        "  {:>7}  {:<36}  {:>9}  {:>9}  {:>19}  {:>7}  {:>8}  {:>7}  exit",
+        "  {:>7}  {:<36}  {:>9}  {:>11}  {:>9}  {:>19}  {:>7}  {:>8}  {:>7}  exit",
         "jobs",
         "variant",
         "VmRSS MiB",
+        "anon + file",
         "VmHWM MiB",
         "scraped MiB (body MB)",
         "threads",
@@ -1384,10 +1390,12 @@ async fn section_rss(args: &Args, report: &mut Report) {
     for r in &results {
         match r {
             Ok(i) => println!(
-                "  {:>7}  {:<36}  {:>9.1}  {:>9.1}  {:>9.1} ({:>6.1})  {:>7}  {:>5} ms  {:>7}  {}",
+                "  {:>7}  {:<36}  {:>9.1}  {:>5.1} + {:>4.1}  {:>9.1}  {:>9.1} ({:>6.1})  {:>7}  {:>5} ms  {:>7}  {}",
                 i.case.jobs,
                 i.case.label(),
                 i.rss_kib as f64 / 1024.0,
+                i.anon_kib as f64 / 1024.0,
+                i.file_kib as f64 / 1024.0,
                 i.hwm_kib as f64 / 1024.0,
                 i.scraped_rss_kib as f64 / 1024.0,
                 i.scrape_bytes as f64 / 1e6,
@@ -1733,7 +1741,7 @@ fn record_runs(
         }
         events.emit(RunFinished {
             job: &job.name,
-            connector: &job.connector,
+            connector: job.connector(),
             duration,
             connections: 1,
             success: !failed,

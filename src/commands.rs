@@ -173,7 +173,7 @@ fn check_document(
         "jobs": cfg.jobs.iter().map(|job| json!({
             "name": job.name,
             "connections": job.connections.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "connector": job.connector,
+            "connector": job.connector(),
             "scheme": job.spec.scheme,
             "source": job.source,
             "secret": job.secret.id,
@@ -394,7 +394,7 @@ fn print_config_summary(path: &Path, cfg: &Config) {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(" + "),
-            job.connector,
+            job.connector(),
             job.spec.scheme,
             job.source,
             job.secret.id,

@@ -526,7 +526,7 @@ impl Metrics {
             }
         }
         for job in &jobs {
-            self.rotation_duration.with_label_values(&[&job.connector]);
+            self.rotation_duration.with_label_values(&[job.connector()]);
             if !job.spec.is_generic() {
                 self.spec_warnings
                     .with_label_values(&[spec_warning_label(&job.spec.datasource)]);
@@ -1091,7 +1091,7 @@ impl JobTable {
             name: job.name.as_str().into(),
             tenant: tenant_label.then(|| job.tenant.clone()),
             max_age: job.max_age.as_secs(),
-            connector: counters(&job.connector),
+            connector: counters(job.connector()),
             stats: Mutex::new(JobStats::default()),
         }));
         // Stable: of two entries with one name, the first registered stays.
@@ -1414,7 +1414,7 @@ mod tests {
     #[test]
     fn successes_are_counted_per_connector_and_per_job_when_opted_in() {
         let mut cfg = jobs(3);
-        cfg[2].connector = "snowflake".into();
+        Arc::make_mut(&mut cfg[2].spec).datasource = "snowflake".into();
         for (outcome, per_job) in [
             ("unchanged", false),
             ("unchanged", true),

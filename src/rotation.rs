@@ -544,7 +544,7 @@ impl Rotator {
         }
         self.events.emit(RunFinished {
             job: &job.name,
-            connector: &job.connector,
+            connector: job.connector(),
             duration: ran.iter().map(|r| r.duration).max().unwrap_or_default(),
             connections: ran.len(),
             success: ran.iter().all(|r| r.outcome.is_success()),

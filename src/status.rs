@@ -190,7 +190,7 @@ pub fn job_status(job: &JobConfig, k: Known<'_>) -> JobStatus {
     let created = k.secret_created.filter(|c| *c > 0 && *c <= now_s + 300);
     JobStatus {
         job: field(&job.name),
-        connector: field(&job.connector),
+        connector: field(job.connector()),
         triggers: due.triggers,
         schedule: job.schedule.as_deref().map(field),
         timezone: job.timezone.name().to_owned(),

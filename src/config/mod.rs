@@ -300,8 +300,6 @@ pub struct JobConfig {
     pub tenant: Arc<str>,
     /// The connections (one, or several fed by the same secret), each in its tenant.
     pub connections: Vec<Target>,
-    /// The connector (`datasourceID`), for labels and messages.
-    pub connector: String,
     /// What to write: properties, keys, encodings, scheme (resolved from the catalogue or a
     /// `generic` job). Jobs with equal specs share one.
     pub spec: Arc<BuildSpec>,
@@ -397,6 +395,11 @@ pub struct Config {
 }
 
 impl JobConfig {
+    /// The connector (`datasourceID`), for labels and messages: the spec's (no copy per job).
+    pub fn connector(&self) -> &str {
+        &self.spec.datasource
+    }
+
     /// The state-file key of one of the job's connections: the job name for a single
     /// connection, `job@connection` for a job feeding several (the connection's
     /// [`Target::key`], with its tenant when that is not the job's).
@@ -1360,7 +1363,6 @@ fn job(
         name: name?,
         tenant: Arc::from(tenant),
         connections: connections?,
-        connector: spec.datasource.clone(),
         spec: Arc::new(spec),
         source: source?,
         secret: SecretRef {
