@@ -107,28 +107,8 @@ impl DiscoverError {
 }
 
 /// Reads every page of a list: `fetch(None)` is the first page, `fetch(Some(url))` the page at
-/// a checked next link. Returns the items, or the first refusal.
-async fn all_pages<T, F, Fut>(
-    client: &QlikClient,
-    what: &'static str,
-    segments: &[&str],
-    limits: Limits,
-    fetch: F,
-) -> Result<Vec<T>, DiscoverError>
-where
-    F: Fn(Option<Url>) -> Fut,
-    Fut: Future<Output = Result<(Vec<T>, Option<Links>), QlikError>>,
-{
-    let mut items = Vec::new();
-    each_page(client, what, segments, limits, fetch, |mut page| {
-        items.append(&mut page);
-    })
-    .await?;
-    Ok(items)
-}
-
-/// [`all_pages`], handing each page's items to `sink` as the page arrives instead of keeping
-/// them. Returns how many items there were, or the first refusal (after which `sink` is not
+/// a checked next link. Each page's items go to `sink` as the page arrives (nothing is kept
+/// here). Returns how many items there were, or the first refusal (after which `sink` is not
 /// called again).
 async fn each_page<T, F, Fut>(
     client: &QlikClient,
@@ -187,17 +167,9 @@ pub async fn all_connections(
     space: Option<&str>,
     limits: Limits,
 ) -> Result<Vec<DataConnection>, DiscoverError> {
-    all_pages(
-        client,
-        "connections",
-        &["api", "v1", "data-connections"],
-        limits,
-        |next| async move {
-            let page = client.list_connections_page(next, space).await?;
-            Ok((page.data, page.links))
-        },
-    )
-    .await
+    let mut all = Vec::new();
+    connection_pages(client, space, limits, |mut page| all.append(&mut page)).await?;
+    Ok(all)
 }
 
 /// Every data connection of the tenant, each handed to `f` as its page arrives and none kept:
@@ -212,16 +184,26 @@ pub async fn each_connection(
     limits: Limits,
     mut f: impl FnMut(&DataConnection),
 ) -> Result<usize, DiscoverError> {
+    connection_pages(client, None, limits, |page| page.iter().for_each(&mut f)).await
+}
+
+/// The pages of the connection list (of `space`, or all), each handed to `sink`.
+async fn connection_pages(
+    client: &QlikClient,
+    space: Option<&str>,
+    limits: Limits,
+    sink: impl FnMut(Vec<DataConnection>),
+) -> Result<usize, DiscoverError> {
     each_page(
         client,
         "connections",
         &["api", "v1", "data-connections"],
         limits,
         |next| async move {
-            let page = client.list_connections_page(next, None).await?;
+            let page = client.list_connections_page(next, space).await?;
             Ok((page.data, page.links))
         },
-        |page| page.iter().for_each(&mut f),
+        sink,
     )
     .await
 }
@@ -231,7 +213,8 @@ pub async fn each_connection(
 /// # Errors
 /// [`DiscoverError`].
 pub async fn all_spaces(client: &QlikClient, limits: Limits) -> Result<Vec<Space>, DiscoverError> {
-    all_pages(
+    let mut all = Vec::new();
+    each_page(
         client,
         "spaces",
         &["api", "v1", "spaces"],
@@ -240,8 +223,10 @@ pub async fn all_spaces(client: &QlikClient, limits: Limits) -> Result<Vec<Space
             let page = client.list_spaces_page(next, None).await?;
             Ok((page.data, page.links))
         },
+        |mut page| all.append(&mut page),
     )
-    .await
+    .await?;
+    Ok(all)
 }
 
 /// The id of the space `wanted` names: a space whose id is `wanted`, else the one space whose
