@@ -941,6 +941,33 @@ pub fn attempt_of(r: &Report, at_ms: i64) -> Option<Attempt> {
 mod tests {
     use super::*;
 
+    /// A job runs once at a time: the mark is taken once, shows in `is_running`, and goes
+    /// with its guard, also when the run's future is dropped midway (a cancelled run).
+    #[tokio::test(start_paused = true)]
+    async fn a_jobs_running_mark_is_exclusive_and_goes_with_its_guard() {
+        let text = "[qlik]\ntenant_url = \"https://t.eu.qlikcloud.com\"\napi_key_env = \"K\"\n\
+                    [sources.f]\ntype = \"file\"\npath = \"/v\"\n[[jobs]]\nname = \"a\"\n\
+                    connection = { id = \"00000000-0000-4000-8000-000000000001\" }\n\
+                    connector = \"mssql\"\nsource = \"f\"\nsecret = \"s\"\n";
+        let input = std::collections::HashMap::<String, String>::new();
+        let cfg = crate::config::load_str(text, std::path::Path::new("/"), &input).unwrap();
+        let job = JobRuntime::gated(cfg.jobs.into_iter().next().unwrap());
+        assert!(!job.is_running());
+        let guard = job.try_start().expect("not running yet");
+        assert!(job.is_running());
+        assert!(job.try_start().is_none(), "a second run is refused");
+        drop(guard);
+        assert!(!job.is_running());
+        let run = async {
+            let _running = job.try_start().expect("free again");
+            std::future::pending::<()>().await;
+        };
+        let cancelled = tokio::time::timeout(Duration::from_secs(1), run).await;
+        assert!(cancelled.is_err());
+        assert!(!job.is_running(), "a cancelled run leaves the job free");
+        assert!(job.try_start().is_some());
+    }
+
     #[test]
     fn the_policy_waits_2_4_8_then_caps_at_64_seconds() {
         let secs = |p: RetryPolicy| p.delays().map(|d| d.as_secs()).collect::<Vec<_>>();
