@@ -111,10 +111,10 @@ fn space_of<'a>(names: &HashMap<&str, &'a str>, c: &DataConnection) -> &'a str {
 /// their product (10,000 of each took seconds of CPU per coverage scan). It owns what it
 /// holds, so the daemon's scan can keep it while pages arrive.
 struct RefIndex {
-    /// Lower-cased id → `(job, reference)` pairs.
-    by_id: HashMap<String, Vec<(usize, usize)>>,
-    /// Name → `(job, reference, space as written)`.
-    by_name: HashMap<String, Vec<(usize, usize, Option<String>)>>,
+    /// Lower-cased id → references (indexes into `refs`).
+    by_id: HashMap<String, Vec<usize>>,
+    /// Name → `(reference, space as written)`.
+    by_name: HashMap<String, Vec<(usize, Option<String>)>>,
     /// Every reference into the tenant, in configuration order: `(job, target index)`.
     refs: Vec<(usize, usize)>,
 }
@@ -134,11 +134,11 @@ impl RefIndex {
                 match &t.conn {
                     ConnectionRef::Id(id) => {
                         let key = id.to_ascii_lowercase();
-                        index.by_id.entry(key).or_default().push((i, r));
+                        index.by_id.entry(key).or_default().push(r);
                     }
                     ConnectionRef::Name { name, space } => {
                         let entry = index.by_name.entry(name.clone()).or_default();
-                        entry.push((i, r, space.clone()));
+                        entry.push((r, space.clone()));
                     }
                 }
             }
@@ -154,9 +154,11 @@ impl RefIndex {
     ) -> impl Iterator<Item = (usize, usize)> + 's {
         let by_id = self.by_id.get(&c.id.to_ascii_lowercase());
         let by_name = (self.by_name.get(c.name.as_str()).into_iter().flatten())
-            .filter(move |(_, _, space)| in_space(space.as_deref(), c, space_name))
-            .map(|&(i, r, _)| (i, r));
-        by_id.into_iter().flatten().copied().chain(by_name)
+            .filter(move |(_, space)| in_space(space.as_deref(), c, space_name))
+            .map(|(r, _)| *r);
+        (by_id.into_iter().flatten().copied())
+            .chain(by_name)
+            .map(|r| (self.refs[r].0, r))
     }
 
     /// The indexes of the jobs that name `c` (in `space_name`), in configuration order.
